@@ -1,0 +1,150 @@
+//! The RCP error codes and the one error type every engine operation returns.
+//!
+//! Codes and their `retryable` flags are exactly the 19 of rstmdb 0.3 (spec
+//! §14): the official clients silently break on any code outside that set, so
+//! nothing else may ever be emitted. The mapping from failure to code lives
+//! here and nowhere else.
+
+use std::fmt;
+
+/// One of the 19 RCP error codes of rstmdb 0.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    UnsupportedProtocol,
+    BadRequest,
+    Unauthorized,
+    AuthFailed,
+    NotFound,
+    MachineNotFound,
+    MachineVersionExists,
+    MachineVersionLimitExceeded,
+    InstanceNotFound,
+    InstanceExists,
+    InvalidTransition,
+    GuardFailed,
+    Conflict,
+    WalIoError,
+    InternalError,
+    RateLimited,
+    ReadOnlyMode,
+    ReplicationTimeout,
+    ReplicationError,
+}
+
+impl ErrorCode {
+    /// The wire name (`"INSTANCE_NOT_FOUND"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::MachineNotFound => "MACHINE_NOT_FOUND",
+            ErrorCode::MachineVersionExists => "MACHINE_VERSION_EXISTS",
+            ErrorCode::MachineVersionLimitExceeded => "MACHINE_VERSION_LIMIT_EXCEEDED",
+            ErrorCode::InstanceNotFound => "INSTANCE_NOT_FOUND",
+            ErrorCode::InstanceExists => "INSTANCE_EXISTS",
+            ErrorCode::InvalidTransition => "INVALID_TRANSITION",
+            ErrorCode::GuardFailed => "GUARD_FAILED",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::WalIoError => "WAL_IO_ERROR",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::ReadOnlyMode => "READ_ONLY_MODE",
+            ErrorCode::ReplicationTimeout => "REPLICATION_TIMEOUT",
+            ErrorCode::ReplicationError => "REPLICATION_ERROR",
+        }
+    }
+
+    /// Derived solely from the code, as in 0.3.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::WalIoError
+                | ErrorCode::InternalError
+                | ErrorCode::RateLimited
+                | ErrorCode::ReplicationTimeout
+        )
+    }
+}
+
+/// A failed operation: a code and a human-readable message (spec §14 templates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        EngineError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `BAD_REQUEST` with the `invalid request: ` prefix.
+    pub fn bad_request(detail: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::BadRequest, format!("invalid request: {detail}"))
+    }
+
+    /// An engine error with the `core error: ` prefix.
+    pub fn core(code: ErrorCode, detail: impl fmt::Display) -> Self {
+        Self::new(code, format!("core error: {detail}"))
+    }
+
+    pub fn instance_not_found(id: &str) -> Self {
+        Self::core(ErrorCode::InstanceNotFound, format_args!("instance not found: {id}"))
+    }
+
+    pub fn machine_not_found(machine: &str, version: u32) -> Self {
+        Self::core(
+            ErrorCode::MachineNotFound,
+            format_args!("machine version not found: {machine} v{version}"),
+        )
+    }
+
+    pub fn wal_io(detail: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::WalIoError, format!("WAL I/O error: {detail}"))
+    }
+
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        Self::new(ErrorCode::InternalError, format!("internal error: {detail}"))
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_flags_match_0_3() {
+        assert!(ErrorCode::WalIoError.retryable());
+        assert!(ErrorCode::InternalError.retryable());
+        assert!(!ErrorCode::BadRequest.retryable());
+        assert!(!ErrorCode::GuardFailed.retryable());
+    }
+
+    #[test]
+    fn messages_use_spec_prefixes() {
+        assert_eq!(
+            EngineError::instance_not_found("o-1").message,
+            "core error: instance not found: o-1"
+        );
+        assert_eq!(
+            EngineError::machine_not_found("order", 2).message,
+            "core error: machine version not found: order v2"
+        );
+    }
+}

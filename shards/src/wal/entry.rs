@@ -1,0 +1,243 @@
+//! WAL entry payloads: what each record says happened, as JSON tagged by
+//! `type` with the field names of spec §11.4 (so WAL_READ can return them
+//! as they are).
+//!
+//! Encoding is hand-written on top of the canonical JSON writer: the hot path
+//! (APPLY_EVENT) writes the new context once into a scratch buffer and splices
+//! those bytes into both the record and the response. Decoding (recovery,
+//! WAL_READ) goes through serde.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::json::canonical::{write_str, write_value};
+
+/// A decoded entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Entry {
+    PutMachine {
+        machine: String,
+        version: u32,
+        definition_hash: String,
+        definition: Value,
+    },
+    CreateInstance {
+        instance_id: String,
+        machine: String,
+        version: u32,
+        initial_state: String,
+        initial_ctx: Value,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    },
+    ApplyEvent {
+        instance_id: String,
+        event: String,
+        from_state: String,
+        to_state: String,
+        #[serde(default)]
+        payload: Value,
+        ctx: Value,
+        #[serde(default)]
+        event_id: Option<String>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    },
+    DeleteInstance {
+        instance_id: String,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    },
+}
+
+impl Entry {
+    pub fn decode(payload: &[u8]) -> Result<Entry, String> {
+        serde_json::from_slice(payload).map_err(|e| e.to_string())
+    }
+}
+
+fn key(out: &mut Vec<u8>, first: bool, name: &str) {
+    if !first {
+        out.push(b',');
+    }
+    write_str(out, name);
+    out.push(b':');
+}
+
+fn opt_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        key(out, false, name);
+        write_str(out, v);
+    }
+}
+
+pub fn write_put_machine(
+    out: &mut Vec<u8>,
+    machine: &str,
+    version: u32,
+    definition_hash: &str,
+    definition: &Value,
+) {
+    out.extend_from_slice(br#"{"type":"put_machine","#);
+    key(out, true, "machine");
+    write_str(out, machine);
+    key(out, false, "version");
+    out.extend_from_slice(version.to_string().as_bytes());
+    key(out, false, "definition_hash");
+    write_str(out, definition_hash);
+    key(out, false, "definition");
+    write_value(out, definition);
+    out.push(b'}');
+}
+
+pub struct CreateFields<'a> {
+    pub instance_id: &'a str,
+    pub machine: &'a str,
+    pub version: u32,
+    pub initial_state: &'a str,
+    pub initial_ctx: &'a Value,
+    pub idempotency_key: Option<&'a str>,
+}
+
+pub fn write_create_instance(out: &mut Vec<u8>, f: &CreateFields<'_>) {
+    out.extend_from_slice(br#"{"type":"create_instance","#);
+    key(out, true, "instance_id");
+    write_str(out, f.instance_id);
+    key(out, false, "machine");
+    write_str(out, f.machine);
+    key(out, false, "version");
+    out.extend_from_slice(f.version.to_string().as_bytes());
+    key(out, false, "initial_state");
+    write_str(out, f.initial_state);
+    key(out, false, "initial_ctx");
+    write_value(out, f.initial_ctx);
+    opt_str(out, "idempotency_key", f.idempotency_key);
+    out.push(b'}');
+}
+
+pub struct ApplyFields<'a> {
+    pub instance_id: &'a str,
+    pub event: &'a str,
+    pub from_state: &'a str,
+    pub to_state: &'a str,
+    pub payload: &'a Value,
+    /// The new context, already encoded as JSON.
+    pub ctx_json: &'a [u8],
+    pub event_id: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+}
+
+pub fn write_apply_event(out: &mut Vec<u8>, f: &ApplyFields<'_>) {
+    out.extend_from_slice(br#"{"type":"apply_event","#);
+    key(out, true, "instance_id");
+    write_str(out, f.instance_id);
+    key(out, false, "event");
+    write_str(out, f.event);
+    key(out, false, "from_state");
+    write_str(out, f.from_state);
+    key(out, false, "to_state");
+    write_str(out, f.to_state);
+    key(out, false, "payload");
+    write_value(out, f.payload);
+    key(out, false, "ctx");
+    out.extend_from_slice(f.ctx_json);
+    opt_str(out, "event_id", f.event_id);
+    opt_str(out, "idempotency_key", f.idempotency_key);
+    out.push(b'}');
+}
+
+pub fn write_delete_instance(out: &mut Vec<u8>, instance_id: &str, idempotency_key: Option<&str>) {
+    out.extend_from_slice(br#"{"type":"delete_instance","#);
+    key(out, true, "instance_id");
+    write_str(out, instance_id);
+    opt_str(out, "idempotency_key", idempotency_key);
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_entry_round_trips() {
+        let def = json!({"states":["a"],"initial":"a","transitions":[]});
+        let mut out = Vec::new();
+        write_put_machine(&mut out, "m", 3, "6b16bc3e", &def);
+        assert_eq!(
+            Entry::decode(&out).unwrap(),
+            Entry::PutMachine {
+                machine: "m".into(),
+                version: 3,
+                definition_hash: "6b16bc3e".into(),
+                definition: def
+            }
+        );
+
+        let ctx = json!({"n": 1});
+        out.clear();
+        write_create_instance(
+            &mut out,
+            &CreateFields {
+                instance_id: "i\"1",
+                machine: "m",
+                version: 3,
+                initial_state: "a",
+                initial_ctx: &ctx,
+                idempotency_key: Some("k"),
+            },
+        );
+        match Entry::decode(&out).unwrap() {
+            Entry::CreateInstance {
+                instance_id,
+                idempotency_key,
+                initial_ctx,
+                ..
+            } => {
+                assert_eq!(instance_id, "i\"1");
+                assert_eq!(idempotency_key.as_deref(), Some("k"));
+                assert_eq!(initial_ctx, ctx);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        out.clear();
+        write_apply_event(
+            &mut out,
+            &ApplyFields {
+                instance_id: "i",
+                event: "GO",
+                from_state: "a",
+                to_state: "b",
+                payload: &Value::Null,
+                ctx_json: br#"{"n":2}"#,
+                event_id: None,
+                idempotency_key: None,
+            },
+        );
+        match Entry::decode(&out).unwrap() {
+            Entry::ApplyEvent {
+                ctx,
+                payload,
+                event_id,
+                ..
+            } => {
+                assert_eq!(ctx, json!({"n": 2}));
+                assert_eq!(payload, Value::Null);
+                assert_eq!(event_id, None);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        out.clear();
+        write_delete_instance(&mut out, "i", None);
+        assert_eq!(
+            Entry::decode(&out).unwrap(),
+            Entry::DeleteInstance {
+                instance_id: "i".into(),
+                idempotency_key: None
+            }
+        );
+    }
+}

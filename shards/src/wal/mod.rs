@@ -1,0 +1,15 @@
+//! The per-shard write-ahead log: record format, entries, segment files,
+//! group-commit writer, recovery scan, and the offset scheme (`offset.rs`
+//! explains how offsets stay unique across shards and mergeable by order).
+
+pub mod entry;
+pub mod offset;
+pub mod policy;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod writer;
+
+pub use offset::{Frontier, OffsetClock};
+pub use policy::FsyncPolicy;
+pub use writer::{WalStats, WalWriter};

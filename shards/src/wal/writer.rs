@@ -1,0 +1,327 @@
+//! The WAL writer: stages records in memory and makes a whole group of them
+//! durable with one direct-I/O write (group commit).
+//!
+//! The shard appends every record produced while it works through a batch of
+//! mailbox messages (`append`, no I/O), then calls `commit` once: the staged
+//! bytes plus the partly filled last block already on disk are written at a
+//! block-aligned position in one write. Under `every_write` the segment is
+//! opened O_DSYNC, so that write returning means the whole group is on disk
+//! and the shard may answer. Other policies write the same way and call
+//! `fdatasync` when their policy says so.
+//!
+//! A failed write leaves memory ahead of the log; the caller must stop the
+//! shard (fail-stop) so that recovery rebuilds a state that matches the disk.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use glommio::io::DmaFile;
+
+use super::offset::OffsetClock;
+use super::policy::FsyncPolicy;
+use super::record::{append_record, set_group_start, RecordKind, RECORD_PAYLOAD_MAX_BYTES};
+use super::segment::{align_down, align_up, create_zeroed_segment, open_for_append, segment_path};
+use crate::error::EngineError;
+
+/// Counters reported by WAL_STATS and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub records_appended: u64,
+    pub bytes_appended: u64,
+    pub writes: u64,
+    pub syncs: u64,
+    pub group_commits: u64,
+    pub segments_created: u64,
+}
+
+type PreparedSegment = flume::Receiver<io::Result<DmaFile>>;
+
+pub struct WalWriter {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    segment_size_bytes: u64,
+    segment_id: u64,
+    file: DmaFile,
+    /// Logical end of the written log in the active segment.
+    end: u64,
+    /// Copy of the bytes `[align_down(end), end)`, rewritten with the next group.
+    tail: Vec<u8>,
+    /// Staged records: chunk 0 continues the active segment at `end`; chunk
+    /// `i > 0` starts the `i`-th following segment at 0.
+    chunks: Vec<Vec<u8>>,
+    last_chunk_base: u64,
+    staged_records: u64,
+    staged_bytes: usize,
+    clock: OffsetClock,
+    unsynced_records: u64,
+    unsynced_since: Option<Instant>,
+    next_segment: Option<(u64, PreparedSegment)>,
+    stats: WalStats,
+}
+
+impl WalWriter {
+    /// Open the log for appending at `end` of segment `segment_id` (as found by
+    /// recovery). The segment is created, zero-filled, when it does not exist.
+    pub async fn open(
+        dir: &Path,
+        policy: FsyncPolicy,
+        segment_size_bytes: u64,
+        segment_id: u64,
+        end: u64,
+        clock: OffsetClock,
+    ) -> io::Result<WalWriter> {
+        let dsync = policy.acks_after_sync();
+        let path = segment_path(dir, segment_id);
+        let file = if path.exists() {
+            open_for_append(&path, dsync).await?
+        } else {
+            create_zeroed_segment(dir, segment_id, segment_size_bytes, dsync).await?
+        };
+        let tail_start = align_down(end);
+        let mut tail = vec![0u8; (end - tail_start) as usize];
+        if !tail.is_empty() {
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(&path)?.read_exact_at(&mut tail, tail_start)?;
+        }
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            policy,
+            segment_size_bytes,
+            segment_id,
+            file,
+            end,
+            tail,
+            chunks: vec![Vec::new()],
+            last_chunk_base: end,
+            staged_records: 0,
+            staged_bytes: 0,
+            clock,
+            unsynced_records: 0,
+            unsynced_since: None,
+            next_segment: None,
+            stats: WalStats::default(),
+        })
+    }
+
+    /// Stage one record; returns its offset. No I/O happens until `commit`.
+    pub fn append(
+        &mut self,
+        kind: RecordKind,
+        time_ms: u64,
+        write_payload: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<u64, EngineError> {
+        if self.staged_records == 0 {
+            self.clock.begin_group();
+        }
+        let offset = self.clock.next();
+        let base = self.last_chunk_base;
+        let Some(chunk) = self.chunks.last_mut() else {
+            return Err(EngineError::internal("WAL staging area missing"));
+        };
+        let record_start = chunk.len();
+        let len = append_record(chunk, kind, offset, time_ms, base as u32, write_payload)
+            .map_err(|n| {
+                EngineError::wal_io(format!(
+                    "record too large: {n} bytes (max {RECORD_PAYLOAD_MAX_BYTES})"
+                ))
+            })?;
+        let fill = base + chunk.len() as u64;
+        if fill > self.segment_size_bytes && base + record_start as u64 > 0 {
+            // Does not fit: the record opens the next segment.
+            let mut record = chunk.split_off(record_start);
+            set_group_start(&mut record, 0);
+            self.chunks.push(record);
+            self.last_chunk_base = 0;
+        }
+        self.staged_records += 1;
+        self.staged_bytes += len;
+        Ok(offset)
+    }
+
+    /// Records staged since the last commit.
+    pub fn staged_records(&self) -> u64 {
+        self.staged_records
+    }
+
+    pub fn staged_bytes(&self) -> usize {
+        self.staged_bytes
+    }
+
+    /// Write every staged record; durable on return under `every_write`.
+    pub async fn commit(&mut self) -> io::Result<()> {
+        if self.staged_records == 0 {
+            return Ok(());
+        }
+        let mut chunks = std::mem::take(&mut self.chunks);
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i > 0 {
+                self.rotate().await?;
+            }
+            if !chunk.is_empty() {
+                self.write_chunk(chunk).await?;
+            }
+        }
+        chunks.truncate(1);
+        chunks[0].clear();
+        self.chunks = chunks;
+        self.last_chunk_base = self.end;
+        self.clock.end_group();
+        self.stats.records_appended += self.staged_records;
+        self.stats.bytes_appended += self.staged_bytes as u64;
+        self.stats.group_commits += 1;
+        self.unsynced_records += self.staged_records;
+        self.staged_records = 0;
+        self.staged_bytes = 0;
+        match self.policy {
+            FsyncPolicy::EveryWrite => self.unsynced_records = 0,
+            FsyncPolicy::EveryN(n) => {
+                if self.unsynced_records >= n {
+                    self.sync().await?;
+                }
+            }
+            FsyncPolicy::EveryMs(_) => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+            FsyncPolicy::Never => {}
+        }
+        self.prepare_next_segment_early();
+        Ok(())
+    }
+
+    /// Under `every_ms`: sync when the oldest unsynced record is older than
+    /// the policy's interval. The shard calls this from its timer.
+    pub async fn sync_if_due(&mut self) -> io::Result<()> {
+        if let (FsyncPolicy::EveryMs(ms), Some(since)) = (self.policy, self.unsynced_since) {
+            if since.elapsed() >= Duration::from_millis(ms) {
+                self.sync().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How long until `sync_if_due` has work, if ever.
+    pub fn sync_due_in(&self) -> Option<Duration> {
+        match (self.policy, self.unsynced_since) {
+            (FsyncPolicy::EveryMs(ms), Some(since)) => {
+                Some(Duration::from_millis(ms).saturating_sub(since.elapsed()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Make everything written so far durable (any policy; used at shutdown).
+    pub async fn sync(&mut self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(io::Error::from)?;
+        self.stats.syncs += 1;
+        self.unsynced_records = 0;
+        self.unsynced_since = None;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.stats
+    }
+
+    pub fn clock(&self) -> &OffsetClock {
+        &self.clock
+    }
+
+    pub fn clock_mut(&mut self) -> &mut OffsetClock {
+        &mut self.clock
+    }
+
+    pub fn segment_id(&self) -> u64 {
+        self.segment_id
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let start = align_down(self.end);
+        let lead = self.tail.len();
+        debug_assert_eq!(start + lead as u64, self.end);
+        let total = lead + chunk.len();
+        let len = align_up(total as u64) as usize;
+        let mut buf = self.file.alloc_dma_buffer(len);
+        let bytes = buf.as_bytes_mut();
+        bytes[..lead].copy_from_slice(&self.tail);
+        bytes[lead..total].copy_from_slice(chunk);
+        bytes[total..].fill(0);
+        let new_tail_start = align_down(total as u64) as usize;
+        self.tail.clear();
+        self.tail.extend_from_slice(&bytes[new_tail_start..total]);
+        let written = self
+            .file
+            .write_at(buf, start)
+            .await
+            .map_err(io::Error::from)?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short WAL write: {written} of {len} bytes"),
+            ));
+        }
+        self.end += chunk.len() as u64;
+        self.stats.writes += 1;
+        if self.policy.acks_after_sync() {
+            // O_DSYNC: the write itself was the sync.
+            self.stats.syncs += 1;
+        }
+        Ok(())
+    }
+
+    fn dsync(&self) -> bool {
+        self.policy.acks_after_sync()
+    }
+
+    /// Start zero-filling the next segment in the background once the active
+    /// one is half full, so rotation does not stall the shard.
+    fn prepare_next_segment_early(&mut self) {
+        if self.next_segment.is_some() || self.end < self.segment_size_bytes / 2 {
+            return;
+        }
+        let id = self.segment_id + 1;
+        let (tx, rx) = flume::bounded(1);
+        let dir = self.dir.clone();
+        let size = self.segment_size_bytes;
+        let dsync = self.dsync();
+        glommio::spawn_local(async move {
+            let result = create_zeroed_segment(&dir, id, size, dsync).await;
+            let _ = tx.send(result);
+        })
+        .detach();
+        self.next_segment = Some((id, rx));
+    }
+
+    async fn rotate(&mut self) -> io::Result<()> {
+        if self.unsynced_records > 0 && !matches!(self.policy, FsyncPolicy::Never) {
+            // Records left behind in the old segment must not miss their sync.
+            self.sync().await?;
+        }
+        let id = self.segment_id + 1;
+        let prepared = match self.next_segment.take() {
+            Some((prepared_id, rx)) if prepared_id == id => rx
+                .recv_async()
+                .await
+                .map_err(|_| io::Error::other("segment preparation task vanished"))?
+                .ok(),
+            _ => None,
+        };
+        let file = match prepared {
+            Some(file) => file,
+            None => {
+                create_zeroed_segment(&self.dir, id, self.segment_size_bytes, self.dsync()).await?
+            }
+        };
+        let old = std::mem::replace(&mut self.file, file);
+        let _ = old.close().await;
+        self.segment_id = id;
+        self.end = 0;
+        self.tail.clear();
+        self.stats.segments_created += 1;
+        Ok(())
+    }
+}
