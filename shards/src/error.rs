@@ -95,7 +95,10 @@ impl EngineError {
     }
 
     pub fn instance_not_found(id: &str) -> Self {
-        Self::core(ErrorCode::InstanceNotFound, format_args!("instance not found: {id}"))
+        Self::core(
+            ErrorCode::InstanceNotFound,
+            format_args!("instance not found: {id}"),
+        )
     }
 
     pub fn machine_not_found(machine: &str, version: u32) -> Self {
@@ -110,7 +113,10 @@ impl EngineError {
     }
 
     pub fn internal(detail: impl fmt::Display) -> Self {
-        Self::new(ErrorCode::InternalError, format!("internal error: {detail}"))
+        Self::new(
+            ErrorCode::InternalError,
+            format!("internal error: {detail}"),
+        )
     }
 }
 

@@ -1,1 +1,13 @@
+//! corestate's per-core engine. Everything a shard owns lives here: machine
+//! definitions and guards, instances, the write-ahead log and its recovery,
+//! and the shard's mailbox loop. This crate has no networking: the server
+//! (`src/`) decodes requests and sends typed commands to a shard's mailbox.
 
+pub mod error;
+pub mod instance;
+pub mod json;
+pub mod machine;
+pub mod shard;
+pub mod wal;
+
+pub use error::{EngineError, EngineResult, ErrorCode};

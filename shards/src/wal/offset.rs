@@ -123,7 +123,7 @@ impl OffsetClock {
     }
 
     /// The next offset on this shard.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_offset(&mut self) -> u64 {
         self.last_tick += 1;
         make_offset(self.last_tick, self.shard)
     }
@@ -163,10 +163,10 @@ mod tests {
         let (mut last_a, mut last_b) = (0, 0);
         for _ in 0..1000 {
             a.begin_group();
-            let oa = a.next();
+            let oa = a.next_offset();
             a.end_group();
             b.begin_group();
-            let ob = b.next();
+            let ob = b.next_offset();
             b.end_group();
             assert!(oa > last_a && ob > last_b);
             assert!(seen.insert(oa) && seen.insert(ob));
@@ -185,11 +185,11 @@ mod tests {
         busy.begin_group();
         let mut last = 0;
         for _ in 0..100_000 {
-            last = busy.next();
+            last = busy.next_offset();
         }
         busy.end_group();
         idle.begin_group();
-        assert!(idle.next() > last);
+        assert!(idle.next_offset() > last);
     }
 
     #[test]
@@ -197,7 +197,7 @@ mod tests {
         let far_future = wall_clock_tick() + 1_000_000;
         let mut c = OffsetClock::new(3, far_future, Frontier::new());
         c.begin_group();
-        assert_eq!(tick_of_offset(c.next()), far_future + 1);
+        assert_eq!(tick_of_offset(c.next_offset()), far_future + 1);
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The fsync policy of every shard's WAL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
     /// Every group commit is on disk before any of its requests is answered.
+    #[default]
     EveryWrite,
     /// A data sync after every `n` appended records (per shard).
     EveryN(u64),
@@ -14,12 +15,6 @@ pub enum FsyncPolicy {
     EveryMs(u64),
     /// Never sync (except on graceful shutdown).
     Never,
-}
-
-impl Default for FsyncPolicy {
-    fn default() -> Self {
-        FsyncPolicy::EveryWrite
-    }
 }
 
 impl FsyncPolicy {

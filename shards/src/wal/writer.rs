@@ -114,18 +114,19 @@ impl WalWriter {
         if self.staged_records == 0 {
             self.clock.begin_group();
         }
-        let offset = self.clock.next();
+        let offset = self.clock.next_offset();
         let base = self.last_chunk_base;
         let Some(chunk) = self.chunks.last_mut() else {
             return Err(EngineError::internal("WAL staging area missing"));
         };
         let record_start = chunk.len();
-        let len = append_record(chunk, kind, offset, time_ms, base as u32, write_payload)
-            .map_err(|n| {
+        let len = append_record(chunk, kind, offset, time_ms, base as u32, write_payload).map_err(
+            |n| {
                 EngineError::wal_io(format!(
                     "record too large: {n} bytes (max {RECORD_PAYLOAD_MAX_BYTES})"
                 ))
-            })?;
+            },
+        )?;
         let fill = base + chunk.len() as u64;
         if fill > self.segment_size_bytes && base + record_start as u64 > 0 {
             // Does not fit: the record opens the next segment.

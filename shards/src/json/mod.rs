@@ -1,0 +1,3 @@
+//! JSON output conventions shared by the engine and the server.
+
+pub mod canonical;

@@ -1,0 +1,115 @@
+//! The typed messages a shard's mailbox carries, and how it answers.
+//!
+//! Every message travels with its own reply target (a "frame" in the Iggy
+//! sense): connection requests answer into the connection's reply channel
+//! tagged with the request's sequence number, internal fan-out messages
+//! answer into a one-shot channel of their own.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::EngineResult;
+use crate::machine::definition::MachineDef;
+
+pub struct CreateInstance {
+    pub instance_id: String,
+    pub machine: String,
+    pub version: u32,
+    pub initial_ctx: Value,
+    pub idempotency_key: Option<String>,
+}
+
+pub struct ApplyEvent {
+    pub instance_id: String,
+    pub event: String,
+    pub payload: Value,
+    pub expected_state: Option<String>,
+    pub expected_wal_offset: Option<u64>,
+    pub event_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+pub struct DeleteInstance {
+    pub instance_id: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Requests about one instance, routed to its owner shard.
+pub enum Command {
+    Create(CreateInstance),
+    Apply(ApplyEvent),
+    Delete(DeleteInstance),
+    Get { instance_id: String },
+}
+
+impl Command {
+    pub fn instance_id(&self) -> &str {
+        match self {
+            Command::Create(c) => &c.instance_id,
+            Command::Apply(c) => &c.instance_id,
+            Command::Delete(c) => &c.instance_id,
+            Command::Get { instance_id } => instance_id,
+        }
+    }
+}
+
+/// The answer to one connection request: the `result` object as JSON bytes,
+/// or an error.
+pub struct Reply {
+    pub seq: u64,
+    pub body: EngineResult<Vec<u8>>,
+}
+
+/// Where a connection request's answer goes.
+pub struct ReplyTo {
+    pub tx: flume::Sender<Reply>,
+    pub seq: u64,
+}
+
+/// LIST_INSTANCES filter; each shard answers with its matching rows sorted by
+/// id, at most `rows_max` of them, and the total count.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub machine: Option<String>,
+    pub state: Option<String>,
+    pub rows_max: usize,
+}
+
+pub struct ListPage {
+    pub total: u64,
+    /// (instance id, summary object as JSON), ascending by id.
+    pub rows: Vec<(String, Vec<u8>)>,
+}
+
+/// Counters a shard reports for INFO / WAL_STATS / metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub instances_active: u64,
+    pub machines: u64,
+    pub wal: crate::wal::WalStats,
+    pub wal_segment_id: u64,
+}
+
+pub enum ShardMsg {
+    /// A request about one instance.
+    Exec {
+        cmd: Command,
+        reply: ReplyTo,
+    },
+    /// Make a machine definition durable on this shard and install it.
+    /// Answers whether this shard had to write it.
+    InstallMachine {
+        def: Arc<MachineDef>,
+        raw_definition: Arc<Value>,
+        done: flume::Sender<EngineResult<bool>>,
+    },
+    List {
+        query: ListQuery,
+        done: flume::Sender<ListPage>,
+    },
+    Stats {
+        done: flume::Sender<ShardStats>,
+    },
+}

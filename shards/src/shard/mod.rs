@@ -1,0 +1,23 @@
+//! One shard: the state it owns, the operations on it, recovery, and the
+//! mailbox loop that runs it on its own pinned executor.
+
+pub mod command;
+mod ops_read;
+mod ops_write;
+pub mod replay;
+pub mod result;
+pub mod runner;
+pub mod state;
+
+pub use command::{Command, ListPage, ListQuery, Reply, ReplyTo, ShardMsg, ShardStats};
+pub use runner::{OpenReport, Shard, ShardConfig};
+pub use state::ShardState;
+
+/// The shard that owns `instance_id` among `shards`: CRC-32C of the id, so
+/// the mapping is the same on every run and every machine.
+pub fn shard_for_instance(instance_id: &str, shards: usize) -> usize {
+    (crc32c::crc32c(instance_id.as_bytes()) as usize) % shards.max(1)
+}
+
+#[cfg(test)]
+mod tests;

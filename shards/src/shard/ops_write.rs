@@ -1,0 +1,270 @@
+//! CREATE_INSTANCE, APPLY_EVENT and DELETE_INSTANCE on the owner shard
+//! (spec §4.5, §4.8, §7): checks in the spec's order, one staged WAL record
+//! per change, and the result object as canonical JSON.
+
+use serde_json::Value;
+
+use super::result::ResultWriter;
+use super::state::{LogSink, ShardState};
+use crate::error::{EngineError, EngineResult, ErrorCode};
+use crate::instance::{merge_payload, undo_merge, CachedApply, Creation, Instance};
+use crate::json::canonical;
+use crate::machine::definition::Selection;
+use crate::shard::command::{ApplyEvent, CreateInstance, DeleteInstance};
+use crate::wal::entry;
+use crate::wal::record::RecordKind;
+
+impl ShardState {
+    pub fn create_instance(
+        &mut self,
+        cmd: CreateInstance,
+        now_ms: u64,
+        log: &mut dyn LogSink,
+    ) -> EngineResult<Vec<u8>> {
+        if let (Some(key), Some(existing)) = (
+            cmd.idempotency_key.as_deref(),
+            self.instances.get(&cmd.instance_id),
+        ) {
+            if let Some(c) = existing
+                .creation
+                .as_deref()
+                .filter(|c| c.idempotency_key == key)
+            {
+                // A retry of the create that made this instance: the first result.
+                let mut r = ResultWriter::new();
+                r.bool("applied", false)
+                    .str("instance_id", &cmd.instance_id)
+                    .str("state", &c.initial_state)
+                    .u64("wal_offset", c.wal_offset);
+                return Ok(r.finish());
+            }
+        }
+        if let Some(existing) = self.instances.get(&cmd.instance_id) {
+            if existing.is_active() || !self.allow_instance_recreate {
+                return Err(EngineError::core(
+                    ErrorCode::InstanceExists,
+                    format_args!("instance already exists: {}", cmd.instance_id),
+                ));
+            }
+        }
+        let machine = self
+            .machines
+            .get(&cmd.machine, cmd.version)
+            .cloned()
+            .ok_or_else(|| EngineError::machine_not_found(&cmd.machine, cmd.version))?;
+        let offset = log.append(RecordKind::CreateInstance, now_ms, &mut |out| {
+            entry::write_create_instance(
+                out,
+                &entry::CreateFields {
+                    instance_id: &cmd.instance_id,
+                    machine: &machine.machine,
+                    version: machine.version,
+                    initial_state: &machine.initial,
+                    initial_ctx: &cmd.initial_ctx,
+                    idempotency_key: cmd.idempotency_key.as_deref(),
+                },
+            )
+        })?;
+        let mut r = ResultWriter::new();
+        r.str("instance_id", &cmd.instance_id)
+            .str("state", &machine.initial)
+            .u64("wal_offset", offset);
+        let creation = cmd.idempotency_key.map(|key| {
+            Box::new(Creation {
+                idempotency_key: key,
+                initial_state: machine.initial.clone(),
+                wal_offset: offset,
+            })
+        });
+        let instance = Instance {
+            state: machine.initial.clone(),
+            machine,
+            ctx: cmd.initial_ctx,
+            last_event_id: None,
+            last_wal_offset: offset,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            deleted_at_offset: None,
+            creation,
+            applied_keys: None,
+        };
+        self.instances.insert(cmd.instance_id, instance);
+        self.active_instances += 1;
+        Ok(r.finish())
+    }
+
+    pub fn apply_event(
+        &mut self,
+        cmd: ApplyEvent,
+        now_ms: u64,
+        log: &mut dyn LogSink,
+    ) -> EngineResult<Vec<u8>> {
+        let Some(inst) = self
+            .instances
+            .get_mut(&cmd.instance_id)
+            .filter(|i| i.is_active())
+        else {
+            return Err(EngineError::instance_not_found(&cmd.instance_id));
+        };
+        if let Some(key) = cmd.idempotency_key.as_deref() {
+            if let Some(cached) = inst.cached_apply(key) {
+                return Ok(apply_result(
+                    false,
+                    &cached.ctx_json,
+                    cmd.event_id.as_deref(),
+                    &cached.from_state,
+                    &cached.to_state,
+                    cached.wal_offset,
+                ));
+            }
+        }
+        if let Some(expected) = cmd.expected_state.as_deref() {
+            if expected != inst.state {
+                return Err(EngineError::core(
+                    ErrorCode::Conflict,
+                    format_args!(
+                        "state conflict: expected '{expected}', actual '{}'",
+                        inst.state
+                    ),
+                ));
+            }
+        }
+        if let Some(expected) = cmd.expected_wal_offset {
+            if expected != inst.last_wal_offset {
+                return Err(EngineError::core(
+                    ErrorCode::Conflict,
+                    format_args!(
+                        "WAL offset conflict: expected {expected}, actual {}",
+                        inst.last_wal_offset
+                    ),
+                ));
+            }
+        }
+        let machine = inst.machine.clone();
+        let to_state = match machine.select(&inst.state, &cmd.event, &inst.ctx) {
+            Selection::Fire(t) => t.to.as_str(),
+            Selection::NoTransition => {
+                return Err(EngineError::core(
+                    ErrorCode::InvalidTransition,
+                    format_args!(
+                        "invalid transition: cannot apply '{}' in state '{}'",
+                        cmd.event, inst.state
+                    ),
+                ))
+            }
+            Selection::GuardFailed(t) => {
+                return Err(EngineError::core(
+                    ErrorCode::GuardFailed,
+                    format_args!(
+                        "guard failed: guard failed for transition '{}' -> '{}' on event '{}'",
+                        inst.state, t.to, cmd.event
+                    ),
+                ))
+            }
+        };
+        let undo = merge_payload(&mut inst.ctx, &cmd.payload);
+        let ctx_json = &mut self.scratch;
+        ctx_json.clear();
+        canonical::write_value(ctx_json, &inst.ctx);
+        let logged = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
+            entry::write_apply_event(
+                out,
+                &entry::ApplyFields {
+                    instance_id: &cmd.instance_id,
+                    event: &cmd.event,
+                    from_state: &inst.state,
+                    to_state,
+                    payload: &cmd.payload,
+                    ctx_json,
+                    event_id: cmd.event_id.as_deref(),
+                    idempotency_key: cmd.idempotency_key.as_deref(),
+                },
+            )
+        });
+        let offset = match logged {
+            Ok(offset) => offset,
+            Err(e) => {
+                undo_merge(&mut inst.ctx, undo);
+                return Err(e);
+            }
+        };
+        let from_state = std::mem::replace(&mut inst.state, to_state.to_owned());
+        let result = apply_result(
+            true,
+            ctx_json,
+            cmd.event_id.as_deref(),
+            &from_state,
+            to_state,
+            offset,
+        );
+        if let Some(key) = cmd.idempotency_key.as_deref() {
+            let outcome = CachedApply {
+                from_state,
+                to_state: to_state.to_owned(),
+                ctx_json: ctx_json.clone(),
+                wal_offset: offset,
+            };
+            inst.remember_apply(key, outcome);
+        }
+        inst.last_event_id = cmd.event_id;
+        inst.last_wal_offset = offset;
+        inst.updated_at_ms = now_ms;
+        Ok(result)
+    }
+
+    pub fn delete_instance(
+        &mut self,
+        cmd: DeleteInstance,
+        now_ms: u64,
+        log: &mut dyn LogSink,
+    ) -> EngineResult<Vec<u8>> {
+        let Some(inst) = self.instances.get_mut(&cmd.instance_id) else {
+            return Err(EngineError::instance_not_found(&cmd.instance_id));
+        };
+        let offset = match inst.deleted_at_offset {
+            // Naturally idempotent: the original delete's offset, nothing written.
+            Some(offset) => offset,
+            None => {
+                let offset = log.append(RecordKind::DeleteInstance, now_ms, &mut |out| {
+                    entry::write_delete_instance(
+                        out,
+                        &cmd.instance_id,
+                        cmd.idempotency_key.as_deref(),
+                    )
+                })?;
+                inst.deleted_at_offset = Some(offset);
+                inst.last_wal_offset = offset;
+                inst.updated_at_ms = now_ms;
+                // Never visible again: free the context and cached outcomes.
+                inst.ctx = Value::Null;
+                inst.applied_keys = None;
+                self.active_instances -= 1;
+                offset
+            }
+        };
+        let mut r = ResultWriter::new();
+        r.bool("deleted", true)
+            .str("instance_id", &cmd.instance_id)
+            .u64("wal_offset", offset);
+        Ok(r.finish())
+    }
+}
+
+fn apply_result(
+    applied: bool,
+    ctx_json: &[u8],
+    event_id: Option<&str>,
+    from_state: &str,
+    to_state: &str,
+    offset: u64,
+) -> Vec<u8> {
+    let mut r = ResultWriter::with_capacity(96 + ctx_json.len());
+    r.bool("applied", applied).raw("ctx", ctx_json);
+    if let Some(id) = event_id {
+        r.str("event_id", id);
+    }
+    r.str("from_state", from_state)
+        .str("to_state", to_state)
+        .u64("wal_offset", offset);
+    r.finish()
+}

@@ -1,0 +1,110 @@
+//! A small writer for result objects: keys are written by the caller in
+//! ascending byte order (spec §1.10), values through the canonical writer.
+
+use serde_json::Value;
+
+use crate::json::canonical;
+
+pub struct ResultWriter {
+    out: Vec<u8>,
+    #[cfg(debug_assertions)]
+    last_key: Option<&'static str>,
+}
+
+impl Default for ResultWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResultWriter {
+    pub fn new() -> Self {
+        Self::with_capacity(64)
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        let mut out = Vec::with_capacity(n);
+        out.push(b'{');
+        ResultWriter {
+            out,
+            #[cfg(debug_assertions)]
+            last_key: None,
+        }
+    }
+
+    fn key(&mut self, k: &'static str) {
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(
+                self.last_key.is_none_or(|last| last < k),
+                "result keys must be written in ascending order: {k}"
+            );
+            self.last_key = Some(k);
+        }
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        canonical::write_str(&mut self.out, k);
+        self.out.push(b':');
+    }
+
+    pub fn str(&mut self, k: &'static str, v: &str) -> &mut Self {
+        self.key(k);
+        canonical::write_str(&mut self.out, v);
+        self
+    }
+
+    pub fn u64(&mut self, k: &'static str, v: u64) -> &mut Self {
+        self.key(k);
+        self.out.extend_from_slice(itoa_u64(v).as_bytes());
+        self
+    }
+
+    pub fn bool(&mut self, k: &'static str, v: bool) -> &mut Self {
+        self.key(k);
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        self
+    }
+
+    pub fn value(&mut self, k: &'static str, v: &Value) -> &mut Self {
+        self.key(k);
+        canonical::write_value(&mut self.out, v);
+        self
+    }
+
+    /// A value already encoded as canonical JSON.
+    pub fn raw(&mut self, k: &'static str, json: &[u8]) -> &mut Self {
+        self.key(k);
+        self.out.extend_from_slice(json);
+        self
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+fn itoa_u64(v: u64) -> String {
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_compact_objects() {
+        let mut r = ResultWriter::new();
+        r.bool("a", true)
+            .raw("b", b"{}")
+            .str("c", "x\"y")
+            .u64("d", 7);
+        assert_eq!(
+            r.finish(),
+            br#"{"a":true,"b":{},"c":"x\"y","d":7}"#.to_vec()
+        );
+        assert_eq!(ResultWriter::new().finish(), b"{}".to_vec());
+    }
+}
