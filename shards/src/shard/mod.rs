@@ -9,7 +9,10 @@ pub mod result;
 pub mod runner;
 pub mod state;
 
-pub use command::{Command, ListPage, ListQuery, Reply, ReplyTo, ShardMsg, ShardStats};
+pub use command::{
+    ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, Reply, ReplyTo,
+    ShardMsg, ShardStats,
+};
 pub use runner::{OpenReport, Shard, ShardConfig};
 pub use state::ShardState;
 

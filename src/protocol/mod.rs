@@ -1,0 +1,8 @@
+//! RCP wire protocol: frames, operation names, request envelopes and their
+//! parameters, response envelopes.
+
+pub mod frame;
+pub mod op;
+pub mod params;
+pub mod request;
+pub mod response;

@@ -1,0 +1,247 @@
+//! Start-up and the process's threads: one pinned glommio executor per
+//! shard (each recovers its own log, then serves its mailbox), one acceptor
+//! executor for the network, and a watchdog thread.
+//!
+//! Panics: a panic anywhere stops the process with a message (fail-stop) —
+//! a shard whose task died would otherwise leave its instances silently
+//! unreachable. The watchdog aborts the process, naming the shard, when a
+//! shard has not heartbeat for `WATCHDOG_STALL_LIMIT_MS`.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use shards::shard::{OpenReport, Shard, ShardConfig, ShardMsg};
+use shards::wal::Frontier;
+
+use crate::config::Config;
+use crate::server::acceptor::accept_loop;
+use crate::server::auth::TokenSet;
+use crate::server::catalog::{install_everywhere, Catalog};
+use crate::server::context::{Limits, Router, ServerCtx};
+
+/// A shard that has not heartbeat for this long is considered hung.
+pub const WATCHDOG_STALL_LIMIT_MS: u64 = 5_000;
+/// How often the watchdog looks.
+pub const WATCHDOG_CHECK_INTERVAL_MS: u64 = 500;
+/// Registered I/O memory per executor; must fit the locked-memory limit.
+pub const EXECUTOR_IO_MEMORY_BYTES: usize = 1024 * 1024;
+/// Name of the file that records the data directory's layout.
+pub const DATA_DIR_META_FILE: &str = "corestate.json";
+/// Version of the on-disk layout.
+pub const DATA_DIR_FORMAT_VERSION: u64 = 1;
+
+/// glommio needs locked memory for io_uring; raise the soft limit to the hard one.
+fn raise_memlock_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+        }
+    }
+}
+
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed").to_owned();
+        tracing::error!("fatal: panic in thread {name}: {info}; stopping the server");
+        default(info);
+        eprintln!("corestate: fatal: panic in thread {name}; stopping the server");
+        std::process::abort();
+    }));
+}
+
+/// Refuse to start when the data directory was made with another shard
+/// count: instances are placed by hash modulo the shard count.
+fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    let meta = dir.join(DATA_DIR_META_FILE);
+    match std::fs::read(&meta) {
+        Ok(bytes) => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", meta.display()))?;
+            let recorded = v["shards"].as_u64().unwrap_or(0) as usize;
+            if recorded != shards {
+                return Err(format!(
+                    "data directory {} was created with {recorded} shard(s); start with --shards {recorded} \
+                     (instances are placed by hash across shards, so the count cannot change)",
+                    dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let body = serde_json::json!({"format": DATA_DIR_FORMAT_VERSION, "shards": shards});
+            let tmp = dir.join(format!("{DATA_DIR_META_FILE}.tmp"));
+            std::fs::write(&tmp, body.to_string())
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &meta))
+                .and_then(|_| shards::wal::segment::sync_dir(dir))
+                .map_err(|e| format!("cannot write {}: {e}", meta.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", meta.display())),
+    }
+}
+
+/// Run the server until the process is stopped. Returns an error message
+/// for start-up failures.
+pub fn run(config: Config) -> Result<(), String> {
+    install_panic_hook();
+    raise_memlock_limit();
+    check_data_dir(&config.data_dir, config.shards)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let frontier = Frontier::new();
+    let mut mailboxes = Vec::new();
+    let mut heartbeats = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<OpenReport, String>>();
+    for id in 0..config.shards {
+        let (tx, rx) = flume::unbounded::<ShardMsg>();
+        mailboxes.push(tx);
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        heartbeats.push(heartbeat.clone());
+        let shard_cfg = ShardConfig {
+            id,
+            dir: config.data_dir.join(format!("shard-{id:03}")),
+            fsync: config.fsync,
+            segment_size_bytes: config.wal_segment_size_bytes,
+            allow_instance_recreate: config.allow_instance_recreate,
+            salvage: config.salvage,
+        };
+        let frontier = frontier.clone();
+        let ready = ready_tx.clone();
+        LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            .name(&format!("shard-{id}"))
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                match Shard::open(&shard_cfg, frontier, heartbeat).await {
+                    Ok((shard, report)) => {
+                        let _ = ready.send(Ok(report));
+                        shard.run(rx).await;
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+    }
+    drop(ready_tx);
+    let mut reports = Vec::new();
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a shard stopped during start-up".into()),
+        }
+    }
+    reports.sort_by_key(|r| r.shard);
+    for r in &reports {
+        if let Some(t) = &r.scan.torn_tail {
+            tracing::warn!(
+                "shard {}: torn write at the end of {} cut at byte {} ({} bytes discarded; none of it was acknowledged)",
+                r.shard,
+                t.path.display(),
+                t.position,
+                t.bytes_zeroed
+            );
+        }
+        if let Some(s) = &r.scan.salvage {
+            tracing::warn!(
+                "shard {}: --salvage cut {} at byte {} ({}); dropped {} record(s) and {} later segment(s)",
+                r.shard,
+                s.path.display(),
+                s.position,
+                s.defect,
+                s.records_dropped,
+                s.segments_removed
+            );
+        }
+    }
+    let recovered_records: u64 = reports.iter().map(|r| r.counts.records).sum();
+    let recovered_instances: u64 = reports.iter().map(|r| r.instances_active).sum();
+    start_watchdog(heartbeats);
+
+    let listener_cfg = config.clone();
+    let acceptor = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("acceptor")
+        .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            let config = listener_cfg;
+            let router = Router::new(mailboxes);
+            let catalog = Catalog::new(config.max_machine_versions);
+            let all_defs: Vec<_> = reports.iter().flat_map(|r| r.machines.iter().cloned()).collect();
+            catalog.load(all_defs);
+            // A PUT acknowledged on some shards before a crash is completed on
+            // the others, so every shard knows every machine again.
+            for def in catalog.installed() {
+                let raw = Arc::new(def.normalized_value());
+                if let Err(e) = install_everywhere(&router, &def, raw).await {
+                    return Err(format!("cannot reinstall machine {} v{}: {e}", def.machine, def.version));
+                }
+            }
+            let machines = catalog.installed().len();
+            let ctx = Rc::new(ServerCtx {
+                router,
+                catalog,
+                tokens: TokenSet::new(config.auth_required, &config.auth_token_hashes),
+                limits: Limits {
+                    max_inflight_requests_per_connection: config.max_inflight_requests_per_connection,
+                    max_batch_ops: config.max_batch_ops,
+                    max_connections: config.max_connections,
+                },
+            });
+            let listener = glommio::net::TcpListener::bind(config.bind)
+                .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+            tracing::info!(
+                "corestate {} listening on {} | shards {} | data dir {} | fsync {} | recovered {} records, {} machines, {} active instances",
+                env!("CARGO_PKG_VERSION"),
+                config.bind,
+                config.shards,
+                config.data_dir.display(),
+                config.fsync,
+                recovered_records,
+                machines,
+                recovered_instances
+            );
+            accept_loop(ctx, listener).await;
+            Ok(())
+        })
+        .map_err(|e| format!("cannot start the acceptor: {e}"))?;
+    match acceptor.join() {
+        Ok(result) => result,
+        Err(e) => Err(format!("acceptor stopped: {e}")),
+    }
+}
+
+fn start_watchdog(heartbeats: Vec<Arc<AtomicU64>>) {
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(WATCHDOG_CHECK_INTERVAL_MS));
+            let now = shards::shard::state::now_ms();
+            for (id, hb) in heartbeats.iter().enumerate() {
+                let last = hb.load(Ordering::Relaxed);
+                if now.saturating_sub(last) > WATCHDOG_STALL_LIMIT_MS {
+                    let msg = format!(
+                        "fatal: shard {id} has not made progress for {} ms (watchdog limit {WATCHDOG_STALL_LIMIT_MS} ms); aborting",
+                        now - last
+                    );
+                    tracing::error!("{msg}");
+                    eprintln!("corestate: {msg}");
+                    std::process::abort();
+                }
+            }
+        })
+        .expect("spawning the watchdog thread");
+}

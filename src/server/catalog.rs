@@ -1,0 +1,238 @@
+//! The server-wide machine catalog, kept on the acceptor: the one place that
+//! decides PUT_MACHINE, so that two concurrent PUTs of one (machine, version)
+//! cannot install different definitions on different shards.
+//!
+//! A PUT reserves the (machine, version) as *pending*, sends the definition
+//! to every shard's mailbox — each shard logs it durably in its own WAL and
+//! installs it — and marks it *installed* once all have answered. Only then
+//! is it acknowledged, listed or returned by GET_MACHINE. A concurrent PUT of
+//! the same definition waits for the first; a different one is refused.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use shards::machine::definition::{parse_definition, MachineDef};
+use shards::shard::result::ResultWriter;
+use shards::shard::ShardMsg;
+use shards::{EngineError, EngineResult, ErrorCode};
+
+use super::context::Router;
+
+enum Entry {
+    Installed(Arc<MachineDef>),
+    Pending {
+        checksum: String,
+        waiters: Vec<flume::Sender<EngineResult<()>>>,
+    },
+}
+
+pub struct Catalog {
+    machines: RefCell<BTreeMap<String, BTreeMap<u32, Entry>>>,
+    /// 0 = unlimited.
+    max_versions_per_machine: u32,
+}
+
+fn version_exists(machine: &str, version: u32) -> EngineError {
+    EngineError::core(
+        ErrorCode::MachineVersionExists,
+        format_args!("machine version already exists: {machine} v{version}"),
+    )
+}
+
+fn put_result(created: bool, def: &MachineDef) -> Vec<u8> {
+    let mut r = ResultWriter::new();
+    r.bool("created", created)
+        .str("machine", &def.machine)
+        .str("stored_checksum", &def.checksum)
+        .u64("version", def.version as u64);
+    r.finish()
+}
+
+impl Catalog {
+    pub fn new(max_versions_per_machine: u32) -> Self {
+        Catalog {
+            machines: RefCell::new(BTreeMap::new()),
+            max_versions_per_machine,
+        }
+    }
+
+    /// Add definitions recovered by the shards at start-up.
+    pub fn load(&self, defs: impl IntoIterator<Item = Arc<MachineDef>>) {
+        let mut machines = self.machines.borrow_mut();
+        for def in defs {
+            machines
+                .entry(def.machine.clone())
+                .or_default()
+                .entry(def.version)
+                .or_insert_with(|| Entry::Installed(def));
+        }
+    }
+
+    pub fn installed(&self) -> Vec<Arc<MachineDef>> {
+        let machines = self.machines.borrow();
+        machines
+            .values()
+            .flat_map(|v| v.values())
+            .filter_map(|e| match e {
+                Entry::Installed(d) => Some(d.clone()),
+                Entry::Pending { .. } => None,
+            })
+            .collect()
+    }
+
+    pub async fn put(
+        &self,
+        router: &Router,
+        machine: &str,
+        version: u32,
+        definition: &Value,
+    ) -> EngineResult<Vec<u8>> {
+        // 1. Version limit, for versions not yet known.
+        {
+            let machines = self.machines.borrow();
+            let versions = machines.get(machine);
+            let known = versions.is_some_and(|v| v.contains_key(&version));
+            let count = versions.map_or(0, |v| v.len());
+            let max = self.max_versions_per_machine as usize;
+            if !known && max > 0 && count >= max {
+                return Err(EngineError::new(
+                    ErrorCode::MachineVersionLimitExceeded,
+                    format!(
+                        "machine version limit exceeded: machine '{machine}' already has {count} versions (limit: {max})"
+                    ),
+                ));
+            }
+        }
+        // 2. Validate.
+        let def = Arc::new(parse_definition(machine, version, definition)?);
+        // 3. Existing or pending version.
+        let wait = {
+            let mut machines = self.machines.borrow_mut();
+            let versions = machines.entry(machine.to_owned()).or_default();
+            match versions.get_mut(&version) {
+                Some(Entry::Installed(existing)) => {
+                    return if existing.checksum == def.checksum {
+                        Ok(put_result(false, existing))
+                    } else {
+                        Err(version_exists(machine, version))
+                    };
+                }
+                Some(Entry::Pending { checksum, waiters }) => {
+                    if *checksum != def.checksum {
+                        return Err(version_exists(machine, version));
+                    }
+                    let (tx, rx) = flume::bounded(1);
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    versions.insert(
+                        version,
+                        Entry::Pending {
+                            checksum: def.checksum.clone(),
+                            waiters: Vec::new(),
+                        },
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(rx) = wait {
+            rx.recv_async()
+                .await
+                .map_err(|_| EngineError::internal("machine installation was abandoned"))??;
+            return Ok(put_result(false, &def));
+        }
+        // 4. Install on every shard, durably, then publish.
+        let outcome = install_everywhere(router, &def, Arc::new(definition.clone())).await;
+        let waiters = {
+            let mut machines = self.machines.borrow_mut();
+            let versions = machines.entry(machine.to_owned()).or_default();
+            let previous = match &outcome {
+                Ok(()) => versions.insert(version, Entry::Installed(def.clone())),
+                Err(_) => versions.remove(&version),
+            };
+            if versions.is_empty() {
+                machines.remove(machine);
+            }
+            match previous {
+                Some(Entry::Pending { waiters, .. }) => waiters,
+                _ => Vec::new(),
+            }
+        };
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+        outcome.map(|()| put_result(true, &def))
+    }
+
+    pub fn get(&self, machine: &str, version: u32) -> EngineResult<Vec<u8>> {
+        let machines = self.machines.borrow();
+        match machines.get(machine).and_then(|v| v.get(&version)) {
+            Some(Entry::Installed(def)) => {
+                let mut r = ResultWriter::new();
+                r.str("checksum", &def.checksum)
+                    .value("definition", &def.normalized_value());
+                Ok(r.finish())
+            }
+            _ => Err(EngineError::machine_not_found(machine, version)),
+        }
+    }
+
+    pub fn list(&self) -> Vec<u8> {
+        let machines = self.machines.borrow();
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(br#"{"items":["#);
+        let mut first = true;
+        for (name, versions) in machines.iter() {
+            let installed: Vec<u32> = versions
+                .iter()
+                .filter(|(_, e)| matches!(e, Entry::Installed(_)))
+                .map(|(v, _)| *v)
+                .collect();
+            if installed.is_empty() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(br#"{"machine":"#);
+            shards::json::canonical::write_str(&mut out, name);
+            out.extend_from_slice(br#","versions":["#);
+            let list: Vec<String> = installed.iter().map(u32::to_string).collect();
+            out.extend_from_slice(list.join(",").as_bytes());
+            out.extend_from_slice(b"]}");
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+}
+
+/// Send the definition to every shard and wait until each has it durably.
+pub async fn install_everywhere(
+    router: &Router,
+    def: &Arc<MachineDef>,
+    raw: Arc<Value>,
+) -> EngineResult<()> {
+    let mut pending = Vec::with_capacity(router.shards());
+    for mailbox in router.all() {
+        let (tx, rx) = flume::bounded(1);
+        mailbox
+            .send(ShardMsg::InstallMachine {
+                def: def.clone(),
+                raw_definition: raw.clone(),
+                done: tx,
+            })
+            .map_err(|_| EngineError::internal("shard mailbox closed"))?;
+        pending.push(rx);
+    }
+    for rx in pending {
+        rx.recv_async()
+            .await
+            .map_err(|_| EngineError::internal("shard stopped before answering"))??;
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! One client connection: a reader task that decodes frames, parses and
+//! dispatches requests, and a writer task that writes answers strictly in
+//! request order (spec §3.8), whatever order the shards answer in.
+//!
+//! Every request takes a sequence number and a slot in `Slots`; answers
+//! (from shards, fan-out tasks, or the reader itself for session ops) arrive
+//! on one channel tagged with that number. The writer fills slots and writes
+//! the ready prefix, coalescing everything ready into one socket write.
+//! At most `max_inflight_requests_per_connection` requests are unanswered at
+//! once: beyond that the reader stops reading the socket, so a client that
+//! pipelines without reading cannot make the server buffer without bound.
+//!
+//! The connection ends when the reader stops (EOF, BYE, a framing
+//! violation) and every answer owed has been written: the writer sees the
+//! reply channel close once the reader and every in-flight request have
+//! dropped their senders.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use futures_lite::future::poll_fn;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use shards::shard::{Reply, ReplyTo};
+use shards::{EngineError, EngineResult};
+
+use super::context::ServerCtx;
+use super::dispatch::{dispatch, Flow};
+use super::session::Session;
+use crate::protocol::frame::{FrameDecoder, OutputMode};
+use crate::protocol::op::Op;
+use crate::protocol::request::parse_request;
+use crate::protocol::response::write_response;
+
+/// Initial (and resting) size of a connection's read buffer.
+pub const READ_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
+/// Least free space offered to one socket read.
+pub const READ_CHUNK_MIN_BYTES: usize = 16 * 1024;
+/// Pending output at which the writer flushes even if more answers are ready.
+pub const WRITE_BUFFER_FLUSH_BYTES: usize = 256 * 1024;
+
+struct Slot {
+    id_json: Vec<u8>,
+    mode: OutputMode,
+    body: Option<EngineResult<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Sequence number of `queue[0]`.
+    base_seq: u64,
+    queue: VecDeque<Slot>,
+    /// Set by the writer when the socket can no longer be written.
+    broken: bool,
+}
+
+type Stream = Rc<RefCell<TcpStream>>;
+
+async fn read_some(stream: &Stream, buf: &mut [u8]) -> std::io::Result<usize> {
+    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await
+}
+
+async fn write_all(stream: &Stream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+pub async fn serve(ctx: Rc<ServerCtx>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let stream: Stream = Rc::new(RefCell::new(stream));
+    let slots = Rc::new(RefCell::new(Slots::default()));
+    let inflight = Rc::new(Semaphore::new(
+        ctx.limits.max_inflight_requests_per_connection as u64,
+    ));
+    let (reply_tx, reply_rx) = flume::unbounded::<Reply>();
+    let writer = glommio::spawn_local(write_loop(
+        stream.clone(),
+        reply_rx,
+        slots.clone(),
+        inflight.clone(),
+    ));
+    read_loop(&ctx, &stream, reply_tx, &slots, &inflight).await;
+    writer.await;
+    let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+}
+
+async fn read_loop(
+    ctx: &Rc<ServerCtx>,
+    stream: &Stream,
+    reply_tx: flume::Sender<Reply>,
+    slots: &Rc<RefCell<Slots>>,
+    inflight: &Rc<Semaphore>,
+) {
+    let mut session = Session::default();
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; READ_BUFFER_INITIAL_BYTES];
+    let (mut start, mut filled) = (0usize, 0usize);
+    let mut next_seq = 0u64;
+    loop {
+        // Handle every complete message already buffered.
+        loop {
+            let decoded = match decoder.decode(&buf[start..filled]) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("closing connection: {e}");
+                    return;
+                }
+            };
+            let (from, to) = (start + decoded.payload.start, start + decoded.payload.end);
+            start += decoded.consumed;
+            if inflight.acquire(1).await.is_err() || slots.borrow().broken {
+                return;
+            }
+            let seq = next_seq;
+            next_seq += 1;
+            let mode = output_mode(&session, &decoder);
+            let reply = ReplyTo {
+                tx: reply_tx.clone(),
+                seq,
+            };
+            let flow = match parse_request(&mut buf[from..to]) {
+                Err(bad) => {
+                    push_slot(slots, seq, bad.id_json, mode);
+                    let _ = reply.tx.send(Reply {
+                        seq,
+                        body: Err(bad.error),
+                    });
+                    Flow::Continue
+                }
+                Ok(req) => {
+                    let op = req.op;
+                    push_slot(slots, seq, req.id_json.clone(), mode);
+                    let flow = dispatch(ctx, &mut session, req, reply).await;
+                    if op == Op::Hello {
+                        // HELLO answers in the mode it negotiated (spec §3.2);
+                        // it never awaits, so its answer is not written yet.
+                        decoder.set_jsonl_input(session.jsonl);
+                        set_slot_mode(slots, seq, output_mode(&session, &decoder));
+                    }
+                    flow
+                }
+            };
+            if flow == Flow::Close {
+                return;
+            }
+        }
+        // Make room: drop consumed bytes, grow for a large frame, shrink back after.
+        if start > 0 {
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+            start = 0;
+        }
+        let needed = decoder.bytes_needed_hint(&buf[..filled]);
+        let want = needed.max(filled + READ_CHUNK_MIN_BYTES);
+        if want > buf.len() {
+            buf.resize(want.next_power_of_two(), 0);
+        } else if buf.len() > READ_BUFFER_INITIAL_BYTES && want <= READ_BUFFER_INITIAL_BYTES {
+            buf.truncate(READ_BUFFER_INITIAL_BYTES);
+            buf.shrink_to_fit();
+        }
+        match read_some(stream, &mut buf[filled..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => filled += n,
+        }
+    }
+}
+
+fn output_mode(session: &Session, decoder: &FrameDecoder) -> OutputMode {
+    if session.jsonl {
+        OutputMode::Jsonl
+    } else {
+        decoder.output_mode_for_binary()
+    }
+}
+
+fn push_slot(slots: &Rc<RefCell<Slots>>, seq: u64, id_json: Vec<u8>, mode: OutputMode) {
+    let mut s = slots.borrow_mut();
+    debug_assert_eq!(s.base_seq + s.queue.len() as u64, seq);
+    s.queue.push_back(Slot {
+        id_json,
+        mode,
+        body: None,
+    });
+}
+
+fn set_slot_mode(slots: &Rc<RefCell<Slots>>, seq: u64, mode: OutputMode) {
+    let mut s = slots.borrow_mut();
+    let index = (seq - s.base_seq) as usize;
+    if let Some(slot) = s.queue.get_mut(index) {
+        slot.mode = mode;
+    }
+}
+
+async fn write_loop(
+    stream: Stream,
+    replies: flume::Receiver<Reply>,
+    slots: Rc<RefCell<Slots>>,
+    inflight: Rc<Semaphore>,
+) {
+    let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER_INITIAL_BYTES);
+    while let Ok(first) = replies.recv_async().await {
+        let mut next = Some(first);
+        loop {
+            if let Some(reply) = next.take() {
+                fill(&slots, reply);
+            }
+            let written = encode_ready(&slots, &mut out);
+            inflight.signal(written);
+            if out.len() >= WRITE_BUFFER_FLUSH_BYTES {
+                break;
+            }
+            match replies.try_recv() {
+                Ok(reply) => next = Some(reply),
+                Err(_) => break,
+            }
+        }
+        if !out.is_empty() {
+            if write_all(&stream, &out).await.is_err() {
+                slots.borrow_mut().broken = true;
+                inflight.close();
+                return;
+            }
+            out.clear();
+            if out.capacity() > 4 * WRITE_BUFFER_FLUSH_BYTES {
+                out.shrink_to(READ_BUFFER_INITIAL_BYTES);
+            }
+        }
+    }
+}
+
+fn fill(slots: &Rc<RefCell<Slots>>, reply: Reply) {
+    let mut s = slots.borrow_mut();
+    let Some(index) = reply.seq.checked_sub(s.base_seq) else {
+        return;
+    };
+    if let Some(slot) = s.queue.get_mut(index as usize) {
+        slot.body = Some(reply.body);
+    }
+}
+
+/// Encode the answered prefix of the queue; returns how many were encoded.
+fn encode_ready(slots: &Rc<RefCell<Slots>>, out: &mut Vec<u8>) -> u64 {
+    let mut s = slots.borrow_mut();
+    let mut n = 0;
+    while s.queue.front().is_some_and(|slot| slot.body.is_some()) {
+        let Some(slot) = s.queue.pop_front() else {
+            break;
+        };
+        s.base_seq += 1;
+        n += 1;
+        let Some(body) = slot.body else { continue };
+        if write_response(out, slot.mode, &slot.id_json, &body).is_err() {
+            // The answer cannot be framed (over 16 MiB): say so instead.
+            let too_large: EngineResult<Vec<u8>> = Err(EngineError::internal(
+                "response exceeds the maximum frame size",
+            ));
+            let _ = write_response(out, slot.mode, &slot.id_json, &too_large);
+        }
+    }
+    n
+}

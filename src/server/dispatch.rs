@@ -1,0 +1,117 @@
+//! Request dispatch: the authentication gate, then a table from operation to
+//! handler. Instance operations become typed commands sent to the owner
+//! shard's mailbox (the shard answers into the connection's reply channel);
+//! fan-out operations run as a task on the acceptor; session operations are
+//! answered at once.
+
+use std::rc::Rc;
+
+use shards::shard::{Command, Reply, ReplyTo, ShardMsg};
+use shards::{EngineError, EngineResult, ErrorCode};
+
+use super::context::ServerCtx;
+use super::ops::{instance_ops, machine_ops, session_ops};
+use super::session::Session;
+use crate::protocol::op::Op;
+use crate::protocol::request::Request;
+
+/// What the connection does after a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop reading; close once every earlier answer is written (BYE).
+    Close,
+}
+
+fn answer(reply: ReplyTo, body: EngineResult<Vec<u8>>) {
+    // The writer may already be gone (peer closed): nothing to tell.
+    let _ = reply.tx.send(Reply {
+        seq: reply.seq,
+        body,
+    });
+}
+
+fn not_supported_yet(op: Op) -> EngineError {
+    EngineError::bad_request(format_args!("{} is not supported yet", op.name()))
+}
+
+fn to_shard(ctx: &ServerCtx, cmd: EngineResult<Command>, reply: ReplyTo) {
+    match cmd {
+        Ok(cmd) => {
+            let mailbox = ctx.router.owner(cmd.instance_id());
+            if let Err(flume::SendError(ShardMsg::Exec { reply, .. })) =
+                mailbox.send(ShardMsg::Exec { cmd, reply })
+            {
+                answer(reply, Err(EngineError::internal("shard mailbox closed")));
+            }
+        }
+        Err(e) => answer(reply, Err(e)),
+    }
+}
+
+pub async fn dispatch(
+    ctx: &Rc<ServerCtx>,
+    session: &mut Session,
+    req: Request,
+    reply: ReplyTo,
+) -> Flow {
+    let op = req.op;
+    if ctx.tokens.required() && !session.authenticated && !op.allowed_unauthenticated() {
+        answer(
+            reply,
+            Err(EngineError::new(
+                ErrorCode::Unauthorized,
+                "authentication required",
+            )),
+        );
+        return Flow::Continue;
+    }
+    let params = &req.params;
+    match op {
+        Op::Hello => answer(reply, session_ops::hello(session, params)),
+        Op::Auth => answer(reply, session_ops::auth(ctx, session, params)),
+        Op::Ping => answer(reply, session_ops::ping()),
+        Op::Bye => {
+            answer(reply, session_ops::bye());
+            return Flow::Close;
+        }
+        Op::Info => answer(reply, session_ops::info(ctx)),
+        Op::ReplicationStatus => answer(reply, session_ops::replication_status()),
+        // PUT_MACHINE is awaited in line: later requests on this connection
+        // (a CREATE of the new machine, say) must find it installed.
+        Op::PutMachine => answer(reply, machine_ops::put_machine(ctx, params).await),
+        Op::GetMachine => answer(reply, machine_ops::get_machine(ctx, params)),
+        Op::ListMachines => answer(reply, machine_ops::list_machines(ctx)),
+        Op::CreateInstance => to_shard(ctx, instance_ops::create(params), reply),
+        Op::GetInstance => to_shard(ctx, instance_ops::get(params), reply),
+        Op::DeleteInstance => to_shard(ctx, instance_ops::delete(params), reply),
+        Op::ApplyEvent => to_shard(ctx, instance_ops::apply(params), reply),
+        Op::ListInstances => match instance_ops::parse_list(params) {
+            Ok(list) => {
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    let body = instance_ops::list(&ctx.router, list).await;
+                    answer(reply, body);
+                })
+                .detach();
+            }
+            Err(e) => answer(reply, Err(e)),
+        },
+        Op::Replicate | Op::ReplicateAck => answer(
+            reply,
+            Err(EngineError::bad_request(
+                "replication operations are handled internally",
+            )),
+        ),
+        Op::Batch
+        | Op::SnapshotInstance
+        | Op::WalRead
+        | Op::WalStats
+        | Op::Compact
+        | Op::WatchInstance
+        | Op::WatchAll
+        | Op::Unwatch
+        | Op::FlushAll => answer(reply, Err(not_supported_yet(op))),
+    }
+    Flow::Continue
+}

@@ -1,0 +1,11 @@
+//! The network side: accept connections, decode requests, route them to the
+//! shards, answer in order.
+
+pub mod acceptor;
+pub mod auth;
+pub mod catalog;
+pub mod connection;
+pub mod context;
+pub mod dispatch;
+pub mod ops;
+pub mod session;

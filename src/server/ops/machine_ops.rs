@@ -1,0 +1,31 @@
+//! PUT_MACHINE, GET_MACHINE, LIST_MACHINES (spec §4.2–4.4), served by the
+//! catalog.
+
+use serde_json::Value;
+use shards::EngineResult;
+
+use crate::protocol::params::Params;
+use crate::server::context::ServerCtx;
+
+pub async fn put_machine(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
+    let p = Params::strict(params, "PutMachineParams")?;
+    let machine = p.str("machine")?;
+    let version = p.u32("version")?;
+    let definition = p
+        .get("definition")
+        .ok_or_else(|| shards::EngineError::bad_request("missing field `definition`"))?;
+    ctx.catalog
+        .put(&ctx.router, machine, version, definition)
+        .await
+}
+
+pub fn get_machine(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
+    let p = Params::strict(params, "GetMachineParams")?;
+    let machine = p.str("machine")?;
+    let version = p.u32("version")?;
+    ctx.catalog.get(machine, version)
+}
+
+pub fn list_machines(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
+    Ok(ctx.catalog.list())
+}

@@ -1,0 +1,5 @@
+//! One file per operation family; `dispatch.rs` maps op names to them.
+
+pub mod instance_ops;
+pub mod machine_ops;
+pub mod session_ops;
