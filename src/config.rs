@@ -23,7 +23,6 @@
 //! The file is parsed into a `serde_yaml::Value` tree and walked key by key,
 //! so every type error carries the dotted path of the offending key.
 
-
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;

@@ -199,6 +199,7 @@ pub fn run(config: Config) -> Result<(), String> {
                     max_inflight_requests_per_connection: config.max_inflight_requests_per_connection,
                     max_batch_ops: config.max_batch_ops,
                     max_connections: config.max_connections,
+                    idle_timeout: config.idle_timeout(),
                 },
             });
             let listener = glommio::net::TcpListener::bind(config.bind)

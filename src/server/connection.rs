@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use futures_lite::future::poll_fn;
+use futures_lite::future::{self, poll_fn};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -168,9 +168,41 @@ async fn read_loop(
             buf.truncate(READ_BUFFER_INITIAL_BYTES);
             buf.shrink_to_fit();
         }
-        match read_some(stream, &mut buf[filled..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => filled += n,
+        match read_with_idle_timeout(ctx, stream, &mut buf[filled..], slots).await {
+            Some(n) => filled += n,
+            None => return,
+        }
+    }
+}
+
+/// One socket read; `None` on EOF, error, or an idle timeout (spec §3.7:
+/// nothing received for the idle period while nothing is in flight).
+async fn read_with_idle_timeout(
+    ctx: &ServerCtx,
+    stream: &Stream,
+    buf: &mut [u8],
+    slots: &Rc<RefCell<Slots>>,
+) -> Option<usize> {
+    loop {
+        let read = async { Some(read_some(stream, buf).await) };
+        let result = match ctx.limits.idle_timeout {
+            None => read.await,
+            Some(idle) => {
+                future::or(read, async {
+                    glommio::timer::sleep(idle).await;
+                    None
+                })
+                .await
+            }
+        };
+        match result {
+            Some(Ok(0)) | Some(Err(_)) => return None,
+            Some(Ok(n)) => return Some(n),
+            None if slots.borrow().queue.is_empty() => {
+                tracing::debug!("closing idle connection");
+                return None;
+            }
+            None => continue,
         }
     }
 }

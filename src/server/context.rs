@@ -13,6 +13,9 @@ pub struct Limits {
     pub max_inflight_requests_per_connection: usize,
     pub max_batch_ops: usize,
     pub max_connections: usize,
+    /// Close a connection that sent nothing for this long while no request
+    /// of it was in flight; `None` disables it.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The shard mailboxes, indexed by shard id.
