@@ -29,6 +29,7 @@ pub async fn accept_loop(ctx: Rc<ServerCtx>, listener: TcpListener) {
             drop(stream);
             continue;
         }
+        let _ = stream.set_nodelay(true);
         open.set(open.get() + 1);
         let ctx = ctx.clone();
         let open = open.clone();

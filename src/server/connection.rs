@@ -22,7 +22,6 @@ use std::rc::Rc;
 
 use futures_lite::future::{self, poll_fn};
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use shards::shard::{Reply, ReplyTo};
 use shards::{EngineError, EngineResult};
@@ -57,13 +56,20 @@ struct Slots {
     broken: bool,
 }
 
-type Stream = Rc<RefCell<TcpStream>>;
+/// The connection's byte stream (plain TCP, or TLS over it), shared by the
+/// reader and writer tasks. They run on one thread and borrow it only inside
+/// a single poll, so the borrows never overlap; glommio keeps separate read
+/// and write readiness, so a pending read does not block a write.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + 'static> ByteStream for T {}
 
-async fn read_some(stream: &Stream, buf: &mut [u8]) -> std::io::Result<usize> {
+type Stream<S> = Rc<RefCell<S>>;
+
+async fn read_some<S: ByteStream>(stream: &Stream<S>, buf: &mut [u8]) -> std::io::Result<usize> {
     poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await
 }
 
-async fn write_all(stream: &Stream, mut buf: &[u8]) -> std::io::Result<()> {
+async fn write_all<S: ByteStream>(stream: &Stream<S>, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
         if n == 0 {
@@ -74,9 +80,8 @@ async fn write_all(stream: &Stream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-pub async fn serve(ctx: Rc<ServerCtx>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let stream: Stream = Rc::new(RefCell::new(stream));
+pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S) {
+    let stream: Stream<S> = Rc::new(RefCell::new(stream));
     let slots = Rc::new(RefCell::new(Slots::default()));
     let inflight = Rc::new(Semaphore::new(
         ctx.limits.max_inflight_requests_per_connection as u64,
@@ -93,9 +98,9 @@ pub async fn serve(ctx: Rc<ServerCtx>, stream: TcpStream) {
     let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
 }
 
-async fn read_loop(
+async fn read_loop<S: ByteStream>(
     ctx: &Rc<ServerCtx>,
-    stream: &Stream,
+    stream: &Stream<S>,
     reply_tx: flume::Sender<Reply>,
     slots: &Rc<RefCell<Slots>>,
     inflight: &Rc<Semaphore>,
@@ -177,9 +182,9 @@ async fn read_loop(
 
 /// One socket read; `None` on EOF, error, or an idle timeout (spec §3.7:
 /// nothing received for the idle period while nothing is in flight).
-async fn read_with_idle_timeout(
+async fn read_with_idle_timeout<S: ByteStream>(
     ctx: &ServerCtx,
-    stream: &Stream,
+    stream: &Stream<S>,
     buf: &mut [u8],
     slots: &Rc<RefCell<Slots>>,
 ) -> Option<usize> {
@@ -233,8 +238,8 @@ fn set_slot_mode(slots: &Rc<RefCell<Slots>>, seq: u64, mode: OutputMode) {
     }
 }
 
-async fn write_loop(
-    stream: Stream,
+async fn write_loop<S: ByteStream>(
+    stream: Stream<S>,
     replies: flume::Receiver<Reply>,
     slots: Rc<RefCell<Slots>>,
     inflight: Rc<Semaphore>,
