@@ -13,3 +13,4 @@ pub mod config;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
+pub mod watch;

@@ -7,6 +7,7 @@
 //! unreachable. The watchdog aborts the process, naming the shard, when a
 //! shard has not heartbeat for `WATCHDOG_STALL_LIMIT_MS`.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
+use shards::shard::events::Publication;
 use shards::shard::{OpenReport, Shard, ShardConfig, ShardMsg};
 use shards::wal::Frontier;
 
@@ -22,6 +24,7 @@ use crate::server::acceptor::accept_loop;
 use crate::server::auth::TokenSet;
 use crate::server::catalog::{install_everywhere, Catalog};
 use crate::server::context::{Limits, Router, ServerCtx};
+use crate::watch::merge::Merger;
 
 /// A shard that has not heartbeat for this long is considered hung.
 pub const WATCHDOG_STALL_LIMIT_MS: u64 = 5_000;
@@ -105,6 +108,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut mailboxes = Vec::new();
     let mut heartbeats = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<OpenReport, String>>();
+    let (publish_tx, publish_rx) = flume::unbounded::<Publication>();
     for id in 0..config.shards {
         let (tx, rx) = flume::unbounded::<ShardMsg>();
         mailboxes.push(tx);
@@ -120,6 +124,7 @@ pub fn run(config: Config) -> Result<(), String> {
         };
         let frontier = frontier.clone();
         let ready = ready_tx.clone();
+        let publisher = publish_tx.clone();
         LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("shard-{id}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
@@ -127,7 +132,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 match Shard::open(&shard_cfg, frontier, heartbeat).await {
                     Ok((shard, report)) => {
                         let _ = ready.send(Ok(report));
-                        shard.run(rx).await;
+                        shard.run(rx, Some(publisher)).await;
                     }
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -137,6 +142,7 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start shard {id}: {e}"))?;
     }
     drop(ready_tx);
+    drop(publish_tx);
     let mut reports = Vec::new();
     for _ in 0..config.shards {
         match ready_rx.recv() {
@@ -178,7 +184,10 @@ pub fn run(config: Config) -> Result<(), String> {
         .io_memory(EXECUTOR_IO_MEMORY_BYTES)
         .spawn(move || async move {
             let config = listener_cfg;
-            let router = Router::new(mailboxes);
+            let router = Router::new(mailboxes.clone());
+            resolve_in_doubt(&router, &reports).await?;
+            let merger = Rc::new(RefCell::new(Merger::new(config.shards)));
+            glommio::spawn_local(crate::watch::merge::run(merger.clone(), publish_rx, mailboxes)).detach();
             let catalog = Catalog::new(config.max_machine_versions);
             let all_defs: Vec<_> = reports.iter().flat_map(|r| r.machines.iter().cloned()).collect();
             catalog.load(all_defs);
@@ -193,6 +202,7 @@ pub fn run(config: Config) -> Result<(), String> {
             let machines = catalog.installed().len();
             let ctx = Rc::new(ServerCtx {
                 router,
+                merger,
                 catalog,
                 tokens: TokenSet::new(config.auth_required, &config.auth_token_hashes),
                 limits: Limits {
@@ -223,6 +233,42 @@ pub fn run(config: Config) -> Result<(), String> {
         Ok(result) => result,
         Err(e) => Err(format!("acceptor stopped: {e}")),
     }
+}
+
+/// Cross-shard batches a crash left prepared but undecided on some shard:
+/// committed if their decider's log holds the Commit, else abandoned
+/// (presumed abort). Done before the first client is served.
+async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(), String> {
+    let mut resolved = 0usize;
+    for report in reports {
+        for &(txid, decider) in &report.in_doubt {
+            let commit = reports
+                .iter()
+                .find(|r| r.shard == decider as usize)
+                .is_some_and(|r| r.committed.contains(&txid));
+            let (tx, rx) = flume::bounded(1);
+            router.all()[report.shard]
+                .send(ShardMsg::Decide {
+                    txid,
+                    commit,
+                    done: tx,
+                })
+                .map_err(|_| "a shard stopped during start-up".to_string())?;
+            rx.recv_async()
+                .await
+                .map_err(|_| "a shard stopped during start-up".to_string())?;
+            tracing::warn!(
+                "shard {}: batch {txid} was prepared but undecided at the crash; decider shard {decider} {}",
+                report.shard,
+                if commit { "committed it: applied" } else { "never committed it: dropped" }
+            );
+            resolved += 1;
+        }
+    }
+    if resolved > 0 {
+        tracing::info!("resolved {resolved} cross-shard batch part(s) left in doubt");
+    }
+    Ok(())
 }
 
 fn start_watchdog(heartbeats: Vec<Arc<AtomicU64>>) {

@@ -74,6 +74,9 @@ impl ErrorCode {
 pub struct EngineError {
     pub code: ErrorCode,
     pub message: String,
+    /// Extra facts for the client (`error.details`, a JSON object); none in
+    /// rstmdb 0.3, harmless to its clients.
+    pub details: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl EngineError {
@@ -81,6 +84,7 @@ impl EngineError {
         EngineError {
             code,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -117,6 +121,11 @@ impl EngineError {
             ErrorCode::InternalError,
             format!("internal error: {detail}"),
         )
+    }
+
+    pub fn with_details(mut self, details: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 }
 

@@ -50,6 +50,14 @@ impl AppliedKeys {
         self.map.len()
     }
 
+    /// Every retained key with its outcome, oldest first (the order `insert`
+    /// replays them in to rebuild the same eviction order; used by snapshots).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &CachedApply)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|v| (k.as_str(), v)))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

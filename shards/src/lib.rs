@@ -8,6 +8,7 @@ pub mod instance;
 pub mod json;
 pub mod machine;
 pub mod shard;
+pub mod snapshot;
 pub mod wal;
 
 pub use error::{EngineError, EngineResult, ErrorCode};

@@ -30,15 +30,35 @@ pub struct BadEnvelope {
 
 const NULL_ID: &[u8] = b"null";
 
-fn json_depth_ok(v: &Value, depth: usize) -> bool {
-    if depth > REQUEST_JSON_DEPTH_MAX {
-        return false;
+/// True when the JSON text nests arrays/objects deeper than `limit`. A
+/// single pass that skips strings; run before parsing, because parsing into a
+/// tree recurses once per level and a hostile document could exhaust the
+/// stack.
+fn nesting_exceeds(text: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
-    match v {
-        Value::Array(a) => a.iter().all(|x| json_depth_ok(x, depth + 1)),
-        Value::Object(o) => o.values().all(|x| json_depth_ok(x, depth + 1)),
-        _ => true,
-    }
+    false
 }
 
 /// Echo form of an id: strings and numbers verbatim, anything else unusable.
@@ -59,6 +79,12 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
         id_json,
         error: EngineError::bad_request(detail),
     };
+    if nesting_exceeds(payload, REQUEST_JSON_DEPTH_MAX) {
+        return Err(bad(
+            NULL_ID.to_vec(),
+            format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels"),
+        ));
+    }
     let value: Value = match simd_json::serde::from_slice(payload) {
         Ok(v) => v,
         Err(e) => return Err(bad(NULL_ID.to_vec(), format!("malformed JSON: {e}"))),
@@ -71,12 +97,6 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
     };
     let id = id_json(obj.get("id"));
     let echo = id.clone().unwrap_or_else(|| NULL_ID.to_vec());
-    if !json_depth_ok(&Value::Null, 0) || obj.values().any(|v| !json_depth_ok(v, 1)) {
-        return Err(bad(
-            echo,
-            format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels"),
-        ));
-    }
     match obj.get("type") {
         Some(Value::String(_)) => {}
         Some(_) => {
@@ -166,6 +186,13 @@ mod tests {
         assert_eq!(e.id_json, b"null");
         let e = parse(r#"{"id":"1","op":"PING"}"#).err().unwrap();
         assert!(e.error.message.contains("missing field `type`"));
+    }
+
+    #[test]
+    fn nesting_scan_skips_strings() {
+        assert!(!nesting_exceeds(br#"{"a":"[[[[[[","b":"\"[[["}"#, 2));
+        assert!(nesting_exceeds(b"[[[", 2));
+        assert!(!nesting_exceeds(b"[[]]", 2));
     }
 
     #[test]

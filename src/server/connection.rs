@@ -14,6 +14,11 @@
 //! violation) and every answer owed has been written: the writer sees the
 //! reply channel close once the reader and every in-flight request have
 //! dropped their senders.
+//!
+//! Watch events are written by the same writer, between whole responses:
+//! when the merger releases events it wakes the writer, which advances each
+//! subscription's cursor through the in-memory ring — or through the logs
+//! when the cursor is older than the ring — at the pace the socket takes.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -33,6 +38,8 @@ use crate::protocol::frame::{FrameDecoder, OutputMode};
 use crate::protocol::op::Op;
 use crate::protocol::request::parse_request;
 use crate::protocol::response::write_response;
+use crate::watch::catchup::read_merged;
+use crate::watch::subscription::{write_event, ConnWatch};
 
 /// Initial (and resting) size of a connection's read buffer.
 pub const READ_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
@@ -40,6 +47,8 @@ pub const READ_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
 pub const READ_CHUNK_MIN_BYTES: usize = 16 * 1024;
 /// Pending output at which the writer flushes even if more answers are ready.
 pub const WRITE_BUFFER_FLUSH_BYTES: usize = 256 * 1024;
+/// Events one subscription takes from the ring per writer round.
+pub const WATCH_EVENTS_PER_ROUND_MAX: usize = 4096;
 
 struct Slot {
     id_json: Vec<u8>,
@@ -83,17 +92,20 @@ async fn write_all<S: ByteStream>(stream: &Stream<S>, mut buf: &[u8]) -> std::io
 pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S) {
     let stream: Stream<S> = Rc::new(RefCell::new(stream));
     let slots = Rc::new(RefCell::new(Slots::default()));
+    let watch = Rc::new(RefCell::new(ConnWatch::new(OutputMode::Rcpx)));
     let inflight = Rc::new(Semaphore::new(
         ctx.limits.max_inflight_requests_per_connection as u64,
     ));
     let (reply_tx, reply_rx) = flume::unbounded::<Reply>();
     let writer = glommio::spawn_local(write_loop(
+        ctx.clone(),
         stream.clone(),
         reply_rx,
         slots.clone(),
         inflight.clone(),
+        watch.clone(),
     ));
-    read_loop(&ctx, &stream, reply_tx, &slots, &inflight).await;
+    read_loop(&ctx, &stream, reply_tx, &slots, &inflight, &watch).await;
     writer.await;
     let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
 }
@@ -104,6 +116,7 @@ async fn read_loop<S: ByteStream>(
     reply_tx: flume::Sender<Reply>,
     slots: &Rc<RefCell<Slots>>,
     inflight: &Rc<Semaphore>,
+    watch: &Rc<RefCell<ConnWatch>>,
 ) {
     let mut session = Session::default();
     let mut decoder = FrameDecoder::new();
@@ -145,13 +158,14 @@ async fn read_loop<S: ByteStream>(
                 Ok(req) => {
                     let op = req.op;
                     push_slot(slots, seq, req.id_json.clone(), mode);
-                    let flow = dispatch(ctx, &mut session, req, reply).await;
+                    let flow = dispatch(ctx, &mut session, watch, req, reply).await;
                     if op == Op::Hello {
                         // HELLO answers in the mode it negotiated (spec §3.2);
                         // it never awaits, so its answer is not written yet.
                         decoder.set_jsonl_input(session.jsonl);
                         set_slot_mode(slots, seq, output_mode(&session, &decoder));
                     }
+                    watch.borrow().mode.set(output_mode(&session, &decoder));
                     flow
                 }
             };
@@ -173,7 +187,7 @@ async fn read_loop<S: ByteStream>(
             buf.truncate(READ_BUFFER_INITIAL_BYTES);
             buf.shrink_to_fit();
         }
-        match read_with_idle_timeout(ctx, stream, &mut buf[filled..], slots).await {
+        match read_with_idle_timeout(ctx, stream, &mut buf[filled..], slots, watch).await {
             Some(n) => filled += n,
             None => return,
         }
@@ -181,12 +195,14 @@ async fn read_loop<S: ByteStream>(
 }
 
 /// One socket read; `None` on EOF, error, or an idle timeout (spec §3.7:
-/// nothing received for the idle period while nothing is in flight).
+/// nothing received for the idle period while nothing is in flight). A
+/// connection that holds subscriptions is never idle: it is watching.
 async fn read_with_idle_timeout<S: ByteStream>(
     ctx: &ServerCtx,
     stream: &Stream<S>,
     buf: &mut [u8],
     slots: &Rc<RefCell<Slots>>,
+    watch: &Rc<RefCell<ConnWatch>>,
 ) -> Option<usize> {
     loop {
         let read = async { Some(read_some(stream, buf).await) };
@@ -203,7 +219,7 @@ async fn read_with_idle_timeout<S: ByteStream>(
         match result {
             Some(Ok(0)) | Some(Err(_)) => return None,
             Some(Ok(n)) => return Some(n),
-            None if slots.borrow().queue.is_empty() => {
+            None if slots.borrow().queue.is_empty() && watch.borrow().subs.is_empty() => {
                 tracing::debug!("closing idle connection");
                 return None;
             }
@@ -238,15 +254,41 @@ fn set_slot_mode(slots: &Rc<RefCell<Slots>>, seq: u64, mode: OutputMode) {
     }
 }
 
+enum Wake {
+    Reply(Reply),
+    Events,
+    Closed,
+}
+
 async fn write_loop<S: ByteStream>(
+    ctx: Rc<ServerCtx>,
     stream: Stream<S>,
     replies: flume::Receiver<Reply>,
     slots: Rc<RefCell<Slots>>,
     inflight: Rc<Semaphore>,
+    watch: Rc<RefCell<ConnWatch>>,
 ) {
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER_INITIAL_BYTES);
-    while let Ok(first) = replies.recv_async().await {
-        let mut next = Some(first);
+    let wake_rx = watch.borrow().wake_rx.clone();
+    loop {
+        let wake = future::or(
+            async {
+                match replies.recv_async().await {
+                    Ok(r) => Wake::Reply(r),
+                    Err(_) => Wake::Closed,
+                }
+            },
+            async {
+                let _ = wake_rx.recv_async().await;
+                Wake::Events
+            },
+        )
+        .await;
+        let mut next = match wake {
+            Wake::Closed => return,
+            Wake::Reply(r) => Some(r),
+            Wake::Events => None,
+        };
         loop {
             if let Some(reply) = next.take() {
                 fill(&slots, reply);
@@ -261,6 +303,21 @@ async fn write_loop<S: ByteStream>(
                 Err(_) => break,
             }
         }
+        if !watch.borrow().subs.is_empty() {
+            match deliver_events(&ctx, &watch, &mut out).await {
+                Ok(true) => {
+                    // More to send: come back after this write.
+                    let _ = watch.borrow().waker.try_send(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("closing a watching connection: {e}");
+                    slots.borrow_mut().broken = true;
+                    inflight.close();
+                    return;
+                }
+            }
+        }
         if !out.is_empty() {
             if write_all(&stream, &out).await.is_err() {
                 slots.borrow_mut().broken = true;
@@ -273,6 +330,67 @@ async fn write_loop<S: ByteStream>(
             }
         }
     }
+}
+
+/// Events released to each subscription since its cursor, appended to `out`
+/// until it holds `WRITE_BUFFER_FLUSH_BYTES`. Returns whether more are due.
+async fn deliver_events(
+    ctx: &ServerCtx,
+    watch: &Rc<RefCell<ConnWatch>>,
+    out: &mut Vec<u8>,
+) -> Result<bool, String> {
+    let mode = watch.borrow().mode.get();
+    let ids: Vec<String> = watch.borrow().subs.iter().map(|s| s.id.clone()).collect();
+    let mut more = false;
+    for id in ids {
+        if out.len() >= WRITE_BUFFER_FLUSH_BYTES {
+            return Ok(true);
+        }
+        let Some(cursor) = watch
+            .borrow()
+            .subs
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.cursor)
+        else {
+            continue;
+        };
+        let (ring_floor, released_upto) = {
+            let m = ctx.merger.borrow();
+            (m.ring_floor(), m.released_upto())
+        };
+        let (events, next_cursor, caught_up) = if cursor < ring_floor {
+            let got = read_merged(&ctx.router, cursor)
+                .await
+                .map_err(|e| e.message)?;
+            let caught_up = got.next_cursor >= ctx.merger.borrow().ring_floor();
+            (got.events, got.next_cursor, caught_up)
+        } else {
+            let m = ctx.merger.borrow();
+            let events = m
+                .events_from(cursor, WATCH_EVENTS_PER_ROUND_MAX)
+                .unwrap_or_default();
+            if events.len() == WATCH_EVENTS_PER_ROUND_MAX {
+                let next = events.last().map_or(cursor, |e| e.offset + 1);
+                (events, next, false)
+            } else {
+                (events, cursor.max(released_upto), true)
+            }
+        };
+        let mut w = watch.borrow_mut();
+        let Some(sub) = w.subs.iter_mut().find(|s| s.id == id) else {
+            continue;
+        };
+        for e in events.iter().filter(|e| e.offset >= sub.cursor) {
+            if sub.filter.matches(e) {
+                write_event(out, mode, sub, e)
+                    .map_err(|_| format!("event at offset {} exceeds the frame limit", e.offset))?;
+            }
+        }
+        sub.cursor = sub.cursor.max(next_cursor);
+        more |= !caught_up;
+    }
+    Ok(more)
 }
 
 fn fill(slots: &Rc<RefCell<Slots>>, reply: Reply) {

@@ -44,6 +44,7 @@ impl Router {
 
 pub struct ServerCtx {
     pub router: Router,
+    pub merger: std::rc::Rc<std::cell::RefCell<crate::watch::merge::Merger>>,
     pub catalog: Catalog,
     pub tokens: TokenSet,
     pub limits: Limits,

@@ -4,16 +4,19 @@
 //! fan-out operations run as a task on the acceptor; session operations are
 //! answered at once.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use shards::shard::{Command, Reply, ReplyTo, ShardMsg};
 use shards::{EngineError, EngineResult, ErrorCode};
 
+use super::batch;
 use super::context::ServerCtx;
-use super::ops::{instance_ops, machine_ops, session_ops};
+use super::ops::{instance_ops, machine_ops, session_ops, watch_ops};
 use super::session::Session;
 use crate::protocol::op::Op;
 use crate::protocol::request::Request;
+use crate::watch::subscription::ConnWatch;
 
 /// What the connection does after a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +55,7 @@ fn to_shard(ctx: &ServerCtx, cmd: EngineResult<Command>, reply: ReplyTo) {
 pub async fn dispatch(
     ctx: &Rc<ServerCtx>,
     session: &mut Session,
+    watch: &Rc<RefCell<ConnWatch>>,
     req: Request,
     reply: ReplyTo,
 ) -> Flow {
@@ -103,15 +107,15 @@ pub async fn dispatch(
                 "replication operations are handled internally",
             )),
         ),
-        Op::Batch
-        | Op::SnapshotInstance
-        | Op::WalRead
-        | Op::WalStats
-        | Op::Compact
-        | Op::WatchInstance
-        | Op::WatchAll
-        | Op::Unwatch
-        | Op::FlushAll => answer(reply, Err(not_supported_yet(op))),
+        // In line: a batch's messages must reach the shards before later
+        // requests of this connection do.
+        Op::Batch => answer(reply, batch::run(ctx, params).await),
+        Op::WatchInstance => answer(reply, watch_ops::watch_instance(ctx, watch, params).await),
+        Op::WatchAll => answer(reply, watch_ops::watch_all(ctx, watch, params)),
+        Op::Unwatch => answer(reply, watch_ops::unwatch(watch, params)),
+        Op::SnapshotInstance | Op::WalRead | Op::WalStats | Op::Compact | Op::FlushAll => {
+            answer(reply, Err(not_supported_yet(op)))
+        }
     }
     Flow::Continue
 }

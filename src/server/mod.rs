@@ -3,6 +3,7 @@
 
 pub mod acceptor;
 pub mod auth;
+pub mod batch;
 pub mod catalog;
 pub mod connection;
 pub mod context;

@@ -92,6 +92,14 @@ pub struct ShardStats {
     pub wal_segment_id: u64,
 }
 
+/// A shard's answer to an atomic batch part: every op's result, or the
+/// index (within the part) of the op that failed and its error.
+#[derive(Debug)]
+pub enum BatchVote {
+    Yes(Vec<Vec<u8>>),
+    No(usize, crate::error::EngineError),
+}
+
 pub enum ShardMsg {
     /// A request about one instance.
     Exec {
@@ -112,4 +120,47 @@ pub enum ShardMsg {
     Stats {
         done: flume::Sender<ShardStats>,
     },
+    /// An atomic batch whose ops all live on this shard: one `Batch` record.
+    AtomicBatch {
+        ops: Vec<Command>,
+        done: flume::Sender<BatchVote>,
+    },
+    /// Phase one of a cross-shard atomic batch: stage, log `Prepare`, lock
+    /// the instances, vote.
+    Prepare {
+        txid: u64,
+        decider: u32,
+        ops: Vec<Command>,
+        done: flume::Sender<BatchVote>,
+    },
+    /// Phase two: log `Commit` or `Abort`, publish or undo, unlock. Also
+    /// resolves a part left in doubt by a crash (see recovery).
+    Decide {
+        txid: u64,
+        commit: bool,
+        done: flume::Sender<()>,
+    },
+    /// Raise this shard's offset floor to the frontier and publish its
+    /// watermark, so an idle shard does not hold back the watch merge.
+    AdvanceWatermark,
+    /// Watch events from the log, from `from_offset` on (catch-up).
+    ReadEvents {
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        done: flume::Sender<std::io::Result<super::log_events::EventChunk>>,
+    },
+}
+
+impl ShardMsg {
+    /// The instances this message touches, for parking behind locks.
+    pub fn instance_ids(&self) -> Vec<&str> {
+        match self {
+            ShardMsg::Exec { cmd, .. } => vec![cmd.instance_id()],
+            ShardMsg::AtomicBatch { ops, .. } | ShardMsg::Prepare { ops, .. } => {
+                ops.iter().map(Command::instance_id).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }

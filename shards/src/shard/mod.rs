@@ -2,16 +2,19 @@
 //! mailbox loop that runs it on its own pinned executor.
 
 pub mod command;
+pub mod events;
+pub mod log_events;
 mod ops_read;
 mod ops_write;
 pub mod replay;
 pub mod result;
 pub mod runner;
 pub mod state;
+pub mod txn;
 
 pub use command::{
-    ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, Reply, ReplyTo,
-    ShardMsg, ShardStats,
+    ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, Reply,
+    ReplyTo, ShardMsg, ShardStats,
 };
 pub use runner::{OpenReport, Shard, ShardConfig};
 pub use state::ShardState;

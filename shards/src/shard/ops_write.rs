@@ -2,6 +2,8 @@
 //! (spec §4.5, §4.8, §7): checks in the spec's order, one staged WAL record
 //! per change, and the result object as canonical JSON.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::result::ResultWriter;
@@ -11,6 +13,7 @@ use crate::instance::{merge_payload, undo_merge, CachedApply, Creation, Instance
 use crate::json::canonical;
 use crate::machine::definition::Selection;
 use crate::shard::command::{ApplyEvent, CreateInstance, DeleteInstance};
+use crate::shard::events::WatchEvent;
 use crate::wal::entry;
 use crate::wal::record::RecordKind;
 
@@ -163,19 +166,20 @@ impl ShardState {
             }
         };
         let undo = merge_payload(&mut inst.ctx, &cmd.payload);
-        let ctx_json = &mut self.scratch;
-        ctx_json.clear();
-        canonical::write_value(ctx_json, &inst.ctx);
+        let ctx_json = canonical::to_vec(&inst.ctx);
+        let payload_json = canonical::to_vec(&cmd.payload);
         let logged = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
             entry::write_apply_event(
                 out,
                 &entry::ApplyFields {
                     instance_id: &cmd.instance_id,
+                    machine: &machine.machine,
+                    version: machine.version,
                     event: &cmd.event,
                     from_state: &inst.state,
                     to_state,
-                    payload: &cmd.payload,
-                    ctx_json,
+                    payload_json: &payload_json,
+                    ctx_json: &ctx_json,
                     event_id: cmd.event_id.as_deref(),
                     idempotency_key: cmd.idempotency_key.as_deref(),
                 },
@@ -191,7 +195,7 @@ impl ShardState {
         let from_state = std::mem::replace(&mut inst.state, to_state.to_owned());
         let result = apply_result(
             true,
-            ctx_json,
+            &ctx_json,
             cmd.event_id.as_deref(),
             &from_state,
             to_state,
@@ -199,7 +203,7 @@ impl ShardState {
         );
         if let Some(key) = cmd.idempotency_key.as_deref() {
             let outcome = CachedApply {
-                from_state,
+                from_state: from_state.clone(),
                 to_state: to_state.to_owned(),
                 ctx_json: ctx_json.clone(),
                 wal_offset: offset,
@@ -209,6 +213,17 @@ impl ShardState {
         inst.last_event_id = cmd.event_id;
         inst.last_wal_offset = offset;
         inst.updated_at_ms = now_ms;
+        self.events.push(Arc::new(WatchEvent {
+            offset,
+            instance_id: cmd.instance_id,
+            machine: machine.machine.clone(),
+            version: machine.version,
+            from_state,
+            to_state: to_state.to_owned(),
+            event: cmd.event,
+            payload_json,
+            ctx_json,
+        }));
         Ok(result)
     }
 

@@ -10,8 +10,10 @@ use super::state::ShardState;
 use crate::instance::{CachedApply, Creation, Instance};
 use crate::json::canonical;
 use crate::machine::definition::parse_definition;
-use crate::wal::entry::Entry;
-use crate::wal::record::RecordHeader;
+use hashbrown::{HashMap, HashSet};
+
+use crate::wal::entry::{self, Entry};
+use crate::wal::record::{decode_record, RecordHeader, RecordKind};
 
 /// What replay counted, for the start-up log line.
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,9 +23,67 @@ pub struct ReplayCounts {
     pub creates: u64,
     pub applies: u64,
     pub deletes: u64,
+    pub batches: u64,
+}
+
+/// Replay bookkeeping for cross-shard batches: parts prepared but not yet
+/// decided in this log, and the batches this log records as committed
+/// (on a decider shard those records are the decisions).
+#[derive(Debug, Default)]
+pub struct TxnLog {
+    /// txid → (decider shard, inner records).
+    pub in_doubt: HashMap<u64, (u32, Vec<u8>)>,
+    pub committed: HashSet<u64>,
 }
 
 impl ShardState {
+    /// Replay one record of any kind.
+    pub fn replay_any(
+        &mut self,
+        header: &RecordHeader,
+        payload: &[u8],
+        counts: &mut ReplayCounts,
+        txns: &mut TxnLog,
+    ) -> Result<(), String> {
+        match header.kind {
+            RecordKind::Batch => {
+                counts.batches += 1;
+                self.replay_inner(payload, counts)
+            }
+            RecordKind::Prepare => {
+                let (txid, decider, inner) = entry::read_prepare(payload)?;
+                txns.in_doubt.insert(txid, (decider, inner.to_vec()));
+                Ok(())
+            }
+            RecordKind::Commit => {
+                let txid = entry::read_txid(payload)?;
+                txns.committed.insert(txid);
+                if let Some((_, inner)) = txns.in_doubt.remove(&txid) {
+                    counts.batches += 1;
+                    self.replay_inner(&inner, counts)?;
+                }
+                Ok(())
+            }
+            RecordKind::Abort => {
+                txns.in_doubt.remove(&entry::read_txid(payload)?);
+                Ok(())
+            }
+            _ => self.replay_record(header, payload, counts),
+        }
+    }
+
+    /// Replay the inner records of a Batch or committed Prepare.
+    pub fn replay_inner(&mut self, inner: &[u8], counts: &mut ReplayCounts) -> Result<(), String> {
+        let mut pos = 0;
+        while pos < inner.len() {
+            let (h, p) = decode_record(&inner[pos..])
+                .map_err(|d| format!("damaged record inside a batch: {d:?}"))?;
+            self.replay_record(&h, p, counts)?;
+            pos += h.total_len();
+        }
+        Ok(())
+    }
+
     pub fn replay_record(
         &mut self,
         header: &RecordHeader,

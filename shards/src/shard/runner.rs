@@ -1,24 +1,35 @@
 //! The shard's mailbox loop: open (recover) the shard, then forever take a
 //! batch of messages, apply them in memory while staging their WAL records,
-//! make the whole batch durable with one group commit, and only then answer.
+//! make the whole batch durable with one group commit, and only then answer
+//! and publish the batch's watch events.
 //!
 //! Answers of a batch — reads included — leave after its commit, so no
 //! client can observe a change before it is on disk (DESIGN invariant 2).
 //! Messages from one sender are handled in the order sent (flume is FIFO),
 //! which gives per-connection, per-instance ordering (invariant 3).
+//! Messages that touch an instance locked by a prepared cross-shard batch
+//! are parked, in order, until the batch is decided (`txn.rs`).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
+use hashbrown::{HashMap, HashSet};
 
-use super::command::{ListPage, Reply, ReplyTo, ShardMsg, ShardStats};
-use super::replay::ReplayCounts;
+use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardMsg, ShardStats};
+use super::events::Publication;
+use super::log_events::{read_events, EventChunk};
+use super::replay::{ReplayCounts, TxnLog};
 use super::state::{now_ms, ShardState};
+use super::txn::{BufferSink, Prepared};
 use crate::error::EngineResult;
 use crate::shard::command::Command;
+use crate::wal::entry;
+use crate::wal::reader::LogReader;
+use crate::wal::record::RecordKind;
 use crate::wal::recovery::{self, RecoveryError, ScanOutcome};
 use crate::wal::{Frontier, FsyncPolicy, OffsetClock, WalWriter};
 
@@ -39,7 +50,8 @@ pub struct ShardConfig {
     pub salvage: bool,
 }
 
-/// What opening a shard found, for the start-up log line.
+/// What opening a shard found, for the start-up log line and for resolving
+/// cross-shard batches left in doubt by a crash.
 #[derive(Debug, Clone)]
 pub struct OpenReport {
     pub shard: usize,
@@ -47,19 +59,43 @@ pub struct OpenReport {
     pub scan: ScanOutcome,
     pub instances_active: u64,
     pub machines: Vec<Arc<crate::machine::definition::MachineDef>>,
+    /// Prepared parts with no decision in this log: (txid, decider shard).
+    pub in_doubt: Vec<(u64, u32)>,
+    /// Batches this log records as committed.
+    pub committed: HashSet<u64>,
 }
 
 pub struct Shard {
     state: ShardState,
     wal: WalWriter,
     heartbeat_ms: Arc<AtomicU64>,
+    /// Cross-shard parts prepared here and awaiting their decision.
+    txns: HashMap<u64, Prepared>,
+    /// Instance → the batch that holds it.
+    locked: HashMap<String, u64>,
+    parked: VecDeque<ShardMsg>,
+    /// Parts found prepared-but-undecided at recovery: (decider, inner records).
+    in_doubt: HashMap<u64, (u32, Vec<u8>)>,
+    publish_requested: bool,
+    /// Opened on first use (watch catch-up, WAL reads).
+    reader: Option<LogReader>,
+    wal_dir: PathBuf,
 }
+
+/// A staged atomic part: each op's result, how to undo it, its inner records.
+type Staged = (Vec<Vec<u8>>, super::txn::Undo, Vec<u8>);
 
 enum Deferred {
     Conn(ReplyTo, EngineResult<Vec<u8>>),
     Install(flume::Sender<EngineResult<bool>>, EngineResult<bool>),
     List(flume::Sender<ListPage>, ListPage),
     Stats(flume::Sender<ShardStats>),
+    Vote(flume::Sender<BatchVote>, BatchVote),
+    Decided(flume::Sender<()>),
+    Events(
+        flume::Sender<std::io::Result<EventChunk>>,
+        std::io::Result<EventChunk>,
+    ),
 }
 
 impl Shard {
@@ -74,10 +110,12 @@ impl Shard {
             .map_err(|e| format!("cannot create {}: {e}", wal_dir.display()))?;
         let mut state = ShardState::new(cfg.id, cfg.allow_instance_recreate);
         let mut counts = ReplayCounts::default();
+        let mut txn_log = TxnLog::default();
         let scan = recovery::scan(&wal_dir, cfg.salvage, |header, payload| {
-            state.replay_record(header, payload, &mut counts)
+            state.replay_any(header, payload, &mut counts, &mut txn_log)
         })
         .map_err(|e: RecoveryError| format!("shard {}: {e}", cfg.id))?;
+        state.events.clear();
         let clock = OffsetClock::new(cfg.id, scan.last_tick, frontier);
         let wal = WalWriter::open(
             &wal_dir,
@@ -101,6 +139,12 @@ impl Shard {
             scan,
             instances_active: state.active_instances,
             machines: state.machines.iter().cloned().collect(),
+            in_doubt: txn_log
+                .in_doubt
+                .iter()
+                .map(|(txid, (decider, _))| (*txid, *decider))
+                .collect(),
+            committed: txn_log.committed,
         };
         heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         Ok((
@@ -108,13 +152,25 @@ impl Shard {
                 state,
                 wal,
                 heartbeat_ms,
+                txns: HashMap::new(),
+                locked: HashMap::new(),
+                parked: VecDeque::new(),
+                in_doubt: txn_log.in_doubt,
+                publish_requested: false,
+                reader: None,
+                wal_dir,
             },
             report,
         ))
     }
 
     /// Serve the mailbox until every sender is gone, then sync and return.
-    pub async fn run(mut self, mailbox: flume::Receiver<ShardMsg>) {
+    /// Durable events and watermarks go to `publisher` after each commit.
+    pub async fn run(
+        mut self,
+        mailbox: flume::Receiver<ShardMsg>,
+        publisher: Option<flume::Sender<Publication>>,
+    ) {
         let mut deferred: Vec<Deferred> = Vec::with_capacity(256);
         let tick = Duration::from_millis(SHARD_TICK_INTERVAL_MS);
         loop {
@@ -142,13 +198,16 @@ impl Shard {
                     }
                 }
             }
-            if self.wal.staged_records() > 0 {
-                if let Err(e) = self.wal.commit().await {
-                    fail_stop(self.state.shard_id, "WAL write failed", &e);
-                }
+            // Always: with nothing staged it only forgets reserved offsets.
+            let committed = self.wal.staged_records() > 0;
+            if let Err(e) = self.wal.commit().await {
+                fail_stop(self.state.shard_id, "WAL write failed", &e);
             }
             for d in deferred.drain(..) {
                 self.answer(d);
+            }
+            if committed || self.publish_requested || !self.state.events.is_empty() {
+                self.publish(publisher.as_ref());
             }
             if let Err(e) = self.wal.sync_if_due().await {
                 fail_stop(self.state.shard_id, "WAL sync failed", &e);
@@ -160,10 +219,38 @@ impl Shard {
         }
     }
 
+    /// Send the durable events (in offset order) and the watermark.
+    fn publish(&mut self, publisher: Option<&flume::Sender<Publication>>) {
+        self.publish_requested = false;
+        let mut events = std::mem::take(&mut self.state.events);
+        let Some(publisher) = publisher else { return };
+        events.sort_unstable_by_key(|e| e.offset);
+        let watermark = self.watermark();
+        let _ = publisher.send(Publication {
+            shard: self.state.shard_id,
+            events,
+            watermark,
+        });
+    }
+
+    fn blocked(&self, msg: &ShardMsg) -> bool {
+        match msg {
+            ShardMsg::List { .. } => !self.txns.is_empty(),
+            _ => msg
+                .instance_ids()
+                .iter()
+                .any(|id| self.locked.contains_key(*id)),
+        }
+    }
+
     fn handle(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
-        let wal = &mut self.wal;
+        if self.blocked(&msg) {
+            self.parked.push_back(msg);
+            return;
+        }
         match msg {
             ShardMsg::Exec { cmd, reply } => {
+                let wal = &mut self.wal;
                 let result = match cmd {
                     Command::Create(c) => self.state.create_instance(c, now, wal),
                     Command::Apply(c) => self.state.apply_event(c, now, wal),
@@ -177,7 +264,9 @@ impl Shard {
                 raw_definition,
                 done,
             } => {
-                let result = self.state.install_machine(def, &raw_definition, now, wal);
+                let result = self
+                    .state
+                    .install_machine(def, &raw_definition, now, &mut self.wal);
                 deferred.push(Deferred::Install(done, result));
             }
             ShardMsg::List { query, done } => {
@@ -185,6 +274,178 @@ impl Shard {
                 deferred.push(Deferred::List(done, page));
             }
             ShardMsg::Stats { done } => deferred.push(Deferred::Stats(done)),
+            ShardMsg::AtomicBatch { ops, done } => {
+                let vote = self.atomic_batch(ops, now);
+                deferred.push(Deferred::Vote(done, vote));
+            }
+            ShardMsg::Prepare {
+                txid,
+                decider,
+                ops,
+                done,
+            } => {
+                let vote = self.prepare(txid, decider, ops, now);
+                deferred.push(Deferred::Vote(done, vote));
+            }
+            ShardMsg::Decide { txid, commit, done } => {
+                self.decide(txid, commit, now);
+                deferred.push(Deferred::Decided(done));
+                self.unpark(now, deferred);
+            }
+            ShardMsg::AdvanceWatermark => {
+                self.wal.clock_mut().begin_group();
+                self.publish_requested = true;
+            }
+            ShardMsg::ReadEvents {
+                from_offset,
+                max_records,
+                max_bytes,
+                done,
+            } => {
+                let chunk = self.read_events(from_offset, max_records, max_bytes);
+                deferred.push(Deferred::Events(done, chunk));
+            }
+        }
+    }
+
+    /// The watermark this shard may publish: below its next offset and below
+    /// any event held by a prepared batch.
+    fn watermark(&self) -> u64 {
+        let held = self
+            .txns
+            .values()
+            .filter_map(Prepared::min_event_offset)
+            .min();
+        self.wal
+            .clock()
+            .watermark()
+            .min(held.unwrap_or(u64::MAX))
+            .min(self.wal.unwritten_floor().unwrap_or(u64::MAX))
+    }
+
+    fn read_events(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<EventChunk> {
+        if self.reader.is_none() {
+            self.reader = Some(LogReader::open(&self.wal_dir)?);
+        }
+        let watermark = self.watermark();
+        let (txns, in_doubt) = (&self.txns, &self.in_doubt);
+        let undecided = |txid: u64| txns.contains_key(&txid) || in_doubt.contains_key(&txid);
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no reader"))?;
+        read_events(reader, from, max_records, max_bytes, watermark, &undecided)
+    }
+
+    /// Run the ops all-or-nothing into a buffer of inner records.
+    fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
+        let mut inner = Vec::new();
+        let wal = &mut self.wal;
+        let mut next_offset = || wal.reserve_offset();
+        let mut sink = BufferSink {
+            out: &mut inner,
+            next_offset: &mut next_offset,
+        };
+        match self.state.run_atomic(ops, now, &mut sink) {
+            Ok((results, undo)) => Ok((results, undo, inner)),
+            Err((i, e)) => Err(BatchVote::No(i, e)),
+        }
+    }
+
+    fn atomic_batch(&mut self, ops: Vec<Command>, now: u64) -> BatchVote {
+        let (results, undo, inner) = match self.stage(ops, now) {
+            Ok(staged) => staged,
+            Err(vote) => return vote,
+        };
+        if inner.is_empty() {
+            return BatchVote::Yes(results);
+        }
+        match self
+            .wal
+            .append(RecordKind::Batch, now, |out| out.extend_from_slice(&inner))
+        {
+            Ok(_) => BatchVote::Yes(results),
+            Err(e) => {
+                self.state.undo(undo);
+                BatchVote::No(0, e)
+            }
+        }
+    }
+
+    fn prepare(&mut self, txid: u64, decider: u32, ops: Vec<Command>, now: u64) -> BatchVote {
+        let (results, undo, inner) = match self.stage(ops, now) {
+            Ok(staged) => staged,
+            Err(vote) => return vote,
+        };
+        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
+            entry::write_prepare(out, txid, decider, &inner)
+        });
+        if let Err(e) = logged {
+            self.state.undo(undo);
+            return BatchVote::No(0, e);
+        }
+        let mut undo = undo;
+        let events = self.state.take_events_since(&mut undo);
+        let locked = ShardState::touched(&undo);
+        for id in &locked {
+            self.locked.insert(id.clone(), txid);
+        }
+        self.txns.insert(
+            txid,
+            Prepared {
+                undo,
+                events,
+                locked,
+            },
+        );
+        BatchVote::Yes(results)
+    }
+
+    fn decide(&mut self, txid: u64, commit: bool, now: u64) {
+        let kind = if commit {
+            RecordKind::Commit
+        } else {
+            RecordKind::Abort
+        };
+        if let Some(part) = self.txns.remove(&txid) {
+            for id in &part.locked {
+                self.locked.remove(id);
+            }
+            if commit {
+                self.state.events.extend(part.events);
+            } else {
+                self.state.undo(part.undo);
+            }
+        } else if let Some((_, inner)) = self.in_doubt.remove(&txid) {
+            // A part left undecided by a crash, resolved at start-up.
+            if commit {
+                let mut counts = ReplayCounts::default();
+                if let Err(e) = self.state.replay_inner(&inner, &mut counts) {
+                    fail_stop(self.state.shard_id, "cannot apply a recovered batch", &e);
+                }
+                self.state.events.clear();
+            }
+        } else {
+            return; // Already decided.
+        }
+        if let Err(e) = self
+            .wal
+            .append(kind, now, |out| out.extend_from_slice(&txid.to_le_bytes()))
+        {
+            fail_stop(self.state.shard_id, "cannot log a batch decision", &e);
+        }
+    }
+
+    /// Re-handle parked messages in their order; those still blocked park again.
+    fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
+        let parked = std::mem::take(&mut self.parked);
+        for msg in parked {
+            self.handle(msg, now, deferred);
         }
     }
 
@@ -203,6 +464,15 @@ impl Shard {
             }
             Deferred::Stats(done) => {
                 let _ = done.send(self.stats());
+            }
+            Deferred::Vote(done, vote) => {
+                let _ = done.send(vote);
+            }
+            Deferred::Decided(done) => {
+                let _ = done.send(());
+            }
+            Deferred::Events(done, chunk) => {
+                let _ = done.send(chunk);
             }
         }
     }

@@ -12,6 +12,7 @@ use hashbrown::HashMap;
 use crate::error::{EngineError, EngineResult, ErrorCode};
 use crate::instance::Instance;
 use crate::machine::definition::MachineDef;
+use crate::shard::events::WatchEvent;
 use crate::wal::entry;
 use crate::wal::record::RecordKind;
 use crate::wal::WalWriter;
@@ -77,8 +78,9 @@ pub struct ShardState {
     pub instances: HashMap<String, Instance>,
     pub allow_instance_recreate: bool,
     pub active_instances: u64,
-    /// Reused for encoding contexts on the apply path.
-    pub(crate) scratch: Vec<u8>,
+    /// Events of applies staged in the current group, published to watchers
+    /// once the group is durable.
+    pub events: Vec<Arc<WatchEvent>>,
 }
 
 impl ShardState {
@@ -89,7 +91,7 @@ impl ShardState {
             instances: HashMap::new(),
             allow_instance_recreate,
             active_instances: 0,
-            scratch: Vec::new(),
+            events: Vec::new(),
         }
     }
 

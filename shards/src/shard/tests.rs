@@ -341,7 +341,7 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
         .unwrap();
         assert_eq!(report.counts.records, 0);
         let (tx, rx) = flume::unbounded();
-        let runner = glommio::spawn_local(shard.run(rx));
+        let runner = glommio::spawn_local(shard.run(rx, None));
         let def = Arc::new(parse_definition("door", 1, &door()).unwrap());
         let (dtx, drx) = flume::bounded(1);
         tx.send(ShardMsg::InstallMachine {
@@ -402,7 +402,7 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
         assert_eq!(report.instances_active, 300);
         assert!(report.scan.torn_tail.is_none());
         let (tx, rx) = flume::unbounded();
-        let runner = glommio::spawn_local(shard.run(rx));
+        let runner = glommio::spawn_local(shard.run(rx, None));
         let got = send_and_wait(
             &tx,
             Command::Get {

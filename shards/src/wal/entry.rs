@@ -33,6 +33,12 @@ pub enum Entry {
     },
     ApplyEvent {
         instance_id: String,
+        /// The instance's machine (not in rstmdb's entry; lets a watch event
+        /// be rebuilt from the log alone).
+        #[serde(default)]
+        machine: Option<String>,
+        #[serde(default)]
+        version: Option<u32>,
         event: String,
         from_state: String,
         to_state: String,
@@ -118,10 +124,13 @@ pub fn write_create_instance(out: &mut Vec<u8>, f: &CreateFields<'_>) {
 
 pub struct ApplyFields<'a> {
     pub instance_id: &'a str,
+    pub machine: &'a str,
+    pub version: u32,
     pub event: &'a str,
     pub from_state: &'a str,
     pub to_state: &'a str,
-    pub payload: &'a Value,
+    /// The payload as sent, already encoded as JSON.
+    pub payload_json: &'a [u8],
     /// The new context, already encoded as JSON.
     pub ctx_json: &'a [u8],
     pub event_id: Option<&'a str>,
@@ -132,6 +141,10 @@ pub fn write_apply_event(out: &mut Vec<u8>, f: &ApplyFields<'_>) {
     out.extend_from_slice(br#"{"type":"apply_event","#);
     key(out, true, "instance_id");
     write_str(out, f.instance_id);
+    key(out, false, "machine");
+    write_str(out, f.machine);
+    key(out, false, "version");
+    out.extend_from_slice(f.version.to_string().as_bytes());
     key(out, false, "event");
     write_str(out, f.event);
     key(out, false, "from_state");
@@ -139,7 +152,7 @@ pub fn write_apply_event(out: &mut Vec<u8>, f: &ApplyFields<'_>) {
     key(out, false, "to_state");
     write_str(out, f.to_state);
     key(out, false, "payload");
-    write_value(out, f.payload);
+    out.extend_from_slice(f.payload_json);
     key(out, false, "ctx");
     out.extend_from_slice(f.ctx_json);
     opt_str(out, "event_id", f.event_id);
@@ -207,10 +220,12 @@ mod tests {
             &mut out,
             &ApplyFields {
                 instance_id: "i",
+                machine: "m",
+                version: 2,
                 event: "GO",
                 from_state: "a",
                 to_state: "b",
-                payload: &Value::Null,
+                payload_json: b"null",
                 ctx_json: br#"{"n":2}"#,
                 event_id: None,
                 idempotency_key: None,
@@ -221,8 +236,11 @@ mod tests {
                 ctx,
                 payload,
                 event_id,
+                machine,
+                version,
                 ..
             } => {
+                assert_eq!((machine.as_deref(), version), (Some("m"), Some(2)));
                 assert_eq!(ctx, json!({"n": 2}));
                 assert_eq!(payload, Value::Null);
                 assert_eq!(event_id, None);
@@ -240,4 +258,35 @@ mod tests {
             }
         );
     }
+}
+
+/// Payload of a `Prepare` record: txid, decider shard, inner records.
+pub fn write_prepare(out: &mut Vec<u8>, txid: u64, decider: u32, inner: &[u8]) {
+    out.extend_from_slice(&txid.to_le_bytes());
+    out.extend_from_slice(&decider.to_le_bytes());
+    out.extend_from_slice(inner);
+}
+
+/// Split a `Prepare` payload into (txid, decider, inner records).
+pub fn read_prepare(payload: &[u8]) -> Result<(u64, u32, &[u8]), String> {
+    if payload.len() < 12 {
+        return Err("prepare record too short".into());
+    }
+    let mut txid = [0u8; 8];
+    txid.copy_from_slice(&payload[..8]);
+    let mut decider = [0u8; 4];
+    decider.copy_from_slice(&payload[8..12]);
+    Ok((
+        u64::from_le_bytes(txid),
+        u32::from_le_bytes(decider),
+        &payload[12..],
+    ))
+}
+
+/// Payload of `Commit` / `Abort` records.
+pub fn read_txid(payload: &[u8]) -> Result<u64, String> {
+    let bytes: [u8; 8] = payload
+        .try_into()
+        .map_err(|_| "transaction record must hold exactly a txid".to_string())?;
+    Ok(u64::from_le_bytes(bytes))
 }

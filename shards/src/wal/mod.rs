@@ -5,6 +5,7 @@
 pub mod entry;
 pub mod offset;
 pub mod policy;
+pub mod reader;
 pub mod record;
 pub mod recovery;
 pub mod segment;

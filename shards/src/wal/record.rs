@@ -34,6 +34,17 @@ pub enum RecordKind {
     CreateInstance = 2,
     ApplyEvent = 3,
     DeleteInstance = 4,
+    /// Several records applied atomically on one shard: the payload is the
+    /// inner records, back to back, each a complete record of its own.
+    Batch = 5,
+    /// A shard's part of a cross-shard atomic batch, staged but undecided:
+    /// txid (u64), decider shard (u32), then the inner records.
+    Prepare = 6,
+    /// The batch `txid` (u64 payload) committed. On the decider shard this
+    /// record *is* the decision.
+    Commit = 7,
+    /// The batch `txid` (u64 payload) was abandoned.
+    Abort = 8,
 }
 
 impl RecordKind {
@@ -43,6 +54,10 @@ impl RecordKind {
             2 => RecordKind::CreateInstance,
             3 => RecordKind::ApplyEvent,
             4 => RecordKind::DeleteInstance,
+            5 => RecordKind::Batch,
+            6 => RecordKind::Prepare,
+            7 => RecordKind::Commit,
+            8 => RecordKind::Abort,
             _ => return None,
         })
     }

@@ -58,6 +58,9 @@ pub struct WalWriter {
     unsynced_since: Option<Instant>,
     next_segment: Option<(u64, PreparedSegment)>,
     stats: WalStats,
+    /// Lowest offset handed out since the last commit (staged or reserved
+    /// for a batch's inner records), not yet in the file.
+    unwritten_floor: Option<u64>,
 }
 
 impl WalWriter {
@@ -101,6 +104,7 @@ impl WalWriter {
             unsynced_since: None,
             next_segment: None,
             stats: WalStats::default(),
+            unwritten_floor: None,
         })
     }
 
@@ -115,6 +119,7 @@ impl WalWriter {
             self.clock.begin_group();
         }
         let offset = self.clock.next_offset();
+        self.unwritten_floor.get_or_insert(offset);
         let base = self.last_chunk_base;
         let Some(chunk) = self.chunks.last_mut() else {
             return Err(EngineError::internal("WAL staging area missing"));
@@ -140,6 +145,21 @@ impl WalWriter {
         Ok(offset)
     }
 
+    /// An offset for a record that goes inside a batch record, taken from the
+    /// same clock so it orders with everything else on this shard.
+    pub fn reserve_offset(&mut self) -> u64 {
+        self.clock.begin_group();
+        let offset = self.clock.next_offset();
+        self.unwritten_floor.get_or_insert(offset);
+        offset
+    }
+
+    /// Lowest offset given out but not yet written, if any: readers of the
+    /// file must not claim completeness beyond it.
+    pub fn unwritten_floor(&self) -> Option<u64> {
+        self.unwritten_floor
+    }
+
     /// Records staged since the last commit.
     pub fn staged_records(&self) -> u64 {
         self.staged_records
@@ -152,6 +172,7 @@ impl WalWriter {
     /// Write every staged record; durable on return under `every_write`.
     pub async fn commit(&mut self) -> io::Result<()> {
         if self.staged_records == 0 {
+            self.unwritten_floor = None;
             return Ok(());
         }
         let mut chunks = std::mem::take(&mut self.chunks);
@@ -167,6 +188,7 @@ impl WalWriter {
         chunks[0].clear();
         self.chunks = chunks;
         self.last_chunk_base = self.end;
+        self.unwritten_floor = None;
         self.clock.end_group();
         self.stats.records_appended += self.staged_records;
         self.stats.bytes_appended += self.staged_bytes as u64;

@@ -3,3 +3,4 @@
 pub mod instance_ops;
 pub mod machine_ops;
 pub mod session_ops;
+pub mod watch_ops;

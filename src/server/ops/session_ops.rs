@@ -9,9 +9,9 @@ use crate::protocol::params::Params;
 use crate::server::context::ServerCtx;
 use crate::server::session::Session;
 
-/// The optional features this server negotiates (spec §3.2). `batch` and
-/// `wal_read` are added when those operations exist.
-pub const SERVER_FEATURES: &[&str] = &["idempotency"];
+/// The optional features this server negotiates (spec §3.2). `wal_read` is
+/// added when that operation exists.
+pub const SERVER_FEATURES: &[&str] = &["batch", "idempotency"];
 pub const SERVER_NAME: &str = "corestate";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const PROTOCOL_VERSION: u64 = 1;

@@ -1,0 +1,64 @@
+//! Watch events: what a shard publishes about its durable transitions, and
+//! the publication that carries them (with the shard's watermark) to the
+//! acceptor's merger.
+
+use std::sync::Arc;
+
+use crate::json::canonical;
+use crate::wal::entry::Entry;
+
+/// One successful APPLY_EVENT, ready to be sent to watchers (spec §2.4).
+/// Payload and context are already canonical JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvent {
+    pub offset: u64,
+    pub instance_id: String,
+    pub machine: String,
+    pub version: u32,
+    pub from_state: String,
+    pub to_state: String,
+    pub event: String,
+    pub payload_json: Vec<u8>,
+    pub ctx_json: Vec<u8>,
+}
+
+impl WatchEvent {
+    /// Rebuild the event of an `apply_event` log entry (replay from the WAL).
+    pub fn from_entry(offset: u64, entry: &Entry) -> Option<WatchEvent> {
+        let Entry::ApplyEvent {
+            instance_id,
+            machine,
+            version,
+            event,
+            from_state,
+            to_state,
+            payload,
+            ctx,
+            ..
+        } = entry
+        else {
+            return None;
+        };
+        Some(WatchEvent {
+            offset,
+            instance_id: instance_id.clone(),
+            machine: machine.clone().unwrap_or_default(),
+            version: version.unwrap_or(0),
+            from_state: from_state.clone(),
+            to_state: to_state.clone(),
+            event: event.clone(),
+            payload_json: canonical::to_vec(payload),
+            ctx_json: canonical::to_vec(ctx),
+        })
+    }
+}
+
+/// What a shard tells the merger after a group commit (or when asked to
+/// advance): its newly durable events, in offset order, and its watermark —
+/// every event it publishes later has an offset ≥ `watermark`.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub shard: usize,
+    pub events: Vec<Arc<WatchEvent>>,
+    pub watermark: u64,
+}

@@ -1,0 +1,717 @@
+//! Reading a shard's log by offset (WAL_READ, watch catch-up, WAL_STATS).
+//!
+//! Offsets are not byte positions (`offset.rs`): they only grow along one
+//! shard's log, with gaps. So the reader keeps a small index instead of
+//! computing positions:
+//!
+//! * per segment, the offset of its first record — a binary search over these
+//!   finds the segment that holds a wanted offset;
+//! * per segment, a sparse index: the byte position and offset of every
+//!   `READER_INDEX_STRIDE_RECORDS`-th record, filled in as scans pass by, so a
+//!   repeated read near the end of a large segment skips most of it.
+//!
+//! The index is refreshed lazily: the directory is listed again only when a
+//! read runs past the newest known segment, or a segment file vanished
+//! (compaction deleted it).
+//!
+//! The reader runs on the shard's own thread, between the writer's group
+//! commits, so a record in the active segment is either completely written
+//! with a valid checksum or not there yet. The first invalid or zero record
+//! ends a segment's readable data; it is never reported as corruption here
+//! (start-up recovery is the judge of damage).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::{
+    decode_record, RecordDefect, RecordHeader, RECORD_HEADER_BYTES, RECORD_MAGIC,
+    RECORD_PAYLOAD_MAX_BYTES,
+};
+use super::segment::{list_segments, segment_path};
+
+/// Every this many records of a segment, the sparse index remembers the
+/// record's position and offset.
+pub const READER_INDEX_STRIDE_RECORDS: u64 = 1024;
+
+/// Bytes read from a segment per positional read while scanning. A record
+/// larger than this is read with one read of its own size.
+pub const READER_CHUNK_BYTES: usize = 256 * 1024;
+
+/// One record as stored: its header and its payload (the entry JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub header: RecordHeader,
+    pub payload: Vec<u8>,
+}
+
+impl LogRecord {
+    pub fn offset(&self) -> u64 {
+        self.header.offset
+    }
+
+    /// Bytes the record occupies in the log (header + payload).
+    pub fn total_len(&self) -> usize {
+        self.header.total_len()
+    }
+}
+
+/// The answer to one `read_from`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// Records with offset ≥ the requested offset, in log order.
+    pub records: Vec<LogRecord>,
+    /// Where the next read should start: one past the last returned offset.
+    /// `None` when no record was returned.
+    pub next_offset: Option<u64>,
+    /// True when the read stopped because no more data is written (rather
+    /// than because of `max_records` or `max_bytes`).
+    pub reached_end: bool,
+}
+
+/// One segment file as WAL_STATS reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: u64,
+    /// Size of the file on disk (segments are pre-allocated, so this is the
+    /// full segment size, written or not).
+    pub size_bytes: u64,
+    /// Offset of its first record; `None` while it holds no record yet.
+    pub first_offset: Option<u64>,
+}
+
+/// What the reader knows about one segment.
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    size_bytes: u64,
+    first_offset: Option<u64>,
+    /// `(offset, position)` of records number 0, STRIDE, 2·STRIDE, … in this
+    /// segment, contiguous from the first record.
+    sparse: Vec<(u64, u64)>,
+}
+
+impl Segment {
+    /// Where to start scanning for `offset`: the last indexed record at or
+    /// before it, with its ordinal in the segment.
+    fn start_for(&self, offset: u64) -> (u64, u64) {
+        let i = self.sparse.partition_point(|&(o, _)| o <= offset);
+        if i == 0 {
+            (0, 0)
+        } else {
+            (
+                self.sparse[i - 1].1,
+                (i as u64 - 1) * READER_INDEX_STRIDE_RECORDS,
+            )
+        }
+    }
+
+    /// Remember record number `ordinal` if it is the next stride point.
+    fn note(&mut self, ordinal: u64, offset: u64, position: u64) {
+        if ordinal % READER_INDEX_STRIDE_RECORDS == 0
+            && ordinal / READER_INDEX_STRIDE_RECORDS == self.sparse.len() as u64
+        {
+            self.sparse.push((offset, position));
+        }
+    }
+}
+
+/// A read-only view of one shard's WAL directory.
+#[derive(Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    /// Known segments, ascending by id.
+    segments: Vec<Segment>,
+}
+
+/// Why a scan of one segment stopped.
+enum SegmentEnd {
+    /// No more valid records in this segment.
+    Exhausted,
+    /// `max_records` or `max_bytes` reached.
+    Limit,
+    /// The file is gone (deleted by compaction while we read).
+    Vanished,
+}
+
+impl LogReader {
+    /// Index the segments in `dir` (reads each segment's first record).
+    pub fn open(dir: &Path) -> io::Result<LogReader> {
+        let mut reader = LogReader {
+            dir: dir.to_path_buf(),
+            segments: Vec::new(),
+        };
+        reader.refresh()?;
+        Ok(reader)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-list the directory: drop segments that were deleted, add new ones,
+    /// learn first offsets of segments that were still empty. Segments whose
+    /// first offset is known are only `stat`ed.
+    pub fn refresh(&mut self) -> io::Result<()> {
+        let ids = list_segments(&self.dir)?;
+        let mut old = std::mem::take(&mut self.segments).into_iter().peekable();
+        let mut fresh = Vec::with_capacity(ids.len());
+        for id in ids {
+            while old.peek().is_some_and(|s| s.id < id) {
+                old.next();
+            }
+            let known = match old.peek() {
+                Some(s) if s.id == id => old.next(),
+                _ => None,
+            };
+            let path = segment_path(&self.dir, id);
+            let probed = match known {
+                Some(mut seg) if seg.first_offset.is_some() => std::fs::metadata(&path).map(|m| {
+                    seg.size_bytes = m.len();
+                    seg
+                }),
+                _ => probe_segment(&path).map(|(size_bytes, first_offset)| Segment {
+                    id,
+                    size_bytes,
+                    first_offset,
+                    sparse: first_offset.map(|o| vec![(o, 0)]).unwrap_or_default(),
+                }),
+            };
+            match probed {
+                Ok(seg) => fresh.push(seg),
+                // Deleted between listing and opening.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.segments = fresh;
+        Ok(())
+    }
+
+    /// Offset of the first record of the oldest segment that holds one.
+    pub fn oldest_offset(&self) -> Option<u64> {
+        self.segments.iter().find_map(|s| s.first_offset)
+    }
+
+    /// The segments known at the last refresh, ascending by id.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .iter()
+            .map(|s| SegmentInfo {
+                id: s.id,
+                size_bytes: s.size_bytes,
+                first_offset: s.first_offset,
+            })
+            .collect()
+    }
+
+    /// Bytes on disk of all known segments.
+    pub fn total_size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    /// Records with offset ≥ `from_offset`, in log order, up to `max_records`
+    /// records and `max_bytes` bytes (header + payload) — but always at least
+    /// one record when one is there, so a record larger than `max_bytes`
+    /// cannot stall a reader.
+    pub fn read_from(
+        &mut self,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<ReadBatch> {
+        let mut batch = ReadBatch::default();
+        if max_records == 0 {
+            return Ok(batch);
+        }
+        if self.segments.is_empty() {
+            self.refresh()?;
+        }
+        let mut bytes = 0usize;
+        let mut idx = self.segment_for(from_offset);
+        let mut retried_after_vanish = false;
+        loop {
+            let Some(i) = idx else {
+                batch.reached_end = true;
+                break;
+            };
+            let want = batch.next_offset.unwrap_or(from_offset);
+            match self.scan_segment(i, want, max_records, max_bytes, &mut bytes, &mut batch)? {
+                SegmentEnd::Limit => break,
+                SegmentEnd::Exhausted => {
+                    if i + 1 < self.segments.len() {
+                        idx = Some(i + 1);
+                        continue;
+                    }
+                    // The newest known segment is exhausted. The writer names
+                    // segments by consecutive ids, so one `stat` tells whether
+                    // a rotation added another since the last listing.
+                    let id = self.segments[i].id;
+                    if !segment_path(&self.dir, id + 1).exists() {
+                        batch.reached_end = true;
+                        break;
+                    }
+                    self.refresh()?;
+                    idx = self.segments.iter().position(|s| s.id > id);
+                    if idx.is_none() {
+                        batch.reached_end = true;
+                        break;
+                    }
+                }
+                SegmentEnd::Vanished => {
+                    // Compaction removed it: everything in it is below the
+                    // oldest retained offset now. Start over from the listing.
+                    if retried_after_vanish {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            "WAL segments keep vanishing while reading",
+                        ));
+                    }
+                    retried_after_vanish = true;
+                    self.refresh()?;
+                    idx = self.segment_for(want);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Index of the segment where records ≥ `offset` begin: the last segment
+    /// whose first offset is ≤ `offset`, or the first segment.
+    fn segment_for(&self, offset: u64) -> Option<usize> {
+        if self.segments.is_empty() {
+            return None;
+        }
+        // First offsets grow with the id; segments without records yet (the
+        // freshly prepared tail) sort as "after everything".
+        let starts_at_or_before = |s: &Segment| s.first_offset.is_some_and(|o| o <= offset);
+        let mut i = self
+            .segments
+            .partition_point(starts_at_or_before)
+            .saturating_sub(1);
+        // Starting early is always correct (older records are skipped), so
+        // step back over any segment that does not qualify.
+        while i > 0 && !starts_at_or_before(&self.segments[i]) {
+            i -= 1;
+        }
+        Some(i)
+    }
+
+    fn scan_segment(
+        &mut self,
+        i: usize,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        bytes: &mut usize,
+        batch: &mut ReadBatch,
+    ) -> io::Result<SegmentEnd> {
+        let path = segment_path(&self.dir, self.segments[i].id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SegmentEnd::Vanished),
+            Err(e) => return Err(e),
+        };
+        let file_len = file.metadata()?.len();
+        let seg = &mut self.segments[i];
+        let (mut pos, mut ordinal) = seg.start_for(from_offset);
+        let mut window = Window::default();
+        loop {
+            let Some(record) = window.record_at(&file, file_len, pos)? else {
+                return Ok(SegmentEnd::Exhausted);
+            };
+            let (header, payload) = record;
+            if seg.first_offset.is_none() && ordinal == 0 {
+                seg.first_offset = Some(header.offset);
+            }
+            seg.note(ordinal, header.offset, pos);
+            let len = header.total_len();
+            if header.offset >= from_offset {
+                let full = batch.records.len() >= max_records
+                    || (!batch.records.is_empty() && *bytes + len > max_bytes);
+                if full {
+                    return Ok(SegmentEnd::Limit);
+                }
+                *bytes += len;
+                batch.next_offset = Some(header.offset.saturating_add(1));
+                batch.records.push(LogRecord {
+                    header,
+                    payload: payload.to_vec(),
+                });
+                if batch.records.len() >= max_records || *bytes >= max_bytes {
+                    return Ok(SegmentEnd::Limit);
+                }
+            }
+            pos += len as u64;
+            ordinal += 1;
+        }
+    }
+}
+
+/// Size of the segment file and the offset of its first record, if any.
+fn probe_segment(path: &Path) -> io::Result<(u64, Option<u64>)> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut window = Window::default();
+    let first = window.record_at(&file, size, 0)?.map(|(h, _)| h.offset);
+    Ok((size, first))
+}
+
+/// A buffered stretch of one segment file.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl Window {
+    /// The valid record at byte `pos` of the file, or `None` when there is
+    /// none (zeros, end of file, or bytes that are not a complete record).
+    fn record_at(
+        &mut self,
+        file: &File,
+        file_len: u64,
+        pos: u64,
+    ) -> io::Result<Option<(RecordHeader, &[u8])>> {
+        if pos + 4 > file_len {
+            return Ok(None);
+        }
+        let mut need = RECORD_HEADER_BYTES;
+        loop {
+            if !self.covers(pos, need as u64, file_len) {
+                self.fill(file, file_len, pos, need)?;
+            }
+            let local = (pos - self.start) as usize;
+            let buf = &self.data[local..];
+            match decode_record(buf) {
+                Ok(_) => break,
+                Err(RecordDefect::Truncated) => {
+                    if self.start + self.data.len() as u64 >= file_len {
+                        // The file itself ends inside this record.
+                        return Ok(None);
+                    }
+                    // The window ends inside it: read again, large enough.
+                    let total = announced_len(buf).unwrap_or(RECORD_HEADER_BYTES);
+                    if total <= buf.len() {
+                        return Ok(None);
+                    }
+                    need = total;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+        let local = (pos - self.start) as usize;
+        Ok(decode_record(&self.data[local..]).ok())
+    }
+
+    /// Whether the window holds `[pos, pos + len)`, or everything from `pos`
+    /// to the end of the file.
+    fn covers(&self, pos: u64, len: u64, file_len: u64) -> bool {
+        let end = self.start + self.data.len() as u64;
+        pos >= self.start && (pos + len <= end || end == file_len) && pos < end
+    }
+
+    fn fill(&mut self, file: &File, file_len: u64, pos: u64, need: usize) -> io::Result<()> {
+        let len = need.max(READER_CHUNK_BYTES) as u64;
+        let len = len.min(file_len - pos) as usize;
+        self.data.resize(len, 0);
+        let mut done = 0;
+        while done < len {
+            match file.read_at(&mut self.data[done..], pos + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.data.truncate(done);
+        self.start = pos;
+        Ok(())
+    }
+}
+
+/// The full length a record header announces, when the header is there and
+/// plausible.
+fn announced_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < RECORD_HEADER_BYTES || buf[0..4] != RECORD_MAGIC {
+        return None;
+    }
+    let payload_len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    (payload_len <= RECORD_PAYLOAD_MAX_BYTES).then_some(RECORD_HEADER_BYTES + payload_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::{append_record, RecordKind};
+
+    const SEGMENT_BYTES: usize = 64 * 1024;
+
+    fn offset_of(i: u64) -> u64 {
+        // Gaps between offsets, as the real clock leaves them.
+        ((i * 3 + 10) << 6) | 2
+    }
+
+    /// Write segment `id` holding records `range` (payload `{"i":N}`),
+    /// zero-padded to `size` bytes.
+    fn write_segment(dir: &Path, id: u64, range: std::ops::Range<u64>, size: usize) {
+        let mut data = Vec::new();
+        for i in range {
+            let start = data.len() as u32;
+            append_record(
+                &mut data,
+                RecordKind::ApplyEvent,
+                offset_of(i),
+                i,
+                start,
+                |o| o.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes()),
+            )
+            .unwrap();
+        }
+        assert!(data.len() <= size, "test segment overflows");
+        data.resize(size, 0);
+        std::fs::write(segment_path(dir, id), &data).unwrap();
+    }
+
+    fn payload_index(r: &LogRecord) -> u64 {
+        let text = std::str::from_utf8(&r.payload).unwrap();
+        text.trim_start_matches("{\"i\":")
+            .trim_end_matches('}')
+            .parse()
+            .unwrap()
+    }
+
+    fn indices(batch: &ReadBatch) -> Vec<u64> {
+        batch.records.iter().map(payload_index).collect()
+    }
+
+    fn three_segments() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 0..100, SEGMENT_BYTES);
+        write_segment(dir.path(), 2, 100..250, SEGMENT_BYTES);
+        write_segment(dir.path(), 3, 250..300, SEGMENT_BYTES);
+        dir
+    }
+
+    #[test]
+    fn reads_everything_across_segments_in_order() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let batch = r.read_from(0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), (0..300).collect::<Vec<_>>());
+        assert!(batch.reached_end);
+        assert_eq!(batch.next_offset, Some(offset_of(299) + 1));
+        assert_eq!(r.oldest_offset(), Some(offset_of(0)));
+        let segs = r.segments();
+        assert_eq!(segs.len(), 3);
+        assert!(segs.iter().all(|s| s.size_bytes == SEGMENT_BYTES as u64));
+        assert_eq!(segs[1].first_offset, Some(offset_of(100)));
+        assert_eq!(r.total_size_bytes(), 3 * SEGMENT_BYTES as u64);
+    }
+
+    #[test]
+    fn reads_from_the_middle_of_a_segment() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let batch = r.read_from(offset_of(120), 10, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), (120..130).collect::<Vec<_>>());
+        assert!(!batch.reached_end);
+        // Resuming continues exactly after the last record.
+        let next = r
+            .read_from(batch.next_offset.unwrap(), 5, usize::MAX)
+            .unwrap();
+        assert_eq!(indices(&next), (130..135).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_offset_between_records_starts_at_the_next_record() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        // offset_of(i) + 1 lies in the gap before offset_of(i + 1).
+        for i in [0u64, 99, 100, 180, 249, 250] {
+            let batch = r.read_from(offset_of(i) + 1, 1, usize::MAX).unwrap();
+            assert_eq!(indices(&batch), vec![i + 1], "after record {i}");
+        }
+    }
+
+    #[test]
+    fn an_offset_before_the_oldest_reads_from_the_start() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let batch = r.read_from(0, 3, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn an_offset_beyond_the_end_reads_nothing() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let batch = r.read_from(offset_of(299) + 1, 10, usize::MAX).unwrap();
+        assert!(batch.records.is_empty());
+        assert!(batch.reached_end);
+        assert_eq!(batch.next_offset, None);
+        let batch = r.read_from(u64::MAX, 10, usize::MAX).unwrap();
+        assert!(batch.records.is_empty() && batch.reached_end);
+    }
+
+    #[test]
+    fn max_bytes_bounds_a_read_but_one_record_always_comes() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let one = r.read_from(0, 1, usize::MAX).unwrap().records[0].total_len();
+        let batch = r.read_from(0, usize::MAX, one * 5 + one / 2).unwrap();
+        assert_eq!(batch.records.len(), 5);
+        assert!(!batch.reached_end);
+        let tiny = r.read_from(0, usize::MAX, 1).unwrap();
+        assert_eq!(indices(&tiny), vec![0]);
+    }
+
+    #[test]
+    fn empty_directory_and_empty_segment_read_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        assert_eq!(r.oldest_offset(), None);
+        let batch = r.read_from(0, 10, usize::MAX).unwrap();
+        assert!(batch.records.is_empty() && batch.reached_end);
+
+        std::fs::write(segment_path(dir.path(), 1), vec![0u8; 4096]).unwrap();
+        let batch = r.read_from(0, 10, usize::MAX).unwrap();
+        assert!(batch.records.is_empty() && batch.reached_end);
+        assert_eq!(r.segments().len(), 1);
+        assert_eq!(r.segments()[0].first_offset, None);
+    }
+
+    #[test]
+    fn sees_appends_and_new_segments_after_open() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 0..10, SEGMENT_BYTES);
+        // The writer prepares the next segment before rotating into it.
+        std::fs::write(segment_path(dir.path(), 2), vec![0u8; SEGMENT_BYTES]).unwrap();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let batch = r.read_from(0, 100, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), (0..10).collect::<Vec<_>>());
+        assert!(batch.reached_end);
+
+        write_segment(dir.path(), 1, 0..20, SEGMENT_BYTES);
+        let batch = r
+            .read_from(batch.next_offset.unwrap(), 100, usize::MAX)
+            .unwrap();
+        assert_eq!(indices(&batch), (10..20).collect::<Vec<_>>());
+
+        write_segment(dir.path(), 2, 20..30, SEGMENT_BYTES);
+        write_segment(dir.path(), 3, 30..35, SEGMENT_BYTES);
+        let batch = r
+            .read_from(batch.next_offset.unwrap(), 100, usize::MAX)
+            .unwrap();
+        assert_eq!(indices(&batch), (20..35).collect::<Vec<_>>());
+        assert_eq!(r.segments().len(), 3);
+    }
+
+    #[test]
+    fn deleted_segments_are_forgotten() {
+        let dir = three_segments();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        assert_eq!(r.oldest_offset(), Some(offset_of(0)));
+        std::fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+        // A read that lands on the deleted file recovers by re-listing.
+        let batch = r.read_from(offset_of(50), 3, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), vec![100, 101, 102]);
+        assert_eq!(r.oldest_offset(), Some(offset_of(100)));
+    }
+
+    #[test]
+    fn the_sparse_index_agrees_with_a_full_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        // ~1 MiB of records: scans cross several read-chunk boundaries.
+        let n = READER_INDEX_STRIDE_RECORDS * 20 + 17;
+        write_segment(dir.path(), 1, 0..n, 2 << 20);
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let all = r.read_from(0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(all.records.len() as u64, n);
+        assert_eq!(r.segments[0].sparse.len(), 21);
+        for i in [0, 1, 1023, 1024, 1025, 2048, 3000, 5003, 12345, n - 1] {
+            let batch = r.read_from(offset_of(i), 2, usize::MAX).unwrap();
+            assert_eq!(payload_index(&batch.records[0]), i);
+            let batch = r.read_from(offset_of(i) - 1, 1, usize::MAX).unwrap();
+            assert_eq!(payload_index(&batch.records[0]), i);
+        }
+    }
+
+    #[test]
+    fn records_larger_than_a_read_chunk_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = Vec::new();
+        let big = vec![b'x'; READER_CHUNK_BYTES * 2 + 5];
+        for i in 0..3u64 {
+            let start = data.len() as u32;
+            append_record(
+                &mut data,
+                RecordKind::PutMachine,
+                offset_of(i),
+                0,
+                start,
+                |o| o.extend_from_slice(&big),
+            )
+            .unwrap();
+        }
+        data.resize(data.len() + 4096, 0);
+        std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let batch = r.read_from(offset_of(1), 10, usize::MAX).unwrap();
+        assert_eq!(batch.records.len(), 2);
+        assert!(batch.records.iter().all(|rec| rec.payload == big));
+    }
+
+    #[test]
+    fn a_damaged_or_torn_record_ends_the_readable_data() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 0..10, SEGMENT_BYTES);
+        let path = segment_path(dir.path(), 1);
+        let mut data = std::fs::read(&path).unwrap();
+        let mut r = LogReader::open(dir.path()).unwrap();
+        let len = r.read_from(0, 1, usize::MAX).unwrap().records[0].total_len();
+        data[len * 6 + 20] ^= 0x10;
+        std::fs::write(&path, &data).unwrap();
+        let batch = r.read_from(0, 100, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), (0..6).collect::<Vec<_>>());
+        assert!(batch.reached_end);
+        // A file cut in the middle of a record, too.
+        std::fs::write(&path, &data[..len * 3 + 7]).unwrap();
+        let batch = r.read_from(0, 100, usize::MAX).unwrap();
+        assert_eq!(indices(&batch), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn arbitrary_segment_bytes_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for round in 0..200 {
+            let mut data = Vec::new();
+            for i in 0..(round % 7) {
+                let start = data.len() as u32;
+                append_record(
+                    &mut data,
+                    RecordKind::ApplyEvent,
+                    offset_of(i),
+                    0,
+                    start,
+                    |o| o.extend_from_slice(b"{}"),
+                )
+                .unwrap();
+            }
+            for _ in 0..(round * 3) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                data.push(seed as u8);
+            }
+            if round % 3 == 0 && data.len() > 4 {
+                data[0..4].copy_from_slice(&RECORD_MAGIC);
+            }
+            std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
+            let mut r = LogReader::open(dir.path()).unwrap();
+            let _ = r.read_from(seed % 1000, 50, 1 << 20).unwrap();
+        }
+    }
+}

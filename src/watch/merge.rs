@@ -1,0 +1,246 @@
+//! The merge of the shards' event streams into one stream in `wal_offset`
+//! order, on the acceptor.
+//!
+//! Each shard publishes, after every group commit, its newly durable events
+//! and its *watermark*: every event it publishes later has an offset ≥ it.
+//! An event is released once its offset is below every shard's watermark —
+//! no shard can still produce a smaller offset — so released events form one
+//! strictly increasing sequence. An idle shard would hold the merge back, so
+//! the merger asks such a shard to advance its watermark (one message, not a
+//! timer), and shards also advance on every commit.
+//!
+//! Released events go into a ring of at most `WATCH_RING_EVENTS_MAX` events;
+//! subscriptions read it by offset. Writers never wait for watchers: the ring
+//! drops its oldest events, and a subscription that needs them reads the log.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use shards::shard::events::{Publication, WatchEvent};
+use shards::shard::ShardMsg;
+
+/// Released events kept in memory for subscribers.
+pub const WATCH_RING_EVENTS_MAX: usize = 65_536;
+
+struct Pending(Arc<WatchEvent>);
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.offset == other.0.offset
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.offset.cmp(&other.0.offset)
+    }
+}
+
+pub struct Merger {
+    watermarks: Vec<u64>,
+    advance_asked: Vec<bool>,
+    pending: BinaryHeap<Reverse<Pending>>,
+    ring: VecDeque<Arc<WatchEvent>>,
+    /// Every released event with offset ≥ `ring_floor` is in `ring`.
+    ring_floor: u64,
+    /// Every event with offset < `released_upto` has been released.
+    released_upto: u64,
+    /// Connections with subscriptions, woken when events are released.
+    wakers: Vec<std::rc::Weak<flume::Sender<()>>>,
+}
+
+impl Merger {
+    pub fn new(shards: usize) -> Self {
+        Merger {
+            watermarks: vec![0; shards],
+            advance_asked: vec![false; shards],
+            pending: BinaryHeap::new(),
+            ring: VecDeque::new(),
+            ring_floor: 0,
+            released_upto: 0,
+            wakers: Vec::new(),
+        }
+    }
+
+    /// Take in a shard's publication and release what became releasable.
+    pub fn accept(&mut self, p: Publication) {
+        if let Some(w) = self.watermarks.get_mut(p.shard) {
+            *w = (*w).max(p.watermark);
+            self.advance_asked[p.shard] = false;
+        }
+        for e in p.events {
+            self.pending.push(Reverse(Pending(e)));
+        }
+    }
+
+    /// Release events below every watermark into the ring; returns how many.
+    pub fn release(&mut self) -> usize {
+        let floor = self.watermarks.iter().copied().min().unwrap_or(0);
+        let mut released = 0;
+        while let Some(Reverse(Pending(e))) = self.pending.peek() {
+            if e.offset >= floor {
+                break;
+            }
+            let Some(Reverse(Pending(e))) = self.pending.pop() else {
+                break;
+            };
+            debug_assert!(self.ring.back().is_none_or(|last| last.offset < e.offset));
+            self.ring.push_back(e);
+            released += 1;
+        }
+        while self.ring.len() > WATCH_RING_EVENTS_MAX {
+            if let Some(old) = self.ring.pop_front() {
+                self.ring_floor = old.offset + 1;
+            }
+        }
+        self.released_upto = self.released_upto.max(floor);
+        released
+    }
+
+    /// Shards whose watermark holds back the oldest pending event, not yet
+    /// asked to advance. Marks them as asked.
+    pub fn shards_to_advance(&mut self) -> Vec<usize> {
+        let Some(Reverse(Pending(oldest))) = self.pending.peek() else {
+            return Vec::new();
+        };
+        let offset = oldest.offset;
+        let mut out = Vec::new();
+        for (shard, w) in self.watermarks.iter().enumerate() {
+            if *w <= offset && !self.advance_asked[shard] {
+                self.advance_asked[shard] = true;
+                out.push(shard);
+            }
+        }
+        out
+    }
+
+    /// Every event with offset < this has been released.
+    pub fn released_upto(&self) -> u64 {
+        self.released_upto
+    }
+
+    pub fn ring_floor(&self) -> u64 {
+        self.ring_floor
+    }
+
+    /// Released events with offset ≥ `from`, oldest first, at most `max`.
+    /// `None` when `from` is older than the ring holds.
+    pub fn events_from(&self, from: u64, max: usize) -> Option<Vec<Arc<WatchEvent>>> {
+        if from < self.ring_floor {
+            return None;
+        }
+        let start = self.ring.partition_point(|e| e.offset < from);
+        Some(self.ring.iter().skip(start).take(max).cloned().collect())
+    }
+
+    pub fn register_waker(&mut self, waker: &Rc<flume::Sender<()>>) {
+        self.wakers.retain(|w| w.strong_count() > 0);
+        self.wakers.push(Rc::downgrade(waker));
+    }
+
+    /// Wake every connection that has subscriptions.
+    pub fn wake_all(&mut self) {
+        self.wakers.retain(|w| match w.upgrade() {
+            Some(tx) => {
+                let _ = tx.try_send(());
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// The merger's task: take publications, release, wake connections, and
+/// nudge idle shards whose watermark holds the merge back.
+pub async fn run(
+    merger: Rc<std::cell::RefCell<Merger>>,
+    publications: flume::Receiver<Publication>,
+    mailboxes: Vec<flume::Sender<ShardMsg>>,
+) {
+    while let Ok(first) = publications.recv_async().await {
+        let mut m = merger.borrow_mut();
+        m.accept(first);
+        while let Ok(p) = publications.try_recv() {
+            m.accept(p);
+        }
+        if m.release() > 0 {
+            m.wake_all();
+        }
+        for shard in m.shards_to_advance() {
+            let _ = mailboxes[shard].send(ShardMsg::AdvanceWatermark);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(offset: u64) -> Arc<WatchEvent> {
+        Arc::new(WatchEvent {
+            offset,
+            instance_id: format!("i{offset}"),
+            machine: "m".into(),
+            version: 1,
+            from_state: "a".into(),
+            to_state: "b".into(),
+            event: "E".into(),
+            payload_json: b"null".to_vec(),
+            ctx_json: b"{}".to_vec(),
+        })
+    }
+
+    fn publication(shard: usize, offsets: &[u64], watermark: u64) -> Publication {
+        Publication {
+            shard,
+            events: offsets.iter().map(|&o| ev(o)).collect(),
+            watermark,
+        }
+    }
+
+    #[test]
+    fn events_are_released_in_offset_order_only_below_every_watermark() {
+        let mut m = Merger::new(2);
+        m.accept(publication(0, &[10, 30], 31));
+        assert_eq!(m.release(), 0, "shard 1 may still produce lower offsets");
+        assert_eq!(m.shards_to_advance(), vec![1]);
+        assert_eq!(m.shards_to_advance(), Vec::<usize>::new(), "asked once");
+        m.accept(publication(1, &[20], 25));
+        assert_eq!(m.release(), 2);
+        let got: Vec<u64> = m
+            .events_from(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(got, vec![10, 20]);
+        m.accept(publication(1, &[], 100));
+        m.release();
+        let got: Vec<u64> = m
+            .events_from(21, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(got, vec![30]);
+        assert_eq!(m.released_upto(), 31);
+    }
+
+    #[test]
+    fn the_ring_is_bounded_and_reports_what_it_dropped() {
+        let mut m = Merger::new(1);
+        let offsets: Vec<u64> = (1..=(WATCH_RING_EVENTS_MAX as u64 + 10)).collect();
+        m.accept(publication(0, &offsets, u64::MAX));
+        m.release();
+        assert_eq!(m.ring_floor(), 11);
+        assert!(m.events_from(5, 1).is_none());
+        assert_eq!(m.events_from(11, 1).unwrap()[0].offset, 11);
+    }
+}

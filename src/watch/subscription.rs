@@ -1,0 +1,174 @@
+//! Subscriptions: what a watcher asked for (spec §10) and where it is in the
+//! merged stream. A subscription is only a filter and a cursor — the next
+//! offset it has not yet seen — so its memory does not grow with traffic.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use shards::json::canonical::write_str;
+use shards::shard::events::WatchEvent;
+
+use crate::protocol::frame::{begin_frame, end_frame, FrameError, OutputMode};
+
+/// Subscriptions one connection may hold at once.
+pub const WATCH_SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    Instance(String),
+    All {
+        machines: Vec<String>,
+        from_states: Vec<String>,
+        to_states: Vec<String>,
+        events: Vec<String>,
+    },
+}
+
+fn allows(list: &[String], value: &str) -> bool {
+    list.is_empty() || list.iter().any(|v| v == value)
+}
+
+impl Filter {
+    pub fn matches(&self, e: &WatchEvent) -> bool {
+        match self {
+            Filter::Instance(id) => *id == e.instance_id,
+            Filter::All {
+                machines,
+                from_states,
+                to_states,
+                events,
+            } => {
+                allows(machines, &e.machine)
+                    && allows(from_states, &e.from_state)
+                    && allows(to_states, &e.to_state)
+                    && allows(events, &e.event)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: String,
+    pub filter: Filter,
+    pub include_ctx: bool,
+    /// The next offset this subscription has not seen.
+    pub cursor: u64,
+}
+
+/// A connection's subscriptions, shared by its reader (WATCH/UNWATCH) and
+/// its writer (delivery). `waker` wakes the writer when events are released.
+pub struct ConnWatch {
+    pub subs: Vec<Subscription>,
+    pub waker: Rc<flume::Sender<()>>,
+    pub wake_rx: flume::Receiver<()>,
+    /// How events are framed (follows the connection's wire mode).
+    pub mode: Cell<OutputMode>,
+    pub registered: bool,
+}
+
+impl ConnWatch {
+    pub fn new(mode: OutputMode) -> Self {
+        let (tx, rx) = flume::bounded(1);
+        ConnWatch {
+            subs: Vec::new(),
+            waker: Rc::new(tx),
+            wake_rx: rx,
+            mode: Cell::new(mode),
+            registered: false,
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.subs.len();
+        self.subs.retain(|s| s.id != id);
+        self.subs.len() != before
+    }
+}
+
+pub fn new_subscription_id() -> String {
+    format!("sub-{}", uuid::Uuid::new_v4())
+}
+
+/// Append one event message (spec §2.4, keys in its fixed order).
+pub fn write_event(
+    out: &mut Vec<u8>,
+    mode: OutputMode,
+    sub: &Subscription,
+    e: &WatchEvent,
+) -> Result<(), FrameError> {
+    let mark = begin_frame(out, mode);
+    out.extend_from_slice(br#"{"type":"event","subscription_id":"#);
+    write_str(out, &sub.id);
+    out.extend_from_slice(br#","instance_id":"#);
+    write_str(out, &e.instance_id);
+    out.extend_from_slice(br#","machine":"#);
+    write_str(out, &e.machine);
+    out.extend_from_slice(br#","version":"#);
+    out.extend_from_slice(e.version.to_string().as_bytes());
+    out.extend_from_slice(br#","wal_offset":"#);
+    out.extend_from_slice(e.offset.to_string().as_bytes());
+    out.extend_from_slice(br#","from_state":"#);
+    write_str(out, &e.from_state);
+    out.extend_from_slice(br#","to_state":"#);
+    write_str(out, &e.to_state);
+    out.extend_from_slice(br#","event":"#);
+    write_str(out, &e.event);
+    out.extend_from_slice(br#","payload":"#);
+    out.extend_from_slice(&e.payload_json);
+    if sub.include_ctx {
+        out.extend_from_slice(br#","ctx":"#);
+        out.extend_from_slice(&e.ctx_json);
+    }
+    out.push(b'}');
+    end_frame(out, mark)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev() -> WatchEvent {
+        WatchEvent {
+            offset: 1099,
+            instance_id: "order-1".into(),
+            machine: "order".into(),
+            version: 1,
+            from_state: "created".into(),
+            to_state: "paid".into(),
+            event: "PAY".into(),
+            payload_json: br#"{"amount":10}"#.to_vec(),
+            ctx_json: br#"{"amount":10,"customer":"ann"}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn event_message_has_the_spec_shape() {
+        let sub = Subscription {
+            id: "sub-1".into(),
+            filter: Filter::Instance("order-1".into()),
+            include_ctx: true,
+            cursor: 0,
+        };
+        let mut out = Vec::new();
+        write_event(&mut out, OutputMode::Jsonl, &sub, &ev()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"type\":\"event\",\"subscription_id\":\"sub-1\",\"instance_id\":\"order-1\",\"machine\":\"order\",\"version\":1,\"wal_offset\":1099,\"from_state\":\"created\",\"to_state\":\"paid\",\"event\":\"PAY\",\"payload\":{\"amount\":10},\"ctx\":{\"amount\":10,\"customer\":\"ann\"}}\n"
+        );
+    }
+
+    #[test]
+    fn filters_combine_with_and_values_with_or() {
+        let all = |m: &[&str], to: &[&str]| Filter::All {
+            machines: m.iter().map(|s| s.to_string()).collect(),
+            from_states: vec![],
+            to_states: to.iter().map(|s| s.to_string()).collect(),
+            events: vec![],
+        };
+        assert!(all(&[], &[]).matches(&ev()));
+        assert!(all(&["x", "order"], &["paid"]).matches(&ev()));
+        assert!(!all(&["order"], &["shipped"]).matches(&ev()));
+        assert!(!Filter::Instance("order-2".into()).matches(&ev()));
+    }
+}
