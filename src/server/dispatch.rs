@@ -12,7 +12,7 @@ use shards::{EngineError, EngineResult, ErrorCode};
 
 use super::batch;
 use super::context::ServerCtx;
-use super::ops::{instance_ops, machine_ops, session_ops, watch_ops};
+use super::ops::{instance_ops, machine_ops, session_ops, storage_ops, watch_ops};
 use super::session::Session;
 use crate::protocol::op::Op;
 use crate::protocol::request::Request;
@@ -32,10 +32,6 @@ fn answer(reply: ReplyTo, body: EngineResult<Vec<u8>>) {
         seq: reply.seq,
         body,
     });
-}
-
-fn not_supported_yet(op: Op) -> EngineError {
-    EngineError::bad_request(format_args!("{} is not supported yet", op.name()))
 }
 
 fn to_shard(ctx: &ServerCtx, cmd: EngineResult<Command>, reply: ReplyTo) {
@@ -114,7 +110,7 @@ pub async fn dispatch(
         Op::WatchAll => answer(reply, watch_ops::watch_all(ctx, watch, params)),
         Op::Unwatch => answer(reply, watch_ops::unwatch(watch, params)),
         Op::SnapshotInstance | Op::WalRead | Op::WalStats | Op::Compact | Op::FlushAll => {
-            answer(reply, Err(not_supported_yet(op)))
+            answer(reply, storage_ops::handle(ctx, op, params).await)
         }
     }
     Flow::Continue

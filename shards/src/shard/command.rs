@@ -143,6 +143,11 @@ pub enum ShardMsg {
     /// Raise this shard's offset floor to the frontier and publish its
     /// watermark, so an idle shard does not hold back the watch merge.
     AdvanceWatermark,
+    /// Graceful stop: finish the current group, sync the WAL, answer, and
+    /// leave the loop (messages still queued behind it are not served).
+    Shutdown {
+        done: flume::Sender<()>,
+    },
     /// Watch events from the log, from `from_offset` on (catch-up).
     ReadEvents {
         from_offset: u64,

@@ -77,6 +77,8 @@ pub struct Shard {
     /// Parts found prepared-but-undecided at recovery: (decider, inner records).
     in_doubt: HashMap<u64, (u32, Vec<u8>)>,
     publish_requested: bool,
+    /// Set by a Shutdown message: leave the loop after this group.
+    stopping: Option<flume::Sender<()>>,
     /// Opened on first use (watch catch-up, WAL reads).
     reader: Option<LogReader>,
     wal_dir: PathBuf,
@@ -157,6 +159,7 @@ impl Shard {
                 parked: VecDeque::new(),
                 in_doubt: txn_log.in_doubt,
                 publish_requested: false,
+                stopping: None,
                 reader: None,
                 wal_dir,
             },
@@ -190,6 +193,9 @@ impl Shard {
                     while handled < GROUP_COMMIT_MESSAGES_MAX
                         && self.wal.staged_bytes() < GROUP_COMMIT_BYTES_MAX
                     {
+                        if self.stopping.is_some() {
+                            break;
+                        }
                         match mailbox.try_recv() {
                             Ok(msg) => self.handle(msg, now, &mut deferred),
                             Err(_) => break,
@@ -213,9 +219,15 @@ impl Shard {
                 fail_stop(self.state.shard_id, "WAL sync failed", &e);
             }
             self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            if self.stopping.is_some() {
+                break;
+            }
         }
         if let Err(e) = self.wal.sync().await {
             fail_stop(self.state.shard_id, "final WAL sync failed", &e);
+        }
+        if let Some(done) = self.stopping.take() {
+            let _ = done.send(());
         }
     }
 
@@ -296,6 +308,7 @@ impl Shard {
                 self.wal.clock_mut().begin_group();
                 self.publish_requested = true;
             }
+            ShardMsg::Shutdown { done } => self.stopping = Some(done),
             ShardMsg::ReadEvents {
                 from_offset,
                 max_records,

@@ -3,4 +3,5 @@
 pub mod instance_ops;
 pub mod machine_ops;
 pub mod session_ops;
+pub mod storage_ops;
 pub mod watch_ops;
