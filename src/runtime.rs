@@ -121,6 +121,11 @@ pub fn run(config: Config) -> Result<(), String> {
             segment_size_bytes: config.wal_segment_size_bytes,
             allow_instance_recreate: config.allow_instance_recreate,
             salvage: config.salvage,
+            auto_compaction: config.compaction.enabled.then(|| shards::shard::AutoCompaction {
+                events_threshold: config.compaction.events_threshold,
+                size_threshold_bytes: config.compaction.size_threshold_mb * 1024 * 1024,
+                min_interval: Duration::from_secs(config.compaction.min_interval_secs),
+            }),
         };
         let frontier = frontier.clone();
         let ready = ready_tx.clone();

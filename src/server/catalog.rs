@@ -70,6 +70,14 @@ impl Catalog {
         }
     }
 
+    /// FLUSH_ALL: forget every machine (the shards forgot them durably).
+    pub fn clear(&self) -> usize {
+        let mut machines = self.machines.borrow_mut();
+        let n = machines.values().map(|v| v.len()).sum();
+        machines.clear();
+        n
+    }
+
     pub fn installed(&self) -> Vec<Arc<MachineDef>> {
         let machines = self.machines.borrow();
         machines

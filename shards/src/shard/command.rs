@@ -90,6 +90,20 @@ pub struct ShardStats {
     pub machines: u64,
     pub wal: crate::wal::WalStats,
     pub wal_segment_id: u64,
+    /// Records now in the log files.
+    pub log_entries: u64,
+    pub log_segments: u64,
+    /// Bytes the segment files take on disk (segments are pre-allocated).
+    pub log_bytes_on_disk: u64,
+    /// Oldest offset still in the log, if any record is.
+    pub oldest_offset: Option<u64>,
+    /// Offsets below this are no longer in the log (compacted away); 0 when
+    /// nothing was ever deleted.
+    pub retained_from: u64,
+    /// The offset the next record of this shard will get.
+    pub next_offset: u64,
+    pub snapshots: u64,
+    pub mailbox_depth: u64,
 }
 
 /// A shard's answer to an atomic batch part: every op's result, or the
@@ -148,12 +162,36 @@ pub enum ShardMsg {
     Shutdown {
         done: flume::Sender<()>,
     },
+    /// Snapshot the shard and delete the log segments snapshots cover.
+    /// Without `force_snapshot`, a snapshot is taken only if the log grew
+    /// since the last one.
+    Compact {
+        force_snapshot: bool,
+        done: flume::Sender<super::snapshotting::CompactReport>,
+    },
+    /// FLUSH_ALL on this shard: log a durable `Flush` record and forget
+    /// everything; answers (instance records removed, machine versions removed).
+    Flush {
+        done: flume::Sender<EngineResult<(u64, u64)>>,
+    },
+    /// Write one instance's snapshot file (SNAPSHOT_INSTANCE).
+    SnapshotInstance {
+        instance_id: String,
+        done: flume::Sender<crate::error::EngineResult<Vec<u8>>>,
+    },
+    /// Logical log entries from `from_offset` on (WAL_READ).
+    ReadLog {
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        done: flume::Sender<std::io::Result<super::log_read::EntryChunk>>,
+    },
     /// Watch events from the log, from `from_offset` on (catch-up).
     ReadEvents {
         from_offset: u64,
         max_records: usize,
         max_bytes: usize,
-        done: flume::Sender<std::io::Result<super::log_events::EventChunk>>,
+        done: flume::Sender<std::io::Result<super::log_read::EventChunk>>,
     },
 }
 
@@ -165,6 +203,7 @@ impl ShardMsg {
             ShardMsg::AtomicBatch { ops, .. } | ShardMsg::Prepare { ops, .. } => {
                 ops.iter().map(Command::instance_id).collect()
             }
+            ShardMsg::SnapshotInstance { instance_id, .. } => vec![instance_id.as_str()],
             _ => Vec::new(),
         }
     }

@@ -3,13 +3,15 @@
 
 pub mod command;
 pub mod events;
-pub mod log_events;
+pub mod log_read;
 mod ops_read;
 mod ops_write;
 pub mod replay;
 pub mod result;
 pub mod runner;
+pub mod snapshotting;
 pub mod state;
+mod storage;
 pub mod txn;
 
 pub use command::{
@@ -18,6 +20,7 @@ pub use command::{
 };
 pub use runner::{OpenReport, Shard, ShardConfig};
 pub use state::ShardState;
+pub use storage::AutoCompaction;
 
 /// The shard that owns `instance_id` among `shards`: CRC-32C of the id, so
 /// the mapping is the same on every run and every machine.

@@ -68,6 +68,10 @@ impl ShardState {
                 txns.in_doubt.remove(&entry::read_txid(payload)?);
                 Ok(())
             }
+            RecordKind::Flush => {
+                self.flush();
+                Ok(())
+            }
             _ => self.replay_record(header, payload, counts),
         }
     }

@@ -21,7 +21,7 @@ use hashbrown::{HashMap, HashSet};
 
 use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardMsg, ShardStats};
 use super::events::Publication;
-use super::log_events::{read_events, EventChunk};
+use super::log_read::{read_entries, EntryChunk, EventChunk};
 use super::replay::{ReplayCounts, TxnLog};
 use super::state::{now_ms, ShardState};
 use super::txn::{BufferSink, Prepared};
@@ -42,6 +42,8 @@ pub const SHARD_TICK_INTERVAL_MS: u64 = 250;
 
 pub struct ShardConfig {
     pub id: usize,
+    /// Automatic snapshot + compaction, if enabled.
+    pub auto_compaction: Option<super::storage::AutoCompaction>,
     /// This shard's own directory (its WAL lives in `wal/` below it).
     pub dir: PathBuf,
     pub fsync: FsyncPolicy,
@@ -63,14 +65,16 @@ pub struct OpenReport {
     pub in_doubt: Vec<(u64, u32)>,
     /// Batches this log records as committed.
     pub committed: HashSet<u64>,
+    /// The snapshot recovery started from: its covered offset.
+    pub snapshot_covered: Option<u64>,
 }
 
 pub struct Shard {
-    state: ShardState,
-    wal: WalWriter,
+    pub(super) state: ShardState,
+    pub(super) wal: WalWriter,
     heartbeat_ms: Arc<AtomicU64>,
     /// Cross-shard parts prepared here and awaiting their decision.
-    txns: HashMap<u64, Prepared>,
+    pub(super) txns: HashMap<u64, Prepared>,
     /// Instance → the batch that holds it.
     locked: HashMap<String, u64>,
     parked: VecDeque<ShardMsg>,
@@ -79,9 +83,10 @@ pub struct Shard {
     publish_requested: bool,
     /// Set by a Shutdown message: leave the loop after this group.
     stopping: Option<flume::Sender<()>>,
-    /// Opened on first use (watch catch-up, WAL reads).
-    reader: Option<LogReader>,
+    /// Opened on first use (watch catch-up, WAL reads, compaction).
+    pub(super) reader: Option<LogReader>,
     wal_dir: PathBuf,
+    pub(super) storage: super::storage::StorageState,
 }
 
 /// A staged atomic part: each op's result, how to undo it, its inner records.
@@ -98,6 +103,15 @@ enum Deferred {
         flume::Sender<std::io::Result<EventChunk>>,
         std::io::Result<EventChunk>,
     ),
+    Entries(
+        flume::Sender<std::io::Result<EntryChunk>>,
+        std::io::Result<EntryChunk>,
+    ),
+    Snapshot(flume::Sender<EngineResult<Vec<u8>>>, EngineResult<Vec<u8>>),
+    Flushed(
+        flume::Sender<EngineResult<(u64, u64)>>,
+        EngineResult<(u64, u64)>,
+    ),
 }
 
 impl Shard {
@@ -110,15 +124,44 @@ impl Shard {
         let wal_dir = cfg.dir.join("wal");
         std::fs::create_dir_all(&wal_dir)
             .map_err(|e| format!("cannot create {}: {e}", wal_dir.display()))?;
-        let mut state = ShardState::new(cfg.id, cfg.allow_instance_recreate);
+        let snapshot =
+            crate::snapshot::load_newest(&cfg.dir).map_err(|e| format!("shard {}: {e}", cfg.id))?;
+        let (mut state, covered, snapshot_tick) = match snapshot {
+            Some((loaded, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("shard {}: {w}; falling back to an older snapshot", cfg.id);
+                }
+                let covered = loaded.data.covered_offset;
+                let tick = loaded.data.last_tick;
+                (
+                    loaded.data.into_state(cfg.allow_instance_recreate),
+                    Some(covered),
+                    tick,
+                )
+            }
+            None => (
+                ShardState::new(cfg.id, cfg.allow_instance_recreate),
+                None,
+                0,
+            ),
+        };
         let mut counts = ReplayCounts::default();
         let mut txn_log = TxnLog::default();
         let scan = recovery::scan(&wal_dir, cfg.salvage, |header, payload| {
+            if covered.is_some_and(|c| header.offset <= c) {
+                // Reflected in the snapshot; only batch decisions are noted,
+                // for resolving other shards' parts left in doubt.
+                if header.kind == RecordKind::Commit {
+                    txn_log.committed.insert(entry::read_txid(payload)?);
+                }
+                return Ok(());
+            }
             state.replay_any(header, payload, &mut counts, &mut txn_log)
         })
         .map_err(|e: RecoveryError| format!("shard {}: {e}", cfg.id))?;
         state.events.clear();
-        let clock = OffsetClock::new(cfg.id, scan.last_tick, frontier);
+        let storage = super::storage::StorageState::new(cfg, &scan, covered);
+        let clock = OffsetClock::new(cfg.id, scan.last_tick.max(snapshot_tick), frontier);
         let wal = WalWriter::open(
             &wal_dir,
             cfg.fsync,
@@ -147,6 +190,7 @@ impl Shard {
                 .map(|(txid, (decider, _))| (*txid, *decider))
                 .collect(),
             committed: txn_log.committed,
+            snapshot_covered: covered,
         };
         heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         Ok((
@@ -162,6 +206,7 @@ impl Shard {
                 stopping: None,
                 reader: None,
                 wal_dir,
+                storage,
             },
             report,
         ))
@@ -177,7 +222,11 @@ impl Shard {
         let mut deferred: Vec<Deferred> = Vec::with_capacity(256);
         let tick = Duration::from_millis(SHARD_TICK_INTERVAL_MS);
         loop {
-            let wait = self.wal.sync_due_in().map_or(tick, |d| d.min(tick));
+            let wait = self
+                .wal
+                .sync_due_in()
+                .map_or(tick, |d| d.min(tick))
+                .min(self.storage.wait_hint());
             let first = future::or(async { mailbox.recv_async().await.map(Some) }, async {
                 glommio::timer::sleep(wait).await;
                 Ok(None)
@@ -218,6 +267,7 @@ impl Shard {
             if let Err(e) = self.wal.sync_if_due().await {
                 fail_stop(self.state.shard_id, "WAL sync failed", &e);
             }
+            self.storage_turn();
             self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if self.stopping.is_some() {
                 break;
@@ -247,7 +297,7 @@ impl Shard {
 
     fn blocked(&self, msg: &ShardMsg) -> bool {
         match msg {
-            ShardMsg::List { .. } => !self.txns.is_empty(),
+            ShardMsg::List { .. } | ShardMsg::Flush { .. } => !self.txns.is_empty(),
             _ => msg
                 .instance_ids()
                 .iter()
@@ -309,6 +359,34 @@ impl Shard {
                 self.publish_requested = true;
             }
             ShardMsg::Shutdown { done } => self.stopping = Some(done),
+            ShardMsg::Flush { done } => {
+                let result = self
+                    .wal
+                    .append(RecordKind::Flush, now, |_| {})
+                    .map(|_| self.state.flush());
+                if result.is_ok() {
+                    // Reclaim the space once a snapshot covers the flush.
+                    self.request_compaction(true, None);
+                }
+                deferred.push(Deferred::Flushed(done, result));
+            }
+            ShardMsg::Compact {
+                force_snapshot,
+                done,
+            } => self.request_compaction(force_snapshot, Some(done)),
+            ShardMsg::SnapshotInstance { instance_id, done } => {
+                let result = self.snapshot_instance(&instance_id);
+                deferred.push(Deferred::Snapshot(done, result));
+            }
+            ShardMsg::ReadLog {
+                from_offset,
+                max_records,
+                max_bytes,
+                done,
+            } => {
+                let chunk = self.read_entries(from_offset, max_records, max_bytes);
+                deferred.push(Deferred::Entries(done, chunk));
+            }
             ShardMsg::ReadEvents {
                 from_offset,
                 max_records,
@@ -323,7 +401,7 @@ impl Shard {
 
     /// The watermark this shard may publish: below its next offset and below
     /// any event held by a prepared batch.
-    fn watermark(&self) -> u64 {
+    pub(super) fn watermark(&self) -> u64 {
         let held = self
             .txns
             .values()
@@ -342,6 +420,24 @@ impl Shard {
         max_records: usize,
         max_bytes: usize,
     ) -> std::io::Result<EventChunk> {
+        self.read_entries(from, max_records, max_bytes)?
+            .into_events()
+    }
+
+    pub(super) fn read_entries(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<EntryChunk> {
+        if from < self.storage.retained_from() {
+            return Err(std::io::Error::other(format!(
+                "offset {from} is older than the oldest offset still in the log of shard {} ({}); \
+                 the records before it were compacted away",
+                self.state.shard_id,
+                self.storage.retained_from()
+            )));
+        }
         if self.reader.is_none() {
             self.reader = Some(LogReader::open(&self.wal_dir)?);
         }
@@ -352,7 +448,7 @@ impl Shard {
             .reader
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no reader"))?;
-        read_events(reader, from, max_records, max_bytes, watermark, &undecided)
+        read_entries(reader, from, max_records, max_bytes, watermark, &undecided)
     }
 
     /// Run the ops all-or-nothing into a buffer of inner records.
@@ -462,7 +558,7 @@ impl Shard {
         }
     }
 
-    fn answer(&self, d: Deferred) {
+    fn answer(&mut self, d: Deferred) {
         // A send fails only when the asker is gone (connection closed): the
         // change is durable regardless, and there is nobody left to tell.
         match d {
@@ -487,24 +583,37 @@ impl Shard {
             Deferred::Events(done, chunk) => {
                 let _ = done.send(chunk);
             }
+            Deferred::Entries(done, chunk) => {
+                let _ = done.send(chunk);
+            }
+            Deferred::Snapshot(done, result) => {
+                let _ = done.send(result);
+            }
+            Deferred::Flushed(done, result) => {
+                let _ = done.send(result);
+            }
         }
     }
 
-    fn stats(&self) -> ShardStats {
-        ShardStats {
+    fn stats(&mut self) -> ShardStats {
+        let mut stats = ShardStats {
             shard: self.state.shard_id,
             instances_active: self.state.active_instances,
             machines: self.state.machines.len() as u64,
             wal: self.wal.stats(),
             wal_segment_id: self.wal.segment_id(),
-        }
+            next_offset: self.wal.clock().peek_next(),
+            ..ShardStats::default()
+        };
+        self.fill_log_stats(&mut stats);
+        stats
     }
 }
 
 /// Memory is ahead of the log after a failed write: stop the process so that
 /// recovery rebuilds a state that matches what is on disk. Nothing in the
 /// failed group was acknowledged.
-fn fail_stop(shard: usize, what: &str, err: &dyn std::fmt::Display) -> ! {
+pub(super) fn fail_stop(shard: usize, what: &str, err: &dyn std::fmt::Display) -> ! {
     let msg = format!("fatal: shard {shard}: {what}: {err}; stopping the server so that recovery restores a consistent state");
     tracing::error!("{msg}");
     eprintln!("corestate: {msg}");

@@ -138,6 +138,19 @@ impl ShardState {
     }
 }
 
+impl ShardState {
+    /// FLUSH_ALL on this shard: forget every machine and instance. Returns
+    /// (instance records removed, machine versions removed).
+    pub fn flush(&mut self) -> (u64, u64) {
+        let removed = (self.instances.len() as u64, self.machines.len() as u64);
+        self.instances.clear();
+        self.machines = MachineRegistry::default();
+        self.active_instances = 0;
+        self.events.clear();
+        removed
+    }
+}
+
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -301,6 +301,7 @@ where
 fn config(dir: &std::path::Path, segment_size_bytes: u64) -> ShardConfig {
     ShardConfig {
         id: 1,
+        auto_compaction: None,
         dir: dir.to_path_buf(),
         fsync: FsyncPolicy::EveryWrite,
         segment_size_bytes,
@@ -433,5 +434,206 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
         assert_eq!(again["to_state"], "open");
         drop(tx);
         runner.await;
+    });
+}
+
+async fn compact(tx: &flume::Sender<ShardMsg>, force: bool) -> super::snapshotting::CompactReport {
+    let (dtx, drx) = flume::bounded(1);
+    tx.send(ShardMsg::Compact {
+        force_snapshot: force,
+        done: dtx,
+    })
+    .unwrap();
+    drx.recv_async().await.unwrap()
+}
+
+async fn start_door(tx: &flume::Sender<ShardMsg>) {
+    let def = Arc::new(parse_definition("door", 1, &door()).unwrap());
+    let (dtx, drx) = flume::bounded(1);
+    tx.send(ShardMsg::InstallMachine {
+        def,
+        raw_definition: Arc::new(door()),
+        done: dtx,
+    })
+    .unwrap();
+    drx.recv_async().await.unwrap().unwrap();
+}
+
+fn create_cmd(id: &str) -> Command {
+    Command::Create(CreateInstance {
+        instance_id: id.into(),
+        machine: "door".into(),
+        version: 1,
+        initial_ctx: json!({"unlocked": true, "pad": "z".repeat(300)}),
+        idempotency_key: None,
+    })
+}
+
+fn open_cmd(id: &str, i: u64) -> Command {
+    Command::Apply(ApplyEvent {
+        instance_id: id.into(),
+        event: "OPEN".into(),
+        payload: json!({"i": i}),
+        expected_state: None,
+        expected_wal_offset: None,
+        event_id: None,
+        idempotency_key: Some(format!("k{i}")),
+    })
+}
+
+#[test]
+fn recovery_starts_from_the_snapshot_and_replays_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (shard, _) = Shard::open(
+            &config(&p, 64 * 1024),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = flume::unbounded();
+        let runner = glommio::spawn_local(shard.run(rx, None));
+        start_door(&tx).await;
+        for i in 0..200 {
+            send_and_wait(&tx, create_cmd(&format!("d{i}")))
+                .await
+                .unwrap();
+        }
+        let report = compact(&tx, true).await;
+        assert_eq!(report.snapshots_created, 1, "{report:?}");
+        assert!(report.error.is_none(), "{report:?}");
+        // Writes after the snapshot: the tail recovery must replay.
+        for i in 0..200 {
+            send_and_wait(&tx, open_cmd(&format!("d{i}"), i))
+                .await
+                .unwrap();
+        }
+        send_and_wait(&tx, create_cmd("late")).await.unwrap();
+        drop(tx);
+        runner.await;
+    });
+    let p = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (shard, report) = Shard::open(
+            &config(&p, 64 * 1024),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.snapshot_covered.is_some(),
+            "recovery must start from the snapshot"
+        );
+        assert_eq!(report.instances_active, 201);
+        // Only the tail was replayed: 200 applies + 1 create.
+        assert_eq!(report.counts.applies, 200);
+        assert_eq!(report.counts.creates, 1);
+        let (tx, rx) = flume::unbounded();
+        let runner = glommio::spawn_local(shard.run(rx, None));
+        let got = send_and_wait(
+            &tx,
+            Command::Get {
+                instance_id: "d199".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(got["state"], "open");
+        assert_eq!(got["ctx"]["i"], 199);
+        // An idempotency key from after the snapshot still answers.
+        let again = send_and_wait(&tx, open_cmd("d7", 7)).await.unwrap();
+        assert_eq!(again["applied"], false);
+        drop(tx);
+        runner.await;
+    });
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (shard, _) = Shard::open(
+            &config(&p, 64 * 1024),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = flume::unbounded();
+        let runner = glommio::spawn_local(shard.run(rx, None));
+        start_door(&tx).await;
+        send_and_wait(&tx, create_cmd("a")).await.unwrap();
+        assert_eq!(compact(&tx, true).await.snapshots_created, 1);
+        send_and_wait(&tx, create_cmd("b")).await.unwrap();
+        assert_eq!(compact(&tx, true).await.snapshots_created, 1);
+        send_and_wait(&tx, create_cmd("c")).await.unwrap();
+        drop(tx);
+        runner.await;
+    });
+    let snaps = crate::snapshot::list_snapshots(dir.path()).unwrap();
+    assert_eq!(snaps.len(), 2);
+    let newest = &snaps[0].path;
+    let mut bytes = std::fs::read(newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(newest, &bytes).unwrap();
+    let p = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (_, report) = Shard::open(
+            &config(&p, 64 * 1024),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report.instances_active, 3,
+            "all data present after the fallback"
+        );
+        assert_eq!(
+            report.counts.creates, 2,
+            "the older snapshot needs a longer replay"
+        );
+    });
+}
+
+#[test]
+fn flush_all_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (shard, _) = Shard::open(
+            &config(&p, 64 * 1024),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        let (tx, rx) = flume::unbounded();
+        let runner = glommio::spawn_local(shard.run(rx, None));
+        start_door(&tx).await;
+        send_and_wait(&tx, create_cmd("a")).await.unwrap();
+        send_and_wait(&tx, create_cmd("b")).await.unwrap();
+        let (dtx, drx) = flume::bounded(1);
+        tx.send(ShardMsg::Flush { done: dtx }).unwrap();
+        assert_eq!(drx.recv_async().await.unwrap().unwrap(), (2, 1));
+        drop(tx);
+        runner.await;
+    });
+    let p = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (_, report) = Shard::open(
+            &config(&p, 64 * 1024),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.instances_active, 0);
+        assert!(report.machines.is_empty());
     });
 }

@@ -64,6 +64,16 @@ pub struct Prepared {
     pub locked: Vec<String>,
 }
 
+impl Undo {
+    /// How the batch found instance `id`: `Some(None)` if it created it.
+    pub fn original(&self, id: &str) -> Option<Option<&Instance>> {
+        self.saved
+            .iter()
+            .find(|(saved, _)| saved == id)
+            .map(|(_, original)| original.as_ref())
+    }
+}
+
 impl Prepared {
     /// Lowest offset among the held events: the shard's watermark may not
     /// pass it until they are published.

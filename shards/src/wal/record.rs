@@ -45,6 +45,8 @@ pub enum RecordKind {
     Commit = 7,
     /// The batch `txid` (u64 payload) was abandoned.
     Abort = 8,
+    /// FLUSH_ALL: everything before this record is forgotten (empty payload).
+    Flush = 9,
 }
 
 impl RecordKind {
@@ -58,6 +60,7 @@ impl RecordKind {
             6 => RecordKind::Prepare,
             7 => RecordKind::Commit,
             8 => RecordKind::Abort,
+            9 => RecordKind::Flush,
             _ => return None,
         })
     }

@@ -46,6 +46,8 @@ pub struct ScanOutcome {
     pub bytes_scanned: u64,
     pub torn_tail: Option<TailRepair>,
     pub salvage: Option<SalvageReport>,
+    /// Valid records per remaining segment: (segment id, records).
+    pub segment_records: Vec<(u64, u64)>,
 }
 
 /// A torn last write that was cut off.
@@ -210,6 +212,7 @@ pub fn scan(
         out.segments += 1;
         out.bytes_scanned += data.len() as u64;
         out.active_segment = id;
+        out.segment_records.push((id, 0));
         let mut pos = 0usize;
         let defect = loop {
             if pos >= data.len() {
@@ -224,6 +227,9 @@ pub fn scan(
                     })?;
                     out.last_tick = out.last_tick.max(tick_of_offset(h.offset));
                     out.records += 1;
+                    if let Some(last) = out.segment_records.last_mut() {
+                        last.1 += 1;
+                    }
                     pos += h.total_len();
                 }
                 Err(d) => break Some(d),

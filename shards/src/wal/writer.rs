@@ -50,6 +50,10 @@ pub struct WalWriter {
     /// Staged records: chunk 0 continues the active segment at `end`; chunk
     /// `i > 0` starts the `i`-th following segment at 0.
     chunks: Vec<Vec<u8>>,
+    /// Records in each staged chunk.
+    chunk_records: Vec<u64>,
+    /// Records written per segment since open: (segment id, records).
+    written_per_segment: Vec<(u64, u64)>,
     last_chunk_base: u64,
     staged_records: u64,
     staged_bytes: usize,
@@ -96,6 +100,8 @@ impl WalWriter {
             end,
             tail,
             chunks: vec![Vec::new()],
+            chunk_records: vec![0],
+            written_per_segment: Vec::new(),
             last_chunk_base: end,
             staged_records: 0,
             staged_bytes: 0,
@@ -138,7 +144,11 @@ impl WalWriter {
             let mut record = chunk.split_off(record_start);
             set_group_start(&mut record, 0);
             self.chunks.push(record);
+            self.chunk_records.push(0);
             self.last_chunk_base = 0;
+        }
+        if let Some(n) = self.chunk_records.last_mut() {
+            *n += 1;
         }
         self.staged_records += 1;
         self.staged_bytes += len;
@@ -176,12 +186,18 @@ impl WalWriter {
             return Ok(());
         }
         let mut chunks = std::mem::take(&mut self.chunks);
+        let counts = std::mem::replace(&mut self.chunk_records, vec![0]);
         for (i, chunk) in chunks.iter().enumerate() {
             if i > 0 {
                 self.rotate().await?;
             }
             if !chunk.is_empty() {
                 self.write_chunk(chunk).await?;
+            }
+            let n = counts.get(i).copied().unwrap_or(0);
+            match self.written_per_segment.last_mut() {
+                Some((id, count)) if *id == self.segment_id => *count += n,
+                _ => self.written_per_segment.push((self.segment_id, n)),
             }
         }
         chunks.truncate(1);
@@ -240,6 +256,11 @@ impl WalWriter {
         self.unsynced_records = 0;
         self.unsynced_since = None;
         Ok(())
+    }
+
+    /// Records written per segment since the log was opened.
+    pub fn written_per_segment(&self) -> &[(u64, u64)] {
+        &self.written_per_segment
     }
 
     pub fn stats(&self) -> WalStats {

@@ -1,15 +1,231 @@
 //! SNAPSHOT_INSTANCE, WAL_READ, WAL_STATS, COMPACT, FLUSH_ALL (spec §4.11–4.14,
-//! §11).
+//! §11), fanned out to the shards and merged.
+//!
+//! WAL_READ merges the shards' logs by offset the same way watch catch-up
+//! does: each shard answers with its entries from `from_offset` and the bound
+//! up to which that answer is complete; only entries below the smallest bound
+//! are returned, so consecutive reads (`next_offset`) see every entry exactly
+//! once, in offset order. Machine definitions are logged on every shard;
+//! WAL_READ shows shard 0's copy only.
 
 use serde_json::Value;
-use shards::{EngineError, EngineResult};
+use shards::json::canonical;
+use shards::shard::log_read::LogEntry;
+use shards::shard::result::ResultWriter;
+use shards::shard::{ShardMsg, ShardStats};
+use shards::wal::offset::{shard_of_offset, tick_of_offset};
+use shards::wal::record::RecordKind;
+use shards::{EngineError, EngineResult, ErrorCode};
 
 use crate::protocol::op::Op;
-use crate::server::context::ServerCtx;
+use crate::protocol::params::Params;
+use crate::server::context::{Router, ServerCtx};
 
-pub async fn handle(_ctx: &ServerCtx, op: Op, _params: &Value) -> EngineResult<Vec<u8>> {
-    Err(EngineError::bad_request(format_args!(
-        "{} is not supported yet",
-        op.name()
-    )))
+/// WAL_READ's `limit` when none is given.
+pub const WAL_READ_LIMIT_DEFAULT: usize = 100;
+/// Largest `limit` WAL_READ serves (a larger one is served as this).
+pub const WAL_READ_LIMIT_MAX: usize = 1000;
+/// Bytes each shard reads for one WAL_READ.
+pub const WAL_READ_BYTES_PER_SHARD_MAX: usize = 4 * 1024 * 1024;
+
+pub async fn handle(ctx: &ServerCtx, op: Op, params: &Value) -> EngineResult<Vec<u8>> {
+    match op {
+        Op::WalRead => wal_read(ctx, params).await,
+        Op::WalStats => wal_stats(&ctx.router).await,
+        Op::Compact => compact(&ctx.router, params).await,
+        Op::SnapshotInstance => snapshot_instance(ctx, params).await,
+        Op::FlushAll => Err(EngineError::bad_request("FLUSH_ALL is not supported yet")),
+        _ => Err(EngineError::internal("not a storage operation")),
+    }
+}
+
+fn shard_gone() -> EngineError {
+    EngineError::internal("shard stopped before answering")
+}
+
+/// `from_offset` (alias `fromOffset`): a non-negative integer or a string of
+/// digits (spec §15 row 40).
+fn offset_param(p: &Params<'_>) -> EngineResult<u64> {
+    match p.any(&["from_offset", "fromOffset"]) {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| EngineError::bad_request("missing from_offset"))
+}
+
+async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
+    let p = Params::loose(params);
+    let from = offset_param(&p)?;
+    let limit = match p.get("limit") {
+        Some(Value::Number(n)) => n.as_u64().map_or(WAL_READ_LIMIT_DEFAULT, |l| l as usize),
+        _ => WAL_READ_LIMIT_DEFAULT,
+    }
+    .min(WAL_READ_LIMIT_MAX);
+    let mut waits = Vec::with_capacity(ctx.router.shards());
+    for mailbox in ctx.router.all() {
+        let (tx, rx) = flume::bounded(1);
+        mailbox
+            .send(ShardMsg::ReadLog {
+                from_offset: from,
+                max_records: limit.max(1),
+                max_bytes: WAL_READ_BYTES_PER_SHARD_MAX,
+                done: tx,
+            })
+            .map_err(|_| shard_gone())?;
+        waits.push(rx);
+    }
+    let mut bound = u64::MAX;
+    let mut entries: Vec<LogEntry> = Vec::new();
+    for rx in waits {
+        let chunk = rx
+            .recv_async()
+            .await
+            .map_err(|_| shard_gone())?
+            .map_err(|e| EngineError::bad_request(e.to_string()))?;
+        bound = bound.min(chunk.complete_upto);
+        entries.extend(chunk.entries);
+    }
+    entries.retain(|e| {
+        e.offset >= from
+            && e.offset < bound
+            && !(e.kind == RecordKind::PutMachine && shard_of_offset(e.offset) != 0)
+    });
+    entries.sort_unstable_by_key(|e| e.offset);
+    entries.truncate(limit);
+    let mut records = b"[".to_vec();
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            records.push(b',');
+        }
+        let entry: Value = serde_json::from_slice(&e.payload)
+            .map_err(|err| EngineError::new(ErrorCode::WalIoError, format!("unreadable entry at offset {}: {err}", e.offset)))?;
+        let mut r = ResultWriter::new();
+        r.raw("entry", &canonical::to_vec(&entry))
+            .u64("offset", e.offset)
+            .u64("sequence", tick_of_offset(e.offset));
+        records.extend_from_slice(&r.finish());
+    }
+    records.push(b']');
+    let mut r = ResultWriter::new();
+    match entries.last() {
+        Some(last) => r.u64("next_offset", last.offset + 1),
+        None => r.raw("next_offset", b"null"),
+    };
+    r.raw("records", &records);
+    Ok(r.finish())
+}
+
+pub async fn shard_stats(router: &Router) -> EngineResult<Vec<ShardStats>> {
+    let mut waits = Vec::with_capacity(router.shards());
+    for mailbox in router.all() {
+        let (tx, rx) = flume::bounded(1);
+        mailbox
+            .send(ShardMsg::Stats { done: tx })
+            .map_err(|_| shard_gone())?;
+        waits.push((rx, mailbox.len() as u64));
+    }
+    let mut out = Vec::with_capacity(waits.len());
+    for (rx, depth) in waits {
+        let mut s = rx.recv_async().await.map_err(|_| shard_gone())?;
+        s.mailbox_depth = depth;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
+    let stats = shard_stats(router).await?;
+    let sum = |f: &dyn Fn(&ShardStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let mut per_shard = b"[".to_vec();
+    for (i, s) in stats.iter().enumerate() {
+        if i > 0 {
+            per_shard.push(b',');
+        }
+        let mut r = ResultWriter::new();
+        r.u64("entry_count", s.log_entries)
+            .u64("fsyncs", s.wal.syncs)
+            .u64("group_commits", s.wal.group_commits)
+            .u64("latest_offset", s.next_offset);
+        match s.oldest_offset {
+            Some(o) => r.u64("oldest_offset", o),
+            None => r.raw("oldest_offset", b"null"),
+        };
+        r.u64("records_appended", s.wal.records_appended)
+            .u64("retained_from", s.retained_from)
+            .u64("segment_count", s.log_segments)
+            .u64("shard", s.shard as u64)
+            .u64("snapshots", s.snapshots)
+            .u64("total_size_bytes", s.log_bytes_on_disk);
+        per_shard.extend_from_slice(&r.finish());
+    }
+    per_shard.push(b']');
+    let mut io = ResultWriter::new();
+    io.u64("bytes_written", sum(&|s| s.wal.bytes_appended))
+        .u64("fsyncs", sum(&|s| s.wal.syncs))
+        .u64("group_commits", sum(&|s| s.wal.group_commits))
+        .u64("writes", sum(&|s| s.wal.writes));
+    let oldest = stats.iter().filter_map(|s| s.oldest_offset).min();
+    let mut r = ResultWriter::new();
+    r.u64("entry_count", sum(&|s| s.log_entries))
+        .raw("io_stats", &io.finish())
+        .u64("latest_offset", stats.iter().map(|s| s.next_offset).max().unwrap_or(0));
+    match oldest {
+        Some(o) => r.u64("oldest_offset", o),
+        None => r.raw("oldest_offset", b"null"),
+    };
+    r.u64("segment_count", sum(&|s| s.log_segments))
+        .raw("shards", &per_shard)
+        .u64("total_size_bytes", sum(&|s| s.log_bytes_on_disk));
+    Ok(r.finish())
+}
+
+async fn compact(router: &Router, params: &Value) -> EngineResult<Vec<u8>> {
+    let force = matches!(Params::loose(params).get("force_snapshot"), Some(Value::Bool(true)));
+    let mut waits = Vec::with_capacity(router.shards());
+    for mailbox in router.all() {
+        let (tx, rx) = flume::bounded(1);
+        mailbox
+            .send(ShardMsg::Compact {
+                force_snapshot: force,
+                done: tx,
+            })
+            .map_err(|_| shard_gone())?;
+        waits.push(rx);
+    }
+    let (mut created, mut deleted, mut reclaimed, mut total, mut segments) = (0, 0, 0, 0, 0);
+    for rx in waits {
+        let r = rx.recv_async().await.map_err(|_| shard_gone())?;
+        if let Some(e) = r.error {
+            return Err(EngineError::internal(e));
+        }
+        created += r.snapshots_created;
+        deleted += r.segments_deleted;
+        reclaimed += r.bytes_reclaimed;
+        total += r.total_snapshots;
+        segments += r.wal_segments;
+    }
+    let mut r = ResultWriter::new();
+    r.u64("bytes_reclaimed", reclaimed)
+        .u64("segments_deleted", deleted)
+        .u64("snapshots_created", created)
+        .u64("total_snapshots", total)
+        .u64("wal_segments", segments);
+    Ok(r.finish())
+}
+
+async fn snapshot_instance(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
+    let p = Params::loose(params);
+    let Some(Value::String(id)) = p.any(&["instance_id", "id"]) else {
+        return Err(EngineError::bad_request("missing instance_id"));
+    };
+    let (tx, rx) = flume::bounded(1);
+    ctx.router
+        .owner(id)
+        .send(ShardMsg::SnapshotInstance {
+            instance_id: id.clone(),
+            done: tx,
+        })
+        .map_err(|_| shard_gone())?;
+    rx.recv_async().await.map_err(|_| shard_gone())?
 }

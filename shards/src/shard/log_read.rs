@@ -1,12 +1,14 @@
-//! Rebuilding watch events from a shard's log, for watchers that start from
-//! an old offset or fell behind the in-memory stream.
+//! Reading a shard's log as the sequence of *logical entries* it records,
+//! from an offset: for WAL_READ, and for rebuilding watch events for
+//! watchers that start from an old offset or fell behind the memory ring.
 //!
-//! Events come from `apply_event` records, the inner records of `Batch`
-//! records, and the inner records of `Prepare` records whose batch
-//! committed. A `Prepare` whose decision lies later in the log is resolved
-//! by reading on; one still undecided (prepared right now, or in doubt) ends
-//! the chunk there: its events are not yet visible, and the shard's
-//! watermark stays below them until they are.
+//! Entries are the plain records (machine, create, apply, delete), the inner
+//! records of `Batch` records, and the inner records of `Prepare` records
+//! whose batch committed; decisions themselves are not entries. A `Prepare`
+//! whose decision lies later in the log is resolved by reading on; one
+//! still undecided (prepared right now, or in doubt) ends the chunk there:
+//! its entries are not yet visible, and the shard's watermark stays below
+//! them until they are.
 
 use std::io;
 use std::sync::Arc;
@@ -21,9 +23,25 @@ use crate::wal::record::{decode_record, RecordKind};
 /// Most records read while looking for a batch's decision.
 pub const DECISION_SEARCH_RECORDS_MAX: usize = 65_536;
 
-/// Events of one shard with offset ≥ some `from`, and how far they are
-/// complete: every event of this shard with offset < `complete_upto` is in
-/// `events` (or before `from`).
+/// One logical entry: its offset, kind and entry JSON (as logged).
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub offset: u64,
+    pub kind: RecordKind,
+    pub payload: Vec<u8>,
+}
+
+/// Entries of one shard with offset ≥ some `from`, and how far they are
+/// complete: every entry of this shard with offset < `complete_upto` is in
+/// `entries` (or before `from`).
+#[derive(Debug, Default)]
+pub struct EntryChunk {
+    pub entries: Vec<LogEntry>,
+    pub complete_upto: u64,
+    pub oldest_offset: Option<u64>,
+}
+
+/// The same, as watch events (apply entries only).
 #[derive(Debug, Default)]
 pub struct EventChunk {
     pub events: Vec<Arc<WatchEvent>>,
@@ -31,30 +49,41 @@ pub struct EventChunk {
     pub oldest_offset: Option<u64>,
 }
 
-fn push_apply(
-    out: &mut Vec<Arc<WatchEvent>>,
-    offset: u64,
-    payload: &[u8],
-    from: u64,
-) -> io::Result<()> {
-    if offset < from {
-        return Ok(());
+impl EntryChunk {
+    pub fn into_events(self) -> io::Result<EventChunk> {
+        let mut events = Vec::new();
+        for e in self.entries {
+            if e.kind == RecordKind::ApplyEvent {
+                let entry = Entry::decode(&e.payload).map_err(io::Error::other)?;
+                if let Some(ev) = WatchEvent::from_entry(e.offset, &entry) {
+                    events.push(Arc::new(ev));
+                }
+            }
+        }
+        Ok(EventChunk {
+            events,
+            complete_upto: self.complete_upto,
+            oldest_offset: self.oldest_offset,
+        })
     }
-    let entry = Entry::decode(payload).map_err(io::Error::other)?;
-    if let Some(e) = WatchEvent::from_entry(offset, &entry) {
-        out.push(Arc::new(e));
-    }
-    Ok(())
 }
 
-fn push_inner(out: &mut Vec<Arc<WatchEvent>>, inner: &[u8], from: u64) -> io::Result<()> {
+fn push_plain(out: &mut Vec<LogEntry>, offset: u64, kind: RecordKind, payload: &[u8], from: u64) {
+    if offset >= from {
+        out.push(LogEntry {
+            offset,
+            kind,
+            payload: payload.to_vec(),
+        });
+    }
+}
+
+fn push_inner(out: &mut Vec<LogEntry>, inner: &[u8], from: u64) -> io::Result<()> {
     let mut pos = 0;
     while pos < inner.len() {
         let (h, p) = decode_record(&inner[pos..])
             .map_err(|d| io::Error::other(format!("damaged inner record: {d:?}")))?;
-        if h.kind == RecordKind::ApplyEvent {
-            push_apply(out, h.offset, p, from)?;
-        }
+        push_plain(out, h.offset, h.kind, p, from);
         pos += h.total_len();
     }
     Ok(())
@@ -64,17 +93,17 @@ fn first_inner_offset(inner: &[u8]) -> Option<u64> {
     decode_record(inner).ok().map(|(h, _)| h.offset)
 }
 
-/// Read events from `from` on. `undecided(txid)` tells whether a batch is
+/// Read entries from `from` on. `undecided(txid)` tells whether a batch is
 /// prepared-but-undecided on this shard right now; `watermark` is the
 /// shard's current watermark (the bound when the log's end is reached).
-pub fn read_events(
+pub fn read_entries(
     reader: &mut LogReader,
     from: u64,
     max_records: usize,
     max_bytes: usize,
     watermark: u64,
     undecided: &dyn Fn(u64) -> bool,
-) -> io::Result<EventChunk> {
+) -> io::Result<EntryChunk> {
     let mut window = max_records.max(1);
     loop {
         let batch = reader.read_from(from, window, max_bytes.max(1))?;
@@ -87,24 +116,31 @@ pub fn read_events(
                 _ => None,
             })
             .collect();
-        let mut chunk = EventChunk {
+        let mut chunk = EntryChunk {
             oldest_offset: reader.oldest_offset(),
-            ..EventChunk::default()
+            ..EntryChunk::default()
         };
         let mut stopped_at = None;
         let mut retry_wider = false;
         for (i, rec) in batch.records.iter().enumerate() {
             let LogRecord { header, payload } = rec;
             match header.kind {
-                RecordKind::ApplyEvent => {
-                    push_apply(&mut chunk.events, header.offset, payload, from)?
-                }
-                RecordKind::Batch => push_inner(&mut chunk.events, payload, from)?,
+                RecordKind::PutMachine
+                | RecordKind::CreateInstance
+                | RecordKind::ApplyEvent
+                | RecordKind::DeleteInstance => push_plain(
+                    &mut chunk.entries,
+                    header.offset,
+                    header.kind,
+                    payload,
+                    from,
+                ),
+                RecordKind::Batch => push_inner(&mut chunk.entries, payload, from)?,
                 RecordKind::Prepare => {
                     let (txid, _, inner) =
                         entry::read_prepare(payload).map_err(io::Error::other)?;
                     match decisions.get(&txid) {
-                        Some(true) => push_inner(&mut chunk.events, inner, from)?,
+                        Some(true) => push_inner(&mut chunk.entries, inner, from)?,
                         Some(false) => {}
                         None => {
                             let start = first_inner_offset(inner).unwrap_or(header.offset);
@@ -120,7 +156,7 @@ pub fn read_events(
                         }
                     }
                 }
-                _ => {}
+                RecordKind::Commit | RecordKind::Abort | RecordKind::Flush => {}
             }
         }
         if retry_wider {

@@ -1,0 +1,169 @@
+//! Taking a shard's snapshot without stopping the shard, and compacting its
+//! log once snapshots cover it.
+//!
+//! # A fuzzy snapshot, in slices
+//!
+//! A snapshot job starts between two group commits, when no cross-shard
+//! batch is prepared on the shard; its `covered_offset` is the offset of the
+//! last record written then. It lists the instance ids present at that
+//! moment and then encodes `SNAPSHOT_SLICE_INSTANCES` of them per turn of
+//! the shard loop, while the shard keeps serving requests in between — so a
+//! large shard is never paused for more than one slice.
+//!
+//! Instances may change while the job runs, so the file may hold some
+//! instances as they were *after* `covered_offset`. That is harmless:
+//! recovery replays every record after `covered_offset`, and replay is
+//! idempotent (a create replaces, an apply sets the state and context it
+//! recorded, a delete marks) — each instance ends as its last record says.
+//! Instances held by a batch prepared during the job are encoded as they
+//! were before the batch, because the batch's records lie after
+//! `covered_offset` and replay will apply them only if the batch committed.
+//!
+//! # Compaction
+//!
+//! After a snapshot is durable, a WAL segment is deleted only when
+//! * all its records are covered by the OLDEST retained snapshot (a damaged
+//!   newest snapshot falls back to the previous one, which needs the log
+//!   after it), and
+//! * it was last written more than `COMPACTION_SEGMENT_AGE_MIN_MS` ago: the
+//!   decider of a cross-shard batch keeps its `Commit` record in the log
+//!   long after every participant has logged its own decision, so recovery
+//!   can always resolve a part left in doubt.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::state::ShardState;
+use crate::instance::Instance;
+use crate::snapshot::{list_snapshots, write_snapshot, SnapshotEncoder, WrittenSnapshot};
+use crate::wal::reader::LogReader;
+use crate::wal::segment::{segment_path, sync_dir};
+
+/// Instances encoded per turn of the shard loop.
+pub const SNAPSHOT_SLICE_INSTANCES: usize = 2_000;
+/// A segment younger than this is never deleted by compaction.
+pub const COMPACTION_SEGMENT_AGE_MIN_MS: u64 = 10_000;
+
+/// What a COMPACT did on one shard.
+#[derive(Debug, Clone, Default)]
+pub struct CompactReport {
+    pub snapshots_created: u64,
+    pub segments_deleted: u64,
+    pub bytes_reclaimed: u64,
+    pub total_snapshots: u64,
+    pub wal_segments: u64,
+    pub error: Option<String>,
+}
+
+pub struct SnapshotJob {
+    encoder: SnapshotEncoder,
+    ids: Vec<String>,
+    next: usize,
+    pub covered_offset: u64,
+    pub started: Instant,
+}
+
+impl SnapshotJob {
+    pub fn start(state: &ShardState, covered_offset: u64, last_tick: u64) -> Self {
+        let mut encoder = SnapshotEncoder::new(state.shard_id, covered_offset, last_tick);
+        for def in state.machines.iter() {
+            encoder.add_machine(def);
+        }
+        SnapshotJob {
+            encoder,
+            ids: state.instances.keys().cloned().collect(),
+            next: 0,
+            covered_offset,
+            started: Instant::now(),
+        }
+    }
+
+    /// Encode the next slice. `original(id)` gives, for an instance held by a
+    /// prepared batch, its state before the batch (`Some(None)`: the batch
+    /// created it). Returns true when every instance is encoded.
+    pub fn step(
+        &mut self,
+        state: &ShardState,
+        original: &dyn Fn(&str) -> Option<Option<Instance>>,
+    ) -> bool {
+        let end = (self.next + SNAPSHOT_SLICE_INSTANCES).min(self.ids.len());
+        for id in &self.ids[self.next..end] {
+            match original(id) {
+                Some(Some(before)) => self.encoder.add_instance(id, &before),
+                Some(None) => {}
+                None => {
+                    if let Some(inst) = state.instances.get(id) {
+                        self.encoder.add_instance(id, inst);
+                    }
+                }
+            }
+        }
+        self.next = end;
+        self.next >= self.ids.len()
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.encoder.finish()
+    }
+}
+
+/// Write a finished snapshot image (blocking: run it off the shard loop).
+pub fn write(shard_dir: &Path, image: Vec<u8>) -> io::Result<WrittenSnapshot> {
+    write_snapshot(shard_dir, &image)
+}
+
+fn age_ms(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or(0, |d: Duration| d.as_millis() as u64)
+}
+
+/// Delete the segments the oldest retained snapshot covers (see the module
+/// comment for the rule). `active` is the segment being written.
+pub fn compact(
+    shard_dir: &Path,
+    reader: &mut LogReader,
+    active: u64,
+    report: &mut CompactReport,
+) -> io::Result<Vec<u64>> {
+    let snapshots = list_snapshots(shard_dir)?;
+    report.total_snapshots = snapshots.len() as u64;
+    let Some(oldest_covered) = snapshots.iter().map(|s| s.covered_offset).min() else {
+        report.wal_segments = reader.segments().len() as u64;
+        return Ok(Vec::new());
+    };
+    reader.refresh()?;
+    let segments = reader.segments();
+    let wal_dir = reader.dir().to_path_buf();
+    let mut deleted = Vec::new();
+    for pair in segments.windows(2) {
+        let (seg, next) = (&pair[0], &pair[1]);
+        if seg.id >= active {
+            break;
+        }
+        // Every record of `seg` is below the next segment's first offset.
+        let Some(next_first) = next.first_offset else {
+            break;
+        };
+        if next_first > oldest_covered.saturating_add(1) {
+            break;
+        }
+        let path = segment_path(&wal_dir, seg.id);
+        if age_ms(&path) < COMPACTION_SEGMENT_AGE_MIN_MS {
+            break;
+        }
+        std::fs::remove_file(&path)?;
+        report.segments_deleted += 1;
+        report.bytes_reclaimed += seg.size_bytes;
+        deleted.push(seg.id);
+    }
+    if !deleted.is_empty() {
+        sync_dir(&wal_dir)?;
+        reader.refresh()?;
+    }
+    report.wal_segments = reader.segments().len() as u64;
+    Ok(deleted)
+}
