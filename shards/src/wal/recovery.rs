@@ -240,25 +240,28 @@ pub fn scan(
             idx += 1;
             continue;
         };
-        let rest_is_zero = data[pos..].iter().all(|&b| b == 0);
-        if rest_is_zero {
+        // Only the written part matters: segments are pre-zeroed, so the
+        // search for later records stops at the last non-zero byte.
+        let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
+        if last_nonzero <= pos {
             // End of this segment's records; a later segment may continue.
             idx += 1;
             continue;
         }
+        let written = &data[..last_nonzero];
         // Damage at `pos`: torn tail or corruption?
         let later_segments = &ids[idx + 1..];
         let mut records_after = 0u64;
-        let mut corrupt = later_written_record_after(&data, pos);
+        let mut corrupt = later_written_record_after(written, pos);
         for &later in later_segments {
             let p = segment_path(dir, later);
             let d = std::fs::read(&p).map_err(io_err(&p))?;
-            records_after += count_valid_records(&d, 0);
+            let end = d.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            records_after += count_valid_records(&d[..end], 0);
         }
         corrupt |= records_after > 0;
-        let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
         if corrupt {
-            records_after += count_valid_records(&data, pos + 1);
+            records_after += count_valid_records(written, pos + 1);
             if !salvage {
                 return Err(RecoveryError::Corrupt {
                     path,
