@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# The standard benchmark matrix: corestate against rstmdb 0.3.0 with the
+# same harness flags — workloads x (connections x pipeline) x fsync policy
+# x repetitions. The two servers alternate run by run (the order flips each
+# repetition) so machine noise hits both; every run gets a fresh server, a
+# fresh port and a fresh data directory. Writes
+#   bench-results/<date>/runs/*.json   one harness report per run
+#   bench-results/<date>/logs/*        server and harness output
+#   bench-results/<date>/matrix.txt    the settings and this script's command
+#   bench-results/<date>/results.json  medians, ratios, targets
+#   bench-results/<date>/summary.md    the table for the README
+#
+# Settings come from the environment (defaults in brackets):
+#   WORKLOADS ["create apply get"]  SHAPES ["1x1 16x1 16x16 64x16"]
+#   POLICIES ["every_write never"]  SERVERS ["corestate rstmdb"]  REPS [3]
+#   DURATION [5] WARMUP [1] (seconds)  INSTANCES [1000]  PAYLOAD_BYTES [32]
+#   OUT [bench-results/<UTC date>]  DATA_ROOT [target/bench-data] (must be
+#   a real disk, not tmpfs: fsync cost is what is measured)
+#   CORESTATE_BIN [target/release/corestate, built here]; CORESTATE_COMMIT
+#   names the commit it was built from (for matrix.txt) when given
+#   RSTMDB_BIN [target/rstmdb-0.3.0/bin/rstmdb, installed here if missing]
+#   EXTRA_BENCH_FLAGS [] appended to every harness command
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+WORKLOADS=${WORKLOADS:-"create apply get"}
+SHAPES=${SHAPES:-"1x1 16x1 16x16 64x16"}
+POLICIES=${POLICIES:-"every_write never"}
+SERVERS=${SERVERS:-"corestate rstmdb"}
+REPS=${REPS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+INSTANCES=${INSTANCES:-1000}
+PAYLOAD_BYTES=${PAYLOAD_BYTES:-32}
+OUT=${OUT:-$ROOT/bench-results/$(date -u +%Y-%m-%d)}
+DATA_ROOT=${DATA_ROOT:-$ROOT/target/bench-data}
+RSTMDB_VERSION=0.3.0
+RSTMDB_ROOT=$ROOT/target/rstmdb-$RSTMDB_VERSION
+RSTMDB_BIN=${RSTMDB_BIN:-$RSTMDB_ROOT/bin/rstmdb}
+BENCH_BIN=$ROOT/target/release/corestate-bench
+EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}
+# How long a fresh server may take to accept connections.
+SERVER_READY_TIMEOUT_SECS=20
+# How long a server may take to exit after SIGTERM before SIGKILL.
+SERVER_STOP_TIMEOUT_SECS=10
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# --- binaries ---------------------------------------------------------------
+log "building the harness"
+cargo build --release -p corestate-bench --bin corestate-bench >&2
+if [[ -z "${CORESTATE_BIN:-}" ]]; then
+    log "building corestate"
+    cargo build --release --bin corestate >&2
+    CORESTATE_BIN=$ROOT/target/release/corestate
+fi
+if [[ " $SERVERS " == *" rstmdb "* && ! -x "$RSTMDB_BIN" ]]; then
+    log "installing rstmdb $RSTMDB_VERSION into $RSTMDB_ROOT"
+    cargo install rstmdb --version "$RSTMDB_VERSION" --locked --root "$RSTMDB_ROOT" >&2 ||
+        cargo install rstmdb --version "$RSTMDB_VERSION" --root "$RSTMDB_ROOT" >&2
+fi
+
+mkdir -p "$OUT/runs" "$OUT/logs" "$DATA_ROOT"
+{
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+    echo "WORKLOADS='$WORKLOADS' SHAPES='$SHAPES' POLICIES='$POLICIES' SERVERS='$SERVERS' REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP INSTANCES=$INSTANCES PAYLOAD_BYTES=$PAYLOAD_BYTES benches/run-matrix.sh"
+    echo "corestate binary: $("$CORESTATE_BIN" --version 2>/dev/null || echo '?'), built $(date -u -r "$CORESTATE_BIN" +%Y-%m-%dT%H:%M:%SZ)${CORESTATE_COMMIT:+ from commit $CORESTATE_COMMIT}"
+    echo "corestate: $CORESTATE_BIN --bind 127.0.0.1:<fresh port> --data-dir <fresh dir> --fsync <policy>"
+    echo "rstmdb:    RSTMDB_BIND=127.0.0.1:<fresh port> RSTMDB_DATA=<fresh dir> RSTMDB_FSYNC_POLICY=<policy> $RSTMDB_BIN   (rstmdb $RSTMDB_VERSION from crates.io)"
+} > "$OUT/matrix.txt"
+
+# --- servers ----------------------------------------------------------------
+SERVER_PID=""
+SERVER_DIR=""
+
+# A port nobody listens on: glommio sets SO_REUSEPORT, so a leftover server
+# on a reused port would silently share (steal) connections.
+fresh_port() {
+    if command -v python3 >/dev/null; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    else
+        local port
+        while :; do
+            port=$((20000 + RANDOM % 40000))
+            ss -Htan "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return; }
+        done
+    fi
+}
+
+stop_server() {
+    if [[ -n "$SERVER_PID" ]]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        local waited=0
+        while kill -0 "$SERVER_PID" 2>/dev/null && ((waited < SERVER_STOP_TIMEOUT_SECS * 10)); do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "server $SERVER_PID ignored SIGTERM; SIGKILL"
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+    if [[ -n "$SERVER_DIR" ]]; then
+        rm -rf "$SERVER_DIR"
+        SERVER_DIR=""
+    fi
+}
+trap stop_server EXIT
+
+# start_server NAME POLICY LOG -> SERVER_PID, SERVER_PORT
+start_server() {
+    local name=$1 policy=$2 logfile=$3
+    SERVER_PORT=$(fresh_port)
+    SERVER_DIR=$(mktemp -d "$DATA_ROOT/$name-XXXXXX")
+    case $name in
+        corestate)
+            "$CORESTATE_BIN" --bind "127.0.0.1:$SERVER_PORT" --data-dir "$SERVER_DIR" \
+                --fsync "$policy" >"$logfile" 2>&1 &
+            ;;
+        rstmdb)
+            RSTMDB_BIND="127.0.0.1:$SERVER_PORT" RSTMDB_DATA="$SERVER_DIR" \
+                RSTMDB_FSYNC_POLICY="$policy" RUST_LOG=warn "$RSTMDB_BIN" >"$logfile" 2>&1 &
+            ;;
+        *)
+            log "unknown server $name"
+            exit 2
+            ;;
+    esac
+    SERVER_PID=$!
+    local waited=0
+    until (exec 3<>"/dev/tcp/127.0.0.1/$SERVER_PORT") 2>/dev/null; do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "$name exited during start-up; see $logfile"
+            tail -20 "$logfile" >&2
+            exit 2
+        fi
+        if ((waited >= SERVER_READY_TIMEOUT_SECS * 10)); then
+            log "$name did not accept connections within ${SERVER_READY_TIMEOUT_SECS}s"
+            exit 2
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+# --- the matrix -------------------------------------------------------------
+read -r -a server_list <<<"$SERVERS"
+total=0
+for _p in $POLICIES; do for _w in $WORKLOADS; do for _s in $SHAPES; do
+    total=$((total + REPS * ${#server_list[@]}))
+done; done; done
+done_runs=0
+failed_runs=0
+started=$(date +%s)
+
+for policy in $POLICIES; do
+    for workload in $WORKLOADS; do
+        for shape in $SHAPES; do
+            conns=${shape%x*}
+            pipeline=${shape#*x}
+            for rep in $(seq 1 "$REPS"); do
+                order=("${server_list[@]}")
+                if ((rep % 2 == 0)); then
+                    order=()
+                    for ((i = ${#server_list[@]} - 1; i >= 0; i--)); do order+=("${server_list[$i]}"); done
+                fi
+                for server in "${order[@]}"; do
+                    name="$policy-$workload-$shape-$server-r$rep"
+                    start_server "$server" "$policy" "$OUT/logs/$name.server.log"
+                    # shellcheck disable=SC2086
+                    cmd=("$BENCH_BIN" --addr "127.0.0.1:$SERVER_PORT" --workload "$workload"
+                        --connections "$conns" --pipeline "$pipeline" --duration "$DURATION"
+                        --warmup "$WARMUP" --instances "$INSTANCES" --payload-bytes "$PAYLOAD_BYTES"
+                        --server-pid "$SERVER_PID" --json "$OUT/runs/$name.json" --no-progress-bar
+                        --label "$server" --tag "server=$server" --tag "fsync=$policy" --tag "rep=$rep"
+                        $EXTRA_BENCH_FLAGS)
+                    status=0
+                    "${cmd[@]}" >"$OUT/logs/$name.bench.txt" 2>"$OUT/logs/$name.bench.err" || status=$?
+                    stop_server
+                    done_runs=$((done_runs + 1))
+                    ops=$(grep -m1 'throughput' "$OUT/logs/$name.bench.txt" | awk '{print $2}' || true)
+                    if ((status != 0)); then
+                        failed_runs=$((failed_runs + 1))
+                        log "[$done_runs/$total] $name: FAILED (exit $status), see $OUT/logs/$name.bench.*"
+                        tail -5 "$OUT/logs/$name.bench.err" >&2 || true
+                    else
+                        log "[$done_runs/$total] $name: ${ops:-?} ops/s ($(($(date +%s) - started)) s elapsed)"
+                    fi
+                done
+            done
+        done
+    done
+done
+
+"$BENCH_BIN" summarize "$OUT"
+log "done: $done_runs runs, $failed_runs failed; summary in $OUT/summary.md"
+if ((failed_runs > 0)); then
+    exit 1
+fi

@@ -1,0 +1,341 @@
+//! The result of one run: the JSON document (`--json`) and the human
+//! summary printed on stdout.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stats::{MachineFacts, ThreadCpu};
+
+/// Server threads listed in the human summary (the JSON has all).
+pub const SUMMARY_THREADS_MAX: usize = 6;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub tool_version: &'static str,
+    /// The exact command line, shell-quoted.
+    pub command: String,
+    pub label: Option<String>,
+    /// `--tag KEY=VALUE` pairs.
+    pub tags: BTreeMap<String, String>,
+    pub started_unix_secs: u64,
+    pub server: ServerInfo,
+    pub config: RunConfig,
+    pub machine: MachineFacts,
+    pub setup: SetupInfo,
+    pub results: Results,
+    /// False when any request failed or anything else went wrong.
+    pub ok: bool,
+    /// Everything that makes `ok` false, in words.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub addr: String,
+    /// `server_name` / `server_version` from HELLO.
+    pub name: String,
+    pub version: String,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub workload: String,
+    pub mix: String,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub duration_secs: f64,
+    pub warmup_secs: f64,
+    pub instances: usize,
+    pub payload_bytes: usize,
+    pub full_parse: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupInfo {
+    /// PUT_MACHINE answered `created: true` (false: already there).
+    pub machine_created: bool,
+    pub instances_created: usize,
+    pub precreate_secs: f64,
+    /// Per-run prefix of every instance id the harness made.
+    pub run_tag: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub min_us: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall-clock second of the measured window.
+    pub cores_busy: f64,
+    /// CPU microseconds per measured operation.
+    pub per_op_us: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerCpu {
+    #[serde(flatten)]
+    pub total: CpuUse,
+    /// Per-thread CPU in the window, busiest first.
+    pub threads: Vec<ThreadCpu>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WalStats {
+    /// The server answered WAL_STATS with `io_stats`.
+    pub supported: bool,
+    /// Why the numbers are missing, when they are.
+    pub note: Option<String>,
+    pub fsyncs: Option<u64>,
+    pub writes: Option<u64>,
+    pub fsyncs_per_sec: Option<f64>,
+    pub ops_per_fsync: Option<f64>,
+}
+
+/// How busy the whole machine was in the measured window: numbers taken
+/// on a machine that other work keeps busy are noisy.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineLoad {
+    pub cores_busy: f64,
+    /// Cores busy with neither the server (when its PID is known) nor the
+    /// harness.
+    pub other_cores_busy: Option<f64>,
+    pub load_average_1m_start: f64,
+    pub load_average_1m_end: f64,
+}
+
+/// Other processes using more than this many cores make a run "noisy".
+pub const NOISY_OTHER_CORES: f64 = 0.25;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub elapsed_secs: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub ops_by_kind: BTreeMap<String, u64>,
+    pub latency: Latency,
+    /// Failed requests by error code (whole run, warm-up and drain included).
+    pub errors: BTreeMap<String, u64>,
+    pub errors_total: u64,
+    pub server_cpu: Option<ServerCpu>,
+    /// Why server CPU is missing when a PID was given.
+    pub server_cpu_note: Option<String>,
+    pub harness_cpu: CpuUse,
+    pub wal: WalStats,
+    pub machine_load: MachineLoad,
+    /// Verified responses per second from the start of the load (warm-up
+    /// seconds first).
+    pub timeline_ops_per_sec: Vec<u64>,
+    /// Longest time with no response at all while load was running.
+    pub max_stall_ms: u64,
+    /// Responses the byte-level fast path did not recognise.
+    pub slow_path_responses: u64,
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Report {
+    /// The summary printed on stdout.
+    pub fn summary(&self) -> String {
+        let r = &self.results;
+        let c = &self.config;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "corestate-bench {} -- {} against {} ({} {}{})",
+            self.tool_version,
+            if c.workload == "mix" {
+                format!("mix {}", c.mix)
+            } else {
+                c.workload.clone()
+            },
+            self.server.addr,
+            self.server.name,
+            self.server.version,
+            self.server
+                .pid
+                .map(|p| format!(", pid {p}"))
+                .unwrap_or_default()
+        );
+        if let Some(label) = &self.label {
+            let _ = writeln!(s, "  label           {label}");
+        }
+        let _ = writeln!(
+            s,
+            "  load            {} connections x {} pipeline, {} instances, payload {} B, \
+             {:.1} s measured after {:.1} s warm-up",
+            c.connections, c.pipeline, c.instances, c.payload_bytes, r.elapsed_secs, c.warmup_secs
+        );
+        let by_kind: Vec<String> = r
+            .ops_by_kind
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, n)| format!("{k} {}", thousands(*n)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  throughput      {} ops/s   ({} ops: {})",
+            thousands(r.ops_per_sec.round() as u64),
+            thousands(r.ops),
+            by_kind.join(", ")
+        );
+        let l = &r.latency;
+        let _ = writeln!(
+            s,
+            "  latency (us)    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0})",
+            thousands(l.p50_us),
+            thousands(l.p90_us),
+            thousands(l.p99_us),
+            thousands(l.p999_us),
+            thousands(l.max_us),
+            l.mean_us
+        );
+        match (&r.server_cpu, &r.server_cpu_note) {
+            (Some(cpu), _) => {
+                let _ = writeln!(
+                    s,
+                    "  server CPU      {:.1} us/op   ({:.2} s, {:.2} cores busy)",
+                    cpu.total.per_op_us, cpu.total.cpu_seconds, cpu.total.cores_busy
+                );
+                let threads: Vec<String> = cpu
+                    .threads
+                    .iter()
+                    .take(SUMMARY_THREADS_MAX)
+                    .map(|t| {
+                        format!(
+                            "{} {:.0}%",
+                            t.name,
+                            100.0 * t.cpu_seconds / r.elapsed_secs.max(1e-9)
+                        )
+                    })
+                    .collect();
+                if !threads.is_empty() {
+                    let _ = writeln!(s, "  server threads  {}", threads.join(", "));
+                }
+            }
+            (None, Some(note)) => {
+                let _ = writeln!(s, "  server CPU      n/a ({note})");
+            }
+            (None, None) => {
+                let _ = writeln!(s, "  server CPU      n/a (no --server-pid)");
+            }
+        }
+        let h = &r.harness_cpu;
+        let _ = writeln!(
+            s,
+            "  harness CPU     {:.1} us/op   ({:.2} s, {:.2} cores busy)",
+            h.per_op_us, h.cpu_seconds, h.cores_busy
+        );
+        match (r.wal.fsyncs_per_sec, &r.wal.note) {
+            (Some(per_sec), _) => {
+                let _ = writeln!(
+                    s,
+                    "  WAL syncs       {} /s   ({} syncs, {} writes, {} ops/sync)",
+                    thousands(per_sec.round() as u64),
+                    thousands(r.wal.fsyncs.unwrap_or(0)),
+                    thousands(r.wal.writes.unwrap_or(0)),
+                    r.wal
+                        .ops_per_fsync
+                        .map_or("-".to_string(), |v| format!("{v:.1}"))
+                );
+            }
+            (None, note) => {
+                let _ = writeln!(
+                    s,
+                    "  WAL syncs       n/a{}",
+                    note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+                );
+            }
+        }
+        let m = &r.machine_load;
+        let _ = writeln!(
+            s,
+            "  machine load    {:.2} of {} cores busy{}, load average {:.2} -> {:.2}",
+            m.cores_busy,
+            self.machine.nproc,
+            m.other_cores_busy
+                .map(|o| format!(" ({o:.2} by other processes)"))
+                .unwrap_or_default(),
+            m.load_average_1m_start,
+            m.load_average_1m_end
+        );
+        if m.other_cores_busy.is_some_and(|o| o > NOISY_OTHER_CORES) {
+            let _ = writeln!(s, "  !!! NOISY       other processes were busy during the run: numbers are unreliable");
+        }
+        if r.max_stall_ms >= 1000 {
+            let _ = writeln!(
+                s,
+                "  STALL           longest gap without any response: {} ms",
+                r.max_stall_ms
+            );
+        }
+        if r.errors_total == 0 && self.problems.is_empty() {
+            let _ = writeln!(s, "  errors          none (every response verified)");
+        } else {
+            let _ = writeln!(s, "  !!! ERRORS      {} failed requests", r.errors_total);
+            for (code, n) in &r.errors {
+                let _ = writeln!(s, "  !!!   {code}: {n}");
+            }
+            for p in &self.problems {
+                let _ = writeln!(s, "  !!! {p}");
+            }
+            let _ = writeln!(s, "  !!! RUN FAILED");
+        }
+        s
+    }
+}
+
+/// Shell-quotes argv so the command can be pasted back.
+pub fn shell_command(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./:=,@%+-".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_grouping() {
+        assert_eq!(
+            shell_command(&["a".into(), "x y".into(), "it's".into()]),
+            r"a 'x y' 'it'\''s'"
+        );
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(123), "123");
+    }
+}
