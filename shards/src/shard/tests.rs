@@ -637,3 +637,48 @@ fn flush_all_survives_a_restart() {
         assert!(report.machines.is_empty());
     });
 }
+
+#[test]
+fn page_cache_policies_write_and_recover_across_segments() {
+    for policy in [
+        FsyncPolicy::Never,
+        FsyncPolicy::EveryN(7),
+        FsyncPolicy::EveryMs(5),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().to_path_buf();
+        let cfg = move |p: &std::path::Path| ShardConfig {
+            fsync: policy,
+            ..config(p, 64 * 1024)
+        };
+        on_executor(move || async move {
+            let (shard, _) = Shard::open(&cfg(&p), Frontier::new(), Arc::new(AtomicU64::new(0)))
+                .await
+                .unwrap();
+            let (tx, rx) = flume::unbounded();
+            let runner = glommio::spawn_local(shard.run(rx, None));
+            start_door(&tx).await;
+            for i in 0..300 {
+                send_and_wait(&tx, create_cmd(&format!("d{i}")))
+                    .await
+                    .unwrap();
+            }
+            drop(tx);
+            runner.await;
+        });
+        assert!(
+            crate::wal::segment::list_segments(&dir.path().join("wal"))
+                .unwrap()
+                .len()
+                > 2
+        );
+        let p = dir.path().to_path_buf();
+        on_executor(move || async move {
+            let (_, report) = Shard::open(&cfg(&p), Frontier::new(), Arc::new(AtomicU64::new(0)))
+                .await
+                .unwrap();
+            assert_eq!(report.instances_active, 300, "{policy}");
+            assert!(report.scan.torn_tail.is_none());
+        });
+    }
+}

@@ -142,7 +142,7 @@ pub fn list_snapshots(shard_dir: &Path) -> io::Result<Vec<SnapshotFile>> {
             size_bytes,
         });
     }
-    out.sort_unstable_by(|a, b| b.covered_offset.cmp(&a.covered_offset));
+    out.sort_unstable_by_key(|f| std::cmp::Reverse(f.covered_offset));
     Ok(out)
 }
 

@@ -109,9 +109,7 @@ impl Segment {
 
     /// Remember record number `ordinal` if it is the next stride point.
     fn note(&mut self, ordinal: u64, offset: u64, position: u64) {
-        if ordinal % READER_INDEX_STRIDE_RECORDS == 0
-            && ordinal / READER_INDEX_STRIDE_RECORDS == self.sparse.len() as u64
-        {
+        if ordinal == self.sparse.len() as u64 * READER_INDEX_STRIDE_RECORDS {
             self.sparse.push((offset, position));
         }
     }

@@ -10,7 +10,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 
 /// Block size that every direct-I/O write is aligned to.
 pub const WAL_BLOCK_BYTES: u64 = 4096;
@@ -67,6 +67,73 @@ pub async fn open_for_append(path: &Path, dsync: bool) -> io::Result<DmaFile> {
         opts.custom_flags(libc::O_DSYNC);
     }
     opts.dma_open(path).await.map_err(io::Error::from)
+}
+
+/// A segment open for appends: direct I/O with O_DSYNC for `every_write`
+/// (the write returning means durable), or through the page cache for the
+/// other policies (the write returns once the kernel has the bytes; the
+/// policy decides when to sync).
+pub enum SegmentFile {
+    Direct(DmaFile),
+    Buffered(BufferedFile),
+}
+
+impl SegmentFile {
+    /// Write `bytes` (whole blocks for direct I/O, see the writer) at `pos`.
+    pub async fn write_all_at(&self, bytes: &[u8], pos: u64) -> io::Result<()> {
+        let written = match self {
+            SegmentFile::Direct(f) => {
+                let mut buf = f.alloc_dma_buffer(bytes.len());
+                buf.as_bytes_mut().copy_from_slice(bytes);
+                f.write_at(buf, pos).await.map_err(io::Error::from)?
+            }
+            SegmentFile::Buffered(f) => f
+                .write_at(bytes.to_vec(), pos)
+                .await
+                .map_err(io::Error::from)?,
+        };
+        if written != bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short WAL write: {written} of {} bytes", bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        match self {
+            SegmentFile::Direct(f) => f.fdatasync().await,
+            SegmentFile::Buffered(f) => f.fdatasync().await,
+        }
+        .map_err(io::Error::from)
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        match self {
+            SegmentFile::Direct(f) => f.close().await,
+            SegmentFile::Buffered(f) => f.close().await,
+        }
+        .map_err(io::Error::from)
+    }
+
+    /// Whether writes must cover whole aligned blocks.
+    pub fn direct(&self) -> bool {
+        matches!(self, SegmentFile::Direct(_))
+    }
+}
+
+/// Open segment `path` for appends in the mode the policy wants.
+pub async fn open_segment(path: &Path, durable_writes: bool) -> io::Result<SegmentFile> {
+    if durable_writes {
+        Ok(SegmentFile::Direct(open_for_append(path, true).await?))
+    } else {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true);
+        Ok(SegmentFile::Buffered(
+            opts.buffered_open(path).await.map_err(io::Error::from)?,
+        ))
+    }
 }
 
 /// Create (or re-create) segment `id` of `size_bytes`, zero-filled and synced,

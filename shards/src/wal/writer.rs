@@ -16,12 +16,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use glommio::io::DmaFile;
-
 use super::offset::OffsetClock;
 use super::policy::FsyncPolicy;
 use super::record::{append_record, set_group_start, RecordKind, RECORD_PAYLOAD_MAX_BYTES};
-use super::segment::{align_down, align_up, create_zeroed_segment, open_for_append, segment_path};
+use super::segment::{
+    align_down, align_up, create_zeroed_segment, open_segment, segment_path, SegmentFile,
+};
 use crate::error::EngineError;
 
 /// Counters reported by WAL_STATS and metrics.
@@ -35,14 +35,14 @@ pub struct WalStats {
     pub segments_created: u64,
 }
 
-type PreparedSegment = flume::Receiver<io::Result<DmaFile>>;
+type PreparedSegment = flume::Receiver<io::Result<SegmentFile>>;
 
 pub struct WalWriter {
     dir: PathBuf,
     policy: FsyncPolicy,
     segment_size_bytes: u64,
     segment_id: u64,
-    file: DmaFile,
+    file: SegmentFile,
     /// Logical end of the written log in the active segment.
     end: u64,
     /// Copy of the bytes `[align_down(end), end)`, rewritten with the next group.
@@ -80,11 +80,14 @@ impl WalWriter {
     ) -> io::Result<WalWriter> {
         let dsync = policy.acks_after_sync();
         let path = segment_path(dir, segment_id);
-        let file = if path.exists() {
-            open_for_append(&path, dsync).await?
-        } else {
-            create_zeroed_segment(dir, segment_id, segment_size_bytes, dsync).await?
-        };
+        if !path.exists() {
+            create_zeroed_segment(dir, segment_id, segment_size_bytes, dsync)
+                .await?
+                .close()
+                .await
+                .map_err(io::Error::from)?;
+        }
+        let file = open_segment(&path, dsync).await?;
         let tail_start = align_down(end);
         let mut tail = vec![0u8; (end - tail_start) as usize];
         if !tail.is_empty() {
@@ -251,7 +254,7 @@ impl WalWriter {
 
     /// Make everything written so far durable (any policy; used at shutdown).
     pub async fn sync(&mut self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(io::Error::from)?;
+        self.file.fdatasync().await?;
         self.stats.syncs += 1;
         self.unsynced_records = 0;
         self.unsynced_since = None;
@@ -284,36 +287,29 @@ impl WalWriter {
     }
 
     async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
-        let start = align_down(self.end);
-        let lead = self.tail.len();
-        debug_assert_eq!(start + lead as u64, self.end);
-        let total = lead + chunk.len();
-        let len = align_up(total as u64) as usize;
-        let mut buf = self.file.alloc_dma_buffer(len);
-        let bytes = buf.as_bytes_mut();
-        bytes[..lead].copy_from_slice(&self.tail);
-        bytes[lead..total].copy_from_slice(chunk);
-        bytes[total..].fill(0);
-        let new_tail_start = align_down(total as u64) as usize;
-        self.tail.clear();
-        self.tail.extend_from_slice(&bytes[new_tail_start..total]);
-        let written = self
-            .file
-            .write_at(buf, start)
-            .await
-            .map_err(io::Error::from)?;
-        if written != len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short WAL write: {written} of {len} bytes"),
-            ));
+        if self.file.direct() {
+            // Direct I/O writes whole blocks: the partly filled last block
+            // already on disk is written again, followed by the new bytes.
+            let start = align_down(self.end);
+            let lead = self.tail.len();
+            debug_assert_eq!(start + lead as u64, self.end);
+            let total = lead + chunk.len();
+            let len = align_up(total as u64) as usize;
+            let mut bytes = Vec::with_capacity(len);
+            bytes.extend_from_slice(&self.tail);
+            bytes.extend_from_slice(chunk);
+            bytes.resize(len, 0);
+            let new_tail_start = align_down(total as u64) as usize;
+            self.tail.clear();
+            self.tail.extend_from_slice(&bytes[new_tail_start..total]);
+            self.file.write_all_at(&bytes, start).await?;
+            // O_DSYNC: the write itself was the sync.
+            self.stats.syncs += 1;
+        } else {
+            self.file.write_all_at(chunk, self.end).await?;
         }
         self.end += chunk.len() as u64;
         self.stats.writes += 1;
-        if self.policy.acks_after_sync() {
-            // O_DSYNC: the write itself was the sync.
-            self.stats.syncs += 1;
-        }
         Ok(())
     }
 
@@ -333,8 +329,7 @@ impl WalWriter {
         let size = self.segment_size_bytes;
         let dsync = self.dsync();
         glommio::spawn_local(async move {
-            let result = create_zeroed_segment(&dir, id, size, dsync).await;
-            let _ = tx.send(result);
+            let _ = tx.send(prepare_segment(&dir, id, size, dsync).await);
         })
         .detach();
         self.next_segment = Some((id, rx));
@@ -356,9 +351,7 @@ impl WalWriter {
         };
         let file = match prepared {
             Some(file) => file,
-            None => {
-                create_zeroed_segment(&self.dir, id, self.segment_size_bytes, self.dsync()).await?
-            }
+            None => prepare_segment(&self.dir, id, self.segment_size_bytes, self.dsync()).await?,
         };
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
@@ -368,4 +361,19 @@ impl WalWriter {
         self.stats.segments_created += 1;
         Ok(())
     }
+}
+
+/// A zero-filled, synced segment, opened for appends in the policy's mode.
+async fn prepare_segment(
+    dir: &Path,
+    id: u64,
+    size_bytes: u64,
+    dsync: bool,
+) -> io::Result<SegmentFile> {
+    let zeroed = create_zeroed_segment(dir, id, size_bytes, dsync).await?;
+    if dsync {
+        return Ok(SegmentFile::Direct(zeroed));
+    }
+    zeroed.close().await.map_err(io::Error::from)?;
+    open_segment(&segment_path(dir, id), false).await
 }
