@@ -18,7 +18,15 @@
 //! * token hashes must be 64 hex characters; upper case is lower-cased;
 //! * an empty environment variable counts as unset;
 //! * `idle_timeout_secs` and `max_connections` are honoured (§15 #19);
-//! * replication is not supported: a `primary` or `replica` role is refused.
+//! * replication is not supported: a `primary` or `replica` role is refused;
+//! * a log format can be chosen (`--log-format`, `CORESTATE_LOG_FORMAT`,
+//!   `corestate.log_format`): `text` (default) or `json`.
+//!
+//! Operations flags (corestate only; each overrides its rstmdb setting):
+//! `--tls-cert`/`--tls-key` turn TLS on, `--tls-client-ca` turns on mTLS
+//! (client certificates required, verified against that CA bundle),
+//! `--metrics-bind` turns the metrics endpoint on, `--max-connections` and
+//! `--idle-timeout-secs` set the connection limits.
 //!
 //! The file is parsed into a `serde_yaml::Value` tree and walked key by key,
 //! so every type error carries the dotted path of the offending key.
@@ -124,7 +132,31 @@ pub const ENV_VARS: &[&str] = &[
     "RSTMDB_METRICS_BIND",
     "RSTMDB_REPL_ROLE",
     "CORESTATE_SHARDS",
+    "CORESTATE_LOG_FORMAT",
 ];
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default, like rstmdb).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(key: &str, text: &str) -> Result<LogFormat, ConfigError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(ConfigError::new(
+                key,
+                format!("'{text}' is not a log format (expected text or json)"),
+            )),
+        }
+    }
+}
 
 /// The validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +197,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Prometheus endpoint (§13.6).
     pub metrics: MetricsConfig,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// Automatic compaction (§11.11).
     pub compaction: CompactionConfig,
     /// The YAML file that was loaded, if any.
@@ -252,6 +286,7 @@ impl Default for Config {
                 enabled: false,
                 bind_addr: METRICS_BIND_ADDR_DEFAULT,
             },
+            log_format: LogFormat::Text,
             compaction: CompactionConfig {
                 enabled: true,
                 events_threshold: COMPACTION_EVENTS_THRESHOLD_DEFAULT,
@@ -383,6 +418,27 @@ struct Flags {
     /// Truncate a corrupt WAL at the first bad record instead of refusing to start
     #[arg(long)]
     salvage: bool,
+    /// PEM certificate chain; with --tls-key turns TLS on [env: RSTMDB_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#1, PKCS#8 or SEC1) [env: RSTMDB_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle; clients must present a certificate it signed (mTLS) [env: RSTMDB_TLS_CLIENT_CA]
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9090 [env: RSTMDB_METRICS_BIND]
+    #[arg(long, value_name = "ADDR")]
+    metrics_bind: Option<String>,
+    /// Concurrent client connections accepted [env: RSTMDB_MAX_CONNECTIONS]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Close connections idle this long; 0 disables [env: RSTMDB_IDLE_TIMEOUT]
+    #[arg(long, value_name = "SECS")]
+    idle_timeout_secs: Option<String>,
+    /// text | json [env: CORESTATE_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 /// The configuration while layers are applied, plus what only matters
@@ -621,6 +677,7 @@ fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result<(), Config
             "shards",
             "max_inflight_requests_per_connection",
             "max_batch_ops",
+            "log_format",
         ])
         .first()
     {
@@ -628,7 +685,7 @@ fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result<(), Config
             format!("corestate.{unknown}"),
             format!(
                 "unknown corestate setting in {} (expected shards, \
-                 max_inflight_requests_per_connection or max_batch_ops)",
+                 max_inflight_requests_per_connection, max_batch_ops or log_format)",
                 path.display()
             ),
         ));
@@ -642,6 +699,9 @@ fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result<(), Config
     }
     if let Some((key, n)) = corestate.u64("max_batch_ops")? {
         c.max_batch_ops = check_range(&key, n, 1, MAX_BATCH_OPS_MAX as u64)? as usize;
+    }
+    if let Some((key, format)) = corestate.string("log_format")? {
+        c.log_format = LogFormat::parse(&key, format)?;
     }
     Ok(())
 }
@@ -770,6 +830,9 @@ fn apply_env(draft: &mut Draft, env: &dyn Fn(&str) -> Option<String>) -> Result<
     if let Some((k, v)) = var("CORESTATE_SHARDS") {
         c.shards = check_shards(k, parse_u64(k, &v)?)?;
     }
+    if let Some((k, v)) = var("CORESTATE_LOG_FORMAT") {
+        c.log_format = LogFormat::parse(k, &v)?;
+    }
     Ok(())
 }
 
@@ -788,6 +851,36 @@ fn apply_flags(draft: &mut Draft, flags: &Flags) -> Result<(), ConfigError> {
         c.fsync = parse_fsync("--fsync", fsync)?;
     }
     c.salvage = flags.salvage;
+    if let Some(cert) = &flags.tls_cert {
+        c.tls.enabled = true;
+        c.tls.cert_path = Some(cert.clone());
+    }
+    if let Some(key) = &flags.tls_key {
+        c.tls.enabled = true;
+        c.tls.key_path = Some(key.clone());
+    }
+    if let Some(ca) = &flags.tls_client_ca {
+        // mTLS without a server certificate is a mistake worth naming.
+        c.tls.enabled = true;
+        c.tls.require_client_cert = true;
+        c.tls.client_ca_path = Some(ca.clone());
+    }
+    if let Some(addr) = &flags.metrics_bind {
+        c.metrics.enabled = true;
+        c.metrics.bind_addr = parse_addr("--metrics-bind", addr)?;
+    }
+    if let Some(n) = &flags.max_connections {
+        let n = parse_u64("--max-connections", n)?;
+        c.max_connections =
+            check_range("--max-connections", n, 1, MAX_CONNECTIONS_MAX as u64)? as usize;
+    }
+    if let Some(secs) = &flags.idle_timeout_secs {
+        let secs = parse_u64("--idle-timeout-secs", secs)?;
+        c.idle_timeout_secs = check_idle_timeout("--idle-timeout-secs", secs)?;
+    }
+    if let Some(format) = &flags.log_format {
+        c.log_format = LogFormat::parse("--log-format", format)?;
+    }
     Ok(())
 }
 
@@ -1590,6 +1683,90 @@ future_section: 7
         assert_eq!(
             err_key(load_with(&["--config", scalar_path], &[])),
             scalar_path
+        );
+    }
+
+    #[test]
+    fn operations_flags_override_the_file() {
+        let yaml =
+            "tls:\n  enabled: false\nmetrics:\n  enabled: false\n  bind_addr: \"127.0.0.1:1\"\n\
+                    network:\n  max_connections: 5\n  idle_timeout_secs: 9\n";
+        let file = yaml_file(yaml);
+        let path = file.path().to_str().unwrap();
+        let c = load_with(
+            &[
+                "--config",
+                path,
+                "--tls-cert",
+                "/c.pem",
+                "--tls-key",
+                "/k.pem",
+                "--tls-client-ca",
+                "/ca.pem",
+                "--metrics-bind",
+                "127.0.0.1:9100",
+                "--max-connections",
+                "7",
+                "--idle-timeout-secs",
+                "0",
+                "--log-format",
+                "json",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            TlsConfig {
+                enabled: true,
+                cert_path: Some(PathBuf::from("/c.pem")),
+                key_path: Some(PathBuf::from("/k.pem")),
+                require_client_cert: true,
+                client_ca_path: Some(PathBuf::from("/ca.pem")),
+            }
+        );
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.bind_addr, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.idle_timeout(), None);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn log_format_from_every_layer_and_bad_values_name_their_key() {
+        assert_eq!(load_with(&[], &[]).unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            load_yaml("corestate:\n  log_format: json\n")
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            load_with(&[], &[("CORESTATE_LOG_FORMAT", "JSON")])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            err_key(load_with(&["--log-format", "xml"], &[])),
+            "--log-format"
+        );
+        assert_eq!(
+            err_key(load_yaml("corestate:\n  log_format: yaml\n")),
+            "corestate.log_format"
+        );
+        assert_eq!(
+            err_key(load_with(&["--metrics-bind", "here"], &[])),
+            "--metrics-bind"
+        );
+        assert_eq!(
+            err_key(load_with(&["--max-connections", "0"], &[])),
+            "--max-connections"
+        );
+        // A client CA alone asks for TLS, which then needs a certificate.
+        assert_eq!(
+            err_key(load_with(&["--tls-client-ca", "/ca.pem"], &[])),
+            "tls.cert_path"
         );
     }
 

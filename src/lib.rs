@@ -10,7 +10,9 @@
 //! shard executors, the acceptor and the watchdog.
 
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 pub mod server;
+pub mod shutdown;
 pub mod watch;

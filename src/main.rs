@@ -1,22 +1,51 @@
-//! The `corestate` binary: read the configuration, set up logging, run.
+//! The `corestate` binary: read the configuration and the TLS files, set up
+//! logging, run until SIGTERM/SIGINT.
+//!
+//! Exit status: 0 after a graceful shutdown; 2 for an unusable
+//! configuration or TLS file (the message names the key or the file); 1
+//! for any other failure (start-up, or a shutdown that could not confirm
+//! every WAL sync).
+
+use corestate::config::LogFormat;
+
+/// Exit status for a configuration the server cannot start with.
+const EXIT_CONFIG_ERROR: i32 = 2;
+/// Exit status for every other failure.
+const EXIT_FAILURE: i32 = 1;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
 
 fn main() {
     let config = match corestate::config::load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("corestate: {e}");
-            std::process::exit(2);
+            std::process::exit(EXIT_CONFIG_ERROR);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = corestate::runtime::run(config) {
+    init_logging(config.log_format);
+    let tls = match corestate::server::tls::load(&config.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("corestate: {e}");
+            std::process::exit(EXIT_CONFIG_ERROR);
+        }
+    };
+    if let Err(e) = corestate::runtime::run(config, tls) {
         eprintln!("corestate: {e}");
-        std::process::exit(1);
+        std::process::exit(EXIT_FAILURE);
     }
 }

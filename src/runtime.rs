@@ -1,6 +1,12 @@
-//! Start-up and the process's threads: one pinned glommio executor per
-//! shard (each recovers its own log, then serves its mailbox), one acceptor
-//! executor for the network, and a watchdog thread.
+//! Start-up, shutdown and the process's threads: one pinned glommio
+//! executor per shard (each recovers its own log, then serves its mailbox),
+//! one acceptor executor for the network (client listener, metrics
+//! endpoint), a watchdog thread and a signal thread.
+//!
+//! Shutdown (SIGTERM/SIGINT, see `crate::shutdown`) runs on the acceptor:
+//! stop accepting, drain connections, sync and stop every shard, return —
+//! and `main` exits 0. The watchdog stands down once shards are told to
+//! stop, since stopped shards no longer heartbeat.
 //!
 //! Panics: a panic anywhere stops the process with a message (fail-stop) —
 //! a shard whose task died would otherwise leave its instances silently
@@ -12,18 +18,22 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_rustls::TlsAcceptor;
 use glommio::{LocalExecutorBuilder, Placement};
 use shards::shard::events::Publication;
 use shards::shard::{OpenReport, Shard, ShardConfig, ShardMsg};
 use shards::wal::Frontier;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::server::acceptor::accept_loop;
 use crate::server::auth::TokenSet;
 use crate::server::catalog::{install_everywhere, Catalog};
-use crate::server::context::{Limits, Router, ServerCtx};
+use crate::server::context::{Connections, Limits, Router, ServerCtx};
+use crate::server::refusals::{RefusalLog, REFUSAL_WARNING_WINDOW_SECS};
+use crate::shutdown::{self, ShutdownRequest};
 use crate::watch::merge::Merger;
 
 /// A shard that has not heartbeat for this long is considered hung.
@@ -97,11 +107,17 @@ fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
     }
 }
 
-/// Run the server until the process is stopped. Returns an error message
-/// for start-up failures.
-pub fn run(config: Config) -> Result<(), String> {
+/// Run the server until SIGTERM/SIGINT has shut it down gracefully
+/// (`Ok`). `tls` is the acceptor built from the configuration's
+/// certificates (`crate::server::tls::load`), `None` for plain TCP.
+/// Returns an error message for start-up failures and for a shutdown that
+/// could not confirm every shard's WAL sync.
+pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     install_panic_hook();
     raise_memlock_limit();
+    // Before anything slow: a signal during recovery is kept and acted on
+    // as soon as the acceptor runs.
+    let shutdown = shutdown::install()?;
     check_data_dir(&config.data_dir, config.shards)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let frontier = Frontier::new();
@@ -121,11 +137,14 @@ pub fn run(config: Config) -> Result<(), String> {
             segment_size_bytes: config.wal_segment_size_bytes,
             allow_instance_recreate: config.allow_instance_recreate,
             salvage: config.salvage,
-            auto_compaction: config.compaction.enabled.then(|| shards::shard::AutoCompaction {
-                events_threshold: config.compaction.events_threshold,
-                size_threshold_bytes: config.compaction.size_threshold_mb * 1024 * 1024,
-                min_interval: Duration::from_secs(config.compaction.min_interval_secs),
-            }),
+            auto_compaction: config
+                .compaction
+                .enabled
+                .then(|| shards::shard::AutoCompaction {
+                    events_threshold: config.compaction.events_threshold,
+                    size_threshold_bytes: config.compaction.size_threshold_mb * 1024 * 1024,
+                    min_interval: Duration::from_secs(config.compaction.min_interval_secs),
+                }),
         };
         let frontier = frontier.clone();
         let ready = ready_tx.clone();
@@ -181,7 +200,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let recovered_records: u64 = reports.iter().map(|r| r.counts.records).sum();
     let recovered_instances: u64 = reports.iter().map(|r| r.instances_active).sum();
-    start_watchdog(heartbeats);
+    start_watchdog(heartbeats, shutdown.clone());
 
     let listener_cfg = config.clone();
     let acceptor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -191,7 +210,10 @@ pub fn run(config: Config) -> Result<(), String> {
             let config = listener_cfg;
             let router = Router::new(mailboxes.clone());
             resolve_in_doubt(&router, &reports).await?;
-            let merger = Rc::new(RefCell::new(Merger::new(config.shards)));
+            let merger = Rc::new(RefCell::new(
+                Merger::new(reports.iter().map(|r| r.watermark).collect())
+                    .with_frontier(frontier.clone()),
+            ));
             glommio::spawn_local(crate::watch::merge::run(merger.clone(), publish_rx, mailboxes)).detach();
             let catalog = Catalog::new(config.max_machine_versions);
             let all_defs: Vec<_> = reports.iter().flat_map(|r| r.machines.iter().cloned()).collect();
@@ -216,22 +238,43 @@ pub fn run(config: Config) -> Result<(), String> {
                     max_connections: config.max_connections,
                     idle_timeout: config.idle_timeout(),
                 },
+                metrics: Metrics::new(),
+                refusals: RefusalLog::new(),
+                conns: Connections::default(),
             });
             let listener = glommio::net::TcpListener::bind(config.bind)
                 .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+            if config.metrics.enabled {
+                let metrics_listener = glommio::net::TcpListener::bind(config.metrics.bind_addr)
+                    .map_err(|e| format!("cannot listen for metrics on {}: {e}", config.metrics.bind_addr))?;
+                glommio::spawn_local(crate::metrics::http::serve(ctx.clone(), metrics_listener)).detach();
+            }
+            glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
             tracing::info!(
-                "corestate {} listening on {} | shards {} | data dir {} | fsync {} | recovered {} records, {} machines, {} active instances",
+                "corestate {} listening on {}{} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
                 env!("CARGO_PKG_VERSION"),
                 config.bind,
+                match (&tls, config.tls.require_client_cert) {
+                    (None, _) => "",
+                    (Some(_), false) => " (TLS)",
+                    (Some(_), true) => " (TLS, client certificates required)",
+                },
                 config.shards,
                 config.data_dir.display(),
                 config.fsync,
+                if config.auth_required { "required" } else { "off" },
+                if config.metrics.enabled {
+                    format!("http://{}/metrics", config.metrics.bind_addr)
+                } else {
+                    "off".to_string()
+                },
                 recovered_records,
                 machines,
                 recovered_instances
             );
-            accept_loop(ctx, listener).await;
-            Ok(())
+            let signal = accept_loop(ctx.clone(), &listener, tls, &shutdown).await;
+            drop(listener);
+            shut_down(&ctx, &shutdown, signal).await
         })
         .map_err(|e| format!("cannot start the acceptor: {e}"))?;
     match acceptor.join() {
@@ -276,11 +319,49 @@ async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(),
     Ok(())
 }
 
-fn start_watchdog(heartbeats: Vec<Arc<AtomicU64>>) {
+/// The graceful sequence after the listener closed (see `crate::shutdown`).
+async fn shut_down(
+    ctx: &Rc<ServerCtx>,
+    shutdown: &ShutdownRequest,
+    signal: &str,
+) -> Result<(), String> {
+    let started = Instant::now();
+    tracing::info!("{signal}: stopped accepting connections");
+    let open = ctx.conns.len();
+    let abandoned = shutdown::drain_connections(ctx).await;
+    shutdown.mark_begun();
+    let unsynced = shutdown::stop_shards(&ctx.router).await;
+    if !unsynced.is_empty() {
+        return Err(format!(
+            "shutdown: shard(s) {unsynced:?} did not confirm their WAL sync within {} ms",
+            shutdown::SHUTDOWN_SHARD_SYNC_TIMEOUT_MS
+        ));
+    }
+    tracing::info!(
+        "shutdown complete in {} ms: {} of {open} connection(s) finished cleanly, every shard's WAL synced",
+        started.elapsed().as_millis(),
+        open - abandoned.min(open)
+    );
+    Ok(())
+}
+
+/// Ends the refusal log's windows on time, so suppressed warnings are
+/// counted in the log even when the flood stopped.
+async fn flush_refusal_log(ctx: Rc<ServerCtx>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(REFUSAL_WARNING_WINDOW_SECS)).await;
+        ctx.refusals.flush();
+    }
+}
+
+fn start_watchdog(heartbeats: Vec<Arc<AtomicU64>>, shutdown: ShutdownRequest) {
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_millis(WATCHDOG_CHECK_INTERVAL_MS));
+            if shutdown.is_begun() {
+                return;
+            }
             let now = shards::shard::state::now_ms();
             for (id, hb) in heartbeats.iter().enumerate() {
                 let last = hb.load(Ordering::Relaxed);

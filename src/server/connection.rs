@@ -19,11 +19,22 @@
 //! when the merger releases events it wakes the writer, which advances each
 //! subscription's cursor through the in-memory ring — or through the logs
 //! when the cursor is older than the ring — at the pace the socket takes.
+//!
+//! Shutdown: when the server asks the connection to stop (its `ConnHandle`),
+//! the reader stops reading the socket once every request already received
+//! is dispatched; the writer then writes every answer still owed and the
+//! connection closes. Every socket write is followed by a flush, which a TLS
+//! stream needs to push out what it buffered.
+//!
+//! Metrics: each answer, when encoded, adds its operation, latency and
+//! error code to the acceptor's plain counters (`Metrics`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
 
 use futures_lite::future::{self, poll_fn};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -31,15 +42,16 @@ use glommio::sync::Semaphore;
 use shards::shard::{Reply, ReplyTo};
 use shards::{EngineError, EngineResult};
 
-use super::context::ServerCtx;
+use super::context::{ConnHandle, ServerCtx};
 use super::dispatch::{dispatch, Flow};
 use super::session::Session;
+use crate::metrics::WatchKind;
 use crate::protocol::frame::{FrameDecoder, OutputMode};
 use crate::protocol::op::Op;
 use crate::protocol::request::parse_request;
 use crate::protocol::response::write_response;
 use crate::watch::catchup::read_merged;
-use crate::watch::subscription::{write_event, ConnWatch};
+use crate::watch::subscription::{write_event, ConnWatch, Filter};
 
 /// Initial (and resting) size of a connection's read buffer.
 pub const READ_BUFFER_INITIAL_BYTES: usize = 64 * 1024;
@@ -54,6 +66,10 @@ struct Slot {
     id_json: Vec<u8>,
     mode: OutputMode,
     body: Option<EngineResult<Vec<u8>>>,
+    /// `None` when the envelope could not be read.
+    op: Option<Op>,
+    /// When the request was read, for the latency histogram.
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -74,10 +90,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + 'static> ByteStream for T {}
 
 type Stream<S> = Rc<RefCell<S>>;
 
-async fn read_some<S: ByteStream>(stream: &Stream<S>, buf: &mut [u8]) -> std::io::Result<usize> {
-    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await
-}
-
+/// Write all of `buf`, then flush (a TLS stream may hold back what it
+/// accepted until flushed).
 async fn write_all<S: ByteStream>(stream: &Stream<S>, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
@@ -86,13 +100,21 @@ async fn write_all<S: ByteStream>(stream: &Stream<S>, mut buf: &[u8]) -> std::io
         }
         buf = &buf[n..];
     }
-    Ok(())
+    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_flush(cx)).await
 }
 
-pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S) {
+/// Serve one connection until it ends. `conn` is its registration handle
+/// (peer address, stop request).
+pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S, conn: Rc<ConnHandle>) {
     let stream: Stream<S> = Rc::new(RefCell::new(stream));
+    if conn.stopping() {
+        // Shutdown began while this connection was being accepted.
+        let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+        return;
+    }
     let slots = Rc::new(RefCell::new(Slots::default()));
     let watch = Rc::new(RefCell::new(ConnWatch::new(OutputMode::Rcpx)));
+    conn.set_watch(watch.clone());
     let inflight = Rc::new(Semaphore::new(
         ctx.limits.max_inflight_requests_per_connection as u64,
     ));
@@ -105,13 +127,15 @@ pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S) {
         inflight.clone(),
         watch.clone(),
     ));
-    read_loop(&ctx, &stream, reply_tx, &slots, &inflight, &watch).await;
+    read_loop(&ctx, &conn, &stream, reply_tx, &slots, &inflight, &watch).await;
     writer.await;
     let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop<S: ByteStream>(
     ctx: &Rc<ServerCtx>,
+    conn: &ConnHandle,
     stream: &Stream<S>,
     reply_tx: flume::Sender<Reply>,
     slots: &Rc<RefCell<Slots>>,
@@ -148,7 +172,7 @@ async fn read_loop<S: ByteStream>(
             };
             let flow = match parse_request(&mut buf[from..to]) {
                 Err(bad) => {
-                    push_slot(slots, seq, bad.id_json, mode);
+                    push_slot(slots, seq, bad.id_json, mode, None);
                     let _ = reply.tx.send(Reply {
                         seq,
                         body: Err(bad.error),
@@ -157,8 +181,8 @@ async fn read_loop<S: ByteStream>(
                 }
                 Ok(req) => {
                     let op = req.op;
-                    push_slot(slots, seq, req.id_json.clone(), mode);
-                    let flow = dispatch(ctx, &mut session, watch, req, reply).await;
+                    push_slot(slots, seq, req.id_json.clone(), mode, Some(op));
+                    let flow = dispatch(ctx, &mut session, watch, req, reply, conn.peer).await;
                     if op == Op::Hello {
                         // HELLO answers in the mode it negotiated (spec §3.2);
                         // it never awaits, so its answer is not written yet.
@@ -187,43 +211,68 @@ async fn read_loop<S: ByteStream>(
             buf.truncate(READ_BUFFER_INITIAL_BYTES);
             buf.shrink_to_fit();
         }
-        match read_with_idle_timeout(ctx, stream, &mut buf[filled..], slots, watch).await {
+        match read_with_idle_timeout(ctx, conn, stream, &mut buf[filled..], slots, watch).await {
             Some(n) => filled += n,
             None => return,
         }
     }
 }
 
-/// One socket read; `None` on EOF, error, or an idle timeout (spec §3.7:
-/// nothing received for the idle period while nothing is in flight). A
-/// connection that holds subscriptions is never idle: it is watching.
+enum ReadOutcome {
+    Data(std::io::Result<usize>),
+    /// The server is shutting down.
+    Stop,
+    /// The idle period passed without input.
+    Idle,
+}
+
+/// One socket read; `None` on EOF, error, shutdown, or an idle timeout
+/// (spec §3.7: nothing received for the idle period while nothing is in
+/// flight). A connection that holds subscriptions is never idle: it is
+/// watching.
 async fn read_with_idle_timeout<S: ByteStream>(
     ctx: &ServerCtx,
+    conn: &ConnHandle,
     stream: &Stream<S>,
     buf: &mut [u8],
     slots: &Rc<RefCell<Slots>>,
     watch: &Rc<RefCell<ConnWatch>>,
 ) -> Option<usize> {
     loop {
-        let read = async { Some(read_some(stream, buf).await) };
+        // The stop request is checked in the same poll as the socket, so a
+        // waiting reader costs no extra task or allocation.
+        let read = poll_fn(|cx| {
+            if conn.poll_stop(cx).is_ready() {
+                return Poll::Ready(ReadOutcome::Stop);
+            }
+            Pin::new(&mut *stream.borrow_mut())
+                .poll_read(cx, buf)
+                .map(ReadOutcome::Data)
+        });
         let result = match ctx.limits.idle_timeout {
             None => read.await,
             Some(idle) => {
                 future::or(read, async {
                     glommio::timer::sleep(idle).await;
-                    None
+                    ReadOutcome::Idle
                 })
                 .await
             }
         };
         match result {
-            Some(Ok(0)) | Some(Err(_)) => return None,
-            Some(Ok(n)) => return Some(n),
-            None if slots.borrow().queue.is_empty() && watch.borrow().subs.is_empty() => {
+            ReadOutcome::Data(Ok(0)) | ReadOutcome::Data(Err(_)) => return None,
+            ReadOutcome::Data(Ok(n)) => return Some(n),
+            ReadOutcome::Stop => {
+                tracing::debug!("shutdown: connection stops reading");
+                return None;
+            }
+            ReadOutcome::Idle
+                if slots.borrow().queue.is_empty() && watch.borrow().subs.is_empty() =>
+            {
                 tracing::debug!("closing idle connection");
                 return None;
             }
-            None => continue,
+            ReadOutcome::Idle => continue,
         }
     }
 }
@@ -236,13 +285,21 @@ fn output_mode(session: &Session, decoder: &FrameDecoder) -> OutputMode {
     }
 }
 
-fn push_slot(slots: &Rc<RefCell<Slots>>, seq: u64, id_json: Vec<u8>, mode: OutputMode) {
+fn push_slot(
+    slots: &Rc<RefCell<Slots>>,
+    seq: u64,
+    id_json: Vec<u8>,
+    mode: OutputMode,
+    op: Option<Op>,
+) {
     let mut s = slots.borrow_mut();
     debug_assert_eq!(s.base_seq + s.queue.len() as u64, seq);
     s.queue.push_back(Slot {
         id_json,
         mode,
         body: None,
+        op,
+        started: Instant::now(),
     });
 }
 
@@ -293,7 +350,7 @@ async fn write_loop<S: ByteStream>(
             if let Some(reply) = next.take() {
                 fill(&slots, reply);
             }
-            let written = encode_ready(&slots, &mut out);
+            let written = encode_ready(&ctx, &slots, &mut out);
             inflight.signal(written);
             if out.len() >= WRITE_BUFFER_FLUSH_BYTES {
                 break;
@@ -363,8 +420,11 @@ async fn deliver_events(
             let got = read_merged(&ctx.router, cursor)
                 .await
                 .map_err(|e| e.message)?;
-            let caught_up = got.next_cursor >= ctx.merger.borrow().ring_floor();
-            (got.events, got.next_cursor, caught_up)
+            // Go round again: to read on from the logs, or — caught up — to
+            // take what the ring already holds. Without progress (a batch
+            // still undecided), the next release wakes us instead.
+            let progressed = got.next_cursor > cursor;
+            (got.events, got.next_cursor, !progressed)
         } else {
             let m = ctx.merger.borrow();
             let events = m
@@ -381,11 +441,20 @@ async fn deliver_events(
         let Some(sub) = w.subs.iter_mut().find(|s| s.id == id) else {
             continue;
         };
+        let mut forwarded = 0u64;
         for e in events.iter().filter(|e| e.offset >= sub.cursor) {
             if sub.filter.matches(e) {
                 write_event(out, mode, sub, e)
                     .map_err(|_| format!("event at offset {} exceeds the frame limit", e.offset))?;
+                forwarded += 1;
             }
+        }
+        if forwarded > 0 {
+            let kind = match sub.filter {
+                Filter::Instance(_) => WatchKind::Instance,
+                Filter::All { .. } => WatchKind::All,
+            };
+            ctx.metrics.events_forwarded(kind, forwarded);
         }
         sub.cursor = sub.cursor.max(next_cursor);
         more |= !caught_up;
@@ -404,7 +473,7 @@ fn fill(slots: &Rc<RefCell<Slots>>, reply: Reply) {
 }
 
 /// Encode the answered prefix of the queue; returns how many were encoded.
-fn encode_ready(slots: &Rc<RefCell<Slots>>, out: &mut Vec<u8>) -> u64 {
+fn encode_ready(ctx: &ServerCtx, slots: &Rc<RefCell<Slots>>, out: &mut Vec<u8>) -> u64 {
     let mut s = slots.borrow_mut();
     let mut n = 0;
     while s.queue.front().is_some_and(|slot| slot.body.is_some()) {
@@ -414,6 +483,9 @@ fn encode_ready(slots: &Rc<RefCell<Slots>>, out: &mut Vec<u8>) -> u64 {
         s.base_seq += 1;
         n += 1;
         let Some(body) = slot.body else { continue };
+        let error = body.as_ref().err().map(|e| e.code);
+        ctx.metrics
+            .request_answered(slot.op, slot.started.elapsed(), error);
         if write_response(out, slot.mode, &slot.id_json, &body).is_err() {
             // The answer cannot be framed (over 16 MiB): say so instead.
             let too_large: EngineResult<Vec<u8>> = Err(EngineError::internal(

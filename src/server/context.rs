@@ -1,11 +1,20 @@
 //! What every connection on the acceptor shares: the shard mailboxes, the
-//! machine catalog, authentication settings and limits. It lives on the
-//! acceptor's executor only (`Rc`), so nothing in it needs a lock.
+//! machine catalog, authentication settings, limits, metrics, the refusal
+//! log and the registry of open connections. It lives on the acceptor's
+//! executor only (`Rc`), so nothing in it needs a lock.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use shards::shard::{shard_for_instance, ShardMsg};
 
 use super::auth::TokenSet;
 use super::catalog::Catalog;
+use super::refusals::RefusalLog;
+use crate::metrics::Metrics;
+use crate::watch::subscription::ConnWatch;
 
 /// Per-connection and per-request limits, from the configuration.
 #[derive(Clone, Debug)]
@@ -42,10 +51,138 @@ impl Router {
     }
 }
 
+/// One open (or handshaking) connection as the rest of the server sees it:
+/// who it is, how to ask it to stop, and its subscriptions (for metrics).
+pub struct ConnHandle {
+    pub peer: Option<SocketAddr>,
+    stop: Cell<bool>,
+    /// The one task waiting for `stop` (the reader, or the handshake).
+    waker: RefCell<Option<Waker>>,
+    watch: RefCell<Option<Rc<RefCell<ConnWatch>>>>,
+}
+
+impl ConnHandle {
+    fn new(peer: Option<SocketAddr>) -> Self {
+        ConnHandle {
+            peer,
+            stop: Cell::new(false),
+            waker: RefCell::new(None),
+            watch: RefCell::new(None),
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.get()
+    }
+
+    /// Ready once the server asked this connection to stop; otherwise
+    /// remembers the caller's waker (one waiter at a time).
+    pub fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stop.get() {
+            return Poll::Ready(());
+        }
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Completes once the server asked this connection to stop.
+    pub async fn stopped(&self) {
+        futures_lite::future::poll_fn(|cx| self.poll_stop(cx)).await
+    }
+
+    fn request_stop(&self) {
+        self.stop.set(true);
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    pub fn set_watch(&self, watch: Rc<RefCell<ConnWatch>>) {
+        *self.watch.borrow_mut() = Some(watch);
+    }
+
+    pub fn watch(&self) -> Option<Rc<RefCell<ConnWatch>>> {
+        self.watch.borrow().clone()
+    }
+}
+
+/// Every open connection, so that shutdown can stop them all and metrics
+/// can count them and their subscriptions.
+#[derive(Default)]
+pub struct Connections {
+    next_id: Cell<u64>,
+    live: RefCell<hashbrown::HashMap<u64, Rc<ConnHandle>>>,
+    /// Set once shutdown began: new connections stop at once.
+    stopping: Cell<bool>,
+}
+
+impl Connections {
+    pub fn len(&self) -> usize {
+        self.live.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.borrow().is_empty()
+    }
+
+    /// Ask every connection to stop reading (graceful shutdown). Later
+    /// registrations are born stopped.
+    pub fn stop_all(&self) {
+        self.stopping.set(true);
+        let handles: Vec<Rc<ConnHandle>> = self.live.borrow().values().cloned().collect();
+        for handle in handles {
+            handle.request_stop();
+        }
+    }
+
+    /// Every open connection's handle (for metrics).
+    pub fn handles(&self) -> Vec<Rc<ConnHandle>> {
+        self.live.borrow().values().cloned().collect()
+    }
+}
+
+/// A connection's registration; dropping it removes the connection.
+pub struct ConnRegistration {
+    ctx: Rc<ServerCtx>,
+    id: u64,
+    pub handle: Rc<ConnHandle>,
+}
+
+impl ConnRegistration {
+    pub fn new(ctx: &Rc<ServerCtx>, peer: Option<SocketAddr>) -> Self {
+        let conns = &ctx.conns;
+        let id = conns.next_id.get();
+        conns.next_id.set(id + 1);
+        let handle = Rc::new(ConnHandle::new(peer));
+        if conns.stopping.get() {
+            handle.request_stop();
+        }
+        conns.live.borrow_mut().insert(id, handle.clone());
+        ConnRegistration {
+            ctx: ctx.clone(),
+            id,
+            handle,
+        }
+    }
+}
+
+impl Drop for ConnRegistration {
+    fn drop(&mut self) {
+        self.ctx.conns.live.borrow_mut().remove(&self.id);
+    }
+}
+
 pub struct ServerCtx {
     pub router: Router,
-    pub merger: std::rc::Rc<std::cell::RefCell<crate::watch::merge::Merger>>,
+    pub merger: Rc<RefCell<crate::watch::merge::Merger>>,
     pub catalog: Catalog,
     pub tokens: TokenSet,
     pub limits: Limits,
+    pub metrics: Metrics,
+    pub refusals: RefusalLog,
+    pub conns: Connections,
 }

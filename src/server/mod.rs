@@ -9,4 +9,6 @@ pub mod connection;
 pub mod context;
 pub mod dispatch;
 pub mod ops;
+pub mod refusals;
 pub mod session;
+pub mod tls;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use shards::shard::events::{Publication, WatchEvent};
 use shards::shard::ShardMsg;
+use shards::wal::Frontier;
 
 /// Released events kept in memory for subscribers.
 pub const WATCH_RING_EVENTS_MAX: usize = 65_536;
@@ -54,19 +55,40 @@ pub struct Merger {
     released_upto: u64,
     /// Connections with subscriptions, woken when events are released.
     wakers: Vec<std::rc::Weak<flume::Sender<()>>>,
+    frontier: Option<Frontier>,
 }
 
 impl Merger {
-    pub fn new(shards: usize) -> Self {
+    /// `watermarks`: each shard's watermark when it opened. Everything below
+    /// their minimum is history, in the logs and not in the ring.
+    pub fn new(watermarks: Vec<u64>) -> Self {
+        let start = watermarks.iter().copied().min().unwrap_or(0);
         Merger {
-            watermarks: vec![0; shards],
-            advance_asked: vec![false; shards],
+            advance_asked: vec![false; watermarks.len()],
+            watermarks,
             pending: BinaryHeap::new(),
             ring: VecDeque::new(),
-            ring_floor: 0,
-            released_upto: 0,
+            ring_floor: start,
+            released_upto: start,
             wakers: Vec::new(),
+            frontier: None,
         }
+    }
+
+    /// The shards' shared frontier, for `live_start`.
+    pub fn with_frontier(mut self, frontier: Frontier) -> Self {
+        self.frontier = Some(frontier);
+        self
+    }
+
+    /// Where a new live subscription starts: past every event acknowledged
+    /// before now, before every event begun after now.
+    pub fn live_start(&self) -> u64 {
+        let floor = self
+            .frontier
+            .as_ref()
+            .map_or(0, Frontier::next_offset_floor);
+        floor.max(self.released_upto)
     }
 
     /// Take in a shard's publication and release what became releasable.
@@ -207,7 +229,7 @@ mod tests {
 
     #[test]
     fn events_are_released_in_offset_order_only_below_every_watermark() {
-        let mut m = Merger::new(2);
+        let mut m = Merger::new(vec![0, 0]);
         m.accept(publication(0, &[10, 30], 31));
         assert_eq!(m.release(), 0, "shard 1 may still produce lower offsets");
         assert_eq!(m.shards_to_advance(), vec![1]);
@@ -234,8 +256,19 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_merge_starts_at_the_shards_watermarks() {
+        let m = Merger::new(vec![500, 300]);
+        assert_eq!(m.released_upto(), 300);
+        assert!(
+            m.events_from(100, 1).is_none(),
+            "history is read from the logs"
+        );
+        assert!(m.events_from(300, 1).is_some());
+    }
+
+    #[test]
     fn the_ring_is_bounded_and_reports_what_it_dropped() {
-        let mut m = Merger::new(1);
+        let mut m = Merger::new(vec![0]);
         let offsets: Vec<u64> = (1..=(WATCH_RING_EVENTS_MAX as u64 + 10)).collect();
         m.accept(publication(0, &offsets, u64::MAX));
         m.release();

@@ -67,6 +67,9 @@ pub struct OpenReport {
     pub committed: HashSet<u64>,
     /// The snapshot recovery started from: its covered offset.
     pub snapshot_covered: Option<u64>,
+    /// Every record this shard writes from now on has an offset ≥ this:
+    /// where the watch merge starts.
+    pub watermark: u64,
 }
 
 pub struct Shard {
@@ -191,6 +194,7 @@ impl Shard {
                 .collect(),
             committed: txn_log.committed,
             snapshot_covered: covered,
+            watermark: wal.clock().watermark(),
         };
         heartbeat_ms.store(now_ms(), Ordering::Relaxed);
         Ok((

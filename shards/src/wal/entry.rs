@@ -168,6 +168,37 @@ pub fn write_delete_instance(out: &mut Vec<u8>, instance_id: &str, idempotency_k
     out.push(b'}');
 }
 
+/// Payload of a `Prepare` record: txid, decider shard, inner records.
+pub fn write_prepare(out: &mut Vec<u8>, txid: u64, decider: u32, inner: &[u8]) {
+    out.extend_from_slice(&txid.to_le_bytes());
+    out.extend_from_slice(&decider.to_le_bytes());
+    out.extend_from_slice(inner);
+}
+
+/// Split a `Prepare` payload into (txid, decider, inner records).
+pub fn read_prepare(payload: &[u8]) -> Result<(u64, u32, &[u8]), String> {
+    if payload.len() < 12 {
+        return Err("prepare record too short".into());
+    }
+    let mut txid = [0u8; 8];
+    txid.copy_from_slice(&payload[..8]);
+    let mut decider = [0u8; 4];
+    decider.copy_from_slice(&payload[8..12]);
+    Ok((
+        u64::from_le_bytes(txid),
+        u32::from_le_bytes(decider),
+        &payload[12..],
+    ))
+}
+
+/// Payload of `Commit` / `Abort` records.
+pub fn read_txid(payload: &[u8]) -> Result<u64, String> {
+    let bytes: [u8; 8] = payload
+        .try_into()
+        .map_err(|_| "transaction record must hold exactly a txid".to_string())?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,35 +289,4 @@ mod tests {
             }
         );
     }
-}
-
-/// Payload of a `Prepare` record: txid, decider shard, inner records.
-pub fn write_prepare(out: &mut Vec<u8>, txid: u64, decider: u32, inner: &[u8]) {
-    out.extend_from_slice(&txid.to_le_bytes());
-    out.extend_from_slice(&decider.to_le_bytes());
-    out.extend_from_slice(inner);
-}
-
-/// Split a `Prepare` payload into (txid, decider, inner records).
-pub fn read_prepare(payload: &[u8]) -> Result<(u64, u32, &[u8]), String> {
-    if payload.len() < 12 {
-        return Err("prepare record too short".into());
-    }
-    let mut txid = [0u8; 8];
-    txid.copy_from_slice(&payload[..8]);
-    let mut decider = [0u8; 4];
-    decider.copy_from_slice(&payload[8..12]);
-    Ok((
-        u64::from_le_bytes(txid),
-        u32::from_le_bytes(decider),
-        &payload[12..],
-    ))
-}
-
-/// Payload of `Commit` / `Abort` records.
-pub fn read_txid(payload: &[u8]) -> Result<u64, String> {
-    let bytes: [u8; 8] = payload
-        .try_into()
-        .map_err(|_| "transaction record must hold exactly a txid".to_string())?;
-    Ok(u64::from_le_bytes(bytes))
 }

@@ -82,6 +82,12 @@ impl Frontier {
     pub fn raise(&self, tick: u64) {
         self.0.fetch_max(tick, Ordering::AcqRel);
     }
+
+    /// An offset above every record committed so far on any shard, and at or
+    /// below every record a shard begins from now on.
+    pub fn next_offset_floor(&self) -> u64 {
+        make_offset(self.get() + 1, 0)
+    }
 }
 
 /// The wall-clock tick now.
@@ -115,7 +121,10 @@ impl OffsetClock {
     /// Raise the floor before a group of records: reads the clock and the
     /// frontier once, so assigning each record is a plain increment.
     pub fn begin_group(&mut self) {
-        let floor = wall_clock_tick().max(self.frontier.get());
+        // Strictly above every tick any shard has committed: a record begun
+        // now sorts after everything acknowledged so far (what lets WATCH_ALL
+        // start "after every acknowledged write", see `Frontier::next_offset_floor`).
+        let floor = wall_clock_tick().max(self.frontier.get() + 1);
         if floor > self.last_tick {
             // Leave `last_tick` one below the floor so the next record gets it.
             self.last_tick = floor - 1;

@@ -98,8 +98,12 @@ async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
         if i > 0 {
             records.push(b',');
         }
-        let entry: Value = serde_json::from_slice(&e.payload)
-            .map_err(|err| EngineError::new(ErrorCode::WalIoError, format!("unreadable entry at offset {}: {err}", e.offset)))?;
+        let entry: Value = serde_json::from_slice(&e.payload).map_err(|err| {
+            EngineError::new(
+                ErrorCode::WalIoError,
+                format!("unreadable entry at offset {}: {err}", e.offset),
+            )
+        })?;
         let mut r = ResultWriter::new();
         r.raw("entry", &canonical::to_vec(&entry))
             .u64("offset", e.offset)
@@ -169,7 +173,10 @@ async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
     let mut r = ResultWriter::new();
     r.u64("entry_count", sum(&|s| s.log_entries))
         .raw("io_stats", &io.finish())
-        .u64("latest_offset", stats.iter().map(|s| s.next_offset).max().unwrap_or(0));
+        .u64(
+            "latest_offset",
+            stats.iter().map(|s| s.next_offset).max().unwrap_or(0),
+        );
     match oldest {
         Some(o) => r.u64("oldest_offset", o),
         None => r.raw("oldest_offset", b"null"),
@@ -181,7 +188,10 @@ async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
 }
 
 async fn compact(router: &Router, params: &Value) -> EngineResult<Vec<u8>> {
-    let force = matches!(Params::loose(params).get("force_snapshot"), Some(Value::Bool(true)));
+    let force = matches!(
+        Params::loose(params).get("force_snapshot"),
+        Some(Value::Bool(true))
+    );
     let mut waits = Vec::with_capacity(router.shards());
     for mailbox in router.all() {
         let (tx, rx) = flume::bounded(1);

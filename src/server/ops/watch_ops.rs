@@ -111,7 +111,7 @@ pub fn watch_all(
         to_states: p.opt_str_list("to_states")?,
         events: p.opt_str_list("events")?,
     };
-    let cursor = from_offset.unwrap_or_else(|| ctx.merger.borrow().released_upto());
+    let cursor = from_offset.unwrap_or_else(|| ctx.merger.borrow().live_start());
     let id = new_subscription_id();
     add(
         ctx,

@@ -1,0 +1,362 @@
+//! The metrics HTTP endpoint (spec §13.6): a minimal HTTP/1.1 server on
+//! its own address, run as tasks on the acceptor's executor (where the
+//! counters live). Paths: `/metrics` (Prometheus text), `/health` and
+//! `/healthz` (`OK`), `/` (a small page linking to `/metrics`), anything
+//! else 404. Any method is accepted. One request per connection
+//! (`Connection: close`).
+//!
+//! Bounded like everything else: at most `METRICS_CONNECTIONS_MAX` scrapes
+//! at once (more are closed at once), a request head of at most
+//! `METRICS_REQUEST_HEAD_BYTES_MAX`, and `METRICS_REQUEST_TIMEOUT_MS` for
+//! the whole exchange. A shard that does not answer its statistics within
+//! `METRICS_SHARD_STATS_TIMEOUT_MS` is reported with `corestate_shard_up 0`
+//! instead of stalling the scrape.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::{self, poll_fn};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpListener, TcpStream};
+use shards::shard::{ShardMsg, ShardStats};
+
+use super::process::ProcessStats;
+use super::{Exposition, WatchKind};
+use crate::server::context::ServerCtx;
+use crate::server::refusals::RefusalCause;
+use crate::watch::subscription::Filter;
+
+/// Scrape connections served at once.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+/// Largest HTTP request head read.
+pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// Longest one scrape connection may take, end to end.
+pub const METRICS_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Longest a scrape waits for one shard's statistics.
+pub const METRICS_SHARD_STATS_TIMEOUT_MS: u64 = 2_000;
+
+const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const INDEX_HTML: &str = "<html><head><title>corestate</title></head><body>\
+<h1>corestate</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
+
+/// Serve the endpoint until the executor stops.
+pub async fn serve(ctx: Rc<ServerCtx>, listener: TcpListener) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("metrics endpoint: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= METRICS_CONNECTIONS_MAX {
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let ctx = ctx.clone();
+        let open = open.clone();
+        glommio::spawn_local(async move {
+            let exchange = answer_one(&ctx, stream);
+            let timeout = async {
+                glommio::timer::sleep(Duration::from_millis(METRICS_REQUEST_TIMEOUT_MS)).await;
+            };
+            future::or(exchange, timeout).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn answer_one(ctx: &ServerCtx, mut stream: TcpStream) {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if head.len() >= METRICS_REQUEST_HEAD_BYTES_MAX {
+            return;
+        }
+        let n = match poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut chunk)).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let _method = parts.next();
+    let target = parts.next().unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/");
+    let (status, content_type, body) = match path {
+        "/metrics" => ("200 OK", CONTENT_TYPE_PROMETHEUS, scrape(ctx).await),
+        "/health" | "/healthz" => ("200 OK", "text/plain; charset=utf-8", "OK".to_string()),
+        "/" => ("200 OK", "text/html; charset=utf-8", INDEX_HTML.to_string()),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "Not Found".to_string(),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    let mut buf = &response[..];
+    while !buf.is_empty() {
+        match poll_fn(|cx| Pin::new(&mut stream).poll_write(cx, buf)).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf = &buf[n..],
+        }
+    }
+    let _ = poll_fn(|cx| Pin::new(&mut stream).poll_close(cx)).await;
+}
+
+/// A per-shard metric: name, type, help, and how to read it.
+type ShardMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> f64,
+);
+
+/// Every shard's statistics, `None` for a shard that did not answer in time.
+async fn shard_stats(ctx: &ServerCtx) -> Vec<Option<ShardStats>> {
+    let mut waiting = Vec::with_capacity(ctx.router.shards());
+    for mailbox in ctx.router.all() {
+        let (tx, rx) = flume::bounded(1);
+        let sent = mailbox.send(ShardMsg::Stats { done: tx }).is_ok();
+        waiting.push(sent.then_some(rx));
+    }
+    let mut out = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        let Some(rx) = rx else {
+            out.push(None);
+            continue;
+        };
+        let got = future::or(async { rx.recv_async().await.ok() }, async {
+            glommio::timer::sleep(Duration::from_millis(METRICS_SHARD_STATS_TIMEOUT_MS)).await;
+            None
+        })
+        .await;
+        out.push(got);
+    }
+    out
+}
+
+/// The whole exposition: counters, levels read now, shard and process stats.
+pub async fn scrape(ctx: &ServerCtx) -> String {
+    let stats = shard_stats(ctx).await;
+    let mut out = Exposition::new();
+
+    out.single(
+        "rstmdb_connections_total",
+        "counter",
+        "Client connections accepted.",
+        ctx.metrics.connections_total() as f64,
+    );
+    out.single(
+        "rstmdb_connections_active",
+        "gauge",
+        "Client connections open now (including TLS handshakes in progress).",
+        ctx.conns.len() as f64,
+    );
+    out.header(
+        "corestate_refusals_total",
+        "counter",
+        "Refusals by cause: connection limit, TLS handshake failure, failed AUTH.",
+    );
+    for cause in RefusalCause::ALL {
+        out.sample(
+            "corestate_refusals_total",
+            &[("cause", cause.as_str())],
+            ctx.refusals.total(cause) as f64,
+        );
+    }
+    super::render_counters(&ctx.metrics, &mut out);
+
+    // Subscriptions and how far behind the released stream they are.
+    let released_upto = ctx.merger.borrow().released_upto();
+    let mut subscriptions = [0u64; 2];
+    let mut lag_max = 0u64;
+    for handle in ctx.conns.handles() {
+        let Some(watch) = handle.watch() else {
+            continue;
+        };
+        let watch = watch.borrow();
+        for sub in &watch.subs {
+            let kind = match sub.filter {
+                Filter::Instance(_) => WatchKind::Instance,
+                Filter::All { .. } => WatchKind::All,
+            };
+            subscriptions[kind as usize] += 1;
+            lag_max = lag_max.max(released_upto.saturating_sub(sub.cursor));
+        }
+    }
+    out.header(
+        "rstmdb_subscriptions_active",
+        "gauge",
+        "Watch subscriptions open now, by type.",
+    );
+    for kind in [WatchKind::Instance, WatchKind::All] {
+        out.sample(
+            "rstmdb_subscriptions_active",
+            &[("type", kind.as_str())],
+            subscriptions[kind as usize] as f64,
+        );
+    }
+    out.single(
+        "corestate_watch_released_offset",
+        "gauge",
+        "Every event with a smaller wal_offset has been released to watchers.",
+        released_upto as f64,
+    );
+    out.single(
+        "corestate_watch_subscriber_lag_offsets_max",
+        "gauge",
+        "Largest distance, in wal_offset units, between the released stream and a subscription's cursor.",
+        lag_max as f64,
+    );
+
+    // Totals over the shards that answered.
+    let answered: Vec<&ShardStats> = stats.iter().flatten().collect();
+    let sum = |f: &dyn Fn(&ShardStats) -> u64| answered.iter().map(|s| f(s)).sum::<u64>() as f64;
+    out.single(
+        "rstmdb_instances_total",
+        "gauge",
+        "Active (not deleted) instances.",
+        sum(&|s| s.instances_active),
+    );
+    out.single(
+        "rstmdb_machines_total",
+        "gauge",
+        "Machine (name, version) pairs.",
+        answered.iter().map(|s| s.machines).max().unwrap_or(0) as f64,
+    );
+    out.single(
+        "rstmdb_wal_entries",
+        "gauge",
+        "Records in the write-ahead log files.",
+        sum(&|s| s.log_entries),
+    );
+    out.single(
+        "rstmdb_wal_segments",
+        "gauge",
+        "Write-ahead log segment files.",
+        sum(&|s| s.log_segments),
+    );
+    out.single(
+        "rstmdb_wal_size_bytes",
+        "gauge",
+        "Bytes the write-ahead log segment files take (segments are pre-allocated).",
+        sum(&|s| s.log_bytes_on_disk),
+    );
+    out.single(
+        "rstmdb_wal_bytes_written_total",
+        "counter",
+        "Record bytes appended to the write-ahead log since start.",
+        sum(&|s| s.wal.bytes_appended),
+    );
+    out.single(
+        "rstmdb_wal_writes_total",
+        "counter",
+        "Write calls to the write-ahead log since start.",
+        sum(&|s| s.wal.writes),
+    );
+    out.single(
+        "rstmdb_wal_fsyncs_total",
+        "counter",
+        "Syncs of the write-ahead log since start.",
+        sum(&|s| s.wal.syncs),
+    );
+
+    // Per shard.
+    out.header(
+        "corestate_shard_up",
+        "gauge",
+        "1 if the shard answered this scrape's statistics request in time.",
+    );
+    for (id, s) in stats.iter().enumerate() {
+        out.sample(
+            "corestate_shard_up",
+            &[("shard", &id.to_string())],
+            s.is_some() as u8 as f64,
+        );
+    }
+    out.header(
+        "corestate_shard_mailbox_depth",
+        "gauge",
+        "Messages waiting in the shard's mailbox.",
+    );
+    for (id, mailbox) in ctx.router.all().iter().enumerate() {
+        out.sample(
+            "corestate_shard_mailbox_depth",
+            &[("shard", &id.to_string())],
+            mailbox.len() as f64,
+        );
+    }
+    let per_shard: [ShardMetric; 7] = [
+        (
+            "corestate_shard_instances_active",
+            "gauge",
+            "Active instances owned by the shard.",
+            |s| s.instances_active as f64,
+        ),
+        (
+            "corestate_shard_wal_records_appended_total",
+            "counter",
+            "Records the shard appended to its log since start.",
+            |s| s.wal.records_appended as f64,
+        ),
+        (
+            "corestate_shard_wal_bytes_appended_total",
+            "counter",
+            "Record bytes the shard appended to its log since start.",
+            |s| s.wal.bytes_appended as f64,
+        ),
+        (
+            "corestate_shard_wal_group_commits_total",
+            "counter",
+            "Group commits (one write for many records) since start.",
+            |s| s.wal.group_commits as f64,
+        ),
+        (
+            "corestate_shard_wal_syncs_total",
+            "counter",
+            "Syncs of the shard's log since start.",
+            |s| s.wal.syncs as f64,
+        ),
+        (
+            "corestate_shard_wal_records_per_sync",
+            "gauge",
+            "Records appended per sync since start (group-commit efficiency).",
+            |s| {
+                if s.wal.syncs == 0 {
+                    0.0
+                } else {
+                    s.wal.records_appended as f64 / s.wal.syncs as f64
+                }
+            },
+        ),
+        (
+            "corestate_shard_wal_segments",
+            "gauge",
+            "Segment files in the shard's log.",
+            |s| s.log_segments as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_shard {
+        out.header(name, kind, help);
+        for s in &answered {
+            out.sample(name, &[("shard", &s.shard.to_string())], value(s));
+        }
+    }
+
+    ProcessStats::read().render(&mut out);
+    out.finish()
+}

@@ -1,0 +1,360 @@
+//! Prometheus metrics (spec §13.6): the counters the request path updates,
+//! and the text exposition a scrape renders.
+//!
+//! The request path only touches plain `Cell` counters owned by the
+//! acceptor's executor (`Metrics`): one add per request for the operation,
+//! one for the latency bucket, one for an error code. Everything that is a
+//! level rather than an event — open connections, subscriptions and their
+//! lag, shard mailbox depths, WAL counters, process figures — is read when
+//! `/metrics` is scraped (`scrape`), so it costs nothing between scrapes.
+//!
+//! Names: the metrics rstmdb 0.3 defines keep its `rstmdb_` names, so
+//! existing dashboards work; corestate's own (per shard, refusals, watch
+//! lag) are `corestate_*`. Differences from 0.3, all deliberate:
+//! * `rstmdb_requests_total` counts WATCH_* too, and a BATCH counts once
+//!   (its inner operations are not counted separately);
+//! * `rstmdb_subscriptions_active` is exact: it falls when a subscription
+//!   ends, including by disconnect;
+//! * WAL read counters and replication metrics are not exported: corestate
+//!   does not track WAL reads and has no replication.
+//!
+//! Labelled series appear after their first observation, as in 0.3.
+
+pub mod http;
+pub mod process;
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use shards::ErrorCode;
+
+use crate::protocol::op::Op;
+
+/// Upper bounds of the request latency histogram, in seconds (spec §13.6).
+pub const REQUEST_DURATION_BUCKETS_SECONDS: [f64; 9] =
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// The same bounds in nanoseconds, for the hot path.
+const REQUEST_DURATION_BUCKETS_NANOS: [u64; 9] = [
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+/// Slots for per-operation series; more than the 25 operations.
+const OP_SLOTS: usize = 32;
+/// Slots for per-error-code series; more than the 19 codes.
+const ERROR_CODE_SLOTS: usize = 32;
+
+#[derive(Default)]
+struct OpSeries {
+    name: Cell<Option<&'static str>>,
+    count: Cell<u64>,
+    /// Non-cumulative: `buckets[i]` counts requests in `(bound[i-1], bound[i]]`.
+    buckets: [Cell<u64>; 9],
+    sum_nanos: Cell<u64>,
+}
+
+#[derive(Default)]
+struct CodeSeries {
+    name: Cell<Option<&'static str>>,
+    count: Cell<u64>,
+}
+
+/// The kind of a watch subscription, as labelled in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    Instance,
+    All,
+}
+
+impl WatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchKind::Instance => "instance",
+            WatchKind::All => "all",
+        }
+    }
+}
+
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
+}
+
+/// Event counters of the acceptor; see the module comment.
+pub struct Metrics {
+    connections_total: Cell<u64>,
+    requests: [OpSeries; OP_SLOTS],
+    errors: [CodeSeries; ERROR_CODE_SLOTS],
+    events_forwarded: [Cell<u64>; 2],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            connections_total: Cell::new(0),
+            requests: Default::default(),
+            errors: Default::default(),
+            events_forwarded: Default::default(),
+        }
+    }
+
+    /// A connection was accepted (within the limit).
+    pub fn connection_accepted(&self) {
+        add(&self.connections_total, 1);
+    }
+
+    /// A request was answered. `op` is `None` for a request whose envelope
+    /// could not be read (it still counts as an error).
+    pub fn request_answered(&self, op: Option<Op>, elapsed: Duration, error: Option<ErrorCode>) {
+        if let Some(op) = op {
+            let index = op as usize;
+            debug_assert!(index < OP_SLOTS);
+            if let Some(series) = self.requests.get(index) {
+                if series.name.get().is_none() {
+                    series.name.set(Some(op.name()));
+                }
+                add(&series.count, 1);
+                let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                add(&series.sum_nanos, nanos);
+                if let Some(bucket) = REQUEST_DURATION_BUCKETS_NANOS
+                    .iter()
+                    .position(|&b| nanos <= b)
+                {
+                    add(&series.buckets[bucket], 1);
+                }
+            }
+        }
+        if let Some(code) = error {
+            let index = code as usize;
+            debug_assert!(index < ERROR_CODE_SLOTS);
+            if let Some(series) = self.errors.get(index) {
+                if series.name.get().is_none() {
+                    series.name.set(Some(code.as_str()));
+                }
+                add(&series.count, 1);
+            }
+        }
+    }
+
+    /// `n` events were written to subscribers of `kind`.
+    pub fn events_forwarded(&self, kind: WatchKind, n: u64) {
+        add(&self.events_forwarded[kind as usize], n);
+    }
+
+    pub fn connections_total(&self) -> u64 {
+        self.connections_total.get()
+    }
+
+    /// Requests answered for `op` so far.
+    pub fn requests(&self, op: Op) -> u64 {
+        self.requests.get(op as usize).map_or(0, |s| s.count.get())
+    }
+
+    /// Append the counters' exposition.
+    fn render(&self, out: &mut Exposition) {
+        out.header(
+            "rstmdb_requests_total",
+            "counter",
+            "Requests answered, by operation.",
+        );
+        for series in self.requests.iter().filter(|s| s.name.get().is_some()) {
+            let op = series.name.get().unwrap_or_default();
+            out.sample(
+                "rstmdb_requests_total",
+                &[("operation", op)],
+                series.count.get() as f64,
+            );
+        }
+        out.header(
+            "rstmdb_errors_total",
+            "counter",
+            "Error responses, by RCP error code.",
+        );
+        for series in self.errors.iter().filter(|s| s.name.get().is_some()) {
+            let code = series.name.get().unwrap_or_default();
+            out.sample(
+                "rstmdb_errors_total",
+                &[("code", code)],
+                series.count.get() as f64,
+            );
+        }
+        out.header(
+            "rstmdb_request_duration_seconds",
+            "histogram",
+            "Time from reading a request to its answer being ready to write, by operation.",
+        );
+        for series in self.requests.iter().filter(|s| s.name.get().is_some()) {
+            let op = series.name.get().unwrap_or_default();
+            let mut cumulative = 0u64;
+            for (bound, bucket) in REQUEST_DURATION_BUCKETS_SECONDS.iter().zip(&series.buckets) {
+                cumulative += bucket.get();
+                out.sample(
+                    "rstmdb_request_duration_seconds_bucket",
+                    &[("operation", op), ("le", &format_float(*bound))],
+                    cumulative as f64,
+                );
+            }
+            out.sample(
+                "rstmdb_request_duration_seconds_bucket",
+                &[("operation", op), ("le", "+Inf")],
+                series.count.get() as f64,
+            );
+            out.sample(
+                "rstmdb_request_duration_seconds_sum",
+                &[("operation", op)],
+                series.sum_nanos.get() as f64 / 1e9,
+            );
+            out.sample(
+                "rstmdb_request_duration_seconds_count",
+                &[("operation", op)],
+                series.count.get() as f64,
+            );
+        }
+        out.header(
+            "rstmdb_events_forwarded_total",
+            "counter",
+            "Watch events written to subscribers, by subscription type.",
+        );
+        for kind in [WatchKind::Instance, WatchKind::All] {
+            out.sample(
+                "rstmdb_events_forwarded_total",
+                &[("type", kind.as_str())],
+                self.events_forwarded[kind as usize].get() as f64,
+            );
+        }
+    }
+}
+
+/// A value as Prometheus prints it: integers without a fraction.
+fn format_float(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A Prometheus text-format (0.0.4) document being written.
+pub struct Exposition {
+    text: String,
+}
+
+impl Default for Exposition {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Exposition {
+            text: String::with_capacity(16 * 1024),
+        }
+    }
+
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                self.text.push_str(key);
+                self.text.push_str("=\"");
+                for c in value.chars() {
+                    match c {
+                        '\\' => self.text.push_str("\\\\"),
+                        '"' => self.text.push_str("\\\""),
+                        '\n' => self.text.push_str("\\n"),
+                        c => self.text.push(c),
+                    }
+                }
+                self.text.push('"');
+            }
+            self.text.push('}');
+        }
+        self.text.push(' ');
+        self.text.push_str(&format_float(value));
+        self.text.push('\n');
+    }
+
+    /// A metric with one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.header(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// Render the acceptor's counters (used by the scrape and by tests).
+pub fn render_counters(metrics: &Metrics, out: &mut Exposition) {
+    metrics.render(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_series_appear_on_first_use() {
+        let m = Metrics::new();
+        let mut out = Exposition::new();
+        m.render(&mut out);
+        let text = out.finish();
+        assert!(!text.contains("operation=\"PING\""), "{text}");
+
+        m.request_answered(Some(Op::Ping), Duration::from_micros(500), None);
+        m.request_answered(Some(Op::Ping), Duration::from_millis(20), None);
+        m.request_answered(Some(Op::Ping), Duration::from_secs(3), None);
+        m.request_answered(
+            Some(Op::GetInstance),
+            Duration::from_micros(1),
+            Some(ErrorCode::InstanceNotFound),
+        );
+        let mut out = Exposition::new();
+        m.render(&mut out);
+        let text = out.finish();
+        for line in [
+            "rstmdb_requests_total{operation=\"PING\"} 3",
+            "rstmdb_requests_total{operation=\"GET_INSTANCE\"} 1",
+            "rstmdb_errors_total{code=\"INSTANCE_NOT_FOUND\"} 1",
+            "rstmdb_request_duration_seconds_bucket{operation=\"PING\",le=\"0.001\"} 1",
+            "rstmdb_request_duration_seconds_bucket{operation=\"PING\",le=\"0.01\"} 1",
+            "rstmdb_request_duration_seconds_bucket{operation=\"PING\",le=\"0.025\"} 2",
+            "rstmdb_request_duration_seconds_bucket{operation=\"PING\",le=\"1\"} 2",
+            "rstmdb_request_duration_seconds_bucket{operation=\"PING\",le=\"+Inf\"} 3",
+            "rstmdb_request_duration_seconds_count{operation=\"PING\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert_eq!(m.requests(Op::Ping), 3);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::new();
+        out.sample("x", &[("a", "q\"b\\n\n")], 1.5);
+        assert_eq!(out.finish(), "x{a=\"q\\\"b\\\\n\\n\"} 1.5\n");
+    }
+}

@@ -1,0 +1,161 @@
+//! Graceful shutdown on SIGTERM or SIGINT.
+//!
+//! A signal thread (signal-hook) turns the first SIGTERM/SIGINT into a
+//! message to the acceptor, which then, in order:
+//! 1. stops accepting (the listening socket is closed, so new connections
+//!    are refused by the kernel);
+//! 2. asks every connection to stop reading: requests already received are
+//!    answered, nothing more is read, and each connection closes once every
+//!    answer it owes is written (watch connections close after their
+//!    pending writes); it waits up to `SHUTDOWN_DRAIN_TIMEOUT_MS` for them;
+//! 3. sends `ShardMsg::Shutdown` to every shard — each finishes its current
+//!    group commit, syncs its WAL and stops — and waits up to
+//!    `SHUTDOWN_SHARD_SYNC_TIMEOUT_MS` for all of them;
+//! 4. returns, and the process exits 0.
+//!
+//! Because the shards stop between groups with their logs synced, the next
+//! start finds no torn tail. A connection whose peer does not read its
+//! answers cannot hold the shutdown beyond the drain timeout: its writes
+//! are abandoned (they were durable already; only the answer is lost, as
+//! with any dropped connection).
+//!
+//! Bounded: if the whole sequence has not finished
+//! `SHUTDOWN_DEADLINE_MS` after the signal, the signal thread exits the
+//! process with status 1 (logged). A second SIGTERM/SIGINT exits at once
+//! with status 1. Either way every acknowledged write is already durable
+//! under `every_write`; only the clean-stop guarantees are lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Longest the acceptor waits for open connections to finish.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
+/// Longest the acceptor waits for every shard to sync and stop.
+pub const SHUTDOWN_SHARD_SYNC_TIMEOUT_MS: u64 = 5_000;
+/// After the first signal the process is gone within this long, cleanly or not.
+pub const SHUTDOWN_DEADLINE_MS: u64 = 15_000;
+/// How often the drain checks whether every connection is gone.
+pub const SHUTDOWN_DRAIN_POLL_MS: u64 = 10;
+/// Exit status when the graceful sequence was cut short.
+pub const SHUTDOWN_FORCED_EXIT_CODE: i32 = 1;
+
+/// Receives the request to shut down (the acceptor awaits it).
+#[derive(Clone)]
+pub struct ShutdownRequest {
+    rx: flume::Receiver<&'static str>,
+    /// Set once shutdown began: the watchdog stops judging shards, which
+    /// stop heartbeating when they stop.
+    pub begun: Arc<AtomicBool>,
+}
+
+impl ShutdownRequest {
+    /// Completes with the signal's name when shutdown is requested.
+    pub async fn requested(&self) -> &'static str {
+        // The sender lives as long as the signal thread, i.e. forever.
+        self.rx.recv_async().await.unwrap_or("shutdown")
+    }
+
+    pub fn is_begun(&self) -> bool {
+        self.begun.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_begun(&self) {
+        self.begun.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Install the SIGTERM/SIGINT handlers and start the signal thread.
+pub fn install() -> Result<ShutdownRequest, String> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (tx, rx) = flume::bounded(1);
+    let begun = Arc::new(AtomicBool::new(false));
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut received = 0u32;
+            for signal in signals.forever() {
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                received += 1;
+                if received == 1 {
+                    tracing::info!(
+                        "received {name}: shutting down (stop accepting, finish requests in flight, sync every shard's WAL)"
+                    );
+                    let _ = tx.try_send(name);
+                    std::thread::spawn(|| {
+                        std::thread::sleep(Duration::from_millis(SHUTDOWN_DEADLINE_MS));
+                        let msg = format!(
+                            "graceful shutdown did not finish within {SHUTDOWN_DEADLINE_MS} ms; exiting with status {SHUTDOWN_FORCED_EXIT_CODE}"
+                        );
+                        tracing::error!("{msg}");
+                        eprintln!("corestate: {msg}");
+                        std::process::exit(SHUTDOWN_FORCED_EXIT_CODE);
+                    });
+                } else {
+                    let msg = format!(
+                        "received {name} again: exiting now with status {SHUTDOWN_FORCED_EXIT_CODE} without waiting for the graceful shutdown"
+                    );
+                    tracing::warn!("{msg}");
+                    eprintln!("corestate: {msg}");
+                    std::process::exit(SHUTDOWN_FORCED_EXIT_CODE);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(ShutdownRequest { rx, begun })
+}
+
+/// Step 2: stop every connection's reading and wait until all are closed
+/// or the drain timeout passes. Returns how many were still open.
+pub async fn drain_connections(ctx: &crate::server::context::ServerCtx) -> usize {
+    let open = ctx.conns.len();
+    ctx.conns.stop_all();
+    if open > 0 {
+        tracing::info!("shutdown: waiting for {open} connection(s) to finish their requests");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_TIMEOUT_MS);
+    while !ctx.conns.is_empty() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_DRAIN_POLL_MS)).await;
+    }
+    let left = ctx.conns.len();
+    if left > 0 {
+        tracing::warn!(
+            "shutdown: {left} connection(s) still open after {SHUTDOWN_DRAIN_TIMEOUT_MS} ms (peers not reading their answers); closing them"
+        );
+    }
+    left
+}
+
+/// Step 3: every shard finishes its group, syncs its WAL and stops. Returns
+/// the shards that did not confirm in time.
+pub async fn stop_shards(router: &crate::server::context::Router) -> Vec<usize> {
+    use shards::shard::ShardMsg;
+    let mut waiting = Vec::new();
+    let mut failed = Vec::new();
+    for (id, mailbox) in router.all().iter().enumerate() {
+        let (tx, rx) = flume::bounded(1);
+        match mailbox.send(ShardMsg::Shutdown { done: tx }) {
+            Ok(()) => waiting.push((id, rx)),
+            Err(_) => failed.push(id),
+        }
+    }
+    let deadline =
+        std::time::Instant::now() + Duration::from_millis(SHUTDOWN_SHARD_SYNC_TIMEOUT_MS);
+    for (id, rx) in waiting {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let confirmed = futures_lite::future::or(async { rx.recv_async().await.is_ok() }, async {
+            glommio::timer::sleep(left).await;
+            false
+        })
+        .await;
+        if !confirmed {
+            failed.push(id);
+        }
+    }
+    failed.sort_unstable();
+    failed
+}
