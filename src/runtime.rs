@@ -237,6 +237,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                     max_batch_ops: config.max_batch_ops,
                     max_connections: config.max_connections,
                     idle_timeout: config.idle_timeout(),
+                    allow_flush_all: config.allow_flush_all,
                 },
                 metrics: Metrics::new(),
                 refusals: RefusalLog::new(),

@@ -25,6 +25,8 @@ pub struct Limits {
     /// Close a connection that sent nothing for this long while no request
     /// of it was in flight; `None` disables it.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `storage.allow_flush_all`: FLUSH_ALL is refused unless set.
+    pub allow_flush_all: bool,
 }
 
 /// The shard mailboxes, indexed by shard id.

@@ -125,7 +125,7 @@ pub async fn dispatch(
         // requests of this connection do.
         Op::Batch => answer(reply, batch::run(ctx, params).await),
         Op::WatchInstance => answer(reply, watch_ops::watch_instance(ctx, watch, params).await),
-        Op::WatchAll => answer(reply, watch_ops::watch_all(ctx, watch, params)),
+        Op::WatchAll => answer(reply, watch_ops::watch_all(ctx, watch, params).await),
         Op::Unwatch => answer(reply, watch_ops::unwatch(watch, params)),
         Op::SnapshotInstance | Op::WalRead | Op::WalStats | Op::Compact | Op::FlushAll => {
             answer(reply, storage_ops::handle(ctx, op, params).await)

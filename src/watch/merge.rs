@@ -22,8 +22,22 @@ use shards::shard::events::{Publication, WatchEvent};
 use shards::shard::ShardMsg;
 use shards::wal::Frontier;
 
-/// Released events kept in memory for subscribers.
+/// Released events kept in memory for subscribers, at most.
 pub const WATCH_RING_EVENTS_MAX: usize = 65_536;
+/// Bytes of released events kept in memory for subscribers, at most.
+pub const WATCH_RING_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Approximate memory an event holds.
+fn event_bytes(e: &WatchEvent) -> usize {
+    std::mem::size_of::<WatchEvent>()
+        + e.instance_id.len()
+        + e.machine.len()
+        + e.from_state.len()
+        + e.to_state.len()
+        + e.event.len()
+        + e.payload_json.len()
+        + e.ctx_json.len()
+}
 
 struct Pending(Arc<WatchEvent>);
 
@@ -49,6 +63,7 @@ pub struct Merger {
     advance_asked: Vec<bool>,
     pending: BinaryHeap<Reverse<Pending>>,
     ring: VecDeque<Arc<WatchEvent>>,
+    ring_bytes: usize,
     /// Every released event with offset ≥ `ring_floor` is in `ring`.
     ring_floor: u64,
     /// Every event with offset < `released_upto` has been released.
@@ -68,6 +83,7 @@ impl Merger {
             watermarks,
             pending: BinaryHeap::new(),
             ring: VecDeque::new(),
+            ring_bytes: 0,
             ring_floor: start,
             released_upto: start,
             wakers: Vec::new(),
@@ -114,13 +130,23 @@ impl Merger {
                 break;
             };
             debug_assert!(self.ring.back().is_none_or(|last| last.offset < e.offset));
+            self.ring_bytes += event_bytes(&e);
             self.ring.push_back(e);
             released += 1;
         }
-        while self.ring.len() > WATCH_RING_EVENTS_MAX {
-            if let Some(old) = self.ring.pop_front() {
-                self.ring_floor = old.offset + 1;
-            }
+        // With nobody subscribed nothing needs the ring: keep it empty (a
+        // later subscriber older than the floor reads the logs).
+        self.wakers.retain(|w| w.strong_count() > 0);
+        let keep_none = self.wakers.is_empty();
+        while keep_none
+            || self.ring.len() > WATCH_RING_EVENTS_MAX
+            || self.ring_bytes > WATCH_RING_BYTES_MAX
+        {
+            let Some(old) = self.ring.pop_front() else {
+                break;
+            };
+            self.ring_bytes -= event_bytes(&old);
+            self.ring_floor = old.offset + 1;
         }
         self.released_upto = self.released_upto.max(floor);
         released
@@ -227,9 +253,17 @@ mod tests {
         }
     }
 
+    fn watched(m: &mut Merger) -> Rc<flume::Sender<()>> {
+        let (tx, _rx) = flume::bounded(1);
+        let tx = Rc::new(tx);
+        m.register_waker(&tx);
+        tx
+    }
+
     #[test]
     fn events_are_released_in_offset_order_only_below_every_watermark() {
         let mut m = Merger::new(vec![0, 0]);
+        let _w = watched(&mut m);
         m.accept(publication(0, &[10, 30], 31));
         assert_eq!(m.release(), 0, "shard 1 may still produce lower offsets");
         assert_eq!(m.shards_to_advance(), vec![1]);
@@ -256,6 +290,34 @@ mod tests {
     }
 
     #[test]
+    fn without_subscribers_the_ring_stays_empty() {
+        let mut m = Merger::new(vec![0]);
+        m.accept(publication(0, &[5, 6, 7], 100));
+        assert_eq!(m.release(), 3);
+        assert_eq!(m.ring_floor(), 8);
+        assert!(m.events_from(5, 10).is_none(), "gone: read from the logs");
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        let mut m = Merger::new(vec![0]);
+        let _w = watched(&mut m);
+        let big = |offset: u64| {
+            let mut e = (*ev(offset)).clone();
+            e.ctx_json = vec![b' '; 1024 * 1024];
+            Arc::new(e)
+        };
+        m.accept(Publication {
+            shard: 0,
+            events: (1..=40).map(big).collect(),
+            watermark: u64::MAX,
+        });
+        m.release();
+        assert!(m.ring_bytes <= WATCH_RING_BYTES_MAX);
+        assert!(m.ring_floor() > 1);
+    }
+
+    #[test]
     fn a_restarted_merge_starts_at_the_shards_watermarks() {
         let m = Merger::new(vec![500, 300]);
         assert_eq!(m.released_upto(), 300);
@@ -269,6 +331,7 @@ mod tests {
     #[test]
     fn the_ring_is_bounded_and_reports_what_it_dropped() {
         let mut m = Merger::new(vec![0]);
+        let _w = watched(&mut m);
         let offsets: Vec<u64> = (1..=(WATCH_RING_EVENTS_MAX as u64 + 10)).collect();
         m.accept(publication(0, &offsets, u64::MAX));
         m.release();

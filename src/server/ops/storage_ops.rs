@@ -34,7 +34,7 @@ pub async fn handle(ctx: &ServerCtx, op: Op, params: &Value) -> EngineResult<Vec
         Op::WalStats => wal_stats(&ctx.router).await,
         Op::Compact => compact(&ctx.router, params).await,
         Op::SnapshotInstance => snapshot_instance(ctx, params).await,
-        Op::FlushAll => Err(EngineError::bad_request("FLUSH_ALL is not supported yet")),
+        Op::FlushAll => flush_all(ctx).await,
         _ => Err(EngineError::internal("not a storage operation")),
     }
 }
@@ -238,4 +238,34 @@ async fn snapshot_instance(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<
         })
         .map_err(|_| shard_gone())?;
     rx.recv_async().await.map_err(|_| shard_gone())?
+}
+
+/// FLUSH_ALL (spec §4.14, made durable): every shard logs a `Flush` record
+/// before forgetting its data, so a restart does not bring anything back;
+/// then the catalog forgets every machine.
+async fn flush_all(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
+    if !ctx.limits.allow_flush_all {
+        return Err(EngineError::bad_request(
+            "FLUSH_ALL is disabled. Set storage.allow_flush_all=true in config to enable.",
+        ));
+    }
+    let mut waits = Vec::with_capacity(ctx.router.shards());
+    for mailbox in ctx.router.all() {
+        let (tx, rx) = flume::bounded(1);
+        mailbox
+            .send(ShardMsg::Flush { done: tx })
+            .map_err(|_| shard_gone())?;
+        waits.push(rx);
+    }
+    let mut instances = 0u64;
+    for rx in waits {
+        let (removed, _) = rx.recv_async().await.map_err(|_| shard_gone())??;
+        instances += removed;
+    }
+    let machines = ctx.catalog.clear() as u64;
+    let mut r = ResultWriter::new();
+    r.bool("flushed", true)
+        .u64("instances_removed", instances)
+        .u64("machines_removed", machines);
+    Ok(r.finish())
 }

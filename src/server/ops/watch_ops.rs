@@ -75,6 +75,9 @@ pub async fn watch_instance(
     let current: Value = serde_json::from_slice(&got)
         .map_err(|e| EngineError::internal(format!("instance result: {e}")))?;
     let last_offset = current["last_wal_offset"].as_u64().unwrap_or(0);
+    if let Some(from) = from_offset {
+        check_retained(ctx, from).await?;
+    }
     let id = new_subscription_id();
     add(
         ctx,
@@ -97,7 +100,25 @@ pub async fn watch_instance(
     Ok(r.finish())
 }
 
-pub fn watch_all(
+/// A replay from `from` needs every shard's log from `from` on: refuse an
+/// offset older than what compaction kept, naming the oldest one available.
+pub async fn check_retained(ctx: &ServerCtx, from: u64) -> EngineResult<()> {
+    let oldest = super::storage_ops::shard_stats(&ctx.router)
+        .await?
+        .iter()
+        .map(|s| s.retained_from)
+        .max()
+        .unwrap_or(0);
+    if from < oldest {
+        return Err(EngineError::bad_request(format_args!(
+            "from_offset {from} is older than the oldest offset still in the log ({oldest}); \
+             earlier records were compacted away"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn watch_all(
     ctx: &ServerCtx,
     watch: &Rc<RefCell<ConnWatch>>,
     params: &Value,
@@ -111,6 +132,9 @@ pub fn watch_all(
         to_states: p.opt_str_list("to_states")?,
         events: p.opt_str_list("events")?,
     };
+    if let Some(from) = from_offset {
+        check_retained(ctx, from).await?;
+    }
     let cursor = from_offset.unwrap_or_else(|| ctx.merger.borrow().live_start());
     let id = new_subscription_id();
     add(
