@@ -273,11 +273,11 @@ fn every_acknowledged_write_survives_repeated_sigkills() {
             }
             // An in-flight create of a never-acknowledged instance: whole or absent.
             if let Some((id, k)) = ledger.in_flight.take() {
-                if !ledger.acked.contains_key(&id) {
-                    let got = c.call("GET_INSTANCE", json!({"instance_id": id}));
+                if let std::collections::hash_map::Entry::Vacant(slot) = ledger.acked.entry(id) {
+                    let got = c.call("GET_INSTANCE", json!({"instance_id": slot.key()}));
                     if got["status"] == "ok" {
-                        assert!(matches(&got, &k), "half-present create {id}: {got}");
-                        ledger.acked.insert(id, k);
+                        assert!(matches(&got, &k), "half-present create {}: {got}", slot.key());
+                        slot.insert(k);
                     }
                 }
             }
