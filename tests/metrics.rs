@@ -272,6 +272,20 @@ fn a_scrape_reports_requests_errors_connections_watches_wal_shards_and_process()
                 &format!("corestate_shard_wal_records_per_sync{{shard=\"{shard}\"}}")
             ) > 0.0
         );
+        let commits = value(
+            &m,
+            &format!("corestate_shard_wal_commit_latency_seconds_count{{shard=\"{shard}\"}}"),
+        );
+        assert!(commits > 0.0, "commit latency histogram for shard {shard}");
+        assert_eq!(
+            value(
+                &m,
+                &format!(
+                    "corestate_shard_wal_commit_latency_seconds_bucket{{shard=\"{shard}\",le=\"+Inf\"}}"
+                )
+            ),
+            commits
+        );
         records += value(
             &m,
             &format!("corestate_shard_wal_records_appended_total{{shard=\"{shard}\"}}"),

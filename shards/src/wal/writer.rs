@@ -24,6 +24,11 @@ use super::segment::{
 };
 use crate::error::EngineError;
 
+/// Upper bounds of the group-commit latency histogram (write + sync), in µs.
+pub const COMMIT_LATENCY_BUCKETS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000,
+];
+
 /// Counters reported by WAL_STATS and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -33,6 +38,19 @@ pub struct WalStats {
     pub syncs: u64,
     pub group_commits: u64,
     pub segments_created: u64,
+    /// Group commits by latency: `[i]` counts those ≤ `COMMIT_LATENCY_BUCKETS_US[i]`
+    /// (and above the previous bound); slower ones are only in the count.
+    pub commit_latency_buckets: [u64; COMMIT_LATENCY_BUCKETS_US.len()],
+    pub commit_latency_sum_us: u64,
+}
+
+impl WalStats {
+    fn record_commit_latency(&mut self, us: u64) {
+        self.commit_latency_sum_us += us;
+        if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.commit_latency_buckets[i] += 1;
+        }
+    }
 }
 
 type PreparedSegment = flume::Receiver<io::Result<SegmentFile>>;
@@ -188,6 +206,7 @@ impl WalWriter {
             self.unwritten_floor = None;
             return Ok(());
         }
+        let started = Instant::now();
         let mut chunks = std::mem::take(&mut self.chunks);
         let counts = std::mem::replace(&mut self.chunk_records, vec![0]);
         for (i, chunk) in chunks.iter().enumerate() {
@@ -227,6 +246,8 @@ impl WalWriter {
             }
             FsyncPolicy::Never => {}
         }
+        self.stats
+            .record_commit_latency(started.elapsed().as_micros() as u64);
         self.prepare_next_segment_early();
         Ok(())
     }
