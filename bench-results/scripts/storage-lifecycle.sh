@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Storage lifecycle measurements (issue 4): recovery time for a WAL of
+# 1,000,000 applied events, snapshot time and request pause with 1,000,000
+# instances, and disk bytes per event. Uses the release binaries; prints a
+# markdown report on stdout. Run from the repository root:
+#   bash bench-results/scripts/storage-lifecycle.sh > bench-results/<date>/storage-lifecycle.md
+set -euo pipefail
+S=target/release/corestate
+B=target/release/corestate-bench
+cargo build --release -q --bin corestate -p corestate
+cargo build --release -q -p corestate-bench --bin corestate-bench
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_ready() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+rcp() { # port op params-json -> result json (raw RCPX via python)
+  python3 - "$@" <<'PY'
+import socket, struct, json, sys, zlib
+def crc32c(b):
+    c=0xFFFFFFFF
+    for x in b:
+        c^=x
+        for _ in range(8): c=(c>>1)^(0x82F63B78 if c&1 else 0)
+    return c^0xFFFFFFFF
+port, op, params = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+p=json.dumps({"type":"request","id":"1","op":op,"params":params}).encode()
+s=socket.create_connection(("127.0.0.1",port)); s.settimeout(600)
+s.sendall(b"RCPX"+struct.pack(">HHHII",1,1,0,len(p),crc32c(p))+p)
+h=b""
+while len(h)<18: h+=s.recv(18-len(h))
+n=struct.unpack(">I",h[10:14])[0]; b=b""
+while len(b)<n: b+=s.recv(n-len(b))
+print(json.dumps(json.loads(b)))
+PY
+}
+work=$(mktemp -d)
+printf 'compaction:\n  enabled: false\n' > $work/nocompact.yaml
+echo "# Storage lifecycle (issue 4)"
+echo
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); $(date -u +%F)."
+echo "Command: \`bash bench-results/scripts/storage-lifecycle.sh\`"
+echo
+
+# 1. Recovery of 1,000,000 applied events (no snapshot: pure log replay).
+p=$(port); d=$work/replay
+$S --bind 127.0.0.1:$p --data-dir $d --fsync never --config $work/nocompact.yaml 2>$work/r1.log & pid=$!
+wait_ready $p
+entries_of() { rcp $1 WAL_STATS '{}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["result"]["entry_count"])'; }
+while [ "$(entries_of $p)" -lt 1000000 ]; do
+  $B --addr 127.0.0.1:$p --workload apply --connections 16 --pipeline 32 --instances 1000 --duration 4 --warmup 0 > $work/gen.out 2>&1 || true
+done
+stats=$(rcp $p WAL_STATS '{}')
+kill -TERM $pid; wait $pid || true
+entries=$(echo "$stats" | python3 -c 'import json,sys;print(json.load(sys.stdin)["result"]["entry_count"])')
+written=$(echo "$stats" | python3 -c 'import json,sys;print(json.load(sys.stdin)["result"]["io_stats"]["bytes_written"])')
+p=$(port)
+start=$(date +%s.%N)
+$S --bind 127.0.0.1:$p --data-dir $d --fsync never --config $work/nocompact.yaml 2>$work/r2.log & pid=$!
+wait_ready $p
+end=$(date +%s.%N)
+kill -TERM $pid; wait $pid || true
+echo "## Recovery of a WAL with $entries records (1,000,000 applied events + setup)"
+echo
+echo "- Start to listening (replay of every record, no snapshot): **$(python3 -c "print(round($end-$start,2))") s**"
+echo "- Log bytes written: $written; **$(python3 -c "print(round($written/$entries,1))") bytes per record** (40-byte header + JSON entry with the new context)"
+echo "- Recovery log line: \`$(grep -o 'recovered.*' $work/r2.log | head -1)\`"
+echo
+
+# 2. Snapshot of 1,000,000 instances, and the pause requests see meanwhile.
+p=$(port); d=$work/snap
+$S --bind 127.0.0.1:$p --data-dir $d --fsync never --config $work/nocompact.yaml 2>$work/s1.log & pid=$!
+wait_ready $p
+total_of() { rcp $1 LIST_INSTANCES '{"limit":0}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["result"]["total"])'; }
+while [ "$(total_of $p)" -lt 1000000 ]; do
+  $B --addr 127.0.0.1:$p --workload create --connections 16 --pipeline 32 --instances 1 --duration 4 --warmup 0 > $work/create.out 2>&1 || true
+done
+instances=$(total_of $p)
+# A light get load runs through the snapshot; its max latency is the pause.
+$B --addr 127.0.0.1:$p --workload get --connections 4 --pipeline 1 --instances 1000 --duration 12 --warmup 0 --json $work/pause.json > $work/pause.out 2>&1 &
+bench=$!
+sleep 3
+t0=$(date +%s.%N)
+compact=$(rcp $p COMPACT '{"force_snapshot":true}')
+t1=$(date +%s.%N)
+wait $bench || true
+kill -TERM $pid; wait $pid || true
+snapbytes=$(du -cb $d/shard-*/snapshots/*.snap | tail -1 | cut -f1)
+echo "## Snapshot with $instances instances"
+echo
+echo "- COMPACT (snapshot of every shard, written and synced): **$(python3 -c "print(round($t1-$t0,2))") s**; result: \`$(echo "$compact" | python3 -c 'import json,sys;print(json.dumps(json.load(sys.stdin)["result"]))')\`"
+echo "- Snapshot files: $snapbytes bytes ($(python3 -c "print(round($snapbytes/$instances,1))") bytes per instance)"
+echo "- Requests during the snapshot (4 connections of GET_INSTANCE, 12 s around it): $(grep -E 'latency' $work/pause.out | xargs)"
+echo "  The max is the longest any request waited, i.e. the pause."
+rm -rf $work
