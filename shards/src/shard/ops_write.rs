@@ -91,7 +91,7 @@ impl ShardState {
             creation,
             applied_keys: None,
         };
-        self.instances.insert(cmd.instance_id, instance);
+        self.insert_instance(cmd.instance_id, instance);
         self.active_instances += 1;
         Ok(r.finish())
     }

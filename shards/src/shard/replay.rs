@@ -140,7 +140,7 @@ impl ShardState {
                         wal_offset: offset,
                     })
                 });
-                self.instances.insert(
+                self.insert_instance(
                     instance_id,
                     Instance {
                         machine: def,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::result::ResultWriter;
 use super::runner::{fail_stop, Shard, ShardConfig};
-use super::snapshotting::{compact, write, CompactReport, SnapshotJob};
+use super::snapshotting::{compact, write, CompactReport, SliceOutcome, SnapshotJob};
 use crate::error::{EngineError, EngineResult};
 use crate::snapshot::{list_snapshots, WrittenSnapshot};
 use crate::wal::offset::make_offset;
@@ -28,8 +28,12 @@ pub struct AutoCompaction {
     pub min_interval: Duration,
 }
 
-/// How soon the loop must come back while a snapshot is in progress.
+/// How soon the loop must come back while a snapshot file is being written.
 const SNAPSHOT_WRITE_POLL_MS: u64 = 2;
+/// Pause between two snapshot slices. It must be a real wait, not a yield:
+/// only a task that is not ready lets the executor poll for network I/O, so
+/// the connections that share shard 0's executor keep being served.
+const SNAPSHOT_SLICE_INTERVAL_US: u64 = 100;
 
 pub struct StorageState {
     shard_dir: PathBuf,
@@ -71,7 +75,7 @@ impl StorageState {
     /// Upper bound for the loop's idle wait while storage work is pending.
     pub fn wait_hint(&self) -> Duration {
         if self.job.is_some() {
-            Duration::ZERO
+            Duration::from_micros(SNAPSHOT_SLICE_INTERVAL_US)
         } else if self.writing.is_some() {
             Duration::from_millis(SNAPSHOT_WRITE_POLL_MS)
         } else {
@@ -104,6 +108,7 @@ impl Shard {
     }
 
     fn compact_now(&mut self, mut report: CompactReport) -> CompactReport {
+        let started = Instant::now();
         let active = self.wal.segment_id();
         let result = self
             .reader_mut()
@@ -123,6 +128,12 @@ impl Shard {
             }
             Err(e) => report.error = Some(format!("compaction failed: {e}")),
         }
+        tracing::debug!(
+            "shard {}: compaction deleted {} segment(s) in {} us",
+            self.state.shard_id,
+            report.segments_deleted,
+            started.elapsed().as_micros()
+        );
         report
     }
 
@@ -174,10 +185,22 @@ impl Shard {
                 txns.values()
                     .find_map(|p| p.undo.original(id).map(|o| o.cloned()))
             };
-            if job.step(&self.state, &original) {
+            let outcome = job.step(&self.state, &original);
+            if outcome == SliceOutcome::Restart {
+                self.storage.job = None;
+                self.storage.wanted = true;
+                return;
+            }
+            if outcome == SliceOutcome::Done {
                 if let Some(job) = self.storage.job.take() {
                     let dir = self.storage.shard_dir.clone();
+                    let encode_ms = job.started.elapsed().as_millis();
                     let image = job.finish();
+                    tracing::debug!(
+                        "shard {}: snapshot encoded in {encode_ms} ms ({} bytes); writing",
+                        self.state.shard_id,
+                        image.len()
+                    );
                     let (tx, rx) = flume::bounded(1);
                     glommio::spawn_local(async move {
                         let result = glommio::executor()

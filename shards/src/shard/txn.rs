@@ -132,12 +132,8 @@ impl ShardState {
             let was_active = is_active(original.as_ref());
             self.active_instances = self.active_instances + was_active - now_active;
             match original {
-                Some(inst) => {
-                    self.instances.insert(id, inst);
-                }
-                None => {
-                    self.instances.remove(&id);
-                }
+                Some(inst) => self.insert_instance(id, inst),
+                None => self.remove_instance(&id),
             }
         }
         if let Some(from) = undo.events_from {
