@@ -29,7 +29,15 @@ pub fn write_response(
 }
 
 fn write_error_tail(out: &mut Vec<u8>, e: &EngineError) {
-    out.extend_from_slice(br#","status":"error","error":{"code":"#);
+    out.extend_from_slice(br#","status":"error","error":"#);
+    write_error_object(out, e);
+}
+
+/// An error object (`{"code":…,"message":…,"retryable":…}`, plus `details`
+/// when there are any): the `error` of a response, and of a BATCH result
+/// entry.
+pub fn write_error_object(out: &mut Vec<u8>, e: &EngineError) {
+    out.extend_from_slice(br#"{"code":"#);
     canonical::write_str(out, e.code.as_str());
     out.extend_from_slice(br#","message":"#);
     canonical::write_str(out, &e.message);
@@ -43,22 +51,6 @@ fn write_error_tail(out: &mut Vec<u8>, e: &EngineError) {
         out.extend_from_slice(br#","details":"#);
         canonical::write_value(out, &serde_json::Value::Object((**details).clone()));
     }
-    out.push(b'}');
-}
-
-/// An error as a JSON object (`{"code":…,"message":…,"retryable":…}`), for
-/// per-op entries of a BATCH result.
-pub fn write_error_object(out: &mut Vec<u8>, e: &EngineError) {
-    out.extend_from_slice(br#"{"code":"#);
-    canonical::write_str(out, e.code.as_str());
-    out.extend_from_slice(br#","message":"#);
-    canonical::write_str(out, &e.message);
-    out.extend_from_slice(br#","retryable":"#);
-    out.extend_from_slice(if e.code.retryable() {
-        b"true"
-    } else {
-        b"false"
-    });
     out.push(b'}');
 }
 
