@@ -132,14 +132,19 @@ impl SnapshotJob {
         }
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.encoder.finish()
+    /// The encoded image; sealing it (its checksum) is left to the writer
+    /// thread.
+    pub fn finish(self) -> crate::snapshot::codec::UnsealedImage {
+        self.encoder.into_unsealed()
     }
 }
 
-/// Write a finished snapshot image (blocking: run it off the shard loop).
-pub fn write(shard_dir: &Path, image: Vec<u8>) -> io::Result<WrittenSnapshot> {
-    write_snapshot(shard_dir, &image)
+/// Seal and write a snapshot image (blocking: run it off the shard loop).
+pub fn write(
+    shard_dir: &Path,
+    image: crate::snapshot::codec::UnsealedImage,
+) -> io::Result<WrittenSnapshot> {
+    write_snapshot(shard_dir, &image.seal())
 }
 
 fn age_ms(path: &Path) -> u64 {

@@ -197,9 +197,8 @@ impl Shard {
                     let encode_ms = job.started.elapsed().as_millis();
                     let image = job.finish();
                     tracing::debug!(
-                        "shard {}: snapshot encoded in {encode_ms} ms ({} bytes); writing",
-                        self.state.shard_id,
-                        image.len()
+                        "shard {}: snapshot encoded in {encode_ms} ms; writing",
+                        self.state.shard_id
                     );
                     let (tx, rx) = flume::bounded(1);
                     glommio::spawn_local(async move {

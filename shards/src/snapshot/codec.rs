@@ -413,8 +413,38 @@ impl SnapshotEncoder {
     }
 
     /// The complete file image.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
+        self.into_unsealed().seal()
+    }
+
+    /// The encoded image without its header checksum yet: `Send`, so the
+    /// (size-proportional) sealing can run off the shard's thread.
+    pub fn into_unsealed(mut self) -> UnsealedImage {
         self.out.push(TAG_END);
+        UnsealedImage {
+            out: self.out,
+            shard: self.shard,
+            covered_offset: self.covered_offset,
+            last_tick: self.last_tick,
+            machines: self.machines,
+            instances: self.instances,
+        }
+    }
+}
+
+/// A finished snapshot body whose header is not written yet.
+pub struct UnsealedImage {
+    out: Vec<u8>,
+    shard: u32,
+    covered_offset: u64,
+    last_tick: u64,
+    machines: u32,
+    instances: u64,
+}
+
+impl UnsealedImage {
+    /// Write the header (with the body's CRC) and return the file image.
+    pub fn seal(mut self) -> Vec<u8> {
         let body = &self.out[SNAPSHOT_HEADER_BYTES..];
         let header = SnapshotHeader {
             shard: self.shard,
