@@ -289,3 +289,57 @@ fn flush_all_is_refused_unless_enabled_and_survives_a_restart() {
         json!({"machine": "ctr", "version": 1, "instance_id": "again"}),
     );
 }
+
+#[test]
+fn automatic_compaction_snapshots_on_its_thresholds_and_loses_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(
+        work.path(),
+        "compaction:\n  enabled: true\n  events_threshold: 50\n  size_threshold_mb: 0\n  min_interval_secs: 1\n",
+    );
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let mut server = Server::start_in(&data, &["--config", &config]);
+    let mut c = server.raw();
+    put_counter(&mut c);
+    for i in 0..300 {
+        c.ok("CREATE_INSTANCE", json!({"machine": "ctr", "version": 1, "instance_id": format!("a{i}"), "initial_ctx": {"i": i}}));
+    }
+    // The shards check their thresholds as they work; give them their interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        c.ok("PING", Value::Null);
+        let stats = c.ok("WAL_STATS", Value::Null);
+        let snapshots: u64 = stats["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["snapshots"].as_u64().unwrap())
+            .sum();
+        if snapshots >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic snapshot: {stats}"
+        );
+        c.ok("CREATE_INSTANCE", json!({"machine": "ctr", "version": 1}));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.sigkill();
+    server.restart();
+    let mut c = server.raw();
+    let got = c.ok("GET_INSTANCE", json!({"instance_id": "a299"}));
+    assert_eq!(got["ctx"]["i"], 299);
+    assert!(
+        c.ok("LIST_INSTANCES", json!({"limit": 0}))["total"]
+            .as_u64()
+            .unwrap()
+            >= 300
+    );
+    assert!(
+        server.stderr().contains("recovered"),
+        "restart logged its recovery"
+    );
+}
