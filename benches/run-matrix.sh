@@ -12,6 +12,9 @@
 #
 # Settings come from the environment (defaults in brackets):
 #   WORKLOADS ["create apply get"]  SHAPES ["1x1 16x1 16x16 64x16"]
+#   CELLS [WORKLOADS x SHAPES] workload:shape pairs instead, e.g.
+#     "batch:16x1 batch:16x4 watch:16x16"
+#   BATCH_OPS [10] (batch)  SUBSCRIBERS [4] (watch)
 #   POLICIES ["every_write never"]  SERVERS ["corestate rstmdb"]  REPS [3]
 #   DURATION [5] WARMUP [1] (seconds)  INSTANCES [1000]  PAYLOAD_BYTES [32]
 #   OUT [bench-results/<UTC date>]  DATA_ROOT [target/bench-data] (must be
@@ -20,6 +23,15 @@
 #   names the commit it was built from (for matrix.txt) when given
 #   RSTMDB_BIN [target/rstmdb-0.3.0/bin/rstmdb, installed here if missing]
 #   EXTRA_BENCH_FLAGS [] appended to every harness command
+#   QUIET_LOAD_MAX [] when set, first wait until the 1-minute load average
+#   is below it and no rustc runs (checked every QUIET_POLL_SECS [60], for
+#   up to QUIET_WAIT_MAX_SECS [1800]); exit 3 if the machine never got quiet.
+#   Then, before every run, wait (same limits, polling every 10 s) until no
+#   rustc runs and the machine, with no server up, keeps fewer than
+#   QUIET_CPU_MAX [0.3] cores busy over 3 s.
+#   NOISY_RETRIES [0] repeat a run the harness flags NOISY (other processes
+#   busy in its window) up to this many times; the noisy attempts' JSON is
+#   kept as logs/<run>.noisy-<n>.json and left out of the summary
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,6 +53,21 @@ RSTMDB_ROOT=$ROOT/target/rstmdb-$RSTMDB_VERSION
 RSTMDB_BIN=${RSTMDB_BIN:-$RSTMDB_ROOT/bin/rstmdb}
 BENCH_BIN=$ROOT/target/release/corestate-bench
 EXTRA_BENCH_FLAGS=${EXTRA_BENCH_FLAGS:-}
+BATCH_OPS=${BATCH_OPS:-10}
+SUBSCRIBERS=${SUBSCRIBERS:-4}
+QUIET_LOAD_MAX=${QUIET_LOAD_MAX:-}
+QUIET_POLL_SECS=${QUIET_POLL_SECS:-60}
+QUIET_WAIT_MAX_SECS=${QUIET_WAIT_MAX_SECS:-1800}
+QUIET_CPU_MAX=${QUIET_CPU_MAX:-0.3}
+NOISY_RETRIES=${NOISY_RETRIES:-0}
+# Seconds of the CPU sample taken before each run, and between samples.
+QUIET_SAMPLE_SECS=3
+QUIET_RUN_POLL_SECS=10
+if [[ -z "${CELLS:-}" ]]; then
+    CELLS=""
+    for _w in $WORKLOADS; do for _s in $SHAPES; do CELLS="$CELLS $_w:$_s"; done; done
+fi
+CELLS=$(echo $CELLS)
 # How long a fresh server may take to accept connections.
 SERVER_READY_TIMEOUT_SECS=20
 # How long a server may take to exit after SIGTERM before SIGKILL.
@@ -65,7 +92,7 @@ fi
 mkdir -p "$OUT/runs" "$OUT/logs" "$DATA_ROOT"
 {
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
-    echo "WORKLOADS='$WORKLOADS' SHAPES='$SHAPES' POLICIES='$POLICIES' SERVERS='$SERVERS' REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP INSTANCES=$INSTANCES PAYLOAD_BYTES=$PAYLOAD_BYTES benches/run-matrix.sh"
+    echo "CELLS='$CELLS' POLICIES='$POLICIES' SERVERS='$SERVERS' REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP INSTANCES=$INSTANCES PAYLOAD_BYTES=$PAYLOAD_BYTES BATCH_OPS=$BATCH_OPS SUBSCRIBERS=$SUBSCRIBERS benches/run-matrix.sh"
     echo "corestate binary: $("$CORESTATE_BIN" --version 2>/dev/null || echo '?'), built $(date -u -r "$CORESTATE_BIN" +%Y-%m-%dT%H:%M:%SZ)${CORESTATE_COMMIT:+ from commit $CORESTATE_COMMIT}"
     echo "corestate: $CORESTATE_BIN --bind 127.0.0.1:<fresh port> --data-dir <fresh dir> --fsync <policy>"
     echo "rstmdb:    RSTMDB_BIND=127.0.0.1:<fresh port> RSTMDB_DATA=<fresh dir> RSTMDB_FSYNC_POLICY=<policy> $RSTMDB_BIN   (rstmdb $RSTMDB_VERSION from crates.io)"
@@ -147,29 +174,87 @@ start_server() {
     done
 }
 
+# --- a quiet machine --------------------------------------------------------
+load_1m() { cut -d' ' -f1 /proc/loadavg; }
+rustc_count() { pgrep -c rustc || true; }
+# Cores kept busy by everything on the machine over $1 seconds (/proc/stat:
+# user nice system irq softirq steal; idle and iowait are not busy).
+cpu_busy_cores() {
+    local _c u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2 _rest
+    read -r _c u1 n1 s1 i1 w1 q1 sq1 st1 _rest </proc/stat
+    sleep "$1"
+    read -r _c u2 n2 s2 i2 w2 q2 sq2 st2 _rest </proc/stat
+    awk -v b=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1))) \
+        -v hz="$(getconf CLK_TCK)" -v t="$1" 'BEGIN { printf "%.2f", b / hz / t }'
+}
+# Before a run (no server up): wait for no rustc and an idle CPU.
+wait_quiet_run() {
+    [[ -n "$QUIET_LOAD_MAX" ]] || return 0
+    local waited=0 busy
+    while :; do
+        busy=$(cpu_busy_cores "$QUIET_SAMPLE_SECS")
+        if [[ $(rustc_count) -eq 0 ]] && awk -v b="$busy" -v m="$QUIET_CPU_MAX" 'BEGIN { exit !(b < m) }'; then
+            ((waited == 0)) || log "quiet again after ${waited}s (${busy} cores busy)"
+            return 0
+        fi
+        if ((waited >= QUIET_WAIT_MAX_SECS)); then
+            log "the machine never got quiet in ${QUIET_WAIT_MAX_SECS}s before a run ($busy cores busy, $(rustc_count) rustc): stopping"
+            exit 3
+        fi
+        ((waited % 60 == 0)) && log "machine busy before a run ($busy cores busy, $(rustc_count) rustc); waiting"
+        sleep "$QUIET_RUN_POLL_SECS"
+        waited=$((waited + QUIET_RUN_POLL_SECS))
+    done
+}
+if [[ -n "$QUIET_LOAD_MAX" ]]; then
+    waited=0
+    until awk -v l="$(load_1m)" -v m="$QUIET_LOAD_MAX" 'BEGIN { exit !(l < m) }' &&
+        [[ $(rustc_count) -eq 0 ]]; do
+        if ((waited >= QUIET_WAIT_MAX_SECS)); then
+            log "the machine never got quiet in ${QUIET_WAIT_MAX_SECS}s (load $(load_1m), $(rustc_count) rustc): not measuring"
+            exit 3
+        fi
+        log "machine busy (load $(load_1m), $(rustc_count) rustc); waiting ${QUIET_POLL_SECS}s"
+        sleep "$QUIET_POLL_SECS"
+        waited=$((waited + QUIET_POLL_SECS))
+    done
+    log "machine quiet (load $(load_1m), no rustc) after ${waited}s"
+    echo "started on a quiet machine: 1-minute load $(load_1m) < $QUIET_LOAD_MAX, no rustc, after waiting ${waited}s" >>"$OUT/matrix.txt"
+fi
+
 # --- the matrix -------------------------------------------------------------
 read -r -a server_list <<<"$SERVERS"
+read -r -a cell_list <<<"$CELLS"
 total=0
-for _p in $POLICIES; do for _w in $WORKLOADS; do for _s in $SHAPES; do
-    total=$((total + REPS * ${#server_list[@]}))
-done; done; done
+for _p in $POLICIES; do
+    total=$((total + REPS * ${#server_list[@]} * ${#cell_list[@]}))
+done
 done_runs=0
 failed_runs=0
 started=$(date +%s)
 
 for policy in $POLICIES; do
-    for workload in $WORKLOADS; do
-        for shape in $SHAPES; do
-            conns=${shape%x*}
-            pipeline=${shape#*x}
-            for rep in $(seq 1 "$REPS"); do
-                order=("${server_list[@]}")
-                if ((rep % 2 == 0)); then
-                    order=()
-                    for ((i = ${#server_list[@]} - 1; i >= 0; i--)); do order+=("${server_list[$i]}"); done
-                fi
-                for server in "${order[@]}"; do
-                    name="$policy-$workload-$shape-$server-r$rep"
+    for cell in "${cell_list[@]}"; do
+        workload=${cell%%:*}
+        shape=${cell#*:}
+        conns=${shape%x*}
+        pipeline=${shape#*x}
+        workload_flags=()
+        case $workload in
+            batch) workload_flags=(--batch-ops "$BATCH_OPS") ;;
+            watch) workload_flags=(--subscribers "$SUBSCRIBERS") ;;
+        esac
+        for rep in $(seq 1 "$REPS"); do
+            order=("${server_list[@]}")
+            if ((rep % 2 == 0)); then
+                order=()
+                for ((i = ${#server_list[@]} - 1; i >= 0; i--)); do order+=("${server_list[$i]}"); done
+            fi
+            for server in "${order[@]}"; do
+                name="$policy-$workload-$shape-$server-r$rep"
+                attempt=0
+                while :; do
+                    wait_quiet_run
                     start_server "$server" "$policy" "$OUT/logs/$name.server.log"
                     # shellcheck disable=SC2086
                     cmd=("$BENCH_BIN" --addr "127.0.0.1:$SERVER_PORT" --workload "$workload"
@@ -177,20 +262,30 @@ for policy in $POLICIES; do
                         --warmup "$WARMUP" --instances "$INSTANCES" --payload-bytes "$PAYLOAD_BYTES"
                         --server-pid "$SERVER_PID" --json "$OUT/runs/$name.json" --no-progress-bar
                         --label "$server" --tag "server=$server" --tag "fsync=$policy" --tag "rep=$rep"
-                        $EXTRA_BENCH_FLAGS)
+                        "${workload_flags[@]}" $EXTRA_BENCH_FLAGS)
                     status=0
                     "${cmd[@]}" >"$OUT/logs/$name.bench.txt" 2>"$OUT/logs/$name.bench.err" || status=$?
                     stop_server
-                    done_runs=$((done_runs + 1))
-                    ops=$(grep -m1 'throughput' "$OUT/logs/$name.bench.txt" | awk '{print $2}' || true)
-                    if ((status != 0)); then
-                        failed_runs=$((failed_runs + 1))
-                        log "[$done_runs/$total] $name: FAILED (exit $status), see $OUT/logs/$name.bench.*"
-                        tail -5 "$OUT/logs/$name.bench.err" >&2 || true
-                    else
-                        log "[$done_runs/$total] $name: ${ops:-?} ops/s ($(($(date +%s) - started)) s elapsed)"
+                    if ((attempt < NOISY_RETRIES)) && grep -q 'NOISY' "$OUT/logs/$name.bench.txt"; then
+                        attempt=$((attempt + 1))
+                        log "$name: NOISY $(grep -m1 -o '([0-9.]* by other processes)' "$OUT/logs/$name.bench.txt"), repeating (attempt $((attempt + 1)))"
+                        mv "$OUT/runs/$name.json" "$OUT/logs/$name.noisy-$attempt.json" 2>/dev/null || true
+                        mv "$OUT/logs/$name.bench.txt" "$OUT/logs/$name.noisy-$attempt.bench.txt"
+                        continue
                     fi
+                    break
                 done
+                done_runs=$((done_runs + 1))
+                ops=$(grep -m1 'throughput' "$OUT/logs/$name.bench.txt" | awk '{print $2}' || true)
+                extra=$(grep -m1 -E '^  (batches|!!! LOSS|!!! ORDER)' "$OUT/logs/$name.bench.txt" |
+                    sed 's/^ *//' | cut -c1-90 || true)
+                if ((status != 0)); then
+                    failed_runs=$((failed_runs + 1))
+                    log "[$done_runs/$total] $name: FAILED (exit $status), see $OUT/logs/$name.bench.*"
+                    tail -5 "$OUT/logs/$name.bench.err" >&2 || true
+                else
+                    log "[$done_runs/$total] $name: ${ops:-?} ops/s${extra:+; $extra} ($(($(date +%s) - started)) s elapsed)"
+                fi
             done
         done
     done

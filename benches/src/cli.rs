@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::workload::{Mix, OpKind, PAYLOAD_BYTES_MAX};
+use crate::watch::SUBSCRIBERS_MAX;
+use crate::workload::{Mix, OpKind, BATCH_OPS_MAX, PAYLOAD_BYTES_MAX};
 
 /// Most load connections (rstmdb 0.3 refuses more than 1000 in total).
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -27,6 +28,10 @@ pub enum Workload {
     Get,
     /// Ratios given by --mix.
     Mix,
+    /// Atomic BATCHes of --batch-ops APPLY_EVENTs, spread over the shards.
+    Batch,
+    /// APPLY_EVENT writers plus --subscribers WATCH_ALL subscribers.
+    Watch,
 }
 
 impl Workload {
@@ -36,6 +41,8 @@ impl Workload {
             Workload::Apply => "apply",
             Workload::Get => "get",
             Workload::Mix => "mix",
+            Workload::Batch => "batch",
+            Workload::Watch => "watch",
         }
     }
 }
@@ -93,7 +100,19 @@ pub struct Args {
     /// Parse every response fully as JSON (slower generator)
     #[arg(long)]
     pub full_parse: bool,
+    /// APPLY_EVENT ops per BATCH (--workload batch), on distinct instances
+    /// spread over the server's shards
+    #[arg(long, value_name = "B", default_value_t = 10)]
+    pub batch_ops: usize,
+    /// WATCH_ALL subscriber connections (--workload watch)
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    pub subscribers: usize,
+    /// With --workload watch: fail the run (exit 1) when a subscriber misses
+    /// events or sees offsets out of order (normally reported, exit 0)
+    #[arg(long)]
+    pub fail_on_loss: bool,
     /// Seconds to wait for outstanding answers after the measured phase
+    /// (and, for watch subscribers, for late events)
     #[arg(long = "drain-timeout", value_name = "SECS", default_value_t = 10.0)]
     pub drain_timeout_secs: f64,
     /// Plain progress lines even on a terminal (or none with --quiet)
@@ -136,6 +155,8 @@ impl Args {
             (Workload::Create, None) => Ok(Mix::only(OpKind::Create)),
             (Workload::Apply, None) => Ok(Mix::only(OpKind::Apply)),
             (Workload::Get, None) => Ok(Mix::only(OpKind::Get)),
+            (Workload::Batch, None) => Ok(Mix::only(OpKind::Batch)),
+            (Workload::Watch, None) => Ok(Mix::only(OpKind::Apply)),
         }
     }
 
@@ -152,6 +173,8 @@ impl Args {
         range("pipeline", self.pipeline, 1, PIPELINE_MAX)?;
         range("payload-bytes", self.payload_bytes, 0, PAYLOAD_BYTES_MAX)?;
         range("instances", self.instances, 0, INSTANCES_MAX)?;
+        range("batch-ops", self.batch_ops, 1, BATCH_OPS_MAX)?;
+        range("subscribers", self.subscribers, 1, SUBSCRIBERS_MAX)?;
         let secs = |name: &str, v: f64, min: f64| {
             if v.is_finite() && v >= min && v <= PHASE_SECS_MAX {
                 Ok(())

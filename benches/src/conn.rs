@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::frame;
 use crate::response::{Checker, Failure};
-use crate::workload::{Expect, Generator, OpKind};
+use crate::workload::{Expect, Generator, OpKind, OP_KINDS};
 
 /// Initial read buffer; it grows (up to one maximal frame) only when a
 /// single frame does not fit.
@@ -63,6 +63,11 @@ pub struct Shared {
     /// Responses received in `[window_start, window_end)` are measured.
     pub window_start: Cell<Option<Instant>>,
     pub window_end: Cell<Option<Instant>>,
+    /// The window on the wall clock (Unix ns), for stamped applies: one
+    /// whose stamp falls in it belongs to the window, for the writer that
+    /// sent it and for the subscribers that receive its event alike.
+    pub window_start_unix_ns: Cell<Option<u64>>,
+    pub window_end_unix_ns: Cell<Option<u64>>,
     /// All verified responses so far (progress display).
     pub completed: Cell<u64>,
     /// All failures so far.
@@ -78,6 +83,8 @@ impl Shared {
             abort_notify: Notify::new(),
             window_start: Cell::new(None),
             window_end: Cell::new(None),
+            window_start_unix_ns: Cell::new(None),
+            window_end_unix_ns: Cell::new(None),
             completed: Cell::new(0),
             failures: Cell::new(0),
             printed_failures: Cell::new(0),
@@ -89,7 +96,15 @@ impl Shared {
             && self.window_end.get().is_none_or(|e| at < e)
     }
 
-    fn report_failure(&self, connection: usize, failure: &str) {
+    /// Whether a request stamped at `stamp_ns` was sent in the window.
+    pub fn stamp_in_window(&self, stamp_ns: u64) -> bool {
+        self.window_start_unix_ns
+            .get()
+            .is_some_and(|s| stamp_ns >= s)
+            && self.window_end_unix_ns.get().is_none_or(|e| stamp_ns < e)
+    }
+
+    pub fn report_failure(&self, connection: usize, failure: &str) {
         self.failures.set(self.failures.get() + 1);
         let printed = self.printed_failures.get();
         if printed < PRINTED_FAILURES_MAX {
@@ -111,7 +126,11 @@ impl Default for Shared {
 /// What one load connection measured.
 pub struct LoadOutcome {
     pub measured_ops: u64,
-    pub measured_by_kind: [u64; 3],
+    pub measured_by_kind: [u64; OP_KINDS],
+    /// Verified responses to stamped applies (whole run).
+    pub stamped_acked: u64,
+    /// … of which the stamp is in the measured window.
+    pub stamped_acked_in_window: u64,
     pub histogram: Histogram<u64>,
     /// Every failure (warm-up, window and drain), by code.
     pub failures: BTreeMap<String, u64>,
@@ -125,7 +144,9 @@ impl LoadOutcome {
     fn new() -> LoadOutcome {
         LoadOutcome {
             measured_ops: 0,
-            measured_by_kind: [0; 3],
+            measured_by_kind: [0; OP_KINDS],
+            stamped_acked: 0,
+            stamped_acked_in_window: 0,
             histogram: new_histogram(),
             failures: BTreeMap::new(),
             fatal: None,
@@ -144,6 +165,8 @@ struct Pending {
     id: u64,
     expect: Expect,
     sent_at: Instant,
+    /// The payload's `"t"` (0: none).
+    stamp_ns: u64,
 }
 
 /// A connected, greeted session.
@@ -234,8 +257,9 @@ impl Conn {
         }
     }
 
-    /// The payload range of the next complete frame, consumed.
-    fn next_frame(&mut self) -> std::io::Result<Option<std::ops::Range<usize>>> {
+    /// The payload range of the next complete frame, consumed; its bytes
+    /// stay readable through [`Conn::payload`] until the next read.
+    pub fn next_frame(&mut self) -> std::io::Result<Option<std::ops::Range<usize>>> {
         match frame::decode(&self.rbuf[self.rstart..self.rend]) {
             Ok(Some(d)) => {
                 let range = self.rstart + d.payload_start..self.rstart + d.payload_end;
@@ -263,8 +287,14 @@ impl Conn {
         }
     }
 
-    /// Reads once; fails on EOF.
-    async fn fill(&mut self) -> std::io::Result<usize> {
+    /// The bytes of a frame payload returned by [`Conn::next_frame`].
+    pub fn payload(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.rbuf[range]
+    }
+
+    /// Reads once; fails on EOF. Cancel-safe (nothing is lost when the
+    /// future is dropped before it completes).
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
         self.make_room();
         let n = self.stream.read(&mut self.rbuf[self.rend..]).await?;
         if n == 0 {
@@ -300,6 +330,7 @@ impl Conn {
                 id,
                 expect,
                 sent_at: Instant::now(),
+                stamp_ns: generator.stamp_ns(),
             });
             id += 1;
             added += 1;
@@ -384,6 +415,12 @@ impl Conn {
                 ) {
                     Ok(()) => {
                         outcome.completed += 1;
+                        if p.stamp_ns != 0 {
+                            outcome.stamped_acked += 1;
+                            if shared.stamp_in_window(p.stamp_ns) {
+                                outcome.stamped_acked_in_window += 1;
+                            }
+                        }
                         if measured {
                             outcome.measured_ops += 1;
                             outcome.measured_by_kind[p.expect.kind().index()] += 1;
@@ -416,6 +453,7 @@ impl Conn {
                         id,
                         expect,
                         sent_at: received_at,
+                        stamp_ns: generator.stamp_ns(),
                     });
                     id += 1;
                     added += 1;
@@ -447,6 +485,6 @@ fn abandoned(outstanding: usize) -> String {
 }
 
 /// Op kinds as JSON object keys, in order.
-pub fn kind_names() -> [&'static str; 3] {
+pub fn kind_names() -> [&'static str; OP_KINDS] {
     OpKind::ALL.map(OpKind::name)
 }

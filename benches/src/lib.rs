@@ -1,13 +1,14 @@
 //! corestate-bench: a load generator for RCP servers (corestate, rstmdb
 //! 0.3). Closed-loop pipelined connections on one thread drive a workload
-//! (create / apply / get / mix); every response is verified; throughput,
-//! latency percentiles, server and harness CPU per operation and WAL syncs
-//! per second are reported as text and JSON.
+//! (create / apply / get / mix / batch / watch); every response is
+//! verified; throughput, latency percentiles, server and harness CPU per
+//! operation and WAL syncs per second are reported as text and JSON.
 //!
 //! Data flow: `cli` flags → `run` (setup, phases, samples) → one
 //! `conn::Conn::run_load` task per connection, rendering requests with
-//! `workload` over `frame` and verifying answers with `response` →
-//! `stats` (/proc, getrusage) and `progress` alongside → `report`.
+//! `workload` over `frame` and verifying answers with `response` (plus one
+//! `watch::run_subscriber` task per WATCH_ALL subscriber) → `stats`
+//! (/proc, getrusage) and `progress` alongside → `report`.
 
 pub mod charts;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod response;
 pub mod run;
 pub mod stats;
 pub mod summarize;
+pub mod watch;
 pub mod workload;
 
 use std::process::ExitCode;

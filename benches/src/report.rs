@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::stats::{MachineFacts, ThreadCpu};
@@ -75,6 +76,99 @@ pub struct Latency {
     pub max_us: u64,
 }
 
+impl Latency {
+    /// Percentiles of a histogram of µs (all zero when it is empty).
+    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            min_us: h.min(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// `--workload batch`: each operation is one atomic BATCH of
+/// `ops_per_batch` APPLY_EVENTs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResults {
+    pub mode: &'static str,
+    pub ops_per_batch: usize,
+    /// Shards the instances of a batch were spread over.
+    pub shards: u64,
+    /// Where `shards` came from (INFO, or assumed).
+    pub shards_source: String,
+    /// Shards a batch touches (every batch touches the same number).
+    pub shards_per_batch: u64,
+    pub instances_per_connection: usize,
+    pub batches: u64,
+    pub batches_per_sec: f64,
+    /// Applied events: batches × ops per batch.
+    pub events: u64,
+    pub events_per_sec: f64,
+    pub server_cpu_us_per_event: Option<f64>,
+}
+
+/// One WATCH_ALL subscriber of `--workload watch`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberResult {
+    pub subscription_id: String,
+    /// Events whose stamp is in the measured window.
+    pub events_in_window: u64,
+    /// `events_in_window` per second of the window.
+    pub events_per_sec: f64,
+    /// `events_in_window` / applies of the window acknowledged.
+    pub delivered_fraction: f64,
+    /// Events of the whole run (warm-up and drain included).
+    pub events_total: u64,
+    /// `events_total` / applies of the whole run acknowledged.
+    pub delivered_fraction_total: f64,
+    pub foreign_events: u64,
+    pub order_violations: u64,
+    /// The first violations: [highest offset before, offset received].
+    pub first_violations: Vec<[u64; 2]>,
+    /// Receive time − the `t` stamp of the apply, for in-window events.
+    pub latency: Latency,
+    /// Why it stopped reading.
+    pub end: String,
+    /// When the last event arrived after the writers had finished (ms,
+    /// negative: before).
+    pub last_event_after_writers_ms: Option<i64>,
+    pub slow_path_events: u64,
+}
+
+/// `--workload watch`: subscribers beside an apply load.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchResults {
+    pub subscribers: usize,
+    pub include_ctx: bool,
+    /// Applies sent in the window (stamp) and acknowledged: the events
+    /// each subscriber should receive for the window.
+    pub applies_acked_in_window: u64,
+    /// Applies acknowledged over the whole run.
+    pub applies_acked_total: u64,
+    /// Some subscriber received fewer events than applies were acknowledged.
+    pub loss: bool,
+    /// Events that arrived after a higher offset, all subscribers.
+    pub order_violations: u64,
+    /// The lowest delivered fraction of any subscriber (window).
+    pub delivered_fraction_min: f64,
+    /// The lowest delivered fraction of any subscriber (whole run).
+    pub delivered_fraction_total_min: f64,
+    /// Per-subscriber delivered events/s: lowest and mean.
+    pub events_per_sec_min: f64,
+    pub events_per_sec_mean: f64,
+    /// Event latency over every subscriber's in-window events.
+    pub latency: Latency,
+    pub per_subscriber: Vec<SubscriberResult>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuUse {
     pub cpu_seconds: f64,
@@ -142,6 +236,16 @@ pub struct Results {
     pub max_stall_ms: u64,
     /// Responses the byte-level fast path did not recognise.
     pub slow_path_responses: u64,
+    /// Batch figures (`--workload batch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchResults>,
+    /// Subscriber figures (`--workload watch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchResults>,
+}
+
+fn percent(fraction: f64) -> String {
+    format!("{:.2} %", 100.0 * fraction)
 }
 
 fn thousands(n: u64) -> String {
@@ -242,6 +346,28 @@ impl Report {
                 let _ = writeln!(s, "  server CPU      n/a (no --server-pid)");
             }
         }
+        if let Some(b) = &r.batch {
+            let _ = writeln!(
+                s,
+                "  batches         {} batches/s x {} ops = {} events/s   ({} {} batches, \
+                 each over {} of {} shards ({}), {} instances per connection)",
+                thousands(b.batches_per_sec.round() as u64),
+                b.ops_per_batch,
+                thousands(b.events_per_sec.round() as u64),
+                thousands(b.batches),
+                b.mode,
+                b.shards_per_batch,
+                b.shards,
+                b.shards_source,
+                b.instances_per_connection
+            );
+            if let Some(per_event) = b.server_cpu_us_per_event {
+                let _ = writeln!(s, "  server CPU      {per_event:.1} us/event");
+            }
+        }
+        if let Some(w) = &r.watch {
+            self.watch_summary(&mut s, w);
+        }
         let h = &r.harness_cpu;
         let _ = writeln!(
             s,
@@ -304,6 +430,62 @@ impl Report {
             let _ = writeln!(s, "  !!! RUN FAILED");
         }
         s
+    }
+}
+
+impl Report {
+    fn watch_summary(&self, s: &mut String, w: &WatchResults) {
+        let _ = writeln!(
+            s,
+            "  watch           {} WATCH_ALL subscribers (include_ctx {}); {} applies \
+             acknowledged in the window, {} in the whole run",
+            w.subscribers,
+            w.include_ctx,
+            thousands(w.applies_acked_in_window),
+            thousands(w.applies_acked_total)
+        );
+        let l = &w.latency;
+        let _ = writeln!(
+            s,
+            "  event latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {} us  (all subscribers; \
+             apply sent -> event read)",
+            thousands(l.p50_us),
+            thousands(l.p90_us),
+            thousands(l.p99_us),
+            thousands(l.p999_us),
+            thousands(l.max_us)
+        );
+        for (i, sub) in w.per_subscriber.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  subscriber {i:<4} {} events/s, {} delivered ({} whole run), p50 {} p99 {} \
+                 max {} us, {} order violations; {}",
+                thousands(sub.events_per_sec.round() as u64),
+                percent(sub.delivered_fraction),
+                percent(sub.delivered_fraction_total),
+                thousands(sub.latency.p50_us),
+                thousands(sub.latency.p99_us),
+                thousands(sub.latency.max_us),
+                sub.order_violations,
+                sub.end
+            );
+        }
+        if w.loss {
+            let _ = writeln!(
+                s,
+                "  !!! LOSS        events were NOT delivered: the worst subscriber received {} \
+                 of the window's events ({} of the whole run's)",
+                percent(w.delivered_fraction_min),
+                percent(w.delivered_fraction_total_min)
+            );
+        }
+        if w.order_violations > 0 {
+            let _ = writeln!(
+                s,
+                "  !!! ORDER       {} events arrived after an event with a higher wal_offset",
+                thousands(w.order_violations)
+            );
+        }
     }
 }
 

@@ -139,8 +139,57 @@ impl Checker {
                 }
                 contains(result, needle) && contains(result, br#""machine":"corestate-bench""#)
             }
+            Expect::Batched { ops, to_states } => fast_batch_ok(result, ops, to_states),
         }
     }
+}
+
+/// The rstmdb layout of a successful batch (`result` runs to the end of the
+/// envelope): `{"results":[` then, per op,
+/// `{"error":null,"result":{"applied":true,…,"to_state":"X",…},"status":"ok"}`.
+/// Payloads are the harness's own (`{"d":"xxx"}`), so key names cannot
+/// appear inside values.
+fn fast_batch_ok(result: &[u8], ops: u8, to_states: Option<u128>) -> bool {
+    const ELEMENT: &[u8] = br#"{"error":null,"result":{"applied":true,"#;
+    const TO_STATE: &[u8] = br#""to_state":""#;
+    const STATUS_OK: &[u8] = br#""status":"ok"}"#;
+    let Some(mut rest) = result.strip_prefix(br#"{"results":["#.as_slice()) else {
+        return false;
+    };
+    for i in 0..ops as usize {
+        let Some(body) = rest.strip_prefix(ELEMENT) else {
+            return false;
+        };
+        let Some(at) = memmem::find(body, TO_STATE) else {
+            return false;
+        };
+        let state = &body[at + TO_STATE.len()..];
+        let matches = match to_states {
+            Some(bits) => {
+                let name = STATE_NAMES[((bits >> i) & 1) as usize].as_bytes();
+                state.starts_with(name) && state.get(name.len()) == Some(&b'"')
+            }
+            None => STATE_NAMES
+                .iter()
+                .any(|n| state.starts_with(n.as_bytes()) && state.get(n.len()) == Some(&b'"')),
+        };
+        let Some(end) = memmem::find(state, STATUS_OK) else {
+            return false;
+        };
+        // The element's own status: no other element starts before it.
+        if !matches || memmem::find(&state[..end], ELEMENT).is_some() {
+            return false;
+        }
+        rest = &state[end + STATUS_OK.len()..];
+        if i + 1 < ops as usize {
+            let Some(next) = rest.strip_prefix(b",") else {
+                return false;
+            };
+            rest = next;
+        }
+    }
+    // The results array, the result object, the envelope.
+    rest == b"]}}"
 }
 
 fn preview(payload: &[u8]) -> String {
@@ -251,6 +300,32 @@ fn slow_check(
                 return bad(format!("get: state is not {wanted:?}"));
             }
         }
+        Expect::Batched { ops, to_states } => {
+            let Some(items) = result.get("results").and_then(Value::as_array) else {
+                return bad("batch: no results array".into());
+            };
+            if items.len() != ops as usize {
+                return bad(format!("batch: {} results for {ops} ops", items.len()));
+            }
+            for (i, item) in items.iter().enumerate() {
+                if item.get("status").and_then(Value::as_str) != Some("ok") {
+                    let code = item
+                        .pointer("/error/code")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?");
+                    return bad(format!(
+                        "batch: op {i} has status {:?} ({code})",
+                        item.get("status")
+                    ));
+                }
+                let expected = to_states.map(|bits| ((bits >> i) & 1) as u8);
+                let to_state = item.pointer("/result/to_state").and_then(Value::as_str);
+                if !state_ok(to_state, expected) {
+                    let wanted = expected.map(|s| STATE_NAMES[s as usize]);
+                    return bad(format!("batch: op {i} to_state is not {wanted:?}"));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -305,5 +380,59 @@ mod tests {
         let err = br#"{"type":"response","id":"1","status":"error","error":{"code":"INSTANCE_NOT_FOUND","message":"m","retryable":false}}"#;
         let failure = c.check(err, 1, Expect::Got(None), &t, b"").unwrap_err();
         assert_eq!(failure.code(), "INSTANCE_NOT_FOUND");
+    }
+
+    fn batch_response(id: u64, to_states: &[&str], status_of_second: &str) -> Vec<u8> {
+        let items: Vec<String> = to_states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i == 1 && status_of_second == "error" {
+                    r#"{"error":{"code":"GUARD_FAILED","message":"m","retryable":false},"result":null,"status":"error"}"#.to_string()
+                } else {
+                    format!(
+                        r#"{{"error":null,"result":{{"applied":true,"ctx":{{"d":"x"}},"from_state":"a","to_state":"{s}","wal_offset":{i}}},"status":"ok"}}"#
+                    )
+                }
+            })
+            .collect();
+        format!(
+            r#"{{"type":"response","id":"{id}","status":"ok","result":{{"results":[{}]}}}}"#,
+            items.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_batch_is_verified_op_by_op() {
+        let t = templates();
+        let mut c = Checker::new(false);
+        let expect = Expect::Batched {
+            ops: 3,
+            to_states: Some(0b101),
+        };
+        let ok = batch_response(7, &["b", "a", "b"], "ok");
+        assert_eq!(c.check(&ok, 7, expect, &t, b""), Ok(()));
+        assert_eq!(
+            c.slow_path_count, 0,
+            "the rstmdb layout takes the fast path"
+        );
+        let wrong_state = batch_response(7, &["b", "b", "b"], "ok");
+        assert!(matches!(
+            c.check(&wrong_state, 7, expect, &t, b""),
+            Err(Failure::BadResult(_))
+        ));
+        let short = batch_response(7, &["b", "a"], "ok");
+        assert!(matches!(
+            c.check(&short, 7, expect, &t, b""),
+            Err(Failure::BadResult(_))
+        ));
+        let failed_op = batch_response(7, &["b", "a", "b"], "error");
+        assert!(matches!(
+            c.check(&failed_op, 7, expect, &t, b""),
+            Err(Failure::BadResult(_))
+        ));
+        let mut full = Checker::new(true);
+        assert_eq!(full.check(&ok, 7, expect, &t, b""), Ok(()));
     }
 }

@@ -1,6 +1,7 @@
 //! One benchmark run, start to finish: setup (HELLO/AUTH, PUT_MACHINE,
-//! pre-created instances), the load connections, warm-up, the measured
-//! window with its CPU / WAL samples at both edges, drain, and the report.
+//! pre-created instances, WATCH_ALL subscribers), the load connections,
+//! warm-up, the measured window with its CPU / WAL samples at both edges,
+//! drain (and the subscribers' drain), and the report.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -11,23 +12,52 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::cli::Args;
+use crate::cli::{Args, Workload};
 use crate::conn::{new_histogram, BenchError, Conn, LoadOutcome, Shared};
 use crate::progress::{self, Display};
 use crate::report::{
-    shell_command, CpuUse, Latency, MachineLoad, Report, Results, RunConfig, ServerCpu, ServerInfo,
-    SetupInfo, WalStats,
+    shell_command, BatchResults, CpuUse, Latency, MachineLoad, Report, Results, RunConfig,
+    ServerCpu, ServerInfo, SetupInfo, SubscriberResult, WalStats, WatchResults,
 };
 use crate::response::Checker;
 use crate::stats::{self, ProcCpu};
+use crate::watch::{self, SubscriberEnd, SubscriberOutcome, WatchShared};
 use crate::workload::{
-    Generator, Mix, OpKind, Templates, MACHINE_DEFINITION, MACHINE_NAME, MACHINE_VERSION,
+    shard_of, spread_instance_ids, unix_nanos, Generator, Mix, OpKind, Templates,
+    MACHINE_DEFINITION, MACHINE_NAME, MACHINE_VERSION, OP_KINDS,
 };
 
 /// Most connections used to pre-create instances.
 pub const SETUP_CONNECTIONS_MAX: usize = 8;
 /// Requests outstanding per setup connection.
 pub const SETUP_PIPELINE_DEPTH: usize = 64;
+/// How long past their own drain timeout subscribers get before they are
+/// told to give up.
+pub const SUBSCRIBER_JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How many shards the server has: INFO's `shards` (corestate), else 1
+/// (placement does not matter to a server that does not report it).
+async fn server_shards(control: &mut Conn) -> Result<(u64, String), BenchError> {
+    Ok(match control.call("INFO", Value::Null).await? {
+        Ok(info) => match info["shards"].as_u64() {
+            Some(n) if n >= 1 => (n, "from INFO".into()),
+            _ => (1, "not in INFO: 1 assumed".into()),
+        },
+        Err(e) => (1, format!("INFO refused ({}): 1 assumed", e.code)),
+    })
+}
+
+/// Instances each connection owns in a batch run: enough that the batches
+/// a connection has in flight never share an instance (so every state is
+/// predictable whatever order the server runs them in), at least
+/// `--instances` in total, and a whole number of rounds over the shards.
+fn batch_instances_per_connection(args: &Args, shards: usize) -> usize {
+    let wanted = args
+        .instances
+        .div_ceil(args.connections)
+        .max(args.batch_ops * args.pipeline);
+    wanted.div_ceil(shards) * shards
+}
 
 /// WAL counters at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -60,10 +90,18 @@ fn run_tag() -> String {
     )
 }
 
-fn merge(outcomes: &[LoadOutcome]) -> (Histogram<u64>, BTreeMap<String, u64>, [u64; 3], u64, u64) {
+type Merged = (
+    Histogram<u64>,
+    BTreeMap<String, u64>,
+    [u64; OP_KINDS],
+    u64,
+    u64,
+);
+
+fn merge(outcomes: &[LoadOutcome]) -> Merged {
     let mut histogram = new_histogram();
     let mut failures = BTreeMap::new();
-    let mut by_kind = [0u64; 3];
+    let mut by_kind = [0u64; OP_KINDS];
     let mut ops = 0;
     let mut slow = 0;
     for o in outcomes {
@@ -185,7 +223,39 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
     let tag = run_tag();
     let needs_instances = mix.uses(OpKind::Apply) || mix.uses(OpKind::Get);
     let instance_count = if needs_instances { args.instances } else { 0 };
-    let templates = Rc::new(Templates::new(&tag, instance_count, args.payload_bytes));
+    let mut templates = Templates::new(&tag, instance_count, args.payload_bytes);
+    let mut batch_layout = None;
+    if args.workload == Workload::Batch {
+        let (shards, source) = server_shards(&mut control).await?;
+        let per_connection = batch_instances_per_connection(args, shards as usize);
+        templates = templates
+            .with_instance_ids(spread_instance_ids(
+                &tag,
+                args.connections,
+                per_connection,
+                shards as usize,
+            ))
+            .with_batch_ops(args.batch_ops);
+        // Every batch takes batch_ops consecutive instances of a
+        // connection, which cycle through the shards.
+        let first: Vec<usize> = (0..args.batch_ops)
+            .map(|i| {
+                shard_of(
+                    &templates.instance_ids[i * args.connections],
+                    shards as usize,
+                )
+            })
+            .collect();
+        let mut touched = first.clone();
+        touched.sort_unstable();
+        touched.dedup();
+        batch_layout = Some((shards, source, per_connection, touched.len() as u64));
+    }
+    if args.workload == Workload::Watch {
+        templates = templates.stamped();
+    }
+    let templates = Rc::new(templates);
+    let instance_count = templates.instance_ids.len();
     let precreate_secs = precreate(args, &templates).await?;
 
     let mut conns = Vec::with_capacity(args.connections);
@@ -193,8 +263,35 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
         conns.push(Conn::open(&args.addr, args.token.as_deref()).await?.0);
     }
 
-    // Load.
+    // Subscribers, before any apply.
     let shared = Rc::new(Shared::new());
+    let watch_shared = Rc::new(WatchShared::new(Duration::from_secs_f64(
+        args.drain_timeout_secs,
+    )));
+    let mut subscriber_handles = Vec::new();
+    if args.workload == Workload::Watch {
+        for index in 0..args.subscribers {
+            let (mut conn, _) = Conn::open(&args.addr, args.token.as_deref()).await?;
+            let result = conn
+                .call("WATCH_ALL", json!({"include_ctx": false}))
+                .await?
+                .map_err(|e| BenchError(format!("WATCH_ALL refused: {}: {}", e.code, e.message)))?;
+            let subscription_id = result["subscription_id"]
+                .as_str()
+                .ok_or_else(|| {
+                    BenchError(format!("WATCH_ALL result has no subscription_id: {result}"))
+                })?
+                .to_string();
+            let prefix = templates.instance_prefix.clone().into_bytes();
+            let (shared, watch_shared) = (shared.clone(), watch_shared.clone());
+            subscriber_handles.push(tokio::task::spawn_local(async move {
+                watch::run_subscriber(conn, index, subscription_id, prefix, &shared, &watch_shared)
+                    .await
+            }));
+        }
+    }
+
+    // Load.
     let schedule: Rc<[OpKind]> = Rc::from(mix.schedule());
     let mut handles = Vec::with_capacity(args.connections);
     for (index, conn) in conns.into_iter().enumerate() {
@@ -231,12 +328,14 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
     let self_before = stats::self_cpu_seconds();
     let system_before = stats::sample_system();
     let load_start = stats::load_average_1m();
+    shared.window_start_unix_ns.set(Some(unix_nanos()));
     let window_start = Instant::now();
     shared.window_start.set(Some(window_start));
 
     tokio::time::sleep(duration).await;
     let window_end = Instant::now();
     shared.window_end.set(Some(window_end));
+    shared.window_end_unix_ns.set(Some(unix_nanos()));
     shared.stop.set(true);
     let self_after = stats::self_cpu_seconds();
     let system_after = stats::sample_system();
@@ -247,6 +346,11 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
     let drain_deadline =
         tokio::time::Instant::now() + Duration::from_secs_f64(args.drain_timeout_secs);
     let outcomes = join_all(handles, &shared, drain_deadline).await?;
+    watch_shared
+        .applies_acked
+        .set(outcomes.iter().map(|o| o.stamped_acked).sum());
+    watch_shared.writers_done_at.set(Some(Instant::now()));
+    let subscribers = join_subscribers(subscriber_handles, &shared, &watch_shared).await?;
     ticker_finished.set(true);
     let ticker = ticker
         .await
@@ -308,23 +412,59 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
         load_average_1m_start: load_start,
         load_average_1m_end: stats::load_average_1m(),
     };
-    let latency = if histogram.is_empty() {
-        Latency::default()
-    } else {
-        Latency {
-            min_us: histogram.min(),
-            mean_us: histogram.mean(),
-            p50_us: histogram.value_at_quantile(0.50),
-            p90_us: histogram.value_at_quantile(0.90),
-            p99_us: histogram.value_at_quantile(0.99),
-            p999_us: histogram.value_at_quantile(0.999),
-            max_us: histogram.max(),
-        }
-    };
+    let latency = Latency::from_histogram(&histogram);
     let ops_by_kind = OpKind::ALL
         .iter()
         .map(|k| (k.name().to_string(), by_kind[k.index()]))
         .collect();
+    let batch = batch_layout.map(|(shards, shards_source, per_connection, touched)| {
+        let batches = by_kind[OpKind::Batch.index()];
+        let events = batches * args.batch_ops as u64;
+        BatchResults {
+            mode: "atomic",
+            ops_per_batch: args.batch_ops,
+            shards,
+            shards_source,
+            shards_per_batch: touched,
+            instances_per_connection: per_connection,
+            batches,
+            batches_per_sec: batches as f64 / elapsed_secs.max(1e-9),
+            events,
+            events_per_sec: events as f64 / elapsed_secs.max(1e-9),
+            server_cpu_us_per_event: server_cpu
+                .as_ref()
+                .filter(|_| events > 0)
+                .map(|cpu| cpu.total.cpu_seconds * 1e6 / events as f64),
+        }
+    });
+    let watch = (args.workload == Workload::Watch).then(|| {
+        let applies_in_window = outcomes.iter().map(|o| o.stamped_acked_in_window).sum();
+        watch_results(
+            &subscribers,
+            applies_in_window,
+            watch_shared.applies_acked.get(),
+            elapsed_secs,
+        )
+    });
+    for (i, sub) in subscribers.iter().enumerate() {
+        if let SubscriberEnd::Failed(why) = &sub.end {
+            problems.push(format!("watch subscriber {i}: {why}"));
+        }
+    }
+    if let Some(w) = watch.as_ref().filter(|_| args.fail_on_loss) {
+        if w.loss {
+            problems.push(format!(
+                "--fail-on-loss: a subscriber received only {:.2} % of the events",
+                100.0 * w.delivered_fraction_total_min.min(w.delivered_fraction_min)
+            ));
+        }
+        if w.order_violations > 0 {
+            problems.push(format!(
+                "--fail-on-loss: {} events arrived out of offset order",
+                w.order_violations
+            ));
+        }
+    }
     let ok = errors_total == 0 && problems.is_empty();
     Ok(Report {
         tool: "corestate-bench",
@@ -373,10 +513,98 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
             timeline_ops_per_sec: ticker.timeline_ops_per_sec,
             max_stall_ms: ticker.max_stall_ms,
             slow_path_responses,
+            batch,
+            watch,
         },
         ok,
         problems,
     })
+}
+
+/// Waits for the subscribers; past their drain timeout (plus a grace) they
+/// are told to give up.
+async fn join_subscribers(
+    handles: Vec<JoinHandle<SubscriberOutcome>>,
+    shared: &Shared,
+    watch: &WatchShared,
+) -> Result<Vec<SubscriberOutcome>, BenchError> {
+    let deadline = tokio::time::Instant::now() + watch.drain_timeout + SUBSCRIBER_JOIN_GRACE;
+    let mut outcomes = Vec::with_capacity(handles.len());
+    for mut handle in handles {
+        let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                shared.abort.set(true);
+                handle.await
+            }
+        };
+        outcomes.push(joined.map_err(|e| BenchError(format!("subscriber task failed: {e}")))?);
+    }
+    Ok(outcomes)
+}
+
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        if part == 0 {
+            1.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn watch_results(
+    subscribers: &[SubscriberOutcome],
+    applies_in_window: u64,
+    applies_total: u64,
+    elapsed_secs: f64,
+) -> WatchResults {
+    let mut all = new_histogram();
+    let per_subscriber: Vec<SubscriberResult> = subscribers
+        .iter()
+        .map(|o| {
+            all.add(&o.histogram).expect("same histogram bounds");
+            SubscriberResult {
+                subscription_id: o.subscription_id.clone(),
+                events_in_window: o.events_in_window,
+                events_per_sec: o.events_in_window as f64 / elapsed_secs.max(1e-9),
+                delivered_fraction: fraction(o.events_in_window, applies_in_window),
+                events_total: o.events,
+                delivered_fraction_total: fraction(o.events, applies_total),
+                foreign_events: o.foreign_events,
+                order_violations: o.order_violations,
+                first_violations: o.first_violations.iter().map(|&(a, b)| [a, b]).collect(),
+                latency: Latency::from_histogram(&o.histogram),
+                end: o.end.describe(),
+                last_event_after_writers_ms: o.last_event_after_writers_ms,
+                slow_path_events: o.slow_path_events,
+            }
+        })
+        .collect();
+    let min = |f: fn(&SubscriberResult) -> f64| {
+        per_subscriber.iter().map(f).reduce(f64::min).unwrap_or(0.0)
+    };
+    let delivered_fraction_min = min(|s| s.delivered_fraction);
+    let delivered_fraction_total_min = min(|s| s.delivered_fraction_total);
+    WatchResults {
+        subscribers: subscribers.len(),
+        include_ctx: false,
+        applies_acked_in_window: applies_in_window,
+        applies_acked_total: applies_total,
+        loss: per_subscriber
+            .iter()
+            .any(|s| s.events_in_window < applies_in_window || s.events_total < applies_total),
+        order_violations: per_subscriber.iter().map(|s| s.order_violations).sum(),
+        delivered_fraction_min,
+        delivered_fraction_total_min,
+        events_per_sec_min: min(|s| s.events_per_sec),
+        events_per_sec_mean: per_subscriber.iter().map(|s| s.events_per_sec).sum::<f64>()
+            / per_subscriber.len().max(1) as f64,
+        latency: Latency::from_histogram(&all),
+        per_subscriber,
+    }
 }
 
 fn server_cpu(before: &ProcCpu, after: &ProcCpu, elapsed_secs: f64, ops: u64) -> ServerCpu {

@@ -20,6 +20,12 @@ pub const SUBJECT: &str = "corestate";
 pub const BASELINE: &str = "rstmdb";
 /// Shape at which the issue's targets are stated.
 pub const TARGET_SHAPE: (u64, u64) = (16, 16);
+/// Shape of the batch target ("atomic 10-op batches at 16 connections").
+pub const BATCH_TARGET_SHAPE: (u64, u64) = (16, 1);
+/// Batch events/s corestate must reach, as a multiple of rstmdb's.
+pub const BATCH_EVENTS_RATIO_MIN: f64 = 5.0;
+/// Highest acceptable watch event latency p99 (µs).
+pub const WATCH_P99_US_MAX: f64 = 5000.0;
 
 /// Metrics taken from each run, by name; `None` when a run lacks one.
 const METRICS: &[(&str, &[&str])] = &[
@@ -49,6 +55,37 @@ const METRICS: &[(&str, &[&str])] = &[
     ),
     ("max_stall_ms", &["results", "max_stall_ms"]),
     ("errors_total", &["results", "errors_total"]),
+    (
+        "batch_events_per_sec",
+        &["results", "batch", "events_per_sec"],
+    ),
+    (
+        "batch_server_cpu_us_per_event",
+        &["results", "batch", "server_cpu_us_per_event"],
+    ),
+    (
+        "watch_delivered_min",
+        &["results", "watch", "delivered_fraction_min"],
+    ),
+    (
+        "watch_delivered_total_min",
+        &["results", "watch", "delivered_fraction_total_min"],
+    ),
+    (
+        "watch_events_per_sec_min",
+        &["results", "watch", "events_per_sec_min"],
+    ),
+    (
+        "watch_events_per_sec_mean",
+        &["results", "watch", "events_per_sec_mean"],
+    ),
+    ("watch_p50_us", &["results", "watch", "latency", "p50_us"]),
+    ("watch_p99_us", &["results", "watch", "latency", "p99_us"]),
+    ("watch_max_us", &["results", "watch", "latency", "max_us"]),
+    (
+        "watch_order_violations",
+        &["results", "watch", "order_violations"],
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -70,6 +107,8 @@ struct Cell {
     failed_runs: usize,
     median: BTreeMap<&'static str, Option<f64>>,
     values: BTreeMap<&'static str, Vec<Option<f64>>>,
+    /// Watch runs in which some subscriber missed events.
+    lossy_runs: usize,
     commands: Vec<String>,
     problems: Vec<String>,
 }
@@ -87,8 +126,12 @@ struct Comparison {
 
 #[derive(Debug, Serialize)]
 struct Target {
+    /// The workload whose runs measure it.
+    workload: String,
     name: String,
     goal: String,
+    /// "x" (a ratio), "%" (a fraction, shown as a percentage) or "µs".
+    unit: &'static str,
     measured: Option<f64>,
     required: f64,
     /// True when a higher measured value is better.
@@ -177,6 +220,10 @@ fn cells(runs: &[Value]) -> Vec<Cell> {
                 .collect();
             let median = values.iter().map(|(k, v)| (*k, median(v))).collect();
             let failed_runs = runs.iter().filter(|r| r["ok"] != Value::Bool(true)).count();
+            let lossy_runs = runs
+                .iter()
+                .filter(|r| r["results"]["watch"]["loss"] == Value::Bool(true))
+                .count();
             let mut problems = Vec::new();
             for r in &runs {
                 if let Some(list) = r["problems"].as_array() {
@@ -192,6 +239,7 @@ fn cells(runs: &[Value]) -> Vec<Cell> {
                 failed_runs,
                 median,
                 values,
+                lossy_runs,
                 commands: runs
                     .iter()
                     .filter_map(|r| r["command"].as_str().map(String::from))
@@ -261,27 +309,35 @@ fn targets(cells: &[Cell]) -> Vec<Target> {
         )
     };
     let mut out = Vec::new();
-    let mut push =
-        |name: String, goal: &str, measured: Option<f64>, required: f64, higher: bool| {
-            let met = measured.map(|m| if higher { m >= required } else { m <= required });
-            let note = match (measured, met) {
-                (None, _) => "not measured".to_string(),
-                (Some(_), Some(true)) => "met".to_string(),
-                (Some(m), _) if higher => format!("missed: {:.2}x of the goal", m / required),
-                (Some(m), _) => format!("missed: {:.2}x over the limit", m / required),
-            };
-            out.push(Target {
-                name,
-                goal: goal.to_string(),
-                measured,
-                required,
-                higher_is_better: higher,
-                met,
-                note,
-            });
+    let mut push = |unit: &'static str,
+                    name: String,
+                    goal: &str,
+                    measured: Option<f64>,
+                    required: f64,
+                    higher: bool| {
+        let met = measured.map(|m| if higher { m >= required } else { m <= required });
+        let note = match (measured, met) {
+            (None, _) => "not measured".to_string(),
+            (Some(_), Some(true)) => "met".to_string(),
+            (Some(m), _) if higher => format!("missed: {:.2}x of the goal", m / required),
+            (Some(m), _) => format!("missed: {:.2}x over the limit", m / required),
         };
+        let workload = name.split_whitespace().next().unwrap_or("").to_string();
+        out.push(Target {
+            workload,
+            name,
+            goal: goal.to_string(),
+            unit,
+            measured,
+            required,
+            higher_is_better: higher,
+            met,
+            note,
+        });
+    };
     for workload in ["apply", "create"] {
         push(
+            "x",
             format!("{workload} 16x16 every_write vs rstmdb every_write"),
             "corestate / rstmdb throughput >= 10",
             ratio(
@@ -292,6 +348,7 @@ fn targets(cells: &[Cell]) -> Vec<Target> {
             true,
         );
         push(
+            "x",
             format!("{workload} 16x16 every_write vs rstmdb never"),
             "corestate durable throughput >= rstmdb non-durable",
             ratio(
@@ -305,6 +362,7 @@ fn targets(cells: &[Cell]) -> Vec<Target> {
     for fsync in ["every_write", "never"] {
         for workload in ["apply", "create", "get"] {
             push(
+                "x",
                 format!("{workload} 16x16 {fsync} server CPU per op"),
                 "corestate / rstmdb CPU per op <= 0.25",
                 ratio(
@@ -316,6 +374,7 @@ fn targets(cells: &[Cell]) -> Vec<Target> {
             );
         }
         push(
+            "x",
             format!("get 16x16 {fsync} throughput"),
             "corestate / rstmdb throughput >= 1.5",
             ratio(ops(fsync, "get", SUBJECT), ops(fsync, "get", BASELINE)),
@@ -323,6 +382,45 @@ fn targets(cells: &[Cell]) -> Vec<Target> {
             true,
         );
     }
+    let (bc, bp) = BATCH_TARGET_SHAPE;
+    let batch_events = |server: &str| {
+        metric(
+            find(cells, "every_write", "batch", BATCH_TARGET_SHAPE, server),
+            "batch_events_per_sec",
+        )
+    };
+    push(
+        "x",
+        format!("batch {bc}x{bp} every_write events/s vs rstmdb"),
+        "atomic cross-shard batch events/s >= 5x rstmdb durable batch events/s",
+        ratio(batch_events(SUBJECT), batch_events(BASELINE)),
+        BATCH_EVENTS_RATIO_MIN,
+        true,
+    );
+    let watch = find(cells, "every_write", "watch", shape, SUBJECT);
+    push(
+        "%",
+        "watch 16x16 every_write delivered (worst subscriber, worst run)".into(),
+        "100 % of events delivered to every subscriber",
+        watch.and_then(|c| {
+            c.values["watch_delivered_min"]
+                .iter()
+                .chain(&c.values["watch_delivered_total_min"])
+                .flatten()
+                .copied()
+                .reduce(f64::min)
+        }),
+        1.0,
+        true,
+    );
+    push(
+        "µs",
+        "watch 16x16 every_write event latency p99".into(),
+        "p99 <= 5 ms",
+        metric(watch, "watch_p99_us"),
+        WATCH_P99_US_MAX,
+        false,
+    );
     out
 }
 
@@ -348,6 +446,149 @@ fn fmt_num(v: Option<f64>) -> String {
 
 fn fmt_ratio(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.2}x"))
+}
+
+/// A count (medians of counts may be halves).
+fn fmt_count(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 100.0 && v.fract() != 0.0 => format!("{v:.1}"),
+        Some(v) if v < 100.0 => format!("{v:.0}"),
+        other => fmt_num(other),
+    }
+}
+
+fn fmt_percent(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
+}
+
+fn fmt_measured(t: &Target) -> String {
+    match t.unit {
+        "%" => fmt_percent(t.measured),
+        "µs" => t
+            .measured
+            .map_or("n/a".into(), |v| format!("{} µs", fmt_num(Some(v)))),
+        _ => fmt_ratio(t.measured),
+    }
+}
+
+/// Median of a metric over both a subject cell and its baseline, formatted
+/// `subject / baseline`.
+fn pair(
+    me: Option<&Cell>,
+    base: Option<&Cell>,
+    name: &str,
+    f: fn(Option<f64>) -> String,
+) -> String {
+    format!("{} / {}", f(metric(me, name)), f(metric(base, name)))
+}
+
+fn batch_section(s: &mut String, cells: &[Cell]) {
+    let rows: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.key.workload == "batch" && c.key.server == SUBJECT)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Atomic batches
+"
+    );
+    let _ = writeln!(
+        s,
+        "Each request is one BATCH, mode `atomic`, of APPLY_EVENTs on distinct instances owned \
+         by the connection and spread evenly over all of the server's shards (corestate places \
+         an instance on shard crc32c(id) % shards; rstmdb has no shards and its \
+         \"atomic\" BATCH is not atomic). Every batch must succeed, with every op's result \
+         verified. Events/s = batches/s × ops per batch; latency is per batch.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| fsync | conns x pipeline | corestate events/s | rstmdb events/s | ratio | \
+         batches/s (cs / rstmdb) | batch p50 µs (cs / rstmdb) | batch p99 µs (cs / rstmdb) | \
+         server CPU µs/event (cs / rstmdb) | syncs/s (cs / rstmdb) |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for cell in rows {
+        let shape = (cell.key.connections, cell.key.pipeline);
+        let base = find(cells, &cell.key.fsync, "batch", shape, BASELINE);
+        let me = Some(cell);
+        let _ = writeln!(
+            s,
+            "| {} | {}x{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell.key.fsync,
+            shape.0,
+            shape.1,
+            fmt_num(metric(me, "batch_events_per_sec")),
+            fmt_num(metric(base, "batch_events_per_sec")),
+            fmt_ratio(ratio(
+                metric(me, "batch_events_per_sec"),
+                metric(base, "batch_events_per_sec")
+            )),
+            pair(me, base, "ops_per_sec", fmt_num),
+            pair(me, base, "p50_us", fmt_num),
+            pair(me, base, "p99_us", fmt_num),
+            pair(me, base, "batch_server_cpu_us_per_event", fmt_num),
+            pair(me, base, "wal_syncs_per_sec", fmt_num),
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn watch_section(s: &mut String, cells: &[Cell]) {
+    let rows: Vec<&Cell> = cells.iter().filter(|c| c.key.workload == "watch").collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Watch
+"
+    );
+    let _ = writeln!(
+        s,
+        "WATCH_ALL subscribers (`include_ctx` false) on their own connections while the \
+         writers run the apply workload. Each apply's payload carries `\"t\"`, its send time \
+         (Unix ns); event latency = the time the subscriber read the event − t (one machine, \
+         one clock). *Delivered* = events a subscriber received for the applies sent in the \
+         measured window ÷ those applies acknowledged (subscribers keep reading after the \
+         writers stop, until complete, 2 s of silence or the drain timeout); shown for the \
+         worst subscriber. *Events/s* is per subscriber (the worst one). Order violations: \
+         events that arrived after an event with a higher `wal_offset`.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| server | fsync | conns x pipeline | applies/s | delivered (worst, median run) | \
+         runs with loss | events/s per subscriber (worst) | event p50 µs | event p99 µs | \
+         event max µs | order violations | apply p99 µs |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for cell in rows {
+        let me = Some(cell);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {}x{} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {} |",
+            cell.key.server,
+            cell.key.fsync,
+            cell.key.connections,
+            cell.key.pipeline,
+            fmt_num(metric(me, "ops_per_sec")),
+            fmt_percent(metric(me, "watch_delivered_min")),
+            cell.lossy_runs,
+            cell.runs,
+            fmt_num(metric(me, "watch_events_per_sec_min")),
+            fmt_num(metric(me, "watch_p50_us")),
+            fmt_num(metric(me, "watch_p99_us")),
+            fmt_num(metric(me, "watch_max_us")),
+            fmt_count(metric(me, "watch_order_violations")),
+            fmt_num(metric(me, "p99_us")),
+        );
+    }
+    let _ = writeln!(s);
 }
 
 fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Target]) -> String {
@@ -455,29 +696,33 @@ fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Target]) -> S
         }
         let _ = writeln!(s);
     }
-    let _ = writeln!(s, "## Targets (issue #6, measured at 16x16)\n");
+    if cells.iter().any(|c| c.key.workload == "batch") {
+        let _ = writeln!(
+            s,
+            "(In the tables above a `batch` operation is one BATCH; see \"Atomic batches\" for \
+             events/s. A `watch` row is the writers' apply load.)\n"
+        );
+    }
+    batch_section(&mut s, cells);
+    watch_section(&mut s, cells);
+    let _ = writeln!(s, "## Targets (issue #6; 16x16 unless named otherwise)\n");
     let _ = writeln!(s, "| target | goal | measured | result |");
     let _ = writeln!(s, "|---|---|---:|---|");
-    for t in targets {
+    // Only targets whose workload this matrix ran.
+    for t in targets
+        .iter()
+        .filter(|t| cells.iter().any(|c| c.key.workload == t.workload))
+    {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
             t.name,
             t.goal,
-            fmt_ratio(t.measured),
+            fmt_measured(t),
             t.note
         );
     }
-    let _ = writeln!(
-        s,
-        "| watch: 4 subscribers under 16x16 durable apply | 100 % delivered, p99 <= 5 ms | n/a | \
-         not measured (no watch workload yet) |"
-    );
-    let _ = writeln!(
-        s,
-        "| atomic 10-op cross-shard batches | events/s >= 5x rstmdb durable | n/a | not measured \
-         (no batch workload yet) |\n"
-    );
+    let _ = writeln!(s);
 
     let other: Vec<Option<f64>> = cells
         .iter()

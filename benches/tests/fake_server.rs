@@ -1,7 +1,10 @@
 //! The harness against a tiny in-process RCP server that can misbehave on
 //! purpose: a clean run passes, error responses are counted by code and
 //! fail the run, an out-of-order id stops the connection and fails the run,
-//! and a server without WAL_STATS yields "n/a" instead of a failure.
+//! and a server without WAL_STATS yields "n/a" instead of a failure. Batches
+//! are verified op by op; watch subscribers see every event, and a server
+//! that drops or reorders events is reported (loss, order violations)
+//! without failing the run unless --fail-on-loss is given.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -21,20 +24,76 @@ enum Misbehaviour {
     ErrorEvery50thApply,
     /// The 30th response on a connection carries the wrong id.
     WrongIdOn30th,
+    /// The first subscriber misses every 10th event.
+    DropEvery10thEvent,
+    /// Every 50th event is held back and sent after the next one.
+    SwapEvery50thEvent,
+    /// The 3rd op of every 20th BATCH fails (atomic: the whole BATCH fails).
+    FailEvery20thBatch,
 }
 
-type States = Arc<Mutex<HashMap<String, &'static str>>>;
+/// Instance states, subscribers and the log offset, behind one lock so that
+/// events leave in offset order.
+#[derive(Default)]
+struct World {
+    states: HashMap<String, &'static str>,
+    subscribers: Vec<(String, TcpStream)>,
+    next_offset: u64,
+    held_event: Option<Value>,
+    batches: u64,
+}
+
+type Shared = Arc<Mutex<World>>;
 
 fn serve(listener: TcpListener, misbehaviour: Misbehaviour) {
-    let states: States = Arc::default();
+    let world: Shared = Arc::default();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { return };
-        let states = states.clone();
-        thread::spawn(move || serve_connection(stream, misbehaviour, states));
+        let world = world.clone();
+        thread::spawn(move || serve_connection(stream, misbehaviour, world));
     }
 }
 
-fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, states: States) {
+/// Flips the instance and sends its event to every subscriber.
+fn apply(world: &mut World, misbehaviour: Misbehaviour, p: &Value) -> Result<Value, &'static str> {
+    let iid = p["instance_id"].as_str().unwrap();
+    let state = world.states.get_mut(iid).ok_or("INSTANCE_NOT_FOUND")?;
+    let from = *state;
+    *state = if from == "a" { "b" } else { "a" };
+    let to = *state;
+    world.next_offset += 1;
+    let offset = world.next_offset;
+    let event = json!({"type":"event","subscription_id":"","instance_id":iid,
+        "machine":"corestate-bench","version":1,"wal_offset":offset,"from_state":from,
+        "to_state":to,"event":"go","payload":p.get("payload").cloned().unwrap_or(Value::Null)});
+    let mut events = vec![event];
+    if misbehaviour == Misbehaviour::SwapEvery50thEvent {
+        if offset.is_multiple_of(50) {
+            world.held_event = events.pop();
+        } else if let Some(held) = world.held_event.take() {
+            events.push(held);
+        }
+    }
+    for event in events {
+        let offset = event["wal_offset"].as_u64().unwrap();
+        for (i, (sub_id, sub)) in world.subscribers.iter_mut().enumerate() {
+            if misbehaviour == Misbehaviour::DropEvery10thEvent
+                && i == 0
+                && offset.is_multiple_of(10)
+            {
+                continue;
+            }
+            let mut e = event.clone();
+            e["subscription_id"] = json!(sub_id);
+            let mut out = Vec::new();
+            frame::encode(&mut out, e.to_string().as_bytes());
+            let _ = sub.write_all(&out);
+        }
+    }
+    Ok(json!({"applied":true,"ctx":{},"from_state":from,"to_state":to,"wal_offset":offset}))
+}
+
+fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, world: Shared) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 65536];
     let mut answered = 0u64;
@@ -58,11 +117,48 @@ fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, states: S
             let result = match req["op"].as_str().unwrap() {
                 "HELLO" => Ok(json!({"protocol_version":1,"wire_mode":"binary_json",
                     "server_name":"fake","server_version":"0","features":[]})),
+                "INFO" => Ok(json!({"server_name":"fake","shards":2})),
+                "WATCH_ALL" => {
+                    // Answer before the first event can be sent.
+                    let sub_id = format!("sub-{}", stream.local_addr().unwrap().port());
+                    let body = json!({"type":"response","id":id,"status":"ok",
+                        "result":{"subscription_id":sub_id,"wal_offset":0}});
+                    frame::encode(&mut out, body.to_string().as_bytes());
+                    let mut w = world.lock().unwrap();
+                    if stream.write_all(&out).is_err() {
+                        return;
+                    }
+                    out.clear();
+                    w.subscribers.push((sub_id, stream.try_clone().unwrap()));
+                    continue;
+                }
+                "BATCH" => {
+                    let mut w = world.lock().unwrap();
+                    w.batches += 1;
+                    let failing = misbehaviour == Misbehaviour::FailEvery20thBatch
+                        && w.batches.is_multiple_of(20);
+                    let mut results = Vec::new();
+                    let mut failed = false;
+                    for (i, op) in p["ops"].as_array().unwrap().iter().enumerate() {
+                        assert_eq!(op["op"], "APPLY_EVENT");
+                        if failing && i == 2 {
+                            failed = true;
+                            break;
+                        }
+                        let r = apply(&mut w, misbehaviour, &op["params"]).unwrap();
+                        results.push(json!({"error":null,"result":r,"status":"ok"}));
+                    }
+                    if failed {
+                        Err("BAD_REQUEST")
+                    } else {
+                        Ok(json!({ "results": results }))
+                    }
+                }
                 "PUT_MACHINE" => Ok(json!({"created":true,"machine":p["machine"],
                     "stored_checksum":"0","version":p["version"]})),
                 "CREATE_INSTANCE" => {
                     let iid = p["instance_id"].as_str().unwrap().to_string();
-                    states.lock().unwrap().insert(iid.clone(), "a");
+                    world.lock().unwrap().states.insert(iid.clone(), "a");
                     Ok(json!({"instance_id":iid,"state":"a","wal_offset":1}))
                 }
                 "APPLY_EVENT" => {
@@ -72,18 +168,12 @@ fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, states: S
                     {
                         Err("GUARD_FAILED")
                     } else {
-                        let iid = p["instance_id"].as_str().unwrap();
-                        let mut states = states.lock().unwrap();
-                        let state = states.get_mut(iid).expect("instance exists");
-                        let from = *state;
-                        *state = if from == "a" { "b" } else { "a" };
-                        Ok(json!({"applied":true,"ctx":{},"from_state":from,
-                            "to_state":*state,"wal_offset":2}))
+                        apply(&mut world.lock().unwrap(), misbehaviour, p)
                     }
                 }
                 "GET_INSTANCE" => {
                     let iid = p["instance_id"].as_str().unwrap();
-                    let state = states.lock().unwrap()[iid];
+                    let state = world.lock().unwrap().states[iid];
                     Ok(
                         json!({"ctx":{},"last_wal_offset":1,"machine":"corestate-bench",
                         "state":state,"version":1}),
@@ -107,6 +197,14 @@ fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, states: S
 }
 
 fn run_against(misbehaviour: Misbehaviour, workload: &str) -> corestate_bench::report::Report {
+    run_with(misbehaviour, workload, &[])
+}
+
+fn run_with(
+    misbehaviour: Misbehaviour,
+    workload: &str,
+    extra: &[&str],
+) -> corestate_bench::report::Report {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     thread::spawn(move || serve(listener, misbehaviour));
@@ -127,8 +225,11 @@ fn run_against(misbehaviour: Misbehaviour, workload: &str) -> corestate_bench::r
         "--instances",
         "20",
         "--quiet",
+        "--drain-timeout",
+        "3",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let args = Args::parse_from(&argv);
@@ -177,4 +278,88 @@ fn a_mismatched_id_stops_the_connection_and_fails_the_run() {
             .count()
             == 4
     );
+}
+
+#[test]
+fn batches_are_verified_and_counted_as_events() {
+    let report = run_with(Misbehaviour::None, "batch", &["--batch-ops", "5"]);
+    assert!(report.ok, "{:?}", report.problems);
+    let b = report.results.batch.as_ref().expect("batch figures");
+    assert_eq!(b.ops_per_batch, 5);
+    assert_eq!(b.shards, 2, "the fake server reports 2 shards in INFO");
+    assert_eq!(b.shards_per_batch, 2);
+    assert!(b.instances_per_connection >= 5 * 8);
+    assert_eq!(b.batches, report.results.ops);
+    assert_eq!(b.events, 5 * b.batches);
+    assert!(report.summary().contains("events/s"));
+}
+
+#[test]
+fn a_failed_atomic_batch_fails_the_run() {
+    let report = run_with(Misbehaviour::FailEvery20thBatch, "batch", &[]);
+    assert!(!report.ok);
+    assert!(report.results.errors["BAD_REQUEST"] > 0);
+}
+
+#[test]
+fn every_subscriber_sees_every_event_in_order() {
+    let report = run_with(Misbehaviour::None, "watch", &["--subscribers", "3"]);
+    assert!(report.ok, "{:?}", report.problems);
+    let w = report.results.watch.as_ref().expect("watch figures");
+    assert_eq!(w.per_subscriber.len(), 3);
+    assert!(w.applies_acked_in_window > 0);
+    assert!(!w.loss);
+    assert_eq!(w.order_violations, 0);
+    for s in &w.per_subscriber {
+        assert_eq!(s.events_in_window, w.applies_acked_in_window);
+        assert_eq!(s.events_total, w.applies_acked_total);
+        assert_eq!(s.delivered_fraction, 1.0);
+        assert_eq!(s.end, "complete");
+        assert!(s.latency.p50_us > 0);
+    }
+    assert!(!report.summary().contains("LOSS"));
+}
+
+#[test]
+fn lost_events_are_reported_loudly_without_failing_the_run() {
+    let report = run_with(Misbehaviour::DropEvery10thEvent, "watch", &[]);
+    assert!(
+        report.ok,
+        "loss alone does not fail the run: {:?}",
+        report.problems
+    );
+    let w = report.results.watch.as_ref().unwrap();
+    assert!(w.loss);
+    let first = &w.per_subscriber[0];
+    assert!(
+        (0.85..0.95).contains(&first.delivered_fraction),
+        "{}",
+        first.delivered_fraction
+    );
+    assert!(first.end.contains("quiet"), "{}", first.end);
+    assert_eq!(w.per_subscriber[1].delivered_fraction, 1.0);
+    assert!(report.summary().contains("!!! LOSS"));
+
+    let strict = run_with(
+        Misbehaviour::DropEvery10thEvent,
+        "watch",
+        &["--fail-on-loss"],
+    );
+    assert!(!strict.ok);
+}
+
+#[test]
+fn out_of_order_events_are_counted() {
+    let report = run_with(
+        Misbehaviour::SwapEvery50thEvent,
+        "watch",
+        &["--subscribers", "2"],
+    );
+    let w = report.results.watch.as_ref().unwrap();
+    assert!(w.order_violations > 0);
+    assert_eq!(
+        w.per_subscriber[0].order_violations,
+        w.per_subscriber[1].order_violations
+    );
+    assert!(report.summary().contains("!!! ORDER"));
 }
