@@ -4,7 +4,7 @@
 //! (`0000000000000001.wal`), records back to back from byte 0. Segments are
 //! created at full size and filled with zeros before first use: writes into
 //! already-allocated blocks need no metadata update, which is what makes
-//! O_DSYNC writes cheap (DESIGN: growing the file per write was 2–30× slower),
+//! synced writes cheap (DESIGN: growing the file per write was 2–30× slower),
 //! and zeros mark the end of the written log.
 
 use std::io;
@@ -69,10 +69,10 @@ pub async fn open_for_append(path: &Path, dsync: bool) -> io::Result<DmaFile> {
     opts.dma_open(path).await.map_err(io::Error::from)
 }
 
-/// A segment open for appends: direct I/O with O_DSYNC for `every_write`
-/// (the write returning means durable), or through the page cache for the
-/// other policies (the write returns once the kernel has the bytes; the
-/// policy decides when to sync).
+/// A segment open for appends: through the page cache (the write returns
+/// once the kernel has the bytes; the writer syncs as its policy says), or
+/// direct I/O with O_DSYNC (the write returning means durable) when
+/// `WAL_DIRECT_IO` is on.
 pub enum SegmentFile {
     Direct(DmaFile),
     Buffered(BufferedFile),
