@@ -276,7 +276,11 @@ fn every_acknowledged_write_survives_repeated_sigkills() {
                 if let std::collections::hash_map::Entry::Vacant(slot) = ledger.acked.entry(id) {
                     let got = c.call("GET_INSTANCE", json!({"instance_id": slot.key()}));
                     if got["status"] == "ok" {
-                        assert!(matches(&got, &k), "half-present create {}: {got}", slot.key());
+                        assert!(
+                            matches(&got, &k),
+                            "half-present create {}: {got}",
+                            slot.key()
+                        );
                         slot.insert(k);
                     }
                 }
