@@ -21,6 +21,18 @@ fn put_counter(c: &mut common::RawClient) {
     );
 }
 
+/// A server on a fresh data directory with `yaml` as its config file; the
+/// temp dir must outlive the server.
+fn start_with_config(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), yaml);
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let server = Server::start_in(&data, &["--config", &config]);
+    (work, data, server)
+}
+
 fn wal_bytes_on_disk(data: &Path) -> u64 {
     let mut total = 0;
     for shard in std::fs::read_dir(data).unwrap().flatten() {
@@ -147,15 +159,8 @@ fn wal_stats_reports_real_numbers_with_a_shard_breakdown() {
 
 #[test]
 fn compaction_reclaims_disk_loses_nothing_and_old_offsets_get_a_clear_error() {
-    let work = tempfile::tempdir().unwrap();
-    let config = write_config(
-        work.path(),
-        "storage:\n  wal_segment_size_mb: 1\ncompaction:\n  enabled: false\n",
-    );
-    let data = work.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let config = config.to_str().unwrap().to_owned();
-    let mut server = Server::start_in(&data, &["--config", &config]);
+    let (_work, data, mut server) =
+        start_with_config("storage:\n  wal_segment_size_mb: 1\ncompaction:\n  enabled: false\n");
     let mut c = server.raw();
     put_counter(&mut c);
     let pad = "p".repeat(1000);
@@ -252,12 +257,7 @@ fn flush_all_is_refused_unless_enabled_and_survives_a_restart() {
     );
     drop(server);
 
-    let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), "storage:\n  allow_flush_all: true\n");
-    let data = work.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let config = config.to_str().unwrap().to_owned();
-    let mut server = Server::start_in(&data, &["--config", &config]);
+    let (_work, _data, mut server) = start_with_config("storage:\n  allow_flush_all: true\n");
     let mut c = server.raw();
     put_counter(&mut c);
     for i in 0..10 {
@@ -292,15 +292,7 @@ fn flush_all_is_refused_unless_enabled_and_survives_a_restart() {
 
 #[test]
 fn automatic_compaction_snapshots_on_its_thresholds_and_loses_nothing() {
-    let work = tempfile::tempdir().unwrap();
-    let config = write_config(
-        work.path(),
-        "compaction:\n  enabled: true\n  events_threshold: 50\n  size_threshold_mb: 0\n  min_interval_secs: 1\n",
-    );
-    let data = work.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let config = config.to_str().unwrap().to_owned();
-    let mut server = Server::start_in(&data, &["--config", &config]);
+    let (_work, _data, mut server) = start_with_config("compaction:\n  enabled: true\n  events_threshold: 50\n  size_threshold_mb: 0\n  min_interval_secs: 1\n");
     let mut c = server.raw();
     put_counter(&mut c);
     for i in 0..300 {

@@ -437,6 +437,16 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
     });
 }
 
+/// Open (recover) a shard and run its loop; drop the sender and await the
+/// task to stop it.
+async fn run_shard(cfg: &ShardConfig) -> (flume::Sender<ShardMsg>, glommio::Task<()>) {
+    let (shard, _) = Shard::open(cfg, Frontier::new(), Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    let (tx, rx) = flume::unbounded();
+    (tx, glommio::spawn_local(shard.run(rx, None)))
+}
+
 async fn compact(tx: &flume::Sender<ShardMsg>, force: bool) -> super::snapshotting::CompactReport {
     let (dtx, drx) = flume::bounded(1);
     tx.send(ShardMsg::Compact {
@@ -486,15 +496,7 @@ fn recovery_starts_from_the_snapshot_and_replays_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
     on_executor(move || async move {
-        let (shard, _) = Shard::open(
-            &config(&p, 64 * 1024),
-            Frontier::new(),
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-        .unwrap();
-        let (tx, rx) = flume::unbounded();
-        let runner = glommio::spawn_local(shard.run(rx, None));
+        let (tx, runner) = run_shard(&config(&p, 64 * 1024)).await;
         start_door(&tx).await;
         for i in 0..200 {
             send_and_wait(&tx, create_cmd(&format!("d{i}")))
@@ -556,15 +558,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
     on_executor(move || async move {
-        let (shard, _) = Shard::open(
-            &config(&p, 64 * 1024),
-            Frontier::new(),
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-        .unwrap();
-        let (tx, rx) = flume::unbounded();
-        let runner = glommio::spawn_local(shard.run(rx, None));
+        let (tx, runner) = run_shard(&config(&p, 64 * 1024)).await;
         start_door(&tx).await;
         send_and_wait(&tx, create_cmd("a")).await.unwrap();
         assert_eq!(compact(&tx, true).await.snapshots_created, 1);
@@ -606,15 +600,7 @@ fn flush_all_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
     on_executor(move || async move {
-        let (shard, _) = Shard::open(
-            &config(&p, 64 * 1024),
-            Frontier::new(),
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-        .unwrap();
-        let (tx, rx) = flume::unbounded();
-        let runner = glommio::spawn_local(shard.run(rx, None));
+        let (tx, runner) = run_shard(&config(&p, 64 * 1024)).await;
         start_door(&tx).await;
         send_and_wait(&tx, create_cmd("a")).await.unwrap();
         send_and_wait(&tx, create_cmd("b")).await.unwrap();
