@@ -4,6 +4,7 @@
 pub mod command;
 pub mod events;
 pub mod log_read;
+mod maintenance;
 mod ops_read;
 mod ops_write;
 pub mod replay;

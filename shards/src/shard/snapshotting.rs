@@ -31,13 +31,13 @@
 //!   can always resolve a part left in doubt.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::state::ShardState;
 use crate::instance::Instance;
 use crate::snapshot::{list_snapshots, write_snapshot, SnapshotEncoder, WrittenSnapshot};
-use crate::wal::reader::LogReader;
+use crate::wal::reader::{LogReader, SegmentInfo};
 use crate::wal::segment::{segment_path, sync_dir};
 
 /// Instances encoded per turn of the shard loop (~0.5 ms of work: what a
@@ -155,26 +155,37 @@ fn age_ms(path: &Path) -> u64 {
         .map_or(0, |d: Duration| d.as_millis() as u64)
 }
 
-/// Delete the segments the oldest retained snapshot covers (see the module
+/// The segments a compaction will delete, decided on the shard (where the
+/// log reader lives); the deleting itself is left to the maintenance thread.
+#[derive(Debug, Default)]
+pub struct CompactionPlan {
+    pub wal_dir: PathBuf,
+    /// Oldest first.
+    pub segments: Vec<SegmentInfo>,
+    /// The first offset that stays in the log once they are gone.
+    pub retained_from: u64,
+    pub total_snapshots: u64,
+}
+
+/// Choose the segments the oldest retained snapshot covers (see the module
 /// comment for the rule). `active` is the segment being written.
-pub fn compact(
+pub fn plan_compaction(
     shard_dir: &Path,
     reader: &mut LogReader,
     active: u64,
-    report: &mut CompactReport,
-) -> io::Result<Vec<u64>> {
+) -> io::Result<CompactionPlan> {
     let snapshots = list_snapshots(shard_dir)?;
-    report.total_snapshots = snapshots.len() as u64;
+    let mut plan = CompactionPlan {
+        wal_dir: reader.dir().to_path_buf(),
+        total_snapshots: snapshots.len() as u64,
+        ..CompactionPlan::default()
+    };
     let Some(oldest_covered) = snapshots.iter().map(|s| s.covered_offset).min() else {
-        report.wal_segments = reader.segments().len() as u64;
-        return Ok(Vec::new());
+        return Ok(plan);
     };
     reader.refresh()?;
-    let segments = reader.segments();
-    let wal_dir = reader.dir().to_path_buf();
-    let mut deleted = Vec::new();
-    for pair in segments.windows(2) {
-        let (seg, next) = (&pair[0], &pair[1]);
+    for pair in reader.segments().windows(2) {
+        let (seg, next) = (pair[0], pair[1]);
         if seg.id >= active {
             break;
         }
@@ -185,19 +196,27 @@ pub fn compact(
         if next_first > oldest_covered.saturating_add(1) {
             break;
         }
-        let path = segment_path(&wal_dir, seg.id);
-        if age_ms(&path) < COMPACTION_SEGMENT_AGE_MIN_MS {
+        if age_ms(&segment_path(&plan.wal_dir, seg.id)) < COMPACTION_SEGMENT_AGE_MIN_MS {
             break;
         }
-        std::fs::remove_file(&path)?;
-        report.segments_deleted += 1;
-        report.bytes_reclaimed += seg.size_bytes;
-        deleted.push(seg.id);
+        plan.segments.push(seg);
+        plan.retained_from = next_first;
     }
-    if !deleted.is_empty() {
-        sync_dir(&wal_dir)?;
-        reader.refresh()?;
+    Ok(plan)
+}
+
+/// Delete the planned segments, oldest first, and sync the directory
+/// (blocking: freeing a large file takes milliseconds).
+pub fn delete_segments(plan: &CompactionPlan) -> io::Result<()> {
+    for seg in &plan.segments {
+        match std::fs::remove_file(segment_path(&plan.wal_dir, seg.id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
-    report.wal_segments = reader.segments().len() as u64;
-    Ok(deleted)
+    if !plan.segments.is_empty() {
+        sync_dir(&plan.wal_dir)?;
+    }
+    Ok(())
 }

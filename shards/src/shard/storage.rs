@@ -1,5 +1,5 @@
 //! The shard's storage lifecycle, run between group commits: snapshot jobs
-//! (one slice per loop turn; the file is written on a blocking thread),
+//! (one slice per loop turn; the file is written on the maintenance thread),
 //! compaction after each snapshot, automatic triggering, SNAPSHOT_INSTANCE,
 //! and the log statistics behind WAL_STATS. See `snapshotting.rs` for the
 //! snapshot and deletion rules.
@@ -9,13 +9,16 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::maintenance::Maintenance;
 use super::result::ResultWriter;
 use super::runner::{fail_stop, Shard, ShardConfig};
-use super::snapshotting::{compact, write, CompactReport, SliceOutcome, SnapshotJob};
+use super::snapshotting::{
+    delete_segments, plan_compaction, write, CompactReport, SliceOutcome, SnapshotJob,
+};
 use crate::error::{EngineError, EngineResult};
 use crate::snapshot::{list_snapshots, WrittenSnapshot};
 use crate::wal::offset::make_offset;
-use crate::wal::reader::LogReader;
+use crate::wal::reader::{LogReader, SegmentInfo};
 use crate::wal::recovery::ScanOutcome;
 use crate::wal::segment::sync_dir;
 
@@ -28,21 +31,39 @@ pub struct AutoCompaction {
     pub min_interval: Duration,
 }
 
-/// How soon the loop must come back while a snapshot file is being written.
-const SNAPSHOT_WRITE_POLL_MS: u64 = 2;
+/// How soon the loop must come back while the maintenance thread works.
+const MAINTENANCE_POLL_MS: u64 = 2;
 /// Pause between two snapshot slices. It must be a real wait, not a yield:
 /// only a task that is not ready lets the executor poll for network I/O, so
 /// the connections that share shard 0's executor keep being served.
 const SNAPSHOT_SLICE_INTERVAL_US: u64 = 100;
 
+/// Where the current storage job is. A job is a snapshot (encoded here in
+/// slices, written by the maintenance thread) followed by a compaction
+/// (planned here, segments deleted by the maintenance thread), or a
+/// compaction alone.
+enum Phase {
+    Idle,
+    Encoding(SnapshotJob),
+    Writing(flume::Receiver<io::Result<WrittenSnapshot>>),
+    Deleting {
+        done: flume::Receiver<io::Result<()>>,
+        planned: Vec<SegmentInfo>,
+    },
+}
+
 pub struct StorageState {
     shard_dir: PathBuf,
     auto: Option<AutoCompaction>,
-    job: Option<SnapshotJob>,
-    writing: Option<flume::Receiver<io::Result<WrittenSnapshot>>>,
-    /// A snapshot (+ compaction) is wanted and not yet started.
+    phase: Phase,
+    maintenance: Maintenance,
+    /// What the current job did so far.
+    report: CompactReport,
+    /// COMPACT requests the current job answers.
+    answering: Vec<flume::Sender<CompactReport>>,
+    /// A snapshot (+ compaction) is wanted and not yet started, for these.
     wanted: bool,
-    waiters: Vec<flume::Sender<CompactReport>>,
+    queued: Vec<flume::Sender<CompactReport>>,
     last_snapshot_at: Instant,
     records_at_last_snapshot: u64,
     /// Records per segment found by recovery.
@@ -56,10 +77,12 @@ impl StorageState {
         StorageState {
             shard_dir: cfg.dir.clone(),
             auto: cfg.auto_compaction.clone(),
-            job: None,
-            writing: None,
+            phase: Phase::Idle,
+            maintenance: Maintenance::new(cfg.id),
+            report: CompactReport::default(),
+            answering: Vec::new(),
             wanted: false,
-            waiters: Vec::new(),
+            queued: Vec::new(),
             last_snapshot_at: Instant::now(),
             records_at_last_snapshot: 0,
             recovered_records: scan.segment_records.iter().copied().collect(),
@@ -74,12 +97,23 @@ impl StorageState {
 
     /// Upper bound for the loop's idle wait while storage work is pending.
     pub fn wait_hint(&self) -> Duration {
-        if self.job.is_some() {
-            Duration::from_micros(SNAPSHOT_SLICE_INTERVAL_US)
-        } else if self.writing.is_some() {
-            Duration::from_millis(SNAPSHOT_WRITE_POLL_MS)
-        } else {
-            Duration::MAX
+        match self.phase {
+            Phase::Idle => Duration::MAX,
+            Phase::Encoding(_) => Duration::from_micros(SNAPSHOT_SLICE_INTERVAL_US),
+            Phase::Writing(_) | Phase::Deleting { .. } => {
+                Duration::from_millis(MAINTENANCE_POLL_MS)
+            }
+        }
+    }
+}
+
+/// A maintenance job's result, if it has come back.
+fn poll<T>(rx: &flume::Receiver<io::Result<T>>) -> Option<io::Result<T>> {
+    match rx.try_recv() {
+        Ok(result) => Some(result),
+        Err(flume::TryRecvError::Empty) => None,
+        Err(flume::TryRecvError::Disconnected) => {
+            Some(Err(io::Error::other("the maintenance thread lost the job")))
         }
     }
 }
@@ -94,47 +128,77 @@ impl Shard {
     ) {
         let grew = self.wal.stats().records_appended > self.storage.records_at_last_snapshot;
         let any_snapshot = list_snapshots(&self.storage.shard_dir).is_ok_and(|l| !l.is_empty());
-        if force_snapshot || grew || !any_snapshot || self.storage.job.is_some() {
+        let busy = !matches!(self.storage.phase, Phase::Idle);
+        if force_snapshot || grew || !any_snapshot || busy {
             self.storage.wanted = true;
-            if let Some(done) = done {
-                self.storage.waiters.push(done);
-            }
+            self.storage.queued.extend(done);
             return;
         }
-        let report = self.compact_now(CompactReport::default());
-        if let Some(done) = done {
-            let _ = done.send(report);
-        }
+        // Only compaction: the newest snapshot already covers the log.
+        self.storage.answering.extend(done);
+        self.storage.report = CompactReport::default();
+        self.start_compaction();
     }
 
-    fn compact_now(&mut self, mut report: CompactReport) -> CompactReport {
-        let started = Instant::now();
+    /// Plan the deletions here and hand them to the maintenance thread.
+    fn start_compaction(&mut self) {
         let active = self.wal.segment_id();
-        let result = self
+        let planned = self
             .reader_mut()
-            .and_then(|(dir, reader)| compact(&dir, reader, active, &mut report));
-        match result {
-            Ok(deleted) => {
-                for id in deleted {
-                    self.storage.recovered_records.remove(&id);
-                }
-                if report.segments_deleted > 0 {
-                    self.storage.retained_from = self
-                        .reader
-                        .as_ref()
-                        .and_then(LogReader::oldest_offset)
-                        .unwrap_or(self.storage.retained_from);
-                }
+            .and_then(|(dir, reader)| plan_compaction(&dir, reader, active));
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.storage.report.error = Some(format!("compaction failed: {e}"));
+                return self.job_done();
             }
-            Err(e) => report.error = Some(format!("compaction failed: {e}")),
+        };
+        self.storage.report.total_snapshots = plan.total_snapshots;
+        if plan.segments.is_empty() {
+            return self.job_done();
         }
+        // From now on the deleted records are gone for readers, even before
+        // the files are: nobody starts reading in a segment being deleted.
+        self.storage.retained_from = plan.retained_from;
+        let planned = plan.segments.clone();
+        let done = self.storage.maintenance.run(move || delete_segments(&plan));
+        self.storage.phase = Phase::Deleting { done, planned };
+    }
+
+    fn segments_deleted(&mut self, result: io::Result<()>, planned: Vec<SegmentInfo>) {
+        if let Err(e) = result {
+            self.storage.report.error = Some(format!("compaction failed: {e}"));
+        }
+        if let Err(e) = self.reader_mut().and_then(|(_, r)| r.refresh()) {
+            fail_stop(self.state.shard_id, "cannot list the WAL", &e);
+        }
+        let present: Vec<u64> = self
+            .reader
+            .as_ref()
+            .map(|r| r.segments().iter().map(|s| s.id).collect())
+            .unwrap_or_default();
+        for seg in planned.iter().filter(|s| !present.contains(&s.id)) {
+            self.storage.recovered_records.remove(&seg.id);
+            self.storage.report.segments_deleted += 1;
+            self.storage.report.bytes_reclaimed += seg.size_bytes;
+        }
+        self.job_done();
+    }
+
+    /// The current job is over: answer its requests.
+    fn job_done(&mut self) {
+        self.storage.phase = Phase::Idle;
+        let mut report = std::mem::take(&mut self.storage.report);
+        report.wal_segments = self.reader.as_ref().map_or(0, |r| r.segments().len()) as u64;
         tracing::debug!(
-            "shard {}: compaction deleted {} segment(s) in {} us",
+            "shard {}: storage job done: {} snapshot(s) written, {} segment(s) deleted",
             self.state.shard_id,
+            report.snapshots_created,
             report.segments_deleted,
-            started.elapsed().as_micros()
         );
-        report
+        for w in self.storage.answering.drain(..) {
+            let _ = w.send(report.clone());
+        }
     }
 
     fn reader_mut(&mut self) -> io::Result<(PathBuf, &mut LogReader)> {
@@ -166,68 +230,65 @@ impl Shard {
 
     /// One turn of storage work; called by the loop after each group.
     pub(super) fn storage_turn(&mut self) {
-        if let Some(rx) = &self.storage.writing {
-            match rx.try_recv() {
-                Ok(result) => {
-                    self.storage.writing = None;
-                    self.snapshot_written(result);
-                }
-                Err(flume::TryRecvError::Empty) => return,
-                Err(flume::TryRecvError::Disconnected) => {
-                    self.storage.writing = None;
-                    self.snapshot_written(Err(io::Error::other("snapshot writer vanished")));
-                }
-            }
+        match std::mem::replace(&mut self.storage.phase, Phase::Idle) {
+            Phase::Idle => self.maybe_start_snapshot(),
+            Phase::Encoding(job) => self.encode_slice(job),
+            Phase::Writing(rx) => match poll(&rx) {
+                Some(result) => self.snapshot_written(result),
+                None => self.storage.phase = Phase::Writing(rx),
+            },
+            Phase::Deleting { done, planned } => match poll(&done) {
+                Some(result) => self.segments_deleted(result, planned),
+                None => self.storage.phase = Phase::Deleting { done, planned },
+            },
         }
-        if let Some(job) = &mut self.storage.job {
-            let txns = &self.txns;
-            let original = |id: &str| {
-                txns.values()
-                    .find_map(|p| p.undo.original(id).map(|o| o.cloned()))
-            };
-            let outcome = job.step(&self.state, &original);
-            if outcome == SliceOutcome::Restart {
-                self.storage.job = None;
-                self.storage.wanted = true;
-                return;
-            }
-            if outcome == SliceOutcome::Done {
-                if let Some(job) = self.storage.job.take() {
-                    let dir = self.storage.shard_dir.clone();
-                    let encode_ms = job.started.elapsed().as_millis();
-                    let image = job.finish();
-                    tracing::debug!(
-                        "shard {}: snapshot encoded in {encode_ms} ms; writing",
-                        self.state.shard_id
-                    );
-                    let (tx, rx) = flume::bounded(1);
-                    glommio::spawn_local(async move {
-                        let result = glommio::executor()
-                            .spawn_blocking(move || write(&dir, image))
-                            .await;
-                        let _ = tx.send(result);
-                    })
-                    .detach();
-                    self.storage.writing = Some(rx);
-                }
-            }
+    }
+
+    fn maybe_start_snapshot(&mut self) {
+        if !(self.storage.wanted || self.auto_due()) || !self.txns.is_empty() {
             return;
         }
-        if self.storage.writing.is_none()
-            && (self.storage.wanted || self.auto_due())
-            && self.txns.is_empty()
-        {
-            self.storage.wanted = false;
-            let clock = self.wal.clock();
-            let covered = make_offset(clock.last_tick(), self.state.shard_id);
-            self.storage.records_at_last_snapshot = self.wal.stats().records_appended;
-            self.storage.last_snapshot_at = Instant::now();
-            self.storage.job = Some(SnapshotJob::start(&self.state, covered, clock.last_tick()));
+        self.storage.wanted = false;
+        self.storage.answering = std::mem::take(&mut self.storage.queued);
+        self.storage.report = CompactReport::default();
+        let clock = self.wal.clock();
+        let covered = make_offset(clock.last_tick(), self.state.shard_id);
+        self.storage.records_at_last_snapshot = self.wal.stats().records_appended;
+        self.storage.last_snapshot_at = Instant::now();
+        let job = SnapshotJob::start(&self.state, covered, clock.last_tick());
+        self.storage.phase = Phase::Encoding(job);
+    }
+
+    fn encode_slice(&mut self, mut job: SnapshotJob) {
+        let txns = &self.txns;
+        let original = |id: &str| {
+            txns.values()
+                .find_map(|p| p.undo.original(id).map(|o| o.cloned()))
+        };
+        match job.step(&self.state, &original) {
+            SliceOutcome::More => self.storage.phase = Phase::Encoding(job),
+            SliceOutcome::Restart => {
+                // FLUSH_ALL emptied the shard: start over, for the same askers.
+                self.storage.wanted = true;
+                let answering = std::mem::take(&mut self.storage.answering);
+                self.storage.queued.splice(0..0, answering);
+            }
+            SliceOutcome::Done => {
+                let dir = self.storage.shard_dir.clone();
+                tracing::debug!(
+                    "shard {}: snapshot encoded in {} ms; writing",
+                    self.state.shard_id,
+                    job.started.elapsed().as_millis()
+                );
+                let image = job.finish();
+                let rx = self.storage.maintenance.run(move || write(&dir, image));
+                self.storage.phase = Phase::Writing(rx);
+            }
         }
     }
 
     fn snapshot_written(&mut self, result: io::Result<WrittenSnapshot>) {
-        let report = match result {
+        match result {
             Ok(written) => {
                 tracing::debug!(
                     "shard {}: snapshot {} written ({} bytes)",
@@ -235,21 +296,14 @@ impl Shard {
                     written.file.path.display(),
                     written.file.size_bytes
                 );
-                self.compact_now(CompactReport {
-                    snapshots_created: 1,
-                    ..CompactReport::default()
-                })
+                self.storage.report.snapshots_created = 1;
+                self.start_compaction();
             }
             Err(e) => {
                 tracing::warn!("shard {}: snapshot failed: {e}", self.state.shard_id);
-                CompactReport {
-                    error: Some(format!("snapshot failed: {e}")),
-                    ..CompactReport::default()
-                }
+                self.storage.report.error = Some(format!("snapshot failed: {e}"));
+                self.job_done();
             }
-        };
-        for w in self.storage.waiters.drain(..) {
-            let _ = w.send(report.clone());
         }
     }
 
