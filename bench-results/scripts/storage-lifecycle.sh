@@ -74,7 +74,11 @@ while [ "$(total_of $p)" -lt 1000000 ]; do
 done
 instances=$(total_of $p)
 # A light get load runs through the snapshot; its max latency is the pause.
-$B --addr 127.0.0.1:$p --workload get --connections 4 --pipeline 1 --instances 1000 --duration 12 --warmup 0 --json $work/pause.json > $work/pause.out 2>&1 &
+# The same load without a snapshot first: the noise floor of this machine.
+get_load() { $B --addr 127.0.0.1:$p --workload get --connections 4 --pipeline 1 --instances 1000 --duration 12 --warmup 0 > $1 2>&1; }
+sleep 11 # segments younger than 10 s are never deleted
+get_load $work/quiet.out
+get_load $work/pause.out &
 bench=$!
 sleep 3
 t0=$(date +%s.%N)
@@ -88,5 +92,6 @@ echo
 echo "- COMPACT (snapshot of every shard, written and synced): **$(python3 -c "print(round($t1-$t0,2))") s**; result: \`$(echo "$compact" | python3 -c 'import json,sys;print(json.dumps(json.load(sys.stdin)["result"]))')\`"
 echo "- Snapshot files: $snapbytes bytes ($(python3 -c "print(round($snapbytes/$instances,1))") bytes per instance)"
 echo "- Requests during the snapshot (4 connections of GET_INSTANCE, 12 s around it): $(grep -E 'latency' $work/pause.out | xargs)"
-echo "  The max is the longest any request waited, i.e. the pause."
+echo "- The same load for 12 s just before, no snapshot: $(grep -E 'latency' $work/quiet.out | xargs)"
+echo "  The max during the snapshot, against the max without one, is the pause the snapshot adds."
 rm -rf $work

@@ -6,9 +6,11 @@
 //! A snapshot job starts between two group commits, when no cross-shard
 //! batch is prepared on the shard; its `covered_offset` is the offset of the
 //! last record written then. It lists the instance ids present at that
-//! moment and then encodes `SNAPSHOT_SLICE_INSTANCES` of them per turn of
-//! the shard loop, while the shard keeps serving requests in between — so a
-//! large shard is never paused for more than one slice.
+//! moment and then encodes them in slices of at most `SNAPSHOT_SLICE_US`,
+//! one per turn of the shard loop, while the shard keeps serving requests in
+//! between — so a large shard is never paused for more than one slice. (A
+//! slice is bounded by time, not by a count of instances: how long an
+//! instance takes depends on its size and on what is in the CPU cache.)
 //!
 //! Instances may change while the job runs, so the file may hold some
 //! instances as they were *after* `covered_offset`. That is harmless:
@@ -40,9 +42,11 @@ use crate::snapshot::{list_snapshots, write_snapshot, SnapshotEncoder, WrittenSn
 use crate::wal::reader::{LogReader, SegmentInfo};
 use crate::wal::segment::{segment_path, sync_dir};
 
-/// Instances encoded per turn of the shard loop (~0.5 ms of work: what a
-/// request arriving meanwhile may have to wait).
-pub const SNAPSHOT_SLICE_INSTANCES: usize = 500;
+/// Longest a slice of snapshot encoding runs: what a request arriving
+/// meanwhile may have to wait.
+pub const SNAPSHOT_SLICE_US: u64 = 250;
+/// Instances encoded between two looks at the clock within a slice.
+const SNAPSHOT_CLOCK_CHECK_INSTANCES: usize = 16;
 /// Encoder buffer reserved per instance up front, so the buffer does not
 /// grow (and copy tens of MiB inside one slice) while the job runs.
 pub const SNAPSHOT_BYTES_PER_INSTANCE_ESTIMATE: usize = 112;
@@ -100,35 +104,51 @@ impl SnapshotJob {
         }
     }
 
-    /// Encode the next slice. `original(id)` gives, for an instance held by a
-    /// prepared batch, its state before the batch (`Some(None)`: the batch
-    /// created it). Returns true when every instance is encoded.
+    /// Encode the next slice, for about `budget` (at least
+    /// `SNAPSHOT_CLOCK_CHECK_INSTANCES` instances). `original(id)` gives, for
+    /// an instance held by a prepared batch, its state before the batch
+    /// (`Some(None)`: the batch created it).
     pub fn step(
         &mut self,
         state: &ShardState,
         original: &dyn Fn(&str) -> Option<Option<Instance>>,
+        budget: Duration,
     ) -> SliceOutcome {
         if state.order_generation != self.generation {
             return SliceOutcome::Restart;
         }
-        let end = (self.next + SNAPSHOT_SLICE_INSTANCES).min(self.end);
-        for id in state.order[self.next..end].iter().flatten() {
-            let id: &str = id;
-            match original(id) {
-                Some(Some(before)) => self.encoder.add_instance(id, &before),
-                Some(None) => {}
-                None => {
-                    if let Some(inst) = state.instances.get(id) {
-                        self.encoder.add_instance(id, inst);
-                    }
-                }
+        let deadline = Instant::now() + budget;
+        while self.next < self.end {
+            let end = (self.next + SNAPSHOT_CLOCK_CHECK_INSTANCES).min(self.end);
+            for id in state.order[self.next..end].iter().flatten() {
+                self.add(id, state, original);
+            }
+            self.next = end;
+            if Instant::now() >= deadline {
+                break;
             }
         }
-        self.next = end;
         if self.next >= self.end {
             SliceOutcome::Done
         } else {
             SliceOutcome::More
+        }
+    }
+
+    fn add(
+        &mut self,
+        id: &str,
+        state: &ShardState,
+        original: &dyn Fn(&str) -> Option<Option<Instance>>,
+    ) {
+        match original(id) {
+            Some(Some(before)) => self.encoder.add_instance(id, &before),
+            Some(None) => {}
+            None => {
+                if let Some(inst) = state.instances.get(id) {
+                    self.encoder.add_instance(id, inst);
+                }
+            }
         }
     }
 
@@ -220,3 +240,7 @@ pub fn delete_segments(plan: &CompactionPlan) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "snapshotting_tests.rs"]
+mod tests;

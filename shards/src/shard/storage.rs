@@ -14,6 +14,7 @@ use super::result::ResultWriter;
 use super::runner::{fail_stop, Shard, ShardConfig};
 use super::snapshotting::{
     delete_segments, plan_compaction, write, CompactReport, SliceOutcome, SnapshotJob,
+    SNAPSHOT_SLICE_US,
 };
 use crate::error::{EngineError, EngineResult};
 use crate::snapshot::{list_snapshots, WrittenSnapshot};
@@ -265,7 +266,8 @@ impl Shard {
             txns.values()
                 .find_map(|p| p.undo.original(id).map(|o| o.cloned()))
         };
-        match job.step(&self.state, &original) {
+        let budget = Duration::from_micros(SNAPSHOT_SLICE_US);
+        match job.step(&self.state, &original, budget) {
             SliceOutcome::More => self.storage.phase = Phase::Encoding(job),
             SliceOutcome::Restart => {
                 // FLUSH_ALL emptied the shard: start over, for the same askers.
