@@ -64,34 +64,41 @@ echo "- Log bytes written: $written; **$(python3 -c "print(round($written/$entri
 echo "- Recovery log line: \`$(grep -o 'recovered.*' $work/r2.log | head -1)\`"
 echo
 
-# 2. Snapshot of 1,000,000 instances, and the pause requests see meanwhile.
-p=$(port); d=$work/snap
-$S --bind 127.0.0.1:$p --data-dir $d --fsync never --config $work/nocompact.yaml 2>$work/s1.log & pid=$!
-wait_ready $p
+# 2. Snapshot of 1,000,000 instances, and the pause requests see meanwhile:
+# the same light load (4 connections, one request at a time) runs 12 s
+# without a snapshot (this machine's noise floor), then 12 s with a COMPACT
+# 3 s in. Twice: reads with fsync off, then durable applies.
 total_of() { rcp $1 LIST_INSTANCES '{"limit":0}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["result"]["total"])'; }
-while [ "$(total_of $p)" -lt 1000000 ]; do
-  $B --addr 127.0.0.1:$p --workload create --connections 16 --pipeline 32 --instances 1 --duration 4 --warmup 0 > $work/create.out 2>&1 || true
-done
-instances=$(total_of $p)
-# A light get load runs through the snapshot; its max latency is the pause.
-# The same load without a snapshot first: the noise floor of this machine.
-get_load() { $B --addr 127.0.0.1:$p --workload get --connections 4 --pipeline 1 --instances 1000 --duration 12 --warmup 0 > $1 2>&1; }
-sleep 11 # segments younger than 10 s are never deleted
-get_load $work/quiet.out
-get_load $work/pause.out &
-bench=$!
-sleep 3
-t0=$(date +%s.%N)
-compact=$(rcp $p COMPACT '{"force_snapshot":true}')
-t1=$(date +%s.%N)
-wait $bench || true
-kill -TERM $pid; wait $pid || true
-snapbytes=$(du -cb $d/shard-*/snapshots/*.snap | tail -1 | cut -f1)
-echo "## Snapshot with $instances instances"
-echo
-echo "- COMPACT (snapshot of every shard, written and synced): **$(python3 -c "print(round($t1-$t0,2))") s**; result: \`$(echo "$compact" | python3 -c 'import json,sys;print(json.dumps(json.load(sys.stdin)["result"]))')\`"
-echo "- Snapshot files: $snapbytes bytes ($(python3 -c "print(round($snapbytes/$instances,1))") bytes per instance)"
-echo "- Requests during the snapshot (4 connections of GET_INSTANCE, 12 s around it): $(grep -E 'latency' $work/pause.out | xargs)"
-echo "- The same load for 12 s just before, no snapshot: $(grep -E 'latency' $work/quiet.out | xargs)"
-echo "  The max during the snapshot, against the max without one, is the pause the snapshot adds."
+snapshot_pause() { # fsync-policy workload
+  p=$(port); d=$work/snap-$1
+  $S --bind 127.0.0.1:$p --data-dir $d --fsync $1 --config $work/nocompact.yaml 2>$work/s1.log & pid=$!
+  wait_ready $p
+  while [ "$(total_of $p)" -lt 1000000 ]; do
+    $B --addr 127.0.0.1:$p --workload create --connections 16 --pipeline 32 --instances 1 --duration 4 --warmup 0 > $work/create.out 2>&1 || true
+  done
+  instances=$(total_of $p)
+  load() { $B --addr 127.0.0.1:$p --workload $2 --connections 4 --pipeline 1 --instances 1000 --duration 12 --warmup 0 > $1 2>&1; }
+  sleep 11 # segments younger than 10 s are never deleted
+  load $work/quiet.out $2
+  load $work/pause.out $2 &
+  bench=$!
+  sleep 3
+  t0=$(date +%s.%N)
+  compact=$(rcp $p COMPACT '{"force_snapshot":true}')
+  t1=$(date +%s.%N)
+  wait $bench || true
+  kill -TERM $pid; wait $pid || true
+  snapbytes=$(du -cb $d/shard-*/snapshots/*.snap | tail -1 | cut -f1)
+  echo "## Snapshot with $instances instances (fsync $1, load: $2)"
+  echo
+  echo "- COMPACT (snapshot of every shard, written and synced, covered segments deleted): **$(python3 -c "print(round($t1-$t0,2))") s**; result: \`$(echo "$compact" | python3 -c 'import json,sys;print(json.dumps(json.load(sys.stdin)["result"]))')\`"
+  echo "- Snapshot files: $snapbytes bytes ($(python3 -c "print(round($snapbytes/$instances,1))") bytes per instance)"
+  echo "- $2, 12 s with the snapshot in it: $(grep -E 'latency' $work/pause.out | xargs)"
+  echo "- $2, 12 s just before, no snapshot: $(grep -E 'latency' $work/quiet.out | xargs)"
+  echo
+  rm -rf $d
+}
+snapshot_pause never get
+snapshot_pause every_write apply
+echo "The max with the snapshot, against the max without one, is the pause the snapshot adds."
 rm -rf $work

@@ -127,6 +127,8 @@ impl Shard {
         let wal_dir = cfg.dir.join("wal");
         std::fs::create_dir_all(&wal_dir)
             .map_err(|e| format!("cannot create {}: {e}", wal_dir.display()))?;
+        crate::wal::retire::remove_retired(&wal_dir)
+            .map_err(|e| format!("shard {}: cleaning {}: {e}", cfg.id, wal_dir.display()))?;
         let snapshot =
             crate::snapshot::load_newest(&cfg.dir).map_err(|e| format!("shard {}: {e}", cfg.id))?;
         let (mut state, covered, snapshot_tick) = match snapshot {

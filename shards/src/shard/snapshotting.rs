@@ -40,7 +40,8 @@ use super::state::ShardState;
 use crate::instance::Instance;
 use crate::snapshot::{list_snapshots, write_snapshot, SnapshotEncoder, WrittenSnapshot};
 use crate::wal::reader::{LogReader, SegmentInfo};
-use crate::wal::segment::{segment_path, sync_dir};
+use crate::wal::retire::retire_segments;
+use crate::wal::segment::segment_path;
 
 /// Longest a slice of snapshot encoding runs: what a request arriving
 /// meanwhile may have to wait.
@@ -225,20 +226,11 @@ pub fn plan_compaction(
     Ok(plan)
 }
 
-/// Delete the planned segments, oldest first, and sync the directory
-/// (blocking: freeing a large file takes milliseconds).
+/// Delete the planned segments (blocking: run it on a background thread;
+/// see `wal::retire` for how the space is freed without stalling syncs).
 pub fn delete_segments(plan: &CompactionPlan) -> io::Result<()> {
-    for seg in &plan.segments {
-        match std::fs::remove_file(segment_path(&plan.wal_dir, seg.id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if !plan.segments.is_empty() {
-        sync_dir(&plan.wal_dir)?;
-    }
-    Ok(())
+    let ids: Vec<u64> = plan.segments.iter().map(|s| s.id).collect();
+    retire_segments(&plan.wal_dir, &ids)
 }
 
 #[cfg(test)]

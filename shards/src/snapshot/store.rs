@@ -214,16 +214,18 @@ pub fn write_snapshot(shard_dir: &Path, image: &[u8]) -> io::Result<WrittenSnaps
     })
 }
 
-/// Write `image` with one system call per `SNAPSHOT_WRITE_CHUNK_BYTES`, and
-/// start the write-back of each chunk as soon as it is written.
+/// Write `image` one `SNAPSHOT_WRITE_CHUNK_BYTES` chunk at a time, each
+/// written back to the disk before the next one is written.
 ///
-/// One large write would keep its thread inside the kernel for the whole
-/// copy (100+ ms for tens of MiB), and this kernel does not preempt kernel
-/// code: whatever waits for that CPU — a shard loop — waits with it. Between
-/// chunks the thread returns to user space, where it can be preempted. The
-/// early write-back keeps the final fsync (also one long stay in the kernel)
-/// short, and spreads the disk traffic instead of sending it in one burst
-/// that the WAL's own syncs would queue behind.
+/// * One large write would keep its thread inside the kernel for the whole
+///   copy (100+ ms for tens of MiB), and this kernel does not preempt kernel
+///   code: whatever waits for that CPU — a shard loop — waits with it.
+///   Between chunks the thread returns to user space and can be preempted.
+/// * With at most one chunk dirty or in flight, the WAL's own syncs never
+///   queue behind tens of MiB of snapshot data in the disk queue or in the
+///   file system's journal commit (measured: 17-22 ms stalls of durable
+///   requests when the whole file was left to write-back and one fsync).
+///   The final fsync then has only metadata left to do.
 fn write_in_chunks(file: &std::fs::File, image: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut out = file;
@@ -237,11 +239,13 @@ fn write_in_chunks(file: &std::fs::File, image: &[u8]) -> io::Result<()> {
                 file.as_raw_fd(),
                 written as libc::off64_t,
                 chunk.len() as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
             )
         };
         if rc != 0 {
-            // Only a hint: the fsync that follows makes the file durable.
+            // Only pacing: the fsync that follows makes the file durable.
             tracing::debug!(
                 "sync_file_range on a snapshot: {}",
                 io::Error::last_os_error()

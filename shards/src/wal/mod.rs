@@ -8,6 +8,7 @@ pub mod policy;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+pub mod retire;
 pub mod segment;
 pub mod writer;
 

@@ -1,0 +1,122 @@
+//! Retiring segments that compaction no longer needs, gently.
+//!
+//! Deleting a 64 MiB segment in one `unlink` frees all its blocks in one
+//! file-system transaction; the commit that carries it (and, on a disk
+//! mounted with `discard`, the discards that follow it) delays whatever
+//! sync comes next — the WAL's. Measured on this machine, under durable
+//! writes: 13–19 ms stalls at the instant two segments were unlinked, none
+//! when they were shrunk 4 MiB at a time.
+//!
+//! So retiring is two steps:
+//! 1. rename every segment to `<id>.wal.retired` and sync the directory —
+//!    from then on the segment is not part of the log (listing ignores the
+//!    name), exactly as if it were deleted;
+//! 2. shrink each file by `RETIRE_STEP_BYTES` per step, pausing
+//!    `RETIRE_STEP_PAUSE_MS` between steps, then unlink it.
+//!
+//! A crash in step 2 leaves a `.retired` file, possibly shortened; it is
+//! never read, and `remove_retired` deletes it at the next start.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::segment::{segment_file_name, segment_path, sync_dir};
+
+/// Bytes freed per step while shrinking a retired segment.
+pub const RETIRE_STEP_BYTES: u64 = 4 * 1024 * 1024;
+/// Pause between two shrinking steps.
+pub const RETIRE_STEP_PAUSE_MS: u64 = 5;
+
+const RETIRED_SUFFIX: &str = ".retired";
+
+fn retired_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{}{RETIRED_SUFFIX}", segment_file_name(id)))
+}
+
+/// Take the segments `ids` out of the log in `dir` and free their space
+/// (blocking; meant for a background thread). Segments already gone are
+/// skipped.
+pub fn retire_segments(dir: &Path, ids: &[u64]) -> io::Result<()> {
+    let mut retired = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let to = retired_path(dir, id);
+        match std::fs::rename(segment_path(dir, id), &to) {
+            Ok(()) => retired.push(to),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if retired.is_empty() {
+        return Ok(());
+    }
+    sync_dir(dir)?;
+    for path in retired {
+        shrink_and_remove(&path, Duration::from_millis(RETIRE_STEP_PAUSE_MS))?;
+    }
+    Ok(())
+}
+
+fn shrink_and_remove(path: &Path, pause: Duration) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut len = file.metadata()?.len();
+    while len > 0 {
+        len = len.saturating_sub(RETIRE_STEP_BYTES);
+        file.set_len(len)?;
+        if len > 0 {
+            std::thread::sleep(pause);
+        }
+    }
+    drop(file);
+    std::fs::remove_file(path)
+}
+
+/// Delete what a crash left of earlier retirements; returns how many files.
+pub fn remove_retired(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(RETIRED_SUFFIX)) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::segment::list_segments;
+
+    fn segment(dir: &Path, id: u64, len: u64) {
+        let f = std::fs::File::create(segment_path(dir, id)).unwrap();
+        f.set_len(len).unwrap();
+    }
+
+    #[test]
+    fn retired_segments_leave_the_log_and_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        for id in 1..=4 {
+            segment(dir.path(), id, 9 * 1024 * 1024 + 17);
+        }
+        retire_segments(dir.path(), &[1, 2, 9]).unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![3, 4]);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "nothing else is left behind: {names:?}");
+    }
+
+    #[test]
+    fn leftovers_of_a_crash_are_not_segments_and_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, 4096);
+        segment(dir.path(), 2, 4096);
+        // As a crash between the rename and the unlink leaves it.
+        std::fs::rename(segment_path(dir.path(), 1), retired_path(dir.path(), 1)).unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![2]);
+        assert_eq!(remove_retired(dir.path()).unwrap(), 1);
+        assert_eq!(remove_retired(dir.path()).unwrap(), 0);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![2]);
+    }
+}
