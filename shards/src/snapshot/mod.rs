@@ -3,7 +3,8 @@
 //!
 //! * `data.rs` — the plain in-memory form (`SnapshotData`), taken from and
 //!   turned back into a `ShardState`;
-//! * `codec.rs` — the checksummed binary file format;
+//! * `codec/` — the checksummed binary file format (layout in `mod.rs`,
+//!   `encode.rs`, `decode.rs`);
 //! * `store.rs` — the `snapshots/` directory of a shard: atomic writes,
 //!   listing, loading the newest valid snapshot, retention.
 //!

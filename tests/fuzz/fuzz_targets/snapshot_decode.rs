@@ -83,7 +83,7 @@ fn seed() -> &'static Vec<u8> {
     })
 }
 
-/// Recompute both checksums of a file image (layout: snapshot/codec.rs).
+/// Recompute both checksums of a file image (layout: snapshot/codec/mod.rs).
 fn reseal(image: &mut [u8]) {
     let body_crc = crc32c::crc32c(&image[SNAPSHOT_HEADER_BYTES..]);
     image[40..44].copy_from_slice(&body_crc.to_le_bytes());

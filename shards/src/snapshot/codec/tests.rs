@@ -1,8 +1,10 @@
-//! Unit tests of `codec.rs` (kept apart so the module shows its code).
+//! Unit tests of the snapshot codec.
 
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
+
+use super::encode::{put_bytes, put_str, put_uv};
 
 fn machine(name: &str, version: u32) -> Arc<MachineDef> {
     Arc::new(
