@@ -1,4 +1,4 @@
-//! Unit tests of `config.rs` (kept apart so the module shows its code).
+//! Unit tests of the configuration loader.
 
 use super::*;
 use std::collections::HashMap;
