@@ -7,6 +7,7 @@ pub mod log_read;
 mod maintenance;
 mod ops_read;
 mod ops_write;
+mod participant;
 pub mod replay;
 pub mod result;
 pub mod runner;

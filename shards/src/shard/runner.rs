@@ -8,7 +8,7 @@
 //! Messages from one sender are handled in the order sent (flume is FIFO),
 //! which gives per-connection, per-instance ordering (invariant 3).
 //! Messages that touch an instance locked by a prepared cross-shard batch
-//! are parked, in order, until the batch is decided (`txn.rs`).
+//! are parked, in order, until the batch is decided (`participant.rs`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ use super::events::Publication;
 use super::log_read::{read_entries, EntryChunk, EventChunk};
 use super::replay::{ReplayCounts, TxnLog};
 use super::state::{now_ms, ShardState};
-use super::txn::{BufferSink, Prepared};
+use super::txn::Prepared;
 use crate::error::EngineResult;
 use crate::shard::command::Command;
 use crate::wal::entry;
@@ -79,10 +79,10 @@ pub struct Shard {
     /// Cross-shard parts prepared here and awaiting their decision.
     pub(super) txns: HashMap<u64, Prepared>,
     /// Instance → the batch that holds it.
-    locked: HashMap<String, u64>,
+    pub(super) locked: HashMap<String, u64>,
     parked: VecDeque<ShardMsg>,
     /// Parts found prepared-but-undecided at recovery: (decider, inner records).
-    in_doubt: HashMap<u64, (u32, Vec<u8>)>,
+    pub(super) in_doubt: HashMap<u64, (u32, Vec<u8>)>,
     publish_requested: bool,
     /// Set by a Shutdown message: leave the loop after this group.
     stopping: Option<flume::Sender<()>>,
@@ -91,9 +91,6 @@ pub struct Shard {
     wal_dir: PathBuf,
     pub(super) storage: super::storage::StorageState,
 }
-
-/// A staged atomic part: each op's result, how to undo it, its inner records.
-type Staged = (Vec<Vec<u8>>, super::txn::Undo, Vec<u8>);
 
 enum Deferred {
     Conn(ReplyTo, EngineResult<Vec<u8>>),
@@ -455,105 +452,6 @@ impl Shard {
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no reader"))?;
         read_entries(reader, from, max_records, max_bytes, watermark, &undecided)
-    }
-
-    /// Run the ops all-or-nothing into a buffer of inner records.
-    fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
-        let mut inner = Vec::new();
-        let wal = &mut self.wal;
-        let mut next_offset = || wal.reserve_offset();
-        let mut sink = BufferSink {
-            out: &mut inner,
-            next_offset: &mut next_offset,
-        };
-        match self.state.run_atomic(ops, now, &mut sink) {
-            Ok((results, undo)) => Ok((results, undo, inner)),
-            Err((i, e)) => Err(BatchVote::No(i, e)),
-        }
-    }
-
-    fn atomic_batch(&mut self, ops: Vec<Command>, now: u64) -> BatchVote {
-        let (results, undo, inner) = match self.stage(ops, now) {
-            Ok(staged) => staged,
-            Err(vote) => return vote,
-        };
-        if inner.is_empty() {
-            return BatchVote::Yes(results);
-        }
-        match self
-            .wal
-            .append(RecordKind::Batch, now, |out| out.extend_from_slice(&inner))
-        {
-            Ok(_) => BatchVote::Yes(results),
-            Err(e) => {
-                self.state.undo(undo);
-                BatchVote::No(0, e)
-            }
-        }
-    }
-
-    fn prepare(&mut self, txid: u64, decider: u32, ops: Vec<Command>, now: u64) -> BatchVote {
-        let (results, undo, inner) = match self.stage(ops, now) {
-            Ok(staged) => staged,
-            Err(vote) => return vote,
-        };
-        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
-            entry::write_prepare(out, txid, decider, &inner)
-        });
-        if let Err(e) = logged {
-            self.state.undo(undo);
-            return BatchVote::No(0, e);
-        }
-        let mut undo = undo;
-        let events = self.state.take_events_since(&mut undo);
-        let locked = ShardState::touched(&undo);
-        for id in &locked {
-            self.locked.insert(id.clone(), txid);
-        }
-        self.txns.insert(
-            txid,
-            Prepared {
-                undo,
-                events,
-                locked,
-            },
-        );
-        BatchVote::Yes(results)
-    }
-
-    fn decide(&mut self, txid: u64, commit: bool, now: u64) {
-        let kind = if commit {
-            RecordKind::Commit
-        } else {
-            RecordKind::Abort
-        };
-        if let Some(part) = self.txns.remove(&txid) {
-            for id in &part.locked {
-                self.locked.remove(id);
-            }
-            if commit {
-                self.state.events.extend(part.events);
-            } else {
-                self.state.undo(part.undo);
-            }
-        } else if let Some((_, inner)) = self.in_doubt.remove(&txid) {
-            // A part left undecided by a crash, resolved at start-up.
-            if commit {
-                let mut counts = ReplayCounts::default();
-                if let Err(e) = self.state.replay_inner(&inner, &mut counts) {
-                    fail_stop(self.state.shard_id, "cannot apply a recovered batch", &e);
-                }
-                self.state.events.clear();
-            }
-        } else {
-            return; // Already decided.
-        }
-        if let Err(e) = self
-            .wal
-            .append(kind, now, |out| out.extend_from_slice(&txid.to_le_bytes()))
-        {
-            fail_stop(self.state.shard_id, "cannot log a batch decision", &e);
-        }
     }
 
     /// Re-handle parked messages in their order; those still blocked park again.

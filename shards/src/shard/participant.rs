@@ -1,0 +1,123 @@
+//! The shard's side of batches: an atomic batch that lives on this shard
+//! alone (one `Batch` record), and the participant's part of a cross-shard
+//! batch — prepare (stage, log a `Prepare` record, lock what it touched)
+//! and decide (log `Commit` or `Abort`, release or undo). The coordinator
+//! and the protocol are described in `src/server/batch.rs`.
+
+use super::command::{BatchVote, Command};
+use super::replay::ReplayCounts;
+use super::runner::{fail_stop, Shard};
+use super::state::ShardState;
+use super::txn::{BufferSink, Prepared, Undo};
+use crate::wal::entry;
+use crate::wal::record::RecordKind;
+
+/// A staged atomic part: each op's result, how to undo it, its inner records.
+type Staged = (Vec<Vec<u8>>, Undo, Vec<u8>);
+
+impl Shard {
+    /// Run the ops all-or-nothing into a buffer of inner records.
+    fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
+        let mut inner = Vec::new();
+        let wal = &mut self.wal;
+        let mut next_offset = || wal.reserve_offset();
+        let mut sink = BufferSink {
+            out: &mut inner,
+            next_offset: &mut next_offset,
+        };
+        match self.state.run_atomic(ops, now, &mut sink) {
+            Ok((results, undo)) => Ok((results, undo, inner)),
+            Err((i, e)) => Err(BatchVote::No(i, e)),
+        }
+    }
+
+    pub(super) fn atomic_batch(&mut self, ops: Vec<Command>, now: u64) -> BatchVote {
+        let (results, undo, inner) = match self.stage(ops, now) {
+            Ok(staged) => staged,
+            Err(vote) => return vote,
+        };
+        if inner.is_empty() {
+            return BatchVote::Yes(results);
+        }
+        match self
+            .wal
+            .append(RecordKind::Batch, now, |out| out.extend_from_slice(&inner))
+        {
+            Ok(_) => BatchVote::Yes(results),
+            Err(e) => {
+                self.state.undo(undo);
+                BatchVote::No(0, e)
+            }
+        }
+    }
+
+    pub(super) fn prepare(
+        &mut self,
+        txid: u64,
+        decider: u32,
+        ops: Vec<Command>,
+        now: u64,
+    ) -> BatchVote {
+        let (results, undo, inner) = match self.stage(ops, now) {
+            Ok(staged) => staged,
+            Err(vote) => return vote,
+        };
+        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
+            entry::write_prepare(out, txid, decider, &inner)
+        });
+        if let Err(e) = logged {
+            self.state.undo(undo);
+            return BatchVote::No(0, e);
+        }
+        let mut undo = undo;
+        let events = self.state.take_events_since(&mut undo);
+        let locked = ShardState::touched(&undo);
+        for id in &locked {
+            self.locked.insert(id.clone(), txid);
+        }
+        self.txns.insert(
+            txid,
+            Prepared {
+                undo,
+                events,
+                locked,
+            },
+        );
+        BatchVote::Yes(results)
+    }
+
+    pub(super) fn decide(&mut self, txid: u64, commit: bool, now: u64) {
+        let kind = if commit {
+            RecordKind::Commit
+        } else {
+            RecordKind::Abort
+        };
+        if let Some(part) = self.txns.remove(&txid) {
+            for id in &part.locked {
+                self.locked.remove(id);
+            }
+            if commit {
+                self.state.events.extend(part.events);
+            } else {
+                self.state.undo(part.undo);
+            }
+        } else if let Some((_, inner)) = self.in_doubt.remove(&txid) {
+            // A part left undecided by a crash, resolved at start-up.
+            if commit {
+                let mut counts = ReplayCounts::default();
+                if let Err(e) = self.state.replay_inner(&inner, &mut counts) {
+                    fail_stop(self.state.shard_id, "cannot apply a recovered batch", &e);
+                }
+                self.state.events.clear();
+            }
+        } else {
+            return; // Already decided.
+        }
+        if let Err(e) = self
+            .wal
+            .append(kind, now, |out| out.extend_from_slice(&txid.to_le_bytes()))
+        {
+            fail_stop(self.state.shard_id, "cannot log a batch decision", &e);
+        }
+    }
+}
