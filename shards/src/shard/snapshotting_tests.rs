@@ -57,6 +57,21 @@ fn toggle(state: &mut ShardState, log: &mut MemorySink, id: &str, n: u64) {
     state.apply_event(apply(id, event, n), NOW_MS, log).unwrap();
 }
 
+/// A shard state with the counter machine and instances `i0`..`i{n-1}`,
+/// and the log that made it.
+fn shard_with(n: usize) -> (ShardState, MemorySink) {
+    let mut state = ShardState::new(0, false);
+    let mut log = MemorySink::default();
+    let def = Arc::new(parse_definition("counter", 1, &counter()).unwrap());
+    state
+        .install_machine(def, &counter(), NOW_MS, &mut log)
+        .unwrap();
+    for i in 0..n {
+        create(&mut state, &mut log, &format!("i{i}"));
+    }
+    (state, log)
+}
+
 /// Recovery as the shard does it: decode the image, replay the records
 /// after the covered offset.
 fn recover(image: &[u8], log: &MemorySink, covered: u64) -> ShardState {
@@ -106,15 +121,7 @@ fn assert_same(recovered: &ShardState, live: &ShardState) {
 
 #[test]
 fn a_snapshot_taken_in_slices_while_instances_change_recovers_the_live_state() {
-    let mut state = ShardState::new(0, false);
-    let mut log = MemorySink::default();
-    let def = Arc::new(parse_definition("counter", 1, &counter()).unwrap());
-    state
-        .install_machine(def, &counter(), NOW_MS, &mut log)
-        .unwrap();
-    for i in 0..300 {
-        create(&mut state, &mut log, &format!("i{i}"));
-    }
+    let (mut state, mut log) = shard_with(300);
     let covered = log.next;
     let mut job = SnapshotJob::start(&state, covered, covered >> 6);
     let none = |_: &str| None;
@@ -161,15 +168,7 @@ fn a_snapshot_taken_in_slices_while_instances_change_recovers_the_live_state() {
 
 #[test]
 fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
-    let mut state = ShardState::new(0, false);
-    let mut log = MemorySink::default();
-    let def = Arc::new(parse_definition("counter", 1, &counter()).unwrap());
-    state
-        .install_machine(def, &counter(), NOW_MS, &mut log)
-        .unwrap();
-    for i in 0..40 {
-        create(&mut state, &mut log, &format!("i{i}"));
-    }
+    let (mut state, log) = shard_with(40);
     let covered = log.next;
     let mut job = SnapshotJob::start(&state, covered, covered >> 6);
     // A cross-shard part is prepared on i39 (and creates "fresh") before
@@ -211,15 +210,7 @@ fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
 
 #[test]
 fn a_flush_during_the_job_makes_it_start_over() {
-    let mut state = ShardState::new(0, false);
-    let mut log = MemorySink::default();
-    let def = Arc::new(parse_definition("counter", 1, &counter()).unwrap());
-    state
-        .install_machine(def, &counter(), NOW_MS, &mut log)
-        .unwrap();
-    for i in 0..100 {
-        create(&mut state, &mut log, &format!("i{i}"));
-    }
+    let (mut state, log) = shard_with(100);
     let mut job = SnapshotJob::start(&state, log.next, 1);
     let none = |_: &str| None;
     assert_eq!(job.step(&state, &none, Duration::ZERO), SliceOutcome::More);
