@@ -71,6 +71,18 @@ fn key(out: &mut Vec<u8>, first: bool, name: &str) {
     out.push(b':');
 }
 
+/// The opening of an instance entry: its type, then which instance of
+/// which machine version.
+fn instance_entry_head(out: &mut Vec<u8>, open: &[u8], id: &str, machine: &str, version: u32) {
+    out.extend_from_slice(open);
+    key(out, true, "instance_id");
+    write_str(out, id);
+    key(out, false, "machine");
+    write_str(out, machine);
+    key(out, false, "version");
+    out.extend_from_slice(version.to_string().as_bytes());
+}
+
 fn opt_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
     if let Some(v) = v {
         key(out, false, name);
@@ -107,13 +119,13 @@ pub struct CreateFields<'a> {
 }
 
 pub fn write_create_instance(out: &mut Vec<u8>, f: &CreateFields<'_>) {
-    out.extend_from_slice(br#"{"type":"create_instance","#);
-    key(out, true, "instance_id");
-    write_str(out, f.instance_id);
-    key(out, false, "machine");
-    write_str(out, f.machine);
-    key(out, false, "version");
-    out.extend_from_slice(f.version.to_string().as_bytes());
+    instance_entry_head(
+        out,
+        br#"{"type":"create_instance","#,
+        f.instance_id,
+        f.machine,
+        f.version,
+    );
     key(out, false, "initial_state");
     write_str(out, f.initial_state);
     key(out, false, "initial_ctx");
@@ -138,13 +150,13 @@ pub struct ApplyFields<'a> {
 }
 
 pub fn write_apply_event(out: &mut Vec<u8>, f: &ApplyFields<'_>) {
-    out.extend_from_slice(br#"{"type":"apply_event","#);
-    key(out, true, "instance_id");
-    write_str(out, f.instance_id);
-    key(out, false, "machine");
-    write_str(out, f.machine);
-    key(out, false, "version");
-    out.extend_from_slice(f.version.to_string().as_bytes());
+    instance_entry_head(
+        out,
+        br#"{"type":"apply_event","#,
+        f.instance_id,
+        f.machine,
+        f.version,
+    );
     key(out, false, "event");
     write_str(out, f.event);
     key(out, false, "from_state");
