@@ -91,7 +91,7 @@ fi
 
 mkdir -p "$OUT/runs" "$OUT/logs" "$DATA_ROOT"
 {
-    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':(exclude)bench-results' 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "CELLS='$CELLS' POLICIES='$POLICIES' SERVERS='$SERVERS' REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP INSTANCES=$INSTANCES PAYLOAD_BYTES=$PAYLOAD_BYTES BATCH_OPS=$BATCH_OPS SUBSCRIBERS=$SUBSCRIBERS benches/run-matrix.sh"
     echo "corestate binary: $("$CORESTATE_BIN" --version 2>/dev/null || echo '?'), built $(date -u -r "$CORESTATE_BIN" +%Y-%m-%dT%H:%M:%SZ)${CORESTATE_COMMIT:+ from commit $CORESTATE_COMMIT}"
     echo "corestate: $CORESTATE_BIN --bind 127.0.0.1:<fresh port> --data-dir <fresh dir> --fsync <policy>"
