@@ -11,10 +11,15 @@
 //! The priority is lowered only moderately, so that the work still finishes
 //! on a saturated machine and cannot hold a file-system lock for long.
 //!
+//! Priority is not enough on its own: a kernel built without preemption
+//! (`PREEMPT_NONE`, as on the machines we measure on) does not preempt a
+//! thread inside a system call, so a job must not make long ones — the snapshot
+//! writer and the segment retirer work in small steps for that reason.
+//!
 //! A job's result comes back on a channel that the loop polls between group
-//! commits; the thread ends when the shard drops its handle.
-
-use std::thread::JoinHandle;
+//! commits. When the shard drops its handle the thread finishes the job it
+//! has (a snapshot written halfway is only a temporary file) and ends;
+//! nobody waits for it.
 
 /// Nice value of maintenance threads (shard loops run at 0).
 pub const MAINTENANCE_NICE: i32 = 10;
@@ -23,7 +28,8 @@ type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Maintenance {
     shard: usize,
-    worker: Option<(flume::Sender<Job>, JoinHandle<()>)>,
+    /// Jobs for the thread, once started.
+    worker: Option<flume::Sender<Job>>,
 }
 
 impl Maintenance {
@@ -54,7 +60,7 @@ impl Maintenance {
                 return rx;
             }
         }
-        if let Some((jobs, _)) = &self.worker {
+        if let Some(jobs) = &self.worker {
             let _ = jobs.send(job);
         }
         rx
@@ -63,7 +69,7 @@ impl Maintenance {
     fn start(&mut self) -> std::io::Result<()> {
         let (tx, jobs) = flume::unbounded::<Job>();
         let shard = self.shard;
-        let handle = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("cs-maint-{shard}"))
             .spawn(move || {
                 lower_priority(shard);
@@ -73,7 +79,7 @@ impl Maintenance {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })?;
-        self.worker = Some((tx, handle));
+        self.worker = Some(tx);
         Ok(())
     }
 }
@@ -100,17 +106,6 @@ fn lower_priority(shard: usize) {
                 "shard {shard}: maintenance thread keeps its priority: {}",
                 std::io::Error::last_os_error()
             );
-        }
-    }
-}
-
-impl Drop for Maintenance {
-    /// Let the thread finish the job it has (a snapshot written halfway is
-    /// only a temporary file) and end; nobody waits for it.
-    fn drop(&mut self) {
-        if let Some((jobs, handle)) = self.worker.take() {
-            drop(jobs);
-            drop(handle);
         }
     }
 }
