@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use super::codec::{decode, decode_header, SnapshotError};
 use super::data::SnapshotData;
+use crate::wal::retire::{remove_retired, retire_files};
 use crate::wal::segment::sync_dir;
 
 /// Snapshots kept per shard: the newest, and one to fall back to.
@@ -257,27 +258,19 @@ fn write_in_chunks(file: &std::fs::File, image: &[u8]) -> io::Result<()> {
 }
 
 /// Remove all but the newest `retained` snapshots; returns what was removed.
+/// They are retired gently (`wal::retire`): a snapshot is as large as a
+/// segment, and freeing it in one go would stall the WAL's next syncs.
 pub fn prune_snapshots(shard_dir: &Path, retained: usize) -> io::Result<Vec<SnapshotFile>> {
-    let all = list_snapshots(shard_dir)?;
-    let mut removed = Vec::new();
-    for old in all.into_iter().skip(retained) {
-        match std::fs::remove_file(&old.path) {
-            Ok(()) => removed.push(old),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if !removed.is_empty() {
-        sync_dir(&snapshots_dir(shard_dir))?;
-    }
-    Ok(removed)
-}
-
-/// Remove every snapshot of the shard (FLUSH_ALL: data must not come back
-/// on restart). Returns how many files were removed.
-pub fn remove_all_snapshots(shard_dir: &Path) -> io::Result<usize> {
-    remove_temp_files(shard_dir)?;
-    Ok(prune_snapshots(shard_dir, 0)?.len())
+    let old: Vec<SnapshotFile> = list_snapshots(shard_dir)?
+        .into_iter()
+        .skip(retained)
+        .collect();
+    let paths: Vec<PathBuf> = old.iter().map(|f| f.path.clone()).collect();
+    let retired = retire_files(&snapshots_dir(shard_dir), &paths)?;
+    Ok(old
+        .into_iter()
+        .filter(|f| retired.contains(&f.path))
+        .collect())
 }
 
 /// The newest snapshot that decodes cleanly, with a warning for every newer
@@ -291,6 +284,7 @@ pub fn load_newest(
     };
     let dir = snapshots_dir(shard_dir);
     remove_temp_files(shard_dir).map_err(io_err(&dir))?;
+    remove_retired(&dir).map_err(io_err(&dir))?;
     let files = list_snapshots(shard_dir).map_err(io_err(&dir))?;
     if files.is_empty() {
         return Ok(None);
@@ -370,6 +364,34 @@ mod tests {
             snap.data.instances.len(),
             warnings,
         )
+    }
+
+    #[test]
+    fn pruned_snapshots_leave_nothing_behind_and_retired_leftovers_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        for covered in [0x100, 0x200, 0x300] {
+            write_snapshot(dir.path(), &encode(&data(covered, 2))).unwrap();
+        }
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(snapshots_dir(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(dir.path()).len(), SNAPSHOTS_RETAINED);
+        // A crash in the middle of retiring leaves a `.retired` file.
+        let oldest = &list_snapshots(dir.path()).unwrap()[1].path;
+        let leftover = oldest.with_extension("snap.retired");
+        std::fs::copy(oldest, &leftover).unwrap();
+        assert_eq!(
+            list_snapshots(dir.path()).unwrap().len(),
+            SNAPSHOTS_RETAINED
+        );
+        let (loaded, _) = load_newest(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.data.covered_offset, 0x300);
+        assert!(!leftover.exists(), "{:?}", names(dir.path()));
     }
 
     #[test]
@@ -480,16 +502,6 @@ mod tests {
                 Err(SnapshotLoadError::NoneUsable { .. })
             ));
         }
-    }
-
-    #[test]
-    fn remove_all_leaves_no_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        write_snapshot(dir.path(), &encode(&data(0x100, 2))).unwrap();
-        write_snapshot(dir.path(), &encode(&data(0x200, 2))).unwrap();
-        assert_eq!(remove_all_snapshots(dir.path()).unwrap(), 2);
-        assert!(load_newest(dir.path()).unwrap().is_none());
-        assert_eq!(remove_all_snapshots(dir.path()).unwrap(), 0);
     }
 
     #[test]

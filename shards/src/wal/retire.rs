@@ -1,6 +1,7 @@
-//! Retiring segments that compaction no longer needs, gently.
+//! Retiring large files the database no longer needs — WAL segments that
+//! compaction covered, snapshots beyond the retained ones — gently.
 //!
-//! Deleting a 64 MiB segment in one `unlink` frees all its blocks in one
+//! Deleting a 64 MiB file in one `unlink` frees all its blocks in one
 //! file-system transaction; the commit that carries it (and, on a disk
 //! mounted with `discard`, the discards that follow it) delays whatever
 //! sync comes next — the WAL's. Measured on this machine, under durable
@@ -8,8 +9,8 @@
 //! when they were shrunk 4 MiB at a time.
 //!
 //! So retiring is two steps:
-//! 1. rename every segment to `<id>.wal.retired` and sync the directory —
-//!    from then on the segment is not part of the log (listing ignores the
+//! 1. rename every file to `<name>.retired` and sync the directory — from
+//!    then on it is no longer a segment or a snapshot (listings ignore the
 //!    name), exactly as if it were deleted;
 //! 2. shrink each file by `RETIRE_STEP_BYTES` per step, pausing
 //!    `RETIRE_STEP_PAUSE_MS` between steps, then unlink it.
@@ -21,7 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::segment::{segment_file_name, segment_path, sync_dir};
+use super::segment::{segment_path, sync_dir};
 
 /// Bytes freed per step while shrinking a retired segment.
 pub const RETIRE_STEP_BYTES: u64 = 4 * 1024 * 1024;
@@ -30,31 +31,41 @@ pub const RETIRE_STEP_PAUSE_MS: u64 = 5;
 
 const RETIRED_SUFFIX: &str = ".retired";
 
-fn retired_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{}{RETIRED_SUFFIX}", segment_file_name(id)))
+fn retired_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(RETIRED_SUFFIX);
+    path.with_file_name(name)
 }
 
 /// Take the segments `ids` out of the log in `dir` and free their space
 /// (blocking; meant for a background thread). Segments already gone are
 /// skipped.
 pub fn retire_segments(dir: &Path, ids: &[u64]) -> io::Result<()> {
-    let mut retired = Vec::with_capacity(ids.len());
-    for &id in ids {
-        let to = retired_path(dir, id);
-        match std::fs::rename(segment_path(dir, id), &to) {
-            Ok(()) => retired.push(to),
+    let paths: Vec<PathBuf> = ids.iter().map(|&id| segment_path(dir, id)).collect();
+    retire_files(dir, &paths).map(|_| ())
+}
+
+/// Retire `paths`, all files directly in `dir` (blocking). Returns the ones
+/// that were there; files already gone are skipped.
+pub fn retire_files(dir: &Path, paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let mut retired = Vec::with_capacity(paths.len());
+    for path in paths {
+        let to = retired_path(path);
+        match std::fs::rename(path, &to) {
+            Ok(()) => retired.push((path.clone(), to)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     if retired.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     sync_dir(dir)?;
-    for path in retired {
-        shrink_and_remove(&path, Duration::from_millis(RETIRE_STEP_PAUSE_MS))?;
+    let pause = Duration::from_millis(RETIRE_STEP_PAUSE_MS);
+    for (_, to) in &retired {
+        shrink_and_remove(to, pause)?;
     }
-    Ok(())
+    Ok(retired.into_iter().map(|(from, _)| from).collect())
 }
 
 fn shrink_and_remove(path: &Path, pause: Duration) -> io::Result<()> {
@@ -71,10 +82,16 @@ fn shrink_and_remove(path: &Path, pause: Duration) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// Delete what a crash left of earlier retirements; returns how many files.
+/// Delete what a crash left of earlier retirements in `dir` (a missing
+/// directory has none); returns how many files.
 pub fn remove_retired(dir: &Path) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_str().is_some_and(|n| n.ends_with(RETIRED_SUFFIX)) {
@@ -113,7 +130,8 @@ mod tests {
         segment(dir.path(), 1, 4096);
         segment(dir.path(), 2, 4096);
         // As a crash between the rename and the unlink leaves it.
-        std::fs::rename(segment_path(dir.path(), 1), retired_path(dir.path(), 1)).unwrap();
+        let one = segment_path(dir.path(), 1);
+        std::fs::rename(&one, retired_path(&one)).unwrap();
         assert_eq!(list_segments(dir.path()).unwrap(), vec![2]);
         assert_eq!(remove_retired(dir.path()).unwrap(), 1);
         assert_eq!(remove_retired(dir.path()).unwrap(), 0);
