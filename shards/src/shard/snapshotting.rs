@@ -48,9 +48,6 @@ use crate::wal::segment::segment_path;
 pub const SNAPSHOT_SLICE_US: u64 = 250;
 /// Instances encoded between two looks at the clock within a slice.
 const SNAPSHOT_CLOCK_CHECK_INSTANCES: usize = 16;
-/// Encoder buffer reserved per instance up front, so the buffer does not
-/// grow (and copy tens of MiB inside one slice) while the job runs.
-pub const SNAPSHOT_BYTES_PER_INSTANCE_ESTIMATE: usize = 112;
 /// A segment younger than this is never deleted by compaction.
 pub const COMPACTION_SEGMENT_AGE_MIN_MS: u64 = 10_000;
 
@@ -86,15 +83,8 @@ pub enum SliceOutcome {
 
 impl SnapshotJob {
     pub fn start(state: &ShardState, covered_offset: u64, last_tick: u64) -> Self {
-        let mut encoder = SnapshotEncoder::with_capacity(
-            state.shard_id,
-            covered_offset,
-            last_tick,
-            state.order.len() * SNAPSHOT_BYTES_PER_INSTANCE_ESTIMATE,
-        );
-        for def in state.machines.iter() {
-            encoder.add_machine(def);
-        }
+        let encoder =
+            SnapshotEncoder::for_state(state, covered_offset, last_tick, state.order.len());
         SnapshotJob {
             encoder,
             end: state.order.len(),

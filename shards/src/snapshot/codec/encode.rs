@@ -106,6 +106,27 @@ impl SnapshotEncoder {
         }
     }
 
+    /// An encoder for `state`'s snapshot with every machine definition
+    /// already added and room for `instances` instances; the instances are
+    /// the caller's to add (all at once, or in slices).
+    pub fn for_state(
+        state: &ShardState,
+        covered_offset: u64,
+        last_tick: u64,
+        instances: usize,
+    ) -> Self {
+        let mut enc = SnapshotEncoder::with_capacity(
+            state.shard_id,
+            covered_offset,
+            last_tick,
+            instances * SNAPSHOT_BYTES_PER_INSTANCE_ESTIMATE,
+        );
+        for def in state.machines.iter() {
+            enc.add_machine(def);
+        }
+        enc
+    }
+
     /// Add a machine definition (once per name and version; repeats are
     /// ignored). Returns its item index.
     pub fn add_machine(&mut self, def: &Arc<MachineDef>) -> u32 {
@@ -258,15 +279,8 @@ pub fn encode(data: &SnapshotData) -> Vec<u8> {
 /// caller decides whether that pause is acceptable or slices the work with
 /// `SnapshotEncoder`).
 pub fn encode_state(state: &ShardState, covered_offset: u64, last_tick: u64) -> Vec<u8> {
-    let mut enc = SnapshotEncoder::with_capacity(
-        state.shard_id,
-        covered_offset,
-        last_tick,
-        state.instances.len() * ENCODED_INSTANCE_BYTES_GUESS,
-    );
-    for def in state.machines.iter() {
-        enc.add_machine(def);
-    }
+    let mut enc =
+        SnapshotEncoder::for_state(state, covered_offset, last_tick, state.instances.len());
     for (id, inst) in &state.instances {
         enc.add_instance(id, inst);
     }
