@@ -34,6 +34,14 @@ fn config(dir: &std::path::Path, segment_size_bytes: u64) -> ShardConfig {
     }
 }
 
+/// GET_INSTANCE through the shard's mailbox; the instance must exist.
+async fn get(tx: &flume::Sender<ShardMsg>, id: &str) -> Value {
+    let cmd = Command::Get {
+        instance_id: id.into(),
+    };
+    send_and_wait(tx, cmd).await.unwrap()
+}
+
 async fn send_and_wait(tx: &flume::Sender<ShardMsg>, cmd: Command) -> Result<Value, ErrorCode> {
     let (rtx, rrx) = flume::unbounded();
     tx.send(ShardMsg::Exec {
@@ -128,14 +136,7 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
         assert!(report.scan.torn_tail.is_none());
         let (tx, rx) = flume::unbounded();
         let runner = glommio::spawn_local(shard.run(rx, None));
-        let got = send_and_wait(
-            &tx,
-            Command::Get {
-                instance_id: "d299".into(),
-            },
-        )
-        .await
-        .unwrap();
+        let got = get(&tx, "d299").await;
         assert_eq!(got["state"], "open");
         assert_eq!(got["ctx"]["i"], 299);
         assert_eq!(got["last_event_id"], "e299");
@@ -262,14 +263,7 @@ fn recovery_starts_from_the_snapshot_and_replays_the_tail() {
         assert_eq!(report.counts.creates, 1);
         let (tx, rx) = flume::unbounded();
         let runner = glommio::spawn_local(shard.run(rx, None));
-        let got = send_and_wait(
-            &tx,
-            Command::Get {
-                instance_id: "d199".into(),
-            },
-        )
-        .await
-        .unwrap();
+        let got = get(&tx, "d199").await;
         assert_eq!(got["state"], "open");
         assert_eq!(got["ctx"]["i"], 199);
         // An idempotency key from after the snapshot still answers.
