@@ -17,7 +17,7 @@ use corestate::protocol::request::parse_request;
 use shards::json::canonical;
 use shards::machine::guard;
 use shards::wal::entry::{write_apply_event, ApplyFields, Entry};
-use shards::wal::record::{append_record, decode_record, RecordKind};
+use shards::wal::record::{append_record, decode_record, RecordKind, RecordStamp};
 
 /// Frames a client typically keeps in flight on one connection.
 const PIPELINE_DEPTH_FRAMES: usize = 64;
@@ -162,14 +162,8 @@ fn wal_record(c: &mut Criterion) {
     };
     let append = |out: &mut Vec<u8>| {
         out.clear();
-        append_record(
-            out,
-            RecordKind::ApplyEvent,
-            1_048_576,
-            1_795_000_000_000,
-            0,
-            |o| write_apply_event(o, black_box(&fields)),
-        )
+        let stamp = RecordStamp::new(RecordKind::ApplyEvent, 1_048_576, 1_795_000_000_000);
+        append_record(out, &stamp, 0, |o| write_apply_event(o, black_box(&fields)))
     };
 
     let mut record = Vec::with_capacity(1024);

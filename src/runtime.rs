@@ -49,8 +49,10 @@ pub const WATCHDOG_CHECK_INTERVAL_MS: u64 = 500;
 pub const EXECUTOR_IO_MEMORY_BYTES: usize = 1024 * 1024;
 /// Name of the file that records the data directory's layout.
 pub const DATA_DIR_META_FILE: &str = "corestate.json";
-/// Version of the on-disk layout.
-pub const DATA_DIR_FORMAT_VERSION: u64 = 1;
+/// Version of the on-disk layout. 2: WAL records count the entries before
+/// them, and each shard's log has a manifest (`shards::wal::sequence`,
+/// `shards::wal::manifest`).
+pub const DATA_DIR_FORMAT_VERSION: u64 = 2;
 
 /// How long an idle executor polls before it parks. Parking costs glommio a
 /// process-wide memory barrier (`membarrier`, an inter-processor interrupt
@@ -97,6 +99,13 @@ fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
         Ok(bytes) => {
             let v: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", meta.display()))?;
+            let format = v["format"].as_u64().unwrap_or(0);
+            if format != DATA_DIR_FORMAT_VERSION {
+                return Err(format!(
+                    "data directory {} has layout version {format}; this corestate reads version                      {DATA_DIR_FORMAT_VERSION} only (version {format} was written by a development                      build before the first release; start with an empty data directory)",
+                    dir.display()
+                ));
+            }
             let recorded = v["shards"].as_u64().unwrap_or(0) as usize;
             if recorded != shards {
                 return Err(format!(

@@ -241,8 +241,8 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
     out.single(
         "rstmdb_wal_entries",
         "gauge",
-        "Records in the write-ahead log files.",
-        sum(&|s| s.log_entries),
+        "Entries the write-ahead log has recorded (the sequence of the newest; WAL_STATS entry_count).",
+        sum(&|s| s.entries),
     );
     out.single(
         "rstmdb_wal_segments",
@@ -253,8 +253,8 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
     out.single(
         "rstmdb_wal_size_bytes",
         "gauge",
-        "Bytes the write-ahead log segment files take (segments are pre-allocated).",
-        sum(&|s| s.log_bytes_on_disk),
+        "Bytes of records the write-ahead log segment files hold.",
+        sum(&|s| s.log_data_bytes),
     );
     out.single(
         "rstmdb_wal_bytes_written_total",
@@ -267,6 +267,18 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
         "counter",
         "Write calls to the write-ahead log since start.",
         sum(&|s| s.wal.writes),
+    );
+    out.single(
+        "rstmdb_wal_bytes_read_total",
+        "counter",
+        "Bytes read from the write-ahead log since start (recovery, WAL_READ, watch catch-up).",
+        sum(&|s| s.reads.bytes_read),
+    );
+    out.single(
+        "rstmdb_wal_reads_total",
+        "counter",
+        "Read passes over the write-ahead log since start (recovery counts one).",
+        sum(&|s| s.reads.reads),
     );
     out.single(
         "rstmdb_wal_fsyncs_total",

@@ -5,6 +5,10 @@
 use serde_json::{Map, Value};
 use shards::EngineError;
 
+/// Largest WAL offset a client may name: offsets stay exact in a JavaScript
+/// number (see `shards::wal::offset`), and a larger one cannot exist.
+pub const WAL_OFFSET_MAX: u64 = (1 << 53) - 1;
+
 pub struct Params<'a> {
     obj: Option<&'a Map<String, Value>>,
 }
@@ -133,6 +137,13 @@ impl<'a> Params<'a> {
             .transpose()
     }
 
+    /// An optional WAL offset: an integer from 0 to `WAL_OFFSET_MAX`.
+    pub fn opt_offset(&self, key: &'static str) -> Result<Option<u64>, EngineError> {
+        self.first(&[key])
+            .map(|(_, v)| Self::u64_of(v, WAL_OFFSET_MAX, "a WAL offset (at most 2^53-1)"))
+            .transpose()
+    }
+
     /// An optional list of strings; `null` is a type error (spec §2.1).
     pub fn opt_str_list(&self, key: &'static str) -> Result<Vec<String>, EngineError> {
         match self.get(key) {
@@ -193,5 +204,20 @@ mod tests {
         assert_eq!(p.opt_str_any(&["instance_id", "id"]).unwrap(), Some("a"));
         assert_eq!(p.any(&["initial_ctx", "context"]), Some(&json!({"x": 1})));
         assert_eq!(p.opt_u64("expected_wal_offset").unwrap(), None);
+    }
+
+    #[test]
+    fn offsets_are_integers_a_javascript_number_holds() {
+        let v = json!({"a": 5, "b": u64::MAX, "c": "5", "d": 9007199254740991u64, "e": null});
+        let p = Params::strict(&v, "X").unwrap();
+        assert_eq!(p.opt_offset("a").unwrap(), Some(5));
+        assert_eq!(p.opt_offset("d").unwrap(), Some(WAL_OFFSET_MAX));
+        assert_eq!(p.opt_offset("e").unwrap(), None);
+        assert!(p
+            .opt_offset("b")
+            .unwrap_err()
+            .message
+            .contains("expected a WAL offset"));
+        assert!(p.opt_offset("c").is_err());
     }
 }

@@ -91,10 +91,17 @@ pub struct ShardStats {
     pub wal: crate::wal::WalStats,
     pub wal_segment_id: u64,
     /// Records now in the log files.
-    pub log_entries: u64,
+    pub log_records: u64,
     pub log_segments: u64,
+    /// Bytes of records the segment files hold.
+    pub log_data_bytes: u64,
     /// Bytes the segment files take on disk (segments are pre-allocated).
-    pub log_bytes_on_disk: u64,
+    pub log_bytes_allocated: u64,
+    /// Log entries this shard has written, as of its last commit
+    /// (`wal/sequence.rs`): not reduced by compaction.
+    pub entries: u64,
+    /// What the shard has read from its log files, recovery included.
+    pub reads: crate::wal::reader::ReadStats,
     /// Oldest offset still in the log, if any record is.
     pub oldest_offset: Option<u64>,
     /// Offsets below this are no longer in the log (compacted away); 0 when

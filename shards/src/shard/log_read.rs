@@ -4,11 +4,17 @@
 //!
 //! Entries are the plain records (machine, create, apply, delete), the inner
 //! records of `Batch` records, and the inner records of `Prepare` records
-//! whose batch committed; decisions themselves are not entries. A `Prepare`
-//! whose decision lies later in the log is resolved by reading on; one
-//! still undecided (prepared right now, or in doubt) ends the chunk there:
-//! its entries are not yet visible, and the shard's watermark stays below
-//! them until they are.
+//! whose batch committed; decisions themselves are not entries, and neither
+//! are the copies of machine definitions on shards other than 0 (see
+//! `wal/sequence.rs`). A `Prepare` whose decision lies later in the log is
+//! resolved by reading on; one still undecided (prepared right now, or in
+//! doubt) ends the chunk there: its entries are not yet visible, and the
+//! shard's watermark stays below them until they are.
+//!
+//! A chunk also says how this shard's entries are numbered: how many it
+//! wrote below `from` and which offsets in the chunk are entries nobody will
+//! see (an aborted batch's, which kept their numbers), so the server can
+//! number the merged log.
 
 use std::io;
 use std::sync::Arc;
@@ -18,7 +24,8 @@ use hashbrown::HashMap;
 use super::events::WatchEvent;
 use crate::wal::entry::{self, Entry};
 use crate::wal::reader::{LogReader, LogRecord};
-use crate::wal::record::{decode_record, RecordKind};
+use crate::wal::record::{decode_record, RecordHeader, RecordKind};
+use crate::wal::sequence::entries_in;
 
 /// Most records read while looking for a batch's decision.
 pub const DECISION_SEARCH_RECORDS_MAX: usize = 65_536;
@@ -33,11 +40,18 @@ pub struct LogEntry {
 
 /// Entries of one shard with offset ≥ some `from`, and how far they are
 /// complete: every entry of this shard with offset < `complete_upto` is in
-/// `entries` (or before `from`).
+/// `entries` (or before `from`, or in `unseen`).
 #[derive(Debug, Default)]
 pub struct EntryChunk {
     pub entries: Vec<LogEntry>,
+    /// Offsets (≥ `from`) of entries that are counted but never shown: those
+    /// of aborted cross-shard batches.
+    pub unseen: Vec<u64>,
+    /// Entries this shard wrote with an offset below `from`.
+    pub entries_before_from: u64,
     pub complete_upto: u64,
+    /// True when the read reached the end of what the log holds.
+    pub at_end: bool,
     pub oldest_offset: Option<u64>,
 }
 
@@ -68,41 +82,78 @@ impl EntryChunk {
     }
 }
 
-fn push_plain(out: &mut Vec<LogEntry>, offset: u64, kind: RecordKind, payload: &[u8], from: u64) {
-    if offset >= from {
-        out.push(LogEntry {
-            offset,
-            kind,
-            payload: payload.to_vec(),
-        });
-    }
+/// Fills a chunk from records read in log order.
+struct ChunkBuilder {
+    chunk: EntryChunk,
+    shard: usize,
+    from: u64,
+    /// Whether `entries_before_from` is known yet (from the first record,
+    /// inner record or outer record at or after `from`).
+    based: bool,
 }
 
-fn push_inner(out: &mut Vec<LogEntry>, inner: &[u8], from: u64) -> io::Result<()> {
-    let mut pos = 0;
-    while pos < inner.len() {
-        let (h, p) = decode_record(&inner[pos..])
-            .map_err(|d| io::Error::other(format!("damaged inner record: {d:?}")))?;
-        push_plain(out, h.offset, h.kind, p, from);
-        pos += h.total_len();
+impl ChunkBuilder {
+    /// Note where the count stands at a record of `offset`, if it is the
+    /// first one at or after `from`.
+    fn mark(&mut self, offset: u64, entries_before: u64) {
+        if !self.based && offset >= self.from {
+            self.chunk.entries_before_from = entries_before;
+            self.based = true;
+        }
     }
-    Ok(())
+
+    fn plain(&mut self, header: &RecordHeader, payload: &[u8], seen: bool) {
+        self.mark(header.offset, header.entries_before);
+        if header.offset < self.from || entries_in(header.kind, self.shard) == 0 {
+            return;
+        }
+        if seen {
+            self.chunk.entries.push(LogEntry {
+                offset: header.offset,
+                kind: header.kind,
+                payload: payload.to_vec(),
+            });
+        } else {
+            self.chunk.unseen.push(header.offset);
+        }
+    }
+
+    /// The inner records of a Batch or decided Prepare, then the outer record.
+    fn inner(&mut self, outer: &RecordHeader, inner: &[u8], seen: bool) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < inner.len() {
+            let (h, p) = decode_record(&inner[pos..])
+                .map_err(|d| io::Error::other(format!("damaged inner record: {d:?}")))?;
+            self.plain(&h, p, seen);
+            pos += h.total_len();
+        }
+        self.mark(outer.offset, outer.entries_before);
+        Ok(())
+    }
 }
 
 fn first_inner_offset(inner: &[u8]) -> Option<u64> {
     decode_record(inner).ok().map(|(h, _)| h.offset)
 }
 
-/// Read entries from `from` on. `undecided(txid)` tells whether a batch is
-/// prepared-but-undecided on this shard right now; `watermark` is the
-/// shard's current watermark (the bound when the log's end is reached).
+/// What a shard knows when it reads its log.
+pub struct ReadContext<'a> {
+    pub shard: usize,
+    /// The shard's current watermark (the bound when the log's end is reached).
+    pub watermark: u64,
+    /// Entries in the log files (every entry below the watermark is).
+    pub entries_written: u64,
+    /// Whether a batch is prepared-but-undecided on this shard right now.
+    pub undecided: &'a dyn Fn(u64) -> bool,
+}
+
+/// Read entries from `from` on.
 pub fn read_entries(
     reader: &mut LogReader,
     from: u64,
     max_records: usize,
     max_bytes: usize,
-    watermark: u64,
-    undecided: &dyn Fn(u64) -> bool,
+    cx: &ReadContext<'_>,
 ) -> io::Result<EntryChunk> {
     let mut window = max_records.max(1);
     loop {
@@ -116,9 +167,14 @@ pub fn read_entries(
                 _ => None,
             })
             .collect();
-        let mut chunk = EntryChunk {
-            oldest_offset: reader.oldest_offset(),
-            ..EntryChunk::default()
+        let mut b = ChunkBuilder {
+            chunk: EntryChunk {
+                oldest_offset: reader.oldest_offset(),
+                ..EntryChunk::default()
+            },
+            shard: cx.shard,
+            from,
+            based: false,
         };
         let mut stopped_at = None;
         let mut retry_wider = false;
@@ -128,44 +184,49 @@ pub fn read_entries(
                 RecordKind::PutMachine
                 | RecordKind::CreateInstance
                 | RecordKind::ApplyEvent
-                | RecordKind::DeleteInstance => push_plain(
-                    &mut chunk.entries,
-                    header.offset,
-                    header.kind,
-                    payload,
-                    from,
-                ),
-                RecordKind::Batch => push_inner(&mut chunk.entries, payload, from)?,
+                | RecordKind::DeleteInstance
+                | RecordKind::Commit
+                | RecordKind::Abort
+                | RecordKind::Flush => b.plain(header, payload, true),
+                RecordKind::Batch => b.inner(header, payload, true)?,
                 RecordKind::Prepare => {
                     let (txid, _, inner) =
                         entry::read_prepare(payload).map_err(io::Error::other)?;
                     match decisions.get(&txid) {
-                        Some(true) => push_inner(&mut chunk.entries, inner, from)?,
-                        Some(false) => {}
+                        Some(&committed) => b.inner(header, inner, committed)?,
                         None => {
                             let start = first_inner_offset(inner).unwrap_or(header.offset);
-                            if !undecided(txid)
+                            if !(cx.undecided)(txid)
                                 && i == 0
                                 && !batch.reached_end
                                 && window < DECISION_SEARCH_RECORDS_MAX
                             {
                                 retry_wider = true;
                             }
+                            // The count below the undecided part is known.
+                            if let Ok((h, _)) = decode_record(inner) {
+                                b.mark(h.offset, h.entries_before);
+                            }
                             stopped_at = Some(start.max(from));
                             break;
                         }
                     }
                 }
-                RecordKind::Commit | RecordKind::Abort | RecordKind::Flush => {}
             }
         }
         if retry_wider {
             window = (window * 4).min(DECISION_SEARCH_RECORDS_MAX);
             continue;
         }
+        let mut chunk = b.chunk;
+        if !b.based {
+            // Nothing at or after `from` in the log: every entry is below it.
+            chunk.entries_before_from = cx.entries_written;
+        }
+        chunk.at_end = stopped_at.is_none() && batch.reached_end;
         chunk.complete_upto = match stopped_at {
             Some(at) => at,
-            None if batch.reached_end => watermark.max(from),
+            None if batch.reached_end => cx.watermark.max(from),
             None => batch.next_offset.unwrap_or(from),
         };
         return Ok(chunk);

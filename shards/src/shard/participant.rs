@@ -19,19 +19,26 @@ impl Shard {
     /// Run the ops all-or-nothing into a buffer of inner records.
     fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
         let mut inner = Vec::new();
+        let entries_before = self.wal.entries();
         let wal = &mut self.wal;
-        let mut next_offset = || wal.reserve_offset();
+        let mut reserve = |kind, time_ms| wal.reserve(kind, time_ms);
         let mut sink = BufferSink {
             out: &mut inner,
-            next_offset: &mut next_offset,
+            reserve: &mut reserve,
         };
         match self.state.run_atomic(ops, now, &mut sink) {
             Ok((results, undo)) => Ok((results, undo, inner)),
-            Err((i, e)) => Err(BatchVote::No(i, e)),
+            Err((i, e)) => {
+                // The undone ops' records are never written: their places
+                // in the entry count go to the next records.
+                self.wal.rewind_entries(entries_before);
+                Err(BatchVote::No(i, e))
+            }
         }
     }
 
     pub(super) fn atomic_batch(&mut self, ops: Vec<Command>, now: u64) -> BatchVote {
+        let entries_before = self.wal.entries();
         let (results, undo, inner) = match self.stage(ops, now) {
             Ok(staged) => staged,
             Err(vote) => return vote,
@@ -46,6 +53,7 @@ impl Shard {
             Ok(_) => BatchVote::Yes(results),
             Err(e) => {
                 self.state.undo(undo);
+                self.wal.rewind_entries(entries_before);
                 BatchVote::No(0, e)
             }
         }
@@ -58,6 +66,7 @@ impl Shard {
         ops: Vec<Command>,
         now: u64,
     ) -> BatchVote {
+        let entries_before = self.wal.entries();
         let (results, undo, inner) = match self.stage(ops, now) {
             Ok(staged) => staged,
             Err(vote) => return vote,
@@ -67,6 +76,7 @@ impl Shard {
         });
         if let Err(e) = logged {
             self.state.undo(undo);
+            self.wal.rewind_entries(entries_before);
             return BatchVote::No(0, e);
         }
         let mut undo = undo;

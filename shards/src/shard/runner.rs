@@ -21,7 +21,7 @@ use hashbrown::{HashMap, HashSet};
 
 use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardMsg, ShardStats};
 use super::events::Publication;
-use super::log_read::{read_entries, EntryChunk, EventChunk};
+use super::log_read::{read_entries, EntryChunk, EventChunk, ReadContext};
 use super::replay::{ReplayCounts, TxnLog};
 use super::state::{now_ms, ShardState};
 use super::txn::Prepared;
@@ -30,8 +30,8 @@ use crate::shard::command::Command;
 use crate::wal::entry;
 use crate::wal::reader::LogReader;
 use crate::wal::record::RecordKind;
-use crate::wal::recovery::{self, RecoveryError, ScanOutcome};
-use crate::wal::{Frontier, FsyncPolicy, OffsetClock, WalWriter};
+use crate::wal::recovery::{self, RecoveryError, ScanOutcome, ScanPlan};
+use crate::wal::{Frontier, FsyncPolicy, OffsetClock, WalOpen, WalWriter};
 
 /// Most messages handled in one group commit.
 pub const GROUP_COMMIT_MESSAGES_MAX: usize = 4096;
@@ -128,28 +128,29 @@ impl Shard {
             .map_err(|e| format!("shard {}: cleaning {}: {e}", cfg.id, wal_dir.display()))?;
         let snapshot =
             crate::snapshot::load_newest(&cfg.dir).map_err(|e| format!("shard {}: {e}", cfg.id))?;
-        let (mut state, covered, snapshot_tick) = match snapshot {
+        let (mut state, at) = match snapshot {
             Some((loaded, warnings)) => {
                 for w in warnings {
                     tracing::warn!("shard {}: {w}; falling back to an older snapshot", cfg.id);
                 }
-                let covered = loaded.data.covered_offset;
-                let tick = loaded.data.last_tick;
+                let at = loaded.data.position();
                 (
                     loaded.data.into_state(cfg.allow_instance_recreate),
-                    Some(covered),
-                    tick,
+                    Some(at),
                 )
             }
-            None => (
-                ShardState::new(cfg.id, cfg.allow_instance_recreate),
-                None,
-                0,
-            ),
+            None => (ShardState::new(cfg.id, cfg.allow_instance_recreate), None),
+        };
+        let covered = at.map(|a| a.covered_offset);
+        let plan = ScanPlan {
+            shard: cfg.id,
+            salvage: cfg.salvage,
+            covered,
+            entries_covered: at.map_or(0, |a| a.entries),
         };
         let mut counts = ReplayCounts::default();
         let mut txn_log = TxnLog::default();
-        let scan = recovery::scan(&wal_dir, cfg.salvage, |header, payload| {
+        let scan = recovery::scan(&wal_dir, plan, |header, payload| {
             if covered.is_some_and(|c| header.offset <= c) {
                 // Reflected in the snapshot; only batch decisions are noted,
                 // for resolving other shards' parts left in doubt.
@@ -163,17 +164,21 @@ impl Shard {
         .map_err(|e: RecoveryError| format!("shard {}: {e}", cfg.id))?;
         state.events.clear();
         let storage = super::storage::StorageState::new(cfg, &scan, covered);
+        let snapshot_tick = at.map_or(0, |a| a.last_tick);
         let clock = OffsetClock::new(cfg.id, scan.last_tick.max(snapshot_tick), frontier);
-        let wal = WalWriter::open(
-            &wal_dir,
-            cfg.fsync,
-            cfg.segment_size_bytes,
-            scan.active_segment,
-            scan.active_end,
-            clock,
-        )
-        .await
-        .map_err(|e| {
+        let open = WalOpen {
+            policy: cfg.fsync,
+            segment_size_bytes: cfg.segment_size_bytes,
+            segment_id: scan.active_segment,
+            end: scan.active_end,
+            entries: scan.entries,
+            // A salvaged log was cut: what the seal promised is gone.
+            sealed: match scan.salvage {
+                None => scan.manifest.and_then(|m| m.sealed),
+                Some(_) => None,
+            },
+        };
+        let wal = WalWriter::open(&wal_dir, open, clock).await.map_err(|e| {
             format!(
                 "shard {}: cannot open WAL in {}: {e}",
                 cfg.id,
@@ -278,6 +283,14 @@ impl Shard {
         }
         if let Err(e) = self.wal.sync().await {
             fail_stop(self.state.shard_id, "final WAL sync failed", &e);
+        }
+        // Everything is synced: say so, so that the next start treats damage
+        // anywhere in this log as damage, never as a torn write.
+        if let Err(e) = self.wal.seal() {
+            tracing::warn!(
+                "shard {}: could not seal the log's manifest: {e}",
+                self.state.shard_id
+            );
         }
         if let Some(done) = self.stopping.take() {
             let _ = done.send(());
@@ -444,14 +457,24 @@ impl Shard {
         if self.reader.is_none() {
             self.reader = Some(LogReader::open(&self.wal_dir)?);
         }
-        let watermark = self.watermark();
+        // Raise this shard's floor to the frontier first: an idle shard would
+        // otherwise answer with a bound below every other shard's records,
+        // and the merged read would hold back what those shards wrote.
+        self.wal.clock_mut().begin_group();
+        self.publish_requested = true;
         let (txns, in_doubt) = (&self.txns, &self.in_doubt);
         let undecided = |txid: u64| txns.contains_key(&txid) || in_doubt.contains_key(&txid);
+        let cx = ReadContext {
+            shard: self.state.shard_id,
+            watermark: self.watermark(),
+            entries_written: self.wal.entries_committed(),
+            undecided: &undecided,
+        };
         let reader = self
             .reader
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no reader"))?;
-        read_entries(reader, from, max_records, max_bytes, watermark, &undecided)
+        read_entries(reader, from, max_records, max_bytes, &cx)
     }
 
     /// Re-handle parked messages in their order; those still blocked park again.

@@ -38,7 +38,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::state::ShardState;
 use crate::instance::Instance;
-use crate::snapshot::{list_snapshots, write_snapshot, SnapshotEncoder, WrittenSnapshot};
+use crate::snapshot::{
+    list_snapshots, write_snapshot, LogPosition, SnapshotEncoder, WrittenSnapshot,
+};
 use crate::wal::reader::{LogReader, SegmentInfo};
 use crate::wal::retire::retire_segments;
 use crate::wal::segment::segment_path;
@@ -82,15 +84,14 @@ pub enum SliceOutcome {
 }
 
 impl SnapshotJob {
-    pub fn start(state: &ShardState, covered_offset: u64, last_tick: u64) -> Self {
-        let encoder =
-            SnapshotEncoder::for_state(state, covered_offset, last_tick, state.order.len());
+    pub fn start(state: &ShardState, at: LogPosition) -> Self {
+        let encoder = SnapshotEncoder::for_state(state, at, state.order.len());
         SnapshotJob {
             encoder,
             end: state.order.len(),
             generation: state.order_generation,
             next: 0,
-            covered_offset,
+            covered_offset: at.covered_offset,
             started: Instant::now(),
         }
     }

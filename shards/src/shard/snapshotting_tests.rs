@@ -14,7 +14,16 @@ use crate::shard::replay::{ReplayCounts, TxnLog};
 use crate::shard::state::test_sink::MemorySink;
 use crate::shard::txn::BufferSink;
 use crate::snapshot::decode_state;
-use crate::wal::record::decode_record;
+use crate::snapshot::LogPosition;
+use crate::wal::record::{decode_record, RecordStamp};
+
+fn position(covered: u64) -> LogPosition {
+    LogPosition {
+        covered_offset: covered,
+        last_tick: covered >> 6,
+        entries: 0,
+    }
+}
 
 const NOW_MS: u64 = 1_700_000_000_000;
 
@@ -123,7 +132,7 @@ fn assert_same(recovered: &ShardState, live: &ShardState) {
 fn a_snapshot_taken_in_slices_while_instances_change_recovers_the_live_state() {
     let (mut state, mut log) = shard_with(300);
     let covered = log.next;
-    let mut job = SnapshotJob::start(&state, covered, covered >> 6);
+    let mut job = SnapshotJob::start(&state, position(covered));
     let none = |_: &str| None;
     let mut slices = 0;
     let mut n = 0;
@@ -170,19 +179,19 @@ fn a_snapshot_taken_in_slices_while_instances_change_recovers_the_live_state() {
 fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
     let (mut state, log) = shard_with(40);
     let covered = log.next;
-    let mut job = SnapshotJob::start(&state, covered, covered >> 6);
+    let mut job = SnapshotJob::start(&state, position(covered));
     // A cross-shard part is prepared on i39 (and creates "fresh") before
     // the job reaches them; its records are not in this log unless the
     // batch commits — here it aborts.
     let mut inner = Vec::new();
     let mut next = 1u64 << 40;
-    let mut next_offset = || {
+    let mut next_offset = |kind, time_ms| {
         next += 64;
-        next
+        RecordStamp::new(kind, next, time_ms)
     };
     let mut sink = BufferSink {
         out: &mut inner,
-        next_offset: &mut next_offset,
+        reserve: &mut next_offset,
     };
     let ops = vec![
         Command::Apply(apply("i39", "GO", 1)),
@@ -211,7 +220,7 @@ fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
 #[test]
 fn a_flush_during_the_job_makes_it_start_over() {
     let (mut state, log) = shard_with(100);
-    let mut job = SnapshotJob::start(&state, log.next, 1);
+    let mut job = SnapshotJob::start(&state, position(log.next));
     let none = |_: &str| None;
     assert_eq!(job.step(&state, &none, Duration::ZERO), SliceOutcome::More);
     state.flush();

@@ -208,7 +208,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 pub mod test_sink {
     use super::*;
-    use crate::wal::record::append_record;
+    use crate::wal::record::{append_record, RecordStamp};
 
     #[derive(Default)]
     pub struct MemorySink {
@@ -225,8 +225,14 @@ pub mod test_sink {
             write: &mut dyn FnMut(&mut Vec<u8>),
         ) -> EngineResult<u64> {
             self.next += 64;
-            append_record(&mut self.bytes, kind, self.next, time_ms, 0, |o| write(o))
-                .map_err(|n| EngineError::wal_io(format!("record too large: {n}")))?;
+            let stamp = RecordStamp {
+                kind,
+                offset: self.next,
+                time_ms,
+                entries_before: self.records as u64,
+            };
+            append_record(&mut self.bytes, &stamp, 0, |o| write(o))
+                .map_err(|n| EngineError::bad_request(format!("record too large: {n}")))?;
             self.records += 1;
             Ok(self.next)
         }

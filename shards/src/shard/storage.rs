@@ -17,10 +17,11 @@ use super::snapshotting::{
     SNAPSHOT_SLICE_US,
 };
 use crate::error::{EngineError, EngineResult};
+use crate::snapshot::LogPosition;
 use crate::snapshot::{list_snapshots, WrittenSnapshot};
 use crate::wal::offset::make_offset;
-use crate::wal::reader::{LogReader, SegmentInfo};
-use crate::wal::recovery::ScanOutcome;
+use crate::wal::reader::{LogReader, ReadStats, SegmentInfo};
+use crate::wal::recovery::{ScanOutcome, SegmentTally};
 use crate::wal::segment::sync_dir;
 
 /// When the shard snapshots and compacts by itself (spec §11.11; the
@@ -67,10 +68,12 @@ pub struct StorageState {
     queued: Vec<flume::Sender<CompactReport>>,
     last_snapshot_at: Instant,
     records_at_last_snapshot: u64,
-    /// Records per segment found by recovery.
-    recovered_records: BTreeMap<u64, u64>,
+    /// Per segment, what recovery found in it.
+    recovered: BTreeMap<u64, SegmentTally>,
     /// Offsets below this were compacted away (0: nothing ever deleted).
     retained_from: u64,
+    /// What start-up recovery read.
+    recovery_reads: ReadStats,
 }
 
 impl StorageState {
@@ -86,8 +89,12 @@ impl StorageState {
             queued: Vec::new(),
             last_snapshot_at: Instant::now(),
             records_at_last_snapshot: 0,
-            recovered_records: scan.segment_records.iter().copied().collect(),
+            recovered: scan.segment_records.iter().map(|t| (t.id, *t)).collect(),
             retained_from: 0,
+            recovery_reads: ReadStats {
+                reads: 1,
+                bytes_read: scan.bytes_scanned,
+            },
         }
     }
 
@@ -179,7 +186,7 @@ impl Shard {
             .map(|r| r.segments().iter().map(|s| s.id).collect())
             .unwrap_or_default();
         for seg in planned.iter().filter(|s| !present.contains(&s.id)) {
-            self.storage.recovered_records.remove(&seg.id);
+            self.storage.recovered.remove(&seg.id);
             self.storage.report.segments_deleted += 1;
             self.storage.report.bytes_reclaimed += seg.size_bytes;
         }
@@ -253,10 +260,18 @@ impl Shard {
         self.storage.answering = std::mem::take(&mut self.storage.queued);
         self.storage.report = CompactReport::default();
         let clock = self.wal.clock();
-        let covered = make_offset(clock.last_tick(), self.state.shard_id);
+        // Taken between group commits: nothing is staged, every entry counted
+        // is in the log, and every record so far has an offset ≤ `covered`.
+        debug_assert_eq!(self.wal.staged_records(), 0);
+        debug_assert_eq!(self.wal.entries(), self.wal.entries_committed());
+        let at = LogPosition {
+            covered_offset: make_offset(clock.last_tick(), self.state.shard_id),
+            last_tick: clock.last_tick(),
+            entries: self.wal.entries_committed(),
+        };
         self.storage.records_at_last_snapshot = self.wal.stats().records_appended;
         self.storage.last_snapshot_at = Instant::now();
-        let job = SnapshotJob::start(&self.state, covered, clock.last_tick());
+        let job = SnapshotJob::start(&self.state, at);
         self.storage.phase = Phase::Encoding(job);
     }
 
@@ -357,19 +372,27 @@ impl Shard {
                 fail_stop(self.state.shard_id, "cannot list the WAL", &e);
             }
             stats.log_segments = reader.segments().len() as u64;
-            stats.log_bytes_on_disk = reader.total_size_bytes();
+            stats.log_bytes_allocated = reader.total_size_bytes();
             stats.oldest_offset = reader.oldest_offset();
+            stats.reads = reader.stats();
             let present: Vec<u64> = reader.segments().iter().map(|s| s.id).collect();
-            let mut per_segment = self.storage.recovered_records.clone();
-            for (id, n) in self.wal.written_per_segment() {
-                *per_segment.entry(*id).or_default() += n;
+            let mut per_segment = self.storage.recovered.clone();
+            for t in self.wal.written_per_segment() {
+                let seen = per_segment.entry(t.id).or_insert(SegmentTally {
+                    id: t.id,
+                    ..SegmentTally::default()
+                });
+                seen.records += t.records;
+                seen.data_bytes = seen.data_bytes.max(t.data_bytes);
             }
-            stats.log_entries = per_segment
-                .iter()
-                .filter(|(id, _)| present.contains(id))
-                .map(|(_, n)| n)
-                .sum();
+            let held = per_segment.values().filter(|t| present.contains(&t.id));
+            for t in held {
+                stats.log_records += t.records;
+                stats.log_data_bytes += t.data_bytes;
+            }
+            stats.reads = self.storage.recovery_reads.plus(stats.reads);
         }
+        stats.entries = self.wal.entries_committed();
         stats.retained_from = self.storage.retained_from;
         stats.snapshots = list_snapshots(&self.storage.shard_dir).map_or(0, |l| l.len() as u64);
     }

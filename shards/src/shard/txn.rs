@@ -22,13 +22,14 @@ use super::events::WatchEvent;
 use super::state::{LogSink, ShardState};
 use crate::error::{EngineError, EngineResult};
 use crate::instance::Instance;
-use crate::wal::record::{append_record, RecordKind};
+use crate::wal::record::{append_record, RecordKind, RecordStamp, RECORD_PAYLOAD_MAX_BYTES};
 
-/// A LogSink that collects records into a buffer, taking offsets from the
-/// shard's clock: the inner records of a Batch or Prepare record.
+/// A LogSink that collects records into a buffer, taking their stamps
+/// (offset, entry count) from the shard's log: the inner records of a Batch
+/// or Prepare record.
 pub struct BufferSink<'a> {
     pub out: &'a mut Vec<u8>,
-    pub next_offset: &'a mut dyn FnMut() -> u64,
+    pub reserve: &'a mut dyn FnMut(RecordKind, u64) -> RecordStamp,
 }
 
 impl LogSink for BufferSink<'_> {
@@ -38,10 +39,13 @@ impl LogSink for BufferSink<'_> {
         time_ms: u64,
         write: &mut dyn FnMut(&mut Vec<u8>),
     ) -> EngineResult<u64> {
-        let offset = (self.next_offset)();
-        append_record(self.out, kind, offset, time_ms, 0, |o| write(o))
-            .map_err(|n| EngineError::wal_io(format!("record too large: {n} bytes")))?;
-        Ok(offset)
+        let stamp = (self.reserve)(kind, time_ms);
+        append_record(self.out, &stamp, 0, |o| write(o)).map_err(|n| {
+            EngineError::bad_request(format!(
+                "record too large: {n} bytes (the log's limit is {RECORD_PAYLOAD_MAX_BYTES} bytes per record)"
+            ))
+        })?;
+        Ok(stamp.offset)
     }
 }
 
@@ -204,14 +208,14 @@ mod tests {
     fn a_failing_op_leaves_no_trace() {
         let mut st = counter_shard();
         let mut next = 0u64;
-        let mut offsets = || {
+        let mut offsets = |kind, time_ms| {
             next += 64;
-            next
+            RecordStamp::new(kind, next, time_ms)
         };
         let mut inner = Vec::new();
         let mut sink = BufferSink {
             out: &mut inner,
-            next_offset: &mut offsets,
+            reserve: &mut offsets,
         };
         st.run_atomic(vec![create("a", 1)], 1, &mut sink).unwrap();
         let before_a = st.get_instance("a").unwrap();
@@ -235,14 +239,14 @@ mod tests {
     fn reads_inside_a_batch_see_earlier_ops() {
         let mut st = counter_shard();
         let mut next = 0u64;
-        let mut offsets = || {
+        let mut offsets = |kind, time_ms| {
             next += 64;
-            next
+            RecordStamp::new(kind, next, time_ms)
         };
         let mut inner = Vec::new();
         let mut sink = BufferSink {
             out: &mut inner,
-            next_offset: &mut offsets,
+            reserve: &mut offsets,
         };
         let (results, _) = st
             .run_atomic(

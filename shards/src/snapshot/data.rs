@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use super::codec::LogPosition;
 use crate::instance::Instance;
 use crate::machine::definition::MachineDef;
 use crate::shard::state::ShardState;
@@ -18,6 +19,8 @@ pub struct SnapshotData {
     /// The shard's offset clock reading when the snapshot was taken, so the
     /// clock never goes back even if the log after it is empty.
     pub last_tick: u64,
+    /// Log entries the shard had written (see `wal/sequence.rs`).
+    pub entries: u64,
     /// Every machine definition the shard knows.
     pub machines: Vec<Arc<MachineDef>>,
     /// Every instance, active or soft-deleted. Each instance's `machine` is
@@ -26,13 +29,23 @@ pub struct SnapshotData {
 }
 
 impl SnapshotData {
-    /// Copy the state of a shard. `covered_offset` must be the offset of the
+    /// Where in the log this snapshot stands.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            covered_offset: self.covered_offset,
+            last_tick: self.last_tick,
+            entries: self.entries,
+        }
+    }
+
+    /// Copy the state of a shard. `at.covered_offset` must be the offset of the
     /// last record reflected in `state`.
-    pub fn from_state(state: &ShardState, covered_offset: u64, last_tick: u64) -> SnapshotData {
+    pub fn from_state(state: &ShardState, at: LogPosition) -> SnapshotData {
         SnapshotData {
             shard: state.shard_id,
-            covered_offset,
-            last_tick,
+            covered_offset: at.covered_offset,
+            last_tick: at.last_tick,
+            entries: at.entries,
             machines: state.machines.iter().cloned().collect(),
             instances: state
                 .instances
@@ -72,6 +85,14 @@ mod tests {
     use crate::snapshot::codec::{decode, decode_state, encode, encode_state};
     use serde_json::json;
 
+    fn position(n: u64) -> LogPosition {
+        LogPosition {
+            covered_offset: n,
+            last_tick: n,
+            entries: n,
+        }
+    }
+
     fn state_with_instances() -> ShardState {
         let mut state = ShardState::new(5, false);
         let def = Arc::new(
@@ -108,11 +129,16 @@ mod tests {
     #[test]
     fn state_survives_copy_encode_decode_and_rebuild() {
         let state = state_with_instances();
-        let data = SnapshotData::from_state(&state, 0x4005, 0x100);
+        let at = LogPosition {
+            covered_offset: 0x4005,
+            last_tick: 0x100,
+            entries: 77,
+        };
+        let data = SnapshotData::from_state(&state, at);
         assert_eq!(data.active_instances(), 2);
         let image = encode(&data);
         // Encoding the live state directly gives the same file.
-        let direct = encode_state(&state, 0x4005, 0x100);
+        let direct = encode_state(&state, at);
         assert_eq!(decode(&direct).unwrap().instances.len(), 3);
         assert_eq!(image.len(), direct.len());
 
@@ -132,13 +158,13 @@ mod tests {
                 s.machines.get("door", 2).unwrap()
             ));
         }
-        assert_eq!((header.covered_offset, header.last_tick), (0x4005, 0x100));
+        assert_eq!(header.position(), at);
     }
 
     #[test]
     fn a_repeated_instance_id_keeps_the_later_one_and_counts_right() {
         let state = state_with_instances();
-        let mut data = SnapshotData::from_state(&state, 1, 1);
+        let mut data = SnapshotData::from_state(&state, position(1));
         let mut revived = data.instances[0].1.clone();
         revived.deleted_at_offset = None;
         let mut dead = revived.clone();

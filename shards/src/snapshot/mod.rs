@@ -19,7 +19,8 @@ pub mod data;
 pub mod store;
 
 pub use codec::{
-    decode, decode_header, decode_state, encode, SnapshotEncoder, SnapshotError, SnapshotHeader,
+    decode, decode_header, decode_state, encode, LogPosition, SnapshotEncoder, SnapshotError,
+    SnapshotHeader,
 };
 pub use data::SnapshotData;
 pub use store::{

@@ -334,6 +334,7 @@ mod tests {
             shard: 1,
             covered_offset,
             last_tick: covered_offset >> 6,
+            entries: covered_offset >> 6,
             machines: vec![def.clone()],
             instances: (0..instances)
                 .map(|i| {

@@ -3,6 +3,7 @@
 //! explains how offsets stay unique across shards and mergeable by order).
 
 pub mod entry;
+pub mod manifest;
 pub mod offset;
 pub mod policy;
 pub mod reader;
@@ -10,8 +11,9 @@ pub mod record;
 pub mod recovery;
 pub mod retire;
 pub mod segment;
+pub mod sequence;
 pub mod writer;
 
 pub use offset::{Frontier, OffsetClock};
 pub use policy::FsyncPolicy;
-pub use writer::{WalStats, WalWriter};
+pub use writer::{WalOpen, WalStats, WalWriter};

@@ -154,6 +154,11 @@ impl OffsetClock {
         make_offset(self.last_tick + 1, self.shard)
     }
 
+    /// The shard this clock stamps offsets for.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
     pub fn last_tick(&self) -> u64 {
         self.last_tick
     }

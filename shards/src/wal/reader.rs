@@ -70,6 +70,23 @@ pub struct ReadBatch {
     pub reached_end: bool,
 }
 
+/// Reads from the log files, for WAL_STATS: read passes and bytes read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Read passes: one per `read_from` (and one for a start-up recovery).
+    pub reads: u64,
+    pub bytes_read: u64,
+}
+
+impl ReadStats {
+    pub fn plus(self, other: ReadStats) -> ReadStats {
+        ReadStats {
+            reads: self.reads + other.reads,
+            bytes_read: self.bytes_read + other.bytes_read,
+        }
+    }
+}
+
 /// One segment file as WAL_STATS reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -121,6 +138,7 @@ pub struct LogReader {
     dir: PathBuf,
     /// Known segments, ascending by id.
     segments: Vec<Segment>,
+    stats: ReadStats,
 }
 
 /// Why a scan of one segment stopped.
@@ -139,6 +157,7 @@ impl LogReader {
         let mut reader = LogReader {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
+            stats: ReadStats::default(),
         };
         reader.refresh()?;
         Ok(reader)
@@ -169,11 +188,13 @@ impl LogReader {
                     seg.size_bytes = m.len();
                     seg
                 }),
-                _ => probe_segment(&path).map(|(size_bytes, first_offset)| Segment {
-                    id,
-                    size_bytes,
-                    first_offset,
-                    sparse: first_offset.map(|o| vec![(o, 0)]).unwrap_or_default(),
+                _ => probe_segment(&path, &mut self.stats).map(|(size_bytes, first_offset)| {
+                    Segment {
+                        id,
+                        size_bytes,
+                        first_offset,
+                        sparse: first_offset.map(|o| vec![(o, 0)]).unwrap_or_default(),
+                    }
                 }),
             };
             match probed {
@@ -209,6 +230,11 @@ impl LogReader {
         self.segments.iter().map(|s| s.size_bytes).sum()
     }
 
+    /// What this reader has read from the files so far.
+    pub fn stats(&self) -> ReadStats {
+        self.stats
+    }
+
     /// Records with offset ≥ `from_offset`, in log order, up to `max_records`
     /// records and `max_bytes` bytes (header + payload) — but always at least
     /// one record when one is there, so a record larger than `max_bytes`
@@ -223,6 +249,7 @@ impl LogReader {
         if max_records == 0 {
             return Ok(batch);
         }
+        self.stats.reads += 1;
         if self.segments.is_empty() {
             self.refresh()?;
         }
@@ -316,7 +343,7 @@ impl LogReader {
         let (mut pos, mut ordinal) = seg.start_for(from_offset);
         let mut window = Window::default();
         loop {
-            let Some(record) = window.record_at(&file, file_len, pos)? else {
+            let Some(record) = window.record_at(&file, file_len, pos, &mut self.stats)? else {
                 return Ok(SegmentEnd::Exhausted);
             };
             let (header, payload) = record;
@@ -348,11 +375,13 @@ impl LogReader {
 }
 
 /// Size of the segment file and the offset of its first record, if any.
-fn probe_segment(path: &Path) -> io::Result<(u64, Option<u64>)> {
+fn probe_segment(path: &Path, stats: &mut ReadStats) -> io::Result<(u64, Option<u64>)> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut window = Window::default();
-    let first = window.record_at(&file, size, 0)?.map(|(h, _)| h.offset);
+    let first = window
+        .record_at(&file, size, 0, stats)?
+        .map(|(h, _)| h.offset);
     Ok((size, first))
 }
 
@@ -371,6 +400,7 @@ impl Window {
         file: &File,
         file_len: u64,
         pos: u64,
+        stats: &mut ReadStats,
     ) -> io::Result<Option<(RecordHeader, &[u8])>> {
         if pos + 4 > file_len {
             return Ok(None);
@@ -378,7 +408,7 @@ impl Window {
         let mut need = RECORD_HEADER_BYTES;
         loop {
             if !self.covers(pos, need as u64, file_len) {
-                self.fill(file, file_len, pos, need)?;
+                stats.bytes_read += self.fill(file, file_len, pos, need)? as u64;
             }
             let local = (pos - self.start) as usize;
             let buf = &self.data[local..];
@@ -410,7 +440,8 @@ impl Window {
         pos >= self.start && (pos + len <= end || end == file_len) && pos < end
     }
 
-    fn fill(&mut self, file: &File, file_len: u64, pos: u64, need: usize) -> io::Result<()> {
+    /// Read the window at `pos`; returns the bytes read.
+    fn fill(&mut self, file: &File, file_len: u64, pos: u64, need: usize) -> io::Result<usize> {
         let len = need.max(READER_CHUNK_BYTES) as u64;
         let len = len.min(file_len - pos) as usize;
         self.data.resize(len, 0);
@@ -425,7 +456,7 @@ impl Window {
         }
         self.data.truncate(done);
         self.start = pos;
-        Ok(())
+        Ok(done)
     }
 }
 

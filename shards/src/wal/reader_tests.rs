@@ -1,7 +1,7 @@
 //! Unit tests of `reader.rs` (kept apart so the module shows its code).
 
 use super::*;
-use crate::wal::record::{append_record, RecordKind};
+use crate::wal::record::{append_record, RecordKind, RecordStamp};
 
 const SEGMENT_BYTES: usize = 64 * 1024;
 
@@ -18,9 +18,7 @@ fn write_segment(dir: &Path, id: u64, range: std::ops::Range<u64>, size: usize) 
         let start = data.len() as u32;
         append_record(
             &mut data,
-            RecordKind::ApplyEvent,
-            offset_of(i),
-            i,
+            &RecordStamp::new(RecordKind::ApplyEvent, offset_of(i), i),
             start,
             |o| o.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes()),
         )
@@ -204,9 +202,7 @@ fn records_larger_than_a_read_chunk_are_read_whole() {
         let start = data.len() as u32;
         append_record(
             &mut data,
-            RecordKind::PutMachine,
-            offset_of(i),
-            0,
+            &RecordStamp::new(RecordKind::PutMachine, offset_of(i), 0),
             start,
             |o| o.extend_from_slice(&big),
         )
@@ -249,9 +245,7 @@ fn arbitrary_segment_bytes_never_panic() {
             let start = data.len() as u32;
             append_record(
                 &mut data,
-                RecordKind::ApplyEvent,
-                offset_of(i),
-                0,
+                &RecordStamp::new(RecordKind::ApplyEvent, offset_of(i), 0),
                 start,
                 |o| o.extend_from_slice(b"{}"),
             )

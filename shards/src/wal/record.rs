@@ -6,21 +6,30 @@
 //! 8   4  payload_len   u32, ≤ RECORD_PAYLOAD_MAX_BYTES
 //! 12  1  kind          RecordKind
 //! 13  1  flags         0
-//! 14  2  reserved      0
+//! 14  2  entries_hi    bits 32..48 of entries_before
 //! 16  8  offset        the record's wal_offset (see `offset.rs`)
 //! 24  8  time_ms       Unix milliseconds when the record was made
 //! 32  4  group_start   byte position in the segment where the write that
 //!                      carried this record began (its first new record)
-//! 36  4  reserved      0
+//! 36  4  entries_lo    bits 0..32 of entries_before
 //! 40  n  payload       compact JSON entry (`entry.rs`)
 //! ```
 //! Integers are little-endian. Four zero bytes where a magic is expected mean
 //! "end of the written log" (segments are pre-zeroed). `group_start` lets
 //! recovery tell a torn last write from corruption of an acknowledged record
 //! (see `recovery.rs`).
+//!
+//! `entries_before` (48 bits, split around `offset` so the header keeps its
+//! size) counts the log entries this shard wrote before the record — the
+//! entries WAL_READ shows (see `sequence.rs`). Consecutive records must
+//! continue the count, so recovery notices records that are missing from the
+//! middle of a log (a deleted or emptied segment), and WAL_READ numbers
+//! records without reading the log from its start.
 
 /// Size of the fixed header.
 pub const RECORD_HEADER_BYTES: usize = 40;
+/// Largest `entries_before` a header can hold (48 bits).
+pub const RECORD_ENTRIES_MAX: u64 = (1 << 48) - 1;
 /// Largest entry payload (16 MiB − 64 KiB, as rstmdb).
 pub const RECORD_PAYLOAD_MAX_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// The record magic.
@@ -74,6 +83,8 @@ pub struct RecordHeader {
     pub offset: u64,
     pub time_ms: u64,
     pub group_start: u32,
+    /// Log entries this shard wrote before this record.
+    pub entries_before: u64,
 }
 
 impl RecordHeader {
@@ -95,17 +106,37 @@ pub enum RecordDefect {
     CrcMismatch,
 }
 
+/// What a record's header says besides the payload's length and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordStamp {
+    pub kind: RecordKind,
+    pub offset: u64,
+    pub time_ms: u64,
+    pub entries_before: u64,
+}
+
+impl RecordStamp {
+    /// A stamp with no entries before it (tests, tools).
+    pub fn new(kind: RecordKind, offset: u64, time_ms: u64) -> Self {
+        RecordStamp {
+            kind,
+            offset,
+            time_ms,
+            entries_before: 0,
+        }
+    }
+}
+
 /// Append a complete record to `out`. `write_payload` writes the entry JSON.
 /// Returns the record's length. The CRC is computed after the payload is in
 /// place, so the payload is written once, directly into the log buffer.
 pub fn append_record(
     out: &mut Vec<u8>,
-    kind: RecordKind,
-    offset: u64,
-    time_ms: u64,
+    stamp: &RecordStamp,
     group_start: u32,
     write_payload: impl FnOnce(&mut Vec<u8>),
 ) -> Result<usize, u32> {
+    debug_assert!(stamp.entries_before <= RECORD_ENTRIES_MAX);
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     write_payload(out);
@@ -117,10 +148,12 @@ pub fn append_record(
     let h = &mut out[start..start + RECORD_HEADER_BYTES];
     h[0..4].copy_from_slice(&RECORD_MAGIC);
     h[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    h[12] = kind as u8;
-    h[16..24].copy_from_slice(&offset.to_le_bytes());
-    h[24..32].copy_from_slice(&time_ms.to_le_bytes());
+    h[12] = stamp.kind as u8;
+    h[14..16].copy_from_slice(&((stamp.entries_before >> 32) as u16).to_le_bytes());
+    h[16..24].copy_from_slice(&stamp.offset.to_le_bytes());
+    h[24..32].copy_from_slice(&stamp.time_ms.to_le_bytes());
     h[32..36].copy_from_slice(&group_start.to_le_bytes());
+    h[36..40].copy_from_slice(&(stamp.entries_before as u32).to_le_bytes());
     seal_record(&mut out[start..]);
     Ok(out.len() - start)
 }
@@ -182,6 +215,8 @@ pub fn decode_record(buf: &[u8]) -> Result<(RecordHeader, &[u8]), RecordDefect> 
             offset: u64_at(16),
             time_ms: u64_at(24),
             group_start: u32_at(32),
+            entries_before: (u16::from_le_bytes([buf[14], buf[15]]) as u64) << 32
+                | u32_at(36) as u64,
         },
         &buf[RECORD_HEADER_BYTES..total],
     ))
@@ -192,12 +227,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn stamp(kind: RecordKind, offset: u64, time_ms: u64, entries_before: u64) -> RecordStamp {
+        RecordStamp {
+            kind,
+            offset,
+            time_ms,
+            entries_before,
+        }
+    }
+
     fn record(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        append_record(&mut out, RecordKind::ApplyEvent, 4242, 7, 96, |o| {
-            o.extend_from_slice(payload)
-        })
-        .unwrap();
+        let st = stamp(RecordKind::ApplyEvent, 4242, 7, (9 << 32) | 77);
+        append_record(&mut out, &st, 96, |o| o.extend_from_slice(payload)).unwrap();
         out
     }
 
@@ -209,6 +251,7 @@ mod tests {
         assert_eq!(h.offset, 4242);
         assert_eq!(h.time_ms, 7);
         assert_eq!(h.group_start, 96);
+        assert_eq!(h.entries_before, (9 << 32) | 77);
         assert_eq!(p, br#"{"type":"apply_event"}"#);
         assert_eq!(h.total_len(), r.len());
     }
@@ -239,7 +282,8 @@ mod tests {
     #[test]
     fn oversize_payload_is_refused_on_append() {
         let mut out = vec![1, 2, 3];
-        let err = append_record(&mut out, RecordKind::PutMachine, 1, 1, 0, |o| {
+        let st = stamp(RecordKind::PutMachine, 1, 1, 0);
+        let err = append_record(&mut out, &st, 0, |o| {
             o.resize(o.len() + RECORD_PAYLOAD_MAX_BYTES + 1, b' ')
         });
         assert!(err.is_err());
@@ -260,11 +304,12 @@ mod tests {
         }
 
         #[test]
-        fn any_payload_round_trips(payload in proptest::collection::vec(any::<u8>(), 0..300), off in any::<u64>()) {
+        fn any_payload_round_trips(payload in proptest::collection::vec(any::<u8>(), 0..300), off in any::<u64>(), n in 0..=RECORD_ENTRIES_MAX) {
             let mut out = Vec::new();
-            append_record(&mut out, RecordKind::CreateInstance, off, 1, 0, |o| o.extend_from_slice(&payload)).unwrap();
+            append_record(&mut out, &stamp(RecordKind::CreateInstance, off, 1, n), 0, |o| o.extend_from_slice(&payload)).unwrap();
             let (h, p) = decode_record(&out).unwrap();
             prop_assert_eq!(h.offset, off);
+            prop_assert_eq!(h.entries_before, n);
             prop_assert_eq!(p, &payload[..]);
         }
     }

@@ -1,7 +1,7 @@
 //! Reading a shard's log back at start-up: every valid record in order, the
 //! position to append at, and what to do with damage.
 //!
-//! # Torn write or corruption?
+//! # Torn write or damage?
 //!
 //! Records of one group commit are written by one write that starts at the
 //! group's first record; every record carries that start (`group_start`).
@@ -17,9 +17,26 @@
 //!   (its blocks reached the disk, earlier ones did not) — also a torn tail.
 //! * one whose `group_start > p`, or any valid record in a later segment: a
 //!   later write completed after the damaged bytes had been written, so an
-//!   acknowledged record is damaged. Start-up is refused with the file and
-//!   byte position, unless salvage was asked for: then the log is cut at `p`
-//!   and the dropped records are counted and reported.
+//!   acknowledged record is damaged.
+//!
+//! Three more facts turn what would look like a clean end into damage:
+//!
+//! * **The seal** (`manifest.rs`): bytes a graceful shutdown synced cannot be
+//!   a torn write. A bad record there, or a log that ends before the sealed
+//!   end, is damage.
+//! * **The entry count** (`sequence.rs`): every record says how many entries
+//!   its shard wrote before it. A record that does not continue the count of
+//!   the records before it means entries are missing in between — a deleted
+//!   or emptied segment. Records a snapshot covers are not checked (their
+//!   segments may have been compacted away); the first record after the
+//!   snapshot must continue the snapshot's count.
+//! * **The manifest's last segment**: a segment named by the manifest that
+//!   is not there (the newest one deleted) is missing data.
+//!
+//! Damage refuses start-up, naming the file and byte, unless salvage was
+//! asked for: then the log is cut at the damage — everything from there on
+//! is dropped, counted and reported — so the log is a consistent prefix of
+//! what was written.
 //!
 //! Zeros after the last record of a segment followed by a later segment are
 //! the normal gap left by rotation.
@@ -29,9 +46,25 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::manifest::{self, Manifest};
 use super::offset::tick_of_offset;
 use super::record::{decode_record, RecordDefect, RecordHeader, RECORD_MAGIC};
 use super::segment::{list_segments, segment_path};
+use super::sequence::{ChainError, SequenceChain};
+
+/// What recovery knows besides the files themselves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanPlan {
+    pub shard: usize,
+    /// Cut the log at damage instead of refusing to start.
+    pub salvage: bool,
+    /// Records with offset ≤ this are reflected in the snapshot recovery
+    /// started from (their segments may be gone).
+    pub covered: Option<u64>,
+    /// Entries that snapshot counts: the first record after `covered` must
+    /// say this many came before it.
+    pub entries_covered: u64,
+}
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default)]
@@ -44,10 +77,23 @@ pub struct ScanOutcome {
     pub records: u64,
     pub segments: u64,
     pub bytes_scanned: u64,
+    /// Entries the log holds in all (the next record's `entries_before`).
+    pub entries: u64,
     pub torn_tail: Option<TailRepair>,
     pub salvage: Option<SalvageReport>,
-    /// Valid records per remaining segment: (segment id, records).
-    pub segment_records: Vec<(u64, u64)>,
+    /// Per remaining segment: (segment id, valid records, bytes of records).
+    pub segment_records: Vec<SegmentTally>,
+    /// The manifest as found (before this start rewrites it).
+    pub manifest: Option<Manifest>,
+}
+
+/// What one segment holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentTally {
+    pub id: u64,
+    pub records: u64,
+    /// Bytes of log data (whole records) from the start of the segment.
+    pub data_bytes: u64,
 }
 
 /// A torn last write that was cut off.
@@ -81,6 +127,11 @@ pub enum RecoveryError {
         defect: String,
         records_after: u64,
     },
+    /// Segment files the manifest names are gone.
+    Missing {
+        path: PathBuf,
+        detail: String,
+    },
     /// A record with a valid checksum whose entry the engine cannot use.
     BadEntry {
         path: PathBuf,
@@ -100,9 +151,16 @@ impl fmt::Display for RecoveryError {
                 records_after,
             } => write!(
                 f,
-                "corrupt WAL record in {} at byte {position} ({defect}); {records_after} valid \
-                 record(s) follow it, so this is damage to acknowledged data, not a torn write. \
-                 Refusing to start; run with --salvage to cut the log at that point and drop them",
+                "damaged WAL in {} at byte {position} ({defect}); {records_after} valid \
+                 record(s) follow it, and the bytes there had been written completely, so this is \
+                 damage to acknowledged data, not a torn write. Refusing to start; run with \
+                 --salvage to cut the log at that point and drop what follows",
+                path.display()
+            ),
+            RecoveryError::Missing { path, detail } => write!(
+                f,
+                "WAL segment missing: {} ({detail}). Refusing to start; run with --salvage to \
+                 start from the records that are there",
                 path.display()
             ),
             RecoveryError::BadEntry {
@@ -193,17 +251,59 @@ fn zero_range(path: &Path, from: u64, to: u64) -> io::Result<()> {
     file.sync_data()
 }
 
+/// Where the written part of a segment ends: segments are pre-zeroed, so
+/// past the last non-zero byte nothing was ever written.
+fn written_end(data: &[u8]) -> usize {
+    data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// What stopped the scan of a segment before its end.
+enum Damage {
+    Defect(RecordDefect),
+    /// Entries are missing before this record.
+    Gap {
+        expected: u64,
+        found: u64,
+    },
+    /// The log ends before the sealed end.
+    EndsBeforeSeal {
+        sealed_end: u64,
+    },
+}
+
+impl Damage {
+    fn describe(&self) -> String {
+        match self {
+            Damage::Defect(d) => describe(*d),
+            Damage::Gap { expected, found } => format!(
+                "the record says this shard wrote {found} entries before it, the log before it \
+                 holds {expected}: entries {}..={found} are missing (a segment file was deleted \
+                 or emptied)",
+                expected + 1
+            ),
+            Damage::EndsBeforeSeal { sealed_end } => format!(
+                "the log ends here, but a graceful shutdown had synced it up to byte {sealed_end}"
+            ),
+        }
+    }
+}
+
 /// Scan the log in `dir`, calling `visit` for every valid record in order.
 pub fn scan(
     dir: &Path,
-    salvage: bool,
+    plan: ScanPlan,
     mut visit: impl FnMut(&RecordHeader, &[u8]) -> Result<(), String>,
 ) -> Result<ScanOutcome, RecoveryError> {
     let ids = list_segments(dir).map_err(io_err(dir))?;
+    let found_manifest = manifest::read(dir).map_err(io_err(&manifest::manifest_path(dir)))?;
+    let seal = found_manifest.and_then(|m| m.sealed);
     let mut out = ScanOutcome {
         active_segment: 1,
+        manifest: found_manifest,
         ..ScanOutcome::default()
     };
+    let mut chain = SequenceChain::starting_at(plan.shard, plan.entries_covered);
+    let covered = |offset: u64| plan.covered.is_some_and(|c| offset <= c);
     let mut idx = 0;
     while idx < ids.len() {
         let id = ids[idx];
@@ -212,103 +312,196 @@ pub fn scan(
         out.segments += 1;
         out.bytes_scanned += data.len() as u64;
         out.active_segment = id;
-        out.segment_records.push((id, 0));
+        out.segment_records.push(SegmentTally {
+            id,
+            ..SegmentTally::default()
+        });
         let mut pos = 0usize;
-        let defect = loop {
+        let damage = loop {
             if pos >= data.len() {
                 break None;
             }
-            match decode_record(&data[pos..]) {
-                Ok((h, payload)) => {
-                    visit(&h, payload).map_err(|message| RecoveryError::BadEntry {
-                        path: path.clone(),
-                        position: pos as u64,
-                        message,
-                    })?;
-                    out.last_tick = out.last_tick.max(tick_of_offset(h.offset));
-                    out.records += 1;
-                    if let Some(last) = out.segment_records.last_mut() {
-                        last.1 += 1;
+            let (h, payload) = match decode_record(&data[pos..]) {
+                Ok(record) => record,
+                Err(d) => break Some(Damage::Defect(d)),
+            };
+            if !covered(h.offset) {
+                match chain.check(&h, payload) {
+                    Ok(()) => {}
+                    Err(ChainError::Gap(g)) => {
+                        break Some(Damage::Gap {
+                            expected: g.expected,
+                            found: g.found,
+                        })
                     }
-                    pos += h.total_len();
+                    Err(ChainError::Unreadable(message)) => {
+                        return Err(RecoveryError::BadEntry {
+                            path,
+                            position: pos as u64,
+                            message,
+                        })
+                    }
                 }
-                Err(d) => break Some(d),
+            }
+            visit(&h, payload).map_err(|message| RecoveryError::BadEntry {
+                path: path.clone(),
+                position: pos as u64,
+                message,
+            })?;
+            out.last_tick = out.last_tick.max(tick_of_offset(h.offset));
+            out.records += 1;
+            pos += h.total_len();
+            if let Some(last) = out.segment_records.last_mut() {
+                last.records += 1;
+                last.data_bytes = pos as u64;
             }
         };
         out.active_end = pos as u64;
-        let Some(defect) = defect else {
+        let written = written_end(&data);
+        let damage = match damage {
+            Some(Damage::Defect(_)) if written <= pos => {
+                // Nothing written beyond: the end of this segment's records,
+                // unless the seal says more had been synced here.
+                match seal {
+                    Some(s) if s.segment == id && (pos as u64) < s.end_bytes => {
+                        Some(Damage::EndsBeforeSeal {
+                            sealed_end: s.end_bytes,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            other => other,
+        };
+        let Some(damage) = damage else {
             idx += 1;
             continue;
         };
-        // Only the written part matters: segments are pre-zeroed, so the
-        // search for later records stops at the last non-zero byte.
-        let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
-        if last_nonzero <= pos {
-            // End of this segment's records; a later segment may continue.
-            idx += 1;
-            continue;
-        }
-        let written = &data[..last_nonzero];
-        // Damage at `pos`: torn tail or corruption?
+        // Damage at `pos`: torn tail or damage to acknowledged data?
         let later_segments = &ids[idx + 1..];
         let mut records_after = 0u64;
-        let mut corrupt = later_written_record_after(written, pos);
         for &later in later_segments {
             let p = segment_path(dir, later);
             let d = std::fs::read(&p).map_err(io_err(&p))?;
-            let end = d.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            records_after += count_valid_records(&d[..end], 0);
+            records_after += count_valid_records(&d[..written_end(&d)], 0);
         }
-        corrupt |= records_after > 0;
-        if corrupt {
-            records_after += count_valid_records(written, pos + 1);
-            if !salvage {
-                return Err(RecoveryError::Corrupt {
-                    path,
-                    position: pos as u64,
-                    defect: describe(defect),
-                    records_after,
-                });
+        let written = &data[..written.max(pos)];
+        let torn = match damage {
+            Damage::Defect(_) => {
+                records_after == 0
+                    && !later_written_record_after(written, pos)
+                    && !seal.is_some_and(|s| s.covers(id, pos as u64))
             }
-            zero_range(&path, pos as u64, last_nonzero as u64).map_err(io_err(&path))?;
-            for &later in later_segments {
-                let p = segment_path(dir, later);
-                std::fs::remove_file(&p).map_err(io_err(&p))?;
-            }
-            super::segment::sync_dir(dir).map_err(io_err(dir))?;
-            out.salvage = Some(SalvageReport {
-                path,
-                position: pos as u64,
-                defect: describe(defect),
-                records_dropped: records_after,
-                segments_removed: later_segments.len() as u64,
-            });
-        } else {
-            zero_range(&path, pos as u64, last_nonzero as u64).map_err(io_err(&path))?;
+            Damage::Gap { .. } | Damage::EndsBeforeSeal { .. } => false,
+        };
+        let end = written.len() as u64;
+        if torn {
+            zero_range(&path, pos as u64, end).map_err(io_err(&path))?;
             // Later segments hold no valid record (checked above): drop them
             // so appends continue right here.
-            for &later in later_segments {
-                let p = segment_path(dir, later);
-                std::fs::remove_file(&p).map_err(io_err(&p))?;
-            }
+            remove_segments(dir, later_segments)?;
             out.torn_tail = Some(TailRepair {
                 path,
                 position: pos as u64,
-                bytes_zeroed: (last_nonzero - pos) as u64,
+                bytes_zeroed: end.saturating_sub(pos as u64),
+            });
+            break;
+        }
+        records_after +=
+            count_valid_records(written, pos + 1) + u64::from(matches!(damage, Damage::Gap { .. }));
+        if !plan.salvage {
+            return Err(RecoveryError::Corrupt {
+                path,
+                position: pos as u64,
+                defect: damage.describe(),
+                records_after,
             });
         }
-        return Ok(out);
+        zero_range(&path, pos as u64, end).map_err(io_err(&path))?;
+        remove_segments(dir, later_segments)?;
+        out.salvage = Some(SalvageReport {
+            path,
+            position: pos as u64,
+            defect: damage.describe(),
+            records_dropped: records_after,
+            segments_removed: later_segments.len() as u64,
+        });
+        break;
     }
+    out.entries = chain.count();
+    check_manifest_tail(dir, plan, &mut out)?;
     Ok(out)
+}
+
+/// A segment the manifest names beyond the last one present is missing:
+/// refuse, or — salvaging — report it.
+fn check_manifest_tail(
+    dir: &Path,
+    plan: ScanPlan,
+    out: &mut ScanOutcome,
+) -> Result<(), RecoveryError> {
+    let Some(m) = out.manifest else {
+        return Ok(());
+    };
+    if out.torn_tail.is_some() || out.salvage.is_some() {
+        // The scan cut the log here; later segments were dropped on purpose.
+        return Ok(());
+    }
+    let present = out.segment_records.last().map_or(0, |t| t.id);
+    if m.last_segment <= present {
+        return Ok(());
+    }
+    let first_missing = present + 1;
+    let path = segment_path(dir, first_missing);
+    let detail = format!(
+        "the log's manifest says it reaches segment {}, the last segment file present is {}",
+        m.last_segment,
+        if present == 0 {
+            "none".to_string()
+        } else {
+            present.to_string()
+        }
+    );
+    if !plan.salvage {
+        return Err(RecoveryError::Missing { path, detail });
+    }
+    out.salvage = Some(SalvageReport {
+        path,
+        position: 0,
+        defect: detail,
+        records_dropped: 0,
+        segments_removed: m.last_segment - present,
+    });
+    Ok(())
+}
+
+fn remove_segments(dir: &Path, ids: &[u64]) -> Result<(), RecoveryError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for &id in ids {
+        let p = segment_path(dir, id);
+        std::fs::remove_file(&p).map_err(io_err(&p))?;
+    }
+    super::segment::sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::{append_record, RecordKind};
+    use crate::wal::manifest::Seal;
+    use crate::wal::record::{append_record, RecordKind, RecordStamp};
 
-    /// A segment file with `n` records written as groups of `group` records.
-    fn write_segment(dir: &Path, id: u64, n: usize, group: usize, size: usize) -> Vec<usize> {
+    /// A segment file with records `first..first+n` (each one entry, entry
+    /// count continuing from `first`) written as groups of `group` records.
+    fn write_segment_from(
+        dir: &Path,
+        id: u64,
+        first: u64,
+        n: usize,
+        group: usize,
+        size: usize,
+    ) -> Vec<usize> {
         let mut data = Vec::new();
         let mut starts = Vec::new();
         let mut group_start = 0u32;
@@ -317,14 +510,16 @@ mod tests {
                 group_start = data.len() as u32;
             }
             starts.push(data.len());
-            append_record(
-                &mut data,
-                RecordKind::ApplyEvent,
-                ((i as u64 + 1) << 6) | 1,
-                0,
-                group_start,
-                |o| o.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes()),
-            )
+            let k = first + i as u64;
+            let stamp = RecordStamp {
+                kind: RecordKind::ApplyEvent,
+                offset: ((k + 1) << 6) | 1,
+                time_ms: 0,
+                entries_before: k,
+            };
+            append_record(&mut data, &stamp, group_start, |o| {
+                o.extend_from_slice(format!("{{\"i\":{k}}}").as_bytes())
+            })
             .unwrap();
         }
         starts.push(data.len());
@@ -333,13 +528,28 @@ mod tests {
         starts
     }
 
-    fn count(dir: &Path, salvage: bool) -> Result<(u64, ScanOutcome), RecoveryError> {
+    fn write_segment(dir: &Path, id: u64, n: usize, group: usize, size: usize) -> Vec<usize> {
+        write_segment_from(dir, id, 0, n, group, size)
+    }
+
+    fn count_with(dir: &Path, plan: ScanPlan) -> Result<(u64, ScanOutcome), RecoveryError> {
         let mut n = 0;
-        let out = scan(dir, salvage, |_, _| {
+        let out = scan(dir, plan, |_, _| {
             n += 1;
             Ok(())
         })?;
         Ok((n, out))
+    }
+
+    fn count(dir: &Path, salvage: bool) -> Result<(u64, ScanOutcome), RecoveryError> {
+        count_with(
+            dir,
+            ScanPlan {
+                shard: 1,
+                salvage,
+                ..ScanPlan::default()
+            },
+        )
     }
 
     #[test]
@@ -350,6 +560,15 @@ mod tests {
         assert_eq!(n, 10);
         assert_eq!(out.active_end, *starts.last().unwrap() as u64);
         assert_eq!(out.last_tick, 10);
+        assert_eq!(out.entries, 10);
+        assert_eq!(
+            out.segment_records,
+            vec![SegmentTally {
+                id: 1,
+                records: 10,
+                data_bytes: *starts.last().unwrap() as u64
+            }]
+        );
         assert!(out.torn_tail.is_none());
     }
 
@@ -416,7 +635,7 @@ mod tests {
     fn salvage_cuts_at_the_damage_and_reports_what_was_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let starts = write_segment(dir.path(), 1, 6, 2, 8192);
-        write_segment(dir.path(), 2, 3, 3, 8192);
+        write_segment_from(dir.path(), 2, 6, 3, 3, 8192);
         let path = segment_path(dir.path(), 1);
         let mut data = std::fs::read(&path).unwrap();
         data[starts[2] + 1] ^= 0x01;
@@ -436,7 +655,7 @@ mod tests {
     fn damage_followed_by_a_later_segment_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let starts = write_segment(dir.path(), 1, 3, 3, 8192);
-        write_segment(dir.path(), 2, 2, 2, 8192);
+        write_segment_from(dir.path(), 2, 3, 2, 2, 8192);
         let path = segment_path(dir.path(), 1);
         let mut data = std::fs::read(&path).unwrap();
         data[starts[2] + 1] ^= 0x01; // last record of segment 1
@@ -451,11 +670,96 @@ mod tests {
     fn rotation_gap_is_normal() {
         let dir = tempfile::tempdir().unwrap();
         write_segment(dir.path(), 1, 3, 1, 8192);
-        let starts = write_segment(dir.path(), 2, 2, 1, 8192);
+        let starts = write_segment_from(dir.path(), 2, 3, 2, 1, 8192);
         let (n, out) = count(dir.path(), false).unwrap();
         assert_eq!(n, 5);
         assert_eq!(out.active_segment, 2);
         assert_eq!(out.active_end, starts[2] as u64);
+        assert_eq!(out.entries, 5);
+    }
+
+    #[test]
+    fn a_deleted_middle_segment_is_a_gap_that_refuses_start() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3, 1, 8192);
+        write_segment_from(dir.path(), 2, 3, 4, 1, 8192);
+        write_segment_from(dir.path(), 3, 7, 2, 1, 8192);
+        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        let err = count(dir.path(), false).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("0000000000000003.wal"), "{msg}");
+        assert!(msg.contains("entries 4..=7 are missing"), "{msg}");
+        // Salvage keeps the consistent prefix and says what it dropped.
+        let (n, out) = count(dir.path(), true).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(out.salvage.unwrap().records_dropped, 2);
+        assert_eq!(out.entries, 3);
+        let (n2, out2) = count(dir.path(), false).unwrap();
+        assert_eq!(n2, 3);
+        assert!(out2.salvage.is_none());
+    }
+
+    #[test]
+    fn an_emptied_first_segment_is_a_gap_unless_a_snapshot_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3, 1, 8192);
+        write_segment_from(dir.path(), 2, 3, 2, 1, 8192);
+        std::fs::write(segment_path(dir.path(), 1), vec![0u8; 8192]).unwrap();
+        assert!(matches!(
+            count(dir.path(), false),
+            Err(RecoveryError::Corrupt { .. })
+        ));
+        // A snapshot covering the first three entries: nothing is missing.
+        let plan = ScanPlan {
+            shard: 1,
+            covered: Some((3 << 6) | 1),
+            entries_covered: 3,
+            ..ScanPlan::default()
+        };
+        let (n, out) = count_with(dir.path(), plan).unwrap();
+        assert_eq!((n, out.entries), (2, 5));
+    }
+
+    #[test]
+    fn a_missing_last_segment_named_by_the_manifest_refuses_start() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3, 1, 8192);
+        write_segment_from(dir.path(), 2, 3, 2, 1, 8192);
+        manifest::write(dir.path(), &Manifest::new(2, None)).unwrap();
+        count(dir.path(), false).unwrap();
+        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        let err = count(dir.path(), false).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("0000000000000002.wal"), "{msg}");
+        assert!(msg.contains("reaches segment 2"), "{msg}");
+        let (n, out) = count(dir.path(), true).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(out.salvage.unwrap().segments_removed, 1);
+    }
+
+    #[test]
+    fn damage_to_a_sealed_last_record_is_not_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = write_segment(dir.path(), 1, 4, 1, 8192);
+        let end = *starts.last().unwrap() as u64;
+        let seal = Seal {
+            segment: 1,
+            end_bytes: end,
+        };
+        manifest::write(dir.path(), &Manifest::new(1, Some(seal))).unwrap();
+        let path = segment_path(dir.path(), 1);
+        let good = std::fs::read(&path).unwrap();
+        let mut data = good.clone();
+        data[starts[3] + 41] ^= 0x01;
+        std::fs::write(&path, &data).unwrap();
+        let err = count(dir.path(), false).unwrap_err();
+        assert!(matches!(err, RecoveryError::Corrupt { .. }), "{err}");
+        // Zeroing the sealed last record is damage too: the log must reach the seal.
+        let mut data = good;
+        data[starts[3]..starts[4]].fill(0);
+        std::fs::write(&path, &data).unwrap();
+        let err = count(dir.path(), false).unwrap_err();
+        assert!(err.to_string().contains("synced it up to byte"), "{err}");
     }
 
     #[test]

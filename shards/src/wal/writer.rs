@@ -16,12 +16,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::manifest::{self, Manifest, Seal};
 use super::offset::OffsetClock;
 use super::policy::FsyncPolicy;
-use super::record::{append_record, set_group_start, RecordKind, RECORD_PAYLOAD_MAX_BYTES};
+use super::record::{
+    append_record, set_group_start, RecordKind, RecordStamp, RECORD_PAYLOAD_MAX_BYTES,
+};
+use super::recovery::SegmentTally;
 use super::segment::{
     align_down, align_up, create_zeroed_segment, open_segment, segment_path, SegmentFile,
 };
+use super::sequence::entries_in;
 use crate::error::EngineError;
 
 /// See `WalWriter::dsync`.
@@ -58,6 +63,20 @@ impl WalStats {
 
 type PreparedSegment = flume::Receiver<io::Result<SegmentFile>>;
 
+/// Where and how a log continues after recovery.
+#[derive(Debug, Clone, Copy)]
+pub struct WalOpen {
+    pub policy: FsyncPolicy,
+    pub segment_size_bytes: u64,
+    /// The segment to append to, and the end of its records.
+    pub segment_id: u64,
+    pub end: u64,
+    /// Entries the log holds (the next record's `entries_before`).
+    pub entries: u64,
+    /// The part of the log a graceful shutdown sealed, kept in the manifest.
+    pub sealed: Option<Seal>,
+}
+
 pub struct WalWriter {
     dir: PathBuf,
     policy: FsyncPolicy,
@@ -73,8 +92,8 @@ pub struct WalWriter {
     chunks: Vec<Vec<u8>>,
     /// Records in each staged chunk.
     chunk_records: Vec<u64>,
-    /// Records written per segment since open: (segment id, records).
-    written_per_segment: Vec<(u64, u64)>,
+    /// Per segment written since open: records added, where its data ends.
+    written_per_segment: Vec<SegmentTally>,
     last_chunk_base: u64,
     staged_records: u64,
     staged_bytes: usize,
@@ -86,19 +105,28 @@ pub struct WalWriter {
     /// Lowest offset handed out since the last commit (staged or reserved
     /// for a batch's inner records), not yet in the file.
     unwritten_floor: Option<u64>,
+    /// Log entries this shard has written, staged ones included (see
+    /// `sequence.rs`): the next record's `entries_before`.
+    entries: u64,
+    /// The same, as of the last commit.
+    entries_committed: u64,
+    /// The manifest as last written (`manifest.rs`).
+    manifest: Manifest,
 }
 
 impl WalWriter {
-    /// Open the log for appending at `end` of segment `segment_id` (as found by
-    /// recovery). The segment is created, zero-filled, when it does not exist.
-    pub async fn open(
-        dir: &Path,
-        policy: FsyncPolicy,
-        segment_size_bytes: u64,
-        segment_id: u64,
-        end: u64,
-        clock: OffsetClock,
-    ) -> io::Result<WalWriter> {
+    /// Open the log for appending where recovery found its end, continuing
+    /// the entry count. The segment is created, zero-filled, when it does not
+    /// exist; then the manifest is written to name the log as it now stands.
+    pub async fn open(dir: &Path, at: WalOpen, clock: OffsetClock) -> io::Result<WalWriter> {
+        let WalOpen {
+            policy,
+            segment_size_bytes,
+            segment_id,
+            end,
+            entries,
+            sealed,
+        } = at;
         let dsync = WAL_DIRECT_IO && policy.acks_after_sync();
         let path = segment_path(dir, segment_id);
         if !path.exists() {
@@ -109,6 +137,12 @@ impl WalWriter {
                 .map_err(io::Error::from)?;
         }
         let file = open_segment(&path, dsync).await?;
+        let last_present = super::segment::list_segments(dir)?
+            .last()
+            .copied()
+            .unwrap_or(segment_id);
+        let manifest = Manifest::new(last_present.max(segment_id), sealed);
+        manifest::write(dir, &manifest)?;
         let tail_start = align_down(end);
         let mut tail = vec![0u8; (end - tail_start) as usize];
         if !tail.is_empty() {
@@ -135,6 +169,9 @@ impl WalWriter {
             next_segment: None,
             stats: WalStats::default(),
             unwritten_floor: None,
+            entries,
+            entries_committed: entries,
+            manifest,
         })
     }
 
@@ -155,13 +192,18 @@ impl WalWriter {
             return Err(EngineError::internal("WAL staging area missing"));
         };
         let record_start = chunk.len();
-        let len = append_record(chunk, kind, offset, time_ms, base as u32, write_payload).map_err(
-            |n| {
-                EngineError::wal_io(format!(
-                    "record too large: {n} bytes (max {RECORD_PAYLOAD_MAX_BYTES})"
-                ))
-            },
-        )?;
+        let stamp = RecordStamp {
+            kind,
+            offset,
+            time_ms,
+            entries_before: self.entries,
+        };
+        let len = append_record(chunk, &stamp, base as u32, write_payload).map_err(|n| {
+            EngineError::bad_request(format!(
+                "record too large: {n} bytes (the log's limit is {RECORD_PAYLOAD_MAX_BYTES} bytes per record)"
+            ))
+        })?;
+        self.entries += entries_in(kind, self.clock.shard());
         let fill = base + chunk.len() as u64;
         if fill > self.segment_size_bytes && base + record_start as u64 > 0 {
             // Does not fit: the record opens the next segment.
@@ -179,13 +221,39 @@ impl WalWriter {
         Ok(offset)
     }
 
-    /// An offset for a record that goes inside a batch record, taken from the
-    /// same clock so it orders with everything else on this shard.
-    pub fn reserve_offset(&mut self) -> u64 {
+    /// The header stamp of a record that goes inside a batch record: an
+    /// offset from the same clock, so it orders with everything else on this
+    /// shard, and its place in the entry count. A batch that fails after
+    /// reserving gives its entries back with `rewind_entries`.
+    pub fn reserve(&mut self, kind: RecordKind, time_ms: u64) -> RecordStamp {
         self.clock.begin_group();
         let offset = self.clock.next_offset();
         self.unwritten_floor.get_or_insert(offset);
-        offset
+        let entries_before = self.entries;
+        self.entries += entries_in(kind, self.clock.shard());
+        RecordStamp {
+            kind,
+            offset,
+            time_ms,
+            entries_before,
+        }
+    }
+
+    /// Log entries written or staged so far (the next record's `entries_before`).
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Log entries as of the last commit: every entry counted here is in the file.
+    pub fn entries_committed(&self) -> u64 {
+        self.entries_committed
+    }
+
+    /// Forget entries reserved since `entries` was read (a batch that failed
+    /// while staging). Only staged, uncommitted entries can be given back.
+    pub fn rewind_entries(&mut self, entries: u64) {
+        debug_assert!(entries >= self.entries_committed && entries <= self.entries);
+        self.entries = entries;
     }
 
     /// Lowest offset given out but not yet written, if any: readers of the
@@ -207,6 +275,8 @@ impl WalWriter {
     pub async fn commit(&mut self) -> io::Result<()> {
         if self.staged_records == 0 {
             self.unwritten_floor = None;
+            // A batch may have reserved and given back entries: nothing is due.
+            debug_assert_eq!(self.entries, self.entries_committed);
             return Ok(());
         }
         let started = Instant::now();
@@ -221,8 +291,15 @@ impl WalWriter {
             }
             let n = counts.get(i).copied().unwrap_or(0);
             match self.written_per_segment.last_mut() {
-                Some((id, count)) if *id == self.segment_id => *count += n,
-                _ => self.written_per_segment.push((self.segment_id, n)),
+                Some(t) if t.id == self.segment_id => {
+                    t.records += n;
+                    t.data_bytes = self.end;
+                }
+                _ => self.written_per_segment.push(SegmentTally {
+                    id: self.segment_id,
+                    records: n,
+                    data_bytes: self.end,
+                }),
             }
         }
         chunks.truncate(1);
@@ -231,6 +308,7 @@ impl WalWriter {
         self.last_chunk_base = self.end;
         self.unwritten_floor = None;
         self.clock.end_group();
+        self.entries_committed = self.entries;
         self.stats.records_appended += self.staged_records;
         self.stats.bytes_appended += self.staged_bytes as u64;
         self.stats.group_commits += 1;
@@ -290,9 +368,25 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Records written per segment since the log was opened.
-    pub fn written_per_segment(&self) -> &[(u64, u64)] {
+    /// Per segment written since the log was opened: records added and
+    /// where its data ends.
+    pub fn written_per_segment(&self) -> &[SegmentTally] {
         &self.written_per_segment
+    }
+
+    /// Where the written log ends in the active segment.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Record in the manifest that everything written so far is synced (a
+    /// graceful shutdown, after its final sync).
+    pub fn seal(&mut self) -> io::Result<()> {
+        self.manifest.sealed = Some(Seal {
+            segment: self.segment_id,
+            end_bytes: self.end,
+        });
+        manifest::write(&self.dir, &self.manifest)
     }
 
     pub fn stats(&self) -> WalStats {
@@ -390,6 +484,17 @@ impl WalWriter {
             Some(file) => file,
             None => prepare_segment(&self.dir, id, self.segment_size_bytes, self.dsync()).await?,
         };
+        if self.manifest.last_segment < id {
+            // The manifest names the new segment before any record goes into
+            // it: from now on its absence is a missing file, not the log's end.
+            let mut raised = self.manifest;
+            raised.last_segment = id;
+            let dir = self.dir.clone();
+            glommio::executor()
+                .spawn_blocking(move || manifest::write(&dir, &raised))
+                .await?;
+            self.manifest = raised;
+        }
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
         self.segment_id = id;

@@ -90,7 +90,7 @@ pub fn apply(params: &Value) -> EngineResult<Command> {
         event: p.str("event")?.to_owned(),
         payload: p.get("payload").cloned().unwrap_or(Value::Null),
         expected_state: p.opt_str("expected_state")?.map(str::to_owned),
-        expected_wal_offset: p.opt_u64("expected_wal_offset")?,
+        expected_wal_offset: p.opt_offset("expected_wal_offset")?,
         event_id: p.opt_str("event_id")?.map(str::to_owned),
         idempotency_key: p.opt_str("idempotency_key")?.map(str::to_owned),
     }))

@@ -6,19 +6,19 @@
 //! up to which that answer is complete; only entries below the smallest bound
 //! are returned, so consecutive reads (`next_offset`) see every entry exactly
 //! once, in offset order. Machine definitions are logged on every shard;
-//! WAL_READ shows shard 0's copy only.
+//! WAL_READ shows shard 0's copy only (the other shards leave theirs out).
+//! `sequence` is an entry's position in the server's whole log, from 1
+//! (see `shards::wal::sequence`).
 
 use serde_json::Value;
 use shards::json::canonical;
 use shards::shard::log_read::LogEntry;
 use shards::shard::result::ResultWriter;
 use shards::shard::{ShardMsg, ShardStats};
-use shards::wal::offset::{shard_of_offset, tick_of_offset};
-use shards::wal::record::RecordKind;
 use shards::{EngineError, EngineResult, ErrorCode};
 
 use crate::protocol::op::Op;
-use crate::protocol::params::Params;
+use crate::protocol::params::{Params, WAL_OFFSET_MAX};
 use crate::server::context::{Router, ServerCtx};
 
 /// WAL_READ's `limit` when none is given.
@@ -27,6 +27,9 @@ pub const WAL_READ_LIMIT_DEFAULT: usize = 100;
 pub const WAL_READ_LIMIT_MAX: usize = 1000;
 /// Bytes each shard reads for one WAL_READ.
 pub const WAL_READ_BYTES_PER_SHARD_MAX: usize = 4 * 1024 * 1024;
+/// Further rounds one WAL_READ reads when a round found no entry to show
+/// (only batch decisions) but did not reach the end of the log.
+pub const WAL_READ_EMPTY_ROUNDS_MAX: usize = 16;
 
 pub async fn handle(ctx: &ServerCtx, op: Op, params: &Value) -> EngineResult<Vec<u8>> {
     match op {
@@ -43,27 +46,58 @@ fn shard_gone() -> EngineError {
     EngineError::internal("shard stopped before answering")
 }
 
-/// `from_offset` (alias `fromOffset`): a non-negative integer or a string of
-/// digits (spec §15 row 40).
-fn offset_param(p: &Params<'_>) -> EngineResult<u64> {
-    match p.any(&["from_offset", "fromOffset"]) {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        _ => None,
+/// `from_offset`: an integer offset. Its alias `fromOffset` may also be a
+/// string of digits, because the Node client sends it that way (spec §15
+/// row 40); `from_offset` itself is never coerced.
+fn from_offset_param(p: &Params<'_>) -> EngineResult<u64> {
+    if let Some(from) = p.opt_offset("from_offset")? {
+        return Ok(from);
     }
-    .ok_or_else(|| EngineError::bad_request("missing from_offset"))
+    match p.get("fromOffset") {
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&o| o <= WAL_OFFSET_MAX)
+            .ok_or_else(|| {
+                EngineError::bad_request(format_args!(
+                    "invalid value: string {s:?}, expected a WAL offset (at most 2^53-1)"
+                ))
+            }),
+        Some(Value::Null) | None => Err(EngineError::bad_request("missing from_offset")),
+        Some(_) => p
+            .opt_offset("fromOffset")?
+            .ok_or_else(|| EngineError::bad_request("missing from_offset")),
+    }
 }
 
-async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
-    let p = Params::loose(params);
-    let from = offset_param(&p)?;
-    let limit = match p.get("limit") {
-        Some(Value::Number(n)) => n.as_u64().map_or(WAL_READ_LIMIT_DEFAULT, |l| l as usize),
-        _ => WAL_READ_LIMIT_DEFAULT,
-    }
-    .min(WAL_READ_LIMIT_MAX);
-    let mut waits = Vec::with_capacity(ctx.router.shards());
-    for mailbox in ctx.router.all() {
+/// WAL_READ's `limit`: an integer; absent or `null` means the default, and
+/// a larger one is served as `WAL_READ_LIMIT_MAX`.
+fn limit_param(p: &Params<'_>) -> EngineResult<usize> {
+    let limit = p.opt_u64("limit")?.map_or(WAL_READ_LIMIT_DEFAULT, |l| {
+        l.min(WAL_READ_LIMIT_MAX as u64) as usize
+    });
+    Ok(limit)
+}
+
+/// One merged read of every shard's log from `from`.
+struct Page {
+    /// Entries to show, in offset order, with their sequence numbers.
+    records: Vec<(u64, LogEntry)>,
+    /// Every entry below this (and at or after `from`) was considered.
+    bound: u64,
+    /// Every shard read to the end of its log.
+    at_end: bool,
+}
+
+/// Read `limit` records from each shard, keep what is below the smallest
+/// bound, and number the merged entries: an entry's sequence is its
+/// position in the server's whole log (the entries every shard wrote below
+/// `from`, plus its place among the entries from `from` on, counting those
+/// an aborted batch left unseen).
+async fn read_page(router: &Router, from: u64, limit: usize) -> EngineResult<Page> {
+    let mut waits = Vec::with_capacity(router.shards());
+    for mailbox in router.all() {
         let (tx, rx) = flume::bounded(1);
         mailbox
             .send(ShardMsg::ReadLog {
@@ -75,8 +109,8 @@ async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
             .map_err(|_| shard_gone())?;
         waits.push(rx);
     }
-    let mut bound = u64::MAX;
-    let mut entries: Vec<LogEntry> = Vec::new();
+    let (mut bound, mut base, mut at_end) = (u64::MAX, 0u64, true);
+    let mut numbered: Vec<(u64, Option<LogEntry>)> = Vec::new();
     for rx in waits {
         let chunk = rx
             .recv_async()
@@ -84,17 +118,42 @@ async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
             .map_err(|_| shard_gone())?
             .map_err(|e| EngineError::bad_request(e.to_string()))?;
         bound = bound.min(chunk.complete_upto);
-        entries.extend(chunk.entries);
+        base += chunk.entries_before_from;
+        at_end &= chunk.at_end;
+        numbered.extend(chunk.entries.into_iter().map(|e| (e.offset, Some(e))));
+        numbered.extend(chunk.unseen.into_iter().map(|o| (o, None)));
     }
-    entries.retain(|e| {
-        e.offset >= from
-            && e.offset < bound
-            && !(e.kind == RecordKind::PutMachine && shard_of_offset(e.offset) != 0)
-    });
-    entries.sort_unstable_by_key(|e| e.offset);
-    entries.truncate(limit);
+    numbered.retain(|(o, _)| *o >= from && *o < bound);
+    numbered.sort_unstable_by_key(|(o, _)| *o);
+    let records = numbered
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (_, e))| e.map(|e| (base + i as u64 + 1, e)))
+        .take(limit)
+        .collect();
+    Ok(Page {
+        records,
+        bound,
+        at_end,
+    })
+}
+
+async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
+    let p = Params::loose(params);
+    let mut from = from_offset_param(&p)?;
+    let limit = limit_param(&p)?;
+    let mut page = read_page(&ctx.router, from, limit).await?;
+    // A stretch of the log may hold nothing to show (batch decisions only):
+    // read on rather than answer an empty page that looks like the end.
+    for _ in 0..WAL_READ_EMPTY_ROUNDS_MAX {
+        if !page.records.is_empty() || page.at_end || page.bound <= from || limit == 0 {
+            break;
+        }
+        from = page.bound;
+        page = read_page(&ctx.router, from, limit).await?;
+    }
     let mut records = b"[".to_vec();
-    for (i, e) in entries.iter().enumerate() {
+    for (i, (sequence, e)) in page.records.iter().enumerate() {
         if i > 0 {
             records.push(b',');
         }
@@ -107,13 +166,15 @@ async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
         let mut r = ResultWriter::new();
         r.raw("entry", &canonical::to_vec(&entry))
             .u64("offset", e.offset)
-            .u64("sequence", tick_of_offset(e.offset));
+            .u64("sequence", *sequence);
         records.extend_from_slice(&r.finish());
     }
     records.push(b']');
     let mut r = ResultWriter::new();
-    match entries.last() {
-        Some(last) => r.u64("next_offset", last.offset + 1),
+    match page.records.last() {
+        Some((_, last)) => r.u64("next_offset", last.offset + 1),
+        // Nothing to show yet, but not the end: where to go on from.
+        None if !page.at_end && page.bound > from && limit > 0 => r.u64("next_offset", page.bound),
         None => r.raw("next_offset", b"null"),
     };
     r.raw("records", &records);
@@ -138,6 +199,13 @@ pub async fn shard_stats(router: &Router) -> EngineResult<Vec<ShardStats>> {
     Ok(out)
 }
 
+/// WAL_STATS (spec §11.8) with real numbers: `entry_count` is the number of
+/// entries the server has written (the sequence of the newest, as WAL_READ
+/// numbers them; not reduced by compaction), `total_size_bytes` the bytes of
+/// records the log files hold (`allocated_size_bytes`: what the
+/// pre-allocated files take on disk), `io_stats` counts since start-up
+/// (reads: start-up recovery, WAL_READ and watch catch-up), and `shards`
+/// the same per shard.
 async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
     let stats = shard_stats(router).await?;
     let sum = |f: &dyn Fn(&ShardStats) -> u64| stats.iter().map(f).sum::<u64>();
@@ -147,7 +215,9 @@ async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
             per_shard.push(b',');
         }
         let mut r = ResultWriter::new();
-        r.u64("entry_count", s.log_entries)
+        r.u64("allocated_size_bytes", s.log_bytes_allocated)
+            .u64("bytes_read", s.reads.bytes_read)
+            .u64("entry_count", s.entries)
             .u64("fsyncs", s.wal.syncs)
             .u64("group_commits", s.wal.group_commits)
             .u64("latest_offset", s.next_offset);
@@ -155,23 +225,28 @@ async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
             Some(o) => r.u64("oldest_offset", o),
             None => r.raw("oldest_offset", b"null"),
         };
-        r.u64("records_appended", s.wal.records_appended)
+        r.u64("reads", s.reads.reads)
+            .u64("records", s.log_records)
+            .u64("records_appended", s.wal.records_appended)
             .u64("retained_from", s.retained_from)
             .u64("segment_count", s.log_segments)
             .u64("shard", s.shard as u64)
             .u64("snapshots", s.snapshots)
-            .u64("total_size_bytes", s.log_bytes_on_disk);
+            .u64("total_size_bytes", s.log_data_bytes);
         per_shard.extend_from_slice(&r.finish());
     }
     per_shard.push(b']');
     let mut io = ResultWriter::new();
-    io.u64("bytes_written", sum(&|s| s.wal.bytes_appended))
+    io.u64("bytes_read", sum(&|s| s.reads.bytes_read))
+        .u64("bytes_written", sum(&|s| s.wal.bytes_appended))
         .u64("fsyncs", sum(&|s| s.wal.syncs))
         .u64("group_commits", sum(&|s| s.wal.group_commits))
+        .u64("reads", sum(&|s| s.reads.reads))
         .u64("writes", sum(&|s| s.wal.writes));
     let oldest = stats.iter().filter_map(|s| s.oldest_offset).min();
     let mut r = ResultWriter::new();
-    r.u64("entry_count", sum(&|s| s.log_entries))
+    r.u64("allocated_size_bytes", sum(&|s| s.log_bytes_allocated))
+        .u64("entry_count", sum(&|s| s.entries))
         .raw("io_stats", &io.finish())
         .u64(
             "latest_offset",
@@ -181,9 +256,10 @@ async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
         Some(o) => r.u64("oldest_offset", o),
         None => r.raw("oldest_offset", b"null"),
     };
-    r.u64("segment_count", sum(&|s| s.log_segments))
+    r.u64("records", sum(&|s| s.log_records))
+        .u64("segment_count", sum(&|s| s.log_segments))
         .raw("shards", &per_shard)
-        .u64("total_size_bytes", sum(&|s| s.log_bytes_on_disk));
+        .u64("total_size_bytes", sum(&|s| s.log_data_bytes));
     Ok(r.finish())
 }
 

@@ -54,7 +54,7 @@ pub async fn watch_instance(
     let p = Params::strict(params, "WatchInstanceParams")?;
     let instance_id = p.str_any(&["instance_id", "id"])?.to_owned();
     let include_ctx = include_ctx(&p)?;
-    let from_offset = p.opt_u64("from_offset")?;
+    let from_offset = p.opt_offset("from_offset")?;
     // The instance must exist: ask its shard (behind this connection's
     // earlier requests, so a just-created instance is found).
     let (tx, rx) = flume::bounded::<Reply>(1);
@@ -125,7 +125,7 @@ pub async fn watch_all(
 ) -> EngineResult<Vec<u8>> {
     let p = Params::lenient(params, "WatchAllParams")?;
     let include_ctx = include_ctx(&p)?;
-    let from_offset = p.opt_u64("from_offset")?;
+    let from_offset = p.opt_offset("from_offset")?;
     let filter = Filter::All {
         machines: p.opt_str_list("machines")?,
         from_states: p.opt_str_list("from_states")?,

@@ -384,6 +384,7 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotData, SnapshotError> {
         shard: header.shard as usize,
         covered_offset: header.covered_offset,
         last_tick: header.last_tick,
+        entries: header.entries,
         machines,
         instances,
     })
@@ -391,7 +392,7 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotData, SnapshotError> {
 
 /// Decode a file image straight into a shard's state (what recovery wants:
 /// no intermediate list, so the peak memory is the state itself). The
-/// header carries `covered_offset` and `last_tick`.
+/// header says where in the log it stands.
 pub fn decode_state(
     bytes: &[u8],
     allow_instance_recreate: bool,

@@ -69,8 +69,7 @@ pub struct SnapshotEncoder {
     /// Header space followed by the body written so far.
     out: Vec<u8>,
     shard: u32,
-    covered_offset: u64,
-    last_tick: u64,
+    at: LogPosition,
     /// Machine item index by definition address, for the common case that
     /// instances share the registry's `Arc`.
     by_ptr: HashMap<*const MachineDef, u32>,
@@ -81,24 +80,18 @@ pub struct SnapshotEncoder {
 }
 
 impl SnapshotEncoder {
-    pub fn new(shard: usize, covered_offset: u64, last_tick: u64) -> Self {
-        Self::with_capacity(shard, covered_offset, last_tick, 0)
+    pub fn new(shard: usize, at: LogPosition) -> Self {
+        Self::with_capacity(shard, at, 0)
     }
 
     /// `capacity_bytes`: expected body size, to avoid regrowing.
-    pub fn with_capacity(
-        shard: usize,
-        covered_offset: u64,
-        last_tick: u64,
-        capacity_bytes: usize,
-    ) -> Self {
+    pub fn with_capacity(shard: usize, at: LogPosition, capacity_bytes: usize) -> Self {
         let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + capacity_bytes);
         out.resize(SNAPSHOT_HEADER_BYTES, 0);
         SnapshotEncoder {
             out,
             shard: shard as u32,
-            covered_offset,
-            last_tick,
+            at,
             by_ptr: HashMap::new(),
             by_name: HashMap::new(),
             machines: 0,
@@ -109,16 +102,10 @@ impl SnapshotEncoder {
     /// An encoder for `state`'s snapshot with every machine definition
     /// already added and room for `instances` instances; the instances are
     /// the caller's to add (all at once, or in slices).
-    pub fn for_state(
-        state: &ShardState,
-        covered_offset: u64,
-        last_tick: u64,
-        instances: usize,
-    ) -> Self {
+    pub fn for_state(state: &ShardState, at: LogPosition, instances: usize) -> Self {
         let mut enc = SnapshotEncoder::with_capacity(
             state.shard_id,
-            covered_offset,
-            last_tick,
+            at,
             instances * SNAPSHOT_BYTES_PER_INSTANCE_ESTIMATE,
         );
         for def in state.machines.iter() {
@@ -227,8 +214,7 @@ impl SnapshotEncoder {
         UnsealedImage {
             out: self.out,
             shard: self.shard,
-            covered_offset: self.covered_offset,
-            last_tick: self.last_tick,
+            at: self.at,
             machines: self.machines,
             instances: self.instances,
         }
@@ -239,8 +225,7 @@ impl SnapshotEncoder {
 pub struct UnsealedImage {
     out: Vec<u8>,
     shard: u32,
-    covered_offset: u64,
-    last_tick: u64,
+    at: LogPosition,
     machines: u32,
     instances: u64,
 }
@@ -251,8 +236,9 @@ impl UnsealedImage {
         let body = &self.out[SNAPSHOT_HEADER_BYTES..];
         let header = SnapshotHeader {
             shard: self.shard,
-            covered_offset: self.covered_offset,
-            last_tick: self.last_tick,
+            covered_offset: self.at.covered_offset,
+            last_tick: self.at.last_tick,
+            entries: self.at.entries,
             body_len: body.len() as u64,
             body_crc32c: crc32c::crc32c(body),
             machines: self.machines,
@@ -265,7 +251,7 @@ impl UnsealedImage {
 
 /// Encode a `SnapshotData` into a file image.
 pub fn encode(data: &SnapshotData) -> Vec<u8> {
-    let mut enc = SnapshotEncoder::new(data.shard, data.covered_offset, data.last_tick);
+    let mut enc = SnapshotEncoder::new(data.shard, data.position());
     for def in &data.machines {
         enc.add_machine(def);
     }
@@ -278,9 +264,8 @@ pub fn encode(data: &SnapshotData) -> Vec<u8> {
 /// Encode a live shard's state without copying it first (one pass; the
 /// caller decides whether that pause is acceptable or slices the work with
 /// `SnapshotEncoder`).
-pub fn encode_state(state: &ShardState, covered_offset: u64, last_tick: u64) -> Vec<u8> {
-    let mut enc =
-        SnapshotEncoder::for_state(state, covered_offset, last_tick, state.instances.len());
+pub fn encode_state(state: &ShardState, at: LogPosition) -> Vec<u8> {
+    let mut enc = SnapshotEncoder::for_state(state, at, state.instances.len());
     for (id, inst) in &state.instances {
         enc.add_instance(id, inst);
     }

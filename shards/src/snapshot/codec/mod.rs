@@ -13,7 +13,7 @@
 //! 40  4  body_crc32c      CRC-32C of the body
 //! 44  4  machines         machine items in the body
 //! 48  8  instances        instance items in the body
-//! 56  8  reserved         0
+//! 56  8  entries          log entries the shard had written (`wal/sequence.rs`)
 //!
 //! body: items, each a tag byte, ended by the tag END
 //! MACHINE  (1): name:str  version:uv  checksum:str  definition:bytes (JSON)
@@ -154,12 +154,25 @@ impl fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
+/// Where in its shard's log a snapshot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    /// Every record with offset ≤ this is reflected in the snapshot.
+    pub covered_offset: u64,
+    /// The shard's offset clock when it was taken.
+    pub last_tick: u64,
+    /// Log entries the shard had written by then (`wal/sequence.rs`): the
+    /// first record after `covered_offset` continues this count.
+    pub entries: u64,
+}
+
 /// The decoded fixed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotHeader {
     pub shard: u32,
     pub covered_offset: u64,
     pub last_tick: u64,
+    pub entries: u64,
     pub body_len: u64,
     pub body_crc32c: u32,
     pub machines: u32,
@@ -177,7 +190,7 @@ impl SnapshotHeader {
         out[40..44].copy_from_slice(&self.body_crc32c.to_le_bytes());
         out[44..48].copy_from_slice(&self.machines.to_le_bytes());
         out[48..56].copy_from_slice(&self.instances.to_le_bytes());
-        out[56..64].fill(0);
+        out[56..64].copy_from_slice(&self.entries.to_le_bytes());
         let crc = crc32c::crc32c(&out[12..SNAPSHOT_HEADER_BYTES]);
         out[8..12].copy_from_slice(&crc.to_le_bytes());
     }
@@ -216,7 +229,18 @@ pub fn decode_header(bytes: &[u8]) -> Result<SnapshotHeader, SnapshotError> {
         body_crc32c: u32_at(40),
         machines: u32_at(44),
         instances: u64_at(48),
+        entries: u64_at(56),
     })
+}
+
+impl SnapshotHeader {
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            covered_offset: self.covered_offset,
+            last_tick: self.last_tick,
+            entries: self.entries,
+        }
+    }
 }
 
 mod decode;

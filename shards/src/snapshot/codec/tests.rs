@@ -6,6 +6,12 @@ use serde_json::json;
 
 use super::encode::{put_bytes, put_str, put_uv};
 
+const ONE: LogPosition = LogPosition {
+    covered_offset: 1,
+    last_tick: 1,
+    entries: 1,
+};
+
 fn machine(name: &str, version: u32) -> Arc<MachineDef> {
     Arc::new(
         parse_definition(
@@ -63,6 +69,7 @@ fn sample() -> SnapshotData {
         shard: 3,
         covered_offset: 123_456_789,
         last_tick: 99,
+        entries: 4321,
         machines: vec![m1.clone(), m2],
         instances: vec![
             ("a".into(), instance(&m1, 1)),
@@ -97,6 +104,7 @@ fn assert_same(a: &SnapshotData, b: &SnapshotData) {
     assert_eq!(a.shard, b.shard);
     assert_eq!(a.covered_offset, b.covered_offset);
     assert_eq!(a.last_tick, b.last_tick);
+    assert_eq!(a.entries, b.entries);
     assert_eq!(a.machines.len(), b.machines.len());
     for (x, y) in a.machines.iter().zip(&b.machines) {
         assert_eq!(**x, **y);
@@ -139,7 +147,7 @@ fn idempotency_keys_keep_their_eviction_order() {
 #[test]
 fn machines_are_added_on_first_use() {
     let m = machine("late", 4);
-    let mut enc = SnapshotEncoder::new(0, 1, 1);
+    let mut enc = SnapshotEncoder::new(0, ONE);
     enc.add_instance("x", &instance(&m, 1));
     enc.add_instance("y", &instance(&m, 2));
     // A separately parsed copy of the same version is the same item.
@@ -155,6 +163,7 @@ fn empty_state_round_trips() {
         shard: 0,
         covered_offset: 0,
         last_tick: 0,
+        entries: 0,
         machines: vec![],
         instances: vec![],
     };
@@ -201,6 +210,7 @@ fn sealed(body: &[u8], machines: u32, instances: u64) -> Vec<u8> {
         shard: 0,
         covered_offset: 1,
         last_tick: 1,
+        entries: 1,
         body_len: body.len() as u64,
         body_crc32c: crc32c::crc32c(body),
         machines,
@@ -309,6 +319,7 @@ fn one_million_instances_encode_and_decode_in_seconds() {
         shard: 0,
         covered_offset: 1,
         last_tick: 1,
+        entries: 1,
         machines: vec![m.clone()],
         instances: (0..n)
             .map(|i| {
@@ -333,11 +344,11 @@ fn one_million_instances_encode_and_decode_in_seconds() {
     let state = timed("into_state", || back.into_state(false));
     assert_eq!(state.instances.len() as u64, n);
     let again = timed("encode_state (from the live ShardState)", || {
-        encode_state(&state, 1, 1)
+        encode_state(&state, ONE)
     });
     assert_eq!(again.len(), bytes.len());
     let from = timed("from_state (copy of the state)", || {
-        SnapshotData::from_state(&state, 1, 1)
+        SnapshotData::from_state(&state, ONE)
     });
     assert_eq!(from.instances.len() as u64, n);
     drop(from);
@@ -433,7 +444,7 @@ proptest! {
             }
             seen
         };
-        let data = SnapshotData { shard, covered_offset: covered, last_tick: tick, machines, instances };
+        let data = SnapshotData { shard, covered_offset: covered, last_tick: tick, entries: tick, machines, instances };
         let back = decode(&encode(&data)).unwrap();
         assert_same(&data, &back);
     }
