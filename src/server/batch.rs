@@ -37,24 +37,29 @@
 //! wholly absent on every shard: before the decider's `Commit` is durable
 //! nobody has committed, after it everybody will.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 use shards::shard::{BatchVote, Command, Reply, ReplyTo, ShardMsg};
 use shards::{EngineError, EngineResult};
 
 use super::context::ServerCtx;
-use super::ops::{instance_ops, machine_ops};
+use super::dispatch::run_op;
+use super::ops::{instance_ops, machine_ops, session_ops};
+use super::session::Session;
 use crate::protocol::op::Op;
 use crate::protocol::params::Params;
 use crate::protocol::response::write_error_object;
+use crate::watch::subscription::ConnWatch;
 
 /// One op of a batch, ready to run.
 enum Step {
     /// Runs on the instance's owner shard.
     Instance(Command),
-    /// Answered by the acceptor (machine reads).
+    /// Answered by the acceptor (machine reads, PING).
     Local(EngineResult<Vec<u8>>),
     /// Could not even be read (best-effort mode reports it in place).
     Invalid(EngineError),
@@ -68,7 +73,13 @@ fn parse_step(ctx: &ServerCtx, op: Op, params: &Value) -> Step {
         Op::GetInstance => instance_ops::get(params),
         Op::GetMachine => return Step::Local(machine_ops::get_machine(ctx, params)),
         Op::ListMachines => return Step::Local(machine_ops::list_machines(ctx)),
-        _ => unreachable!("filtered by allowed_in_batch"),
+        Op::Ping => return Step::Local(session_ops::ping()),
+        other => {
+            return Step::Invalid(EngineError::bad_request(format_args!(
+                "{} cannot run inside an atomic BATCH",
+                other.name()
+            )))
+        }
     };
     match cmd {
         Ok(cmd) => Step::Instance(cmd),
@@ -76,7 +87,9 @@ fn parse_step(ctx: &ServerCtx, op: Op, params: &Value) -> Step {
     }
 }
 
-fn allowed_in_batch(op: Op) -> bool {
+/// Operations an atomic batch can hold: instance operations (applied
+/// all-or-nothing), and reads that touch nothing (machines, PING).
+fn allowed_in_atomic_batch(op: Op) -> bool {
     matches!(
         op,
         Op::CreateInstance
@@ -85,11 +98,46 @@ fn allowed_in_batch(op: Op) -> bool {
             | Op::GetInstance
             | Op::GetMachine
             | Op::ListMachines
+            | Op::Ping
     )
 }
 
-/// Read the BATCH params: (atomic?, [(op, params)]).
-fn parse(params: &Value, max_ops: usize) -> EngineResult<(bool, Vec<(Op, Value)>)> {
+/// Operations a best-effort batch runs: every operation except those that
+/// change the session or the connection (HELLO, AUTH, BYE, watches) and
+/// batches inside batches. rstmdb 0.3 runs those too, with effects a batch
+/// cannot express well (a HELLO switching the batch's own wire mode, a
+/// WATCH whose events never arrive); here each gets its own error item.
+fn allowed_in_best_effort_batch(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::Hello
+            | Op::Auth
+            | Op::Bye
+            | Op::WatchInstance
+            | Op::WatchAll
+            | Op::Unwatch
+            | Op::Batch
+            | Op::Replicate
+            | Op::ReplicateAck
+    )
+}
+
+/// One element of the `ops` array: its operation and params, or why it
+/// cannot run.
+type Item = Result<(Op, Value), EngineError>;
+
+fn parse_item(item: &Value) -> Item {
+    let name = match item.get("op") {
+        Some(Value::String(name)) => name,
+        _ => return Err(EngineError::bad_request("missing op type")),
+    };
+    let op = Op::from_name(name)
+        .ok_or_else(|| EngineError::bad_request(format_args!("unknown op `{name}`")))?;
+    Ok((op, item.get("params").cloned().unwrap_or(Value::Null)))
+}
+
+/// Read the BATCH params: (atomic?, every element).
+fn parse(params: &Value, max_ops: usize) -> EngineResult<(bool, Vec<Item>)> {
     let p = Params::loose(params);
     let atomic = matches!(p.get("mode"), Some(Value::String(m)) if m == "atomic");
     let Some(Value::Array(items)) = p.any(&["ops", "operations"]) else {
@@ -101,22 +149,44 @@ fn parse(params: &Value, max_ops: usize) -> EngineResult<(bool, Vec<(Op, Value)>
             items.len()
         )));
     }
-    let mut ops = Vec::with_capacity(items.len());
-    for item in items {
-        let name = match item.get("op") {
-            Some(Value::String(name)) => name,
-            _ => return Err(EngineError::bad_request("missing op type")),
-        };
-        let op = Op::from_name(name)
-            .ok_or_else(|| EngineError::bad_request(format_args!("unknown op `{name}`")))?;
-        if !allowed_in_batch(op) {
-            return Err(EngineError::bad_request(format_args!(
-                "{name} is not allowed inside a BATCH (only instance operations and machine/instance reads)"
-            )));
+    Ok((atomic, items.iter().map(parse_item).collect()))
+}
+
+/// An atomic batch runs only if every element can: the first that cannot
+/// fails the whole batch, naming its index.
+fn atomic_items(ctx: &ServerCtx, items: Vec<Item>) -> EngineResult<Vec<(Op, Step)>> {
+    let mut steps = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let (op, params) = item.map_err(|e| refused_element(i, None, e))?;
+        if !allowed_in_atomic_batch(op) {
+            let e = EngineError::bad_request(format_args!(
+                "{} cannot run inside an atomic BATCH (only instance operations, machine reads \
+                 and PING)",
+                op.name()
+            ));
+            return Err(refused_element(i, Some(op), e));
         }
-        ops.push((op, item.get("params").cloned().unwrap_or(Value::Null)));
+        steps.push((op, parse_step(ctx, op, &params)));
     }
-    Ok((atomic, ops))
+    Ok(steps)
+}
+
+/// An atomic batch refused before anything ran, because element `index`
+/// cannot run in one.
+fn refused_element(index: usize, op: Option<Op>, e: EngineError) -> EngineError {
+    let mut details = Map::new();
+    details.insert("failed_op_index".into(), Value::from(index as u64));
+    if let Some(op) = op {
+        details.insert("failed_op".into(), Value::from(op.name()));
+    }
+    details.insert("failed_code".into(), Value::from(e.code.as_str()));
+    details.insert("failed_message".into(), Value::from(e.message.clone()));
+    details.insert("applied".into(), Value::from(false));
+    EngineError::bad_request(format_args!(
+        "atomic batch refused: element {index}: {}; nothing was applied",
+        e.message
+    ))
+    .with_details(details)
 }
 
 fn results_json(results: &[EngineResult<Vec<u8>>]) -> Vec<u8> {
@@ -180,50 +250,65 @@ fn next_txid() -> u64 {
 
 /// Run a BATCH. Everything that must reach a shard before later requests of
 /// the same connection is sent before the first await.
-pub async fn run(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
-    let (atomic, ops) = parse(params, ctx.limits.max_batch_ops)?;
-    let steps: Vec<(Op, Step)> = ops
-        .iter()
-        .map(|(op, p)| (*op, parse_step(ctx, *op, p)))
-        .collect();
+pub async fn run(
+    ctx: &Rc<ServerCtx>,
+    session: &mut Session,
+    watch: &Rc<RefCell<ConnWatch>>,
+    params: &Value,
+    peer: Option<SocketAddr>,
+) -> EngineResult<Vec<u8>> {
+    let (atomic, items) = parse(params, ctx.limits.max_batch_ops)?;
     if atomic {
+        let steps = atomic_items(ctx, items)?;
         run_atomic(ctx, steps).await
     } else {
-        run_best_effort(ctx, steps).await
+        run_best_effort(ctx, session, watch, items, peer).await
     }
 }
 
-async fn run_best_effort(ctx: &ServerCtx, steps: Vec<(Op, Step)>) -> EngineResult<Vec<u8>> {
-    let mut results: Vec<Option<EngineResult<Vec<u8>>>> = Vec::with_capacity(steps.len());
+/// Every element runs as the request it would be on its own, in order
+/// (instance operations reach their shards in element order; operations
+/// that await — PUT_MACHINE, fan-outs — finish before the next element
+/// starts), and each gets its own result.
+async fn run_best_effort(
+    ctx: &Rc<ServerCtx>,
+    session: &mut Session,
+    watch: &Rc<RefCell<ConnWatch>>,
+    items: Vec<Item>,
+    peer: Option<SocketAddr>,
+) -> EngineResult<Vec<u8>> {
+    let mut results: Vec<Option<EngineResult<Vec<u8>>>> = Vec::with_capacity(items.len());
     let (tx, rx) = flume::unbounded::<Reply>();
     let mut waiting = 0;
-    for (i, (_, step)) in steps.into_iter().enumerate() {
-        match step {
-            Step::Local(r) => results.push(Some(r)),
-            Step::Invalid(e) => results.push(Some(Err(e))),
-            Step::Instance(cmd) => {
-                results.push(None);
-                let reply = ReplyTo {
-                    tx: tx.clone(),
-                    seq: i as u64,
-                };
-                match ctx
-                    .router
-                    .owner(cmd.instance_id())
-                    .send(ShardMsg::Exec { cmd, reply })
-                {
-                    Ok(()) => waiting += 1,
-                    Err(_) => results[i] = Some(Err(EngineError::internal("shard mailbox closed"))),
-                }
+    for (i, item) in items.into_iter().enumerate() {
+        results.push(None);
+        let (op, params) = match item {
+            Ok((op, _)) if !allowed_in_best_effort_batch(op) => {
+                results[i] = Some(Err(EngineError::bad_request(format_args!(
+                    "{} cannot run inside a BATCH (it changes the session or the connection)",
+                    op.name()
+                ))));
+                continue;
             }
-        }
+            Ok(item) => item,
+            Err(e) => {
+                results[i] = Some(Err(e));
+                continue;
+            }
+        };
+        let reply = ReplyTo {
+            tx: tx.clone(),
+            seq: i as u64,
+        };
+        run_op(ctx, session, watch, op, &params, reply, peer).await;
+        waiting += 1;
     }
     drop(tx);
     while waiting > 0 {
         let reply = rx
             .recv_async()
             .await
-            .map_err(|_| EngineError::internal("shard stopped before answering"))?;
+            .map_err(|_| EngineError::internal("an element was never answered"))?;
         if let Some(slot) = results.get_mut(reply.seq as usize) {
             *slot = Some(reply.body);
         }
@@ -344,19 +429,54 @@ mod tests {
             parse(&json!({"ops": many}), 100).err().unwrap().message,
             "invalid request: batch size 101 exceeds limit 100"
         );
-        assert!(parse(&json!({"ops": [{"op": "BATCH"}]}), 100)
-            .err()
-            .unwrap()
-            .message
-            .contains("not allowed inside a BATCH"));
-        assert!(parse(&json!({"ops": [{"op": "HELLO"}]}), 100).is_err());
         let (atomic, ops) = parse(
             &json!({"operations": [{"op": "GET_INSTANCE", "params": {"instance_id": "a"}}]}),
             100,
         )
         .unwrap();
         assert!(!atomic);
-        assert_eq!(ops[0].0, Op::GetInstance);
+        assert_eq!(ops[0].as_ref().unwrap().0, Op::GetInstance);
+    }
+
+    #[test]
+    fn each_element_is_read_on_its_own() {
+        let (_, items) = parse(
+            &json!({"ops": [{"op": "PING"}, {"op": "NOPE"}, {"params": {}}, {"op": "BATCH"}]}),
+            100,
+        )
+        .unwrap();
+        assert_eq!(items[0].as_ref().unwrap().0, Op::Ping);
+        assert!(items[1]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("unknown op `NOPE`"));
+        assert!(items[2]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("missing op type"));
+        assert_eq!(items[3].as_ref().unwrap().0, Op::Batch);
+        assert!(allowed_in_best_effort_batch(Op::Ping));
+        assert!(allowed_in_best_effort_batch(Op::ListInstances));
+        assert!(!allowed_in_best_effort_batch(Op::Batch));
+        assert!(!allowed_in_best_effort_batch(Op::Hello));
+        assert!(allowed_in_atomic_batch(Op::Ping));
+        assert!(!allowed_in_atomic_batch(Op::ListInstances));
+    }
+
+    #[test]
+    fn a_refused_atomic_element_is_named_by_index() {
+        let e = refused_element(
+            3,
+            Some(Op::WalStats),
+            EngineError::bad_request("WAL_STATS cannot run inside an atomic BATCH"),
+        );
+        let details = e.details.clone().unwrap();
+        assert_eq!(details["failed_op_index"], 3);
+        assert_eq!(details["failed_op"], "WAL_STATS");
+        assert_eq!(details["applied"], false);
+        assert!(e.message.contains("element 3"));
     }
 
     #[test]

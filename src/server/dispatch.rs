@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use serde_json::Value;
 use shards::shard::{Command, Reply, ReplyTo, ShardMsg};
 use shards::{EngineError, EngineResult, ErrorCode};
 
@@ -75,7 +76,29 @@ pub async fn dispatch(
         );
         return Flow::Continue;
     }
-    let params = &req.params;
+    match op {
+        // In line: a batch's messages must reach the shards before later
+        // requests of this connection do.
+        Op::Batch => {
+            let result = batch::run(ctx, session, watch, &req.params, peer).await;
+            answer(reply, result);
+            Flow::Continue
+        }
+        _ => run_op(ctx, session, watch, op, &req.params, reply, peer).await,
+    }
+}
+
+/// Run one operation other than BATCH (a request, or an element of a
+/// best-effort BATCH) and answer it — exactly once — through `reply`.
+pub async fn run_op(
+    ctx: &Rc<ServerCtx>,
+    session: &mut Session,
+    watch: &Rc<RefCell<ConnWatch>>,
+    op: Op,
+    params: &Value,
+    reply: ReplyTo,
+    peer: Option<SocketAddr>,
+) -> Flow {
     match op {
         Op::Hello => answer(reply, session_ops::hello(session, params)),
         Op::Auth => {
@@ -121,9 +144,10 @@ pub async fn dispatch(
                 "replication operations are handled internally",
             )),
         ),
-        // In line: a batch's messages must reach the shards before later
-        // requests of this connection do.
-        Op::Batch => answer(reply, batch::run(ctx, params).await),
+        Op::Batch => answer(
+            reply,
+            Err(EngineError::bad_request("BATCH cannot run inside a BATCH")),
+        ),
         Op::WatchInstance => answer(reply, watch_ops::watch_instance(ctx, watch, params).await),
         Op::WatchAll => answer(reply, watch_ops::watch_all(ctx, watch, params).await),
         Op::Unwatch => answer(reply, watch_ops::unwatch(watch, params)),
