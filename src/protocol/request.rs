@@ -30,35 +30,175 @@ pub struct BadEnvelope {
 
 const NULL_ID: &[u8] = b"null";
 
-/// True when the JSON text nests arrays/objects deeper than `limit`. A
-/// single pass that skips strings; run before parsing, because parsing into a
-/// tree recurses once per level and a hostile document could exhaust the
-/// stack.
-fn nesting_exceeds(text: &[u8], limit: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
+/// Why a request's text is refused before it is parsed.
+#[derive(Debug, PartialEq, Eq)]
+enum TextDefect {
+    /// Arrays/objects nested deeper than the limit.
+    TooDeep,
+    /// A `\u` escape of half a UTF-16 surrogate pair with no other half: it
+    /// names no character (the parser would make it U+0000 or U+FFFD).
+    LoneSurrogate,
+}
+
+/// The UTF-16 code unit of the four hex digits at `text[i..i + 4]`.
+fn hex4(text: &[u8], i: usize) -> Option<u16> {
+    let digits = text.get(i..i + 4)?;
+    let s = std::str::from_utf8(digits).ok()?;
+    u16::from_str_radix(s, 16).ok()
+}
+
+/// One pass over the JSON text before it is parsed: nesting deeper than
+/// `limit` (parsing into a tree recurses once per level, and a hostile
+/// document could exhaust the stack) and lone surrogate escapes. Strings are
+/// skipped except for their `\u` escapes.
+fn check_text(text: &[u8], limit: usize) -> Result<(), TextDefect> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => i = check_string(text, i + 1)?,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
-                    return true;
+                    return Err(TextDefect::TooDeep);
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
-    false
+    Ok(())
+}
+
+/// Check the string whose contents start at `i`; returns the index of its
+/// closing quote (or the end of the text).
+fn check_string(text: &[u8], mut i: usize) -> Result<usize, TextDefect> {
+    // A high surrogate waiting for its low half.
+    let mut high_pending = false;
+    while i < text.len() {
+        match text[i] {
+            b'"' if !high_pending => return Ok(i),
+            b'\\' if text.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(text, i + 2);
+                match unit {
+                    Some(0xD800..=0xDBFF) if !high_pending => high_pending = true,
+                    Some(0xDC00..=0xDFFF) if high_pending => high_pending = false,
+                    Some(0xD800..=0xDFFF) => return Err(TextDefect::LoneSurrogate),
+                    _ if high_pending => return Err(TextDefect::LoneSurrogate),
+                    // Not a surrogate (or not hex: the parser reports it).
+                    _ => {}
+                }
+                i += 6;
+                continue;
+            }
+            _ if high_pending => return Err(TextDefect::LoneSurrogate),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Ok(i)
+}
+
+/// The request `id` of a document the parser refused (a number beyond
+/// f64, say): read from the top-level object by a tolerant scan, so the
+/// client's answer still carries its id. Strings and numbers only, as
+/// `id_json` echoes them; `None` when there is no readable id.
+fn salvage_id(text: &[u8]) -> Option<Vec<u8>> {
+    let mut s = Scanner { text, i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    loop {
+        s.ws();
+        let key = s.string()?;
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        if key == b"\"id\"" {
+            let start = s.i;
+            return match text.get(start)? {
+                b'"' => s.string().map(<[u8]>::to_vec),
+                b'-' | b'0'..=b'9' => {
+                    s.number();
+                    Some(text[start..s.i].to_vec())
+                }
+                _ => None,
+            };
+        }
+        s.skip_value()?;
+        s.ws();
+        s.eat(b',')?;
+    }
+}
+
+/// Byte-level reading for `salvage_id`.
+struct Scanner<'a> {
+    text: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn ws(&mut self) {
+        while self.text.get(self.i).is_some_and(u8::is_ascii_whitespace) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.text.get(self.i) == Some(&b)).then(|| self.i += 1)
+    }
+
+    /// A string, quotes included.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        self.eat(b'"')?;
+        while let Some(&b) = self.text.get(self.i) {
+            self.i += if b == b'\\' { 2 } else { 1 };
+            if b == b'"' {
+                return Some(&self.text[start..self.i]);
+            }
+        }
+        None
+    }
+
+    fn number(&mut self) {
+        while self
+            .text
+            .get(self.i)
+            .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+        {
+            self.i += 1;
+        }
+    }
+
+    /// Any value: strings and nesting followed, everything else up to the
+    /// next delimiter.
+    fn skip_value(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match *self.text.get(self.i)? {
+                b'"' => {
+                    self.string()?;
+                    if depth == 0 {
+                        return Some(());
+                    }
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => return Some(()),
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i += 1;
+                        return Some(());
+                    }
+                }
+                b',' if depth == 0 => return Some(()),
+                _ => {}
+            }
+            self.i += 1;
+        }
+    }
 }
 
 /// Echo form of an id: strings and numbers verbatim, anything else unusable.
@@ -79,15 +219,29 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
         id_json,
         error: EngineError::bad_request(detail),
     };
-    if nesting_exceeds(payload, REQUEST_JSON_DEPTH_MAX) {
-        return Err(bad(
-            NULL_ID.to_vec(),
-            format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels"),
-        ));
+    match check_text(payload, REQUEST_JSON_DEPTH_MAX) {
+        Ok(()) => {}
+        Err(TextDefect::TooDeep) => {
+            return Err(bad(
+                salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
+                format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels"),
+            ))
+        }
+        Err(TextDefect::LoneSurrogate) => {
+            return Err(bad(
+                salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
+                "malformed JSON: a \\u escape names half of a UTF-16 surrogate pair".into(),
+            ))
+        }
     }
     let value: Value = match simd_json::serde::from_slice(payload) {
         Ok(v) => v,
-        Err(e) => return Err(bad(NULL_ID.to_vec(), format!("malformed JSON: {e}"))),
+        Err(e) => {
+            // The parser works in place, but ids come before anything it
+            // rewrites (escaped strings) in every client's requests.
+            let id = salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec());
+            return Err(bad(id, format!("malformed JSON: {e}")));
+        }
     };
     let Value::Object(mut obj) = value else {
         return Err(bad(
@@ -178,10 +332,11 @@ mod tests {
         assert!(e.error.message.contains("unknown op"));
         let e = parse(r#"{"type":"request","id":5,"op":7}"#).err().unwrap();
         assert_eq!(e.id_json, b"5");
+        // Trailing text: refused, but the id is readable, so it is echoed.
         let e = parse(r#"{"type":"request","id":"1","op":"PING"} x"#)
             .err()
             .unwrap();
-        assert_eq!(e.id_json, b"null");
+        assert_eq!(e.id_json, br#""1""#);
         let e = parse("not json").err().unwrap();
         assert_eq!(e.id_json, b"null");
         let e = parse(r#"{"id":"1","op":"PING"}"#).err().unwrap();
@@ -190,9 +345,77 @@ mod tests {
 
     #[test]
     fn nesting_scan_skips_strings() {
-        assert!(!nesting_exceeds(br#"{"a":"[[[[[[","b":"\"[[["}"#, 2));
-        assert!(nesting_exceeds(b"[[[", 2));
-        assert!(!nesting_exceeds(b"[[]]", 2));
+        assert_eq!(check_text(br#"{"a":"[[[[[[","b":"\"[[["}"#, 2), Ok(()));
+        assert_eq!(check_text(b"[[[", 2), Err(TextDefect::TooDeep));
+        assert_eq!(check_text(b"[[]]", 2), Ok(()));
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_pass() {
+        let ok = [
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"{"a":"\u0041\u00e9"}"#,
+            r#"{"a":"\\ud800"}"#,
+        ];
+        for text in ok {
+            assert_eq!(check_text(text.as_bytes(), 8), Ok(()), "{text}");
+        }
+        let bad = [
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":"\ud800x"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\ud800\ud800"}"#,
+            r#"{"\udfff":1}"#,
+        ];
+        for text in bad {
+            assert_eq!(
+                check_text(text.as_bytes(), 8),
+                Err(TextDefect::LoneSurrogate),
+                "{text}"
+            );
+        }
+        let e = parse(
+            r#"{"type":"request","id":"s","op":"GET_INSTANCE","params":{"instance_id":"\ud800"}}"#,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.id_json, br#""s""#);
+        assert_eq!(e.error.code, shards::ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_keep_the_id() {
+        // Beyond u64: read as a float, as rstmdb does.
+        let r = parse(
+            r#"{"type":"request","id":"7","op":"PING","params":{"n":123456789012345678901234567890}}"#,
+        );
+        assert!(r.is_ok());
+        // Beyond f64: refused, but answered under the request's id.
+        let e = parse(r#"{"type":"request","id":"8","op":"PING","params":{"n":1e400}}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.id_json, br#""8""#);
+        let e = parse(r#"{"type":"request","id":42,"op":"PING","params":[1e400]}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.id_json, b"42");
+    }
+
+    #[test]
+    fn the_id_is_salvaged_from_the_top_level_only() {
+        assert_eq!(
+            salvage_id(br#" { "params": {"id": "inner"}, "x": [1, {"id": 2}], "id" : "outer" }"#),
+            Some(br#""outer""#.to_vec())
+        );
+        assert_eq!(
+            salvage_id(br#"{"op":"X","id":-5e3}"#),
+            Some(b"-5e3".to_vec())
+        );
+        assert_eq!(salvage_id(br#"{"id":null}"#), None);
+        assert_eq!(salvage_id(br#"["id","x"]"#), None);
+        assert_eq!(salvage_id(br#"{"a":"\"id\"","b":1}"#), None);
+        assert_eq!(salvage_id(b"{\"a\":"), None);
     }
 
     #[test]
