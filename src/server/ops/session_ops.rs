@@ -9,9 +9,11 @@ use crate::protocol::params::Params;
 use crate::server::context::ServerCtx;
 use crate::server::session::Session;
 
-/// The optional features this server negotiates (spec §3.2). `wal_read` is
-/// added when that operation exists.
-pub const SERVER_FEATURES: &[&str] = &["batch", "idempotency"];
+/// The optional features this server offers (spec §3.2), in the fixed order
+/// HELLO and INFO list them: rstmdb 0.3's three (BATCH, idempotency keys,
+/// WAL_READ) and `watch` (WATCH_INSTANCE / WATCH_ALL with replay), which
+/// the protocol's older documents name.
+pub const SERVER_FEATURES: &[&str] = &["batch", "idempotency", "wal_read", "watch"];
 pub const SERVER_NAME: &str = "corestate";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const PROTOCOL_VERSION: u64 = 1;
