@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod watch;
+pub mod watchdog;

@@ -15,13 +15,13 @@
 //!
 //! Panics: a panic anywhere stops the process with a message (fail-stop) —
 //! a shard whose task died would otherwise leave its instances silently
-//! unreachable. The watchdog aborts the process, naming the shard, when a
-//! shard has not heartbeat for `WATCHDOG_STALL_LIMIT_MS`.
+//! unreachable. The watchdog (`crate::watchdog`) aborts the process, naming
+//! the shard, when a shard's executor stops making progress.
 
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,6 @@ use crate::server::refusals::{RefusalLog, REFUSAL_WARNING_WINDOW_SECS};
 use crate::shutdown::{self, ShutdownRequest};
 use crate::watch::merge::Merger;
 
-/// A shard that has not heartbeat for this long is considered hung.
-pub const WATCHDOG_STALL_LIMIT_MS: u64 = 5_000;
-/// How often the watchdog looks.
-pub const WATCHDOG_CHECK_INTERVAL_MS: u64 = 500;
 /// Registered I/O memory per executor; must fit the locked-memory limit.
 pub const EXECUTOR_IO_MEMORY_BYTES: usize = 1024 * 1024;
 /// Name of the file that records the data directory's layout.
@@ -245,7 +241,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     }
     let recovered_records: u64 = reports.iter().map(|r| r.counts.records).sum();
     let recovered_instances: u64 = reports.iter().map(|r| r.instances_active).sum();
-    start_watchdog(heartbeats, shutdown.clone());
+    crate::watchdog::start(heartbeats, shutdown.clone());
 
     let listener_cfg = config.clone();
     let acceptor: AcceptorJob = Box::new(move || {
@@ -293,10 +289,15 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                     max_connections: config.max_connections,
                     idle_timeout: config.idle_timeout(),
                     allow_flush_all: config.allow_flush_all,
+                    answer_buffer_per_connection_bytes: config.answer_buffer_per_connection_bytes,
+                    request_buffer_per_connection_bytes: config.request_buffer_per_connection_bytes,
                 },
                 metrics: Metrics::new(),
                 refusals: RefusalLog::new(),
                 conns: Connections::default(),
+                answer_budget: shards::shard::budget::ServerBudget::new(
+                    config.answer_buffer_total_bytes,
+                ),
             });
             let listener = glommio::net::TcpListener::bind(config.bind)
                 .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
@@ -416,29 +417,4 @@ async fn flush_refusal_log(ctx: Rc<ServerCtx>) {
         glommio::timer::sleep(Duration::from_secs(REFUSAL_WARNING_WINDOW_SECS)).await;
         ctx.refusals.flush();
     }
-}
-
-fn start_watchdog(heartbeats: Vec<Arc<AtomicU64>>, shutdown: ShutdownRequest) {
-    std::thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(WATCHDOG_CHECK_INTERVAL_MS));
-            if shutdown.is_begun() {
-                return;
-            }
-            let now = shards::shard::state::now_ms();
-            for (id, hb) in heartbeats.iter().enumerate() {
-                let last = hb.load(Ordering::Relaxed);
-                if now.saturating_sub(last) > WATCHDOG_STALL_LIMIT_MS {
-                    let msg = format!(
-                        "fatal: shard {id} has not made progress for {} ms (watchdog limit {WATCHDOG_STALL_LIMIT_MS} ms); aborting",
-                        now - last
-                    );
-                    tracing::error!("{msg}");
-                    eprintln!("corestate: {msg}");
-                    std::process::abort();
-                }
-            }
-        })
-        .expect("spawning the watchdog thread");
 }

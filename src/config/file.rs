@@ -228,6 +228,9 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             "max_inflight_requests_per_connection",
             "max_batch_ops",
             "log_format",
+            "answer_buffer_per_connection_mb",
+            "answer_buffer_total_mb",
+            "request_buffer_per_connection_mb",
         ])
         .first()
     {
@@ -235,7 +238,9 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             format!("corestate.{unknown}"),
             format!(
                 "unknown corestate setting in {} (expected shards, \
-                 max_inflight_requests_per_connection, max_batch_ops or log_format)",
+                 max_inflight_requests_per_connection, max_batch_ops, log_format, \
+                 answer_buffer_per_connection_mb, answer_buffer_total_mb or \
+                 request_buffer_per_connection_mb)",
                 path.display()
             ),
         ));
@@ -249,6 +254,23 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
     }
     if let Some((key, n)) = corestate.u64("max_batch_ops")? {
         c.max_batch_ops = check_range(&key, n, 1, MAX_BATCH_OPS_MAX as u64)? as usize;
+    }
+    let buffer_mb = |key: &str| -> Result<Option<usize>, ConfigError> {
+        corestate
+            .u64(key)?
+            .map(|(key, n)| {
+                check_range(&key, n, 1, BUFFER_MB_MAX).map(|mb| (mb * BYTES_PER_MB) as usize)
+            })
+            .transpose()
+    };
+    if let Some(bytes) = buffer_mb("answer_buffer_per_connection_mb")? {
+        c.answer_buffer_per_connection_bytes = bytes;
+    }
+    if let Some(bytes) = buffer_mb("answer_buffer_total_mb")? {
+        c.answer_buffer_total_bytes = bytes;
+    }
+    if let Some(bytes) = buffer_mb("request_buffer_per_connection_mb")? {
+        c.request_buffer_per_connection_bytes = bytes;
     }
     if let Some((key, format)) = corestate.string("log_format")? {
         c.log_format = LogFormat::parse(&key, format)?;

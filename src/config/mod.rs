@@ -86,6 +86,18 @@ pub const MAX_BATCH_OPS_DEFAULT: usize = 100;
 /// Largest BATCH operation limit accepted.
 pub const MAX_BATCH_OPS_MAX: usize = 10_000;
 
+/// Default bytes of unwritten answers one connection may hold
+/// (`corestate.answer_buffer_per_connection_mb`).
+pub const ANSWER_BUFFER_PER_CONNECTION_MB_DEFAULT: u64 = 16;
+/// Default bytes of unwritten answers all connections together may hold
+/// (`corestate.answer_buffer_total_mb`).
+pub const ANSWER_BUFFER_TOTAL_MB_DEFAULT: u64 = 256;
+/// Default bytes of requests one connection may have in flight
+/// (`corestate.request_buffer_per_connection_mb`).
+pub const REQUEST_BUFFER_PER_CONNECTION_MB_DEFAULT: u64 = 16;
+/// Largest value accepted for the three buffer settings above (64 GiB).
+pub const BUFFER_MB_MAX: u64 = 64 * 1024;
+
 /// Default `compaction.events_threshold`.
 pub const COMPACTION_EVENTS_THRESHOLD_DEFAULT: u64 = 10_000;
 /// Default `compaction.size_threshold_mb`.
@@ -190,6 +202,12 @@ pub struct Config {
     pub max_inflight_requests_per_connection: usize,
     /// Operations accepted in one BATCH.
     pub max_batch_ops: usize,
+    /// Bytes of answers one connection may have produced and not written.
+    pub answer_buffer_per_connection_bytes: usize,
+    /// The same for all connections together.
+    pub answer_buffer_total_bytes: usize,
+    /// Bytes of requests one connection may have read and not answered.
+    pub request_buffer_per_connection_bytes: usize,
     /// `--salvage`: truncate a corrupt WAL at its first bad record instead
     /// of refusing to start.
     pub salvage: bool,
@@ -280,6 +298,11 @@ impl Default for Config {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             max_inflight_requests_per_connection: MAX_INFLIGHT_REQUESTS_PER_CONNECTION_DEFAULT,
             max_batch_ops: MAX_BATCH_OPS_DEFAULT,
+            answer_buffer_per_connection_bytes: (ANSWER_BUFFER_PER_CONNECTION_MB_DEFAULT
+                * BYTES_PER_MB) as usize,
+            answer_buffer_total_bytes: (ANSWER_BUFFER_TOTAL_MB_DEFAULT * BYTES_PER_MB) as usize,
+            request_buffer_per_connection_bytes: (REQUEST_BUFFER_PER_CONNECTION_MB_DEFAULT
+                * BYTES_PER_MB) as usize,
             salvage: false,
             tls: TlsConfig::default(),
             metrics: MetricsConfig {

@@ -166,6 +166,18 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
         "Client connections open now (including TLS handshakes in progress).",
         ctx.conns.len() as f64,
     );
+    out.single(
+        "corestate_answer_buffer_bytes",
+        "gauge",
+        "Bytes of answers produced and not yet written, all connections together.",
+        ctx.answer_budget.used_bytes() as f64,
+    );
+    out.single(
+        "corestate_answer_buffer_limit_bytes",
+        "gauge",
+        "Limit of corestate_answer_buffer_bytes (corestate.answer_buffer_total_mb).",
+        ctx.answer_budget.limit_bytes() as f64,
+    );
     out.header(
         "corestate_refusals_total",
         "counter",
@@ -312,7 +324,13 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
             mailbox.len() as f64,
         );
     }
-    let per_shard: [ShardMetric; 7] = [
+    let per_shard: [ShardMetric; 8] = [
+        (
+            "corestate_shard_requests_waiting_for_budget",
+            "gauge",
+            "Requests held because their clients' answer budgets are spent (clients not reading).",
+            |s| s.waiting_for_budget as f64,
+        ),
         (
             "corestate_shard_instances_active",
             "gauge",

@@ -102,9 +102,16 @@ fn check_string(text: &[u8], mut i: usize) -> Result<usize, TextDefect> {
 
 /// The request `id` of a document the parser refused (a number beyond
 /// f64, say): read from the top-level object by a tolerant scan, so the
-/// client's answer still carries its id. Strings and numbers only, as
-/// `id_json` echoes them; `None` when there is no readable id.
+/// client's answer still carries its id. Strings and numbers only, checked
+/// and written as `id_json` echoes them; `None` when there is no readable id.
 fn salvage_id(text: &[u8]) -> Option<Vec<u8>> {
+    let raw = find_id(text)?;
+    let value: Value = serde_json::from_slice(&raw).ok()?;
+    id_json(Some(&value))
+}
+
+/// The raw bytes of the top-level `id` value.
+fn find_id(text: &[u8]) -> Option<Vec<u8>> {
     let mut s = Scanner { text, i: 0 };
     s.ws();
     s.eat(b'{')?;
@@ -408,14 +415,15 @@ mod tests {
             salvage_id(br#" { "params": {"id": "inner"}, "x": [1, {"id": 2}], "id" : "outer" }"#),
             Some(br#""outer""#.to_vec())
         );
-        assert_eq!(
-            salvage_id(br#"{"op":"X","id":-5e3}"#),
-            Some(b"-5e3".to_vec())
-        );
+        assert_eq!(salvage_id(br#"{"op":"X","id":-7}"#), Some(b"-7".to_vec()));
         assert_eq!(salvage_id(br#"{"id":null}"#), None);
         assert_eq!(salvage_id(br#"["id","x"]"#), None);
         assert_eq!(salvage_id(br#"{"a":"\"id\"","b":1}"#), None);
         assert_eq!(salvage_id(b"{\"a\":"), None);
+        // Not UTF-8, or not a JSON string after all: no id.
+        assert_eq!(salvage_id(b"{\"id\":\"\xff\xfe\"}"), None);
+        assert_eq!(salvage_id(br#"{"id":"a\qb"}"#), None);
+        assert_eq!(salvage_id(br#"{"id":1.5.5}"#), None);
     }
 
     #[test]

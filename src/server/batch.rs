@@ -296,10 +296,8 @@ async fn run_best_effort(
                 continue;
             }
         };
-        let reply = ReplyTo {
-            tx: tx.clone(),
-            seq: i as u64,
-        };
+        // The batch's answer as a whole is charged to the client.
+        let reply = ReplyTo::internal(tx.clone(), i as u64);
         run_op(ctx, session, watch, op, &params, reply, peer).await;
         waiting += 1;
     }

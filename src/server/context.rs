@@ -27,6 +27,10 @@ pub struct Limits {
     pub idle_timeout: Option<std::time::Duration>,
     /// `storage.allow_flush_all`: FLUSH_ALL is refused unless set.
     pub allow_flush_all: bool,
+    /// Bytes of unwritten answers one connection may hold.
+    pub answer_buffer_per_connection_bytes: usize,
+    /// Bytes of requests one connection may have read and not answered.
+    pub request_buffer_per_connection_bytes: usize,
 }
 
 /// The shard mailboxes, indexed by shard id.
@@ -187,4 +191,6 @@ pub struct ServerCtx {
     pub metrics: Metrics,
     pub refusals: RefusalLog,
     pub conns: Connections,
+    /// Bytes of unwritten answers all connections together may hold.
+    pub answer_budget: std::sync::Arc<shards::shard::budget::ServerBudget>,
 }

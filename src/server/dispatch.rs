@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use serde_json::Value;
-use shards::shard::{Command, Reply, ReplyTo, ShardMsg};
+use shards::shard::{Command, ReplyTo, ShardMsg};
 use shards::{EngineError, EngineResult, ErrorCode};
 
 use super::batch;
@@ -36,11 +36,7 @@ pub enum Flow {
 }
 
 fn answer(reply: ReplyTo, body: EngineResult<Vec<u8>>) {
-    // The writer may already be gone (peer closed): nothing to tell.
-    let _ = reply.tx.send(Reply {
-        seq: reply.seq,
-        body,
-    });
+    reply.send(body);
 }
 
 fn to_shard(ctx: &ServerCtx, cmd: EngineResult<Command>, reply: ReplyTo) {
@@ -130,8 +126,9 @@ pub async fn run_op(
         Op::ListInstances => match instance_ops::parse_list(params) {
             Ok(list) => {
                 let ctx = ctx.clone();
+                let budget = reply.budget.clone().map(|b| (b, reply.seq));
                 glommio::spawn_local(async move {
-                    let body = instance_ops::list(&ctx.router, list).await;
+                    let body = instance_ops::list(&ctx.router, list, budget).await;
                     answer(reply, body);
                 })
                 .detach();

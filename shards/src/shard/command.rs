@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::budget::{Charge, ResponseBudget};
 use crate::error::EngineResult;
 use crate::machine::definition::MachineDef;
 
@@ -55,16 +56,52 @@ impl Command {
 }
 
 /// The answer to one connection request: the `result` object as JSON bytes,
-/// or an error.
+/// or an error, and the bytes it holds of its client's budget.
 pub struct Reply {
     pub seq: u64,
     pub body: EngineResult<Vec<u8>>,
+    pub charge: Option<Charge>,
 }
 
 /// Where a connection request's answer goes.
 pub struct ReplyTo {
     pub tx: flume::Sender<Reply>,
     pub seq: u64,
+    /// The client's answer budget (`budget.rs`); `None` for internal asks.
+    pub budget: Option<Arc<ResponseBudget>>,
+}
+
+impl ReplyTo {
+    /// An internal ask: nobody's budget.
+    pub fn internal(tx: flume::Sender<Reply>, seq: u64) -> Self {
+        ReplyTo {
+            tx,
+            seq,
+            budget: None,
+        }
+    }
+
+    /// Send the answer, charging it to the client's budget. A send fails
+    /// only when the asker is gone: there is nobody left to tell.
+    pub fn send(self, body: EngineResult<Vec<u8>>) {
+        let charge = self.charge_for(&body);
+        let _ = self.tx.send(Reply {
+            seq: self.seq,
+            body,
+            charge,
+        });
+    }
+
+    /// The charge an answer takes (`None`: uncharged or no budget).
+    pub fn charge_for(&self, body: &EngineResult<Vec<u8>>) -> Option<Charge> {
+        let len = body.as_ref().map_or(0, Vec::len);
+        self.budget.as_ref().and_then(|b| b.charge(len))
+    }
+
+    /// The client's budget and this request's place, for parking.
+    pub fn budget_seq(&self) -> Option<(&Arc<ResponseBudget>, u64)> {
+        self.budget.as_ref().map(|b| (b, self.seq))
+    }
 }
 
 /// LIST_INSTANCES filter; each shard answers with its matching rows sorted by
@@ -80,6 +117,8 @@ pub struct ListPage {
     pub total: u64,
     /// (instance id, summary object as JSON), ascending by id.
     pub rows: Vec<(String, Vec<u8>)>,
+    /// What the rows hold of the asking client's budget.
+    pub charge: Option<Charge>,
 }
 
 /// Counters a shard reports for INFO / WAL_STATS / metrics.
@@ -111,6 +150,8 @@ pub struct ShardStats {
     pub next_offset: u64,
     pub snapshots: u64,
     pub mailbox_depth: u64,
+    /// Requests waiting because their clients' answer budgets are spent.
+    pub waiting_for_budget: u64,
 }
 
 /// A shard's answer to an atomic batch part: every op's result, or the
@@ -137,7 +178,11 @@ pub enum ShardMsg {
     List {
         query: ListQuery,
         done: flume::Sender<ListPage>,
+        /// The asking client's budget and request number, for parking.
+        budget: Option<(Arc<ResponseBudget>, u64)>,
     },
+    /// A client's answer budget came back: run the requests parked on it.
+    Unpark,
     Stats {
         done: flume::Sender<ShardStats>,
     },
@@ -203,6 +248,19 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
+    /// The budget this message's answer is charged to, and its request
+    /// number: a message whose client's budget is spent waits (`budget.rs`).
+    pub fn budget(&self) -> Option<(&Arc<ResponseBudget>, u64)> {
+        match self {
+            ShardMsg::Exec { reply, .. } => reply.budget_seq(),
+            ShardMsg::List {
+                budget: Some((b, seq)),
+                ..
+            } => Some((b, *seq)),
+            _ => None,
+        }
+    }
+
     /// The instances this message touches, for parking behind locks.
     pub fn instance_ids(&self) -> Vec<&str> {
         match self {

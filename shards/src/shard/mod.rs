@@ -1,6 +1,8 @@
 //! One shard: the state it owns, the operations on it, recovery, and the
 //! mailbox loop that runs it on its own pinned executor.
 
+mod admission;
+pub mod budget;
 pub mod command;
 pub mod events;
 pub mod log_read;

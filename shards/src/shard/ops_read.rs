@@ -53,7 +53,11 @@ impl ShardState {
                 Some((id.clone(), summary(id, inst)))
             })
             .collect();
-        ListPage { total, rows }
+        ListPage {
+            total,
+            rows,
+            charge: None,
+        }
     }
 }
 

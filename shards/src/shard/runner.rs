@@ -14,11 +14,12 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use hashbrown::{HashMap, HashSet};
 
+use super::budget::Charge;
 use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardMsg, ShardStats};
 use super::events::Publication;
 use super::log_read::{read_entries, EntryChunk, EventChunk, ReadContext};
@@ -39,6 +40,12 @@ pub const GROUP_COMMIT_MESSAGES_MAX: usize = 4096;
 pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// How often an idle shard wakes up to heartbeat (and run timers).
 pub const SHARD_TICK_INTERVAL_MS: u64 = 250;
+/// A loop turn stops taking messages after this long, commits what it has
+/// and lets the executor run other tasks (connections on the acceptor's
+/// shard), however heavy the queued requests are.
+pub const SHARD_TURN_TIME_MAX_US: u64 = 2_000;
+/// Messages handled between two looks at the clock within a turn.
+const TURN_CLOCK_CHECK_MESSAGES: usize = 8;
 
 pub struct ShardConfig {
     pub id: usize,
@@ -75,12 +82,17 @@ pub struct OpenReport {
 pub struct Shard {
     pub(super) state: ShardState,
     pub(super) wal: WalWriter,
-    heartbeat_ms: Arc<AtomicU64>,
+    /// Loop turns so far: the watchdog's sign of progress.
+    heartbeat: Arc<AtomicU64>,
     /// Cross-shard parts prepared here and awaiting their decision.
     pub(super) txns: HashMap<u64, Prepared>,
     /// Instance → the batch that holds it.
     pub(super) locked: HashMap<String, u64>,
     parked: VecDeque<ShardMsg>,
+    /// Requests waiting for their clients' answer budgets (`admission.rs`).
+    pub(super) waiting: super::admission::Waiting,
+    /// Run the waiting requests this turn.
+    pub(super) wake_waiting: bool,
     /// Parts found prepared-but-undecided at recovery: (decider, inner records).
     pub(super) in_doubt: HashMap<u64, (u32, Vec<u8>)>,
     publish_requested: bool,
@@ -92,8 +104,8 @@ pub struct Shard {
     pub(super) storage: super::storage::StorageState,
 }
 
-enum Deferred {
-    Conn(ReplyTo, EngineResult<Vec<u8>>),
+pub(super) enum Deferred {
+    Conn(ReplyTo, EngineResult<Vec<u8>>, Option<Charge>),
     Install(flume::Sender<EngineResult<bool>>, EngineResult<bool>),
     List(flume::Sender<ListPage>, ListPage),
     Stats(flume::Sender<ShardStats>),
@@ -119,7 +131,7 @@ impl Shard {
     pub async fn open(
         cfg: &ShardConfig,
         frontier: Frontier,
-        heartbeat_ms: Arc<AtomicU64>,
+        heartbeat: Arc<AtomicU64>,
     ) -> Result<(Shard, OpenReport), String> {
         let wal_dir = cfg.dir.join("wal");
         std::fs::create_dir_all(&wal_dir)
@@ -200,15 +212,17 @@ impl Shard {
             snapshot_covered: covered,
             watermark: wal.clock().watermark(),
         };
-        heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+        heartbeat.fetch_add(1, Ordering::Relaxed);
         Ok((
             Shard {
                 state,
                 wal,
-                heartbeat_ms,
+                heartbeat,
                 txns: HashMap::new(),
                 locked: HashMap::new(),
                 parked: VecDeque::new(),
+                waiting: Default::default(),
+                wake_waiting: false,
                 in_doubt: txn_log.in_doubt,
                 publish_requested: false,
                 stopping: None,
@@ -245,12 +259,17 @@ impl Shard {
                 Ok(None) => {}
                 Ok(Some(msg)) => {
                     let now = now_ms();
+                    let started = Instant::now();
+                    let turn = Duration::from_micros(SHARD_TURN_TIME_MAX_US);
                     self.handle(msg, now, &mut deferred);
                     let mut handled = 1;
                     while handled < GROUP_COMMIT_MESSAGES_MAX
                         && self.wal.staged_bytes() < GROUP_COMMIT_BYTES_MAX
                     {
-                        if self.stopping.is_some() {
+                        if self.stopping.is_some()
+                            || (handled % TURN_CLOCK_CHECK_MESSAGES == 0
+                                && started.elapsed() >= turn)
+                        {
                             break;
                         }
                         match mailbox.try_recv() {
@@ -260,6 +279,9 @@ impl Shard {
                         handled += 1;
                     }
                 }
+            }
+            if self.wake_waiting || !self.waiting.is_empty() {
+                self.run_waiting(now_ms(), &mut deferred);
             }
             // Always: with nothing staged it only forgets reserved offsets.
             let committed = self.wal.staged_records() > 0;
@@ -276,9 +298,15 @@ impl Shard {
                 fail_stop(self.state.shard_id, "WAL sync failed", &e);
             }
             self.storage_turn();
-            self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             if self.stopping.is_some() {
                 break;
+            }
+            if !mailbox.is_empty() {
+                // The turn ended on its limits with work left: let the
+                // executor's other tasks (connections on the acceptor's
+                // shard) run before the next one.
+                future::yield_now().await;
             }
         }
         if let Err(e) = self.wal.sync().await {
@@ -322,6 +350,13 @@ impl Shard {
     }
 
     fn handle(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
+        if let Some(msg) = self.admit(msg) {
+            self.run_admitted(msg, now, deferred);
+        }
+    }
+
+    /// Run a message its client's budget admitted (or that needs none).
+    pub(super) fn run_admitted(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
         if self.blocked(&msg) {
             self.parked.push_back(msg);
             return;
@@ -335,7 +370,10 @@ impl Shard {
                     Command::Delete(c) => self.state.delete_instance(c, now, wal),
                     Command::Get { instance_id } => self.state.get_instance(&instance_id),
                 };
-                deferred.push(Deferred::Conn(reply, result));
+                // Charged now, not when answered: later requests of a client
+                // whose budget this spends wait from here on.
+                let charge = reply.charge_for(&result);
+                deferred.push(Deferred::Conn(reply, result, charge));
             }
             ShardMsg::InstallMachine {
                 def,
@@ -347,10 +385,17 @@ impl Shard {
                     .install_machine(def, &raw_definition, now, &mut self.wal);
                 deferred.push(Deferred::Install(done, result));
             }
-            ShardMsg::List { query, done } => {
-                let page = self.state.list_instances(&query);
+            ShardMsg::List {
+                query,
+                done,
+                budget,
+            } => {
+                let mut page = self.state.list_instances(&query);
+                let bytes: usize = page.rows.iter().map(|(id, row)| id.len() + row.len()).sum();
+                page.charge = budget.and_then(|(b, _)| b.charge(bytes));
                 deferred.push(Deferred::List(done, page));
             }
+            ShardMsg::Unpark => self.wake_waiting = true,
             ShardMsg::Stats { done } => deferred.push(Deferred::Stats(done)),
             ShardMsg::AtomicBatch { ops, done } => {
                 let vote = self.atomic_batch(ops, now);
@@ -477,11 +522,14 @@ impl Shard {
         read_entries(reader, from, max_records, max_bytes, &cx)
     }
 
-    /// Re-handle parked messages in their order; those still blocked park again.
+    /// Re-run messages parked behind a batch's locks, in their order; those
+    /// still blocked park again. (They were admitted already: running them
+    /// through admission again could put them behind a later request of
+    /// their client.)
     fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
         let parked = std::mem::take(&mut self.parked);
         for msg in parked {
-            self.handle(msg, now, deferred);
+            self.run_admitted(msg, now, deferred);
         }
     }
 
@@ -489,8 +537,12 @@ impl Shard {
         // A send fails only when the asker is gone (connection closed): the
         // change is durable regardless, and there is nobody left to tell.
         match d {
-            Deferred::Conn(to, body) => {
-                let _ = to.tx.send(Reply { seq: to.seq, body });
+            Deferred::Conn(to, body, charge) => {
+                let _ = to.tx.send(Reply {
+                    seq: to.seq,
+                    body,
+                    charge,
+                });
             }
             Deferred::Install(done, r) => {
                 let _ = done.send(r);
@@ -530,6 +582,7 @@ impl Shard {
             wal: self.wal.stats(),
             wal_segment_id: self.wal.segment_id(),
             next_offset: self.wal.clock().peek_next(),
+            waiting_for_budget: self.waiting.len() as u64,
             ..ShardStats::default()
         };
         self.fill_log_stats(&mut stats);

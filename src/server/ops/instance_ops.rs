@@ -5,6 +5,9 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use shards::shard::result::ResultWriter;
+use std::sync::Arc;
+
+use shards::shard::budget::ResponseBudget;
 use shards::shard::ShardMsg;
 use shards::shard::{ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery};
 use shards::{EngineError, EngineResult};
@@ -123,8 +126,14 @@ pub fn parse_list(params: &Value) -> EngineResult<ListRequest> {
 }
 
 /// Ask every shard (behind whatever this connection sent it before), then
-/// merge the per-shard pages, each sorted by id, into one page.
-pub async fn list(router: &Router, req: ListRequest) -> EngineResult<Vec<u8>> {
+/// merge the per-shard pages, each sorted by id, into one page. `budget`:
+/// the asking client's answer budget and request number — the shards charge
+/// their pages to it (and hold the request while it is spent).
+pub async fn list(
+    router: &Router,
+    req: ListRequest,
+    budget: Option<(Arc<ResponseBudget>, u64)>,
+) -> EngineResult<Vec<u8>> {
     let mut waits = Vec::with_capacity(router.shards());
     for mailbox in router.all() {
         let (tx, rx) = flume::bounded(1);
@@ -132,6 +141,7 @@ pub async fn list(router: &Router, req: ListRequest) -> EngineResult<Vec<u8>> {
             .send(ShardMsg::List {
                 query: req.query.clone(),
                 done: tx,
+                budget: budget.clone(),
             })
             .map_err(|_| EngineError::internal("shard mailbox closed"))?;
         waits.push(rx);

@@ -64,7 +64,7 @@ pub async fn watch_instance(
             cmd: Command::Get {
                 instance_id: instance_id.clone(),
             },
-            reply: ReplyTo { tx, seq: 0 },
+            reply: ReplyTo::internal(tx, 0),
         })
         .map_err(|_| EngineError::internal("shard mailbox closed"))?;
     let got = rx

@@ -46,7 +46,7 @@ async fn send_and_wait(tx: &flume::Sender<ShardMsg>, cmd: Command) -> Result<Val
     let (rtx, rrx) = flume::unbounded();
     tx.send(ShardMsg::Exec {
         cmd,
-        reply: ReplyTo { tx: rtx, seq: 7 },
+        reply: ReplyTo::internal(rtx, 7),
     })
     .unwrap();
     let reply = rrx.recv_async().await.unwrap();

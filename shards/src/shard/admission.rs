@@ -1,0 +1,92 @@
+//! Which mailbox messages run now and which wait for their client: a
+//! request whose client's answer budget is spent waits in that client's
+//! queue — with every later request of the client on this shard, so the
+//! client's order holds — until budget comes back (see `budget.rs`). The
+//! shard looks at the waiting queues once per loop turn, and at once when a
+//! connection sends `Unpark`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use super::budget::ResponseBudget;
+use super::command::ShardMsg;
+use super::runner::{Deferred, Shard};
+
+/// Requests waiting for their clients' budgets, by client.
+#[derive(Default)]
+pub struct Waiting {
+    /// Keyed by the budget's address: one queue per client.
+    queues: HashMap<usize, (Arc<ResponseBudget>, VecDeque<ShardMsg>)>,
+}
+
+impl Waiting {
+    /// Requests waiting, all clients together.
+    pub fn len(&self) -> usize {
+        self.queues.values().map(|(_, q)| q.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+}
+
+fn key(budget: &Arc<ResponseBudget>) -> usize {
+    Arc::as_ptr(budget) as usize
+}
+
+impl Shard {
+    /// The message, if it may run now; otherwise it waits in its client's
+    /// queue and `None` is returned.
+    pub(super) fn admit(&mut self, msg: ShardMsg) -> Option<ShardMsg> {
+        let Some((budget, seq)) = msg.budget() else {
+            return Some(msg);
+        };
+        let k = key(budget);
+        let queued = self.waiting.queues.contains_key(&k);
+        if !queued && budget.may_run(seq) {
+            return Some(msg);
+        }
+        let budget = budget.clone();
+        if !queued {
+            // Marked before the queue exists: a connection that returns
+            // budget from now on wakes this shard.
+            budget.note_parked(self.state.shard_id, seq);
+            self.wake_waiting = true;
+        }
+        self.waiting
+            .queues
+            .entry(k)
+            .or_insert_with(|| (budget, VecDeque::new()))
+            .1
+            .push_back(msg);
+        None
+    }
+
+    /// Run the waiting requests that their clients' budgets now allow, each
+    /// client's in order.
+    pub(super) fn run_waiting(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        self.wake_waiting = false;
+        let keys: Vec<usize> = self.waiting.queues.keys().copied().collect();
+        for k in keys {
+            while let Some((budget, queue)) = self.waiting.queues.get_mut(&k) {
+                let Some(seq) = queue.front().and_then(|m| m.budget()).map(|(_, s)| s) else {
+                    self.waiting.queues.remove(&k);
+                    break;
+                };
+                if !budget.may_run(seq) && !budget.note_parked(self.state.shard_id, seq) {
+                    // Marked again: the next returned budget wakes us.
+                    break;
+                }
+                let Some(msg) = queue.pop_front() else {
+                    break;
+                };
+                self.run_admitted(msg, now, deferred);
+            }
+        }
+    }
+}

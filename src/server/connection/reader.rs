@@ -1,0 +1,257 @@
+//! The reading half of a connection: frames in, requests dispatched, with
+//! the connection's bounds applied before each request (see `mod.rs`).
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use futures_lite::future::{self, poll_fn};
+use shards::shard::ReplyTo;
+
+use super::{
+    ByteStream, Conn, Slot, Slots, Stream, READ_BUFFER_INITIAL_BYTES, READ_CHUNK_MIN_BYTES,
+    UNAUTHENTICATED_MESSAGE_BYTES_MAX,
+};
+use crate::protocol::frame::{FrameDecoder, OutputMode};
+use crate::protocol::op::Op;
+use crate::protocol::request::parse_request;
+use crate::server::context::ConnHandle;
+use crate::server::dispatch::{dispatch, Flow};
+use crate::server::session::Session;
+use crate::watch::subscription::ConnWatch;
+
+pub(super) async fn read_loop<S: ByteStream>(
+    conn: &Rc<Conn>,
+    handle: &ConnHandle,
+    stream: &Stream<S>,
+    reply_tx: flume::Sender<shards::shard::Reply>,
+) {
+    let ctx = &conn.ctx;
+    let mut session = Session::default();
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; READ_BUFFER_INITIAL_BYTES];
+    let (mut start, mut filled) = (0usize, 0usize);
+    let mut next_seq = 0u64;
+    loop {
+        // Handle every complete message already buffered.
+        loop {
+            let decoded = match decoder.decode(&buf[start..filled]) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("closing connection: {e}");
+                    return;
+                }
+            };
+            let (from, to) = (start + decoded.payload.start, start + decoded.payload.end);
+            start += decoded.consumed;
+            let request_bytes = (to - from).min(ctx.limits.request_buffer_per_connection_bytes);
+            if !admit(conn, next_seq, request_bytes as u64).await {
+                return;
+            }
+            let seq = next_seq;
+            next_seq += 1;
+            let mode = output_mode(&session, &decoder);
+            let reply = ReplyTo {
+                tx: reply_tx.clone(),
+                seq,
+                budget: Some(conn.budget.clone()),
+            };
+            let slot = |id_json, op| Slot {
+                id_json,
+                mode,
+                body: None,
+                charge: None,
+                op,
+                started: Instant::now(),
+                request_bytes: request_bytes as u64,
+            };
+            let flow = match parse_request(&mut buf[from..to]) {
+                Err(bad) => {
+                    push_slot(&conn.slots, seq, slot(bad.id_json, None));
+                    reply.send(Err(bad.error));
+                    Flow::Continue
+                }
+                Ok(req) => {
+                    let op = req.op;
+                    push_slot(&conn.slots, seq, slot(req.id_json.clone(), Some(op)));
+                    let flow =
+                        dispatch(ctx, &mut session, &conn.watch, req, reply, handle.peer).await;
+                    if op == Op::Hello {
+                        // HELLO answers in the mode it negotiated (spec §3.2);
+                        // it never awaits, so its answer is not written yet.
+                        decoder.set_jsonl_input(session.jsonl);
+                        set_slot_mode(&conn.slots, seq, output_mode(&session, &decoder));
+                    }
+                    conn.watch
+                        .borrow()
+                        .mode
+                        .set(output_mode(&session, &decoder));
+                    flow
+                }
+            };
+            if flow == Flow::Close {
+                return;
+            }
+        }
+        // Make room: drop consumed bytes, grow for a large message as its
+        // bytes arrive, shrink back after.
+        if start > 0 {
+            buf.copy_within(start..filled, 0);
+            filled -= start;
+            start = 0;
+        }
+        let needed = decoder.bytes_needed_hint(&buf[..filled]);
+        if ctx.tokens.required()
+            && !session.authenticated
+            && needed.max(filled) > UNAUTHENTICATED_MESSAGE_BYTES_MAX
+        {
+            tracing::debug!(
+                "closing connection: a {needed}-byte message before authentication \
+                 (at most {UNAUTHENTICATED_MESSAGE_BYTES_MAX} bytes)"
+            );
+            return;
+        }
+        let want = filled + read_room(filled, needed);
+        if want > buf.len() {
+            buf.resize(want, 0);
+        } else if buf.len() > READ_BUFFER_INITIAL_BYTES && want <= READ_BUFFER_INITIAL_BYTES {
+            buf.truncate(READ_BUFFER_INITIAL_BYTES);
+            buf.shrink_to_fit();
+        }
+        match read_with_idle_timeout(conn, handle, stream, &mut buf[filled..]).await {
+            Some(n) => filled += n,
+            None => return,
+        }
+    }
+}
+
+/// Free space to offer the next socket read when `filled` bytes are
+/// buffered and the message under way needs `needed` in all: at least
+/// `READ_CHUNK_MIN_BYTES`, at most as much as is already there (so the
+/// buffer grows with what arrives, doubling, never to what a header merely
+/// announces), and no more than the message still needs.
+fn read_room(filled: usize, needed: usize) -> usize {
+    let missing = needed.saturating_sub(filled);
+    filled.min(missing).max(READ_CHUNK_MIN_BYTES)
+}
+
+/// Wait until the connection may take request `seq` of `bytes`: a free
+/// in-flight slot, request bytes, and answer budget. `false` when the
+/// connection is going away.
+async fn admit(conn: &Conn, seq: u64, bytes: u64) -> bool {
+    if conn.inflight.acquire(1).await.is_err() || conn.slots.borrow().broken {
+        return false;
+    }
+    if bytes > 0 && conn.request_bytes.acquire(bytes).await.is_err() {
+        return false;
+    }
+    // Answers produced and not yet written have spent the budget: read no
+    // more until the writer has written some out.
+    while !conn.budget.may_run(seq) {
+        if conn.progress.1.recv_async().await.is_err() || conn.slots.borrow().broken {
+            return false;
+        }
+    }
+    true
+}
+
+enum ReadOutcome {
+    Data(std::io::Result<usize>),
+    /// The server is shutting down.
+    Stop,
+    /// The idle period passed without input.
+    Idle,
+}
+
+/// One socket read; `None` on EOF, error, shutdown, or an idle timeout
+/// (spec §3.7: nothing received for the idle period while nothing is in
+/// flight). A connection that holds subscriptions is never idle: it is
+/// watching.
+async fn read_with_idle_timeout<S: ByteStream>(
+    conn: &Conn,
+    handle: &ConnHandle,
+    stream: &Stream<S>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    loop {
+        // The stop request is checked in the same poll as the socket, so a
+        // waiting reader costs no extra task or allocation.
+        let read = poll_fn(|cx| {
+            if handle.poll_stop(cx).is_ready() {
+                return Poll::Ready(ReadOutcome::Stop);
+            }
+            Pin::new(&mut *stream.borrow_mut())
+                .poll_read(cx, buf)
+                .map(ReadOutcome::Data)
+        });
+        let result = match conn.ctx.limits.idle_timeout {
+            None => read.await,
+            Some(idle) => {
+                future::or(read, async {
+                    glommio::timer::sleep(idle).await;
+                    ReadOutcome::Idle
+                })
+                .await
+            }
+        };
+        match result {
+            ReadOutcome::Data(Ok(0)) | ReadOutcome::Data(Err(_)) => return None,
+            ReadOutcome::Data(Ok(n)) => return Some(n),
+            ReadOutcome::Stop => {
+                tracing::debug!("shutdown: connection stops reading");
+                return None;
+            }
+            ReadOutcome::Idle if is_idle(&conn.slots, &conn.watch) => {
+                tracing::debug!("closing idle connection");
+                return None;
+            }
+            ReadOutcome::Idle => continue,
+        }
+    }
+}
+
+fn is_idle(slots: &RefCell<Slots>, watch: &Rc<RefCell<ConnWatch>>) -> bool {
+    slots.borrow().queue.is_empty() && watch.borrow().subs.is_empty()
+}
+
+fn output_mode(session: &Session, decoder: &FrameDecoder) -> OutputMode {
+    if session.jsonl {
+        OutputMode::Jsonl
+    } else {
+        decoder.output_mode_for_binary()
+    }
+}
+
+fn push_slot(slots: &RefCell<Slots>, seq: u64, slot: Slot) {
+    let mut s = slots.borrow_mut();
+    debug_assert_eq!(s.base_seq + s.queue.len() as u64, seq);
+    s.queue.push_back(slot);
+}
+
+fn set_slot_mode(slots: &RefCell<Slots>, seq: u64, mode: OutputMode) {
+    let mut s = slots.borrow_mut();
+    let index = (seq - s.base_seq) as usize;
+    if let Some(slot) = s.queue.get_mut(index) {
+        slot.mode = mode;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_grows_with_what_arrived_not_with_what_was_announced() {
+        // A header announcing 16 MiB, 18 bytes there: a small read.
+        assert_eq!(read_room(18, 16 << 20), READ_CHUNK_MIN_BYTES);
+        // Half of it there: room for as much again.
+        assert_eq!(read_room(8 << 20, 16 << 20), 8 << 20);
+        // Nearly complete: only what is missing (but a chunk at least).
+        assert_eq!(read_room((16 << 20) - 10, 16 << 20), READ_CHUNK_MIN_BYTES);
+        // No message under way.
+        assert_eq!(read_room(0, 1), READ_CHUNK_MIN_BYTES);
+    }
+}

@@ -1,0 +1,262 @@
+//! The writing half of a connection: answers in request order and watch
+//! events between them, coalesced into few socket writes; it gives back the
+//! request slots, request bytes and answer budget the written answers held,
+//! and wakes the shards holding requests that waited for that budget.
+
+use std::pin::Pin;
+use std::rc::Rc;
+
+use futures_lite::future::{self, poll_fn};
+use shards::shard::budget::Charge;
+use shards::shard::{Reply, ShardMsg};
+use shards::{EngineError, EngineResult};
+
+use super::{ByteStream, Conn, Stream, WATCH_EVENTS_PER_ROUND_MAX, WRITE_BUFFER_FLUSH_BYTES};
+use crate::metrics::WatchKind;
+use crate::protocol::response::write_response;
+use crate::server::context::ServerCtx;
+use crate::watch::catchup::read_merged;
+use crate::watch::subscription::{write_event, ConnWatch, Filter};
+
+use super::READ_BUFFER_INITIAL_BYTES;
+use std::cell::RefCell;
+
+/// Write all of `buf`, then flush (a TLS stream may hold back what it
+/// accepted until flushed).
+async fn write_all<S: ByteStream>(stream: &Stream<S>, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_flush(cx)).await
+}
+
+enum Wake {
+    Reply(Reply),
+    Events,
+    /// Answers are ready that the last round left for lack of room.
+    Ready,
+    Closed,
+}
+
+pub(super) async fn write_loop<S: ByteStream>(
+    conn: Rc<Conn>,
+    stream: Stream<S>,
+    replies: flume::Receiver<Reply>,
+) {
+    let ctx = conn.ctx.clone();
+    let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER_INITIAL_BYTES);
+    // Charges of the answers in `out`: given back once they are written.
+    let mut charges: Vec<Charge> = Vec::new();
+    let wake_rx = conn.watch.borrow().wake_rx.clone();
+    loop {
+        let wake = if answer_ready(&conn) {
+            // Let the executor's other tasks in between rounds.
+            future::yield_now().await;
+            Wake::Ready
+        } else {
+            future::or(
+                async {
+                    match replies.recv_async().await {
+                        Ok(r) => Wake::Reply(r),
+                        Err(_) => Wake::Closed,
+                    }
+                },
+                async {
+                    let _ = wake_rx.recv_async().await;
+                    Wake::Events
+                },
+            )
+            .await
+        };
+        let mut next = match wake {
+            Wake::Closed => return,
+            Wake::Reply(r) => Some(r),
+            Wake::Events | Wake::Ready => None,
+        };
+        loop {
+            if let Some(reply) = next.take() {
+                fill(&conn, reply);
+            }
+            encode_ready(&conn, &mut out, &mut charges);
+            if out.len() >= WRITE_BUFFER_FLUSH_BYTES {
+                break;
+            }
+            match replies.try_recv() {
+                Ok(reply) => next = Some(reply),
+                Err(_) => break,
+            }
+        }
+        if !conn.watch.borrow().subs.is_empty() {
+            match deliver_events(&ctx, &conn.watch, &mut out).await {
+                Ok(true) => {
+                    // More to send: come back after this write.
+                    let _ = conn.watch.borrow().waker.try_send(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("closing a watching connection: {e}");
+                    conn.close_gates();
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if write_all(&stream, &out).await.is_err() {
+                conn.close_gates();
+                return;
+            }
+            out.clear();
+            if out.capacity() > 4 * WRITE_BUFFER_FLUSH_BYTES {
+                out.shrink_to(READ_BUFFER_INITIAL_BYTES);
+            }
+        }
+        charges.clear();
+        returned_budget(&conn);
+    }
+}
+
+/// After a round: the oldest unwritten answer moved on and budget may have
+/// come back. Tell the reader, and wake the shards holding requests of this
+/// connection that waited for it.
+fn returned_budget(conn: &Conn) {
+    conn.budget.set_head(conn.slots.borrow().base_seq);
+    let _ = conn.progress.0.try_send(());
+    let mut parked_on = conn.budget.take_parked();
+    while parked_on != 0 {
+        let shard = parked_on.trailing_zeros() as usize;
+        parked_on &= parked_on - 1;
+        if let Some(mailbox) = conn.ctx.router.all().get(shard) {
+            let _ = mailbox.send(ShardMsg::Unpark);
+        }
+    }
+}
+
+/// Events released to each subscription since its cursor, appended to `out`
+/// until it holds `WRITE_BUFFER_FLUSH_BYTES`. Returns whether more are due.
+async fn deliver_events(
+    ctx: &ServerCtx,
+    watch: &Rc<RefCell<ConnWatch>>,
+    out: &mut Vec<u8>,
+) -> Result<bool, String> {
+    let mode = watch.borrow().mode.get();
+    let ids: Vec<String> = watch.borrow().subs.iter().map(|s| s.id.clone()).collect();
+    let mut more = false;
+    for id in ids {
+        if out.len() >= WRITE_BUFFER_FLUSH_BYTES {
+            return Ok(true);
+        }
+        let Some(cursor) = watch
+            .borrow()
+            .subs
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.cursor)
+        else {
+            continue;
+        };
+        let (ring_floor, released_upto) = {
+            let m = ctx.merger.borrow();
+            (m.ring_floor(), m.released_upto())
+        };
+        let (events, next_cursor, caught_up) = if cursor < ring_floor {
+            let got = read_merged(&ctx.router, cursor)
+                .await
+                .map_err(|e| e.message)?;
+            // Go round again: to read on from the logs, or — caught up — to
+            // take what the ring already holds. Without progress (a batch
+            // still undecided), the next release wakes us instead.
+            let progressed = got.next_cursor > cursor;
+            (got.events, got.next_cursor, !progressed)
+        } else {
+            let m = ctx.merger.borrow();
+            let events = m
+                .events_from(cursor, WATCH_EVENTS_PER_ROUND_MAX)
+                .unwrap_or_default();
+            if events.len() == WATCH_EVENTS_PER_ROUND_MAX {
+                let next = events.last().map_or(cursor, |e| e.offset + 1);
+                (events, next, false)
+            } else {
+                (events, cursor.max(released_upto), true)
+            }
+        };
+        let mut w = watch.borrow_mut();
+        let Some(sub) = w.subs.iter_mut().find(|s| s.id == id) else {
+            continue;
+        };
+        let mut forwarded = 0u64;
+        for e in events.iter().filter(|e| e.offset >= sub.cursor) {
+            if sub.filter.matches(e) {
+                write_event(out, mode, sub, e)
+                    .map_err(|_| format!("event at offset {} exceeds the frame limit", e.offset))?;
+                forwarded += 1;
+            }
+        }
+        if forwarded > 0 {
+            let kind = match sub.filter {
+                Filter::Instance(_) => WatchKind::Instance,
+                Filter::All { .. } => WatchKind::All,
+            };
+            ctx.metrics.events_forwarded(kind, forwarded);
+        }
+        sub.cursor = sub.cursor.max(next_cursor);
+        more |= !caught_up;
+    }
+    Ok(more)
+}
+
+/// Whether the oldest unwritten answer is there to write.
+fn answer_ready(conn: &Conn) -> bool {
+    conn.slots
+        .borrow()
+        .queue
+        .front()
+        .is_some_and(|slot| slot.body.is_some())
+}
+
+fn fill(conn: &Conn, reply: Reply) {
+    let mut s = conn.slots.borrow_mut();
+    let Some(index) = reply.seq.checked_sub(s.base_seq) else {
+        return;
+    };
+    if let Some(slot) = s.queue.get_mut(index as usize) {
+        slot.body = Some(reply.body);
+        slot.charge = reply.charge;
+    }
+}
+
+/// Encode the answered prefix of the queue into `out` (until it holds
+/// `WRITE_BUFFER_FLUSH_BYTES`), keeping the answers' charges in `charges`
+/// until they are written; give back their request slots and bytes.
+fn encode_ready(conn: &Conn, out: &mut Vec<u8>, charges: &mut Vec<Charge>) {
+    let ctx = &conn.ctx;
+    let mut s = conn.slots.borrow_mut();
+    let (mut requests, mut request_bytes) = (0u64, 0u64);
+    while out.len() < WRITE_BUFFER_FLUSH_BYTES
+        && s.queue.front().is_some_and(|slot| slot.body.is_some())
+    {
+        let Some(slot) = s.queue.pop_front() else {
+            break;
+        };
+        s.base_seq += 1;
+        requests += 1;
+        request_bytes += slot.request_bytes;
+        charges.extend(slot.charge);
+        let Some(body) = slot.body else { continue };
+        let error = body.as_ref().err().map(|e| e.code);
+        ctx.metrics
+            .request_answered(slot.op, slot.started.elapsed(), error);
+        if write_response(out, slot.mode, &slot.id_json, &body).is_err() {
+            // The answer cannot be framed (over 16 MiB): say so instead.
+            let too_large: EngineResult<Vec<u8>> = Err(EngineError::internal(
+                "response exceeds the maximum frame size",
+            ));
+            let _ = write_response(out, slot.mode, &slot.id_json, &too_large);
+        }
+    }
+    conn.inflight.signal(requests);
+    conn.request_bytes.signal(request_bytes);
+}
