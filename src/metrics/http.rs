@@ -5,14 +5,17 @@
 //! else 404. Any method is accepted. One request per connection
 //! (`Connection: close`).
 //!
-//! Bounded like everything else: at most `METRICS_CONNECTIONS_MAX` scrapes
-//! at once (more are closed at once), a request head of at most
-//! `METRICS_REQUEST_HEAD_BYTES_MAX`, and `METRICS_REQUEST_TIMEOUT_MS` for
-//! the whole exchange. A shard that does not answer its statistics within
-//! `METRICS_SHARD_STATS_TIMEOUT_MS` is reported with `corestate_shard_up 0`
-//! instead of stalling the scrape.
+//! Bounded like everything else: at most `METRICS_CONNECTIONS_MAX`
+//! connections at once, a request head of at most
+//! `METRICS_REQUEST_HEAD_BYTES_MAX` that must arrive within
+//! `METRICS_REQUEST_HEAD_TIMEOUT_MS`, and `METRICS_REQUEST_TIMEOUT_MS` for
+//! the whole exchange. Connections that stall in their request head cannot
+//! lock scrapes out: when every slot is taken, a new connection takes the
+//! slot of the oldest one still sending its head. A shard that does not
+//! answer its statistics within `METRICS_SHARD_STATS_TIMEOUT_MS` is reported
+//! with `corestate_shard_up 0` instead of stalling the scrape.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -34,6 +37,8 @@ pub const METRICS_CONNECTIONS_MAX: usize = 16;
 pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Longest one scrape connection may take, end to end.
 pub const METRICS_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Longest a connection may take to send its request head.
+pub const METRICS_REQUEST_HEAD_TIMEOUT_MS: u64 = 2_000;
 /// Longest a scrape waits for one shard's statistics.
 pub const METRICS_SHARD_STATS_TIMEOUT_MS: u64 = 2_000;
 
@@ -41,9 +46,35 @@ const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8"
 const INDEX_HTML: &str = "<html><head><title>corestate</title></head><body>\
 <h1>corestate</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
 
+/// One open metrics connection, as the accept loop sees it.
+struct Open {
+    id: u64,
+    /// Its request head has arrived: it is being answered.
+    head_done: Rc<Cell<bool>>,
+    /// Closes it to make room for another.
+    evict: flume::Sender<()>,
+}
+
+/// Make room for one more connection: `true` when there is a free slot, or
+/// the oldest connection still sending its head was closed for it.
+fn make_room(open: &RefCell<Vec<Open>>) -> bool {
+    let mut open = open.borrow_mut();
+    if open.len() < METRICS_CONNECTIONS_MAX {
+        return true;
+    }
+    match open.iter().position(|o| !o.head_done.get()) {
+        Some(i) => {
+            let _ = open.remove(i).evict.try_send(());
+            true
+        }
+        None => false,
+    }
+}
+
 /// Serve the endpoint until the executor stops.
 pub async fn serve(ctx: Rc<ServerCtx>, listener: TcpListener) {
-    let open = Rc::new(Cell::new(0usize));
+    let open: Rc<RefCell<Vec<Open>>> = Rc::new(RefCell::new(Vec::new()));
+    let mut next_id = 0u64;
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -53,38 +84,60 @@ pub async fn serve(ctx: Rc<ServerCtx>, listener: TcpListener) {
                 continue;
             }
         };
-        if open.get() >= METRICS_CONNECTIONS_MAX {
+        if !make_room(&open) {
             drop(stream);
             continue;
         }
-        open.set(open.get() + 1);
+        let id = next_id;
+        next_id += 1;
+        let head_done = Rc::new(Cell::new(false));
+        let (evict, evicted) = flume::bounded(1);
+        open.borrow_mut().push(Open {
+            id,
+            head_done: head_done.clone(),
+            evict,
+        });
         let ctx = ctx.clone();
         let open = open.clone();
         glommio::spawn_local(async move {
-            let exchange = answer_one(&ctx, stream);
+            let exchange = answer_one(&ctx, stream, &head_done);
             let timeout = async {
                 glommio::timer::sleep(Duration::from_millis(METRICS_REQUEST_TIMEOUT_MS)).await;
             };
-            future::or(exchange, timeout).await;
-            open.set(open.get() - 1);
+            let closed = async {
+                let _ = evicted.recv_async().await;
+            };
+            future::or(exchange, future::or(timeout, closed)).await;
+            open.borrow_mut().retain(|o| o.id != id);
         })
         .detach();
     }
 }
 
-async fn answer_one(ctx: &ServerCtx, mut stream: TcpStream) {
+async fn answer_one(ctx: &ServerCtx, mut stream: TcpStream, head_done: &Cell<bool>) {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        if head.len() >= METRICS_REQUEST_HEAD_BYTES_MAX {
-            return;
+    let head_deadline = async {
+        glommio::timer::sleep(Duration::from_millis(METRICS_REQUEST_HEAD_TIMEOUT_MS)).await;
+        None
+    };
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+            if head.len() >= METRICS_REQUEST_HEAD_BYTES_MAX {
+                return None;
+            }
+            let n = match poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut chunk)).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            head.extend_from_slice(&chunk[..n]);
         }
-        let n = match poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut chunk)).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        head.extend_from_slice(&chunk[..n]);
+        Some(())
+    };
+    if future::or(read_head, head_deadline).await.is_none() {
+        return;
     }
+    head_done.set(true);
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
@@ -324,7 +377,13 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
             mailbox.len() as f64,
         );
     }
-    let per_shard: [ShardMetric; 8] = [
+    let per_shard: [ShardMetric; 9] = [
+        (
+            "corestate_shard_wal_rollover_failing",
+            "gauge",
+            "1 while the shard cannot create its next WAL segment (disk full): writes that need it fail with WAL_IO_ERROR.",
+            |s| s.rollover_failing as u8 as f64,
+        ),
         (
             "corestate_shard_requests_waiting_for_budget",
             "gauge",

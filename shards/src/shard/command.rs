@@ -152,6 +152,9 @@ pub struct ShardStats {
     pub mailbox_depth: u64,
     /// Requests waiting because their clients' answer budgets are spent.
     pub waiting_for_budget: u64,
+    /// The next log segment cannot be made (a full disk): writes that need
+    /// it are refused.
+    pub rollover_failing: bool,
 }
 
 /// A shard's answer to an atomic batch part: every op's result, or the

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use super::events::WatchEvent;
+use super::runner::Shard;
 use crate::wal::entry::{self, Entry};
 use crate::wal::reader::{LogReader, LogRecord};
 use crate::wal::record::{decode_record, RecordHeader, RecordKind};
@@ -230,5 +231,57 @@ pub fn read_entries(
             None => batch.next_offset.unwrap_or(from),
         };
         return Ok(chunk);
+    }
+}
+
+impl Shard {
+    /// Watch events from the log from `from` on (catch-up).
+    pub(super) fn read_events(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<EventChunk> {
+        self.read_entries(from, max_records, max_bytes)?
+            .into_events()
+    }
+
+    /// Log entries from `from` on (WAL_READ), complete up to the bound
+    /// the chunk names.
+    pub(super) fn read_entries(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<EntryChunk> {
+        if from < self.storage.retained_from() {
+            return Err(std::io::Error::other(format!(
+                "offset {from} is older than the oldest offset still in the log of shard {} ({}); \
+                 the records before it were compacted away",
+                self.state.shard_id,
+                self.storage.retained_from()
+            )));
+        }
+        if self.reader.is_none() {
+            self.reader = Some(LogReader::open(&self.wal_dir)?);
+        }
+        // Raise this shard's floor to the frontier first: an idle shard would
+        // otherwise answer with a bound below every other shard's records,
+        // and the merged read would hold back what those shards wrote.
+        self.wal.clock_mut().begin_group();
+        self.publish_requested = true;
+        let (txns, in_doubt) = (&self.txns, &self.in_doubt);
+        let undecided = |txid: u64| txns.contains_key(&txid) || in_doubt.contains_key(&txid);
+        let cx = ReadContext {
+            shard: self.state.shard_id,
+            watermark: self.watermark(),
+            entries_written: self.wal.entries_committed(),
+            undecided: &undecided,
+        };
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no reader"))?;
+        read_entries(reader, from, max_records, max_bytes, &cx)
     }
 }

@@ -19,20 +19,18 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use hashbrown::{HashMap, HashSet};
 
-use super::budget::Charge;
-use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardMsg, ShardStats};
+use super::command::{ShardMsg, ShardStats};
+pub(super) use super::deferred::Deferred;
 use super::events::Publication;
-use super::log_read::{read_entries, EntryChunk, EventChunk, ReadContext};
 use super::replay::{ReplayCounts, TxnLog};
 use super::state::{now_ms, ShardState};
 use super::txn::Prepared;
-use crate::error::EngineResult;
 use crate::shard::command::Command;
 use crate::wal::entry;
 use crate::wal::reader::LogReader;
 use crate::wal::record::RecordKind;
 use crate::wal::recovery::{self, RecoveryError, ScanOutcome, ScanPlan};
-use crate::wal::{Frontier, FsyncPolicy, OffsetClock, WalOpen, WalWriter};
+use crate::wal::{Frontier, FsyncPolicy, OffsetClock, RolloverNews, WalOpen, WalWriter};
 
 /// Most messages handled in one group commit.
 pub const GROUP_COMMIT_MESSAGES_MAX: usize = 4096;
@@ -95,35 +93,16 @@ pub struct Shard {
     pub(super) wake_waiting: bool,
     /// Parts found prepared-but-undecided at recovery: (decider, inner records).
     pub(super) in_doubt: HashMap<u64, (u32, Vec<u8>)>,
-    publish_requested: bool,
+    pub(super) publish_requested: bool,
+    /// Bytes one group commit stages at most: `GROUP_COMMIT_BYTES_MAX`, or
+    /// half a segment for small segments (so a group rolls over at most once).
+    group_bytes_max: usize,
     /// Set by a Shutdown message: leave the loop after this group.
     stopping: Option<flume::Sender<()>>,
     /// Opened on first use (watch catch-up, WAL reads, compaction).
     pub(super) reader: Option<LogReader>,
-    wal_dir: PathBuf,
+    pub(super) wal_dir: PathBuf,
     pub(super) storage: super::storage::StorageState,
-}
-
-pub(super) enum Deferred {
-    Conn(ReplyTo, EngineResult<Vec<u8>>, Option<Charge>),
-    Install(flume::Sender<EngineResult<bool>>, EngineResult<bool>),
-    List(flume::Sender<ListPage>, ListPage),
-    Stats(flume::Sender<ShardStats>),
-    Vote(flume::Sender<BatchVote>, BatchVote),
-    Decided(flume::Sender<()>),
-    Events(
-        flume::Sender<std::io::Result<EventChunk>>,
-        std::io::Result<EventChunk>,
-    ),
-    Entries(
-        flume::Sender<std::io::Result<EntryChunk>>,
-        std::io::Result<EntryChunk>,
-    ),
-    Snapshot(flume::Sender<EngineResult<Vec<u8>>>, EngineResult<Vec<u8>>),
-    Flushed(
-        flume::Sender<EngineResult<(u64, u64)>>,
-        EngineResult<(u64, u64)>,
-    ),
 }
 
 impl Shard {
@@ -222,6 +201,8 @@ impl Shard {
                 locked: HashMap::new(),
                 parked: VecDeque::new(),
                 waiting: Default::default(),
+                group_bytes_max: GROUP_COMMIT_BYTES_MAX
+                    .min((cfg.segment_size_bytes / 2).max(1) as usize),
                 wake_waiting: false,
                 in_doubt: txn_log.in_doubt,
                 publish_requested: false,
@@ -254,6 +235,10 @@ impl Shard {
                 Ok(None)
             })
             .await;
+            // Before staging anything: a rollover in this turn must not be
+            // able to fail after records were staged.
+            let news = self.wal.before_turn(self.group_bytes_max).await;
+            self.note_rollover(news);
             match first {
                 Err(_) => break,
                 Ok(None) => {}
@@ -264,7 +249,7 @@ impl Shard {
                     self.handle(msg, now, &mut deferred);
                     let mut handled = 1;
                     while handled < GROUP_COMMIT_MESSAGES_MAX
-                        && self.wal.staged_bytes() < GROUP_COMMIT_BYTES_MAX
+                        && self.wal.staged_bytes() < self.group_bytes_max
                     {
                         if self.stopping.is_some()
                             || (handled % TURN_CLOCK_CHECK_MESSAGES == 0
@@ -322,6 +307,25 @@ impl Shard {
         }
         if let Some(done) = self.stopping.take() {
             let _ = done.send(());
+        }
+    }
+
+    /// Log what changed about the next segment (a full disk, or space again).
+    fn note_rollover(&self, news: RolloverNews) {
+        match news {
+            RolloverNews::Unchanged => {}
+            RolloverNews::Failed(f) => tracing::warn!(
+                "shard {}: cannot create WAL segment {}: {}; writes that need it fail with \
+                 WAL_IO_ERROR (reads and watches go on) until it can be made (tried again every {} ms)",
+                self.state.shard_id,
+                f.segment,
+                f.error,
+                crate::wal::rollover::ROLLOVER_RETRY_MS
+            ),
+            RolloverNews::Recovered => tracing::info!(
+                "shard {}: the next WAL segment could be created again; writes resume",
+                self.state.shard_id
+            ),
         }
     }
 
@@ -475,53 +479,6 @@ impl Shard {
             .min(self.wal.unwritten_floor().unwrap_or(u64::MAX))
     }
 
-    fn read_events(
-        &mut self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> std::io::Result<EventChunk> {
-        self.read_entries(from, max_records, max_bytes)?
-            .into_events()
-    }
-
-    pub(super) fn read_entries(
-        &mut self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> std::io::Result<EntryChunk> {
-        if from < self.storage.retained_from() {
-            return Err(std::io::Error::other(format!(
-                "offset {from} is older than the oldest offset still in the log of shard {} ({}); \
-                 the records before it were compacted away",
-                self.state.shard_id,
-                self.storage.retained_from()
-            )));
-        }
-        if self.reader.is_none() {
-            self.reader = Some(LogReader::open(&self.wal_dir)?);
-        }
-        // Raise this shard's floor to the frontier first: an idle shard would
-        // otherwise answer with a bound below every other shard's records,
-        // and the merged read would hold back what those shards wrote.
-        self.wal.clock_mut().begin_group();
-        self.publish_requested = true;
-        let (txns, in_doubt) = (&self.txns, &self.in_doubt);
-        let undecided = |txid: u64| txns.contains_key(&txid) || in_doubt.contains_key(&txid);
-        let cx = ReadContext {
-            shard: self.state.shard_id,
-            watermark: self.watermark(),
-            entries_written: self.wal.entries_committed(),
-            undecided: &undecided,
-        };
-        let reader = self
-            .reader
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("no reader"))?;
-        read_entries(reader, from, max_records, max_bytes, &cx)
-    }
-
     /// Re-run messages parked behind a batch's locks, in their order; those
     /// still blocked park again. (They were admitted already: running them
     /// through admission again could put them behind a later request of
@@ -533,48 +490,7 @@ impl Shard {
         }
     }
 
-    fn answer(&mut self, d: Deferred) {
-        // A send fails only when the asker is gone (connection closed): the
-        // change is durable regardless, and there is nobody left to tell.
-        match d {
-            Deferred::Conn(to, body, charge) => {
-                let _ = to.tx.send(Reply {
-                    seq: to.seq,
-                    body,
-                    charge,
-                });
-            }
-            Deferred::Install(done, r) => {
-                let _ = done.send(r);
-            }
-            Deferred::List(done, page) => {
-                let _ = done.send(page);
-            }
-            Deferred::Stats(done) => {
-                let _ = done.send(self.stats());
-            }
-            Deferred::Vote(done, vote) => {
-                let _ = done.send(vote);
-            }
-            Deferred::Decided(done) => {
-                let _ = done.send(());
-            }
-            Deferred::Events(done, chunk) => {
-                let _ = done.send(chunk);
-            }
-            Deferred::Entries(done, chunk) => {
-                let _ = done.send(chunk);
-            }
-            Deferred::Snapshot(done, result) => {
-                let _ = done.send(result);
-            }
-            Deferred::Flushed(done, result) => {
-                let _ = done.send(result);
-            }
-        }
-    }
-
-    fn stats(&mut self) -> ShardStats {
+    pub(super) fn stats(&mut self) -> ShardStats {
         let mut stats = ShardStats {
             shard: self.state.shard_id,
             instances_active: self.state.active_instances,
@@ -583,6 +499,7 @@ impl Shard {
             wal_segment_id: self.wal.segment_id(),
             next_offset: self.wal.clock().peek_next(),
             waiting_for_budget: self.waiting.len() as u64,
+            rollover_failing: self.wal.rollover_failing(),
             ..ShardStats::default()
         };
         self.fill_log_stats(&mut stats);

@@ -10,10 +10,11 @@ pub mod reader;
 pub mod record;
 pub mod recovery;
 pub mod retire;
+pub mod rollover;
 pub mod segment;
 pub mod sequence;
 pub mod writer;
 
 pub use offset::{Frontier, OffsetClock};
 pub use policy::FsyncPolicy;
-pub use writer::{WalOpen, WalStats, WalWriter};
+pub use writer::{RolloverNews, WalOpen, WalStats, WalWriter};

@@ -7,10 +7,13 @@
 //! `fdatasync` follows — the whole group is on disk before any of its
 //! requests is answered. Other policies write the same way and sync when
 //! their policy says so. (A direct-I/O + O_DSYNC mode exists behind
-//! `WAL_DIRECT_IO`; see `WalWriter::dsync` for why it is off.)
+//! `WAL_DIRECT_IO`; see there for why it is off.)
 //!
 //! A failed write leaves memory ahead of the log; the caller must stop the
 //! shard (fail-stop) so that recovery rebuilds a state that matches the disk.
+//! A full disk is not such a failure: writes into the active segment need no
+//! space, and a record that needs the next segment when it cannot be made is
+//! refused before it is staged (`rollover.rs`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,16 +23,25 @@ use super::manifest::{self, Manifest, Seal};
 use super::offset::OffsetClock;
 use super::policy::FsyncPolicy;
 use super::record::{
-    append_record, set_group_start, RecordKind, RecordStamp, RECORD_PAYLOAD_MAX_BYTES,
+    append_record, set_group_start, RecordKind, RecordStamp, RECORD_HEADER_BYTES,
+    RECORD_PAYLOAD_MAX_BYTES,
 };
 use super::recovery::SegmentTally;
+use super::rollover::{Rollover, RolloverFailure};
 use super::segment::{
     align_down, align_up, create_zeroed_segment, open_segment, segment_path, SegmentFile,
 };
 use super::sequence::entries_in;
 use crate::error::EngineError;
 
-/// See `WalWriter::dsync`.
+/// Whether segments are written with direct I/O + O_DSYNC (each write
+/// durable on return) rather than through the page cache + `fdatasync`.
+/// Off: glommio reaps direct-I/O writes on its IOPOLL ring whenever the
+/// kernel accepts polled I/O for the device — on our virtio disks it does,
+/// without poll queues — so the shard busy-polled for every durable write
+/// (3.3 ms of CPU per request at 1×1). Buffered writes and fdatasync
+/// complete on the ordinary ring. Same promise: nothing is answered
+/// before `fdatasync` returns.
 pub const WAL_DIRECT_IO: bool = false;
 
 /// Upper bounds of the group-commit latency histogram (write + sync), in µs.
@@ -61,7 +73,15 @@ impl WalStats {
     }
 }
 
-type PreparedSegment = flume::Receiver<io::Result<SegmentFile>>;
+/// What `before_turn` found out about rolling over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloverNews {
+    Unchanged,
+    /// The next segment cannot be made: writes that need it are refused.
+    Failed(RolloverFailure),
+    /// It could be made again after failing.
+    Recovered,
+}
 
 /// Where and how a log continues after recovery.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +120,8 @@ pub struct WalWriter {
     clock: OffsetClock,
     unsynced_records: u64,
     unsynced_since: Option<Instant>,
-    next_segment: Option<(u64, PreparedSegment)>,
+    /// The next segment, prepared ahead (`rollover.rs`).
+    rollover: Rollover,
     stats: WalStats,
     /// Lowest offset handed out since the last commit (staged or reserved
     /// for a batch's inner records), not yet in the file.
@@ -166,7 +187,7 @@ impl WalWriter {
             clock,
             unsynced_records: 0,
             unsynced_since: None,
-            next_segment: None,
+            rollover: Rollover::new(dir, segment_size_bytes, dsync),
             stats: WalStats::default(),
             unwritten_floor: None,
             entries,
@@ -188,6 +209,8 @@ impl WalWriter {
         let offset = self.clock.next_offset();
         self.unwritten_floor.get_or_insert(offset);
         let base = self.last_chunk_base;
+        // The segment a record that does not fit would open.
+        let next = self.segment_id + self.chunks.len() as u64;
         let Some(chunk) = self.chunks.last_mut() else {
             return Err(EngineError::internal("WAL staging area missing"));
         };
@@ -203,16 +226,25 @@ impl WalWriter {
                 "record too large: {n} bytes (the log's limit is {RECORD_PAYLOAD_MAX_BYTES} bytes per record)"
             ))
         })?;
-        self.entries += entries_in(kind, self.clock.shard());
         let fill = base + chunk.len() as u64;
         if fill > self.segment_size_bytes && base + record_start as u64 > 0 {
-            // Does not fit: the record opens the next segment.
+            // Does not fit: the record opens the next segment — if there can
+            // be one. Refused before anything changed otherwise.
+            if let Some(f) = self.rollover.failure(next) {
+                chunk.truncate(record_start);
+                return Err(EngineError::wal_io(format!(
+                    "no room for the log to grow: creating segment {} failed ({}); this \
+                     shard takes writes again once space is freed",
+                    f.segment, f.error
+                )));
+            }
             let mut record = chunk.split_off(record_start);
             set_group_start(&mut record, 0);
             self.chunks.push(record);
             self.chunk_records.push(0);
             self.last_chunk_base = 0;
         }
+        self.entries += entries_in(kind, self.clock.shard());
         if let Some(n) = self.chunk_records.last_mut() {
             *n += 1;
         }
@@ -334,8 +366,37 @@ impl WalWriter {
         }
         self.stats
             .record_commit_latency(started.elapsed().as_micros() as u64);
-        self.prepare_next_segment_early();
+        if self.end >= self.segment_size_bytes / 2 {
+            // Half full: make the next segment ready in the background.
+            self.rollover.prepare(self.segment_id + 1, self.manifest);
+        }
         Ok(())
+    }
+
+    /// Before a loop turn that may stage `group_bytes_max` bytes (plus one
+    /// record): make sure a rollover in it cannot fail after records were
+    /// staged — start preparing the next segment when half full (or retry a
+    /// failed preparation when due), and when the turn could reach the end
+    /// of the active segment, wait for a preparation under way. Returns what
+    /// changed, for the log.
+    pub async fn before_turn(&mut self, group_bytes_max: usize) -> RolloverNews {
+        let was_failing = self.rollover.failing();
+        if self.end >= self.segment_size_bytes / 2 {
+            self.rollover.prepare(self.segment_id + 1, self.manifest);
+        }
+        let reach = (group_bytes_max + RECORD_PAYLOAD_MAX_BYTES + RECORD_HEADER_BYTES) as u64;
+        let near_end = self.end + reach > self.segment_size_bytes;
+        match self.rollover.settle(near_end).await {
+            Some(failure) if !was_failing => RolloverNews::Failed(failure),
+            Some(_) => RolloverNews::Unchanged,
+            None if was_failing && !self.rollover.failing() => RolloverNews::Recovered,
+            None => RolloverNews::Unchanged,
+        }
+    }
+
+    /// Whether the last attempt to prepare the next segment failed.
+    pub fn rollover_failing(&self) -> bool {
+        self.rollover.failing()
     }
 
     /// Under `every_ms`: sync when the oldest unsynced record is older than
@@ -436,65 +497,14 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Whether segments are written with direct I/O + O_DSYNC (each write
-    /// durable on return) rather than through the page cache + `fdatasync`.
-    /// Off: glommio reaps direct-I/O writes on its IOPOLL ring whenever the
-    /// kernel accepts polled I/O for the device — on our virtio disks it does,
-    /// without poll queues — so the shard busy-polled for every durable write
-    /// (3.3 ms of CPU per request at 1×1). Buffered writes and fdatasync
-    /// complete on the ordinary ring. Same promise: nothing is answered
-    /// before `fdatasync` returns.
-    fn dsync(&self) -> bool {
-        WAL_DIRECT_IO && self.policy.acks_after_sync()
-    }
-
-    /// Start zero-filling the next segment in the background once the active
-    /// one is half full, so rotation does not stall the shard.
-    fn prepare_next_segment_early(&mut self) {
-        if self.next_segment.is_some() || self.end < self.segment_size_bytes / 2 {
-            return;
-        }
-        let id = self.segment_id + 1;
-        let (tx, rx) = flume::bounded(1);
-        let dir = self.dir.clone();
-        let size = self.segment_size_bytes;
-        let dsync = self.dsync();
-        glommio::spawn_local(async move {
-            let _ = tx.send(prepare_segment(&dir, id, size, dsync).await);
-        })
-        .detach();
-        self.next_segment = Some((id, rx));
-    }
-
     async fn rotate(&mut self) -> io::Result<()> {
         if self.unsynced_records > 0 && !matches!(self.policy, FsyncPolicy::Never) {
             // Records left behind in the old segment must not miss their sync.
             self.sync().await?;
         }
         let id = self.segment_id + 1;
-        let prepared = match self.next_segment.take() {
-            Some((prepared_id, rx)) if prepared_id == id => rx
-                .recv_async()
-                .await
-                .map_err(|_| io::Error::other("segment preparation task vanished"))?
-                .ok(),
-            _ => None,
-        };
-        let file = match prepared {
-            Some(file) => file,
-            None => prepare_segment(&self.dir, id, self.segment_size_bytes, self.dsync()).await?,
-        };
-        if self.manifest.last_segment < id {
-            // The manifest names the new segment before any record goes into
-            // it: from now on its absence is a missing file, not the log's end.
-            let mut raised = self.manifest;
-            raised.last_segment = id;
-            let dir = self.dir.clone();
-            glommio::executor()
-                .spawn_blocking(move || manifest::write(&dir, &raised))
-                .await?;
-            self.manifest = raised;
-        }
+        let (file, manifest) = self.rollover.take(id, self.manifest).await?;
+        self.manifest = manifest;
         let old = std::mem::replace(&mut self.file, file);
         let _ = old.close().await;
         self.segment_id = id;
@@ -503,19 +513,4 @@ impl WalWriter {
         self.stats.segments_created += 1;
         Ok(())
     }
-}
-
-/// A zero-filled, synced segment, opened for appends in the policy's mode.
-async fn prepare_segment(
-    dir: &Path,
-    id: u64,
-    size_bytes: u64,
-    dsync: bool,
-) -> io::Result<SegmentFile> {
-    let zeroed = create_zeroed_segment(dir, id, size_bytes, dsync).await?;
-    if dsync {
-        return Ok(SegmentFile::Direct(zeroed));
-    }
-    zeroed.close().await.map_err(io::Error::from)?;
-    open_segment(&segment_path(dir, id), false).await
 }
