@@ -4,10 +4,13 @@ use super::*;
 
 /// Command-line flags. Values are taken as text and parsed here so a bad
 /// value is a `ConfigError` like any other.
+/// A flag given twice takes its last value, as in most Unix tools (a
+/// wrapper script can append overrides).
 #[derive(Parser, Debug)]
 #[command(
     name = "corestate",
     version,
+    args_override_self = true,
     about = "A thread-per-core state machine database speaking RCP (rstmdb 0.3 compatible)",
     after_help = "Environment: the RSTMDB_* variables of rstmdb 0.3 (RSTMDB_BIND, RSTMDB_DATA, \
                   RSTMDB_FSYNC_POLICY, RSTMDB_AUTH_*, RSTMDB_TLS_*, RSTMDB_COMPACT_*, \

@@ -32,6 +32,10 @@
 //!   snapshot must continue the snapshot's count.
 //! * **The manifest's last segment**: a segment named by the manifest that
 //!   is not there (the newest one deleted) is missing data.
+//! * **Consecutive ids**: the writer names segments by consecutive ids and
+//!   only ever removes a prefix (compaction) or an unwritten suffix (this
+//!   repair), so a hole in the ids is a deleted file — even when the files
+//!   around it look like a clean end.
 //!
 //! Damage refuses start-up, naming the file and byte, unless salvage was
 //! asked for: then the log is cut at the damage — everything from there on
@@ -296,6 +300,7 @@ pub fn scan(
 ) -> Result<ScanOutcome, RecoveryError> {
     let ids = list_segments(dir).map_err(io_err(dir))?;
     let found_manifest = manifest::read(dir).map_err(io_err(&manifest::manifest_path(dir)))?;
+    let ids = check_consecutive(dir, plan, ids)?;
     let seal = found_manifest.and_then(|m| m.sealed);
     let mut out = ScanOutcome {
         active_segment: 1,
@@ -431,6 +436,31 @@ pub fn scan(
     out.entries = chain.count();
     check_manifest_tail(dir, plan, &mut out)?;
     Ok(out)
+}
+
+/// Segment ids must follow each other: a hole is a deleted file. Refuse,
+/// or — salvaging — keep the segments before the hole and drop the rest.
+fn check_consecutive(dir: &Path, plan: ScanPlan, ids: Vec<u64>) -> Result<Vec<u64>, RecoveryError> {
+    let Some(hole) = ids.windows(2).position(|w| w[1] != w[0] + 1) else {
+        return Ok(ids);
+    };
+    let (before, after) = (ids[hole], ids[hole + 1]);
+    let detail = format!(
+        "segments {} to {} are missing between {} and {}",
+        before + 1,
+        after - 1,
+        super::segment::segment_file_name(before),
+        super::segment::segment_file_name(after)
+    );
+    if !plan.salvage {
+        return Err(RecoveryError::Missing {
+            path: segment_path(dir, before + 1),
+            detail,
+        });
+    }
+    tracing::warn!("--salvage: {detail}; the segments after the hole are dropped");
+    remove_segments(dir, &ids[hole + 1..])?;
+    Ok(ids[..=hole].to_vec())
 }
 
 /// A segment the manifest names beyond the last one present is missing:
@@ -679,12 +709,12 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_middle_segment_is_a_gap_that_refuses_start() {
+    fn an_emptied_middle_segment_is_a_gap_that_refuses_start() {
         let dir = tempfile::tempdir().unwrap();
         write_segment(dir.path(), 1, 3, 1, 8192);
         write_segment_from(dir.path(), 2, 3, 4, 1, 8192);
         write_segment_from(dir.path(), 3, 7, 2, 1, 8192);
-        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        std::fs::write(segment_path(dir.path(), 2), vec![0u8; 8192]).unwrap();
         let err = count(dir.path(), false).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("0000000000000003.wal"), "{msg}");
@@ -760,6 +790,22 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let err = count(dir.path(), false).unwrap_err();
         assert!(err.to_string().contains("synced it up to byte"), "{err}");
+    }
+
+    #[test]
+    fn a_hole_in_the_segment_ids_is_a_missing_file_even_at_a_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, 3, 1, 8192);
+        write_segment_from(dir.path(), 2, 3, 2, 1, 8192);
+        // Segment 3 was prepared (empty) when segment 2 was deleted.
+        std::fs::write(segment_path(dir.path(), 3), vec![0u8; 8192]).unwrap();
+        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        let err = count(dir.path(), false).unwrap_err();
+        assert!(matches!(err, RecoveryError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("0000000000000002.wal"), "{err}");
+        let (n, _) = count(dir.path(), true).unwrap();
+        assert_eq!(n, 3);
+        assert!(!segment_path(dir.path(), 3).exists());
     }
 
     #[test]

@@ -1,0 +1,17 @@
+//! A hostile (or merely heavy) client, a full disk, a pause or a damaged
+//! log must never crash the server or lose data silently: each behaviour
+//! against the real binary, memory read from /proc, signals for real.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../ops_support/mod.rs"]
+mod ops_support;
+
+mod bad_input;
+mod damaged_log;
+mod full_disk;
+mod heavy_clients;
+mod metrics_slots;
+mod pause;
+mod proc_stats;
+mod wal_read_paging;
