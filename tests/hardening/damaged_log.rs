@@ -96,8 +96,8 @@ fn a_deleted_segment_in_the_middle_or_at_the_end_refuses_start_naming_it() {
     // The newest segment with data (a prepared empty one may follow it).
     let last = shard0_segments(dir.path())
         .into_iter()
-        .filter(|p| data_end(&fs::read(p).unwrap()) > 0)
-        .last()
+        .rev()
+        .find(|p| data_end(&fs::read(p).unwrap()) > 0)
         .unwrap();
     fs::remove_file(&last).unwrap();
     let exited = Server::expect_exit_in(dir.path(), &args, EXIT_WAIT);
