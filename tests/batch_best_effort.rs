@@ -51,8 +51,8 @@ fn a_best_effort_batch_runs_ping_info_puts_lists_and_wal_reads_in_order() {
     assert_eq!(result(9)["role"], "standalone");
     assert_eq!(results[10]["status"], "error");
     assert_eq!(results[10]["error"]["code"], "INSTANCE_NOT_FOUND");
-    for i in 0..10 {
-        assert_eq!(results[i]["status"], "ok", "element {i}: {}", results[i]);
+    for (i, element) in results.iter().take(10).enumerate() {
+        assert_eq!(element["status"], "ok", "element {i}: {element}");
     }
 }
 
