@@ -199,7 +199,8 @@ pub async fn shard_stats(router: &Router) -> EngineResult<Vec<ShardStats>> {
     Ok(out)
 }
 
-/// WAL_STATS (spec §11.8) with real numbers: `entry_count` is the number of
+/// WAL_STATS (spec §11.8) with real numbers: `oldest_offset` is where a
+/// WAL_READ or watch can start from (per shard: its oldest record), `entry_count` is the number of
 /// entries the server has written (the sequence of the newest, as WAL_READ
 /// numbers them; not reduced by compaction), `total_size_bytes` the bytes of
 /// records the log files hold (`allocated_size_bytes`: what the
@@ -243,7 +244,14 @@ async fn wal_stats(router: &Router) -> EngineResult<Vec<u8>> {
         .u64("group_commits", sum(&|s| s.wal.group_commits))
         .u64("reads", sum(&|s| s.reads.reads))
         .u64("writes", sum(&|s| s.wal.writes));
-    let oldest = stats.iter().filter_map(|s| s.oldest_offset).min();
+    // Where a read of the merged log can start: at or after every shard's
+    // compaction point, and no earlier than the oldest record there is.
+    let readable_from = stats.iter().map(|s| s.retained_from).max().unwrap_or(0);
+    let oldest = stats
+        .iter()
+        .filter_map(|s| s.oldest_offset)
+        .min()
+        .map(|o| o.max(readable_from));
     let mut r = ResultWriter::new();
     r.u64("allocated_size_bytes", sum(&|s| s.log_bytes_allocated))
         .u64("entry_count", sum(&|s| s.entries))
