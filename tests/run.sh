@@ -2,7 +2,8 @@
 # The one test command (README "Test"): installs everything the tests need
 # (Rust dependencies via cargo, a Python venv with the official rstmdb
 # client) and runs every test: unit tests, Rust integration tests against the
-# real binary, and the Python client suite.
+# real binary, and the Python client suite (with rstmdb's official CLI,
+# rstmdb-cli, installed into target/ like the reference server of the benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,17 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
+# rstmdb-cli 0.3.0 from crates.io, for tests/python/test_cli.py.
+cli_version=0.3.0
+cli_root=target/rstmdb-cli-$cli_version
+cli="$PWD/$cli_root/bin/rstmdb-cli"
+if [ ! -x "$cli" ]; then
+  cargo install rstmdb-cli --version "$cli_version" --locked --root "$cli_root" ||
+    cargo install rstmdb-cli --version "$cli_version" --root "$cli_root"
+fi
+
 cargo build --bins
 cargo test --workspace --all-targets
 
-CORESTATE_BIN="$PWD/target/debug/corestate" "$venv/bin/python" -m pytest -q tests/python
+CORESTATE_BIN="$PWD/target/debug/corestate" RSTMDB_CLI="$cli" \
+  "$venv/bin/python" -m pytest -q tests/python
