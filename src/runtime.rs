@@ -118,7 +118,7 @@ fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
             std::fs::write(&tmp, body.to_string())
                 .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
                 .and_then(|_| std::fs::rename(&tmp, &meta))
-                .and_then(|_| shards::wal::segment::sync_dir(dir))
+                .and_then(|_| std::fs::File::open(dir)?.sync_all())
                 .map_err(|e| format!("cannot write {}: {e}", meta.display()))
         }
         Err(e) => Err(format!("cannot read {}: {e}", meta.display())),
@@ -188,7 +188,8 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spin_before_park(Duration::from_micros(EXECUTOR_SPIN_BEFORE_PARK_US))
             .spawn(move || async move {
-                match Shard::open(&shard_cfg, frontier, heartbeat).await {
+                let env = shards::env::Env::os(id);
+                match Shard::open(&shard_cfg, env, frontier, heartbeat).await {
                     Ok((shard, report)) => {
                         let _ = ready.send(Ok(report));
                         let serving = glommio::spawn_local(shard.run(rx, Some(publisher)));

@@ -236,7 +236,7 @@ fn atomic_failure(index: usize, op: Op, e: EngineError) -> EngineError {
 
 thread_local! {
     static NEXT_TXID: Cell<u64> = Cell::new(
-        shards::wal::offset::wall_clock_tick() << 16,
+        shards::wal::offset::wall_clock_tick(&shards::env::SystemClock) << 16,
     );
 }
 

@@ -263,7 +263,7 @@ impl Shard {
             )));
         }
         if self.reader.is_none() {
-            self.reader = Some(LogReader::open(&self.wal_dir)?);
+            self.reader = Some(LogReader::open(self.env.storage.clone(), &self.wal_dir)?);
         }
         // Raise this shard's floor to the frontier first: an idle shard would
         // otherwise answer with a bound below every other shard's records,

@@ -7,7 +7,6 @@ pub mod command;
 mod deferred;
 pub mod events;
 pub mod log_read;
-mod maintenance;
 mod ops_read;
 mod ops_write;
 mod participant;

@@ -6,7 +6,7 @@
 
 use super::command::{BatchVote, Command};
 use super::replay::ReplayCounts;
-use super::runner::{fail_stop, Shard};
+use super::runner::Shard;
 use super::state::ShardState;
 use super::txn::{BufferSink, Prepared, Undo};
 use crate::wal::entry;
@@ -116,7 +116,7 @@ impl Shard {
             if commit {
                 let mut counts = ReplayCounts::default();
                 if let Err(e) = self.state.replay_inner(&inner, &mut counts) {
-                    fail_stop(self.state.shard_id, "cannot apply a recovered batch", &e);
+                    self.fail_stop("cannot apply a recovered batch", &e);
                 }
                 self.state.events.clear();
             }
@@ -127,7 +127,7 @@ impl Shard {
             .wal
             .append(kind, now, |out| out.extend_from_slice(&txid.to_le_bytes()))
         {
-            fail_stop(self.state.shard_id, "cannot log a batch decision", &e);
+            self.fail_stop("cannot log a batch decision", &e);
         }
     }
 }

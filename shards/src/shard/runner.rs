@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::future;
 use hashbrown::{HashMap, HashSet};
@@ -23,8 +23,9 @@ use super::command::{ShardMsg, ShardStats};
 pub(super) use super::deferred::Deferred;
 use super::events::Publication;
 use super::replay::{ReplayCounts, TxnLog};
-use super::state::{now_ms, ShardState};
+use super::state::ShardState;
 use super::txn::Prepared;
+use crate::env::Env;
 use crate::shard::command::Command;
 use crate::wal::entry;
 use crate::wal::reader::LogReader;
@@ -103,22 +104,27 @@ pub struct Shard {
     pub(super) reader: Option<LogReader>,
     pub(super) wal_dir: PathBuf,
     pub(super) storage: super::storage::StorageState,
+    /// The disk, the clock and the executor (`crate::env`).
+    pub(super) env: Env,
 }
 
 impl Shard {
     /// Recover the shard from its log and open it for appends.
     pub async fn open(
         cfg: &ShardConfig,
+        env: Env,
         frontier: Frontier,
         heartbeat: Arc<AtomicU64>,
     ) -> Result<(Shard, OpenReport), String> {
+        let storage = &*env.storage;
         let wal_dir = cfg.dir.join("wal");
-        std::fs::create_dir_all(&wal_dir)
+        storage
+            .create_dir_all(&wal_dir)
             .map_err(|e| format!("cannot create {}: {e}", wal_dir.display()))?;
-        crate::wal::retire::remove_retired(&wal_dir)
+        crate::wal::retire::remove_retired(storage, &wal_dir)
             .map_err(|e| format!("shard {}: cleaning {}: {e}", cfg.id, wal_dir.display()))?;
-        let snapshot =
-            crate::snapshot::load_newest(&cfg.dir).map_err(|e| format!("shard {}: {e}", cfg.id))?;
+        let snapshot = crate::snapshot::load_newest(storage, &cfg.dir)
+            .map_err(|e| format!("shard {}: {e}", cfg.id))?;
         let (mut state, at) = match snapshot {
             Some((loaded, warnings)) => {
                 for w in warnings {
@@ -141,7 +147,7 @@ impl Shard {
         };
         let mut counts = ReplayCounts::default();
         let mut txn_log = TxnLog::default();
-        let scan = recovery::scan(&wal_dir, plan, |header, payload| {
+        let scan = recovery::scan(storage, &wal_dir, plan, |header, payload| {
             if covered.is_some_and(|c| header.offset <= c) {
                 // Reflected in the snapshot; only batch decisions are noted,
                 // for resolving other shards' parts left in doubt.
@@ -154,9 +160,10 @@ impl Shard {
         })
         .map_err(|e: RecoveryError| format!("shard {}: {e}", cfg.id))?;
         state.events.clear();
-        let storage = super::storage::StorageState::new(cfg, &scan, covered);
+        let storage_state = super::storage::StorageState::new(cfg, &env, &scan);
         let snapshot_tick = at.map_or(0, |a| a.last_tick);
-        let clock = OffsetClock::new(cfg.id, scan.last_tick.max(snapshot_tick), frontier);
+        let last_tick = scan.last_tick.max(snapshot_tick);
+        let clock = OffsetClock::new(cfg.id, last_tick, frontier, env.clock.clone());
         let open = WalOpen {
             policy: cfg.fsync,
             segment_size_bytes: cfg.segment_size_bytes,
@@ -169,13 +176,15 @@ impl Shard {
                 Some(_) => None,
             },
         };
-        let wal = WalWriter::open(&wal_dir, open, clock).await.map_err(|e| {
-            format!(
-                "shard {}: cannot open WAL in {}: {e}",
-                cfg.id,
-                wal_dir.display()
-            )
-        })?;
+        let wal = WalWriter::open(env.clone(), &wal_dir, open, clock)
+            .await
+            .map_err(|e| {
+                format!(
+                    "shard {}: cannot open WAL in {}: {e}",
+                    cfg.id,
+                    wal_dir.display()
+                )
+            })?;
         let report = OpenReport {
             shard: cfg.id,
             counts,
@@ -209,7 +218,8 @@ impl Shard {
                 stopping: None,
                 reader: None,
                 wal_dir,
-                storage,
+                storage: storage_state,
+                env,
             },
             report,
         ))
@@ -231,7 +241,7 @@ impl Shard {
                 .map_or(tick, |d| d.min(tick))
                 .min(self.storage.wait_hint());
             let first = future::or(async { mailbox.recv_async().await.map(Some) }, async {
-                glommio::timer::sleep(wait).await;
+                self.env.tasks.sleep(wait).await;
                 Ok(None)
             })
             .await;
@@ -243,8 +253,8 @@ impl Shard {
                 Err(_) => break,
                 Ok(None) => {}
                 Ok(Some(msg)) => {
-                    let now = now_ms();
-                    let started = Instant::now();
+                    let now = self.env.clock.now_ms();
+                    let started = self.env.clock.monotonic();
                     let turn = Duration::from_micros(SHARD_TURN_TIME_MAX_US);
                     self.handle(msg, now, &mut deferred);
                     let mut handled = 1;
@@ -253,7 +263,7 @@ impl Shard {
                     {
                         if self.stopping.is_some()
                             || (handled % TURN_CLOCK_CHECK_MESSAGES == 0
-                                && started.elapsed() >= turn)
+                                && self.env.clock.elapsed(started) >= turn)
                         {
                             break;
                         }
@@ -266,12 +276,12 @@ impl Shard {
                 }
             }
             if self.wake_waiting || !self.waiting.is_empty() {
-                self.run_waiting(now_ms(), &mut deferred);
+                self.run_waiting(self.env.clock.now_ms(), &mut deferred);
             }
             // Always: with nothing staged it only forgets reserved offsets.
             let committed = self.wal.staged_records() > 0;
             if let Err(e) = self.wal.commit().await {
-                fail_stop(self.state.shard_id, "WAL write failed", &e);
+                self.fail_stop("WAL write failed", &e);
             }
             for d in deferred.drain(..) {
                 self.answer(d);
@@ -280,7 +290,7 @@ impl Shard {
                 self.publish(publisher.as_ref());
             }
             if let Err(e) = self.wal.sync_if_due().await {
-                fail_stop(self.state.shard_id, "WAL sync failed", &e);
+                self.fail_stop("WAL sync failed", &e);
             }
             self.storage_turn();
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +305,7 @@ impl Shard {
             }
         }
         if let Err(e) = self.wal.sync().await {
-            fail_stop(self.state.shard_id, "final WAL sync failed", &e);
+            self.fail_stop("final WAL sync failed", &e);
         }
         // Everything is synced: say so, so that the next start treats damage
         // anywhere in this log as damage, never as a torn write.
@@ -507,12 +517,14 @@ impl Shard {
     }
 }
 
-/// Memory is ahead of the log after a failed write: stop the process so that
-/// recovery rebuilds a state that matches what is on disk. Nothing in the
-/// failed group was acknowledged.
-pub(super) fn fail_stop(shard: usize, what: &str, err: &dyn std::fmt::Display) -> ! {
-    let msg = format!("fatal: shard {shard}: {what}: {err}; stopping the server so that recovery restores a consistent state");
-    tracing::error!("{msg}");
-    eprintln!("corestate: {msg}");
-    std::process::abort();
+impl Shard {
+    /// Memory is ahead of the log after a failed write or sync: stop the
+    /// process so that recovery rebuilds a state that matches what is on
+    /// disk. Nothing in the failed group was acknowledged. (After a failed
+    /// `fdatasync` the kernel may have dropped the data it covered: retrying
+    /// it could report success for lost pages, so nothing it covered may
+    /// ever be acknowledged — see docs/ARCHITECTURE.md, "Failed syncs".)
+    pub(super) fn fail_stop(&self, what: &str, err: &dyn std::fmt::Display) -> ! {
+        self.env.fail_stop(self.state.shard_id, what, err)
+    }
 }

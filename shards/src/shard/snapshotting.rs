@@ -34,9 +34,10 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use super::state::ShardState;
+use crate::env::{Clock, Storage};
 use crate::instance::Instance;
 use crate::snapshot::{
     list_snapshots, write_snapshot, LogPosition, SnapshotEncoder, WrittenSnapshot,
@@ -71,7 +72,8 @@ pub struct SnapshotJob {
     generation: u64,
     next: usize,
     pub covered_offset: u64,
-    pub started: Instant,
+    /// Monotonic time the job started.
+    pub started: Duration,
 }
 
 /// What one slice of a job did.
@@ -84,7 +86,7 @@ pub enum SliceOutcome {
 }
 
 impl SnapshotJob {
-    pub fn start(state: &ShardState, at: LogPosition) -> Self {
+    pub fn start(state: &ShardState, at: LogPosition, clock: &dyn Clock) -> Self {
         let encoder = SnapshotEncoder::for_state(state, at, state.order.len());
         SnapshotJob {
             encoder,
@@ -92,7 +94,7 @@ impl SnapshotJob {
             generation: state.order_generation,
             next: 0,
             covered_offset: at.covered_offset,
-            started: Instant::now(),
+            started: clock.monotonic(),
         }
     }
 
@@ -104,19 +106,20 @@ impl SnapshotJob {
         &mut self,
         state: &ShardState,
         original: &dyn Fn(&str) -> Option<Option<Instance>>,
+        clock: &dyn Clock,
         budget: Duration,
     ) -> SliceOutcome {
         if state.order_generation != self.generation {
             return SliceOutcome::Restart;
         }
-        let deadline = Instant::now() + budget;
+        let deadline = clock.monotonic() + budget;
         while self.next < self.end {
             let end = (self.next + SNAPSHOT_CLOCK_CHECK_INSTANCES).min(self.end);
             for id in state.order[self.next..end].iter().flatten() {
                 self.add(id, state, original);
             }
             self.next = end;
-            if Instant::now() >= deadline {
+            if clock.monotonic() >= deadline {
                 break;
             }
         }
@@ -153,18 +156,18 @@ impl SnapshotJob {
 
 /// Seal and write a snapshot image (blocking: run it off the shard loop).
 pub fn write(
+    storage: &dyn Storage,
     shard_dir: &Path,
     image: crate::snapshot::codec::UnsealedImage,
 ) -> io::Result<WrittenSnapshot> {
-    write_snapshot(shard_dir, &image.seal())
+    write_snapshot(storage, shard_dir, &image.seal())
 }
 
-fn age_ms(path: &Path) -> u64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .map_or(0, |d: Duration| d.as_millis() as u64)
+/// Milliseconds since the file at `path` was last modified (0 if unknown).
+fn age_ms(storage: &dyn Storage, clock: &dyn Clock, path: &Path) -> u64 {
+    storage
+        .metadata(path)
+        .map_or(0, |m| clock.now_ms().saturating_sub(m.modified_ms))
 }
 
 /// The segments a compaction will delete, decided on the shard (where the
@@ -182,11 +185,12 @@ pub struct CompactionPlan {
 /// Choose the segments the oldest retained snapshot covers (see the module
 /// comment for the rule). `active` is the segment being written.
 pub fn plan_compaction(
+    (storage, clock): (&dyn Storage, &dyn Clock),
     shard_dir: &Path,
     reader: &mut LogReader,
     active: u64,
 ) -> io::Result<CompactionPlan> {
-    let snapshots = list_snapshots(shard_dir)?;
+    let snapshots = list_snapshots(storage, shard_dir)?;
     let mut plan = CompactionPlan {
         wal_dir: reader.dir().to_path_buf(),
         total_snapshots: snapshots.len() as u64,
@@ -208,7 +212,9 @@ pub fn plan_compaction(
         if next_first > oldest_covered.saturating_add(1) {
             break;
         }
-        if age_ms(&segment_path(&plan.wal_dir, seg.id)) < COMPACTION_SEGMENT_AGE_MIN_MS {
+        if age_ms(storage, clock, &segment_path(&plan.wal_dir, seg.id))
+            < COMPACTION_SEGMENT_AGE_MIN_MS
+        {
             break;
         }
         plan.segments.push(seg);
@@ -219,9 +225,9 @@ pub fn plan_compaction(
 
 /// Delete the planned segments (blocking: run it on a background thread;
 /// see `wal::retire` for how the space is freed without stalling syncs).
-pub fn delete_segments(plan: &CompactionPlan) -> io::Result<()> {
+pub fn delete_segments(storage: &dyn Storage, plan: &CompactionPlan) -> io::Result<()> {
     let ids: Vec<u64> = plan.segments.iter().map(|s| s.id).collect();
-    retire_segments(&plan.wal_dir, &ids)
+    retire_segments(storage, &plan.wal_dir, &ids)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! keeps changing, plus the log after its covered offset, recovers exactly
 //! the live state.
 
+use crate::env::SystemClock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,13 +133,13 @@ fn assert_same(recovered: &ShardState, live: &ShardState) {
 fn a_snapshot_taken_in_slices_while_instances_change_recovers_the_live_state() {
     let (mut state, mut log) = shard_with(300);
     let covered = log.next;
-    let mut job = SnapshotJob::start(&state, position(covered));
+    let mut job = SnapshotJob::start(&state, position(covered), &SystemClock);
     let none = |_: &str| None;
     let mut slices = 0;
     let mut n = 0;
     loop {
         // A zero budget: the smallest slice, so the job takes many turns.
-        let outcome = job.step(&state, &none, Duration::ZERO);
+        let outcome = job.step(&state, &none, &SystemClock, Duration::ZERO);
         slices += 1;
         if outcome == SliceOutcome::Done {
             break;
@@ -179,7 +180,7 @@ fn a_snapshot_taken_in_slices_while_instances_change_recovers_the_live_state() {
 fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
     let (mut state, log) = shard_with(40);
     let covered = log.next;
-    let mut job = SnapshotJob::start(&state, position(covered));
+    let mut job = SnapshotJob::start(&state, position(covered), &SystemClock);
     // A cross-shard part is prepared on i39 (and creates "fresh") before
     // the job reaches them; its records are not in this log unless the
     // batch commits — here it aborts.
@@ -208,7 +209,7 @@ fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
         .unwrap_or_else(|_| panic!("the batch stages"));
     assert_eq!(state.instances["i39"].state, "busy");
     let original = |id: &str| undo.original(id).map(|o| o.cloned());
-    while job.step(&state, &original, Duration::ZERO) == SliceOutcome::More {}
+    while job.step(&state, &original, &SystemClock, Duration::ZERO) == SliceOutcome::More {}
     let image = job.finish().seal();
     state.undo(undo);
     let recovered = recover(&image, &log, covered);
@@ -220,12 +221,15 @@ fn an_instance_held_by_a_prepared_batch_is_encoded_as_before_the_batch() {
 #[test]
 fn a_flush_during_the_job_makes_it_start_over() {
     let (mut state, log) = shard_with(100);
-    let mut job = SnapshotJob::start(&state, position(log.next));
+    let mut job = SnapshotJob::start(&state, position(log.next), &SystemClock);
     let none = |_: &str| None;
-    assert_eq!(job.step(&state, &none, Duration::ZERO), SliceOutcome::More);
+    assert_eq!(
+        job.step(&state, &none, &SystemClock, Duration::ZERO),
+        SliceOutcome::More
+    );
     state.flush();
     assert_eq!(
-        job.step(&state, &none, Duration::ZERO),
+        job.step(&state, &none, &SystemClock, Duration::ZERO),
         SliceOutcome::Restart
     );
 }

@@ -7,22 +7,22 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::maintenance::Maintenance;
 use super::result::ResultWriter;
-use super::runner::{fail_stop, Shard, ShardConfig};
+use super::runner::{Shard, ShardConfig};
 use super::snapshotting::{
     delete_segments, plan_compaction, write, CompactReport, SliceOutcome, SnapshotJob,
     SNAPSHOT_SLICE_US,
 };
+use crate::env::tasks::in_background;
+use crate::env::Env;
 use crate::error::{EngineError, EngineResult};
 use crate::snapshot::LogPosition;
 use crate::snapshot::{list_snapshots, WrittenSnapshot};
 use crate::wal::offset::make_offset;
 use crate::wal::reader::{LogReader, ReadStats, SegmentInfo};
 use crate::wal::recovery::{ScanOutcome, SegmentTally};
-use crate::wal::segment::sync_dir;
 
 /// When the shard snapshots and compacts by itself (spec §11.11; the
 /// thresholds apply to each shard's own log).
@@ -58,7 +58,6 @@ pub struct StorageState {
     shard_dir: PathBuf,
     auto: Option<AutoCompaction>,
     phase: Phase,
-    maintenance: Maintenance,
     /// What the current job did so far.
     report: CompactReport,
     /// COMPACT requests the current job answers.
@@ -66,7 +65,8 @@ pub struct StorageState {
     /// A snapshot (+ compaction) is wanted and not yet started, for these.
     wanted: bool,
     queued: Vec<flume::Sender<CompactReport>>,
-    last_snapshot_at: Instant,
+    /// Monotonic time of the last snapshot (or of the start).
+    last_snapshot_at: Duration,
     records_at_last_snapshot: u64,
     /// Per segment, what recovery found in it.
     recovered: BTreeMap<u64, SegmentTally>,
@@ -77,17 +77,16 @@ pub struct StorageState {
 }
 
 impl StorageState {
-    pub fn new(cfg: &ShardConfig, scan: &ScanOutcome, _covered: Option<u64>) -> Self {
+    pub fn new(cfg: &ShardConfig, env: &Env, scan: &ScanOutcome) -> Self {
         StorageState {
             shard_dir: cfg.dir.clone(),
             auto: cfg.auto_compaction.clone(),
             phase: Phase::Idle,
-            maintenance: Maintenance::new(cfg.id),
             report: CompactReport::default(),
             answering: Vec::new(),
             wanted: false,
             queued: Vec::new(),
-            last_snapshot_at: Instant::now(),
+            last_snapshot_at: env.clock.monotonic(),
             records_at_last_snapshot: 0,
             recovered: scan.segment_records.iter().map(|t| (t.id, *t)).collect(),
             retained_from: 0,
@@ -135,7 +134,8 @@ impl Shard {
         done: Option<flume::Sender<CompactReport>>,
     ) {
         let grew = self.wal.stats().records_appended > self.storage.records_at_last_snapshot;
-        let any_snapshot = list_snapshots(&self.storage.shard_dir).is_ok_and(|l| !l.is_empty());
+        let any_snapshot = list_snapshots(&*self.env.storage, &self.storage.shard_dir)
+            .is_ok_and(|l| !l.is_empty());
         let busy = !matches!(self.storage.phase, Phase::Idle);
         if force_snapshot || grew || !any_snapshot || busy {
             self.storage.wanted = true;
@@ -151,9 +151,10 @@ impl Shard {
     /// Plan the deletions here and hand them to the maintenance thread.
     fn start_compaction(&mut self) {
         let active = self.wal.segment_id();
+        let (storage, clock) = (self.env.storage.clone(), self.env.clock.clone());
         let planned = self
             .reader_mut()
-            .and_then(|(dir, reader)| plan_compaction(&dir, reader, active));
+            .and_then(|(dir, reader)| plan_compaction((&*storage, &*clock), &dir, reader, active));
         let plan = match planned {
             Ok(plan) => plan,
             Err(e) => {
@@ -169,7 +170,8 @@ impl Shard {
         // the files are: nobody starts reading in a segment being deleted.
         self.storage.retained_from = plan.retained_from;
         let planned = plan.segments.clone();
-        let done = self.storage.maintenance.run(move || delete_segments(&plan));
+        let storage = self.env.storage.clone();
+        let done = in_background(&*self.env.tasks, move || delete_segments(&*storage, &plan));
         self.storage.phase = Phase::Deleting { done, planned };
     }
 
@@ -178,7 +180,7 @@ impl Shard {
             self.storage.report.error = Some(format!("compaction failed: {e}"));
         }
         if let Err(e) = self.reader_mut().and_then(|(_, r)| r.refresh()) {
-            fail_stop(self.state.shard_id, "cannot list the WAL", &e);
+            self.fail_stop("cannot list the WAL", &e);
         }
         let present: Vec<u64> = self
             .reader
@@ -211,7 +213,8 @@ impl Shard {
 
     fn reader_mut(&mut self) -> io::Result<(PathBuf, &mut LogReader)> {
         if self.reader.is_none() {
-            self.reader = Some(LogReader::open(&self.storage.shard_dir.join("wal"))?);
+            let dir = self.storage.shard_dir.join("wal");
+            self.reader = Some(LogReader::open(self.env.storage.clone(), &dir)?);
         }
         let dir = self.storage.shard_dir.clone();
         match self.reader.as_mut() {
@@ -224,7 +227,7 @@ impl Shard {
         let Some(auto) = &self.storage.auto else {
             return false;
         };
-        if self.storage.last_snapshot_at.elapsed() < auto.min_interval {
+        if self.env.clock.elapsed(self.storage.last_snapshot_at) < auto.min_interval {
             return false;
         }
         let new_records = self.wal.stats().records_appended - self.storage.records_at_last_snapshot;
@@ -270,8 +273,8 @@ impl Shard {
             entries: self.wal.entries_committed(),
         };
         self.storage.records_at_last_snapshot = self.wal.stats().records_appended;
-        self.storage.last_snapshot_at = Instant::now();
-        let job = SnapshotJob::start(&self.state, at);
+        self.storage.last_snapshot_at = self.env.clock.monotonic();
+        let job = SnapshotJob::start(&self.state, at, &*self.env.clock);
         self.storage.phase = Phase::Encoding(job);
     }
 
@@ -282,7 +285,7 @@ impl Shard {
                 .find_map(|p| p.undo.original(id).map(|o| o.cloned()))
         };
         let budget = Duration::from_micros(SNAPSHOT_SLICE_US);
-        match job.step(&self.state, &original, budget) {
+        match job.step(&self.state, &original, &*self.env.clock, budget) {
             SliceOutcome::More => self.storage.phase = Phase::Encoding(job),
             SliceOutcome::Restart => {
                 // FLUSH_ALL emptied the shard: start over, for the same askers.
@@ -295,10 +298,11 @@ impl Shard {
                 tracing::debug!(
                     "shard {}: snapshot encoded in {} ms; writing",
                     self.state.shard_id,
-                    job.started.elapsed().as_millis()
+                    self.env.clock.elapsed(job.started).as_millis()
                 );
                 let image = job.finish();
-                let rx = self.storage.maintenance.run(move || write(&dir, image));
+                let storage = self.env.storage.clone();
+                let rx = in_background(&*self.env.tasks, move || write(&*storage, &dir, image));
                 self.storage.phase = Phase::Writing(rx);
             }
         }
@@ -346,13 +350,10 @@ impl Shard {
             crc32c::crc32c(id.as_bytes()),
             crc32c::crc32c_append(0x5eed, id.as_bytes())
         );
+        let storage = &*self.env.storage;
         let write = || -> io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!("{name}.tmp"));
-            std::fs::write(&tmp, &body)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, dir.join(&name))?;
-            sync_dir(&dir)
+            storage.create_dir_all(&dir)?;
+            storage.replace_file(&dir.join(&name), &body)
         };
         write()
             .map_err(|e| EngineError::internal(format!("writing the instance snapshot: {e}")))?;
@@ -369,7 +370,8 @@ impl Shard {
     pub(super) fn fill_log_stats(&mut self, stats: &mut super::command::ShardStats) {
         if let Ok((_, reader)) = self.reader_mut() {
             if let Err(e) = reader.refresh() {
-                fail_stop(self.state.shard_id, "cannot list the WAL", &e);
+                let shard = self.state.shard_id;
+                self.env.fail_stop(shard, "cannot list the WAL", &e);
             }
             stats.log_segments = reader.segments().len() as u64;
             stats.log_bytes_allocated = reader.total_size_bytes();
@@ -394,6 +396,7 @@ impl Shard {
         }
         stats.entries = self.wal.entries_committed();
         stats.retained_from = self.storage.retained_from;
-        stats.snapshots = list_snapshots(&self.storage.shard_dir).map_or(0, |l| l.len() as u64);
+        stats.snapshots = list_snapshots(&*self.env.storage, &self.storage.shard_dir)
+            .map_or(0, |l| l.len() as u64);
     }
 }

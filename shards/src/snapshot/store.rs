@@ -25,16 +25,17 @@
 //! are all ≤ the covered offset of the oldest retained snapshot
 //! (`list_snapshots(..).last()` after `write_snapshot`).
 //!
-//! All I/O here is blocking std I/O; a shard calls it off its request path.
+//! All I/O here is blocking (`Storage`); a shard calls it off its request
+//! path.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::codec::{decode, decode_header, SnapshotError};
 use super::data::SnapshotData;
+use crate::env::{Storage, WriteFile};
 use crate::wal::retire::{remove_retired, retire_files};
-use crate::wal::segment::sync_dir;
 
 /// Snapshots kept per shard: the newest, and one to fall back to.
 pub const SNAPSHOTS_RETAINED: usize = 2;
@@ -120,28 +121,27 @@ fn parse_name(name: &str) -> Option<u64> {
 
 /// Snapshot files of a shard, newest (highest covered offset) first. A
 /// missing directory means none. Temp files and foreign files are ignored.
-pub fn list_snapshots(shard_dir: &Path) -> io::Result<Vec<SnapshotFile>> {
+pub fn list_snapshots(storage: &dyn Storage, shard_dir: &Path) -> io::Result<Vec<SnapshotFile>> {
     let dir = snapshots_dir(shard_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
+    let names = match storage.list(&dir) {
+        Ok(names) => names,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(covered_offset) = name.to_str().and_then(parse_name) else {
+    for name in names {
+        let Some(covered_offset) = parse_name(&name) else {
             continue;
         };
-        let size_bytes = match entry.metadata() {
-            Ok(m) => m.len(),
+        let path = dir.join(&name);
+        let size_bytes = match storage.metadata(&path) {
+            Ok(m) => m.len_bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
         out.push(SnapshotFile {
             covered_offset,
-            path: entry.path(),
+            path,
             size_bytes,
         });
     }
@@ -151,30 +151,23 @@ pub fn list_snapshots(shard_dir: &Path) -> io::Result<Vec<SnapshotFile>> {
 
 /// Delete leftover `.snap.tmp` files (from a crash mid-write). Returns how
 /// many were removed.
-pub fn remove_temp_files(shard_dir: &Path) -> io::Result<usize> {
+pub fn remove_temp_files(storage: &dyn Storage, shard_dir: &Path) -> io::Result<usize> {
     let dir = snapshots_dir(shard_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
+    let names = match storage.list(&dir) {
+        Ok(names) => names,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(TEMP_SUFFIX))
-        {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+    for name in names.iter().filter(|n| n.ends_with(TEMP_SUFFIX)) {
+        match storage.remove_file(&dir.join(name)) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     if removed > 0 {
-        sync_dir(&dir)?;
+        storage.sync_dir(&dir)?;
     }
     Ok(removed)
 }
@@ -182,7 +175,11 @@ pub fn remove_temp_files(shard_dir: &Path) -> io::Result<usize> {
 /// Durably write a snapshot file image (from `codec::encode` or
 /// `SnapshotEncoder::finish`) under the name of the offset in its header,
 /// then apply retention.
-pub fn write_snapshot(shard_dir: &Path, image: &[u8]) -> io::Result<WrittenSnapshot> {
+pub fn write_snapshot(
+    storage: &dyn Storage,
+    shard_dir: &Path,
+    image: &[u8],
+) -> io::Result<WrittenSnapshot> {
     let header = decode_header(image).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -190,21 +187,21 @@ pub fn write_snapshot(shard_dir: &Path, image: &[u8]) -> io::Result<WrittenSnaps
         )
     })?;
     let dir = snapshots_dir(shard_dir);
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir)?;
-        sync_dir(shard_dir)?;
+    if !storage.exists(&dir) {
+        storage.create_dir_all(&dir)?;
+        storage.sync_dir(shard_dir)?;
     }
     let name = snapshot_file_name(header.covered_offset);
     let path = dir.join(&name);
     let temp = dir.join(format!("{name}.tmp"));
     {
-        let file = std::fs::File::create(&temp)?;
-        write_in_chunks(&file, image)?;
-        file.sync_all()?;
+        let file = storage.open_write(&temp, true)?;
+        write_in_chunks(&*file, image)?;
+        file.sync()?;
     }
-    std::fs::rename(&temp, &path)?;
-    sync_dir(&dir)?;
-    let removed = prune_snapshots(shard_dir, SNAPSHOTS_RETAINED)?;
+    storage.rename(&temp, &path)?;
+    storage.sync_dir(&dir)?;
+    let removed = prune_snapshots(storage, shard_dir, SNAPSHOTS_RETAINED)?;
     Ok(WrittenSnapshot {
         file: SnapshotFile {
             covered_offset: header.covered_offset,
@@ -227,32 +224,15 @@ pub fn write_snapshot(shard_dir: &Path, image: &[u8]) -> io::Result<WrittenSnaps
 ///   file system's journal commit (measured: 17-22 ms stalls of durable
 ///   requests when the whole file was left to write-back and one fsync).
 ///   The final fsync then has only metadata left to do.
-fn write_in_chunks(file: &std::fs::File, image: &[u8]) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut out = file;
-    let mut written = 0usize;
+fn write_in_chunks(file: &dyn WriteFile, image: &[u8]) -> io::Result<()> {
+    let mut written = 0u64;
     for chunk in image.chunks(SNAPSHOT_WRITE_CHUNK_BYTES) {
-        out.write_all(chunk)?;
-        // SAFETY: a plain system call on an open descriptor; the range lies
-        // within what was just written.
-        let rc = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                written as libc::off64_t,
-                chunk.len() as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )
-        };
-        if rc != 0 {
-            // Only pacing: the fsync that follows makes the file durable.
-            tracing::debug!(
-                "sync_file_range on a snapshot: {}",
-                io::Error::last_os_error()
-            );
+        file.write_at(chunk, written)?;
+        if let Err(e) = file.write_back(written, chunk.len() as u64) {
+            // Only pacing: the sync that follows makes the file durable.
+            tracing::debug!("writing back a snapshot chunk: {e}");
         }
-        written += chunk.len();
+        written += chunk.len() as u64;
     }
     Ok(())
 }
@@ -260,13 +240,17 @@ fn write_in_chunks(file: &std::fs::File, image: &[u8]) -> io::Result<()> {
 /// Remove all but the newest `retained` snapshots; returns what was removed.
 /// They are retired gently (`wal::retire`): a snapshot is as large as a
 /// segment, and freeing it in one go would stall the WAL's next syncs.
-pub fn prune_snapshots(shard_dir: &Path, retained: usize) -> io::Result<Vec<SnapshotFile>> {
-    let old: Vec<SnapshotFile> = list_snapshots(shard_dir)?
+pub fn prune_snapshots(
+    storage: &dyn Storage,
+    shard_dir: &Path,
+    retained: usize,
+) -> io::Result<Vec<SnapshotFile>> {
+    let old: Vec<SnapshotFile> = list_snapshots(storage, shard_dir)?
         .into_iter()
         .skip(retained)
         .collect();
     let paths: Vec<PathBuf> = old.iter().map(|f| f.path.clone()).collect();
-    let retired = retire_files(&snapshots_dir(shard_dir), &paths)?;
+    let retired = retire_files(storage, &snapshots_dir(shard_dir), &paths)?;
     Ok(old
         .into_iter()
         .filter(|f| retired.contains(&f.path))
@@ -276,6 +260,7 @@ pub fn prune_snapshots(shard_dir: &Path, retained: usize) -> io::Result<Vec<Snap
 /// The newest snapshot that decodes cleanly, with a warning for every newer
 /// one that did not. `Ok(None)`: the shard has no snapshot at all.
 pub fn load_newest(
+    storage: &dyn Storage,
     shard_dir: &Path,
 ) -> Result<Option<(LoadedSnapshot, Vec<String>)>, SnapshotLoadError> {
     let io_err = |path: &Path| {
@@ -283,15 +268,15 @@ pub fn load_newest(
         move |error| SnapshotLoadError::Io { path, error }
     };
     let dir = snapshots_dir(shard_dir);
-    remove_temp_files(shard_dir).map_err(io_err(&dir))?;
-    remove_retired(&dir).map_err(io_err(&dir))?;
-    let files = list_snapshots(shard_dir).map_err(io_err(&dir))?;
+    remove_temp_files(storage, shard_dir).map_err(io_err(&dir))?;
+    remove_retired(storage, &dir).map_err(io_err(&dir))?;
+    let files = list_snapshots(storage, shard_dir).map_err(io_err(&dir))?;
     if files.is_empty() {
         return Ok(None);
     }
     let mut warnings = Vec::new();
     for file in files {
-        let bytes = std::fs::read(&file.path).map_err(io_err(&file.path))?;
+        let bytes = storage.read(&file.path).map_err(io_err(&file.path))?;
         match decode(&bytes) {
             Ok(data) if data.covered_offset == file.covered_offset => {
                 return Ok(Some((LoadedSnapshot { file, data }, warnings)));
@@ -320,6 +305,8 @@ mod tests {
     use crate::snapshot::codec::encode;
     use serde_json::json;
     use std::sync::Arc;
+
+    const OS: crate::env::os::OsStorage = crate::env::os::OsStorage;
 
     fn data(covered_offset: u64, instances: u64) -> SnapshotData {
         let def = Arc::new(
@@ -359,7 +346,7 @@ mod tests {
     }
 
     fn loaded(dir: &Path) -> (u64, usize, Vec<String>) {
-        let (snap, warnings) = load_newest(dir).unwrap().expect("a snapshot");
+        let (snap, warnings) = load_newest(&OS, dir).unwrap().expect("a snapshot");
         (
             snap.data.covered_offset,
             snap.data.instances.len(),
@@ -371,7 +358,7 @@ mod tests {
     fn pruned_snapshots_leave_nothing_behind_and_retired_leftovers_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         for covered in [0x100, 0x200, 0x300] {
-            write_snapshot(dir.path(), &encode(&data(covered, 2))).unwrap();
+            write_snapshot(&OS, dir.path(), &encode(&data(covered, 2))).unwrap();
         }
         let names = |d: &Path| -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(snapshots_dir(d))
@@ -383,14 +370,14 @@ mod tests {
         };
         assert_eq!(names(dir.path()).len(), SNAPSHOTS_RETAINED);
         // A crash in the middle of retiring leaves a `.retired` file.
-        let oldest = &list_snapshots(dir.path()).unwrap()[1].path;
+        let oldest = &list_snapshots(&OS, dir.path()).unwrap()[1].path;
         let leftover = oldest.with_extension("snap.retired");
         std::fs::copy(oldest, &leftover).unwrap();
         assert_eq!(
-            list_snapshots(dir.path()).unwrap().len(),
+            list_snapshots(&OS, dir.path()).unwrap().len(),
             SNAPSHOTS_RETAINED
         );
-        let (loaded, _) = load_newest(dir.path()).unwrap().unwrap();
+        let (loaded, _) = load_newest(&OS, dir.path()).unwrap().unwrap();
         assert_eq!(loaded.data.covered_offset, 0x300);
         assert!(!leftover.exists(), "{:?}", names(dir.path()));
     }
@@ -398,14 +385,14 @@ mod tests {
     #[test]
     fn round_trip_through_files() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_newest(dir.path()).unwrap().is_none());
-        let written = write_snapshot(dir.path(), &encode(&data(0x1040, 5))).unwrap();
+        assert!(load_newest(&OS, dir.path()).unwrap().is_none());
+        let written = write_snapshot(&OS, dir.path(), &encode(&data(0x1040, 5))).unwrap();
         assert_eq!(
             written.file.path,
             dir.path().join("snapshots/0000000000001040.snap")
         );
         assert!(written.removed.is_empty());
-        let (snap, warnings) = load_newest(dir.path()).unwrap().unwrap();
+        let (snap, warnings) = load_newest(&OS, dir.path()).unwrap().unwrap();
         assert!(warnings.is_empty());
         assert_eq!(snap.file, written.file);
         let state = snap.data.into_state(true);
@@ -419,10 +406,10 @@ mod tests {
     fn retention_keeps_the_newest_two() {
         let dir = tempfile::tempdir().unwrap();
         for (n, off) in [0x100u64, 0x200, 0x300, 0x400].into_iter().enumerate() {
-            let w = write_snapshot(dir.path(), &encode(&data(off, 1))).unwrap();
+            let w = write_snapshot(&OS, dir.path(), &encode(&data(off, 1))).unwrap();
             assert_eq!(w.removed.len(), usize::from(n >= SNAPSHOTS_RETAINED));
         }
-        let offsets: Vec<u64> = list_snapshots(dir.path())
+        let offsets: Vec<u64> = list_snapshots(&OS, dir.path())
             .unwrap()
             .iter()
             .map(|f| f.covered_offset)
@@ -433,8 +420,8 @@ mod tests {
     #[test]
     fn a_damaged_newest_snapshot_falls_back_with_a_warning() {
         let dir = tempfile::tempdir().unwrap();
-        write_snapshot(dir.path(), &encode(&data(0x100, 3))).unwrap();
-        let newest = write_snapshot(dir.path(), &encode(&data(0x200, 4))).unwrap();
+        write_snapshot(&OS, dir.path(), &encode(&data(0x100, 3))).unwrap();
+        let newest = write_snapshot(&OS, dir.path(), &encode(&data(0x200, 4))).unwrap();
         let mut bytes = std::fs::read(&newest.file.path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x20;
@@ -451,7 +438,7 @@ mod tests {
     #[test]
     fn a_renamed_snapshot_is_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
-        let w = write_snapshot(dir.path(), &encode(&data(0x100, 1))).unwrap();
+        let w = write_snapshot(&OS, dir.path(), &encode(&data(0x100, 1))).unwrap();
         std::fs::copy(&w.file.path, snapshot_path(dir.path(), 0x900)).unwrap();
         let (covered, _, warnings) = loaded(dir.path());
         assert_eq!(covered, 0x100);
@@ -461,21 +448,21 @@ mod tests {
     #[test]
     fn when_every_snapshot_is_damaged_loading_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let w = write_snapshot(dir.path(), &encode(&data(0x100, 1))).unwrap();
+        let w = write_snapshot(&OS, dir.path(), &encode(&data(0x100, 1))).unwrap();
         std::fs::write(&w.file.path, b"garbage").unwrap();
-        let err = load_newest(dir.path()).unwrap_err();
+        let err = load_newest(&OS, dir.path()).unwrap_err();
         assert!(err.to_string().contains("0000000000000100.snap"), "{err}");
     }
 
     #[test]
     fn a_leftover_temp_file_is_ignored_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        write_snapshot(dir.path(), &encode(&data(0x100, 2))).unwrap();
+        write_snapshot(&OS, dir.path(), &encode(&data(0x100, 2))).unwrap();
         // A crash mid-write of a newer snapshot leaves a partial temp file.
         let image = encode(&data(0x200, 2));
         let temp = snapshots_dir(dir.path()).join("0000000000000200.snap.tmp");
         std::fs::write(&temp, &image[..image.len() / 2]).unwrap();
-        assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+        assert_eq!(list_snapshots(&OS, dir.path()).unwrap().len(), 1);
         let (covered, _, warnings) = loaded(dir.path());
         assert_eq!(covered, 0x100);
         assert!(warnings.is_empty());
@@ -485,8 +472,8 @@ mod tests {
     #[test]
     fn truncation_at_every_byte_never_panics_and_falls_back() {
         let dir = tempfile::tempdir().unwrap();
-        write_snapshot(dir.path(), &encode(&data(0x100, 2))).unwrap();
-        let newest = write_snapshot(dir.path(), &encode(&data(0x200, 3))).unwrap();
+        write_snapshot(&OS, dir.path(), &encode(&data(0x100, 2))).unwrap();
+        let newest = write_snapshot(&OS, dir.path(), &encode(&data(0x200, 3))).unwrap();
         let full = std::fs::read(&newest.file.path).unwrap();
         for len in 0..full.len() {
             std::fs::write(&newest.file.path, &full[..len]).unwrap();
@@ -499,7 +486,7 @@ mod tests {
         for len in 0..full.len() {
             std::fs::write(&newest.file.path, &full[..len]).unwrap();
             assert!(matches!(
-                load_newest(dir.path()),
+                load_newest(&OS, dir.path()),
                 Err(SnapshotLoadError::NoneUsable { .. })
             ));
         }
@@ -508,8 +495,8 @@ mod tests {
     #[test]
     fn writing_garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_snapshot(dir.path(), b"not a snapshot").unwrap_err();
+        let err = write_snapshot(&OS, dir.path(), b"not a snapshot").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        assert!(list_snapshots(dir.path()).unwrap().is_empty());
+        assert!(list_snapshots(&OS, dir.path()).unwrap().is_empty());
     }
 }

@@ -17,15 +17,15 @@
 //!   torn write. It stays true after later writes, so it is kept until the
 //!   next graceful shutdown moves it.
 //!
-//! Written as a new file, synced, renamed over the old one, directory
-//! synced: a crash leaves either the old manifest or the new one.
+//! Written with `Storage::replace_file` (a new file, synced, renamed over
+//! the old one, directory synced): a crash leaves the old manifest or the new.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::segment::sync_dir;
+use crate::env::Storage;
 
 /// The manifest's file name inside a shard's WAL directory (not a segment
 /// name, so segment listings ignore it).
@@ -73,16 +73,20 @@ pub fn manifest_path(wal_dir: &Path) -> PathBuf {
 }
 
 /// The manifest of the log in `wal_dir`; `None` when there is none yet.
-pub fn read(wal_dir: &Path) -> io::Result<Option<Manifest>> {
+pub fn read(storage: &dyn Storage, wal_dir: &Path) -> io::Result<Option<Manifest>> {
     let path = manifest_path(wal_dir);
-    let bytes = match std::fs::metadata(&path) {
-        Ok(m) if m.len() > MANIFEST_BYTES_MAX => {
+    let bytes = match storage.metadata(&path) {
+        Ok(m) if m.len_bytes > MANIFEST_BYTES_MAX => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} is {} bytes: not a manifest", path.display(), m.len()),
+                format!(
+                    "{} is {} bytes: not a manifest",
+                    path.display(),
+                    m.len_bytes
+                ),
             ))
         }
-        Ok(_) => std::fs::read(&path)?,
+        Ok(_) => storage.read(&path)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -106,28 +110,21 @@ pub fn read(wal_dir: &Path) -> io::Result<Option<Manifest>> {
 }
 
 /// Replace the manifest durably (blocking: a few small writes and syncs).
-pub fn write(wal_dir: &Path, manifest: &Manifest) -> io::Result<()> {
-    let path = manifest_path(wal_dir);
-    let tmp = wal_dir.join(format!("{MANIFEST_FILE}.tmp"));
+pub fn write(storage: &dyn Storage, wal_dir: &Path, manifest: &Manifest) -> io::Result<()> {
     let body = serde_json::to_vec(manifest).map_err(io::Error::other)?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(wal_dir)
+    storage.replace_file(&manifest_path(wal_dir), &body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const OS: crate::env::os::OsStorage = crate::env::os::OsStorage;
+
     #[test]
     fn round_trips_and_absent_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()).unwrap(), None);
+        assert_eq!(read(&OS, dir.path()).unwrap(), None);
         let m = Manifest::new(
             7,
             Some(Seal {
@@ -135,17 +132,17 @@ mod tests {
                 end_bytes: 4096,
             }),
         );
-        write(dir.path(), &m).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(m));
-        write(dir.path(), &Manifest::new(8, None)).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(Manifest::new(8, None)));
+        write(&OS, dir.path(), &m).unwrap();
+        assert_eq!(read(&OS, dir.path()).unwrap(), Some(m));
+        write(&OS, dir.path(), &Manifest::new(8, None)).unwrap();
+        assert_eq!(read(&OS, dir.path()).unwrap(), Some(Manifest::new(8, None)));
     }
 
     #[test]
     fn a_foreign_file_is_an_error_not_a_manifest() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(manifest_path(dir.path()), b"hello").unwrap();
-        assert!(read(dir.path()).is_err());
+        assert!(read(&OS, dir.path()).is_err());
     }
 
     #[test]

@@ -39,7 +39,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::env::Clock;
 
 /// Low bits of an offset that name the shard.
 pub const SHARD_BITS: u32 = 6;
@@ -90,13 +91,14 @@ impl Frontier {
     }
 }
 
+/// The tick of a Unix time in microseconds.
+pub fn tick_at(unix_micros: u64) -> u64 {
+    unix_micros.saturating_sub(OFFSET_EPOCH_UNIX_MS * 1000) / TICK_MICROS
+}
+
 /// The wall-clock tick now.
-pub fn wall_clock_tick() -> u64 {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    micros.saturating_sub(OFFSET_EPOCH_UNIX_MS * 1000) / TICK_MICROS
+pub fn wall_clock_tick(clock: &dyn Clock) -> u64 {
+    tick_at(clock.unix_micros())
 }
 
 /// One shard's offset source.
@@ -104,17 +106,19 @@ pub struct OffsetClock {
     shard: usize,
     last_tick: u64,
     frontier: Frontier,
+    clock: Arc<dyn Clock>,
 }
 
 impl OffsetClock {
     /// `last_tick`: the highest tick found in this shard's log at recovery.
-    pub fn new(shard: usize, last_tick: u64, frontier: Frontier) -> Self {
+    pub fn new(shard: usize, last_tick: u64, frontier: Frontier, clock: Arc<dyn Clock>) -> Self {
         assert!(shard < SHARDS_MAX, "shard id {shard} exceeds SHARDS_MAX");
         frontier.raise(last_tick);
         OffsetClock {
             shard,
             last_tick,
             frontier,
+            clock,
         }
     }
 
@@ -124,7 +128,7 @@ impl OffsetClock {
         // Strictly above every tick any shard has committed: a record begun
         // now sorts after everything acknowledged so far (what lets WATCH_ALL
         // start "after every acknowledged write", see `Frontier::next_offset_floor`).
-        let floor = wall_clock_tick().max(self.frontier.get() + 1);
+        let floor = wall_clock_tick(&*self.clock).max(self.frontier.get() + 1);
         if floor > self.last_tick {
             // Leave `last_tick` one below the floor so the next record gets it.
             self.last_tick = floor - 1;
@@ -168,11 +172,15 @@ impl OffsetClock {
 mod tests {
     use super::*;
 
+    fn sys() -> Arc<dyn Clock> {
+        Arc::new(crate::env::SystemClock)
+    }
+
     #[test]
     fn offsets_are_unique_and_increasing_per_shard() {
         let frontier = Frontier::new();
-        let mut a = OffsetClock::new(0, 0, frontier.clone());
-        let mut b = OffsetClock::new(1, 0, frontier.clone());
+        let mut a = OffsetClock::new(0, 0, frontier.clone(), sys());
+        let mut b = OffsetClock::new(1, 0, frontier.clone(), sys());
         let mut seen = std::collections::HashSet::new();
         let (mut last_a, mut last_b) = (0, 0);
         for _ in 0..1000 {
@@ -194,8 +202,8 @@ mod tests {
     #[test]
     fn an_idle_shard_is_dragged_past_a_busy_one() {
         let frontier = Frontier::new();
-        let mut busy = OffsetClock::new(0, 0, frontier.clone());
-        let mut idle = OffsetClock::new(1, 0, frontier.clone());
+        let mut busy = OffsetClock::new(0, 0, frontier.clone(), sys());
+        let mut idle = OffsetClock::new(1, 0, frontier.clone(), sys());
         busy.begin_group();
         let mut last = 0;
         for _ in 0..100_000 {
@@ -208,8 +216,8 @@ mod tests {
 
     #[test]
     fn recovery_continues_above_the_recovered_tick() {
-        let far_future = wall_clock_tick() + 1_000_000;
-        let mut c = OffsetClock::new(3, far_future, Frontier::new());
+        let far_future = wall_clock_tick(&crate::env::SystemClock) + 1_000_000;
+        let mut c = OffsetClock::new(3, far_future, Frontier::new(), sys());
         c.begin_group();
         assert_eq!(tick_of_offset(c.next_offset()), far_future + 1);
     }

@@ -20,16 +20,16 @@
 //! ends a segment's readable data; it is never reported as corruption here
 //! (start-up recovery is the judge of damage).
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::record::{
     decode_record, RecordDefect, RecordHeader, RECORD_HEADER_BYTES, RECORD_MAGIC,
     RECORD_PAYLOAD_MAX_BYTES,
 };
 use super::segment::{list_segments, segment_path};
+use crate::env::{ReadFile, Storage};
 
 /// Every this many records of a segment, the sparse index remembers the
 /// record's position and offset.
@@ -133,8 +133,8 @@ impl Segment {
 }
 
 /// A read-only view of one shard's WAL directory.
-#[derive(Debug)]
 pub struct LogReader {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     /// Known segments, ascending by id.
     segments: Vec<Segment>,
@@ -153,8 +153,9 @@ enum SegmentEnd {
 
 impl LogReader {
     /// Index the segments in `dir` (reads each segment's first record).
-    pub fn open(dir: &Path) -> io::Result<LogReader> {
+    pub fn open(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<LogReader> {
         let mut reader = LogReader {
+            storage,
             dir: dir.to_path_buf(),
             segments: Vec::new(),
             stats: ReadStats::default(),
@@ -171,7 +172,7 @@ impl LogReader {
     /// learn first offsets of segments that were still empty. Segments whose
     /// first offset is known are only `stat`ed.
     pub fn refresh(&mut self) -> io::Result<()> {
-        let ids = list_segments(&self.dir)?;
+        let ids = list_segments(&*self.storage, &self.dir)?;
         let mut old = std::mem::take(&mut self.segments).into_iter().peekable();
         let mut fresh = Vec::with_capacity(ids.len());
         for id in ids {
@@ -184,18 +185,20 @@ impl LogReader {
             };
             let path = segment_path(&self.dir, id);
             let probed = match known {
-                Some(mut seg) if seg.first_offset.is_some() => std::fs::metadata(&path).map(|m| {
-                    seg.size_bytes = m.len();
-                    seg
-                }),
-                _ => probe_segment(&path, &mut self.stats).map(|(size_bytes, first_offset)| {
-                    Segment {
+                Some(mut seg) if seg.first_offset.is_some() => {
+                    self.storage.metadata(&path).map(|m| {
+                        seg.size_bytes = m.len_bytes;
+                        seg
+                    })
+                }
+                _ => probe_segment(&*self.storage, &path, &mut self.stats).map(
+                    |(size_bytes, first_offset)| Segment {
                         id,
                         size_bytes,
                         first_offset,
                         sparse: first_offset.map(|o| vec![(o, 0)]).unwrap_or_default(),
-                    }
-                }),
+                    },
+                ),
             };
             match probed {
                 Ok(seg) => fresh.push(seg),
@@ -333,17 +336,17 @@ impl LogReader {
         batch: &mut ReadBatch,
     ) -> io::Result<SegmentEnd> {
         let path = segment_path(&self.dir, self.segments[i].id);
-        let file = match File::open(&path) {
+        let file = match self.storage.open_read(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SegmentEnd::Vanished),
             Err(e) => return Err(e),
         };
-        let file_len = file.metadata()?.len();
+        let file_len = file.len_bytes()?;
         let seg = &mut self.segments[i];
         let (mut pos, mut ordinal) = seg.start_for(from_offset);
         let mut window = Window::default();
         loop {
-            let Some(record) = window.record_at(&file, file_len, pos, &mut self.stats)? else {
+            let Some(record) = window.record_at(&*file, file_len, pos, &mut self.stats)? else {
                 return Ok(SegmentEnd::Exhausted);
             };
             let (header, payload) = record;
@@ -375,12 +378,16 @@ impl LogReader {
 }
 
 /// Size of the segment file and the offset of its first record, if any.
-fn probe_segment(path: &Path, stats: &mut ReadStats) -> io::Result<(u64, Option<u64>)> {
-    let file = File::open(path)?;
-    let size = file.metadata()?.len();
+fn probe_segment(
+    storage: &dyn Storage,
+    path: &Path,
+    stats: &mut ReadStats,
+) -> io::Result<(u64, Option<u64>)> {
+    let file = storage.open_read(path)?;
+    let size = file.len_bytes()?;
     let mut window = Window::default();
     let first = window
-        .record_at(&file, size, 0, stats)?
+        .record_at(&*file, size, 0, stats)?
         .map(|(h, _)| h.offset);
     Ok((size, first))
 }
@@ -397,7 +404,7 @@ impl Window {
     /// none (zeros, end of file, or bytes that are not a complete record).
     fn record_at(
         &mut self,
-        file: &File,
+        file: &dyn ReadFile,
         file_len: u64,
         pos: u64,
         stats: &mut ReadStats,
@@ -441,17 +448,21 @@ impl Window {
     }
 
     /// Read the window at `pos`; returns the bytes read.
-    fn fill(&mut self, file: &File, file_len: u64, pos: u64, need: usize) -> io::Result<usize> {
+    fn fill(
+        &mut self,
+        file: &dyn ReadFile,
+        file_len: u64,
+        pos: u64,
+        need: usize,
+    ) -> io::Result<usize> {
         let len = need.max(READER_CHUNK_BYTES) as u64;
         let len = len.min(file_len - pos) as usize;
         self.data.resize(len, 0);
         let mut done = 0;
         while done < len {
-            match file.read_at(&mut self.data[done..], pos + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match file.read_at(&mut self.data[done..], pos + done as u64)? {
+                0 => break,
+                n => done += n,
             }
         }
         self.data.truncate(done);

@@ -5,6 +5,10 @@ use crate::wal::record::{append_record, RecordKind, RecordStamp};
 
 const SEGMENT_BYTES: usize = 64 * 1024;
 
+fn os() -> std::sync::Arc<dyn crate::env::Storage> {
+    std::sync::Arc::new(crate::env::os::OsStorage)
+}
+
 fn offset_of(i: u64) -> u64 {
     // Gaps between offsets, as the real clock leaves them.
     ((i * 3 + 10) << 6) | 2
@@ -52,7 +56,7 @@ fn three_segments() -> tempfile::TempDir {
 #[test]
 fn reads_everything_across_segments_in_order() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let batch = r.read_from(0, usize::MAX, usize::MAX).unwrap();
     assert_eq!(indices(&batch), (0..300).collect::<Vec<_>>());
     assert!(batch.reached_end);
@@ -68,7 +72,7 @@ fn reads_everything_across_segments_in_order() {
 #[test]
 fn reads_from_the_middle_of_a_segment() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let batch = r.read_from(offset_of(120), 10, usize::MAX).unwrap();
     assert_eq!(indices(&batch), (120..130).collect::<Vec<_>>());
     assert!(!batch.reached_end);
@@ -82,7 +86,7 @@ fn reads_from_the_middle_of_a_segment() {
 #[test]
 fn an_offset_between_records_starts_at_the_next_record() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     // offset_of(i) + 1 lies in the gap before offset_of(i + 1).
     for i in [0u64, 99, 100, 180, 249, 250] {
         let batch = r.read_from(offset_of(i) + 1, 1, usize::MAX).unwrap();
@@ -93,7 +97,7 @@ fn an_offset_between_records_starts_at_the_next_record() {
 #[test]
 fn an_offset_before_the_oldest_reads_from_the_start() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let batch = r.read_from(0, 3, usize::MAX).unwrap();
     assert_eq!(indices(&batch), vec![0, 1, 2]);
 }
@@ -101,7 +105,7 @@ fn an_offset_before_the_oldest_reads_from_the_start() {
 #[test]
 fn an_offset_beyond_the_end_reads_nothing() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let batch = r.read_from(offset_of(299) + 1, 10, usize::MAX).unwrap();
     assert!(batch.records.is_empty());
     assert!(batch.reached_end);
@@ -113,7 +117,7 @@ fn an_offset_beyond_the_end_reads_nothing() {
 #[test]
 fn max_bytes_bounds_a_read_but_one_record_always_comes() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let one = r.read_from(0, 1, usize::MAX).unwrap().records[0].total_len();
     let batch = r.read_from(0, usize::MAX, one * 5 + one / 2).unwrap();
     assert_eq!(batch.records.len(), 5);
@@ -125,7 +129,7 @@ fn max_bytes_bounds_a_read_but_one_record_always_comes() {
 #[test]
 fn empty_directory_and_empty_segment_read_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     assert_eq!(r.oldest_offset(), None);
     let batch = r.read_from(0, 10, usize::MAX).unwrap();
     assert!(batch.records.is_empty() && batch.reached_end);
@@ -143,7 +147,7 @@ fn sees_appends_and_new_segments_after_open() {
     write_segment(dir.path(), 1, 0..10, SEGMENT_BYTES);
     // The writer prepares the next segment before rotating into it.
     std::fs::write(segment_path(dir.path(), 2), vec![0u8; SEGMENT_BYTES]).unwrap();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let batch = r.read_from(0, 100, usize::MAX).unwrap();
     assert_eq!(indices(&batch), (0..10).collect::<Vec<_>>());
     assert!(batch.reached_end);
@@ -166,7 +170,7 @@ fn sees_appends_and_new_segments_after_open() {
 #[test]
 fn deleted_segments_are_forgotten() {
     let dir = three_segments();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     assert_eq!(r.oldest_offset(), Some(offset_of(0)));
     std::fs::remove_file(segment_path(dir.path(), 1)).unwrap();
     // A read that lands on the deleted file recovers by re-listing.
@@ -181,7 +185,7 @@ fn the_sparse_index_agrees_with_a_full_scan() {
     // ~1 MiB of records: scans cross several read-chunk boundaries.
     let n = READER_INDEX_STRIDE_RECORDS * 20 + 17;
     write_segment(dir.path(), 1, 0..n, 2 << 20);
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let all = r.read_from(0, usize::MAX, usize::MAX).unwrap();
     assert_eq!(all.records.len() as u64, n);
     assert_eq!(r.segments[0].sparse.len(), 21);
@@ -210,7 +214,7 @@ fn records_larger_than_a_read_chunk_are_read_whole() {
     }
     data.resize(data.len() + 4096, 0);
     std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let batch = r.read_from(offset_of(1), 10, usize::MAX).unwrap();
     assert_eq!(batch.records.len(), 2);
     assert!(batch.records.iter().all(|rec| rec.payload == big));
@@ -222,7 +226,7 @@ fn a_damaged_or_torn_record_ends_the_readable_data() {
     write_segment(dir.path(), 1, 0..10, SEGMENT_BYTES);
     let path = segment_path(dir.path(), 1);
     let mut data = std::fs::read(&path).unwrap();
-    let mut r = LogReader::open(dir.path()).unwrap();
+    let mut r = LogReader::open(os(), dir.path()).unwrap();
     let len = r.read_from(0, 1, usize::MAX).unwrap().records[0].total_len();
     data[len * 6 + 20] ^= 0x10;
     std::fs::write(&path, &data).unwrap();
@@ -261,7 +265,7 @@ fn arbitrary_segment_bytes_never_panic() {
             data[0..4].copy_from_slice(&RECORD_MAGIC);
         }
         std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
-        let mut r = LogReader::open(dir.path()).unwrap();
+        let mut r = LogReader::open(os(), dir.path()).unwrap();
         let _ = r.read_from(seed % 1000, 50, 1 << 20).unwrap();
     }
 }

@@ -47,7 +47,6 @@
 
 use std::fmt;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::manifest::{self, Manifest};
@@ -55,6 +54,7 @@ use super::offset::tick_of_offset;
 use super::record::{decode_record, RecordDefect, RecordHeader, RECORD_MAGIC};
 use super::segment::{list_segments, segment_path};
 use super::sequence::{ChainError, SequenceChain};
+use crate::env::Storage;
 
 /// What recovery knows besides the files themselves.
 #[derive(Debug, Clone, Copy, Default)]
@@ -240,19 +240,19 @@ fn count_valid_records(data: &[u8], from: usize) -> u64 {
     count
 }
 
-fn zero_range(path: &Path, from: u64, to: u64) -> io::Result<()> {
+fn zero_range(storage: &dyn Storage, path: &Path, from: u64, to: u64) -> io::Result<()> {
     if to <= from {
         return Ok(());
     }
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let file = storage.open_write(path, false)?;
     let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
     let mut pos = from;
     while pos < to {
         let n = (to - pos).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], pos)?;
+        file.write_at(&zeros[..n], pos)?;
         pos += n as u64;
     }
-    file.sync_data()
+    file.sync()
 }
 
 /// Where the written part of a segment ends: segments are pre-zeroed, so
@@ -294,13 +294,15 @@ impl Damage {
 
 /// Scan the log in `dir`, calling `visit` for every valid record in order.
 pub fn scan(
+    storage: &dyn Storage,
     dir: &Path,
     plan: ScanPlan,
     mut visit: impl FnMut(&RecordHeader, &[u8]) -> Result<(), String>,
 ) -> Result<ScanOutcome, RecoveryError> {
-    let ids = list_segments(dir).map_err(io_err(dir))?;
-    let found_manifest = manifest::read(dir).map_err(io_err(&manifest::manifest_path(dir)))?;
-    let ids = check_consecutive(dir, plan, ids)?;
+    let ids = list_segments(storage, dir).map_err(io_err(dir))?;
+    let found_manifest =
+        manifest::read(storage, dir).map_err(io_err(&manifest::manifest_path(dir)))?;
+    let ids = check_consecutive(storage, dir, plan, ids)?;
     let seal = found_manifest.and_then(|m| m.sealed);
     let mut out = ScanOutcome {
         active_segment: 1,
@@ -313,7 +315,7 @@ pub fn scan(
     while idx < ids.len() {
         let id = ids[idx];
         let path = segment_path(dir, id);
-        let data = std::fs::read(&path).map_err(io_err(&path))?;
+        let data = storage.read(&path).map_err(io_err(&path))?;
         out.segments += 1;
         out.bytes_scanned += data.len() as u64;
         out.active_segment = id;
@@ -387,7 +389,7 @@ pub fn scan(
         let mut records_after = 0u64;
         for &later in later_segments {
             let p = segment_path(dir, later);
-            let d = std::fs::read(&p).map_err(io_err(&p))?;
+            let d = storage.read(&p).map_err(io_err(&p))?;
             records_after += count_valid_records(&d[..written_end(&d)], 0);
         }
         let written = &data[..written.max(pos)];
@@ -401,10 +403,10 @@ pub fn scan(
         };
         let end = written.len() as u64;
         if torn {
-            zero_range(&path, pos as u64, end).map_err(io_err(&path))?;
+            zero_range(storage, &path, pos as u64, end).map_err(io_err(&path))?;
             // Later segments hold no valid record (checked above): drop them
             // so appends continue right here.
-            remove_segments(dir, later_segments)?;
+            remove_segments(storage, dir, later_segments)?;
             out.torn_tail = Some(TailRepair {
                 path,
                 position: pos as u64,
@@ -422,8 +424,8 @@ pub fn scan(
                 records_after,
             });
         }
-        zero_range(&path, pos as u64, end).map_err(io_err(&path))?;
-        remove_segments(dir, later_segments)?;
+        zero_range(storage, &path, pos as u64, end).map_err(io_err(&path))?;
+        remove_segments(storage, dir, later_segments)?;
         out.salvage = Some(SalvageReport {
             path,
             position: pos as u64,
@@ -440,7 +442,12 @@ pub fn scan(
 
 /// Segment ids must follow each other: a hole is a deleted file. Refuse,
 /// or — salvaging — keep the segments before the hole and drop the rest.
-fn check_consecutive(dir: &Path, plan: ScanPlan, ids: Vec<u64>) -> Result<Vec<u64>, RecoveryError> {
+fn check_consecutive(
+    storage: &dyn Storage,
+    dir: &Path,
+    plan: ScanPlan,
+    ids: Vec<u64>,
+) -> Result<Vec<u64>, RecoveryError> {
     let Some(hole) = ids.windows(2).position(|w| w[1] != w[0] + 1) else {
         return Ok(ids);
     };
@@ -459,7 +466,7 @@ fn check_consecutive(dir: &Path, plan: ScanPlan, ids: Vec<u64>) -> Result<Vec<u6
         });
     }
     tracing::warn!("--salvage: {detail}; the segments after the hole are dropped");
-    remove_segments(dir, &ids[hole + 1..])?;
+    remove_segments(storage, dir, &ids[hole + 1..])?;
     Ok(ids[..=hole].to_vec())
 }
 
@@ -505,15 +512,15 @@ fn check_manifest_tail(
     Ok(())
 }
 
-fn remove_segments(dir: &Path, ids: &[u64]) -> Result<(), RecoveryError> {
+fn remove_segments(storage: &dyn Storage, dir: &Path, ids: &[u64]) -> Result<(), RecoveryError> {
     if ids.is_empty() {
         return Ok(());
     }
     for &id in ids {
         let p = segment_path(dir, id);
-        std::fs::remove_file(&p).map_err(io_err(&p))?;
+        storage.remove_file(&p).map_err(io_err(&p))?;
     }
-    super::segment::sync_dir(dir).map_err(io_err(dir))
+    storage.sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -562,9 +569,11 @@ mod tests {
         write_segment_from(dir, id, 0, n, group, size)
     }
 
+    const OS: crate::env::os::OsStorage = crate::env::os::OsStorage;
+
     fn count_with(dir: &Path, plan: ScanPlan) -> Result<(u64, ScanOutcome), RecoveryError> {
         let mut n = 0;
-        let out = scan(dir, plan, |_, _| {
+        let out = scan(&OS, dir, plan, |_, _| {
             n += 1;
             Ok(())
         })?;
@@ -755,7 +764,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_segment(dir.path(), 1, 3, 1, 8192);
         write_segment_from(dir.path(), 2, 3, 2, 1, 8192);
-        manifest::write(dir.path(), &Manifest::new(2, None)).unwrap();
+        manifest::write(&OS, dir.path(), &Manifest::new(2, None)).unwrap();
         count(dir.path(), false).unwrap();
         std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
         let err = count(dir.path(), false).unwrap_err();
@@ -776,7 +785,7 @@ mod tests {
             segment: 1,
             end_bytes: end,
         };
-        manifest::write(dir.path(), &Manifest::new(1, Some(seal))).unwrap();
+        manifest::write(&OS, dir.path(), &Manifest::new(1, Some(seal))).unwrap();
         let path = segment_path(dir.path(), 1);
         let good = std::fs::read(&path).unwrap();
         let mut data = good.clone();

@@ -22,7 +22,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::segment::{segment_path, sync_dir};
+use super::segment::segment_path;
+use crate::env::Storage;
 
 /// Bytes freed per step while shrinking a retired segment.
 pub const RETIRE_STEP_BYTES: u64 = 4 * 1024 * 1024;
@@ -40,18 +41,22 @@ fn retired_path(path: &Path) -> PathBuf {
 /// Take the segments `ids` out of the log in `dir` and free their space
 /// (blocking; meant for a background thread). Segments already gone are
 /// skipped.
-pub fn retire_segments(dir: &Path, ids: &[u64]) -> io::Result<()> {
+pub fn retire_segments(storage: &dyn Storage, dir: &Path, ids: &[u64]) -> io::Result<()> {
     let paths: Vec<PathBuf> = ids.iter().map(|&id| segment_path(dir, id)).collect();
-    retire_files(dir, &paths).map(|_| ())
+    retire_files(storage, dir, &paths).map(|_| ())
 }
 
 /// Retire `paths`, all files directly in `dir` (blocking). Returns the ones
 /// that were there; files already gone are skipped.
-pub fn retire_files(dir: &Path, paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+pub fn retire_files(
+    storage: &dyn Storage,
+    dir: &Path,
+    paths: &[PathBuf],
+) -> io::Result<Vec<PathBuf>> {
     let mut retired = Vec::with_capacity(paths.len());
     for path in paths {
         let to = retired_path(path);
-        match std::fs::rename(path, &to) {
+        match storage.rename(path, &to) {
             Ok(()) => retired.push((path.clone(), to)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -60,44 +65,40 @@ pub fn retire_files(dir: &Path, paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
     if retired.is_empty() {
         return Ok(Vec::new());
     }
-    sync_dir(dir)?;
+    storage.sync_dir(dir)?;
     let pause = Duration::from_millis(RETIRE_STEP_PAUSE_MS);
     for (_, to) in &retired {
-        shrink_and_remove(to, pause)?;
+        shrink_and_remove(storage, to, pause)?;
     }
     Ok(retired.into_iter().map(|(from, _)| from).collect())
 }
 
-fn shrink_and_remove(path: &Path, pause: Duration) -> io::Result<()> {
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    let mut len = file.metadata()?.len();
+fn shrink_and_remove(storage: &dyn Storage, path: &Path, pause: Duration) -> io::Result<()> {
+    let mut len = storage.metadata(path)?.len_bytes;
+    let file = storage.open_write(path, false)?;
     while len > 0 {
         len = len.saturating_sub(RETIRE_STEP_BYTES);
         file.set_len(len)?;
         if len > 0 {
-            std::thread::sleep(pause);
+            storage.pace(pause);
         }
     }
     drop(file);
-    std::fs::remove_file(path)
+    storage.remove_file(path)
 }
 
 /// Delete what a crash left of earlier retirements in `dir` (a missing
 /// directory has none); returns how many files.
-pub fn remove_retired(dir: &Path) -> io::Result<usize> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+pub fn remove_retired(storage: &dyn Storage, dir: &Path) -> io::Result<usize> {
+    let names = match storage.list(dir) {
+        Ok(names) => names,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_str().is_some_and(|n| n.ends_with(RETIRED_SUFFIX)) {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
+    for name in names.iter().filter(|n| n.ends_with(RETIRED_SUFFIX)) {
+        storage.remove_file(&dir.join(name))?;
+        removed += 1;
     }
     Ok(removed)
 }
@@ -106,6 +107,8 @@ pub fn remove_retired(dir: &Path) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::wal::segment::list_segments;
+
+    const OS: crate::env::os::OsStorage = crate::env::os::OsStorage;
 
     fn segment(dir: &Path, id: u64, len: u64) {
         let f = std::fs::File::create(segment_path(dir, id)).unwrap();
@@ -118,8 +121,8 @@ mod tests {
         for id in 1..=4 {
             segment(dir.path(), id, 9 * 1024 * 1024 + 17);
         }
-        retire_segments(dir.path(), &[1, 2, 9]).unwrap();
-        assert_eq!(list_segments(dir.path()).unwrap(), vec![3, 4]);
+        retire_segments(&OS, dir.path(), &[1, 2, 9]).unwrap();
+        assert_eq!(list_segments(&OS, dir.path()).unwrap(), vec![3, 4]);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "nothing else is left behind: {names:?}");
     }
@@ -132,9 +135,9 @@ mod tests {
         // As a crash between the rename and the unlink leaves it.
         let one = segment_path(dir.path(), 1);
         std::fs::rename(&one, retired_path(&one)).unwrap();
-        assert_eq!(list_segments(dir.path()).unwrap(), vec![2]);
-        assert_eq!(remove_retired(dir.path()).unwrap(), 1);
-        assert_eq!(remove_retired(dir.path()).unwrap(), 0);
-        assert_eq!(list_segments(dir.path()).unwrap(), vec![2]);
+        assert_eq!(list_segments(&OS, dir.path()).unwrap(), vec![2]);
+        assert_eq!(remove_retired(&OS, dir.path()).unwrap(), 1);
+        assert_eq!(remove_retired(&OS, dir.path()).unwrap(), 0);
+        assert_eq!(list_segments(&OS, dir.path()).unwrap(), vec![2]);
     }
 }

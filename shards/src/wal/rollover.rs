@@ -16,15 +16,17 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::manifest::{self, Manifest};
-use super::segment::{create_zeroed_segment, open_segment, segment_path, SegmentFile};
+use super::segment::segment_path;
+use crate::env::tasks::blocking;
+use crate::env::{Env, SegmentFile};
 
 /// How long after a failed preparation of the next segment it is tried again.
 pub const ROLLOVER_RETRY_MS: u64 = 1_000;
 
-type Prepared = io::Result<(SegmentFile, Manifest)>;
+type Prepared = io::Result<(Box<dyn SegmentFile>, Manifest)>;
 
 enum Next {
     /// Nothing prepared or under way.
@@ -35,17 +37,19 @@ enum Next {
     },
     Ready {
         id: u64,
-        file: SegmentFile,
+        file: Box<dyn SegmentFile>,
         manifest: Manifest,
     },
     Failed {
         id: u64,
         error: String,
-        at: Instant,
+        /// Monotonic time of the failure.
+        at: Duration,
     },
 }
 
 pub struct Rollover {
+    env: Env,
     dir: PathBuf,
     segment_size_bytes: u64,
     dsync: bool,
@@ -60,8 +64,9 @@ pub struct RolloverFailure {
 }
 
 impl Rollover {
-    pub fn new(dir: &Path, segment_size_bytes: u64, dsync: bool) -> Self {
+    pub fn new(env: Env, dir: &Path, segment_size_bytes: u64, dsync: bool) -> Self {
         Rollover {
+            env,
             dir: dir.to_path_buf(),
             segment_size_bytes,
             dsync,
@@ -76,18 +81,19 @@ impl Rollover {
         match &self.next {
             Next::Preparing { id: p, .. } | Next::Ready { id: p, .. } if *p == id => return,
             Next::Failed { id: p, at, .. }
-                if *p == id && at.elapsed() < Duration::from_millis(ROLLOVER_RETRY_MS) =>
+                if *p == id
+                    && self.env.clock.elapsed(*at) < Duration::from_millis(ROLLOVER_RETRY_MS) =>
             {
                 return
             }
             _ => {}
         }
         let (tx, rx) = flume::bounded(1);
-        let (dir, size, dsync) = (self.dir.clone(), self.segment_size_bytes, self.dsync);
-        glommio::spawn_local(async move {
-            let _ = tx.send(prepare_segment(&dir, id, size, dsync, manifest).await);
-        })
-        .detach();
+        let (env, dir) = (self.env.clone(), self.dir.clone());
+        let (size, dsync) = (self.segment_size_bytes, self.dsync);
+        self.env.tasks.spawn(Box::pin(async move {
+            let _ = tx.send(prepare_segment(&env, &dir, id, size, dsync, manifest).await);
+        }));
         self.next = Next::Preparing { id, rx };
     }
 
@@ -120,7 +126,7 @@ impl Rollover {
                 self.next = Next::Failed {
                     id,
                     error: error.clone(),
-                    at: Instant::now(),
+                    at: self.env.clock.monotonic(),
                 };
                 Some(RolloverFailure { segment: id, error })
             }
@@ -147,11 +153,7 @@ impl Rollover {
     /// The file of segment `id` to roll over to, with the manifest that names
     /// it: the prepared one, or — when none was prepared (a group that rolls
     /// over twice) — one made now.
-    pub async fn take(
-        &mut self,
-        id: u64,
-        manifest: Manifest,
-    ) -> io::Result<(SegmentFile, Manifest)> {
+    pub async fn take(&mut self, id: u64, manifest: Manifest) -> Prepared {
         if let Next::Preparing { id: p, .. } = &self.next {
             if *p == id {
                 self.settle(true).await;
@@ -165,7 +167,8 @@ impl Rollover {
             } if p == id => Ok((file, manifest)),
             Next::Failed { id: p, error, .. } if p == id => Err(io::Error::other(error)),
             _ => {
-                prepare_segment(&self.dir, id, self.segment_size_bytes, self.dsync, manifest).await
+                let (size, dsync) = (self.segment_size_bytes, self.dsync);
+                prepare_segment(&self.env, &self.dir, id, size, dsync, manifest).await
             }
         }
     }
@@ -175,24 +178,26 @@ impl Rollover {
 /// and the manifest raised to name it — before any record goes into it, so
 /// from then on its absence is a missing file, not the log's end.
 async fn prepare_segment(
+    env: &Env,
     dir: &Path,
     id: u64,
     size_bytes: u64,
     dsync: bool,
     manifest: Manifest,
 ) -> Prepared {
-    let zeroed = create_zeroed_segment(dir, id, size_bytes, dsync).await?;
+    let file = env
+        .storage
+        .create_segment(&segment_path(dir, id), size_bytes, dsync)
+        .await?;
     let mut raised = manifest;
     if raised.last_segment < id {
         raised.last_segment = id;
-        let dir = dir.to_path_buf();
-        glommio::executor()
-            .spawn_blocking(move || manifest::write(&dir, &raised))
-            .await?;
+        let (storage, dir) = (env.storage.clone(), dir.to_path_buf());
+        blocking(&*env.tasks, move || {
+            manifest::write(&*storage, &dir, &raised)
+        })
+        .await
+        .unwrap_or_else(|| Err(io::Error::other("the manifest write did not run")))?;
     }
-    if dsync {
-        return Ok((SegmentFile::Direct(zeroed), raised));
-    }
-    zeroed.close().await.map_err(io::Error::from)?;
-    Ok((open_segment(&segment_path(dir, id), false).await?, raised))
+    Ok((file, raised))
 }

@@ -17,7 +17,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::manifest::{self, Manifest, Seal};
 use super::offset::OffsetClock;
@@ -28,10 +28,9 @@ use super::record::{
 };
 use super::recovery::SegmentTally;
 use super::rollover::{Rollover, RolloverFailure};
-use super::segment::{
-    align_down, align_up, create_zeroed_segment, open_segment, segment_path, SegmentFile,
-};
+use super::segment::{align_down, align_up, list_segments, segment_path};
 use super::sequence::entries_in;
+use crate::env::{Env, SegmentFile};
 use crate::error::EngineError;
 
 /// Whether segments are written with direct I/O + O_DSYNC (each write
@@ -98,11 +97,12 @@ pub struct WalOpen {
 }
 
 pub struct WalWriter {
+    env: Env,
     dir: PathBuf,
     policy: FsyncPolicy,
     segment_size_bytes: u64,
     segment_id: u64,
-    file: SegmentFile,
+    file: Box<dyn SegmentFile>,
     /// Logical end of the written log in the active segment.
     end: u64,
     /// Copy of the bytes `[align_down(end), end)`, rewritten with the next group.
@@ -119,7 +119,8 @@ pub struct WalWriter {
     staged_bytes: usize,
     clock: OffsetClock,
     unsynced_records: u64,
-    unsynced_since: Option<Instant>,
+    /// Monotonic time of the oldest unsynced record (`every_ms`).
+    unsynced_since: Option<Duration>,
     /// The next segment, prepared ahead (`rollover.rs`).
     rollover: Rollover,
     stats: WalStats,
@@ -139,7 +140,12 @@ impl WalWriter {
     /// Open the log for appending where recovery found its end, continuing
     /// the entry count. The segment is created, zero-filled, when it does not
     /// exist; then the manifest is written to name the log as it now stands.
-    pub async fn open(dir: &Path, at: WalOpen, clock: OffsetClock) -> io::Result<WalWriter> {
+    pub async fn open(
+        env: Env,
+        dir: &Path,
+        at: WalOpen,
+        clock: OffsetClock,
+    ) -> io::Result<WalWriter> {
         let WalOpen {
             policy,
             segment_size_bytes,
@@ -149,28 +155,35 @@ impl WalWriter {
             sealed,
         } = at;
         let dsync = WAL_DIRECT_IO && policy.acks_after_sync();
+        let storage = &*env.storage;
         let path = segment_path(dir, segment_id);
-        if !path.exists() {
-            create_zeroed_segment(dir, segment_id, segment_size_bytes, dsync)
+        let file = if storage.exists(&path) {
+            storage.open_segment(&path, dsync).await?
+        } else {
+            storage
+                .create_segment(&path, segment_size_bytes, dsync)
                 .await?
-                .close()
-                .await
-                .map_err(io::Error::from)?;
-        }
-        let file = open_segment(&path, dsync).await?;
-        let last_present = super::segment::list_segments(dir)?
+        };
+        let last_present = list_segments(storage, dir)?
             .last()
             .copied()
             .unwrap_or(segment_id);
         let manifest = Manifest::new(last_present.max(segment_id), sealed);
-        manifest::write(dir, &manifest)?;
+        manifest::write(storage, dir, &manifest)?;
         let tail_start = align_down(end);
         let mut tail = vec![0u8; (end - tail_start) as usize];
         if !tail.is_empty() {
-            use std::os::unix::fs::FileExt;
-            std::fs::File::open(&path)?.read_exact_at(&mut tail, tail_start)?;
+            let f = storage.open_read(&path)?;
+            if f.read_at(&mut tail, tail_start)? != tail.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} ends inside its last block", path.display()),
+                ));
+            }
         }
+        let rollover = Rollover::new(env.clone(), dir, segment_size_bytes, dsync);
         Ok(WalWriter {
+            env,
             dir: dir.to_path_buf(),
             policy,
             segment_size_bytes,
@@ -187,7 +200,7 @@ impl WalWriter {
             clock,
             unsynced_records: 0,
             unsynced_since: None,
-            rollover: Rollover::new(dir, segment_size_bytes, dsync),
+            rollover,
             stats: WalStats::default(),
             unwritten_floor: None,
             entries,
@@ -311,7 +324,7 @@ impl WalWriter {
             debug_assert_eq!(self.entries, self.entries_committed);
             return Ok(());
         }
-        let started = Instant::now();
+        let started = self.env.clock.monotonic();
         let mut chunks = std::mem::take(&mut self.chunks);
         let counts = std::mem::replace(&mut self.chunk_records, vec![0]);
         for (i, chunk) in chunks.iter().enumerate() {
@@ -360,12 +373,13 @@ impl WalWriter {
                 }
             }
             FsyncPolicy::EveryMs(_) => {
-                self.unsynced_since.get_or_insert_with(Instant::now);
+                let now = self.env.clock.monotonic();
+                self.unsynced_since.get_or_insert(now);
             }
             FsyncPolicy::Never => {}
         }
         self.stats
-            .record_commit_latency(started.elapsed().as_micros() as u64);
+            .record_commit_latency(self.env.clock.elapsed(started).as_micros() as u64);
         if self.end >= self.segment_size_bytes / 2 {
             // Half full: make the next segment ready in the background.
             self.rollover.prepare(self.segment_id + 1, self.manifest);
@@ -403,7 +417,7 @@ impl WalWriter {
     /// the policy's interval. The shard calls this from its timer.
     pub async fn sync_if_due(&mut self) -> io::Result<()> {
         if let (FsyncPolicy::EveryMs(ms), Some(since)) = (self.policy, self.unsynced_since) {
-            if since.elapsed() >= Duration::from_millis(ms) {
+            if self.env.clock.elapsed(since) >= Duration::from_millis(ms) {
                 self.sync().await?;
             }
         }
@@ -414,7 +428,7 @@ impl WalWriter {
     pub fn sync_due_in(&self) -> Option<Duration> {
         match (self.policy, self.unsynced_since) {
             (FsyncPolicy::EveryMs(ms), Some(since)) => {
-                Some(Duration::from_millis(ms).saturating_sub(since.elapsed()))
+                Some(Duration::from_millis(ms).saturating_sub(self.env.clock.elapsed(since)))
             }
             _ => None,
         }
@@ -447,7 +461,7 @@ impl WalWriter {
             segment: self.segment_id,
             end_bytes: self.end,
         });
-        manifest::write(&self.dir, &self.manifest)
+        manifest::write(&*self.env.storage, &self.dir, &self.manifest)
     }
 
     pub fn stats(&self) -> WalStats {
@@ -486,11 +500,11 @@ impl WalWriter {
             let new_tail_start = align_down(total as u64) as usize;
             self.tail.clear();
             self.tail.extend_from_slice(&bytes[new_tail_start..total]);
-            self.file.write_all_at(&bytes, start).await?;
+            self.file.write_at(&bytes, start).await?;
             // O_DSYNC: the write itself was the sync.
             self.stats.syncs += 1;
         } else {
-            self.file.write_all_at(chunk, self.end).await?;
+            self.file.write_at(chunk, self.end).await?;
         }
         self.end += chunk.len() as u64;
         self.stats.writes += 1;

@@ -77,6 +77,7 @@ fn seed() -> &'static Vec<u8> {
             shard: 2,
             covered_offset: 194,
             last_tick: 3,
+            entries: 5,
             machines: vec![def, other],
             instances: vec![("a".into(), full), ("b".into(), deleted)],
         })

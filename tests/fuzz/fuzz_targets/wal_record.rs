@@ -7,7 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use shards::wal::reader::LogReader;
 use shards::wal::record::decode_record;
-use shards::wal::recovery::scan;
+use shards::env::os::OsStorage;
+use shards::wal::recovery::{scan, ScanPlan};
 use shards::wal::segment::segment_path;
 
 fuzz_target!(|data: &[u8]| {
@@ -37,20 +38,25 @@ fuzz_target!(|data: &[u8]| {
         let _ = std::fs::write(segment_path(dir.path(), 2), &rest[split..]);
     }
     // The reader sees the files as written; recovery may then repair them.
-    if let Ok(mut reader) = LogReader::open(dir.path()) {
+    if let Ok(mut reader) = LogReader::open(std::sync::Arc::new(OsStorage), dir.path()) {
         let from = u64::from(control & 0x0f) << 6;
         let _ = reader.read_from(from, 1 + (control as usize & 0x70), 1 << 20);
         let _ = reader.oldest_offset();
     }
     let salvage = control & 1 == 1;
+    let plan = |salvage| ScanPlan {
+        salvage,
+        ..ScanPlan::default()
+    };
     let mut records = 0u64;
-    if let Ok(out) = scan(dir.path(), salvage, |_, _| {
+    if let Ok(out) = scan(&OsStorage, dir.path(), plan(salvage), |_, _| {
         records += 1;
         Ok(())
     }) {
         assert_eq!(out.records, records);
         // After a successful scan (and its repairs) the log is clean.
-        let again = scan(dir.path(), false, |_, _| Ok(())).expect("a repaired log scans cleanly");
+        let again = scan(&OsStorage, dir.path(), plan(false), |_, _| Ok(()))
+            .expect("a repaired log scans cleanly");
         assert_eq!(again.records, records);
         assert!(again.torn_tail.is_none() && again.salvage.is_none());
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::*;
+use crate::env::Env;
 use crate::shard::{Shard, ShardConfig};
 use crate::wal::{Frontier, FsyncPolicy};
 
@@ -67,6 +68,7 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
     on_executor(move || async move {
         let (shard, report) = Shard::open(
             &config(&p, seg),
+            Env::os(0),
             Frontier::new(),
             Arc::new(AtomicU64::new(0)),
         )
@@ -120,12 +122,14 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
         drop(tx);
         runner.await;
     });
-    let segments = crate::wal::segment::list_segments(&path.join("wal")).unwrap();
+    let segments =
+        crate::wal::segment::list_segments(&crate::env::os::OsStorage, &path.join("wal")).unwrap();
     assert!(segments.len() > 2, "expected rotations, got {segments:?}");
     let p = path.clone();
     on_executor(move || async move {
         let (shard, report) = Shard::open(
             &config(&p, seg),
+            Env::os(0),
             Frontier::new(),
             Arc::new(AtomicU64::new(0)),
         )
@@ -165,9 +169,14 @@ fn a_reopened_shard_has_everything_it_acknowledged_across_segments() {
 /// Open (recover) a shard and run its loop; drop the sender and await the
 /// task to stop it.
 async fn run_shard(cfg: &ShardConfig) -> (flume::Sender<ShardMsg>, glommio::Task<()>) {
-    let (shard, _) = Shard::open(cfg, Frontier::new(), Arc::new(AtomicU64::new(0)))
-        .await
-        .unwrap();
+    let (shard, _) = Shard::open(
+        cfg,
+        Env::os(cfg.id),
+        Frontier::new(),
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await
+    .unwrap();
     let (tx, rx) = flume::unbounded();
     (tx, glommio::spawn_local(shard.run(rx, None)))
 }
@@ -248,6 +257,7 @@ fn recovery_starts_from_the_snapshot_and_replays_the_tail() {
     on_executor(move || async move {
         let (shard, report) = Shard::open(
             &config(&p, 64 * 1024),
+            Env::os(0),
             Frontier::new(),
             Arc::new(AtomicU64::new(0)),
         )
@@ -289,7 +299,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
         drop(tx);
         runner.await;
     });
-    let snaps = crate::snapshot::list_snapshots(dir.path()).unwrap();
+    let snaps = crate::snapshot::list_snapshots(&crate::env::os::OsStorage, dir.path()).unwrap();
     assert_eq!(snaps.len(), 2);
     let newest = &snaps[0].path;
     let mut bytes = std::fs::read(newest).unwrap();
@@ -300,6 +310,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
     on_executor(move || async move {
         let (_, report) = Shard::open(
             &config(&p, 64 * 1024),
+            Env::os(0),
             Frontier::new(),
             Arc::new(AtomicU64::new(0)),
         )
@@ -335,6 +346,7 @@ fn flush_all_survives_a_restart() {
     on_executor(move || async move {
         let (_, report) = Shard::open(
             &config(&p, 64 * 1024),
+            Env::os(0),
             Frontier::new(),
             Arc::new(AtomicU64::new(0)),
         )
@@ -359,9 +371,14 @@ fn page_cache_policies_write_and_recover_across_segments() {
             ..config(p, 64 * 1024)
         };
         on_executor(move || async move {
-            let (shard, _) = Shard::open(&cfg(&p), Frontier::new(), Arc::new(AtomicU64::new(0)))
-                .await
-                .unwrap();
+            let (shard, _) = Shard::open(
+                &cfg(&p),
+                Env::os(0),
+                Frontier::new(),
+                Arc::new(AtomicU64::new(0)),
+            )
+            .await
+            .unwrap();
             let (tx, rx) = flume::unbounded();
             let runner = glommio::spawn_local(shard.run(rx, None));
             start_door(&tx).await;
@@ -374,16 +391,21 @@ fn page_cache_policies_write_and_recover_across_segments() {
             runner.await;
         });
         assert!(
-            crate::wal::segment::list_segments(&dir.path().join("wal"))
+            crate::wal::segment::list_segments(&crate::env::os::OsStorage, &dir.path().join("wal"))
                 .unwrap()
                 .len()
                 > 2
         );
         let p = dir.path().to_path_buf();
         on_executor(move || async move {
-            let (_, report) = Shard::open(&cfg(&p), Frontier::new(), Arc::new(AtomicU64::new(0)))
-                .await
-                .unwrap();
+            let (_, report) = Shard::open(
+                &cfg(&p),
+                Env::os(0),
+                Frontier::new(),
+                Arc::new(AtomicU64::new(0)),
+            )
+            .await
+            .unwrap();
             assert_eq!(report.instances_active, 300, "{policy}");
             assert!(report.scan.torn_tail.is_none());
         });

@@ -354,10 +354,11 @@ fn one_million_instances_encode_and_decode_in_seconds() {
     drop(from);
     let dir = tempfile::tempdir().unwrap();
     timed("write_snapshot (file + fsync + rename)", || {
-        crate::snapshot::store::write_snapshot(dir.path(), &bytes).unwrap()
+        crate::snapshot::store::write_snapshot(&crate::env::os::OsStorage, dir.path(), &bytes)
+            .unwrap()
     });
     let loaded = timed("load_newest (read + decode)", || {
-        crate::snapshot::store::load_newest(dir.path()).unwrap()
+        crate::snapshot::store::load_newest(&crate::env::os::OsStorage, dir.path()).unwrap()
     });
     assert_eq!(loaded.unwrap().0.data.instances.len() as u64, n);
     println!(

@@ -1,6 +1,7 @@
-//! The shard's maintenance thread: storage work that is large, blocking and
-//! never urgent — sealing and writing a snapshot file, deleting compacted
-//! segments — runs here, so that the shard's loop keeps answering requests.
+//! The shard's maintenance thread (production `Tasks::background`): storage
+//! work that is large, blocking and never urgent — sealing and writing a
+//! snapshot file, deleting compacted segments — runs here, so that the
+//! shard's loop keeps answering requests.
 //!
 //! The thread is a plain OS thread, started on first use, that may run on
 //! any CPU and runs at a lower priority (`MAINTENANCE_NICE`): when the
@@ -24,7 +25,7 @@
 /// Nice value of maintenance threads (shard loops run at 0).
 pub const MAINTENANCE_NICE: i32 = 10;
 
-type Job = Box<dyn FnOnce() + Send>;
+pub type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Maintenance {
     shard: usize,
@@ -40,30 +41,21 @@ impl Maintenance {
         }
     }
 
-    /// Run `job` on the maintenance thread; its result arrives on the
-    /// returned channel (which disconnects without a value if the job
-    /// panicked or the thread could not be started).
-    pub fn run<T: Send + 'static>(
-        &mut self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> flume::Receiver<T> {
-        let (tx, rx) = flume::bounded(1);
-        let job: Job = Box::new(move || {
-            let _ = tx.send(job());
-        });
+    /// Run `job` on the maintenance thread (dropped unrun if the thread
+    /// cannot be started, which the job's owner sees as a closed channel).
+    pub fn run(&mut self, job: Job) {
         if self.worker.is_none() {
             if let Err(e) = self.start() {
                 tracing::error!(
                     "shard {}: cannot start the maintenance thread: {e}",
                     self.shard
                 );
-                return rx;
+                return;
             }
         }
         if let Some(jobs) = &self.worker {
             let _ = jobs.send(job);
         }
-        rx
     }
 
     fn start(&mut self) -> std::io::Result<()> {
@@ -119,16 +111,27 @@ mod tests {
         unsafe { libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t) }
     }
 
+    fn run<T: Send + 'static>(
+        m: &mut Maintenance,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> flume::Receiver<T> {
+        let (tx, rx) = flume::bounded(1);
+        m.run(Box::new(move || {
+            let _ = tx.send(job());
+        }));
+        rx
+    }
+
     #[test]
     fn jobs_run_in_order_on_a_lower_priority_thread() {
         let mut m = Maintenance::new(7);
-        let first = m.run(|| {
+        let first = run(&mut m, || {
             (
                 nice_of_current_thread(),
                 std::thread::current().name().map(String::from),
             )
         });
-        let second = m.run(|| 2 + 2);
+        let second = run(&mut m, || 2 + 2);
         let (nice, name) = first.recv().unwrap();
         assert_eq!(nice, MAINTENANCE_NICE);
         assert_eq!(name.as_deref(), Some("cs-maint-7"));
@@ -138,8 +141,8 @@ mod tests {
     #[test]
     fn a_panicking_job_disconnects_and_the_next_job_still_runs() {
         let mut m = Maintenance::new(0);
-        let failed = m.run(|| -> u32 { panic!("job failed on purpose") });
+        let failed = run(&mut m, || -> u32 { panic!("job failed on purpose") });
         assert!(failed.recv().is_err());
-        assert_eq!(m.run(|| 5).recv().unwrap(), 5);
+        assert_eq!(run(&mut m, || 5).recv().unwrap(), 5);
     }
 }
