@@ -353,34 +353,20 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
 /// committed if their decider's log holds the Commit, else abandoned
 /// (presumed abort). Done before the first client is served.
 async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(), String> {
-    let mut resolved = 0usize;
-    for report in reports {
-        for &(txid, decider) in &report.in_doubt {
-            let commit = reports
-                .iter()
-                .find(|r| r.shard == decider as usize)
-                .is_some_and(|r| r.committed.contains(&txid));
-            let (tx, rx) = flume::bounded(1);
-            router.all()[report.shard]
-                .send(ShardMsg::Decide {
-                    txid,
-                    commit,
-                    done: tx,
-                })
-                .map_err(|_| "a shard stopped during start-up".to_string())?;
-            rx.recv_async()
-                .await
-                .map_err(|_| "a shard stopped during start-up".to_string())?;
-            tracing::warn!(
-                "shard {}: batch {txid} was prepared but undecided at the crash; decider shard {decider} {}",
-                report.shard,
-                if commit { "committed it: applied" } else { "never committed it: dropped" }
-            );
-            resolved += 1;
-        }
+    let resolved = shards::coordinator::resolve_in_doubt(router.all(), reports)
+        .await
+        .map_err(|e| e.message)?;
+    for r in &resolved {
+        tracing::warn!(
+            "shard {}: batch {} was prepared but undecided at the crash; decider shard {} {}",
+            r.shard,
+            r.txid,
+            r.decider,
+            if r.committed { "committed it: applied" } else { "never committed it: dropped" }
+        );
     }
-    if resolved > 0 {
-        tracing::info!("resolved {resolved} cross-shard batch part(s) left in doubt");
+    if !resolved.is_empty() {
+        tracing::info!("resolved {} cross-shard batch part(s) left in doubt", resolved.len());
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! and the shard's mailbox loop. This crate has no networking: the server
 //! (`src/`) decodes requests and sends typed commands to a shard's mailbox.
 
+pub mod coordinator;
 pub mod env;
 pub mod error;
 pub mod instance;

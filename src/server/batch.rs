@@ -1,41 +1,13 @@
 //! BATCH (spec §9): best-effort and truly atomic batches, the latter across
-//! shards with two-phase commit coordinated here, on the acceptor.
+//! shards with two-phase commit, coordinated on the acceptor.
 //!
-//! # Atomic batches: the commit protocol
-//!
-//! Ops are grouped by owner shard (order within a shard is kept; ops on
-//! different shards touch different instances, so their relative order does
-//! not matter). Reads of machines are answered here; reads of instances run
-//! on their shard inside the batch and see the batch's earlier ops.
-//!
-//! * **One shard** — fast path: the shard runs its ops all-or-nothing and
-//!   logs them as ONE `Batch` record (one checksum: after a crash the record
-//!   is whole or absent). No 2PC round.
-//! * **Several shards** — two-phase commit with a *decider*:
-//!   1. Prepare, one shard after another in ascending shard order: each runs
-//!      its ops all-or-nothing, logs a `Prepare` record (txid, decider, the
-//!      ops' records) durably, locks the instances it touched, and votes.
-//!      Preparing in a fixed shard order means two batches never wait for
-//!      each other's locks in a cycle (no deadlock).
-//!   2. Any "no": every prepared shard is told to abort (undo, unlock, log
-//!      `Abort`); the client gets the failing op's error, nothing applied.
-//!   3. All "yes": the decider — the lowest participating shard — logs
-//!      `Commit`. **That record, once durable, is the decision.** Then the
-//!      others log `Commit`, publish, unlock. The client is answered after
-//!      the decision is durable.
-//!
-//! While prepared, the instances are locked: other requests to them are
-//! parked by their shard (they wait; they neither fail nor see staged
-//! state). Watch events of the batch are published by each shard only after
-//! its `Commit`, and a shard's watermark does not pass a held event, so
-//! watchers receive them in offset order after the batch is durable.
-//!
-//! **Recovery** (presumed abort): a shard whose log holds a `Prepare` without
-//! a `Commit`/`Abort` asks the decider's log — at start-up, before serving —
-//! whether it holds `Commit(txid)`: yes → apply the prepared records; no →
-//! drop them. A crash at any instant thus leaves each batch wholly applied or
-//! wholly absent on every shard: before the decider's `Commit` is durable
-//! nobody has committed, after it everybody will.
+//! Atomic batches are all-or-nothing across shards: the two-phase commit
+//! and the recovery of batches left in doubt live in
+//! `shards::coordinator`; this module reads the batch, answers what needs no
+//! shard (machine reads, PING), and hands the rest to the coordinator.
+//! While a batch is prepared its instances are locked: other requests to
+//! them are parked by their shard (they wait; they neither fail nor see
+//! staged state), and its watch events are published only after its Commit.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -43,7 +15,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
-use shards::shard::{BatchVote, Command, Reply, ReplyTo, ShardMsg};
+use shards::coordinator::{self, BatchFailure};
+use shards::shard::{Command, Reply, ReplyTo};
 use shards::{EngineError, EngineResult};
 
 use super::context::ServerCtx;
@@ -337,75 +310,20 @@ async fn run_atomic(ctx: &ServerCtx, steps: Vec<(Op, Step)>) -> EngineResult<Vec
             }
         }
     }
-    let fill =
-        |results: &mut Vec<Option<EngineResult<Vec<u8>>>>, index: &[usize], part: Vec<Vec<u8>>| {
-            for (i, r) in index.iter().zip(part) {
-                results[*i] = Some(Ok(r));
-            }
-        };
-    let mut prepared: Vec<usize> = Vec::new();
-    let txid = next_txid();
-    let multi = parts.len() > 1;
-    let decider = parts.keys().next().copied().unwrap_or(0);
-    for (shard, part) in parts {
-        let (index, ops): (Vec<usize>, Vec<Command>) = part.into_iter().unzip();
-        let (tx, rx) = flume::bounded(1);
-        let msg = if multi {
-            ShardMsg::Prepare {
-                txid,
-                decider: decider as u32,
-                ops,
-                done: tx,
-            }
-        } else {
-            ShardMsg::AtomicBatch { ops, done: tx }
-        };
-        ctx.router.all()[shard]
-            .send(msg)
-            .map_err(|_| EngineError::internal("shard mailbox closed"))?;
-        let vote = rx
-            .recv_async()
-            .await
-            .map_err(|_| EngineError::internal("shard stopped before voting"))?;
-        match vote {
-            BatchVote::Yes(part_results) => {
-                fill(&mut results, &index, part_results);
-                prepared.push(shard);
-            }
-            BatchVote::No(j, e) => {
-                for &p in &prepared {
-                    decide(ctx, p, txid, false);
-                }
-                let global = index.get(j).copied().unwrap_or(0);
-                return Err(atomic_failure(global, names[global], e));
+    match coordinator::run_atomic(ctx.router.all(), parts, next_txid()).await {
+        Ok(done) => {
+            for (i, r) in done {
+                results[i] = Some(Ok(r));
             }
         }
-    }
-    if multi {
-        // The decider's durable Commit is the decision; then the others.
-        let done = decide(ctx, decider, txid, true);
-        done.recv_async()
-            .await
-            .map_err(|_| EngineError::internal("decider stopped before committing"))?;
-        for &p in prepared.iter().filter(|&&p| p != decider) {
-            decide(ctx, p, txid, true);
-        }
+        Err(BatchFailure::Op(i, e)) => return Err(atomic_failure(i, names[i], e)),
+        Err(BatchFailure::Internal(e)) => return Err(e),
     }
     let results: Vec<_> = results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(EngineError::internal("no answer"))))
         .collect();
     Ok(results_json(&results))
-}
-
-fn decide(ctx: &ServerCtx, shard: usize, txid: u64, commit: bool) -> flume::Receiver<()> {
-    let (tx, rx) = flume::bounded(1);
-    let _ = ctx.router.all()[shard].send(ShardMsg::Decide {
-        txid,
-        commit,
-        done: tx,
-    });
-    rx
 }
 
 #[cfg(test)]

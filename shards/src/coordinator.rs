@@ -1,0 +1,164 @@
+//! The coordinator of atomic batches across shards (two-phase commit), and
+//! the resolution at start-up of batches a crash left in doubt. It talks to
+//! the shards only through their mailboxes, so it runs wherever the caller
+//! is: on the server's acceptor, or in the simulator.
+//!
+//! # The commit protocol
+//!
+//! Ops are grouped by owner shard (order within a shard is kept; ops on
+//! different shards touch different instances, so their relative order does
+//! not matter).
+//!
+//! * **One shard** — fast path: the shard runs its ops all-or-nothing and
+//!   logs them as ONE `Batch` record (one checksum: after a crash the record
+//!   is whole or absent). No 2PC round.
+//! * **Several shards** — two-phase commit with a *decider*:
+//!   1. Prepare, one shard after another in ascending shard order: each runs
+//!      its ops all-or-nothing, logs a `Prepare` record (txid, decider, the
+//!      ops' records) durably, locks the instances it touched, and votes.
+//!      Preparing in a fixed shard order means two batches never wait for
+//!      each other's locks in a cycle (no deadlock).
+//!   2. Any "no": every prepared shard is told to abort (undo, unlock, log
+//!      `Abort`); the caller gets the failing op's error, nothing applied.
+//!   3. All "yes": the decider — the lowest participating shard — logs
+//!      `Commit`. **That record, once durable, is the decision.** Then the
+//!      others log `Commit`, publish, unlock. The caller learns the outcome
+//!      after the decision is durable.
+//!
+//! **Recovery** (presumed abort): a shard whose log holds a `Prepare` without
+//! a `Commit`/`Abort` asks the decider's log — at start-up, before serving —
+//! whether it holds `Commit(txid)`: yes → apply the prepared records; no →
+//! drop them (`resolve_in_doubt`). A crash at any instant thus leaves each
+//! batch wholly applied or wholly absent on every shard.
+
+use std::collections::BTreeMap;
+
+use crate::error::{EngineError, EngineResult};
+use crate::shard::{BatchVote, Command, OpenReport, ShardMsg};
+
+/// Why an atomic batch failed: the op (by its index in the batch) and the
+/// error, or a failure of the machinery itself (a shard gone).
+#[derive(Debug)]
+pub enum BatchFailure {
+    Op(usize, EngineError),
+    Internal(EngineError),
+}
+
+/// Run an atomic batch whose ops are grouped by shard: `parts[shard]` holds
+/// (index in the batch, command), shards ascending. `txid` must be unique
+/// on this server. Returns every op's result by batch index.
+pub async fn run_atomic(
+    mailboxes: &[flume::Sender<ShardMsg>],
+    parts: BTreeMap<usize, Vec<(usize, Command)>>,
+    txid: u64,
+) -> Result<Vec<(usize, Vec<u8>)>, BatchFailure> {
+    let gone = |what: &str| BatchFailure::Internal(EngineError::internal(what.to_string()));
+    let mut results = Vec::new();
+    let mut prepared: Vec<usize> = Vec::new();
+    let multi = parts.len() > 1;
+    let decider = parts.keys().next().copied().unwrap_or(0);
+    for (shard, part) in parts {
+        let (index, ops): (Vec<usize>, Vec<Command>) = part.into_iter().unzip();
+        let (tx, rx) = flume::bounded(1);
+        let msg = if multi {
+            ShardMsg::Prepare {
+                txid,
+                decider: decider as u32,
+                ops,
+                done: tx,
+            }
+        } else {
+            ShardMsg::AtomicBatch { ops, done: tx }
+        };
+        mailboxes[shard]
+            .send(msg)
+            .map_err(|_| gone("shard mailbox closed"))?;
+        let vote = rx
+            .recv_async()
+            .await
+            .map_err(|_| gone("shard stopped before voting"))?;
+        match vote {
+            BatchVote::Yes(part_results) => {
+                results.extend(index.into_iter().zip(part_results));
+                prepared.push(shard);
+            }
+            BatchVote::No(j, e) => {
+                for &p in &prepared {
+                    decide(mailboxes, p, txid, false);
+                }
+                return Err(BatchFailure::Op(index.get(j).copied().unwrap_or(0), e));
+            }
+        }
+    }
+    if multi {
+        // The decider's durable Commit is the decision; then the others.
+        decide(mailboxes, decider, txid, true)
+            .recv_async()
+            .await
+            .map_err(|_| gone("decider stopped before committing"))?;
+        for &p in prepared.iter().filter(|&&p| p != decider) {
+            decide(mailboxes, p, txid, true);
+        }
+    }
+    Ok(results)
+}
+
+fn decide(
+    mailboxes: &[flume::Sender<ShardMsg>],
+    shard: usize,
+    txid: u64,
+    commit: bool,
+) -> flume::Receiver<()> {
+    let (tx, rx) = flume::bounded(1);
+    let _ = mailboxes[shard].send(ShardMsg::Decide {
+        txid,
+        commit,
+        done: tx,
+    });
+    rx
+}
+
+/// A batch part found prepared-but-undecided at start-up, and its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub shard: usize,
+    pub txid: u64,
+    pub decider: u32,
+    pub committed: bool,
+}
+
+/// Decide every part left in doubt by a crash, before the shards serve:
+/// committed if the decider's log holds its Commit, aborted otherwise.
+pub async fn resolve_in_doubt(
+    mailboxes: &[flume::Sender<ShardMsg>],
+    reports: &[OpenReport],
+) -> EngineResult<Vec<Resolved>> {
+    let gone = || EngineError::internal("a shard stopped during start-up");
+    let mut resolved = Vec::new();
+    for report in reports {
+        let mut in_doubt = report.in_doubt.clone();
+        in_doubt.sort_unstable();
+        for (txid, decider) in in_doubt {
+            let committed = reports
+                .iter()
+                .find(|r| r.shard == decider as usize)
+                .is_some_and(|r| r.committed.contains(&txid));
+            let (tx, rx) = flume::bounded(1);
+            mailboxes[report.shard]
+                .send(ShardMsg::Decide {
+                    txid,
+                    commit: committed,
+                    done: tx,
+                })
+                .map_err(|_| gone())?;
+            rx.recv_async().await.map_err(|_| gone())?;
+            resolved.push(Resolved {
+                shard: report.shard,
+                txid,
+                decider,
+                committed,
+            });
+        }
+    }
+    Ok(resolved)
+}
