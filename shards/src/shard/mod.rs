@@ -7,6 +7,7 @@ pub mod command;
 mod deferred;
 pub mod events;
 pub mod log_read;
+pub mod merged_read;
 mod ops_read;
 mod ops_write;
 mod participant;

@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 use shards::json::canonical;
-use shards::shard::log_read::LogEntry;
+use shards::shard::merged_read;
 use shards::shard::result::ResultWriter;
 use shards::shard::{ShardMsg, ShardStats};
 use shards::{EngineError, EngineResult, ErrorCode};
@@ -80,69 +80,14 @@ fn limit_param(p: &Params<'_>) -> EngineResult<usize> {
     Ok(limit)
 }
 
-/// One merged read of every shard's log from `from`.
-struct Page {
-    /// Entries to show, in offset order, with their sequence numbers.
-    records: Vec<(u64, LogEntry)>,
-    /// Every entry below this (and at or after `from`) was considered.
-    bound: u64,
-    /// Every shard read to the end of its log.
-    at_end: bool,
-}
-
-/// Read `limit` records from each shard, keep what is below the smallest
-/// bound, and number the merged entries: an entry's sequence is its
-/// position in the server's whole log (the entries every shard wrote below
-/// `from`, plus its place among the entries from `from` on, counting those
-/// an aborted batch left unseen).
-async fn read_page(router: &Router, from: u64, limit: usize) -> EngineResult<Page> {
-    let mut waits = Vec::with_capacity(router.shards());
-    for mailbox in router.all() {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::ReadLog {
-                from_offset: from,
-                max_records: limit.max(1),
-                max_bytes: WAL_READ_BYTES_PER_SHARD_MAX,
-                done: tx,
-            })
-            .map_err(|_| shard_gone())?;
-        waits.push(rx);
-    }
-    let (mut bound, mut base, mut at_end) = (u64::MAX, 0u64, true);
-    let mut numbered: Vec<(u64, Option<LogEntry>)> = Vec::new();
-    for rx in waits {
-        let chunk = rx
-            .recv_async()
-            .await
-            .map_err(|_| shard_gone())?
-            .map_err(|e| EngineError::bad_request(e.to_string()))?;
-        bound = bound.min(chunk.complete_upto);
-        base += chunk.entries_before_from;
-        at_end &= chunk.at_end;
-        numbered.extend(chunk.entries.into_iter().map(|e| (e.offset, Some(e))));
-        numbered.extend(chunk.unseen.into_iter().map(|o| (o, None)));
-    }
-    numbered.retain(|(o, _)| *o >= from && *o < bound);
-    numbered.sort_unstable_by_key(|(o, _)| *o);
-    let records = numbered
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, (_, e))| e.map(|e| (base + i as u64 + 1, e)))
-        .take(limit)
-        .collect();
-    Ok(Page {
-        records,
-        bound,
-        at_end,
-    })
-}
-
 async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
     let p = Params::loose(params);
     let mut from = from_offset_param(&p)?;
     let limit = limit_param(&p)?;
-    let mut page = read_page(&ctx.router, from, limit).await?;
+    let read = |from| {
+        merged_read::read_entries(ctx.router.all(), from, limit, WAL_READ_BYTES_PER_SHARD_MAX)
+    };
+    let mut page = read(from).await?;
     // A stretch of the log may hold nothing to show (batch decisions only):
     // read on rather than answer an empty page that looks like the end.
     for _ in 0..WAL_READ_EMPTY_ROUNDS_MAX {
@@ -150,7 +95,7 @@ async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
             break;
         }
         from = page.bound;
-        page = read_page(&ctx.router, from, limit).await?;
+        page = read(from).await?;
     }
     let mut records = b"[".to_vec();
     for (i, (sequence, e)) in page.records.iter().enumerate() {
