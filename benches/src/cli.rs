@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::hostile::HostileSpec;
 use crate::watch::SUBSCRIBERS_MAX;
 use crate::workload::{Mix, OpKind, BATCH_OPS_MAX, PAYLOAD_BYTES_MAX};
 
@@ -115,6 +116,13 @@ pub struct Args {
     /// (and, for watch subscribers, for late events)
     #[arg(long = "drain-timeout", value_name = "SECS", default_value_t = 10.0)]
     pub drain_timeout_secs: f64,
+    /// Hostile connections kept open beside the load from the warm-up to
+    /// the end of the drain, e.g. slowloris=32,unread=8,biglist=4
+    /// (slowloris: a never-finished 16 MiB frame trickled a byte at a time;
+    /// unread: pipelined GETs of a 1 MiB context, never read; biglist:
+    /// pipelined LIST_INSTANCES limit 10000, read slowly)
+    #[arg(long, value_name = "KIND=N,...", value_parser = HostileSpec::parse)]
+    pub hostile: Option<HostileSpec>,
     /// Plain progress lines even on a terminal (or none with --quiet)
     #[arg(long)]
     pub no_progress_bar: bool,

@@ -169,6 +169,17 @@ struct Pending {
     stamp_ns: u64,
 }
 
+/// HELLO parameters of every harness connection: binary framing.
+pub fn hello_params() -> Value {
+    json!({"protocol_version": 1, "client_name": "corestate-bench",
+           "wire_modes": ["binary_json"], "features": []})
+}
+
+/// AUTH parameters for a bearer token.
+pub fn auth_params(token: &str) -> Value {
+    json!({"method": "bearer", "token": token})
+}
+
 /// A connected, greeted session.
 pub struct Conn {
     stream: TcpStream,
@@ -198,15 +209,11 @@ impl Conn {
             next_id: 1,
         };
         let hello = conn
-            .call(
-                "HELLO",
-                json!({"protocol_version": 1, "client_name": "corestate-bench",
-                       "wire_modes": ["binary_json"], "features": []}),
-            )
+            .call("HELLO", hello_params())
             .await?
             .map_err(|e| BenchError(format!("HELLO refused: {}: {}", e.code, e.message)))?;
         if let Some(token) = token {
-            conn.call("AUTH", json!({"method": "bearer", "token": token}))
+            conn.call("AUTH", auth_params(token))
                 .await?
                 .map_err(|e| BenchError(format!("AUTH refused: {}: {}", e.code, e.message)))?;
         }

@@ -32,15 +32,21 @@ pub fn begin(buf: &mut Vec<u8>) -> usize {
 pub fn finish(buf: &mut [u8], header_at: usize) {
     let payload = &buf[header_at + HEADER_BYTES..];
     debug_assert!(payload.len() <= PAYLOAD_BYTES_MAX);
-    let payload_len = payload.len() as u32;
-    let crc = crc32c::crc32c(payload);
-    let header = &mut buf[header_at..header_at + HEADER_BYTES];
+    let filled = header(payload.len() as u32, crc32c::crc32c(payload));
+    buf[header_at..header_at + HEADER_BYTES].copy_from_slice(&filled);
+}
+
+/// The header of a frame announcing `payload_len` bytes with CRC `crc`
+/// (hostile clients announce payloads they never send).
+pub fn header(payload_len: u32, crc: u32) -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
     header[0..4].copy_from_slice(&MAGIC);
     header[4..6].copy_from_slice(&VERSION.to_be_bytes());
     header[6..8].copy_from_slice(&FLAG_CRC_PRESENT.to_be_bytes());
     header[8..10].copy_from_slice(&0u16.to_be_bytes());
     header[10..14].copy_from_slice(&payload_len.to_be_bytes());
     header[14..18].copy_from_slice(&crc.to_be_bytes());
+    header
 }
 
 /// Appends one complete frame carrying `payload`.

@@ -8,12 +8,16 @@
 //! `conn::Conn::run_load` task per connection, rendering requests with
 //! `workload` over `frame` and verifying answers with `response` (plus one
 //! `watch::run_subscriber` task per WATCH_ALL subscriber) → `stats`
-//! (/proc, getrusage) and `progress` alongside → `report`.
+//! (/proc, getrusage) and `progress` alongside → `report`. Off the event
+//! loop, on threads of their own: `hostile` clients (`--hostile`) and the
+//! server's RSS samples (`memory`).
 
 pub mod charts;
 pub mod cli;
 pub mod conn;
 pub mod frame;
+pub mod hostile;
+pub mod memory;
 pub mod progress;
 pub mod report;
 pub mod response;

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::hostile::HostileResults;
+use crate::memory::ServerMemory;
 use crate::stats::{MachineFacts, ThreadCpu};
 
 /// Server threads listed in the human summary (the JSON has all).
@@ -53,6 +55,9 @@ pub struct RunConfig {
     pub instances: usize,
     pub payload_bytes: usize,
     pub full_parse: bool,
+    /// `--hostile`, every kind named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -227,6 +232,12 @@ pub struct Results {
     /// Why server CPU is missing when a PID was given.
     pub server_cpu_note: Option<String>,
     pub harness_cpu: CpuUse,
+    /// The server's resident memory over the run (`--server-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_memory: Option<ServerMemory>,
+    /// Why server memory is missing when a PID was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_memory_note: Option<String>,
     pub wal: WalStats,
     pub machine_load: MachineLoad,
     /// Verified responses per second from the start of the load (warm-up
@@ -242,6 +253,9 @@ pub struct Results {
     /// Subscriber figures (`--workload watch`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchResults>,
+    /// Hostile clients beside the load (`--hostile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<HostileResults>,
 }
 
 fn percent(fraction: f64) -> String {
@@ -346,6 +360,13 @@ impl Report {
                 let _ = writeln!(s, "  server CPU      n/a (no --server-pid)");
             }
         }
+        match (&r.server_memory, &r.server_memory_note) {
+            (Some(memory), _) => memory.summary_line(&mut s),
+            (None, Some(note)) => {
+                let _ = writeln!(s, "  server memory   n/a ({note})");
+            }
+            (None, None) => {}
+        }
         if let Some(b) = &r.batch {
             let _ = writeln!(
                 s,
@@ -367,6 +388,9 @@ impl Report {
         }
         if let Some(w) = &r.watch {
             self.watch_summary(&mut s, w);
+        }
+        if let Some(hostile) = &r.hostile {
+            hostile.summary_lines(&mut s);
         }
         let h = &r.harness_cpu;
         let _ = writeln!(

@@ -1,5 +1,6 @@
 //! One benchmark run, start to finish: setup (HELLO/AUTH, PUT_MACHINE,
-//! pre-created instances, WATCH_ALL subscribers), the load connections,
+//! pre-created instances, WATCH_ALL subscribers), the hostile clients and
+//! the server's memory samples beside the load, the load connections,
 //! warm-up, the measured window with its CPU / WAL samples at both edges,
 //! drain (and the subscribers' drain), and the report.
 
@@ -14,14 +15,16 @@ use tokio::task::JoinHandle;
 
 use crate::cli::{Args, Workload};
 use crate::conn::{new_histogram, BenchError, Conn, LoadOutcome, Shared};
+use crate::hostile;
+use crate::memory::RssSampler;
 use crate::progress::{self, Display};
 use crate::report::{
     shell_command, BatchResults, CpuUse, Latency, MachineLoad, Report, Results, RunConfig,
-    ServerCpu, ServerInfo, SetupInfo, SubscriberResult, WalStats, WatchResults,
+    ServerCpu, ServerInfo, SetupInfo, WalStats,
 };
 use crate::response::Checker;
 use crate::stats::{self, ProcCpu};
-use crate::watch::{self, SubscriberEnd, SubscriberOutcome, WatchShared};
+use crate::watch::{self, join_subscribers, watch_results, SubscriberEnd, WatchShared};
 use crate::workload::{
     shard_of, spread_instance_ids, unix_nanos, Generator, Mix, OpKind, Templates,
     MACHINE_DEFINITION, MACHINE_NAME, MACHINE_VERSION, OP_KINDS,
@@ -31,9 +34,6 @@ use crate::workload::{
 pub const SETUP_CONNECTIONS_MAX: usize = 8;
 /// Requests outstanding per setup connection.
 pub const SETUP_PIPELINE_DEPTH: usize = 64;
-/// How long past their own drain timeout subscribers get before they are
-/// told to give up.
-pub const SUBSCRIBER_JOIN_GRACE: Duration = Duration::from_secs(5);
 
 /// How many shards the server has: INFO's `shards` (corestate), else 1
 /// (placement does not matter to a server that does not report it).
@@ -291,6 +291,20 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
         }
     }
 
+    // Hostile clients and the server's memory samples, from here to the
+    // end of the drain.
+    let big_instance = match &args.hostile {
+        Some(spec) => hostile::prepare(&mut control, spec, &tag).await?,
+        None => None,
+    };
+    let memory = args.server_pid.map(RssSampler::start);
+    let hostile_run = match args.hostile {
+        Some(spec) => {
+            Some(hostile::start(&args.addr, args.token.as_deref(), spec, big_instance).await?)
+        }
+        None => None,
+    };
+
     // Load.
     let schedule: Rc<[OpKind]> = Rc::from(mix.schedule());
     let mut handles = Vec::with_capacity(args.connections);
@@ -351,6 +365,12 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
         .set(outcomes.iter().map(|o| o.stamped_acked).sum());
     watch_shared.writers_done_at.set(Some(Instant::now()));
     let subscribers = join_subscribers(subscriber_handles, &shared, &watch_shared).await?;
+    let (server_memory, server_memory_note) = match memory.map(RssSampler::finish) {
+        Some(Ok(memory)) => (Some(memory), None),
+        Some(Err(note)) => (None, Some(note)),
+        None => (None, None),
+    };
+    let hostile = hostile_run.map(hostile::HostileRun::finish).transpose()?;
     ticker_finished.set(true);
     let ticker = ticker
         .await
@@ -489,6 +509,7 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
             instances: instance_count,
             payload_bytes: args.payload_bytes,
             full_parse: args.full_parse,
+            hostile: args.hostile.map(|spec| spec.describe()),
         },
         machine,
         setup: SetupInfo {
@@ -508,6 +529,8 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
             server_cpu,
             server_cpu_note,
             harness_cpu,
+            server_memory,
+            server_memory_note,
             wal,
             machine_load,
             timeline_ops_per_sec: ticker.timeline_ops_per_sec,
@@ -515,96 +538,11 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
             slow_path_responses,
             batch,
             watch,
+            hostile,
         },
         ok,
         problems,
     })
-}
-
-/// Waits for the subscribers; past their drain timeout (plus a grace) they
-/// are told to give up.
-async fn join_subscribers(
-    handles: Vec<JoinHandle<SubscriberOutcome>>,
-    shared: &Shared,
-    watch: &WatchShared,
-) -> Result<Vec<SubscriberOutcome>, BenchError> {
-    let deadline = tokio::time::Instant::now() + watch.drain_timeout + SUBSCRIBER_JOIN_GRACE;
-    let mut outcomes = Vec::with_capacity(handles.len());
-    for mut handle in handles {
-        let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                shared.abort.set(true);
-                handle.await
-            }
-        };
-        outcomes.push(joined.map_err(|e| BenchError(format!("subscriber task failed: {e}")))?);
-    }
-    Ok(outcomes)
-}
-
-fn fraction(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        if part == 0 {
-            1.0
-        } else {
-            f64::INFINITY
-        }
-    } else {
-        part as f64 / whole as f64
-    }
-}
-
-fn watch_results(
-    subscribers: &[SubscriberOutcome],
-    applies_in_window: u64,
-    applies_total: u64,
-    elapsed_secs: f64,
-) -> WatchResults {
-    let mut all = new_histogram();
-    let per_subscriber: Vec<SubscriberResult> = subscribers
-        .iter()
-        .map(|o| {
-            all.add(&o.histogram).expect("same histogram bounds");
-            SubscriberResult {
-                subscription_id: o.subscription_id.clone(),
-                events_in_window: o.events_in_window,
-                events_per_sec: o.events_in_window as f64 / elapsed_secs.max(1e-9),
-                delivered_fraction: fraction(o.events_in_window, applies_in_window),
-                events_total: o.events,
-                delivered_fraction_total: fraction(o.events, applies_total),
-                foreign_events: o.foreign_events,
-                order_violations: o.order_violations,
-                first_violations: o.first_violations.iter().map(|&(a, b)| [a, b]).collect(),
-                latency: Latency::from_histogram(&o.histogram),
-                end: o.end.describe(),
-                last_event_after_writers_ms: o.last_event_after_writers_ms,
-                slow_path_events: o.slow_path_events,
-            }
-        })
-        .collect();
-    let min = |f: fn(&SubscriberResult) -> f64| {
-        per_subscriber.iter().map(f).reduce(f64::min).unwrap_or(0.0)
-    };
-    let delivered_fraction_min = min(|s| s.delivered_fraction);
-    let delivered_fraction_total_min = min(|s| s.delivered_fraction_total);
-    WatchResults {
-        subscribers: subscribers.len(),
-        include_ctx: false,
-        applies_acked_in_window: applies_in_window,
-        applies_acked_total: applies_total,
-        loss: per_subscriber
-            .iter()
-            .any(|s| s.events_in_window < applies_in_window || s.events_total < applies_total),
-        order_violations: per_subscriber.iter().map(|s| s.order_violations).sum(),
-        delivered_fraction_min,
-        delivered_fraction_total_min,
-        events_per_sec_min: min(|s| s.events_per_sec),
-        events_per_sec_mean: per_subscriber.iter().map(|s| s.events_per_sec).sum::<f64>()
-            / per_subscriber.len().max(1) as f64,
-        latency: Latency::from_histogram(&all),
-        per_subscriber,
-    }
 }
 
 fn server_cpu(before: &ProcCpu, after: &ProcCpu, elapsed_secs: f64, ops: u64) -> ServerCpu {

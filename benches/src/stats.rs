@@ -123,9 +123,18 @@ pub fn thread_deltas(before: &ProcCpu, after: &ProcCpu) -> Vec<ThreadCpu> {
 
 /// User + system CPU seconds of this process so far.
 pub fn self_cpu_seconds() -> f64 {
+    rusage_cpu_seconds(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU seconds of the calling thread so far.
+pub fn thread_cpu_seconds() -> f64 {
+    rusage_cpu_seconds(libc::RUSAGE_THREAD)
+}
+
+fn rusage_cpu_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes into the zeroed struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let rc = unsafe { libc::getrusage(who, &mut usage) };
     if rc != 0 {
         return 0.0;
     }

@@ -5,7 +5,8 @@
 //! (Unix ns when the request was rendered) to the read that brought the
 //! event — one machine, one clock. After the writers finish it keeps
 //! reading until it has an event for every acknowledged apply, the stream
-//! has been quiet for a while, or the drain timeout expires.
+//! has been quiet for a while, or the drain timeout expires. The
+//! subscribers' figures are then summed up for the report.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -15,7 +16,10 @@ use memchr::memmem;
 use serde_json::Value;
 use tokio::time::MissedTickBehavior;
 
-use crate::conn::{new_histogram, Conn, Shared, LATENCY_US_MAX};
+use tokio::task::JoinHandle;
+
+use crate::conn::{new_histogram, BenchError, Conn, Shared, LATENCY_US_MAX};
+use crate::report::{Latency, SubscriberResult, WatchResults};
 use crate::workload::unix_nanos;
 
 /// After the writers finish, a subscriber that has received nothing for
@@ -27,6 +31,9 @@ pub const WATCH_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 pub const ORDER_VIOLATIONS_KEPT_MAX: usize = 5;
 /// Most subscribers a run may have.
 pub const SUBSCRIBERS_MAX: usize = 256;
+/// How long past their own drain timeout subscribers get before they are
+/// told to give up.
+pub const SUBSCRIBER_JOIN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the orchestrator tells the subscribers (one thread).
 pub struct WatchShared {
@@ -302,6 +309,92 @@ pub async fn run_subscriber(
         });
     }
     out
+}
+
+/// Waits for the subscribers; past their drain timeout (plus a grace) they
+/// are told to give up.
+pub async fn join_subscribers(
+    handles: Vec<JoinHandle<SubscriberOutcome>>,
+    shared: &Shared,
+    watch: &WatchShared,
+) -> Result<Vec<SubscriberOutcome>, BenchError> {
+    let deadline = tokio::time::Instant::now() + watch.drain_timeout + SUBSCRIBER_JOIN_GRACE;
+    let mut outcomes = Vec::with_capacity(handles.len());
+    for mut handle in handles {
+        let joined = match tokio::time::timeout_at(deadline, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                shared.abort.set(true);
+                handle.await
+            }
+        };
+        outcomes.push(joined.map_err(|e| BenchError(format!("subscriber task failed: {e}")))?);
+    }
+    Ok(outcomes)
+}
+
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        if part == 0 {
+            1.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+pub fn watch_results(
+    subscribers: &[SubscriberOutcome],
+    applies_in_window: u64,
+    applies_total: u64,
+    elapsed_secs: f64,
+) -> WatchResults {
+    let mut all = new_histogram();
+    let per_subscriber: Vec<SubscriberResult> = subscribers
+        .iter()
+        .map(|o| {
+            all.add(&o.histogram).expect("same histogram bounds");
+            SubscriberResult {
+                subscription_id: o.subscription_id.clone(),
+                events_in_window: o.events_in_window,
+                events_per_sec: o.events_in_window as f64 / elapsed_secs.max(1e-9),
+                delivered_fraction: fraction(o.events_in_window, applies_in_window),
+                events_total: o.events,
+                delivered_fraction_total: fraction(o.events, applies_total),
+                foreign_events: o.foreign_events,
+                order_violations: o.order_violations,
+                first_violations: o.first_violations.iter().map(|&(a, b)| [a, b]).collect(),
+                latency: Latency::from_histogram(&o.histogram),
+                end: o.end.describe(),
+                last_event_after_writers_ms: o.last_event_after_writers_ms,
+                slow_path_events: o.slow_path_events,
+            }
+        })
+        .collect();
+    let min = |f: fn(&SubscriberResult) -> f64| {
+        per_subscriber.iter().map(f).reduce(f64::min).unwrap_or(0.0)
+    };
+    let delivered_fraction_min = min(|s| s.delivered_fraction);
+    let delivered_fraction_total_min = min(|s| s.delivered_fraction_total);
+    WatchResults {
+        subscribers: subscribers.len(),
+        include_ctx: false,
+        applies_acked_in_window: applies_in_window,
+        applies_acked_total: applies_total,
+        loss: per_subscriber
+            .iter()
+            .any(|s| s.events_in_window < applies_in_window || s.events_total < applies_total),
+        order_violations: per_subscriber.iter().map(|s| s.order_violations).sum(),
+        delivered_fraction_min,
+        delivered_fraction_total_min,
+        events_per_sec_min: min(|s| s.events_per_sec),
+        events_per_sec_mean: per_subscriber.iter().map(|s| s.events_per_sec).sum::<f64>()
+            / per_subscriber.len().max(1) as f64,
+        latency: Latency::from_histogram(&all),
+        per_subscriber,
+    }
 }
 
 #[cfg(test)]

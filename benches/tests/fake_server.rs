@@ -4,7 +4,9 @@
 //! and a server without WAL_STATS yields "n/a" instead of a failure. Batches
 //! are verified op by op; watch subscribers see every event, and a server
 //! that drops or reorders events is reported (loss, order violations)
-//! without failing the run unless --fail-on-loss is given.
+//! without failing the run unless --fail-on-loss is given. Hostile clients
+//! beside a load leave its verification alone and report what they did,
+//! and the server's memory is sampled when its PID is given.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,6 +18,9 @@ use clap::Parser;
 use corestate_bench::cli::Args;
 use corestate_bench::frame;
 use serde_json::{json, Value};
+
+/// Answers a connection buffers before it writes them.
+const FLUSH_BYTES: usize = 16 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Misbehaviour {
@@ -179,6 +184,21 @@ fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, world: Sh
                         "state":state,"version":1}),
                     )
                 }
+                "LIST_INSTANCES" => {
+                    let w = world.lock().unwrap();
+                    let limit = p["limit"].as_u64().unwrap_or(100) as usize;
+                    let rows: Vec<Value> = w
+                        .states
+                        .iter()
+                        .take(limit)
+                        .map(|(iid, state)| {
+                            json!({"id":iid,"machine":"corestate-bench",
+                            "state":state,"version":1})
+                        })
+                        .collect();
+                    Ok(json!({"has_more":rows.len() < w.states.len(),
+                        "instances":rows,"total":w.states.len()}))
+                }
                 _ => Err("BAD_REQUEST"),
             };
             // Keys in another order than rstmdb's, on purpose: the harness
@@ -189,6 +209,14 @@ fn serve_connection(mut stream: TcpStream, misbehaviour: Misbehaviour, world: Sh
                     "error":{"code":code,"message":"injected","retryable":false}}),
             };
             frame::encode(&mut out, body.to_string().as_bytes());
+            // Answers leave as they are made, not only after every request
+            // of a read: a pipelining hostile client sends thousands at once.
+            if out.len() >= FLUSH_BYTES {
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+                out.clear();
+            }
         }
         if stream.write_all(&out).is_err() {
             return;
@@ -362,4 +390,55 @@ fn out_of_order_events_are_counted() {
         w.per_subscriber[1].order_violations
     );
     assert!(report.summary().contains("!!! ORDER"));
+}
+
+#[test]
+fn hostile_clients_run_beside_a_verified_load_and_memory_is_sampled() {
+    let pid = std::process::id().to_string();
+    let report = run_with(
+        Misbehaviour::None,
+        "mix",
+        &[
+            "--hostile",
+            "slowloris=2,unread=2,biglist=2",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert!(report.ok, "{:?}", report.problems);
+    assert!(report.results.ops > 0);
+    assert_eq!(
+        report.config.hostile.as_deref(),
+        Some("slowloris=2,unread=2,biglist=2")
+    );
+    let hostile = report.results.hostile.as_ref().expect("hostile figures");
+    assert!(hostile.open_secs >= 0.7, "{}", hostile.open_secs);
+    let kind = |name: &str| {
+        hostile
+            .kinds
+            .iter()
+            .find(|k| k.kind == name)
+            .unwrap_or_else(|| panic!("{name} reported"))
+    };
+    for name in ["slowloris", "unread", "biglist"] {
+        assert_eq!(kind(name).connections, 2, "{name}");
+        assert_eq!(kind(name).closed_by_server, 0, "{name}");
+    }
+    let slowloris = kind("slowloris");
+    assert_eq!(slowloris.requests_sent, 0);
+    assert!(slowloris.bytes_sent >= 2 * frame::HEADER_BYTES as u64);
+    let unread = kind("unread");
+    assert!(unread.requests_sent > 0);
+    assert_eq!(unread.bytes_read, 0);
+    let biglist = kind("biglist");
+    assert!(biglist.requests_sent > 0);
+    assert!(biglist.answers_read > 0, "{biglist:?}");
+    let head = biglist.first_answer_head.as_deref().unwrap();
+    assert!(head.contains("\"instances\":[{"), "{head}");
+    let memory = report.results.server_memory.as_ref().expect("memory");
+    assert!(memory.samples >= 2);
+    assert!(memory.rss_peak_kib > 0 && memory.vm_hwm_kib >= memory.rss_peak_kib);
+    let summary = report.summary();
+    assert!(summary.contains("hostile         slowloris=2,unread=2,biglist=2"));
+    assert!(summary.contains("server memory   peak RSS"));
 }
