@@ -230,14 +230,35 @@ fn later_written_record_after(data: &[u8], pos: usize) -> bool {
 }
 
 /// Valid records from `from` on (each counted once, jumping over whole records).
-fn count_valid_records(data: &[u8], from: usize) -> u64 {
-    let mut count = 0;
+/// Valid records from `from` on: how many, and the highest tick among them.
+/// A cut drops them, but their offsets were handed out: the offset clock
+/// must start above them so no offset is ever issued twice.
+fn valid_records(data: &[u8], from: usize) -> (u64, u64) {
+    let (mut count, mut last_tick) = (0, 0);
     let mut pos = from;
     while let Some((at, h)) = next_valid_record(data, pos) {
         count += 1;
+        last_tick = last_tick.max(tick_of_offset(h.offset));
         pos = at + h.total_len();
     }
-    count
+    (count, last_tick)
+}
+
+/// `valid_records` of whole segment files.
+fn valid_records_in(
+    storage: &dyn Storage,
+    dir: &Path,
+    ids: &[u64],
+) -> Result<(u64, u64), RecoveryError> {
+    let (mut count, mut last_tick) = (0, 0);
+    for &id in ids {
+        let p = segment_path(dir, id);
+        let d = storage.read(&p).map_err(io_err(&p))?;
+        let (n, tick) = valid_records(&d[..written_end(&d)], 0);
+        count += n;
+        last_tick = last_tick.max(tick);
+    }
+    Ok((count, last_tick))
 }
 
 fn zero_range(storage: &dyn Storage, path: &Path, from: u64, to: u64) -> io::Result<()> {
@@ -302,11 +323,12 @@ pub fn scan(
     let ids = list_segments(storage, dir).map_err(io_err(dir))?;
     let found_manifest =
         manifest::read(storage, dir).map_err(io_err(&manifest::manifest_path(dir)))?;
-    let ids = check_consecutive(storage, dir, plan, ids)?;
+    let (ids, dropped_tick) = check_consecutive(storage, dir, plan, ids)?;
     let seal = found_manifest.and_then(|m| m.sealed);
     let mut out = ScanOutcome {
         active_segment: 1,
         manifest: found_manifest,
+        last_tick: dropped_tick,
         ..ScanOutcome::default()
     };
     let mut chain = SequenceChain::starting_at(plan.shard, plan.entries_covered);
@@ -386,12 +408,7 @@ pub fn scan(
         };
         // Damage at `pos`: torn tail or damage to acknowledged data?
         let later_segments = &ids[idx + 1..];
-        let mut records_after = 0u64;
-        for &later in later_segments {
-            let p = segment_path(dir, later);
-            let d = storage.read(&p).map_err(io_err(&p))?;
-            records_after += count_valid_records(&d[..written_end(&d)], 0);
-        }
+        let (mut records_after, later_tick) = valid_records_in(storage, dir, later_segments)?;
         let written = &data[..written.max(pos)];
         let torn = match damage {
             Damage::Defect(_) => {
@@ -414,8 +431,8 @@ pub fn scan(
             });
             break;
         }
-        records_after +=
-            count_valid_records(written, pos + 1) + u64::from(matches!(damage, Damage::Gap { .. }));
+        let (in_segment, in_segment_tick) = valid_records(written, pos + 1);
+        records_after += in_segment + u64::from(matches!(damage, Damage::Gap { .. }));
         if !plan.salvage {
             return Err(RecoveryError::Corrupt {
                 path,
@@ -424,6 +441,7 @@ pub fn scan(
                 records_after,
             });
         }
+        out.last_tick = out.last_tick.max(later_tick).max(in_segment_tick);
         zero_range(storage, &path, pos as u64, end).map_err(io_err(&path))?;
         remove_segments(storage, dir, later_segments)?;
         out.salvage = Some(SalvageReport {
@@ -441,15 +459,16 @@ pub fn scan(
 }
 
 /// Segment ids must follow each other: a hole is a deleted file. Refuse,
-/// or — salvaging — keep the segments before the hole and drop the rest.
+/// or — salvaging — keep the segments before the hole and drop the rest
+/// (returning the highest tick they held).
 fn check_consecutive(
     storage: &dyn Storage,
     dir: &Path,
     plan: ScanPlan,
     ids: Vec<u64>,
-) -> Result<Vec<u64>, RecoveryError> {
+) -> Result<(Vec<u64>, u64), RecoveryError> {
     let Some(hole) = ids.windows(2).position(|w| w[1] != w[0] + 1) else {
-        return Ok(ids);
+        return Ok((ids, 0));
     };
     let (before, after) = (ids[hole], ids[hole + 1]);
     let detail = format!(
@@ -466,8 +485,9 @@ fn check_consecutive(
         });
     }
     tracing::warn!("--salvage: {detail}; the segments after the hole are dropped");
+    let (_, dropped_tick) = valid_records_in(storage, dir, &ids[hole + 1..])?;
     remove_segments(storage, dir, &ids[hole + 1..])?;
-    Ok(ids[..=hole].to_vec())
+    Ok((ids[..=hole].to_vec(), dropped_tick))
 }
 
 /// A segment the manifest names beyond the last one present is missing:
@@ -684,6 +704,9 @@ mod tests {
         let report = out.salvage.unwrap();
         assert_eq!(report.records_dropped, 3 + 3);
         assert_eq!(report.segments_removed, 1);
+        // The dropped records' offsets were handed out: the clock starts
+        // above the highest of them (tick 9), not above what was kept (2).
+        assert_eq!(out.last_tick, 9);
         // After salvage the log is clean and shorter.
         let (n2, out2) = count(dir.path(), false).unwrap();
         assert_eq!(n2, 2);
