@@ -6,10 +6,11 @@
 //! records of `Batch` records, and the inner records of `Prepare` records
 //! whose batch committed; decisions themselves are not entries, and neither
 //! are the copies of machine definitions on shards other than 0 (see
-//! `wal/sequence.rs`). A `Prepare` whose decision lies later in the log is
-//! resolved by reading on; one still undecided (prepared right now, or in
-//! doubt) ends the chunk there: its entries are not yet visible, and the
-//! shard's watermark stays below them until they are.
+//! `wal/sequence.rs`). A `Prepare` whose decision is logged, however far
+//! after it, is resolved through the shard's `Decisions`; one still
+//! undecided (prepared right now, or in doubt) ends the chunk there: its
+//! entries are not yet visible, and the shard's watermark stays below them
+//! until they are.
 //!
 //! A chunk also says how this shard's entries are numbered: how many it
 //! wrote below `from` and which offsets in the chunk are entries nobody will
@@ -19,17 +20,12 @@
 use std::io;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
-
 use super::events::WatchEvent;
 use super::runner::Shard;
 use crate::wal::entry::{self, Entry};
 use crate::wal::reader::{LogReader, LogRecord};
 use crate::wal::record::{decode_record, RecordHeader, RecordKind};
 use crate::wal::sequence::entries_in;
-
-/// Most records read while looking for a batch's decision.
-pub const DECISION_SEARCH_RECORDS_MAX: usize = 65_536;
 
 /// One logical entry: its offset, kind and entry JSON (as logged).
 #[derive(Debug, Clone)]
@@ -146,6 +142,8 @@ pub struct ReadContext<'a> {
     pub entries_written: u64,
     /// Whether a batch is prepared-but-undecided on this shard right now.
     pub undecided: &'a dyn Fn(u64) -> bool,
+    /// The decision the log holds for a batch (`decisions.rs`).
+    pub decision: &'a dyn Fn(u64) -> Option<bool>,
 }
 
 /// Read entries from `from` on.
@@ -156,82 +154,62 @@ pub fn read_entries(
     max_bytes: usize,
     cx: &ReadContext<'_>,
 ) -> io::Result<EntryChunk> {
-    let mut window = max_records.max(1);
-    loop {
-        let batch = reader.read_from(from, window, max_bytes.max(1))?;
-        let decisions: HashMap<u64, bool> = batch
-            .records
-            .iter()
-            .filter_map(|r| match r.header.kind {
-                RecordKind::Commit => entry::read_txid(&r.payload).ok().map(|t| (t, true)),
-                RecordKind::Abort => entry::read_txid(&r.payload).ok().map(|t| (t, false)),
-                _ => None,
-            })
-            .collect();
-        let mut b = ChunkBuilder {
-            chunk: EntryChunk {
-                oldest_offset: reader.oldest_offset(),
-                ..EntryChunk::default()
-            },
-            shard: cx.shard,
-            from,
-            based: false,
-        };
-        let mut stopped_at = None;
-        let mut retry_wider = false;
-        for (i, rec) in batch.records.iter().enumerate() {
-            let LogRecord { header, payload } = rec;
-            match header.kind {
-                RecordKind::PutMachine
-                | RecordKind::CreateInstance
-                | RecordKind::ApplyEvent
-                | RecordKind::DeleteInstance
-                | RecordKind::Commit
-                | RecordKind::Abort
-                | RecordKind::Flush => b.plain(header, payload, true),
-                RecordKind::Batch => b.inner(header, payload, true)?,
-                RecordKind::Prepare => {
-                    let (txid, _, inner) =
-                        entry::read_prepare(payload).map_err(io::Error::other)?;
-                    match decisions.get(&txid) {
-                        Some(&committed) => b.inner(header, inner, committed)?,
-                        None => {
-                            let start = first_inner_offset(inner).unwrap_or(header.offset);
-                            if !(cx.undecided)(txid)
-                                && i == 0
-                                && !batch.reached_end
-                                && window < DECISION_SEARCH_RECORDS_MAX
-                            {
-                                retry_wider = true;
-                            }
-                            // The count below the undecided part is known.
-                            if let Ok((h, _)) = decode_record(inner) {
-                                b.mark(h.offset, h.entries_before);
-                            }
-                            stopped_at = Some(start.max(from));
-                            break;
+    let batch = reader.read_from(from, max_records.max(1), max_bytes.max(1))?;
+    let mut b = ChunkBuilder {
+        chunk: EntryChunk {
+            oldest_offset: reader.oldest_offset(),
+            ..EntryChunk::default()
+        },
+        shard: cx.shard,
+        from,
+        based: false,
+    };
+    let mut stopped_at = None;
+    for LogRecord { header, payload } in &batch.records {
+        match header.kind {
+            RecordKind::PutMachine
+            | RecordKind::CreateInstance
+            | RecordKind::ApplyEvent
+            | RecordKind::DeleteInstance
+            | RecordKind::Commit
+            | RecordKind::Abort
+            | RecordKind::Flush => b.plain(header, payload, true),
+            RecordKind::Batch => b.inner(header, payload, true)?,
+            RecordKind::Prepare => {
+                let (txid, _, inner) = entry::read_prepare(payload).map_err(io::Error::other)?;
+                match (cx.decision)(txid) {
+                    Some(committed) => b.inner(header, inner, committed)?,
+                    // Prepared right now or in doubt: visible once decided.
+                    None if (cx.undecided)(txid) => {
+                        // The count below the undecided part is known.
+                        if let Ok((h, _)) = decode_record(inner) {
+                            b.mark(h.offset, h.entries_before);
                         }
+                        let start = first_inner_offset(inner).unwrap_or(header.offset);
+                        stopped_at = Some(start.max(from));
+                        break;
                     }
+                    // Neither decided in the log nor waiting for a decision:
+                    // a `--salvage` cut dropped the decision (the snapshot
+                    // the shard started from reflects the batch's outcome).
+                    // Its entries keep their numbers, shown to nobody.
+                    None => b.inner(header, inner, false)?,
                 }
             }
         }
-        if retry_wider {
-            window = (window * 4).min(DECISION_SEARCH_RECORDS_MAX);
-            continue;
-        }
-        let mut chunk = b.chunk;
-        if !b.based {
-            // Nothing at or after `from` in the log: every entry is below it.
-            chunk.entries_before_from = cx.entries_written;
-        }
-        chunk.at_end = stopped_at.is_none() && batch.reached_end;
-        chunk.complete_upto = match stopped_at {
-            Some(at) => at,
-            None if batch.reached_end => cx.watermark.max(from),
-            None => batch.next_offset.unwrap_or(from),
-        };
-        return Ok(chunk);
     }
+    let mut chunk = b.chunk;
+    if !b.based {
+        // Nothing at or after `from` in the log: every entry is below it.
+        chunk.entries_before_from = cx.entries_written;
+    }
+    chunk.at_end = stopped_at.is_none() && batch.reached_end;
+    chunk.complete_upto = match stopped_at {
+        Some(at) => at,
+        None if batch.reached_end => cx.watermark.max(from),
+        None => batch.next_offset.unwrap_or(from),
+    };
+    Ok(chunk)
 }
 
 impl Shard {
@@ -270,13 +248,15 @@ impl Shard {
         // and the merged read would hold back what those shards wrote.
         self.wal.clock_mut().begin_group();
         self.publish_requested = true;
-        let (txns, in_doubt) = (&self.txns, &self.in_doubt);
+        let (txns, in_doubt, decisions) = (&self.txns, &self.in_doubt, &self.decisions);
         let undecided = |txid: u64| txns.contains_key(&txid) || in_doubt.contains_key(&txid);
+        let decision = |txid: u64| decisions.get(txid);
         let cx = ReadContext {
             shard: self.state.shard_id,
             watermark: self.watermark(),
             entries_written: self.wal.entries_committed(),
             undecided: &undecided,
+            decision: &decision,
         };
         let reader = self
             .reader

@@ -4,6 +4,7 @@
 mod admission;
 pub mod budget;
 pub mod command;
+mod decisions;
 mod deferred;
 pub mod events;
 pub mod log_read;

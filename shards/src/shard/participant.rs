@@ -74,10 +74,13 @@ impl Shard {
         let logged = self.wal.append(RecordKind::Prepare, now, |out| {
             entry::write_prepare(out, txid, decider, &inner)
         });
-        if let Err(e) = logged {
-            self.state.undo(undo);
-            self.wal.rewind_entries(entries_before);
-            return BatchVote::No(0, e);
+        match logged {
+            Ok(offset) => self.decisions.prepared(txid, offset),
+            Err(e) => {
+                self.state.undo(undo);
+                self.wal.rewind_entries(entries_before);
+                return BatchVote::No(0, e);
+            }
         }
         let mut undo = undo;
         let events = self.state.take_events_since(&mut undo);
@@ -123,11 +126,12 @@ impl Shard {
         } else {
             return; // Already decided.
         }
-        if let Err(e) = self
+        match self
             .wal
             .append(kind, now, |out| out.extend_from_slice(&txid.to_le_bytes()))
         {
-            self.fail_stop("cannot log a batch decision", &e);
+            Ok(_) => self.decisions.decided(txid, commit),
+            Err(e) => self.fail_stop("cannot log a batch decision", &e),
         }
     }
 }

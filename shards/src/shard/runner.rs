@@ -20,6 +20,7 @@ use futures_lite::future;
 use hashbrown::{HashMap, HashSet};
 
 use super::command::{ShardMsg, ShardStats};
+use super::decisions::Decisions;
 pub(super) use super::deferred::Deferred;
 use super::events::Publication;
 use super::replay::{ReplayCounts, TxnLog};
@@ -94,6 +95,8 @@ pub struct Shard {
     pub(super) wake_waiting: bool,
     /// Parts found prepared-but-undecided at recovery: (decider, inner records).
     pub(super) in_doubt: HashMap<u64, (u32, Vec<u8>)>,
+    /// Decisions of the parts whose `Prepare` the log still holds.
+    pub(super) decisions: Decisions,
     pub(super) publish_requested: bool,
     /// Bytes one group commit stages at most: `GROUP_COMMIT_BYTES_MAX`, or
     /// half a segment for small segments (so a group rolls over at most once).
@@ -147,7 +150,16 @@ impl Shard {
         };
         let mut counts = ReplayCounts::default();
         let mut txn_log = TxnLog::default();
+        let mut decisions = Decisions::default();
         let scan = recovery::scan(storage, &wal_dir, plan, |header, payload| {
+            match header.kind {
+                RecordKind::Prepare => {
+                    decisions.prepared(entry::read_prepare(payload)?.0, header.offset)
+                }
+                RecordKind::Commit => decisions.decided(entry::read_txid(payload)?, true),
+                RecordKind::Abort => decisions.decided(entry::read_txid(payload)?, false),
+                _ => {}
+            }
             if covered.is_some_and(|c| header.offset <= c) {
                 // Reflected in the snapshot; only batch decisions are noted,
                 // for resolving other shards' parts left in doubt.
@@ -214,6 +226,7 @@ impl Shard {
                     .min((cfg.segment_size_bytes / 2).max(1) as usize),
                 wake_waiting: false,
                 in_doubt: txn_log.in_doubt,
+                decisions,
                 publish_requested: false,
                 stopping: None,
                 reader: None,

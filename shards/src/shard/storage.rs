@@ -169,6 +169,7 @@ impl Shard {
         // From now on the deleted records are gone for readers, even before
         // the files are: nobody starts reading in a segment being deleted.
         self.storage.retained_from = plan.retained_from;
+        self.decisions.forget_below(plan.retained_from);
         let planned = plan.segments.clone();
         let storage = self.env.storage.clone();
         let done = in_background(&*self.env.tasks, move || delete_segments(&*storage, &plan));

@@ -15,12 +15,22 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    on_executor_value(body)
+}
+
+/// The same, returning what `body` returns.
+fn on_executor_value<T, F, Fut>(body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(body)
         .unwrap()
         .join()
-        .unwrap();
+        .unwrap()
 }
 
 fn config(dir: &std::path::Path, segment_size_bytes: u64) -> ShardConfig {
@@ -410,4 +420,75 @@ fn page_cache_policies_write_and_recover_across_segments() {
             assert!(report.scan.torn_tail.is_none());
         });
     }
+}
+
+/// Every entry the shard's log shows, read in pages of `page` records.
+async fn read_all_entries(tx: &flume::Sender<ShardMsg>, page: usize) -> Vec<u64> {
+    let (mut offsets, mut from) = (Vec::new(), 0);
+    loop {
+        let (dtx, drx) = flume::bounded(1);
+        tx.send(ShardMsg::ReadLog {
+            from_offset: from,
+            max_records: page,
+            max_bytes: 1 << 20,
+            done: dtx,
+        })
+        .unwrap();
+        let chunk = drx.recv_async().await.unwrap().unwrap();
+        offsets.extend(chunk.entries.iter().map(|e| e.offset));
+        if chunk.at_end {
+            return offsets;
+        }
+        assert!(chunk.complete_upto > from, "a read made no progress at {from}");
+        from = chunk.complete_upto;
+    }
+}
+
+#[test]
+fn a_batch_decided_long_after_its_prepare_is_read_in_small_pages_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let others = 300;
+    let before = on_executor_value(move || async move {
+        let (tx, runner) = run_shard(&config(&p, 1 << 20)).await;
+        start_door(&tx).await;
+        let (vtx, vrx) = flume::bounded(1);
+        tx.send(ShardMsg::Prepare {
+            txid: 77,
+            decider: 0,
+            ops: vec![create_cmd("held")],
+            done: vtx,
+        })
+        .unwrap();
+        assert!(matches!(vrx.recv_async().await.unwrap(), BatchVote::Yes(_)));
+        // Many records between the prepare and its decision.
+        for i in 0..others {
+            send_and_wait(&tx, create_cmd(&format!("o{i}"))).await.unwrap();
+        }
+        let (dtx, drx) = flume::bounded(1);
+        tx.send(ShardMsg::Decide {
+            txid: 77,
+            commit: true,
+            done: dtx,
+        })
+        .unwrap();
+        drx.recv_async().await.unwrap();
+        let entries = read_all_entries(&tx, 4).await;
+        drop(tx);
+        runner.await;
+        entries
+    });
+    // The batch's create and the others, in offset order (the machine's
+    // record on a shard other than 0 is a copy, not an entry).
+    assert_eq!(before.len(), 1 + others);
+    assert!(before.windows(2).all(|w| w[0] < w[1]));
+    let p = dir.path().to_path_buf();
+    let after = on_executor_value(move || async move {
+        let (tx, runner) = run_shard(&config(&p, 1 << 20)).await;
+        let entries = read_all_entries(&tx, 4).await;
+        drop(tx);
+        runner.await;
+        entries
+    });
+    assert_eq!(after, before, "the decision must be known after recovery");
 }
