@@ -362,11 +362,18 @@ async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(),
             r.shard,
             r.txid,
             r.decider,
-            if r.committed { "committed it: applied" } else { "never committed it: dropped" }
+            if r.committed {
+                "committed it: applied"
+            } else {
+                "never committed it: dropped"
+            }
         );
     }
     if !resolved.is_empty() {
-        tracing::info!("resolved {} cross-shard batch part(s) left in doubt", resolved.len());
+        tracing::info!(
+            "resolved {} cross-shard batch part(s) left in doubt",
+            resolved.len()
+        );
     }
     Ok(())
 }

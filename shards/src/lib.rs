@@ -10,6 +10,8 @@ pub mod instance;
 pub mod json;
 pub mod machine;
 pub mod shard;
+#[cfg(test)]
+pub mod sim;
 pub mod snapshot;
 pub mod wal;
 

@@ -13,7 +13,7 @@
 //! Production: `os::OsStorage`, `clock::SystemClock`, `tasks::GlommioTasks`.
 
 pub mod clock;
-mod maintenance;
+pub(crate) mod maintenance;
 pub mod os;
 pub mod storage;
 pub mod tasks;
