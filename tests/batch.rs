@@ -7,16 +7,17 @@
 //! Instances are placed by `crc32c(instance_id) % 2` (the harness runs two
 //! shards); the cross-shard tests pick ids on both.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+use support::*;
 
 /// Shards the harness starts the server with.
 const SHARDS: usize = 2;

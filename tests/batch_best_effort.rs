@@ -3,10 +3,11 @@
 //! request it would be on its own, in order, with one result per element,
 //! up to the `max_batch_ops` that INFO reports.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{json, Value};
+
+use support::*;
 
 fn op(name: &str, params: Value) -> Value {
     json!({"op": name, "params": params})

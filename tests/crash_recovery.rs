@@ -3,7 +3,7 @@
 //! repaired with a warning; corruption in the middle of a log refuses
 //! start-up (naming the file) unless `--salvage` is given.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
@@ -11,9 +11,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+use support::*;
 
 /// Concurrent connections writing during the kill test.
 const LOAD_CONNECTIONS: usize = 4;

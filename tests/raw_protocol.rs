@@ -2,13 +2,14 @@
 //! sockets: exact frames, legacy RCP1 framing, JSONL, framing violations,
 //! malformed requests, pipelining and BYE.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::*;
 use serde_json::{json, Value};
+
+use support::*;
 
 fn hex(text: &str) -> Vec<u8> {
     text.split_whitespace()
@@ -157,20 +158,6 @@ fn rcp1_minimal_client_session_is_answered_in_rcp1_frames() {
 
     let pong = call(&mut client, request("5", "PING", Value::Null));
     assert_eq!(pong, json!({"pong": true}));
-}
-
-/// An RCP1 frame in the older spec's layout (variant B): u16 flags, u16
-/// header_len, then length and CRC.
-fn rcp1_variant_b(flags: u16, ext: &[u8], payload: &[u8], crc: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&RCP1_MAGIC);
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc.to_be_bytes());
-    out.extend_from_slice(ext);
-    out.extend_from_slice(payload);
-    out
 }
 
 #[test]

@@ -3,13 +3,14 @@
 //! idempotency, error codes and authentication, as a real application
 //! would use them.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 
-use common::*;
 use rstmdb_client::{Client, ClientError};
 use serde_json::{json, Value};
+
+use support::*;
 
 async fn connect(server: &Server) -> Client {
     rstmdb_connect(server.addr(), None)

@@ -5,16 +5,17 @@
 //! crate's public methods; a test compares them with the crate's source
 //! (when cargo's registry copy is there), so a method missing here shows.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use rstmdb_client::{Client, Connection, ConnectionConfig};
 use rstmdb_protocol::message::Operation;
 use serde_json::{json, Value};
+
+use support::*;
 
 /// `rstmdb_client::Client`'s public methods.
 const CLIENT_METHODS: &[&str] = &[

@@ -3,16 +3,17 @@
 //! SIGKILL restart), retention errors for old offsets, SNAPSHOT_INSTANCE,
 //! and FLUSH_ALL that a restart does not undo.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{write_config, Server};
 use serde_json::{json, Value};
 
-fn put_counter(c: &mut common::RawClient) {
+use support::{write_config, Server};
+
+fn put_counter(c: &mut support::RawClient) {
     c.ok(
         "PUT_MACHINE",
         json!({"machine": "ctr", "version": 1, "definition": {
@@ -47,7 +48,7 @@ fn wal_bytes_on_disk(data: &Path) -> u64 {
 }
 
 /// Read the whole log through WAL_READ pages of `limit`.
-fn read_all(c: &mut common::RawClient, limit: u64) -> Vec<Value> {
+fn read_all(c: &mut support::RawClient, limit: u64) -> Vec<Value> {
     let mut from = json!(0);
     let mut out = Vec::new();
     loop {

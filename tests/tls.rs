@@ -6,14 +6,13 @@
 //! handshake does not hold up other connections; unusable certificate files
 //! stop the start with exit status 2 and the file's name.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{error_code, Server, RESPONSE_TIMEOUT};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -21,6 +20,8 @@ use rcgen::{
 use rstmdb_client::{Client, ClientError, ConnectionConfig, TlsClientConfig};
 use serde_json::json;
 use tempfile::TempDir;
+
+use support::{error_code, Server, RESPONSE_TIMEOUT};
 
 /// How long a refused TLS client may take to notice.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -230,7 +231,7 @@ async fn plain_tcp_on_a_tls_port_is_closed_without_an_answer_and_disturbs_nobody
 
     // An RCPX PING in clear text: the handshake fails, the socket closes.
     let mut plain = TcpStream::connect(server.addr()).expect("connect");
-    let ping = common::rcpx_json(&common::request("p1", "PING", serde_json::Value::Null));
+    let ping = support::rcpx_json(&support::request("p1", "PING", serde_json::Value::Null));
     plain.write_all(&ping).expect("write");
     let got = read_until_closed(&mut plain);
     assert!(
@@ -284,7 +285,7 @@ async fn mtls_from_the_config_file_refuses_clients_without_a_valid_certificate()
         pki.arg("server.key"),
         pki.arg("ca.pem")
     );
-    let config = common::write_config(pki.dir.path(), &yaml);
+    let config = support::write_config(pki.dir.path(), &yaml);
     let mut server = Server::start(&["--config", config.to_str().unwrap()]);
 
     let without = tls_client(server.addr(), &pki, None).await;
@@ -314,7 +315,7 @@ async fn mtls_from_the_config_file_refuses_clients_without_a_valid_certificate()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_by_flag_and_bearer_auth_both_apply() {
     let pki = Pki::generate();
-    let (_auth_dir, auth_config) = common::auth_config();
+    let (_auth_dir, auth_config) = support::auth_config();
     let mut args = tls_args(&pki);
     args.extend([
         "--tls-client-ca".to_string(),
@@ -333,7 +334,7 @@ async fn mtls_by_flag_and_bearer_auth_both_apply() {
         server.addr(),
         &pki,
         Some(("client.pem", "client.key")),
-        Some(common::AUTH_TOKEN),
+        Some(support::AUTH_TOKEN),
     )
     .await
     .expect("mTLS connect with a token");

@@ -3,12 +3,13 @@
 //! a restart and after compaction deleted the segments that held the first
 //! records; WAL_STATS `entry_count` is the sequence of the newest record.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+
+use support::{write_config, RawClient, Server};
 
 fn sequences(c: &mut RawClient) -> Vec<(u64, u64)> {
     let mut out = Vec::new();

@@ -9,7 +9,7 @@
 //! Instances are placed by `crc32c(instance_id) % 2` (the harness runs two
 //! shards); every test that cares spreads its instances over both.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{json, Value};
+
+use support::*;
 
 /// Shards the harness starts the server with.
 const SHARDS: usize = 2;

@@ -5,14 +5,13 @@
 //! served. Tokens may come from the config file, a secrets file (named in
 //! the file or by RSTMDB_AUTH_SECRETS_FILE) or RSTMDB_AUTH_TOKEN_HASH.
 
-mod common;
-mod ops_support;
-
 use std::net::SocketAddr;
 
-use common::{error_code, rstmdb_connect, RawClient, Server, AUTH_TOKEN, AUTH_TOKEN_SHA256};
-use ops_support::Proc;
 use serde_json::{json, Value};
+
+use crate::support::{
+    error_code, rstmdb_connect, Proc, RawClient, Server, AUTH_TOKEN, AUTH_TOKEN_SHA256,
+};
 
 /// Every operation name of the protocol (spec §2.1).
 const ALL_OPS: [&str; 25] = [
@@ -146,7 +145,7 @@ fn token_is_accepted(addr: SocketAddr) {
 
 #[test]
 fn every_operation_needs_auth_with_hashes_from_the_config_file() {
-    let (_dir, config) = common::auth_config();
+    let (_dir, config) = crate::support::auth_config();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     every_op_is_gated_until_auth(server.addr());
     // Failed AUTHs are logged as refusals, with the peer.
@@ -168,7 +167,7 @@ fn tokens_from_a_secrets_file_named_in_the_config() {
         format!("# corestate tokens\n\n{AUTH_TOKEN_SHA256}\n"),
     )
     .unwrap();
-    let config = common::write_config(
+    let config = crate::support::write_config(
         dir.path(),
         &format!(
             "auth:\n  required: true\n  secrets_file: \"{}\"\n",
@@ -208,7 +207,7 @@ fn a_token_hash_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_sees_unauthorized_and_auth_failed() {
-    let (_dir, config) = common::auth_config();
+    let (_dir, config) = crate::support::auth_config();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
 
     let anonymous = rstmdb_connect(server.addr(), None).await.expect("connect");

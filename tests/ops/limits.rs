@@ -4,21 +4,18 @@
 //! connection (a client pipelining 100k requests without reading cannot
 //! grow the server's memory), the 16 MiB frame limit and max batch ops.
 
-mod common;
-mod ops_support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    error_code, rcpx_frame_with, rcpx_json, request, rstmdb_connect, take_rcpx_frame, RawClient,
-    Server, FLAG_CRC_PRESENT,
-};
-use ops_support::Proc;
 use serde_json::{json, Value};
+
+use crate::support::{
+    error_code, rcpx_frame_with, rcpx_json, request, rstmdb_connect, take_rcpx_frame, Proc,
+    RawClient, Server, FLAG_CRC_PRESENT,
+};
 
 /// Connect raw clients until `n` are served; a refusal caused by a
 /// readiness probe the server has not yet seen close is retried.
@@ -191,7 +188,7 @@ fn a_client_that_pipelines_without_reading_cannot_grow_server_memory() {
     // Now read: every request is answered, in order.
     let mut reader_stream = reader_stream;
     reader_stream
-        .set_read_timeout(Some(common::RESPONSE_TIMEOUT))
+        .set_read_timeout(Some(crate::support::RESPONSE_TIMEOUT))
         .expect("read timeout");
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 256 * 1024];
@@ -231,7 +228,7 @@ fn a_frame_over_16_mib_closes_only_its_connection() {
 #[test]
 fn max_batch_ops_from_the_config_file_holds() {
     let dir = tempfile::TempDir::new().unwrap();
-    let config = common::write_config(
+    let config = crate::support::write_config(
         dir.path(),
         "corestate:\n  max_batch_ops: 3\n  max_inflight_requests_per_connection: 8\n",
     );

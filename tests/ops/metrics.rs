@@ -3,16 +3,13 @@
 //! metric names plus corestate's per-shard ones, `/health`, `/healthz`, `/`
 //! and 404 for the rest.
 
-mod common;
-mod ops_support;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{fresh_port, Server};
-use ops_support::http_get;
 use serde_json::{json, Value};
+
+use crate::support::{fresh_port, http_get, Server};
 
 /// Samples of an exposition: `name{labels}` → value.
 fn parse(body: &str) -> HashMap<String, f64> {
@@ -66,7 +63,7 @@ const DOOR: &str = r#"{"states":["open","closed"],"initial":"open","transitions"
 fn metrics_are_off_unless_enabled() {
     let port = fresh_port();
     let dir = tempfile::TempDir::new().unwrap();
-    let config = common::write_config(
+    let config = crate::support::write_config(
         dir.path(),
         &format!("metrics:\n  enabled: false\n  bind_addr: \"127.0.0.1:{port}\"\n"),
     );
@@ -83,7 +80,7 @@ fn metrics_are_off_unless_enabled() {
 fn the_endpoint_serves_metrics_health_and_an_index() {
     let port = fresh_port();
     let dir = tempfile::TempDir::new().unwrap();
-    let config = common::write_config(
+    let config = crate::support::write_config(
         dir.path(),
         &format!("metrics:\n  enabled: true\n  bind_addr: \"127.0.0.1:{port}\"\n"),
     );
@@ -116,7 +113,7 @@ fn the_endpoint_serves_metrics_health_and_an_index() {
 fn a_scrape_reports_requests_errors_connections_watches_wal_shards_and_process() {
     let port = fresh_port();
     let metrics_bind = format!("127.0.0.1:{port}");
-    let (_dir, auth) = common::auth_config();
+    let (_dir, auth) = crate::support::auth_config();
     let server = Server::start(&[
         "--metrics-bind",
         &metrics_bind,
@@ -134,12 +131,12 @@ fn a_scrape_reports_requests_errors_connections_watches_wal_shards_and_process()
     c.err_code("INFO", Value::Null, "UNAUTHORIZED");
     c.ok(
         "AUTH",
-        json!({"method": "bearer", "token": common::AUTH_TOKEN}),
+        json!({"method": "bearer", "token": crate::support::AUTH_TOKEN}),
     );
     let mut watcher = server.raw();
     watcher.ok(
         "AUTH",
-        json!({"method": "bearer", "token": common::AUTH_TOKEN}),
+        json!({"method": "bearer", "token": crate::support::AUTH_TOKEN}),
     );
     watcher.ok("WATCH_ALL", json!({}));
     watcher.ok("WATCH_ALL", json!({"machines": ["door"]}));

@@ -5,18 +5,15 @@
 //! peer that never reads cannot hold the shutdown past its bound. Also
 //! records how the official Rust client sees the server go away.
 
-mod common;
-mod ops_support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{rcpx_json, request, rstmdb_connect, AsyncRawClient};
-use ops_support::{Proc, EXIT_TIMEOUT};
 use serde_json::{json, Value};
+
+use crate::support::{rcpx_json, request, rstmdb_connect, AsyncRawClient, Proc, EXIT_TIMEOUT};
 
 /// Writers hammering the server while it is told to stop.
 const LOAD_WRITERS: usize = 8;
@@ -114,7 +111,7 @@ async fn sigterm_under_load_exits_0_and_a_restart_finds_every_acknowledged_write
     // The watcher got whole events, then a clean close.
     let mut events = 0;
     while let Some(frame) = watcher.read_frame() {
-        common::assert_server_frame(&frame);
+        crate::support::assert_server_frame(&frame);
         assert_eq!(frame.json()["type"], "event");
         events += 1;
     }
