@@ -5,8 +5,6 @@
 //! crate's public methods; a test compares them with the crate's source
 //! (when cargo's registry copy is there), so a method missing here shows.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +13,7 @@ use rstmdb_client::{Client, Connection, ConnectionConfig};
 use rstmdb_protocol::message::Operation;
 use serde_json::{json, Value};
 
-use support::*;
+use crate::support::{write_config, Server};
 
 /// `rstmdb_client::Client`'s public methods.
 const CLIENT_METHODS: &[&str] = &[
