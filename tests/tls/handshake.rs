@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::pki::{read_until_closed, round_trip, start, tls_args, tls_client, Pki};
+use crate::support::{rcpx_json, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_client_speaks_tls_and_verifies_the_server() {
@@ -32,11 +33,7 @@ async fn plain_tcp_on_a_tls_port_is_closed_without_an_answer_and_disturbs_nobody
 
     // An RCPX PING in clear text: the handshake fails, the socket closes.
     let mut plain = TcpStream::connect(server.addr()).expect("connect");
-    let ping = crate::support::rcpx_json(&crate::support::request(
-        "p1",
-        "PING",
-        serde_json::Value::Null,
-    ));
+    let ping = rcpx_json(&request("p1", "PING", serde_json::Value::Null));
     plain.write_all(&ping).expect("write");
     let got = read_until_closed(&mut plain);
     assert!(

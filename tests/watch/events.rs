@@ -91,7 +91,7 @@ pub fn apply(
 }
 
 /// The top-level keys of a JSON object in the order they appear.
-struct KeyOrder(pub Vec<String>);
+struct KeyOrder(Vec<String>);
 
 impl<'de> Deserialize<'de> for KeyOrder {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
