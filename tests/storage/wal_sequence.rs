@@ -3,13 +3,11 @@
 //! a restart and after compaction deleted the segments that held the first
 //! records; WAL_STATS `entry_count` is the sequence of the newest record.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::{write_config, RawClient, Server};
+use crate::support::{write_config, RawClient, Server};
 
 fn sequences(c: &mut RawClient) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
