@@ -11,7 +11,7 @@
 //! `CORESTATE_CRASH_CYCLES` (default 20) sets K; `CORESTATE_TEST_SEED`
 //! repeats a run. The README gives the command for 1,000 cycles.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{write_config, RawClient, Server};
 use serde_json::{json, Value};
+
+use support::{write_config, RawClient, Server};
 
 const WRITERS: usize = 4;
 const INSTANCES_PER_WRITER: usize = 12;

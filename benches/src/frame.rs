@@ -1,19 +1,23 @@
-//! RCPX framing (PROTOCOL.md §1.2–§1.6): requests are encoded in place at
-//! the end of a connection's write buffer; responses are decoded from the
-//! read buffer without copying.
+//! RCPX framing (PROTOCOL.md §1.2–§1.6) for the harness, on corestate's
+//! client-side codec (`corestate::protocol::frame::client`): requests are
+//! encoded in place at the end of a connection's write buffer; responses
+//! are decoded from the read buffer without copying, with the server's own
+//! checks.
+
+use corestate::protocol::frame::client as codec;
 
 /// ASCII `RCPX`.
-pub const MAGIC: [u8; 4] = *b"RCPX";
+pub const MAGIC: [u8; 4] = codec::RCPX_MAGIC;
 /// The only protocol version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = codec::PROTOCOL_VERSION;
 /// Flag bit: the CRC field is valid.
-pub const FLAG_CRC_PRESENT: u16 = 0x0001;
+pub const FLAG_CRC_PRESENT: u16 = codec::FLAG_CRC_PRESENT;
 /// Flag bits a version-1 frame may carry.
-pub const FLAGS_VALID_MASK: u16 = 0x000F;
+pub const FLAGS_VALID_MASK: u16 = codec::FLAGS_VALID_MASK;
 /// Fixed header length.
-pub const HEADER_BYTES: usize = 18;
+pub const HEADER_BYTES: usize = codec::RCPX_HEADER_BYTES;
 /// Largest payload the protocol allows (exactly 16 MiB is legal).
-pub const PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const PAYLOAD_BYTES_MAX: usize = codec::FRAME_PAYLOAD_MAX_BYTES;
 
 /// A frame the server sent that breaks §1.6.
 #[derive(Debug)]
@@ -22,38 +26,31 @@ pub struct FrameError(pub String);
 /// Reserves a fixed header at the end of `buf`; the payload is appended
 /// next, then [`finish`] fills in length and CRC.
 pub fn begin(buf: &mut Vec<u8>) -> usize {
-    let header_at = buf.len();
-    buf.extend_from_slice(&[0u8; HEADER_BYTES]);
-    header_at
+    codec::begin_rcpx(buf)
 }
 
 /// Completes the frame started at `header_at` (everything after the header
 /// is its payload).
 pub fn finish(buf: &mut [u8], header_at: usize) {
-    let payload = &buf[header_at + HEADER_BYTES..];
-    debug_assert!(payload.len() <= PAYLOAD_BYTES_MAX);
-    let filled = header(payload.len() as u32, crc32c::crc32c(payload));
-    buf[header_at..header_at + HEADER_BYTES].copy_from_slice(&filled);
+    codec::finish_rcpx(&mut buf[header_at..]);
 }
 
 /// The header of a frame announcing `payload_len` bytes with CRC `crc`
 /// (hostile clients announce payloads they never send).
 pub fn header(payload_len: u32, crc: u32) -> [u8; HEADER_BYTES] {
-    let mut header = [0u8; HEADER_BYTES];
-    header[0..4].copy_from_slice(&MAGIC);
-    header[4..6].copy_from_slice(&VERSION.to_be_bytes());
-    header[6..8].copy_from_slice(&FLAG_CRC_PRESENT.to_be_bytes());
-    header[8..10].copy_from_slice(&0u16.to_be_bytes());
-    header[10..14].copy_from_slice(&payload_len.to_be_bytes());
-    header[14..18].copy_from_slice(&crc.to_be_bytes());
-    header
+    codec::RcpxHeader {
+        version: VERSION,
+        flags: FLAG_CRC_PRESENT,
+        extension_bytes: 0,
+        payload_bytes: payload_len,
+        crc,
+    }
+    .to_bytes()
 }
 
 /// Appends one complete frame carrying `payload`.
 pub fn encode(buf: &mut Vec<u8>, payload: &[u8]) {
-    let at = begin(buf);
-    buf.extend_from_slice(payload);
-    finish(buf, at);
+    codec::encode_rcpx(buf, payload);
 }
 
 /// A complete frame found at the start of a buffer.
@@ -68,46 +65,14 @@ pub struct Decoded {
 /// Decodes the frame at the start of `buf`: `Ok(None)` when more bytes are
 /// needed. Verifies magic, version, flags, length and CRC.
 pub fn decode(buf: &[u8]) -> Result<Option<Decoded>, FrameError> {
-    if buf.len() < HEADER_BYTES {
-        return Ok(None);
+    match codec::decode_rcpx(buf) {
+        Ok(Some(frame)) => Ok(Some(Decoded {
+            payload_start: frame.payload.start,
+            payload_end: frame.payload.end,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => Err(FrameError(e.to_string())),
     }
-    if buf[0..4] != MAGIC {
-        return Err(FrameError(format!(
-            "bad magic {:02x?} (a JSONL or non-RCPX reply?)",
-            &buf[0..4]
-        )));
-    }
-    let version = u16::from_be_bytes([buf[4], buf[5]]);
-    if version != VERSION {
-        return Err(FrameError(format!("bad version {version}")));
-    }
-    let flags = u16::from_be_bytes([buf[6], buf[7]]);
-    if flags & !FLAGS_VALID_MASK != 0 {
-        return Err(FrameError(format!("reserved flag bits set: {flags:#06x}")));
-    }
-    let header_len = u16::from_be_bytes([buf[8], buf[9]]) as usize;
-    let payload_len = u32::from_be_bytes([buf[10], buf[11], buf[12], buf[13]]) as usize;
-    if payload_len > PAYLOAD_BYTES_MAX {
-        return Err(FrameError(format!("payload of {payload_len} bytes")));
-    }
-    let payload_start = HEADER_BYTES + header_len;
-    let payload_end = payload_start + payload_len;
-    if buf.len() < payload_end {
-        return Ok(None);
-    }
-    if flags & FLAG_CRC_PRESENT != 0 {
-        let crc = u32::from_be_bytes([buf[14], buf[15], buf[16], buf[17]]);
-        let actual = crc32c::crc32c(&buf[payload_start..payload_end]);
-        if crc != actual {
-            return Err(FrameError(format!(
-                "CRC mismatch: header {crc:#010x}, payload {actual:#010x}"
-            )));
-        }
-    }
-    Ok(Some(Decoded {
-        payload_start,
-        payload_end,
-    }))
 }
 
 /// Appends the decimal digits of `n` (no allocation).

@@ -503,6 +503,10 @@ pub fn encode_frame(out: &mut Vec<u8>, mode: OutputMode, payload: &[u8]) -> Resu
     end_frame(out, mark)
 }
 
+/// The client's side of this framing, for tests, benches and tools.
+#[path = "frame_client.rs"]
+pub mod client;
+
 #[cfg(test)]
 #[path = "frame_tests.rs"]
 mod tests;

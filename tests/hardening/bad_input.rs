@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{rcpx_frame, Server};
+use crate::support::{rcpx_frame, Server};
 
 #[test]
 fn a_lone_surrogate_is_a_bad_request_not_a_nul_character() {

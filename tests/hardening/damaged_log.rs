@@ -12,8 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::common::{data_end, write_config, Server};
-use crate::ops_support::{Proc, EXIT_TIMEOUT};
+use crate::support::{data_end, write_config, Proc, Server, EXIT_TIMEOUT};
 
 const EXIT_WAIT: Duration = Duration::from_secs(20);
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::common::{write_config, Server};
+use crate::support::{write_config, Server};
 
 /// Size of the file system the server gets.
 const DISK_MB: u64 = 24;
@@ -66,7 +66,7 @@ fn fill_up(dir: &Path) -> PathBuf {
     path
 }
 
-fn create(c: &mut crate::common::RawClient, id: &str) -> Value {
+fn create(c: &mut crate::support::RawClient, id: &str) -> Value {
     c.call(
         "CREATE_INSTANCE",
         json!({"machine": "m", "version": 1, "instance_id": id,

@@ -8,12 +8,12 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use corestate::protocol::frame::client::RcpxHeader;
 use serde_json::{json, Value};
 
-use crate::common::{
-    auth_config, rcpx_json, request, take_rcpx_frame, RawClient, Server, RCPX_MAGIC,
+use crate::support::{
+    auth_config, pipeline, rcpx_json, request, rss_mib, take_rcpx_frame, RawClient, Server,
 };
-use crate::proc_stats::{pipeline, rss_mib};
 
 fn counter_definition() -> Value {
     json!({"states": ["idle", "busy"], "initial": "idle",
@@ -224,13 +224,14 @@ fn pipelined_large_lists_stay_bounded() {
 
 /// An RCPX header announcing a 16 MiB payload, and the first bytes of it.
 fn stalled_header() -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&RCPX_MAGIC);
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&(16u32 * 1024 * 1024).to_be_bytes());
-    out.extend_from_slice(&0u32.to_be_bytes());
+    let header = RcpxHeader {
+        version: 1,
+        flags: 0,
+        extension_bytes: 0,
+        payload_bytes: 16 * 1024 * 1024,
+        crc: 0,
+    };
+    let mut out = header.to_bytes().to_vec();
     out.extend_from_slice(b"{\"type\":\"");
     out
 }

@@ -2,10 +2,8 @@
 //! log must never crash the server or lose data silently: each behaviour
 //! against the real binary, memory read from /proc, signals for real.
 
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../ops_support/mod.rs"]
-mod ops_support;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod bad_input;
 mod damaged_log;
@@ -13,5 +11,4 @@ mod full_disk;
 mod heavy_clients;
 mod metrics_slots;
 mod pause;
-mod proc_stats;
 mod wal_read_paging;

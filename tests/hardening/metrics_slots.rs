@@ -5,8 +5,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::common::{fresh_port, Server};
-use crate::ops_support::http_get;
+use crate::support::{fresh_port, http_get, Server};
 
 #[test]
 fn stalled_metrics_connections_do_not_lock_scrapes_out() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::Server;
+use crate::support::Server;
 
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on the PID of the server this test started and holds.
@@ -27,7 +27,7 @@ fn a_pause_longer_than_the_watchdog_limit_is_survived() {
     // Requests in flight when the process stops.
     let addr = server.addr();
     let load = thread::spawn(move || {
-        let mut c = crate::common::RawClient::connect(addr);
+        let mut c = crate::support::RawClient::connect(addr);
         for i in 0..20 {
             c.ok(
                 "CREATE_INSTANCE",

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::common::{RawClient, Server};
+use crate::support::{RawClient, Server};
 
 fn read_all(c: &mut RawClient, limit: u64) -> Vec<Value> {
     let mut out = Vec::new();

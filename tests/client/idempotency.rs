@@ -1,0 +1,163 @@
+//! An idempotency key replays the first result — of an apply even after a
+//! restart, and of a create.
+
+use serde_json::json;
+
+use crate::setup::{connect, expect_code, order_definition};
+use crate::support::Server;
+
+#[tokio::test]
+async fn idempotent_apply_replays_the_first_result_even_after_restart() {
+    let mut server = Server::start(&[]);
+    let client = connect(&server).await;
+    client
+        .put_machine("order", 1, order_definition())
+        .await
+        .unwrap();
+    for id in ["i1", "i2"] {
+        client
+            .create_instance("order", 1, Some(id), Some(json!({"n": 0})), None)
+            .await
+            .unwrap();
+    }
+
+    let first = client
+        .apply_event("i1", "PAY", Some(json!({"n": 1})), None, Some("k-pay"))
+        .await
+        .unwrap();
+    assert!(first.applied);
+    assert_eq!(first.to_state, "paid");
+
+    // Same key, even with another event and payload: the first result,
+    // marked not applied, and nothing written.
+    let replay = client
+        .apply_event("i1", "CANCEL", Some(json!({"n": 99})), None, Some("k-pay"))
+        .await
+        .unwrap();
+    assert!(!replay.applied, "a replay reports applied: false");
+    assert_eq!(replay.from_state, "created");
+    assert_eq!(replay.to_state, "paid");
+    assert_eq!(replay.wal_offset, first.wal_offset);
+    assert_eq!(replay.ctx, first.ctx);
+    let got = client.get_instance("i1").await.unwrap();
+    assert_eq!(got.state, "paid");
+    assert_eq!(
+        got.last_wal_offset, first.wal_offset,
+        "a replay writes nothing"
+    );
+    assert_eq!(got.ctx, json!({"n": 1}));
+
+    // Keys are per instance.
+    let other = client
+        .apply_event("i2", "PAY", Some(json!({"n": 2})), None, Some("k-pay"))
+        .await
+        .unwrap();
+    assert!(other.applied);
+    assert_ne!(other.wal_offset, first.wal_offset);
+
+    // A failed attempt does not consume its key.
+    expect_code(
+        client
+            .apply_event("i2", "SHIP", None, None, Some("k-ship"))
+            .await,
+        "GUARD_FAILED",
+    );
+    client
+        .apply_event("i2", "NOTE", Some(json!({"address": "x"})), None, None)
+        .await
+        .unwrap();
+    let shipped = client
+        .apply_event("i2", "SHIP", None, None, Some("k-ship"))
+        .await
+        .unwrap();
+    assert!(shipped.applied);
+    assert_eq!(shipped.to_state, "shipped");
+
+    // Keys survive a restart.
+    drop(client);
+    server.restart();
+    let client = connect(&server).await;
+    let replay = client
+        .apply_event("i1", "PAY", None, None, Some("k-pay"))
+        .await
+        .unwrap();
+    assert!(!replay.applied, "key remembered across restart");
+    assert_eq!(replay.wal_offset, first.wal_offset);
+    assert_eq!(replay.to_state, "paid");
+    assert_eq!(replay.ctx, first.ctx);
+    let replay = client
+        .apply_event("i2", "SHIP", None, None, Some("k-ship"))
+        .await
+        .unwrap();
+    assert!(!replay.applied);
+    assert_eq!(replay.wal_offset, shipped.wal_offset);
+    let got = client.get_instance("i1").await.unwrap();
+    assert_eq!(got.last_wal_offset, first.wal_offset);
+    assert_eq!(got.state, "paid");
+
+    // A deleted instance has nothing to replay.
+    client.delete_instance("i1", None).await.unwrap();
+    expect_code(
+        client
+            .apply_event("i1", "PAY", None, None, Some("k-pay"))
+            .await,
+        "INSTANCE_NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn idempotent_create_returns_the_first_result() {
+    let mut server = Server::start(&[]);
+    let client = connect(&server).await;
+    client
+        .put_machine("order", 1, order_definition())
+        .await
+        .unwrap();
+
+    let first = client
+        .create_instance("order", 1, Some("c1"), Some(json!({"a": 1})), Some("ck"))
+        .await
+        .unwrap();
+    let retry = client
+        .create_instance("order", 1, Some("c1"), Some(json!({"a": 1})), Some("ck"))
+        .await
+        .unwrap();
+    assert_eq!(retry.instance_id, "c1");
+    assert_eq!(retry.wal_offset, first.wal_offset);
+    assert_eq!(retry.state, "created");
+
+    // Without an explicit id the retry names the same generated instance.
+    let generated = client
+        .create_instance("order", 1, None, None, Some("gen-key"))
+        .await
+        .unwrap();
+    let retry = client
+        .create_instance("order", 1, None, None, Some("gen-key"))
+        .await
+        .unwrap();
+    assert_eq!(retry.instance_id, generated.instance_id);
+    assert_eq!(retry.wal_offset, generated.wal_offset);
+    let listed = client.list_instances(None, None, None, None).await.unwrap();
+    assert_eq!(listed.total, 2, "no second instance was created");
+
+    // The raw result says it was not applied again.
+    let mut raw = server.raw();
+    let params = json!({"machine": "order", "version": 1, "instance_id": "c1",
+                        "initial_ctx": {"a": 1}, "idempotency_key": "ck"});
+    let replay = raw.ok("CREATE_INSTANCE", params.clone());
+    assert_eq!(replay["applied"], false, "{replay}");
+    assert_eq!(replay["wal_offset"], first.wal_offset, "{replay}");
+    // Without the key it is an ordinary duplicate.
+    raw.err_code(
+        "CREATE_INSTANCE",
+        json!({"machine": "order", "version": 1, "instance_id": "c1"}),
+        "INSTANCE_EXISTS",
+    );
+
+    drop(raw);
+    server.restart();
+    let mut raw = server.raw();
+    let replay = raw.ok("CREATE_INSTANCE", params);
+    assert_eq!(replay["applied"], false, "{replay}");
+    assert_eq!(replay["wal_offset"], first.wal_offset, "{replay}");
+}
