@@ -9,6 +9,7 @@ pub mod policy;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+pub mod resync;
 pub mod retire;
 pub mod rollover;
 pub mod segment;

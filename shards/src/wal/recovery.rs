@@ -44,6 +44,9 @@
 //!
 //! Zeros after the last record of a segment followed by a later segment are
 //! the normal gap left by rotation.
+//!
+//! Last, the unsealed tail of the log is written again and synced
+//! (`resync.rs`): pages a failed sync dropped are readable but not on disk.
 
 use std::fmt;
 use std::io;
@@ -52,6 +55,7 @@ use std::path::{Path, PathBuf};
 use super::manifest::{self, Manifest};
 use super::offset::tick_of_offset;
 use super::record::{decode_record, RecordDefect, RecordHeader, RECORD_MAGIC};
+use super::resync::resync_tail;
 use super::segment::{list_segments, segment_path};
 use super::sequence::{ChainError, SequenceChain};
 use crate::env::Storage;
@@ -89,6 +93,8 @@ pub struct ScanOutcome {
     pub segment_records: Vec<SegmentTally>,
     /// The manifest as found (before this start rewrites it).
     pub manifest: Option<Manifest>,
+    /// Bytes of the log's tail written again and synced (`resync.rs`).
+    pub bytes_resynced: u64,
 }
 
 /// What one segment holds.
@@ -455,6 +461,12 @@ pub fn scan(
     }
     out.entries = chain.count();
     check_manifest_tail(dir, plan, &mut out)?;
+    let present: Vec<u64> = out.segment_records.iter().map(|t| t.id).collect();
+    let seal = match (&out.torn_tail, &out.salvage) {
+        (None, None) => seal,
+        _ => None,
+    };
+    out.bytes_resynced = resync_tail(storage, dir, &present, seal).map_err(io_err(dir))?;
     Ok(out)
 }
 
