@@ -11,6 +11,11 @@
 //! written (the page cache survives). Faults, chosen by the seed: EIO on a
 //! write or a sync, short writes, a full disk, and latency on every
 //! asynchronous operation (so crashes land inside group commits).
+//!
+//! A failed sync behaves as Linux does ("fsyncgate"): the pages it was to
+//! write are marked clean and never reach the disk, though reads keep
+//! seeing them from the cache — until a power loss, or until a later write
+//! dirties the page again. A later sync succeeds without writing them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -26,6 +31,8 @@ use crate::env::{Clock, FileMeta, ReadFile, SegmentFile, Storage, WriteFile};
 
 /// Sector size for torn writes.
 pub const SECTOR_BYTES: usize = 512;
+/// Page-cache page size: what a failed sync loses.
+pub const PAGE_BYTES: u64 = 4096;
 
 /// Faults the disk injects, per million operations of each kind.
 #[derive(Debug, Clone, Copy, Default)]
@@ -73,6 +80,24 @@ struct Inode {
     durable: Vec<u8>,
     pending: Vec<Pending>,
     modified_ms: u64,
+    /// Pages a failed sync dropped: cached (in `data`), never written back.
+    lost_pages: BTreeSet<u64>,
+}
+
+impl Inode {
+    /// What the disk will hold once everything cached is written back:
+    /// `data`, except the lost pages, which keep their durable bytes.
+    fn written_back(&self) -> Vec<u8> {
+        let mut image = self.data.clone();
+        for &page in &self.lost_pages {
+            let from = (page * PAGE_BYTES) as usize;
+            let to = (from + PAGE_BYTES as usize).min(image.len());
+            for (i, b) in image.iter_mut().enumerate().take(to).skip(from) {
+                *b = self.durable.get(i).copied().unwrap_or(0);
+            }
+        }
+        image
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +206,9 @@ impl State {
             f.data.resize(end, 0);
         }
         f.data[pos as usize..end].copy_from_slice(bytes);
+        // Dirtied again: the whole cached page goes to disk at the next sync.
+        let pages = pos / PAGE_BYTES..(end as u64).div_ceil(PAGE_BYTES);
+        f.lost_pages.retain(|p| !pages.contains(p));
         f.pending.push(Pending::Write {
             pos,
             bytes: bytes.to_vec(),
@@ -198,13 +226,24 @@ impl State {
     fn sync(&mut self, inode: usize) -> io::Result<()> {
         self.stats.syncs += 1;
         let eio_rate = self.faults.sync_eio_per_million;
-        if self.fault(eio_rate) {
-            // The writes stay unsynced: a crash may lose them.
+        let failed = self.fault(eio_rate);
+        let f = &mut self.inodes[inode];
+        if failed {
+            // The pages the sync was to write are dropped from the write-back
+            // (still cached for reads): no later sync will write them.
             self.stats.injected_sync_eio += 1;
+            f.pending.retain(|p| match p {
+                Pending::Write { pos, bytes } => {
+                    let end = pos + bytes.len() as u64;
+                    f.lost_pages
+                        .extend(pos / PAGE_BYTES..end.div_ceil(PAGE_BYTES));
+                    false
+                }
+                Pending::SetLen(_) => true,
+            });
             return Err(eio("fsync"));
         }
-        let f = &mut self.inodes[inode];
-        f.durable = f.data.clone();
+        f.durable = f.written_back();
         f.pending.clear();
         Ok(())
     }
@@ -214,8 +253,7 @@ impl State {
         self.inodes.push(Inode {
             durable: if durable { data.clone() } else { Vec::new() },
             data,
-            pending: Vec::new(),
-            modified_ms: 0,
+            ..Inode::default()
         });
         self.names.insert(path.to_path_buf(), id);
         self.name_ops.push(NameOp::Link(path.to_path_buf(), id));
@@ -310,12 +348,15 @@ impl SimDisk {
                 }
                 f.data = image.clone();
                 f.durable = image;
+                f.lost_pages.clear();
             }
         } else {
+            // The cache is written back — but for the pages a failed sync
+            // dropped, which it keeps serving to reads.
             s.name_ops.clear();
             s.durable_names = s.names.clone();
             for f in &mut s.inodes {
-                f.durable = f.data.clone();
+                f.durable = f.written_back();
                 f.pending.clear();
             }
         }
