@@ -681,10 +681,13 @@ class PtyProcess:
                                      env=env, start_new_session=True)
         os.close(follower)
         self.output = b""
+        self.consumed = 0
 
     def read_until(self, token: bytes, timeout: float = WAIT_S) -> None:
+        """Wait for `token` after what earlier calls matched, and move past it
+        (so waiting for the prompt waits for the next prompt)."""
         deadline = time.monotonic() + timeout
-        while token not in self.output:
+        while token not in self.output[self.consumed:]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 pytest.fail(f"{token!r} did not appear within {timeout} s: {self.output!r}")
@@ -697,6 +700,7 @@ class PtyProcess:
                 if not chunk:
                     pytest.fail(f"terminal closed before {token!r}: {self.output!r}")
                 self.output += chunk
+        self.consumed = self.output.index(token, self.consumed) + len(token)
 
     def type(self, text: bytes) -> None:
         os.write(self.master, text)
@@ -724,12 +728,18 @@ def test_repl_on_a_terminal(server, cli_env):
         term.read_until(b"rstmdb> ")
         term.type(b"ping\r")
         term.read_until(b"PONG")
+        term.read_until(b"rstmdb> ")
         term.type(b"pm door 1 " + compact_json(TICKET).encode() + b"\r")
         term.read_until(b"Created door v1 (checksum: ")
+        # Type only at a fresh prompt: between commands the terminal is back
+        # in cooked mode, where ^C and ^D mean something else.
+        term.read_until(b"rstmdb> ")
         term.type(b"half a line\x03")
         term.read_until(b"^C")
+        term.read_until(b"rstmdb> ")
         term.type(b"c door 1 d-1\r")
         term.read_until(b"Created d-1 (state: open, offset: ")
+        term.read_until(b"rstmdb> ")
         term.type(b"\x04")  # Ctrl+D on an empty line
         term.read_until(b"Disconnected.")
         assert term.wait() == 0
