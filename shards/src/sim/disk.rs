@@ -64,6 +64,9 @@ pub struct DiskStats {
 pub enum CrashKind {
     /// Power loss: only what was synced is sure to be there.
     PowerLoss,
+    /// Power loss at its worst: nothing unsynced survives, no name change
+    /// not synced in its directory either (for targeted scenarios).
+    PowerLossUnsyncedGone,
     /// The process was killed: the page cache keeps what was written.
     ProcessKill,
 }
@@ -311,8 +314,9 @@ impl SimDisk {
     pub fn crash(&self, kind: CrashKind, rng: &mut Rng) {
         let mut s = self.lock();
         let s = &mut *s;
-        if kind == CrashKind::PowerLoss {
-            let keep = if s.name_ops.is_empty() {
+        if kind != CrashKind::ProcessKill {
+            let worst = kind == CrashKind::PowerLossUnsyncedGone;
+            let keep = if s.name_ops.is_empty() || worst {
                 0
             } else {
                 rng.index(s.name_ops.len() + 1)
@@ -328,10 +332,11 @@ impl SimDisk {
                 for p in std::mem::take(&mut f.pending) {
                     match p {
                         Pending::SetLen(len) => {
-                            if rng.chance(500) {
+                            if !worst && rng.chance(500) {
                                 image.resize(len as usize, 0);
                             }
                         }
+                        Pending::Write { .. } if worst => s.stats.dropped_writes += 1,
                         Pending::Write { pos, bytes } => match rng.below(3) {
                             0 => s.stats.dropped_writes += 1,
                             1 => put(&mut image, pos as usize, &bytes),

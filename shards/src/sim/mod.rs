@@ -15,7 +15,8 @@
 //!   recovered server must pass;
 //! * `workload.rs` — simulated clients;
 //! * `run.rs` — one seed, end to end; `checks.rs` — what is checked after
-//!   every restart; `salvage.rs` — planted damage, refusal and `--salvage`.
+//!   every restart; `salvage.rs` — planted damage, refusal and `--salvage`;
+//!   `scenarios.rs` — situations set up on purpose.
 
 pub mod checks;
 pub mod clock;
@@ -25,6 +26,8 @@ pub mod model;
 pub mod rng;
 pub mod run;
 pub mod salvage;
+#[cfg(test)]
+mod scenarios;
 pub mod tasks;
 pub mod workload;
 pub mod world;

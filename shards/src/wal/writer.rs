@@ -134,6 +134,11 @@ pub struct WalWriter {
     entries_committed: u64,
     /// The manifest as last written (`manifest.rs`).
     manifest: Manifest,
+    /// The last offset handed out: the next is always higher.
+    last_offset: u64,
+    /// A commit started and has not finished: a dropped commit future
+    /// leaves the staging area half written, and nothing may stage on it.
+    committing: bool,
 }
 
 impl WalWriter {
@@ -206,6 +211,8 @@ impl WalWriter {
             entries,
             entries_committed: entries,
             manifest,
+            last_offset: 0,
+            committing: false,
         })
     }
 
@@ -216,11 +223,14 @@ impl WalWriter {
         time_ms: u64,
         write_payload: impl FnOnce(&mut Vec<u8>),
     ) -> Result<u64, EngineError> {
+        debug_assert!(
+            !self.committing,
+            "a record staged while a commit is under way"
+        );
         if self.staged_records == 0 {
             self.clock.begin_group();
         }
-        let offset = self.clock.next_offset();
-        self.unwritten_floor.get_or_insert(offset);
+        let offset = self.next_offset();
         let base = self.last_chunk_base;
         // The segment a record that does not fit would open.
         let next = self.segment_id + self.chunks.len() as u64;
@@ -271,9 +281,12 @@ impl WalWriter {
     /// shard, and its place in the entry count. A batch that fails after
     /// reserving gives its entries back with `rewind_entries`.
     pub fn reserve(&mut self, kind: RecordKind, time_ms: u64) -> RecordStamp {
+        debug_assert!(
+            !self.committing,
+            "an offset reserved while a commit is under way"
+        );
         self.clock.begin_group();
-        let offset = self.clock.next_offset();
-        self.unwritten_floor.get_or_insert(offset);
+        let offset = self.next_offset();
         let entries_before = self.entries;
         self.entries += entries_in(kind, self.clock.shard());
         RecordStamp {
@@ -282,6 +295,20 @@ impl WalWriter {
             time_ms,
             entries_before,
         }
+    }
+
+    /// The next offset of this shard: strictly above every earlier one.
+    fn next_offset(&mut self) -> u64 {
+        let offset = self.clock.next_offset();
+        debug_assert!(
+            offset > self.last_offset,
+            "shard {}: offset {offset} after {}",
+            self.clock.shard(),
+            self.last_offset
+        );
+        self.last_offset = offset;
+        self.unwritten_floor.get_or_insert(offset);
+        offset
     }
 
     /// Log entries written or staged so far (the next record's `entries_before`).
@@ -324,6 +351,12 @@ impl WalWriter {
             debug_assert_eq!(self.entries, self.entries_committed);
             return Ok(());
         }
+        debug_assert_eq!(
+            self.chunk_records.iter().sum::<u64>(),
+            self.staged_records,
+            "staged records miscounted"
+        );
+        self.committing = true;
         let started = self.env.clock.monotonic();
         let mut chunks = std::mem::take(&mut self.chunks);
         let counts = std::mem::replace(&mut self.chunk_records, vec![0]);
@@ -335,6 +368,10 @@ impl WalWriter {
                 self.write_chunk(chunk).await?;
             }
             let n = counts.get(i).copied().unwrap_or(0);
+            // Written, not yet synced: the next rotation (in this very
+            // commit, for a group that continues in the next segment) syncs
+            // them before it leaves the segment for good.
+            self.unsynced_records += n;
             match self.written_per_segment.last_mut() {
                 Some(t) if t.id == self.segment_id => {
                     t.records += n;
@@ -357,9 +394,9 @@ impl WalWriter {
         self.stats.records_appended += self.staged_records;
         self.stats.bytes_appended += self.staged_bytes as u64;
         self.stats.group_commits += 1;
-        self.unsynced_records += self.staged_records;
         self.staged_records = 0;
         self.staged_bytes = 0;
+        self.committing = false;
         match self.policy {
             FsyncPolicy::EveryWrite => {
                 if !self.file.direct() {
