@@ -53,8 +53,9 @@ pub const DATA_DIR_DEFAULT: &str = "./data";
 
 /// Fewest shards a server can run with.
 pub const SHARDS_MIN: usize = 1;
-/// Most shards a server can run with (one per core; more is never useful).
-pub const SHARDS_MAX: usize = 64;
+/// Most shards a server can run with: a shard's id is the low bits of every
+/// offset it writes (`shards::wal::offset`); one per core is the useful most.
+pub const SHARDS_MAX: usize = shards::wal::offset::SHARDS_MAX;
 
 /// Bytes in one `*_mb` unit: rstmdb's "MB" is a MiB.
 pub const BYTES_PER_MB: u64 = 1024 * 1024;

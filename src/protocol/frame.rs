@@ -19,6 +19,10 @@ pub const RCPX_HEADER_BYTES: usize = 18;
 pub const RCP1_HEADER_BYTES: usize = 16;
 /// The header extension length is a u16, so it can never be larger (§1.7).
 pub const HEADER_EXTENSION_MAX_BYTES: usize = u16::MAX as usize;
+const _: () = assert!(
+    shards::wal::record::RECORD_PAYLOAD_MAX_BYTES < FRAME_PAYLOAD_MAX_BYTES,
+    "what one log record holds must fit in one answer frame (GET, WAL_READ)"
+);
 /// Largest complete frame the decoder will ever wait for.
 pub const FRAME_MAX_BYTES: usize =
     RCPX_HEADER_BYTES + HEADER_EXTENSION_MAX_BYTES + FRAME_PAYLOAD_MAX_BYTES;

@@ -5,9 +5,8 @@
 use serde_json::{Map, Value};
 use shards::EngineError;
 
-/// Largest WAL offset a client may name: offsets stay exact in a JavaScript
-/// number (see `shards::wal::offset`), and a larger one cannot exist.
-pub const WAL_OFFSET_MAX: u64 = (1 << 53) - 1;
+/// Largest WAL offset a client may name: a larger one cannot exist.
+pub const WAL_OFFSET_MAX: u64 = shards::wal::offset::OFFSET_MAX;
 
 pub struct Params<'a> {
     obj: Option<&'a Map<String, Value>>,

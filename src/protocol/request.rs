@@ -14,6 +14,10 @@ use super::op::Op;
 /// Deepest JSON nesting accepted in a request; deeper documents are refused
 /// before anything recursive (guards, canonical writer) touches them.
 pub const REQUEST_JSON_DEPTH_MAX: usize = 128;
+const _: () = assert!(
+    REQUEST_JSON_DEPTH_MAX <= shards::snapshot::codec::SNAPSHOT_VALUE_DEPTH_MAX,
+    "every context a request can carry must fit in a snapshot"
+);
 
 pub struct Request {
     /// The `id` as JSON, ready to be echoed verbatim.

@@ -189,6 +189,11 @@ pub enum ShardMsg {
     Stats {
         done: flume::Sender<ShardStats>,
     },
+    /// Check every whole-state invariant now (`audit.rs`; the simulation).
+    #[cfg(test)]
+    Audit {
+        done: flume::Sender<Result<(), String>>,
+    },
     /// An atomic batch whose ops all live on this shard: one `Batch` record.
     AtomicBatch {
         ops: Vec<Command>,

@@ -2,6 +2,7 @@
 //! mailbox loop that runs it on its own pinned executor.
 
 mod admission;
+mod audit;
 pub mod budget;
 pub mod command;
 mod decisions;

@@ -97,6 +97,8 @@ pub struct Shard {
     pub(super) in_doubt: HashMap<u64, (u32, Vec<u8>)>,
     /// Decisions of the parts whose `Prepare` the log still holds.
     pub(super) decisions: Decisions,
+    /// The last watermark published (it never goes down).
+    published_watermark: u64,
     pub(super) publish_requested: bool,
     /// Bytes one group commit stages at most: `GROUP_COMMIT_BYTES_MAX`, or
     /// half a segment for small segments (so a group rolls over at most once).
@@ -227,6 +229,7 @@ impl Shard {
                 wake_waiting: false,
                 in_doubt: txn_log.in_doubt,
                 decisions,
+                published_watermark: 0,
                 publish_requested: false,
                 stopping: None,
                 reader: None,
@@ -306,6 +309,7 @@ impl Shard {
                 self.fail_stop("WAL sync failed", &e);
             }
             self.storage_turn();
+            self.debug_check_turn();
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
             if self.stopping.is_some() {
                 break;
@@ -359,6 +363,18 @@ impl Shard {
         let Some(publisher) = publisher else { return };
         events.sort_unstable_by_key(|e| e.offset);
         let watermark = self.watermark();
+        // Watchers merge shards by watermark: one going back would let the
+        // merge release another shard's events out of order.
+        debug_assert!(
+            watermark >= self.published_watermark,
+            "shard {}: watermark went down from {} to {watermark}",
+            self.state.shard_id,
+            self.published_watermark
+        );
+        debug_assert!(events
+            .first()
+            .is_none_or(|e| e.offset >= self.published_watermark));
+        self.published_watermark = watermark;
         let _ = publisher.send(Publication {
             shard: self.state.shard_id,
             events,
@@ -424,6 +440,10 @@ impl Shard {
             }
             ShardMsg::Unpark => self.wake_waiting = true,
             ShardMsg::Stats { done } => deferred.push(Deferred::Stats(done)),
+            #[cfg(test)]
+            ShardMsg::Audit { done } => {
+                let _ = done.send(self.audit());
+            }
             ShardMsg::AtomicBatch { ops, done } => {
                 let vote = self.atomic_batch(ops, now);
                 deferred.push(Deferred::Vote(done, vote));

@@ -46,8 +46,19 @@ use crate::env::Clock;
 pub const SHARD_BITS: u32 = 6;
 /// Most shards a server can run (the shard id must fit in `SHARD_BITS`).
 pub const SHARDS_MAX: usize = 1 << SHARD_BITS;
+/// Largest offset there can be: offsets stay exact in a JavaScript number
+/// (clients in JavaScript and JSON parsers that read numbers as doubles).
+pub const OFFSET_MAX: u64 = (1 << 53) - 1;
 /// Wall-clock resolution of one tick.
 pub const TICK_MICROS: u64 = 16;
+/// Years of ticks from the epoch that must fit below `OFFSET_MAX`.
+const OFFSET_YEARS_MIN: u64 = 70;
+const _: () = assert!(
+    ((OFFSET_YEARS_MIN * 365 * 24 * 3600 * 1_000_000 / TICK_MICROS) << SHARD_BITS)
+        + (SHARDS_MAX as u64 - 1)
+        <= OFFSET_MAX,
+    "70 years of offsets of every shard must stay exact in a double"
+);
 /// Ticks count from 2025-01-01T00:00:00Z.
 pub const OFFSET_EPOCH_UNIX_MS: u64 = 1_735_689_600_000;
 
