@@ -23,6 +23,31 @@ use crate::wal::offset::shard_of_offset;
 type LogsRead = (Vec<Vec<u64>>, Vec<(u64, String, u64)>, u64);
 
 impl Run {
+    /// Every shard still running checks its whole-state invariants.
+    pub(super) fn audit(&mut self) -> Result<(), String> {
+        let mailboxes = self.world.mailboxes.clone();
+        let found = Rc::new(RefCell::new(Vec::new()));
+        let f = found.clone();
+        let stopped = self.drive(async move {
+            for mailbox in &mailboxes {
+                let (tx, rx) = flume::bounded(1);
+                if mailbox.send(ShardMsg::Audit { done: tx }).is_err() {
+                    continue;
+                }
+                if let Ok(Err(e)) = rx.recv_async().await {
+                    f.borrow_mut().push(e);
+                }
+            }
+        });
+        if let Some(e) = found.borrow().first() {
+            return Err(self.fail(format!("audit: {e}")));
+        }
+        match stopped {
+            Stopped::Done | Stopped::FailStop => Ok(()),
+            other => Err(self.fail(format!("audit did not finish: {other:?}"))),
+        }
+    }
+
     /// Every recovered instance against the model.
     /// `after_salvage`: salvage dropped acknowledged records, so a batch
     /// may have lost its part on one shard; only what survived is taken in.

@@ -329,12 +329,14 @@ pub fn run(seed: u64) -> Result<RunReport, String> {
     for round in 0..shape.rounds {
         run.note(format!("round {round}"));
         run.load()?;
+        run.audit()?;
         run.down();
         // Recovery's own writes meet the faults too, on some seeds.
         if !run.rng.chance(500) {
             run.world.disk.set_faults(Faults::default());
         }
         run.start()?;
+        run.audit()?;
         run.check_instances(false)?;
         run.check_logs()?;
         if run.rng.chance(120) {

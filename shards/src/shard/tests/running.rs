@@ -439,7 +439,10 @@ async fn read_all_entries(tx: &flume::Sender<ShardMsg>, page: usize) -> Vec<u64>
         if chunk.at_end {
             return offsets;
         }
-        assert!(chunk.complete_upto > from, "a read made no progress at {from}");
+        assert!(
+            chunk.complete_upto > from,
+            "a read made no progress at {from}"
+        );
         from = chunk.complete_upto;
     }
 }
@@ -463,7 +466,9 @@ fn a_batch_decided_long_after_its_prepare_is_read_in_small_pages_and_after_a_res
         assert!(matches!(vrx.recv_async().await.unwrap(), BatchVote::Yes(_)));
         // Many records between the prepare and its decision.
         for i in 0..others {
-            send_and_wait(&tx, create_cmd(&format!("o{i}"))).await.unwrap();
+            send_and_wait(&tx, create_cmd(&format!("o{i}")))
+                .await
+                .unwrap();
         }
         let (dtx, drx) = flume::bounded(1);
         tx.send(ShardMsg::Decide {
