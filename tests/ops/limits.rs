@@ -1,8 +1,9 @@
-//! Limits that hold (DESIGN invariant 7): max connections (the next one is
-//! told RATE_LIMITED "too many connections" and closed, and the accepted
-//! ones keep working), the idle timeout, max in-flight requests per
-//! connection (a client pipelining 100k requests without reading cannot
-//! grow the server's memory), the 16 MiB frame limit and max batch ops.
+//! Limits that hold (invariant 7 of docs/ARCHITECTURE.md): max connections
+//! (the next one is told RATE_LIMITED "too many connections" and closed,
+//! and the accepted ones keep working), the idle timeout, max in-flight
+//! requests per connection (a client pipelining 100k requests without
+//! reading cannot grow the server's memory), the 16 MiB frame limit and
+//! max batch ops.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

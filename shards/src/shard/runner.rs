@@ -4,7 +4,8 @@
 //! and publish the batch's watch events.
 //!
 //! Answers of a batch — reads included — leave after its commit, so no
-//! client can observe a change before it is on disk (DESIGN invariant 2).
+//! client can observe a change before it is on disk (invariant 2 of
+//! docs/ARCHITECTURE.md).
 //! Messages from one sender are handled in the order sent (flume is FIFO),
 //! which gives per-connection, per-instance ordering (invariant 3).
 //! Messages that touch an instance locked by a prepared cross-shard batch

@@ -4,7 +4,8 @@
 //! (`0000000000000001.wal`), records back to back from byte 0. Segments are
 //! created at full size and filled with zeros before first use: writes into
 //! already-allocated blocks need no metadata update, which is what makes
-//! synced writes cheap (DESIGN: growing the file per write was 2–30× slower),
+//! synced writes cheap (growing the file per write was 2–30× slower: see
+//! docs/ARCHITECTURE.md, "Measured facts the design rests on"),
 //! and zeros mark the end of the written log.
 
 use std::io;
