@@ -39,6 +39,10 @@ pub struct Timers {
 }
 
 impl Timers {
+    fn clear(&self) {
+        self.inner.lock().expect("timers").0.clear();
+    }
+
     fn register(&self, deadline_ns: u64, waker: Waker) {
         let mut t = self.inner.lock().expect("timers");
         let seq = t.1;
@@ -190,6 +194,15 @@ impl Executor {
         };
         // Dropped outside the borrow: a task's destructor may spawn or wake.
         drop(dropped);
+    }
+
+    /// Drop every task (the end of a run: tasks hold the executor, so
+    /// without this neither would ever be freed).
+    pub fn cancel_all(&self) {
+        let dropped: Vec<Task> = self.tasks.borrow_mut().drain(..).flatten().collect();
+        drop(dropped);
+        self.ready.borrow_mut().clear();
+        self.timers.clear();
     }
 
     /// Fail-stops since the last call: (group, message).

@@ -195,6 +195,13 @@ impl World {
     }
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        self.mailboxes.clear();
+        self.exec.cancel_all();
+    }
+}
+
 /// The fsync policies the simulation runs under.
 pub fn policy(rng: &mut Rng) -> FsyncPolicy {
     match rng.below(4) {
