@@ -340,7 +340,13 @@ pub fn run(seed: u64) -> Result<RunReport, String> {
         run.check_instances(false)?;
         run.check_logs()?;
         if run.rng.chance(120) {
+            // On a healthy disk: what is checked here is the refusal and
+            // the salvage.
+            run.world.disk.set_faults(Faults::default());
             run.world.shut_down();
+            for (_, msg) in run.world.exec.take_fail_stops() {
+                run.note(format!("fail-stop while stopping: {msg}"));
+            }
             run.damage_and_salvage()?;
             run.check_instances(true)?;
         }

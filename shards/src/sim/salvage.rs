@@ -14,9 +14,6 @@ impl Run {
     /// Plant damage in a record a later write covered (not a torn tail),
     /// expect recovery to refuse naming the file, then salvage.
     pub(super) fn damage_and_salvage(&mut self) -> Result<(), String> {
-        // What is checked here is the refusal and the salvage: on a healthy
-        // disk (faults in start-up are `Run::start`'s business).
-        self.world.disk.set_faults(super::disk::Faults::default());
         let shard = self.rng.index(self.world.cfg.shards);
         let wal = shard_dir(shard).join("wal");
         let files = self.world.disk.files_under(&wal);
