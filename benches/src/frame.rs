@@ -1,4 +1,4 @@
-//! RCPX framing (PROTOCOL.md §1.2–§1.6) for the harness, on corestate's
+//! RCPX framing (docs/PROTOCOL.md §1.2–§1.6) for the harness, on corestate's
 //! client-side codec (`corestate::protocol::frame::client`): requests are
 //! encoded in place at the end of a connection's write buffer; responses
 //! are decoded from the read buffer without copying, with the server's own

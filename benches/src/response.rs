@@ -1,7 +1,7 @@
 //! Verification of every response: it answers the oldest outstanding
 //! request (same id), its status is ok, and its result is sane for the
 //! operation. A byte-level fast path handles the rstmdb envelope layout
-//! (§1.10: `type`, `id`, `status`, `result`, result keys sorted); anything
+//! (docs/PROTOCOL.md §1.10: `type`, `id`, `status`, `result`, result keys sorted); anything
 //! it does not recognise falls through to a full JSON parse, which alone
 //! decides failures — so the fast path can only skip work, never hide a
 //! fault.

@@ -114,7 +114,7 @@ pub struct EventFacts {
 }
 
 /// Parses an event message. `Err` when the frame is not an event at all.
-/// A byte-level fast path reads the spec §2.4 layout; anything else is
+/// A byte-level fast path reads the docs/PROTOCOL.md §2.4 layout; anything else is
 /// parsed as JSON.
 pub fn parse_event(
     payload: &[u8],

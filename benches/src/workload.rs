@@ -26,7 +26,7 @@ pub const STATE_NAMES: [&str; 2] = ["a", "b"];
 pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 /// Longest operation schedule built from `--mix` ratios.
 pub const MIX_SCHEDULE_LEN_MAX: usize = 1000;
-/// Most APPLY_EVENT ops in one BATCH (the RCP limit, spec §9).
+/// Most APPLY_EVENT ops in one BATCH (the RCP limit, docs/PROTOCOL.md §9).
 pub const BATCH_OPS_MAX: usize = 100;
 /// Number of operation kinds (length of per-kind arrays).
 pub const OP_KINDS: usize = 4;

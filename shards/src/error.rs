@@ -1,6 +1,6 @@
 //! The RCP error codes and the one error type every engine operation returns.
 //!
-//! Codes and their `retryable` flags are exactly the 19 of rstmdb 0.3 (spec
+//! Codes and their `retryable` flags are exactly the 19 of rstmdb 0.3 (docs/PROTOCOL.md
 //! §14): the official clients silently break on any code outside that set, so
 //! nothing else may ever be emitted. The mapping from failure to code lives
 //! here and nowhere else.
@@ -69,7 +69,7 @@ impl ErrorCode {
     }
 }
 
-/// A failed operation: a code and a human-readable message (spec §14 templates).
+/// A failed operation: a code and a human-readable message (PROTOCOL.md §14 templates).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineError {
     pub code: ErrorCode,

@@ -106,7 +106,7 @@ impl Instance {
 /// What a merge changed, so it can be undone if the record cannot be logged.
 pub struct MergeUndo(Vec<(String, Option<Value>)>);
 
-/// Shallow merge (spec §7.2): only when both the context and the payload are
+/// Shallow merge (docs/PROTOCOL.md §7.2): only when both the context and the payload are
 /// objects, every top-level payload key overwrites the context's. Returns
 /// the previous values so the caller can roll back.
 pub fn merge_payload(ctx: &mut Value, payload: &Value) -> MergeUndo {

@@ -1,4 +1,4 @@
-//! Server configuration (spec §13): command-line flags, `RSTMDB_*`
+//! Server configuration (docs/PROTOCOL.md §13): command-line flags, `RSTMDB_*`
 //! environment variables and the rstmdb 0.3 YAML file, merged into one
 //! validated [`Config`].
 //!
@@ -14,7 +14,7 @@
 //! * every unparsable value — file, environment or flag — is a
 //!   [`ConfigError`] naming its key, instead of being ignored or defaulted;
 //! * `storage.fsync_policy` accepts the tag form (`!every_n 100`), the map
-//!   form (`{every_n: 100}`, spec §15 #47), plain names and `"every_n:100"`;
+//!   form (`{every_n: 100}`, PROTOCOL.md §15 #47), plain names and `"every_n:100"`;
 //! * token hashes must be 64 hex characters; upper case is lower-cased;
 //! * an empty environment variable counts as unset;
 //! * `idle_timeout_secs` and `max_connections` are honoured (§15 #19);

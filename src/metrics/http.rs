@@ -1,4 +1,4 @@
-//! The metrics HTTP endpoint (spec §13.6): a minimal HTTP/1.1 server on
+//! The metrics HTTP endpoint (docs/PROTOCOL.md §13.6): a minimal HTTP/1.1 server on
 //! its own address, run as tasks on the acceptor's executor (where the
 //! counters live). Paths: `/metrics` (Prometheus text), `/health` and
 //! `/healthz` (`OK`), `/` (a small page linking to `/metrics`), anything

@@ -1,4 +1,4 @@
-//! Prometheus metrics (spec §13.6): the counters the request path updates,
+//! Prometheus metrics (docs/PROTOCOL.md §13.6): the counters the request path updates,
 //! and the text exposition a scrape renders.
 //!
 //! The request path only touches plain `Cell` counters owned by the
@@ -31,7 +31,7 @@ use shards::ErrorCode;
 
 use crate::protocol::op::Op;
 
-/// Upper bounds of the request latency histogram, in seconds (spec §13.6).
+/// Upper bounds of the request latency histogram, in seconds (PROTOCOL.md §13.6).
 pub const REQUEST_DURATION_BUCKETS_SECONDS: [f64; 9] =
     [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 /// The same bounds in nanoseconds, for the hot path.

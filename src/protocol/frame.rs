@@ -1,4 +1,4 @@
-//! Wire framing of one connection (spec §1): an incremental decoder that
+//! Wire framing of one connection (docs/PROTOCOL.md §1): an incremental decoder that
 //! finds the next JSON document in the connection's input bytes (RCPX
 //! frames, legacy RCP1 frames, and — after HELLO chose `jsonl` — JSON lines),
 //! and encoders that wrap an outgoing JSON document in place.

@@ -1,4 +1,4 @@
-//! The client's side of the framing (spec §1.2, §1.6, §1.9), for the
+//! The client's side of the framing (docs/PROTOCOL.md §1.2, §1.6, §1.9), for the
 //! integration tests, the bench harness and tools: requests framed as a
 //! conforming client writes them — or with any header field chosen, for
 //! edge-case tests — and frames cut from the start of a read buffer, either

@@ -1,4 +1,4 @@
-//! The 25 RCP operation names (spec §2.1).
+//! The 25 RCP operation names (docs/PROTOCOL.md §2.1).
 
 macro_rules! ops {
     ($($variant:ident => $name:literal),* $(,)?) => {

@@ -1,5 +1,5 @@
 //! Typed reading of a request's `params` with rstmdb 0.3's error texts
-//! (spec §2.1): missing required keys, wrong JSON types, `null` for optional
+//! (docs/PROTOCOL.md §2.1): missing required keys, wrong JSON types, `null` for optional
 //! scalars meaning "absent" while `null` for lists and booleans is an error.
 
 use serde_json::{Map, Value};
@@ -55,7 +55,7 @@ impl<'a> Params<'a> {
         }
     }
 
-    /// Params read loosely (spec: "loose parameters"): never a type error.
+    /// Params read loosely (PROTOCOL.md §2.1, "loosely"): never a type error.
     pub fn loose(params: &'a Value) -> Self {
         Params {
             obj: params.as_object(),
@@ -143,7 +143,7 @@ impl<'a> Params<'a> {
             .transpose()
     }
 
-    /// An optional list of strings; `null` is a type error (spec §2.1).
+    /// An optional list of strings; `null` is a type error (PROTOCOL.md §2.1).
     pub fn opt_str_list(&self, key: &'static str) -> Result<Vec<String>, EngineError> {
         match self.get(key) {
             None => Ok(Vec::new()),

@@ -1,9 +1,9 @@
-//! Request envelopes (spec §2.1), parsed with simd-json in place.
+//! Request envelopes (docs/PROTOCOL.md §2.1), parsed with simd-json in place.
 //!
 //! Unlike rstmdb 0.3, which closes the connection on any envelope problem, a
 //! well-framed request with bad JSON, a missing or unknown `op` or a bad `id`
 //! is answered with `BAD_REQUEST` (echoing the id when it can be read) and
-//! the connection stays usable (spec §15 row 4).
+//! the connection stays usable (PROTOCOL.md §15 row 4).
 
 use serde_json::Value;
 use shards::json::canonical;

@@ -1,4 +1,4 @@
-//! Response envelopes (spec §2.2–2.3): keys in the fixed order `type`, `id`,
+//! Response envelopes (docs/PROTOCOL.md §2.2–2.3): keys in the fixed order `type`, `id`,
 //! `status`, then `result` or `error`; the result object arrives already
 //! encoded (shards encode their own results).
 

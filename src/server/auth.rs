@@ -1,4 +1,4 @@
-//! Bearer-token authentication (spec §3.3): tokens are configured as SHA-256
+//! Bearer-token authentication (docs/PROTOCOL.md §3.3): tokens are configured as SHA-256
 //! hashes; a presented token is hashed and compared with every configured
 //! hash in constant time, so timing reveals neither which hash nor how much
 //! of it matched.

@@ -1,4 +1,4 @@
-//! BATCH (spec §9): best-effort and truly atomic batches, the latter across
+//! BATCH (docs/PROTOCOL.md §9): best-effort and truly atomic batches, the latter across
 //! shards with two-phase commit, coordinated on the acceptor.
 //!
 //! Atomic batches are all-or-nothing across shards: the two-phase commit

@@ -1,4 +1,4 @@
-//! Per-connection session state (spec §3): authentication and wire mode.
+//! Per-connection session state (docs/PROTOCOL.md §3): authentication and wire mode.
 
 #[derive(Debug, Default)]
 pub struct Session {

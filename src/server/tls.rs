@@ -1,4 +1,4 @@
-//! Server-side TLS (spec §13.4): the rustls configuration built once at
+//! Server-side TLS (docs/PROTOCOL.md §13.4): the rustls configuration built once at
 //! start-up from PEM files, and the per-connection handshake.
 //!
 //! Every connection on a TLS port must start with a handshake; there is no

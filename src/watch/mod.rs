@@ -1,4 +1,4 @@
-//! Watch streams (spec §10): shards publish their durable events with a
+//! Watch streams (docs/PROTOCOL.md §10): shards publish their durable events with a
 //! watermark; `merge` turns the shards' streams into one stream ordered by
 //! `wal_offset`; each subscription is a cursor over that stream
 //! (`subscription`), served from a bounded in-memory ring while it keeps up

@@ -1,4 +1,4 @@
-//! Subscriptions: what a watcher asked for (spec §10) and where it is in the
+//! Subscriptions: what a watcher asked for (docs/PROTOCOL.md §10) and where it is in the
 //! merged stream. A subscription is only a filter and a cursor — the next
 //! offset it has not yet seen — so its memory does not grow with traffic.
 
@@ -90,7 +90,7 @@ pub fn new_subscription_id() -> String {
     format!("sub-{}", uuid::Uuid::new_v4())
 }
 
-/// Append one event message (spec §2.4, keys in its fixed order).
+/// Append one event message (PROTOCOL.md §2.4, keys in its fixed order).
 pub fn write_event(
     out: &mut Vec<u8>,
     mode: OutputMode,

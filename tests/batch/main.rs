@@ -1,4 +1,4 @@
-//! BATCH (spec §9; issue 3): best-effort batches report every op in order;
+//! BATCH (docs/PROTOCOL.md §9; issue 3): best-effort batches report every op in order;
 //! atomic batches are all-or-nothing across shards (two-phase commit),
 //! isolated from concurrent readers, and atomic across a SIGKILL at any
 //! moment. Only instance ops and machine/instance reads may appear inside;

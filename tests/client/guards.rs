@@ -118,7 +118,7 @@ async fn guarded_alternatives_pick_the_first_passing_transition() {
     assert_eq!(applied.to_state, "small", "the unguarded fallback fires");
 }
 
-/// Context of the guard truth table in spec Appendix A.
+/// Context of the guard truth table in docs/PROTOCOL.md Appendix A.
 fn truth_table_ctx() -> Value {
     json!({"n": 1, "f": 1.0, "t": true, "arr": [1], "emptyarr": [], "obj": {"a": 1},
            "emptyobj": {}, "items": [5], "nested": {"deep": {"x": 3}}, "snum": "10",

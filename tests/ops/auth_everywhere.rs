@@ -1,4 +1,4 @@
-//! Authentication on every operation (spec §3.3–3.4, stricter on WATCH_*):
+//! Authentication on every operation (docs/PROTOCOL.md §3.3–3.4, stricter on WATCH_*):
 //! with tokens configured, each of the 25 operations except HELLO, AUTH,
 //! PING and BYE is refused with UNAUTHORIZED until AUTH succeeds; a wrong
 //! token is AUTH_FAILED and changes nothing; after AUTH every operation is
@@ -13,7 +13,7 @@ use crate::support::{
     error_code, rstmdb_connect, Proc, RawClient, Server, AUTH_TOKEN, AUTH_TOKEN_SHA256,
 };
 
-/// Every operation name of the protocol (spec §2.1).
+/// Every operation name of the protocol (PROTOCOL.md §2.1).
 const ALL_OPS: [&str; 25] = [
     "HELLO",
     "AUTH",

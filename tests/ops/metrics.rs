@@ -1,4 +1,4 @@
-//! The Prometheus endpoint (spec §13.6): off unless enabled; when on, a
+//! The Prometheus endpoint (docs/PROTOCOL.md §13.6): off unless enabled; when on, a
 //! separate HTTP port serves `/metrics` in the text format with the spec's
 //! metric names plus corestate's per-shard ones, `/health`, `/healthz`, `/`
 //! and 404 for the rest.

@@ -1,4 +1,4 @@
-//! JSONL wire mode (§1.8): lines answered as lines, frames still accepted,
+//! JSONL wire mode (docs/PROTOCOL.md §1.8): lines answered as lines, frames still accepted,
 //! bad lines answered and blank lines skipped.
 
 use serde_json::{json, Value};
@@ -47,7 +47,7 @@ fn jsonl_bad_lines_are_answered_and_blank_lines_skipped() {
 fn jsonl_mode_answers_lines_and_accepts_lines_and_frames() {
     let server = Server::start(&[]);
 
-    // The singular key `wire_mode` is not a negotiation (spec §1.8).
+    // The singular key `wire_mode` is not a negotiation (PROTOCOL.md §1.8).
     let mut client = server.raw();
     let hello = client.ok(
         "HELLO",

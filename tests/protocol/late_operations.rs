@@ -8,7 +8,7 @@ use crate::machines::counter_definition;
 use crate::support::Server;
 
 /// The ops still being built answer `BAD_REQUEST` "not supported yet"; once
-/// an op is built it must answer with its 0.3 result keys (spec §4).
+/// an op is built it must answer with its 0.3 result keys (docs/PROTOCOL.md §4).
 #[test]
 fn every_late_operation_answers_its_result_or_not_supported_yet() {
     let server = Server::start(&[]);

@@ -1,4 +1,4 @@
-//! The wire protocol byte by byte (spec §1–§3, Appendix A), with raw
+//! The wire protocol byte by byte (docs/PROTOCOL.md §1–§3, Appendix A), with raw
 //! sockets: exact frames, legacy RCP1 framing, JSONL, framing violations,
 //! malformed requests, pipelining and BYE.
 

@@ -1,4 +1,4 @@
-//! Legacy RCP1 framing (§1.9): a minimal client's session is answered in
+//! Legacy RCP1 framing (docs/PROTOCOL.md §1.9): a minimal client's session is answered in
 //! RCP1 frames; variant B's extension and CRC flag are honoured.
 
 use serde_json::{json, Value};

@@ -35,7 +35,7 @@ LOG_TAIL_BYTES = 6000
 # The server reads these; a developer's shell must not change what we test.
 _SCRUBBED_ENV_PREFIXES = ("RSTMDB_", "CORESTATE_")
 
-# The token and its SHA-256 hash (spec §3.3).
+# The token and its SHA-256 hash (docs/PROTOCOL.md §3.3).
 AUTH_TOKEN = "secret"
 AUTH_TOKEN_HASH = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
 

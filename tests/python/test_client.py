@@ -143,7 +143,7 @@ async def test_reput_of_same_definition_is_idempotent(server):
         assert equivalent.stored_checksum == first.stored_checksum
 
 
-# (definition sent, stored_checksum) — spec Appendix A.
+# (definition sent, stored_checksum) — docs/PROTOCOL.md Appendix A.
 CHECKSUM_VECTORS = [
     ({"states": ["a"], "initial": "a", "transitions": []}, "6b16bc3e"),
     ({"transitions": [{"to": "paid", "event": "PAY", "from": "created", "description": "x"}],
@@ -263,7 +263,7 @@ async def test_invalid_guards_fail_bad_request_not_retryable(server):
 
 
 async def test_non_ascii_guard_field_is_handled_without_dropping_the_connection(server):
-    # rstmdb 0.3 crashes its connection handler here (spec §6.3). Either a
+    # rstmdb 0.3 crashes its connection handler here (PROTOCOL.md §6.3). Either a
     # clean rejection or working support is acceptable; a dropped connection
     # is not.
     async with server.client() as c:
@@ -649,7 +649,7 @@ async def test_unguarded_alternative_is_the_fallback(server):
         assert (await c.apply_event("unknown", "DECIDE")).to_state == "rejected"
 
 
-# (guard, initial ctx, passes?) — semantics of spec §6.5.
+# (guard, initial ctx, passes?) — semantics of PROTOCOL.md §6.5.
 GUARD_CASES = [
     ("ctx.flag", {"flag": True}, True),
     ("ctx.flag", {"flag": False}, False),
@@ -681,7 +681,7 @@ GUARD_CASES = [
     ('ctx.user.tier == "gold"', {"user": "gold"}, False),
     ("ctx.items.0", {"items": [1]}, False),
     ("ctx.snake_case1", {"snake_case1": True}, True),
-    # Spec Appendix A truth table rows (strict-grammar ones).
+    # PROTOCOL.md Appendix A truth table rows (strict-grammar ones).
     ("ctx.big == 9007199254740993", {"big": 9007199254740992}, True),
     ("ctx.n < 1.0000000000000002", {"n": 1}, True),
     ("ctx.n > 5.", {"n": 1}, False),

@@ -270,7 +270,7 @@ async fn run_pipelined_load(addr: std::net::SocketAddr, prefix: String) -> Conne
     }
 }
 
-/// Shallow merge of an object payload into an object context (spec §7.2).
+/// Shallow merge of an object payload into an object context (docs/PROTOCOL.md §7.2).
 pub fn merged(ctx: &Value, payload: &Value) -> Value {
     let mut out = ctx.clone();
     if let (Some(out), Some(payload)) = (out.as_object_mut(), payload.as_object()) {

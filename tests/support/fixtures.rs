@@ -13,7 +13,7 @@ use super::raw_client::RawClient;
 /// by `crc32c(instance_id) % SHARDS`.
 pub const SHARDS: usize = 2;
 
-/// Token `secret` and its SHA-256 (spec §3.3).
+/// Token `secret` and its SHA-256 (docs/PROTOCOL.md §3.3).
 pub const AUTH_TOKEN: &str = "secret";
 pub const AUTH_TOKEN_SHA256: &str =
     "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";

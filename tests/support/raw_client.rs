@@ -124,7 +124,7 @@ impl RawClient {
         }
     }
 
-    /// Next RCPX response frame, checked for §1.6 conformance, as JSON.
+    /// Next RCPX response frame, checked for docs/PROTOCOL.md §1.6 conformance, as JSON.
     pub fn read_response(&mut self) -> Value {
         let frame = self
             .read_frame()

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 pub use codec::{FLAG_CRC_PRESENT, RCP1_HEADER_BYTES, RCP1_MAGIC, RCPX_HEADER_BYTES, RCPX_MAGIC};
 
-/// Largest payload the protocol allows (spec §1.2), stated here rather than
+/// Largest payload the protocol allows (docs/PROTOCOL.md §1.2), stated here rather than
 /// taken from the server so the tests check the server against the spec.
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
 
@@ -154,7 +154,7 @@ pub fn take_rcp1_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, String> {
     }))
 }
 
-/// Check what every RCPX frame the server sends must look like (spec §1.6).
+/// Check what every RCPX frame the server sends must look like (PROTOCOL.md §1.6).
 pub fn assert_server_frame(frame: &Frame) {
     assert_eq!(frame.version, 1, "server frame version: {frame:?}");
     assert_eq!(

@@ -1,4 +1,4 @@
-//! TLS and mTLS against the real binary (spec §13.4), with the official
+//! TLS and mTLS against the real binary (docs/PROTOCOL.md §13.4), with the official
 //! Rust client's own TLS support and certificates generated per test
 //! (rcgen): the client verifies the server against a test CA; with a client
 //! CA configured, a client without a certificate signed by it is refused.

@@ -9,7 +9,7 @@ use crate::events::{
 };
 use crate::support::{put_machine, Server};
 
-/// Keys of an event message, in the order spec §2.4 fixes.
+/// Keys of an event message, in the order docs/PROTOCOL.md §2.4 fixes.
 const EVENT_KEYS: [&str; 11] = [
     "type",
     "subscription_id",

@@ -11,7 +11,7 @@ use crate::events::{
 };
 use crate::support::{put_machine, Server};
 
-/// What a WATCH_ALL filter lets through (spec §10.2: AND across
+/// What a WATCH_ALL filter lets through (docs/PROTOCOL.md §10.2: AND across
 /// categories, OR within a list, empty = everything).
 #[derive(Clone, Debug)]
 struct FilterSpec {

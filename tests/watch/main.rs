@@ -1,4 +1,4 @@
-//! Watch streams (spec §2.4, §10; issue 3): WATCH_INSTANCE, WATCH_ALL and
+//! Watch streams (docs/PROTOCOL.md §2.4, §10; issue 3): WATCH_INSTANCE, WATCH_ALL and
 //! UNWATCH over raw sockets and through `rstmdb-client` 0.3.0's
 //! subscription API — the event message byte order, filters, include_ctx,
 //! auth, and the guarantees corestate adds over rstmdb 0.3: one stream in

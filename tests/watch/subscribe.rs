@@ -30,7 +30,7 @@ fn watch_parameters_are_checked() {
 
 /// Without `from_offset` a subscription gets only what happens after it: an
 /// event acknowledged before the WATCH_ALL was sent is history, and the
-/// answered `wal_offset` (the next write position, spec §10.2) is past it.
+/// answered `wal_offset` (the next write position, docs/PROTOCOL.md §10.2) is past it.
 #[test]
 fn watch_all_without_from_offset_gets_nothing_acknowledged_before_it() {
     const ROUNDS: usize = 20;

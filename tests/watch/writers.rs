@@ -15,7 +15,7 @@ use crate::support::{
 };
 
 /// A tokio connection that sends `window` requests at a time, then reads
-/// their responses (answers come in request order, spec §3.8).
+/// their responses (answers come in request order, docs/PROTOCOL.md §3.8).
 struct PipelinedWriter {
     stream: tokio::net::TcpStream,
     buf: Vec<u8>,

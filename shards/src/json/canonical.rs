@@ -1,5 +1,5 @@
 //! The canonical JSON writer: the one place that turns a `serde_json::Value`
-//! into the bytes the server emits (spec §1.10) and the bytes a machine
+//! into the bytes the server emits (docs/PROTOCOL.md §1.10) and the bytes a machine
 //! checksum covers (§5.5).
 //!
 //! Canonical means: compact, every object's keys sorted ascending by byte

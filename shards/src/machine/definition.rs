@@ -1,4 +1,4 @@
-//! Machine definitions (spec §5): turning the JSON DSL sent with PUT_MACHINE
+//! Machine definitions (docs/PROTOCOL.md §5): turning the JSON DSL sent with PUT_MACHINE
 //! into a validated `MachineDef`, its normal form and CRC-32C checksum, and
 //! choosing the transition an event fires.
 //!

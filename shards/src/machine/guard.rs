@@ -1,4 +1,4 @@
-//! The guard expression language (spec §6): a strict parser that compiles a
+//! The guard expression language (docs/PROTOCOL.md §6): a strict parser that compiles a
 //! guard's text into a small tree once, at PUT_MACHINE time, and an evaluator
 //! that runs that tree against an instance's context on every APPLY_EVENT.
 //!

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::json::canonical;
 use crate::wal::entry::Entry;
 
-/// One successful APPLY_EVENT, ready to be sent to watchers (spec §2.4).
+/// One successful APPLY_EVENT, ready to be sent to watchers (docs/PROTOCOL.md §2.4).
 /// Payload and context are already canonical JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchEvent {

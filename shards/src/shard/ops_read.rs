@@ -1,4 +1,4 @@
-//! GET_INSTANCE and this shard's part of LIST_INSTANCES (spec §4.6, §4.7).
+//! GET_INSTANCE and this shard's part of LIST_INSTANCES (docs/PROTOCOL.md §4.6, §4.7).
 
 use super::result::ResultWriter;
 use super::state::ShardState;

@@ -1,5 +1,5 @@
 //! CREATE_INSTANCE, APPLY_EVENT and DELETE_INSTANCE on the owner shard
-//! (spec §4.5, §4.8, §7): checks in the spec's order, one staged WAL record
+//! (docs/PROTOCOL.md §4.5, §4.8, §7): checks in the spec's order, one staged WAL record
 //! per change, and the result object as canonical JSON.
 
 use std::sync::Arc;

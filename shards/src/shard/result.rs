@@ -1,5 +1,5 @@
 //! A small writer for result objects: keys are written by the caller in
-//! ascending byte order (spec §1.10), values through the canonical writer.
+//! ascending byte order (docs/PROTOCOL.md §1.10), values through the canonical writer.
 
 use serde_json::Value;
 

@@ -24,7 +24,7 @@ use crate::wal::offset::make_offset;
 use crate::wal::reader::{LogReader, ReadStats, SegmentInfo};
 use crate::wal::recovery::{ScanOutcome, SegmentTally};
 
-/// When the shard snapshots and compacts by itself (spec §11.11; the
+/// When the shard snapshots and compacts by itself (docs/PROTOCOL.md §11.11; the
 /// thresholds apply to each shard's own log).
 #[derive(Debug, Clone)]
 pub struct AutoCompaction {

@@ -1,5 +1,5 @@
 //! WAL entry payloads: what each record says happened, as JSON tagged by
-//! `type` with the field names of spec §11.4 (so WAL_READ can return them
+//! `type` with the field names of docs/PROTOCOL.md §11.4 (so WAL_READ can return them
 //! as they are).
 //!
 //! Encoding is hand-written on top of the canonical JSON writer: the hot path

@@ -1,4 +1,4 @@
-//! When the WAL makes appended records durable (spec §11.5).
+//! When the WAL makes appended records durable (docs/PROTOCOL.md §11.5).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,6 +1,6 @@
 //! One client connection: a reader task that decodes frames, parses and
 //! dispatches requests (`reader.rs`), and a writer task that writes answers
-//! strictly in request order (spec §3.8), whatever order the shards answer
+//! strictly in request order (docs/PROTOCOL.md §3.8), whatever order the shards answer
 //! in, between them the watch events of the connection's subscriptions
 //! (`writer.rs`).
 //!

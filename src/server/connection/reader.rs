@@ -80,7 +80,7 @@ pub(super) async fn read_loop<S: ByteStream>(
                     let flow =
                         dispatch(ctx, &mut session, &conn.watch, req, reply, handle.peer).await;
                     if op == Op::Hello {
-                        // HELLO answers in the mode it negotiated (spec §3.2);
+                        // HELLO answers in the mode it negotiated (docs/PROTOCOL.md §3.2);
                         // it never awaits, so its answer is not written yet.
                         decoder.set_jsonl_input(session.jsonl);
                         set_slot_mode(&conn.slots, seq, output_mode(&session, &decoder));
@@ -167,7 +167,7 @@ enum ReadOutcome {
 }
 
 /// One socket read; `None` on EOF, error, shutdown, or an idle timeout
-/// (spec §3.7: nothing received for the idle period while nothing is in
+/// (PROTOCOL.md §3.7: nothing received for the idle period while nothing is in
 /// flight). A connection that holds subscriptions is never idle: it is
 /// watching.
 async fn read_with_idle_timeout<S: ByteStream>(

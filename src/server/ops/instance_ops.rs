@@ -1,6 +1,6 @@
 //! CREATE_INSTANCE, GET_INSTANCE, DELETE_INSTANCE, APPLY_EVENT (turned into
 //! typed commands for the owner shard) and LIST_INSTANCES (fanned out to all
-//! shards and merged) — spec §4.5–4.9.
+//! shards and merged) — docs/PROTOCOL.md §4.5–4.9.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -18,7 +18,7 @@ use crate::server::context::Router;
 /// Largest LIST_INSTANCES page; a larger `limit` is served as this many rows
 /// (`has_more` tells the client to continue), so a page always fits a frame.
 pub const LIST_INSTANCES_PAGE_ROWS_MAX: u32 = 10_000;
-/// `limit` when the request names none (spec §4.7).
+/// `limit` when the request names none (PROTOCOL.md §4.7).
 pub const LIST_INSTANCES_DEFAULT_LIMIT: u32 = 100;
 
 /// A new instance id: a random UUID v4, or — when the create carries an
@@ -48,7 +48,7 @@ pub fn create(params: &Value) -> EngineResult<Command> {
         Some(id) => id.to_owned(),
         None => new_instance_id(idempotency_key.as_deref()),
     };
-    // `initial_ctx` defaults to {} (spec §15 row 22), aliases `context`, `ctx`.
+    // `initial_ctx` defaults to {} (PROTOCOL.md §15 row 22), aliases `context`, `ctx`.
     let initial_ctx = match p.any(&["initial_ctx", "context", "ctx"]) {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v) => v.clone(),
@@ -70,7 +70,7 @@ pub fn get(params: &Value) -> EngineResult<Command> {
 }
 
 pub fn delete(params: &Value) -> EngineResult<Command> {
-    // Loose parameters (spec §4.8).
+    // Loose parameters (PROTOCOL.md §4.8).
     let p = Params::loose(params);
     let instance_id = match p.any(&["instance_id", "id"]) {
         Some(Value::String(s)) => s.clone(),

@@ -1,4 +1,4 @@
-//! PUT_MACHINE, GET_MACHINE, LIST_MACHINES (spec §4.2–4.4), served by the
+//! PUT_MACHINE, GET_MACHINE, LIST_MACHINES (docs/PROTOCOL.md §4.2–4.4), served by the
 //! catalog.
 
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! HELLO, AUTH, PING, BYE, INFO, REPLICATION_STATUS (spec §3).
+//! HELLO, AUTH, PING, BYE, INFO, REPLICATION_STATUS (docs/PROTOCOL.md §3).
 
 use serde_json::Value;
 use shards::shard::result::ResultWriter;
@@ -9,7 +9,7 @@ use crate::protocol::params::Params;
 use crate::server::context::ServerCtx;
 use crate::server::session::Session;
 
-/// The optional features this server offers (spec §3.2), in the fixed order
+/// The optional features this server offers (PROTOCOL.md §3.2), in the fixed order
 /// HELLO and INFO list them: rstmdb 0.3's three (BATCH, idempotency keys,
 /// WAL_READ) and `watch` (WATCH_INSTANCE / WATCH_ALL with replay), which
 /// the protocol's older documents name.
@@ -66,7 +66,7 @@ pub fn hello(session: &mut Session, params: &Value) -> EngineResult<Vec<u8>> {
 
 pub fn auth(ctx: &ServerCtx, session: &mut Session, params: &Value) -> EngineResult<Vec<u8>> {
     let p = Params::strict(params, "AuthParams")?;
-    // A missing `method` means bearer (spec §15 row 16).
+    // A missing `method` means bearer (PROTOCOL.md §15 row 16).
     let method = p.opt_str("method")?.unwrap_or("bearer");
     let token = p.str("token")?;
     ctx.tokens.check(method, token)?;

@@ -1,4 +1,4 @@
-//! SNAPSHOT_INSTANCE, WAL_READ, WAL_STATS, COMPACT, FLUSH_ALL (spec §4.11–4.14,
+//! SNAPSHOT_INSTANCE, WAL_READ, WAL_STATS, COMPACT, FLUSH_ALL (docs/PROTOCOL.md §4.11–4.14,
 //! §11), fanned out to the shards and merged.
 //!
 //! WAL_READ merges the shards' logs by offset the same way watch catch-up
@@ -47,7 +47,7 @@ fn shard_gone() -> EngineError {
 }
 
 /// `from_offset`: an integer offset. Its alias `fromOffset` may also be a
-/// string of digits, because the Node client sends it that way (spec §15
+/// string of digits, because the Node client sends it that way (PROTOCOL.md §15
 /// row 40); `from_offset` itself is never coerced.
 fn from_offset_param(p: &Params<'_>) -> EngineResult<u64> {
     if let Some(from) = p.opt_offset("from_offset")? {
@@ -144,7 +144,7 @@ pub async fn shard_stats(router: &Router) -> EngineResult<Vec<ShardStats>> {
     Ok(out)
 }
 
-/// WAL_STATS (spec §11.8) with real numbers: `oldest_offset` is where a
+/// WAL_STATS (PROTOCOL.md §11.8) with real numbers: `oldest_offset` is where a
 /// WAL_READ or watch can start from (per shard: its oldest record), `entry_count` is the number of
 /// entries the server has written (the sequence of the newest, as WAL_READ
 /// numbers them; not reduced by compaction), `total_size_bytes` the bytes of
@@ -269,7 +269,7 @@ async fn snapshot_instance(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<
     rx.recv_async().await.map_err(|_| shard_gone())?
 }
 
-/// FLUSH_ALL (spec §4.14, made durable): every shard logs a `Flush` record
+/// FLUSH_ALL (PROTOCOL.md §4.14, made durable): every shard logs a `Flush` record
 /// before forgetting its data, so a restart does not bring anything back;
 /// then the catalog forgets every machine.
 async fn flush_all(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {

@@ -1,4 +1,4 @@
-//! WATCH_INSTANCE, WATCH_ALL, UNWATCH (spec §10). A new subscription is a
+//! WATCH_INSTANCE, WATCH_ALL, UNWATCH (docs/PROTOCOL.md §10). A new subscription is a
 //! filter plus a cursor: `from_offset` when given (history is replayed from
 //! the logs), else the point the merged stream has reached.
 
