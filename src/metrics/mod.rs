@@ -15,8 +15,8 @@
 //!   (its inner operations are not counted separately);
 //! * `rstmdb_subscriptions_active` is exact: it falls when a subscription
 //!   ends, including by disconnect;
-//! * WAL read counters and replication metrics are not exported: corestate
-//!   does not track WAL reads and has no replication.
+//! * the WAL read counters count what WAL_READ, watch catch-up and recovery
+//!   read; replication metrics are not exported (there is no replication).
 //!
 //! Labelled series appear after their first observation, as in 0.3.
 

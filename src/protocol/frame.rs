@@ -478,7 +478,8 @@ pub fn begin_frame(out: &mut Vec<u8>, mode: OutputMode) -> FrameMark {
 /// Finishes the frame begun at `mark`: fills in length and CRC, or appends
 /// the JSONL newline. A payload over [`FRAME_PAYLOAD_MAX_BYTES`] cannot be
 /// framed — 0.3 then drops the connection without an answer (§1.6) — so the
-/// partial frame is removed from `out` and `PayloadTooLarge` returned.
+/// partial frame is removed from `out` and `PayloadTooLarge` returned (the
+/// connection's writer answers `INTERNAL_ERROR` instead and keeps going).
 pub fn end_frame(out: &mut Vec<u8>, mark: FrameMark) -> Result<(), FrameError> {
     let payload_start = mark.start + mark.mode.header_bytes();
     let payload_bytes = out.len() - payload_start;
