@@ -7,7 +7,7 @@
 //! The gate: when tokens are configured, every operation except HELLO,
 //! AUTH, PING and BYE needs a successful AUTH first — WATCH_*, BATCH, the
 //! WAL and admin operations included (stricter than rstmdb 0.3, which let
-//! WATCH_* through; docs/PROTOCOL.md §3.4 Compat). A failed AUTH is logged as a
+//! WATCH_* through; docs/PROTOCOL.md §3.4). A failed AUTH is logged as a
 //! rate-limited warning with the peer's address.
 
 use std::cell::RefCell;
