@@ -19,7 +19,9 @@
 #   HOSTILE [slowloris=32,unread=8,biglist=4] REPS [3] SHARDS [2]
 #   FSYNC [every_write] OUT [bench-results/<UTC date>/hostile-soak]
 #   DATA_ROOT [target/bench-data] (a real disk: fsync cost is part of it)
-#   CORESTATE_BIN [target/release/corestate, built here]
+#   CORESTATE_BIN [target/release/corestate, built here]: measure a binary
+#   built elsewhere (e.g. from a clean checkout of a commit, named by
+#   CORESTATE_COMMIT for machine.txt); only the harness is built then
 #   QUIET_LOAD_MAX [1.0] first wait (polling every QUIET_POLL_SECS [60], up
 #   to QUIET_WAIT_MAX_SECS [1800]) until the 1-minute load average is below
 #   it and no cargo/rustc runs; after that, measure anyway and say so.
@@ -52,9 +54,16 @@ SERVER_STOP_TIMEOUT_SECS=10
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-log "building corestate and the harness"
-cargo build --release --bins -p corestate -p corestate-bench >&2
-CORESTATE_BIN=${CORESTATE_BIN:-$ROOT/target/release/corestate}
+if [[ -z "${CORESTATE_BIN:-}" ]]; then
+    log "building corestate and the harness"
+    cargo build --release --bins -p corestate -p corestate-bench >&2
+    CORESTATE_BIN=$ROOT/target/release/corestate
+    CORESTATE_BUILT="built here from git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src shards Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/ or shards/')"
+else
+    log "building the harness ($CORESTATE_BIN given)"
+    cargo build --release --bins -p corestate-bench >&2
+    CORESTATE_BUILT="given${CORESTATE_COMMIT:+, built from commit $CORESTATE_COMMIT}"
+fi
 mkdir -p "$OUT/runs" "$OUT/logs" "$DATA_ROOT"
 
 # --- a quiet machine ------------------------------------------------------
@@ -78,11 +87,11 @@ else
 fi
 log "$quiet"
 {
-    echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src shards Cargo.toml Cargo.lock 2>/dev/null || echo ' (+ uncommitted changes in src/ or shards/)')"
+    echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), harness from git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- benches 2>/dev/null || echo ' (+ uncommitted changes in benches/)')"
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); corestate and corestate-bench share these cores"
     echo "$quiet"
     echo "uptime: $(uptime)"
-    echo "corestate binary: $CORESTATE_BIN, built $(date -u -r "$CORESTATE_BIN" +%Y-%m-%dT%H:%M:%SZ)"
+    echo "corestate binary: $CORESTATE_BIN ($CORESTATE_BUILT), file time $(date -u -r "$CORESTATE_BIN" +%Y-%m-%dT%H:%M:%SZ)"
     echo "settings: WORKLOAD=$WORKLOAD MIX=$MIX CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE DURATION=$DURATION WARMUP=$WARMUP INSTANCES=$INSTANCES HOSTILE=$HOSTILE REPS=$REPS SHARDS=$SHARDS FSYNC=$FSYNC"
     echo "top at the start:"
     top -bn1 | head -15 | sed 's/^/    /'
@@ -191,6 +200,7 @@ out = pathlib.Path(sys.argv[1])
 runs = sorted((json.loads(p.read_text()) for p in (out / "runs").glob("*.json")),
               key=lambda r: r["started_unix_secs"])
 mib = lambda kib: kib / 1024
+NOISY_OTHER_CORES = 0.25  # the harness's report::NOISY_OTHER_CORES
 
 def row(r):
     res, mem = r["results"], r["results"].get("server_memory") or {}
@@ -259,12 +269,18 @@ if len(medians) == 2:
               f"{h['p999_us'] / w['p999_us']:.2f}x | {h['max_us'] / w['max_us']:.2f}x | "
               f"+{h['rss_peak_mib'] - w['rss_peak_mib']:.1f} MiB | "
               f"+{h['vm_hwm_mib'] - w['vm_hwm_mib']:.1f} MiB | | | |")
+noisy_runs = [x["run"] for x in rows if (x["other_cores_busy"] or 0) > NOISY_OTHER_CORES]
 md += ["", "## Every run (in the order run)", "",
+       f"*Other cores busy* is CPU used by neither the server nor the harness in the measured "
+       f"window; above {NOISY_OTHER_CORES} cores the harness flags the run NOISY "
+       f"({len(noisy_runs)} of {len(rows)} runs here"
+       + (f": {', '.join(noisy_runs)}" if noisy_runs else "") + ").", "",
        "| run | ops/s | p50 / p99 / p99.9 / max µs | errors | longest stall ms | peak RSS / VmHWM MiB | server / harness / other cores busy | load avg (1 min) at start |",
        "|---|---:|---:|---:|---:|---:|---:|---:|"]
 for x in rows:
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
-    md.append(f"| {x['run']}{'' if x['ok'] else ' **FAILED**'} | {x['ops_per_sec']:,.0f} | "
+    noisy = (x["other_cores_busy"] or 0) > NOISY_OTHER_CORES
+    md.append(f"| {x['run']}{'' if x['ok'] else ' **FAILED**'}{' NOISY' if noisy else ''} | {x['ops_per_sec']:,.0f} | "
               f"{x['p50_us']:,} / {x['p99_us']:,} / {x['p999_us']:,} / {x['max_us']:,} | "
               f"{x['errors']} | {x['max_stall_ms']} | {x['rss_peak_mib']:.1f} / {x['vm_hwm_mib']:.1f} | "
               f"{fmt(x['server_cores_busy'])} / {fmt(x['harness_cores_busy'])} / "
