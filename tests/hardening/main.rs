@@ -8,6 +8,7 @@ mod support;
 mod bad_input;
 mod damaged_log;
 mod full_disk;
+mod gone_clients;
 mod heavy_clients;
 mod metrics_slots;
 mod pause;

@@ -3,7 +3,7 @@
 //! queue — with every later request of the client on this shard, so the
 //! client's order holds — until budget comes back (see `budget.rs`). The
 //! shard looks at the waiting queues once per loop turn, and at once when a
-//! connection sends `Unpark`.
+//! connection sends `Unpark`. A queue whose connection has ended is dropped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -43,6 +43,10 @@ impl Shard {
         let Some((budget, seq)) = msg.budget() else {
             return Some(msg);
         };
+        if budget.is_closed() {
+            // Its connection is gone: dropped unanswered (`budget.rs`).
+            return None;
+        }
         let k = key(budget);
         let queued = self.waiting.queues.contains_key(&k);
         if !queued && budget.may_run(seq) {
@@ -73,6 +77,15 @@ impl Shard {
         self.wake_waiting = false;
         let keys: Vec<usize> = self.waiting.queues.keys().copied().collect();
         for k in keys {
+            if self
+                .waiting
+                .queues
+                .get(&k)
+                .is_some_and(|(budget, _)| budget.is_closed())
+            {
+                self.waiting.queues.remove(&k);
+                continue;
+            }
             while let Some((budget, queue)) = self.waiting.queues.get_mut(&k) {
                 let Some(seq) = queue.front().and_then(|m| m.budget()).map(|(_, s)| s) else {
                     self.waiting.queues.remove(&k);

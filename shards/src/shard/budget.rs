@@ -28,8 +28,14 @@
 //! So a client's answers take at most its limit plus one answer per shard
 //! (a shard runs at most one request past the limit before it sees the
 //! budget spent) plus the exempt oldest one.
+//!
+//! When the connection ends its budget is closed, and its requests that
+//! have not run yet are dropped without running, as a crash would drop
+//! them (none was answered). Running them would produce answers nobody
+//! takes; leaving them parked would hold, through their reply channel, the
+//! answers queued for the connection — and the server's budget — forever.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Answers up to this size are not charged (they are bounded by the number
@@ -74,6 +80,8 @@ pub struct ResponseBudget {
     head_seq: AtomicU64,
     /// Shards holding parked requests of this client, one bit per shard.
     parked_on: AtomicU64,
+    /// The connection ended: nobody will write its answers.
+    closed: AtomicBool,
 }
 
 impl ResponseBudget {
@@ -84,7 +92,19 @@ impl ResponseBudget {
             server,
             head_seq: AtomicU64::new(0),
             parked_on: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    /// The connection ended: its requests that have not run are dropped.
+    /// The caller wakes the shards in `take_parked`, so they let go of the
+    /// ones waiting there.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Whether request `seq` of this client may run now.

@@ -161,5 +161,10 @@ pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S, handle: Rc<Conn
     let writer = glommio::spawn_local(writer::write_loop(conn.clone(), stream.clone(), reply_rx));
     reader::read_loop(&conn, &handle, &stream, reply_tx).await;
     writer.await;
+    // Nobody will write this connection's answers any more: its requests
+    // still waiting on shards are dropped, so they stop holding the answers
+    // queued for it and the server's budget (`shards::shard::budget`).
+    conn.budget.close();
+    writer::returned_budget(&conn);
     let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
 }

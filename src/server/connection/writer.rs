@@ -122,7 +122,7 @@ pub(super) async fn write_loop<S: ByteStream>(
 /// After a round: the oldest unwritten answer moved on and budget may have
 /// come back. Tell the reader, and wake the shards holding requests of this
 /// connection that waited for it.
-fn returned_budget(conn: &Conn) {
+pub(super) fn returned_budget(conn: &Conn) {
     conn.budget.set_head(conn.slots.borrow().base_seq);
     let _ = conn.progress.0.try_send(());
     let mut parked_on = conn.budget.take_parked();
