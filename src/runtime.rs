@@ -219,6 +219,13 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     }
     reports.sort_by_key(|r| r.shard);
     for r in &reports {
+        if r.scan.bytes_resynced > 0 {
+            tracing::info!(
+                "shard {}: wrote the last {} bytes of its log again and synced them (the log was not sealed by a graceful stop)",
+                r.shard,
+                r.scan.bytes_resynced
+            );
+        }
         if let Some(t) = &r.scan.torn_tail {
             tracing::warn!(
                 "shard {}: torn write at the end of {} cut at byte {} ({} bytes discarded; none of it was acknowledged)",
