@@ -3,17 +3,13 @@
 
 use serde_json::json;
 
-use crate::setup::{connect, expect_code, order_definition};
+use crate::setup::{connect, connect_with_order, expect_code};
 use crate::support::Server;
 
 #[tokio::test]
 async fn idempotent_apply_replays_the_first_result_even_after_restart() {
     let mut server = Server::start(&[]);
-    let client = connect(&server).await;
-    client
-        .put_machine("order", 1, order_definition())
-        .await
-        .unwrap();
+    let client = connect_with_order(&server).await;
     for id in ["i1", "i2"] {
         client
             .create_instance("order", 1, Some(id), Some(json!({"n": 0})), None)
@@ -108,11 +104,7 @@ async fn idempotent_apply_replays_the_first_result_even_after_restart() {
 #[tokio::test]
 async fn idempotent_create_returns_the_first_result() {
     let mut server = Server::start(&[]);
-    let client = connect(&server).await;
-    client
-        .put_machine("order", 1, order_definition())
-        .await
-        .unwrap();
+    let client = connect_with_order(&server).await;
 
     let first = client
         .create_instance("order", 1, Some("c1"), Some(json!({"a": 1})), Some("ck"))

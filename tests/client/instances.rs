@@ -4,17 +4,13 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::setup::{connect, expect_code, order_definition};
+use crate::setup::{connect_with_order, expect_code};
 use crate::support::Server;
 
 #[tokio::test]
 async fn instances_are_created_got_listed_and_deleted() {
     let server = Server::start(&[]);
-    let client = connect(&server).await;
-    client
-        .put_machine("order", 1, order_definition())
-        .await
-        .unwrap();
+    let client = connect_with_order(&server).await;
     client
         .put_machine(
             "other",

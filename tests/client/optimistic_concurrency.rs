@@ -2,17 +2,13 @@
 
 use serde_json::json;
 
-use crate::setup::{connect, expect_code, order_definition};
+use crate::setup::{connect_with_order, expect_code};
 use crate::support::Server;
 
 #[tokio::test]
 async fn optimistic_concurrency_conflicts() {
     let server = Server::start(&[]);
-    let client = connect(&server).await;
-    client
-        .put_machine("order", 1, order_definition())
-        .await
-        .unwrap();
+    let client = connect_with_order(&server).await;
     client
         .create_instance("order", 1, Some("occ"), None, None)
         .await

@@ -12,6 +12,16 @@ pub async fn connect(server: &Server) -> Client {
         .unwrap_or_else(|e| panic!("rstmdb-client cannot connect: {e}"))
 }
 
+/// A connected client, with the order machine (version 1) installed.
+pub async fn connect_with_order(server: &Server) -> Client {
+    let client = connect(server).await;
+    client
+        .put_machine("order", 1, order_definition())
+        .await
+        .unwrap();
+    client
+}
+
 /// The error of a call that must fail with `code` (and `retryable: false`).
 pub fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: &str) -> String {
     match result {

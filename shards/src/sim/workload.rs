@@ -45,6 +45,20 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Send a create or delete; an answer is acknowledged in the model.
+    async fn write(&self, id: &str, cmd: Command) {
+        match self.exec(id, cmd).await {
+            None => {}
+            Some(Ok(v)) => {
+                let offset = v["wal_offset"].as_u64().unwrap_or(0);
+                if let Err(e) = self.model.borrow_mut().ack(id, offset) {
+                    self.fail(e);
+                }
+            }
+            Some(Err((code, msg))) => self.refused(id, code, msg, &[]),
+        }
+    }
+
     fn fail(&self, msg: String) {
         self.failures.borrow_mut().push(msg);
     }
@@ -178,16 +192,7 @@ impl Clients {
             initial_ctx: json!({"w": wid, "n": 0}),
             idempotency_key: key,
         });
-        match self.exec(&id, cmd).await {
-            None => {}
-            Some(Ok(v)) => {
-                let offset = v["wal_offset"].as_u64().unwrap_or(0);
-                if let Err(e) = self.model.borrow_mut().ack(&id, offset) {
-                    self.fail(e);
-                }
-            }
-            Some(Err((code, msg))) => self.refused(&id, code, msg, &[]),
-        }
+        self.write(&id, cmd).await;
     }
 
     /// A write answered with an error: expected (`expected`), or a clean
@@ -376,16 +381,7 @@ impl Clients {
             instance_id: id.clone(),
             idempotency_key: None,
         });
-        match self.exec(&id, cmd).await {
-            None => {}
-            Some(Ok(v)) => {
-                let offset = v["wal_offset"].as_u64().unwrap_or(0);
-                if let Err(e) = self.model.borrow_mut().ack(&id, offset) {
-                    self.fail(e);
-                }
-            }
-            Some(Err((code, msg))) => self.refused(&id, code, msg, &[]),
-        }
+        self.write(&id, cmd).await;
     }
 
     pub async fn get(&self, rng: &mut Rng) {
