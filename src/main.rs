@@ -8,6 +8,11 @@
 
 use corestate::config::LogFormat;
 
+/// mimalloc: per-thread free lists suit one thread per core, and the
+/// request path allocates and frees small buffers on every request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration the server cannot start with.
 const EXIT_CONFIG_ERROR: i32 = 2;
 /// Exit status for every other failure.
