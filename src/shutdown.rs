@@ -134,28 +134,13 @@ pub async fn drain_connections(ctx: &crate::server::context::ServerCtx) -> usize
 /// the shards that did not confirm in time.
 pub async fn stop_shards(router: &crate::server::context::Router) -> Vec<usize> {
     use shards::shard::ShardMsg;
-    let mut waiting = Vec::new();
-    let mut failed = Vec::new();
-    for (id, mailbox) in router.all().iter().enumerate() {
-        let (tx, rx) = flume::bounded(1);
-        match mailbox.send(ShardMsg::Shutdown { done: tx }) {
-            Ok(()) => waiting.push((id, rx)),
-            Err(_) => failed.push(id),
-        }
-    }
-    let deadline =
-        std::time::Instant::now() + Duration::from_millis(SHUTDOWN_SHARD_SYNC_TIMEOUT_MS);
-    for (id, rx) in waiting {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let confirmed = futures_lite::future::or(async { rx.recv_async().await.is_ok() }, async {
-            glommio::timer::sleep(left).await;
-            false
-        })
-        .await;
-        if !confirmed {
-            failed.push(id);
-        }
-    }
-    failed.sort_unstable();
-    failed
+    let confirmed = shards::router::ask_all_until(
+        router.all(),
+        |done| ShardMsg::Shutdown { done },
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_SHARD_SYNC_TIMEOUT_MS)),
+    )
+    .await;
+    (0..confirmed.len())
+        .filter(|&id| confirmed[id].is_none())
+        .collect()
 }

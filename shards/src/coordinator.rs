@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{EngineError, EngineResult};
+use crate::router::ask;
 use crate::shard::{BatchVote, Command, OpenReport, ShardMsg};
 
 /// Why an atomic batch failed: the op (by its index in the batch) and the
@@ -59,24 +60,20 @@ pub async fn run_atomic(
     let decider = parts.keys().next().copied().unwrap_or(0);
     for (shard, part) in parts {
         let (index, ops): (Vec<usize>, Vec<Command>) = part.into_iter().unzip();
-        let (tx, rx) = flume::bounded(1);
-        let msg = if multi {
-            ShardMsg::Prepare {
-                txid,
-                decider: decider as u32,
-                ops,
-                done: tx,
+        let vote = ask(&mailboxes[shard], |done| {
+            if multi {
+                ShardMsg::Prepare {
+                    txid,
+                    decider: decider as u32,
+                    ops,
+                    done,
+                }
+            } else {
+                ShardMsg::AtomicBatch { ops, done }
             }
-        } else {
-            ShardMsg::AtomicBatch { ops, done: tx }
-        };
-        mailboxes[shard]
-            .send(msg)
-            .map_err(|_| gone("shard mailbox closed"))?;
-        let vote = rx
-            .recv_async()
-            .await
-            .map_err(|_| gone("shard stopped before voting"))?;
+        })
+        .await
+        .map_err(BatchFailure::Internal)?;
         match vote {
             BatchVote::Yes(part_results) => {
                 results.extend(index.into_iter().zip(part_results));
@@ -143,15 +140,13 @@ pub async fn resolve_in_doubt(
                 .iter()
                 .find(|r| r.shard == decider as usize)
                 .is_some_and(|r| r.committed.contains(&txid));
-            let (tx, rx) = flume::bounded(1);
-            mailboxes[report.shard]
-                .send(ShardMsg::Decide {
-                    txid,
-                    commit: committed,
-                    done: tx,
-                })
-                .map_err(|_| gone())?;
-            rx.recv_async().await.map_err(|_| gone())?;
+            ask(&mailboxes[report.shard], |done| ShardMsg::Decide {
+                txid,
+                commit: committed,
+                done,
+            })
+            .await
+            .map_err(|_| gone())?;
             resolved.push(Resolved {
                 shard: report.shard,
                 txid,

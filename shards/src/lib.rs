@@ -9,6 +9,7 @@ pub mod error;
 pub mod instance;
 pub mod json;
 pub mod machine;
+pub mod router;
 pub mod shard;
 #[cfg(test)]
 pub mod sim;

@@ -180,26 +180,12 @@ type ShardMetric = (
 
 /// Every shard's statistics, `None` for a shard that did not answer in time.
 async fn shard_stats(ctx: &ServerCtx) -> Vec<Option<ShardStats>> {
-    let mut waiting = Vec::with_capacity(ctx.router.shards());
-    for mailbox in ctx.router.all() {
-        let (tx, rx) = flume::bounded(1);
-        let sent = mailbox.send(ShardMsg::Stats { done: tx }).is_ok();
-        waiting.push(sent.then_some(rx));
-    }
-    let mut out = Vec::with_capacity(waiting.len());
-    for rx in waiting {
-        let Some(rx) = rx else {
-            out.push(None);
-            continue;
-        };
-        let got = future::or(async { rx.recv_async().await.ok() }, async {
-            glommio::timer::sleep(Duration::from_millis(METRICS_SHARD_STATS_TIMEOUT_MS)).await;
-            None
-        })
-        .await;
-        out.push(got);
-    }
-    out
+    shards::router::ask_all_until(
+        ctx.router.all(),
+        |done| ShardMsg::Stats { done },
+        glommio::timer::sleep(Duration::from_millis(METRICS_SHARD_STATS_TIMEOUT_MS)),
+    )
+    .await
 }
 
 /// The whole exposition: counters, levels read now, shard and process stats.

@@ -225,22 +225,12 @@ pub async fn install_everywhere(
     def: &Arc<MachineDef>,
     raw: Arc<Value>,
 ) -> EngineResult<()> {
-    let mut pending = Vec::with_capacity(router.shards());
-    for mailbox in router.all() {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::InstallMachine {
-                def: def.clone(),
-                raw_definition: raw.clone(),
-                done: tx,
-            })
-            .map_err(|_| EngineError::internal("shard mailbox closed"))?;
-        pending.push(rx);
-    }
-    for rx in pending {
-        rx.recv_async()
-            .await
-            .map_err(|_| EngineError::internal("shard stopped before answering"))??;
-    }
-    Ok(())
+    let installed = router
+        .ask_all(|done| ShardMsg::InstallMachine {
+            def: def.clone(),
+            raw_definition: raw.clone(),
+            done,
+        })
+        .await?;
+    installed.into_iter().try_for_each(|r| r.map(|_| ()))
 }

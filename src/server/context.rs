@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use shards::shard::{shard_for_instance, ShardMsg};
-
 use super::auth::TokenSet;
 use super::catalog::Catalog;
 use super::refusals::RefusalLog;
@@ -33,29 +31,7 @@ pub struct Limits {
     pub request_buffer_per_connection_bytes: usize,
 }
 
-/// The shard mailboxes, indexed by shard id.
-pub struct Router {
-    mailboxes: Vec<flume::Sender<ShardMsg>>,
-}
-
-impl Router {
-    pub fn new(mailboxes: Vec<flume::Sender<ShardMsg>>) -> Self {
-        Router { mailboxes }
-    }
-
-    pub fn shards(&self) -> usize {
-        self.mailboxes.len()
-    }
-
-    /// The mailbox of the shard that owns `instance_id`.
-    pub fn owner(&self, instance_id: &str) -> &flume::Sender<ShardMsg> {
-        &self.mailboxes[shard_for_instance(instance_id, self.mailboxes.len())]
-    }
-
-    pub fn all(&self) -> &[flume::Sender<ShardMsg>] {
-        &self.mailboxes
-    }
-}
+pub use shards::router::Router;
 
 /// One open (or handshaking) connection as the rest of the server sees it:
 /// who it is, how to ask it to stop, and its subscriptions (for metrics).

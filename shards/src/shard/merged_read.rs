@@ -14,16 +14,13 @@ use super::command::ShardMsg;
 use super::events::WatchEvent;
 use super::log_read::LogEntry;
 use crate::error::{EngineError, EngineResult};
+use crate::router::ask_all;
 
 /// Events from the shards' logs: every event with offset in
 /// `[from, next_cursor)` is in `events`, in offset order.
 pub struct EventStretch {
     pub events: Vec<Arc<WatchEvent>>,
     pub next_cursor: u64,
-}
-
-fn shard_gone() -> EngineError {
-    EngineError::internal("shard stopped before answering")
 }
 
 /// Watch events from `from` on, each shard reading at most `max_records`
@@ -34,27 +31,17 @@ pub async fn read_events(
     max_records: usize,
     max_bytes: usize,
 ) -> EngineResult<EventStretch> {
-    let mut waits = Vec::with_capacity(mailboxes.len());
-    for mailbox in mailboxes {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::ReadEvents {
-                from_offset: from,
-                max_records,
-                max_bytes,
-                done: tx,
-            })
-            .map_err(|_| EngineError::internal("shard mailbox closed"))?;
-        waits.push(rx);
-    }
+    let chunks = ask_all(mailboxes, |done| ShardMsg::ReadEvents {
+        from_offset: from,
+        max_records,
+        max_bytes,
+        done,
+    })
+    .await?;
     let mut bound = u64::MAX;
     let mut events = Vec::new();
-    for rx in waits {
-        let chunk = rx
-            .recv_async()
-            .await
-            .map_err(|_| shard_gone())?
-            .map_err(|e| EngineError::wal_io(format!("reading the log: {e}")))?;
+    for chunk in chunks {
+        let chunk = chunk.map_err(|e| EngineError::wal_io(format!("reading the log: {e}")))?;
         bound = bound.min(chunk.complete_upto);
         events.extend(chunk.events);
     }
@@ -86,27 +73,17 @@ pub async fn read_entries(
     limit: usize,
     max_bytes_per_shard: usize,
 ) -> EngineResult<EntryPage> {
-    let mut waits = Vec::with_capacity(mailboxes.len());
-    for mailbox in mailboxes {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::ReadLog {
-                from_offset: from,
-                max_records: limit.max(1),
-                max_bytes: max_bytes_per_shard,
-                done: tx,
-            })
-            .map_err(|_| EngineError::internal("shard mailbox closed"))?;
-        waits.push(rx);
-    }
+    let chunks = ask_all(mailboxes, |done| ShardMsg::ReadLog {
+        from_offset: from,
+        max_records: limit.max(1),
+        max_bytes: max_bytes_per_shard,
+        done,
+    })
+    .await?;
     let (mut bound, mut base, mut at_end) = (u64::MAX, 0u64, true);
     let mut numbered: Vec<(u64, Option<LogEntry>)> = Vec::new();
-    for rx in waits {
-        let chunk = rx
-            .recv_async()
-            .await
-            .map_err(|_| shard_gone())?
-            .map_err(|e| EngineError::bad_request(e.to_string()))?;
+    for chunk in chunks {
+        let chunk = chunk.map_err(|e| EngineError::bad_request(e.to_string()))?;
         bound = bound.min(chunk.complete_upto);
         base += chunk.entries_before_from;
         at_end &= chunk.at_end;

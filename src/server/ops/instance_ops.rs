@@ -134,26 +134,13 @@ pub async fn list(
     req: ListRequest,
     budget: Option<(Arc<ResponseBudget>, u64)>,
 ) -> EngineResult<Vec<u8>> {
-    let mut waits = Vec::with_capacity(router.shards());
-    for mailbox in router.all() {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::List {
-                query: req.query.clone(),
-                done: tx,
-                budget: budget.clone(),
-            })
-            .map_err(|_| EngineError::internal("shard mailbox closed"))?;
-        waits.push(rx);
-    }
-    let mut pages: Vec<ListPage> = Vec::with_capacity(waits.len());
-    for rx in waits {
-        pages.push(
-            rx.recv_async()
-                .await
-                .map_err(|_| EngineError::internal("shard stopped before answering"))?,
-        );
-    }
+    let pages: Vec<ListPage> = router
+        .ask_all(|done| ShardMsg::List {
+            query: req.query.clone(),
+            done,
+            budget: budget.clone(),
+        })
+        .await?;
     let total: u64 = pages.iter().map(|p| p.total).sum();
     let mut rows: Vec<(String, Vec<u8>)> = pages.into_iter().flat_map(|p| p.rows).collect();
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));

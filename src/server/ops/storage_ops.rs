@@ -42,10 +42,6 @@ pub async fn handle(ctx: &ServerCtx, op: Op, params: &Value) -> EngineResult<Vec
     }
 }
 
-fn shard_gone() -> EngineError {
-    EngineError::internal("shard stopped before answering")
-}
-
 /// `from_offset`: an integer offset. Its alias `fromOffset` may also be a
 /// string of digits, because the Node client sends it that way (PROTOCOL.md §15
 /// row 40); `from_offset` itself is never coerced.
@@ -127,21 +123,12 @@ async fn wal_read(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
 }
 
 pub async fn shard_stats(router: &Router) -> EngineResult<Vec<ShardStats>> {
-    let mut waits = Vec::with_capacity(router.shards());
-    for mailbox in router.all() {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::Stats { done: tx })
-            .map_err(|_| shard_gone())?;
-        waits.push((rx, mailbox.len() as u64));
-    }
-    let mut out = Vec::with_capacity(waits.len());
-    for (rx, depth) in waits {
-        let mut s = rx.recv_async().await.map_err(|_| shard_gone())?;
+    let depths: Vec<u64> = router.all().iter().map(|m| m.len() as u64).collect();
+    let mut stats = router.ask_all(|done| ShardMsg::Stats { done }).await?;
+    for (s, depth) in stats.iter_mut().zip(depths) {
         s.mailbox_depth = depth;
-        out.push(s);
     }
-    Ok(out)
+    Ok(stats)
 }
 
 /// WAL_STATS (PROTOCOL.md §11.8) with real numbers: `oldest_offset` is where a
@@ -221,20 +208,14 @@ async fn compact(router: &Router, params: &Value) -> EngineResult<Vec<u8>> {
         Params::loose(params).get("force_snapshot"),
         Some(Value::Bool(true))
     );
-    let mut waits = Vec::with_capacity(router.shards());
-    for mailbox in router.all() {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::Compact {
-                force_snapshot: force,
-                done: tx,
-            })
-            .map_err(|_| shard_gone())?;
-        waits.push(rx);
-    }
+    let reports = router
+        .ask_all(|done| ShardMsg::Compact {
+            force_snapshot: force,
+            done,
+        })
+        .await?;
     let (mut created, mut deleted, mut reclaimed, mut total, mut segments) = (0, 0, 0, 0, 0);
-    for rx in waits {
-        let r = rx.recv_async().await.map_err(|_| shard_gone())?;
+    for r in reports {
         if let Some(e) = r.error {
             return Err(EngineError::internal(e));
         }
@@ -258,15 +239,12 @@ async fn snapshot_instance(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<
     let Some(Value::String(id)) = p.any(&["instance_id", "id"]) else {
         return Err(EngineError::bad_request("missing instance_id"));
     };
-    let (tx, rx) = flume::bounded(1);
     ctx.router
-        .owner(id)
-        .send(ShardMsg::SnapshotInstance {
+        .ask(ctx.router.owner_of(id), |done| ShardMsg::SnapshotInstance {
             instance_id: id.clone(),
-            done: tx,
+            done,
         })
-        .map_err(|_| shard_gone())?;
-    rx.recv_async().await.map_err(|_| shard_gone())?
+        .await?
 }
 
 /// FLUSH_ALL (PROTOCOL.md §4.14, made durable): every shard logs a `Flush` record
@@ -278,18 +256,9 @@ async fn flush_all(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
             "FLUSH_ALL is disabled. Set storage.allow_flush_all=true in config to enable.",
         ));
     }
-    let mut waits = Vec::with_capacity(ctx.router.shards());
-    for mailbox in ctx.router.all() {
-        let (tx, rx) = flume::bounded(1);
-        mailbox
-            .send(ShardMsg::Flush { done: tx })
-            .map_err(|_| shard_gone())?;
-        waits.push(rx);
-    }
     let mut instances = 0u64;
-    for rx in waits {
-        let (removed, _) = rx.recv_async().await.map_err(|_| shard_gone())??;
-        instances += removed;
+    for flushed in ctx.router.ask_all(|done| ShardMsg::Flush { done }).await? {
+        instances += flushed?.0;
     }
     let machines = ctx.catalog.clear() as u64;
     let mut r = ResultWriter::new();
