@@ -2,8 +2,9 @@
 # A/B of two corestate binaries under the same bench, runs alternating:
 #   BIN_A=<corestate> BIN_B=<corestate> [BENCH=<corestate-bench>] \
 #   [CELLS="workload:conns:pipeline:fsync ..."] [REPS=3] [DUR=5] [OUT=dir] \
-#   bash bench-results/scripts/ab.sh
-# Each run starts a fresh server (--shards 2, temp data dir), benches it with
+#   [ARGS_A="--shards 1"] [ARGS_B="--shards 2"] bash bench-results/scripts/ab.sh
+# Each run starts a fresh server (--shards 2 unless ARGS_A/ARGS_B say
+# otherwise, temp data dir), benches it with
 # --server-pid (CPU per request) and kills it by PID; one JSON per run in OUT,
 # one summary line per run on stdout.
 set -u
@@ -11,12 +12,12 @@ BENCH=${BENCH:-target/release/corestate-bench}
 REPS=${REPS:-3}
 OUT=${OUT:-target/ab-out}
 mkdir -p "$OUT"
-run_one() { # bin label cell rep
-  local bin=$1 label=$2 cell=$3 rep=$4
+run_one() { # bin label cell rep server-args
+  local bin=$1 label=$2 cell=$3 rep=$4 args=$5
   IFS=: read -r wl conns pipe fsync <<<"$cell"
   local port; port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
   local dir; dir=$(mktemp -d /tmp/ab.XXXX)
-  "$bin" --bind 127.0.0.1:$port --data-dir "$dir" --shards 2 --fsync "$fsync" 2>"$dir/log" &
+  "$bin" --bind 127.0.0.1:$port --data-dir "$dir" --fsync "$fsync" $args 2>"$dir/log" &
   local pid=$!
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
   local json="$OUT/$label-$wl-$conns-$pipe-$fsync-$rep.json"
@@ -36,7 +37,7 @@ PY
 }
 for cell in ${CELLS:-"apply:16:16:every_write get:16:16:every_write apply:1:1:every_write"}; do
   for rep in $(seq $REPS); do
-    run_one "$BIN_A" A "$cell" $rep
-    run_one "$BIN_B" B "$cell" $rep
+    run_one "$BIN_A" A "$cell" $rep "${ARGS_A:---shards 2}"
+    run_one "$BIN_B" B "$cell" $rep "${ARGS_B:---shards 2}"
   done
 done
