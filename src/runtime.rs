@@ -1,14 +1,15 @@
 //! Start-up, shutdown and the process's threads: one pinned glommio
 //! executor per shard (each recovers its own log, then serves its mailbox),
-//! a watchdog thread and a signal thread. The acceptor (client listener,
-//! connections, watch merge, batch coordinator, metrics endpoint) runs as
-//! tasks on shard 0's executor: with one shard per core, a thread of its own
-//! would share a core with a shard, and every request would cross threads —
-//! measured, that cost more than the acceptor's work (see
-//! `EXECUTOR_SPIN_BEFORE_PARK_US`). Requests for shard 0's instances stay
-//! on the thread; the others cross once each way through the mailboxes.
+//! a watchdog thread and a signal thread. Every shard's executor is also an
+//! acceptor core (`crate::server::cores`): it serves the connections core 0
+//! accepts and hands it, as tasks beside its shard — with one shard per
+//! core, a thread of its own would share a core with a shard, and every
+//! request would cross threads. Requests for a core's own shard's instances
+//! stay on the thread; the others cross once each way through the
+//! mailboxes. What each core runs once the shards opened is in
+//! `crate::server::boot`.
 //!
-//! Shutdown (SIGTERM/SIGINT, see `crate::shutdown`) runs on the acceptor:
+//! Shutdown (SIGTERM/SIGINT, see `crate::shutdown`) runs on core 0:
 //! stop accepting, drain connections, sync and stop every shard, return —
 //! and `main` exits 0. The watchdog stands down once shards are told to
 //! stop, since stopped shards no longer heartbeat.
@@ -18,12 +19,10 @@
 //! unreachable. The watchdog (`crate::watchdog`) aborts the process, naming
 //! the shard, when a shard's executor stops making progress.
 
-use std::cell::RefCell;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -32,14 +31,12 @@ use shards::shard::{OpenReport, Shard, ShardConfig, ShardMsg};
 use shards::wal::Frontier;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::server::acceptor::accept_loop;
 use crate::server::auth::TokenSet;
-use crate::server::catalog::{install_everywhere, Catalog};
-use crate::server::context::{Connections, Limits, Router, ServerCtx};
-use crate::server::refusals::{RefusalLog, REFUSAL_WARNING_WINDOW_SECS};
-use crate::shutdown::{self, ShutdownRequest};
-use crate::watch::merge::Merger;
+use crate::server::boot::{self, CoreJob, Shared};
+use crate::server::catalog::Catalog;
+use crate::server::context::{Limits, Router};
+use crate::server::cores::Cores;
+use crate::shutdown;
 
 /// Registered I/O memory per executor; must fit the locked-memory limit.
 pub const EXECUTOR_IO_MEMORY_BYTES: usize = 1024 * 1024;
@@ -128,12 +125,6 @@ fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
 /// Run the server until SIGTERM/SIGINT has shut it down gracefully
 /// (`Ok`). `tls` is the acceptor built from the configuration's
 /// certificates (`crate::server::tls::load`), `None` for plain TCP.
-/// The acceptor's work, built on the main thread and run on the executor of
-/// shard `ACCEPTOR_SHARD` (its futures are not `Send`; the closure is).
-type AcceptorJob = Box<
-    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>> + Send,
->;
-
 /// The shard whose executor also runs the acceptor: on a machine with as
 /// many shards as cores, a separate acceptor thread would share a core with
 /// a shard and make every request cross threads; here requests for this
@@ -155,9 +146,11 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let mut heartbeats = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<OpenReport, String>>();
     let (publish_tx, publish_rx) = flume::unbounded::<Publication>();
-    let (job_tx, job_rx) = flume::bounded::<AcceptorJob>(1);
+    let mut job_senders = Vec::new();
     let (done_tx, done_rx) = flume::bounded::<Result<(), String>>(1);
     for id in 0..config.shards {
+        let (job_tx, job_rx) = flume::bounded::<CoreJob>(1);
+        job_senders.push(job_tx);
         let (tx, rx) = flume::unbounded::<ShardMsg>();
         mailboxes.push(tx);
         let heartbeat = Arc::new(AtomicU64::new(0));
@@ -181,8 +174,9 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
         let frontier = frontier.clone();
         let ready = ready_tx.clone();
         let publisher = publish_tx.clone();
-        // Shard 0's executor also hosts the acceptor (see the module comment).
-        let acceptor_host = (id == ACCEPTOR_SHARD).then(|| (job_rx.clone(), done_tx.clone()));
+        // Every executor is also an acceptor core; core 0's job (accepting,
+        // then shutdown) reports its end (see the module comment).
+        let done = (id == ACCEPTOR_SHARD).then(|| done_tx.clone());
         LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("shard-{id}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
@@ -193,9 +187,10 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                     Ok((shard, report)) => {
                         let _ = ready.send(Ok(report));
                         let serving = glommio::spawn_local(shard.run(rx, Some(publisher)));
-                        if let Some((jobs, done)) = acceptor_host {
-                            if let Ok(job) = jobs.recv_async().await {
-                                let _ = done.send(job().await);
+                        if let Ok(job) = job_rx.recv_async().await {
+                            let result = job().await;
+                            if let Some(done) = done {
+                                let _ = done.send(result);
                             }
                         }
                         serving.await;
@@ -251,171 +246,49 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let recovered_instances: u64 = reports.iter().map(|r| r.instances_active).sum();
     crate::watchdog::start(heartbeats, shutdown.clone());
 
-    let listener_cfg = config.clone();
-    let acceptor: AcceptorJob = Box::new(move || {
-        Box::pin(async move {
-            let config = listener_cfg;
-            let router = Router::new(mailboxes.clone());
-            resolve_in_doubt(&router, &reports).await?;
-            let merger = Rc::new(RefCell::new(
-                Merger::new(reports.iter().map(|r| r.watermark).collect())
-                    .with_frontier(frontier.clone()),
-            ));
-            glommio::spawn_local(crate::watch::merge::run(
-                merger.clone(),
-                publish_rx,
-                mailboxes,
-            ))
-            .detach();
-            let catalog = Catalog::new(config.max_machine_versions);
-            let all_defs: Vec<_> = reports
-                .iter()
-                .flat_map(|r| r.machines.iter().cloned())
-                .collect();
-            catalog.load(all_defs);
-            // A PUT acknowledged on some shards before a crash is completed on
-            // the others, so every shard knows every machine again.
-            for def in catalog.installed() {
-                let raw = Arc::new(def.normalized_value());
-                if let Err(e) = install_everywhere(&router, &def, raw).await {
-                    return Err(format!(
-                        "cannot reinstall machine {} v{}: {e}",
-                        def.machine, def.version
-                    ));
-                }
-            }
-            let machines = catalog.installed().len();
-            let ctx = Rc::new(ServerCtx {
-                router,
-                merger,
-                catalog,
-                tokens: TokenSet::new(config.auth_required, &config.auth_token_hashes),
-                limits: Limits {
-                    max_inflight_requests_per_connection: config
-                        .max_inflight_requests_per_connection,
-                    max_batch_ops: config.max_batch_ops,
-                    max_connections: config.max_connections,
-                    idle_timeout: config.idle_timeout(),
-                    allow_flush_all: config.allow_flush_all,
-                    answer_buffer_per_connection_bytes: config.answer_buffer_per_connection_bytes,
-                    request_buffer_per_connection_bytes: config.request_buffer_per_connection_bytes,
-                },
-                metrics: Metrics::new(),
-                refusals: RefusalLog::new(),
-                conns: Connections::default(),
-                answer_budget: shards::shard::budget::ServerBudget::new(
-                    config.answer_buffer_total_bytes,
-                ),
-            });
-            let listener = glommio::net::TcpListener::bind(config.bind)
-                .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
-            if config.metrics.enabled {
-                let metrics_listener = glommio::net::TcpListener::bind(config.metrics.bind_addr)
-                    .map_err(|e| {
-                        format!(
-                            "cannot listen for metrics on {}: {e}",
-                            config.metrics.bind_addr
-                        )
-                    })?;
-                glommio::spawn_local(crate::metrics::http::serve(ctx.clone(), metrics_listener))
-                    .detach();
-            }
-            glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
-            tracing::info!(
-                "corestate {} listening on {}{} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
-                env!("CARGO_PKG_VERSION"),
-                config.bind,
-                match (&tls, config.tls.require_client_cert) {
-                    (None, _) => "",
-                    (Some(_), false) => " (TLS)",
-                    (Some(_), true) => " (TLS, client certificates required)",
-                },
-                config.shards,
-                config.data_dir.display(),
-                config.fsync,
-                if config.auth_required { "required" } else { "off" },
-                if config.metrics.enabled {
-                    format!("http://{}/metrics", config.metrics.bind_addr)
-                } else {
-                    "off".to_string()
-                },
-                recovered_records,
-                machines,
-                recovered_instances
-            );
-            let signal = accept_loop(ctx.clone(), &listener, tls, &shutdown).await;
-            drop(listener);
-            shut_down(&ctx, &shutdown, signal).await
-        })
-    });
-    job_tx
-        .send(acceptor)
-        .map_err(|_| "the acceptor's shard stopped during start-up".to_string())?;
+    let start = reports.iter().map(|r| r.watermark).min().unwrap_or(0);
+    let (cores, inboxes) = Cores::new(config.shards);
+    let shared = Shared {
+        cores,
+        router: Router::new(mailboxes.clone()),
+        catalog: Arc::new(Catalog::new(config.max_machine_versions)),
+        tokens: Arc::new(TokenSet::new(
+            config.auth_required,
+            &config.auth_token_hashes,
+        )),
+        limits: Limits {
+            max_inflight_requests_per_connection: config.max_inflight_requests_per_connection,
+            max_batch_ops: config.max_batch_ops,
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout(),
+            allow_flush_all: config.allow_flush_all,
+            answer_buffer_per_connection_bytes: config.answer_buffer_per_connection_bytes,
+            request_buffer_per_connection_bytes: config.request_buffer_per_connection_bytes,
+        },
+        answer_budget: shards::shard::budget::ServerBudget::new(config.answer_buffer_total_bytes),
+        frontier: frontier.clone(),
+        tls: tls.clone(),
+    };
+    let jobs = boot::jobs(
+        shared,
+        inboxes,
+        boot::Primary {
+            config: config.clone(),
+            reports,
+            publications: publish_rx,
+            mailboxes,
+            shutdown,
+            recovered_records,
+            recovered_instances,
+        },
+        start,
+    );
+    for (core, (job, sender)) in jobs.into_iter().zip(&job_senders).enumerate() {
+        sender
+            .send(job)
+            .map_err(|_| format!("shard {core} stopped during start-up"))?;
+    }
     done_rx
         .recv()
         .unwrap_or_else(|_| Err("the acceptor's shard stopped".to_string()))
-}
-
-/// Cross-shard batches a crash left prepared but undecided on some shard:
-/// committed if their decider's log holds the Commit, else abandoned
-/// (presumed abort). Done before the first client is served.
-async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(), String> {
-    let resolved = shards::coordinator::resolve_in_doubt(router.all(), reports)
-        .await
-        .map_err(|e| e.message)?;
-    for r in &resolved {
-        tracing::warn!(
-            "shard {}: batch {} was prepared but undecided at the crash; decider shard {} {}",
-            r.shard,
-            r.txid,
-            r.decider,
-            if r.committed {
-                "committed it: applied"
-            } else {
-                "never committed it: dropped"
-            }
-        );
-    }
-    if !resolved.is_empty() {
-        tracing::info!(
-            "resolved {} cross-shard batch part(s) left in doubt",
-            resolved.len()
-        );
-    }
-    Ok(())
-}
-
-/// The graceful sequence after the listener closed (see `crate::shutdown`).
-async fn shut_down(
-    ctx: &Rc<ServerCtx>,
-    shutdown: &ShutdownRequest,
-    signal: &str,
-) -> Result<(), String> {
-    let started = Instant::now();
-    tracing::info!("{signal}: stopped accepting connections");
-    let open = ctx.conns.len();
-    let abandoned = shutdown::drain_connections(ctx).await;
-    shutdown.mark_begun();
-    let unsynced = shutdown::stop_shards(&ctx.router).await;
-    if !unsynced.is_empty() {
-        return Err(format!(
-            "shutdown: shard(s) {unsynced:?} did not confirm their WAL sync within {} ms",
-            shutdown::SHUTDOWN_SHARD_SYNC_TIMEOUT_MS
-        ));
-    }
-    tracing::info!(
-        "shutdown complete in {} ms: {} of {open} connection(s) finished cleanly, every shard's WAL synced",
-        started.elapsed().as_millis(),
-        open - abandoned.min(open)
-    );
-    Ok(())
-}
-
-/// Ends the refusal log's windows on time, so suppressed warnings are
-/// counted in the log even when the flood stopped.
-async fn flush_refusal_log(ctx: Rc<ServerCtx>) {
-    loop {
-        glommio::timer::sleep(Duration::from_secs(REFUSAL_WARNING_WINDOW_SECS)).await;
-        ctx.refusals.flush();
-    }
 }

@@ -1,10 +1,10 @@
 //! Graceful shutdown on SIGTERM or SIGINT.
 //!
 //! A signal thread (signal-hook) turns the first SIGTERM/SIGINT into a
-//! message to the acceptor, which then, in order:
+//! message to core 0's acceptor, which then, in order:
 //! 1. stops accepting (the listening socket is closed, so new connections
 //!    are refused by the kernel);
-//! 2. asks every connection to stop reading: requests already received are
+//! 2. asks every connection, on every acceptor core, to stop reading: requests already received are
 //!    answered, nothing more is read, and each connection closes once every
 //!    answer it owes is written (watch connections close after their
 //!    pending writes); it waits up to `SHUTDOWN_DRAIN_TIMEOUT_MS` for them;
@@ -38,6 +38,9 @@ pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
 pub const SHUTDOWN_SHARD_SYNC_TIMEOUT_MS: u64 = 5_000;
 /// After the first signal the process is gone within this long, cleanly or not.
 pub const SHUTDOWN_DEADLINE_MS: u64 = 15_000;
+/// How much longer than the drain timeout the coordinator waits for a
+/// core's drain report before counting that core as not drained.
+pub const SHUTDOWN_DRAIN_ANSWER_GRACE_MS: u64 = 1_000;
 /// How often the drain checks whether every connection is gone.
 pub const SHUTDOWN_DRAIN_POLL_MS: u64 = 10;
 /// Exit status when the graceful sequence was cut short.
@@ -128,6 +131,26 @@ pub async fn drain_connections(ctx: &crate::server::context::ServerCtx) -> usize
         );
     }
     left
+}
+
+/// Step 2 on every acceptor core at once (`drain_connections` on each);
+/// returns how many connections were still open when they gave up. A core
+/// that does not answer counts with all the connections it had.
+pub async fn drain_all_cores(ctx: &crate::server::context::ServerCtx) -> usize {
+    use crate::server::cores::CoreMsg;
+    let left = ctx
+        .cores
+        .ask_all_until(
+            |done| CoreMsg::Drain { done },
+            glommio::timer::sleep(Duration::from_millis(
+                SHUTDOWN_DRAIN_TIMEOUT_MS + SHUTDOWN_DRAIN_ANSWER_GRACE_MS,
+            )),
+        )
+        .await;
+    if left.iter().any(Option::is_none) {
+        return ctx.cores.open_total();
+    }
+    left.into_iter().flatten().sum()
 }
 
 /// Step 3: every shard finishes its group, syncs its WAL and stops. Returns

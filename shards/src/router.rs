@@ -104,10 +104,11 @@ pub async fn ask_all<T>(
 
 /// Ask every shard at once and take what has come when `deadline` completes:
 /// `None` for a shard that could not be asked or had not answered by then
-/// (for shutdown and metrics, which must not hang on a stuck shard).
-pub async fn ask_all_until<T>(
-    mailboxes: &[Mailbox],
-    mut make: impl FnMut(flume::Sender<T>) -> ShardMsg,
+/// (for shutdown and metrics, which must not hang on a stuck shard). Generic
+/// over the message, so the server's acceptor cores are asked the same way.
+pub async fn ask_all_until<M, T>(
+    mailboxes: &[flume::Sender<M>],
+    mut make: impl FnMut(flume::Sender<T>) -> M,
     deadline: impl Future<Output = ()>,
 ) -> Vec<Option<T>> {
     let waits: Vec<Option<flume::Receiver<T>>> = mailboxes

@@ -29,7 +29,6 @@ use super::process::ProcessStats;
 use super::{Exposition, WatchKind};
 use crate::server::context::ServerCtx;
 use crate::server::refusals::RefusalCause;
-use crate::watch::subscription::Filter;
 
 /// Scrape connections served at once.
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
@@ -191,20 +190,49 @@ async fn shard_stats(ctx: &ServerCtx) -> Vec<Option<ShardStats>> {
 /// The whole exposition: counters, levels read now, shard and process stats.
 pub async fn scrape(ctx: &ServerCtx) -> String {
     let stats = shard_stats(ctx).await;
+    let cores = crate::server::cores::stats_of_all(ctx).await;
+    let mut counters = super::Counters::default();
+    let mut refusals = [0u64; 3];
+    let mut subscriptions = [0u64; 2];
+    let mut lag_max = 0u64;
+    let mut connections_open = 0usize;
+    for (_, core) in &cores {
+        counters.absorb(&core.counters);
+        for (sum, n) in refusals.iter_mut().zip(core.refusals) {
+            *sum += n;
+        }
+        for (sum, n) in subscriptions.iter_mut().zip(core.subscriptions) {
+            *sum += n;
+        }
+        lag_max = lag_max.max(core.lag_max_offsets);
+        connections_open += core.connections_open;
+    }
     let mut out = Exposition::new();
 
     out.single(
         "rstmdb_connections_total",
         "counter",
         "Client connections accepted.",
-        ctx.metrics.connections_total() as f64,
+        counters.connections_total() as f64,
     );
     out.single(
         "rstmdb_connections_active",
         "gauge",
         "Client connections open now (including TLS handshakes in progress).",
-        ctx.conns.len() as f64,
+        connections_open as f64,
     );
+    out.header(
+        "corestate_core_connections_open",
+        "gauge",
+        "Client connections open now, by the acceptor core serving them.",
+    );
+    for (core, stats) in &cores {
+        out.sample(
+            "corestate_core_connections_open",
+            &[("core", &core.to_string())],
+            stats.connections_open as f64,
+        );
+    }
     out.single(
         "corestate_answer_buffer_bytes",
         "gauge",
@@ -222,33 +250,17 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
         "counter",
         "Refusals by cause: connection limit, TLS handshake failure, failed AUTH.",
     );
-    for cause in RefusalCause::ALL {
+    for (cause, total) in RefusalCause::ALL.iter().zip(refusals) {
         out.sample(
             "corestate_refusals_total",
             &[("cause", cause.as_str())],
-            ctx.refusals.total(cause) as f64,
+            total as f64,
         );
     }
-    super::render_counters(&ctx.metrics, &mut out);
+    counters.render(&mut out);
 
     // Subscriptions and how far behind the released stream they are.
     let released_upto = ctx.merger.borrow().released_upto();
-    let mut subscriptions = [0u64; 2];
-    let mut lag_max = 0u64;
-    for handle in ctx.conns.handles() {
-        let Some(watch) = handle.watch() else {
-            continue;
-        };
-        let watch = watch.borrow();
-        for sub in &watch.subs {
-            let kind = match sub.filter {
-                Filter::Instance(_) => WatchKind::Instance,
-                Filter::All { .. } => WatchKind::All,
-            };
-            subscriptions[kind as usize] += 1;
-            lag_max = lag_max.max(released_upto.saturating_sub(sub.cursor));
-        }
-    }
     out.header(
         "rstmdb_subscriptions_active",
         "gauge",

@@ -1,12 +1,14 @@
 //! Prometheus metrics (docs/PROTOCOL.md §13.6): the counters the request path updates,
 //! and the text exposition a scrape renders.
 //!
-//! The request path only touches plain `Cell` counters owned by the
-//! acceptor's executor (`Metrics`): one add per request for the operation,
-//! one for the latency bucket, one for an error code. Everything that is a
-//! level rather than an event — open connections, subscriptions and their
-//! lag, shard mailbox depths, WAL counters, process figures — is read when
-//! `/metrics` is scraped (`scrape`), so it costs nothing between scrapes.
+//! The request path only touches plain counters owned by its acceptor
+//! core's executor (`Metrics`, one per core): one add per request for the
+//! operation, one for the latency bucket, one for an error code. Everything
+//! that is a level rather than an event — open connections, subscriptions
+//! and their lag, shard mailbox depths, WAL counters, process figures — is
+//! read when `/metrics` is scraped (`scrape`), so it costs nothing between
+//! scrapes. A scrape asks every acceptor core for a copy of its counters
+//! and levels (`crate::server::cores`) and adds them up.
 //!
 //! Names: the metrics rstmdb 0.3 defines keep its `rstmdb_` names, so
 //! existing dashboards work; corestate's own (per shard, refusals, watch
@@ -23,7 +25,7 @@
 pub mod http;
 pub mod process;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -51,19 +53,19 @@ const OP_SLOTS: usize = 32;
 /// Slots for per-error-code series; more than the 19 codes.
 const ERROR_CODE_SLOTS: usize = 32;
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct OpSeries {
-    name: Cell<Option<&'static str>>,
-    count: Cell<u64>,
+    name: Option<&'static str>,
+    count: u64,
     /// Non-cumulative: `buckets[i]` counts requests in `(bound[i-1], bound[i]]`.
-    buckets: [Cell<u64>; 9],
-    sum_nanos: Cell<u64>,
+    buckets: [u64; 9],
+    sum_nanos: u64,
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct CodeSeries {
-    name: Cell<Option<&'static str>>,
-    count: Cell<u64>,
+    name: Option<&'static str>,
+    count: u64,
 }
 
 /// The kind of a watch subscription, as labelled in metrics.
@@ -82,99 +84,75 @@ impl WatchKind {
     }
 }
 
-fn add(cell: &Cell<u64>, n: u64) {
-    cell.set(cell.get().wrapping_add(n));
-}
-
-/// Event counters of the acceptor; see the module comment.
-pub struct Metrics {
-    connections_total: Cell<u64>,
+/// The event counters themselves: plain numbers, so that one acceptor
+/// core's counters can be copied to the core that renders a scrape and
+/// added to the others' (`absorb`).
+#[derive(Clone)]
+pub struct Counters {
+    connections_total: u64,
     requests: [OpSeries; OP_SLOTS],
     errors: [CodeSeries; ERROR_CODE_SLOTS],
-    events_forwarded: [Cell<u64>; 2],
+    events_forwarded: [u64; 2],
 }
 
-impl Default for Metrics {
+impl Default for Counters {
     fn default() -> Self {
-        Self::new()
+        Counters {
+            connections_total: 0,
+            requests: [OpSeries::default(); OP_SLOTS],
+            errors: [CodeSeries::default(); ERROR_CODE_SLOTS],
+            events_forwarded: [0; 2],
+        }
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        Metrics {
-            connections_total: Cell::new(0),
-            requests: Default::default(),
-            errors: Default::default(),
-            events_forwarded: Default::default(),
-        }
-    }
-
-    /// A connection was accepted (within the limit).
-    pub fn connection_accepted(&self) {
-        add(&self.connections_total, 1);
-    }
-
-    /// A request was answered. `op` is `None` for a request whose envelope
-    /// could not be read (it still counts as an error).
-    pub fn request_answered(&self, op: Option<Op>, elapsed: Duration, error: Option<ErrorCode>) {
-        if let Some(op) = op {
-            let index = op as usize;
-            debug_assert!(index < OP_SLOTS);
-            if let Some(series) = self.requests.get(index) {
-                if series.name.get().is_none() {
-                    series.name.set(Some(op.name()));
-                }
-                add(&series.count, 1);
-                let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-                add(&series.sum_nanos, nanos);
-                if let Some(bucket) = REQUEST_DURATION_BUCKETS_NANOS
-                    .iter()
-                    .position(|&b| nanos <= b)
-                {
-                    add(&series.buckets[bucket], 1);
-                }
+impl Counters {
+    /// Add another core's counters to these.
+    pub fn absorb(&mut self, other: &Counters) {
+        self.connections_total += other.connections_total;
+        for (mine, theirs) in self.requests.iter_mut().zip(&other.requests) {
+            mine.name = mine.name.or(theirs.name);
+            mine.count += theirs.count;
+            mine.sum_nanos = mine.sum_nanos.wrapping_add(theirs.sum_nanos);
+            for (a, b) in mine.buckets.iter_mut().zip(&theirs.buckets) {
+                *a += b;
             }
         }
-        if let Some(code) = error {
-            let index = code as usize;
-            debug_assert!(index < ERROR_CODE_SLOTS);
-            if let Some(series) = self.errors.get(index) {
-                if series.name.get().is_none() {
-                    series.name.set(Some(code.as_str()));
-                }
-                add(&series.count, 1);
-            }
+        for (mine, theirs) in self.errors.iter_mut().zip(&other.errors) {
+            mine.name = mine.name.or(theirs.name);
+            mine.count += theirs.count;
         }
-    }
-
-    /// `n` events were written to subscribers of `kind`.
-    pub fn events_forwarded(&self, kind: WatchKind, n: u64) {
-        add(&self.events_forwarded[kind as usize], n);
+        for (a, b) in self
+            .events_forwarded
+            .iter_mut()
+            .zip(&other.events_forwarded)
+        {
+            *a += b;
+        }
     }
 
     pub fn connections_total(&self) -> u64 {
-        self.connections_total.get()
+        self.connections_total
     }
 
     /// Requests answered for `op` so far.
     pub fn requests(&self, op: Op) -> u64 {
-        self.requests.get(op as usize).map_or(0, |s| s.count.get())
+        self.requests.get(op as usize).map_or(0, |s| s.count)
     }
 
     /// Append the counters' exposition.
-    fn render(&self, out: &mut Exposition) {
+    pub fn render(&self, out: &mut Exposition) {
         out.header(
             "rstmdb_requests_total",
             "counter",
             "Requests answered, by operation.",
         );
-        for series in self.requests.iter().filter(|s| s.name.get().is_some()) {
-            let op = series.name.get().unwrap_or_default();
+        let seen_ops = || self.requests.iter().filter_map(|s| Some((s.name?, s)));
+        for (op, series) in seen_ops() {
             out.sample(
                 "rstmdb_requests_total",
                 &[("operation", op)],
-                series.count.get() as f64,
+                series.count as f64,
             );
         }
         out.header(
@@ -182,12 +160,11 @@ impl Metrics {
             "counter",
             "Error responses, by RCP error code.",
         );
-        for series in self.errors.iter().filter(|s| s.name.get().is_some()) {
-            let code = series.name.get().unwrap_or_default();
+        for (code, series) in self.errors.iter().filter_map(|s| Some((s.name?, s))) {
             out.sample(
                 "rstmdb_errors_total",
                 &[("code", code)],
-                series.count.get() as f64,
+                series.count as f64,
             );
         }
         out.header(
@@ -195,11 +172,10 @@ impl Metrics {
             "histogram",
             "Time from reading a request to its answer being ready to write, by operation.",
         );
-        for series in self.requests.iter().filter(|s| s.name.get().is_some()) {
-            let op = series.name.get().unwrap_or_default();
+        for (op, series) in seen_ops() {
             let mut cumulative = 0u64;
             for (bound, bucket) in REQUEST_DURATION_BUCKETS_SECONDS.iter().zip(&series.buckets) {
-                cumulative += bucket.get();
+                cumulative += bucket;
                 out.sample(
                     "rstmdb_request_duration_seconds_bucket",
                     &[("operation", op), ("le", &format_float(*bound))],
@@ -209,17 +185,17 @@ impl Metrics {
             out.sample(
                 "rstmdb_request_duration_seconds_bucket",
                 &[("operation", op), ("le", "+Inf")],
-                series.count.get() as f64,
+                series.count as f64,
             );
             out.sample(
                 "rstmdb_request_duration_seconds_sum",
                 &[("operation", op)],
-                series.sum_nanos.get() as f64 / 1e9,
+                series.sum_nanos as f64 / 1e9,
             );
             out.sample(
                 "rstmdb_request_duration_seconds_count",
                 &[("operation", op)],
-                series.count.get() as f64,
+                series.count as f64,
             );
         }
         out.header(
@@ -231,9 +207,72 @@ impl Metrics {
             out.sample(
                 "rstmdb_events_forwarded_total",
                 &[("type", kind.as_str())],
-                self.events_forwarded[kind as usize].get() as f64,
+                self.events_forwarded[kind as usize] as f64,
             );
         }
+    }
+}
+
+/// One acceptor core's event counters; see the module comment. Only its
+/// own executor touches them.
+#[derive(Default)]
+pub struct Metrics {
+    counters: RefCell<Counters>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A connection was accepted (within the limit).
+    pub fn connection_accepted(&self) {
+        self.counters.borrow_mut().connections_total += 1;
+    }
+
+    /// A request was answered. `op` is `None` for a request whose envelope
+    /// could not be read (it still counts as an error).
+    pub fn request_answered(&self, op: Option<Op>, elapsed: Duration, error: Option<ErrorCode>) {
+        let mut c = self.counters.borrow_mut();
+        if let Some(op) = op {
+            let index = op as usize;
+            debug_assert!(index < OP_SLOTS);
+            if let Some(series) = c.requests.get_mut(index) {
+                series.name.get_or_insert(op.name());
+                series.count += 1;
+                let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                series.sum_nanos = series.sum_nanos.wrapping_add(nanos);
+                if let Some(bucket) = REQUEST_DURATION_BUCKETS_NANOS
+                    .iter()
+                    .position(|&b| nanos <= b)
+                {
+                    series.buckets[bucket] += 1;
+                }
+            }
+        }
+        if let Some(code) = error {
+            let index = code as usize;
+            debug_assert!(index < ERROR_CODE_SLOTS);
+            if let Some(series) = c.errors.get_mut(index) {
+                series.name.get_or_insert(code.as_str());
+                series.count += 1;
+            }
+        }
+    }
+
+    /// `n` events were written to subscribers of `kind`.
+    pub fn events_forwarded(&self, kind: WatchKind, n: u64) {
+        self.counters.borrow_mut().events_forwarded[kind as usize] += n;
+    }
+
+    /// A copy of the counters now.
+    pub fn snapshot(&self) -> Counters {
+        self.counters.borrow().clone()
+    }
+
+    /// Requests answered for `op` so far.
+    pub fn requests(&self, op: Op) -> u64 {
+        self.counters.borrow().requests(op)
     }
 }
 
@@ -307,11 +346,6 @@ impl Exposition {
     }
 }
 
-/// Render the acceptor's counters (used by the scrape and by tests).
-pub fn render_counters(metrics: &Metrics, out: &mut Exposition) {
-    metrics.render(out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +354,7 @@ mod tests {
     fn histogram_buckets_are_cumulative_and_series_appear_on_first_use() {
         let m = Metrics::new();
         let mut out = Exposition::new();
-        m.render(&mut out);
+        m.snapshot().render(&mut out);
         let text = out.finish();
         assert!(!text.contains("operation=\"PING\""), "{text}");
 
@@ -333,7 +367,7 @@ mod tests {
             Some(ErrorCode::InstanceNotFound),
         );
         let mut out = Exposition::new();
-        m.render(&mut out);
+        m.snapshot().render(&mut out);
         let text = out.finish();
         for line in [
             "rstmdb_requests_total{operation=\"PING\"} 3",

@@ -1,11 +1,13 @@
-//! The accept loop: one task per connection on the acceptor's executor.
+//! The accept loop, on core 0: each accepted connection goes to the
+//! acceptor core with the fewest open connections (`crate::server::cores`),
+//! where one task serves it.
 //!
 //! * TLS: the handshake runs inside the connection's task, bounded by
 //!   `TLS_HANDSHAKE_TIMEOUT_MS`, so the loop goes straight back to
 //!   `accept`. A failed handshake (plain TCP on a TLS port, no or a wrong
 //!   client certificate) closes that socket and logs a rate-limited warning.
-//! * Connection limit: at most `max_connections` connections are open
-//!   (handshaking ones included). One over the limit is not just dropped,
+//! * Connection limit: at most `max_connections` connections are open on
+//!   all cores together (handshaking ones included). One over the limit is not just dropped,
 //!   as rstmdb 0.3 does, which both official clients report as an
 //!   unexplained "connection closed": it gets the answer `RATE_LIMITED`
 //!   "too many connections (max N)" to its first request (the clients' HELLO),
@@ -19,17 +21,19 @@
 //!   socket is closed by the caller dropping it.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future::{self, poll_fn};
 use futures_rustls::TlsAcceptor;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use shards::{EngineError, ErrorCode};
 
 use super::connection::{self, ByteStream};
 use super::context::{ConnRegistration, ServerCtx};
+use super::cores::{Handoff, Seat};
 use super::refusals::RefusalCause;
 use super::tls;
 use crate::protocol::frame::FrameDecoder;
@@ -75,7 +79,7 @@ async fn accept_forever(
         let peer = stream.peer_addr().ok();
         let _ = stream.set_nodelay(true);
         let max = ctx.limits.max_connections;
-        if ctx.conns.len() >= max {
+        if ctx.cores.open_total() >= max {
             ctx.refusals
                 .refuse(RefusalCause::ConnectionLimit, peer, || {
                     format!("too many connections (max {max}, max_connections)")
@@ -101,38 +105,63 @@ async fn accept_forever(
             .detach();
             continue;
         }
-        ctx.metrics.connection_accepted();
-        let registration = ConnRegistration::new(&ctx, peer);
-        let ctx = ctx.clone();
-        let tls = tls.clone();
-        glommio::spawn_local(async move {
-            let conn = registration.handle.clone();
-            match tls {
-                None => connection::serve(ctx, stream, conn).await,
-                Some(acceptor) => {
-                    let shaken = future::or(
-                        async { Some(tls::handshake(&acceptor, stream).await) },
-                        async {
-                            conn.stopped().await;
-                            None
-                        },
-                    )
-                    .await;
-                    match shaken {
-                        Some(Ok(stream)) => connection::serve(ctx, stream, conn).await,
-                        Some(Err(e)) => {
-                            ctx.refusals.refuse(RefusalCause::TlsHandshake, peer, || {
-                                format!("TLS handshake failed: {e}")
-                            })
-                        }
-                        None => {}
-                    }
+        let seat = ctx.cores.take_seat();
+        if seat.core == ctx.core {
+            serve_accepted(&ctx, stream, peer, seat, tls.clone());
+            continue;
+        }
+        let handed = Handoff::new(stream, peer, seat)
+            .map_err(|e| e.to_string())
+            .and_then(|h| {
+                if ctx.cores.hand_off(h) {
+                    Ok(())
+                } else {
+                    Err("its core stopped".to_string())
+                }
+            });
+        if let Err(e) = handed {
+            tracing::warn!("closed an accepted connection: cannot hand it to a core: {e}");
+        }
+    }
+}
+
+/// Serve a connection on this core: register it (shutdown and metrics see
+/// it), then a task runs the TLS handshake, if any, and the connection.
+pub fn serve_accepted(
+    ctx: &Rc<ServerCtx>,
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    seat: Seat,
+    tls: Option<TlsAcceptor>,
+) {
+    ctx.metrics.connection_accepted();
+    let registration = ConnRegistration::new(ctx, peer, seat);
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let conn = registration.handle.clone();
+        match tls {
+            None => connection::serve(ctx, stream, conn).await,
+            Some(acceptor) => {
+                let shaken = future::or(
+                    async { Some(tls::handshake(&acceptor, stream).await) },
+                    async {
+                        conn.stopped().await;
+                        None
+                    },
+                )
+                .await;
+                match shaken {
+                    Some(Ok(stream)) => connection::serve(ctx, stream, conn).await,
+                    Some(Err(e)) => ctx.refusals.refuse(RefusalCause::TlsHandshake, peer, || {
+                        format!("TLS handshake failed: {e}")
+                    }),
+                    None => {}
                 }
             }
-            drop(registration);
-        })
-        .detach();
-    }
+        }
+        drop(registration);
+    })
+    .detach();
 }
 
 /// Answer the first request of a connection over the limit with

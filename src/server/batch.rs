@@ -9,7 +9,7 @@
 //! them are parked by their shard (they wait; they neither fail nor see
 //! staged state), and its watch events are published only after its Commit.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -207,18 +207,20 @@ fn atomic_failure(index: usize, op: Op, e: EngineError) -> EngineError {
     .with_details(details)
 }
 
-thread_local! {
-    static NEXT_TXID: Cell<u64> = Cell::new(
-        shards::wal::offset::wall_clock_tick(&shards::env::SystemClock) << 16,
-    );
-}
+/// Batch ids, unique in the process: every acceptor core coordinates
+/// batches, and a shard tells batches apart by id alone — two cores with a
+/// counter each would hand out the same ids. One atomic add per atomic
+/// batch (which costs two rounds of shard messages anyway). Seeded from the
+/// clock so ids also differ from those of earlier runs.
+static NEXT_TXID: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
+    std::sync::LazyLock::new(|| {
+        std::sync::atomic::AtomicU64::new(
+            shards::wal::offset::wall_clock_tick(&shards::env::SystemClock) << 16,
+        )
+    });
 
 fn next_txid() -> u64 {
-    NEXT_TXID.with(|c| {
-        let id = c.get() + 1;
-        c.set(id);
-        id
-    })
+    NEXT_TXID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 /// Run a BATCH. Everything that must reach a shard before later requests of

@@ -1,5 +1,7 @@
-//! The server-wide machine catalog, kept on the acceptor: the one place that
-//! decides PUT_MACHINE, so that two concurrent PUTs of one (machine, version)
+//! The server-wide machine catalog, shared by the acceptor cores (one
+//! `Arc`; a mutex held only for map lookups and updates, never across an
+//! `await` — machine operations are not on the data path): the one place
+//! that decides PUT_MACHINE, so that two concurrent PUTs of one (machine, version)
 //! cannot install different definitions on different shards.
 //!
 //! A PUT reserves the (machine, version) as *pending*, sends the definition
@@ -8,9 +10,8 @@
 //! is it acknowledged, listed or returned by GET_MACHINE. A concurrent PUT of
 //! the same definition waits for the first; a different one is refused.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use shards::machine::definition::{parse_definition, MachineDef};
@@ -29,7 +30,7 @@ enum Entry {
 }
 
 pub struct Catalog {
-    machines: RefCell<BTreeMap<String, BTreeMap<u32, Entry>>>,
+    machines: Mutex<BTreeMap<String, BTreeMap<u32, Entry>>>,
     /// 0 = unlimited.
     max_versions_per_machine: u32,
 }
@@ -53,14 +54,20 @@ fn put_result(created: bool, def: &MachineDef) -> Vec<u8> {
 impl Catalog {
     pub fn new(max_versions_per_machine: u32) -> Self {
         Catalog {
-            machines: RefCell::new(BTreeMap::new()),
+            machines: Mutex::new(BTreeMap::new()),
             max_versions_per_machine,
         }
     }
 
+    /// The map, locked. A panic aborts the process (`runtime`), so a
+    /// poisoned lock cannot be observed; its data is taken as is.
+    fn machines(&self) -> MutexGuard<'_, BTreeMap<String, BTreeMap<u32, Entry>>> {
+        self.machines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Add definitions recovered by the shards at start-up.
     pub fn load(&self, defs: impl IntoIterator<Item = Arc<MachineDef>>) {
-        let mut machines = self.machines.borrow_mut();
+        let mut machines = self.machines();
         for def in defs {
             machines
                 .entry(def.machine.clone())
@@ -72,14 +79,14 @@ impl Catalog {
 
     /// FLUSH_ALL: forget every machine (the shards forgot them durably).
     pub fn clear(&self) -> usize {
-        let mut machines = self.machines.borrow_mut();
+        let mut machines = self.machines();
         let n = machines.values().map(|v| v.len()).sum();
         machines.clear();
         n
     }
 
     pub fn installed(&self) -> Vec<Arc<MachineDef>> {
-        let machines = self.machines.borrow();
+        let machines = self.machines();
         machines
             .values()
             .flat_map(|v| v.values())
@@ -99,7 +106,7 @@ impl Catalog {
     ) -> EngineResult<Vec<u8>> {
         // 1. Version limit, for versions not yet known.
         {
-            let machines = self.machines.borrow();
+            let machines = self.machines();
             let versions = machines.get(machine);
             let known = versions.is_some_and(|v| v.contains_key(&version));
             let count = versions.map_or(0, |v| v.len());
@@ -117,7 +124,7 @@ impl Catalog {
         let def = Arc::new(parse_definition(machine, version, definition)?);
         // 3. Existing or pending version.
         let wait = {
-            let mut machines = self.machines.borrow_mut();
+            let mut machines = self.machines();
             let versions = machines.entry(machine.to_owned()).or_default();
             match versions.get_mut(&version) {
                 Some(Entry::Installed(existing)) => {
@@ -156,7 +163,7 @@ impl Catalog {
         // 4. Install on every shard, durably, then publish.
         let outcome = install_everywhere(router, &def, Arc::new(definition.clone())).await;
         let waiters = {
-            let mut machines = self.machines.borrow_mut();
+            let mut machines = self.machines();
             let versions = machines.entry(machine.to_owned()).or_default();
             let previous = match &outcome {
                 Ok(()) => versions.insert(version, Entry::Installed(def.clone())),
@@ -177,7 +184,7 @@ impl Catalog {
     }
 
     pub fn get(&self, machine: &str, version: u32) -> EngineResult<Vec<u8>> {
-        let machines = self.machines.borrow();
+        let machines = self.machines();
         match machines.get(machine).and_then(|v| v.get(&version)) {
             Some(Entry::Installed(def)) => {
                 let mut r = ResultWriter::new();
@@ -190,7 +197,7 @@ impl Catalog {
     }
 
     pub fn list(&self) -> Vec<u8> {
-        let machines = self.machines.borrow();
+        let machines = self.machines();
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(br#"{"items":["#);
         let mut first = true;

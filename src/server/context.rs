@@ -1,15 +1,18 @@
-//! What every connection on the acceptor shares: the shard mailboxes, the
-//! machine catalog, authentication settings, limits, metrics, the refusal
-//! log and the registry of open connections. It lives on the acceptor's
-//! executor only (`Rc`), so nothing in it needs a lock.
+//! What every connection on one acceptor core shares: the shard mailboxes,
+//! the machine catalog, authentication settings, limits, metrics, the
+//! refusal log and the registry of open connections. Each acceptor core has
+//! its own (`Rc`, `crate::server::cores`); what the cores share is behind an
+//! `Arc` and says why it is cheap there.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::auth::TokenSet;
 use super::catalog::Catalog;
+use super::cores::{Cores, Seat};
 use super::refusals::RefusalLog;
 use crate::metrics::Metrics;
 use crate::watch::subscription::ConnWatch;
@@ -127,15 +130,17 @@ impl Connections {
     }
 }
 
-/// A connection's registration; dropping it removes the connection.
+/// A connection's registration; dropping it removes the connection (and
+/// frees its seat in the server-wide count).
 pub struct ConnRegistration {
     ctx: Rc<ServerCtx>,
     id: u64,
     pub handle: Rc<ConnHandle>,
+    _seat: Seat,
 }
 
 impl ConnRegistration {
-    pub fn new(ctx: &Rc<ServerCtx>, peer: Option<SocketAddr>) -> Self {
+    pub fn new(ctx: &Rc<ServerCtx>, peer: Option<SocketAddr>, seat: Seat) -> Self {
         let conns = &ctx.conns;
         let id = conns.next_id.get();
         conns.next_id.set(id + 1);
@@ -148,6 +153,7 @@ impl ConnRegistration {
             ctx: ctx.clone(),
             id,
             handle,
+            _seat: seat,
         }
     }
 }
@@ -159,14 +165,20 @@ impl Drop for ConnRegistration {
 }
 
 pub struct ServerCtx {
+    /// Which acceptor core this is (the index of the shard whose executor
+    /// runs it).
+    pub core: usize,
+    /// Every acceptor core: hand-offs, server-wide connection counts, asks.
+    pub cores: Arc<Cores>,
     pub router: Router,
+    /// This core's watch merge (the primary on core 0, a replica elsewhere).
     pub merger: Rc<RefCell<crate::watch::merge::Merger>>,
-    pub catalog: Catalog,
-    pub tokens: TokenSet,
+    pub catalog: Arc<Catalog>,
+    pub tokens: Arc<TokenSet>,
     pub limits: Limits,
     pub metrics: Metrics,
     pub refusals: RefusalLog,
     pub conns: Connections,
     /// Bytes of unwritten answers all connections together may hold.
-    pub answer_budget: std::sync::Arc<shards::shard::budget::ServerBudget>,
+    pub answer_budget: Arc<shards::shard::budget::ServerBudget>,
 }

@@ -4,9 +4,11 @@
 pub mod acceptor;
 pub mod auth;
 pub mod batch;
+pub mod boot;
 pub mod catalog;
 pub mod connection;
 pub mod context;
+pub mod cores;
 pub mod dispatch;
 pub mod ops;
 pub mod refusals;

@@ -8,7 +8,8 @@
 //! logged when the window ends (by the next refusal, or by the periodic
 //! `flush` the acceptor runs). The metrics count every refusal regardless.
 //!
-//! Lives on the acceptor's executor: plain `Cell`s, no locks.
+//! One log per acceptor core, on its executor: plain `Cell`s, no locks (so
+//! the warning budget is per core; a scrape adds up the totals).
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -106,6 +107,11 @@ impl RefusalLog {
     /// Refusals of `cause` since start.
     pub fn total(&self, cause: RefusalCause) -> u64 {
         self.windows[cause.index()].total.get()
+    }
+
+    /// Refusals since start, indexed like `RefusalCause::ALL`.
+    pub fn totals(&self) -> [u64; 3] {
+        RefusalCause::ALL.map(|cause| self.total(cause))
     }
 
     /// End windows that are over, logging how many warnings each suppressed.

@@ -71,6 +71,9 @@ pub struct Merger {
     /// Connections with subscriptions, woken when events are released.
     wakers: Vec<std::rc::Weak<flume::Sender<()>>>,
     frontier: Option<Frontier>,
+    /// Events released since `take_released`, kept only when other cores'
+    /// replicas are fed from this merge (`relaying`).
+    outbox: Option<Vec<Arc<WatchEvent>>>,
 }
 
 impl Merger {
@@ -88,7 +91,20 @@ impl Merger {
             released_upto: start,
             wakers: Vec::new(),
             frontier: None,
+            outbox: None,
         }
+    }
+
+    /// Keep released events for `take_released` (the primary merge, when
+    /// other acceptor cores hold replicas).
+    pub fn relaying(mut self) -> Self {
+        self.outbox = Some(Vec::new());
+        self
+    }
+
+    /// Events released since the last call, oldest first.
+    pub fn take_released(&mut self) -> Vec<Arc<WatchEvent>> {
+        self.outbox.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The shards' shared frontier, for `live_start`.
@@ -131,6 +147,9 @@ impl Merger {
             };
             debug_assert!(self.ring.back().is_none_or(|last| last.offset < e.offset));
             self.ring_bytes += event_bytes(&e);
+            if let Some(outbox) = &mut self.outbox {
+                outbox.push(e.clone());
+            }
             self.ring.push_back(e);
             released += 1;
         }
@@ -207,13 +226,21 @@ impl Merger {
 
 /// The merger's task: take publications, release, wake connections, and
 /// nudge idle shards whose watermark holds the merge back.
+///
+/// Two levels (`crate::server::cores`): on core 0 the primary merges the
+/// shards' publications and forwards what it released, with its new
+/// release point, to each other acceptor core (`relays`); there a replica
+/// runs this same task with the primary as its one "shard" (no mailboxes
+/// to nudge: everything it is sent is released already).
 pub async fn run(
     merger: Rc<std::cell::RefCell<Merger>>,
     publications: flume::Receiver<Publication>,
     mailboxes: Vec<flume::Sender<ShardMsg>>,
+    relays: Vec<flume::Sender<Publication>>,
 ) {
     while let Ok(first) = publications.recv_async().await {
         let mut m = merger.borrow_mut();
+        let before = m.released_upto();
         m.accept(first);
         while let Ok(p) = publications.try_recv() {
             m.accept(p);
@@ -223,6 +250,16 @@ pub async fn run(
         }
         for shard in m.shards_to_advance() {
             let _ = mailboxes[shard].send(ShardMsg::AdvanceWatermark);
+        }
+        if !relays.is_empty() && m.released_upto() > before {
+            let events = m.take_released();
+            for relay in &relays {
+                let _ = relay.send(Publication {
+                    shard: 0,
+                    events: events.clone(),
+                    watermark: m.released_upto(),
+                });
+            }
         }
     }
 }

@@ -319,3 +319,74 @@ fn a_scrape_reports_requests_errors_connections_watches_wal_shards_and_process()
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Every shard's executor serves connections too (`server::cores`): core 0
+/// accepts and hands each connection to the core with the fewest open
+/// ones, the scrape counts them per core, and a watcher on either core gets
+/// every event, in offset order, through that core's replica of the merge.
+#[test]
+fn connections_spread_over_the_acceptor_cores_and_watchers_on_each_get_every_event() {
+    const APPLIES: usize = 40;
+    let port = fresh_port();
+    let metrics_bind = format!("127.0.0.1:{port}");
+    let server = Server::start(&["--metrics-bind", &metrics_bind]);
+    let addr: SocketAddr = metrics_bind.parse().unwrap();
+    // One at a time, so that each is seated before the next arrives:
+    // core 0, core 1, then core 0 again (ties go to the lower core).
+    let mut watchers = Vec::new();
+    for _ in 0..2 {
+        let mut w = server.raw();
+        w.assert_alive();
+        watchers.push(w);
+    }
+    let mut writer = server.raw();
+    writer.assert_alive();
+    let samples = scrape(addr);
+    assert_eq!(value(&samples, "rstmdb_connections_active"), 3.0);
+    assert_eq!(
+        value(&samples, "corestate_core_connections_open{core=\"0\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, "corestate_core_connections_open{core=\"1\"}"),
+        1.0
+    );
+
+    for w in &mut watchers {
+        w.ok("WATCH_ALL", json!({}));
+    }
+    writer.ok(
+        "PUT_MACHINE",
+        json!({"machine": "door", "version": 1, "definition": serde_json::from_str::<Value>(DOOR).unwrap()}),
+    );
+    let ids: Vec<String> = (0..crate::support::SHARDS)
+        .flat_map(|s| crate::support::ids_on_shard("door", s, 2))
+        .collect();
+    let mut offsets = Vec::new();
+    for id in &ids {
+        writer.ok(
+            "CREATE_INSTANCE",
+            json!({"machine": "door", "version": 1, "instance_id": id}),
+        );
+    }
+    for i in 0..APPLIES {
+        let id = &ids[i % ids.len()];
+        let event = if (i / ids.len()) % 2 == 0 {
+            "CLOSE"
+        } else {
+            "OPEN"
+        };
+        let r = writer.ok("APPLY_EVENT", json!({"instance_id": id, "event": event}));
+        offsets.push(r["wal_offset"].as_u64().expect("wal_offset"));
+    }
+    for (n, w) in watchers.iter_mut().enumerate() {
+        let got: Vec<u64> = (0..APPLIES)
+            .map(|_| {
+                let e = w.read_response();
+                assert_eq!(e["type"], "event", "watcher {n}: {e}");
+                e["wal_offset"].as_u64().expect("event wal_offset")
+            })
+            .collect();
+        assert_eq!(got, offsets, "watcher {n} (core {}) saw", [0, 1][n]);
+    }
+}

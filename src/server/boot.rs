@@ -1,0 +1,268 @@
+//! What each acceptor core runs once the shards have opened
+//! (`crate::server::cores` says why every core is one).
+//!
+//! Core 0 (the primary): resolve cross-shard batches a crash left in doubt,
+//! load the machine catalog and complete half-done installs, start the
+//! primary watch merge (relaying to the other cores), the metrics endpoint
+//! and the listener; accept until shutdown is requested; then run the
+//! graceful sequence (`crate::shutdown`) across every core and shard.
+//!
+//! Every other core: build its context with a watch-merge replica and serve
+//! what core 0 hands it (`cores::control_loop`), until its shard stops.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_rustls::TlsAcceptor;
+use shards::shard::budget::ServerBudget;
+use shards::shard::events::Publication;
+use shards::shard::{OpenReport, ShardMsg};
+use shards::wal::Frontier;
+
+use super::acceptor::accept_loop;
+use super::auth::TokenSet;
+use super::catalog::{install_everywhere, Catalog};
+use super::context::{Connections, Limits, Router, ServerCtx};
+use super::cores::{control_loop, CoreMsg, Cores};
+use super::refusals::{RefusalLog, REFUSAL_WARNING_WINDOW_SECS};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shutdown::{self, ShutdownRequest};
+use crate::watch::merge::Merger;
+
+/// The acceptor's work for one core, built on the main thread and run on
+/// that core's executor (its futures are not `Send`; the closure is).
+pub type CoreJob = Box<
+    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>> + Send,
+>;
+
+/// What every acceptor core's context shares or copies.
+#[derive(Clone)]
+pub struct Shared {
+    pub cores: Arc<Cores>,
+    pub router: Router,
+    pub catalog: Arc<Catalog>,
+    pub tokens: Arc<TokenSet>,
+    pub limits: Limits,
+    pub answer_budget: Arc<ServerBudget>,
+    pub frontier: Frontier,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// What only core 0 needs.
+pub struct Primary {
+    pub config: Config,
+    pub reports: Vec<OpenReport>,
+    pub publications: flume::Receiver<Publication>,
+    pub mailboxes: Vec<flume::Sender<ShardMsg>>,
+    pub shutdown: ShutdownRequest,
+    pub recovered_records: u64,
+    pub recovered_instances: u64,
+}
+
+/// One job per core, core 0's first. `start`: the offset below which every
+/// event is history when the shards opened (the merges start there).
+pub fn jobs(
+    shared: Shared,
+    inboxes: Vec<flume::Receiver<CoreMsg>>,
+    primary: Primary,
+    start: u64,
+) -> Vec<CoreJob> {
+    let mut relays = Vec::new();
+    let mut jobs: Vec<CoreJob> = Vec::new();
+    let mut inboxes = inboxes.into_iter();
+    let inbox0 = inboxes.next();
+    for (i, inbox) in inboxes.enumerate() {
+        let core = i + 1;
+        let (relay_tx, relay_rx) = flume::unbounded::<Publication>();
+        relays.push(relay_tx);
+        let shared = shared.clone();
+        jobs.push(Box::new(move || {
+            Box::pin(async move {
+                let merger = Rc::new(RefCell::new(
+                    Merger::new(vec![start]).with_frontier(shared.frontier.clone()),
+                ));
+                glommio::spawn_local(crate::watch::merge::run(
+                    merger.clone(),
+                    relay_rx,
+                    Vec::new(),
+                    Vec::new(),
+                ))
+                .detach();
+                let tls = shared.tls.clone();
+                let ctx = context(core, shared, merger);
+                glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
+                glommio::spawn_local(control_loop(ctx, inbox, tls)).detach();
+                Ok(())
+            })
+        }));
+    }
+    let primary_job: CoreJob = Box::new(move || {
+        Box::pin(async move {
+            let inbox = inbox0.ok_or("no acceptor core")?;
+            run_primary(shared, inbox, primary, relays).await
+        })
+    });
+    jobs.insert(0, primary_job);
+    jobs
+}
+
+fn context(core: usize, shared: Shared, merger: Rc<RefCell<Merger>>) -> Rc<ServerCtx> {
+    Rc::new(ServerCtx {
+        core,
+        cores: shared.cores,
+        router: shared.router,
+        merger,
+        catalog: shared.catalog,
+        tokens: shared.tokens,
+        limits: shared.limits,
+        metrics: Metrics::new(),
+        refusals: RefusalLog::new(),
+        conns: Connections::default(),
+        answer_budget: shared.answer_budget,
+    })
+}
+
+async fn run_primary(
+    shared: Shared,
+    inbox: flume::Receiver<CoreMsg>,
+    p: Primary,
+    relays: Vec<flume::Sender<Publication>>,
+) -> Result<(), String> {
+    let config = p.config;
+    let tls = shared.tls.clone();
+    resolve_in_doubt(&shared.router, &p.reports).await?;
+    let mut merger = Merger::new(p.reports.iter().map(|r| r.watermark).collect())
+        .with_frontier(shared.frontier.clone());
+    if !relays.is_empty() {
+        merger = merger.relaying();
+    }
+    let merger = Rc::new(RefCell::new(merger));
+    glommio::spawn_local(crate::watch::merge::run(
+        merger.clone(),
+        p.publications,
+        p.mailboxes,
+        relays,
+    ))
+    .detach();
+    let catalog = shared.catalog.clone();
+    catalog.load(p.reports.iter().flat_map(|r| r.machines.iter().cloned()));
+    // A PUT acknowledged on some shards before a crash is completed on the
+    // others, so every shard knows every machine again.
+    for def in catalog.installed() {
+        let raw = Arc::new(def.normalized_value());
+        if let Err(e) = install_everywhere(&shared.router, &def, raw).await {
+            return Err(format!(
+                "cannot reinstall machine {} v{}: {e}",
+                def.machine, def.version
+            ));
+        }
+    }
+    let machines = catalog.installed().len();
+    let ctx = context(0, shared, merger);
+    let listener = glommio::net::TcpListener::bind(config.bind)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+    if config.metrics.enabled {
+        let metrics_listener =
+            glommio::net::TcpListener::bind(config.metrics.bind_addr).map_err(|e| {
+                format!(
+                    "cannot listen for metrics on {}: {e}",
+                    config.metrics.bind_addr
+                )
+            })?;
+        glommio::spawn_local(crate::metrics::http::serve(ctx.clone(), metrics_listener)).detach();
+    }
+    glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
+    glommio::spawn_local(control_loop(ctx.clone(), inbox, tls.clone())).detach();
+    tracing::info!(
+        "corestate {} listening on {}{} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
+        env!("CARGO_PKG_VERSION"),
+        config.bind,
+        match (&tls, config.tls.require_client_cert) {
+            (None, _) => "",
+            (Some(_), false) => " (TLS)",
+            (Some(_), true) => " (TLS, client certificates required)",
+        },
+        config.shards,
+        config.data_dir.display(),
+        config.fsync,
+        if config.auth_required { "required" } else { "off" },
+        if config.metrics.enabled {
+            format!("http://{}/metrics", config.metrics.bind_addr)
+        } else {
+            "off".to_string()
+        },
+        p.recovered_records,
+        machines,
+        p.recovered_instances
+    );
+    let signal = accept_loop(ctx.clone(), &listener, tls, &p.shutdown).await;
+    drop(listener);
+    shut_down(&ctx, &p.shutdown, signal).await
+}
+
+/// Cross-shard batches a crash left prepared but undecided on some shard:
+/// committed if their decider's log holds the Commit, else abandoned
+/// (presumed abort). Done before the first client is served.
+async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(), String> {
+    let resolved = shards::coordinator::resolve_in_doubt(router.all(), reports)
+        .await
+        .map_err(|e| e.message)?;
+    for r in &resolved {
+        tracing::warn!(
+            "shard {}: batch {} was prepared but undecided at the crash; decider shard {} {}",
+            r.shard,
+            r.txid,
+            r.decider,
+            if r.committed {
+                "committed it: applied"
+            } else {
+                "never committed it: dropped"
+            }
+        );
+    }
+    if !resolved.is_empty() {
+        tracing::info!(
+            "resolved {} cross-shard batch part(s) left in doubt",
+            resolved.len()
+        );
+    }
+    Ok(())
+}
+
+/// The graceful sequence after the listener closed (see `crate::shutdown`).
+async fn shut_down(
+    ctx: &Rc<ServerCtx>,
+    shutdown: &ShutdownRequest,
+    signal: &str,
+) -> Result<(), String> {
+    let started = Instant::now();
+    tracing::info!("{signal}: stopped accepting connections");
+    let open = ctx.cores.open_total();
+    let abandoned = shutdown::drain_all_cores(ctx).await;
+    shutdown.mark_begun();
+    let unsynced = shutdown::stop_shards(&ctx.router).await;
+    if !unsynced.is_empty() {
+        return Err(format!(
+            "shutdown: shard(s) {unsynced:?} did not confirm their WAL sync within {} ms",
+            shutdown::SHUTDOWN_SHARD_SYNC_TIMEOUT_MS
+        ));
+    }
+    tracing::info!(
+        "shutdown complete in {} ms: {} of {open} connection(s) finished cleanly, every shard's WAL synced",
+        started.elapsed().as_millis(),
+        open - abandoned.min(open)
+    );
+    Ok(())
+}
+
+/// Ends the refusal log's windows on time, so suppressed warnings are
+/// counted in the log even when the flood stopped.
+async fn flush_refusal_log(ctx: Rc<ServerCtx>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(REFUSAL_WARNING_WINDOW_SECS)).await;
+        ctx.refusals.flush();
+    }
+}
