@@ -371,7 +371,7 @@ fn connections_spread_over_the_acceptor_cores_and_watchers_on_each_get_every_eve
     }
     for i in 0..APPLIES {
         let id = &ids[i % ids.len()];
-        let event = if (i / ids.len()) % 2 == 0 {
+        let event = if (i / ids.len()).is_multiple_of(2) {
             "CLOSE"
         } else {
             "OPEN"
