@@ -57,7 +57,37 @@ impl Cluster {
             router.add(id, raft.clone());
             members.insert(id, (raft, state_machine));
         }
+        let voters: BTreeMap<u64, BasicNode> = MEMBER_IDS
+            .iter()
+            .map(|&id| (id, BasicNode::new(format!("member-{id}"))))
+            .collect();
+        members[&1]
+            .0
+            .initialize(voters)
+            .await
+            .expect("initialize the cluster");
         Cluster { router, members }
+    }
+
+    /// Writes `count` keys `{prefix}{n}` through `leader`, adds them to
+    /// `expected` and returns the last log index.
+    async fn put_many(
+        &self,
+        leader: u64,
+        prefix: &str,
+        count: usize,
+        expected: &mut KvSnapshot,
+    ) -> u64 {
+        let mut last_index = 0;
+        for n in 0..count {
+            let (key, value) = (format!("{prefix}{n}"), format!("v{n}"));
+            let (index, previous) = self.put(leader, &key, &value).await;
+            assert!(index > last_index, "log indexes increase");
+            assert_eq!(previous, None, "a new key had no value");
+            last_index = index;
+            expected.insert(key, value);
+        }
+        last_index
     }
 
     fn raft(&self, id: u64) -> &Member {
@@ -145,15 +175,6 @@ fn three_members_elect_a_leader_replicate_writes_and_fail_over() {
     rt.block_on(async {
         let executor_id = glommio::executor().id();
         let cluster = Cluster::start().await;
-        let voters: BTreeMap<u64, BasicNode> = MEMBER_IDS
-            .iter()
-            .map(|&id| (id, BasicNode::new(format!("member-{id}"))))
-            .collect();
-        cluster
-            .raft(1)
-            .initialize(voters)
-            .await
-            .expect("initialize the cluster");
 
         // A leader is elected and everyone follows it.
         let (leader, term) = cluster.agreed_leader(&MEMBER_IDS, None).await;
@@ -161,15 +182,7 @@ fn three_members_elect_a_leader_replicate_writes_and_fail_over() {
         // Client writes commit through the leader, in log order, and every
         // member applies exactly them.
         let mut expected = KvSnapshot::new();
-        let mut last_index = 0;
-        for n in 0..5 {
-            let (key, value) = (format!("k{n}"), format!("v{n}"));
-            let (index, previous) = cluster.put(leader, &key, &value).await;
-            assert!(index > last_index, "log indexes increase");
-            assert_eq!(previous, None, "a new key had no value");
-            last_index = index;
-            expected.insert(key, value);
-        }
+        let last_index = cluster.put_many(leader, "k", 5, &mut expected).await;
         cluster
             .all_applied(&MEMBER_IDS, last_index, &expected)
             .await;
@@ -199,5 +212,96 @@ fn three_members_elect_a_leader_replicate_writes_and_fail_over() {
         // All of it ran on this one executor.
         assert_eq!(glommio::executor().id(), executor_id);
         cluster.shutdown(&survivors).await;
+    });
+}
+
+#[test]
+fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged() {
+    memlock::raise_memlock_limit();
+    let mut rt = GlommioRuntime::new(1);
+    rt.block_on(async {
+        let cluster = Cluster::start().await;
+        let (leader, _term) = cluster.agreed_leader(&MEMBER_IDS, None).await;
+        let lagging = MEMBER_IDS
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a follower");
+
+        // The cluster commits without the lagging member (2 of 3)...
+        cluster.router.cut(lagging);
+        let mut expected = KvSnapshot::new();
+        let last_index = cluster.put_many(leader, "k", 5, &mut expected).await;
+
+        // ...snapshots, and drops the log the lagging member would need.
+        let raft = cluster.raft(leader);
+        raft.trigger().snapshot().await.expect("snapshot");
+        raft.wait(Some(STEP_TIMEOUT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= last_index),
+                "the leader's snapshot covers the writes",
+            )
+            .await
+            .expect("snapshot built");
+        raft.trigger().purge_log(last_index).await.expect("purge");
+        raft.wait(Some(STEP_TIMEOUT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= last_index),
+                "the leader purged its log",
+            )
+            .await
+            .expect("log purged");
+
+        // Back on the network, the member can only catch up by snapshot.
+        cluster.router.heal(lagging);
+        let metrics = cluster
+            .raft(lagging)
+            .wait(Some(STEP_TIMEOUT))
+            .applied_index_at_least(Some(last_index), "the lagging member caught up")
+            .await
+            .expect("the lagging member catches up");
+        assert!(
+            metrics.snapshot.is_some_and(|s| s.index >= last_index),
+            "it installed the leader's snapshot: {metrics:?}"
+        );
+        assert_eq!(cluster.state_machine(lagging).contents(), expected);
+
+        // And it takes part in later commits as usual.
+        let (index, _) = cluster.put(leader, "after-snapshot", "x").await;
+        expected.insert("after-snapshot".to_string(), "x".to_string());
+        cluster.all_applied(&MEMBER_IDS, index, &expected).await;
+        cluster.shutdown(&MEMBER_IDS).await;
+    });
+}
+
+#[test]
+fn leadership_moves_to_the_member_it_is_transferred_to() {
+    memlock::raise_memlock_limit();
+    let mut rt = GlommioRuntime::new(1);
+    rt.block_on(async {
+        let cluster = Cluster::start().await;
+        let (leader, term) = cluster.agreed_leader(&MEMBER_IDS, None).await;
+        let mut expected = KvSnapshot::new();
+        cluster.put_many(leader, "k", 3, &mut expected).await;
+
+        // Rebalancing a shard's leader (issue 14, item 1) is this call.
+        let target = MEMBER_IDS
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a follower");
+        cluster
+            .raft(leader)
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .expect("transfer leadership");
+        let (new_leader, new_term) = cluster.agreed_leader(&MEMBER_IDS, Some(leader)).await;
+        assert_eq!(new_leader, target);
+        assert!(new_term > term);
+
+        let (index, previous) = cluster.put(new_leader, "k1", "moved").await;
+        assert_eq!(previous.as_deref(), Some("v1"));
+        expected.insert("k1".to_string(), "moved".to_string());
+        cluster.all_applied(&MEMBER_IDS, index, &expected).await;
+        cluster.shutdown(&MEMBER_IDS).await;
     });
 }

@@ -11,7 +11,8 @@ use std::rc::Rc;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{BasicNode, OptionalSend, Raft, RaftNetworkFactory, RaftNetworkV2};
@@ -38,6 +39,11 @@ impl Router {
     /// Every RPC to or from `id` fails from now on.
     pub fn cut(&self, id: u64) {
         self.0.borrow_mut().cut.insert(id);
+    }
+
+    /// RPCs to and from `id` flow again.
+    pub fn heal(&self, id: u64) {
+        self.0.borrow_mut().cut.remove(&id);
     }
 
     /// The network a member with id `source` is started with.
@@ -134,6 +140,16 @@ impl RaftNetworkV2<TestConfig> for MemLink {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(stopped)?;
+        Ok(answer)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TestConfig>,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TestConfig>, RPCError<TestConfig>> {
+        let peer = self.peer()?;
+        let answer = peer.handle_transfer_leader(req).await.map_err(stopped)?;
         Ok(answer)
     }
 }
