@@ -37,7 +37,7 @@
 //!   several runtimes in a row on one thread). In production the shard's
 //!   executor already runs and openraft is started inside it.
 //! * **Randomness is the thread's RNG** (`rand::rng()`): openraft uses it
-//!   only to spread election timeouts.
+//!   only to spread election timeouts and the first tick of its timer.
 
 use std::fmt;
 use std::future::Future;
