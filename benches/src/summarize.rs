@@ -26,6 +26,23 @@ pub const BATCH_TARGET_SHAPE: (u64, u64) = (16, 1);
 pub const BATCH_EVENTS_RATIO_MIN: f64 = 5.0;
 /// Highest acceptable watch event latency p99 (µs).
 pub const WATCH_P99_US_MAX: f64 = 5000.0;
+/// Issue 13 goals: durable writes at 16x16 at most this fraction of
+/// rstmdb's CPU per operation;
+pub const DURABLE_WRITE_CPU_RATIO_MAX: f64 = 0.5;
+/// apply 1x1 every_write p50 at most this fraction of rstmdb's;
+pub const APPLY_1X1_P50_RATIO_MAX: f64 = 0.8;
+/// and at most this far above one fdatasync of the data disk;
+pub const APPLY_1X1_P50_OVER_FDATASYNC_US_MAX: f64 = 60.0;
+/// get 16x16 and apply 16x16 never at least this multiple of rstmdb's.
+pub const THROUGHPUT_RATIO_MIN: f64 = 1.5;
+/// The file run-matrix.sh writes with the data disk's fdatasync latency.
+pub const FDATASYNC_FILE: &str = "fdatasync.json";
+
+/// Median fdatasync latency the matrix measured on its data disk, if any.
+fn fdatasync_median_us(dir: &Path) -> Option<f64> {
+    let text = fs::read_to_string(dir.join(FDATASYNC_FILE)).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["median_us"].as_f64()
+}
 
 /// Metrics taken from each run, by name; `None` when a run lacks one.
 const METRICS: &[(&str, &[&str])] = &[
@@ -297,16 +314,10 @@ fn comparisons(cells: &[Cell]) -> Vec<Comparison> {
         .collect()
 }
 
-fn targets(cells: &[Cell]) -> Vec<Target> {
+fn targets(cells: &[Cell], fdatasync_us: Option<f64>) -> Vec<Target> {
     let shape = TARGET_SHAPE;
     let ops = |fsync: &str, workload: &str, server: &str| {
         metric(find(cells, fsync, workload, shape, server), "ops_per_sec")
-    };
-    let cpu = |fsync: &str, workload: &str, server: &str| {
-        metric(
-            find(cells, fsync, workload, shape, server),
-            "server_cpu_us_per_op",
-        )
     };
     let mut out = Vec::new();
     let mut push = |unit: &'static str,
@@ -335,50 +346,76 @@ fn targets(cells: &[Cell]) -> Vec<Target> {
             note,
         });
     };
-    for workload in ["apply", "create"] {
+    // Issue 13, goal 1: CPU per operation at most rstmdb's in every cell
+    // both servers ran, and at most half of it for durable writes at 16x16.
+    let mut shapes: Vec<(String, String, (u64, u64))> = cells
+        .iter()
+        .filter(|c| c.key.server == SUBJECT && c.key.workload != "watch")
+        .map(|c| {
+            (
+                c.key.fsync.clone(),
+                c.key.workload.clone(),
+                (c.key.connections, c.key.pipeline),
+            )
+        })
+        .collect();
+    shapes.dedup();
+    for (fsync, workload, (c, p)) in &shapes {
+        let cpu_at = |server: &str| {
+            metric(
+                find(cells, fsync, workload, (*c, *p), server),
+                "server_cpu_us_per_op",
+            )
+        };
+        let durable_write =
+            fsync == "every_write" && (*c, *p) == shape && workload != "get" && workload != "batch";
+        let (goal, limit) = if durable_write {
+            ("corestate / rstmdb CPU per op <= 0.5", DURABLE_WRITE_CPU_RATIO_MAX)
+        } else {
+            ("corestate / rstmdb CPU per op <= 1", 1.0)
+        };
         push(
             "x",
-            format!("{workload} 16x16 every_write vs rstmdb every_write"),
-            "corestate / rstmdb throughput >= 10",
-            ratio(
-                ops("every_write", workload, SUBJECT),
-                ops("every_write", workload, BASELINE),
-            ),
-            10.0,
-            true,
-        );
-        push(
-            "x",
-            format!("{workload} 16x16 every_write vs rstmdb never"),
-            "corestate durable throughput >= rstmdb non-durable",
-            ratio(
-                ops("every_write", workload, SUBJECT),
-                ops("never", workload, BASELINE),
-            ),
-            1.0,
-            true,
+            format!("{workload} {c}x{p} {fsync} server CPU per op"),
+            goal,
+            ratio(cpu_at(SUBJECT), cpu_at(BASELINE)),
+            limit,
+            false,
         );
     }
-    for fsync in ["every_write", "never"] {
-        for workload in ["apply", "create", "get"] {
-            push(
-                "x",
-                format!("{workload} 16x16 {fsync} server CPU per op"),
-                "corestate / rstmdb CPU per op <= 0.25",
-                ratio(
-                    cpu(fsync, workload, SUBJECT),
-                    cpu(fsync, workload, BASELINE),
-                ),
-                0.25,
-                false,
-            );
-        }
+    // Goal 2: durable apply at 1x1 close to the disk.
+    let apply_p50 = |server: &str| {
+        metric(
+            find(cells, "every_write", "apply", (1, 1), server),
+            "p50_us",
+        )
+    };
+    push(
+        "x",
+        "apply 1x1 every_write p50 latency vs rstmdb".into(),
+        "corestate / rstmdb p50 <= 0.8",
+        ratio(apply_p50(SUBJECT), apply_p50(BASELINE)),
+        APPLY_1X1_P50_RATIO_MAX,
+        false,
+    );
+    push(
+        "µs",
+        "apply 1x1 every_write p50 latency above one fdatasync".into(),
+        "p50 - fdatasync (measured on the data disk in the same run) <= 60 µs",
+        apply_p50(SUBJECT)
+            .zip(fdatasync_us)
+            .map(|(p50, sync)| p50 - sync),
+        APPLY_1X1_P50_OVER_FDATASYNC_US_MAX,
+        false,
+    );
+    // Goal 3: throughput where the disk is not the limit.
+    for (workload, fsync) in [("get", "every_write"), ("get", "never"), ("apply", "never")] {
         push(
             "x",
-            format!("get 16x16 {fsync} throughput"),
+            format!("{workload} 16x16 {fsync} throughput vs rstmdb"),
             "corestate / rstmdb throughput >= 1.5",
-            ratio(ops(fsync, "get", SUBJECT), ops(fsync, "get", BASELINE)),
-            1.5,
+            ratio(ops(fsync, workload, SUBJECT), ops(fsync, workload, BASELINE)),
+            THROUGHPUT_RATIO_MIN,
             true,
         );
     }
@@ -705,7 +742,7 @@ fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Target]) -> S
     }
     batch_section(&mut s, cells);
     watch_section(&mut s, cells);
-    let _ = writeln!(s, "## Targets (issue #6; 16x16 unless named otherwise)\n");
+    let _ = writeln!(s, "## Goals (issue 13: CPU per request and latency)\n");
     let _ = writeln!(s, "| target | goal | measured | result |");
     let _ = writeln!(s, "|---|---|---:|---|");
     // Only targets whose workload this matrix ran.
@@ -875,7 +912,7 @@ pub fn summarize(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let cells = cells(&runs);
     let chart_paths = draw_charts(dir, &cells)?;
     let comparisons = comparisons(&cells);
-    let targets = targets(&cells);
+    let targets = targets(&cells, fdatasync_median_us(dir));
     let results = serde_json::json!({
         "generated_by": format!("corestate-bench {} summarize", env!("CARGO_PKG_VERSION")),
         "machine": runs[0]["machine"],
