@@ -222,6 +222,31 @@ if [[ -n "$QUIET_LOAD_MAX" ]]; then
     echo "started on a quiet machine: 1-minute load $(load_1m) < $QUIET_LOAD_MAX, no rustc, after waiting ${waited}s" >>"$OUT/matrix.txt"
 fi
 
+# --- the disk ---------------------------------------------------------------
+# One fdatasync of a small write on the data disk, the floor under a durable
+# apply at 1x1 (issue 13, goal 2): the median of FDATASYNC_SAMPLES.
+FDATASYNC_SAMPLES=${FDATASYNC_SAMPLES:-200}
+python3 - "$DATA_ROOT" "$FDATASYNC_SAMPLES" >"$OUT/fdatasync.json" <<'PY'
+import json, os, statistics, sys, tempfile, time
+root, n = sys.argv[1], int(sys.argv[2])
+fd, path = tempfile.mkstemp(dir=root, prefix="fdatasync-")
+block = b"x" * 4096
+samples = []
+try:
+    for i in range(n):
+        os.pwrite(fd, block, (i % 256) * 4096)
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        samples.append((time.perf_counter() - t) * 1e6)
+finally:
+    os.close(fd)
+    os.unlink(path)
+samples.sort()
+print(json.dumps({"samples": n, "write_bytes": 4096, "median_us": statistics.median(samples),
+                  "p90_us": samples[int(n * 0.9)], "min_us": samples[0]}))
+PY
+log "fdatasync on $DATA_ROOT: $(cat "$OUT/fdatasync.json")"
+
 # --- the matrix -------------------------------------------------------------
 read -r -a server_list <<<"$SERVERS"
 read -r -a cell_list <<<"$CELLS"
