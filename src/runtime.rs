@@ -1,7 +1,7 @@
 //! Start-up, shutdown and the process's threads: one pinned glommio
 //! executor per shard (each recovers its own log, then serves its mailbox),
 //! a watchdog thread and a signal thread. The acceptor (client listener,
-//! connections, watch merge, batch coordinator, metrics endpoint) runs as
+//! connections, watch merge, batch coordinator, HTTP API, metrics endpoint) runs as
 //! tasks on shard 0's executor: with one shard per core, a thread of its own
 //! would share a core with a shard, and every request would cross threads —
 //! measured, that cost more than the acceptor's work (see
@@ -320,15 +320,38 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                 glommio::spawn_local(crate::metrics::http::serve(ctx.clone(), metrics_listener))
                     .detach();
             }
+            // The HTTP API stops accepting when this sender is dropped.
+            let http_stop = match config.http_listen {
+                Some(addr) => {
+                    let http_listener = glommio::net::TcpListener::bind(addr).map_err(|e| {
+                        format!("cannot listen for the HTTP API on {addr}: {e}")
+                    })?;
+                    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+                    glommio::spawn_local(crate::http::serve(
+                        ctx.clone(),
+                        http_listener,
+                        tls.clone(),
+                        stop_rx,
+                    ))
+                    .detach();
+                    Some(stop_tx)
+                }
+                None => None,
+            };
             glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
             tracing::info!(
-                "corestate {} listening on {}{} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
+                "corestate {} listening on {}{} | http {} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
                 env!("CARGO_PKG_VERSION"),
                 config.bind,
                 match (&tls, config.tls.require_client_cert) {
                     (None, _) => "",
                     (Some(_), false) => " (TLS)",
                     (Some(_), true) => " (TLS, client certificates required)",
+                },
+                match config.http_listen {
+                    Some(addr) if tls.is_some() => format!("https://{addr}/v1"),
+                    Some(addr) => format!("http://{addr}/v1"),
+                    None => "off".to_string(),
                 },
                 config.shards,
                 config.data_dir.display(),
@@ -345,6 +368,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
             );
             let signal = accept_loop(ctx.clone(), &listener, tls, &shutdown).await;
             drop(listener);
+            drop(http_stop);
             shut_down(&ctx, &shutdown, signal).await
         })
     });
