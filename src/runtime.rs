@@ -323,9 +323,8 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
             // The HTTP API stops accepting when this sender is dropped.
             let http_stop = match config.http_listen {
                 Some(addr) => {
-                    let http_listener = glommio::net::TcpListener::bind(addr).map_err(|e| {
-                        format!("cannot listen for the HTTP API on {addr}: {e}")
-                    })?;
+                    let http_listener = glommio::net::TcpListener::bind(addr)
+                        .map_err(|e| format!("cannot listen for the HTTP API on {addr}: {e}"))?;
                     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
                     glommio::spawn_local(crate::http::serve(
                         ctx.clone(),

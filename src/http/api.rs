@@ -170,13 +170,17 @@ pub async fn execute(
     .await;
     match rx.recv_async().await {
         Ok(reply) => reply.body,
-        Err(_) => Err(EngineError::internal("the operation ended without an answer")),
+        Err(_) => Err(EngineError::internal(
+            "the operation ended without an answer",
+        )),
     }
 }
 
 fn no_route(why: NoRoute) -> HttpError {
     match why {
-        NoRoute::NotFound => HttpError::http(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route"),
+        NoRoute::NotFound => {
+            HttpError::http(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+        }
         NoRoute::BadPath => HttpError::bad_request("the path is not valid percent-encoded UTF-8"),
         NoRoute::MethodNotAllowed(verbs) => {
             let allow: Vec<&str> = verbs.iter().map(|v| v.as_str()).collect();

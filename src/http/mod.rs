@@ -152,9 +152,11 @@ async fn accept_forever(ctx: Rc<ServerCtx>, listener: &TcpListener, tls: Option<
                     .await;
                     match shaken {
                         Some(Ok(stream)) => serve_connection(ctx, stream, &handle, peer).await,
-                        Some(Err(e)) => ctx.refusals.refuse(RefusalCause::TlsHandshake, peer, || {
-                            format!("HTTP API: TLS handshake failed: {e}")
-                        }),
+                        Some(Err(e)) => {
+                            ctx.refusals.refuse(RefusalCause::TlsHandshake, peer, || {
+                                format!("HTTP API: TLS handshake failed: {e}")
+                            })
+                        }
                         None => {}
                     }
                 }

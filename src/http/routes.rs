@@ -134,12 +134,7 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         query: &["machine", "state", "limit", "offset"],
-        ..route(
-            Verb::Get,
-            "/v1/instances",
-            Op::ListInstances,
-            BodyUse::None,
-        )
+        ..route(Verb::Get, "/v1/instances", Op::ListInstances, BodyUse::None)
     },
     route(
         Verb::Get,
@@ -300,7 +295,9 @@ pub fn build_params(route: &Route, inputs: Inputs) -> Result<Value, HttpError> {
         (BodyUse::Params, Value::Object(map)) => map,
         (BodyUse::Params, Value::Null) => Map::new(),
         (BodyUse::Params, _) => {
-            return Err(HttpError::bad_request("the request body must be a JSON object"))
+            return Err(HttpError::bad_request(
+                "the request body must be a JSON object",
+            ))
         }
         (BodyUse::Definition, definition) => {
             let mut map = Map::new();
@@ -351,24 +348,44 @@ mod tests {
     fn paths_match_their_route_and_decode_parameters() {
         let m = find(&Method::GET, "/v1/instances/order%2F1%20a").unwrap();
         assert_eq!(m.route.action, Action::Op(Op::GetInstance));
-        assert_eq!(m.path_params, vec![("instance_id", "order/1 a".to_string())]);
+        assert_eq!(
+            m.path_params,
+            vec![("instance_id", "order/1 a".to_string())]
+        );
         let m = find(&Method::PUT, "/v1/machines/order/versions/3").unwrap();
         assert_eq!(m.route.action, Action::Op(Op::PutMachine));
-        assert_eq!(find(&Method::GET, "/v1/nope").unwrap_err(), NoRoute::NotFound);
-        assert_eq!(find(&Method::GET, "/v1/instances/").unwrap_err(), NoRoute::NotFound);
+        assert_eq!(
+            find(&Method::GET, "/v1/nope").unwrap_err(),
+            NoRoute::NotFound
+        );
+        assert_eq!(
+            find(&Method::GET, "/v1/instances/").unwrap_err(),
+            NoRoute::NotFound
+        );
         assert_eq!(
             find(&Method::PATCH, "/v1/instances/x").unwrap_err(),
             NoRoute::MethodNotAllowed(vec![Verb::Get, Verb::Delete])
         );
-        assert_eq!(find(&Method::GET, "/v1/instances/%zz").unwrap_err(), NoRoute::BadPath);
-        assert_eq!(find(&Method::GET, "/v1/instances/%ff").unwrap_err(), NoRoute::BadPath);
+        assert_eq!(
+            find(&Method::GET, "/v1/instances/%zz").unwrap_err(),
+            NoRoute::BadPath
+        );
+        assert_eq!(
+            find(&Method::GET, "/v1/instances/%ff").unwrap_err(),
+            NoRoute::BadPath
+        );
     }
 
     #[test]
     fn every_route_is_unique() {
         for (i, a) in ROUTES.iter().enumerate() {
             for b in &ROUTES[i + 1..] {
-                assert!(a.verb != b.verb || a.path != b.path, "{} {}", a.verb.as_str(), a.path);
+                assert!(
+                    a.verb != b.verb || a.path != b.path,
+                    "{} {}",
+                    a.verb.as_str(),
+                    a.path
+                );
             }
         }
     }
@@ -407,8 +424,11 @@ mod tests {
             idempotency_key: key.map(str::to_string),
         };
         assert_eq!(
-            build_params(m.route, inputs(json!({"event": "GO", "instance_id": "x"}), Some("k")))
-                .unwrap(),
+            build_params(
+                m.route,
+                inputs(json!({"event": "GO", "instance_id": "x"}), Some("k"))
+            )
+            .unwrap(),
             json!({"event": "GO", "instance_id": "i-1", "idempotency_key": "k"})
         );
         assert!(build_params(m.route, inputs(json!({"idempotency_key": "j"}), Some("k"))).is_err());

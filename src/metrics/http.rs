@@ -156,7 +156,11 @@ async fn answer(ctx: &ServerCtx, path: &str) -> Response<Full<Bytes>> {
         "/metrics" => (StatusCode::OK, CONTENT_TYPE_PROMETHEUS, scrape(ctx).await),
         "/health" | "/healthz" => (StatusCode::OK, CONTENT_TYPE_TEXT, "OK".to_string()),
         "/" => (StatusCode::OK, CONTENT_TYPE_HTML, INDEX_HTML.to_string()),
-        _ => (StatusCode::NOT_FOUND, CONTENT_TYPE_TEXT, "Not Found".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            CONTENT_TYPE_TEXT,
+            "Not Found".to_string(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
