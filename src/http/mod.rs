@@ -18,7 +18,9 @@
 //! * requests in flight: one per connection (HTTP/1.1 answers in order and
 //!   hyper serves a connection's requests one after the other), so at most
 //!   `max_connections` in all;
-//! * request head: `HTTP_REQUEST_HEAD_BYTES_MAX` (hyper answers 431 beyond);
+//! * request head: `HTTP_REQUEST_HEAD_BYTES_MAX`, give or take the last
+//!   socket read (`io::HTTP_READ_CHUNK_BYTES`; hyper checks its buffer
+//!   between reads and answers 431 beyond);
 //! * request body: `HTTP_BODY_BYTES_MAX` (413 beyond);
 //! * time: a request must arrive — head and body — within
 //!   `HTTP_REQUEST_READ_TIMEOUT_MS` of the connection opening or of the
