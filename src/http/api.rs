@@ -108,7 +108,7 @@ async fn handle(conn: &ConnState, req: Request<Incoming>) -> Result<Answer, Http
         },
     )?;
     let started = Instant::now();
-    let result = execute(&conn.ctx, op, &params, conn.peer).await;
+    let result = execute(&conn.ctx, op, params, conn.peer).await;
     conn.ctx.metrics.request_answered(
         Some(op),
         started.elapsed(),
@@ -143,31 +143,32 @@ fn success_status(op: Op, body: &[u8]) -> StatusCode {
     }
 }
 
-/// Run `op` as RCP would and wait for its answer.
+/// Run `op` as RCP would and wait for its answer. The operation runs in a
+/// task of its own: hyper drops a request's future when its client goes
+/// away, and a PUT_MACHINE being installed on every shard or an atomic
+/// batch between prepare and commit must not be cut off half-way (over
+/// RCP, too, a request once dispatched runs to its end).
 pub async fn execute(
     ctx: &Rc<ServerCtx>,
     op: Op,
-    params: &Value,
+    params: Value,
     peer: Option<SocketAddr>,
 ) -> EngineResult<Vec<u8>> {
     let (tx, rx) = flume::bounded(1);
-    // The bearer token was checked for this request; HTTP keeps no session.
-    let mut session = Session {
-        authenticated: true,
-        jsonl: false,
-    };
-    // No route of the API watches; the operations still want a place.
-    let watch = Rc::new(RefCell::new(ConnWatch::new(OutputMode::Rcpx)));
-    run_request(
-        ctx,
-        &mut session,
-        &watch,
-        op,
-        params,
-        ReplyTo::internal(tx, 0),
-        peer,
-    )
-    .await;
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        // The bearer token was checked for this request; HTTP keeps no
+        // session.
+        let mut session = Session {
+            authenticated: true,
+            jsonl: false,
+        };
+        // No route of the API watches; the operations still want a place.
+        let watch = Rc::new(RefCell::new(ConnWatch::new(OutputMode::Rcpx)));
+        let reply = ReplyTo::internal(tx, 0);
+        run_request(&ctx, &mut session, &watch, op, &params, reply, peer).await;
+    })
+    .detach();
     match rx.recv_async().await {
         Ok(reply) => reply.body,
         Err(_) => Err(EngineError::internal(
