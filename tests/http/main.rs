@@ -21,4 +21,5 @@ mod cross_protocol;
 mod errors;
 mod limits;
 mod routes;
+mod shutdown;
 mod tls;
