@@ -33,6 +33,8 @@
 #   busy in its window) up to this many times; the noisy attempts' JSON is
 #   kept as logs/<run>.noisy-<n>.json and left out of the summary
 set -euo pipefail
+# Servers here serve RCP only: no HTTP API listener (it would bind 7402).
+export CORESTATE_HTTP_LISTEN=off
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -94,7 +96,7 @@ mkdir -p "$OUT/runs" "$OUT/logs" "$DATA_ROOT"
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':(exclude)bench-results' 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "CELLS='$CELLS' POLICIES='$POLICIES' SERVERS='$SERVERS' REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP INSTANCES=$INSTANCES PAYLOAD_BYTES=$PAYLOAD_BYTES BATCH_OPS=$BATCH_OPS SUBSCRIBERS=$SUBSCRIBERS benches/run-matrix.sh"
     echo "corestate binary: $("$CORESTATE_BIN" --version 2>/dev/null || echo '?'), built $(date -u -r "$CORESTATE_BIN" +%Y-%m-%dT%H:%M:%SZ)${CORESTATE_COMMIT:+ from commit $CORESTATE_COMMIT}"
-    echo "corestate: $CORESTATE_BIN --bind 127.0.0.1:<fresh port> --data-dir <fresh dir> --fsync <policy>"
+    echo "corestate: CORESTATE_HTTP_LISTEN=off $CORESTATE_BIN --bind 127.0.0.1:<fresh port> --data-dir <fresh dir> --fsync <policy>"
     echo "rstmdb:    RSTMDB_BIND=127.0.0.1:<fresh port> RSTMDB_DATA=<fresh dir> RSTMDB_FSYNC_POLICY=<policy> $RSTMDB_BIN   (rstmdb $RSTMDB_VERSION from crates.io)"
 } > "$OUT/matrix.txt"
 

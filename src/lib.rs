@@ -6,10 +6,12 @@
 //! (`protocol::request`) → `server::dispatch` routes each request — instance
 //! operations to the owner shard's mailbox (crate `shards`), machine
 //! operations to `server::catalog` — and the connection writes the answers
-//! in request order (`protocol::response`). `runtime` starts the pinned
+//! in request order (`protocol::response`). `http` serves the same
+//! operations as a JSON API over HTTP/1.1 (hyper), through the same dispatch. `runtime` starts the pinned
 //! shard executors, the acceptor and the watchdog.
 
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;

@@ -8,6 +8,8 @@
 # --server-pid (CPU per request) and kills it by PID; one JSON per run in OUT,
 # one summary line per run on stdout.
 set -u
+# Servers here serve RCP only: no HTTP API listener (it would bind 7402).
+export CORESTATE_HTTP_LISTEN=off
 BENCH=${BENCH:-target/release/corestate-bench}
 REPS=${REPS:-3}
 OUT=${OUT:-target/ab-out}

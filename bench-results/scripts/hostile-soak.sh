@@ -26,6 +26,8 @@
 #   to QUIET_WAIT_MAX_SECS [1800]) until the 1-minute load average is below
 #   it and no cargo/rustc runs; after that, measure anyway and say so.
 set -euo pipefail
+# Servers here serve RCP only: no HTTP API listener (it would bind 7402).
+export CORESTATE_HTTP_LISTEN=off
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"

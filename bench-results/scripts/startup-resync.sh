@@ -4,6 +4,8 @@
 # repo root after cargo build --release --bins:
 #   GEN=6 bash bench-results/scripts/startup-resync.sh
 set -u
+# Servers here serve RCP only: no HTTP API listener (it would bind 7402).
+export CORESTATE_HTTP_LISTEN=off
 S=target/release/corestate; B=target/release/corestate-bench
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 1 2000); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.01; done; return 1; }

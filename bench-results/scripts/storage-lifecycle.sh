@@ -5,6 +5,8 @@
 # markdown report on stdout. Run from the repository root:
 #   bash bench-results/scripts/storage-lifecycle.sh > bench-results/<date>/storage-lifecycle.md
 set -euo pipefail
+# Servers here serve RCP only: no HTTP API listener (it would bind 7402).
+export CORESTATE_HTTP_LISTEN=off
 S=target/release/corestate
 B=target/release/corestate-bench
 cargo build --release -q --bin corestate -p corestate

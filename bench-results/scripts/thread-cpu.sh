@@ -3,6 +3,8 @@
 # bench window, per operation. Run from the repo root after a release build:
 #   bash bench-results/scripts/thread-cpu.sh get 16 16 every_write 2 [secs]
 set -u
+# Servers here serve RCP only: no HTTP API listener (it would bind 7402).
+export CORESTATE_HTTP_LISTEN=off
 wl=$1; c=$2; p=$3; fs=$4; shards=$5; secs=${6:-5}
 S=${S:-target/release/corestate}; B=${B:-target/release/corestate-bench}
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')

@@ -370,7 +370,10 @@ fn targets(cells: &[Cell], fdatasync_us: Option<f64>) -> Vec<Target> {
         let durable_write =
             fsync == "every_write" && (*c, *p) == shape && workload != "get" && workload != "batch";
         let (goal, limit) = if durable_write {
-            ("corestate / rstmdb CPU per op <= 0.5", DURABLE_WRITE_CPU_RATIO_MAX)
+            (
+                "corestate / rstmdb CPU per op <= 0.5",
+                DURABLE_WRITE_CPU_RATIO_MAX,
+            )
         } else {
             ("corestate / rstmdb CPU per op <= 1", 1.0)
         };
@@ -414,7 +417,10 @@ fn targets(cells: &[Cell], fdatasync_us: Option<f64>) -> Vec<Target> {
             "x",
             format!("{workload} 16x16 {fsync} throughput vs rstmdb"),
             "corestate / rstmdb throughput >= 1.5",
-            ratio(ops(fsync, workload, SUBJECT), ops(fsync, workload, BASELINE)),
+            ratio(
+                ops(fsync, workload, SUBJECT),
+                ops(fsync, workload, BASELINE),
+            ),
             THROUGHPUT_RATIO_MIN,
             true,
         );

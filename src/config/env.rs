@@ -88,6 +88,9 @@ pub(super) fn apply_env(
     if let Some((k, v)) = var("CORESTATE_SHARDS") {
         c.shards = check_shards(k, parse_u64(k, &v)?)?;
     }
+    if let Some((k, v)) = var("CORESTATE_HTTP_LISTEN") {
+        c.http_listen = parse_listen(k, &v)?;
+    }
     if let Some((k, v)) = var("CORESTATE_LOG_FORMAT") {
         c.log_format = LogFormat::parse(k, &v)?;
     }

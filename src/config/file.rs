@@ -231,6 +231,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             "answer_buffer_per_connection_mb",
             "answer_buffer_total_mb",
             "request_buffer_per_connection_mb",
+            "http_listen",
         ])
         .first()
     {
@@ -239,8 +240,8 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             format!(
                 "unknown corestate setting in {} (expected shards, \
                  max_inflight_requests_per_connection, max_batch_ops, log_format, \
-                 answer_buffer_per_connection_mb, answer_buffer_total_mb or \
-                 request_buffer_per_connection_mb)",
+                 answer_buffer_per_connection_mb, answer_buffer_total_mb, \
+                 request_buffer_per_connection_mb or http_listen)",
                 path.display()
             ),
         ));
@@ -271,6 +272,9 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
     }
     if let Some(bytes) = buffer_mb("request_buffer_per_connection_mb")? {
         c.request_buffer_per_connection_bytes = bytes;
+    }
+    if let Some((key, addr)) = corestate.string("http_listen")? {
+        c.http_listen = parse_listen(&key, addr)?;
     }
     if let Some((key, format)) = corestate.string("log_format")? {
         c.log_format = LogFormat::parse(&key, format)?;

@@ -14,7 +14,8 @@ use super::*;
     about = "A thread-per-core state machine database speaking RCP (rstmdb 0.3 compatible)",
     after_help = "Environment: the RSTMDB_* variables of rstmdb 0.3 (RSTMDB_BIND, RSTMDB_DATA, \
                   RSTMDB_FSYNC_POLICY, RSTMDB_AUTH_*, RSTMDB_TLS_*, RSTMDB_COMPACT_*, \
-                  RSTMDB_METRICS_*, ...) and CORESTATE_SHARDS. Flags override the environment, \
+                  RSTMDB_METRICS_*, ...), CORESTATE_SHARDS, CORESTATE_HTTP_LISTEN and \
+                  CORESTATE_LOG_FORMAT. Flags override the environment, \
                   which overrides the config file."
 )]
 pub(super) struct Flags {
@@ -48,6 +49,9 @@ pub(super) struct Flags {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9090 [env: RSTMDB_METRICS_BIND]
     #[arg(long, value_name = "ADDR")]
     metrics_bind: Option<String>,
+    /// HTTP/JSON API listen address, or `off` [default: 127.0.0.1:7402] [env: CORESTATE_HTTP_LISTEN]
+    #[arg(long, value_name = "ADDR|off")]
+    http_listen: Option<String>,
     /// Concurrent client connections accepted [env: RSTMDB_MAX_CONNECTIONS]
     #[arg(long, value_name = "N")]
     max_connections: Option<String>,
@@ -91,6 +95,9 @@ pub(super) fn apply_flags(draft: &mut Draft, flags: &Flags) -> Result<(), Config
     if let Some(addr) = &flags.metrics_bind {
         c.metrics.enabled = true;
         c.metrics.bind_addr = parse_addr("--metrics-bind", addr)?;
+    }
+    if let Some(addr) = &flags.http_listen {
+        c.http_listen = parse_listen("--http-listen", addr)?;
     }
     if let Some(n) = &flags.max_connections {
         let n = parse_u64("--max-connections", n)?;

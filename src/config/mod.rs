@@ -19,6 +19,8 @@
 //! * an empty environment variable counts as unset;
 //! * `idle_timeout_secs` and `max_connections` are honoured (§15 #19);
 //! * replication is not supported: a `primary` or `replica` role is refused;
+//! * the HTTP/JSON API listener (corestate only): `--http-listen`,
+//!   `CORESTATE_HTTP_LISTEN`, `corestate.http_listen`; an address, or `off`;
 //! * a log format can be chosen (`--log-format`, `CORESTATE_LOG_FORMAT`,
 //!   `corestate.log_format`): `text` (default) or `json`.
 //!
@@ -48,6 +50,11 @@ pub const BIND_ADDR_DEFAULT: SocketAddr =
 /// Default metrics listener (`metrics.bind_addr`).
 pub const METRICS_BIND_ADDR_DEFAULT: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(0, 0, 0, 0), 9090));
+/// Default HTTP/JSON API listener (`corestate.http_listen`).
+pub const HTTP_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 7402));
+/// The value of an address setting that turns its listener off.
+pub const LISTEN_OFF: &str = "off";
 /// Default data directory (`storage.data_dir`).
 pub const DATA_DIR_DEFAULT: &str = "./data";
 
@@ -146,6 +153,7 @@ pub const ENV_VARS: &[&str] = &[
     "RSTMDB_REPL_ROLE",
     "CORESTATE_SHARDS",
     "CORESTATE_LOG_FORMAT",
+    "CORESTATE_HTTP_LISTEN",
 ];
 
 /// How log lines are written to stderr.
@@ -216,6 +224,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Prometheus endpoint (§13.6).
     pub metrics: MetricsConfig,
+    /// HTTP/JSON API listener (`corestate.http_listen`); `None` when off.
+    pub http_listen: Option<SocketAddr>,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// Automatic compaction (§11.11).
@@ -310,6 +320,7 @@ impl Default for Config {
                 enabled: false,
                 bind_addr: METRICS_BIND_ADDR_DEFAULT,
             },
+            http_listen: Some(HTTP_LISTEN_DEFAULT),
             log_format: LogFormat::Text,
             compaction: CompactionConfig {
                 enabled: true,
@@ -335,7 +346,7 @@ impl Config {
             None => "none".to_string(),
         };
         format!(
-            "bind {}, data dir {}, {} shards, fsync {}, auth {}, tls {}, metrics {}, config file {}",
+            "bind {}, data dir {}, {} shards, fsync {}, auth {}, tls {}, metrics {}, http {}, config file {}",
             self.bind,
             self.data_dir.display(),
             self.shards,
@@ -346,6 +357,10 @@ impl Config {
                 self.metrics.bind_addr.to_string()
             } else {
                 "off".to_string()
+            },
+            match self.http_listen {
+                Some(addr) => addr.to_string(),
+                None => LISTEN_OFF.to_string(),
             },
             file,
         )

@@ -12,6 +12,16 @@ pub(super) fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigErro
     })
 }
 
+/// A listener address, or `off` (any case) for no listener.
+pub(super) fn parse_listen(key: &str, text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.trim().eq_ignore_ascii_case(LISTEN_OFF) {
+        return Ok(None);
+    }
+    parse_addr(key, text)
+        .map(Some)
+        .map_err(|e| ConfigError::new(key, format!("{} or `{LISTEN_OFF}`", e.message)))
+}
+
 pub(super) fn parse_u64(key: &str, text: &str) -> Result<u64, ConfigError> {
     text.trim()
         .parse()

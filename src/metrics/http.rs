@@ -1,13 +1,14 @@
-//! The metrics HTTP endpoint (docs/PROTOCOL.md §13.6): a minimal HTTP/1.1 server on
-//! its own address, run as tasks on the acceptor's executor (where the
-//! counters live). Paths: `/metrics` (Prometheus text), `/health` and
+//! The metrics HTTP endpoint (docs/PROTOCOL.md §13.6): hyper's HTTP/1.1
+//! server (through `crate::http::io`, like the API) on its own address, run
+//! as tasks on the acceptor's executor (where the counters live). Paths: `/metrics` (Prometheus text), `/health` and
 //! `/healthz` (`OK`), `/` (a small page linking to `/metrics`), anything
 //! else 404. Any method is accepted. One request per connection
 //! (`Connection: close`).
 //!
 //! Bounded like everything else: at most `METRICS_CONNECTIONS_MAX`
 //! connections at once, a request head of at most
-//! `METRICS_REQUEST_HEAD_BYTES_MAX` that must arrive within
+//! `METRICS_REQUEST_HEAD_BYTES_MAX` (hyper's read buffer; 431 beyond) that
+//! must arrive within
 //! `METRICS_REQUEST_HEAD_TIMEOUT_MS`, and `METRICS_REQUEST_TIMEOUT_MS` for
 //! the whole exchange. Connections that stall in their request head cannot
 //! lock scrapes out: when every slot is taken, a new connection takes the
@@ -16,23 +17,30 @@
 //! with `corestate_shard_up 0` instead of stalling the scrape.
 
 use std::cell::{Cell, RefCell};
-use std::pin::Pin;
+use std::convert::Infallible;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::future::{self, poll_fn};
-use futures_lite::{AsyncRead, AsyncWrite};
+use bytes::Bytes;
+use futures_lite::future::{self, BoxedLocal};
 use glommio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
 use shards::shard::{ShardMsg, ShardStats};
 
 use super::process::ProcessStats;
 use super::{Exposition, WatchKind};
+use crate::http::io::{self, drive, HyperIo, ReadClock};
 use crate::server::context::ServerCtx;
 use crate::server::refusals::RefusalCause;
 
 /// Scrape connections served at once.
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
-/// Largest HTTP request head read.
+/// Largest HTTP request head read (hyper's smallest read buffer).
 pub const METRICS_REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Longest one scrape connection may take, end to end.
 pub const METRICS_REQUEST_TIMEOUT_MS: u64 = 10_000;
@@ -42,6 +50,8 @@ pub const METRICS_REQUEST_HEAD_TIMEOUT_MS: u64 = 2_000;
 pub const METRICS_SHARD_STATS_TIMEOUT_MS: u64 = 2_000;
 
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+const CONTENT_TYPE_HTML: &str = "text/html; charset=utf-8";
 const INDEX_HTML: &str = "<html><head><title>corestate</title></head><body>\
 <h1>corestate</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
 
@@ -113,60 +123,50 @@ pub async fn serve(ctx: Rc<ServerCtx>, listener: TcpListener) {
     }
 }
 
-async fn answer_one(ctx: &ServerCtx, mut stream: TcpStream, head_done: &Cell<bool>) {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_deadline = async {
-        glommio::timer::sleep(Duration::from_millis(METRICS_REQUEST_HEAD_TIMEOUT_MS)).await;
-        None
-    };
-    let read_head = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-            if head.len() >= METRICS_REQUEST_HEAD_BYTES_MAX {
-                return None;
-            }
-            let n = match poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut chunk)).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => n,
-            };
-            head.extend_from_slice(&chunk[..n]);
-        }
-        Some(())
-    };
-    if future::or(read_head, head_deadline).await.is_none() {
-        return;
+async fn answer_one(ctx: &Rc<ServerCtx>, stream: TcpStream, head_done: &Rc<Cell<bool>>) {
+    // The head must arrive in time; once it has, the exchange's own
+    // timeout (`METRICS_REQUEST_TIMEOUT_MS`) bounds the rest.
+    let clock = Rc::new(ReadClock::started(Duration::from_millis(
+        METRICS_REQUEST_HEAD_TIMEOUT_MS,
+    )));
+    let ctx = ctx.clone();
+    let head_done = head_done.clone();
+    let service_clock = clock.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        head_done.set(true);
+        service_clock.disarm();
+        let ctx = ctx.clone();
+        let answer: BoxedLocal<Result<_, Infallible>> =
+            Box::pin(async move { Ok(answer(&ctx, req.uri().path()).await) });
+        answer
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(METRICS_REQUEST_HEAD_BYTES_MAX)
+        .serve_connection(HyperIo::new(stream), service);
+    if let Ok(mut parts) = drive(conn, &clock, None).await {
+        io::close(&mut parts.io).await;
     }
-    head_done.set(true);
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let _method = parts.next();
-    let target = parts.next().unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("/");
+}
+
+/// The answer for `path`; any method is accepted.
+async fn answer(ctx: &ServerCtx, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => ("200 OK", CONTENT_TYPE_PROMETHEUS, scrape(ctx).await),
-        "/health" | "/healthz" => ("200 OK", "text/plain; charset=utf-8", "OK".to_string()),
-        "/" => ("200 OK", "text/html; charset=utf-8", INDEX_HTML.to_string()),
+        "/metrics" => (StatusCode::OK, CONTENT_TYPE_PROMETHEUS, scrape(ctx).await),
+        "/health" | "/healthz" => (StatusCode::OK, CONTENT_TYPE_TEXT, "OK".to_string()),
+        "/" => (StatusCode::OK, CONTENT_TYPE_HTML, INDEX_HTML.to_string()),
         _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
+            StatusCode::NOT_FOUND,
+            CONTENT_TYPE_TEXT,
             "Not Found".to_string(),
         ),
     };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    response.extend_from_slice(body.as_bytes());
-    let mut buf = &response[..];
-    while !buf.is_empty() {
-        match poll_fn(|cx| Pin::new(&mut stream).poll_write(cx, buf)).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf = &buf[n..],
-        }
-    }
-    let _ = poll_fn(|cx| Pin::new(&mut stream).poll_close(cx)).await;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// A per-shard metric: name, type, help, and how to read it.

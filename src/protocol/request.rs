@@ -44,6 +44,31 @@ enum TextDefect {
     LoneSurrogate,
 }
 
+impl TextDefect {
+    fn message(&self) -> String {
+        match self {
+            TextDefect::TooDeep => {
+                format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels")
+            }
+            TextDefect::LoneSurrogate => {
+                "malformed JSON: a \\u escape names half of a UTF-16 surrogate pair".into()
+            }
+        }
+    }
+}
+
+/// Parse one JSON document with the rules of request envelopes — nesting
+/// at most `REQUEST_JSON_DEPTH_MAX` deep, no lone surrogate escapes,
+/// integers beyond 64 bits read as floats — for the bodies of the HTTP API,
+/// so its operations see exactly what they would see over RCP. `text` is
+/// scratch: simd-json parses in place.
+pub fn parse_json_document(text: &mut [u8]) -> Result<Value, EngineError> {
+    check_text(text, REQUEST_JSON_DEPTH_MAX)
+        .map_err(|defect| EngineError::bad_request(defect.message()))?;
+    simd_json::serde::from_slice(text)
+        .map_err(|e| EngineError::bad_request(format!("malformed JSON: {e}")))
+}
+
 /// The UTF-16 code unit of the four hex digits at `text[i..i + 4]`.
 fn hex4(text: &[u8], i: usize) -> Option<u16> {
     let digits = text.get(i..i + 4)?;
@@ -230,20 +255,11 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
         id_json,
         error: EngineError::bad_request(detail),
     };
-    match check_text(payload, REQUEST_JSON_DEPTH_MAX) {
-        Ok(()) => {}
-        Err(TextDefect::TooDeep) => {
-            return Err(bad(
-                salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
-                format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels"),
-            ))
-        }
-        Err(TextDefect::LoneSurrogate) => {
-            return Err(bad(
-                salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
-                "malformed JSON: a \\u escape names half of a UTF-16 surrogate pair".into(),
-            ))
-        }
+    if let Err(defect) = check_text(payload, REQUEST_JSON_DEPTH_MAX) {
+        return Err(bad(
+            salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
+            defect.message(),
+        ));
     }
     let value: Value = match simd_json::serde::from_slice(payload) {
         Ok(v) => v,

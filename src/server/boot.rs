@@ -3,8 +3,8 @@
 //!
 //! Core 0 (the primary): resolve cross-shard batches a crash left in doubt,
 //! load the machine catalog and complete half-done installs, start the
-//! primary watch merge (relaying to the other cores), the metrics endpoint
-//! and the listener; accept until shutdown is requested; then run the
+//! primary watch merge (relaying to the other cores), the metrics endpoint,
+//! the HTTP API and the listener; accept until shutdown is requested; then run the
 //! graceful sequence (`crate::shutdown`) across every core and shard.
 //!
 //! Every other core: build its context with a watch-merge replica and serve
@@ -174,16 +174,39 @@ async fn run_primary(
             })?;
         glommio::spawn_local(crate::metrics::http::serve(ctx.clone(), metrics_listener)).detach();
     }
+    // The HTTP API (served on core 0) stops accepting when this sender is
+    // dropped.
+    let http_stop = match config.http_listen {
+        Some(addr) => {
+            let http_listener = glommio::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot listen for the HTTP API on {addr}: {e}"))?;
+            let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+            glommio::spawn_local(crate::http::serve(
+                ctx.clone(),
+                http_listener,
+                tls.clone(),
+                stop_rx,
+            ))
+            .detach();
+            Some(stop_tx)
+        }
+        None => None,
+    };
     glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
     glommio::spawn_local(control_loop(ctx.clone(), inbox, tls.clone())).detach();
     tracing::info!(
-        "corestate {} listening on {}{} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
+        "corestate {} listening on {}{} | http {} | shards {} | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
         env!("CARGO_PKG_VERSION"),
         config.bind,
         match (&tls, config.tls.require_client_cert) {
             (None, _) => "",
             (Some(_), false) => " (TLS)",
             (Some(_), true) => " (TLS, client certificates required)",
+        },
+        match config.http_listen {
+            Some(addr) if tls.is_some() => format!("https://{addr}/v1"),
+            Some(addr) => format!("http://{addr}/v1"),
+            None => "off".to_string(),
         },
         config.shards,
         config.data_dir.display(),
@@ -200,6 +223,7 @@ async fn run_primary(
     );
     let signal = accept_loop(ctx.clone(), &listener, tls, &p.shutdown).await;
     drop(listener);
+    drop(http_stop);
     shut_down(&ctx, &p.shutdown, signal).await
 }
 

@@ -104,6 +104,17 @@ impl Cores {
         }
     }
 
+    /// A seat on a given core (a connection that core serves itself, such
+    /// as the HTTP API's on core 0).
+    pub fn seat_on(self: &Arc<Self>, core: usize) -> Seat {
+        let core = core.min(self.open.len() - 1);
+        self.open[core].fetch_add(1, Ordering::Relaxed);
+        Seat {
+            cores: self.clone(),
+            core,
+        }
+    }
+
     /// Give a connection to its seat's core. Fails (closing the socket and
     /// freeing the seat) only if that core stopped; `false` then.
     pub fn hand_off(&self, handoff: Handoff) -> bool {

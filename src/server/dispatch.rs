@@ -72,15 +72,30 @@ pub async fn dispatch(
         );
         return Flow::Continue;
     }
+    run_request(ctx, session, watch, op, &req.params, reply, peer).await
+}
+
+/// Run one request that passed the authentication gate and answer it —
+/// exactly once — through `reply`. Shared by RCP connections and the HTTP
+/// API (`crate::http`), so an operation means the same over both.
+pub async fn run_request(
+    ctx: &Rc<ServerCtx>,
+    session: &mut Session,
+    watch: &Rc<RefCell<ConnWatch>>,
+    op: Op,
+    params: &Value,
+    reply: ReplyTo,
+    peer: Option<SocketAddr>,
+) -> Flow {
     match op {
         // In line: a batch's messages must reach the shards before later
         // requests of this connection do.
         Op::Batch => {
-            let result = batch::run(ctx, session, watch, &req.params, peer).await;
+            let result = batch::run(ctx, session, watch, params, peer).await;
             answer(reply, result);
             Flow::Continue
         }
-        _ => run_op(ctx, session, watch, op, &req.params, reply, peer).await,
+        _ => run_op(ctx, session, watch, op, params, reply, peer).await,
     }
 }
 

@@ -83,6 +83,8 @@ class Server:
             "--data-dir", str(self.data_dir),
             "--shards", str(SHARDS),
             "--fsync", "every_write",
+            # No test here uses the HTTP API: keep its fixed default port free.
+            "--http-listen", "off",
         ]
         if self.config_file is not None:
             args += ["--config", str(self.config_file)]

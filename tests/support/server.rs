@@ -333,6 +333,14 @@ fn spawn_server(
     for (key, value) in env {
         cmd.env(key, value);
     }
+    // The HTTP API listens on 127.0.0.1:7402 unless told otherwise: a test
+    // that does not ask for it gets none (a fixed port shared by every
+    // test server, with SO_REUSEPORT, would mix them up).
+    let http_configured = extra_args.iter().any(|a| a.starts_with("--http-listen"))
+        || env.iter().any(|(k, _)| *k == "CORESTATE_HTTP_LISTEN");
+    if !http_configured {
+        cmd.args(["--http-listen", "off"]);
+    }
     cmd.spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", server_binary()))
 }
