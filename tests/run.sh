@@ -25,5 +25,9 @@ fi
 cargo build --bins
 cargo test --workspace --all-targets
 
+# Each test's server preallocates its WAL segments (~128 MiB a data
+# directory): keep the temporary directories in target/ (pytest empties it
+# at the start of a run) and only those of failed tests.
 CORESTATE_BIN="$PWD/target/debug/corestate" RSTMDB_CLI="$cli" \
-  "$venv/bin/python" -m pytest -q tests/python
+  "$venv/bin/python" -m pytest -q tests/python \
+  --basetemp "$PWD/target/pytest-tmp" -o tmp_path_retention_policy=failed

@@ -19,6 +19,9 @@ use super::runner::{Deferred, Shard};
 pub struct Waiting {
     /// Keyed by the budget's address: one queue per client.
     queues: HashMap<usize, (Arc<ResponseBudget>, VecDeque<ShardMsg>)>,
+    /// Where the next look starts in the clients' order: a look cut short
+    /// by the turn's end must not always favour the same clients.
+    rotation: usize,
 }
 
 impl Waiting {
@@ -69,13 +72,24 @@ impl Shard {
     }
 
     /// Run the waiting requests that their clients' budgets now allow, each
-    /// client's in order.
-    pub(super) fn run_waiting(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
+    /// client's in order, until the turn's end (`turn_ends`, on the shard's
+    /// monotonic clock); what is left for lack of time runs next turn
+    /// (`wake_waiting` stays set).
+    pub(super) fn run_waiting(
+        &mut self,
+        now: u64,
+        deferred: &mut Vec<Deferred>,
+        turn_ends: std::time::Duration,
+    ) {
         if self.waiting.is_empty() {
             return;
         }
         self.wake_waiting = false;
-        let keys: Vec<usize> = self.waiting.queues.keys().copied().collect();
+        let mut keys: Vec<usize> = self.waiting.queues.keys().copied().collect();
+        keys.sort_unstable();
+        self.waiting.rotation = self.waiting.rotation.wrapping_add(1);
+        let start = self.waiting.rotation % keys.len().max(1);
+        keys.rotate_left(start);
         for k in keys {
             if self
                 .waiting
@@ -94,6 +108,10 @@ impl Shard {
                 if !budget.may_run(seq) && !budget.note_parked(self.state.shard_id, seq) {
                     // Marked again: the next returned budget wakes us.
                     break;
+                }
+                if self.env.clock.monotonic() >= turn_ends {
+                    self.wake_waiting = true;
+                    return;
                 }
                 let Some(msg) = queue.pop_front() else {
                     break;
