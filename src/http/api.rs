@@ -57,18 +57,43 @@ struct Answer {
 
 /// Answer one request. Never fails: every error is a JSON error answer.
 pub async fn respond(conn: &ConnState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let result = handle(conn, req).await;
+    let announces_body = announces_body(req.headers());
+    let mut body_read = false;
+    let result = handle(conn, req, &mut body_read).await;
     // From here the client has the read timeout to take the answer and to
     // send its next request.
     conn.clock
         .arm(Duration::from_millis(HTTP_REQUEST_READ_TIMEOUT_MS));
-    match result {
+    let mut response = match result {
         Ok(answer) => json_response(answer.status, answer.body),
         Err(e) => error_response(&e),
+    };
+    if announces_body && !body_read {
+        // Answered before its body was read (refused authentication, no
+        // such route): the connection cannot carry another request, and
+        // hyper closes it. Say so, or a client that pools connections
+        // sends its next request into a closing socket.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
-async fn handle(conn: &ConnState, req: Request<Incoming>) -> Result<Answer, HttpError> {
+/// Whether the request's head says a body follows.
+fn announces_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+async fn handle(
+    conn: &ConnState,
+    req: Request<Incoming>,
+    body_read: &mut bool,
+) -> Result<Answer, HttpError> {
     let matched = routes::find(req.method(), req.uri().path()).map_err(no_route)?;
     let route = matched.route;
     if route.auth {
@@ -89,6 +114,7 @@ async fn handle(conn: &ConnState, req: Request<Incoming>) -> Result<Answer, Http
         BodyUse::None => Value::Null,
         BodyUse::Params | BodyUse::Definition => {
             let mut bytes = read_body(req.into_body()).await?;
+            *body_read = true;
             if bytes.is_empty() {
                 Value::Null
             } else {
