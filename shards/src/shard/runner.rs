@@ -327,8 +327,8 @@ impl Shard {
             if !mailbox.is_empty() || self.wake_waiting {
                 // The turn ended on its limits with work left: let the
                 // executor's other tasks (the connections this core serves)
-                // run before the next one.
-                future::yield_now().await;
+                // and their I/O run before the next one.
+                self.env.tasks.yield_to_others().await;
             }
         }
         if let Err(e) = self.wal.sync().await {

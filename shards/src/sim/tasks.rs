@@ -28,6 +28,10 @@ impl Tasks for SimTasks {
         self.exec.spawn(self.group, task);
     }
 
+    fn yield_to_others(&self) -> LocalTask {
+        Box::pin(futures_lite::future::yield_now())
+    }
+
     fn blocking(&self, job: Job) -> LocalTask {
         job();
         Box::pin(async {})
