@@ -91,6 +91,9 @@ async fn run(ctx: Rc<ServerCtx>, hooks: Rc<Webhooks>, hook: Rc<Hook>) {
         let mut stopped = false;
         for e in round.events.iter().filter(|e| e.offset >= cursor) {
             if hook.matcher.matches(e) {
+                // Everything before this event is done: the status shows
+                // the offset being delivered (or paused on).
+                hook.cursor.set(e.offset);
                 match deliver(&hooks, &hook, e).await {
                     Outcome::Delivered => saver.delivered += 1,
                     Outcome::Stopped => {
