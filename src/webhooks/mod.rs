@@ -364,8 +364,10 @@ impl Webhooks {
         let was_paused = {
             let mut s = hook.status.borrow_mut();
             let was = s.paused;
-            s.paused = false;
-            s.consecutive_failures = 0;
+            if was {
+                s.paused = false;
+                s.consecutive_failures = 0;
+            }
             was
         };
         if was_paused {
