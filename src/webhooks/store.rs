@@ -10,8 +10,12 @@
 //!
 //! Saves run on the executor's blocking thread (`spawn_blocking`), one at a
 //! time (`save` holds a one-permit semaphore while it takes the snapshot and
-//! writes it), so a later save never lands before an earlier one.
+//! writes it), so a later save never lands before an earlier one. Saves
+//! asked for while another is waiting or writing share the next write, as a
+//! group commit does: a save whose request came before a write's snapshot
+//! was taken is done when that write is durable.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +54,10 @@ struct StoredFile {
 pub struct Store {
     path: PathBuf,
     saving: glommio::sync::Semaphore,
+    /// Saves asked for so far.
+    requested: Cell<u64>,
+    /// Every save asked for up to this one is durable.
+    durable: Cell<u64>,
 }
 
 impl Store {
@@ -57,6 +65,8 @@ impl Store {
         Store {
             path: data_dir.join(WEBHOOKS_FILE_NAME),
             saving: glommio::sync::Semaphore::new(1),
+            requested: Cell::new(0),
+            durable: Cell::new(0),
         }
     }
 
@@ -83,11 +93,18 @@ impl Store {
 
     /// Make `snapshot()` (taken once this save's turn has come) durable.
     pub async fn save(&self, snapshot: impl FnOnce() -> Vec<StoredHook>) -> std::io::Result<()> {
+        let mine = self.requested.get() + 1;
+        self.requested.set(mine);
         let _turn = self
             .saving
             .acquire_permit(1)
             .await
             .map_err(|_| std::io::Error::other("webhook store closed"))?;
+        if self.durable.get() >= mine {
+            // A write that took its snapshot after this request is durable.
+            return Ok(());
+        }
+        let covers = self.requested.get();
         let file = StoredFile {
             format: WEBHOOKS_FILE_FORMAT,
             webhooks: snapshot(),
@@ -96,7 +113,9 @@ impl Store {
         let path = self.path.clone();
         glommio::executor()
             .spawn_blocking(move || replace_file(&path, &bytes))
-            .await
+            .await?;
+        self.durable.set(self.durable.get().max(covers));
+        Ok(())
     }
 }
 
@@ -144,6 +163,43 @@ mod tests {
         // A crash between writing a temporary and renaming it.
         std::fs::write(store.path.with_extension("json.tmp"), b"{garbage").unwrap();
         assert_eq!(store.load().unwrap(), vec![hook("a", 5), hook("b", 7)]);
+    }
+
+    #[test]
+    fn saves_asked_for_together_share_writes_and_the_last_state_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let writes = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let store = std::rc::Rc::new(Store::new(&path));
+                let state = std::rc::Rc::new(Cell::new(0u64));
+                let writes = std::rc::Rc::new(Cell::new(0u32));
+                let saves: Vec<_> = (1..=10u64)
+                    .map(|i| {
+                        let (store, state, writes) = (store.clone(), state.clone(), writes.clone());
+                        glommio::spawn_local(async move {
+                            state.set(state.get().max(i));
+                            store
+                                .save(|| {
+                                    writes.set(writes.get() + 1);
+                                    vec![hook("a", state.get())]
+                                })
+                                .await
+                                .unwrap();
+                        })
+                    })
+                    .collect();
+                for save in saves {
+                    save.await;
+                }
+                assert_eq!(store.load().unwrap(), vec![hook("a", 10)]);
+                writes.get()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(writes < 10, "{writes} writes for 10 saves asked at once");
     }
 
     #[test]
