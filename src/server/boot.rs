@@ -275,6 +275,9 @@ async fn shut_down(
     tracing::info!("{signal}: stopped accepting connections");
     let open = ctx.cores.open_total();
     let abandoned = shutdown::drain_all_cores(ctx).await;
+    if let Some(webhooks) = &ctx.webhooks {
+        webhooks.save_cursors().await;
+    }
     shutdown.mark_begun();
     let unsynced = shutdown::stop_shards(&ctx.router).await;
     if !unsynced.is_empty() {

@@ -247,6 +247,22 @@ impl Webhooks {
             .await
     }
 
+    /// Make every webhook's current cursor durable (graceful shutdown), so
+    /// a clean restart repeats no acknowledged delivery.
+    pub async fn save_cursors(&self) {
+        let hooks: Vec<Rc<Hook>> = self.hooks.borrow().values().cloned().collect();
+        let before: Vec<u64> = hooks
+            .iter()
+            .map(|h| h.saved_cursor.replace(h.cursor.get()))
+            .collect();
+        if let Err(e) = self.save().await {
+            for (hook, cursor) in hooks.iter().zip(before) {
+                hook.saved_cursor.set(cursor);
+            }
+            tracing::warn!("webhooks: cannot save the cursors at shutdown: {e}");
+        }
+    }
+
     fn get(&self, id: &str) -> EngineResult<Rc<Hook>> {
         self.hooks.borrow().get(id).cloned().ok_or_else(|| {
             EngineError::new(ErrorCode::NotFound, format!("no webhook with id `{id}`"))

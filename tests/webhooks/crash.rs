@@ -1,7 +1,7 @@
 //! SIGKILL mid-stream: subscriptions survive, delivery resumes from the
 //! saved cursor — every acknowledged transition is delivered at least once,
 //! in order, and what is delivered twice lies within the window since the
-//! last cursor save.
+//! last cursor save; after a graceful shutdown, nothing is repeated.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -72,4 +72,29 @@ fn after_sigkill_delivery_resumes_from_the_saved_cursor_in_order_losing_nothing(
     }
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     assert_eq!(unique, wanted, "every transition, nothing else");
+}
+
+#[test]
+fn after_a_graceful_restart_nothing_is_delivered_twice() {
+    let mut node = start();
+    let ids = node.flips("g", 2);
+    let receiver = Receiver::start(Mode::Accept { delay_ms: 0 });
+    let hook = node.webhook(&receiver.url, json!({}));
+    let mut expected = node.flip_many(&ids, 30);
+    receiver.wait_until(Duration::from_secs(20), "30 deliveries", |r| {
+        r.accepted().len() >= 30
+    });
+    // At once: the shutdown saves the cursor, not only the periodic save.
+    node.server.signal(libc::SIGTERM);
+    let status = node.server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    node.server.restart();
+    crate::client::wait_listening(node.api.addr);
+    assert!(node.status(&hook)["saved_cursor"].as_u64() > expected.last().copied());
+    expected.extend(node.flip_many(&ids, 5));
+    receiver.wait_until(Duration::from_secs(20), "35 deliveries", |r| {
+        r.accepted().len() >= 35
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(receiver.accepted_offsets(), expected, "each once, in order");
 }

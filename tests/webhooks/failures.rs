@@ -68,8 +68,9 @@ fn a_stalled_receiver_slows_neither_writers_nor_another_webhook_and_is_retried_a
     for i in 0..30 {
         let t = Instant::now();
         expected.push(node.apply(&ids[i % ids.len()], "FLIP"));
+        // Well under the stall's request timeout, even on a loaded machine.
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < REQUEST_TIMEOUT / 2,
             "a write waited {:?} behind a stalled webhook",
             t.elapsed()
         );
