@@ -7,7 +7,8 @@
 //! operations to the owner shard's mailbox (crate `shards`), machine
 //! operations to `server::catalog` — and the connection writes the answers
 //! in request order (`protocol::response`). `http` serves the same
-//! operations as a JSON API over HTTP/1.1 (hyper), through the same dispatch. `runtime` starts the pinned
+//! operations as a JSON API over HTTP/1.1 (hyper), through the same dispatch. `webhooks` POSTs committed
+//! transitions to subscribed URLs. `runtime` starts the pinned
 //! shard executors, the acceptor and the watchdog.
 
 pub mod config;
@@ -19,3 +20,4 @@ pub mod server;
 pub mod shutdown;
 pub mod watch;
 pub mod watchdog;
+pub mod webhooks;

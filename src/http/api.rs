@@ -1,5 +1,5 @@
 //! One HTTP request of the API: route, bearer check, body, the RCP
-//! operation behind the route, the JSON answer.
+//! operation behind the route (or the webhook operation), the JSON answer.
 //!
 //! The operation runs through `dispatch::run_request` — the code RCP
 //! connections use — with a reply channel of its own, so semantics,
@@ -29,7 +29,7 @@ use shards::{EngineError, EngineResult, ErrorCode};
 
 use super::errors::HttpError;
 use super::io::ReadClock;
-use super::routes::{self, Action, BodyUse, Inputs, NoRoute};
+use super::routes::{self, Action, BodyUse, Inputs, NoRoute, WebhookOp};
 use super::{openapi, HTTP_BODY_BYTES_MAX, HTTP_REQUEST_READ_TIMEOUT_MS};
 use crate::protocol::frame::OutputMode;
 use crate::protocol::op::Op;
@@ -102,6 +102,7 @@ async fn handle(
     let op = match route.action {
         Action::Health => return Ok(ok(br#"{"status":"ok"}"#.to_vec())),
         Action::OpenApi => return Ok(ok(openapi::DOCUMENT.as_bytes().to_vec())),
+        Action::Webhook(op) => return webhook(conn, op, matched.path_params, req).await,
         Action::Op(op) => op,
     };
     let query = routes::parse_query(req.uri().query().unwrap_or(""))?;
@@ -144,6 +145,64 @@ async fn handle(
     Ok(Answer {
         status: success_status(op, &body),
         body,
+    })
+}
+
+/// A webhook route (`crate::webhooks`): no query parameters; the body, if
+/// the route reads one, is a JSON object.
+async fn webhook(
+    conn: &ConnState,
+    op: WebhookOp,
+    path_params: Vec<(&'static str, String)>,
+    req: Request<Incoming>,
+) -> Result<Answer, HttpError> {
+    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return Err(HttpError::bad_request(
+            "unknown query parameter (this route takes: none)",
+        ));
+    }
+    let body = if op == WebhookOp::Create {
+        let mut bytes = read_body(req.into_body()).await?;
+        if bytes.is_empty() {
+            Value::Null
+        } else {
+            parse_json_document(&mut bytes)?
+        }
+    } else {
+        Value::Null
+    };
+    conn.clock.disarm();
+    let Some(hooks) = conn.ctx.webhooks.clone() else {
+        return Err(HttpError::rcp(EngineError::internal(
+            "webhooks are served by core 0 only",
+        )));
+    };
+    let id = path_params
+        .iter()
+        .find(|(name, _)| *name == "id")
+        .map_or("", |(_, v)| v.as_str());
+    let (status, value) = match op {
+        WebhookOp::Create => (
+            StatusCode::CREATED,
+            hooks
+                .create(&conn.ctx, &body)
+                .await
+                .map_err(HttpError::rcp)?,
+        ),
+        WebhookOp::List => (StatusCode::OK, hooks.list()),
+        WebhookOp::Get => (StatusCode::OK, hooks.view(id).map_err(HttpError::rcp)?),
+        WebhookOp::Delete => (
+            StatusCode::OK,
+            hooks.delete(id).await.map_err(HttpError::rcp)?,
+        ),
+        WebhookOp::Resume => (
+            StatusCode::OK,
+            hooks.resume(id).await.map_err(HttpError::rcp)?,
+        ),
+    };
+    Ok(Answer {
+        status,
+        body: serde_json::to_vec(&value).unwrap_or_default(),
     })
 }
 

@@ -2,7 +2,8 @@
 //! against, the OpenAPI test compares with, and the README documents — and
 //! the translation of a matched route into the RCP operation behind it.
 //!
-//! Every route except health and the OpenAPI document is one RCP operation:
+//! Every route except health, the OpenAPI document and the webhook routes
+//! (`crate::webhooks`, which RCP does not have) is one RCP operation:
 //! path parameters, query parameters and the JSON body become that
 //! operation's `params`, and the operation runs through the same dispatch
 //! code as over RCP (`crate::server::dispatch::run_request`). Values are
@@ -55,6 +56,18 @@ pub enum Action {
     OpenApi,
     /// One RCP operation.
     Op(Op),
+    /// An operation on webhook subscriptions (`crate::webhooks`).
+    Webhook(WebhookOp),
+}
+
+/// The webhook routes: no RCP operation behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOp {
+    Create,
+    List,
+    Get,
+    Delete,
+    Resume,
 }
 
 /// Where a parameter of the RCP operation comes from, besides the path.
@@ -83,6 +96,13 @@ pub struct Route {
     pub auth: bool,
     /// Takes an `Idempotency-Key` header (mapped to `idempotency_key`).
     pub idempotency_key: bool,
+}
+
+const fn webhook_route(verb: Verb, path: &'static str, op: WebhookOp, body: BodyUse) -> Route {
+    Route {
+        action: Action::Webhook(op),
+        ..route(verb, path, Op::Ping, body)
+    }
 }
 
 const fn route(verb: Verb, path: &'static str, op: Op, body: BodyUse) -> Route {
@@ -166,6 +186,31 @@ pub const ROUTES: &[Route] = &[
         ..route(Verb::Get, "/v1/wal", Op::WalRead, BodyUse::None)
     },
     route(Verb::Get, "/v1/wal/stats", Op::WalStats, BodyUse::None),
+    webhook_route(
+        Verb::Post,
+        "/v1/webhooks",
+        WebhookOp::Create,
+        BodyUse::Params,
+    ),
+    webhook_route(Verb::Get, "/v1/webhooks", WebhookOp::List, BodyUse::None),
+    webhook_route(
+        Verb::Get,
+        "/v1/webhooks/{id}",
+        WebhookOp::Get,
+        BodyUse::None,
+    ),
+    webhook_route(
+        Verb::Delete,
+        "/v1/webhooks/{id}",
+        WebhookOp::Delete,
+        BodyUse::None,
+    ),
+    webhook_route(
+        Verb::Post,
+        "/v1/webhooks/{id}/resume",
+        WebhookOp::Resume,
+        BodyUse::None,
+    ),
 ];
 
 /// Query and path parameters whose values are numbers in RCP.

@@ -481,6 +481,9 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
         );
     }
 
+    if let Some(hooks) = &ctx.webhooks {
+        hooks.render(&mut out);
+    }
     ProcessStats::read().render(&mut out);
     out.finish()
 }

@@ -3,8 +3,8 @@
 //!
 //! Core 0 (the primary): resolve cross-shard batches a crash left in doubt,
 //! load the machine catalog and complete half-done installs, start the
-//! primary watch merge (relaying to the other cores), the metrics endpoint,
-//! the HTTP API and the listener; accept until shutdown is requested; then run the
+//! primary watch merge (relaying to the other cores), the webhooks'
+//! delivery tasks, the metrics endpoint, the HTTP API and the listener; accept until shutdown is requested; then run the
 //! graceful sequence (`crate::shutdown`) across every core and shard.
 //!
 //! Every other core: build its context with a watch-merge replica and serve
@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, ShutdownRequest};
 use crate::watch::merge::Merger;
+use crate::webhooks::Webhooks;
 
 /// The acceptor's work for one core, built on the main thread and run on
 /// that core's executor (its futures are not `Send`; the closure is).
@@ -92,7 +93,7 @@ pub fn jobs(
                 ))
                 .detach();
                 let tls = shared.tls.clone();
-                let ctx = context(core, shared, merger);
+                let ctx = context(core, shared, merger, None);
                 glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
                 glommio::spawn_local(control_loop(ctx, inbox, tls)).detach();
                 Ok(())
@@ -109,7 +110,12 @@ pub fn jobs(
     jobs
 }
 
-fn context(core: usize, shared: Shared, merger: Rc<RefCell<Merger>>) -> Rc<ServerCtx> {
+fn context(
+    core: usize,
+    shared: Shared,
+    merger: Rc<RefCell<Merger>>,
+    webhooks: Option<Rc<Webhooks>>,
+) -> Rc<ServerCtx> {
     Rc::new(ServerCtx {
         core,
         cores: shared.cores,
@@ -122,6 +128,7 @@ fn context(core: usize, shared: Shared, merger: Rc<RefCell<Merger>>) -> Rc<Serve
         refusals: RefusalLog::new(),
         conns: Connections::default(),
         answer_budget: shared.answer_budget,
+        webhooks,
     })
 }
 
@@ -161,7 +168,9 @@ async fn run_primary(
         }
     }
     let machines = catalog.installed().len();
-    let ctx = context(0, shared, merger);
+    let webhooks = Webhooks::load(&config.data_dir)?;
+    let ctx = context(0, shared, merger, Some(webhooks.clone()));
+    webhooks.start_all(&ctx);
     let listener = glommio::net::TcpListener::bind(config.bind)
         .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
     if config.metrics.enabled {
@@ -266,6 +275,9 @@ async fn shut_down(
     tracing::info!("{signal}: stopped accepting connections");
     let open = ctx.cores.open_total();
     let abandoned = shutdown::drain_all_cores(ctx).await;
+    if let Some(webhooks) = &ctx.webhooks {
+        webhooks.save_cursors().await;
+    }
     shutdown.mark_begun();
     let unsynced = shutdown::stop_shards(&ctx.router).await;
     if !unsynced.is_empty() {

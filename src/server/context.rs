@@ -181,4 +181,7 @@ pub struct ServerCtx {
     pub conns: Connections,
     /// Bytes of unwritten answers all connections together may hold.
     pub answer_budget: Arc<shards::shard::budget::ServerBudget>,
+    /// The webhooks (core 0 only, where the HTTP API and the primary merge
+    /// run; `None` on the other cores).
+    pub webhooks: Option<Rc<crate::webhooks::Webhooks>>,
 }
