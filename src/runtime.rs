@@ -246,7 +246,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let recovered_instances: u64 = reports.iter().map(|r| r.instances_active).sum();
     crate::watchdog::start(heartbeats, shutdown.clone());
 
-    let start = reports.iter().map(|r| r.watermark).min().unwrap_or(0);
+    let start = reports.iter().map(|r| r.watermark).max().unwrap_or(0);
     let (cores, inboxes) = Cores::new(config.shards);
     let shared = Shared {
         cores,

@@ -64,7 +64,8 @@ pub struct Primary {
 }
 
 /// One job per core, core 0's first. `start`: the offset below which every
-/// event is history when the shards opened (the merges start there).
+/// event is history when the shards opened — the largest of their
+/// watermarks (`Merger::new`); the merges start there.
 pub fn jobs(
     shared: Shared,
     inboxes: Vec<flume::Receiver<CoreMsg>>,
