@@ -135,20 +135,32 @@ pub fn check_instance(
         })
         .collect();
     let start = InstanceState::ABSENT;
-    let (steps, verdict) = match search(machine, &resolved, &intervals, start, steps_max) {
-        Search::Linearizable { steps, .. } => (steps, Verdict::Linearizable),
+    let prefix = |depth: usize| match search(
+        machine,
+        &resolved,
+        &intervals,
+        start,
+        steps_max,
+        Some(depth),
+    ) {
+        Search::Reached { prefix } => prefix,
+        _ => Vec::new(),
+    };
+    let (steps, verdict) = match search(machine, &resolved, &intervals, start, steps_max, None) {
+        Search::Linearizable { steps } => (steps, Verdict::Linearizable),
         Search::Violation { deepest, steps } => (
             steps,
             Verdict::NotLinearizable {
-                account: account(machine, &kept, &resolved, &deepest),
+                account: account(machine, &kept, &resolved, &prefix(deepest)),
             },
         ),
         Search::GaveUp { deepest, steps } => (
             steps,
             Verdict::GaveUp {
-                account: account(machine, &kept, &resolved, &deepest),
+                account: account(machine, &kept, &resolved, &prefix(deepest)),
             },
         ),
+        Search::Reached { .. } => unreachable!("no depth to stop at was given"),
     };
     InstanceReport {
         instance: instance.to_string(),

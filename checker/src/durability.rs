@@ -11,7 +11,7 @@
 //! * a watch stream equals the log's transitions: no gap, no duplicate, no
 //!   reordering, nothing invented.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::history::{Call, History, Outcome, Reply};
 use crate::machine::Machine;
@@ -137,7 +137,7 @@ pub fn check_committed_log(
     }
     // Every acknowledged write is in the log, whole.
     let by_offset: HashMap<u64, &Committed> = committed.iter().map(|c| (c.offset, c)).collect();
-    let mut matched: HashMap<u64, ()> = HashMap::new();
+    let mut matched: HashSet<u64> = HashSet::new();
     // Unknown writes per (instance, what they would log), for phantoms.
     let mut unknown: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     for op in &history.ops {
@@ -181,7 +181,7 @@ pub fn check_committed_log(
         stats.acknowledged_writes += 1;
         match by_offset.get(&offset) {
             Some(c) if c.instance == op.instance && c.change == change => {
-                if matched.insert(offset, ()).is_some() {
+                if !matched.insert(offset) {
                     problems.push(format!(
                         "two acknowledgements of the write at {offset}: {op}"
                     ));
@@ -193,10 +193,7 @@ pub fn check_committed_log(
             None => problems.push(format!("LOST acknowledged write: {op}")),
         }
     }
-    for c in committed
-        .iter()
-        .filter(|c| !matched.contains_key(&c.offset))
-    {
+    for c in committed.iter().filter(|c| !matched.contains(&c.offset)) {
         stats.unacknowledged_committed += 1;
         let key = match &c.change {
             Change::Create { .. } => (c.instance.as_str(), None),

@@ -59,11 +59,13 @@ enum Node {
 pub(crate) enum Search {
     /// A linearization exists.
     Linearizable { steps: u64 },
-    /// None exists; `deepest` is the longest prefix the search could
-    /// place (the place to start reading the history).
-    Violation { deepest: Vec<usize>, steps: u64 },
+    /// None exists; the longest prefix the search could place (the place
+    /// to start reading the history) had `deepest` operations.
+    Violation { deepest: usize, steps: u64 },
     /// The step budget ran out first.
-    GaveUp { deepest: Vec<usize>, steps: u64 },
+    GaveUp { deepest: usize, steps: u64 },
+    /// `stop_at_depth` was reached with this prefix.
+    Reached { prefix: Vec<usize> },
 }
 
 /// One word of a Zobrist key, from the operation's index (splitmix64).
@@ -188,13 +190,18 @@ struct Placed {
 }
 
 /// Search a linearization of `ops` (with their real-time intervals) from
-/// `start`, taking at most `steps_max` steps.
+/// `start`, taking at most `steps_max` steps. With `stop_at_depth`, stop
+/// at the first prefix of that many operations: the search is
+/// deterministic, so a second run finds the deepest prefix of a failed
+/// one again (keeping a copy of every new deepest prefix during the search
+/// would cost time quadratic in the history's length).
 pub(crate) fn search(
     machine: &Machine,
     ops: &[Resolved],
     intervals: &[Interval],
     start: InstanceState,
     steps_max: u64,
+    stop_at_depth: Option<usize>,
 ) -> Search {
     debug_assert_eq!(ops.len(), intervals.len());
     let mut lists = Lists::new(intervals);
@@ -206,7 +213,7 @@ pub(crate) fn search(
     let mut hash = (0u64, 0u64);
     let mut seen: HashSet<(u64, u64, InstanceState)> = HashSet::new();
     let mut stack: Vec<Placed> = Vec::new();
-    let mut deepest: Vec<usize> = Vec::new();
+    let mut deepest = 0usize;
     let mut steps = 0u64;
     let mut node = lists.next[HEAD];
     // Scanning the unknown operations invoked up to `window_end` (the
@@ -252,8 +259,10 @@ pub(crate) fn search(
                     if ops[op].required() {
                         required_left -= 1;
                     }
-                    if stack.len() > deepest.len() {
-                        deepest = stack.iter().map(|p| p.op).collect();
+                    deepest = deepest.max(stack.len());
+                    if stop_at_depth == Some(stack.len()) {
+                        let prefix = stack.iter().map(|p| p.op).collect();
+                        return Search::Reached { prefix };
                     }
                     node = lists.next[HEAD];
                     unknown_pass = false;

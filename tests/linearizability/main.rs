@@ -198,8 +198,9 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
             kills,
             &format!(
                 "# Linearizability run, single node\n\n`CORESTATE_LIN_SECS={secs} \
-                 CORESTATE_LIN_KILLS={kills} cargo test --release --test linearizability -- \
-                 --nocapture`\n\nAnomalies: {anomalies}\n\n```\n{summary}\n```\n"
+                 CORESTATE_LIN_KILLS={kills} CORESTATE_TEST_SEED={seed} cargo test {}--test \
+                 linearizability -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n{summary}\n```\n",
+                if cfg!(debug_assertions) { "" } else { "--release " }
             ),
         );
         eprintln!("results written to {}", path.display());
