@@ -1,0 +1,221 @@
+//! The clients: each thread issues random CREATE_INSTANCE, APPLY_EVENT and
+//! GET_INSTANCE requests on a few shared instances, one at a time, and
+//! records each in its `ClientLog` — ok, a definite failure, or unknown
+//! when the connection breaks or times out (the server was killed). It
+//! then reconnects to wherever the server runs now.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use corestate_checker::{Call, ClientLog, Clock, Failure, Outcome, Reply};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+
+/// Pause between connection attempts while the server is down.
+pub const RECONNECT_POLL: Duration = Duration::from_millis(20);
+
+/// The machine every instance runs: a cycle (idle → busy → idle), a branch
+/// out of busy (FINISH, FAIL, BOUNCE), a second cycle through failed, and
+/// a side trip through paused.
+pub const MACHINE: &str = "linjob";
+pub const TRANSITIONS: &[(&str, &str, &str)] = &[
+    ("idle", "START", "busy"),
+    ("busy", "FINISH", "idle"),
+    ("busy", "FAIL", "failed"),
+    ("busy", "BOUNCE", "busy"),
+    ("failed", "RETRY", "busy"),
+    ("failed", "RESET", "idle"),
+    ("idle", "PAUSE", "paused"),
+    ("paused", "RESUME", "idle"),
+];
+pub const INITIAL: &str = "idle";
+pub const STATES: &[&str] = &["idle", "busy", "failed", "paused"];
+
+pub fn definition() -> Value {
+    let transitions: Vec<Value> = TRANSITIONS
+        .iter()
+        .map(|(from, event, to)| json!({"from": from, "event": event, "to": to}))
+        .collect();
+    json!({"states": STATES, "initial": INITIAL, "transitions": transitions})
+}
+
+/// Where the server listens now (its port changes with every restart).
+pub struct Target {
+    port: AtomicU16,
+}
+
+impl Target {
+    pub fn new(port: u16) -> Target {
+        Target {
+            port: AtomicU16::new(port),
+        }
+    }
+
+    pub fn set(&self, port: u16) {
+        self.port.store(port, Ordering::SeqCst);
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port.load(Ordering::SeqCst)))
+    }
+}
+
+/// Connect to the current server, retrying until `stop`.
+pub fn connect(target: &Target, stop: &AtomicBool) -> Option<Client> {
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(client) = Client::connect(target.addr()) {
+            return Some(client);
+        }
+        thread::sleep(RECONNECT_POLL);
+    }
+    None
+}
+
+/// xorshift64*, seeded per client.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// What one client did besides its history.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub reconnects: usize,
+    /// Error answers the model does not explain (recorded as unknown).
+    pub unexpected: Vec<String>,
+}
+
+/// One client: random requests until `stop`.
+pub fn run_client(
+    client_no: usize,
+    seed: u64,
+    clock: Clock,
+    instances: &[String],
+    target: &Target,
+    stop: &AtomicBool,
+) -> (ClientLog, ClientStats) {
+    let mut log = ClientLog::new(client_no, clock);
+    let mut stats = ClientStats::default();
+    let mut rng = Rng(seed ^ (client_no as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let events: Vec<&str> = TRANSITIONS.iter().map(|(_, e, _)| *e).collect();
+    let mut conn = connect(target, stop);
+    while let Some(client) = conn.as_mut() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let instance = rng.pick(instances).clone();
+        let (call, op, params) = match rng.below(20) {
+            0..=1 => (
+                Call::Create,
+                "CREATE_INSTANCE",
+                json!({"machine": MACHINE, "version": 1, "instance_id": instance}),
+            ),
+            2..=7 => (Call::Get, "GET_INSTANCE", json!({"instance_id": instance})),
+            roll => {
+                let event = rng.pick(&events).to_string();
+                let expected = (roll >= 16).then(|| rng.pick(STATES).to_string());
+                let mut params = json!({"instance_id": instance, "event": event});
+                if let Some(state) = &expected {
+                    params["expected_state"] = json!(state);
+                }
+                (
+                    Call::Apply {
+                        event,
+                        expected_state: expected,
+                    },
+                    "APPLY_EVENT",
+                    params,
+                )
+            }
+        };
+        let pending = log.invoke(&instance, call.clone());
+        match client.call(op, params) {
+            Ok(response) => {
+                let outcome = outcome_of(&call, &response);
+                if outcome == Outcome::Unknown {
+                    stats
+                        .unexpected
+                        .push(format!("{op} {instance}: {response}"));
+                }
+                log.complete(pending, outcome);
+            }
+            Err(_) => {
+                log.unknown(pending);
+                stats.reconnects += 1;
+                conn = connect(target, stop);
+            }
+        }
+    }
+    (log, stats)
+}
+
+/// The `'…'`-quoted name after `marker` in an error message.
+fn quoted_after(message: &str, marker: &str) -> Option<String> {
+    let rest = &message[message.find(marker)? + marker.len()..];
+    let rest = rest.strip_prefix('\'')?;
+    Some(rest[..rest.find('\'')?].to_string())
+}
+
+/// The outcome a response envelope means; `Unknown` for an answer the
+/// model does not explain.
+pub fn outcome_of(call: &Call, response: &Value) -> Outcome {
+    let result = &response["result"];
+    let text = |key: &str| result[key].as_str().map(str::to_string);
+    let offset = |key: &str| result[key].as_u64();
+    if response["status"] == "ok" {
+        let reply = match call {
+            Call::Create => text("state")
+                .zip(offset("wal_offset"))
+                .map(|(state, wal_offset)| Reply::Created { state, wal_offset }),
+            Call::Apply { .. } => text("from_state")
+                .zip(text("to_state"))
+                .zip(offset("wal_offset"))
+                .map(|((from_state, to_state), wal_offset)| Reply::Applied {
+                    from_state,
+                    to_state,
+                    wal_offset,
+                }),
+            Call::Get => {
+                text("state")
+                    .zip(offset("last_wal_offset"))
+                    .map(|(state, last_wal_offset)| Reply::Got {
+                        state,
+                        last_wal_offset,
+                    })
+            }
+        };
+        return reply.map_or(Outcome::Unknown, Outcome::Ok);
+    }
+    let message = response["error"]["message"].as_str().unwrap_or_default();
+    let failure = match response["error"]["code"].as_str().unwrap_or_default() {
+        "INSTANCE_EXISTS" => Failure::InstanceExists,
+        "INSTANCE_NOT_FOUND" => Failure::InstanceNotFound,
+        // core error: state conflict: expected '{expected}', actual '{actual}'
+        "CONFLICT" => Failure::Conflict {
+            actual: quoted_after(message, "actual "),
+        },
+        // core error: invalid transition: cannot apply '{event}' in state '{state}'
+        "INVALID_TRANSITION" => Failure::InvalidTransition {
+            state: quoted_after(message, "in state "),
+        },
+        _ => return Outcome::Unknown,
+    };
+    Outcome::Fail(failure)
+}
