@@ -14,6 +14,7 @@ mod pki;
 
 // What these tests share.
 mod client;
+mod ws_client;
 
 // One behaviour per file.
 mod auth;
@@ -23,3 +24,4 @@ mod limits;
 mod routes;
 mod shutdown;
 mod tls;
+mod ws;
