@@ -13,6 +13,7 @@ mod support;
 mod pki;
 
 // What these tests share.
+mod browser;
 mod client;
 mod ws_client;
 
@@ -21,6 +22,7 @@ mod auth;
 mod cross_protocol;
 mod errors;
 mod limits;
+mod page;
 mod routes;
 mod shutdown;
 mod tls;

@@ -38,7 +38,7 @@ function setStatus(text) { $("status").textContent = text; }
 // transitions both ways, a loop for a self-transition), labelled by event.
 function drawGraph(definition) {
   const states = [...new Set(definition.states)];
-  const radius = 22, size = Math.max(220, 90 * Math.sqrt(states.length) + 120);
+  const radius = 28, size = Math.max(220, 90 * Math.sqrt(states.length) + 120);
   const center = size / 2, ring = states.length > 1 ? size / 2 - radius - 24 : 0;
   const at = new Map(states.map((s, i) => {
     const angle = (2 * Math.PI * i) / states.length - Math.PI / 2;
@@ -119,7 +119,7 @@ async function loadInstances() {
   const rows = $("instances");
   rows.replaceChildren();
   for (const i of got.instances) {
-    const tr = el("tr");
+    const tr = el("tr", { "data-id": i.id });
     for (const v of [i.id, i.machine, i.version, i.state, i.last_wal_offset]) tr.appendChild(el("td", {}, String(v)));
     rows.appendChild(tr);
   }
@@ -139,6 +139,13 @@ function showEvent(e) {
   li.appendChild(document.createTextNode(" " + e.to_state));
   const list = $("events");
   list.prepend(li);
+  // Keep a listed instance's row current.
+  for (const row of $("instances").children) {
+    if (row.dataset.id === e.instance_id) {
+      row.children[3].textContent = e.to_state;
+      row.children[4].textContent = String(e.wal_offset);
+    }
+  }
   while (list.children.length > EVENTS_SHOWN_MAX) list.lastElementChild.remove();
 }
 
