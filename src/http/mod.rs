@@ -203,8 +203,10 @@ async fn serve_connection<S: ByteStream>(
     let conn = http1::Builder::new()
         .max_buf_size(HTTP_REQUEST_HEAD_BYTES_MAX)
         .serve_connection(HyperIo::new(stream), service);
-    match drive(conn, &clock, Some(handle)).await {
-        Ok(mut parts) => match state.upgrade.borrow_mut().take() {
+    let driven = drive(conn, &clock, Some(handle)).await;
+    let upgrade = state.upgrade.borrow_mut().take();
+    match driven {
+        Ok(mut parts) => match upgrade {
             // The last answer was `101 Switching Protocols`: the socket is
             // a WebSocket now.
             Some(plan) => ws::serve(ctx, parts.io.stream, parts.read_buf, plan, handle).await,

@@ -312,9 +312,8 @@ pub async fn serve<S: ByteStream>(
         Auth::Subscribed(s) => s,
         Auth::Refused(why) => return close(&mut tx, CloseCode::Policy, &why).await,
         Auth::FirstMessage => {
-            match first_message_auth(&ctx, &mut rx, handle).await {
-                Err(why) => return close(&mut tx, CloseCode::Policy, &why).await,
-                Ok(()) => {}
+            if let Err(why) = first_message_auth(&ctx, &mut rx, handle).await {
+                return close(&mut tx, CloseCode::Policy, &why).await;
             }
             match subscribe(&ctx, &plan.params).await {
                 Ok(s) => s,

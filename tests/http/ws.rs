@@ -4,6 +4,7 @@
 //! reading loses nothing, bearer tokens by header or first message, and a
 //! close frame on graceful shutdown.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -259,4 +260,60 @@ fn graceful_shutdown_closes_streams_with_a_reason() {
     assert_eq!(reason, "server shutting down");
     let status = server.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_stream_holds_a_connection_seat_and_limits_client_messages() {
+    let (server, api) = start(&["--max-connections", "2"]);
+    let mut rcp = server.raw();
+    rcp.assert_alive();
+    // The readiness probes' connections may hold a seat for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ws = loop {
+        match try_open(api.addr, "", None) {
+            Ok(ws) => break ws,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ws.next_json()["type"], "subscribed");
+    // The stream and the RCP connection hold both seats.
+    let refused = api.get("/v1/health");
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    // A message over WS_CLIENT_MESSAGE_BYTES_MAX (4 KiB) ends the stream.
+    ws.send_text(&"x".repeat(8 * 1024));
+    let (code, reason) = ws.expect_close();
+    assert_eq!(code, CloseCode::Size, "{reason}");
+    drop(ws);
+    // Its seat is given back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.get("/v1/health").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream's seat was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
+    // The server's WS_IDLE_TIMEOUT_MS, checked every WS_PING_INTERVAL_MS.
+    const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+    let (_server, api) = start(&[]);
+    let (mut ws, _) = open(api.addr, "");
+    // Not reading: the client's library answers no ping.
+    std::thread::sleep(SERVER_IDLE_TIMEOUT + Duration::from_secs(2));
+    // Read the raw bytes (a WebSocket library would now answer the pings
+    // into a closed socket): pings, then a close frame with 1008, then EOF.
+    let mut raw = Vec::new();
+    let _ = ws.socket.get_mut().read_to_end(&mut raw);
+    let close = raw
+        .windows(2)
+        .position(|w| w[0] == 0x88)
+        .unwrap_or_else(|| panic!("no close frame in {raw:?}"));
+    let code = u16::from_be_bytes([raw[close + 2], raw[close + 3]]);
+    assert_eq!(code, 1008);
+    let reason = String::from_utf8_lossy(&raw[close + 4..]);
+    assert!(reason.contains("nothing heard"), "{reason}");
 }
