@@ -8,8 +8,10 @@
 //! events (ring while it keeps up, the shards' logs when it fell behind),
 //! and the same event message (PROTOCOL.md §2.4) is sent, one per message.
 //! So the slow-consumer rule is RCP's: nothing is dropped, the server holds
-//! at most one delivery round (`WRITE_BUFFER_FLUSH_BYTES` of encoded events,
-//! plus tungstenite's write buffer) per stream, a stream that falls behind
+//! at most one delivery round per stream (`WATCH_EVENTS_PER_ROUND_MAX` ring
+//! events, or one catch-up read of `WATCH_CATCHUP_BYTES_PER_SHARD_MAX` per
+//! shard, plus tungstenite's write buffer) and encodes the next only once
+//! the socket took it, a stream that falls behind
 //! the ring is served from the logs at the pace its socket takes, and one
 //! whose next event was compacted away is closed (1011, with the reason).
 //!

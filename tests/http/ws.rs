@@ -317,3 +317,80 @@ fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout() {
     let reason = String::from_utf8_lossy(&raw[close + 4..]);
     assert!(reason.contains("nothing heard"), "{reason}");
 }
+
+#[test]
+fn over_tls_the_stream_is_wss_with_the_servers_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+
+    let pki = crate::pki::Pki::generate();
+    let port = crate::support::fresh_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args: Vec<String> = vec!["--http-listen".into(), listen.clone()];
+    args.extend(crate::pki::tls_args(&pki));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = crate::support::Server::start(&args);
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    crate::client::wait_listening(addr);
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pki.path("ca.pem")).unwrap();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(crate::ws_client::WS_MESSAGE_TIMEOUT))
+        .unwrap();
+    let stream = rustls::StreamOwned::new(tls, tcp);
+    let (mut ws, _) = tungstenite::client(format!("wss://localhost:{port}/v1/watch"), stream)
+        .unwrap_or_else(|e| panic!("wss handshake: {e}"));
+    let read_json = |ws: &mut tungstenite::WebSocket<_>| loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => {
+                return serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap()
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(read_json(&mut ws)["type"], "subscribed");
+    // RCP on this server is TLS too: write through the HTTP API instead.
+    let _server = server;
+    let api = crate::client::Api::new(addr, "https", tls_agent_for(&pki));
+    api.put(
+        "/v1/machines/m/versions/1",
+        &json!({
+            "states": ["a", "b"], "initial": "a",
+            "transitions": [{"from": "a", "event": "FLIP", "to": "b"}]
+        }),
+    );
+    api.post(
+        "/v1/instances",
+        &json!({"machine": "m", "version": 1, "instance_id": "t-1"}),
+    )
+    .expect(201);
+    let applied = api
+        .post("/v1/instances/t-1/events", &json!({"event": "FLIP"}))
+        .expect(200)
+        .json();
+    let event = read_json(&mut ws);
+    assert_eq!(event["type"], "event");
+    assert_eq!(event["wal_offset"], applied["wal_offset"]);
+}
+
+fn tls_agent_for(pki: &crate::pki::Pki) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let ca = Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap())
+        .unwrap()
+        .to_owned();
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(std::sync::Arc::new(vec![ca])))
+        .build();
+    crate::client::agent_config().tls_config(tls).build().into()
+}

@@ -162,7 +162,10 @@ function connect() {
     else if (msg.type === "event") showEvent(msg);
   };
   socket.onclose = (c) => {
-    setStatus(`stream closed (${c.code}${c.reason ? ": " + c.reason : ""}); reconnecting…`);
+    const why = `${c.code}${c.reason ? ": " + c.reason : ""}`;
+    // 1008: the token was refused; wait for another one.
+    if (c.code === 1008) return setStatus(`stream refused (${why}): enter a token`);
+    setStatus(`stream closed (${why}); reconnecting…`);
     setTimeout(connect, RECONNECT_DELAY_MS);
   };
 }
