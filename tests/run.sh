@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one test command (README "Test"): installs everything the tests need
 # (Rust dependencies via cargo, a Python venv with the official rstmdb
-# client, Debian's headless Chromium for the page test) and runs every test: unit tests, Rust integration tests against the
-# real binary, and the Python client suite (with rstmdb's official CLI,
-# rstmdb-cli, installed into target/ like the reference server of the benches).
+# client, Debian's headless Chromium for the page test) and runs every test:
+# unit tests, Rust integration tests against the real binary, and the Python
+# client suite (with rstmdb's official CLI, rstmdb-cli, installed into target/
+# like the reference server of the benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
