@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # The one test command (README "Test"): installs everything the tests need
 # (Rust dependencies via cargo, a Python venv with the official rstmdb
-# client) and runs every test: unit tests, Rust integration tests against the
-# real binary, and the Python client suite (with rstmdb's official CLI,
-# rstmdb-cli, installed into target/ like the reference server of the benches).
+# client, Debian's headless Chromium for the page test) and runs every test:
+# unit tests, Rust integration tests against the real binary, and the Python
+# client suite (with rstmdb's official CLI, rstmdb-cli, installed into target/
+# like the reference server of the benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian's Chromium and its WebDriver, for the live page test
+# (tests/http/page.rs), which fails rather than skips without them.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: the page test needs chromium and chromium-driver;" \
+      "run as root or: sudo apt-get install -y chromium chromium-driver" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 venv=target/pyvenv
 if [ ! -x "$venv/bin/python" ]; then

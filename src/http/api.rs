@@ -47,6 +47,9 @@ pub struct ConnState {
     pub ctx: Rc<ServerCtx>,
     pub clock: Rc<ReadClock>,
     pub peer: Option<SocketAddr>,
+    /// Set by a `GET /v1/watch` answered `101`: the WebSocket to run on the
+    /// socket once hyper hands it back.
+    pub upgrade: RefCell<Option<super::ws::Plan>>,
 }
 
 /// A successful answer: status and JSON body.
@@ -57,9 +60,21 @@ struct Answer {
 
 /// Answer one request. Never fails: every error is a JSON error answer.
 pub async fn respond(conn: &ConnState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let special = routes::find(req.method(), req.uri().path())
+        .ok()
+        .map(|m| m.route.action);
     let announces_body = announces_body(req.headers());
     let mut body_read = false;
-    let result = handle(conn, req, &mut body_read).await;
+    let result = match special {
+        Some(Action::Watch) => {
+            let response = super::ws::upgrade(conn, req).await;
+            conn.clock
+                .arm(Duration::from_millis(HTTP_REQUEST_READ_TIMEOUT_MS));
+            return response;
+        }
+        Some(Action::Page(asset)) => return super::page::response(asset),
+        _ => handle(conn, req, &mut body_read).await,
+    };
     // From here the client has the read timeout to take the answer and to
     // send its next request.
     conn.clock
@@ -104,6 +119,8 @@ async fn handle(
         Action::OpenApi => return Ok(ok(openapi::DOCUMENT.as_bytes().to_vec())),
         Action::Webhook(op) => return webhook(conn, op, matched.path_params, req).await,
         Action::Op(op) => op,
+        // Answered by `respond` before coming here.
+        Action::Watch | Action::Page(_) => return Err(no_route(NoRoute::NotFound)),
     };
     let query = routes::parse_query(req.uri().query().unwrap_or(""))?;
     let idempotency_key = if route.idempotency_key {

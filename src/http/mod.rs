@@ -6,7 +6,9 @@
 //! * `api.rs` — one request: bearer check, body, the operation, the answer;
 //! * `errors.rs` — the one table from RCP error code to HTTP status;
 //! * `io.rs` — hyper's I/O on glommio streams, and the connection driver;
-//! * `openapi.rs` — the OpenAPI 3 document served at `/openapi.json`.
+//! * `openapi.rs` — the OpenAPI 3 document served at `/openapi.json`;
+//! * `ws.rs` — `GET /v1/watch`, watch streams over WebSocket;
+//! * `page.rs` — the live page at `/` (files in `page/`).
 //!
 //! Bounds:
 //! * connections: HTTP connections are client connections like RCP ones —
@@ -37,9 +39,11 @@ pub mod api;
 pub mod errors;
 pub mod io;
 pub mod openapi;
+pub mod page;
 pub mod routes;
+pub mod ws;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -184,12 +188,14 @@ async fn serve_connection<S: ByteStream>(
         HTTP_REQUEST_READ_TIMEOUT_MS,
     )));
     let state = Rc::new(api::ConnState {
-        ctx,
+        ctx: ctx.clone(),
         clock: clock.clone(),
         peer,
+        upgrade: RefCell::new(None),
     });
+    let served = state.clone();
     let service = service_fn(move |req| {
-        let state = state.clone();
+        let state = served.clone();
         let answer: BoxedLocal<Result<_, Infallible>> =
             Box::pin(async move { Ok(api::respond(&state, req).await) });
         answer
@@ -197,8 +203,15 @@ async fn serve_connection<S: ByteStream>(
     let conn = http1::Builder::new()
         .max_buf_size(HTTP_REQUEST_HEAD_BYTES_MAX)
         .serve_connection(HyperIo::new(stream), service);
-    match drive(conn, &clock, Some(handle)).await {
-        Ok(mut parts) => io::close(&mut parts.io).await,
+    let driven = drive(conn, &clock, Some(handle)).await;
+    let upgrade = state.upgrade.borrow_mut().take();
+    match driven {
+        Ok(mut parts) => match upgrade {
+            // The last answer was `101 Switching Protocols`: the socket is
+            // a WebSocket now.
+            Some(plan) => ws::serve(ctx, parts.io.stream, parts.read_buf, plan, handle).await,
+            None => io::close(&mut parts.io).await,
+        },
         Err(io::TimedOut) => {
             tracing::debug!("HTTP API: closing a connection that kept to no deadline")
         }

@@ -56,6 +56,10 @@ pub enum Action {
     OpenApi,
     /// One RCP operation.
     Op(Op),
+    /// A watch stream over WebSocket (`http::ws`).
+    Watch,
+    /// A file of the live page (`http::page`), without authentication.
+    Page(Asset),
     /// An operation on webhook subscriptions (`crate::webhooks`).
     Webhook(WebhookOp),
 }
@@ -69,6 +73,8 @@ pub enum WebhookOp {
     Delete,
     Resume,
 }
+
+pub use super::page::Asset;
 
 /// Where a parameter of the RCP operation comes from, besides the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +134,27 @@ pub const ROUTES: &[Route] = &[
         auth: false,
         action: Action::OpenApi,
         ..route(Verb::Get, "/openapi.json", Op::Ping, BodyUse::None)
+    },
+    Route {
+        auth: false,
+        action: Action::Page(Asset::Index),
+        ..route(Verb::Get, "/", Op::Ping, BodyUse::None)
+    },
+    Route {
+        auth: false,
+        action: Action::Page(Asset::Script),
+        ..route(Verb::Get, "/app.js", Op::Ping, BodyUse::None)
+    },
+    Route {
+        auth: false,
+        action: Action::Page(Asset::Style),
+        ..route(Verb::Get, "/style.css", Op::Ping, BodyUse::None)
+    },
+    // Authentication is checked by `http::ws` (header or first message).
+    Route {
+        action: Action::Watch,
+        query: super::ws::WATCH_QUERY,
+        ..route(Verb::Get, "/v1/watch", Op::WatchAll, BodyUse::None)
     },
     route(Verb::Get, "/v1/info", Op::Info, BodyUse::None),
     route(Verb::Get, "/v1/machines", Op::ListMachines, BodyUse::None),

@@ -6,5 +6,6 @@
 //! history with `from_offset`.
 
 pub mod catchup;
+pub mod deliver;
 pub mod merge;
 pub mod subscription;

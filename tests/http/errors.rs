@@ -193,7 +193,7 @@ fn bad_http_input_gets_the_right_status() {
     );
     // Unknown routes and methods.
     assert_error(send("GET", "/v1/nothing", None), 404, "NOT_FOUND");
-    assert_error(send("GET", "/", None), 404, "NOT_FOUND");
+    assert_error(send("GET", "/v1", None), 404, "NOT_FOUND");
     let wrong = assert_error(
         send("PATCH", "/v1/instances/o-1", Some("{}")),
         405,

@@ -13,13 +13,17 @@ mod support;
 mod pki;
 
 // What these tests share.
+mod browser;
 mod client;
+mod ws_client;
 
 // One behaviour per file.
 mod auth;
 mod cross_protocol;
 mod errors;
 mod limits;
+mod page;
 mod routes;
 mod shutdown;
 mod tls;
+mod ws;
