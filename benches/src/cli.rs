@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::hostile::HostileSpec;
+use crate::http_conn::{default_http_addr, HTTP_PIPELINE_MAX};
 use crate::watch::SUBSCRIBERS_MAX;
 use crate::workload::{Mix, OpKind, BATCH_OPS_MAX, PAYLOAD_BYTES_MAX};
 
@@ -48,6 +49,25 @@ impl Workload {
     }
 }
 
+/// How the load connections talk to the server (setup always uses RCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// RCP over TCP (binary framing), pipelined.
+    Rcp,
+    /// The HTTP/JSON API over HTTP/1.1 keep-alive connections, one request
+    /// outstanding per connection.
+    Http,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Rcp => "rcp",
+            Transport::Http => "http",
+        }
+    }
+}
+
 /// Load generator for RCP servers (corestate, rstmdb 0.3): closed-loop
 /// pipelined connections, every response verified.
 #[derive(Debug, Clone, Parser)]
@@ -62,6 +82,13 @@ pub struct Args {
     /// Server address (host:port)
     #[arg(long, default_value = "127.0.0.1:7401")]
     pub addr: String,
+    /// Protocol of the load connections (setup always uses RCP)
+    #[arg(long, value_enum, default_value = "rcp")]
+    pub transport: Transport,
+    /// HTTP API address for --transport http [default: the host of --addr,
+    /// port 7402]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
     /// What to send
     #[arg(long, value_enum, default_value = "apply")]
     pub workload: Workload,
@@ -155,6 +182,13 @@ impl Args {
             .collect()
     }
 
+    /// Where `--transport http` connects.
+    pub fn http_addr(&self) -> String {
+        self.http_addr
+            .clone()
+            .unwrap_or_else(|| default_http_addr(&self.addr))
+    }
+
     /// The operation mix this run uses.
     pub fn mix(&self) -> Result<Mix, String> {
         match (self.workload, &self.mix) {
@@ -199,6 +233,28 @@ impl Args {
             if !tag.contains('=') {
                 return Err(format!("--tag {tag:?}: expected KEY=VALUE"));
             }
+        }
+        if self.transport == Transport::Http {
+            if !matches!(
+                self.workload,
+                Workload::Create | Workload::Apply | Workload::Get | Workload::Mix
+            ) {
+                return Err(format!(
+                    "--transport http drives create, apply, get and mix; not {}",
+                    self.workload.name()
+                ));
+            }
+            if self.pipeline > HTTP_PIPELINE_MAX {
+                return Err(format!(
+                    "--transport http keeps one request outstanding per connection \
+                     (hyper's HTTP/1.1 client does not pipeline, and the server answers \
+                     a connection's requests one at a time): use --pipeline \
+                     {HTTP_PIPELINE_MAX} and more --connections, got --pipeline {}",
+                    self.pipeline
+                ));
+            }
+        } else if self.http_addr.is_some() {
+            return Err("--http-addr needs --transport http".into());
         }
         let mix = self.mix()?;
         if (mix.uses(OpKind::Apply) || mix.uses(OpKind::Get)) && self.instances == 0 {

@@ -91,7 +91,7 @@ impl Shared {
         }
     }
 
-    fn in_window(&self, at: Instant) -> bool {
+    pub(crate) fn in_window(&self, at: Instant) -> bool {
         self.window_start.get().is_some_and(|s| at >= s)
             && self.window_end.get().is_none_or(|e| at < e)
     }
@@ -141,7 +141,7 @@ pub struct LoadOutcome {
 }
 
 impl LoadOutcome {
-    fn new() -> LoadOutcome {
+    pub(crate) fn new() -> LoadOutcome {
         LoadOutcome {
             measured_ops: 0,
             measured_by_kind: [0; OP_KINDS],
@@ -152,6 +152,65 @@ impl LoadOutcome {
             fatal: None,
             completed: 0,
             slow_path_count: 0,
+        }
+    }
+
+    /// Counts the verdict on request `id` (sent at `sent_at`, answered at
+    /// `received_at`, inside the measured window when `measured`); a
+    /// failure is also reported. True when the failure stops the
+    /// connection (the stream is out of step).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &mut self,
+        shared: &Shared,
+        index: usize,
+        id: u64,
+        expect: Expect,
+        stamp_ns: u64,
+        sent_at: Instant,
+        received_at: Instant,
+        measured: bool,
+        verdict: Result<(), Failure>,
+    ) -> bool {
+        match verdict {
+            Ok(()) => {
+                self.completed += 1;
+                if stamp_ns != 0 {
+                    self.stamped_acked += 1;
+                    if shared.stamp_in_window(stamp_ns) {
+                        self.stamped_acked_in_window += 1;
+                    }
+                }
+                if measured {
+                    self.measured_ops += 1;
+                    self.measured_by_kind[expect.kind().index()] += 1;
+                    let latency_us = received_at.duration_since(sent_at).as_micros() as u64;
+                    self.histogram.saturating_record(latency_us.max(1));
+                }
+                false
+            }
+            Err(failure) => {
+                *self.failures.entry(failure.code().to_string()).or_default() += 1;
+                let what = format!("{} request id {id}: {}", expect.kind(), failure.describe());
+                shared.report_failure(index, &what);
+                if let Failure::Protocol(_) = failure {
+                    self.fatal = Some(what);
+                    return true;
+                }
+                false
+            }
+        }
+    }
+
+    /// Closes the books when the connection stops: a fatal end that no
+    /// protocol violation explains counts as a lost connection.
+    pub(crate) fn finish(&mut self, shared: &Shared, index: usize, slow_path_count: u64) {
+        self.slow_path_count = slow_path_count;
+        if let Some(fatal) = &self.fatal {
+            if !self.failures.contains_key("PROTOCOL_VIOLATION") {
+                *self.failures.entry("CONNECTION_LOST".into()).or_default() += 1;
+                shared.report_failure(index, fatal);
+            }
         }
     }
 }
@@ -413,46 +472,25 @@ impl Conn {
                     outcome.fatal = Some("a response arrived with nothing outstanding".into());
                     break;
                 };
-                match checker.check(
+                let verdict = checker.check(
                     payload,
                     p.id,
                     p.expect,
                     generator.templates(),
                     generator.create_prefix(),
+                );
+                if outcome.record(
+                    shared,
+                    index,
+                    p.id,
+                    p.expect,
+                    p.stamp_ns,
+                    p.sent_at,
+                    received_at,
+                    measured,
+                    verdict,
                 ) {
-                    Ok(()) => {
-                        outcome.completed += 1;
-                        if p.stamp_ns != 0 {
-                            outcome.stamped_acked += 1;
-                            if shared.stamp_in_window(p.stamp_ns) {
-                                outcome.stamped_acked_in_window += 1;
-                            }
-                        }
-                        if measured {
-                            outcome.measured_ops += 1;
-                            outcome.measured_by_kind[p.expect.kind().index()] += 1;
-                            let latency_us =
-                                received_at.duration_since(p.sent_at).as_micros() as u64;
-                            outcome.histogram.saturating_record(latency_us.max(1));
-                        }
-                    }
-                    Err(failure) => {
-                        *outcome
-                            .failures
-                            .entry(failure.code().to_string())
-                            .or_default() += 1;
-                        let what = format!(
-                            "{} request id {}: {}",
-                            p.expect.kind(),
-                            p.id,
-                            failure.describe()
-                        );
-                        shared.report_failure(index, &what);
-                        if let Failure::Protocol(_) = failure {
-                            outcome.fatal = Some(what);
-                            break;
-                        }
-                    }
+                    break;
                 }
                 if !stopping && generator.has_next() {
                     let expect = generator.render_next(id, &mut self.wbuf);
@@ -473,16 +511,7 @@ impl Conn {
                 .completed
                 .set(shared.completed.get() + outcome.completed - completed_before);
         }
-        outcome.slow_path_count = checker.slow_path_count;
-        if let Some(fatal) = &outcome.fatal {
-            if !outcome.failures.contains_key("PROTOCOL_VIOLATION") {
-                *outcome
-                    .failures
-                    .entry("CONNECTION_LOST".into())
-                    .or_default() += 1;
-                shared.report_failure(index, fatal);
-            }
-        }
+        outcome.finish(shared, index, checker.slow_path_count);
         outcome
     }
 }

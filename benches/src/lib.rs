@@ -6,7 +6,9 @@
 //!
 //! Data flow: `cli` flags → `run` (setup, phases, samples) → one
 //! `conn::Conn::run_load` task per connection, rendering requests with
-//! `workload` over `frame` and verifying answers with `response` (plus one
+//! `workload` over `frame` and verifying answers with `response`, or with
+//! `--transport http` one `http_conn::HttpConn::run_load` task per
+//! connection over the HTTP/JSON API, same generator and checker (plus one
 //! `watch::run_subscriber` task per WATCH_ALL subscriber) → `stats`
 //! (/proc, getrusage) and `progress` alongside → `report`. Off the event
 //! loop, on threads of their own: `hostile` clients (`--hostile`) and the
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod conn;
 pub mod frame;
 pub mod hostile;
+pub mod http_conn;
 pub mod memory;
 pub mod progress;
 pub mod report;

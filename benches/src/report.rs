@@ -47,6 +47,11 @@ pub struct ServerInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     pub workload: String,
+    /// `rcp` or `http` (the load connections' protocol).
+    pub transport: String,
+    /// Where `--transport http` connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
     pub mix: String,
     pub connections: usize,
     pub pipeline: usize,
@@ -302,9 +307,19 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  load            {} connections x {} pipeline, {} instances, payload {} B, \
-             {:.1} s measured after {:.1} s warm-up",
-            c.connections, c.pipeline, c.instances, c.payload_bytes, r.elapsed_secs, c.warmup_secs
+            "  load            {} {} connections x {} pipeline, {} instances, payload {} B, \
+             {:.1} s measured after {:.1} s warm-up{}",
+            c.connections,
+            c.transport.to_uppercase(),
+            c.pipeline,
+            c.instances,
+            c.payload_bytes,
+            r.elapsed_secs,
+            c.warmup_secs,
+            c.http_addr
+                .as_ref()
+                .map(|a| format!(" (HTTP API at {a})"))
+                .unwrap_or_default()
         );
         let by_kind: Vec<String> = r
             .ops_by_kind

@@ -13,9 +13,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::cli::{Args, Workload};
+use crate::cli::{Args, Transport, Workload};
 use crate::conn::{new_histogram, BenchError, Conn, LoadOutcome, Shared};
 use crate::hostile;
+use crate::http_conn::HttpConn;
 use crate::memory::RssSampler;
 use crate::progress::{self, Display};
 use crate::report::{
@@ -259,8 +260,19 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
     let precreate_secs = precreate(args, &templates).await?;
 
     let mut conns = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        conns.push(Conn::open(&args.addr, args.token.as_deref()).await?.0);
+    let mut http_conns = Vec::new();
+    match args.transport {
+        Transport::Rcp => {
+            for _ in 0..args.connections {
+                conns.push(Conn::open(&args.addr, args.token.as_deref()).await?.0);
+            }
+        }
+        Transport::Http => {
+            let http_addr = args.http_addr();
+            for _ in 0..args.connections {
+                http_conns.push(HttpConn::open(&http_addr, args.token.as_deref()).await?);
+            }
+        }
     }
 
     // Subscribers, before any apply.
@@ -322,6 +334,16 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
                 Checker::new(full_parse),
             )
             .await
+        }));
+    }
+    for (index, conn) in http_conns.into_iter().enumerate() {
+        let generator =
+            Generator::load(templates.clone(), schedule.clone(), index, args.connections);
+        let shared = shared.clone();
+        let full_parse = args.full_parse;
+        handles.push(tokio::task::spawn_local(async move {
+            conn.run_load(index, generator, &shared, Checker::new(full_parse))
+                .await
         }));
     }
     let warmup = Duration::from_secs_f64(args.warmup_secs);
@@ -501,6 +523,8 @@ pub async fn run(args: &Args, argv: &[String]) -> Result<Report, BenchError> {
         },
         config: RunConfig {
             workload: args.workload.name().to_string(),
+            transport: args.transport.name().to_string(),
+            http_addr: (args.transport == Transport::Http).then(|| args.http_addr()),
             mix: mix.describe(),
             connections: args.connections,
             pipeline: args.pipeline,
