@@ -60,6 +60,7 @@ use shards::ErrorCode;
 use self::errors::HttpError;
 use self::io::{drive, HyperIo, ReadClock};
 use crate::protocol::frame::FRAME_PAYLOAD_MAX_BYTES;
+use crate::server::acceptor::{next_connection, over_connection_limit};
 use crate::server::connection::ByteStream;
 use crate::server::context::{ConnHandle, ConnRegistration, ServerCtx};
 use crate::server::refusals::RefusalCause;
@@ -76,8 +77,6 @@ pub const HTTP_REQUEST_READ_TIMEOUT_MS: u64 = 10_000;
 pub const HTTP_REFUSALS_IN_PROGRESS_MAX: usize = 64;
 /// Longest a connection over the limit is served its refusal.
 pub const HTTP_REFUSAL_TIMEOUT_MS: u64 = 2_000;
-/// Pause after a failed `accept` (e.g. out of file descriptors).
-pub const HTTP_ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
 
 /// Serve the API on `listener` until `stop` is dropped or sent to (the
 /// listener is closed then); connections already open end with the
@@ -97,22 +96,8 @@ pub async fn serve(
 async fn accept_forever(ctx: Rc<ServerCtx>, listener: &TcpListener, tls: Option<TlsAcceptor>) {
     let refusing = Rc::new(Cell::new(0usize));
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("HTTP API: accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(HTTP_ACCEPT_ERROR_BACKOFF_MS)).await;
-                continue;
-            }
-        };
-        let peer = stream.peer_addr().ok();
-        let _ = stream.set_nodelay(true);
-        let max = ctx.limits.max_connections;
-        if ctx.cores.open_total() >= max {
-            ctx.refusals
-                .refuse(RefusalCause::ConnectionLimit, peer, || {
-                    format!("HTTP API: too many connections (max {max}, max_connections)")
-                });
+        let (stream, peer) = next_connection(listener, "HTTP API: ").await;
+        if let Some(max) = over_connection_limit(&ctx, peer, "HTTP API: ") {
             if refusing.get() >= HTTP_REFUSALS_IN_PROGRESS_MAX {
                 continue;
             }

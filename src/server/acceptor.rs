@@ -68,22 +68,8 @@ async fn accept_forever(
 ) -> &'static str {
     let refusing = Rc::new(Cell::new(0usize));
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
-                continue;
-            }
-        };
-        let peer = stream.peer_addr().ok();
-        let _ = stream.set_nodelay(true);
-        let max = ctx.limits.max_connections;
-        if ctx.cores.open_total() >= max {
-            ctx.refusals
-                .refuse(RefusalCause::ConnectionLimit, peer, || {
-                    format!("too many connections (max {max}, max_connections)")
-                });
+        let (stream, peer) = next_connection(listener, "").await;
+        if let Some(max) = over_connection_limit(&ctx, peer, "") {
             if refusing.get() >= REFUSALS_IN_PROGRESS_MAX {
                 drop(stream);
                 continue;
@@ -123,6 +109,46 @@ async fn accept_forever(
             tracing::warn!("closed an accepted connection: cannot hand it to a core: {e}");
         }
     }
+}
+
+/// The next connection from `listener` (`TCP_NODELAY` set) and its peer. A
+/// failed accept (out of descriptors, say) is logged and retried after
+/// `ACCEPT_ERROR_BACKOFF_MS`. `what` prefixes the log line ("" for RCP).
+pub async fn next_connection(
+    listener: &TcpListener,
+    what: &str,
+) -> (TcpStream, Option<SocketAddr>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let peer = stream.peer_addr().ok();
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!("{what}accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+            }
+        }
+    }
+}
+
+/// `Some(limit)` when every connection seat of the server is taken: the
+/// refusal is counted and logged (rate-limited) and the caller answers it.
+pub fn over_connection_limit(
+    ctx: &ServerCtx,
+    peer: Option<SocketAddr>,
+    what: &str,
+) -> Option<usize> {
+    let max = ctx.limits.max_connections;
+    if ctx.cores.open_total() < max {
+        return None;
+    }
+    ctx.refusals
+        .refuse(RefusalCause::ConnectionLimit, peer, || {
+            format!("{what}too many connections (max {max}, max_connections)")
+        });
+    Some(max)
 }
 
 /// Serve a connection on this core: register it (shutdown and metrics see
