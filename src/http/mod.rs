@@ -1,5 +1,5 @@
 //! The HTTP/JSON API (`--http-listen`, default 127.0.0.1:7402): hyper's
-//! HTTP/1.1 server on the acceptor's executor, in front of the same
+//! HTTP/1.1 server on core 0's executor, in front of the same
 //! dispatch, shards, durability, tokens and TLS settings as RCP.
 //!
 //! * `routes.rs` — the route table and how a route becomes RCP params;

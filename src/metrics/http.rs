@@ -1,6 +1,6 @@
 //! The metrics HTTP endpoint (docs/PROTOCOL.md §13.6): hyper's HTTP/1.1
 //! server (through `crate::http::io`, like the API) on its own address, run
-//! as tasks on the acceptor's executor (where the counters live). Paths: `/metrics` (Prometheus text), `/health` and
+//! as tasks on core 0's executor (it asks every acceptor core for its counters). Paths: `/metrics` (Prometheus text), `/health` and
 //! `/healthz` (`OK`), `/` (a small page linking to `/metrics`), anything
 //! else 404. Any method is accepted. One request per connection
 //! (`Connection: close`).
