@@ -3,7 +3,9 @@
 //! watch streams at a frame boundary and exits 0 in bounded time; the next
 //! start needs no torn-tail repair and finds every acknowledged write. A
 //! peer that never reads cannot hold the shutdown past its bound. Also
-//! records how the official Rust client sees the server go away.
+//! records how the official Rust client sees the server go away. The last
+//! frame of every connection is the shutdown notice (a frame of type
+//! `notice`), which the official clients skip.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{rcpx_json, request, rstmdb_connect, AsyncRawClient, Proc, EXIT_TIMEOUT};
+use crate::support::{
+    rcpx_json, request, rstmdb_connect, AsyncRawClient, Frame, Proc, RawClient, EXIT_TIMEOUT,
+};
 
 /// Writers hammering the server while it is told to stop.
 const LOAD_WRITERS: usize = 8;
@@ -28,6 +32,17 @@ fn door() -> Value {
         "initial": "open",
         "transitions": [{"from": "open", "event": "CLOSE", "to": "closed"}]
     })
+}
+
+/// The shutdown notice, and nothing after it but the close.
+fn expect_notice_then_close(c: &mut RawClient, notice: Option<Frame>) {
+    let notice = notice.expect("a shutdown notice before the close");
+    crate::support::assert_server_frame(&notice);
+    let n = notice.json();
+    assert_eq!(n["type"], "notice", "{n}");
+    assert_eq!(n["notice"], "shutting_down", "{n}");
+    assert!(n["message"].as_str().is_some_and(|m| !m.is_empty()), "{n}");
+    assert!(c.read_frame().is_none(), "nothing after the notice");
 }
 
 /// What the server acknowledged: instance id → state it confirmed.
@@ -108,13 +123,19 @@ async fn sigterm_under_load_exits_0_and_a_restart_finds_every_acknowledged_write
     assert!(log.contains("received SIGTERM"), "{log}");
     assert!(log.contains("every shard's WAL synced"), "{log}");
 
-    // The watcher got whole events, then a clean close.
+    // The watcher got whole events, then the notice and a clean close.
     let mut events = 0;
-    while let Some(frame) = watcher.read_frame() {
-        crate::support::assert_server_frame(&frame);
-        assert_eq!(frame.json()["type"], "event");
-        events += 1;
-    }
+    let notice = loop {
+        let frame = watcher.read_frame();
+        match &frame {
+            Some(f) if f.json()["type"] == "event" => {
+                crate::support::assert_server_frame(f);
+                events += 1;
+            }
+            _ => break frame,
+        }
+    };
+    expect_notice_then_close(&mut watcher, notice);
     eprintln!(
         "acknowledged {} instances ({before_signal} before the signal), watcher saw {events} events, shutdown took {took:?}",
         acked.lock().unwrap().len()
@@ -160,8 +181,9 @@ fn sigint_stops_an_idle_server_cleanly_and_fast() {
         "took {:?}",
         started.elapsed()
     );
-    // The idle connection was closed at a frame boundary.
-    assert!(c.read_frame().is_none());
+    // The idle connection got the notice and was closed at a frame boundary.
+    let notice = c.read_frame();
+    expect_notice_then_close(&mut c, notice);
     server.restart();
     assert!(!server.stderr().to_lowercase().contains("torn"));
     server
@@ -195,12 +217,19 @@ fn requests_already_received_are_answered_before_the_close() {
     // What was read is answered, in order, then the connection closes at a
     // frame boundary (never mid-frame, never out of order).
     let mut answered = 1;
-    while let Some(frame) = c.read_frame() {
-        let r = frame.json();
-        assert_eq!(r["id"], format!("c{answered}"));
-        assert_eq!(r["status"], "ok", "{r}");
-        answered += 1;
-    }
+    let notice = loop {
+        let frame = c.read_frame();
+        match &frame {
+            Some(f) if f.json()["type"] == "response" => {
+                let r = f.json();
+                assert_eq!(r["id"], format!("c{answered}"));
+                assert_eq!(r["status"], "ok", "{r}");
+                answered += 1;
+            }
+            _ => break frame,
+        }
+    };
+    expect_notice_then_close(&mut c, notice);
     eprintln!("{answered} of {PIPELINE} pipelined requests answered before the close");
     assert_eq!(server.wait_exit(EXIT_TIMEOUT).code(), Some(0));
     server.restart();
@@ -262,8 +291,10 @@ async fn how_the_rust_client_sees_the_server_go_away() {
     assert_eq!(status.code(), Some(0));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // The client notices through its read loop: it is no longer connected,
-    // and requests fail at once with NotConnected.
+    // The client skips the shutdown notice (its read loop logs "unknown
+    // message type" and goes on; a frame it failed on would end the loop
+    // with the client still marked connected), then sees the close: it is
+    // no longer connected, and requests fail at once with NotConnected.
     assert!(!client.is_connected(), "the client should see the close");
     let err = client.ping().await.expect_err("server gone");
     eprintln!("rstmdb-client after shutdown: ping -> {err:?}");

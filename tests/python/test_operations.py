@@ -8,9 +8,12 @@ What the client shows (documented for the README):
 * after the server shut down (SIGTERM): the client notices the close in its
   read loop; `is_connected` turns False and the next request raises
   `ConnectionError("Not connected to server")` at once (requests still
-  waiting fail with "Connection closed by server"); `events()` does not end
-  or raise — without `auto_reconnect=True` a watcher just waits, so it
+  waiting fail with "Connection closed by server"); `events()` does not
+  raise (it keeps waiting or ends) — without `auto_reconnect=True` a watcher
+  is not told why, so it
   should check `is_connected`.
+* the shutdown notice (the last frame, of type "notice") is ignored: it
+  neither fails a request nor shows up as an event.
 """
 
 from __future__ import annotations
@@ -65,10 +68,16 @@ async def test_over_the_connection_limit_the_client_is_told_why(start_server):
 async def test_sigterm_exits_0_keeps_every_write_and_the_client_sees_the_close(start_server):
     server = start_server()
     client = await connected(server)
+    watcher = await connected(server)
     await client.put_machine("door", 1, DOOR)
+    await watcher.watch_all()
     for i in range(20):
         await client.create_instance(machine="door", version=1, instance_id=f"d-{i}")
         await client.apply_event(f"d-{i}", "CLOSE")
+    stream = watcher.events()
+    for i in range(20):
+        event = await asyncio.wait_for(anext(stream), SHUTDOWN_TIMEOUT_S)
+        assert event.instance_id == f"d-{i}"
 
     os.kill(server.proc.pid, signal.SIGTERM)
     code = await asyncio.get_running_loop().run_in_executor(
@@ -80,6 +89,21 @@ async def test_sigterm_exits_0_keeps_every_write_and_the_client_sees_the_close(s
         await client.ping()
     assert "Not connected" in str(info.value)
     await client.close()
+    # The notice that preceded the close is not an event: the stream yields
+    # nothing more (whether it then waits or ends).
+    assert not watcher.is_connected
+    extra = []
+
+    async def drain():
+        async for event in stream:
+            extra.append(event)
+
+    try:
+        await asyncio.wait_for(drain(), 0.5)
+    except asyncio.TimeoutError:
+        pass
+    assert extra == []
+    await watcher.close()
 
     server.kill()  # reaps; the process already exited
     server.start()

@@ -274,7 +274,15 @@ impl AsyncRawClient {
             match take_rcpx_frame(&mut self.buf) {
                 Ok(Some(frame)) => {
                     assert_server_frame(&frame);
-                    return Ok(frame.json());
+                    let doc = frame.json();
+                    if doc["type"] == "notice" {
+                        // The server's last frame before a shutdown close.
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            format!("server notice: {doc}"),
+                        ));
+                    }
+                    return Ok(doc);
                 }
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),

@@ -38,8 +38,15 @@
 //! Shutdown: when the server asks the connection to stop (its `ConnHandle`),
 //! the reader stops reading the socket once every request already received
 //! is dispatched; the writer then writes every answer still owed and the
-//! connection closes. Every socket write is followed by a flush, which a TLS
-//! stream needs to push out what it buffered.
+//! connection closes. Just before the close it writes one notice frame,
+//! `{"type":"notice","notice":"shutting_down",...}`, so a client can tell a
+//! server going away from a network failure and reconnect (to another node,
+//! in a cluster). The standard clients skip frames of a type they do not
+//! know: the Rust client (`rstmdb-client` 0.3.0) logs a warning, the Python
+//! client (`rstmdb` 0.2.1) ignores it silently (tests/ops/shutdown.rs and
+//! tests/python/test_operations.py hold both to that). Every socket write
+//! is followed by a flush, which a TLS stream needs to push out what it
+//! buffered.
 //!
 //! Metrics: each answer, when encoded, adds its operation, latency and
 //! error code to the acceptor's plain counters (`Metrics`).
@@ -62,7 +69,7 @@ use shards::shard::Reply;
 use shards::EngineResult;
 
 use super::context::{ConnHandle, ServerCtx};
-use crate::protocol::frame::OutputMode;
+use crate::protocol::frame::{encode_frame, OutputMode};
 use crate::protocol::op::Op;
 use crate::watch::subscription::ConnWatch;
 
@@ -77,6 +84,8 @@ pub const WATCH_EVENTS_PER_ROUND_MAX: usize = 4096;
 /// Largest message a connection may send before it authenticated, when
 /// authentication is required (HELLO and AUTH are far smaller).
 pub const UNAUTHENTICATED_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// The last frame a connection gets when the server shuts down.
+pub const SHUTDOWN_NOTICE_JSON: &[u8] = br#"{"type":"notice","notice":"shutting_down","message":"the server is shutting down: every request it read was answered; reconnect and retry elsewhere or later"}"#;
 
 struct Slot {
     id_json: Vec<u8>,
@@ -161,6 +170,15 @@ pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S, handle: Rc<Conn
     let writer = glommio::spawn_local(writer::write_loop(conn.clone(), stream.clone(), reply_rx));
     reader::read_loop(&conn, &handle, &stream, reply_tx).await;
     writer.await;
+    if handle.stopping() && !conn.slots.borrow().broken {
+        // Every answer owed is written: say why the connection ends. A peer
+        // that does not read holds this write only until the drain timeout.
+        let mut notice = Vec::new();
+        let mode = conn.watch.borrow().mode.get();
+        if encode_frame(&mut notice, mode, SHUTDOWN_NOTICE_JSON).is_ok() {
+            let _ = writer::write_all(&stream, &notice).await;
+        }
+    }
     // Nobody will write this connection's answers any more: its requests
     // still waiting on shards are dropped, so they stop holding the answers
     // queued for it and the server's budget (`shards::shard::budget`).

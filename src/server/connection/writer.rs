@@ -19,7 +19,10 @@ use super::READ_BUFFER_INITIAL_BYTES;
 
 /// Write all of `buf`, then flush (a TLS stream may hold back what it
 /// accepted until flushed).
-async fn write_all<S: ByteStream>(stream: &Stream<S>, mut buf: &[u8]) -> std::io::Result<()> {
+pub(super) async fn write_all<S: ByteStream>(
+    stream: &Stream<S>,
+    mut buf: &[u8],
+) -> std::io::Result<()> {
     while !buf.is_empty() {
         let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
         if n == 0 {
