@@ -6,5 +6,6 @@
 
 pub mod channels;
 pub mod runtime;
+pub mod shard_group;
 
 pub use runtime::GlommioRuntime;

@@ -1,0 +1,67 @@
+//! A shard as a Raft group: what its log entries carry and the state
+//! machine that followers (and a restarted member) apply them to.
+//!
+//! The leader of a shard's group executes requests as a standalone shard
+//! does — checks them against its state, applies them in memory, stages
+//! WAL records with offsets from its clock — and proposes the records of
+//! one loop turn as one entry ([`TurnRecords`]). The records are results,
+//! not commands: applying an entry is recovery's replay
+//! (`ShardState::replay_any`), so no member evaluates a guard twice and
+//! every member reports the same `wal_offset` for the same write.
+//!
+//! * `state_machine.rs` — [`ShardMachine`], openraft's `RaftStateMachine`
+//!   over a `ShardState`;
+//! * `snapshot.rs` — the group snapshot: the shard snapshot (the standalone
+//!   format, `shards::snapshot`) plus the cross-shard batches still in
+//!   doubt, checksummed.
+
+mod snapshot;
+mod state_machine;
+
+use std::fmt;
+
+use crate::GlommioRuntime;
+
+pub use snapshot::{GroupSnapshot, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
+pub use state_machine::ShardMachine;
+
+/// One entry of a shard's Raft log: the WAL records of one leader turn,
+/// complete (header and payload) and back to back, as a standalone shard
+/// writes them to its segments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnRecords(pub Vec<u8>);
+
+impl fmt::Debug for TurnRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TurnRecords({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Display for TurnRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes of records", self.0.len())
+    }
+}
+
+/// What applying one entry did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnApplied {
+    /// Records the entry held (a batch record counts once).
+    pub records: u64,
+    /// The highest offset among them.
+    pub last_offset: Option<u64>,
+}
+
+openraft::declare_raft_types!(
+    /// A shard's Raft group: entries are turns of WAL records, answered with
+    /// what applying them did, on the shard's glommio executor.
+    pub ShardGroup:
+        D = TurnRecords,
+        R = TurnApplied,
+        AsyncRuntime = GlommioRuntime,
+);
+
+/// A log id of a shard group.
+pub type GroupLogId = openraft::type_config::alias::LogIdOf<ShardGroup>;
+/// The membership a shard group's state machine last applied.
+pub type GroupMembership = openraft::type_config::alias::StoredMembershipOf<ShardGroup>;
