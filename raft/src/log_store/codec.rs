@@ -191,11 +191,11 @@ fn decode_optional_log_id(c: &mut Cursor<'_>) -> Result<Option<WalLogId>, CodecE
 }
 
 /// A `RaftEntry` record's payload.
-pub fn encode_entry<D: AppDataCodec>(
+pub fn encode_entry<D>(
     entry: &Entry<WalLeaderId, EntryPayload<D, u64, BasicNode>>,
     out: &mut Vec<u8>,
 ) where
-    D: openraft::AppData,
+    D: AppDataCodec + openraft::AppData,
 {
     encode_log_id(&entry.log_id, out);
     match &entry.payload {
