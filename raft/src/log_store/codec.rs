@@ -425,7 +425,9 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_errors() {
-        assert!(decode_vote(&[0; 17]).is_err());
+        assert!(decode_vote(&[0; 17]).is_ok());
+        assert!(decode_vote(&[0; 16]).is_err(), "too short");
+        assert!(decode_vote(&[0; 18]).is_err(), "a stray byte");
         let mut vote = vec![0; 16];
         vote.push(7);
         assert!(decode_vote(&vote).is_err());
