@@ -1,10 +1,12 @@
 //! corestate's Raft layer: each shard becomes a Raft group on openraft,
 //! running on the shard's own glommio executor (docs/ARCHITECTURE.md,
-//! "Beyond one machine"). This first step holds the runtime adapter that
-//! lets openraft run there; see `README.md` beside this crate for what the
-//! log store, state machine and network must provide.
+//! "Not built yet"): the runtime adapter that lets openraft run there
+//! (`runtime`, `channels`), the Raft log stored in the shard WAL's segments
+//! (`log_store`) and the shard group's state machine (`shard_group`); see
+//! `README.md` beside this crate.
 
 pub mod channels;
+pub mod log_store;
 pub mod runtime;
 pub mod shard_group;
 

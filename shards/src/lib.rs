@@ -11,7 +11,7 @@ pub mod json;
 pub mod machine;
 pub mod router;
 pub mod shard;
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod snapshot;
 pub mod wal;

@@ -14,6 +14,7 @@ use std::io;
 use std::ops::RangeBounds;
 use std::rc::Rc;
 
+use corestate_raft::log_store::{AppDataCodec, CodecError};
 use corestate_raft::GlommioRuntime;
 use futures_util::StreamExt;
 use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
@@ -32,6 +33,31 @@ pub struct Put {
 impl fmt::Display for Put {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "put {}={}", self.key, self.value)
+    }
+}
+
+/// In the WAL log store: key length (u32), key, value (UTF-8 both).
+impl AppDataCodec for Put {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(self.value.as_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let bad = |what: &str| CodecError(format!("put: {what}"));
+        let len_bytes = bytes.get(..4).ok_or_else(|| bad("no key length"))?;
+        let key_len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        let rest = &bytes[4..];
+        let key = rest
+            .get(..key_len as usize)
+            .ok_or_else(|| bad("key longer than the record"))?;
+        let value = &rest[key.len()..];
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("not UTF-8"));
+        Ok(Put {
+            key: text(key)?,
+            value: text(value)?,
+        })
     }
 }
 

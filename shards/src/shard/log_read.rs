@@ -175,6 +175,20 @@ pub fn read_entries(
             | RecordKind::Abort
             | RecordKind::Flush => b.plain(header, payload, true),
             RecordKind::Batch => b.inner(header, payload, true)?,
+            RecordKind::RaftEntry
+            | RecordKind::RaftVote
+            | RecordKind::RaftTruncate
+            | RecordKind::RaftPurge
+            | RecordKind::RaftCommitted => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "at offset {}: {}",
+                        header.offset,
+                        header.kind.standalone_refusal()
+                    ),
+                ))
+            }
             RecordKind::Prepare => {
                 let (txid, _, inner) = entry::read_prepare(payload).map_err(io::Error::other)?;
                 match (cx.decision)(txid) {

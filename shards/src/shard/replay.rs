@@ -94,6 +94,9 @@ impl ShardState {
         payload: &[u8],
         counts: &mut ReplayCounts,
     ) -> Result<(), String> {
+        if header.kind.is_raft() {
+            return Err(header.kind.standalone_refusal());
+        }
         let entry = Entry::decode(payload)?;
         counts.records += 1;
         let at = header.time_ms;

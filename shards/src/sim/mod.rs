@@ -18,18 +18,28 @@
 //!   every restart; `salvage.rs` — planted damage, refusal and `--salvage`;
 //!   `scenarios.rs` — situations set up on purpose.
 
+// The `sim` feature exposes the disk and what it needs (clock, timers,
+// seeded generator) to other crates' tests; the server simulation itself
+// is this crate's tests only.
+#[cfg(test)]
 pub mod checks;
 pub mod clock;
 pub mod disk;
 pub mod executor;
+#[cfg(test)]
 pub mod model;
 pub mod rng;
+#[cfg(test)]
 pub mod run;
+#[cfg(test)]
 pub mod salvage;
 #[cfg(test)]
 mod scenarios;
+#[cfg(test)]
 pub mod tasks;
+#[cfg(test)]
 pub mod workload;
+#[cfg(test)]
 pub mod world;
 
 #[cfg(test)]

@@ -18,4 +18,4 @@ pub mod writer;
 
 pub use offset::{Frontier, OffsetClock};
 pub use policy::FsyncPolicy;
-pub use writer::{RolloverNews, WalOpen, WalStats, WalWriter};
+pub use writer::{RecordPlace, RolloverNews, WalOpen, WalStats, WalWriter};

@@ -56,6 +56,21 @@ pub enum RecordKind {
     Abort = 8,
     /// FLUSH_ALL: everything before this record is forgotten (empty payload).
     Flush = 9,
+    /// Kinds 10..=14 belong to a log that is a Raft member's log
+    /// (corestate-raft's `log_store`, which defines their payloads). A
+    /// standalone shard never writes them and refuses a log that holds one.
+    ///
+    /// One Raft log entry: its log id (term, leader node id, index) and its
+    /// payload (blank, application data, or a membership).
+    RaftEntry = 10,
+    /// The member's vote (term, node id, committed flag).
+    RaftVote = 11,
+    /// Every Raft entry after a log id (or all of them) is dropped.
+    RaftTruncate = 12,
+    /// Every Raft entry up to a log id is logically dropped (purged).
+    RaftPurge = 13,
+    /// The last log id known to be committed.
+    RaftCommitted = 14,
 }
 
 impl RecordKind {
@@ -70,8 +85,35 @@ impl RecordKind {
             7 => RecordKind::Commit,
             8 => RecordKind::Abort,
             9 => RecordKind::Flush,
+            10 => RecordKind::RaftEntry,
+            11 => RecordKind::RaftVote,
+            12 => RecordKind::RaftTruncate,
+            13 => RecordKind::RaftPurge,
+            14 => RecordKind::RaftCommitted,
             _ => return None,
         })
+    }
+
+    /// Whether the record belongs to a Raft member's log (kinds 10..=14).
+    pub fn is_raft(self) -> bool {
+        matches!(
+            self,
+            RecordKind::RaftEntry
+                | RecordKind::RaftVote
+                | RecordKind::RaftTruncate
+                | RecordKind::RaftPurge
+                | RecordKind::RaftCommitted
+        )
+    }
+
+    /// The error a standalone shard gives for a Raft record in its log: it
+    /// names the kind, so an operator sees whose log this is.
+    pub fn standalone_refusal(self) -> String {
+        format!(
+            "a Raft record ({self:?}, kind {}) in a standalone shard's log: this log belongs to \
+             a Raft member, which a standalone shard cannot replay or serve",
+            self as u8
+        )
     }
 }
 
@@ -272,6 +314,19 @@ mod tests {
         for len in 0..r.len() {
             assert!(decode_record(&r[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn raft_kinds_follow_flush_and_round_trip() {
+        for b in 10..=14u8 {
+            let kind = RecordKind::from_u8(b).unwrap();
+            assert!(kind.is_raft());
+            assert_eq!(kind as u8, b);
+        }
+        for b in 1..=9u8 {
+            assert!(!RecordKind::from_u8(b).unwrap().is_raft());
+        }
+        assert_eq!(RecordKind::from_u8(15), None);
     }
 
     #[test]

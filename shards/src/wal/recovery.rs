@@ -58,6 +58,7 @@ use super::record::{decode_record, RecordDefect, RecordHeader, RECORD_MAGIC};
 use super::resync::resync_tail;
 use super::segment::{list_segments, segment_path};
 use super::sequence::{ChainError, SequenceChain};
+use super::writer::RecordPlace;
 use crate::env::Storage;
 
 /// What recovery knows besides the files themselves.
@@ -326,6 +327,21 @@ pub fn scan(
     plan: ScanPlan,
     mut visit: impl FnMut(&RecordHeader, &[u8]) -> Result<(), String>,
 ) -> Result<ScanOutcome, RecoveryError> {
+    scan_placed(storage, dir, plan, |_, header, payload| {
+        visit(header, payload)
+    })
+}
+
+/// `scan`, telling `visit` where each record is (for an index of records
+/// that reads them back later, as the Raft log store keeps). Only records
+/// the scan keeps are visited: a torn tail or a salvage cut comes after
+/// every visited record.
+pub fn scan_placed(
+    storage: &dyn Storage,
+    dir: &Path,
+    plan: ScanPlan,
+    mut visit: impl FnMut(RecordPlace, &RecordHeader, &[u8]) -> Result<(), String>,
+) -> Result<ScanOutcome, RecoveryError> {
     let ids = list_segments(storage, dir).map_err(io_err(dir))?;
     let found_manifest =
         manifest::read(storage, dir).map_err(io_err(&manifest::manifest_path(dir)))?;
@@ -378,7 +394,11 @@ pub fn scan(
                     }
                 }
             }
-            visit(&h, payload).map_err(|message| RecoveryError::BadEntry {
+            let place = RecordPlace {
+                segment: id,
+                position: pos as u64,
+            };
+            visit(place, &h, payload).map_err(|message| RecoveryError::BadEntry {
                 path: path.clone(),
                 position: pos as u64,
                 message,

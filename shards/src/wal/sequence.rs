@@ -18,6 +18,9 @@
 //!   missing from the middle of the log (a deleted or emptied segment) — a
 //!   gap that refuses start-up instead of losing acknowledged data silently.
 //!
+//! Raft records (kinds 10..=14, a Raft member's log) are not entries for
+//! now: the cluster integration decides how WAL_READ numbers them.
+//!
 //! The entries of a prepared cross-shard batch are counted when it is
 //! prepared; if it is aborted, its numbers stay used (sequences may skip).
 
@@ -34,6 +37,14 @@ pub fn entries_in(kind: RecordKind, shard: usize) -> u64 {
         | RecordKind::Commit
         | RecordKind::Abort
         | RecordKind::Flush => 0,
+        // A Raft member's records: how WAL_READ numbers Raft entries is for
+        // the cluster integration to decide (corestate-raft's README); until
+        // then they count nothing, and a standalone shard refuses them.
+        RecordKind::RaftEntry
+        | RecordKind::RaftVote
+        | RecordKind::RaftTruncate
+        | RecordKind::RaftPurge
+        | RecordKind::RaftCommitted => 0,
     }
 }
 

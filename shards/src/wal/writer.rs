@@ -96,6 +96,13 @@ pub struct WalOpen {
     pub sealed: Option<Seal>,
 }
 
+/// Where a record is in the log: its segment and the byte it starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPlace {
+    pub segment: u64,
+    pub position: u64,
+}
+
 pub struct WalWriter {
     env: Env,
     dir: PathBuf,
@@ -223,6 +230,19 @@ impl WalWriter {
         time_ms: u64,
         write_payload: impl FnOnce(&mut Vec<u8>),
     ) -> Result<u64, EngineError> {
+        self.append_placed(kind, time_ms, write_payload)
+            .map(|(offset, _)| offset)
+    }
+
+    /// Stage one record like `append`, and say where it will be in the log
+    /// once the next `commit` has written it: a reader that keeps an index
+    /// of records (the Raft log store) reads it back from there.
+    pub fn append_placed(
+        &mut self,
+        kind: RecordKind,
+        time_ms: u64,
+        write_payload: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(u64, RecordPlace), EngineError> {
         debug_assert!(
             !self.committing,
             "a record staged while a commit is under way"
@@ -267,13 +287,20 @@ impl WalWriter {
             self.chunk_records.push(0);
             self.last_chunk_base = 0;
         }
+        // Chunk `i` goes to segment `segment_id + i`; the record is the last
+        // one of the last chunk, which starts at `last_chunk_base`.
+        let last_chunk = self.chunks.len() - 1;
+        let place = RecordPlace {
+            segment: self.segment_id + last_chunk as u64,
+            position: self.last_chunk_base + (self.chunks[last_chunk].len() - len) as u64,
+        };
         self.entries += entries_in(kind, self.clock.shard());
         if let Some(n) = self.chunk_records.last_mut() {
             *n += 1;
         }
         self.staged_records += 1;
         self.staged_bytes += len;
-        Ok(offset)
+        Ok((offset, place))
     }
 
     /// The header stamp of a record that goes inside a batch record: an

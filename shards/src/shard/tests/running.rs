@@ -497,3 +497,30 @@ fn a_batch_decided_long_after_its_prepare_is_read_in_small_pages_and_after_a_res
     });
     assert_eq!(after, before, "the decision must be known after recovery");
 }
+
+#[test]
+fn a_standalone_shard_refuses_a_raft_members_log_naming_the_record() {
+    use crate::wal::record::{append_record, RecordKind, RecordStamp};
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let mut segment = Vec::new();
+    let stamp = RecordStamp::new(RecordKind::RaftVote, 64, 1);
+    append_record(&mut segment, &stamp, 0, |o| o.extend_from_slice(&[0; 17])).unwrap();
+    segment.resize(64 * 1024, 0);
+    std::fs::write(wal.join("0000000000000001.wal"), &segment).unwrap();
+    let p = dir.path().to_path_buf();
+    let err = on_executor_value(move || async move {
+        Shard::open(
+            &config(&p, 64 * 1024),
+            Env::os(1),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .err()
+        .expect("a Raft record refuses the start")
+    });
+    assert!(err.contains("RaftVote"), "{err}");
+    assert!(err.contains("0000000000000001.wal"), "{err}");
+}

@@ -1,0 +1,192 @@
+//! The flusher: the one task that owns the member's `WalWriter`. The
+//! store's calls queue their records (in the order openraft issued them)
+//! and ring the doorbell; the flusher takes everything queued, stages it,
+//! writes it as one group and syncs it under the fsync policy (group
+//! commit: appends queued while a group is being written share the next
+//! group's sync), then notes where each entry's record landed and fires
+//! the callbacks — `IOFlushed` for appends, the waiting `save_vote`.
+//!
+//! A write or sync that fails leaves the store failed (fail-stop, as a
+//! standalone shard's WAL): every waiting and later call gets the error,
+//! and openraft stops the member; a restart recovers what the disk holds.
+
+use std::io;
+use std::rc::Weak;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use openraft::storage::IOFlushed;
+use shards::env::Env;
+use shards::wal::record::{RecordKind, RECORD_HEADER_BYTES};
+use shards::wal::{FsyncPolicy, WalWriter};
+
+use super::codec::{WalLogId, WalTypes};
+use super::Shared;
+
+/// One queued write, in the order the store's calls made it.
+pub enum Op<C: WalTypes> {
+    /// An append: the encoded entries and the callback to fire once they
+    /// are durable under the policy.
+    Entries {
+        records: Vec<(WalLogId, Vec<u8>)>,
+        flushed: IOFlushed<C>,
+    },
+    /// A vote, truncation, purge or committed record; `synced` waits for
+    /// the group's sync whatever the policy (the vote).
+    Record {
+        kind: RecordKind,
+        payload: Vec<u8>,
+        synced: Option<oneshot::Sender<Result<(), String>>>,
+    },
+}
+
+impl<C: WalTypes> Op<C> {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Entries { records, .. } => records
+                .iter()
+                .map(|(_, p)| RECORD_HEADER_BYTES + p.len())
+                .sum(),
+            Op::Record { payload, .. } => RECORD_HEADER_BYTES + payload.len(),
+        }
+    }
+
+    fn complete(self, result: &Result<(), String>) {
+        match self {
+            Op::Entries { flushed, .. } => {
+                flushed.io_completed(result.clone().map_err(io::Error::other))
+            }
+            Op::Record {
+                synced: Some(tx), ..
+            } => {
+                let _ = tx.send(result.clone());
+            }
+            Op::Record { synced: None, .. } => {}
+        }
+    }
+}
+
+/// Run until every handle of the store is gone (or a write fails).
+pub async fn run<C: WalTypes>(
+    shared: Weak<Shared<C>>,
+    env: Env,
+    mut writer: WalWriter,
+    doorbell: flume::Receiver<()>,
+) {
+    loop {
+        let rang = match writer.sync_due_in() {
+            None => doorbell.recv_async().await.is_ok(),
+            Some(due) => {
+                let wait = select(
+                    Box::pin(doorbell.recv_async()),
+                    Box::pin(glommio::timer::sleep(due.max(Duration::from_millis(1)))),
+                )
+                .await;
+                match wait {
+                    Either::Left((rung, _)) => rung.is_ok(),
+                    Either::Right(_) => true,
+                }
+            }
+        };
+        if !rang {
+            return;
+        }
+        let ops = match shared.upgrade() {
+            Some(s) => std::mem::take(&mut s.core.borrow_mut().queue),
+            None => return,
+        };
+        let result = write_group(&env, &mut writer, &ops, &shared).await;
+        if let Some(s) = shared.upgrade() {
+            let mut core = s.core.borrow_mut();
+            core.stats = writer.stats();
+            if let Err(e) = &result {
+                core.failure.get_or_insert_with(|| e.clone());
+            }
+        }
+        let failed = result.is_err();
+        for op in ops {
+            op.complete(&result);
+        }
+        if failed {
+            // Later calls see the failure in the store; what they queued
+            // meanwhile is answered with it too.
+            if let Some(s) = shared.upgrade() {
+                let queued = std::mem::take(&mut s.core.borrow_mut().queue);
+                drop(s);
+                for op in queued {
+                    op.complete(&result);
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// Stage `ops`, write them as one group, sync as the policy (and a vote)
+/// asks; then record where the entries landed and trim the cache.
+async fn write_group<C: WalTypes>(
+    env: &Env,
+    writer: &mut WalWriter,
+    ops: &[Op<C>],
+    shared: &Weak<Shared<C>>,
+) -> Result<(), String> {
+    if ops.is_empty() {
+        return writer
+            .sync_if_due()
+            .await
+            .map_err(|e| format!("WAL sync failed: {e}"));
+    }
+    let group_bytes: usize = ops.iter().map(Op::bytes).sum();
+    writer.before_turn(group_bytes).await;
+    let now_ms = env.clock.now_ms();
+    let mut placed = Vec::new();
+    let mut sync_wanted = false;
+    for op in ops {
+        match op {
+            Op::Entries { records, .. } => {
+                for (log_id, payload) in records {
+                    let (_, place) = writer
+                        .append_placed(RecordKind::RaftEntry, now_ms, |out| {
+                            out.extend_from_slice(payload)
+                        })
+                        .map_err(|e| format!("staging entry {log_id}: {}", e.message))?;
+                    placed.push((*log_id, place));
+                }
+            }
+            Op::Record {
+                kind,
+                payload,
+                synced,
+            } => {
+                writer
+                    .append(*kind, now_ms, |out| out.extend_from_slice(payload))
+                    .map_err(|e| format!("staging a {kind:?} record: {}", e.message))?;
+                sync_wanted |= synced.is_some();
+            }
+        }
+    }
+    writer
+        .commit()
+        .await
+        .map_err(|e| format!("WAL write failed: {e}"))?;
+    // `every_write` synced in `commit`; a vote must be durable under any
+    // policy.
+    if sync_wanted && writer.policy() != FsyncPolicy::EveryWrite {
+        writer
+            .sync()
+            .await
+            .map_err(|e| format!("WAL sync failed: {e}"))?;
+    }
+    if let Some(s) = shared.upgrade() {
+        let mut core = s.core.borrow_mut();
+        let core = &mut *core;
+        for (log_id, place) in placed {
+            core.log.set_place(&log_id, place);
+        }
+        let log = &core.log;
+        core.cache
+            .evict(|index| log.get(index).is_none_or(|s| s.place.is_some()));
+    }
+    Ok(())
+}
