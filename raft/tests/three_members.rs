@@ -232,24 +232,32 @@ fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged() {
         let mut expected = KvSnapshot::new();
         let last_index = cluster.put_many(leader, "k", 5, &mut expected).await;
 
-        // ...snapshots, and drops the log the lagging member would need.
-        let raft = cluster.raft(leader);
-        raft.trigger().snapshot().await.expect("snapshot");
-        raft.wait(Some(STEP_TIMEOUT))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= last_index),
-                "the leader's snapshot covers the writes",
-            )
-            .await
-            .expect("snapshot built");
-        raft.trigger().purge_log(last_index).await.expect("purge");
-        raft.wait(Some(STEP_TIMEOUT))
-            .metrics(
-                |m| m.purged.is_some_and(|p| p.index >= last_index),
-                "the leader purged its log",
-            )
-            .await
-            .expect("log purged");
+        // ...snapshots, and drops the log the lagging member would need —
+        // on every member that has it: the lagging member's elections while
+        // cut off may hand leadership to the other one once it is back.
+        for id in MEMBER_IDS.into_iter().filter(|&id| id != lagging) {
+            let raft = cluster.raft(id);
+            raft.wait(Some(STEP_TIMEOUT))
+                .applied_index_at_least(Some(last_index), "the writes are applied")
+                .await
+                .expect("writes applied");
+            raft.trigger().snapshot().await.expect("snapshot");
+            raft.wait(Some(STEP_TIMEOUT))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= last_index),
+                    "the snapshot covers the writes",
+                )
+                .await
+                .expect("snapshot built");
+            raft.trigger().purge_log(last_index).await.expect("purge");
+            raft.wait(Some(STEP_TIMEOUT))
+                .metrics(
+                    |m| m.purged.is_some_and(|p| p.index >= last_index),
+                    "the log is purged",
+                )
+                .await
+                .expect("log purged");
+        }
 
         // Back on the network, the member can only catch up by snapshot.
         cluster.router.heal(lagging);

@@ -20,6 +20,7 @@ mod state_machine;
 
 use std::fmt;
 
+use crate::log_store::{AppDataCodec, CodecError};
 use crate::GlommioRuntime;
 
 pub use snapshot::{GroupSnapshot, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
@@ -40,6 +41,18 @@ impl fmt::Debug for TurnRecords {
 impl fmt::Display for TurnRecords {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} bytes of records", self.0.len())
+    }
+}
+
+/// In the member's log (`log_store`) an entry's records are stored as they
+/// are; each record carries its own checksum, checked when it is applied.
+impl AppDataCodec for TurnRecords {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0);
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(TurnRecords(bytes.to_vec()))
     }
 }
 
