@@ -1,8 +1,10 @@
 //! End-to-end: a 3-member openraft cluster on one glommio executor, with
-//! in-memory logs and an in-memory network. Elections, heartbeats,
-//! replication, commit and apply all run on glommio tasks and timers, so a
-//! broken runtime (timers that never fire, lost wake-ups, channels that
-//! drop messages) shows up here as a timeout or a wrong state.
+//! an in-memory network. Elections, heartbeats, replication, commit and
+//! apply all run on glommio tasks and timers, so a broken runtime (timers
+//! that never fire, lost wake-ups, channels that drop messages) shows up
+//! here as a timeout or a wrong state. Every scenario runs twice: with
+//! in-memory logs, and with every member's log in the WAL log store (each
+//! member its own temporary directory, real segment files, `every_write`).
 
 #[path = "support/mem_network.rs"]
 mod mem_network;
@@ -15,10 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corestate_raft::log_store::{WalLogOptions, WalLogStore};
 use corestate_raft::GlommioRuntime;
 use mem_network::{Member, Router};
-use mem_store::{KvSnapshot, MemLogStore, MemStateMachine, Put};
+use mem_store::{KvSnapshot, MemLogStore, MemStateMachine, Put, TestConfig};
 use openraft::{AsyncRuntime, BasicNode, Config, ServerState};
+use shards::env::Env;
+use shards::wal::FsyncPolicy;
 
 /// How long any one step may take before the test fails (elections take
 /// 150–300 ms with the default timeouts; this is generous for a loaded CI).
@@ -26,13 +31,25 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 const MEMBER_IDS: [u64; 3] = [1, 2, 3];
 
+/// Segment size of each member's WAL log: small, so logs span segments.
+const SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
+
+/// Where the members keep their Raft logs.
+#[derive(Clone, Copy)]
+enum Logs {
+    Memory,
+    Wal,
+}
+
 struct Cluster {
+    /// Each member's WAL log directory, removed when the cluster is dropped.
+    _dirs: Vec<tempfile::TempDir>,
     router: Router,
     members: BTreeMap<u64, (Member, MemStateMachine)>,
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    async fn start(logs: Logs) -> Cluster {
         let config = Arc::new(
             Config {
                 cluster_name: "three-members".to_string(),
@@ -43,16 +60,41 @@ impl Cluster {
         );
         let router = Router::default();
         let mut members = BTreeMap::new();
+        let mut dirs = Vec::new();
         for id in MEMBER_IDS {
             let state_machine = MemStateMachine::default();
-            let raft = Member::new(
-                id,
-                config.clone(),
-                router.network_of(id),
-                MemLogStore::default(),
-                state_machine.clone(),
-            )
-            .await
+            let raft = match logs {
+                Logs::Memory => {
+                    Member::new(
+                        id,
+                        config.clone(),
+                        router.network_of(id),
+                        MemLogStore::default(),
+                        state_machine.clone(),
+                    )
+                    .await
+                }
+                Logs::Wal => {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let options = WalLogOptions {
+                        shard: 0,
+                        fsync: FsyncPolicy::EveryWrite,
+                        segment_size_bytes: SEGMENT_SIZE_BYTES,
+                    };
+                    let (log, _) = WalLogStore::<TestConfig>::open(Env::os(0), dir.path(), options)
+                        .await
+                        .expect("open the member's WAL log");
+                    dirs.push(dir);
+                    Member::new(
+                        id,
+                        config.clone(),
+                        router.network_of(id),
+                        log,
+                        state_machine.clone(),
+                    )
+                    .await
+                }
+            }
             .expect("start member");
             router.add(id, raft.clone());
             members.insert(id, (raft, state_machine));
@@ -66,7 +108,11 @@ impl Cluster {
             .initialize(voters)
             .await
             .expect("initialize the cluster");
-        Cluster { router, members }
+        Cluster {
+            _dirs: dirs,
+            router,
+            members,
+        }
     }
 
     /// Writes `count` keys `{prefix}{n}` through `leader`, adds them to
@@ -169,12 +215,21 @@ impl Cluster {
 }
 
 #[test]
-fn three_members_elect_a_leader_replicate_writes_and_fail_over() {
+fn three_members_elect_a_leader_replicate_writes_and_fail_over_in_memory() {
+    three_members_elect_a_leader_replicate_writes_and_fail_over(Logs::Memory);
+}
+
+#[test]
+fn three_members_elect_a_leader_replicate_writes_and_fail_over_on_the_wal() {
+    three_members_elect_a_leader_replicate_writes_and_fail_over(Logs::Wal);
+}
+
+fn three_members_elect_a_leader_replicate_writes_and_fail_over(logs: Logs) {
     memlock::raise_memlock_limit();
     let mut rt = GlommioRuntime::new(1);
     rt.block_on(async {
         let executor_id = glommio::executor().id();
-        let cluster = Cluster::start().await;
+        let cluster = Cluster::start(logs).await;
 
         // A leader is elected and everyone follows it.
         let (leader, term) = cluster.agreed_leader(&MEMBER_IDS, None).await;
@@ -216,11 +271,20 @@ fn three_members_elect_a_leader_replicate_writes_and_fail_over() {
 }
 
 #[test]
-fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged() {
+fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged_in_memory() {
+    a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged(Logs::Memory);
+}
+
+#[test]
+fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged_on_the_wal() {
+    a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged(Logs::Wal);
+}
+
+fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged(logs: Logs) {
     memlock::raise_memlock_limit();
     let mut rt = GlommioRuntime::new(1);
     rt.block_on(async {
-        let cluster = Cluster::start().await;
+        let cluster = Cluster::start(logs).await;
         let (leader, _term) = cluster.agreed_leader(&MEMBER_IDS, None).await;
         let lagging = MEMBER_IDS
             .into_iter()
@@ -282,11 +346,20 @@ fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged() {
 }
 
 #[test]
-fn leadership_moves_to_the_member_it_is_transferred_to() {
+fn leadership_moves_to_the_member_it_is_transferred_to_in_memory() {
+    leadership_moves_to_the_member_it_is_transferred_to(Logs::Memory);
+}
+
+#[test]
+fn leadership_moves_to_the_member_it_is_transferred_to_on_the_wal() {
+    leadership_moves_to_the_member_it_is_transferred_to(Logs::Wal);
+}
+
+fn leadership_moves_to_the_member_it_is_transferred_to(logs: Logs) {
     memlock::raise_memlock_limit();
     let mut rt = GlommioRuntime::new(1);
     rt.block_on(async {
-        let cluster = Cluster::start().await;
+        let cluster = Cluster::start(logs).await;
         let (leader, term) = cluster.agreed_leader(&MEMBER_IDS, None).await;
         let mut expected = KvSnapshot::new();
         cluster.put_many(leader, "k", 3, &mut expected).await;
