@@ -5,6 +5,7 @@
 //! log store, state machine and network must provide.
 
 pub mod channels;
+pub mod net;
 pub mod runtime;
 
 pub use runtime::GlommioRuntime;
