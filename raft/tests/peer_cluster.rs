@@ -186,6 +186,11 @@ fn a_cut_off_member_catches_up_by_a_chunked_snapshot() {
     cluster.isolate(lagging, Mode::Drop);
     let mut expected = KvSnapshot::new();
     let last = cluster.write_many(leader, "k", 40, &mut expected);
+    assert_eq!(
+        cluster.member(lagging).status().last_applied,
+        before,
+        "the cut-off member applied nothing"
+    );
     wait_until("the leader to purge past the lagging member", || {
         cluster.member(leader).status().purged > before
     });
