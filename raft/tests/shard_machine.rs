@@ -7,7 +7,7 @@
 #[path = "support/memlock.rs"]
 mod memlock;
 
-use corestate_raft::shard_group::{ShardGroup, ShardMachine, TurnRecords};
+use corestate_raft::shard_group::{GroupSnapshotBytes, ShardGroup, ShardMachine, TurnRecords};
 use openraft::entry::RaftEntry;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log_id;
@@ -249,26 +249,28 @@ fn damaged_snapshots_are_refused_whole() {
         .await
         .unwrap();
         let snapshot = leader.build_snapshot().await.unwrap();
-        let bytes = snapshot.snapshot.clone();
+        let bytes = snapshot.snapshot.0.clone();
         let mut follower = ShardMachine::new(SHARD, false);
         // Every truncation, and a flipped bit in every byte.
         for cut in 0..bytes.len() {
             let r = follower
-                .install_snapshot(&snapshot.meta, bytes[..cut].to_vec())
+                .install_snapshot(&snapshot.meta, GroupSnapshotBytes(bytes[..cut].to_vec()))
                 .await;
             assert!(r.is_err(), "truncated at {cut} accepted");
         }
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            let r = follower.install_snapshot(&snapshot.meta, bad).await;
+            let r = follower
+                .install_snapshot(&snapshot.meta, GroupSnapshotBytes(bad))
+                .await;
             assert!(r.is_err(), "bit flip in byte {i} accepted");
         }
         assert!(state_of(&follower, "o-1").is_none(), "nothing installed");
         // Another shard's snapshot is refused.
         let mut other = ShardMachine::new(SHARD + 1, false);
         let err = other
-            .install_snapshot(&snapshot.meta, bytes)
+            .install_snapshot(&snapshot.meta, GroupSnapshotBytes(bytes))
             .await
             .expect_err("wrong shard");
         assert!(err.to_string().contains("snapshot of shard"), "{err}");

@@ -344,7 +344,7 @@ pub fn decode_purge(payload: &[u8]) -> Result<WalLogId, CodecError> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Clone, PartialEq)]
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Bytes(Vec<u8>);
 
     impl fmt::Display for Bytes {

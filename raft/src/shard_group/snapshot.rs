@@ -20,6 +20,7 @@
 
 use std::fmt;
 
+use crate::net::SnapshotWire;
 use shards::shard::replay::TxnLog;
 use shards::shard::state::ShardState;
 use shards::snapshot::{decode_state, encode, LogPosition, SnapshotData, SnapshotError};
@@ -28,6 +29,27 @@ use shards::snapshot::{decode_state, encode, LogPosition, SnapshotData, Snapshot
 pub const GROUP_SNAPSHOT_MAGIC: [u8; 4] = *b"CSGS";
 /// The layout version this code writes and reads.
 pub const GROUP_SNAPSHOT_VERSION: u32 = 1;
+
+/// A group snapshot as openraft holds and sends it: the encoded bytes.
+/// The peer transport sends them as they are (not as JSON).
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupSnapshotBytes(pub Vec<u8>);
+
+impl fmt::Debug for GroupSnapshotBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupSnapshotBytes({} bytes)", self.0.len())
+    }
+}
+
+impl SnapshotWire for GroupSnapshotBytes {
+    fn to_wire(&self) -> std::io::Result<Vec<u8>> {
+        Ok(self.0.clone())
+    }
+
+    fn from_wire(bytes: Vec<u8>) -> std::io::Result<Self> {
+        Ok(GroupSnapshotBytes(bytes))
+    }
+}
 
 /// A group snapshot, decoded.
 pub struct GroupSnapshot {

@@ -24,11 +24,11 @@ use shards::wal::offset::tick_of_offset;
 use shards::wal::record::decode_record;
 use shards::wal::sequence::entries_in;
 
-use super::snapshot::{decode_group, encode_group};
+use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
 use super::{GroupLogId, GroupMembership, ShardGroup, TurnApplied, TurnRecords};
 
 type GroupSnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<ShardGroup>;
-type GroupSnapshotOf = openraft::type_config::alias::SnapshotOf<ShardGroup, Vec<u8>>;
+type GroupSnapshotOf = openraft::type_config::alias::SnapshotOf<ShardGroup, GroupSnapshotBytes>;
 
 struct Applied {
     state: ShardState,
@@ -121,7 +121,7 @@ impl ShardMachine {
 }
 
 impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = GroupSnapshotBytes;
 
     async fn build_snapshot(&mut self) -> Result<GroupSnapshotOf, io::Error> {
         let mut a = self.0.borrow_mut();
@@ -130,7 +130,7 @@ impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {
                 last_log_id: a.last_applied,
                 last_membership: a.membership.clone(),
             },
-            snapshot: encode_group(&a.state, a.position, &a.txns),
+            snapshot: GroupSnapshotBytes(encode_group(&a.state, a.position, &a.txns)),
         };
         a.current_snapshot = Some(snapshot.clone());
         Ok(snapshot)
@@ -138,7 +138,7 @@ impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {
 }
 
 impl RaftStateMachine<ShardGroup> for ShardMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = GroupSnapshotBytes;
     type SnapshotBuilder = ShardMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<GroupLogId>, GroupMembership), io::Error> {
@@ -181,10 +181,10 @@ impl RaftStateMachine<ShardGroup> for ShardMachine {
     async fn install_snapshot(
         &mut self,
         meta: &GroupSnapshotMeta,
-        snapshot: Vec<u8>,
+        snapshot: GroupSnapshotBytes,
     ) -> Result<(), io::Error> {
         let mut a = self.0.borrow_mut();
-        let decoded = decode_group(&snapshot, a.state.allow_instance_recreate)
+        let decoded = decode_group(&snapshot.0, a.state.allow_instance_recreate)
             .map_err(|e| corrupt(format!("shard {}: {e}", a.state.shard_id)))?;
         if decoded.state.shard_id != a.state.shard_id {
             return Err(corrupt(format!(

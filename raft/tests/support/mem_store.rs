@@ -24,7 +24,7 @@ use openraft::{
 };
 
 /// A client command: set `key` to `value`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Put {
     pub key: String,
     pub value: String,
