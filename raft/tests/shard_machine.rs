@@ -6,6 +6,8 @@
 
 #[path = "support/memlock.rs"]
 mod memlock;
+#[path = "support/turns.rs"]
+mod turns;
 
 use corestate_raft::shard_group::{GroupSnapshotBytes, ShardGroup, ShardMachine, TurnRecords};
 use openraft::entry::RaftEntry;
@@ -13,97 +15,10 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log_id;
 use openraft::type_config::alias::EntryOf;
 use serde_json::{json, Value};
-use shards::wal::entry::{
-    write_apply_event, write_create_instance, write_prepare, write_put_machine, ApplyFields,
-    CreateFields,
-};
+use shards::wal::entry::{write_apply_event, write_prepare};
 use shards::wal::record::{append_record, RecordKind, RecordStamp};
 
-const SHARD: usize = 1;
-
-fn order_machine() -> Value {
-    json!({
-        "states": ["created", "paid"],
-        "initial": "created",
-        "transitions": [{"from": "created", "event": "PAY", "to": "paid"}]
-    })
-}
-
-/// Records as a leader's turn stages them, with offsets of shard `SHARD`.
-struct Turn {
-    bytes: Vec<u8>,
-    next_tick: u64,
-}
-
-impl Turn {
-    fn new(first_tick: u64) -> Turn {
-        Turn {
-            bytes: Vec::new(),
-            next_tick: first_tick,
-        }
-    }
-
-    fn record(&mut self, kind: RecordKind, write: impl FnOnce(&mut Vec<u8>)) -> &mut Turn {
-        let offset = (self.next_tick << 6) | SHARD as u64;
-        self.next_tick += 1;
-        append_record(
-            &mut self.bytes,
-            &RecordStamp::new(kind, offset, 1_700_000_000_000),
-            0,
-            write,
-        )
-        .expect("record fits");
-        self
-    }
-
-    fn put_machine(&mut self) -> &mut Turn {
-        self.record(RecordKind::PutMachine, |out| {
-            write_put_machine(out, "order", 1, "00000000", &order_machine())
-        })
-    }
-
-    fn create(&mut self, id: &str) -> &mut Turn {
-        let ctx = json!({"amount": 10});
-        self.record(RecordKind::CreateInstance, |out| {
-            write_create_instance(
-                out,
-                &CreateFields {
-                    instance_id: id,
-                    machine: "order",
-                    version: 1,
-                    initial_state: "created",
-                    initial_ctx: &ctx,
-                    idempotency_key: None,
-                },
-            )
-        })
-    }
-
-    fn pay(&mut self, id: &str) -> &mut Turn {
-        self.record(RecordKind::ApplyEvent, |out| {
-            write_apply_event(out, &pay_fields(id))
-        })
-    }
-
-    fn take(&mut self) -> TurnRecords {
-        TurnRecords(std::mem::take(&mut self.bytes))
-    }
-}
-
-fn pay_fields(id: &str) -> ApplyFields<'_> {
-    ApplyFields {
-        instance_id: id,
-        machine: "order",
-        version: 1,
-        event: "PAY",
-        from_state: "created",
-        to_state: "paid",
-        payload_json: b"{}",
-        ctx_json: br#"{"amount":10}"#,
-        event_id: None,
-        idempotency_key: None,
-    }
-}
+use turns::{pay_fields, Turn, SHARD};
 
 fn normal(index: u64, turn: TurnRecords) -> EntryOf<ShardGroup> {
     EntryOf::<ShardGroup>::new_normal(log_id::<ShardGroup>(1, 1, index), turn)

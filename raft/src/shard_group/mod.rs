@@ -11,10 +11,15 @@
 //!
 //! * `state_machine.rs` — [`ShardMachine`], openraft's `RaftStateMachine`
 //!   over a `ShardState`;
+//! * `member.rs` — [`GroupMember`]: a member set up on its shard's
+//!   executor (log, state machine, peer links), and what the shard loop
+//!   calls on it (propose a turn, a read barrier), with the errors a
+//!   client can be told (`GroupError`);
 //! * `snapshot.rs` — the group snapshot: the shard snapshot (the standalone
 //!   format, `shards::snapshot`) plus the cross-shard batches still in
 //!   doubt, checksummed.
 
+mod member;
 mod snapshot;
 mod state_machine;
 
@@ -26,6 +31,7 @@ use base64::Engine;
 use crate::log_store::{AppDataCodec, CodecError};
 use crate::GlommioRuntime;
 
+pub use member::{GroupError, GroupMember, GroupRaft, MemberSetup};
 pub use snapshot::{GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
 pub use state_machine::ShardMachine;
 

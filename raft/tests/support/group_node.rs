@@ -1,0 +1,252 @@
+//! A shard group member as the server will run it: on its own thread and
+//! glommio executor, its log in a directory of its own (the WAL log
+//! store, `every_write`), its state a `ShardMachine`, its peers over the
+//! peer transport. The test thread drives it with commands and sees plain
+//! data only. A stopped node can be started again on the same directory
+//! and listener address (a restart).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use corestate_raft::log_store::WalLogOptions;
+use corestate_raft::net::{
+    group_mailbox, ClusterCredentials, GroupDirectory, PeerPool, PeerServer,
+};
+use corestate_raft::shard_group::{GroupError, GroupMember, MemberSetup, TurnRecords};
+use corestate_raft::GlommioRuntime;
+use openraft::rt::watch::WatchReceiver;
+use openraft::{AsyncRuntime, BasicNode, Config, ServerState};
+use shards::env::Env;
+use shards::wal::FsyncPolicy;
+
+use crate::memlock;
+use crate::turns::SHARD;
+
+pub const CLUSTER_NAME: &str = "group-tests";
+pub const CLUSTER_TOKEN: &str = "group-s3cret";
+/// Each member's log segments: small, so logs span segments.
+pub const SEGMENT_SIZE_BYTES: u64 = 256 * 1024;
+/// How long any one step may take before the test fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the test thread sees of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub state: ServerState,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+}
+
+/// An instance as a member's state holds it: (state, context as JSON).
+pub type Instances = BTreeMap<String, (String, String)>;
+
+enum Command {
+    Status(flume::Sender<Status>),
+    Initialize(BTreeMap<u64, BasicNode>, flume::Sender<Result<(), String>>),
+    Propose(Vec<u8>, flume::Sender<Result<u64, GroupError>>),
+    ReadBarrier(flume::Sender<Result<(), GroupError>>),
+    Instances(flume::Sender<Instances>),
+    Stop,
+}
+
+pub struct GroupNode {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    commands: flume::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GroupNode {
+    /// Start member `id` keeping its log in `dir`, listening on `listen`
+    /// (port 0 picks one); `peers` are the other members' addresses.
+    pub fn start(
+        id: u64,
+        dir: PathBuf,
+        listen: SocketAddr,
+        config: Arc<Config>,
+        peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
+    ) -> GroupNode {
+        let (commands, inbox) = flume::unbounded();
+        let (bound, bound_addr) = flume::bounded(1);
+        let log_dir = dir.clone();
+        let thread = thread::Builder::new()
+            .name(format!("group-node-{id}"))
+            .spawn(move || node_main(id, log_dir, listen, config, peers, inbox, bound))
+            .expect("spawn node thread");
+        let addr = bound_addr
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("the node binds its listener");
+        GroupNode {
+            id,
+            addr,
+            dir,
+            commands,
+            thread: Some(thread),
+        }
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(flume::Sender<T>) -> Command) -> T {
+        let (tx, rx) = flume::bounded(1);
+        self.commands.send(make(tx)).expect("the node runs");
+        rx.recv_timeout(STEP_TIMEOUT).expect("the node answers")
+    }
+
+    pub fn status(&self) -> Status {
+        self.ask(Command::Status)
+    }
+
+    pub fn initialize(&self, voters: BTreeMap<u64, BasicNode>) {
+        self.ask(|tx| Command::Initialize(voters, tx))
+            .expect("initialize");
+    }
+
+    /// Propose a turn through this member; the log index it committed at.
+    pub fn propose(&self, turn: TurnRecords) -> Result<u64, GroupError> {
+        self.ask(|tx| Command::Propose(turn.0, tx))
+    }
+
+    /// Propose through this member, which is expected to lead: while it
+    /// has not yet got a quorum's acknowledgement as a new leader it
+    /// answers NotLeader without naming another leader (nothing was
+    /// logged), so that is retried; any other answer is returned.
+    pub fn propose_as_leader(&self, turn: TurnRecords) -> Result<u64, GroupError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.propose(turn.clone()) {
+                Err(GroupError::NotLeader { leader })
+                    if (leader.is_none() || leader == Some(self.id))
+                        && started.elapsed() < STEP_TIMEOUT =>
+                {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    pub fn read_barrier(&self) -> Result<(), GroupError> {
+        self.ask(Command::ReadBarrier)
+    }
+
+    pub fn instances(&self) -> Instances {
+        self.ask(Command::Instances)
+    }
+
+    /// Stop Raft and the executor and join the thread (the log stays).
+    pub fn stop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("node thread ends cleanly");
+        }
+    }
+}
+
+impl Drop for GroupNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node_main(
+    id: u64,
+    dir: PathBuf,
+    listen: SocketAddr,
+    config: Arc<Config>,
+    peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
+    commands: flume::Receiver<Command>,
+    bound: flume::Sender<SocketAddr>,
+) {
+    memlock::raise_memlock_limit();
+    let mut rt = GlommioRuntime::new(1);
+    rt.block_on(async move {
+        let me = ClusterCredentials::new(CLUSTER_NAME, CLUSTER_TOKEN, id);
+        let (mailbox, inbox) = group_mailbox();
+        let mut directory = GroupDirectory::new();
+        directory.register(SHARD as u64, mailbox).expect("register");
+        let server = PeerServer::start(&listen.to_string(), me.clone(), Arc::new(directory))
+            .expect("bind the peer listener");
+        bound.send(server.local_addr()).expect("report the address");
+        let Ok(peers) = peers.recv_async().await else {
+            return;
+        };
+        let pool = PeerPool::new(me);
+        for (peer, addr) in peers {
+            pool.set_address(peer, addr.to_string());
+        }
+        let setup = MemberSetup {
+            node_id: id,
+            shard: SHARD,
+            log_dir: &dir,
+            log: WalLogOptions {
+                shard: SHARD,
+                fsync: FsyncPolicy::EveryWrite,
+                segment_size_bytes: SEGMENT_SIZE_BYTES,
+            },
+            allow_instance_recreate: false,
+            raft_config: config,
+        };
+        let (member, _report) = GroupMember::start(setup, Env::os(SHARD), &pool, inbox)
+            .await
+            .expect("start the member");
+        while let Ok(command) = commands.recv_async().await {
+            match command {
+                Command::Status(reply) => {
+                    let m = member.raft().metrics().borrow_watched().clone();
+                    let _ = reply.send(Status {
+                        state: m.state,
+                        leader: m.current_leader,
+                        term: m.current_term,
+                        last_applied: m.last_applied.map(|l| l.index),
+                    });
+                }
+                Command::Initialize(voters, reply) => {
+                    let done = member.raft().initialize(voters).await;
+                    let _ = reply.send(done.map_err(|e| e.to_string()));
+                }
+                Command::Propose(bytes, reply) => {
+                    let proposed =
+                        GlommioRuntime::timeout(STEP_TIMEOUT, member.propose(TurnRecords(bytes)))
+                            .await
+                            .expect("a proposal ends within the step timeout");
+                    let _ = reply.send(proposed.map(|(index, _)| index));
+                }
+                Command::ReadBarrier(reply) => {
+                    let _ = reply.send(member.read_barrier().await);
+                }
+                Command::Instances(reply) => {
+                    let instances = member.machine().with_state(|s| {
+                        s.instances
+                            .iter()
+                            .map(|(id, i)| (id.clone(), (i.state.clone(), i.ctx.to_string())))
+                            .collect()
+                    });
+                    let _ = reply.send(instances);
+                }
+                Command::Stop => break,
+            }
+        }
+        member.shutdown().await.expect("raft stops");
+        drop(member);
+        drop(server);
+    });
+}
+
+/// Polls `cond` until it holds or `STEP_TIMEOUT` passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < STEP_TIMEOUT,
+            "timed out after {STEP_TIMEOUT:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
