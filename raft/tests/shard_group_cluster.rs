@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use corestate_raft::shard_group::GroupError;
 use group_node::{wait_until, GroupNode, Instances};
-use openraft::{BasicNode, Config, ServerState};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use turns::Turn;
 
 const MEMBER_IDS: [u64; 3] = [1, 2, 3];
@@ -33,14 +33,14 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let config = Arc::new(
-            Config {
-                cluster_name: group_node::CLUSTER_NAME.to_string(),
-                ..Config::default()
-            }
-            .validate()
-            .expect("valid config"),
-        );
+        Cluster::start_with(Config {
+            cluster_name: group_node::CLUSTER_NAME.to_string(),
+            ..Config::default()
+        })
+    }
+
+    fn start_with(config: Config) -> Cluster {
+        let config = Arc::new(config.validate().expect("valid config"));
         let mut dirs = Vec::new();
         let mut nodes = BTreeMap::new();
         let mut books = BTreeMap::new();
@@ -224,4 +224,45 @@ fn every_member_restarted_at_once_comes_back_with_every_committed_turn() {
             assert_eq!(&after[id], state, "{id}");
         }
     }
+}
+
+#[test]
+fn members_restarted_after_their_logs_were_purged_come_back_from_their_snapshots() {
+    let mut cluster = Cluster::start_with(Config {
+        cluster_name: group_node::CLUSTER_NAME.to_string(),
+        // Snapshot every 10 entries and purge everything a snapshot covers.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Config::default()
+    });
+    let leader = cluster.leader();
+    let mut turn = Turn::new(1);
+    let mut index = cluster.nodes[&leader]
+        .propose_as_leader(turn.put_machine().take())
+        .expect("put");
+    for n in 0..40 {
+        index = cluster.nodes[&leader]
+            .propose_as_leader(turn.create(&format!("p-{n}")).take())
+            .expect("create");
+    }
+    let before = cluster.converged(index);
+    assert_eq!(before.len(), 40);
+    wait_until("every member purged most of its log", || {
+        cluster
+            .nodes
+            .values()
+            .all(|n| n.status().purged.is_some_and(|p| p >= 30))
+    });
+    for id in MEMBER_IDS {
+        cluster.restart(id);
+    }
+    let leader = cluster.leader();
+    let index = cluster.nodes[&leader]
+        .propose_as_leader(Turn::new(10_000).pay("p-0").take())
+        .expect("a write after the restart");
+    let after = cluster.converged(index);
+    assert_eq!(after.len(), 40, "every instance is back");
+    assert_eq!(after["p-0"], instance("paid"));
+    assert_eq!(after["p-39"], instance("created"));
 }

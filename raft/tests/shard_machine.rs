@@ -191,3 +191,60 @@ fn damaged_snapshots_are_refused_whole() {
         assert!(err.to_string().contains("snapshot of shard"), "{err}");
     });
 }
+
+#[test]
+fn snapshots_on_disk_keep_the_newest_two_and_a_damaged_newest_refuses_the_start() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("snapshots");
+        let storage = shards::env::Env::os(SHARD).storage;
+        let open = || ShardMachine::open(SHARD, false, storage.clone(), snapshots.clone());
+        let mut m = open().expect("no snapshot yet");
+        let mut turn = Turn::new(1);
+        apply(
+            &mut m,
+            vec![normal(1, turn.put_machine().create("o-1").take())],
+        )
+        .await
+        .unwrap();
+        m.build_snapshot().await.unwrap();
+        for index in 2..=4 {
+            apply(
+                &mut m,
+                vec![normal(index, turn.create(&format!("o-{index}")).take())],
+            )
+            .await
+            .unwrap();
+            m.build_snapshot().await.unwrap();
+        }
+        let mut files: Vec<_> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                "group-00000000000000000003.snap",
+                "group-00000000000000000004.snap"
+            ]
+        );
+        // A new machine on the directory starts from the newest.
+        let mut again = open().expect("reopen");
+        let current = again.get_current_snapshot().await.unwrap().expect("loaded");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(4));
+        again
+            .install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(state_of(&again, "o-4").unwrap().0, "created");
+        // One flipped byte in the newest: the start is refused, naming it.
+        let newest = snapshots.join(&files[1]);
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&newest, bytes).unwrap();
+        let err = open().err().expect("damaged snapshot refused");
+        assert!(err.contains(&files[1]) && err.contains("checksum"), "{err}");
+    });
+}

@@ -72,6 +72,8 @@ pub struct MemberSetup<'a> {
     pub shard: usize,
     /// Where the member keeps its log.
     pub log_dir: &'a Path,
+    /// Where it keeps its snapshots (not inside `log_dir`).
+    pub snapshot_dir: &'a Path,
     pub log: WalLogOptions,
     pub allow_instance_recreate: bool,
     pub raft_config: Arc<Config>,
@@ -94,6 +96,12 @@ impl GroupMember {
         peers: &Rc<PeerPool>,
         inbox: GroupInbox,
     ) -> Result<(GroupMember, OpenReport), String> {
+        let machine = ShardMachine::open(
+            setup.shard,
+            setup.allow_instance_recreate,
+            env.storage.clone(),
+            setup.snapshot_dir.to_path_buf(),
+        )?;
         let (log, report) = WalLogStore::<ShardGroup>::open(env, setup.log_dir, setup.log)
             .await
             .map_err(|e| {
@@ -103,7 +111,6 @@ impl GroupMember {
                     setup.log_dir.display()
                 )
             })?;
-        let machine = ShardMachine::new(setup.shard, setup.allow_instance_recreate);
         let raft = Raft::new(
             setup.node_id,
             setup.raft_config,

@@ -15,12 +15,14 @@
 //!   executor (log, state machine, peer links), and what the shard loop
 //!   calls on it (propose a turn, a read barrier), with the errors a
 //!   client can be told (`GroupError`);
+//! * `snapshot_file.rs` — snapshots on disk beside the member's log;
 //! * `snapshot.rs` — the group snapshot: the shard snapshot (the standalone
 //!   format, `shards::snapshot`) plus the cross-shard batches still in
 //!   doubt, checksummed.
 
 mod member;
 mod snapshot;
+pub mod snapshot_file;
 mod state_machine;
 
 use std::fmt;

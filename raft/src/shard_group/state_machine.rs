@@ -6,17 +6,25 @@
 //! the shard's own snapshot format plus the batches in doubt
 //! (`snapshot.rs`).
 //!
+//! Snapshots are kept on disk beside the member's log (`snapshot_file.rs`)
+//! before openraft may purge the log they cover. Written on the executor
+//! with blocking calls: fine for the sizes of the tests, to be moved off
+//! the executor (as the standalone shard's snapshots are) before large
+//! shards use it.
+//!
 //! Not here yet (the shard loop's side of issue 14): a leader skips the
-//! entries it executed itself; applied entries publish watch events; the
-//! snapshot is persisted next to the shard's log.
+//! entries it executed itself; applied entries publish watch events.
 
 use std::cell::RefCell;
 use std::io;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta};
+use shards::env::Storage;
 use shards::shard::replay::{ReplayCounts, TxnLog};
 use shards::shard::state::ShardState;
 use shards::snapshot::LogPosition;
@@ -25,6 +33,7 @@ use shards::wal::record::decode_record;
 use shards::wal::sequence::entries_in;
 
 use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
+use super::snapshot_file;
 use super::{GroupLogId, GroupMembership, ShardGroup, TurnApplied, TurnRecords};
 
 type GroupSnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<ShardGroup>;
@@ -39,6 +48,9 @@ struct Applied {
     last_applied: Option<GroupLogId>,
     membership: GroupMembership,
     current_snapshot: Option<GroupSnapshotOf>,
+    /// Where snapshots are kept on disk (`snapshot_file.rs`); `None` keeps
+    /// them in memory only (tests of the state machine alone).
+    store: Option<(Arc<dyn Storage>, PathBuf)>,
 }
 
 /// A shard's state as a Raft state machine. A clone is a handle to the same
@@ -66,7 +78,40 @@ impl ShardMachine {
             last_applied: None,
             membership: GroupMembership::default(),
             current_snapshot: None,
+            store: None,
         })))
+    }
+
+    /// A member's state machine whose snapshots live in `dir`: the newest
+    /// one there becomes the current snapshot, which openraft installs at
+    /// start when it is ahead of what was applied (then replays the log
+    /// after it). A damaged newest snapshot is an error.
+    pub fn open(
+        shard_id: usize,
+        allow_instance_recreate: bool,
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+    ) -> Result<ShardMachine, String> {
+        let loaded = snapshot_file::load_newest(&*storage, &dir)?;
+        let machine = ShardMachine::new(shard_id, allow_instance_recreate);
+        {
+            let mut a = machine.0.borrow_mut();
+            a.current_snapshot = loaded.map(|(meta, snapshot)| Snapshot { meta, snapshot });
+            a.store = Some((storage, dir));
+        }
+        Ok(machine)
+    }
+
+    /// Keep a snapshot on disk, if this machine keeps them there.
+    fn persist(
+        a: &Applied,
+        meta: &GroupSnapshotMeta,
+        bytes: &GroupSnapshotBytes,
+    ) -> io::Result<()> {
+        match &a.store {
+            Some((storage, dir)) => snapshot_file::write(&**storage, dir, meta, bytes),
+            None => Ok(()),
+        }
     }
 
     /// Look at the applied state.
@@ -132,6 +177,8 @@ impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {
             },
             snapshot: GroupSnapshotBytes(encode_group(&a.state, a.position, &a.txns)),
         };
+        // On disk before openraft may purge the log it covers.
+        Self::persist(&a, &snapshot.meta, &snapshot.snapshot)?;
         a.current_snapshot = Some(snapshot.clone());
         Ok(snapshot)
     }
@@ -192,6 +239,7 @@ impl RaftStateMachine<ShardGroup> for ShardMachine {
                 a.state.shard_id, decoded.state.shard_id
             )));
         }
+        Self::persist(&a, meta, &snapshot)?;
         a.state = decoded.state;
         a.position = decoded.position;
         a.txns = decoded.txns;

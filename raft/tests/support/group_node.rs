@@ -3,7 +3,8 @@
 //! store, `every_write`), its state a `ShardMachine`, its peers over the
 //! peer transport. The test thread drives it with commands and sees plain
 //! data only. A stopped node can be started again on the same directory
-//! and listener address (a restart).
+//! (its log in `log/`, its snapshots in `snapshots/`) and listener address
+//! (a restart).
 
 #![allow(dead_code)]
 
@@ -42,6 +43,8 @@ pub struct Status {
     pub leader: Option<u64>,
     pub term: u64,
     pub last_applied: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
 }
 
 /// An instance as a member's state holds it: (state, context as JSON).
@@ -181,10 +184,12 @@ fn node_main(
         for (peer, addr) in peers {
             pool.set_address(peer, addr.to_string());
         }
+        let (log_dir, snapshot_dir) = (dir.join("log"), dir.join("snapshots"));
         let setup = MemberSetup {
             node_id: id,
             shard: SHARD,
-            log_dir: &dir,
+            log_dir: &log_dir,
+            snapshot_dir: &snapshot_dir,
             log: WalLogOptions {
                 shard: SHARD,
                 fsync: FsyncPolicy::EveryWrite,
@@ -205,6 +210,8 @@ fn node_main(
                         leader: m.current_leader,
                         term: m.current_term,
                         last_applied: m.last_applied.map(|l| l.index),
+                        snapshot: m.snapshot.map(|l| l.index),
+                        purged: m.purged.map(|l| l.index),
                     });
                 }
                 Command::Initialize(voters, reply) => {
