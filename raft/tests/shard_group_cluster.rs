@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use corestate_raft::shard_group::GroupError;
+use corestate_raft::shard_group::{GroupError, GroupRole};
 use group_node::{wait_until, GroupNode, Instances};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use turns::Turn;
@@ -114,6 +114,26 @@ impl Cluster {
             assert_eq!(other, first, "member {id} differs from member {first_id}");
         }
         first
+    }
+
+    /// Start node `id`, not yet a member of the group (it learns its
+    /// membership when the leader adds it).
+    fn start_node(&mut self, id: u64) -> SocketAddr {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (book, peers) = flume::bounded(1);
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let node = GroupNode::start(
+            id,
+            dir.path().to_path_buf(),
+            any_port,
+            self.config.clone(),
+            peers,
+        );
+        let addr = node.addr;
+        book.send(self.peers_of(id)).expect("node waits");
+        self.nodes.insert(id, node);
+        self._dirs.push(dir);
+        addr
     }
 
     /// Stop member `id` and start it again on its directory and address.
@@ -265,4 +285,90 @@ fn members_restarted_after_their_logs_were_purged_come_back_from_their_snapshots
     assert_eq!(after.len(), 40, "every instance is back");
     assert_eq!(after["p-0"], instance("paid"));
     assert_eq!(after["p-39"], instance("created"));
+}
+
+#[test]
+fn a_node_joins_as_a_learner_becomes_a_voter_and_another_is_removed() {
+    let mut cluster = Cluster::start();
+    let leader = cluster.leader();
+    let mut turn = Turn::new(1);
+    cluster.nodes[&leader]
+        .propose_as_leader(turn.put_machine().create("m-1").take())
+        .expect("first turn");
+
+    // Node 4 joins: learner (caught up from the log), then voter.
+    let addr = cluster.start_node(4);
+    cluster.nodes[&leader]
+        .add_member(4, addr)
+        .expect("node 4 is added");
+    let status = cluster.nodes[&leader].group_status();
+    assert_eq!(status.voters, [1, 2, 3, 4].into_iter().collect());
+    let index = cluster.nodes[&leader]
+        .propose_as_leader(turn.pay("m-1").take())
+        .expect("a turn with four voters");
+    let got = cluster.converged(index);
+    assert_eq!(got["m-1"], instance("paid"), "node 4 has everything");
+    assert_eq!(cluster.nodes[&4].group_status().role, GroupRole::Follower);
+
+    // A voter that is not the leader is removed; the others go on.
+    let removed = MEMBER_IDS.into_iter().find(|&id| id != leader).unwrap();
+    cluster.nodes[&leader]
+        .remove_member(removed)
+        .expect("removal");
+    let mut gone = cluster.nodes.remove(&removed).unwrap();
+    gone.stop();
+    let status = cluster.nodes[&leader].group_status();
+    assert!(!status.voters.contains(&removed), "{status:?}");
+    assert_eq!(status.voters.len(), 3);
+    let index = cluster.nodes[&leader]
+        .propose_as_leader(turn.create("m-2").take())
+        .expect("a turn without the removed member");
+    let got = cluster.converged(index);
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn a_leader_hands_over_before_it_stops_and_reports_its_followers_lag() {
+    let cluster = Cluster::start();
+    let leader = cluster.leader();
+    let mut turn = Turn::new(1);
+    let index = cluster.nodes[&leader]
+        .propose_as_leader(turn.put_machine().create("h-1").take())
+        .expect("a turn");
+    cluster.converged(index);
+
+    // The leader's status names each follower and how far behind it is.
+    wait_until("the leader sees both followers caught up", || {
+        let s = cluster.nodes[&leader].group_status();
+        s.replicas.len() == 2 && s.replicas.iter().all(|r| r.lag_entries == 0)
+    });
+    let status = cluster.nodes[&leader].group_status();
+    assert_eq!(status.role, GroupRole::Leader);
+    assert_eq!(status.leader, Some(leader));
+    assert!(status.commit_index >= Some(index), "{status:?}");
+    let follower = MEMBER_IDS.into_iter().find(|&id| id != leader).unwrap();
+    let theirs = cluster.nodes[&follower].group_status();
+    assert_eq!(theirs.role, GroupRole::Follower);
+    assert_eq!(theirs.leader, Some(leader));
+    assert!(theirs.replicas.is_empty(), "only a leader tracks replicas");
+
+    // Hand-over: another member leads, everyone agrees, the old leader
+    // refuses writes naming the new one; a follower has nothing to hand.
+    let new_leader = cluster.nodes[&leader]
+        .hand_over()
+        .expect("hand-over")
+        .expect("this member led");
+    assert_ne!(new_leader, leader);
+    assert_eq!(cluster.leader(), new_leader);
+    assert_eq!(
+        cluster.nodes[&leader].propose(turn.create("h-2").take()),
+        Err(GroupError::NotLeader {
+            leader: Some(new_leader)
+        })
+    );
+    assert_eq!(cluster.nodes[&leader].hand_over(), Ok(None));
+    let index = cluster.nodes[&new_leader]
+        .propose_as_leader(turn.create("h-3").take())
+        .expect("the new leader logs");
+    assert_eq!(cluster.converged(index).len(), 2);
 }

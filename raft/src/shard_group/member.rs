@@ -32,8 +32,11 @@ pub enum GroupError {
     /// leader's log: it may or may not have committed. Only a retry that
     /// the records make idempotent (an idempotency key) is safe.
     OutcomeUnknown { leader: Option<u64> },
-    /// No quorum answered (a read barrier).
+    /// No quorum answered (a read barrier, a hand-over).
     NoQuorum(String),
+    /// openraft refused the request as such (a membership change that is
+    /// not allowed now, a failed precondition).
+    Refused(String),
     /// The member stopped (a storage failure, or shutdown).
     Stopped(String),
 }
@@ -41,7 +44,7 @@ pub enum GroupError {
 impl GroupError {
     /// Whether a client may simply try again (elsewhere or later).
     pub fn retryable(&self) -> bool {
-        !matches!(self, GroupError::Stopped(_))
+        !matches!(self, GroupError::Stopped(_) | GroupError::Refused(_))
     }
 }
 
@@ -59,12 +62,31 @@ impl fmt::Display for GroupError {
                 leader(l)
             ),
             GroupError::NoQuorum(why) => write!(f, "no quorum: {why}"),
+            GroupError::Refused(why) => write!(f, "refused: {why}"),
             GroupError::Stopped(why) => write!(f, "the group member stopped: {why}"),
         }
     }
 }
 
 impl std::error::Error for GroupError {}
+
+/// What a client can be told about a write (a turn, a membership change)
+/// openraft refused.
+pub(super) fn write_error(e: RaftError<ShardGroup, ClientWriteError<ShardGroup>>) -> GroupError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => GroupError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => GroupError::OutcomeUnknown {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            GroupError::Refused(e.to_string())
+        }
+        RaftError::APIError(e) => GroupError::Refused(e.to_string()),
+        RaftError::Fatal(e) => GroupError::Stopped(e.to_string()),
+    }
+}
 
 /// How a member is set up.
 pub struct MemberSetup<'a> {
@@ -142,21 +164,8 @@ impl GroupMember {
     /// Log `turn` and wait until a majority has it and this member applied
     /// it; the entry's log index and what applying it did.
     pub async fn propose(&self, turn: TurnRecords) -> Result<(u64, TurnApplied), GroupError> {
-        match self.raft.client_write(turn).await {
-            Ok(response) => Ok((response.log_id.index, response.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(GroupError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                Err(GroupError::OutcomeUnknown {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(GroupError::Stopped(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(GroupError::Stopped(e.to_string())),
-        }
+        let response = self.raft.client_write(turn).await.map_err(write_error)?;
+        Ok((response.log_id.index, response.data))
     }
 
     /// Wait until this member may answer a read linearizably: it leads the

@@ -15,11 +15,14 @@
 //!   executor (log, state machine, peer links), and what the shard loop
 //!   calls on it (propose a turn, a read barrier), with the errors a
 //!   client can be told (`GroupError`);
+//! * `admin.rs` — the group's status, membership changes, handing the
+//!   lead over before a graceful stop;
 //! * `snapshot_file.rs` — snapshots on disk beside the member's log;
 //! * `snapshot.rs` — the group snapshot: the shard snapshot (the standalone
 //!   format, `shards::snapshot`) plus the cross-shard batches still in
 //!   doubt, checksummed.
 
+mod admin;
 mod member;
 mod snapshot;
 pub mod snapshot_file;
@@ -33,6 +36,7 @@ use base64::Engine;
 use crate::log_store::{AppDataCodec, CodecError};
 use crate::GlommioRuntime;
 
+pub use admin::{GroupRole, GroupStatus, ReplicaLag, LEADERSHIP_HANDOVER_TIMEOUT_MS};
 pub use member::{GroupError, GroupMember, GroupRaft, MemberSetup};
 pub use snapshot::{GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
 pub use state_machine::ShardMachine;

@@ -19,7 +19,7 @@ use corestate_raft::log_store::WalLogOptions;
 use corestate_raft::net::{
     group_mailbox, ClusterCredentials, GroupDirectory, PeerPool, PeerServer,
 };
-use corestate_raft::shard_group::{GroupError, GroupMember, MemberSetup, TurnRecords};
+use corestate_raft::shard_group::{GroupError, GroupMember, GroupStatus, MemberSetup, TurnRecords};
 use corestate_raft::GlommioRuntime;
 use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, BasicNode, Config, ServerState};
@@ -56,6 +56,10 @@ enum Command {
     Propose(Vec<u8>, flume::Sender<Result<u64, GroupError>>),
     ReadBarrier(flume::Sender<Result<(), GroupError>>),
     Instances(flume::Sender<Instances>),
+    GroupStatus(flume::Sender<GroupStatus>),
+    AddMember(u64, String, flume::Sender<Result<(), GroupError>>),
+    RemoveMember(u64, flume::Sender<Result<(), GroupError>>),
+    HandOver(flume::Sender<Result<Option<u64>, GroupError>>),
     Stop,
 }
 
@@ -141,6 +145,22 @@ impl GroupNode {
 
     pub fn instances(&self) -> Instances {
         self.ask(Command::Instances)
+    }
+
+    pub fn group_status(&self) -> GroupStatus {
+        self.ask(Command::GroupStatus)
+    }
+
+    pub fn add_member(&self, id: u64, addr: SocketAddr) -> Result<(), GroupError> {
+        self.ask(|tx| Command::AddMember(id, addr.to_string(), tx))
+    }
+
+    pub fn remove_member(&self, id: u64) -> Result<(), GroupError> {
+        self.ask(|tx| Command::RemoveMember(id, tx))
+    }
+
+    pub fn hand_over(&self) -> Result<Option<u64>, GroupError> {
+        self.ask(Command::HandOver)
     }
 
     /// Stop Raft and the executor and join the thread (the log stays).
@@ -236,6 +256,18 @@ fn node_main(
                             .collect()
                     });
                     let _ = reply.send(instances);
+                }
+                Command::GroupStatus(reply) => {
+                    let _ = reply.send(member.status());
+                }
+                Command::AddMember(id, addr, reply) => {
+                    let _ = reply.send(member.add_member(id, &addr).await);
+                }
+                Command::RemoveMember(id, reply) => {
+                    let _ = reply.send(member.remove_member(id).await);
+                }
+                Command::HandOver(reply) => {
+                    let _ = reply.send(member.hand_over_leadership().await);
                 }
                 Command::Stop => break,
             }

@@ -1,0 +1,154 @@
+//! Running a shard's group: its status (what REPLICATION_STATUS and the
+//! metrics report), membership changes (a node added as a learner, caught
+//! up by snapshot and log, then made a voter; a node removed — openraft
+//! changes membership through a joint configuration), and handing
+//! leadership to another member before this one stops (graceful shutdown).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::rt::watch::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+
+use super::member::{write_error, GroupError, GroupMember};
+
+/// Longest a hand-over waits for another member to take the lead.
+pub const LEADERSHIP_HANDOVER_TIMEOUT_MS: u64 = 2_000;
+/// How often a hand-over looks whether it happened.
+const HANDOVER_POLL_MS: u64 = 10;
+
+/// A member's role in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Stopped,
+}
+
+/// How far a follower is behind, as its leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaLag {
+    pub node: u64,
+    /// The last log index the leader knows it has.
+    pub matched_index: Option<u64>,
+    /// Entries it lacks of the leader's log.
+    pub lag_entries: u64,
+}
+
+/// A member's view of its group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStatus {
+    pub role: GroupRole,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub voters: BTreeSet<u64>,
+    /// Filled on the leader only: each other member's progress.
+    pub replicas: Vec<ReplicaLag>,
+}
+
+impl GroupMember {
+    /// What this member knows of its group now.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft().metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => GroupRole::Leader,
+            ServerState::Follower => GroupRole::Follower,
+            ServerState::Candidate => GroupRole::Candidate,
+            ServerState::Learner => GroupRole::Learner,
+            ServerState::Shutdown => GroupRole::Stopped,
+        };
+        let last = m.last_log_index;
+        let replicas = m
+            .replication
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter(|(node, _)| **node != m.id)
+            .map(|(node, matched)| {
+                let matched_index = matched.map(|l| l.index);
+                ReplicaLag {
+                    node: *node,
+                    matched_index,
+                    lag_entries: last.unwrap_or(0).saturating_sub(matched_index.unwrap_or(0)),
+                }
+            })
+            .collect();
+        GroupStatus {
+            role,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: last,
+            commit_index: m.cluster_committed.map(|l| l.index),
+            applied_index: m.last_applied.map(|l| l.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+            replicas,
+        }
+    }
+
+    /// Add node `id` (its peer listener at `addr`): first as a learner,
+    /// returning once it has caught up, then as a voter. Run on the leader.
+    pub async fn add_member(&self, id: u64, addr: &str) -> Result<(), GroupError> {
+        self.raft()
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map_err(write_error)?;
+        self.raft()
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Remove node `id` from the group's voters (and from the group). Run
+    /// on the leader; a leader that removes itself steps down once the
+    /// change is committed.
+    pub async fn remove_member(&self, id: u64) -> Result<(), GroupError> {
+        self.raft()
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// If this member leads, hand the lead to the follower with the most
+    /// of the log and wait until another member leads; the new leader, or
+    /// `None` when this member did not lead.
+    pub async fn hand_over_leadership(&self) -> Result<Option<u64>, GroupError> {
+        let status = self.status();
+        if status.role != GroupRole::Leader {
+            return Ok(None);
+        }
+        let me = self.raft().metrics().borrow_watched().id;
+        let best = status
+            .replicas
+            .iter()
+            .filter(|r| status.voters.contains(&r.node))
+            .max_by_key(|r| r.matched_index)
+            .map(|r| r.node)
+            .ok_or_else(|| GroupError::NoQuorum("no other voter to hand over to".into()))?;
+        self.raft()
+            .trigger()
+            .transfer_leader(best)
+            .await
+            .map_err(|e| GroupError::Stopped(e.to_string()))?;
+        let waited = Duration::from_millis(LEADERSHIP_HANDOVER_TIMEOUT_MS);
+        let started = std::time::Instant::now();
+        loop {
+            let m = self.raft().metrics().borrow_watched().clone();
+            if let Some(leader) = m.current_leader.filter(|&l| l != me) {
+                return Ok(Some(leader));
+            }
+            if started.elapsed() >= waited {
+                return Err(GroupError::NoQuorum(format!(
+                    "no other member took the lead within {LEADERSHIP_HANDOVER_TIMEOUT_MS} ms"
+                )));
+            }
+            glommio::timer::sleep(Duration::from_millis(HANDOVER_POLL_MS)).await;
+        }
+    }
+}
