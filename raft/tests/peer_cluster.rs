@@ -8,6 +8,8 @@
 mod fault_proxy;
 #[path = "support/mem_store.rs"]
 mod mem_store;
+#[path = "support/member_thread.rs"]
+mod member_thread;
 #[path = "support/memlock.rs"]
 mod memlock;
 #[path = "support/peer_member.rs"]

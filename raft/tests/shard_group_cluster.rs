@@ -9,6 +9,8 @@
 
 #[path = "support/group_node.rs"]
 mod group_node;
+#[path = "support/member_thread.rs"]
+mod member_thread;
 #[path = "support/memlock.rs"]
 mod memlock;
 #[path = "support/turns.rs"]

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use corestate_raft::log_store::WalLogOptions;
@@ -26,6 +26,8 @@ use openraft::{AsyncRuntime, BasicNode, Config, ServerState};
 use shards::env::Env;
 use shards::wal::FsyncPolicy;
 
+use crate::member_thread::MemberThread;
+pub use crate::member_thread::{wait_until, STEP_TIMEOUT};
 use crate::memlock;
 use crate::turns::SHARD;
 
@@ -33,8 +35,6 @@ pub const CLUSTER_NAME: &str = "group-tests";
 pub const CLUSTER_TOKEN: &str = "group-s3cret";
 /// Each member's log segments: small, so logs span segments.
 pub const SEGMENT_SIZE_BYTES: u64 = 256 * 1024;
-/// How long any one step may take before the test fails.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the test thread sees of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +67,7 @@ pub struct GroupNode {
     pub id: u64,
     pub addr: SocketAddr,
     pub dir: PathBuf,
-    commands: flume::Sender<Command>,
-    thread: Option<JoinHandle<()>>,
+    thread: MemberThread<Command>,
 }
 
 impl GroupNode {
@@ -81,13 +80,13 @@ impl GroupNode {
         config: Arc<Config>,
         peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
     ) -> GroupNode {
-        let (commands, inbox) = flume::unbounded();
         let (bound, bound_addr) = flume::bounded(1);
         let log_dir = dir.clone();
-        let thread = thread::Builder::new()
-            .name(format!("group-node-{id}"))
-            .spawn(move || node_main(id, log_dir, listen, config, peers, inbox, bound))
-            .expect("spawn node thread");
+        let thread = MemberThread::spawn(
+            format!("group-node-{id}"),
+            || Command::Stop,
+            move |inbox| node_main(id, log_dir, listen, config, peers, inbox, bound),
+        );
         let addr = bound_addr
             .recv_timeout(STEP_TIMEOUT)
             .expect("the node binds its listener");
@@ -95,15 +94,12 @@ impl GroupNode {
             id,
             addr,
             dir,
-            commands,
-            thread: Some(thread),
+            thread,
         }
     }
 
     fn ask<T>(&self, make: impl FnOnce(flume::Sender<T>) -> Command) -> T {
-        let (tx, rx) = flume::bounded(1);
-        self.commands.send(make(tx)).expect("the node runs");
-        rx.recv_timeout(STEP_TIMEOUT).expect("the node answers")
+        self.thread.ask(make)
     }
 
     pub fn status(&self) -> Status {
@@ -165,16 +161,7 @@ impl GroupNode {
 
     /// Stop Raft and the executor and join the thread (the log stays).
     pub fn stop(&mut self) {
-        let _ = self.commands.send(Command::Stop);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("node thread ends cleanly");
-        }
-    }
-}
-
-impl Drop for GroupNode {
-    fn drop(&mut self) {
-        self.stop();
+        self.thread.stop();
     }
 }
 
@@ -276,16 +263,4 @@ fn node_main(
         drop(member);
         drop(server);
     });
-}
-
-/// Polls `cond` until it holds or `STEP_TIMEOUT` passes.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < STEP_TIMEOUT,
-            "timed out after {STEP_TIMEOUT:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
 }

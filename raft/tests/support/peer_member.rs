@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use corestate_raft::net::{
@@ -19,15 +19,14 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, BasicNode, Config, Raft, ServerState};
 
 use crate::mem_store::{KvSnapshot, MemLogStore, MemStateMachine, Put, TestConfig};
+use crate::member_thread::MemberThread;
+pub use crate::member_thread::{wait_until, STEP_TIMEOUT};
 use crate::memlock;
 
 /// The group every member serves (any id; not 0, to catch a lost id).
 pub const GROUP_ID: u64 = 7;
 pub const CLUSTER_NAME: &str = "peer-tests";
 pub const CLUSTER_TOKEN: &str = "s3cret";
-
-/// How long any one step may take before the test fails.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the test thread can see of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +53,7 @@ pub struct PeerMember {
     pub id: u64,
     /// The member's own peer listener.
     pub addr: SocketAddr,
-    commands: flume::Sender<Command>,
-    thread: Option<JoinHandle<()>>,
+    thread: MemberThread<Command>,
 }
 
 impl PeerMember {
@@ -67,27 +65,20 @@ impl PeerMember {
         config: Arc<Config>,
         peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
     ) -> PeerMember {
-        let (commands, inbox) = flume::unbounded();
         let (bound, bound_addr) = flume::bounded(1);
-        let thread = thread::Builder::new()
-            .name(format!("member-{id}"))
-            .spawn(move || member_main(id, config, peers, inbox, bound))
-            .expect("spawn member thread");
+        let thread = MemberThread::spawn(
+            format!("member-{id}"),
+            || Command::Stop,
+            move |inbox| member_main(id, config, peers, inbox, bound),
+        );
         let addr = bound_addr
             .recv_timeout(STEP_TIMEOUT)
             .expect("the member binds its listener");
-        PeerMember {
-            id,
-            addr,
-            commands,
-            thread: Some(thread),
-        }
+        PeerMember { id, addr, thread }
     }
 
     fn ask<T>(&self, make: impl FnOnce(flume::Sender<T>) -> Command) -> T {
-        let (tx, rx) = flume::bounded(1);
-        self.commands.send(make(tx)).expect("the member runs");
-        rx.recv_timeout(STEP_TIMEOUT).expect("the member answers")
+        self.thread.ask(make)
     }
 
     pub fn status(&self) -> Status {
@@ -130,16 +121,7 @@ impl PeerMember {
 
     /// Stops the member's Raft, listener and executor, and joins its thread.
     pub fn stop(&mut self) {
-        let _ = self.commands.send(Command::Stop);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("member thread ends cleanly");
-        }
-    }
-}
-
-impl Drop for PeerMember {
-    fn drop(&mut self) {
-        self.stop();
+        self.thread.stop();
     }
 }
 
@@ -220,18 +202,4 @@ fn member_main(
         drop(serving);
         drop(server);
     });
-}
-
-/// Polls `cond` every few milliseconds until it holds or `STEP_TIMEOUT`
-/// passes; returns how long it took.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < STEP_TIMEOUT,
-            "timed out after {STEP_TIMEOUT:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-    start.elapsed()
 }
