@@ -182,6 +182,12 @@ fn a_cut_off_member_catches_up_by_a_chunked_snapshot() {
     let cluster = Cluster::start();
     let (leader, _) = cluster.agreed_leader(&MEMBER_IDS, None);
     let lagging = others(&MEMBER_IDS, leader)[0];
+    // Settle first: the leader's first entries may still be on their way
+    // to the member when the election is agreed.
+    wait_until("the member to apply what the leader applied", || {
+        cluster.member(lagging).status().last_applied
+            >= cluster.member(leader).status().last_applied
+    });
     let before = cluster.member(lagging).status().last_applied;
 
     // The cluster commits without it and purges the log it would need.

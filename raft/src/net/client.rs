@@ -9,6 +9,10 @@
 //! hands each answer to the request waiting for it, and a writer that
 //! sends queued frames. Dropping the connection cancels both and closes the
 //! socket.
+//!
+//! With TLS configured the connection is TLS from its first byte, and the
+//! cluster handshake runs inside it; a TLS failure is a failed dial like
+//! any other (the peer is unreachable, dialled again after the backoff).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -22,6 +26,7 @@ use openraft::AsyncRuntime;
 
 use super::frame::{encode_frame, read_frame, write_frame, Frame, FrameKind, FRAME_BODY_MAX_BYTES};
 use super::handshake::{self, ClusterCredentials};
+use super::tls::PeerTls;
 use super::wire::{from_json, ErrorBody};
 use crate::GlommioRuntime;
 
@@ -173,6 +178,8 @@ struct Redial {
 /// This executor's link to one peer node.
 pub struct PeerClient {
     me: Rc<ClusterCredentials>,
+    /// `None`: plain TCP.
+    tls: Option<PeerTls>,
     target: u64,
     addr: RefCell<String>,
     conn: RefCell<Option<Rc<Conn>>>,
@@ -184,9 +191,21 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// A plain-TCP link.
     pub fn new(me: Rc<ClusterCredentials>, target: u64, addr: String) -> PeerClient {
+        PeerClient::with_tls(me, None, target, addr)
+    }
+
+    /// A link over TLS when `tls` is set, plain TCP when it is `None`.
+    pub fn with_tls(
+        me: Rc<ClusterCredentials>,
+        tls: Option<PeerTls>,
+        target: u64,
+        addr: String,
+    ) -> PeerClient {
         PeerClient {
             me,
+            tls,
             target,
             addr: RefCell::new(addr),
             conn: RefCell::new(None),
@@ -343,7 +362,7 @@ impl PeerClient {
 
     async fn dial(&self) -> Result<Conn, String> {
         let addr = self.addr.borrow().clone();
-        let mut stream = glommio::net::TcpStream::connect_timeout(
+        let stream = glommio::net::TcpStream::connect_timeout(
             addr.as_str(),
             Duration::from_millis(DIAL_TIMEOUT_MS),
         )
@@ -353,7 +372,24 @@ impl PeerClient {
         stream
             .set_nodelay(true)
             .map_err(|err| format!("node {} at {addr}: nodelay: {err}", self.target))?;
-        // A TLS connector would wrap `stream` here, before the handshake.
+        match &self.tls {
+            None => self.introduce(&addr, stream).await,
+            Some(tls) => {
+                let stream = tls
+                    .connect(&addr, stream)
+                    .await
+                    .map_err(|err| format!("node {} at {addr}: {err}", self.target))?;
+                self.introduce(&addr, stream).await
+            }
+        }
+    }
+
+    /// The cluster handshake on a fresh stream, then the connection's tasks.
+    async fn introduce<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+        &self,
+        addr: &str,
+        mut stream: S,
+    ) -> Result<Conn, String> {
         let peer = handshake::dial(&mut stream, &self.me)
             .await
             .map_err(|err| format!("node {} at {addr}: {err}", self.target))?;

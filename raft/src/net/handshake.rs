@@ -4,7 +4,8 @@
 //!
 //! The token is compared as SHA-256 digests with a constant-time equality,
 //! so the time a refusal takes says nothing about how much of the token
-//! was right. Without TLS the token crosses the network in clear text.
+//! was right. With peer TLS (`tls.rs`) the handshake runs inside the TLS
+//! session; without it the token crosses the network in clear text.
 
 use std::fmt;
 use std::time::Duration;

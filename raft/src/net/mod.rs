@@ -15,9 +15,11 @@
 //! * `snapshot.rs` — chunk size, snapshot size bound, reassembly.
 //! * `directory.rs` — group id → mailbox on the group's executor.
 //! * `server.rs` — the listener and its connections.
+//! * `tls.rs` — optional TLS / mTLS on every link: configs from PEM files,
+//!   the per-connection TLS handshake; the cluster handshake runs inside.
 //!
 //! See `README.md` beside this crate ("Peer transport") for the limits and
-//! what is not done yet (TLS).
+//! what is not done yet.
 
 pub mod client;
 pub mod directory;
@@ -26,6 +28,7 @@ pub mod handshake;
 pub mod network;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod wire;
 
 pub use client::{CallError, PeerClient, PEER_REQUESTS_IN_FLIGHT_MAX};
@@ -33,4 +36,5 @@ pub use directory::{group_mailbox, serve_group, GroupDirectory, GroupInbox, Grou
 pub use handshake::ClusterCredentials;
 pub use network::{PeerLink, PeerNetworkFactory, PeerPool};
 pub use server::PeerServer;
+pub use tls::{PeerServerName, PeerTls, PeerTlsError, PeerTlsFiles};
 pub use wire::SnapshotWire;

@@ -37,6 +37,7 @@ use super::client::{CallError, PeerClient};
 use super::frame::FrameKind;
 use super::handshake::ClusterCredentials;
 use super::snapshot::{chunk_size_bytes, SNAPSHOT_SIZE_MAX_BYTES};
+use super::tls::PeerTls;
 use super::wire::{
     encode_chunk, from_json, to_json, ChunkAnswer, ChunkHeader, ErrorCode, SnapshotWire,
 };
@@ -44,6 +45,8 @@ use super::wire::{
 /// The peer links of one executor.
 pub struct PeerPool {
     me: Rc<ClusterCredentials>,
+    /// Every link's TLS; `None`: plain TCP.
+    tls: Option<PeerTls>,
     clients: RefCell<HashMap<u64, Rc<PeerClient>>>,
     /// Addresses that win over the one in the membership (`BasicNode::addr`):
     /// a node behind NAT, or a test's fault proxy.
@@ -51,9 +54,16 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
+    /// Links over plain TCP.
     pub fn new(me: ClusterCredentials) -> Rc<PeerPool> {
+        PeerPool::with_tls(me, None)
+    }
+
+    /// Links over TLS when `tls` is set, plain TCP when it is `None`.
+    pub fn with_tls(me: ClusterCredentials, tls: Option<PeerTls>) -> Rc<PeerPool> {
         Rc::new(PeerPool {
             me: Rc::new(me),
+            tls,
             clients: RefCell::new(HashMap::new()),
             overrides: RefCell::new(HashMap::new()),
         })
@@ -78,9 +88,14 @@ impl PeerPool {
             .cloned()
             .unwrap_or_else(|| membership_addr.to_string());
         let mut clients = self.clients.borrow_mut();
-        let client = clients
-            .entry(target)
-            .or_insert_with(|| Rc::new(PeerClient::new(self.me.clone(), target, addr.clone())));
+        let client = clients.entry(target).or_insert_with(|| {
+            Rc::new(PeerClient::with_tls(
+                self.me.clone(),
+                self.tls.clone(),
+                target,
+                addr.clone(),
+            ))
+        });
         client.set_addr(&addr);
         client.clone()
     }

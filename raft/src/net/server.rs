@@ -7,6 +7,10 @@
 //! A frame that is not a well-formed request closes the connection; a
 //! request for a group this node does not have is answered with an
 //! `UnknownGroup` error and the connection stays up.
+//!
+//! With TLS configured every connection must open with a TLS handshake
+//! (no plaintext fallback); one that fails it, or takes longer than
+//! `PEER_TLS_HANDSHAKE_TIMEOUT_MS`, is closed without a word.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,12 +21,13 @@ use futures_channel::oneshot;
 use futures_util::future::select;
 use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_util::FutureExt;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 
 use super::client::PEER_REQUESTS_IN_FLIGHT_MAX;
 use super::directory::{GroupCall, GroupDirectory};
 use super::frame::{encode_frame, read_frame, write_frame, FrameKind, FRAME_BODY_MAX_BYTES};
 use super::handshake::{self, ClusterCredentials};
+use super::tls::PeerTls;
 use super::wire::{to_json, ErrorBody, ErrorCode};
 
 /// A running peer listener. Dropping it closes the listening socket and
@@ -35,12 +40,22 @@ pub struct PeerServer {
 }
 
 impl PeerServer {
-    /// Binds `addr` (port 0 picks a free port) and serves on the calling
-    /// executor.
+    /// Binds `addr` (port 0 picks a free port) and serves plain TCP on the
+    /// calling executor.
     pub fn start(
         addr: &str,
         me: ClusterCredentials,
         directory: Arc<GroupDirectory>,
+    ) -> io::Result<PeerServer> {
+        PeerServer::start_with_tls(addr, me, directory, None)
+    }
+
+    /// As [`PeerServer::start`], over TLS when `tls` is set.
+    pub fn start_with_tls(
+        addr: &str,
+        me: ClusterCredentials,
+        directory: Arc<GroupDirectory>,
+        tls: Option<PeerTls>,
     ) -> io::Result<PeerServer> {
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
@@ -57,8 +72,9 @@ impl PeerServer {
                 };
                 let _ = stream.set_nodelay(true);
                 let (me, directory, stopped) = (me.clone(), directory.clone(), stopped.clone());
+                let tls = tls.clone();
                 glommio::spawn_local(async move {
-                    let serving = std::pin::pin!(serve_connection(stream, me, directory));
+                    let serving = std::pin::pin!(serve_accepted(stream, tls, me, directory));
                     // Either the peer goes away or the server stops.
                     let _ = select(serving, stopped).await;
                 })
@@ -78,13 +94,32 @@ impl PeerServer {
     }
 }
 
-/// Serves one connection until it closes or misbehaves.
+/// Serves one accepted TCP connection, inside TLS when `tls` is set.
+async fn serve_accepted(
+    stream: TcpStream,
+    tls: Option<PeerTls>,
+    me: Rc<ClusterCredentials>,
+    directory: Arc<GroupDirectory>,
+) {
+    match tls {
+        None => serve_connection(stream, me, directory).await,
+        Some(tls) => {
+            // A failed TLS handshake just closes: the dialer's TLS stack
+            // has already been told why by an alert.
+            if let Ok(stream) = tls.accept(stream).await {
+                serve_connection(stream, me, directory).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection (plain or already inside TLS) until it closes or
+/// misbehaves.
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     mut stream: S,
     me: Rc<ClusterCredentials>,
     directory: Arc<GroupDirectory>,
 ) {
-    // A TLS acceptor would wrap `stream` here, before the handshake.
     let Ok(from_node) = handshake::accept(&mut stream, &me).await else {
         return;
     };

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use corestate_raft::net::{
-    group_mailbox, serve_group, ClusterCredentials, GroupDirectory, PeerPool, PeerServer,
+    group_mailbox, serve_group, ClusterCredentials, GroupDirectory, PeerPool, PeerServer, PeerTls,
 };
 use corestate_raft::GlommioRuntime;
 use openraft::rt::watch::WatchReceiver;
@@ -65,11 +65,22 @@ impl PeerMember {
         config: Arc<Config>,
         peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
     ) -> PeerMember {
+        PeerMember::spawn_with_tls(id, config, peers, None)
+    }
+
+    /// As [`PeerMember::spawn`], its listener and links over TLS when
+    /// `tls` is set.
+    pub fn spawn_with_tls(
+        id: u64,
+        config: Arc<Config>,
+        peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
+        tls: Option<PeerTls>,
+    ) -> PeerMember {
         let (bound, bound_addr) = flume::bounded(1);
         let thread = MemberThread::spawn(
             format!("member-{id}"),
             || Command::Stop,
-            move |inbox| member_main(id, config, peers, inbox, bound),
+            move |inbox| member_main(id, config, peers, tls, inbox, bound),
         );
         let addr = bound_addr
             .recv_timeout(STEP_TIMEOUT)
@@ -129,6 +140,7 @@ fn member_main(
     id: u64,
     config: Arc<Config>,
     peers: flume::Receiver<BTreeMap<u64, SocketAddr>>,
+    tls: Option<PeerTls>,
     commands: flume::Receiver<Command>,
     bound: flume::Sender<SocketAddr>,
 ) {
@@ -140,14 +152,15 @@ fn member_main(
         let (mailbox, inbox) = group_mailbox();
         let mut directory = GroupDirectory::new();
         directory.register(GROUP_ID, mailbox).expect("register");
-        let server = PeerServer::start("127.0.0.1:0", me.clone(), Arc::new(directory))
-            .expect("bind the peer listener");
+        let server =
+            PeerServer::start_with_tls("127.0.0.1:0", me.clone(), Arc::new(directory), tls.clone())
+                .expect("bind the peer listener");
         bound.send(server.local_addr()).expect("report the address");
 
         let Ok(peers) = peers.recv_async().await else {
             return;
         };
-        let pool = PeerPool::new(me);
+        let pool = PeerPool::with_tls(me, tls);
         for (peer, addr) in peers {
             pool.set_address(peer, addr.to_string());
         }
