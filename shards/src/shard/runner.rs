@@ -306,6 +306,11 @@ impl Shard {
             }
             // Always: with nothing staged it only forgets reserved offsets.
             let committed = self.wal.staged_records() > 0;
+            if committed && self.publish_requested && self.wal.policy().acks_after_sync() {
+                // The watch merge is waiting on this shard (it asked for a
+                // watermark): do not make it wait for this group's sync too.
+                self.announce_watermark(publisher.as_ref());
+            }
             if let Err(e) = self.wal.commit().await {
                 self.fail_stop("WAL write failed", &e);
             }
@@ -390,6 +395,24 @@ impl Shard {
             events,
             watermark,
         });
+    }
+
+    /// Before a group's write and sync: publish how far this shard is
+    /// settled — below the group's first offset (`watermark` counts staged
+    /// records). Other shards' events under it need not wait for this sync
+    /// to be released to watchers. Only when the merge asked (it holds
+    /// events back for this shard), so a load nobody watches pays nothing.
+    fn announce_watermark(&mut self, publisher: Option<&flume::Sender<Publication>>) {
+        let Some(publisher) = publisher else { return };
+        let watermark = self.watermark();
+        if watermark > self.published_watermark {
+            self.published_watermark = watermark;
+            let _ = publisher.send(Publication {
+                shard: self.state.shard_id,
+                events: Vec::new(),
+                watermark,
+            });
+        }
     }
 
     fn blocked(&self, msg: &ShardMsg) -> bool {
