@@ -404,7 +404,12 @@ impl Shard {
     /// events back for this shard), so a load nobody watches pays nothing.
     fn announce_watermark(&mut self, publisher: Option<&flume::Sender<Publication>>) {
         let Some(publisher) = publisher else { return };
-        let watermark = self.watermark();
+        // Events of this turn not yet published (a cross-shard batch
+        // decided in it brings events with the offsets of its prepare,
+        // which no longer hold the watermark back) go out after the
+        // commit: the promise must stay below them.
+        let unpublished = self.state.events.iter().map(|e| e.offset).min();
+        let watermark = self.watermark().min(unpublished.unwrap_or(u64::MAX));
         if watermark > self.published_watermark {
             self.published_watermark = watermark;
             let _ = publisher.send(Publication {
