@@ -13,6 +13,7 @@ pub mod merged_read;
 mod ops_read;
 mod ops_write;
 mod participant;
+mod publishing;
 pub mod replay;
 pub mod result;
 pub mod runner;

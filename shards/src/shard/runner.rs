@@ -103,7 +103,7 @@ pub struct Shard {
     /// Decisions of the parts whose `Prepare` the log still holds.
     pub(super) decisions: Decisions,
     /// The last watermark published (it never goes down).
-    published_watermark: u64,
+    pub(super) published_watermark: u64,
     pub(super) publish_requested: bool,
     /// Bytes one group commit stages at most: `GROUP_COMMIT_BYTES_MAX`, or
     /// half a segment for small segments (so a group rolls over at most once).
@@ -371,55 +371,6 @@ impl Shard {
         }
     }
 
-    /// Send the durable events (in offset order) and the watermark.
-    fn publish(&mut self, publisher: Option<&flume::Sender<Publication>>) {
-        self.publish_requested = false;
-        let mut events = std::mem::take(&mut self.state.events);
-        let Some(publisher) = publisher else { return };
-        events.sort_unstable_by_key(|e| e.offset);
-        let watermark = self.watermark();
-        // Watchers merge shards by watermark: one going back would let the
-        // merge release another shard's events out of order.
-        debug_assert!(
-            watermark >= self.published_watermark,
-            "shard {}: watermark went down from {} to {watermark}",
-            self.state.shard_id,
-            self.published_watermark
-        );
-        debug_assert!(events
-            .first()
-            .is_none_or(|e| e.offset >= self.published_watermark));
-        self.published_watermark = watermark;
-        let _ = publisher.send(Publication {
-            shard: self.state.shard_id,
-            events,
-            watermark,
-        });
-    }
-
-    /// Before a group's write and sync: publish how far this shard is
-    /// settled — below the group's first offset (`watermark` counts staged
-    /// records). Other shards' events under it need not wait for this sync
-    /// to be released to watchers. Only when the merge asked (it holds
-    /// events back for this shard), so a load nobody watches pays nothing.
-    fn announce_watermark(&mut self, publisher: Option<&flume::Sender<Publication>>) {
-        let Some(publisher) = publisher else { return };
-        // Events of this turn not yet published (a cross-shard batch
-        // decided in it brings events with the offsets of its prepare,
-        // which no longer hold the watermark back) go out after the
-        // commit: the promise must stay below them.
-        let unpublished = self.state.events.iter().map(|e| e.offset).min();
-        let watermark = self.watermark().min(unpublished.unwrap_or(u64::MAX));
-        if watermark > self.published_watermark {
-            self.published_watermark = watermark;
-            let _ = publisher.send(Publication {
-                shard: self.state.shard_id,
-                events: Vec::new(),
-                watermark,
-            });
-        }
-    }
-
     fn blocked(&self, msg: &ShardMsg) -> bool {
         match msg {
             ShardMsg::List { .. } | ShardMsg::Flush { .. } => !self.txns.is_empty(),
@@ -543,21 +494,6 @@ impl Shard {
                 deferred.push(Deferred::Events(done, chunk));
             }
         }
-    }
-
-    /// The watermark this shard may publish: below its next offset and below
-    /// any event held by a prepared batch.
-    pub(super) fn watermark(&self) -> u64 {
-        let held = self
-            .txns
-            .values()
-            .filter_map(Prepared::min_event_offset)
-            .min();
-        self.wal
-            .clock()
-            .watermark()
-            .min(held.unwrap_or(u64::MAX))
-            .min(self.wal.unwritten_floor().unwrap_or(u64::MAX))
     }
 
     /// Re-run messages parked behind a batch's locks, in their order; those
