@@ -154,6 +154,7 @@ impl Shard {
             salvage: cfg.salvage,
             covered,
             entries_covered: at.map_or(0, |a| a.entries),
+            first_segment: None,
         };
         let mut counts = ReplayCounts::default();
         let mut txn_log = TxnLog::default();

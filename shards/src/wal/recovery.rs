@@ -36,6 +36,9 @@
 //!   only ever removes a prefix (compaction) or an unwritten suffix (this
 //!   repair), so a hole in the ids is a deleted file — even when the files
 //!   around it look like a clean end.
+//! * **The head** (`head.rs`, logs that name their first segment): segments
+//!   below it were retired (not read, reported as leftovers); an oldest
+//!   segment above it is a deleted file.
 //!
 //! Damage refuses start-up, naming the file and byte, unless salvage was
 //! asked for: then the log is cut at the damage — everything from there on
@@ -52,6 +55,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::head::split_at_head;
 use super::manifest::{self, Manifest};
 use super::offset::tick_of_offset;
 use super::record::{decode_record, RecordDefect, RecordHeader, RECORD_MAGIC};
@@ -73,6 +77,8 @@ pub struct ScanPlan {
     /// Entries that snapshot counts: the first record after `covered` must
     /// say this many came before it.
     pub entries_covered: u64,
+    /// The log's first segment, for a log that names it (`head.rs`).
+    pub first_segment: Option<u64>,
 }
 
 /// What recovery found and did.
@@ -96,6 +102,8 @@ pub struct ScanOutcome {
     pub manifest: Option<Manifest>,
     /// Bytes of the log's tail written again and synced (`resync.rs`).
     pub bytes_resynced: u64,
+    /// Segments below the log's first segment still on disk (`head.rs`).
+    pub leftovers: Vec<u64>,
 }
 
 /// What one segment holds.
@@ -343,12 +351,17 @@ pub fn scan_placed(
     mut visit: impl FnMut(RecordPlace, &RecordHeader, &[u8]) -> Result<(), String>,
 ) -> Result<ScanOutcome, RecoveryError> {
     let ids = list_segments(storage, dir).map_err(io_err(dir))?;
+    let (ids, leftovers) = match plan.first_segment {
+        Some(first) => split_at_head(dir, first, ids)?,
+        None => (ids, Vec::new()),
+    };
     let found_manifest =
         manifest::read(storage, dir).map_err(io_err(&manifest::manifest_path(dir)))?;
     let (ids, dropped_tick) = check_consecutive(storage, dir, plan, ids)?;
     let seal = found_manifest.and_then(|m| m.sealed);
     let mut out = ScanOutcome {
-        active_segment: 1,
+        active_segment: plan.first_segment.unwrap_or(1),
+        leftovers,
         manifest: found_manifest,
         last_tick: dropped_tick,
         ..ScanOutcome::default()

@@ -314,3 +314,45 @@ fn random_garbage_never_panics() {
         let _ = count(dir.path(), true);
     }
 }
+
+#[test]
+fn a_log_that_names_its_head_skips_retired_leftovers_and_refuses_a_deleted_head() {
+    let dir = tempfile::tempdir().unwrap();
+    // Records that count no entries (a Raft member's): the entry count
+    // cannot tell a retired prefix from a deleted one.
+    for id in 1..=4 {
+        write_segment_from(dir.path(), id, 0, 0, 1, 8192);
+        let stamp = RecordStamp {
+            kind: RecordKind::RaftVote,
+            offset: ((id + 1) << 6) | 1,
+            time_ms: 0,
+            entries_before: 0,
+        };
+        let mut data = Vec::new();
+        append_record(&mut data, &stamp, 0, |o| o.extend_from_slice(&[0; 17])).unwrap();
+        data.resize(8192, 0);
+        std::fs::write(segment_path(dir.path(), id), &data).unwrap();
+    }
+    let plan = |first| ScanPlan {
+        first_segment: Some(first),
+        ..ScanPlan::default()
+    };
+    // Retired up to 3, a crash left 1 and 2 behind: they are not read.
+    let (n, out) = count_with(dir.path(), plan(3)).unwrap();
+    assert_eq!((n, out.leftovers.clone()), (2, vec![1, 2]));
+    assert_eq!(out.active_segment, 4);
+    std::fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+    std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+    let (n, out) = count_with(dir.path(), plan(3)).unwrap();
+    assert_eq!((n, out.leftovers.len()), (2, 0));
+    // Without a head the log starts at segment 1: 1 and 2 are missing.
+    let err = count_with(dir.path(), plan(1)).unwrap_err();
+    assert!(matches!(err, RecoveryError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("0000000000000001.wal"), "{err}");
+    // Segment 3 deleted though the head names it.
+    std::fs::remove_file(segment_path(dir.path(), 3)).unwrap();
+    let err = count_with(dir.path(), plan(3)).unwrap_err();
+    assert!(err.to_string().contains("0000000000000003.wal"), "{err}");
+    // A standalone plan (no head) is unchanged: no check of the first id.
+    assert!(count_with(dir.path(), ScanPlan::default()).is_ok());
+}
