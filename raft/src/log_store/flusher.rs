@@ -6,6 +6,9 @@
 //! group's sync), then notes where each entry's record landed and fires
 //! the callbacks — `IOFlushed` for appends, the waiting `save_vote`.
 //!
+//! Between groups it takes one small step of retiring the segments every
+//! live entry has left (`retire.rs`), after the group's callbacks fired.
+//!
 //! A write or sync that fails leaves the store failed (fail-stop, as a
 //! standalone shard's WAL): every waiting and later call gets the error,
 //! and openraft stops the member; a restart recovers what the disk holds.
@@ -22,6 +25,7 @@ use shards::wal::record::{RecordKind, RECORD_HEADER_BYTES};
 use shards::wal::{FsyncPolicy, WalWriter};
 
 use super::codec::{WalLogId, WalTypes};
+use super::retire::Retirement;
 use super::Shared;
 
 /// One queued write, in the order the store's calls made it.
@@ -72,10 +76,18 @@ pub async fn run<C: WalTypes>(
     shared: Weak<Shared<C>>,
     env: Env,
     mut writer: WalWriter,
+    mut retirement: Retirement,
     doorbell: flume::Receiver<()>,
 ) {
     loop {
-        let rang = match writer.sync_due_in() {
+        let due = [
+            writer.sync_due_in(),
+            retirement.due_in(env.clock.monotonic()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let rang = match due {
             None => doorbell.recv_async().await.is_ok(),
             Some(due) => {
                 let wait = select(
@@ -96,30 +108,58 @@ pub async fn run<C: WalTypes>(
             Some(s) => std::mem::take(&mut s.core.borrow_mut().queue),
             None => return,
         };
-        let result = write_group(&env, &mut writer, &ops, &shared).await;
-        if let Some(s) = shared.upgrade() {
-            let mut core = s.core.borrow_mut();
-            core.stats = writer.stats();
-            if let Err(e) = &result {
-                core.failure.get_or_insert_with(|| e.clone());
-            }
-        }
-        let failed = result.is_err();
+        let result = write_group(&env, &mut writer, &mut retirement, &ops, &shared).await;
+        note_result(&shared, &writer, &retirement, &result);
         for op in ops {
             op.complete(&result);
         }
-        if failed {
+        let result = match result {
+            Ok(()) => retirement.step(&env, &mut writer).await,
+            failed => failed,
+        };
+        note_result(&shared, &writer, &retirement, &result);
+        if let Err(e) = result {
             // Later calls see the failure in the store; what they queued
             // meanwhile is answered with it too.
             if let Some(s) = shared.upgrade() {
                 let queued = std::mem::take(&mut s.core.borrow_mut().queue);
                 drop(s);
                 for op in queued {
-                    op.complete(&result);
+                    op.complete(&Err(e.clone()));
                 }
             }
             return;
         }
+    }
+}
+
+/// Tell the store the WAL's counters, what retirement did, and a failure.
+fn note_result<C: WalTypes>(
+    shared: &Weak<Shared<C>>,
+    writer: &WalWriter,
+    retirement: &Retirement,
+    result: &Result<(), String>,
+) {
+    let Some(s) = shared.upgrade() else {
+        return;
+    };
+    let mut core = s.core.borrow_mut();
+    core.stats = writer.stats();
+    let report = retirement.report();
+    if core.retire != *report {
+        core.retire = report.clone();
+        // A reader's open file of a retired segment would hold its space.
+        let first = report.first_segment;
+        if core
+            .open_segment
+            .as_ref()
+            .is_some_and(|o| o.segment() < first)
+        {
+            core.open_segment = None;
+        }
+    }
+    if let Err(e) = result {
+        core.failure.get_or_insert_with(|| e.clone());
     }
 }
 
@@ -128,6 +168,7 @@ pub async fn run<C: WalTypes>(
 async fn write_group<C: WalTypes>(
     env: &Env,
     writer: &mut WalWriter,
+    retirement: &mut Retirement,
     ops: &[Op<C>],
     shared: &Weak<Shared<C>>,
 ) -> Result<(), String> {
@@ -151,6 +192,7 @@ async fn write_group<C: WalTypes>(
                             out.extend_from_slice(payload)
                         })
                         .map_err(|e| format!("staging entry {log_id}: {}", e.message))?;
+                    retirement.note_entry(place.segment, log_id.index);
                     placed.push((*log_id, place));
                 }
             }
@@ -162,6 +204,9 @@ async fn write_group<C: WalTypes>(
                 writer
                     .append(*kind, now_ms, |out| out.extend_from_slice(payload))
                     .map_err(|e| format!("staging a {kind:?} record: {}", e.message))?;
+                retirement
+                    .note_record(*kind, payload)
+                    .map_err(|e| format!("a {kind:?} record the store made: {e}"))?;
                 sync_wanted |= synced.is_some();
             }
         }

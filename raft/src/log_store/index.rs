@@ -14,6 +14,13 @@
 //!   for none), from the end back — never a hole;
 //! * `purge` drops the live entries up to a log id and remembers it; a
 //!   purge at or below the last one changes nothing.
+//!
+//! One exception, for recovery only: a log whose oldest segments were
+//! retired (`retire.rs`) is replayed from the middle, so an empty log after
+//! a purge may meet an entry above the one after it (the entries between
+//! were in a retired segment, purged by a later record). While replaying
+//! such a log, that entry is taken; the replay ends with the checkpoint's
+//! purge record, after which the log is exactly the one the store had.
 
 use std::collections::VecDeque;
 
@@ -41,9 +48,24 @@ pub struct LiveLog {
     first_index: u64,
     slots: VecDeque<Slot>,
     last_purged: Option<WalLogId>,
+    /// Replaying a log whose head was retired (see the file's comment).
+    replaying_retired_head: bool,
 }
 
 impl LiveLog {
+    /// An empty log to replay a WAL whose oldest segments were retired.
+    pub fn replaying_retired_head() -> Self {
+        LiveLog {
+            replaying_retired_head: true,
+            ..LiveLog::default()
+        }
+    }
+
+    /// The replay is over: the store's rules hold in full from now on.
+    pub fn end_replay(&mut self) {
+        self.replaying_retired_head = false;
+    }
+
     pub fn last_purged(&self) -> Option<WalLogId> {
         self.last_purged
     }
@@ -80,9 +102,14 @@ impl LiveLog {
                  a conflicting tail is truncated first)",
                 last.log_id
             )),
-            (None, Some(purged)) if index != purged.index + 1 => Err(format!(
-                "entry {log_id} does not follow the last purged entry {purged}"
-            )),
+            (None, Some(purged)) if self.replaying_retired_head && index <= purged.index => Err(
+                format!("entry {log_id} is at or below the last purged entry {purged}"),
+            ),
+            (None, Some(purged)) if !self.replaying_retired_head && index != purged.index + 1 => {
+                Err(format!(
+                    "entry {log_id} does not follow the last purged entry {purged}"
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -254,6 +281,28 @@ mod tests {
         log.truncate_after(None);
         assert!(log.is_empty());
         assert_eq!(log.last_log_id(), Some(id(2, 20)));
+    }
+
+    #[test]
+    fn a_replay_after_a_retired_head_takes_an_entry_past_a_gap_until_it_ends() {
+        // Segment 1 (retired) held entries 1..=10; segment 2 begins with an
+        // old purge record, then entry 11.
+        let mut log = LiveLog::default();
+        log.purge(&id(1, 5));
+        assert!(log.push(id(1, 11), None).is_err(), "the store's rule");
+        let mut log = LiveLog::replaying_retired_head();
+        log.purge(&id(1, 5));
+        assert!(
+            log.push(id(1, 5), None).is_err(),
+            "never at or below a purge"
+        );
+        log.push(id(1, 11), None).unwrap();
+        log.purge(&id(1, 10));
+        assert_eq!(log.span(), (11, 12));
+        log.truncate_after(Some(&id(1, 10)));
+        log.end_replay();
+        assert!(log.push(id(1, 12), None).is_err(), "strict again");
+        log.push(id(1, 11), None).unwrap();
     }
 
     #[test]

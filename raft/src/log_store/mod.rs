@@ -12,22 +12,28 @@
 //! * `recover.rs` — opening: the WAL scan, replaying the Raft records;
 //! * `flusher.rs` — the task that owns the `WalWriter`: group commit and
 //!   the callbacks;
-//! * `reader.rs` — the log reader: cache, or read back from the segments.
+//! * `reader.rs` — the log reader: cache, or read back from the segments;
+//! * `retire.rs` — deleting the segments every live entry has left.
 //!
 //! Everything lives on the member's executor: the store, its readers and
 //! the flusher share one `Rc`, and no `RefCell` borrow is held across an
 //! `.await`.
 //!
-//! Purged entries are dropped logically (the index forgets them, recovery
-//! honours the purge record); their segments are not deleted yet — that is
-//! for the shard's retirement to do later, so a member's log grows on disk
-//! until then and recovery scans all of it.
+//! Purged entries are dropped at once logically (the index forgets them,
+//! recovery honours the purge record) and then physically: the flusher
+//! deletes the oldest segments once every entry in them is purged by a
+//! written purge record, after writing the vote, committed id and purge
+//! again in the active segment and naming the first segment kept in the
+//! log's head file (`retire.rs` has the rule and the crash-safe order).
+//! So a member's log on disk, and the scan at each start, stay about as
+//! large as its un-purged entries.
 
 pub mod codec;
 mod flusher;
 pub mod index;
 mod reader;
 mod recover;
+mod retire;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -47,10 +53,12 @@ use shards::wal::{Frontier, FsyncPolicy, OffsetClock, WalOpen, WalStats, WalWrit
 pub use codec::{AppDataCodec, CodecError, WalEntry, WalLeaderId, WalLogId, WalTypes, WalVote};
 pub use index::CACHED_ENTRIES_MAX;
 pub use reader::{WalLogReader, READ_BATCH_ENTRIES_MAX};
+pub use retire::RetireReport;
 
 use flusher::Op;
 use index::{LiveLog, RecentEntries};
 use reader::OpenSegment;
+use retire::{Retirement, Written};
 
 /// How a member's log is kept.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +82,10 @@ pub struct OpenReport {
     pub last_purged: Option<WalLogId>,
     /// A torn last write that was cut off.
     pub torn_tail: Option<TailRepair>,
+    /// The log's first segment (every one below it was retired).
+    pub first_segment: u64,
+    /// Segments below it that a crash left on disk (freed again first).
+    pub retired_leftovers: u64,
 }
 
 /// Why a log could not be opened.
@@ -117,6 +129,7 @@ struct Core<C: WalTypes> {
     /// A write failed: the store is stopped (fail-stop).
     failure: Option<String>,
     stats: WalStats,
+    retire: RetireReport,
     open_segment: Option<OpenSegment>,
 }
 
@@ -150,7 +163,7 @@ impl<C: WalTypes> WalLogStore<C> {
             move |error| OpenError::Io { path, error }
         };
         env.storage.create_dir_all(dir).map_err(io_err(dir))?;
-        let recovered =
+        let mut recovered =
             recover::recover(&*env.storage, dir, options.shard).map_err(OpenError::Recovery)?;
         let scan = &recovered.scan;
         let report = OpenReport {
@@ -159,7 +172,20 @@ impl<C: WalTypes> WalLogStore<C> {
             last_log_id: recovered.log.last_log_id(),
             last_purged: recovered.log.last_purged(),
             torn_tail: scan.torn_tail.clone(),
+            first_segment: recovered.first_segment,
+            retired_leftovers: scan.leftovers.len() as u64,
         };
+        let retirement = Retirement::new(
+            dir,
+            recovered.first_segment,
+            &scan.leftovers,
+            std::mem::take(&mut recovered.entry_index_max),
+            Written {
+                vote: recovered.vote,
+                committed: recovered.committed,
+                purged: recovered.log.last_purged(),
+            },
+        );
         let clock = OffsetClock::new(
             options.shard,
             scan.last_tick,
@@ -190,19 +216,26 @@ impl<C: WalTypes> WalLogStore<C> {
                 queue: Vec::new(),
                 failure: None,
                 stats: writer.stats(),
+                retire: retirement.report().clone(),
                 open_segment: None,
             }),
             doorbell,
             storage: env.storage.clone(),
             dir: dir.to_path_buf(),
         });
-        glommio::spawn_local(flusher::run(Rc::downgrade(&shared), env, writer, rung)).detach();
+        let flusher = flusher::run(Rc::downgrade(&shared), env, writer, retirement, rung);
+        glommio::spawn_local(flusher).detach();
         Ok((WalLogStore { shared }, report))
     }
 
     /// The WAL's counters as of the last group written (syncs, groups).
     pub fn wal_stats(&self) -> WalStats {
         self.shared.core.borrow().stats
+    }
+
+    /// What retiring the segments every live entry has left did so far.
+    pub fn retire_report(&self) -> RetireReport {
+        self.shared.core.borrow().retire.clone()
     }
 
     /// Entries held in memory right now.
@@ -357,10 +390,10 @@ impl<C: WalTypes> RaftLogStorage<C> for WalLogStore<C> {
         Ok(())
     }
 
-    /// Logical: the index forgets the entries and a purge record tells
-    /// recovery to; the segments stay until retirement removes them (not
-    /// done yet). A purge lost in a crash is harmless: openraft purges
-    /// again from its snapshot.
+    /// At once the index forgets the entries and a purge record tells
+    /// recovery to; once that record is written, the flusher deletes the
+    /// segments it emptied of live entries (`retire.rs`). A purge lost in a
+    /// crash is harmless: openraft purges again from its snapshot.
     async fn purge(&mut self, upto: WalLogId) -> Result<(), io::Error> {
         self.check_running()?;
         let changed = {

@@ -58,6 +58,12 @@ pub(super) struct OpenSegment {
     file: Box<dyn ReadFile>,
 }
 
+impl OpenSegment {
+    pub(super) fn segment(&self) -> u64 {
+        self.id
+    }
+}
+
 /// Read the entry record at `place` and check that it holds `expected`.
 pub(super) fn read_entry<C: WalTypes>(
     storage: &dyn Storage,

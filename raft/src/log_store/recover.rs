@@ -4,10 +4,17 @@
 //! and purges by the same rules the store follows at run time, the last
 //! vote and committed log id. Entries are not decoded here (only their log
 //! ids): the reader reads them back from the places recorded.
+//!
+//! The log starts at the segment its head file names (`shards::wal::head`;
+//! segment 1 when there is none): segments below it were retired, an oldest
+//! segment above it refuses the start as missing. A log whose head was
+//! retired is replayed by the index's rule for that case (`index.rs`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use shards::env::Storage;
+use shards::wal::head::{head_path, read_first_segment};
 use shards::wal::record::RecordKind;
 use shards::wal::recovery::{scan_placed, RecoveryError, ScanOutcome, ScanPlan};
 
@@ -22,6 +29,10 @@ pub struct Recovered {
     pub vote: Option<WalVote>,
     pub committed: Option<WalLogId>,
     pub scan: ScanOutcome,
+    /// The log's first segment (its head).
+    pub first_segment: u64,
+    /// Per segment read: the highest index of an entry record in it.
+    pub entry_index_max: BTreeMap<u64, u64>,
 }
 
 /// Scan the log in `dir` (a member of shard `shard`'s group). A damaged
@@ -33,20 +44,32 @@ pub fn recover(
     dir: &Path,
     shard: usize,
 ) -> Result<Recovered, RecoveryError> {
-    let mut log = LiveLog::default();
+    let first_segment = read_first_segment(storage, dir).map_err(|error| RecoveryError::Io {
+        path: head_path(dir),
+        error,
+    })?;
+    let mut log = if first_segment > 1 {
+        LiveLog::replaying_retired_head()
+    } else {
+        LiveLog::default()
+    };
     let mut vote = None;
     let mut committed = None;
+    let mut entry_index_max = BTreeMap::new();
     let plan = ScanPlan {
         shard,
         salvage: false,
         covered: None,
         entries_covered: 0,
+        first_segment: Some(first_segment),
     };
     let scan = scan_placed(storage, dir, plan, |place, header, payload| {
         let bad = |e: super::codec::CodecError| format!("{:?} record: {e}", header.kind);
         match header.kind {
             RecordKind::RaftEntry => {
                 let id = decode_entry_log_id(payload).map_err(bad)?;
+                let max = entry_index_max.entry(place.segment).or_insert(id.index);
+                *max = (*max).max(id.index);
                 log.push(id, Some(place))
             }
             RecordKind::RaftVote => {
@@ -71,10 +94,13 @@ pub fn recover(
             )),
         }
     })?;
+    log.end_replay();
     Ok(Recovered {
         log,
         vote,
         committed,
         scan,
+        first_segment,
+        entry_index_max,
     })
 }
