@@ -88,7 +88,7 @@ pub struct Shard {
     pub(super) state: ShardState,
     pub(super) wal: WalWriter,
     /// Loop turns so far: the watchdog's sign of progress.
-    heartbeat: Arc<AtomicU64>,
+    pub(super) heartbeat: Arc<AtomicU64>,
     /// Cross-shard parts prepared here and awaiting their decision.
     pub(super) txns: HashMap<u64, Prepared>,
     /// Instance → the batch that holds it.
@@ -107,15 +107,17 @@ pub struct Shard {
     pub(super) publish_requested: bool,
     /// Bytes one group commit stages at most: `GROUP_COMMIT_BYTES_MAX`, or
     /// half a segment for small segments (so a group rolls over at most once).
-    group_bytes_max: usize,
+    pub(super) group_bytes_max: usize,
     /// Set by a Shutdown message: leave the loop after this group.
-    stopping: Option<flume::Sender<()>>,
+    pub(super) stopping: Option<flume::Sender<()>>,
     /// Opened on first use (watch catch-up, WAL reads, compaction).
     pub(super) reader: Option<LogReader>,
     pub(super) wal_dir: PathBuf,
     pub(super) storage: super::storage::StorageState,
     /// The disk, the clock and the executor (`crate::env`).
     pub(super) env: Env,
+    /// Set when the shard is a member of a replicated group (`replica.rs`).
+    pub(super) member: Option<super::replica::MemberSide>,
 }
 
 impl Shard {
@@ -180,7 +182,6 @@ impl Shard {
         })
         .map_err(|e: RecoveryError| format!("shard {}: {e}", cfg.id))?;
         state.events.clear();
-        let storage_state = super::storage::StorageState::new(cfg, &env, &scan);
         let snapshot_tick = at.map_or(0, |a| a.last_tick);
         let last_tick = scan.last_tick.max(snapshot_tick);
         let clock = OffsetClock::new(cfg.id, last_tick, frontier, env.clock.clone());
@@ -221,30 +222,43 @@ impl Shard {
             watermark: wal.clock().watermark(),
         };
         heartbeat.fetch_add(1, Ordering::Relaxed);
-        Ok((
-            Shard {
-                state,
-                wal,
-                heartbeat,
-                txns: HashMap::new(),
-                locked: HashMap::new(),
-                parked: VecDeque::new(),
-                waiting: Default::default(),
-                group_bytes_max: GROUP_COMMIT_BYTES_MAX
-                    .min((cfg.segment_size_bytes / 2).max(1) as usize),
-                wake_waiting: false,
-                in_doubt: txn_log.in_doubt,
-                decisions,
-                published_watermark: 0,
-                publish_requested: false,
-                stopping: None,
-                reader: None,
-                wal_dir,
-                storage: storage_state,
-                env,
-            },
-            report,
-        ))
+        let mut shard = Shard::assemble(cfg, env, state, wal, heartbeat, &report.scan);
+        shard.in_doubt = txn_log.in_doubt;
+        shard.decisions = decisions;
+        Ok((shard, report))
+    }
+
+    /// A shard around its recovered (or empty) state and its log writer.
+    pub(super) fn assemble(
+        cfg: &ShardConfig,
+        env: Env,
+        state: ShardState,
+        wal: WalWriter,
+        heartbeat: Arc<AtomicU64>,
+        scan: &ScanOutcome,
+    ) -> Shard {
+        Shard {
+            state,
+            wal,
+            heartbeat,
+            txns: HashMap::new(),
+            locked: HashMap::new(),
+            parked: VecDeque::new(),
+            waiting: Default::default(),
+            group_bytes_max: GROUP_COMMIT_BYTES_MAX
+                .min((cfg.segment_size_bytes / 2).max(1) as usize),
+            wake_waiting: false,
+            in_doubt: HashMap::new(),
+            decisions: Decisions::default(),
+            published_watermark: 0,
+            publish_requested: false,
+            stopping: None,
+            reader: None,
+            wal_dir: cfg.dir.join("wal"),
+            storage: super::storage::StorageState::new(cfg, &env, scan),
+            env,
+            member: None,
+        }
     }
 
     /// Serve the mailbox until every sender is gone, then sync and return.
@@ -382,7 +396,7 @@ impl Shard {
         }
     }
 
-    fn handle(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
+    pub(super) fn handle(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
         if let Some(msg) = self.admit(msg) {
             self.run_admitted(msg, now, deferred);
         }

@@ -152,6 +152,14 @@ impl OffsetClock {
         make_offset(self.last_tick, self.shard)
     }
 
+    /// A record of this shard that another member of its replicated group
+    /// stamped (an entry applied here): no later offset of this clock may
+    /// be at or below it, whoever leads next.
+    pub fn observe_tick(&mut self, tick: u64) {
+        self.last_tick = self.last_tick.max(tick);
+        self.frontier.raise(tick);
+    }
+
     /// Publish this shard's progress after a group (one atomic per group).
     pub fn end_group(&self) {
         self.frontier.raise(self.last_tick);

@@ -213,6 +213,23 @@ pub fn set_group_start(record: &mut [u8], group_start: u32) {
     seal_record(record);
 }
 
+/// Walk records laid back to back (a replicated group's entry holds one
+/// turn's records so), checking each; the error names the byte of the
+/// first damaged one or says what `visit` refused.
+pub fn for_each_record(
+    records: &[u8],
+    mut visit: impl FnMut(&RecordHeader, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut pos = 0;
+    while pos < records.len() {
+        let (header, payload) = decode_record(&records[pos..])
+            .map_err(|d| format!("damaged record at byte {pos}: {d:?}"))?;
+        visit(&header, payload)?;
+        pos += header.total_len();
+    }
+    Ok(())
+}
+
 /// Decode the record starting at `buf[0]`; on success returns the header and
 /// the payload slice.
 pub fn decode_record(buf: &[u8]) -> Result<(RecordHeader, &[u8]), RecordDefect> {

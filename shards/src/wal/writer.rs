@@ -33,6 +33,8 @@ use super::sequence::entries_in;
 use crate::env::{Env, SegmentFile};
 use crate::error::EngineError;
 
+mod turns;
+
 /// Whether segments are written with direct I/O + O_DSYNC (each write
 /// durable on return) rather than through the page cache + `fdatasync`.
 /// Off: glommio reaps direct-I/O writes on its IOPOLL ring whenever the
@@ -109,7 +111,11 @@ pub struct WalWriter {
     policy: FsyncPolicy,
     segment_size_bytes: u64,
     segment_id: u64,
-    file: Box<dyn SegmentFile>,
+    /// The active segment; `None` for a writer that only stages turns for
+    /// a replicated group (`open_turns`), whose log is the group's.
+    file: Option<Box<dyn SegmentFile>>,
+    /// A turns-only writer: `commit` moves the staged records here.
+    turn_out: Option<Vec<u8>>,
     /// Logical end of the written log in the active segment.
     end: u64,
     /// Copy of the bytes `[align_down(end), end)`, rewritten with the next group.
@@ -200,7 +206,8 @@ impl WalWriter {
             policy,
             segment_size_bytes,
             segment_id,
-            file,
+            file: Some(file),
+            turn_out: None,
             end,
             tail,
             chunks: vec![Vec::new()],
@@ -383,6 +390,15 @@ impl WalWriter {
             self.staged_records,
             "staged records miscounted"
         );
+        if let Some(out) = self.turn_out.as_mut() {
+            // A turns-only writer never rolls over (its segment size is
+            // unbounded): the group is chunk 0, handed out whole.
+            debug_assert_eq!(self.chunks.len(), 1);
+            out.append(&mut self.chunks[0]);
+            self.chunk_records = vec![0];
+            self.finish_group();
+            return Ok(());
+        }
         self.committing = true;
         let started = self.env.clock.monotonic();
         let mut chunks = std::mem::take(&mut self.chunks);
@@ -415,18 +431,11 @@ impl WalWriter {
         chunks[0].clear();
         self.chunks = chunks;
         self.last_chunk_base = self.end;
-        self.unwritten_floor = None;
-        self.clock.end_group();
-        self.entries_committed = self.entries;
-        self.stats.records_appended += self.staged_records;
-        self.stats.bytes_appended += self.staged_bytes as u64;
-        self.stats.group_commits += 1;
-        self.staged_records = 0;
-        self.staged_bytes = 0;
+        self.finish_group();
         self.committing = false;
         match self.policy {
             FsyncPolicy::EveryWrite => {
-                if !self.file.direct() {
+                if !self.file_direct() {
                     self.sync().await?;
                 }
                 self.unsynced_records = 0;
@@ -449,6 +458,19 @@ impl WalWriter {
             self.rollover.prepare(self.segment_id + 1, self.manifest);
         }
         Ok(())
+    }
+
+    /// The staged group is out of the staging area (written, or handed out
+    /// as a turn): count it and start the next.
+    fn finish_group(&mut self) {
+        self.unwritten_floor = None;
+        self.clock.end_group();
+        self.entries_committed = self.entries;
+        self.stats.records_appended += self.staged_records;
+        self.stats.bytes_appended += self.staged_bytes as u64;
+        self.stats.group_commits += 1;
+        self.staged_records = 0;
+        self.staged_bytes = 0;
     }
 
     /// Before a loop turn that may stage `group_bytes_max` bytes (plus one
@@ -500,7 +522,7 @@ impl WalWriter {
 
     /// Make everything written so far durable (any policy; used at shutdown).
     pub async fn sync(&mut self) -> io::Result<()> {
-        self.file.fdatasync().await?;
+        self.active_file()?.fdatasync().await?;
         self.stats.syncs += 1;
         self.unsynced_records = 0;
         self.unsynced_since = None;
@@ -521,6 +543,10 @@ impl WalWriter {
     /// Record in the manifest that everything written so far is synced (a
     /// graceful shutdown, after its final sync).
     pub fn seal(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            // A turns-only writer's log is the group's: nothing to seal here.
+            return Ok(());
+        }
         self.manifest.sealed = Some(Seal {
             segment: self.segment_id,
             end_bytes: self.end,
@@ -548,8 +574,18 @@ impl WalWriter {
         self.policy
     }
 
+    fn file_direct(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| f.direct())
+    }
+
+    fn active_file(&mut self) -> io::Result<&mut Box<dyn SegmentFile>> {
+        self.file.as_mut().ok_or_else(|| {
+            io::Error::other("this writer stages turns for a replicated group and has no file")
+        })
+    }
+
     async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
-        if self.file.direct() {
+        if self.file_direct() {
             // Direct I/O writes whole blocks: the partly filled last block
             // already on disk is written again, followed by the new bytes.
             let start = align_down(self.end);
@@ -564,11 +600,12 @@ impl WalWriter {
             let new_tail_start = align_down(total as u64) as usize;
             self.tail.clear();
             self.tail.extend_from_slice(&bytes[new_tail_start..total]);
-            self.file.write_at(&bytes, start).await?;
+            self.active_file()?.write_at(&bytes, start).await?;
             // O_DSYNC: the write itself was the sync.
             self.stats.syncs += 1;
         } else {
-            self.file.write_at(chunk, self.end).await?;
+            let end = self.end;
+            self.active_file()?.write_at(chunk, end).await?;
         }
         self.end += chunk.len() as u64;
         self.stats.writes += 1;
@@ -583,8 +620,9 @@ impl WalWriter {
         let id = self.segment_id + 1;
         let (file, manifest) = self.rollover.take(id, self.manifest).await?;
         self.manifest = manifest;
-        let old = std::mem::replace(&mut self.file, file);
-        let _ = old.close().await;
+        if let Some(old) = self.file.replace(file) {
+            let _ = old.close().await;
+        }
         self.segment_id = id;
         self.end = 0;
         self.tail.clear();

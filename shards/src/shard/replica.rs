@@ -1,0 +1,539 @@
+//! A shard as a member of its replicated group (issue 14): the same state,
+//! the same operations and the same loop turns as a standalone shard, with
+//! the group's log in place of the shard's own segments
+//! (`group_link.rs` is the seam).
+//!
+//! * **The leader executes, the log carries results.** A turn runs its
+//!   requests against the state and stages their records as today; the
+//!   staged records go to the group as one entry (`GroupLink::propose`),
+//!   and the turn's answers leave once it is committed on a majority. The
+//!   next turn starts after that, so nothing uncommitted is ever read.
+//! * **Followers replay.** Committed entries arrive as deliveries and are
+//!   replayed with recovery's code (`ShardState::replay_any`); their watch
+//!   events are published like a leader's. A leader skips its own entries
+//!   (its memory has them already).
+//! * **A new leader catches up first.** Before its first turn in a term a
+//!   leader waits for a ReadIndex barrier: every entry committed before it
+//!   is then delivered and applied, so its turns build on the whole log.
+//! * **Reads.** A turn that wrote is confirmed by its commit; a turn that
+//!   only read waits for a barrier after it ran, before answering
+//!   (linearizable: the leader was still the leader after the reads began).
+//! * **Losing the lead with a turn in flight** leaves memory ahead of the
+//!   committed log. The turn's clients are told (a retryable error, or
+//!   "outcome unknown"), and the state is rebuilt from the newest snapshot
+//!   and the committed entries after it (`GroupLink::committed`), as a
+//!   restart would.
+//!
+//! Not here yet (each refused with a clear error, or a closed reply
+//! channel where the message has no error to carry): cross-shard and
+//! atomic batches, FLUSH, compaction and snapshots of the shard's own
+//! (the group makes its snapshots), reads of the log by offset (watch
+//! catch-up, WAL_READ).
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+
+use super::command::{Command, ShardMsg};
+use super::events::Publication;
+use super::group_link::{Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
+use super::replay::{ReplayCounts, TxnLog};
+use super::runner::{Deferred, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US};
+use super::state::ShardState;
+use crate::env::Env;
+use crate::error::EngineError;
+use crate::snapshot::LogPosition;
+use crate::wal::offset::tick_of_offset;
+use crate::wal::record::{for_each_record, RecordHeader};
+use crate::wal::sequence::entries_in;
+use crate::wal::{Frontier, OffsetClock, WalWriter};
+
+/// A shard's side of its group membership.
+pub struct MemberSide {
+    link: Rc<dyn GroupLink>,
+    deliveries: flume::Receiver<Delivery>,
+    /// The last log index the state reflects (applied, or executed here
+    /// and committed).
+    applied_index: u64,
+    /// Where the shard's log stands as of `applied_index`.
+    position: LogPosition,
+    /// The term whose earlier entries this member has caught up with.
+    ready_term: Option<u64>,
+    /// The index of this member's own turn, committed and not yet seen
+    /// among the deliveries.
+    own_index: Option<u64>,
+}
+
+/// What woke the member's loop.
+enum Wake {
+    Message(ShardMsg),
+    Delivered(Delivery),
+    Timer,
+    /// Every sender of the mailbox is gone.
+    Closed,
+}
+
+/// What a turn's commit step did.
+enum TurnOutcome {
+    /// Nothing needed the group (no writes, no reads that need a leader).
+    Local,
+    /// The turn's entry committed, or its reads were confirmed.
+    Confirmed,
+    /// Neither: the turn's answers become this error.
+    Refused(LinkError),
+}
+
+impl Shard {
+    /// A shard that is a member of its group: empty until the group
+    /// delivers its snapshot and committed entries (at start, openraft
+    /// installs the newest snapshot and applies the log after it).
+    pub fn open_member(
+        cfg: &ShardConfig,
+        env: Env,
+        frontier: Frontier,
+        heartbeat: Arc<AtomicU64>,
+        link: Rc<dyn GroupLink>,
+        deliveries: flume::Receiver<Delivery>,
+    ) -> Shard {
+        let clock = OffsetClock::new(cfg.id, 0, frontier, env.clock.clone());
+        let wal = WalWriter::open_turns(env.clone(), clock, 0);
+        let state = ShardState::new(cfg.id, cfg.allow_instance_recreate);
+        let mut shard = Shard::assemble(cfg, env, state, wal, heartbeat, &Default::default());
+        shard.member = Some(MemberSide {
+            link,
+            deliveries,
+            applied_index: 0,
+            position: LogPosition {
+                covered_offset: 0,
+                last_tick: 0,
+                entries: 0,
+            },
+            ready_term: None,
+            own_index: None,
+        });
+        shard
+    }
+
+    fn member(&self) -> &MemberSide {
+        self.member.as_ref().expect("a member shard")
+    }
+
+    fn member_mut(&mut self) -> &mut MemberSide {
+        self.member.as_mut().expect("a member shard")
+    }
+
+    /// The last log index this member's state reflects.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.member.as_ref().map(|m| m.applied_index)
+    }
+
+    /// Serve the mailbox as a member of the group until every sender is
+    /// gone (or a Shutdown message).
+    pub async fn run_member(
+        mut self,
+        mailbox: flume::Receiver<ShardMsg>,
+        publisher: Option<flume::Sender<Publication>>,
+    ) {
+        let mut deferred: Vec<Deferred> = Vec::with_capacity(256);
+        let tick = Duration::from_millis(SHARD_TICK_INTERVAL_MS);
+        let deliveries = self.member().deliveries.clone();
+        loop {
+            let wait = if self.wake_waiting {
+                Duration::ZERO
+            } else {
+                tick
+            };
+            let woken = future::or(
+                async {
+                    mailbox
+                        .recv_async()
+                        .await
+                        .map_or(Wake::Closed, Wake::Message)
+                },
+                future::or(
+                    async {
+                        match deliveries.recv_async().await {
+                            Ok(d) => Wake::Delivered(d),
+                            // The group stopped: only the mailbox and the
+                            // timer wake the loop from now on.
+                            Err(_) => future::pending().await,
+                        }
+                    },
+                    async {
+                        self.env.tasks.sleep(wait).await;
+                        Wake::Timer
+                    },
+                ),
+            );
+            let first = match woken.await {
+                Wake::Closed => break,
+                Wake::Message(msg) => Some(msg),
+                Wake::Delivered(d) => {
+                    self.deliver(d);
+                    None
+                }
+                Wake::Timer => None,
+            };
+            self.drain_deliveries();
+            let started = self.env.clock.monotonic();
+            let outcome = self
+                .member_turn(first, &mailbox, &mut deferred, started)
+                .await;
+            match outcome {
+                TurnOutcome::Local | TurnOutcome::Confirmed => {
+                    for d in deferred.drain(..) {
+                        self.answer(d);
+                    }
+                }
+                TurnOutcome::Refused(e) => {
+                    let error = e.to_engine_error();
+                    for d in deferred.drain(..) {
+                        self.answer_refused(d, &error);
+                    }
+                    if matches!(e, LinkError::Failed(_)) {
+                        tracing::warn!(
+                            "shard {}: the group member failed: {e:?}",
+                            self.state.shard_id
+                        );
+                    }
+                }
+            }
+            if !self.state.events.is_empty() || self.publish_requested {
+                self.publish(publisher.as_ref());
+            }
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
+            if let Some(done) = self.stopping.take() {
+                let _ = done.send(());
+                break;
+            }
+            if !mailbox.is_empty() || self.wake_waiting {
+                self.env.tasks.yield_to_others().await;
+            }
+        }
+    }
+
+    /// One turn: handle the messages (refusing those that need a leader
+    /// when this member is none), then log the turn's records or confirm
+    /// its reads.
+    async fn member_turn(
+        &mut self,
+        first: Option<ShardMsg>,
+        mailbox: &flume::Receiver<ShardMsg>,
+        deferred: &mut Vec<Deferred>,
+        started: Duration,
+    ) -> TurnOutcome {
+        let turn = Duration::from_micros(SHARD_TURN_TIME_MAX_US);
+        let now = self.env.clock.now_ms();
+        let mut lead: Option<Result<(), LinkError>> = None;
+        let mut read = false;
+        let mut next = first;
+        let mut handled = 0;
+        while let Some(msg) = next.take() {
+            handled += 1;
+            if let Some(refusal) = unsupported_on_a_member(&msg) {
+                refuse(msg, refusal, deferred);
+            } else if needs_leader(&msg) {
+                if lead.is_none() {
+                    lead = Some(self.lead_check().await);
+                }
+                match &lead {
+                    Some(Ok(())) => {
+                        read |= !writes(&msg);
+                        self.handle(msg, now, deferred);
+                    }
+                    Some(Err(e)) => refuse(msg, e.to_engine_error(), deferred),
+                    None => unreachable!("checked above"),
+                }
+            } else {
+                self.handle(msg, now, deferred);
+            }
+            if handled >= super::runner::GROUP_COMMIT_MESSAGES_MAX
+                || self.wal.staged_bytes() >= self.group_bytes_max
+                || self.stopping.is_some()
+                || self.env.clock.elapsed(started) >= turn
+            {
+                break;
+            }
+            next = mailbox.try_recv().ok();
+        }
+        if matches!(lead, Some(Ok(()))) && (self.wake_waiting || !self.waiting.is_empty()) {
+            let now = self.env.clock.now_ms();
+            self.run_waiting(now, deferred, started + turn);
+        }
+        // A turns-only writer's commit only moves the staged records out.
+        if let Err(e) = self.wal.commit().await {
+            self.fail_stop("staging a turn failed", &e);
+        }
+        let records = self.wal.take_turn();
+        if !records.is_empty() {
+            let link = self.member().link.clone();
+            match link.propose(records).await {
+                Ok(index) => {
+                    self.member_mut().own_index = Some(index);
+                    self.drain_deliveries();
+                    if self.member_mut().own_index.take().is_some() {
+                        // openraft answers after applying the entry, and
+                        // applying it delivers it: never expected.
+                        tracing::warn!(
+                            "shard {}: entry {index} committed but not delivered; rebuilding",
+                            self.state.shard_id
+                        );
+                        self.rebuild().await;
+                    }
+                    TurnOutcome::Confirmed
+                }
+                Err(e) => {
+                    self.rebuild().await;
+                    TurnOutcome::Refused(e)
+                }
+            }
+        } else if read {
+            let link = self.member().link.clone();
+            match link.barrier().await {
+                Ok(()) => {
+                    self.drain_deliveries();
+                    TurnOutcome::Confirmed
+                }
+                Err(e) => TurnOutcome::Refused(e),
+            }
+        } else {
+            TurnOutcome::Local
+        }
+    }
+
+    /// Whether this member may run a turn as the leader: it leads, and has
+    /// caught up with every entry committed before its term.
+    async fn lead_check(&mut self) -> Result<(), LinkError> {
+        let link = self.member().link.clone();
+        match link.leadership() {
+            Leadership::Follower { leader } => Err(LinkError::NotLeader { leader }),
+            Leadership::Leader { term } if self.member().ready_term == Some(term) => Ok(()),
+            Leadership::Leader { term } => {
+                link.barrier().await?;
+                self.drain_deliveries();
+                self.member_mut().ready_term = Some(term);
+                Ok(())
+            }
+        }
+    }
+
+    /// Apply every delivery waiting.
+    fn drain_deliveries(&mut self) {
+        while let Ok(d) = self.member().deliveries.try_recv() {
+            self.deliver(d);
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        match d {
+            Delivery::Apply { index, records } => {
+                if index <= self.member().applied_index {
+                    return; // already in the state (a rebuild read it)
+                }
+                let own = self.member().own_index == Some(index);
+                let result = if own {
+                    self.member_mut().own_index = None;
+                    let shard = self.state.shard_id;
+                    advance_position(&mut self.member_mut().position, &records, shard)
+                } else {
+                    self.apply_records(&records)
+                };
+                if let Err(e) = result {
+                    // A committed entry this member cannot apply: its state
+                    // would differ from the group's from here on.
+                    self.fail_stop("a committed entry cannot be applied", &e);
+                }
+                self.member_mut().applied_index = index;
+                let entries = self.member().position.entries;
+                self.wal.set_entries(entries);
+            }
+            Delivery::Install(part) => {
+                if part.index <= self.member().applied_index {
+                    return;
+                }
+                self.install(*part);
+                // What the snapshot holds was published by whoever applied it.
+                self.state.events.clear();
+            }
+            Delivery::Visit(visit) => visit(&self.state, self.member().position),
+        }
+    }
+
+    fn install(&mut self, part: SnapshotPart) {
+        self.wal.clock_mut().observe_tick(part.position.last_tick);
+        self.state = part.state;
+        let m = self.member_mut();
+        m.applied_index = part.index;
+        m.position = part.position;
+        self.wal.set_entries(part.position.entries);
+    }
+
+    /// Replay one committed entry's records into the state.
+    fn apply_records(&mut self, records: &[u8]) -> Result<(), String> {
+        let mut counts = ReplayCounts::default();
+        let mut txns = TxnLog::default();
+        let shard = self.state.shard_id;
+        for_each_record(records, |header, payload| {
+            self.state
+                .replay_any(header, payload, &mut counts, &mut txns)
+                .map_err(|e| format!("record at offset {}: {e}", header.offset))?;
+            note_record(&mut self.member_mut().position, header, shard);
+            self.wal
+                .clock_mut()
+                .observe_tick(tick_of_offset(header.offset));
+            Ok(())
+        })
+    }
+
+    /// Memory ran ahead of the committed log (a turn the group did not
+    /// take): rebuild the state from the newest snapshot and the committed
+    /// entries after it. Entries this loop had applied before are not
+    /// published again; those it had not are.
+    async fn rebuild(&mut self) {
+        let link = self.member().link.clone();
+        let committed = match link.committed().await {
+            Ok(c) => c,
+            Err(e) => self.fail_stop("cannot rebuild the state from the group's log", &e),
+        };
+        let published_up_to = self.member().applied_index;
+        let shard = self.state.shard_id;
+        let allow_recreate = self.state.allow_instance_recreate;
+        match committed.snapshot {
+            Some(part) => self.install(part),
+            None => {
+                self.state = ShardState::new(shard, allow_recreate);
+                let m = self.member_mut();
+                m.applied_index = 0;
+                m.position = LogPosition {
+                    covered_offset: 0,
+                    last_tick: 0,
+                    entries: 0,
+                };
+            }
+        }
+        self.state.events.clear();
+        for (index, records) in committed.entries {
+            if index <= self.member().applied_index {
+                continue;
+            }
+            if let Err(e) = self.apply_records(&records) {
+                self.fail_stop("a committed entry cannot be applied", &e);
+            }
+            self.member_mut().applied_index = index;
+            if index <= published_up_to {
+                self.state.events.clear();
+            }
+        }
+        let m = self.member_mut();
+        m.ready_term = None;
+        m.own_index = None;
+        let entries = m.position.entries;
+        self.wal.set_entries(entries);
+    }
+
+    /// Send an owed answer as `error` instead (the turn was not logged).
+    fn answer_refused(&mut self, d: Deferred, error: &EngineError) {
+        match d {
+            Deferred::Conn(to, _, charge) => {
+                let _ = to.tx.send(super::command::Reply {
+                    seq: to.seq,
+                    body: Err(error.clone()),
+                    charge,
+                });
+            }
+            Deferred::Install(done, _) => {
+                let _ = done.send(Err(error.clone()));
+            }
+            // No error to carry: the asker sees its reply channel close.
+            Deferred::List(..) => {}
+            other => self.answer(other),
+        }
+    }
+}
+
+fn note_record(position: &mut LogPosition, header: &RecordHeader, shard: usize) {
+    position.entries += entries_in(header.kind, shard);
+    position.covered_offset = position.covered_offset.max(header.offset);
+    position.last_tick = position.last_tick.max(tick_of_offset(header.offset));
+}
+
+/// Move `position` past an entry's records without replaying them.
+fn advance_position(
+    position: &mut LogPosition,
+    records: &[u8],
+    shard: usize,
+) -> Result<(), String> {
+    for_each_record(records, |header, _| {
+        note_record(position, header, shard);
+        Ok(())
+    })
+}
+
+/// Messages that read or change the state: only a leader runs them.
+fn needs_leader(msg: &ShardMsg) -> bool {
+    matches!(
+        msg,
+        ShardMsg::Exec { .. } | ShardMsg::InstallMachine { .. } | ShardMsg::List { .. }
+    )
+}
+
+fn writes(msg: &ShardMsg) -> bool {
+    match msg {
+        ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
+        ShardMsg::InstallMachine { .. } => true,
+        _ => false,
+    }
+}
+
+/// Why a message cannot run on a member yet, if it cannot.
+fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
+    let what = match msg {
+        ShardMsg::AtomicBatch { .. } | ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => {
+            "atomic batches"
+        }
+        ShardMsg::Flush { .. } => "FLUSH",
+        ShardMsg::Compact { .. } | ShardMsg::SnapshotInstance { .. } => {
+            "snapshots and compaction of a shard's own log"
+        }
+        ShardMsg::ReadLog { .. } | ShardMsg::ReadEvents { .. } => "reading the log by offset",
+        _ => return None,
+    };
+    Some(EngineError::new(
+        crate::error::ErrorCode::BadRequest,
+        format!("{what} are not available on a replicated shard yet"),
+    ))
+}
+
+/// Answer `msg` with `error` without running it.
+fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
+    use super::command::BatchVote;
+    match msg {
+        ShardMsg::Exec { reply, .. } => {
+            let body = Err(error);
+            let charge = reply.charge_for(&body);
+            deferred.push(Deferred::Conn(reply, body, charge));
+        }
+        ShardMsg::InstallMachine { done, .. } => deferred.push(Deferred::Install(done, Err(error))),
+        ShardMsg::AtomicBatch { done, .. } | ShardMsg::Prepare { done, .. } => {
+            deferred.push(Deferred::Vote(done, BatchVote::No(0, error)))
+        }
+        ShardMsg::Flush { done } => deferred.push(Deferred::Flushed(done, Err(error))),
+        ShardMsg::SnapshotInstance { done, .. } => {
+            deferred.push(Deferred::Snapshot(done, Err(error)))
+        }
+        ShardMsg::ReadLog { done, .. } => deferred.push(Deferred::Entries(
+            done,
+            Err(std::io::Error::other(error.message)),
+        )),
+        ShardMsg::ReadEvents { done, .. } => deferred.push(Deferred::Events(
+            done,
+            Err(std::io::Error::other(error.message)),
+        )),
+        // List, Decide, Compact: no error to carry; the asker sees its
+        // reply channel close. Other messages are never refused.
+        _ => {}
+    }
+}

@@ -1,0 +1,64 @@
+//! A writer that stages turns for a replicated group instead of writing
+//! segments: a shard that is a member of a group (issue 14) stages its
+//! records exactly as a standalone shard does — offsets from its clock,
+//! entry counts, batch reservations — and its group logs each turn as one
+//! Raft entry. Kept here, beside the writer it shares every field with.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+impl WalWriter {
+    /// A writer for a shard that is a member of a replicated group: it
+    /// stages records and hands each group out as one turn (`commit`, then
+    /// `take_turn`) for the group to log; it has no segments of its own.
+    /// `entries`: the log entries the shard's state counts so far.
+    pub fn open_turns(env: Env, clock: OffsetClock, entries: u64) -> WalWriter {
+        let rollover = Rollover::new(env.clone(), Path::new(""), u64::MAX, false);
+        WalWriter {
+            env,
+            dir: PathBuf::new(),
+            policy: FsyncPolicy::EveryWrite,
+            segment_size_bytes: u64::MAX,
+            segment_id: 0,
+            file: None,
+            turn_out: Some(Vec::new()),
+            end: 0,
+            tail: Vec::new(),
+            chunks: vec![Vec::new()],
+            chunk_records: vec![0],
+            written_per_segment: Vec::new(),
+            last_chunk_base: 0,
+            staged_records: 0,
+            staged_bytes: 0,
+            clock,
+            unsynced_records: 0,
+            unsynced_since: None,
+            rollover,
+            stats: WalStats::default(),
+            unwritten_floor: None,
+            entries,
+            entries_committed: entries,
+            manifest: Manifest::new(0, None),
+            last_offset: 0,
+            committing: false,
+        }
+    }
+
+    /// The records of the groups committed since the last call, back to
+    /// back (a turns-only writer; empty otherwise).
+    pub fn take_turn(&mut self) -> Vec<u8> {
+        self.turn_out
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The log entries the shard's state counts now (a member follows a
+    /// log it does not write: applied entries, a snapshot installed).
+    pub fn set_entries(&mut self, entries: u64) {
+        debug_assert_eq!(self.staged_records, 0, "entries set with records staged");
+        self.entries = entries;
+        self.entries_committed = entries;
+    }
+}
