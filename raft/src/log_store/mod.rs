@@ -233,6 +233,13 @@ impl<C: WalTypes> WalLogStore<C> {
         self.shared.core.borrow().stats
     }
 
+    /// A reader of this log (what `get_log_reader` gives openraft).
+    pub fn reader(&self) -> WalLogReader<C> {
+        WalLogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// What retiring the segments every live entry has left did so far.
     pub fn retire_report(&self) -> RetireReport {
         self.shared.core.borrow().retire.clone()
@@ -279,9 +286,7 @@ impl<C: WalTypes> RaftLogStorage<C> for WalLogStore<C> {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        WalLogReader {
-            shared: self.shared.clone(),
-        }
+        self.reader()
     }
 
     /// Durable on return: the vote record goes into the queue behind every

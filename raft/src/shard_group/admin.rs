@@ -10,7 +10,7 @@ use std::time::Duration;
 use openraft::rt::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
-use super::member::{write_error, GroupError, GroupMember};
+use super::member::{write_error, GroupError, GroupMember, MemberMachine};
 
 /// Longest a hand-over waits for another member to take the lead.
 pub const LEADERSHIP_HANDOVER_TIMEOUT_MS: u64 = 2_000;
@@ -52,7 +52,7 @@ pub struct GroupStatus {
     pub replicas: Vec<ReplicaLag>,
 }
 
-impl GroupMember {
+impl<M: MemberMachine> GroupMember<M> {
     /// What this member knows of its group now.
     pub fn status(&self) -> GroupStatus {
         let m = self.raft().metrics().borrow_watched().clone();

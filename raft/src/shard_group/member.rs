@@ -11,15 +11,28 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::storage::RaftStateMachine;
 use openraft::{Config, Raft, ReadPolicy};
 use shards::env::Env;
 
-use super::{ShardGroup, ShardMachine, TurnApplied, TurnRecords};
+use super::{GroupSnapshotBytes, ShardGroup, ShardMachine, TurnApplied, TurnRecords};
 use crate::log_store::{OpenReport, WalLogOptions, WalLogStore};
 use crate::net::{serve_group, GroupInbox, PeerPool};
 
 /// openraft's handle on a shard group member.
-pub type GroupRaft = Raft<ShardGroup, ShardMachine>;
+pub type GroupRaft<M = ShardMachine> = Raft<ShardGroup, M>;
+
+/// What a member's state machine is: [`ShardMachine`] (the state kept by
+/// the machine itself) or [`super::LoopMachine`] (the state kept by the
+/// shard loop, which the machine feeds).
+pub trait MemberMachine:
+    RaftStateMachine<ShardGroup, SnapshotData = GroupSnapshotBytes> + Clone + 'static
+{
+}
+impl<M: RaftStateMachine<ShardGroup, SnapshotData = GroupSnapshotBytes> + Clone + 'static>
+    MemberMachine for M
+{
+}
 
 /// Why a proposal or a read barrier did not go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +116,9 @@ pub struct MemberSetup<'a> {
 
 /// A running member. Dropping it stops serving other members' calls;
 /// [`GroupMember::shutdown`] stops its Raft.
-pub struct GroupMember {
-    raft: GroupRaft,
-    machine: ShardMachine,
+pub struct GroupMember<M: MemberMachine = ShardMachine> {
+    raft: GroupRaft<M>,
+    machine: M,
     _serving: glommio::Task<()>,
 }
 
@@ -124,6 +137,20 @@ impl GroupMember {
             env.storage.clone(),
             setup.snapshot_dir.to_path_buf(),
         )?;
+        GroupMember::start_with(setup, env, peers, inbox, |_| Ok(machine)).await
+    }
+}
+
+impl<M: MemberMachine> GroupMember<M> {
+    /// Open the log, make the state machine (`machine` may keep a reader
+    /// of the log), start Raft on the calling executor and serve `inbox`.
+    pub async fn start_with(
+        setup: MemberSetup<'_>,
+        env: Env,
+        peers: &Rc<PeerPool>,
+        inbox: GroupInbox,
+        machine: impl FnOnce(&WalLogStore<ShardGroup>) -> Result<M, String>,
+    ) -> Result<(GroupMember<M>, OpenReport), String> {
         let (log, report) = WalLogStore::<ShardGroup>::open(env, setup.log_dir, setup.log)
             .await
             .map_err(|e| {
@@ -133,6 +160,7 @@ impl GroupMember {
                     setup.log_dir.display()
                 )
             })?;
+        let machine = machine(&log)?;
         let raft = Raft::new(
             setup.node_id,
             setup.raft_config,
@@ -153,11 +181,11 @@ impl GroupMember {
         ))
     }
 
-    pub fn raft(&self) -> &GroupRaft {
+    pub fn raft(&self) -> &GroupRaft<M> {
         &self.raft
     }
 
-    pub fn machine(&self) -> &ShardMachine {
+    pub fn machine(&self) -> &M {
         &self.machine
     }
 
@@ -172,7 +200,19 @@ impl GroupMember {
     /// group, a quorum confirmed that after the read began (ReadIndex), and
     /// everything committed before it is applied here.
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        read_barrier(&self.raft).await
+    }
+
+    /// Stop Raft (its tasks end; the log stays as it is on disk).
+    pub async fn shutdown(&self) -> Result<(), String> {
+        self.raft.shutdown().await.map_err(|e| e.to_string())
+    }
+}
+
+/// A ReadIndex barrier on `raft` (see [`GroupMember::read_barrier`]).
+pub(super) async fn read_barrier<M: MemberMachine>(raft: &GroupRaft<M>) -> Result<(), GroupError> {
+    {
+        match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(GroupError::NotLeader {
@@ -184,10 +224,5 @@ impl GroupMember {
             }
             Err(RaftError::Fatal(e)) => Err(GroupError::Stopped(e.to_string())),
         }
-    }
-
-    /// Stop Raft (its tasks end; the log stays as it is on disk).
-    pub async fn shutdown(&self) -> Result<(), String> {
-        self.raft.shutdown().await.map_err(|e| e.to_string())
     }
 }

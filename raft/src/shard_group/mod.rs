@@ -15,6 +15,11 @@
 //!   executor (log, state machine, peer links), and what the shard loop
 //!   calls on it (propose a turn, a read barrier), with the errors a
 //!   client can be told (`GroupError`);
+//! * `loop_machine.rs` — [`LoopMachine`], the state machine of a member
+//!   whose shard loop keeps the state (`shards::shard::replica`): it
+//!   delivers committed entries to the loop;
+//! * `link.rs` — [`MemberLink`], what that loop calls on its group
+//!   (propose, barrier, leadership, the committed state to rebuild from);
 //! * `admin.rs` — the group's status, membership changes, handing the
 //!   lead over before a graceful stop;
 //! * `snapshot_file.rs` — snapshots on disk beside the member's log;
@@ -23,6 +28,8 @@
 //!   doubt, checksummed.
 
 mod admin;
+mod link;
+mod loop_machine;
 mod member;
 mod snapshot;
 pub mod snapshot_file;
@@ -37,7 +44,12 @@ use crate::log_store::{AppDataCodec, CodecError};
 use crate::GlommioRuntime;
 
 pub use admin::{GroupRole, GroupStatus, ReplicaLag, LEADERSHIP_HANDOVER_TIMEOUT_MS};
-pub use member::{GroupError, GroupMember, GroupRaft, MemberSetup};
+pub use link::{
+    start_loop_member, MemberLink, DELIVERIES_QUEUED_MAX, READ_BARRIER_TIMEOUT_MS,
+    TURN_COMMIT_TIMEOUT_MS,
+};
+pub use loop_machine::LoopMachine;
+pub use member::{GroupError, GroupMember, GroupRaft, MemberMachine, MemberSetup};
 pub use snapshot::{GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
 pub use state_machine::ShardMachine;
 

@@ -12,8 +12,8 @@
 //! the executor (as the standalone shard's snapshots are) before large
 //! shards use it.
 //!
-//! Not here yet (the shard loop's side of issue 14): a leader skips the
-//! entries it executed itself; applied entries publish watch events.
+//! This machine keeps the shard state itself (tests of a group alone); a
+//! member whose shard loop keeps the state uses `LoopMachine`.
 
 use std::cell::RefCell;
 use std::io;
@@ -29,7 +29,7 @@ use shards::shard::replay::{ReplayCounts, TxnLog};
 use shards::shard::state::ShardState;
 use shards::snapshot::LogPosition;
 use shards::wal::offset::tick_of_offset;
-use shards::wal::record::decode_record;
+use shards::wal::record::for_each_record;
 use shards::wal::sequence::entries_in;
 
 use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
@@ -133,36 +133,41 @@ impl ShardMachine {
 
     /// Replay one entry's records into the state.
     fn apply_turn(a: &mut Applied, turn: &TurnRecords) -> Result<TurnApplied, io::Error> {
-        let bytes = &turn.0;
         let mut done = TurnApplied::default();
-        let mut pos = 0;
-        while pos < bytes.len() {
-            let (header, payload) = decode_record(&bytes[pos..]).map_err(|d| {
-                corrupt(format!(
-                    "shard {}: damaged record at byte {pos} of a committed entry: {d:?}",
-                    a.state.shard_id
-                ))
-            })?;
+        let shard = a.state.shard_id;
+        for_each_record(&turn.0, |header, payload| {
             a.state
-                .replay_any(&header, payload, &mut a.counts, &mut a.txns)
+                .replay_any(header, payload, &mut a.counts, &mut a.txns)
                 .map_err(|e| {
-                    corrupt(format!(
-                        "shard {}: committed record at offset {} cannot be applied: {e}",
-                        a.state.shard_id, header.offset
-                    ))
+                    format!("record at offset {} cannot be applied: {e}", header.offset)
                 })?;
-            a.position.entries += entries_in(header.kind, a.state.shard_id);
+            a.position.entries += entries_in(header.kind, shard);
             a.position.covered_offset = a.position.covered_offset.max(header.offset);
             a.position.last_tick = a.position.last_tick.max(tick_of_offset(header.offset));
             done.records += 1;
             done.last_offset = Some(header.offset);
-            pos += header.total_len();
-        }
+            Ok(())
+        })
+        .map_err(|e| corrupt(format!("shard {shard}: a committed entry: {e}")))?;
         // Replay leaves watch events of standalone recovery behind; nobody
-        // publishes them here yet.
+        // publishes them here (a member whose shard loop keeps the state
+        // does: `LoopMachine`).
         a.state.events.clear();
         Ok(done)
     }
+}
+
+/// What applying `turn` does, told by its records' headers (each record
+/// checked).
+pub(super) fn summarize_turn(shard: usize, turn: &TurnRecords) -> Result<TurnApplied, io::Error> {
+    let mut done = TurnApplied::default();
+    for_each_record(&turn.0, |header, _| {
+        done.records += 1;
+        done.last_offset = Some(header.offset);
+        Ok(())
+    })
+    .map_err(|e| corrupt(format!("shard {shard}: a committed entry: {e}")))?;
+    Ok(done)
 }
 
 impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {

@@ -1,0 +1,144 @@
+//! [`MemberLink`]: the group's side of the seam a member shard loop calls
+//! (`shards::shard::group_link::GroupLink`), over a [`GroupMember`] whose
+//! state machine is a [`LoopMachine`]; and [`start_loop_member`], which
+//! sets one up.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use openraft::rt::watch::WatchReceiver;
+use openraft::{AsyncRuntime, ServerState};
+use shards::env::Env;
+use shards::shard::group_link::{
+    Committed, Delivery, GroupLink, Leadership, LinkError, LinkFuture,
+};
+
+use super::member::{GroupError, GroupMember, GroupRaft, MemberSetup};
+use super::{LoopMachine, TurnRecords};
+use crate::log_store::OpenReport;
+use crate::net::{GroupInbox, PeerPool};
+use crate::GlommioRuntime;
+
+/// Deliveries queued from a member's state machine to its shard loop, at
+/// most; applying waits while the queue is full (`loop_machine.rs`).
+pub const DELIVERIES_QUEUED_MAX: usize = 64 * 1024;
+
+/// How long a turn's entry may take to commit before its clients are told
+/// the outcome is unknown (a leader cut off from its quorum): the loop
+/// rebuilds from the committed log and goes on; the entry is applied if it
+/// commits later. Within the failover goal (≤ 2 s) so that a client's retry
+/// meets the new leader.
+pub const TURN_COMMIT_TIMEOUT_MS: u64 = 2_000;
+/// How long a read's ReadIndex round may take.
+pub const READ_BARRIER_TIMEOUT_MS: u64 = 2_000;
+
+/// What a shard loop calls on its group.
+pub struct MemberLink {
+    node_id: u64,
+    raft: GroupRaft<LoopMachine>,
+    machine: LoopMachine,
+}
+
+fn link_error(e: GroupError) -> LinkError {
+    match e {
+        GroupError::NotLeader { leader } => LinkError::NotLeader { leader },
+        GroupError::OutcomeUnknown { leader } => LinkError::OutcomeUnknown { leader },
+        GroupError::NoQuorum(why) => LinkError::NoQuorum(why),
+        GroupError::Refused(why) | GroupError::Stopped(why) => LinkError::Failed(why),
+    }
+}
+
+impl MemberLink {
+    /// The leader this member knows of, if another.
+    fn leader_hint(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .filter(|&l| l != self.node_id)
+    }
+}
+
+impl GroupLink for MemberLink {
+    fn leadership(&self) -> Leadership {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader && m.current_leader == Some(self.node_id) {
+            Leadership::Leader {
+                term: m.current_term,
+            }
+        } else {
+            Leadership::Follower {
+                leader: self.leader_hint(),
+            }
+        }
+    }
+
+    fn propose(&self, records: Vec<u8>) -> LinkFuture<Result<u64, LinkError>> {
+        let raft = self.raft.clone();
+        let leader = self.leader_hint();
+        Box::pin(async move {
+            let limit = Duration::from_millis(TURN_COMMIT_TIMEOUT_MS);
+            match GlommioRuntime::timeout(limit, raft.client_write(TurnRecords(records))).await {
+                Ok(written) => written
+                    .map(|r| r.log_id.index)
+                    .map_err(|e| link_error(super::member::write_error(e))),
+                Err(_) => Err(LinkError::OutcomeUnknown { leader }),
+            }
+        })
+    }
+
+    fn barrier(&self) -> LinkFuture<Result<(), LinkError>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let limit = Duration::from_millis(READ_BARRIER_TIMEOUT_MS);
+            match GlommioRuntime::timeout(limit, super::member::read_barrier(&raft)).await {
+                Ok(done) => done.map_err(link_error),
+                Err(_) => Err(LinkError::NoQuorum(format!(
+                    "no ReadIndex round completed within {READ_BARRIER_TIMEOUT_MS} ms"
+                ))),
+            }
+        })
+    }
+
+    fn committed(&self) -> LinkFuture<Result<Committed, String>> {
+        let machine = self.machine.clone();
+        Box::pin(async move { machine.committed().await })
+    }
+}
+
+/// Start a member whose shard loop keeps the state: the member, the link
+/// its loop calls, and the deliveries its loop reads
+/// (`Shard::open_member`).
+pub async fn start_loop_member(
+    setup: MemberSetup<'_>,
+    env: Env,
+    peers: &Rc<PeerPool>,
+    inbox: GroupInbox,
+) -> Result<
+    (
+        GroupMember<LoopMachine>,
+        Rc<MemberLink>,
+        flume::Receiver<Delivery>,
+        OpenReport,
+    ),
+    String,
+> {
+    let (deliver, deliveries) = flume::bounded(DELIVERIES_QUEUED_MAX);
+    let (shard, allow, dir) = (
+        setup.shard,
+        setup.allow_instance_recreate,
+        setup.snapshot_dir.to_path_buf(),
+    );
+    let node_id = setup.node_id;
+    let storage = env.storage.clone();
+    let (member, report) = GroupMember::start_with(setup, env, peers, inbox, |log| {
+        LoopMachine::open(shard, allow, storage, dir, log, deliver)
+    })
+    .await?;
+    let link = Rc::new(MemberLink {
+        node_id,
+        raft: member.raft().clone(),
+        machine: member.machine().clone(),
+    });
+    Ok((member, link, deliveries, report))
+}

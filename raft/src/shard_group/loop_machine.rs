@@ -1,0 +1,267 @@
+//! [`LoopMachine`]: openraft's state machine for a shard whose state the
+//! shard loop keeps (`shards::shard::replica`). It holds no shard state:
+//! applying an entry delivers its records to the loop, installing a
+//! snapshot delivers the decoded state, building one asks the loop for a
+//! look at its applied state. What it keeps is openraft's bookkeeping —
+//! the last applied log id, the membership, the current snapshot (on disk,
+//! `snapshot_file.rs`) — and a reader of the member's log, from which the
+//! loop rebuilds after its memory ran ahead of the log ([`MemberLink`]).
+//!
+//! Deliveries are queued, not handed over: openraft answers a proposal
+//! only after applying its entry, and the leader's loop is waiting for
+//! that answer (`deliver` says why a full queue cannot deadlock). A snapshot is built in a task of openraft's own, so waiting
+//! there for the loop's look stalls nothing.
+//!
+//! Batches in doubt are not part of these snapshots: a member shard refuses
+//! atomic batches for now (see `replica.rs`).
+
+use std::cell::RefCell;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use openraft::storage::{EntryResponder, RaftLogReader, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta};
+use shards::env::Storage;
+use shards::shard::group_link::{Committed, Delivery, SnapshotPart};
+use shards::shard::replay::TxnLog;
+
+use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
+use super::state_machine::summarize_turn;
+use super::{snapshot_file, GroupLogId, GroupMembership, ShardGroup, TurnApplied};
+use crate::log_store::{WalLogReader, WalLogStore};
+
+type GroupSnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<ShardGroup>;
+type GroupSnapshotOf = openraft::type_config::alias::SnapshotOf<ShardGroup, GroupSnapshotBytes>;
+
+struct Inner {
+    shard: usize,
+    allow_instance_recreate: bool,
+    deliveries: flume::Sender<Delivery>,
+    last_applied: Option<GroupLogId>,
+    membership: GroupMembership,
+    current_snapshot: Option<GroupSnapshotOf>,
+    storage: Arc<dyn Storage>,
+    snapshot_dir: PathBuf,
+    log: WalLogReader<ShardGroup>,
+}
+
+/// The state machine of a member whose shard loop keeps the state. A clone
+/// is a handle to the same machine.
+#[derive(Clone)]
+pub struct LoopMachine(Rc<RefCell<Inner>>);
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn loop_gone(shard: usize) -> io::Error {
+    io::Error::other(format!("shard {shard}: the shard loop stopped"))
+}
+
+impl LoopMachine {
+    /// The machine of shard `shard`'s member whose log is `log` and whose
+    /// snapshots live in `snapshot_dir` (the newest becomes the current
+    /// snapshot, which openraft installs at start). Deliveries go to
+    /// `deliveries`, read by the shard loop.
+    pub fn open(
+        shard: usize,
+        allow_instance_recreate: bool,
+        storage: Arc<dyn Storage>,
+        snapshot_dir: PathBuf,
+        log: &WalLogStore<ShardGroup>,
+        deliveries: flume::Sender<Delivery>,
+    ) -> Result<LoopMachine, String> {
+        let loaded = snapshot_file::load_newest(&*storage, &snapshot_dir)?;
+        Ok(LoopMachine(Rc::new(RefCell::new(Inner {
+            shard,
+            allow_instance_recreate,
+            deliveries,
+            last_applied: None,
+            membership: GroupMembership::default(),
+            current_snapshot: loaded.map(|(meta, snapshot)| Snapshot { meta, snapshot }),
+            storage,
+            snapshot_dir,
+            log: log.reader(),
+        }))))
+    }
+
+    fn decode(&self, bytes: &[u8], index: u64) -> Result<SnapshotPart, io::Error> {
+        let a = self.0.borrow();
+        let decoded = decode_group(bytes, a.allow_instance_recreate)
+            .map_err(|e| corrupt(format!("shard {}: {e}", a.shard)))?;
+        if decoded.state.shard_id != a.shard {
+            return Err(corrupt(format!(
+                "shard {}: offered the snapshot of shard {}",
+                a.shard, decoded.state.shard_id
+            )));
+        }
+        Ok(SnapshotPart {
+            index,
+            state: decoded.state,
+            position: decoded.position,
+        })
+    }
+
+    /// The committed state the loop rebuilds from: the current snapshot
+    /// and every applied entry after it, read back from the log.
+    pub async fn committed(&self) -> Result<Committed, String> {
+        let (snapshot, last_applied, mut log) = {
+            let a = self.0.borrow();
+            (
+                a.current_snapshot.clone(),
+                a.last_applied.map_or(0, |l| l.index),
+                a.log.clone(),
+            )
+        };
+        let snapshot = match snapshot {
+            Some(s) => {
+                let index = s.meta.last_log_id.map_or(0, |l| l.index);
+                Some(
+                    self.decode(&s.snapshot.0, index)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            None => None,
+        };
+        let from = snapshot.as_ref().map_or(0, |s| s.index + 1);
+        let mut entries = Vec::new();
+        if from <= last_applied {
+            let read = log
+                .try_get_log_entries(from..=last_applied)
+                .await
+                .map_err(|e| format!("reading the committed log: {e}"))?;
+            for entry in read {
+                if let EntryPayload::Normal(turn) = entry.payload {
+                    entries.push((entry.log_id.index, turn.0));
+                }
+            }
+        }
+        Ok(Committed { snapshot, entries })
+    }
+
+    /// Queue `d` for the loop; waits while the queue is full (a loop that
+    /// fell behind). Never while the loop waits for this machine: a leader's
+    /// loop takes every delivery before it proposes, and one proposal is
+    /// answered after a handful of entries.
+    async fn deliver(&self, d: Delivery) -> Result<(), io::Error> {
+        let (deliveries, shard) = {
+            let a = self.0.borrow();
+            (a.deliveries.clone(), a.shard)
+        };
+        deliveries.send_async(d).await.map_err(|_| loop_gone(shard))
+    }
+}
+
+impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
+    type SnapshotData = GroupSnapshotBytes;
+
+    async fn build_snapshot(&mut self) -> Result<GroupSnapshotOf, io::Error> {
+        let (answer, answered) = flume::bounded(1);
+        // The look runs after every entry delivered so far: the state it
+        // sees is the one `last_applied` names now.
+        let meta = {
+            let a = self.0.borrow();
+            SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.membership.clone(),
+            }
+        };
+        self.deliver(Delivery::Visit(Box::new(move |state, position| {
+            let _ = answer.send(encode_group(state, position, &TxnLog::default()));
+        })))
+        .await?;
+        let shard = self.0.borrow().shard;
+        let bytes = answered.recv_async().await.map_err(|_| loop_gone(shard))?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: GroupSnapshotBytes(bytes),
+        };
+        let mut a = self.0.borrow_mut();
+        // On disk before openraft may purge the log it covers.
+        snapshot_file::write(
+            &*a.storage,
+            &a.snapshot_dir,
+            &snapshot.meta,
+            &snapshot.snapshot,
+        )?;
+        a.current_snapshot = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<ShardGroup> for LoopMachine {
+    type SnapshotData = GroupSnapshotBytes;
+    type SnapshotBuilder = LoopMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<GroupLogId>, GroupMembership), io::Error> {
+        let a = self.0.borrow();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<ShardGroup>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id;
+            let answer = match entry.payload {
+                EntryPayload::Blank => TurnApplied::default(),
+                EntryPayload::Normal(turn) => {
+                    let shard = self.0.borrow().shard;
+                    let answer = summarize_turn(shard, &turn)?;
+                    self.deliver(Delivery::Apply {
+                        index: log_id.index,
+                        records: turn.0,
+                    })
+                    .await?;
+                    answer
+                }
+                EntryPayload::Membership(m) => {
+                    self.0.borrow_mut().membership = GroupMembership::new(Some(log_id), m);
+                    TurnApplied::default()
+                }
+            };
+            self.0.borrow_mut().last_applied = Some(log_id);
+            if let Some(responder) = responder {
+                responder.send(answer);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &GroupSnapshotMeta,
+        snapshot: GroupSnapshotBytes,
+    ) -> Result<(), io::Error> {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let part = self.decode(&snapshot.0, index)?;
+        {
+            let a = self.0.borrow();
+            snapshot_file::write(&*a.storage, &a.snapshot_dir, meta, &snapshot)?;
+        }
+        self.deliver(Delivery::Install(Box::new(part))).await?;
+        let mut a = self.0.borrow_mut();
+        a.last_applied = meta.last_log_id;
+        a.membership = meta.last_membership.clone();
+        a.current_snapshot = Some(Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<GroupSnapshotOf>, io::Error> {
+        Ok(self.0.borrow().current_snapshot.clone())
+    }
+}

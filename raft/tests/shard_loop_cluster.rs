@@ -1,0 +1,288 @@
+//! Shard loops as group members, end to end: three nodes, each running the
+//! real shard loop (`Shard::run_member`) over its group member (WAL log,
+//! `every_write`, peers over TCP), driven with the server's own shard
+//! messages. The leader's loop executes and proposes its turns; followers'
+//! loops replay them; followers refuse with the leader's id; a stopped
+//! leader is replaced and its successor has every acknowledged write; a
+//! leader cut off from its quorum tells its clients the outcome is unknown,
+//! rebuilds from the committed log and stays consistent with the group.
+//! Snapshots are built from a loop's state and installed into another's.
+
+#[path = "support/loop_node.rs"]
+mod loop_node;
+#[path = "support/member_thread.rs"]
+mod member_thread;
+#[path = "support/memlock.rs"]
+mod memlock;
+#[path = "support/turns.rs"]
+mod turns;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use loop_node::{on_leader, retryable, wait_until, LoopNode, STEP_TIMEOUT};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+
+/// Entries between snapshots (small: the tests' logs are short).
+const SNAPSHOT_EVERY_ENTRIES: u64 = 3;
+use serde_json::{json, Value};
+use shards::error::ErrorCode;
+use shards::shard::{ApplyEvent, Command, CreateInstance};
+
+struct Cluster {
+    nodes: BTreeMap<u64, LoopNode>,
+    config: Arc<Config>,
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    /// Every member's peer address, running or not (a restart keeps it).
+    addrs: BTreeMap<u64, SocketAddr>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        // Snapshots every few entries, and no log kept behind them: the
+        // loop's look at its state builds them, and a restarted or lagging
+        // member installs one into its loop.
+        let config = Config {
+            cluster_name: loop_node::CLUSTER_NAME.to_string(),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: 0,
+            ..Config::default()
+        };
+        let config = Arc::new(config.validate().expect("valid config"));
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            config,
+            dirs: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+        };
+        let mut books = BTreeMap::new();
+        for id in [1, 2, 3] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (book, peers) = flume::bounded(1);
+            let node = LoopNode::start(
+                id,
+                dir.path().to_path_buf(),
+                "127.0.0.1:0".parse().unwrap(),
+                cluster.config.clone(),
+                peers,
+            );
+            cluster.addrs.insert(id, node.addr);
+            cluster.nodes.insert(id, node);
+            cluster.dirs.insert(id, dir);
+            books.insert(id, book);
+        }
+        for (id, book) in books {
+            book.send(cluster.peers_of(id)).expect("node waits");
+        }
+        let voters = cluster
+            .nodes
+            .values()
+            .map(|n| (n.id, BasicNode::new(n.addr.to_string())))
+            .collect();
+        cluster.nodes[&1].initialize(voters);
+        cluster
+    }
+
+    fn peers_of(&self, id: u64) -> BTreeMap<u64, SocketAddr> {
+        let mut peers = self.addrs.clone();
+        peers.remove(&id);
+        peers
+    }
+
+    fn running(&self) -> Vec<&LoopNode> {
+        self.nodes.values().collect()
+    }
+
+    /// The leader the running members agree on.
+    fn leader(&self) -> u64 {
+        let started = std::time::Instant::now();
+        loop {
+            let statuses: Vec<_> = self.nodes.values().map(|n| (n.id, n.status())).collect();
+            let leader = statuses
+                .iter()
+                .find(|(_, s)| s.state == ServerState::Leader)
+                .map(|&(id, _)| id);
+            if let Some(id) = leader {
+                if statuses.iter().all(|(_, s)| s.leader == Some(id)) {
+                    return id;
+                }
+            }
+            assert!(
+                started.elapsed() < STEP_TIMEOUT,
+                "no agreed leader within {STEP_TIMEOUT:?}: {statuses:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn stop(&mut self, id: u64) -> SocketAddr {
+        let mut node = self.nodes.remove(&id).expect("a running node");
+        node.stop();
+        node.addr
+    }
+
+    /// Start node `id` again on its directory and address.
+    fn restart(&mut self, id: u64, addr: SocketAddr) {
+        let (book, peers) = flume::bounded(1);
+        let dir = self.dirs[&id].path().to_path_buf();
+        let node = LoopNode::start(id, dir, addr, self.config.clone(), peers);
+        book.send(self.peers_of(id)).expect("node waits");
+        self.nodes.insert(id, node);
+    }
+}
+
+fn create(id: &str) -> Command {
+    Command::Create(CreateInstance {
+        instance_id: id.to_string(),
+        machine: "order".into(),
+        version: 1,
+        initial_ctx: json!({"amount": 10}),
+        idempotency_key: None,
+    })
+}
+
+/// PAY under idempotency key `key`: a retry after an unknown outcome gets
+/// the first answer, never a second transition.
+fn pay_keyed(id: &str, key: &str) -> Command {
+    Command::Apply(ApplyEvent {
+        instance_id: id.to_string(),
+        event: "PAY".into(),
+        payload: json!({}),
+        expected_state: None,
+        expected_wal_offset: None,
+        event_id: None,
+        idempotency_key: Some(key.to_string()),
+    })
+}
+
+fn pay(id: &str) -> Command {
+    pay_keyed(id, &format!("pay-{id}"))
+}
+
+fn get(id: &str) -> Command {
+    Command::Get {
+        instance_id: id.to_string(),
+    }
+}
+
+fn state_of(answer: &Value) -> &str {
+    answer["state"].as_str().expect("a state")
+}
+
+fn offset_of(answer: &Value) -> u64 {
+    answer["wal_offset"].as_u64().expect("an offset")
+}
+
+fn exec(cluster: &Cluster, cmd: impl Fn() -> Command) -> Value {
+    on_leader(&cluster.running(), |n| n.exec(cmd())).expect("the leader runs it")
+}
+
+#[test]
+fn writes_on_the_leader_replay_on_followers_and_survive_its_loss() {
+    let mut cluster = Cluster::start();
+    let first = cluster.leader();
+    let installed = on_leader(&cluster.running(), |n| {
+        n.install("order", &turns::order_machine())
+    });
+    assert_eq!(installed, Ok(true));
+    exec(&cluster, || create("o-1"));
+    exec(&cluster, || create("o-2"));
+    let paid = exec(&cluster, || pay("o-1"));
+    assert_eq!(paid["to_state"], "paid", "{paid}");
+    let first_offset = offset_of(&paid);
+
+    // A follower refuses, naming the leader; its loop answers what needs
+    // no leader.
+    let follower = cluster.nodes.values().find(|n| n.id != first).unwrap();
+    let refused = follower.exec(get("o-1")).expect_err("a follower refuses");
+    assert!(retryable(&refused), "{refused:?}");
+    let named = refused
+        .details
+        .as_ref()
+        .and_then(|d| d.get("leader").cloned());
+    assert_eq!(named, Some(json!(first)), "{refused:?}");
+    assert!(follower.shard_answers());
+
+    // The leader goes; its successor's loop replayed every write.
+    let first_addr = cluster.stop(first);
+    let second = cluster.leader();
+    assert_ne!(second, first);
+    assert_eq!(state_of(&exec(&cluster, || get("o-1"))), "paid");
+    assert_eq!(state_of(&exec(&cluster, || get("o-2"))), "created");
+    let paid = exec(&cluster, || pay("o-2"));
+    assert!(
+        offset_of(&paid) > first_offset,
+        "offsets keep growing across leaders: {} after {first_offset}",
+        offset_of(&paid)
+    );
+    let again = on_leader(&cluster.running(), |n| n.exec(pay_keyed("o-2", "other")));
+    assert_eq!(
+        again.expect_err("paid already").code,
+        ErrorCode::InvalidTransition
+    );
+
+    // Snapshots were built from the loops' state along the way.
+    wait_until("a snapshot on the leader", || {
+        cluster.nodes[&second].status().snapshot.is_some()
+    });
+    // The first leader comes back, catches up, and leads the rest.
+    cluster.restart(first, first_addr);
+    let applied = cluster.nodes[&second].status().last_applied;
+    wait_until("the restarted node caught up", || {
+        cluster.nodes[&first].status().last_applied >= applied
+    });
+    cluster.stop(second);
+    cluster.leader();
+    for (id, state) in [("o-1", "paid"), ("o-2", "paid")] {
+        assert_eq!(state_of(&exec(&cluster, || get(id))), state, "{id}");
+    }
+}
+
+#[test]
+fn a_leader_cut_off_from_its_quorum_answers_unknown_and_stays_consistent() {
+    let mut cluster = Cluster::start();
+    let leader = cluster.leader();
+    assert_eq!(
+        on_leader(&cluster.running(), |n| n
+            .install("order", &turns::order_machine())),
+        Ok(true)
+    );
+    exec(&cluster, || create("before"));
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let addrs: Vec<(u64, SocketAddr)> =
+        followers.iter().map(|&id| (id, cluster.stop(id))).collect();
+
+    // Alone, the leader cannot commit: the write's clients learn the
+    // outcome is unknown (retryable), within the commit timeout; reads
+    // cannot be confirmed either; the loop itself keeps answering.
+    let started = std::time::Instant::now();
+    let cut_off = cluster.nodes[&leader].exec(create("during"));
+    let error = cut_off.expect_err("no quorum, no commit");
+    assert!(retryable(&error), "{error:?}");
+    assert!(started.elapsed() < STEP_TIMEOUT);
+    let read = cluster.nodes[&leader].exec(get("before"));
+    assert!(read.is_err_and(|e| retryable(&e)));
+    assert!(cluster.nodes[&leader].shard_answers());
+
+    // The followers come back. Whether "during" committed is up to the
+    // log; whatever it says, the group agrees: a retry either finds it or
+    // creates it, and every later leader has it exactly once.
+    for (id, addr) in addrs {
+        cluster.restart(id, addr);
+    }
+    cluster.leader();
+    match on_leader(&cluster.running(), |n| n.exec(create("during"))) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.code, ErrorCode::InstanceExists, "{e:?}"),
+    }
+    exec(&cluster, || pay("during"));
+    for _ in 0..2 {
+        let current = cluster.leader();
+        assert_eq!(state_of(&exec(&cluster, || get("during"))), "paid");
+        assert_eq!(state_of(&exec(&cluster, || get("before"))), "created");
+        let addr = cluster.stop(current);
+        cluster.leader();
+        cluster.restart(current, addr);
+    }
+}
