@@ -8,6 +8,8 @@
 //! rebuilds from the committed log and stays consistent with the group.
 //! Snapshots are built from a loop's state and installed into another's.
 
+#[path = "support/group_node.rs"]
+mod group_node;
 #[path = "support/loop_node.rs"]
 mod loop_node;
 #[path = "support/member_thread.rs"]

@@ -6,18 +6,19 @@
 //! (its log in `log/`, its snapshots in `snapshots/`) and listener address
 //! (a restart).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use corestate_raft::log_store::WalLogOptions;
 use corestate_raft::net::{
-    group_mailbox, ClusterCredentials, GroupDirectory, PeerPool, PeerServer,
+    group_mailbox, ClusterCredentials, GroupDirectory, GroupInbox, PeerPool, PeerServer,
 };
 use corestate_raft::shard_group::{GroupError, GroupMember, GroupStatus, MemberSetup, TurnRecords};
 use corestate_raft::GlommioRuntime;
@@ -165,6 +166,54 @@ impl GroupNode {
     }
 }
 
+/// A test node's peer side: its listener for group `SHARD` (the address
+/// it bound is sent on `bound`) and, once the test sends the other
+/// members' addresses, its pool of links to them. `None`: the test went
+/// away first.
+pub async fn join_peers(
+    id: u64,
+    listen: SocketAddr,
+    bound: &flume::Sender<SocketAddr>,
+    peers: &flume::Receiver<BTreeMap<u64, SocketAddr>>,
+) -> Option<(PeerServer, Rc<PeerPool>, GroupInbox)> {
+    let me = ClusterCredentials::new(CLUSTER_NAME, CLUSTER_TOKEN, id);
+    let (mailbox, inbox) = group_mailbox();
+    let mut directory = GroupDirectory::new();
+    directory.register(SHARD as u64, mailbox).expect("register");
+    let server = PeerServer::start(&listen.to_string(), me.clone(), Arc::new(directory))
+        .expect("bind the peer listener");
+    bound.send(server.local_addr()).expect("report the address");
+    let peers = peers.recv_async().await.ok()?;
+    let pool = PeerPool::new(me);
+    for (peer, addr) in peers {
+        pool.set_address(peer, addr.to_string());
+    }
+    Some((server, pool, inbox))
+}
+
+/// How a test member of group `SHARD` is set up: its log (`every_write`,
+/// small segments) and snapshots in the directories given.
+pub fn member_setup<'a>(
+    id: u64,
+    log_dir: &'a Path,
+    snapshot_dir: &'a Path,
+    config: Arc<Config>,
+) -> MemberSetup<'a> {
+    MemberSetup {
+        node_id: id,
+        shard: SHARD,
+        log_dir,
+        snapshot_dir,
+        log: WalLogOptions {
+            shard: SHARD,
+            fsync: FsyncPolicy::EveryWrite,
+            segment_size_bytes: SEGMENT_SIZE_BYTES,
+        },
+        allow_instance_recreate: false,
+        raft_config: config,
+    }
+}
+
 fn node_main(
     id: u64,
     dir: PathBuf,
@@ -177,34 +226,11 @@ fn node_main(
     memlock::raise_memlock_limit();
     let mut rt = GlommioRuntime::new(1);
     rt.block_on(async move {
-        let me = ClusterCredentials::new(CLUSTER_NAME, CLUSTER_TOKEN, id);
-        let (mailbox, inbox) = group_mailbox();
-        let mut directory = GroupDirectory::new();
-        directory.register(SHARD as u64, mailbox).expect("register");
-        let server = PeerServer::start(&listen.to_string(), me.clone(), Arc::new(directory))
-            .expect("bind the peer listener");
-        bound.send(server.local_addr()).expect("report the address");
-        let Ok(peers) = peers.recv_async().await else {
+        let Some((server, pool, inbox)) = join_peers(id, listen, &bound, &peers).await else {
             return;
         };
-        let pool = PeerPool::new(me);
-        for (peer, addr) in peers {
-            pool.set_address(peer, addr.to_string());
-        }
         let (log_dir, snapshot_dir) = (dir.join("log"), dir.join("snapshots"));
-        let setup = MemberSetup {
-            node_id: id,
-            shard: SHARD,
-            log_dir: &log_dir,
-            snapshot_dir: &snapshot_dir,
-            log: WalLogOptions {
-                shard: SHARD,
-                fsync: FsyncPolicy::EveryWrite,
-                segment_size_bytes: SEGMENT_SIZE_BYTES,
-            },
-            allow_instance_recreate: false,
-            raft_config: config,
-        };
+        let setup = member_setup(id, &log_dir, &snapshot_dir, config);
         let (member, _report) = GroupMember::start(setup, Env::os(SHARD), &pool, inbox)
             .await
             .expect("start the member");

@@ -15,11 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corestate_raft::log_store::WalLogOptions;
-use corestate_raft::net::{
-    group_mailbox, ClusterCredentials, GroupDirectory, PeerPool, PeerServer,
-};
-use corestate_raft::shard_group::{start_loop_member, MemberSetup};
+use corestate_raft::shard_group::start_loop_member;
 use corestate_raft::GlommioRuntime;
 use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, BasicNode, Config, ServerState};
@@ -30,14 +26,13 @@ use shards::machine::definition::parse_definition;
 use shards::shard::{Command, ReplyTo, Shard, ShardConfig, ShardMsg};
 use shards::wal::{Frontier, FsyncPolicy};
 
+use crate::group_node::{join_peers, member_setup, SEGMENT_SIZE_BYTES};
 use crate::member_thread::MemberThread;
 pub use crate::member_thread::{wait_until, STEP_TIMEOUT};
 use crate::memlock;
 use crate::turns::SHARD;
 
-pub const CLUSTER_NAME: &str = "loop-tests";
-pub const CLUSTER_TOKEN: &str = "loop-s3cret";
-pub const SEGMENT_SIZE_BYTES: u64 = 256 * 1024;
+pub use crate::group_node::CLUSTER_NAME;
 
 /// What the test thread sees of a member's Raft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,36 +187,11 @@ fn node_main(
     memlock::raise_memlock_limit();
     let mut rt = GlommioRuntime::new(1);
     rt.block_on(async move {
-        let me = ClusterCredentials::new(CLUSTER_NAME, CLUSTER_TOKEN, id);
-        let (group_box, inbox) = group_mailbox();
-        let mut directory = GroupDirectory::new();
-        directory
-            .register(SHARD as u64, group_box)
-            .expect("register");
-        let server = PeerServer::start(&listen.to_string(), me.clone(), Arc::new(directory))
-            .expect("bind the peer listener");
-        bound.send(server.local_addr()).expect("report the address");
-        let Ok(peers) = peers.recv_async().await else {
+        let Some((server, pool, inbox)) = join_peers(id, listen, &bound, &peers).await else {
             return;
         };
-        let pool = PeerPool::new(me);
-        for (peer, addr) in peers {
-            pool.set_address(peer, addr.to_string());
-        }
         let (log_dir, snapshot_dir) = (dir.join("log"), dir.join("snapshots"));
-        let setup = MemberSetup {
-            node_id: id,
-            shard: SHARD,
-            log_dir: &log_dir,
-            snapshot_dir: &snapshot_dir,
-            log: WalLogOptions {
-                shard: SHARD,
-                fsync: FsyncPolicy::EveryWrite,
-                segment_size_bytes: SEGMENT_SIZE_BYTES,
-            },
-            allow_instance_recreate: false,
-            raft_config: config,
-        };
+        let setup = member_setup(id, &log_dir, &snapshot_dir, config);
         let (member, link, deliveries, _report) =
             start_loop_member(setup, Env::os(SHARD), &pool, inbox)
                 .await
