@@ -263,11 +263,13 @@ pub struct Results {
     pub hostile: Option<HostileResults>,
 }
 
-fn percent(fraction: f64) -> String {
+/// `12.34 %` (also summary.md's percentages).
+pub(crate) fn percent(fraction: f64) -> String {
     format!("{:.2} %", 100.0 * fraction)
 }
 
-fn thousands(n: u64) -> String {
+/// `1,234,567` (also summary.md's large numbers).
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

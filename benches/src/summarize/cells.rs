@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::BASELINE;
+
 /// Metrics taken from each run, by name; `None` when a run lacks one.
 const METRICS: &[(&str, &[&str])] = &[
     ("ops_per_sec", &["results", "ops_per_sec"]),
@@ -182,6 +184,21 @@ pub(super) fn group(runs: &[Value]) -> Vec<Cell> {
         .collect()
 }
 
+impl CellKey {
+    /// (connections, pipeline).
+    pub(super) fn shape(&self) -> (u64, u64) {
+        (self.connections, self.pipeline)
+    }
+
+    /// `<server> <fsync> <workload> <connections>x<pipeline>`.
+    pub(super) fn label(&self) -> String {
+        format!(
+            "{} {} {} {}x{}",
+            self.server, self.fsync, self.workload, self.connections, self.pipeline
+        )
+    }
+}
+
 pub(super) fn find<'a>(
     cells: &'a [Cell],
     fsync: &str,
@@ -192,9 +209,23 @@ pub(super) fn find<'a>(
     cells.iter().find(|c| {
         c.key.fsync == fsync
             && c.key.workload == workload
-            && (c.key.connections, c.key.pipeline) == shape
+            && c.key.shape() == shape
             && c.key.server == server
     })
+}
+
+/// The baseline server's cell with the same fsync, workload and shape.
+pub(super) fn baseline_of<'a>(cells: &'a [Cell], cell: &Cell) -> Option<&'a Cell> {
+    let key = &cell.key;
+    find(cells, &key.fsync, &key.workload, key.shape(), BASELINE)
+}
+
+/// A metric's value in every run of every cell.
+pub(super) fn all_values(cells: &[Cell], name: &str) -> Vec<Option<f64>> {
+    cells
+        .iter()
+        .flat_map(|c| c.values[name].iter().copied())
+        .collect()
 }
 
 pub(super) fn metric(cell: Option<&Cell>, name: &str) -> Option<f64> {

@@ -7,26 +7,15 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::cells::{find, median, metric, ratio, Cell};
+use super::cells::{all_values, baseline_of, median, metric, ratio, Cell};
 use super::targets::Target;
 use super::{BASELINE, SUBJECT};
-use crate::report::NOISY_OTHER_CORES;
+use crate::report::{percent, thousands, NOISY_OTHER_CORES};
 
 fn fmt_num(v: Option<f64>) -> String {
     match v {
         None => "n/a".into(),
-        Some(v) if v >= 100.0 => {
-            let n = v.round() as u64;
-            let digits = n.to_string();
-            let mut out = String::new();
-            for (i, c) in digits.chars().enumerate() {
-                if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                    out.push(',');
-                }
-                out.push(c);
-            }
-            out
-        }
+        Some(v) if v >= 100.0 => thousands(v.round() as u64),
         Some(v) if v >= 10.0 => format!("{v:.1}"),
         Some(v) => format!("{v:.2}"),
     }
@@ -46,7 +35,7 @@ fn fmt_count(v: Option<f64>) -> String {
 }
 
 fn fmt_percent(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |v| format!("{:.2} %", 100.0 * v))
+    v.map_or("n/a".into(), percent)
 }
 
 fn fmt_measured(t: &Target) -> String {
@@ -78,11 +67,7 @@ fn batch_section(s: &mut String, cells: &[Cell]) {
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(
-        s,
-        "## Atomic batches
-"
-    );
+    let _ = writeln!(s, "## Atomic batches\n");
     let _ = writeln!(
         s,
         "Each request is one BATCH, mode `atomic`, of APPLY_EVENTs on distinct instances owned \
@@ -99,8 +84,8 @@ fn batch_section(s: &mut String, cells: &[Cell]) {
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for cell in rows {
-        let shape = (cell.key.connections, cell.key.pipeline);
-        let base = find(cells, &cell.key.fsync, "batch", shape, BASELINE);
+        let shape = cell.key.shape();
+        let base = baseline_of(cells, cell);
         let me = Some(cell);
         let _ = writeln!(
             s,
@@ -129,11 +114,7 @@ fn watch_section(s: &mut String, cells: &[Cell]) {
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(
-        s,
-        "## Watch
-"
-    );
+    let _ = writeln!(s, "## Watch\n");
     let _ = writeln!(
         s,
         "WATCH_ALL subscribers (`include_ctx` false) on their own connections while the \
@@ -195,10 +176,7 @@ pub(super) fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Ta
         m["kernel"].as_str().unwrap_or("?"),
         cells.iter().map(|c| c.runs).max().unwrap_or(0),
     );
-    let other_all: Vec<Option<f64>> = cells
-        .iter()
-        .flat_map(|c| c.values["other_cores_busy"].iter().copied())
-        .collect();
+    let other_all = all_values(cells, "other_cores_busy");
     if let Some(other) = median(&other_all).filter(|&o| o > NOISY_OTHER_CORES) {
         let _ = writeln!(
             s,
@@ -241,8 +219,8 @@ pub(super) fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Ta
             .iter()
             .filter(|c| &c.key.fsync == fsync && c.key.server == SUBJECT)
         {
-            let shape = (cell.key.connections, cell.key.pipeline);
-            let base = find(cells, fsync, &cell.key.workload, shape, BASELINE);
+            let shape = cell.key.shape();
+            let base = baseline_of(cells, cell);
             let me = Some(cell);
             let lat = |c: Option<&Cell>| {
                 format!(
@@ -312,21 +290,14 @@ pub(super) fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Ta
     }
     let _ = writeln!(s);
 
-    let other: Vec<Option<f64>> = cells
-        .iter()
-        .flat_map(|c| c.values["other_cores_busy"].iter().copied())
-        .collect();
-    let harness: Vec<Option<f64>> = cells
-        .iter()
-        .flat_map(|c| c.values["harness_cpu_us_per_op"].iter().copied())
-        .collect();
+    let harness = all_values(cells, "harness_cpu_us_per_op");
     let _ = writeln!(s, "## Measurement quality\n");
     let _ = writeln!(
         s,
         "- CPU used by other processes during the measured windows: median {} cores, max {} \
          cores (of {}).",
-        fmt_num(median(&other)),
-        fmt_num(other.iter().flatten().copied().reduce(f64::max)),
+        fmt_num(median(&other_all)),
+        fmt_num(other_all.iter().flatten().copied().reduce(f64::max)),
         m["nproc"]
     );
     let _ = writeln!(
@@ -337,12 +308,7 @@ pub(super) fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Ta
     let stalls: Vec<String> = cells
         .iter()
         .filter(|c| metric(Some(c), "max_stall_ms").is_some_and(|v| v >= 1000.0))
-        .map(|c| {
-            format!(
-                "{} {} {} {}x{}",
-                c.key.server, c.key.fsync, c.key.workload, c.key.connections, c.key.pipeline
-            )
-        })
+        .map(|c| c.key.label())
         .collect();
     if !stalls.is_empty() {
         let _ = writeln!(
@@ -358,12 +324,8 @@ pub(super) fn markdown(dir: &Path, runs: &[Value], cells: &[Cell], targets: &[Ta
         for c in failing {
             let _ = writeln!(
                 s,
-                "- **{} {} {} {}x{}: {} of {} runs failed**: {}",
-                c.key.server,
-                c.key.fsync,
-                c.key.workload,
-                c.key.connections,
-                c.key.pipeline,
+                "- **{}: {} of {} runs failed**: {}",
+                c.key.label(),
                 c.failed_runs,
                 c.runs,
                 c.problems.join("; ")

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::cells::{find, metric, ratio, Cell};
+use super::cells::{baseline_of, find, metric, ratio, Cell};
 use super::{BASELINE, SUBJECT};
 
 /// Shape at which the targets are stated.
@@ -57,8 +57,7 @@ pub(super) fn comparisons(cells: &[Cell]) -> Vec<Comparison> {
         .iter()
         .filter(|c| c.key.server == SUBJECT)
         .map(|c| {
-            let shape = (c.key.connections, c.key.pipeline);
-            let base = find(cells, &c.key.fsync, &c.key.workload, shape, BASELINE);
+            let base = baseline_of(cells, c);
             let m = |name| ratio(metric(Some(c), name), metric(base, name));
             Comparison {
                 fsync: c.key.fsync.clone(),
@@ -110,13 +109,7 @@ pub(super) fn targets(cells: &[Cell], fdatasync_us: Option<f64>) -> Vec<Target> 
     let mut shapes: Vec<(String, String, (u64, u64))> = cells
         .iter()
         .filter(|c| c.key.server == SUBJECT && c.key.workload != "watch")
-        .map(|c| {
-            (
-                c.key.fsync.clone(),
-                c.key.workload.clone(),
-                (c.key.connections, c.key.pipeline),
-            )
-        })
+        .map(|c| (c.key.fsync.clone(), c.key.workload.clone(), c.key.shape()))
         .collect();
     shapes.dedup();
     for (fsync, workload, (c, p)) in &shapes {
