@@ -1,324 +1,12 @@
-//! What each connection sends: the bench machine, the mix of operations,
-//! which instances a connection owns (spread over the server's shards for
-//! batches), and the request renderer. Requests are assembled from
-//! pre-rendered byte fragments (instance ids, payload) and patched request
-//! ids — no per-request formatting or allocation.
+//! One connection's request generator: renders the next request of its
+//! schedule (or of the pre-create list) into the write buffer and says
+//! what the answer must show ([`Expect`]).
 
-use std::fmt;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::{OpKind, Templates, BATCH_OPS_MAX, MACHINE_NAME, MACHINE_VERSION};
 use crate::frame;
-
-/// Name of the machine the harness installs.
-pub const MACHINE_NAME: &str = "corestate-bench";
-/// Version of the machine the harness installs.
-pub const MACHINE_VERSION: u32 = 1;
-/// Two states and one event that flips between them: every APPLY_EVENT is
-/// valid in any state, and the expected `to_state` proves per-instance
-/// ordering (an instance is driven by one connection only).
-pub const MACHINE_DEFINITION: &str = r#"{"states":["a","b"],"initial":"a","transitions":[{"from":"a","event":"go","to":"b"},{"from":"b","event":"go","to":"a"}]}"#;
-/// The event every apply sends.
-pub const EVENT_NAME: &str = "go";
-/// State names by index (0 = initial).
-pub const STATE_NAMES: [&str; 2] = ["a", "b"];
-/// Largest `--payload-bytes` accepted (leaves room in a 16 MiB frame).
-pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
-/// Longest operation schedule built from `--mix` ratios.
-pub const MIX_SCHEDULE_LEN_MAX: usize = 1000;
-/// Most APPLY_EVENT ops in one BATCH (the RCP limit, docs/PROTOCOL.md §9).
-pub const BATCH_OPS_MAX: usize = 100;
-/// Number of operation kinds (length of per-kind arrays).
-pub const OP_KINDS: usize = 4;
-
-/// Operations the load phase issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OpKind {
-    Create,
-    Apply,
-    Get,
-    /// One BATCH (mode atomic) of `--batch-ops` APPLY_EVENTs.
-    Batch,
-}
-
-impl OpKind {
-    pub const ALL: [OpKind; OP_KINDS] = [OpKind::Create, OpKind::Apply, OpKind::Get, OpKind::Batch];
-    /// Kinds `--mix` may name. A batch shares its instances with nothing:
-    /// mixed with single applies, a connection's pipelined requests could
-    /// reach an instance in another order than sent (the batch's shards are
-    /// prepared one after another), and states could not be predicted.
-    pub const MIXABLE: [OpKind; 3] = [OpKind::Create, OpKind::Apply, OpKind::Get];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OpKind::Create => "create",
-            OpKind::Apply => "apply",
-            OpKind::Get => "get",
-            OpKind::Batch => "batch",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for OpKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Relative weights of the operations, e.g. `apply=70,get=30`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mix {
-    /// Weight per [`OpKind::index`].
-    pub weights: [u32; OP_KINDS],
-}
-
-impl Mix {
-    pub fn only(kind: OpKind) -> Mix {
-        let mut weights = [0; OP_KINDS];
-        weights[kind.index()] = 1;
-        Mix { weights }
-    }
-
-    pub fn parse(text: &str) -> Result<Mix, String> {
-        let mut weights = [0u32; OP_KINDS];
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part
-                .split_once('=')
-                .ok_or_else(|| format!("'{part}': expected op=weight"))?;
-            let kind = OpKind::MIXABLE
-                .into_iter()
-                .find(|k| k.name() == name.trim())
-                .ok_or_else(|| format!("unknown op '{name}' (create, apply, get)"))?;
-            weights[kind.index()] = weight
-                .trim()
-                .parse()
-                .map_err(|_| format!("'{part}': weight must be a non-negative integer"))?;
-        }
-        if weights.iter().all(|&w| w == 0) {
-            return Err("every weight is 0".into());
-        }
-        Ok(Mix { weights })
-    }
-
-    pub fn uses(&self, kind: OpKind) -> bool {
-        self.weights[kind.index()] > 0
-    }
-
-    /// A fixed interleaving of the operations in proportion to the weights
-    /// (smooth weighted round robin): deterministic, no random numbers.
-    pub fn schedule(&self) -> Vec<OpKind> {
-        let gcd = self
-            .weights
-            .iter()
-            .filter(|&&w| w > 0)
-            .fold(0u32, |a, &b| gcd(a, b));
-        let mut weights = self.weights.map(|w| w / gcd.max(1));
-        let mut total: u32 = weights.iter().sum();
-        if total as usize > MIX_SCHEDULE_LEN_MAX {
-            // Scale down; keep every used op at least once.
-            let scale = total as f64 / MIX_SCHEDULE_LEN_MAX as f64;
-            weights = weights.map(|w| {
-                if w == 0 {
-                    0
-                } else {
-                    ((w as f64 / scale) as u32).max(1)
-                }
-            });
-            total = weights.iter().sum();
-        }
-        let mut current = [0i64; OP_KINDS];
-        let mut schedule = Vec::with_capacity(total as usize);
-        for _ in 0..total {
-            let mut best = 0;
-            for i in 0..OP_KINDS {
-                current[i] += weights[i] as i64;
-                if current[i] > current[best] {
-                    best = i;
-                }
-            }
-            current[best] -= total as i64;
-            schedule.push(OpKind::ALL[best]);
-        }
-        schedule
-    }
-
-    pub fn describe(&self) -> String {
-        OpKind::ALL
-            .iter()
-            .filter(|k| OpKind::MIXABLE.contains(k) || self.weights[k.index()] > 0)
-            .map(|k| format!("{}={}", k.name(), self.weights[k.index()]))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-/// Byte fragments shared by every connection of a run.
-pub struct Templates {
-    /// Pre-created instance ids (plain ASCII, no JSON escaping needed).
-    pub instance_ids: Vec<Box<[u8]>>,
-    /// `{"d":"x…"` (the payload object without its closing brace), or empty
-    /// when applies carry no payload string.
-    payload_head: Vec<u8>,
-    /// Every APPLY_EVENT payload carries `"t":<unix ns when rendered>`, for
-    /// watch event latency.
-    pub stamped: bool,
-    /// APPLY_EVENT ops in each BATCH.
-    pub batch_ops: usize,
-    /// The `initial_ctx` value for creates.
-    pub initial_ctx: Vec<u8>,
-    /// Prefix of ids of instances created in the load phase; the connection
-    /// index, `-` and the request id follow.
-    pub create_prefix: String,
-    /// Prefix of every pre-created instance id (`bi-<run tag>-`).
-    pub instance_prefix: String,
-}
-
-/// The shard corestate places an instance on (`shards::shard::
-/// shard_for_instance`); other servers have one "shard".
-pub fn shard_of(instance_id: &[u8], shards: usize) -> usize {
-    (crc32c::crc32c(instance_id) as usize) % shards.max(1)
-}
-
-/// Ids for `connections` × `per_connection` instances, ordered so that the
-/// ids connection `c` owns (positions `c`, `c + connections`, …) cycle
-/// through the shards 0, 1, …, `shards - 1`, 0, …: any `shards` consecutive
-/// instances of a connection are on different shards, and a batch of
-/// consecutive instances is spread evenly over all of them.
-pub fn spread_instance_ids(
-    run_tag: &str,
-    connections: usize,
-    per_connection: usize,
-    shards: usize,
-) -> Vec<Box<[u8]>> {
-    let shards = shards.max(1);
-    let total = connections * per_connection;
-    let mut buckets: Vec<Vec<Box<[u8]>>> = vec![Vec::new(); shards];
-    let wanted = |shard: usize| {
-        (0..total)
-            .filter(|k| (k / connections.max(1)) % shards == shard)
-            .count()
-    };
-    let wanted: Vec<usize> = (0..shards).map(wanted).collect();
-    let mut filled = 0;
-    let mut m = 0u64;
-    while filled < shards {
-        let id = format!("bi-{run_tag}-{m}").into_bytes().into_boxed_slice();
-        m += 1;
-        let shard = shard_of(&id, shards);
-        if buckets[shard].len() < wanted[shard] {
-            buckets[shard].push(id);
-            if buckets[shard].len() == wanted[shard] {
-                filled += 1;
-            }
-        }
-    }
-    for bucket in &mut buckets {
-        bucket.reverse();
-    }
-    (0..total)
-        .map(|k| {
-            let shard = (k / connections.max(1)) % shards;
-            buckets[shard]
-                .pop()
-                .expect("bucket sized for its positions")
-        })
-        .collect()
-}
-
-impl Templates {
-    /// `run_tag` makes ids unique per run, so repeated runs against one
-    /// server never collide. The payload is an object with one string of
-    /// `payload_bytes` characters (none when 0).
-    pub fn new(run_tag: &str, instances: usize, payload_bytes: usize) -> Templates {
-        let instance_ids = (0..instances)
-            .map(|k| format!("bi-{run_tag}-{k}").into_bytes().into_boxed_slice())
-            .collect();
-        let object = if payload_bytes == 0 {
-            None
-        } else {
-            Some(format!(r#"{{"d":"{}"}}"#, "x".repeat(payload_bytes)))
-        };
-        Templates {
-            instance_ids,
-            payload_head: object
-                .as_ref()
-                .map(|o| o.as_bytes()[..o.len() - 1].to_vec())
-                .unwrap_or_default(),
-            stamped: false,
-            batch_ops: 0,
-            initial_ctx: object.unwrap_or_else(|| "{}".into()).into_bytes(),
-            create_prefix: format!("bc-{run_tag}-"),
-            instance_prefix: format!("bi-{run_tag}-"),
-        }
-    }
-
-    /// Replaces the instance ids (e.g. with [`spread_instance_ids`]).
-    pub fn with_instance_ids(mut self, ids: Vec<Box<[u8]>>) -> Templates {
-        self.instance_ids = ids;
-        self
-    }
-
-    /// Time-stamps every apply payload.
-    pub fn stamped(mut self) -> Templates {
-        self.stamped = true;
-        self
-    }
-
-    /// Sets the APPLY_EVENT ops per BATCH.
-    pub fn with_batch_ops(mut self, ops: usize) -> Templates {
-        debug_assert!(ops <= BATCH_OPS_MAX);
-        self.batch_ops = ops;
-        self
-    }
-
-    /// Appends `,"payload":{…}` (nothing when there is neither a payload
-    /// string nor a stamp).
-    fn push_apply_payload(&self, buf: &mut Vec<u8>, stamp_ns: Option<u64>) {
-        match (self.payload_head.is_empty(), stamp_ns) {
-            (true, None) => {}
-            (false, None) => {
-                buf.extend_from_slice(br#","payload":"#);
-                buf.extend_from_slice(&self.payload_head);
-                buf.push(b'}');
-            }
-            (empty, Some(t)) => {
-                buf.extend_from_slice(br#","payload":"#);
-                if empty {
-                    buf.push(b'{');
-                } else {
-                    buf.extend_from_slice(&self.payload_head);
-                    buf.push(b',');
-                }
-                buf.extend_from_slice(br#""t":"#);
-                frame::push_decimal(buf, t);
-                buf.push(b'}');
-            }
-        }
-    }
-
-    /// Appends `{"instance_id":"…","event":"go","payload":…}` for instance `k`.
-    fn push_apply_params(&self, buf: &mut Vec<u8>, k: usize, stamp_ns: Option<u64>) {
-        buf.extend_from_slice(br#"{"instance_id":""#);
-        buf.extend_from_slice(&self.instance_ids[k]);
-        buf.extend_from_slice(br#"","event":""#);
-        buf.extend_from_slice(EVENT_NAME.as_bytes());
-        buf.push(b'"');
-        self.push_apply_payload(buf, stamp_ns);
-        buf.push(b'}');
-    }
-}
 
 /// Wall-clock time in nanoseconds since the Unix epoch (the stamp in
 /// watched applies; subscribers on the same machine subtract it).
@@ -598,23 +286,13 @@ fn push_create_params(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::{shard_of, spread_instance_ids};
     use serde_json::Value;
 
     fn payload_json(buf: &[u8]) -> Value {
         let d = frame::decode(buf).unwrap().unwrap();
         assert_eq!(d.payload_end, buf.len());
         serde_json::from_slice(&buf[d.payload_start..d.payload_end]).unwrap()
-    }
-
-    #[test]
-    fn mix_schedule_follows_the_weights() {
-        let mix = Mix::parse("apply=70,get=30,create=0").unwrap();
-        let s = mix.schedule();
-        assert_eq!(s.len(), 10);
-        assert_eq!(s.iter().filter(|&&k| k == OpKind::Apply).count(), 7);
-        assert_eq!(s.iter().filter(|&&k| k == OpKind::Get).count(), 3);
-        assert!(Mix::parse("apply=0").is_err());
-        assert!(Mix::parse("put=1").is_err());
     }
 
     #[test]
@@ -645,24 +323,6 @@ mod tests {
         buf.clear();
         pre.render_next(2, &mut buf);
         assert!(!pre.has_next());
-    }
-
-    #[test]
-    fn spread_ids_cycle_through_the_shards_per_connection() {
-        let (connections, per_connection, shards) = (3, 8, 4);
-        let ids = spread_instance_ids("t", connections, per_connection, shards);
-        assert_eq!(ids.len(), connections * per_connection);
-        let mut unique = ids.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), ids.len(), "ids are distinct");
-        for c in 0..connections {
-            let owned: Vec<usize> = (c..ids.len())
-                .step_by(connections)
-                .map(|k| shard_of(&ids[k], shards))
-                .collect();
-            assert_eq!(owned, vec![0, 1, 2, 3, 0, 1, 2, 3], "connection {c}");
-        }
     }
 
     #[test]
@@ -733,15 +393,6 @@ mod tests {
             assert_eq!(gen.stamp_ns(), t);
             assert!(t >= before && t <= unix_nanos());
         }
-    }
-
-    #[test]
-    fn batches_cannot_be_mixed() {
-        assert!(Mix::parse("apply=1,batch=1").is_err());
-        assert_eq!(
-            Mix::only(OpKind::Batch).describe(),
-            "create=0,apply=0,get=0,batch=1"
-        );
     }
 
     #[test]
