@@ -200,17 +200,13 @@ impl Generator {
                 Expect::CreatedUnique
             }
             OpKind::Apply => {
-                let slot = self.apply_cursor;
-                self.apply_cursor = (slot + 1) % self.instances.len();
-                let k = self.instances[slot] as usize;
                 at = begin_request(buf, id, b"APPLY_EVENT");
                 buf.extend_from_slice(br#","params":"#);
                 let stamp = self.templates.stamped.then(unix_nanos);
                 self.stamp_ns = stamp.unwrap_or(0);
-                self.templates.push_apply_params(buf, k, stamp);
+                let to_state = self.push_next_apply(buf, stamp);
                 buf.push(b'}');
-                self.states[slot] ^= 1;
-                Expect::Applied(self.exclusive.then_some(self.states[slot]))
+                Expect::Applied(self.exclusive.then_some(to_state))
             }
             OpKind::Batch => {
                 // Consecutive instances of this connection: spread over the
@@ -225,14 +221,10 @@ impl Generator {
                     if i > 0 {
                         buf.push(b',');
                     }
-                    let slot = self.apply_cursor;
-                    self.apply_cursor = (slot + 1) % self.instances.len();
-                    let k = self.instances[slot] as usize;
                     buf.extend_from_slice(br#"{"op":"APPLY_EVENT","params":"#);
-                    self.templates.push_apply_params(buf, k, None);
+                    let to_state = self.push_next_apply(buf, None);
                     buf.push(b'}');
-                    self.states[slot] ^= 1;
-                    to_states |= u128::from(self.states[slot]) << i;
+                    to_states |= u128::from(to_state) << i;
                 }
                 buf.extend_from_slice(b"]}}");
                 Expect::Batched {
@@ -241,8 +233,7 @@ impl Generator {
                 }
             }
             OpKind::Get => {
-                let slot = self.get_cursor;
-                self.get_cursor = (slot + 1) % self.instances.len();
+                let slot = next_slot(&mut self.get_cursor, self.instances.len());
                 let k = self.instances[slot] as usize;
                 at = begin_request(buf, id, b"GET_INSTANCE");
                 buf.extend_from_slice(br#","params":{"instance_id":""#);
@@ -254,6 +245,25 @@ impl Generator {
         frame::finish(buf, at);
         expect
     }
+}
+
+impl Generator {
+    /// Appends the params of an APPLY_EVENT to the next instance in turn
+    /// and returns the state index it moves that instance to.
+    fn push_next_apply(&mut self, buf: &mut Vec<u8>, stamp_ns: Option<u64>) -> u8 {
+        let slot = next_slot(&mut self.apply_cursor, self.instances.len());
+        let k = self.instances[slot] as usize;
+        self.templates.push_apply_params(buf, k, stamp_ns);
+        self.states[slot] ^= 1;
+        self.states[slot]
+    }
+}
+
+/// The slot `cursor` points at; moves the cursor on, wrapping at `len`.
+fn next_slot(cursor: &mut usize, len: usize) -> usize {
+    let slot = *cursor;
+    *cursor = (slot + 1) % len;
+    slot
 }
 
 /// Starts a frame and writes `{"type":"request","id":"<id>","op":"<op>"`.

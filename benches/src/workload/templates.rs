@@ -29,6 +29,18 @@ pub struct Templates {
     pub instance_prefix: String,
 }
 
+/// Prefix of every pre-created instance id of the run tagged `run_tag`.
+fn instance_prefix(run_tag: &str) -> String {
+    format!("bi-{run_tag}-")
+}
+
+/// Pre-created instance id number `k`: the instance prefix, then `k`.
+fn instance_id(run_tag: &str, k: u64) -> Box<[u8]> {
+    format!("{}{k}", instance_prefix(run_tag))
+        .into_bytes()
+        .into_boxed_slice()
+}
+
 /// The shard corestate places an instance on (`shards::shard::
 /// shard_for_instance`); other servers have one "shard".
 pub fn shard_of(instance_id: &[u8], shards: usize) -> usize {
@@ -58,7 +70,7 @@ pub fn spread_instance_ids(
     let mut filled = 0;
     let mut m = 0u64;
     while filled < shards {
-        let id = format!("bi-{run_tag}-{m}").into_bytes().into_boxed_slice();
+        let id = instance_id(run_tag, m);
         m += 1;
         let shard = shard_of(&id, shards);
         if buckets[shard].len() < wanted[shard] {
@@ -87,7 +99,7 @@ impl Templates {
     /// `payload_bytes` characters (none when 0).
     pub fn new(run_tag: &str, instances: usize, payload_bytes: usize) -> Templates {
         let instance_ids = (0..instances)
-            .map(|k| format!("bi-{run_tag}-{k}").into_bytes().into_boxed_slice())
+            .map(|k| instance_id(run_tag, k as u64))
             .collect();
         let object = if payload_bytes == 0 {
             None
@@ -104,7 +116,7 @@ impl Templates {
             batch_ops: 0,
             initial_ctx: object.unwrap_or_else(|| "{}".into()).into_bytes(),
             create_prefix: format!("bc-{run_tag}-"),
-            instance_prefix: format!("bi-{run_tag}-"),
+            instance_prefix: instance_prefix(run_tag),
         }
     }
 
