@@ -155,23 +155,25 @@ impl LoadOutcome {
         }
     }
 
-    /// Counts the verdict on request `id` (sent at `sent_at`, answered at
-    /// `received_at`, inside the measured window when `measured`); a
-    /// failure is also reported. True when the failure stops the
-    /// connection (the stream is out of step).
-    #[allow(clippy::too_many_arguments)]
+    /// Counts the verdict on `request` (answered at `received_at`, inside
+    /// the measured window when `measured`); a failure is also reported.
+    /// True when the failure stops the connection (the stream is out of
+    /// step).
     pub(crate) fn record(
         &mut self,
         shared: &Shared,
         index: usize,
-        id: u64,
-        expect: Expect,
-        stamp_ns: u64,
-        sent_at: Instant,
+        request: Pending,
         received_at: Instant,
         measured: bool,
         verdict: Result<(), Failure>,
     ) -> bool {
+        let Pending {
+            id,
+            expect,
+            sent_at,
+            stamp_ns,
+        } = request;
         match verdict {
             Ok(()) => {
                 self.completed += 1;
@@ -220,12 +222,14 @@ pub fn new_histogram() -> Histogram<u64> {
         .expect("valid histogram bounds")
 }
 
-struct Pending {
-    id: u64,
-    expect: Expect,
-    sent_at: Instant,
+/// A request sent and not yet answered: what its answer is checked and
+/// counted against.
+pub(crate) struct Pending {
+    pub(crate) id: u64,
+    pub(crate) expect: Expect,
+    pub(crate) sent_at: Instant,
     /// The payload's `"t"` (0: none).
-    stamp_ns: u64,
+    pub(crate) stamp_ns: u64,
 }
 
 /// HELLO parameters of every harness connection: binary framing.
@@ -479,17 +483,7 @@ impl Conn {
                     generator.templates(),
                     generator.create_prefix(),
                 );
-                if outcome.record(
-                    shared,
-                    index,
-                    p.id,
-                    p.expect,
-                    p.stamp_ns,
-                    p.sent_at,
-                    received_at,
-                    measured,
-                    verdict,
-                ) {
+                if outcome.record(shared, index, p, received_at, measured, verdict) {
                     break;
                 }
                 if !stopping && generator.has_next() {

@@ -27,7 +27,7 @@ use memchr::memmem;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::conn::{BenchError, LoadOutcome, Shared};
+use crate::conn::{BenchError, LoadOutcome, Pending, Shared};
 use crate::frame;
 use crate::response::{Checker, Failure, PREVIEW_BYTES_MAX};
 use crate::workload::{Expect, Generator};
@@ -302,17 +302,14 @@ impl HttpConn {
                     generator.create_prefix(),
                 )
             });
-            let stop = outcome.record(
-                shared,
-                index,
+            let request = Pending {
                 id,
                 expect,
-                stamp_ns,
                 sent_at,
-                received_at,
-                shared.in_window(received_at),
-                verdict,
-            );
+                stamp_ns,
+            };
+            let measured = shared.in_window(received_at);
+            let stop = outcome.record(shared, index, request, received_at, measured, verdict);
             shared
                 .completed
                 .set(shared.completed.get() + outcome.completed - completed_before);
