@@ -11,6 +11,7 @@
 //! transitions to subscribed URLs. `runtime` starts the pinned
 //! shard executors, the acceptor and the watchdog.
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -82,6 +82,22 @@ fn install_panic_hook() {
     }));
 }
 
+/// Run this core's job (accepting; core `ACCEPTOR_SHARD` reports its end
+/// on `done`), then wait for the shard loop to finish.
+async fn serve_core(
+    serving: glommio::Task<()>,
+    job_rx: flume::Receiver<CoreJob>,
+    done: Option<flume::Sender<Result<(), String>>>,
+) {
+    if let Ok(job) = job_rx.recv_async().await {
+        let result = job().await;
+        if let Some(done) = done {
+            let _ = done.send(result);
+        }
+    }
+    serving.await;
+}
+
 /// Refuse to start when the data directory was made with another shard
 /// count: instances are placed by hash modulo the shard count.
 fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
@@ -148,6 +164,10 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let (publish_tx, publish_rx) = flume::unbounded::<Publication>();
     let mut job_senders = Vec::new();
     let (done_tx, done_rx) = flume::bounded::<Result<(), String>>(1);
+    let mut wiring = match &config.cluster {
+        Some(_) => Some(crate::cluster::wire(config.shards)?),
+        None => None,
+    };
     for id in 0..config.shards {
         let (job_tx, job_rx) = flume::bounded::<CoreJob>(1);
         job_senders.push(job_tx);
@@ -177,23 +197,57 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
         // Every executor is also an acceptor core; core 0's job (accepting,
         // then shutdown) reports its end (see the module comment).
         let done = (id == ACCEPTOR_SHARD).then(|| done_tx.clone());
+        // A cluster member: its group's inbox, and on the acceptor's
+        // executor the peer listener's directory.
+        let member = match (&config.cluster, wiring.as_mut()) {
+            (Some(cluster), Some(w)) => Some((
+                cluster.clone(),
+                w.inboxes[id].take().expect("one inbox per shard"),
+                (id == ACCEPTOR_SHARD).then(|| w.directory.clone()),
+            )),
+            _ => None,
+        };
         LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("shard-{id}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spin_before_park(Duration::from_micros(EXECUTOR_SPIN_BEFORE_PARK_US))
             .spawn(move || async move {
+                if let Some((cluster, inbox, directory)) = member {
+                    let peer_listener = match directory.map(|d| crate::cluster::listen(&cluster, d))
+                    {
+                        Some(Err(e)) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                        listening => listening.map(Result::ok),
+                    };
+                    let opened = crate::cluster::open_member_shard(
+                        &shard_cfg, &cluster, frontier, heartbeat, inbox,
+                    )
+                    .await;
+                    match opened {
+                        Ok(m) => {
+                            let _ = ready.send(Ok(m.report));
+                            let serving =
+                                glommio::spawn_local(m.shard.run_member(rx, Some(publisher)));
+                            serve_core(serving, job_rx, done).await;
+                            if let Err(e) = m.member.shutdown().await {
+                                tracing::warn!("shard {id}: stopping its group member: {e}");
+                            }
+                            drop((m.peers, peer_listener));
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                    return;
+                }
                 let env = shards::env::Env::os(id);
                 match Shard::open(&shard_cfg, env, frontier, heartbeat).await {
                     Ok((shard, report)) => {
                         let _ = ready.send(Ok(report));
                         let serving = glommio::spawn_local(shard.run(rx, Some(publisher)));
-                        if let Ok(job) = job_rx.recv_async().await {
-                            let result = job().await;
-                            if let Some(done) = done {
-                                let _ = done.send(result);
-                            }
-                        }
-                        serving.await;
+                        serve_core(serving, job_rx, done).await;
                     }
                     Err(e) => {
                         let _ = ready.send(Err(e));

@@ -232,6 +232,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             "answer_buffer_total_mb",
             "request_buffer_per_connection_mb",
             "http_listen",
+            "cluster",
         ])
         .first()
     {
@@ -241,7 +242,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
                 "unknown corestate setting in {} (expected shards, \
                  max_inflight_requests_per_connection, max_batch_ops, log_format, \
                  answer_buffer_per_connection_mb, answer_buffer_total_mb, \
-                 request_buffer_per_connection_mb or http_listen)",
+                 request_buffer_per_connection_mb, http_listen or cluster)",
                 path.display()
             ),
         ));
@@ -279,6 +280,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
     if let Some((key, format)) = corestate.string("log_format")? {
         c.log_format = LogFormat::parse(&key, format)?;
     }
+    c.cluster = super::cluster::from_yaml(root)?;
     Ok(())
 }
 

@@ -232,6 +232,9 @@ pub struct Config {
     pub compaction: CompactionConfig,
     /// The YAML file that was loaded, if any.
     pub config_file: Option<PathBuf>,
+    /// This node's place in a replicated cluster (`corestate.cluster`);
+    /// `None`: standalone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `tls.*`: validated for presence only; files are read later.
@@ -329,6 +332,7 @@ impl Default for Config {
                 min_interval_secs: COMPACTION_MIN_INTERVAL_SECS_DEFAULT,
             },
             config_file: None,
+            cluster: None,
         }
     }
 }
@@ -496,11 +500,13 @@ fn finish(draft: Draft) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+mod cluster;
 mod env;
 mod file;
 mod flags;
 mod values;
 
+pub use cluster::{ClusterConfig, CLUSTER_MEMBERS_MAX, CLUSTER_TOKEN_CHARS_MIN};
 use env::apply_env;
 use file::{apply_file, read_text_capped, read_yaml};
 use flags::{apply_flags, Flags};

@@ -57,6 +57,16 @@ pub fn put_machine(client: &mut RawClient, name: &str, definition: Value) {
     );
 }
 
+/// An order that is created, then paid once (PAY from `paid` is an
+/// invalid transition).
+pub fn order_definition() -> Value {
+    json!({
+        "states": ["created", "paid"],
+        "initial": "created",
+        "transitions": [{"from": "created", "event": "PAY", "to": "paid"}]
+    })
+}
+
 /// Two states and one event that flips between them: any number of applies
 /// in any order succeed, which is what load tests need.
 pub fn flip_definition() -> Value {

@@ -317,12 +317,15 @@ fn spawn_server(
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--shards", &SHARDS.to_string(), "--fsync", "every_write"])
+        .args(["--fsync", "every_write"])
         .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_for_stdout))
         .stderr(Stdio::from(log))
         .env("RUST_LOG", "info");
+    if !extra_args.iter().any(|a| a.starts_with("--shards")) {
+        cmd.args(["--shards", &SHARDS.to_string()]);
+    }
     // Nothing from the environment of the test run may configure the server.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();

@@ -21,8 +21,9 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, BasicNode, Config, ServerState};
 use serde_json::Value;
 use shards::env::Env;
-use shards::error::{EngineError, EngineResult, ErrorCode};
+use shards::error::{EngineError, EngineResult};
 use shards::machine::definition::parse_definition;
+use shards::shard::group_link::FAILOVER_ERROR_CODE;
 use shards::shard::{Command, ReplyTo, Shard, ShardConfig, ShardMsg};
 use shards::wal::{Frontier, FsyncPolicy};
 
@@ -147,7 +148,7 @@ impl LoopNode {
 /// Whether an answer is the retryable refusal of a node that cannot serve
 /// now (not the leader, no quorum, outcome unknown).
 pub fn retryable(e: &EngineError) -> bool {
-    e.code == ErrorCode::ReplicationTimeout
+    e.code == FAILOVER_ERROR_CODE && e.code.retryable()
 }
 
 /// Run `ask` on whichever running node leads, retrying the retryable

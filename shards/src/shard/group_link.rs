@@ -38,6 +38,10 @@ pub enum Leadership {
     Follower { leader: Option<u64> },
 }
 
+/// The code of a refusal a failover causes (not the leader, outcome
+/// unknown, no quorum): retryable, and one every official client parses.
+pub const FAILOVER_ERROR_CODE: ErrorCode = ErrorCode::WalIoError;
+
 /// Why the group did not take a turn or confirm a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkError {
@@ -55,28 +59,32 @@ impl LinkError {
     /// What the clients of the turn are told. Every case but a stopped
     /// member may be retried (elsewhere or later) — a write safely only
     /// with an idempotency key when the outcome is unknown.
-    /// `REPLICATION_TIMEOUT` is rstmdb 0.3's retryable replication code;
-    /// `details.leader` names the leader when known, for forwarding.
+    ///
+    /// The code is `FAILOVER_ERROR_CODE`, not rstmdb 0.3's
+    /// `REPLICATION_TIMEOUT`: the official Python client (0.2.1) cannot
+    /// parse that code (PROTOCOL.md §15 row 25) and would raise a protocol
+    /// error instead of a retryable one. `details.leader` names the leader
+    /// when known.
     pub fn to_engine_error(&self) -> EngineError {
         let (code, leader, what) = match self {
             LinkError::NotLeader { leader } => (
-                ErrorCode::ReplicationTimeout,
+                FAILOVER_ERROR_CODE,
                 *leader,
                 "this node does not lead the shard's group",
             ),
             LinkError::OutcomeUnknown { leader } => (
-                ErrorCode::ReplicationTimeout,
+                FAILOVER_ERROR_CODE,
                 *leader,
                 "the shard's leader changed before the write committed; it may or may not \
                  have been applied",
             ),
             LinkError::NoQuorum(_) => (
-                ErrorCode::ReplicationTimeout,
+                FAILOVER_ERROR_CODE,
                 None,
                 "no quorum of the shard's group answered",
             ),
             LinkError::Failed(_) => (
-                ErrorCode::ReplicationError,
+                ErrorCode::InternalError,
                 None,
                 "the shard's group member stopped",
             ),

@@ -41,7 +41,9 @@ use super::command::{Command, ShardMsg};
 use super::events::Publication;
 use super::group_link::{Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
 use super::replay::{ReplayCounts, TxnLog};
-use super::runner::{Deferred, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US};
+use super::runner::{
+    Deferred, OpenReport, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US,
+};
 use super::state::ShardState;
 use crate::env::Env;
 use crate::error::EngineError;
@@ -115,6 +117,22 @@ impl Shard {
             own_index: None,
         });
         shard
+    }
+
+    /// What the server's start-up reads of a shard, for a member: its
+    /// state comes from the group (delivered after start), not from a scan.
+    pub fn member_report(&self) -> OpenReport {
+        OpenReport {
+            shard: self.state.shard_id,
+            counts: ReplayCounts::default(),
+            scan: Default::default(),
+            instances_active: self.state.active_instances,
+            machines: self.state.machines.iter().cloned().collect(),
+            in_doubt: Vec::new(),
+            committed: Default::default(),
+            snapshot_covered: None,
+            watermark: self.wal.clock().watermark(),
+        }
     }
 
     fn member(&self) -> &MemberSide {

@@ -1,0 +1,176 @@
+//! A node of a replicated cluster (`corestate.cluster`, issue 14): every
+//! shard is a member of its Raft group (`corestate_raft::shard_group`),
+//! run by the shard loop as a member (`shards::shard::replica`).
+//!
+//! What this file sets up, per node:
+//! * the **peer listener** on the acceptor's executor, with a directory
+//!   that hands each group's calls to its shard's executor (one bounded
+//!   mailbox per group: the one explicit cross-core hop);
+//! * per shard, on the shard's executor: a **peer pool** (glommio sockets
+//!   cannot cross threads), the group member (its log in
+//!   `shard-NNN/raft/log`, its snapshots in `shard-NNN/raft/snapshots`),
+//!   and the shard loop fed by it;
+//! * a member whose log is empty **initializes** its group with the
+//!   configured members (openraft allows every member to do so with the
+//!   same list; one leader is elected).
+//!
+//! Requests reach any node; a shard that does not lead its group answers
+//! with a retryable `WAL_IO_ERROR` naming the leader (`details.leader`) (forwarding to
+//! the leader is not built yet).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use corestate_raft::log_store::WalLogOptions;
+use corestate_raft::net::{
+    group_mailbox, ClusterCredentials, GroupDirectory, GroupInbox, PeerPool, PeerServer,
+};
+use corestate_raft::shard_group::{start_loop_member, GroupMember, LoopMachine, MemberSetup};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use shards::env::Env;
+use shards::shard::{OpenReport, Shard, ShardConfig};
+use shards::wal::Frontier;
+
+use crate::config::ClusterConfig;
+
+/// Committed entries between a group's snapshots. Each snapshot lets the
+/// log before it be deleted; a member that falls further behind than the
+/// log kept catches up from the snapshot.
+pub const RAFT_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// Entries kept in the log behind a snapshot, for followers slightly behind.
+pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
+
+/// The per-shard mailboxes of the peer listener's directory, before the
+/// executors start: the directory goes to the acceptor's executor, each
+/// inbox to its shard's.
+pub struct PeerWiring {
+    pub directory: Arc<GroupDirectory>,
+    pub inboxes: Vec<Option<GroupInbox>>,
+}
+
+pub fn wire(shards: usize) -> Result<PeerWiring, String> {
+    let mut directory = GroupDirectory::new();
+    let mut inboxes = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let (mailbox, inbox) = group_mailbox();
+        directory
+            .register(shard as u64, mailbox)
+            .map_err(|e| format!("cannot register shard {shard}'s group: {e}"))?;
+        inboxes.push(Some(inbox));
+    }
+    Ok(PeerWiring {
+        directory: Arc::new(directory),
+        inboxes,
+    })
+}
+
+fn credentials(cluster: &ClusterConfig) -> ClusterCredentials {
+    ClusterCredentials::new(&cluster.name, &cluster.token, cluster.node_id)
+}
+
+/// Start the peer listener on the calling executor (the acceptor's).
+pub fn listen(
+    cluster: &ClusterConfig,
+    directory: Arc<GroupDirectory>,
+) -> Result<PeerServer, String> {
+    PeerServer::start(
+        &cluster.peer_listen.to_string(),
+        credentials(cluster),
+        directory,
+    )
+    .map_err(|e| format!("cannot listen for peers on {}: {e}", cluster.peer_listen))
+}
+
+fn raft_config(cluster: &ClusterConfig) -> Result<Arc<openraft::Config>, String> {
+    let config = openraft::Config {
+        cluster_name: cluster.name.clone(),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(RAFT_SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
+        ..openraft::Config::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| format!("Raft settings: {e}"))
+}
+
+/// A shard started as a member of its group, on the calling executor.
+pub struct MemberShard {
+    pub shard: Shard,
+    pub report: OpenReport,
+    pub member: GroupMember<LoopMachine>,
+    /// Keeps this executor's links to the other members.
+    pub peers: Rc<PeerPool>,
+}
+
+/// Start shard `cfg.id` as a member of its group (on its executor).
+pub async fn open_member_shard(
+    cfg: &ShardConfig,
+    cluster: &ClusterConfig,
+    frontier: Frontier,
+    heartbeat: Arc<AtomicU64>,
+    inbox: GroupInbox,
+) -> Result<MemberShard, String> {
+    let peers = PeerPool::new(credentials(cluster));
+    for (&id, peer) in &cluster.members {
+        if id != cluster.node_id {
+            peers.set_address(id, peer.to_string());
+        }
+    }
+    let raft_dir = cfg.dir.join("raft");
+    let (log_dir, snapshot_dir) = (raft_dir.join("log"), raft_dir.join("snapshots"));
+    let setup = MemberSetup {
+        node_id: cluster.node_id,
+        shard: cfg.id,
+        log_dir: &log_dir,
+        snapshot_dir: &snapshot_dir,
+        log: WalLogOptions {
+            shard: cfg.id,
+            fsync: cfg.fsync,
+            segment_size_bytes: cfg.segment_size_bytes,
+        },
+        allow_instance_recreate: cfg.allow_instance_recreate,
+        raft_config: raft_config(cluster)?,
+    };
+    let (member, link, deliveries, log_report) =
+        start_loop_member(setup, Env::os(cfg.id), &peers, inbox).await?;
+    if log_report.last_log_id.is_none() && log_report.last_purged.is_none() {
+        initialize(&member, cluster, cfg.id, &raft_dir).await?;
+    }
+    let shard = Shard::open_member(cfg, Env::os(cfg.id), frontier, heartbeat, link, deliveries);
+    let report = shard.member_report();
+    Ok(MemberShard {
+        shard,
+        report,
+        member,
+        peers,
+    })
+}
+
+/// Start a pristine member's group with the configured members.
+async fn initialize(
+    member: &GroupMember<LoopMachine>,
+    cluster: &ClusterConfig,
+    shard: usize,
+    raft_dir: &Path,
+) -> Result<(), String> {
+    let voters: BTreeMap<u64, BasicNode> = cluster
+        .members
+        .iter()
+        .map(|(&id, peer)| (id, BasicNode::new(peer.to_string())))
+        .collect();
+    match member.raft().initialize(voters).await {
+        Ok(()) => Ok(()),
+        // The member has a log after all (a vote, or entries from a
+        // leader that reached it first): nothing to do.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(format!(
+            "shard {shard}: cannot initialize the group in {}: {e}",
+            raft_dir.display()
+        )),
+    }
+}

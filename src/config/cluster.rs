@@ -1,0 +1,256 @@
+//! `corestate.cluster`: this node's place in a replicated cluster (issue
+//! 14). Absent: the node runs standalone, exactly as without it.
+//!
+//! ```yaml
+//! corestate:
+//!   cluster:
+//!     node_id: 1
+//!     name: orders              # every member's must match
+//!     token: "a long secret"    # or token_file: /run/secrets/cluster
+//!     peer_listen: 0.0.0.0:7501 # the port other members call
+//!     members:                # every member's peer address
+//!       - {id: 1, peer: 10.0.0.1:7501}
+//!       - {id: 2, peer: 10.0.0.2:7501}
+//!       - {id: 3, peer: 10.0.0.3:7501}
+//! ```
+//!
+//! Every member lists the same members; each shard is a Raft group with a
+//! replica on each. A member whose log is empty starts its groups with
+//! that membership (openraft allows every member to do so with the same
+//! list).
+
+use std::collections::BTreeMap;
+
+use super::file::read_text_capped;
+use super::values::{kind, parse_addr, type_error};
+use super::*;
+
+/// Members a cluster may list.
+pub const CLUSTER_MEMBERS_MAX: usize = 7;
+/// Shortest cluster token accepted: a guessable token lets anyone on the
+/// network join the groups.
+pub const CLUSTER_TOKEN_CHARS_MIN: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub name: String,
+    pub token: String,
+    pub peer_listen: SocketAddr,
+    /// Every member's peer address (its own included).
+    pub members: BTreeMap<u64, SocketAddr>,
+}
+
+fn field<'a>(map: &'a Mapping, path: &str, key: &str) -> Option<(String, &'a Value)> {
+    match map.get(key) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some((format!("{path}.{key}"), v)),
+    }
+}
+
+fn required<'a>(
+    map: &'a Mapping,
+    path: &str,
+    key: &str,
+) -> Result<(String, &'a Value), ConfigError> {
+    field(map, path, key)
+        .ok_or_else(|| ConfigError::new(format!("{path}.{key}"), "required in a cluster"))
+}
+
+fn as_str<'a>(key: &str, value: &'a Value) -> Result<&'a str, ConfigError> {
+    value
+        .as_str()
+        .ok_or_else(|| type_error(key, "a string", value))
+}
+
+fn as_id(key: &str, value: &Value) -> Result<u64, ConfigError> {
+    match value.as_u64() {
+        Some(id) if id >= 1 => Ok(id),
+        _ => Err(type_error(key, "a node id (an integer ≥ 1)", value)),
+    }
+}
+
+fn as_map<'a>(key: &str, value: &'a Value) -> Result<&'a Mapping, ConfigError> {
+    match value {
+        Value::Mapping(m) => Ok(m),
+        other => Err(type_error(key, "a mapping", other)),
+    }
+}
+
+fn check_keys(map: &Mapping, path: &str, known: &[&str]) -> Result<(), ConfigError> {
+    for k in map.keys() {
+        let name = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+        if !known.contains(&name.as_str()) {
+            return Err(ConfigError::new(
+                format!("{path}.{name}"),
+                format!("unknown cluster setting (expected {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `corestate.cluster` from the file's root, if present.
+pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigError> {
+    const PATH: &str = "corestate.cluster";
+    let Some(value) = root.get("corestate").and_then(|c| c.get("cluster")) else {
+        return Ok(None);
+    };
+    if value.is_null() {
+        return Ok(None);
+    }
+    let map = as_map(PATH, value)?;
+    check_keys(
+        map,
+        PATH,
+        &[
+            "node_id",
+            "name",
+            "token",
+            "token_file",
+            "peer_listen",
+            "members",
+        ],
+    )?;
+    let (key, v) = required(map, PATH, "node_id")?;
+    let node_id = as_id(&key, v)?;
+    let (key, v) = required(map, PATH, "name")?;
+    let name = as_str(&key, v)?.to_string();
+    if name.is_empty() {
+        return Err(ConfigError::new(key, "must not be empty"));
+    }
+    let token = match (field(map, PATH, "token"), field(map, PATH, "token_file")) {
+        (Some((key, v)), None) => (key.clone(), as_str(&key, v)?.to_string()),
+        (None, Some((key, v))) => {
+            let path = PathBuf::from(as_str(&key, v)?);
+            let text = read_text_capped(&path, SECRETS_FILE_SIZE_BYTES_MAX)
+                .map_err(|m| ConfigError::new(&key, format!("{}: {m}", path.display())))?;
+            (key, text.trim().to_string())
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{PATH}.token"),
+                "give token or token_file, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                format!("{PATH}.token"),
+                "required in a cluster (or token_file)",
+            ))
+        }
+    };
+    if token.1.chars().count() < CLUSTER_TOKEN_CHARS_MIN {
+        return Err(ConfigError::new(
+            token.0,
+            format!("shorter than {CLUSTER_TOKEN_CHARS_MIN} characters"),
+        ));
+    }
+    let (key, v) = required(map, PATH, "peer_listen")?;
+    let peer_listen = parse_addr(&key, as_str(&key, v)?)?;
+    let (key, v) = required(map, PATH, "members")?;
+    let Value::Sequence(list) = v else {
+        return Err(type_error(key, "a list of members", v));
+    };
+    let mut members = BTreeMap::new();
+    for (i, item) in list.iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        let m = as_map(&path, item)?;
+        check_keys(m, &path, &["id", "peer"])?;
+        let (k, v) = required(m, &path, "id")?;
+        let id = as_id(&k, v)?;
+        let (k, v) = required(m, &path, "peer")?;
+        let peer = parse_addr(&k, as_str(&k, v)?)?;
+        if members.insert(id, peer).is_some() {
+            return Err(ConfigError::new(path, format!("node id {id} listed twice")));
+        }
+    }
+    if members.is_empty() || members.len() > CLUSTER_MEMBERS_MAX {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "a cluster lists 1 to {CLUSTER_MEMBERS_MAX} members, found {} ({})",
+                members.len(),
+                kind(v)
+            ),
+        ));
+    }
+    if !members.contains_key(&node_id) {
+        return Err(ConfigError::new(
+            format!("{PATH}.node_id"),
+            format!("node {node_id} is not among the members"),
+        ));
+    }
+    Ok(Some(ClusterConfig {
+        node_id,
+        name,
+        token: token.1,
+        peer_listen,
+        members,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<ClusterConfig>, ConfigError> {
+        from_yaml(&serde_yaml::from_str(text).unwrap())
+    }
+
+    const GOOD: &str = "
+corestate:
+  cluster:
+    node_id: 2
+    name: orders
+    token: 0123456789abcdef-token
+    peer_listen: 127.0.0.1:7502
+    members:
+      - {id: 1, peer: 127.0.0.1:7501}
+      - {id: 2, peer: 127.0.0.1:7502}
+";
+
+    #[test]
+    fn a_cluster_section_parses_and_its_absence_is_standalone() {
+        let c = parse(GOOD).unwrap().expect("a cluster");
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.members.len(), 2);
+        assert_eq!(c.members[&1], "127.0.0.1:7501".parse().unwrap());
+        assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);
+        assert_eq!(parse("{}").unwrap(), None);
+    }
+
+    #[test]
+    fn each_mistake_is_named_by_its_key() {
+        let cases = [
+            (
+                GOOD.replace("node_id: 2", "node_id: 9"),
+                "corestate.cluster.node_id",
+            ),
+            (
+                GOOD.replace("0123456789abcdef-token", "short"),
+                "corestate.cluster.token",
+            ),
+            (
+                GOOD.replace("{id: 1,", "{id: 2,"),
+                "corestate.cluster.members[1]",
+            ),
+            (
+                GOOD.replace("peer_listen", "peer_lisen"),
+                "corestate.cluster.peer_lisen",
+            ),
+            (
+                GOOD.replace("peer: 127.0.0.1:7501", "peer: nowhere"),
+                "corestate.cluster.members[0].peer",
+            ),
+            (
+                GOOD.replace("    name: orders\n", ""),
+                "corestate.cluster.name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
+    }
+}
