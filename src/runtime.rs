@@ -305,7 +305,10 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let shared = Shared {
         cores,
         router: Router::new(mailboxes.clone()),
-        catalog: Arc::new(Catalog::new(config.max_machine_versions)),
+        catalog: Arc::new(Catalog::new(
+            config.max_machine_versions,
+            config.cluster.is_some(),
+        )),
         tokens: Arc::new(TokenSet::new(
             config.auth_required,
             &config.auth_token_hashes,

@@ -33,6 +33,8 @@ pub struct Catalog {
     machines: Mutex<BTreeMap<String, BTreeMap<u32, Entry>>>,
     /// 0 = unlimited.
     max_versions_per_machine: u32,
+    /// The shards are members of replicated groups (`refresh`).
+    clustered: bool,
 }
 
 fn version_exists(machine: &str, version: u32) -> EngineError {
@@ -52,11 +54,29 @@ fn put_result(created: bool, def: &MachineDef) -> Vec<u8> {
 }
 
 impl Catalog {
-    pub fn new(max_versions_per_machine: u32) -> Self {
+    /// `clustered`: the shards are members of replicated groups, so a
+    /// machine may have been installed through another node; the catalog
+    /// then reads the group's machines before it answers (`refresh`).
+    pub fn new(max_versions_per_machine: u32, clustered: bool) -> Self {
         Catalog {
             machines: Mutex::new(BTreeMap::new()),
             max_versions_per_machine,
+            clustered,
         }
+    }
+
+    /// On a cluster node, learn the machines shard 0's group has installed
+    /// (through its leader, linearizably: every shard gets every machine,
+    /// so shard 0's are all of them). A node that cannot reach the leader
+    /// answers with the group's retryable refusal. Standalone: nothing to
+    /// learn, every install went through this catalog.
+    pub async fn refresh(&self, router: &Router) -> EngineResult<()> {
+        if !self.clustered {
+            return Ok(());
+        }
+        let defs = router.ask(0, |done| ShardMsg::Machines { done }).await??;
+        self.load(defs);
+        Ok(())
     }
 
     /// The map, locked. A panic aborts the process (`runtime`), so a
@@ -104,6 +124,7 @@ impl Catalog {
         version: u32,
         definition: &Value,
     ) -> EngineResult<Vec<u8>> {
+        self.refresh(router).await?;
         // 1. Version limit, for versions not yet known.
         {
             let machines = self.machines();

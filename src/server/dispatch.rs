@@ -132,8 +132,8 @@ pub async fn run_op(
         // PUT_MACHINE is awaited in line: later requests on this connection
         // (a CREATE of the new machine, say) must find it installed.
         Op::PutMachine => answer(reply, machine_ops::put_machine(ctx, params).await),
-        Op::GetMachine => answer(reply, machine_ops::get_machine(ctx, params)),
-        Op::ListMachines => answer(reply, machine_ops::list_machines(ctx)),
+        Op::GetMachine => answer(reply, machine_ops::get_machine_fresh(ctx, params).await),
+        Op::ListMachines => answer(reply, machine_ops::list_machines_fresh(ctx).await),
         Op::CreateInstance => to_shard(ctx, instance_ops::create(params), reply),
         Op::GetInstance => to_shard(ctx, instance_ops::get(params), reply),
         Op::DeleteInstance => to_shard(ctx, instance_ops::delete(params), reply),

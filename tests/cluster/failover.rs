@@ -60,6 +60,19 @@ fn every_acknowledged_write_survives_the_loss_of_the_leader() {
         let expected = if i < 5 { "paid" } else { "created" };
         assert_eq!(state_on_leader(&mut cluster, &instance(i)), expected, "{i}");
     }
+    // The machine installed through the first leader is known to the
+    // second (its catalog reads the group's), and the same definition put
+    // again is the existing version, not a conflict.
+    let (_, machine) =
+        cluster.ok_on_leader("GET_MACHINE", json!({"machine": "order", "version": 1}));
+    assert_eq!(machine["definition"]["initial"], "created", "{machine}");
+    let (_, listed) = cluster.ok_on_leader("LIST_MACHINES", json!({}));
+    assert_eq!(listed["items"][0]["machine"], "order", "{listed}");
+    let (_, put) = cluster.ok_on_leader(
+        "PUT_MACHINE",
+        json!({"machine": "order", "version": 1, "definition": order_definition()}),
+    );
+    assert_eq!(put["created"], false, "{put}");
     for i in 5..10 {
         let params = json!({"instance_id": instance(i), "event": "PAY",
                             "idempotency_key": format!("pay-{i}")});

@@ -186,6 +186,11 @@ pub enum ShardMsg {
     },
     /// A client's answer budget came back: run the requests parked on it.
     Unpark,
+    /// The machines this shard has installed (a cluster node's catalog
+    /// reads them from the group, through its leader).
+    Machines {
+        done: flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>,
+    },
     Stats {
         done: flume::Sender<ShardStats>,
     },

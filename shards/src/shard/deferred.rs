@@ -8,11 +8,17 @@ use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardStats};
 use super::log_read::{EntryChunk, EventChunk};
 use super::runner::Shard;
 use crate::error::EngineResult;
+use crate::machine::definition::MachineDef;
+use std::sync::Arc;
 
 /// One answer owed, with where it goes.
 pub(super) enum Deferred {
     Conn(ReplyTo, EngineResult<Vec<u8>>, Option<Charge>),
     Install(flume::Sender<EngineResult<bool>>, EngineResult<bool>),
+    Machines(
+        flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>,
+        EngineResult<Vec<Arc<MachineDef>>>,
+    ),
     List(flume::Sender<ListPage>, ListPage),
     Stats(flume::Sender<ShardStats>),
     Vote(flume::Sender<BatchVote>, BatchVote),
@@ -46,6 +52,9 @@ impl Shard {
                 });
             }
             Deferred::Install(done, r) => {
+                let _ = done.send(r);
+            }
+            Deferred::Machines(done, r) => {
                 let _ = done.send(r);
             }
             Deferred::List(done, page) => {

@@ -465,6 +465,9 @@ impl Shard {
             Deferred::Install(done, _) => {
                 let _ = done.send(Err(error.clone()));
             }
+            Deferred::Machines(done, _) => {
+                let _ = done.send(Err(error.clone()));
+            }
             // No error to carry: the asker sees its reply channel close.
             Deferred::List(..) => {}
             other => self.answer(other),
@@ -494,7 +497,10 @@ fn advance_position(
 fn needs_leader(msg: &ShardMsg) -> bool {
     matches!(
         msg,
-        ShardMsg::Exec { .. } | ShardMsg::InstallMachine { .. } | ShardMsg::List { .. }
+        ShardMsg::Exec { .. }
+            | ShardMsg::InstallMachine { .. }
+            | ShardMsg::List { .. }
+            | ShardMsg::Machines { .. }
     )
 }
 
@@ -535,6 +541,7 @@ fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
             deferred.push(Deferred::Conn(reply, body, charge));
         }
         ShardMsg::InstallMachine { done, .. } => deferred.push(Deferred::Install(done, Err(error))),
+        ShardMsg::Machines { done } => deferred.push(Deferred::Machines(done, Err(error))),
         ShardMsg::AtomicBatch { done, .. } | ShardMsg::Prepare { done, .. } => {
             deferred.push(Deferred::Vote(done, BatchVote::No(0, error)))
         }

@@ -443,6 +443,10 @@ impl Shard {
                 deferred.push(Deferred::List(done, page));
             }
             ShardMsg::Unpark => self.wake_waiting = true,
+            ShardMsg::Machines { done } => {
+                let machines = self.state.machines.iter().cloned().collect();
+                deferred.push(Deferred::Machines(done, Ok(machines)));
+            }
             ShardMsg::Stats { done } => deferred.push(Deferred::Stats(done)),
             #[cfg(test)]
             ShardMsg::Audit { done } => {

@@ -19,6 +19,20 @@ pub async fn put_machine(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8
         .await
 }
 
+/// GET_MACHINE after the catalog learned what the cluster installed (on a
+/// standalone node, the same as `get_machine`).
+pub async fn get_machine_fresh(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
+    ctx.catalog.refresh(&ctx.router).await?;
+    get_machine(ctx, params)
+}
+
+/// LIST_MACHINES after the catalog learned what the cluster installed.
+pub async fn list_machines_fresh(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
+    ctx.catalog.refresh(&ctx.router).await?;
+    list_machines(ctx)
+}
+
+/// GET_MACHINE from what the catalog knows (inside a batch: no wait).
 pub fn get_machine(ctx: &ServerCtx, params: &Value) -> EngineResult<Vec<u8>> {
     let p = Params::strict(params, "GetMachineParams")?;
     let machine = p.str("machine")?;
