@@ -8,4 +8,5 @@
 mod support;
 
 mod failover;
+mod failover_time;
 mod harness;
