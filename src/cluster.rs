@@ -14,9 +14,10 @@
 //!   configured members (openraft allows every member to do so with the
 //!   same list; one leader is elected).
 //!
-//! Requests reach any node; a shard that does not lead its group answers
-//! with a retryable `WAL_IO_ERROR` naming the leader (`details.leader`) (forwarding to
-//! the leader is not built yet).
+//! Requests reach any node: a shard that does not lead its group forwards
+//! what needs the leader to it over the peer transport and relays the
+//! answer (`corestate_raft::shard_group`'s `forward.rs`); while no leader
+//! is known it answers with a retryable `WAL_IO_ERROR`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +33,7 @@ use corestate_raft::shard_group::{start_loop_member, GroupMember, LoopMachine, M
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use shards::env::Env;
-use shards::shard::{OpenReport, Shard, ShardConfig};
+use shards::shard::{OpenReport, Shard, ShardConfig, ShardMsg};
 use shards::wal::Frontier;
 
 use crate::config::ClusterConfig;
@@ -114,6 +115,7 @@ pub async fn open_member_shard(
     frontier: Frontier,
     heartbeat: Arc<AtomicU64>,
     inbox: GroupInbox,
+    mailbox: flume::Sender<ShardMsg>,
 ) -> Result<MemberShard, String> {
     let peers = PeerPool::new(credentials(cluster));
     for (&id, peer) in &cluster.members {
@@ -137,7 +139,7 @@ pub async fn open_member_shard(
         raft_config: raft_config(cluster)?,
     };
     let (member, link, deliveries, log_report) =
-        start_loop_member(setup, Env::os(cfg.id), &peers, inbox).await?;
+        start_loop_member(setup, Env::os(cfg.id), &peers, inbox, mailbox).await?;
     if log_report.last_log_id.is_none() && log_report.last_purged.is_none() {
         initialize(&member, cluster, cfg.id, &raft_dir).await?;
     }

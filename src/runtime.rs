@@ -172,6 +172,10 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
         let (job_tx, job_rx) = flume::bounded::<CoreJob>(1);
         job_senders.push(job_tx);
         let (tx, rx) = flume::unbounded::<ShardMsg>();
+        // A cluster member's group server puts forwarded operations here
+        // (a standalone shard keeps no sender of its own: its loop ends
+        // when the server's are gone).
+        let own_mailbox = config.cluster.as_ref().map(|_| tx.clone());
         mailboxes.push(tx);
         let heartbeat = Arc::new(AtomicU64::new(0));
         heartbeats.push(heartbeat.clone());
@@ -222,7 +226,12 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                         listening => listening.map(Result::ok),
                     };
                     let opened = crate::cluster::open_member_shard(
-                        &shard_cfg, &cluster, frontier, heartbeat, inbox,
+                        &shard_cfg,
+                        &cluster,
+                        frontier,
+                        heartbeat,
+                        inbox,
+                        own_mailbox.expect("a cluster member's mailbox"),
                     )
                     .await;
                     match opened {

@@ -2,7 +2,7 @@
 //! real shard loop (`Shard::run_member`) over its group member (WAL log,
 //! `every_write`, peers over TCP), driven with the server's own shard
 //! messages. The leader's loop executes and proposes its turns; followers'
-//! loops replay them; followers refuse with the leader's id; a stopped
+//! loops replay them and forward what needs the leader to it; a stopped
 //! leader is replaced and its successor has every acknowledged write; a
 //! leader cut off from its quorum tells its clients the outcome is unknown,
 //! rebuilds from the committed log and stays consistent with the group.
@@ -194,16 +194,13 @@ fn writes_on_the_leader_replay_on_followers_and_survive_its_loss() {
     assert_eq!(paid["to_state"], "paid", "{paid}");
     let first_offset = offset_of(&paid);
 
-    // A follower refuses, naming the leader; its loop answers what needs
-    // no leader.
+    // A follower forwards what needs the leader to it and relays the
+    // answer; its loop answers what needs no leader itself.
     let follower = cluster.nodes.values().find(|n| n.id != first).unwrap();
-    let refused = follower.exec(get("o-1")).expect_err("a follower refuses");
-    assert!(retryable(&refused), "{refused:?}");
-    let named = refused
-        .details
-        .as_ref()
-        .and_then(|d| d.get("leader").cloned());
-    assert_eq!(named, Some(json!(first)), "{refused:?}");
+    let via_follower = follower.exec(get("o-1")).expect("forwarded to the leader");
+    assert_eq!(state_of(&via_follower), "paid", "{via_follower}");
+    let created = follower.exec(create("o-3")).expect("a create forwarded");
+    assert_eq!(created["instance_id"], "o-3", "{created}");
     assert!(follower.shard_answers());
 
     // The leader goes; its successor's loop replayed every write.

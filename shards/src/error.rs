@@ -31,6 +31,29 @@ pub enum ErrorCode {
     ReplicationError,
 }
 
+/// Every code, for looking one up by name.
+const ALL_CODES: [ErrorCode; 19] = [
+    ErrorCode::UnsupportedProtocol,
+    ErrorCode::BadRequest,
+    ErrorCode::Unauthorized,
+    ErrorCode::AuthFailed,
+    ErrorCode::NotFound,
+    ErrorCode::MachineNotFound,
+    ErrorCode::MachineVersionExists,
+    ErrorCode::MachineVersionLimitExceeded,
+    ErrorCode::InstanceNotFound,
+    ErrorCode::InstanceExists,
+    ErrorCode::InvalidTransition,
+    ErrorCode::GuardFailed,
+    ErrorCode::Conflict,
+    ErrorCode::WalIoError,
+    ErrorCode::InternalError,
+    ErrorCode::RateLimited,
+    ErrorCode::ReadOnlyMode,
+    ErrorCode::ReplicationTimeout,
+    ErrorCode::ReplicationError,
+];
+
 impl ErrorCode {
     /// The wire name (`"INSTANCE_NOT_FOUND"`).
     pub fn as_str(self) -> &'static str {
@@ -55,6 +78,11 @@ impl ErrorCode {
             ErrorCode::ReplicationTimeout => "REPLICATION_TIMEOUT",
             ErrorCode::ReplicationError => "REPLICATION_ERROR",
         }
+    }
+
+    /// The code of a wire name (`"INSTANCE_NOT_FOUND"`).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ALL_CODES.iter().copied().find(|c| c.as_str() == name)
     }
 
     /// Derived solely from the code, as in 0.3.
@@ -149,6 +177,15 @@ mod tests {
         assert!(ErrorCode::InternalError.retryable());
         assert!(!ErrorCode::BadRequest.retryable());
         assert!(!ErrorCode::GuardFailed.retryable());
+    }
+
+    #[test]
+    fn every_code_is_found_by_its_name_and_nothing_else() {
+        for code in ALL_CODES {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_name("SYNC_TIMEOUT"), None);
+        assert_eq!(ErrorCode::from_name("bad_request"), None);
     }
 
     #[test]

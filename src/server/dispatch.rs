@@ -128,7 +128,7 @@ pub async fn run_op(
             return Flow::Close;
         }
         Op::Info => answer(reply, session_ops::info(ctx)),
-        Op::ReplicationStatus => answer(reply, session_ops::replication_status()),
+        Op::ReplicationStatus => answer(reply, session_ops::replication_status(ctx).await),
         // PUT_MACHINE is awaited in line: later requests on this connection
         // (a CREATE of the new machine, say) must find it installed.
         Op::PutMachine => answer(reply, machine_ops::put_machine(ctx, params).await),

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::support::{fresh_port, RawClient, Server};
@@ -20,7 +20,7 @@ use crate::support::{fresh_port, RawClient, Server};
 pub const CLUSTER_SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between attempts while looking for the leader.
 pub const LEADER_POLL: Duration = Duration::from_millis(25);
-/// The code a node refuses with when it does not lead (retryable).
+/// The code a node answers with while no leader is known (retryable).
 pub const NOT_LEADER_CODE: &str = "WAL_IO_ERROR";
 pub const CLUSTER_TOKEN: &str = "cluster-tests-token-0123456789";
 
@@ -56,9 +56,10 @@ impl Cluster {
     }
 
     /// Send `op` to each running node in turn until one answers other than
-    /// "not the leader"; that node's id and its response envelope. Retries
-    /// until `CLUSTER_SETTLE_TIMEOUT`.
-    pub fn call_on_leader(&mut self, op: &str, params: Value) -> (u64, Value) {
+    /// with the failover refusal (any node serves any request: a follower
+    /// forwards to the leader); that node's id and its response envelope.
+    /// Retries until `CLUSTER_SETTLE_TIMEOUT`.
+    pub fn call_anywhere(&mut self, op: &str, params: Value) -> (u64, Value) {
         let started = Instant::now();
         loop {
             for (&id, server) in self.nodes.iter_mut() {
@@ -72,21 +73,66 @@ impl Cluster {
             }
             assert!(
                 started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
-                "no node led within {CLUSTER_SETTLE_TIMEOUT:?} ({op} {params})"
+                "no node answered within {CLUSTER_SETTLE_TIMEOUT:?} ({op} {params})"
             );
             std::thread::sleep(LEADER_POLL);
         }
     }
 
-    /// As `call_on_leader`, for a request that must succeed: the leader and
-    /// the result.
-    pub fn ok_on_leader(&mut self, op: &str, params: Value) -> (u64, Value) {
-        let (id, response) = self.call_on_leader(op, params.clone());
+    /// As `call_anywhere`, for a request that must succeed: the node that
+    /// answered and the result.
+    pub fn ok_anywhere(&mut self, op: &str, params: Value) -> (u64, Value) {
+        let (id, response) = self.call_anywhere(op, params.clone());
         assert_eq!(
             response["status"], "ok",
             "{op} {params} on node {id}: {response}"
         );
         (id, response["result"].clone())
+    }
+
+    /// `op` on node `id`, which must answer it (forwarding if it does not
+    /// lead); retried while the cluster is between leaders.
+    pub fn ok_on(&mut self, id: u64, op: &str, params: Value) -> Value {
+        let started = Instant::now();
+        loop {
+            let response = self.raw(id).call(op, params.clone());
+            if response["error"]["code"] != NOT_LEADER_CODE
+                || started.elapsed() > CLUSTER_SETTLE_TIMEOUT
+            {
+                assert_eq!(
+                    response["status"], "ok",
+                    "{op} {params} on node {id}: {response}"
+                );
+                return response["result"].clone();
+            }
+            std::thread::sleep(LEADER_POLL);
+        }
+    }
+
+    /// The node that leads shard 0's group, as every running node's
+    /// REPLICATION_STATUS agrees.
+    pub fn leader(&mut self) -> u64 {
+        let started = Instant::now();
+        loop {
+            let mut seen = Vec::new();
+            for (_, server) in self.nodes.iter_mut() {
+                if server.is_running() {
+                    let status = server.raw().ok("REPLICATION_STATUS", json!({}));
+                    seen.push(status["shards"][0]["leader"].as_u64());
+                }
+            }
+            if let Some(Some(leader)) = seen.first().copied() {
+                let agreed = seen.iter().all(|s| *s == Some(leader));
+                if agreed && self.nodes.get_mut(&leader).is_some_and(|s| s.is_running()) {
+                    return leader;
+                }
+            }
+            assert!(
+                started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+                "no agreed leader within {CLUSTER_SETTLE_TIMEOUT:?}: {seen:?}"
+            );
+            std::thread::sleep(LEADER_POLL);
+        }
     }
 
     pub fn raw(&self, id: u64) -> RawClient {

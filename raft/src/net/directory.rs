@@ -17,6 +17,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use futures_channel::oneshot;
@@ -39,6 +41,12 @@ pub const GROUP_CALLS_IN_FLIGHT_MAX: usize = 256;
 
 /// What a group answers: the answer frame's body, or an error.
 pub type GroupAnswer = Result<Vec<u8>, ErrorBody>;
+
+/// What a group serves beside Raft's calls: `ShardCall` frames (client
+/// operations forwarded to the leader, `shard_group::forward`), given the
+/// frame's body. The returned future must have done everything that
+/// orders the call (queued it) before it is first polled's first await.
+pub type ShardCalls = Rc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = GroupAnswer>>>>;
 
 /// One request on its way to a group, with the channel for its answer.
 pub struct GroupCall {
@@ -122,6 +130,20 @@ where
     SM: RaftStateMachine<C>,
     SM::SnapshotData: SnapshotWire,
 {
+    serve_group_with(raft, inbox, None).await
+}
+
+/// As [`serve_group`], also serving `ShardCall` frames with `shard_calls`
+/// (refused as bad requests without it).
+pub async fn serve_group_with<C, SM>(
+    raft: Raft<C, SM>,
+    inbox: GroupInbox,
+    shard_calls: Option<ShardCalls>,
+) where
+    C: RaftTypeConfig<NodeId = u64>,
+    SM: RaftStateMachine<C>,
+    SM::SnapshotData: SnapshotWire,
+{
     let reassembler = Rc::new(RefCell::new(SnapshotReassembler::default()));
     let slots = Rc::new(glommio::sync::Semaphore::new(
         GROUP_CALLS_IN_FLIGHT_MAX as u64,
@@ -130,6 +152,20 @@ where
         let Ok(slot) = slots.acquire_static_permit(1).await else {
             return;
         };
+        if call.kind == FrameKind::ShardCall {
+            // Called here, in arrival order, so that it queues the
+            // operation before the next call is taken (see the type).
+            let answer = match &shard_calls {
+                Some(serve) => serve(call.body),
+                None => Box::pin(async { Err(bad_request("no shard calls served here")) }),
+            };
+            glommio::spawn_local(async move {
+                let _ = call.reply.send(answer.await);
+                drop(slot);
+            })
+            .detach();
+            continue;
+        }
         let (raft, reassembler) = (raft.clone(), reassembler.clone());
         glommio::spawn_local(async move {
             let answer =

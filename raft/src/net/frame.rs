@@ -59,6 +59,9 @@ pub enum FrameKind {
     SnapshotChunk = 19,
     /// A request for `handle_transfer_leader`.
     TransferLeader = 20,
+    /// A client operation forwarded to the group's leader
+    /// (`shard_group::forward`).
+    ShardCall = 21,
     /// The answer to the request with the same request id.
     Answer = 32,
     /// An error answer (or a handshake refusal): a JSON `ErrorBody`.
@@ -75,6 +78,7 @@ impl FrameKind {
             18 => FrameKind::PreVote,
             19 => FrameKind::SnapshotChunk,
             20 => FrameKind::TransferLeader,
+            21 => FrameKind::ShardCall,
             32 => FrameKind::Answer,
             33 => FrameKind::Error,
             _ => return None,
@@ -90,6 +94,7 @@ impl FrameKind {
                 | FrameKind::PreVote
                 | FrameKind::SnapshotChunk
                 | FrameKind::TransferLeader
+                | FrameKind::ShardCall
         )
     }
 }

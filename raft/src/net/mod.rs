@@ -32,7 +32,10 @@ pub mod tls;
 pub mod wire;
 
 pub use client::{CallError, PeerClient, PEER_REQUESTS_IN_FLIGHT_MAX};
-pub use directory::{group_mailbox, serve_group, GroupDirectory, GroupInbox, GroupMailbox};
+pub use directory::{
+    group_mailbox, serve_group, serve_group_with, GroupDirectory, GroupInbox, GroupMailbox,
+    ShardCalls,
+};
 pub use handshake::ClusterCredentials;
 pub use network::{PeerLink, PeerNetworkFactory, PeerPool};
 pub use server::PeerServer;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use openraft::rt::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
-use super::member::{write_error, GroupError, GroupMember, MemberMachine};
+use super::member::{write_error, GroupError, GroupMember, GroupRaft, MemberMachine};
 
 /// Longest a hand-over waits for another member to take the lead.
 pub const LEADERSHIP_HANDOVER_TIMEOUT_MS: u64 = 2_000;
@@ -55,39 +55,7 @@ pub struct GroupStatus {
 impl<M: MemberMachine> GroupMember<M> {
     /// What this member knows of its group now.
     pub fn status(&self) -> GroupStatus {
-        let m = self.raft().metrics().borrow_watched().clone();
-        let role = match m.state {
-            ServerState::Leader => GroupRole::Leader,
-            ServerState::Follower => GroupRole::Follower,
-            ServerState::Candidate => GroupRole::Candidate,
-            ServerState::Learner => GroupRole::Learner,
-            ServerState::Shutdown => GroupRole::Stopped,
-        };
-        let last = m.last_log_index;
-        let replicas = m
-            .replication
-            .iter()
-            .flat_map(|r| r.iter())
-            .filter(|(node, _)| **node != m.id)
-            .map(|(node, matched)| {
-                let matched_index = matched.map(|l| l.index);
-                ReplicaLag {
-                    node: *node,
-                    matched_index,
-                    lag_entries: last.unwrap_or(0).saturating_sub(matched_index.unwrap_or(0)),
-                }
-            })
-            .collect();
-        GroupStatus {
-            role,
-            leader: m.current_leader,
-            term: m.current_term,
-            last_log_index: last,
-            commit_index: m.cluster_committed.map(|l| l.index),
-            applied_index: m.last_applied.map(|l| l.index),
-            voters: m.membership_config.membership().voter_ids().collect(),
-            replicas,
-        }
+        status_of(self.raft())
     }
 
     /// Add node `id` (its peer listener at `addr`): first as a learner,
@@ -150,5 +118,42 @@ impl<M: MemberMachine> GroupMember<M> {
             }
             glommio::timer::sleep(Duration::from_millis(HANDOVER_POLL_MS)).await;
         }
+    }
+}
+
+/// What a member (its `Raft` handle) knows of its group now.
+pub(super) fn status_of<M: MemberMachine>(raft: &GroupRaft<M>) -> GroupStatus {
+    let m = raft.metrics().borrow_watched().clone();
+    let role = match m.state {
+        ServerState::Leader => GroupRole::Leader,
+        ServerState::Follower => GroupRole::Follower,
+        ServerState::Candidate => GroupRole::Candidate,
+        ServerState::Learner => GroupRole::Learner,
+        ServerState::Shutdown => GroupRole::Stopped,
+    };
+    let last = m.last_log_index;
+    let replicas = m
+        .replication
+        .iter()
+        .flat_map(|r| r.iter())
+        .filter(|(node, _)| **node != m.id)
+        .map(|(node, matched)| {
+            let matched_index = matched.map(|l| l.index);
+            ReplicaLag {
+                node: *node,
+                matched_index,
+                lag_entries: last.unwrap_or(0).saturating_sub(matched_index.unwrap_or(0)),
+            }
+        })
+        .collect();
+    GroupStatus {
+        role,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: last,
+        commit_index: m.cluster_committed.map(|l| l.index),
+        applied_index: m.last_applied.map(|l| l.index),
+        voters: m.membership_config.membership().voter_ids().collect(),
+        replicas,
     }
 }

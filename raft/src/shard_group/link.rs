@@ -12,6 +12,7 @@ use shards::env::Env;
 use shards::shard::group_link::{
     Committed, Delivery, GroupLink, Leadership, LinkError, LinkFuture,
 };
+use shards::shard::ShardMsg;
 
 use super::member::{GroupError, GroupMember, GroupRaft, MemberSetup};
 use super::{LoopMachine, TurnRecords};
@@ -35,8 +36,11 @@ pub const READ_BARRIER_TIMEOUT_MS: u64 = 2_000;
 /// What a shard loop calls on its group.
 pub struct MemberLink {
     node_id: u64,
+    shard: usize,
     raft: GroupRaft<LoopMachine>,
     machine: LoopMachine,
+    /// This executor's links to the other members (forwarding).
+    peers: Rc<PeerPool>,
 }
 
 fn link_error(e: GroupError) -> LinkError {
@@ -104,16 +108,42 @@ impl GroupLink for MemberLink {
         let machine = self.machine.clone();
         Box::pin(async move { machine.committed().await })
     }
+
+    fn status(&self) -> serde_json::Value {
+        let mut status = serde_json::to_value(super::admin::status_of(&self.raft))
+            .expect("a group status serializes");
+        if let Some(obj) = status.as_object_mut() {
+            obj.insert("shard".into(), self.shard.into());
+            obj.insert("node".into(), self.node_id.into());
+        }
+        status
+    }
+
+    fn forward(&self, leader: u64, msg: ShardMsg) -> Result<(), Box<ShardMsg>> {
+        // The membership's address; a configured one wins in the pool.
+        let addr = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        super::forward::forward(&self.peers, leader, &addr, self.shard, msg)
+    }
 }
 
 /// Start a member whose shard loop keeps the state: the member, the link
 /// its loop calls, and the deliveries its loop reads
-/// (`Shard::open_member`).
+/// (`Shard::open_member`). Operations other members forward to this one
+/// go into `shard_mailbox` (its shard's).
 pub async fn start_loop_member(
     setup: MemberSetup<'_>,
     env: Env,
     peers: &Rc<PeerPool>,
     inbox: GroupInbox,
+    shard_mailbox: flume::Sender<ShardMsg>,
 ) -> Result<
     (
         GroupMember<LoopMachine>,
@@ -131,14 +161,22 @@ pub async fn start_loop_member(
     );
     let node_id = setup.node_id;
     let storage = env.storage.clone();
-    let (member, report) = GroupMember::start_with(setup, env, peers, inbox, |log| {
-        LoopMachine::open(shard, allow, storage, dir, log, deliver)
-    })
+    let calls = super::forward::serve_forwarded(shard_mailbox);
+    let (member, report) = GroupMember::start_with(
+        setup,
+        env,
+        peers,
+        inbox,
+        |log| LoopMachine::open(shard, allow, storage, dir, log, deliver),
+        Some(calls),
+    )
     .await?;
     let link = Rc::new(MemberLink {
         node_id,
+        shard,
         raft: member.raft().clone(),
         machine: member.machine().clone(),
+        peers: peers.clone(),
     });
     Ok((member, link, deliveries, report))
 }

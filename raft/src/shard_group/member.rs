@@ -17,7 +17,7 @@ use shards::env::Env;
 
 use super::{GroupSnapshotBytes, ShardGroup, ShardMachine, TurnApplied, TurnRecords};
 use crate::log_store::{OpenReport, WalLogOptions, WalLogStore};
-use crate::net::{serve_group, GroupInbox, PeerPool};
+use crate::net::{serve_group_with, GroupInbox, PeerPool, ShardCalls};
 
 /// openraft's handle on a shard group member.
 pub type GroupRaft<M = ShardMachine> = Raft<ShardGroup, M>;
@@ -137,7 +137,7 @@ impl GroupMember {
             env.storage.clone(),
             setup.snapshot_dir.to_path_buf(),
         )?;
-        GroupMember::start_with(setup, env, peers, inbox, |_| Ok(machine)).await
+        GroupMember::start_with(setup, env, peers, inbox, |_| Ok(machine), None).await
     }
 }
 
@@ -150,6 +150,7 @@ impl<M: MemberMachine> GroupMember<M> {
         peers: &Rc<PeerPool>,
         inbox: GroupInbox,
         machine: impl FnOnce(&WalLogStore<ShardGroup>) -> Result<M, String>,
+        shard_calls: Option<ShardCalls>,
     ) -> Result<(GroupMember<M>, OpenReport), String> {
         let (log, report) = WalLogStore::<ShardGroup>::open(env, setup.log_dir, setup.log)
             .await
@@ -170,7 +171,7 @@ impl<M: MemberMachine> GroupMember<M> {
         )
         .await
         .map_err(|e| format!("shard {}: cannot start Raft: {e}", setup.shard))?;
-        let serving = glommio::spawn_local(serve_group(raft.clone(), inbox));
+        let serving = glommio::spawn_local(serve_group_with(raft.clone(), inbox, shard_calls));
         Ok((
             GroupMember {
                 raft,

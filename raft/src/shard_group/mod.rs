@@ -19,7 +19,10 @@
 //!   whose shard loop keeps the state (`shards::shard::replica`): it
 //!   delivers committed entries to the loop;
 //! * `link.rs` — [`MemberLink`], what that loop calls on its group
-//!   (propose, barrier, leadership, the committed state to rebuild from);
+//!   (propose, barrier, leadership, the committed state to rebuild from,
+//!   forwarding to the leader);
+//! * `forward.rs` — a follower's operations forwarded to the leader's
+//!   shard over the peer transport, and served there;
 //! * `admin.rs` — the group's status, membership changes, handing the
 //!   lead over before a graceful stop;
 //! * `snapshot_file.rs` — snapshots on disk beside the member's log;
@@ -28,6 +31,7 @@
 //!   doubt, checksummed.
 
 mod admin;
+mod forward;
 mod link;
 mod loop_machine;
 mod member;
@@ -44,6 +48,7 @@ use crate::log_store::{AppDataCodec, CodecError};
 use crate::GlommioRuntime;
 
 pub use admin::{GroupRole, GroupStatus, ReplicaLag, LEADERSHIP_HANDOVER_TIMEOUT_MS};
+pub use forward::FORWARD_TIMEOUT_MS;
 pub use link::{
     start_loop_member, MemberLink, DELIVERIES_QUEUED_MAX, READ_BARRIER_TIMEOUT_MS,
     TURN_COMMIT_TIMEOUT_MS,

@@ -194,7 +194,7 @@ fn node_main(
         let (log_dir, snapshot_dir) = (dir.join("log"), dir.join("snapshots"));
         let setup = member_setup(id, &log_dir, &snapshot_dir, config);
         let (member, link, deliveries, _report) =
-            start_loop_member(setup, Env::os(SHARD), &pool, inbox)
+            start_loop_member(setup, Env::os(SHARD), &pool, inbox, to_shard.clone())
                 .await
                 .expect("start the member");
         let cfg = ShardConfig {

@@ -252,6 +252,14 @@ pub enum ShardMsg {
         done: flume::Sender<std::io::Result<super::log_read::EntryChunk>>,
     },
     /// Watch events from the log, from `from_offset` on (catch-up).
+    /// What this shard's group member knows of its group (`None`: a
+    /// standalone shard) — REPLICATION_STATUS.
+    GroupStatus {
+        done: flume::Sender<Option<Value>>,
+    },
+    /// A message another node's shard forwarded here because this node
+    /// leads the group (`replica.rs`): run it, never forward it again.
+    Forwarded(Box<ShardMsg>),
     ReadEvents {
         from_offset: u64,
         max_records: usize,
@@ -265,6 +273,7 @@ impl ShardMsg {
     /// number: a message whose client's budget is spent waits (`budget.rs`).
     pub fn budget(&self) -> Option<(&Arc<ResponseBudget>, u64)> {
         match self {
+            ShardMsg::Forwarded(inner) => inner.budget(),
             ShardMsg::Exec { reply, .. } => reply.budget_seq(),
             ShardMsg::List {
                 budget: Some((b, seq)),
@@ -277,6 +286,7 @@ impl ShardMsg {
     /// The instances this message touches, for parking behind locks.
     pub fn instance_ids(&self) -> Vec<&str> {
         match self {
+            ShardMsg::Forwarded(inner) => inner.instance_ids(),
             ShardMsg::Exec { cmd, .. } => vec![cmd.instance_id()],
             ShardMsg::AtomicBatch { ops, .. } | ShardMsg::Prepare { ops, .. } => {
                 ops.iter().map(Command::instance_id).collect()

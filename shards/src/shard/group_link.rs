@@ -146,4 +146,15 @@ pub trait GroupLink {
     fn barrier(&self) -> LinkFuture<Result<(), LinkError>>;
     /// The committed state to rebuild from.
     fn committed(&self) -> LinkFuture<Result<Committed, String>>;
+    /// What this member knows of its group now, as JSON (role, leader,
+    /// term, log indexes, voters, and on a leader each follower's lag):
+    /// REPLICATION_STATUS material.
+    fn status(&self) -> serde_json::Value;
+    /// Send `msg` to `leader`'s shard, whose answer goes where `msg` says;
+    /// `Err` gives back a message that cannot be forwarded.
+    fn forward(
+        &self,
+        leader: u64,
+        msg: super::command::ShardMsg,
+    ) -> Result<(), Box<super::command::ShardMsg>>;
 }

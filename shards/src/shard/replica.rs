@@ -12,6 +12,10 @@
 //!   replayed with recovery's code (`ShardState::replay_any`); their watch
 //!   events are published like a leader's. A leader skips its own entries
 //!   (its memory has them already).
+//! * **Followers forward.** What needs the leader goes to it
+//!   (`GroupLink::forward`) when a leader is known, and its answer back to
+//!   the client; a message forwarded here is run or refused, never
+//!   forwarded again.
 //! * **A new leader catches up first.** Before its first turn in a term a
 //!   leader waits for a ReadIndex barrier: every entry committed before it
 //!   is then delivered and applied, so its turns build on the whole log.
@@ -135,6 +139,12 @@ impl Shard {
         }
     }
 
+    /// What this shard's group member knows of its group (`None`:
+    /// standalone).
+    pub(super) fn group_status(&self) -> Option<serde_json::Value> {
+        self.member.as_ref().map(|m| m.link.status())
+    }
+
     fn member(&self) -> &MemberSide {
         self.member.as_ref().expect("a member shard")
     }
@@ -251,6 +261,12 @@ impl Shard {
         let mut handled = 0;
         while let Some(msg) = next.take() {
             handled += 1;
+            // A message another node forwarded here is run or refused,
+            // never forwarded again (`forward.rs` of the Raft crate).
+            let (msg, forwarded) = match msg {
+                ShardMsg::Forwarded(inner) => (*inner, true),
+                msg => (msg, false),
+            };
             if let Some(refusal) = unsupported_on_a_member(&msg) {
                 refuse(msg, refusal, deferred);
             } else if needs_leader(&msg) {
@@ -261,6 +277,16 @@ impl Shard {
                     Some(Ok(())) => {
                         read |= !writes(&msg);
                         self.handle(msg, now, deferred);
+                    }
+                    Some(Err(LinkError::NotLeader {
+                        leader: Some(leader),
+                    })) if !forwarded => {
+                        if let Err(msg) = self.member().link.forward(*leader, msg) {
+                            let error = LinkError::NotLeader {
+                                leader: Some(*leader),
+                            };
+                            refuse(*msg, error.to_engine_error(), deferred);
+                        }
                     }
                     Some(Err(e)) => refuse(msg, e.to_engine_error(), deferred),
                     None => unreachable!("checked above"),

@@ -442,7 +442,14 @@ impl Shard {
                 page.charge = budget.and_then(|(b, _)| b.charge(bytes));
                 deferred.push(Deferred::List(done, page));
             }
+            // Only a member's leader is sent these; a standalone shard runs
+            // what it is given.
+            ShardMsg::Forwarded(inner) => self.run_admitted(*inner, now, deferred),
             ShardMsg::Unpark => self.wake_waiting = true,
+            // A view of the group, not of the data: answered at once.
+            ShardMsg::GroupStatus { done } => {
+                let _ = done.send(self.group_status());
+            }
             ShardMsg::Machines { done } => {
                 let machines = self.state.machines.iter().cloned().collect();
                 deferred.push(Deferred::Machines(done, Ok(machines)));

@@ -1,7 +1,8 @@
 //! HELLO, AUTH, PING, BYE, INFO, REPLICATION_STATUS (docs/PROTOCOL.md §3).
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use shards::shard::result::ResultWriter;
+use shards::shard::ShardMsg;
 use shards::EngineResult;
 
 use crate::protocol::frame::FRAME_PAYLOAD_MAX_BYTES;
@@ -96,8 +97,54 @@ pub fn info(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
     Ok(r.finish())
 }
 
-pub fn replication_status() -> EngineResult<Vec<u8>> {
-    Ok(br#"{"role":"standalone"}"#.to_vec())
+/// REPLICATION_STATUS: `{"role":"standalone"}` on a standalone node (as
+/// rstmdb 0.3 answers). On a cluster node, rstmdb's fields where they
+/// apply — `role` (`leader` when this node leads every shard's group,
+/// `follower` when it leads none, `mixed` otherwise), `connected_replicas`
+/// and `replicas[]` (each other node with the largest lag, in log entries,
+/// among the groups this node leads) — plus `node_id` and per shard what
+/// its group member knows (`shards[]`: role, leader, term, last log,
+/// commit and applied index, voters, each follower's lag on a leader).
+pub async fn replication_status(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
+    let statuses = ctx
+        .router
+        .ask_all(|done| ShardMsg::GroupStatus { done })
+        .await?;
+    let shards: Vec<Value> = statuses.into_iter().flatten().collect();
+    if shards.is_empty() {
+        return Ok(br#"{"role":"standalone"}"#.to_vec());
+    }
+    Ok(cluster_status(shards).to_string().into_bytes())
+}
+
+fn cluster_status(shards: Vec<Value>) -> Value {
+    let leads = shards.iter().filter(|s| s["role"] == "leader").count();
+    let role = match leads {
+        0 => "follower",
+        n if n == shards.len() => "leader",
+        _ => "mixed",
+    };
+    // Each follower's largest lag over the groups this node leads.
+    let mut lag: std::collections::BTreeMap<u64, u64> = Default::default();
+    for s in shards.iter().filter(|s| s["role"] == "leader") {
+        for r in s["replicas"].as_array().into_iter().flatten() {
+            if let (Some(node), Some(entries)) = (r["node"].as_u64(), r["lag_entries"].as_u64()) {
+                let worst = lag.entry(node).or_default();
+                *worst = (*worst).max(entries);
+            }
+        }
+    }
+    let replicas: Vec<Value> = lag
+        .iter()
+        .map(|(node, entries)| json!({"node": node, "lag": entries}))
+        .collect();
+    json!({
+        "role": role,
+        "node_id": shards[0]["node"],
+        "connected_replicas": replicas.len(),
+        "replicas": replicas,
+        "shards": shards,
+    })
 }
 
 #[cfg(test)]

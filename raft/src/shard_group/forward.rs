@@ -1,0 +1,446 @@
+//! Forwarding a client's operation to its shard's leader (issue 14: any
+//! node serves any request). A follower's shard loop hands the operations
+//! it cannot run to [`forward`]; they travel as one `ShardCall` frame per
+//! operation over the peer transport to the leader's node, whose group
+//! server puts them into the leader's shard mailbox marked as forwarded
+//! ([`serve_forwarded`]); the answer comes back and goes to the client's
+//! reply channel as if the follower had answered.
+//!
+//! * **Once.** A forwarded operation is never forwarded again: a node that
+//!   is no longer the leader when it arrives refuses it with the failover
+//!   error, and the client retries.
+//! * **Order.** A follower forwards a turn's operations in the order they
+//!   came, over the one connection its executor has to the leader; the
+//!   leader's listener queues calls in arrival order, and its group server
+//!   puts each into the shard mailbox before it waits for anything — so one
+//!   connection's operations reach the leader's loop in their order.
+//!   Across a leadership change that order is not kept (an operation
+//!   forwarded to the old leader may arrive after one the new leader ran).
+//! * **Bounds.** A forwarded call waits at most `FORWARD_TIMEOUT_MS`; a
+//!   call that fails or times out is answered with the failover error
+//!   (retryable; a write's outcome may then be unknown, as in a failover).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shards::error::{EngineError, EngineResult, ErrorCode};
+use shards::machine::definition::{parse_definition, MachineDef};
+use shards::shard::group_link::LinkError;
+use shards::shard::{
+    ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, ReplyTo, ShardMsg,
+};
+
+use crate::net::frame::FrameKind;
+use crate::net::wire::{from_json, to_json, ErrorBody, ErrorCode as WireCode};
+use crate::net::{PeerPool, ShardCalls};
+
+/// How long a forwarded operation may take, answer included: a commit's
+/// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
+pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
+
+/// An operation on its way to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+enum Forwarded {
+    Create {
+        instance_id: String,
+        machine: String,
+        version: u32,
+        initial_ctx: Value,
+        idempotency_key: Option<String>,
+    },
+    Apply {
+        instance_id: String,
+        event: String,
+        payload: Value,
+        expected_state: Option<String>,
+        expected_wal_offset: Option<u64>,
+        event_id: Option<String>,
+        idempotency_key: Option<String>,
+    },
+    Delete {
+        instance_id: String,
+        idempotency_key: Option<String>,
+    },
+    Get {
+        instance_id: String,
+    },
+    InstallMachine {
+        machine: String,
+        version: u32,
+        definition: Value,
+    },
+    Machines,
+    List {
+        machine: Option<String>,
+        state: Option<String>,
+        rows_max: usize,
+    },
+}
+
+/// An error as it travels (the 19 RCP codes by name).
+#[derive(Debug, Serialize, Deserialize)]
+struct WireError {
+    code: String,
+    message: String,
+    details: Option<serde_json::Map<String, Value>>,
+}
+
+impl From<EngineError> for WireError {
+    fn from(e: EngineError) -> Self {
+        WireError {
+            code: e.code.as_str().to_string(),
+            message: e.message,
+            details: e.details.map(|d| *d),
+        }
+    }
+}
+
+impl WireError {
+    fn into_engine(self) -> EngineError {
+        let code = ErrorCode::from_name(&self.code).unwrap_or(ErrorCode::InternalError);
+        let err = EngineError::new(code, self.message);
+        match self.details {
+            Some(d) => err.with_details(d),
+            None => err,
+        }
+    }
+}
+
+type Wire<T> = Result<T, WireError>;
+
+/// The leader's answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    /// A connection operation's result (JSON text) or error.
+    Exec(Wire<String>),
+    Installed(Wire<bool>),
+    /// (machine, version, definition) of each machine.
+    Machines(Wire<Vec<(String, u32, Value)>>),
+    Listed {
+        total: u64,
+        rows: Vec<(String, String)>,
+    },
+}
+
+/// Where the answer goes on the follower.
+enum ReplyTarget {
+    Conn(ReplyTo),
+    Install(flume::Sender<EngineResult<bool>>),
+    Machines(flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>),
+    List(
+        flume::Sender<ListPage>,
+        Option<(Arc<shards::shard::budget::ResponseBudget>, u64)>,
+    ),
+}
+
+/// Split a message into what travels and where its answer goes; `Err`
+/// gives back a message that cannot be forwarded.
+fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
+    Ok(match msg {
+        ShardMsg::Exec { cmd, reply } => {
+            let op = match cmd {
+                Command::Create(c) => Forwarded::Create {
+                    instance_id: c.instance_id,
+                    machine: c.machine,
+                    version: c.version,
+                    initial_ctx: c.initial_ctx,
+                    idempotency_key: c.idempotency_key,
+                },
+                Command::Apply(c) => Forwarded::Apply {
+                    instance_id: c.instance_id,
+                    event: c.event,
+                    payload: c.payload,
+                    expected_state: c.expected_state,
+                    expected_wal_offset: c.expected_wal_offset,
+                    event_id: c.event_id,
+                    idempotency_key: c.idempotency_key,
+                },
+                Command::Delete(c) => Forwarded::Delete {
+                    instance_id: c.instance_id,
+                    idempotency_key: c.idempotency_key,
+                },
+                Command::Get { instance_id } => Forwarded::Get { instance_id },
+            };
+            (op, ReplyTarget::Conn(reply))
+        }
+        ShardMsg::InstallMachine {
+            def,
+            raw_definition,
+            done,
+        } => (
+            Forwarded::InstallMachine {
+                machine: def.machine.clone(),
+                version: def.version,
+                definition: (*raw_definition).clone(),
+            },
+            ReplyTarget::Install(done),
+        ),
+        ShardMsg::Machines { done } => (Forwarded::Machines, ReplyTarget::Machines(done)),
+        ShardMsg::List {
+            query,
+            done,
+            budget,
+        } => (
+            Forwarded::List {
+                machine: query.machine,
+                state: query.state,
+                rows_max: query.rows_max,
+            },
+            ReplyTarget::List(done, budget),
+        ),
+        other => return Err(Box::new(other)),
+    })
+}
+
+impl ReplyTarget {
+    fn fail(self, error: EngineError) {
+        match self {
+            ReplyTarget::Conn(reply) => reply.send(Err(error)),
+            ReplyTarget::Install(done) => {
+                let _ = done.send(Err(error));
+            }
+            ReplyTarget::Machines(done) => {
+                let _ = done.send(Err(error));
+            }
+            // A page has no error to carry: the asker sees the channel close.
+            ReplyTarget::List(..) => {}
+        }
+    }
+
+    fn deliver(self, answer: Answer) {
+        match (self, answer) {
+            (ReplyTarget::Conn(reply), Answer::Exec(r)) => {
+                reply.send(r.map(String::into_bytes).map_err(WireError::into_engine))
+            }
+            (ReplyTarget::Install(done), Answer::Installed(r)) => {
+                let _ = done.send(r.map_err(WireError::into_engine));
+            }
+            (ReplyTarget::Machines(done), Answer::Machines(r)) => {
+                let defs = r.map_err(WireError::into_engine).and_then(|list| {
+                    list.into_iter()
+                        .map(|(m, v, d)| parse_definition(&m, v, &d).map(Arc::new))
+                        .collect()
+                });
+                let _ = done.send(defs);
+            }
+            (ReplyTarget::List(done, budget), Answer::Listed { total, rows }) => {
+                let rows: Vec<(String, Vec<u8>)> = rows
+                    .into_iter()
+                    .map(|(id, r)| (id, r.into_bytes()))
+                    .collect();
+                let bytes: usize = rows.iter().map(|(id, row)| id.len() + row.len()).sum();
+                let charge = budget.and_then(|(b, _)| b.charge(bytes));
+                let _ = done.send(ListPage {
+                    total,
+                    rows,
+                    charge,
+                });
+            }
+            (target, other) => target.fail(EngineError::internal(format!(
+                "the leader answered a forwarded operation with {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Forward `msg` to `leader` (node id, reached through `peers`) for
+/// shard `shard`; its answer goes where `msg` said. `Err` gives back a
+/// message that cannot be forwarded.
+pub fn forward(
+    peers: &Rc<PeerPool>,
+    leader: u64,
+    leader_addr: &str,
+    shard: usize,
+    msg: ShardMsg,
+) -> Result<(), Box<ShardMsg>> {
+    let (op, target) = split(msg)?;
+    let client = peers.client(leader, leader_addr);
+    let body = to_json(&op);
+    glommio::spawn_local(async move {
+        let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
+        let called = client
+            .call(FrameKind::ShardCall, shard as u64, &body, timeout)
+            .await;
+        match called.map_err(|e| e.to_string()).and_then(|answer| {
+            from_json::<Answer>(&answer).map_err(|e| format!("undecodable answer: {e}"))
+        }) {
+            Ok(answer) => target.deliver(answer),
+            // The trip failed (the leader went away, a timeout): as in a
+            // failover, the client retries.
+            Err(_) => target.fail(
+                LinkError::OutcomeUnknown {
+                    leader: Some(leader),
+                }
+                .to_engine_error(),
+            ),
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+/// Serve forwarded operations into `mailbox` (the leader's shard), each
+/// marked forwarded so that it is never forwarded again.
+pub fn serve_forwarded(mailbox: flume::Sender<ShardMsg>) -> ShardCalls {
+    Rc::new(move |body: Vec<u8>| {
+        let mailbox = mailbox.clone();
+        // Decoded and queued before the first await: calls reach the
+        // mailbox in the order the group server started them.
+        let queued = queue(&mailbox, &body);
+        Box::pin(async move {
+            let waiting = queued?;
+            Ok(to_json(&waiting.await))
+        })
+    })
+}
+
+type Waiting = Pin<Box<dyn Future<Output = Answer>>>;
+
+fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, ErrorBody> {
+    let op: Forwarded = from_json(body)
+        .map_err(|e| ErrorBody::new(WireCode::BadRequest, format!("a forwarded op: {e}")))?;
+    let gone = || ErrorBody::new(WireCode::GroupStopped, "the shard stopped".to_string());
+    let send = |msg: ShardMsg| {
+        mailbox
+            .send(ShardMsg::Forwarded(Box::new(msg)))
+            .map_err(|_| gone())
+    };
+    let exec = |cmd: Command| -> Result<Waiting, ErrorBody> {
+        let (tx, rx) = flume::bounded(1);
+        send(ShardMsg::Exec {
+            cmd,
+            reply: ReplyTo::internal(tx, 0),
+        })?;
+        Ok(Box::pin(async move {
+            let body = match rx.recv_async().await {
+                Ok(reply) => reply.body,
+                Err(_) => Err(stopped()),
+            };
+            Answer::Exec(
+                body.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(WireError::from),
+            )
+        }))
+    };
+    match op {
+        Forwarded::Create {
+            instance_id,
+            machine,
+            version,
+            initial_ctx,
+            idempotency_key,
+        } => exec(Command::Create(CreateInstance {
+            instance_id,
+            machine,
+            version,
+            initial_ctx,
+            idempotency_key,
+        })),
+        Forwarded::Apply {
+            instance_id,
+            event,
+            payload,
+            expected_state,
+            expected_wal_offset,
+            event_id,
+            idempotency_key,
+        } => exec(Command::Apply(ApplyEvent {
+            instance_id,
+            event,
+            payload,
+            expected_state,
+            expected_wal_offset,
+            event_id,
+            idempotency_key,
+        })),
+        Forwarded::Delete {
+            instance_id,
+            idempotency_key,
+        } => exec(Command::Delete(DeleteInstance {
+            instance_id,
+            idempotency_key,
+        })),
+        Forwarded::Get { instance_id } => exec(Command::Get { instance_id }),
+        Forwarded::InstallMachine {
+            machine,
+            version,
+            definition,
+        } => {
+            let def = match parse_definition(&machine, version, &definition) {
+                Ok(def) => Arc::new(def),
+                Err(e) => {
+                    return Ok(Box::pin(async move {
+                        Answer::Installed(Err(WireError::from(e)))
+                    }))
+                }
+            };
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::InstallMachine {
+                def,
+                raw_definition: Arc::new(definition),
+                done,
+            })?;
+            Ok(Box::pin(async move {
+                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
+                Answer::Installed(r.map_err(WireError::from))
+            }))
+        }
+        Forwarded::Machines => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::Machines { done })?;
+            Ok(Box::pin(async move {
+                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
+                Answer::Machines(
+                    r.map(|defs| {
+                        defs.iter()
+                            .map(|d| (d.machine.clone(), d.version, d.normalized_value()))
+                            .collect()
+                    })
+                    .map_err(WireError::from),
+                )
+            }))
+        }
+        Forwarded::List {
+            machine,
+            state,
+            rows_max,
+        } => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::List {
+                query: ListQuery {
+                    machine,
+                    state,
+                    rows_max,
+                },
+                done,
+                budget: None,
+            })?;
+            Ok(Box::pin(async move {
+                match rx.recv_async().await {
+                    Ok(page) => Answer::Listed {
+                        total: page.total,
+                        rows: page
+                            .rows
+                            .into_iter()
+                            .map(|(id, r)| (id, String::from_utf8_lossy(&r).into_owned()))
+                            .collect(),
+                    },
+                    // The leader could not serve the page (it lost the
+                    // lead): an empty page would be a wrong answer.
+                    Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
+                }
+            }))
+        }
+    }
+}
+
+/// The leader's shard could not answer (it stopped, or lost the lead on
+/// the way): the failover refusal, retryable.
+fn stopped() -> EngineError {
+    LinkError::NotLeader { leader: None }.to_engine_error()
+}
