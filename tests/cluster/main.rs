@@ -10,3 +10,4 @@ mod support;
 mod failover;
 mod failover_time;
 mod harness;
+mod watch;

@@ -10,7 +10,7 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, ServerState};
 use shards::env::Env;
 use shards::shard::group_link::{
-    Committed, Delivery, GroupLink, Leadership, LinkError, LinkFuture,
+    Committed, Delivery, GroupLink, Leadership, LinkError, LinkFuture, LoggedTurn,
 };
 use shards::shard::ShardMsg;
 
@@ -107,6 +107,11 @@ impl GroupLink for MemberLink {
     fn committed(&self) -> LinkFuture<Result<Committed, String>> {
         let machine = self.machine.clone();
         Box::pin(async move { machine.committed().await })
+    }
+
+    fn entries(&self, from: u64, to: u64) -> LinkFuture<Result<Vec<LoggedTurn>, String>> {
+        let machine = self.machine.clone();
+        Box::pin(async move { machine.entries(from, to).await })
     }
 
     fn status(&self) -> serde_json::Value {

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use openraft::storage::{EntryResponder, RaftLogReader, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta};
 use shards::env::Storage;
-use shards::shard::group_link::{Committed, Delivery, SnapshotPart};
+use shards::shard::group_link::{Committed, Delivery, LoggedTurn, SnapshotPart};
 use shards::shard::replay::TxnLog;
 
 use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
@@ -140,6 +140,40 @@ impl LoopMachine {
             }
         }
         Ok(Committed { snapshot, entries })
+    }
+
+    /// The entries with records among log indexes `from..=to`, read back
+    /// from the log; an error when `from` was purged already.
+    pub async fn entries(&self, from: u64, to: u64) -> Result<Vec<LoggedTurn>, String> {
+        let (shard, mut log) = {
+            let a = self.0.borrow();
+            (a.shard, a.log.clone())
+        };
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let read = log
+            .try_get_log_entries(from..=to)
+            .await
+            .map_err(|e| format!("shard {shard}: reading the committed log: {e}"))?;
+        // The store starts a read at its first entry: a later first index
+        // means `from` is gone.
+        match read.first().map(|e| e.log_id.index) {
+            Some(first) if first == from => {}
+            first => {
+                return Err(format!(
+                    "shard {shard}: log index {from} is no longer in the log (it starts at {})",
+                    first.map_or_else(|| "a later index".to_string(), |f| f.to_string())
+                ))
+            }
+        }
+        Ok(read
+            .into_iter()
+            .filter_map(|entry| match entry.payload {
+                EntryPayload::Normal(turn) => Some((entry.log_id.index, turn.0)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Queue `d` for the loop; waits while the queue is full (a loop that

@@ -8,7 +8,8 @@
 //!   ([`GroupLink::propose`]), confirm leadership for a read
 //!   ([`GroupLink::barrier`]), and — after its memory ran ahead of a log
 //!   that did not take its turn — the committed state to rebuild from
-//!   ([`GroupLink::committed`]);
+//!   ([`GroupLink::committed`]); and committed entries by log index, to
+//!   read the log by offset ([`GroupLink::entries`]);
 //! * the group delivers to the loop, in log order, over one channel
 //!   ([`Delivery`]): committed entries to apply, a snapshot to install, a
 //!   look at the applied state (a snapshot being built).
@@ -42,6 +43,11 @@ pub enum Leadership {
 /// unknown, no quorum): retryable, and one every official client parses.
 pub const FAILOVER_ERROR_CODE: ErrorCode = ErrorCode::WalIoError;
 
+/// `details.outcome` of a failover refusal: the request was not run.
+pub const OUTCOME_NOT_APPLIED: &str = "not_applied";
+/// `details.outcome` when the request may or may not have taken effect.
+pub const OUTCOME_UNKNOWN: &str = "unknown";
+
 /// Why the group did not take a turn or confirm a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkError {
@@ -51,6 +57,9 @@ pub enum LinkError {
     OutcomeUnknown { leader: Option<u64> },
     /// No quorum answered.
     NoQuorum(String),
+    /// The leader could not be reached to forward the request to; it was
+    /// not sent.
+    LeaderUnreachable { leader: u64, why: String },
     /// The group member stopped or refused.
     Failed(String),
 }
@@ -64,7 +73,8 @@ impl LinkError {
     /// `REPLICATION_TIMEOUT`: the official Python client (0.2.1) cannot
     /// parse that code (PROTOCOL.md §15 row 25) and would raise a protocol
     /// error instead of a retryable one. `details.leader` names the leader
-    /// when known.
+    /// when known; `details.outcome` says whether the request may have
+    /// taken effect (`unknown`) or surely did not (`not_applied`).
     pub fn to_engine_error(&self) -> EngineError {
         let (code, leader, what) = match self {
             LinkError::NotLeader { leader } => (
@@ -83,6 +93,11 @@ impl LinkError {
                 None,
                 "no quorum of the shard's group answered",
             ),
+            LinkError::LeaderUnreachable { leader, .. } => (
+                FAILOVER_ERROR_CODE,
+                Some(*leader),
+                "the shard's leader could not be reached; the request was not sent",
+            ),
             LinkError::Failed(_) => (
                 ErrorCode::InternalError,
                 None,
@@ -90,17 +105,32 @@ impl LinkError {
             ),
         };
         let detail = match self {
-            LinkError::NoQuorum(why) | LinkError::Failed(why) => format!("{what}: {why}"),
+            LinkError::NoQuorum(why)
+            | LinkError::Failed(why)
+            | LinkError::LeaderUnreachable { why, .. } => format!("{what}: {why}"),
             _ => what.to_string(),
         };
+        let mut details = serde_json::Map::new();
+        if let Some(id) = leader {
+            details.insert("leader".into(), id.into());
+        }
+        // Whether the request may have taken effect, so that a client (and
+        // the tests' checker) knows a refusal from a lost write.
+        let outcome = match self {
+            LinkError::NotLeader { .. }
+            | LinkError::NoQuorum(_)
+            | LinkError::LeaderUnreachable { .. } => Some(OUTCOME_NOT_APPLIED),
+            LinkError::OutcomeUnknown { .. } => Some(OUTCOME_UNKNOWN),
+            LinkError::Failed(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            details.insert("outcome".into(), outcome.into());
+        }
         let err = EngineError::new(code, detail);
-        match leader {
-            None => err,
-            Some(id) => {
-                let mut details = serde_json::Map::new();
-                details.insert("leader".into(), id.into());
-                err.with_details(details)
-            }
+        if details.is_empty() {
+            err
+        } else {
+            err.with_details(details)
         }
     }
 }
@@ -118,8 +148,11 @@ pub struct SnapshotPart {
 pub struct Committed {
     pub snapshot: Option<SnapshotPart>,
     /// (log index, records), in log order.
-    pub entries: Vec<(u64, Vec<u8>)>,
+    pub entries: Vec<LoggedTurn>,
 }
+
+/// One committed entry's records: (log index, records).
+pub type LoggedTurn = (u64, Vec<u8>);
 
 /// A look at the applied state and where the shard's log stands.
 pub type Visit = Box<dyn FnOnce(&ShardState, LogPosition)>;
@@ -146,6 +179,11 @@ pub trait GroupLink {
     fn barrier(&self) -> LinkFuture<Result<(), LinkError>>;
     /// The committed state to rebuild from.
     fn committed(&self) -> LinkFuture<Result<Committed, String>>;
+    /// The committed entries with log index in `from..=to` that carry
+    /// records, as (log index, records) in log order; `Err` when the log
+    /// no longer holds `from` (purged behind a snapshot) or cannot be read.
+    /// Callers ask only for applied indexes.
+    fn entries(&self, from: u64, to: u64) -> LinkFuture<Result<Vec<LoggedTurn>, String>>;
     /// What this member knows of its group now, as JSON (role, leader,
     /// term, log indexes, voters, and on a leader each follower's lag):
     /// REPLICATION_STATUS material.
@@ -157,4 +195,40 @@ pub trait GroupLink {
         leader: u64,
         msg: super::command::ShardMsg,
     ) -> Result<(), Box<super::command::ShardMsg>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(e: &LinkError, key: &str) -> Option<serde_json::Value> {
+        e.to_engine_error()
+            .details
+            .and_then(|d| d.get(key).cloned())
+    }
+
+    #[test]
+    fn a_refusal_says_whether_the_request_may_have_run() {
+        let not_run = [
+            LinkError::NotLeader { leader: Some(2) },
+            LinkError::NotLeader { leader: None },
+            LinkError::NoQuorum("no answer".into()),
+            LinkError::LeaderUnreachable {
+                leader: 3,
+                why: "connection refused".into(),
+            },
+        ];
+        for e in &not_run {
+            assert_eq!(e.to_engine_error().code, FAILOVER_ERROR_CODE, "{e:?}");
+            assert_eq!(detail(e, "outcome"), Some(OUTCOME_NOT_APPLIED.into()));
+        }
+        let maybe = LinkError::OutcomeUnknown { leader: Some(1) };
+        assert_eq!(detail(&maybe, "outcome"), Some(OUTCOME_UNKNOWN.into()));
+        assert_eq!(detail(&maybe, "leader"), Some(1.into()));
+        assert_eq!(detail(&not_run[3], "leader"), Some(3.into()));
+        assert_eq!(detail(&not_run[1], "leader"), None);
+        let failed = LinkError::Failed("stopped".into()).to_engine_error();
+        assert_eq!(failed.code, ErrorCode::InternalError);
+        assert!(failed.details.is_none());
+    }
 }

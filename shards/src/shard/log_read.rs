@@ -23,7 +23,7 @@ use std::sync::Arc;
 use super::events::WatchEvent;
 use super::runner::Shard;
 use crate::wal::entry::{self, Entry};
-use crate::wal::reader::{LogReader, LogRecord};
+use crate::wal::reader::{LogReader, LogRecord, ReadBatch};
 use crate::wal::record::{decode_record, RecordHeader, RecordKind};
 use crate::wal::sequence::entries_in;
 
@@ -146,7 +146,7 @@ pub struct ReadContext<'a> {
     pub decision: &'a dyn Fn(u64) -> Option<bool>,
 }
 
-/// Read entries from `from` on.
+/// Read entries from `from` on, from the shard's own log files.
 pub fn read_entries(
     reader: &mut LogReader,
     from: u64,
@@ -155,9 +155,21 @@ pub fn read_entries(
     cx: &ReadContext<'_>,
 ) -> io::Result<EntryChunk> {
     let batch = reader.read_from(from, max_records.max(1), max_bytes.max(1))?;
+    entries_of(&batch, reader.oldest_offset(), from, cx)
+}
+
+/// The logical entries among `batch`'s records (read from `from` on, in
+/// log order, wherever the log is kept: segments or a group's entries);
+/// `oldest_offset` is the oldest offset the log still holds.
+pub fn entries_of(
+    batch: &ReadBatch,
+    oldest_offset: Option<u64>,
+    from: u64,
+    cx: &ReadContext<'_>,
+) -> io::Result<EntryChunk> {
     let mut b = ChunkBuilder {
         chunk: EntryChunk {
-            oldest_offset: reader.oldest_offset(),
+            oldest_offset,
             ..EntryChunk::default()
         },
         shard: cx.shard,

@@ -28,11 +28,13 @@
 //!   and the committed entries after it (`GroupLink::committed`), as a
 //!   restart would.
 //!
+//! * **Reading the log by offset** (WAL_READ, watch catch-up) reads the
+//!   group's entries this member applied (`member_read.rs`).
+//!
 //! Not here yet (each refused with a clear error, or a closed reply
 //! channel where the message has no error to carry): cross-shard and
 //! atomic batches, FLUSH, compaction and snapshots of the shard's own
-//! (the group makes its snapshots), reads of the log by offset (watch
-//! catch-up, WAL_READ).
+//! (the group makes its snapshots).
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,8 +44,9 @@ use std::time::Duration;
 use futures_lite::future;
 
 use super::command::{Command, ShardMsg};
-use super::events::Publication;
+use super::events::{Publication, WatchEvent};
 use super::group_link::{Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
+use super::member_read::OffsetIndex;
 use super::replay::{ReplayCounts, TxnLog};
 use super::runner::{
     Deferred, OpenReport, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US,
@@ -52,20 +55,23 @@ use super::state::ShardState;
 use crate::env::Env;
 use crate::error::EngineError;
 use crate::snapshot::LogPosition;
+use crate::wal::entry::Entry;
 use crate::wal::offset::tick_of_offset;
-use crate::wal::record::{for_each_record, RecordHeader};
+use crate::wal::record::{for_each_record, RecordHeader, RecordKind};
 use crate::wal::sequence::entries_in;
 use crate::wal::{Frontier, OffsetClock, WalWriter};
 
 /// A shard's side of its group membership.
 pub struct MemberSide {
-    link: Rc<dyn GroupLink>,
+    pub(super) link: Rc<dyn GroupLink>,
     deliveries: flume::Receiver<Delivery>,
     /// The last log index the state reflects (applied, or executed here
     /// and committed).
-    applied_index: u64,
+    pub(super) applied_index: u64,
     /// Where the shard's log stands as of `applied_index`.
-    position: LogPosition,
+    pub(super) position: LogPosition,
+    /// Which applied entry holds which offsets (`member_read.rs`).
+    pub(super) offsets: OffsetIndex,
     /// The term whose earlier entries this member has caught up with.
     ready_term: Option<u64>,
     /// The index of this member's own turn, committed and not yet seen
@@ -119,6 +125,7 @@ impl Shard {
             },
             ready_term: None,
             own_index: None,
+            offsets: OffsetIndex::default(),
         });
         shard
     }
@@ -145,7 +152,7 @@ impl Shard {
         self.member.as_ref().map(|m| m.link.status())
     }
 
-    fn member(&self) -> &MemberSide {
+    pub(super) fn member(&self) -> &MemberSide {
         self.member.as_ref().expect("a member shard")
     }
 
@@ -269,6 +276,25 @@ impl Shard {
             };
             if let Some(refusal) = unsupported_on_a_member(&msg) {
                 refuse(msg, refusal, deferred);
+            } else if let ShardMsg::ReadLog {
+                from_offset,
+                max_records,
+                max_bytes,
+                done,
+            } = msg
+            {
+                // The committed log as this member applied it: no leader needed.
+                let chunk = self.member_read(from_offset, max_records, max_bytes).await;
+                deferred.push(Deferred::Entries(done, chunk));
+            } else if let ShardMsg::ReadEvents {
+                from_offset,
+                max_records,
+                max_bytes,
+                done,
+            } = msg
+            {
+                let chunk = self.member_read(from_offset, max_records, max_bytes).await;
+                deferred.push(Deferred::Events(done, chunk.and_then(|c| c.into_events())));
             } else if needs_leader(&msg) {
                 if lead.is_none() {
                     lead = Some(self.lead_check().await);
@@ -390,8 +416,10 @@ impl Shard {
                     // would differ from the group's from here on.
                     self.fail_stop("a committed entry cannot be applied", &e);
                 }
-                self.member_mut().applied_index = index;
-                let entries = self.member().position.entries;
+                let m = self.member_mut();
+                m.applied_index = index;
+                m.offsets.note(index, &records);
+                let entries = m.position.entries;
                 self.wal.set_entries(entries);
             }
             Delivery::Install(part) => {
@@ -412,6 +440,7 @@ impl Shard {
         let m = self.member_mut();
         m.applied_index = part.index;
         m.position = part.position;
+        m.offsets.reset(Some(part.position.covered_offset));
         self.wal.set_entries(part.position.entries);
     }
 
@@ -424,6 +453,14 @@ impl Shard {
             self.state
                 .replay_any(header, payload, &mut counts, &mut txns)
                 .map_err(|e| format!("record at offset {}: {e}", header.offset))?;
+            if header.kind == RecordKind::ApplyEvent {
+                // Watchers of this node see the transition as the leader's do.
+                let entry = Entry::decode(payload)
+                    .map_err(|e| format!("record at offset {}: {e}", header.offset))?;
+                if let Some(event) = WatchEvent::from_entry(header.offset, &entry) {
+                    self.state.events.push(Arc::new(event));
+                }
+            }
             note_record(&mut self.member_mut().position, header, shard);
             self.wal
                 .clock_mut()
@@ -456,6 +493,7 @@ impl Shard {
                     last_tick: 0,
                     entries: 0,
                 };
+                m.offsets.reset(None);
             }
         }
         self.state.events.clear();
@@ -466,7 +504,9 @@ impl Shard {
             if let Err(e) = self.apply_records(&records) {
                 self.fail_stop("a committed entry cannot be applied", &e);
             }
-            self.member_mut().applied_index = index;
+            let m = self.member_mut();
+            m.applied_index = index;
+            m.offsets.note(index, &records);
             if index <= published_up_to {
                 self.state.events.clear();
             }
@@ -548,7 +588,6 @@ fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
         ShardMsg::Compact { .. } | ShardMsg::SnapshotInstance { .. } => {
             "snapshots and compaction of a shard's own log"
         }
-        ShardMsg::ReadLog { .. } | ShardMsg::ReadEvents { .. } => "reading the log by offset",
         _ => return None,
     };
     Some(EngineError::new(
@@ -575,14 +614,6 @@ fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
         ShardMsg::SnapshotInstance { done, .. } => {
             deferred.push(Deferred::Snapshot(done, Err(error)))
         }
-        ShardMsg::ReadLog { done, .. } => deferred.push(Deferred::Entries(
-            done,
-            Err(std::io::Error::other(error.message)),
-        )),
-        ShardMsg::ReadEvents { done, .. } => deferred.push(Deferred::Events(
-            done,
-            Err(std::io::Error::other(error.message)),
-        )),
         // List, Decide, Compact: no error to carry; the asker sees its
         // reply channel close. Other messages are never refused.
         _ => {}

@@ -1,0 +1,206 @@
+//! Reading a member shard's log by offset (WAL_READ, and the catch-up of a
+//! watch that starts at `from_offset`): a member's log is its group's
+//! entries, each a turn's records with the offsets its leader gave them,
+//! so the same logical entries come out of it as out of a standalone
+//! shard's segments (`log_read.rs` turns records into entries either way).
+//!
+//! * **Which entry holds an offset.** [`OffsetIndex`] keeps, per applied
+//!   entry, the offset of its first record (offsets grow along the log, on
+//!   every member and across leader changes). A read starts at the last
+//!   entry whose first offset is at or before `from`.
+//! * **Only what this member applied.** A read goes up to the member's
+//!   applied index, so a follower answers from its own committed copy with
+//!   no trip to the leader, and nothing uncommitted is ever read.
+//! * **Its bound** is one past the highest offset applied: records staged
+//!   by a turn still in flight, or entries the group commits later, come
+//!   after it.
+//! * **How far back.** Entries a snapshot covers are not indexed (a member
+//!   that installed a snapshot never saw them); the index also forgets its
+//!   oldest entries beyond [`MEMBER_READ_INDEX_ENTRIES_MAX`], and the log
+//!   itself deletes entries behind its snapshots. A read from before what
+//!   is still readable fails as a standalone shard's read from before its
+//!   compaction does.
+
+use std::collections::VecDeque;
+use std::io;
+
+use super::log_read::{entries_of, EntryChunk, ReadContext};
+use super::runner::Shard;
+use crate::wal::reader::{LogRecord, ReadBatch};
+use crate::wal::record::{decode_record, for_each_record};
+
+/// Entries the offset index remembers, at most (16 bytes each): more than
+/// a group keeps in its log between snapshots, so the log's own purge is
+/// what normally limits how far back a read can go.
+pub const MEMBER_READ_INDEX_ENTRIES_MAX: usize = 64 * 1024;
+/// Log entries fetched from the group per step of a read.
+pub const MEMBER_READ_ENTRIES_PER_STEP: u64 = 64;
+
+/// The first offset of each applied entry that carries records.
+#[derive(Debug, Default)]
+pub struct OffsetIndex {
+    /// (first record's offset, log index), in log order.
+    entries: VecDeque<(u64, u64)>,
+    /// Offsets below this cannot be read here (covered by a snapshot, or
+    /// forgotten).
+    readable_from: u64,
+}
+
+impl OffsetIndex {
+    /// Note an applied entry.
+    pub fn note(&mut self, index: u64, records: &[u8]) {
+        let Ok((first, _)) = decode_record(records) else {
+            return; // no records: nothing to find in it
+        };
+        self.entries.push_back((first.offset, index));
+        if self.entries.len() > MEMBER_READ_INDEX_ENTRIES_MAX {
+            self.entries.pop_front();
+            if let Some(&(offset, _)) = self.entries.front() {
+                self.readable_from = offset;
+            }
+        }
+    }
+
+    /// Start over after the state was replaced by a snapshot covering every
+    /// offset up to `covered_offset` (`None`: an empty start).
+    pub fn reset(&mut self, covered_offset: Option<u64>) {
+        self.entries.clear();
+        self.readable_from = covered_offset.map_or(0, |c| c + 1);
+    }
+
+    pub fn readable_from(&self) -> u64 {
+        self.readable_from
+    }
+
+    /// The log index to start a read of offsets ≥ `from` at (`None`: no
+    /// indexed entry can hold one).
+    fn start_for(&self, from: u64) -> Option<u64> {
+        let after = self.entries.partition_point(|&(first, _)| first <= from);
+        match after {
+            0 => self.entries.front().map(|&(_, index)| index),
+            n => Some(self.entries[n - 1].1),
+        }
+    }
+}
+
+impl Shard {
+    /// Logical entries from offset `from` on, as `read_entries` gives a
+    /// standalone shard's (see the module comment).
+    pub(super) async fn member_read(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> io::Result<EntryChunk> {
+        let shard = self.state.shard_id;
+        let (link, applied, position, start, readable_from) = {
+            let m = self.member();
+            (
+                m.link.clone(),
+                m.applied_index,
+                m.position,
+                m.offsets.start_for(from),
+                m.offsets.readable_from(),
+            )
+        };
+        if from < readable_from {
+            return Err(io::Error::other(format!(
+                "offset {from} is older than the oldest offset this member of shard {shard}'s \
+                 group can still read ({readable_from}); the entries before it are behind a snapshot"
+            )));
+        }
+        let (max_records, max_bytes) = (max_records.max(1), max_bytes.max(1));
+        let mut batch = ReadBatch::default();
+        let mut bytes = 0usize;
+        let mut next = start.unwrap_or(applied + 1);
+        let mut full = false;
+        while !full && next <= applied {
+            let to = applied.min(next + MEMBER_READ_ENTRIES_PER_STEP - 1);
+            let entries = link.entries(next, to).await.map_err(io::Error::other)?;
+            for (_, records) in &entries {
+                for_each_record(records, |header, payload| {
+                    if full || header.offset < from {
+                        return Ok(());
+                    }
+                    // At least one record, however large.
+                    if !batch.records.is_empty() && bytes + header.total_len() > max_bytes {
+                        full = true;
+                        return Ok(());
+                    }
+                    bytes += header.total_len();
+                    batch.records.push(LogRecord {
+                        header: *header,
+                        payload: payload.to_vec(),
+                    });
+                    full = batch.records.len() >= max_records;
+                    Ok(())
+                })
+                .map_err(io::Error::other)?;
+                if full {
+                    break;
+                }
+            }
+            next = to + 1;
+        }
+        batch.reached_end = !full;
+        batch.next_offset = batch.records.last().map(|r| r.offset() + 1);
+        let cx = ReadContext {
+            shard,
+            // Every offset applied is ≤ covered_offset; what comes later
+            // (a turn in flight, entries committed later) is above it.
+            watermark: position.covered_offset + 1,
+            entries_written: position.entries,
+            // A member runs no cross-shard batches (`replica.rs`).
+            undecided: &|_| false,
+            decision: &|_| None,
+        };
+        entries_of(&batch, Some(readable_from), from, &cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::{append_record, RecordKind, RecordStamp};
+
+    fn records(offsets: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &o in offsets {
+            let stamp = RecordStamp::new(RecordKind::ApplyEvent, o, 0);
+            append_record(&mut out, &stamp, 0, |p| p.extend_from_slice(b"{}")).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_read_starts_at_the_entry_that_may_hold_the_offset() {
+        let mut index = OffsetIndex::default();
+        assert_eq!(index.start_for(5), None);
+        index.note(3, &records(&[10, 11, 12]));
+        index.note(4, &[]); // an entry without records is not indexed
+        index.note(5, &records(&[20]));
+        index.note(7, &records(&[30, 31]));
+        assert_eq!(index.start_for(0), Some(3));
+        assert_eq!(index.start_for(10), Some(3));
+        assert_eq!(index.start_for(12), Some(3));
+        assert_eq!(index.start_for(19), Some(3));
+        assert_eq!(index.start_for(20), Some(5));
+        assert_eq!(index.start_for(31), Some(7));
+        assert_eq!(index.start_for(99), Some(7));
+    }
+
+    #[test]
+    fn a_snapshot_and_the_entry_limit_move_what_is_readable() {
+        let mut index = OffsetIndex::default();
+        assert_eq!(index.readable_from(), 0);
+        index.reset(Some(41));
+        assert_eq!(index.readable_from(), 42);
+        assert_eq!(index.start_for(50), None);
+        for i in 0..=MEMBER_READ_INDEX_ENTRIES_MAX as u64 {
+            index.note(i + 1, &records(&[100 + i]));
+        }
+        assert_eq!(index.entries.len(), MEMBER_READ_INDEX_ENTRIES_MAX);
+        assert_eq!(index.readable_from(), 101);
+        assert_eq!(index.start_for(101), Some(2));
+    }
+}
