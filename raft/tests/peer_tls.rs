@@ -101,7 +101,10 @@ fn assert_link_refused(outcomes: &[(Result<Vec<u8>, CallError>, Duration)]) {
     for (result, took) in outcomes {
         println!("refused in {took:?}: {result:?}");
         assert!(
-            matches!(result, Err(CallError::Unreachable(_))),
+            matches!(
+                result,
+                Err(CallError::NotSent(_) | CallError::Unreachable(_))
+            ),
             "the link is unreachable: {result:?}"
         );
         assert!(*took < REFUSAL_MAX, "refused in {took:?}, not at once");

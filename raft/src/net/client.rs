@@ -45,8 +45,11 @@ pub const REDIAL_BACKOFF_MAX_MS: u64 = 1_000;
 /// Why a request got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
-    /// No connection (dial failed, handshake refused, backing off) or it
-    /// broke before the answer came.
+    /// No connection (dial failed, handshake refused, backing off): the
+    /// request never left this node.
+    NotSent(String),
+    /// The connection broke after the request was handed to it, before the
+    /// answer came: the peer may have acted on it.
     Unreachable(String),
     /// No answer within the request's timeout.
     Timeout,
@@ -59,6 +62,7 @@ pub enum CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CallError::NotSent(why) => write!(f, "not sent: {why}"),
             CallError::Unreachable(why) => write!(f, "unreachable: {why}"),
             CallError::Timeout => write!(f, "timed out"),
             CallError::Remote(body) => write!(f, "remote error {body}"),
@@ -251,8 +255,11 @@ impl PeerClient {
                 .in_flight
                 .acquire_permit(1)
                 .await
-                .map_err(|err| CallError::Unreachable(format!("link closed: {err}")))?;
-            let conn = self.connection().await?;
+                .map_err(|err| CallError::NotSent(format!("link closed: {err}")))?;
+            let conn = self.connection().await.map_err(|e| match e {
+                CallError::Unreachable(why) => CallError::NotSent(why),
+                other => other,
+            })?;
             *conn_used.borrow_mut() = Some(conn.shared.clone());
             let request_id = conn.next_request_id.get();
             conn.next_request_id.set(request_id + 1);

@@ -189,7 +189,9 @@ where
                 target,
                 timeout: option.hard_ttl(),
             }),
-            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::from_string(context)),
+            CallError::NotSent(_) | CallError::Unreachable(_) => {
+                RPCError::Unreachable(Unreachable::from_string(context))
+            }
             CallError::Remote(body) => match body.code {
                 ErrorCode::UnknownGroup | ErrorCode::GroupStopped | ErrorCode::HandshakeRefused => {
                     RPCError::Unreachable(Unreachable::from_string(context))

@@ -37,7 +37,7 @@ use shards::shard::{
 
 use crate::net::frame::FrameKind;
 use crate::net::wire::{from_json, to_json, ErrorBody, ErrorCode as WireCode};
-use crate::net::{PeerPool, ShardCalls};
+use crate::net::{CallError, PeerPool, ShardCalls};
 
 /// How long a forwarded operation may take, answer included: a commit's
 /// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
@@ -266,19 +266,23 @@ pub fn forward(
         let called = client
             .call(FrameKind::ShardCall, shard as u64, &body, timeout)
             .await;
-        match called.map_err(|e| e.to_string()).and_then(|answer| {
-            from_json::<Answer>(&answer).map_err(|e| format!("undecodable answer: {e}"))
-        }) {
-            Ok(answer) => target.deliver(answer),
-            // The trip failed (the leader went away, a timeout): as in a
-            // failover, the client retries.
-            Err(_) => target.fail(
-                LinkError::OutcomeUnknown {
+        let failed = match called {
+            Ok(answer) => match from_json::<Answer>(&answer) {
+                Ok(answer) => return target.deliver(answer),
+                Err(_) => LinkError::OutcomeUnknown {
                     leader: Some(leader),
-                }
-                .to_engine_error(),
-            ),
-        }
+                },
+            },
+            // No connection to the leader: the request never left.
+            Err(CallError::NotSent(why)) => LinkError::LeaderUnreachable { leader, why },
+            // The trip failed after the request left (the leader went
+            // away, a timeout): the leader may have run it.
+            Err(_) => LinkError::OutcomeUnknown {
+                leader: Some(leader),
+            },
+        };
+        // As in a failover: the client retries.
+        target.fail(failed.to_engine_error());
     })
     .detach();
     Ok(())
