@@ -1,21 +1,28 @@
-//! Jepsen-style run against the real binary (issue 14, item 14, on one
-//! node): concurrent clients hammer a few instances of a machine with
-//! cycles and branches while the server is SIGKILLed and restarted; then
-//! every instance's history must be linearizable, no acknowledged write
-//! may be missing from the log, no logged write may lack a request that
-//! could have made it, and a WATCH_ALL stream resumed across the restarts
-//! must equal the committed log.
+//! Jepsen-style runs against the real binary (issue 14, item 14), on one
+//! node and on a 3-node replicated cluster: concurrent clients hammer a
+//! few instances of a machine with cycles and branches while the server
+//! (on a cluster: the leader) is SIGKILLed and restarted; then every
+//! instance's history must be linearizable, no acknowledged write may be
+//! missing from the log, no logged write may lack a request that could
+//! have made it, and a WATCH_ALL stream resumed across the kills (on a
+//! cluster: at another node each time) must equal the committed log. On a
+//! cluster every node's log must also be the leader's.
 //!
 //! `CORESTATE_LIN_SECS` (default 6) sets the load's length,
-//! `CORESTATE_LIN_KILLS` (default 3) the SIGKILLs spread over it, and
-//! `CORESTATE_TEST_SEED` repeats a run's choices. Setting either of the
-//! first two writes the results to bench-results/<date>/.
+//! `CORESTATE_LIN_KILLS` (default 3; 2 on the cluster) the SIGKILLs spread
+//! over it, and `CORESTATE_TEST_SEED` repeats a run's choices. Setting
+//! either of the first two writes the results to bench-results/<date>/.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod client;
 mod committed;
+mod deployment;
+// The cluster harness of tests/cluster (this run uses part of it).
+#[allow(dead_code)]
+#[path = "../cluster/harness.rs"]
+mod harness;
 mod results;
 mod watch_resume;
 mod watcher;
@@ -26,12 +33,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use corestate_checker::{
-    check_committed_log, check_history, check_watch_stream, Change, ClientLog, Clock, History,
-    Machine,
+    check_committed_log, check_history, check_watch_stream, Change, ClientLog, Clock, Committed,
+    History, Machine,
 };
-use support::{ids_on_shard, put_machine, Server, SHARDS};
+use deployment::Deployment;
+use support::{ids_on_shard, SHARDS};
 use watcher::{run_watcher, WatchControl};
-use workload::{run_client, Rng, Target, INITIAL, MACHINE, TRANSITIONS};
+use workload::{run_client, Rng, Target, INITIAL, TRANSITIONS};
 
 /// Client threads, each with one request in flight.
 const CLIENTS: usize = 8;
@@ -39,6 +47,13 @@ const CLIENTS: usize = 8;
 const INSTANCES_PER_SHARD: usize = 2;
 const LOAD_SECS_DEFAULT: u64 = 6;
 const KILLS_DEFAULT: u64 = 3;
+/// Leader kills of the cluster run in the test command (each restart of a
+/// node takes a few seconds on a debug build).
+const CLUSTER_KILLS_DEFAULT: u64 = 2;
+/// Nodes of the cluster run.
+const CLUSTER_NODES: u64 = 3;
+/// How long every node may take to apply the leader's log after the run.
+const REPLICAS_CATCH_UP: Duration = Duration::from_secs(20);
 /// How long the server stays dead after each SIGKILL (clients fail
 /// meanwhile).
 const KILL_DOWNTIME: Duration = Duration::from_millis(200);
@@ -84,27 +99,51 @@ fn stream_context(history: &History, problems: &str) -> String {
 
 #[test]
 fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
+    let instances: Vec<String> = (0..SHARDS)
+        .flat_map(|shard| ids_on_shard("lin", shard, INSTANCES_PER_SHARD))
+        .collect();
+    run(
+        Deployment::single(),
+        &instances,
+        KILLS_DEFAULT,
+        "linearizability",
+    );
+}
+
+#[test]
+fn concurrent_clients_see_one_linearizable_cluster_across_leader_kills() {
+    // One shard per node process: the same number of instances per group.
+    let instances: Vec<String> = (0..INSTANCES_PER_SHARD * SHARDS)
+        .map(|i| format!("clin-{i}"))
+        .collect();
+    let cluster = Deployment::cluster(CLUSTER_NODES);
+    run(
+        cluster,
+        &instances,
+        CLUSTER_KILLS_DEFAULT,
+        "cluster-linearizability",
+    );
+}
+
+fn run(mut deployment: Deployment, instances: &[String], default_kills: u64, name: &str) {
     let secs = env_u64("CORESTATE_LIN_SECS").unwrap_or(LOAD_SECS_DEFAULT);
-    let kills = env_u64("CORESTATE_LIN_KILLS").unwrap_or(KILLS_DEFAULT);
+    let kills = env_u64("CORESTATE_LIN_KILLS").unwrap_or(default_kills);
     let long_run =
         std::env::var("CORESTATE_LIN_SECS").is_ok() || std::env::var("CORESTATE_LIN_KILLS").is_ok();
     let seed = env_u64("CORESTATE_TEST_SEED").unwrap_or_else(|| {
         let t = Instant::now().elapsed().as_nanos() as u64;
         (t ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9)) | 1
     });
+    let label = deployment.label();
     eprintln!(
-        "linearizability run: {secs} s, {kills} kills, {CLIENTS} clients, seed {seed} \
+        "linearizability run ({label}): {secs} s, {kills} kills, {CLIENTS} clients, seed {seed} \
          (CORESTATE_TEST_SEED={seed} repeats it)"
     );
     let machine = Machine::new(INITIAL, TRANSITIONS);
-    let instances: Vec<String> = (0..SHARDS)
-        .flat_map(|shard| ids_on_shard("lin", shard, INSTANCES_PER_SHARD))
-        .collect();
-    let mut server = Server::start(&[]);
-    put_machine(&mut server.raw(), MACHINE, workload::definition());
 
     let clock = Clock::start();
-    let target = Target::new(server.port());
+    let target = Target::new(&deployment.ports());
+    let first_leader = deployment.leader_index();
     let stop = AtomicBool::new(false);
     let control = WatchControl::new();
     let mut rng = Rng(seed);
@@ -118,20 +157,18 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
         };
         let workers: Vec<_> = (0..CLIENTS)
             .map(|c| {
-                let (clock, instances, target, stop) = (clock, &instances, &target, &stop);
+                let (clock, target, stop) = (clock, &target, &stop);
                 s.spawn(move || run_client(c, seed, clock, instances, target, stop))
             })
             .collect();
-        let watcher = s.spawn(|| run_watcher(&target, &control));
+        let watcher = s.spawn(|| run_watcher(&target, &control, first_leader));
         let interval = Duration::from_secs(secs) / (kills as u32 + 1);
         for _ in 0..kills {
             let jitter_ms = interval.as_millis() as u64 * KILL_JITTER_PERCENT / 100;
             thread::sleep(interval - Duration::from_millis(rng.below(jitter_ms.max(1))));
-            server.sigkill();
-            deaths_ns.push(clock.now_ns());
-            thread::sleep(KILL_DOWNTIME);
-            server.restart();
-            target.set(server.port());
+            let kill =
+                deployment.kill_and_restart(KILL_DOWNTIME, || deaths_ns.push(clock.now_ns()));
+            target.set(kill.node, kill.port);
         }
         thread::sleep(interval);
         stop.store(true, Ordering::SeqCst);
@@ -139,10 +176,10 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
             .into_iter()
             .map(|w| w.join().expect("client thread"))
             .unzip();
-        let mut c = server.raw();
+        let mut c = deployment.reader();
         let mut final_log = ClientLog::new(CLIENTS, clock);
-        let final_reads = committed::final_reads(&mut c, &mut final_log, &instances);
-        let committed = committed::read_committed(&mut c, &instances);
+        let final_reads = committed::final_reads(&mut c, &mut final_log, instances);
+        let committed = committed::read_committed(&mut c, instances);
         let last_transition = committed
             .iter()
             .filter(|e| matches!(e.change, Change::Apply { .. }))
@@ -157,23 +194,29 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
         (logs, stats, watch_log, committed, final_reads)
     });
     let load = load_started.elapsed();
+    // Every replica holds the leader's log (they may still be applying it).
+    let replicas = replicas_agree(&mut deployment, instances, &committed);
 
     let mut history = History::from_logs(logs);
-    // A request in flight when its process died took effect before the
-    // death or never.
-    history.bound_unknowns_by_deaths(&deaths_ns);
+    if deployment.deaths_bound_unknowns() {
+        // A request in flight when its process died took effect before
+        // the death or never.
+        history.bound_unknowns_by_deaths(&deaths_ns);
+    }
     let counts = history.counts();
     let report = check_history(&machine, &history);
     let durability = check_committed_log(&machine, &history, &committed, &final_reads);
     let stream = check_watch_stream(&watch_log.events, &committed, 0);
     let unexpected: Vec<&String> = stats.iter().flat_map(|s| &s.unexpected).collect();
     let reconnects: usize = stats.iter().map(|s| s.reconnects).sum();
+    let retryable: usize = stats.iter().map(|s| s.retryable).sum();
 
     let summary = format!(
-        "seed {seed}: {secs} s load ({load:.1?} with restarts), {kills} SIGKILLs, {CLIENTS} \
-         clients, {} instances\n{counts}\nlinearizability: {} in {:.1?} ({} search steps)\n\
-         committed log: {} writes, {durability:?}\nwatch stream: {} events over {} \
-         subscriptions: {stream:?} {}\nclient reconnects {reconnects}, unexpected errors {}",
+        "{label}, seed {seed}: {secs} s load ({load:.1?} with restarts), {kills} SIGKILLs, \
+         {CLIENTS} clients, {} instances\n{counts}\nlinearizability: {} in {:.1?} ({} search \
+         steps)\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
+         {} events over {} subscriptions: {stream:?} {}\nclient reconnects {reconnects}, \
+         retryable refusals {retryable}, unexpected errors {}",
         instances.len(),
         if report.is_linearizable() {
             "every instance linearizable".to_string()
@@ -192,15 +235,22 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
     if long_run {
         let anomalies = usize::from(!report.is_linearizable())
             + usize::from(durability.is_err())
-            + usize::from(stream.is_err());
+            + usize::from(stream.is_err())
+            + usize::from(replicas.is_err());
         let path = results::write_results(
+            name,
             secs,
             kills,
             &format!(
-                "# Linearizability run, single node\n\n`CORESTATE_LIN_SECS={secs} \
+                "# Linearizability run, {label}\n\n`CORESTATE_LIN_SECS={secs} \
                  CORESTATE_LIN_KILLS={kills} CORESTATE_TEST_SEED={seed} cargo test {}--test \
-                 linearizability -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n{summary}\n```\n",
-                if cfg!(debug_assertions) { "" } else { "--release " }
+                 linearizability {name} -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n\
+                 {summary}\n```\n",
+                if cfg!(debug_assertions) {
+                    ""
+                } else {
+                    "--release "
+                }
             ),
         );
         eprintln!("results written to {}", path.display());
@@ -223,13 +273,15 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
                 format!("resumed from {from} after {at} events (last {last:?})")
             })
             .collect();
-        let deaths: Vec<u64> = deaths_ns.clone();
         panic!(
             "seed {seed}: watch stream vs committed log: {problems}\nsubscriptions:\n  {}\n\
-             deaths at {deaths:?} ns\nhistory around the missing offsets:\n{}",
+             deaths at {deaths_ns:?} ns\nhistory around the missing offsets:\n{}",
             around.join("\n  "),
             stream_context(&history, problems)
         );
+    }
+    if let Err(problem) = &replicas {
+        panic!("seed {seed}: {problem}");
     }
     assert!(
         watch_log.problem.is_none(),
@@ -237,12 +289,53 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
         watch_log.problem
     );
     assert!(unexpected.is_empty(), "unexpected answers: {unexpected:#?}");
+    if deployment.deaths_bound_unknowns() {
+        // A single server never refuses for want of a leader.
+        assert_eq!(retryable, 0, "retryable refusals from a single node");
+    }
     assert!(
         counts.by_kind_outcome[1][0] > 0,
         "no apply was acknowledged: the run proved nothing"
     );
-    let stderr = server.stderr();
-    assert!(!stderr.contains("panicked"), "server panicked:\n{stderr}");
-    // The last run must still be serving.
-    server.raw().assert_alive();
+    for server in deployment.servers() {
+        let stderr = server.stderr();
+        assert!(!stderr.contains("panicked"), "server panicked:\n{stderr}");
+        // The last run must still be serving.
+        server.raw().assert_alive();
+    }
+}
+
+/// On a cluster, each node's log of the instances (WAL_READ) equals the
+/// leader's, once the node has applied it.
+fn replicas_agree(
+    deployment: &mut Deployment,
+    instances: &[String],
+    leader_log: &[Committed],
+) -> Result<usize, String> {
+    let Deployment::Cluster(_) = deployment else {
+        return Ok(0);
+    };
+    let started = Instant::now();
+    let mut checked = 0;
+    for server in deployment.servers() {
+        loop {
+            let log = committed::read_committed(&mut server.raw(), instances);
+            if log == leader_log {
+                checked += 1;
+                break;
+            }
+            if started.elapsed() > REPLICAS_CATCH_UP || log.len() > leader_log.len() {
+                let first = log.iter().zip(leader_log).position(|(a, b)| a != b);
+                return Err(format!(
+                    "the node on port {} holds {} writes, the leader {}; first difference at \
+                     {first:?}",
+                    server.port(),
+                    log.len(),
+                    leader_log.len()
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(checked)
 }

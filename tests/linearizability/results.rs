@@ -25,14 +25,14 @@ pub fn utc_date() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// Write `text` to bench-results/<date>/linearizability-<secs>s-<kills>kills.md
-/// and return the path.
-pub fn write_results(secs: u64, kills: u64, text: &str) -> PathBuf {
+/// Write `text` to bench-results/<date>/<name>-<secs>s-<kills>kills.md and
+/// return the path.
+pub fn write_results(name: &str, secs: u64, kills: u64, text: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("bench-results")
         .join(utc_date());
     fs::create_dir_all(&dir).expect("create bench-results dir");
-    let path = dir.join(format!("linearizability-{secs}s-{kills}kills.md"));
+    let path = dir.join(format!("{name}-{secs}s-{kills}kills.md"));
     fs::write(&path, text).expect("write results file");
     path
 }

@@ -57,11 +57,14 @@ fn event_of(frame: &Value) -> Option<StreamEvent> {
     })
 }
 
-pub fn run_watcher(target: &Target, control: &WatchControl) -> WatchLog {
+/// Watch through node `first_node` first (on a cluster, the leader: the
+/// node the run kills), then wherever a connection is to be had.
+pub fn run_watcher(target: &Target, control: &WatchControl, first_node: usize) -> WatchLog {
     let mut log = WatchLog::default();
     let mut drain_started: Option<Instant> = None;
+    let mut node = first_node;
     'connections: loop {
-        let Some(mut client) = connect(target, &control.abandon) else {
+        let Some(mut client) = connect(target, &mut node, &control.abandon) else {
             log.problem = Some("abandoned while reconnecting".into());
             return log;
         };
@@ -107,8 +110,12 @@ pub fn run_watcher(target: &Target, control: &WatchControl) -> WatchLog {
                         return log;
                     }
                 }
-                // The server died: resume from where the stream got to.
-                Err(_) => continue 'connections,
+                // The server died: resume from where the stream got to
+                // (on a cluster, at the next node).
+                Err(_) => {
+                    node = (node + 1) % target.nodes();
+                    continue 'connections;
+                }
             }
         }
     }

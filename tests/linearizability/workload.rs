@@ -16,6 +16,8 @@ use crate::client::Client;
 
 /// Pause between connection attempts while the server is down.
 pub const RECONNECT_POLL: Duration = Duration::from_millis(20);
+/// Pause after a retryable refusal (a cluster between leaders).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// The machine every instance runs: a cycle (idle → busy → idle), a branch
 /// out of busy (FINISH, FAIL, BOUNCE), a second cycle through failed, and
@@ -42,32 +44,45 @@ pub fn definition() -> Value {
     json!({"states": STATES, "initial": INITIAL, "transitions": transitions})
 }
 
-/// Where the server listens now (its port changes with every restart).
+/// Where the server's nodes listen now (a restarted node's port
+/// changes): one for a single server, one per node for a cluster. Each
+/// client starts at a node of its own and moves to the next one when its
+/// node stops answering.
 pub struct Target {
-    port: AtomicU16,
+    ports: Vec<AtomicU16>,
 }
 
 impl Target {
-    pub fn new(port: u16) -> Target {
+    pub fn new(ports: &[u16]) -> Target {
         Target {
-            port: AtomicU16::new(port),
+            ports: ports.iter().map(|&p| AtomicU16::new(p)).collect(),
         }
     }
 
-    pub fn set(&self, port: u16) {
-        self.port.store(port, Ordering::SeqCst);
+    /// Node `node` (counting from 0) listens on `port` now.
+    pub fn set(&self, node: usize, port: u16) {
+        self.ports[node].store(port, Ordering::SeqCst);
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port.load(Ordering::SeqCst)))
+    pub fn nodes(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn addr(&self, node: usize) -> SocketAddr {
+        let port = self.ports[node % self.ports.len()].load(Ordering::SeqCst);
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 }
 
-/// Connect to the current server, retrying until `stop`.
-pub fn connect(target: &Target, stop: &AtomicBool) -> Option<Client> {
+/// A connection to some node, trying them in turn from `*node` on (which
+/// is left at the one that answered); `None` once `stop` is set.
+pub fn connect(target: &Target, node: &mut usize, stop: &AtomicBool) -> Option<Client> {
     while !stop.load(Ordering::SeqCst) {
-        if let Ok(client) = Client::connect(target.addr()) {
-            return Some(client);
+        for _ in 0..target.nodes() {
+            if let Ok(client) = Client::connect(target.addr(*node)) {
+                return Some(client);
+            }
+            *node = (*node + 1) % target.nodes();
         }
         thread::sleep(RECONNECT_POLL);
     }
@@ -98,6 +113,11 @@ impl Rng {
 #[derive(Debug, Default)]
 pub struct ClientStats {
     pub reconnects: usize,
+    /// Retryable refusals (a cluster between leaders): left out of the
+    /// history when the server says the request did not run
+    /// (`details.outcome` "not_applied"), else recorded as unknown. The
+    /// committed-log check catches a refusal that did run after all.
+    pub retryable: usize,
     /// Error answers the model does not explain (recorded as unknown).
     pub unexpected: Vec<String>,
 }
@@ -115,7 +135,8 @@ pub fn run_client(
     let mut stats = ClientStats::default();
     let mut rng = Rng(seed ^ (client_no as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let events: Vec<&str> = TRANSITIONS.iter().map(|(_, e, _)| *e).collect();
-    let mut conn = connect(target, stop);
+    let mut node = client_no % target.nodes();
+    let mut conn = connect(target, &mut node, stop);
     while let Some(client) = conn.as_mut() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -147,6 +168,21 @@ pub fn run_client(
         };
         let pending = log.invoke(&instance, call.clone());
         match client.call(op, params) {
+            Ok(response) if response["error"]["retryable"] == true => {
+                if response["error"]["details"]["outcome"] == "not_applied" {
+                    // Refused before it ran: no effect, nothing learned.
+                    drop(pending);
+                } else {
+                    log.unknown(pending);
+                }
+                stats.retryable += 1;
+                // As a client should: wait a moment (an election takes a
+                // few hundred ms), then try the next node, in case this
+                // one is cut off.
+                thread::sleep(RETRY_PAUSE);
+                node = (node + 1) % target.nodes();
+                conn = connect(target, &mut node, stop);
+            }
             Ok(response) => {
                 let outcome = outcome_of(&call, &response);
                 if outcome == Outcome::Unknown {
@@ -159,7 +195,7 @@ pub fn run_client(
             Err(_) => {
                 log.unknown(pending);
                 stats.reconnects += 1;
-                conn = connect(target, stop);
+                conn = connect(target, &mut node, stop);
             }
         }
     }

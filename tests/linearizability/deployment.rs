@@ -1,0 +1,110 @@
+//! What the run is pointed at: one server process, or a replicated
+//! cluster of real processes (`tests/cluster/harness.rs`) whose leader is
+//! the one killed.
+
+use std::thread;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::Cluster;
+use crate::support::{put_machine, RawClient, Server};
+use crate::workload::{definition, MACHINE};
+
+pub enum Deployment {
+    Single(Server),
+    Cluster(Cluster),
+}
+
+/// One SIGKILL: which node died, and where it listens after its restart.
+pub struct Kill {
+    pub node: usize,
+    pub port: u16,
+}
+
+impl Deployment {
+    pub fn single() -> Deployment {
+        let server = Server::start(&[]);
+        put_machine(&mut server.raw(), MACHINE, definition());
+        Deployment::Single(server)
+    }
+
+    pub fn cluster(nodes: u64) -> Deployment {
+        let mut cluster = Cluster::start(nodes);
+        let params = json!({"machine": MACHINE, "version": 1, "definition": definition()});
+        cluster.ok_anywhere("PUT_MACHINE", params);
+        Deployment::Cluster(cluster)
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Deployment::Single(_) => "single node".into(),
+            Deployment::Cluster(c) => format!("{}-node cluster", c.nodes.len()),
+        }
+    }
+
+    /// The client ports, by node (counting from 0).
+    pub fn ports(&self) -> Vec<u16> {
+        match self {
+            Deployment::Single(s) => vec![s.port()],
+            Deployment::Cluster(c) => c.nodes.values().map(Server::port).collect(),
+        }
+    }
+
+    /// Whether a request in flight at a SIGKILL took effect before it or
+    /// never: true of a single process; on a cluster the request may have
+    /// reached the leader (or been forwarded) and commit later.
+    pub fn deaths_bound_unknowns(&self) -> bool {
+        matches!(self, Deployment::Single(_))
+    }
+
+    /// The node (counting from 0) that leads now: the one a kill hits.
+    pub fn leader_index(&mut self) -> usize {
+        match self {
+            Deployment::Single(_) => 0,
+            Deployment::Cluster(c) => {
+                let leader = c.leader();
+                c.nodes.keys().position(|&id| id == leader).expect("a node")
+            }
+        }
+    }
+
+    /// SIGKILL the server (on a cluster: the leader), with `on_death`
+    /// called once it is reaped; start it again on its data after
+    /// `downtime`.
+    pub fn kill_and_restart(&mut self, downtime: Duration, on_death: impl FnOnce()) -> Kill {
+        let node = self.leader_index();
+        let server = match self {
+            Deployment::Single(s) => s,
+            Deployment::Cluster(c) => c.nodes.values_mut().nth(node).expect("the leader"),
+        };
+        server.sigkill();
+        on_death();
+        thread::sleep(downtime);
+        server.restart();
+        Kill {
+            node,
+            port: server.port(),
+        }
+    }
+
+    /// A client for the final reads: one that sees every committed write
+    /// (on a cluster, the leader's node: its reads wait for a ReadIndex
+    /// round, which applies every entry committed before it).
+    pub fn reader(&mut self) -> RawClient {
+        match self {
+            Deployment::Single(s) => s.raw(),
+            Deployment::Cluster(c) => {
+                let leader = c.leader();
+                c.raw(leader)
+            }
+        }
+    }
+
+    pub fn servers(&mut self) -> Vec<&mut Server> {
+        match self {
+            Deployment::Single(s) => vec![s],
+            Deployment::Cluster(c) => c.nodes.values_mut().collect(),
+        }
+    }
+}
