@@ -337,7 +337,10 @@ fn a_cut_off_member_catches_up_by_snapshot_once_the_log_is_purged(logs: Logs) {
         );
         assert_eq!(cluster.state_machine(lagging).contents(), expected);
 
-        // And it takes part in later commits as usual.
+        // And it takes part in later commits as usual. (Cut off, it may
+        // have stood for election in higher terms; back, it can depose the
+        // leader: ask who leads now.)
+        let (leader, _) = cluster.agreed_leader(&MEMBER_IDS, None).await;
         let (index, _) = cluster.put(leader, "after-snapshot", "x").await;
         expected.insert("after-snapshot".to_string(), "x".to_string());
         cluster.all_applied(&MEMBER_IDS, index, &expected).await;
