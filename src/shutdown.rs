@@ -4,14 +4,20 @@
 //! message to core 0's acceptor, which then, in order:
 //! 1. stops accepting (the listening socket is closed, so new connections
 //!    are refused by the kernel);
-//! 2. asks every connection, on every acceptor core, to stop reading: requests already received are
-//!    answered, nothing more is read, and each connection closes once every
-//!    answer it owes is written (watch connections close after their
-//!    pending writes); it waits up to `SHUTDOWN_DRAIN_TIMEOUT_MS` for them;
-//! 3. sends `ShardMsg::Shutdown` to every shard — each finishes its current
+//! 2. on a cluster node, hands the lead of every shard group it leads to
+//!    the most caught-up other member and waits until that one leads (at
+//!    most `SHUTDOWN_HANDOVER_TIMEOUT_MS`): the group has a leader again
+//!    without waiting for an election timeout, and requests still arriving
+//!    on this node's open connections are forwarded to it;
+//! 3. asks every connection, on every acceptor core, to stop reading:
+//!    requests already received are answered, nothing more is read, and
+//!    each connection closes once every answer it owes is written (watch
+//!    connections close after their pending writes); it waits up to
+//!    `SHUTDOWN_DRAIN_TIMEOUT_MS` for them;
+//! 4. sends `ShardMsg::Shutdown` to every shard — each finishes its current
 //!    group commit, syncs its WAL and stops — and waits up to
 //!    `SHUTDOWN_SHARD_SYNC_TIMEOUT_MS` for all of them;
-//! 4. returns, and the process exits 0.
+//! 5. returns, and the process exits 0.
 //!
 //! Because the shards stop between groups with their logs synced, the next
 //! start finds no torn tail. A connection whose peer does not read its
@@ -32,6 +38,10 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// Longest the acceptor waits for the shards of a cluster node to hand
+/// their group's lead to other members (each waits up to the Raft layer's
+/// `LEADERSHIP_HANDOVER_TIMEOUT_MS`, 2 s).
+pub const SHUTDOWN_HANDOVER_TIMEOUT_MS: u64 = 3_000;
 /// Longest the acceptor waits for open connections to finish.
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 5_000;
 /// Longest the acceptor waits for every shard to sync and stop.
@@ -155,6 +165,21 @@ pub async fn drain_all_cores(ctx: &crate::server::context::ServerCtx) -> usize {
 
 /// Step 3: every shard finishes its group, syncs its WAL and stops. Returns
 /// the shards that did not confirm in time.
+/// Ask every shard to hand its group's lead over (step 2); for each shard,
+/// what it did: `Ok(Some(node))` handed to `node`, `Ok(None)` led nothing,
+/// `Err` failed, and `None` no answer in time.
+pub async fn hand_over_leadership(
+    router: &crate::server::context::Router,
+) -> Vec<Option<Result<Option<u64>, String>>> {
+    use shards::shard::ShardMsg;
+    shards::router::ask_all_until(
+        router.all(),
+        |done| ShardMsg::HandOver { done },
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_HANDOVER_TIMEOUT_MS)),
+    )
+    .await
+}
+
 pub async fn stop_shards(router: &crate::server::context::Router) -> Vec<usize> {
     use shards::shard::ShardMsg;
     let confirmed = shards::router::ask_all_until(

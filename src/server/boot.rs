@@ -274,6 +274,26 @@ async fn shut_down(
 ) -> Result<(), String> {
     let started = Instant::now();
     tracing::info!("{signal}: stopped accepting connections");
+    // A standalone shard answers at once (it leads no group).
+    let handover = Instant::now();
+    for (shard, done) in shutdown::hand_over_leadership(&ctx.router)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match done {
+            Some(Ok(Some(node))) => tracing::info!(
+                "shard {shard}: handed its group's lead to node {node} in {} ms",
+                handover.elapsed().as_millis()
+            ),
+            Some(Ok(None)) => {}
+            Some(Err(e)) => tracing::warn!("shard {shard}: could not hand over its lead: {e}"),
+            None => tracing::warn!(
+                "shard {shard}: no hand-over of its lead within {} ms",
+                shutdown::SHUTDOWN_HANDOVER_TIMEOUT_MS
+            ),
+        }
+    }
     let open = ctx.cores.open_total();
     let abandoned = shutdown::drain_all_cores(ctx).await;
     if let Some(webhooks) = &ctx.webhooks {

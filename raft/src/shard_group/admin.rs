@@ -87,37 +87,43 @@ impl<M: MemberMachine> GroupMember<M> {
     /// of the log and wait until another member leads; the new leader, or
     /// `None` when this member did not lead.
     pub async fn hand_over_leadership(&self) -> Result<Option<u64>, GroupError> {
-        let status = self.status();
-        if status.role != GroupRole::Leader {
-            return Ok(None);
+        hand_over(self.raft()).await
+    }
+}
+
+/// [`GroupMember::hand_over_leadership`] on a member's `Raft` handle.
+pub(super) async fn hand_over<M: MemberMachine>(
+    raft: &GroupRaft<M>,
+) -> Result<Option<u64>, GroupError> {
+    let status = status_of(raft);
+    if status.role != GroupRole::Leader {
+        return Ok(None);
+    }
+    let me = raft.metrics().borrow_watched().id;
+    let best = status
+        .replicas
+        .iter()
+        .filter(|r| status.voters.contains(&r.node))
+        .max_by_key(|r| r.matched_index)
+        .map(|r| r.node)
+        .ok_or_else(|| GroupError::NoQuorum("no other voter to hand over to".into()))?;
+    raft.trigger()
+        .transfer_leader(best)
+        .await
+        .map_err(|e| GroupError::Stopped(e.to_string()))?;
+    let waited = Duration::from_millis(LEADERSHIP_HANDOVER_TIMEOUT_MS);
+    let started = std::time::Instant::now();
+    loop {
+        let m = raft.metrics().borrow_watched().clone();
+        if let Some(leader) = m.current_leader.filter(|&l| l != me) {
+            return Ok(Some(leader));
         }
-        let me = self.raft().metrics().borrow_watched().id;
-        let best = status
-            .replicas
-            .iter()
-            .filter(|r| status.voters.contains(&r.node))
-            .max_by_key(|r| r.matched_index)
-            .map(|r| r.node)
-            .ok_or_else(|| GroupError::NoQuorum("no other voter to hand over to".into()))?;
-        self.raft()
-            .trigger()
-            .transfer_leader(best)
-            .await
-            .map_err(|e| GroupError::Stopped(e.to_string()))?;
-        let waited = Duration::from_millis(LEADERSHIP_HANDOVER_TIMEOUT_MS);
-        let started = std::time::Instant::now();
-        loop {
-            let m = self.raft().metrics().borrow_watched().clone();
-            if let Some(leader) = m.current_leader.filter(|&l| l != me) {
-                return Ok(Some(leader));
-            }
-            if started.elapsed() >= waited {
-                return Err(GroupError::NoQuorum(format!(
-                    "no other member took the lead within {LEADERSHIP_HANDOVER_TIMEOUT_MS} ms"
-                )));
-            }
-            glommio::timer::sleep(Duration::from_millis(HANDOVER_POLL_MS)).await;
+        if started.elapsed() >= waited {
+            return Err(GroupError::NoQuorum(format!(
+                "no other member took the lead within {LEADERSHIP_HANDOVER_TIMEOUT_MS} ms"
+            )));
         }
+        glommio::timer::sleep(Duration::from_millis(HANDOVER_POLL_MS)).await;
     }
 }
 

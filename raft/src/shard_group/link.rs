@@ -114,6 +114,15 @@ impl GroupLink for MemberLink {
         Box::pin(async move { machine.entries(from, to).await })
     }
 
+    fn hand_over(&self) -> LinkFuture<Result<Option<u64>, String>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            super::admin::hand_over(&raft)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn status(&self) -> serde_json::Value {
         let mut status = serde_json::to_value(super::admin::status_of(&self.raft))
             .expect("a group status serializes");

@@ -257,6 +257,12 @@ pub enum ShardMsg {
     GroupStatus {
         done: flume::Sender<Option<Value>>,
     },
+    /// Hand this shard's group lead to another member before the node
+    /// stops (`GroupLink::hand_over`; `Ok(None)`: standalone, or not the
+    /// leader).
+    HandOver {
+        done: flume::Sender<Result<Option<u64>, String>>,
+    },
     /// A message another node's shard forwarded here because this node
     /// leads the group (`replica.rs`): run it, never forward it again.
     Forwarded(Box<ShardMsg>),

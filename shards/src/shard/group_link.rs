@@ -184,6 +184,10 @@ pub trait GroupLink {
     /// no longer holds `from` (purged behind a snapshot) or cannot be read.
     /// Callers ask only for applied indexes.
     fn entries(&self, from: u64, to: u64) -> LinkFuture<Result<Vec<LoggedTurn>, String>>;
+    /// Hand the lead to the most caught-up other voter and wait until it
+    /// leads (a graceful stop): `Ok(Some(node))` then, `Ok(None)` when this
+    /// member did not lead, `Err` when no one took over in time.
+    fn hand_over(&self) -> LinkFuture<Result<Option<u64>, String>>;
     /// What this member knows of its group now, as JSON (role, leader,
     /// term, log indexes, voters, and on a leader each follower's lag):
     /// REPLICATION_STATUS material.

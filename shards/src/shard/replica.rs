@@ -276,6 +276,9 @@ impl Shard {
             };
             if let Some(refusal) = unsupported_on_a_member(&msg) {
                 refuse(msg, refusal, deferred);
+            } else if let ShardMsg::HandOver { done } = msg {
+                let link = self.member().link.clone();
+                let _ = done.send(link.hand_over().await);
             } else if let ShardMsg::ReadLog {
                 from_offset,
                 max_records,

@@ -450,6 +450,11 @@ impl Shard {
             ShardMsg::GroupStatus { done } => {
                 let _ = done.send(self.group_status());
             }
+            // A standalone shard leads nothing (a member's loop hands over
+            // in `replica.rs`).
+            ShardMsg::HandOver { done } => {
+                let _ = done.send(Ok(None));
+            }
             ShardMsg::Machines { done } => {
                 let machines = self.state.machines.iter().cloned().collect();
                 deferred.push(Deferred::Machines(done, Ok(machines)));
