@@ -3,6 +3,10 @@
 //! fresh client and peer ports, one shard per process (this machine has
 //! two cores). Nodes are SIGKILLed and restarted on their directories and
 //! peer ports (their client port changes: the harness tracks it).
+//!
+//! `Cluster::start_proxied` puts a fault proxy (`fault_proxy.rs`) on every
+//! directed peer link: node i calls node k through proxy (i, k), so links
+//! can be cut one way or both, and a node isolated, while it runs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::fault_proxy::{FaultProxy, LinkMode};
 use crate::support::{fresh_port, RawClient, Server};
 
 /// How long a cluster may take to answer a request after a change
@@ -26,20 +31,46 @@ pub const CLUSTER_TOKEN: &str = "cluster-tests-token-0123456789";
 
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Server>,
+    /// (caller, callee) → the proxy the caller dials (proxied clusters).
+    pub links: BTreeMap<(u64, u64), FaultProxy>,
     _dir: TempDir,
 }
 
 impl Cluster {
     /// Start `size` nodes that form one cluster.
     pub fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, false)
+    }
+
+    /// Start `size` nodes whose peer links all go through fault proxies.
+    pub fn start_proxied(size: u64) -> Cluster {
+        Cluster::start_with(size, true)
+    }
+
+    fn start_with(size: u64, proxied: bool) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let peers: BTreeMap<u64, u16> = (1..=size).map(|id| (id, fresh_port())).collect();
-        let members: String = peers
-            .iter()
-            .map(|(id, port)| format!("      - {{id: {id}, peer: \"127.0.0.1:{port}\"}}\n"))
-            .collect();
+        let mut links = BTreeMap::new();
+        if proxied {
+            for &from in peers.keys() {
+                for (&to, &port) in &peers {
+                    if from != to {
+                        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                        links.insert((from, to), FaultProxy::start(target));
+                    }
+                }
+            }
+        }
         let mut nodes = BTreeMap::new();
         for (&id, port) in &peers {
+            // Whom this node dials where: a proxy per link when proxied.
+            let members: String = peers
+                .iter()
+                .map(|(&peer, &peer_port)| {
+                    let port = links.get(&(id, peer)).map_or(peer_port, FaultProxy::port);
+                    format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n")
+                })
+                .collect();
             let yaml = format!(
                 "corestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
                  token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n    members:\n{members}"
@@ -52,7 +83,28 @@ impl Cluster {
             let server = Server::start_in(&data, &["--config", &config, "--shards", "1"]);
             nodes.insert(id, server);
         }
-        Cluster { nodes, _dir: dir }
+        Cluster {
+            nodes,
+            links,
+            _dir: dir,
+        }
+    }
+
+    /// Put every link to and from `node` in `mode` (`Blackhole`: the node
+    /// is cut off from the others; clients still reach it).
+    pub fn isolate(&self, node: u64, mode: LinkMode) {
+        for ((from, to), proxy) in &self.links {
+            if *from == node || *to == node {
+                proxy.set(mode);
+            }
+        }
+    }
+
+    /// Every link passes traffic again.
+    pub fn heal(&self) {
+        for proxy in self.links.values() {
+            proxy.set(LinkMode::Pass);
+        }
     }
 
     /// Send `op` to each running node in turn until one answers other than

@@ -9,5 +9,8 @@ mod support;
 
 mod failover;
 mod failover_time;
+mod fault_proxy;
+mod graceful;
 mod harness;
+mod partition;
 mod watch;

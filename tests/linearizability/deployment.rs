@@ -1,12 +1,13 @@
 //! What the run is pointed at: one server process, or a replicated
 //! cluster of real processes (`tests/cluster/harness.rs`) whose leader is
-//! the one killed.
+//! the one killed or cut off (fault proxies on every peer link).
 
 use std::thread;
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::fault_proxy::LinkMode;
 use crate::harness::Cluster;
 use crate::support::{put_machine, RawClient, Server};
 use crate::workload::{definition, MACHINE};
@@ -30,7 +31,7 @@ impl Deployment {
     }
 
     pub fn cluster(nodes: u64) -> Deployment {
-        let mut cluster = Cluster::start(nodes);
+        let mut cluster = Cluster::start_proxied(nodes);
         let params = json!({"machine": MACHINE, "version": 1, "definition": definition()});
         cluster.ok_anywhere("PUT_MACHINE", params);
         Deployment::Cluster(cluster)
@@ -85,6 +86,18 @@ impl Deployment {
         Kill {
             node,
             port: server.port(),
+        }
+    }
+
+    /// Cut the leader off from the other nodes for `duration` (its
+    /// clients still reach it), then heal every link. A single server has
+    /// no links: nothing happens.
+    pub fn partition_leader(&mut self, duration: Duration) {
+        if let Deployment::Cluster(c) = self {
+            let leader = c.leader();
+            c.isolate(leader, LinkMode::Blackhole);
+            thread::sleep(duration);
+            c.heal();
         }
     }
 

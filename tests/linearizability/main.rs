@@ -10,8 +10,10 @@
 //!
 //! `CORESTATE_LIN_SECS` (default 6) sets the load's length,
 //! `CORESTATE_LIN_KILLS` (default 3; 2 on the cluster) the SIGKILLs spread
-//! over it, and `CORESTATE_TEST_SEED` repeats a run's choices. Setting
-//! either of the first two writes the results to bench-results/<date>/.
+//! over it, `CORESTATE_LIN_PARTITIONS` (cluster only, default 1) the times
+//! the leader is cut off from the others for `PARTITION_TIME`, and
+//! `CORESTATE_TEST_SEED` repeats a run's choices. Setting any of the first
+//! three writes the results to bench-results/<date>/.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -19,7 +21,11 @@ mod support;
 mod client;
 mod committed;
 mod deployment;
-// The cluster harness of tests/cluster (this run uses part of it).
+// The cluster harness of tests/cluster and its fault proxies (this run
+// uses part of them).
+#[allow(dead_code)]
+#[path = "../cluster/fault_proxy.rs"]
+mod fault_proxy;
 #[allow(dead_code)]
 #[path = "../cluster/harness.rs"]
 mod harness;
@@ -50,6 +56,11 @@ const KILLS_DEFAULT: u64 = 3;
 /// Leader kills of the cluster run in the test command (each restart of a
 /// node takes a few seconds on a debug build).
 const CLUSTER_KILLS_DEFAULT: u64 = 2;
+/// Leader partitions of the cluster run in the test command.
+const CLUSTER_PARTITIONS_DEFAULT: u64 = 1;
+/// How long a partition keeps the leader cut off: longer than an election
+/// (150–300 ms), shorter than a turn's commit timeout (2 s).
+const PARTITION_TIME: Duration = Duration::from_millis(1500);
 /// Nodes of the cluster run.
 const CLUSTER_NODES: u64 = 3;
 /// How long every node may take to apply the leader's log after the run.
@@ -102,42 +113,63 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
     let instances: Vec<String> = (0..SHARDS)
         .flat_map(|shard| ids_on_shard("lin", shard, INSTANCES_PER_SHARD))
         .collect();
-    run(
-        Deployment::single(),
-        &instances,
-        KILLS_DEFAULT,
-        "linearizability",
-    );
+    let faults = Faults {
+        kills: KILLS_DEFAULT,
+        partitions: 0,
+    };
+    run(Deployment::single(), &instances, faults, "linearizability");
 }
 
 #[test]
-fn concurrent_clients_see_one_linearizable_cluster_across_leader_kills() {
+fn concurrent_clients_see_one_linearizable_cluster_across_leader_kills_and_partitions() {
     // One shard per node process: the same number of instances per group.
     let instances: Vec<String> = (0..INSTANCES_PER_SHARD * SHARDS)
         .map(|i| format!("clin-{i}"))
         .collect();
+    let faults = Faults {
+        kills: CLUSTER_KILLS_DEFAULT,
+        partitions: env_u64("CORESTATE_LIN_PARTITIONS").unwrap_or(CLUSTER_PARTITIONS_DEFAULT),
+    };
     let cluster = Deployment::cluster(CLUSTER_NODES);
-    run(
-        cluster,
-        &instances,
-        CLUSTER_KILLS_DEFAULT,
-        "cluster-linearizability",
-    );
+    run(cluster, &instances, faults, "cluster-linearizability");
 }
 
-fn run(mut deployment: Deployment, instances: &[String], default_kills: u64, name: &str) {
+/// The faults of a run, spread evenly over its load.
+#[derive(Clone, Copy)]
+struct Faults {
+    kills: u64,
+    partitions: u64,
+}
+
+impl Faults {
+    /// Whether the `i`-th of all faults is a partition (the two kinds
+    /// interleaved as evenly as their counts allow).
+    fn is_partition(&self, i: u64) -> bool {
+        let total = self.kills + self.partitions;
+        (i + 1) * self.partitions / total > i * self.partitions / total
+    }
+}
+
+fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &str) {
     let secs = env_u64("CORESTATE_LIN_SECS").unwrap_or(LOAD_SECS_DEFAULT);
-    let kills = env_u64("CORESTATE_LIN_KILLS").unwrap_or(default_kills);
-    let long_run =
-        std::env::var("CORESTATE_LIN_SECS").is_ok() || std::env::var("CORESTATE_LIN_KILLS").is_ok();
+    let kills = env_u64("CORESTATE_LIN_KILLS").unwrap_or(faults.kills);
+    let faults = Faults { kills, ..faults };
+    let partitions = faults.partitions;
+    let long_run = [
+        "CORESTATE_LIN_SECS",
+        "CORESTATE_LIN_KILLS",
+        "CORESTATE_LIN_PARTITIONS",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok());
     let seed = env_u64("CORESTATE_TEST_SEED").unwrap_or_else(|| {
         let t = Instant::now().elapsed().as_nanos() as u64;
         (t ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9)) | 1
     });
     let label = deployment.label();
     eprintln!(
-        "linearizability run ({label}): {secs} s, {kills} kills, {CLIENTS} clients, seed {seed} \
-         (CORESTATE_TEST_SEED={seed} repeats it)"
+        "linearizability run ({label}): {secs} s, {kills} kills, {partitions} partitions, \
+         {CLIENTS} clients, seed {seed} (CORESTATE_TEST_SEED={seed} repeats it)"
     );
     let machine = Machine::new(INITIAL, TRANSITIONS);
 
@@ -162,13 +194,17 @@ fn run(mut deployment: Deployment, instances: &[String], default_kills: u64, nam
             })
             .collect();
         let watcher = s.spawn(|| run_watcher(&target, &control, first_leader));
-        let interval = Duration::from_secs(secs) / (kills as u32 + 1);
-        for _ in 0..kills {
+        let interval = Duration::from_secs(secs) / ((kills + partitions) as u32 + 1);
+        for i in 0..kills + partitions {
             let jitter_ms = interval.as_millis() as u64 * KILL_JITTER_PERCENT / 100;
             thread::sleep(interval - Duration::from_millis(rng.below(jitter_ms.max(1))));
-            let kill =
-                deployment.kill_and_restart(KILL_DOWNTIME, || deaths_ns.push(clock.now_ns()));
-            target.set(kill.node, kill.port);
+            if faults.is_partition(i) {
+                deployment.partition_leader(PARTITION_TIME);
+            } else {
+                let kill =
+                    deployment.kill_and_restart(KILL_DOWNTIME, || deaths_ns.push(clock.now_ns()));
+                target.set(kill.node, kill.port);
+            }
         }
         thread::sleep(interval);
         stop.store(true, Ordering::SeqCst);
@@ -213,6 +249,7 @@ fn run(mut deployment: Deployment, instances: &[String], default_kills: u64, nam
 
     let summary = format!(
         "{label}, seed {seed}: {secs} s load ({load:.1?} with restarts), {kills} SIGKILLs, \
+         {partitions} leader partitions, \
          {CLIENTS} clients, {} instances\n{counts}\nlinearizability: {} in {:.1?} ({} search \
          steps)\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
          {} events over {} subscriptions: {stream:?} {}\nclient reconnects {reconnects}, \
@@ -240,10 +277,11 @@ fn run(mut deployment: Deployment, instances: &[String], default_kills: u64, nam
         let path = results::write_results(
             name,
             secs,
-            kills,
+            (kills, partitions),
             &format!(
                 "# Linearizability run, {label}\n\n`CORESTATE_LIN_SECS={secs} \
-                 CORESTATE_LIN_KILLS={kills} CORESTATE_TEST_SEED={seed} cargo test {}--test \
+                 CORESTATE_LIN_KILLS={kills} CORESTATE_LIN_PARTITIONS={partitions} \
+                 CORESTATE_TEST_SEED={seed} cargo test {}--test \
                  linearizability {name} -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n\
                  {summary}\n```\n",
                 if cfg!(debug_assertions) {

@@ -25,14 +25,19 @@ pub fn utc_date() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// Write `text` to bench-results/<date>/<name>-<secs>s-<kills>kills.md and
-/// return the path.
-pub fn write_results(name: &str, secs: u64, kills: u64, text: &str) -> PathBuf {
+/// Write `text` to bench-results/<date>/<name>-<secs>s-<kills>kills.md
+/// (with `-<partitions>partitions` when there were any) and return the path.
+pub fn write_results(name: &str, secs: u64, faults: (u64, u64), text: &str) -> PathBuf {
+    let (kills, partitions) = faults;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("bench-results")
         .join(utc_date());
     fs::create_dir_all(&dir).expect("create bench-results dir");
-    let path = dir.join(format!("{name}-{secs}s-{kills}kills.md"));
+    let partitions = match partitions {
+        0 => String::new(),
+        n => format!("-{n}partitions"),
+    };
+    let path = dir.join(format!("{name}-{secs}s-{kills}kills{partitions}.md"));
     fs::write(&path, text).expect("write results file");
     path
 }

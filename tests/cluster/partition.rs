@@ -1,0 +1,149 @@
+//! Partitions through the fault proxies on the peer links: a leader cut
+//! off from the others loses its group (a new leader serves the majority
+//! side within the failover goal), the cut-off node refuses retryably —
+//! never a wrong answer — and, healed, catches up on what it missed.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::fault_proxy::{FaultProxy, LinkMode};
+use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
+use crate::support::flip_definition;
+
+/// Each mode does to a live connection what it says.
+#[test]
+fn the_proxy_passes_blackholes_and_refuses_on_command() {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = FaultProxy::start(target);
+    let mut c = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    c.write_all(b"ping").unwrap();
+    c.read_exact(&mut buf[..4]).unwrap();
+    assert_eq!(&buf[..4], b"ping");
+    proxy.set(LinkMode::Blackhole);
+    c.write_all(b"lost").unwrap();
+    assert!(
+        c.read(&mut buf).is_err(),
+        "nothing comes back through a blackhole"
+    );
+    proxy.set(LinkMode::Delay(50));
+    c.write_all(b"late").unwrap();
+    c.read_exact(&mut buf[..4]).unwrap();
+    assert_eq!(&buf[..4], b"late");
+    proxy.set(LinkMode::Refuse);
+    assert!(
+        matches!(c.read(&mut buf), Ok(0) | Err(_)),
+        "the connection is closed"
+    );
+    let mut again = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        matches!(again.read(&mut buf), Ok(0) | Err(_)),
+        "a new one too"
+    );
+    proxy.set(LinkMode::Pass);
+    let mut healed = TcpStream::connect(("127.0.0.1", proxy.port())).unwrap();
+    healed
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    healed.write_all(b"back").unwrap();
+    healed.read_exact(&mut buf[..4]).unwrap();
+    assert_eq!(&buf[..4], b"back");
+}
+
+#[test]
+fn a_cut_off_leader_is_replaced_and_catches_up_when_healed() {
+    let mut cluster = Cluster::start_proxied(3);
+    let first = cluster.leader();
+    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
+    cluster.ok_on(first, "PUT_MACHINE", put);
+    let create = json!({"machine": "flip", "version": 1, "instance_id": "p-0"});
+    cluster.ok_on(first, "CREATE_INSTANCE", create);
+    let others: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|&n| n != first)
+        .collect();
+
+    cluster.isolate(first, LinkMode::Blackhole);
+    let cut = Instant::now();
+    // The majority side elects a leader of its own and serves writes.
+    let flip = json!({"instance_id": "p-0", "event": "FLIP", "idempotency_key": "flip-1"});
+    let applied = cluster.ok_on(others[0], "APPLY_EVENT", flip);
+    assert_eq!(applied["to_state"], "b", "{applied}");
+    eprintln!(
+        "partition: the majority side served a write {:?} after the cut",
+        cut.elapsed()
+    );
+    // The cut-off node answers, but only with retryable refusals: it
+    // cannot confirm a read, and any write of its would not commit.
+    let answer = cluster
+        .raw(first)
+        .call("GET_INSTANCE", json!({"instance_id": "p-0"}));
+    assert_eq!(
+        answer["status"], "error",
+        "a cut-off node answered a read: {answer}"
+    );
+    assert_eq!(answer["error"]["retryable"], true, "{answer}");
+
+    cluster.heal();
+    // Healed, it learns the write it missed and serves it.
+    let started = Instant::now();
+    loop {
+        let got = cluster
+            .raw(first)
+            .call("GET_INSTANCE", json!({"instance_id": "p-0"}));
+        if got["status"] == "ok" {
+            assert_eq!(got["result"]["state"], "b", "{got}");
+            break;
+        }
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "the healed node never served the write it missed: {got}"
+        );
+        thread::sleep(LEADER_POLL);
+    }
+    // Its own log gets the write too (WAL_READ reads what this node
+    // applied; the GET above may have been forwarded to the leader).
+    loop {
+        let log = cluster.ok_on(first, "WAL_READ", json!({"from_offset": 0}));
+        let transitions = log["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["entry"]["type"] == "apply_event")
+            .count();
+        if transitions == 1 {
+            break;
+        }
+        assert_eq!(transitions, 0, "{log}");
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "the healed node never applied the write it missed: {log}"
+        );
+        thread::sleep(LEADER_POLL);
+    }
+}
