@@ -38,10 +38,6 @@ use shards::wal::Frontier;
 
 use crate::config::ClusterConfig;
 
-/// Committed entries between a group's snapshots. Each snapshot lets the
-/// log before it be deleted; a member that falls further behind than the
-/// log kept catches up from the snapshot.
-pub const RAFT_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// Entries kept in the log behind a snapshot, for followers slightly behind.
 pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
 
@@ -89,7 +85,7 @@ pub fn listen(
 fn raft_config(cluster: &ClusterConfig) -> Result<Arc<openraft::Config>, String> {
     let config = openraft::Config {
         cluster_name: cluster.name.clone(),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(RAFT_SNAPSHOT_EVERY_ENTRIES),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_every_entries),
         max_in_snapshot_log_to_keep: RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
         ..openraft::Config::default()
     };
@@ -140,6 +136,16 @@ pub async fn open_member_shard(
     };
     let (member, link, deliveries, log_report) =
         start_loop_member(setup, Env::os(cfg.id), &peers, inbox, mailbox).await?;
+    if let Some(t) = &log_report.torn_tail {
+        tracing::warn!(
+            "shard {}: torn write at the end of its Raft log {} cut at byte {} ({} bytes \
+             discarded; never acknowledged, the group's leader sends what it lacks)",
+            cfg.id,
+            t.path.display(),
+            t.position,
+            t.bytes_zeroed
+        );
+    }
     if log_report.last_log_id.is_none() && log_report.last_purged.is_none() {
         initialize(&member, cluster, cfg.id, &raft_dir).await?;
     }

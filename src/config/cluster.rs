@@ -12,6 +12,7 @@
 //!       - {id: 1, peer: 10.0.0.1:7501}
 //!       - {id: 2, peer: 10.0.0.2:7501}
 //!       - {id: 3, peer: 10.0.0.3:7501}
+//!     snapshot_every_entries: 10000   # optional
 //! ```
 //!
 //! Every member lists the same members; each shard is a Raft group with a
@@ -30,6 +31,13 @@ pub const CLUSTER_MEMBERS_MAX: usize = 7;
 /// Shortest cluster token accepted: a guessable token lets anyone on the
 /// network join the groups.
 pub const CLUSTER_TOKEN_CHARS_MIN: usize = 16;
+/// Committed entries between a group's snapshots unless configured. Each
+/// snapshot lets the log before it be deleted; a member that falls further
+/// behind than the log kept catches up from the snapshot.
+pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;
+/// Fewest entries between snapshots that may be configured: a snapshot is
+/// the whole shard state, too costly to write every few entries.
+pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -39,6 +47,8 @@ pub struct ClusterConfig {
     pub peer_listen: SocketAddr,
     /// Every member's peer address (its own included).
     pub members: BTreeMap<u64, SocketAddr>,
+    /// Committed entries between a group's snapshots.
+    pub snapshot_every_entries: u64,
 }
 
 fn field<'a>(map: &'a Mapping, path: &str, key: &str) -> Option<(String, &'a Value)> {
@@ -110,6 +120,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "token_file",
             "peer_listen",
             "members",
+            "snapshot_every_entries",
         ],
     )?;
     let (key, v) = required(map, PATH, "node_id")?;
@@ -181,12 +192,26 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             format!("node {node_id} is not among the members"),
         ));
     }
+    let snapshot_every_entries = match field(map, PATH, "snapshot_every_entries") {
+        None => CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT,
+        Some((key, v)) => match v.as_u64() {
+            Some(n) if n >= CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN => n,
+            _ => {
+                return Err(type_error(
+                    key,
+                    &format!("an integer ≥ {CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN}"),
+                    v,
+                ))
+            }
+        },
+    };
     Ok(Some(ClusterConfig {
         node_id,
         name,
         token: token.1,
         peer_listen,
         members,
+        snapshot_every_entries,
     }))
 }
 
@@ -216,6 +241,15 @@ corestate:
         assert_eq!(c.node_id, 2);
         assert_eq!(c.members.len(), 2);
         assert_eq!(c.members[&1], "127.0.0.1:7501".parse().unwrap());
+        assert_eq!(
+            c.snapshot_every_entries,
+            CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT
+        );
+        let more = GOOD.replace(
+            "    name: orders\n",
+            "    name: orders\n    snapshot_every_entries: 500\n",
+        );
+        assert_eq!(parse(&more).unwrap().unwrap().snapshot_every_entries, 500);
         assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);
         assert_eq!(parse("{}").unwrap(), None);
     }
@@ -246,6 +280,13 @@ corestate:
             (
                 GOOD.replace("    name: orders\n", ""),
                 "corestate.cluster.name",
+            ),
+            (
+                GOOD.replace(
+                    "    name: orders\n",
+                    "    name: orders\n    snapshot_every_entries: 5\n",
+                ),
+                "corestate.cluster.snapshot_every_entries",
             ),
         ];
         for (text, key) in cases {

@@ -4,7 +4,8 @@
 //! two cores). Nodes are SIGKILLed and restarted on their directories and
 //! peer ports (their client port changes: the harness tracks it).
 //!
-//! `Cluster::start_proxied` puts a fault proxy (`fault_proxy.rs`) on every
+//! `Cluster::start_proxied` puts a fault proxy (the Raft crate's
+//! `tests/support/fault_proxy.rs`) on every
 //! directed peer link: node i calls node k through proxy (i, k), so links
 //! can be cut one way or both, and a node isolated, while it runs.
 
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::fault_proxy::{FaultProxy, LinkMode};
+use crate::fault_proxy::{FaultProxy, Mode};
 use crate::support::{fresh_port, RawClient, Server};
 
 /// How long a cluster may take to answer a request after a change
@@ -39,15 +40,18 @@ pub struct Cluster {
 impl Cluster {
     /// Start `size` nodes that form one cluster.
     pub fn start(size: u64) -> Cluster {
-        Cluster::start_with(size, false)
+        Cluster::start_with(size, false, "")
     }
 
     /// Start `size` nodes whose peer links all go through fault proxies.
     pub fn start_proxied(size: u64) -> Cluster {
-        Cluster::start_with(size, true)
+        Cluster::start_with(size, true, "")
     }
 
-    fn start_with(size: u64, proxied: bool) -> Cluster {
+    /// Start `size` nodes, their peer links through fault proxies when
+    /// `proxied`, with `settings` (YAML lines, each indented by four
+    /// spaces) added to every node's `corestate.cluster` section.
+    pub fn start_with(size: u64, proxied: bool, settings: &str) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let peers: BTreeMap<u64, u16> = (1..=size).map(|id| (id, fresh_port())).collect();
         let mut links = BTreeMap::new();
@@ -67,13 +71,15 @@ impl Cluster {
             let members: String = peers
                 .iter()
                 .map(|(&peer, &peer_port)| {
-                    let port = links.get(&(id, peer)).map_or(peer_port, FaultProxy::port);
+                    let port = links
+                        .get(&(id, peer))
+                        .map_or(peer_port, |p| p.addr().port());
                     format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n")
                 })
                 .collect();
             let yaml = format!(
                 "corestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
-                 token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n    members:\n{members}"
+                 token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n{settings}    members:\n{members}"
             );
             let config = dir.path().join(format!("node-{id}.yaml"));
             fs::write(&config, yaml).expect("write node config");
@@ -92,10 +98,10 @@ impl Cluster {
 
     /// Put every link to and from `node` in `mode` (`Blackhole`: the node
     /// is cut off from the others; clients still reach it).
-    pub fn isolate(&self, node: u64, mode: LinkMode) {
+    pub fn isolate(&self, node: u64, mode: Mode) {
         for ((from, to), proxy) in &self.links {
             if *from == node || *to == node {
-                proxy.set(mode);
+                proxy.set_mode(mode);
             }
         }
     }
@@ -103,7 +109,7 @@ impl Cluster {
     /// Every link passes traffic again.
     pub fn heal(&self) {
         for proxy in self.links.values() {
-            proxy.set(LinkMode::Pass);
+            proxy.set_mode(Mode::Pass);
         }
     }
 

@@ -9,8 +9,11 @@ mod support;
 
 mod failover;
 mod failover_time;
+// The Raft crate's fault proxy (its tests: raft/tests/fault_proxy.rs).
+#[path = "../../raft/tests/support/fault_proxy.rs"]
 mod fault_proxy;
 mod graceful;
 mod harness;
 mod partition;
+mod process_faults;
 mod watch;

@@ -23,8 +23,7 @@ mod committed;
 mod deployment;
 // The cluster harness of tests/cluster and its fault proxies (this run
 // uses part of them).
-#[allow(dead_code)]
-#[path = "../cluster/fault_proxy.rs"]
+#[path = "../../raft/tests/support/fault_proxy.rs"]
 mod fault_proxy;
 #[allow(dead_code)]
 #[path = "../cluster/harness.rs"]

@@ -24,6 +24,8 @@
 use std::collections::VecDeque;
 use std::io;
 
+use super::command::ShardMsg;
+use super::deferred::Deferred;
 use super::log_read::{entries_of, EntryChunk, ReadContext};
 use super::runner::Shard;
 use crate::wal::reader::{LogRecord, ReadBatch};
@@ -84,6 +86,35 @@ impl OffsetIndex {
 }
 
 impl Shard {
+    /// Answer a ReadLog (WAL_READ) or ReadEvents (watch catch-up) message
+    /// from this member's log; `None` for any other message.
+    pub(super) async fn answer_log_read(&mut self, msg: ShardMsg) -> Option<Deferred> {
+        let (from, max_records, max_bytes) = match &msg {
+            ShardMsg::ReadLog {
+                from_offset,
+                max_records,
+                max_bytes,
+                ..
+            }
+            | ShardMsg::ReadEvents {
+                from_offset,
+                max_records,
+                max_bytes,
+                ..
+            } => (*from_offset, *max_records, *max_bytes),
+            _ => return None,
+        };
+        let chunk = self.member_read(from, max_records, max_bytes).await;
+        match msg {
+            ShardMsg::ReadLog { done, .. } => Some(Deferred::Entries(done, chunk)),
+            ShardMsg::ReadEvents { done, .. } => Some(Deferred::Events(
+                done,
+                chunk.and_then(EntryChunk::into_events),
+            )),
+            _ => None,
+        }
+    }
+
     /// Logical entries from offset `from` on, as `read_entries` gives a
     /// standalone shard's (see the module comment).
     pub(super) async fn member_read(

@@ -10,6 +10,7 @@ mod deferred;
 pub mod events;
 pub mod group_link;
 pub mod log_read;
+mod member_gate;
 pub mod member_read;
 pub mod merged_read;
 mod ops_read;

@@ -43,9 +43,10 @@ use std::time::Duration;
 
 use futures_lite::future;
 
-use super::command::{Command, ShardMsg};
+use super::command::ShardMsg;
 use super::events::{Publication, WatchEvent};
 use super::group_link::{Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
+use super::member_gate::{needs_leader, refuse, unsupported_on_a_member, writes};
 use super::member_read::OffsetIndex;
 use super::replay::{ReplayCounts, TxnLog};
 use super::runner::{
@@ -279,25 +280,9 @@ impl Shard {
             } else if let ShardMsg::HandOver { done } = msg {
                 let link = self.member().link.clone();
                 let _ = done.send(link.hand_over().await);
-            } else if let ShardMsg::ReadLog {
-                from_offset,
-                max_records,
-                max_bytes,
-                done,
-            } = msg
-            {
+            } else if matches!(msg, ShardMsg::ReadLog { .. } | ShardMsg::ReadEvents { .. }) {
                 // The committed log as this member applied it: no leader needed.
-                let chunk = self.member_read(from_offset, max_records, max_bytes).await;
-                deferred.push(Deferred::Entries(done, chunk));
-            } else if let ShardMsg::ReadEvents {
-                from_offset,
-                max_records,
-                max_bytes,
-                done,
-            } = msg
-            {
-                let chunk = self.member_read(from_offset, max_records, max_bytes).await;
-                deferred.push(Deferred::Events(done, chunk.and_then(|c| c.into_events())));
+                deferred.extend(self.answer_log_read(msg).await);
             } else if needs_leader(&msg) {
                 if lead.is_none() {
                     lead = Some(self.lead_check().await);
@@ -320,6 +305,11 @@ impl Shard {
                     Some(Err(e)) => refuse(msg, e.to_engine_error(), deferred),
                     None => unreachable!("checked above"),
                 }
+            } else if matches!(msg, ShardMsg::AdvanceWatermark) && !self.leads() {
+                // A follower's offsets are its leader's: its watermark
+                // moves only with the entries it applies, never with its
+                // own clock (the leader may still assign offsets below it).
+                self.publish_requested = true;
             } else {
                 self.handle(msg, now, deferred);
             }
@@ -375,6 +365,11 @@ impl Shard {
         } else {
             TurnOutcome::Local
         }
+    }
+
+    /// Whether this member leads its group now.
+    fn leads(&self) -> bool {
+        matches!(self.member().link.leadership(), Leadership::Leader { .. })
     }
 
     /// Whether this member may run a turn as the leader: it leads, and has
@@ -560,65 +555,4 @@ fn advance_position(
         note_record(position, header, shard);
         Ok(())
     })
-}
-
-/// Messages that read or change the state: only a leader runs them.
-fn needs_leader(msg: &ShardMsg) -> bool {
-    matches!(
-        msg,
-        ShardMsg::Exec { .. }
-            | ShardMsg::InstallMachine { .. }
-            | ShardMsg::List { .. }
-            | ShardMsg::Machines { .. }
-    )
-}
-
-fn writes(msg: &ShardMsg) -> bool {
-    match msg {
-        ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
-        ShardMsg::InstallMachine { .. } => true,
-        _ => false,
-    }
-}
-
-/// Why a message cannot run on a member yet, if it cannot.
-fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
-    let what = match msg {
-        ShardMsg::AtomicBatch { .. } | ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => {
-            "atomic batches"
-        }
-        ShardMsg::Flush { .. } => "FLUSH",
-        ShardMsg::Compact { .. } | ShardMsg::SnapshotInstance { .. } => {
-            "snapshots and compaction of a shard's own log"
-        }
-        _ => return None,
-    };
-    Some(EngineError::new(
-        crate::error::ErrorCode::BadRequest,
-        format!("{what} are not available on a replicated shard yet"),
-    ))
-}
-
-/// Answer `msg` with `error` without running it.
-fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
-    use super::command::BatchVote;
-    match msg {
-        ShardMsg::Exec { reply, .. } => {
-            let body = Err(error);
-            let charge = reply.charge_for(&body);
-            deferred.push(Deferred::Conn(reply, body, charge));
-        }
-        ShardMsg::InstallMachine { done, .. } => deferred.push(Deferred::Install(done, Err(error))),
-        ShardMsg::Machines { done } => deferred.push(Deferred::Machines(done, Err(error))),
-        ShardMsg::AtomicBatch { done, .. } | ShardMsg::Prepare { done, .. } => {
-            deferred.push(Deferred::Vote(done, BatchVote::No(0, error)))
-        }
-        ShardMsg::Flush { done } => deferred.push(Deferred::Flushed(done, Err(error))),
-        ShardMsg::SnapshotInstance { done, .. } => {
-            deferred.push(Deferred::Snapshot(done, Err(error)))
-        }
-        // List, Decide, Compact: no error to carry; the asker sees its
-        // reply channel close. Other messages are never refused.
-        _ => {}
-    }
 }

@@ -1,0 +1,68 @@
+//! Which messages a member shard runs itself, which need its group's
+//! leader (run there, or forwarded to it), and which it cannot run yet —
+//! and how a message is answered when it is not run (`replica.rs`).
+
+use super::command::{Command, ShardMsg};
+use super::deferred::Deferred;
+use crate::error::EngineError;
+
+/// Messages that read or change the state: only a leader runs them.
+pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
+    matches!(
+        msg,
+        ShardMsg::Exec { .. }
+            | ShardMsg::InstallMachine { .. }
+            | ShardMsg::List { .. }
+            | ShardMsg::Machines { .. }
+    )
+}
+
+pub(super) fn writes(msg: &ShardMsg) -> bool {
+    match msg {
+        ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
+        ShardMsg::InstallMachine { .. } => true,
+        _ => false,
+    }
+}
+
+/// Why a message cannot run on a member yet, if it cannot.
+pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
+    let what = match msg {
+        ShardMsg::AtomicBatch { .. } | ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => {
+            "atomic batches"
+        }
+        ShardMsg::Flush { .. } => "FLUSH",
+        ShardMsg::Compact { .. } | ShardMsg::SnapshotInstance { .. } => {
+            "snapshots and compaction of a shard's own log"
+        }
+        _ => return None,
+    };
+    Some(EngineError::new(
+        crate::error::ErrorCode::BadRequest,
+        format!("{what} are not available on a replicated shard yet"),
+    ))
+}
+
+/// Answer `msg` with `error` without running it.
+pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
+    use super::command::BatchVote;
+    match msg {
+        ShardMsg::Exec { reply, .. } => {
+            let body = Err(error);
+            let charge = reply.charge_for(&body);
+            deferred.push(Deferred::Conn(reply, body, charge));
+        }
+        ShardMsg::InstallMachine { done, .. } => deferred.push(Deferred::Install(done, Err(error))),
+        ShardMsg::Machines { done } => deferred.push(Deferred::Machines(done, Err(error))),
+        ShardMsg::AtomicBatch { done, .. } | ShardMsg::Prepare { done, .. } => {
+            deferred.push(Deferred::Vote(done, BatchVote::No(0, error)))
+        }
+        ShardMsg::Flush { done } => deferred.push(Deferred::Flushed(done, Err(error))),
+        ShardMsg::SnapshotInstance { done, .. } => {
+            deferred.push(Deferred::Snapshot(done, Err(error)))
+        }
+        // List, Decide, Compact: no error to carry; the asker sees its
+        // reply channel close. Other messages are never refused.
+        _ => {}
+    }
+}
