@@ -3,6 +3,7 @@
 //! state machine is a [`LoopMachine`]; and [`start_loop_member`], which
 //! sets one up.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, ServerState};
 use shards::env::Env;
 use shards::shard::group_link::{
-    Committed, Delivery, GroupLink, Leadership, LinkError, LinkFuture, LoggedTurn,
+    Committed, Deliveries, GroupLink, Leadership, LinkError, LinkFuture, LoggedTurn,
 };
 use shards::shard::ShardMsg;
 
@@ -152,6 +153,12 @@ impl GroupLink for MemberLink {
 /// its loop calls, and the deliveries its loop reads
 /// (`Shard::open_member`). Operations other members forward to this one
 /// go into `shard_mailbox` (its shard's).
+///
+/// Starting, openraft installs the newest snapshot and applies every
+/// committed entry after it before it returns, while no loop runs yet:
+/// those deliveries are collected here as they come (as many as the log
+/// holds after its snapshot — a bounded queue would stop the start once
+/// full) and handed over as `Deliveries::early`.
 pub async fn start_loop_member(
     setup: MemberSetup<'_>,
     env: Env,
@@ -162,12 +169,21 @@ pub async fn start_loop_member(
     (
         GroupMember<LoopMachine>,
         Rc<MemberLink>,
-        flume::Receiver<Delivery>,
+        Deliveries,
         OpenReport,
     ),
     String,
 > {
-    let (deliver, deliveries) = flume::bounded(DELIVERIES_QUEUED_MAX);
+    let (deliver, queue) = flume::bounded(DELIVERIES_QUEUED_MAX);
+    let early = Rc::new(RefCell::new(Vec::new()));
+    let collector = {
+        let (queue, early) = (queue.clone(), early.clone());
+        glommio::spawn_local(async move {
+            while let Ok(d) = queue.recv_async().await {
+                early.borrow_mut().push(d);
+            }
+        })
+    };
     let (shard, allow, dir) = (
         setup.shard,
         setup.allow_instance_recreate,
@@ -176,7 +192,7 @@ pub async fn start_loop_member(
     let node_id = setup.node_id;
     let storage = env.storage.clone();
     let calls = super::forward::serve_forwarded(shard_mailbox);
-    let (member, report) = GroupMember::start_with(
+    let started = GroupMember::start_with(
         setup,
         env,
         peers,
@@ -184,7 +200,12 @@ pub async fn start_loop_member(
         |log| LoopMachine::open(shard, allow, storage, dir, log, deliver),
         Some(calls),
     )
-    .await?;
+    .await;
+    // Cancelled between receives: nothing taken from the queue is lost,
+    // and what comes later stays in it, after the early ones.
+    collector.cancel().await;
+    let early = std::mem::take(&mut *early.borrow_mut());
+    let (member, report) = started?;
     let link = Rc::new(MemberLink {
         node_id,
         shard,
@@ -192,5 +213,5 @@ pub async fn start_loop_member(
         machine: member.machine().clone(),
         peers: peers.clone(),
     });
-    Ok((member, link, deliveries, report))
+    Ok((member, link, Deliveries { early, queue }, report))
 }

@@ -168,6 +168,13 @@ pub enum Delivery {
     Visit(Visit),
 }
 
+/// Everything the group delivers to a member's loop: `early`, what came
+/// while the member started (before the loop ran), then `queue`.
+pub struct Deliveries {
+    pub early: Vec<Delivery>,
+    pub queue: flume::Receiver<Delivery>,
+}
+
 /// What the shard loop asks of its group.
 pub trait GroupLink {
     fn leadership(&self) -> Leadership;

@@ -45,7 +45,7 @@ use futures_lite::future;
 
 use super::command::ShardMsg;
 use super::events::{Publication, WatchEvent};
-use super::group_link::{Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
+use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
 use super::member_gate::{needs_leader, refuse, unsupported_on_a_member, writes};
 use super::member_read::OffsetIndex;
 use super::replay::{ReplayCounts, TxnLog};
@@ -109,7 +109,7 @@ impl Shard {
         frontier: Frontier,
         heartbeat: Arc<AtomicU64>,
         link: Rc<dyn GroupLink>,
-        deliveries: flume::Receiver<Delivery>,
+        deliveries: Deliveries,
     ) -> Shard {
         let clock = OffsetClock::new(cfg.id, 0, frontier, env.clock.clone());
         let wal = WalWriter::open_turns(env.clone(), clock, 0);
@@ -117,7 +117,7 @@ impl Shard {
         let mut shard = Shard::assemble(cfg, env, state, wal, heartbeat, &Default::default());
         shard.member = Some(MemberSide {
             link,
-            deliveries,
+            deliveries: deliveries.queue,
             applied_index: 0,
             position: LogPosition {
                 covered_offset: 0,
@@ -128,6 +128,12 @@ impl Shard {
             own_index: None,
             offsets: OffsetIndex::default(),
         });
+        // The snapshot and entries the group replayed while it started:
+        // history, as a standalone shard's recovery, not events to publish.
+        for d in deliveries.early {
+            shard.deliver(d);
+        }
+        shard.state.events.clear();
         shard
     }
 
