@@ -158,8 +158,18 @@ async fn run_primary(
     let catalog = shared.catalog.clone();
     catalog.load(p.reports.iter().flat_map(|r| r.machines.iter().cloned()));
     // A PUT acknowledged on some shards before a crash is completed on the
-    // others, so every shard knows every machine again.
-    for def in catalog.installed() {
+    // others, so every shard knows every machine again. Not on a cluster
+    // node: its groups' logs hold the machines, an install needs each
+    // group's leader (which may be another node, or none yet while the
+    // node starts). (With more than one shard per node, a PUT that reached
+    // only some groups before a crash is not completed yet: the README
+    // advises one shard per cluster node for now.)
+    let reinstall = if catalog.clustered() {
+        Vec::new()
+    } else {
+        catalog.installed()
+    };
+    for def in reinstall {
         let raw = Arc::new(def.normalized_value());
         if let Err(e) = install_everywhere(&shared.router, &def, raw).await {
             return Err(format!(

@@ -65,6 +65,11 @@ impl Catalog {
         }
     }
 
+    /// Whether the shards are members of replicated groups.
+    pub fn clustered(&self) -> bool {
+        self.clustered
+    }
+
     /// On a cluster node, learn the machines shard 0's group has installed
     /// (through its leader, linearizably: every shard gets every machine,
     /// so shard 0's are all of them). A node that cannot reach the leader

@@ -193,6 +193,26 @@ impl Cluster {
         }
     }
 
+    /// The transitions in node `id`'s own log (WAL_READ from offset 0, up
+    /// to what it applied): (offset, instance, event), in log order.
+    pub fn transitions(&mut self, id: u64) -> Vec<(u64, String, String)> {
+        let page = self.ok_on(id, "WAL_READ", json!({"from_offset": 0, "limit": 1000}));
+        page["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| r["entry"]["type"] == "apply_event")
+            .map(|r| {
+                let text = |key: &str| r["entry"][key].as_str().unwrap_or_default().to_string();
+                (
+                    r["offset"].as_u64().expect("offset"),
+                    text("instance_id"),
+                    text("event"),
+                )
+            })
+            .collect()
+    }
+
     pub fn raw(&self, id: u64) -> RawClient {
         self.nodes[&id].raw()
     }

@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -27,27 +27,12 @@ fn flip(cluster: &mut Cluster, node: u64, id: &str, key: &str) -> Value {
     )
 }
 
-/// The transitions (offset, instance) in `node`'s own log.
-fn transitions(cluster: &mut Cluster, node: u64) -> Vec<(u64, String)> {
-    let page = cluster.ok_on(node, "WAL_READ", json!({"from_offset": 0}));
-    page["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter(|r| r["entry"]["type"] == "apply_event")
-        .map(|r| {
-            let id = r["entry"]["instance_id"].as_str().unwrap_or_default();
-            (r["offset"].as_u64().expect("offset"), id.to_string())
-        })
-        .collect()
-}
-
 /// Wait until `node`'s own log holds the same transitions as `leader`'s.
 fn converges(cluster: &mut Cluster, node: u64, leader: u64) {
-    let expected = transitions(cluster, leader);
+    let expected = cluster.transitions(leader);
     let started = Instant::now();
     loop {
-        let seen = transitions(cluster, node);
+        let seen = cluster.transitions(node);
         if seen == expected {
             return;
         }
@@ -148,4 +133,39 @@ fn a_follower_with_a_torn_log_tail_recovers_and_catches_up() {
         stderr.contains("torn write at the end of its Raft log"),
         "the restart did not find the torn tail:\n{stderr}"
     );
+}
+
+/// How long a node may take to stop after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A node that restarts alone (no quorum, no leader to reach) still
+/// starts, with the machines its log holds, and answers retryably until
+/// the others are back; then it serves what was written before.
+#[test]
+fn a_node_restarted_without_a_quorum_starts_and_waits_for_one() {
+    let mut cluster = Cluster::start(3);
+    let leader = setup(&mut cluster);
+    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for id in &nodes {
+        converges(&mut cluster, *id, leader);
+    }
+    // Stopped gracefully (each saves how far its log is committed, so the
+    // lone restart replays its machines before any leader is known).
+    for id in &nodes {
+        let node = cluster.nodes.get_mut(id).unwrap();
+        node.signal(libc::SIGTERM);
+        node.wait_exit(STOP_TIMEOUT);
+    }
+    let alone = nodes[0];
+    cluster.nodes.get_mut(&alone).unwrap().restart();
+    let answer = cluster
+        .raw(alone)
+        .call("GET_INSTANCE", json!({"instance_id": "f-0"}));
+    assert_eq!(answer["status"], "error", "no quorum, yet: {answer}");
+    assert_eq!(answer["error"]["retryable"], true, "{answer}");
+    for id in &nodes[1..] {
+        cluster.nodes.get_mut(id).unwrap().restart();
+    }
+    let got = cluster.ok_on(alone, "GET_INSTANCE", json!({"instance_id": "f-0"}));
+    assert_eq!(got["state"], "b", "{got}");
 }

@@ -67,24 +67,6 @@ fn write(cluster: &mut Cluster, node: u64, ids: &[String]) -> Vec<(u64, String, 
     acked
 }
 
-/// The transitions WAL_READ shows on `node`, from offset 0.
-fn logged_transitions(cluster: &mut Cluster, node: u64) -> Vec<(u64, String, String)> {
-    let page = cluster.ok_on(node, "WAL_READ", json!({"from_offset": 0, "limit": 1000}));
-    page["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter(|r| r["entry"]["type"] == "apply_event")
-        .map(|r| {
-            (
-                r["offset"].as_u64().expect("offset"),
-                r["entry"]["instance_id"].as_str().unwrap().to_string(),
-                r["entry"]["event"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn every_node_streams_the_committed_log_and_resumes_across_failover() {
     let mut cluster = Cluster::start(3);
@@ -109,7 +91,7 @@ fn every_node_streams_the_committed_log_and_resumes_across_failover() {
     }
     // The log by offset: the same on every node, from any offset.
     for &node in &nodes {
-        assert_eq!(logged_transitions(&mut cluster, node), acked, "node {node}");
+        assert_eq!(cluster.transitions(node), acked, "node {node}");
         let mut replay = watch_all(&cluster, node, json!({"from_offset": acked[3].0}));
         assert_eq!(events(&mut replay, 5), acked[3..], "replay on node {node}");
     }

@@ -201,8 +201,14 @@ pub async fn start_loop_member(
         Some(calls),
     )
     .await;
-    // Cancelled between receives: nothing taken from the queue is lost,
-    // and what comes later stays in it, after the early ones.
+    // The collector runs only when this task yields: let it take what the
+    // start queued, so that the state the loop opens with (and the
+    // server's start-up report) is the recovered one. Cancelled between
+    // receives: nothing taken from the queue is lost, and what comes later
+    // stays in it, after the early ones.
+    while !queue.is_empty() {
+        yield_once().await;
+    }
     collector.cancel().await;
     let early = std::mem::take(&mut *early.borrow_mut());
     let (member, report) = started?;
@@ -214,4 +220,19 @@ pub async fn start_loop_member(
         peers: peers.clone(),
     });
     Ok((member, link, Deliveries { early, queue }, report))
+}
+
+/// Let the executor's other ready tasks run once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
