@@ -31,10 +31,11 @@ use super::runner::Shard;
 use crate::wal::reader::{LogRecord, ReadBatch};
 use crate::wal::record::{decode_record, for_each_record};
 
-/// Entries the offset index remembers, at most (16 bytes each): more than
-/// a group keeps in its log between snapshots, so the log's own purge is
-/// what normally limits how far back a read can go.
-pub const MEMBER_READ_INDEX_ENTRIES_MAX: usize = 64 * 1024;
+/// Entries the offset index remembers, at most (16 bytes each, 16 MiB in
+/// all): far more than a group keeps in its log between snapshots by
+/// default (10,000 + 1,000), so the log's own purge is what normally
+/// limits how far back a read can go.
+pub const MEMBER_READ_INDEX_ENTRIES_MAX: usize = 1024 * 1024;
 /// Log entries fetched from the group per step of a read.
 pub const MEMBER_READ_ENTRIES_PER_STEP: u64 = 64;
 
@@ -137,7 +138,8 @@ impl Shard {
         if from < readable_from {
             return Err(io::Error::other(format!(
                 "offset {from} is older than the oldest offset this member of shard {shard}'s \
-                 group can still read ({readable_from}); the entries before it are behind a snapshot"
+                 group can still read ({readable_from}); the entries before it are behind a \
+                 snapshot, or more than {MEMBER_READ_INDEX_ENTRIES_MAX} entries back"
             )));
         }
         let (max_records, max_bytes) = (max_records.max(1), max_bytes.max(1));
