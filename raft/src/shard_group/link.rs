@@ -33,6 +33,9 @@ pub const DELIVERIES_QUEUED_MAX: usize = 64 * 1024;
 pub const TURN_COMMIT_TIMEOUT_MS: u64 = 2_000;
 /// How long a read's ReadIndex round may take.
 pub const READ_BARRIER_TIMEOUT_MS: u64 = 2_000;
+/// How long a new leader may take to commit and apply the whole log it
+/// holds before its first turn.
+pub const LEADER_CATCH_UP_TIMEOUT_MS: u64 = 2_000;
 
 /// What a shard loop calls on its group.
 pub struct MemberLink {
@@ -102,6 +105,26 @@ impl GroupLink for MemberLink {
                     "no ReadIndex round completed within {READ_BARRIER_TIMEOUT_MS} ms"
                 ))),
             }
+        })
+    }
+
+    fn catch_up(&self) -> LinkFuture<Result<(), LinkError>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let last = raft.metrics().borrow_watched().last_log_index;
+            let limit = Duration::from_millis(LEADER_CATCH_UP_TIMEOUT_MS);
+            // openraft counts an entry applied once `apply` returned, which
+            // is after its delivery was queued.
+            raft.wait(Some(limit))
+                .applied_index_at_least(last, "the leader's log is applied")
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    LinkError::NoQuorum(format!(
+                        "the leader's log (to index {last:?}) was not committed and applied \
+                         within {LEADER_CATCH_UP_TIMEOUT_MS} ms: {e}"
+                    ))
+                })
         })
     }
 

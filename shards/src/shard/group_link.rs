@@ -184,6 +184,10 @@ pub trait GroupLink {
     /// ReadIndex: `Ok` once this member was confirmed leader by a quorum
     /// after the call, with every entry committed before it delivered.
     fn barrier(&self) -> LinkFuture<Result<(), LinkError>>;
+    /// On a leader: `Ok` once every entry in this member's log as of the
+    /// call — a tail an earlier term, or this node before a restart, left
+    /// uncommitted included — is committed and its delivery sent.
+    fn catch_up(&self) -> LinkFuture<Result<(), LinkError>>;
     /// The committed state to rebuild from.
     fn committed(&self) -> LinkFuture<Result<Committed, String>>;
     /// The committed entries with log index in `from..=to` that carry

@@ -387,6 +387,13 @@ impl Shard {
             Leadership::Leader { term } if self.member().ready_term == Some(term) => Ok(()),
             Leadership::Leader { term } => {
                 link.barrier().await?;
+                // The barrier covers what was committed; a leader's log may
+                // hold more (a tail left by an earlier term, or by this
+                // node before a restart as leader of the same term). Its
+                // turns must build on all of it — otherwise they would run
+                // on a state the log will not have, with offsets below the
+                // tail's (found by the 600 s linearizability run).
+                link.catch_up().await?;
                 self.drain_deliveries();
                 self.member_mut().ready_term = Some(term);
                 Ok(())
