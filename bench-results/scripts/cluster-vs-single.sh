@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# A 3-node replicated cluster against a single node, on this machine:
+#   [CELLS="workload:conns:pipeline ..."] [DUR=10] [REPS=1] [FSYNC=every_write] \
+#   [OUT=bench-results/<date>/cluster-vs-single] bash bench-results/scripts/cluster-vs-single.sh
+# Every node and the single server run one shard (--shards 1) on a fresh
+# temp data dir with the same fsync policy. The cluster's three processes
+# share this machine's cores and disk, so each acknowledged write here costs
+# three fsyncs on one disk (a majority, two, before the answer); on three
+# machines each node syncs its own. The bench drives the leader's node and,
+# separately, a follower's (which forwards every request to the leader).
+# One JSON per run in OUT, and OUT/summary.md. Servers are killed by PID.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CORESTATE_HTTP_LISTEN=off
+cargo build --release --bin corestate >/dev/null
+cargo build --release -p corestate-bench >/dev/null
+BIN=target/release/corestate
+BENCH=target/release/corestate-bench
+CELLS=${CELLS:-"apply:1:1 apply:16:1 apply:16:16 create:1:1 create:16:1 create:16:16 get:1:1 get:16:1 get:16:16"}
+DUR=${DUR:-10}
+REPS=${REPS:-1}
+FSYNC=${FSYNC:-every_write}
+OUT=${OUT:-bench-results/$(date -u +%F)/cluster-vs-single}
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/cluster-bench.XXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+# The RCP port of the node that leads shard 0's group (asked of $1).
+leader_port() {
+  python3 - "$@" <<'PY'
+import json, socket, struct, sys, time, zlib
+ports = [int(p) for p in sys.argv[1:]]
+def call(port, op):
+    body = json.dumps({"type": "request", "id": "1", "op": op, "params": {}}).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    hello = json.dumps({"type": "request", "id": "0", "op": "HELLO",
+                        "params": {"protocol_version": 1}}).encode()
+    out = b""
+    for b in (hello, body):
+        out += b"RCPX" + struct.pack(">HHHII", 1, 0, 0, len(b), 0) + b
+    s.sendall(out)
+    buf = b""
+    answers = []
+    while len(answers) < 2:
+        buf += s.recv(65536)
+        while len(buf) >= 18:
+            n = struct.unpack(">I", buf[10:14])[0]
+            if len(buf) < 18 + n:
+                break
+            answers.append(json.loads(buf[18:18 + n]))
+            buf = buf[18 + n:]
+    return answers[1]
+deadline = time.time() + 30
+while time.time() < deadline:
+    for port in ports:
+        try:
+            r = call(port, "REPLICATION_STATUS")
+            if r.get("result", {}).get("role") == "leader":
+                print(port)
+                sys.exit(0)
+        except OSError:
+            pass
+    time.sleep(0.2)
+sys.exit("no leader within 30 s")
+PY
+}
+
+# Starts the single node: SINGLE_PORT, SINGLE_PID.
+start_single() {
+  SINGLE_PORT=$(free_port)
+  mkdir -p "$WORK/single"
+  "$BIN" --bind 127.0.0.1:"$SINGLE_PORT" --data-dir "$WORK/single" --fsync "$FSYNC" --shards 1 \
+    2>"$WORK/single.log" &
+  SINGLE_PID=$!
+  PIDS+=("$SINGLE_PID")
+  wait_port "$SINGLE_PORT"
+}
+
+# Starts three nodes: PORTS (their RCP ports) and NODE_PIDS, by node.
+start_cluster() {
+  local peers=() i
+  PORTS=()
+  NODE_PIDS=()
+  for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
+  for i in 1 2 3; do
+    mkdir -p "$WORK/node-$i"
+    cat >"$WORK/node-$i.yaml" <<YAML
+corestate:
+  cluster:
+    node_id: $i
+    name: bench
+    token: cluster-bench-token-0123456789
+    peer_listen: "127.0.0.1:${peers[$((i - 1))]}"
+    members:
+      - {id: 1, peer: "127.0.0.1:${peers[0]}"}
+      - {id: 2, peer: "127.0.0.1:${peers[1]}"}
+      - {id: 3, peer: "127.0.0.1:${peers[2]}"}
+YAML
+    "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
+      --data-dir "$WORK/node-$i" --fsync "$FSYNC" --shards 1 2>"$WORK/node-$i.log" &
+    NODE_PIDS+=($!)
+    PIDS+=($!)
+  done
+  for p in "${PORTS[@]}"; do wait_port "$p"; done
+}
+
+run() { # label port pid cell rep
+  local label=$1 port=$2 pid=$3 cell=$4 rep=$5
+  IFS=: read -r wl conns pipe <<<"$cell"
+  local json="$OUT/$label-$wl-$conns-$pipe-$rep.json"
+  "$BENCH" --addr 127.0.0.1:"$port" --workload "$wl" --connections "$conns" --pipeline "$pipe" \
+    --duration "$DUR" --warmup 2 --instances 1000 --server-pid "$pid" --tag "deployment=$label" \
+    --tag "fsync=$FSYNC" --json "$json" >/dev/null 2>"$OUT/$label-$wl-$conns-$pipe-$rep.log" ||
+    echo "bench $label $cell failed (see $OUT/$label-$wl-$conns-$pipe-$rep.log)" >&2
+}
+
+start_single
+for cell in $CELLS; do
+  for rep in $(seq "$REPS"); do run single "$SINGLE_PORT" "$SINGLE_PID" "$cell" "$rep"; done
+done
+kill -9 "$SINGLE_PID"
+
+start_cluster
+lead=$(leader_port "${PORTS[@]}")
+follow=${PORTS[0]}
+[ "$follow" = "$lead" ] && follow=${PORTS[1]}
+# The PID of the node serving a port (for the CPU the bench reports).
+pid_of() {
+  local i
+  for i in 0 1 2; do [ "${PORTS[$i]}" = "$1" ] && echo "${NODE_PIDS[$i]}"; done
+}
+for cell in $CELLS; do
+  for rep in $(seq "$REPS"); do
+    run cluster-leader "$lead" "$(pid_of "$lead")" "$cell" "$rep"
+    run cluster-follower "$follow" "$(pid_of "$follow")" "$cell" "$rep"
+  done
+done
+
+python3 - "$OUT" "$DUR" "$FSYNC" <<'PY'
+import glob, json, os, sys
+out, dur, fsync = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = {}
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    d = json.load(open(path))
+    r, c = d["results"], d["config"]
+    key = (c["workload"], c["connections"], c["pipeline"])
+    label = d["tags"]["deployment"]
+    rows.setdefault(key, {})[label] = r
+lines = [
+    f"# 3-node cluster vs single node, fsync {fsync}, {dur} s per run",
+    "",
+    "Command: `bash bench-results/scripts/cluster-vs-single.sh` (one shard per process;"
+    " the three nodes share this 2-core machine and its disk).",
+    "",
+    "| cell | single ops/s | cluster via leader ops/s | ratio | via follower ops/s | ratio |"
+    " p50 µs single / leader / follower | errors (leader, follower) |",
+    "|---|---:|---:|---:|---:|---:|---|---|",
+]
+def ops(r):
+    return r["ops_per_sec"] if r else 0.0
+for (wl, conns, pipe), by in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    s, l, f = by.get("single"), by.get("cluster-leader"), by.get("cluster-follower")
+    ratio = lambda x: f"{ops(x) / ops(s):.2f}×" if s and x and ops(s) else "–"
+    p50 = " / ".join(str(x["latency"]["p50_us"]) if x else "–" for x in (s, l, f))
+    errs = f'{l["errors_total"] if l else "–"}, {f["errors_total"] if f else "–"}'
+    lines.append(
+        f"| {wl} {conns}×{pipe} | {ops(s):,.0f} | {ops(l):,.0f} | {ratio(l)} | {ops(f):,.0f} |"
+        f" {ratio(f)} | {p50} | {errs} |"
+    )
+open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
