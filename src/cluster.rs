@@ -87,6 +87,9 @@ fn raft_config(cluster: &ClusterConfig) -> Result<Arc<openraft::Config>, String>
         cluster_name: cluster.name.clone(),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_every_entries),
         max_in_snapshot_log_to_keep: RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
+        election_timeout_min: cluster.election_timeout_ms,
+        election_timeout_max: cluster.election_timeout_ms * 2,
+        heartbeat_interval: (cluster.election_timeout_ms / 3).max(1),
         ..openraft::Config::default()
     };
     config

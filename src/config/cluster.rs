@@ -13,6 +13,7 @@
 //!       - {id: 2, peer: 10.0.0.2:7501}
 //!       - {id: 3, peer: 10.0.0.3:7501}
 //!     snapshot_every_entries: 10000   # optional
+//!     election_timeout_ms: 150        # optional
 //! ```
 //!
 //! Every member lists the same members; each shard is a Raft group with a
@@ -38,6 +39,16 @@ pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;
 /// Fewest entries between snapshots that may be configured: a snapshot is
 /// the whole shard state, too costly to write every few entries.
 pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 100;
+/// How long a follower waits without hearing from a leader before it
+/// stands for election, unless configured (the shortest wait; each
+/// election draws one between it and twice it). Heartbeats go out every
+/// third of it.
+pub const CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT: u64 = 150;
+/// The configurable range of the election timeout: below the minimum a
+/// busy machine's scheduling pauses start elections; above the maximum a
+/// lost leader leaves its groups without one for minutes.
+pub const CLUSTER_ELECTION_TIMEOUT_MS_MIN: u64 = 30;
+pub const CLUSTER_ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -49,6 +60,9 @@ pub struct ClusterConfig {
     pub members: BTreeMap<u64, SocketAddr>,
     /// Committed entries between a group's snapshots.
     pub snapshot_every_entries: u64,
+    /// The shortest wait without a leader before a member stands for
+    /// election.
+    pub election_timeout_ms: u64,
 }
 
 fn field<'a>(map: &'a Mapping, path: &str, key: &str) -> Option<(String, &'a Value)> {
@@ -121,6 +135,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "peer_listen",
             "members",
             "snapshot_every_entries",
+            "election_timeout_ms",
         ],
     )?;
     let (key, v) = required(map, PATH, "node_id")?;
@@ -192,19 +207,20 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             format!("node {node_id} is not among the members"),
         ));
     }
-    let snapshot_every_entries = match field(map, PATH, "snapshot_every_entries") {
-        None => CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT,
-        Some((key, v)) => match v.as_u64() {
-            Some(n) if n >= CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN => n,
-            _ => {
-                return Err(type_error(
-                    key,
-                    &format!("an integer ≥ {CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN}"),
-                    v,
-                ))
-            }
-        },
-    };
+    let snapshot_every_entries = bounded(
+        map,
+        PATH,
+        "snapshot_every_entries",
+        CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT,
+        CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN..=u64::MAX,
+    )?;
+    let election_timeout_ms = bounded(
+        map,
+        PATH,
+        "election_timeout_ms",
+        CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT,
+        CLUSTER_ELECTION_TIMEOUT_MS_MIN..=CLUSTER_ELECTION_TIMEOUT_MS_MAX,
+    )?;
     Ok(Some(ClusterConfig {
         node_id,
         name,
@@ -212,7 +228,34 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         peer_listen,
         members,
         snapshot_every_entries,
+        election_timeout_ms,
     }))
+}
+
+/// The integer setting `key` of `map` within `range`, `default` when absent.
+fn bounded(
+    map: &Mapping,
+    path: &str,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some((key, v)) = field(map, path, key) else {
+        return Ok(default);
+    };
+    match v.as_u64() {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ if *range.end() == u64::MAX => Err(type_error(
+            key,
+            &format!("an integer ≥ {}", range.start()),
+            v,
+        )),
+        _ => Err(type_error(
+            key,
+            &format!("an integer from {} to {}", range.start(), range.end()),
+            v,
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +293,12 @@ corestate:
             "    name: orders\n    snapshot_every_entries: 500\n",
         );
         assert_eq!(parse(&more).unwrap().unwrap().snapshot_every_entries, 500);
+        assert_eq!(c.election_timeout_ms, CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT);
+        let slower = GOOD.replace(
+            "    name: orders\n",
+            "    name: orders\n    election_timeout_ms: 1000\n",
+        );
+        assert_eq!(parse(&slower).unwrap().unwrap().election_timeout_ms, 1000);
         assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);
         assert_eq!(parse("{}").unwrap(), None);
     }
@@ -287,6 +336,13 @@ corestate:
                     "    name: orders\n    snapshot_every_entries: 5\n",
                 ),
                 "corestate.cluster.snapshot_every_entries",
+            ),
+            (
+                GOOD.replace(
+                    "    name: orders\n",
+                    "    name: orders\n    election_timeout_ms: 5\n",
+                ),
+                "corestate.cluster.election_timeout_ms",
             ),
         ];
         for (text, key) in cases {

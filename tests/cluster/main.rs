@@ -14,6 +14,7 @@ mod failover_time;
 mod fault_proxy;
 mod graceful;
 mod harness;
+mod leader_restart;
 mod partition;
 mod process_faults;
 mod watch;

@@ -141,6 +141,27 @@ impl GroupMember {
     }
 }
 
+/// `config` with openraft's "leader restore" off, whatever it asked: a
+/// leader restarted on its log must win a new term before it leads again.
+///
+/// A leader sends entries to its followers while it writes them itself;
+/// killed in between, it restarts without entries they hold (a majority
+/// of followers may even have committed them). Resuming the same term,
+/// its next entries would take those entries' log ids with other content,
+/// and Raft's log matching would take the two logs for one: replicas
+/// that differ for good (the 600 s linearizability run's anomaly;
+/// `tests/cluster/leader_restart.rs`). A new term makes the followers
+/// truncate what the restarted leader no longer has.
+fn without_leader_restore(config: Arc<Config>) -> Arc<Config> {
+    if config.enable_leader_restore == Some(false) {
+        return config;
+    }
+    Arc::new(Config {
+        enable_leader_restore: Some(false),
+        ..(*config).clone()
+    })
+}
+
 impl<M: MemberMachine> GroupMember<M> {
     /// Open the log, make the state machine (`machine` may keep a reader
     /// of the log), start Raft on the calling executor and serve `inbox`.
@@ -164,7 +185,7 @@ impl<M: MemberMachine> GroupMember<M> {
         let machine = machine(&log)?;
         let raft = Raft::new(
             setup.node_id,
-            setup.raft_config,
+            without_leader_restore(setup.raft_config),
             peers.network(setup.shard as u64),
             log,
             machine.clone(),
