@@ -25,6 +25,8 @@ pub struct Committed {
     pub offset: u64,
     pub instance: String,
     pub change: Change,
+    /// The idempotency key the write was requested with, if any.
+    pub key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -104,6 +104,9 @@ pub struct Op {
     /// never. `None`: no such bound (the default; a cluster may still
     /// commit a request after the node that took it died).
     pub effect_by_ns: Option<u64>,
+    /// The idempotency key a write was sent with (unique to the request),
+    /// which the log records with its effect (`settle.rs`).
+    pub key: Option<String>,
 }
 
 impl fmt::Display for Op {
@@ -152,6 +155,15 @@ pub struct Pending {
     instance: String,
     call: Call,
     invoke_ns: u64,
+    key: Option<String>,
+}
+
+impl Pending {
+    /// The idempotency key the request carries.
+    pub fn with_key(mut self, key: String) -> Pending {
+        self.key = Some(key);
+        self
+    }
 }
 
 /// The operations of one client, in the order it issued them.
@@ -177,6 +189,7 @@ impl ClientLog {
             instance: instance.to_string(),
             call,
             invoke_ns: self.clock.now_ns(),
+            key: None,
         }
     }
 
@@ -203,6 +216,7 @@ impl ClientLog {
             complete_ns,
             outcome,
             effect_by_ns: None,
+            key: pending.key,
         });
     }
 

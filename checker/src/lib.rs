@@ -35,6 +35,7 @@ pub mod durability;
 pub mod history;
 pub mod machine;
 mod model;
+pub mod settle;
 mod wgl;
 
 pub use check::{
@@ -48,3 +49,4 @@ pub use durability::{
 pub use history::{Call, ClientLog, Clock, Counts, Failure, History, Op, Outcome, Pending, Reply};
 pub use machine::Machine;
 pub use model::{InstanceState, Offset};
+pub use settle::Settled;

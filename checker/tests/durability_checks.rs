@@ -20,6 +20,7 @@ fn create_entry(offset: u64) -> Committed {
         change: Change::Create {
             state: "idle".into(),
         },
+        key: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn apply_entry(offset: u64, event: &str, from: &str, to: &str) -> Committed {
             from_state: from.into(),
             to_state: to.into(),
         },
+        key: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn committed_of(record: &Value, instances: &[String]) -> Option<Committed> {
         offset: record["offset"].as_u64().expect("offset"),
         instance: instance.to_string(),
         change,
+        key: text("idempotency_key"),
     })
 }
 

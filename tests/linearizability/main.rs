@@ -239,8 +239,11 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
         history.bound_unknowns_by_deaths(&deaths_ns);
     }
     let counts = history.counts();
-    let report = check_history(&machine, &history);
     let durability = check_committed_log(&machine, &history, &committed, &final_reads);
+    // Every write carried an idempotency key: the log settles which
+    // unanswered ones took effect (checking it against every answer).
+    let settled = history.settle_unknowns_by_log(&committed);
+    let report = check_history(&machine, &history);
     let stream = check_watch_stream(&watch_log.events, &committed, 0);
     let unexpected: Vec<&String> = stats.iter().flat_map(|s| &s.unexpected).collect();
     let reconnects: usize = stats.iter().map(|s| s.reconnects).sum();
@@ -250,7 +253,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
         "{label}, seed {seed}: {secs} s load ({load:.1?} with restarts), {kills} SIGKILLs, \
          {partitions} leader partitions, \
          {CLIENTS} clients, {} instances\n{counts}\nlinearizability: {} in {:.1?} ({} search \
-         steps)\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
+         steps)\nunknowns settled by the log: {settled:?}\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
          {} events over {} subscriptions: {stream:?} {}\nclient reconnects {reconnects}, \
          retryable refusals {retryable}, unexpected errors {}",
         instances.len(),
@@ -271,6 +274,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     if long_run {
         let anomalies = usize::from(!report.is_linearizable())
             + usize::from(durability.is_err())
+            + usize::from(settled.is_err())
             + usize::from(stream.is_err())
             + usize::from(replicas.is_err());
         let path = results::write_results(
@@ -300,6 +304,9 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     );
     if let Err(problems) = &durability {
         panic!("seed {seed}: committed log vs history: {problems}");
+    }
+    if let Err(problems) = &settled {
+        panic!("seed {seed}: idempotency keys in the log vs answers: {problems}");
     }
     if let Err(problems) = &stream {
         let around: Vec<String> = watch_log
@@ -363,12 +370,18 @@ fn replicas_agree(
             }
             if started.elapsed() > REPLICAS_CATCH_UP || log.len() > leader_log.len() {
                 let first = log.iter().zip(leader_log).position(|(a, b)| a != b);
+                let around = |l: &[Committed]| match first {
+                    Some(i) => format!("{:?}", &l[i.saturating_sub(1)..(i + 2).min(l.len())]),
+                    None => String::new(),
+                };
                 return Err(format!(
                     "the node on port {} holds {} writes, the leader {}; first difference at \
-                     {first:?}",
+                     {first:?}: the node's {}, the leader's {}",
                     server.port(),
                     log.len(),
-                    leader_log.len()
+                    leader_log.len(),
+                    around(&log),
+                    around(leader_log)
                 ));
             }
             thread::sleep(Duration::from_millis(50));

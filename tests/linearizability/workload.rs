@@ -137,12 +137,13 @@ pub fn run_client(
     let events: Vec<&str> = TRANSITIONS.iter().map(|(_, e, _)| *e).collect();
     let mut node = client_no % target.nodes();
     let mut conn = connect(target, &mut node, stop);
+    let mut writes_sent: u64 = 0;
     while let Some(client) = conn.as_mut() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let instance = rng.pick(instances).clone();
-        let (call, op, params) = match rng.below(20) {
+        let (call, op, mut params) = match rng.below(20) {
             0..=1 => (
                 Call::Create,
                 "CREATE_INSTANCE",
@@ -166,7 +167,15 @@ pub fn run_client(
                 )
             }
         };
-        let pending = log.invoke(&instance, call.clone());
+        let mut pending = log.invoke(&instance, call.clone());
+        if call != Call::Get {
+            // Unique to this request: the log then says whether an
+            // unanswered write took effect (`settle.rs` of the checker).
+            writes_sent += 1;
+            let key = format!("lin-{client_no}-{writes_sent}");
+            params["idempotency_key"] = json!(key);
+            pending = pending.with_key(key);
+        }
         match client.call(op, params) {
             Ok(response) if response["error"]["retryable"] == true => {
                 if response["error"]["details"]["outcome"] == "not_applied" {

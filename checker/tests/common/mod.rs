@@ -28,6 +28,7 @@ pub fn op(client: usize, invoke_ns: u64, complete_ns: u64, call: Call, outcome: 
         complete_ns,
         outcome,
         effect_by_ns: None,
+        key: None,
     }
 }
 
@@ -134,6 +135,7 @@ pub fn random_linearizable(
                 complete_ns: complete,
                 outcome: Outcome::Unknown,
                 effect_by_ns: None,
+                key: None,
             };
             planned.push((point, op, rng.below(2) == 0));
             t = complete;
