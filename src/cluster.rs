@@ -12,7 +12,9 @@
 //!   and the shard loop fed by it;
 //! * a member whose log is empty **initializes** its group with the
 //!   configured members (openraft allows every member to do so with the
-//!   same list; one leader is elected).
+//!   same list; one leader is elected) — unless the node was started to
+//!   `join`: then its groups wait until a running cluster adds it
+//!   (CLUSTER_ADD_NODE, `src/server/ops/cluster_ops.rs`).
 //!
 //! Requests reach any node: a shard that does not lead its group forwards
 //! what needs the leader to it over the peer transport and relays the
@@ -149,7 +151,14 @@ pub async fn open_member_shard(
             t.bytes_zeroed
         );
     }
-    if log_report.last_log_id.is_none() && log_report.last_purged.is_none() {
+    let pristine = log_report.last_log_id.is_none() && log_report.last_purged.is_none();
+    if pristine && cluster.join {
+        tracing::info!(
+            "shard {}: joining: waiting for a running cluster's CLUSTER_ADD_NODE to add node {}",
+            cfg.id,
+            cluster.node_id
+        );
+    } else if pristine {
         initialize(&member, cluster, cfg.id, &raft_dir).await?;
     }
     let shard = Shard::open_member(cfg, Env::os(cfg.id), frontier, heartbeat, link, deliveries);

@@ -14,12 +14,15 @@
 //!       - {id: 3, peer: 10.0.0.3:7501}
 //!     snapshot_every_entries: 10000   # optional
 //!     election_timeout_ms: 150        # optional
+//!     join: false                     # true: wait to be added (below)
 //! ```
 //!
 //! Every member lists the same members; each shard is a Raft group with a
 //! replica on each. A member whose log is empty starts its groups with
 //! that membership (openraft allows every member to do so with the same
-//! list).
+//! list) — unless `join` is set: a node started to join a running
+//! cluster waits until CLUSTER_ADD_NODE adds it (its list names the
+//! running members, for their addresses, and itself).
 
 use std::collections::BTreeMap;
 
@@ -63,6 +66,9 @@ pub struct ClusterConfig {
     /// The shortest wait without a leader before a member stands for
     /// election.
     pub election_timeout_ms: u64,
+    /// Start with empty groups and wait to be added by a running
+    /// cluster's CLUSTER_ADD_NODE, instead of starting the groups.
+    pub join: bool,
 }
 
 fn field<'a>(map: &'a Mapping, path: &str, key: &str) -> Option<(String, &'a Value)> {
@@ -136,6 +142,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "members",
             "snapshot_every_entries",
             "election_timeout_ms",
+            "join",
         ],
     )?;
     let (key, v) = required(map, PATH, "node_id")?;
@@ -221,6 +228,12 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT,
         CLUSTER_ELECTION_TIMEOUT_MS_MIN..=CLUSTER_ELECTION_TIMEOUT_MS_MAX,
     )?;
+    let join = match field(map, PATH, "join") {
+        None => false,
+        Some((key, v)) => v
+            .as_bool()
+            .ok_or_else(|| type_error(key, "true or false", v))?,
+    };
     Ok(Some(ClusterConfig {
         node_id,
         name,
@@ -229,6 +242,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         members,
         snapshot_every_entries,
         election_timeout_ms,
+        join,
     }))
 }
 
@@ -299,6 +313,9 @@ corestate:
             "    name: orders\n    election_timeout_ms: 1000\n",
         );
         assert_eq!(parse(&slower).unwrap().unwrap().election_timeout_ms, 1000);
+        assert!(!c.join);
+        let joining = GOOD.replace("    name: orders\n", "    name: orders\n    join: true\n");
+        assert!(parse(&joining).unwrap().unwrap().join);
         assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);
         assert_eq!(parse("{}").unwrap(), None);
     }
@@ -343,6 +360,10 @@ corestate:
                     "    name: orders\n    election_timeout_ms: 5\n",
                 ),
                 "corestate.cluster.election_timeout_ms",
+            ),
+            (
+                GOOD.replace("    name: orders\n", "    name: orders\n    join: 1\n"),
+                "corestate.cluster.join",
             ),
         ];
         for (text, key) in cases {

@@ -1,4 +1,5 @@
-//! The 25 RCP operation names (docs/PROTOCOL.md §2.1).
+//! The 25 RCP operation names (docs/PROTOCOL.md §2.1), and corestate's
+//! own cluster membership operations (README, "Cluster").
 
 macro_rules! ops {
     ($($variant:ident => $name:literal),* $(,)?) => {
@@ -43,6 +44,8 @@ ops! {
     FlushAll => "FLUSH_ALL",
     Replicate => "REPLICATE",
     ReplicateAck => "REPLICATE_ACK",
+    ClusterAddNode => "CLUSTER_ADD_NODE",
+    ClusterRemoveNode => "CLUSTER_REMOVE_NODE",
 }
 
 impl Op {

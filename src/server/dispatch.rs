@@ -20,7 +20,7 @@ use shards::{EngineError, EngineResult, ErrorCode};
 
 use super::batch;
 use super::context::ServerCtx;
-use super::ops::{instance_ops, machine_ops, session_ops, storage_ops, watch_ops};
+use super::ops::{cluster_ops, instance_ops, machine_ops, session_ops, storage_ops, watch_ops};
 use super::refusals::RefusalCause;
 use super::session::Session;
 use crate::protocol::op::Op;
@@ -165,6 +165,25 @@ pub async fn run_op(
         Op::Unwatch => answer(reply, watch_ops::unwatch(watch, params)),
         Op::SnapshotInstance | Op::WalRead | Op::WalStats | Op::Compact | Op::FlushAll => {
             answer(reply, storage_ops::handle(ctx, op, params).await)
+        }
+        Op::ClusterAddNode | Op::ClusterRemoveNode => {
+            let change = if op == Op::ClusterAddNode {
+                cluster_ops::parse_add(params)
+            } else {
+                cluster_ops::parse_remove(params)
+            };
+            match change {
+                // Adding waits until the node caught up: the connection
+                // goes on serving meanwhile.
+                Ok(change) => {
+                    let ctx = ctx.clone();
+                    glommio::spawn_local(async move {
+                        answer(reply, cluster_ops::change_members(&ctx, change).await);
+                    })
+                    .detach();
+                }
+                Err(e) => answer(reply, Err(e)),
+            }
         }
     }
     Flow::Continue

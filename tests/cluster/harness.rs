@@ -34,7 +34,10 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Server>,
     /// (caller, callee) → the proxy the caller dials (proxied clusters).
     pub links: BTreeMap<(u64, u64), FaultProxy>,
-    _dir: TempDir,
+    /// Each node's peer port.
+    pub peers: BTreeMap<u64, u16>,
+    settings: String,
+    dir: TempDir,
 }
 
 impl Cluster {
@@ -77,23 +80,32 @@ impl Cluster {
                     format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n")
                 })
                 .collect();
-            let yaml = format!(
-                "corestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
-                 token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n{settings}    members:\n{members}"
-            );
-            let config = dir.path().join(format!("node-{id}.yaml"));
-            fs::write(&config, yaml).expect("write node config");
-            let data: PathBuf = dir.path().join(format!("data-{id}"));
-            fs::create_dir_all(&data).expect("data dir");
-            let config = config.display().to_string();
-            let server = Server::start_in(&data, &["--config", &config, "--shards", "1"]);
-            nodes.insert(id, server);
+            nodes.insert(id, start_node(&dir, id, *port, settings, &members));
         }
         Cluster {
             nodes,
             links,
-            _dir: dir,
+            peers,
+            settings: settings.to_string(),
+            dir,
         }
+    }
+
+    /// Start node `id` on a fresh peer port with `join: true` (it waits to
+    /// be added: CLUSTER_ADD_NODE), listing the running members and itself;
+    /// its peer port. Not proxied.
+    pub fn start_joiner(&mut self, id: u64) -> u16 {
+        let port = fresh_port();
+        self.peers.insert(id, port);
+        let members: String = self
+            .peers
+            .iter()
+            .map(|(peer, port)| format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n"))
+            .collect();
+        let settings = format!("{}    join: true\n", self.settings);
+        let server = start_node(&self.dir, id, port, &settings, &members);
+        self.nodes.insert(id, server);
+        port
     }
 
     /// Put every link to and from `node` in `mode` (`Blackhole`: the node
@@ -216,4 +228,19 @@ impl Cluster {
     pub fn raw(&self, id: u64) -> RawClient {
         self.nodes[&id].raw()
     }
+}
+
+/// Write node `id`'s config (peer listener on `port`, `settings` and
+/// `members` as YAML lines) into `dir` and start it on its data directory.
+fn start_node(dir: &TempDir, id: u64, port: u16, settings: &str, members: &str) -> Server {
+    let yaml = format!(
+        "corestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
+         token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n{settings}    members:\n{members}"
+    );
+    let config = dir.path().join(format!("node-{id}.yaml"));
+    fs::write(&config, yaml).expect("write node config");
+    let data: PathBuf = dir.path().join(format!("data-{id}"));
+    fs::create_dir_all(&data).expect("data dir");
+    let config = config.display().to_string();
+    Server::start_in(&data, &["--config", &config, "--shards", "1"])
 }

@@ -15,6 +15,7 @@ mod fault_proxy;
 mod graceful;
 mod harness;
 mod leader_restart;
+mod membership;
 mod partition;
 mod process_faults;
 mod watch;

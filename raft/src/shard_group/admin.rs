@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use openraft::rt::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ServerState};
+use shards::shard::group_link::MemberChange;
 
 use super::member::{write_error, GroupError, GroupMember, GroupRaft, MemberMachine};
 
@@ -16,6 +17,14 @@ use super::member::{write_error, GroupError, GroupMember, GroupRaft, MemberMachi
 pub const LEADERSHIP_HANDOVER_TIMEOUT_MS: u64 = 2_000;
 /// How often a hand-over looks whether it happened.
 const HANDOVER_POLL_MS: u64 = 10;
+/// How long an added node may take to catch up (snapshot and log) before
+/// the change is given up, unless the request says: a large shard's
+/// snapshot over a slow link takes minutes.
+pub const MEMBER_CATCH_UP_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+/// How often an add looks whether the new node caught up.
+const CATCH_UP_POLL_MS: u64 = 20;
+/// The longest catch-up a request may allow.
+pub const MEMBER_CATCH_UP_TIMEOUT_MS_MAX: u64 = 3_600_000;
 
 /// A member's role in its group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -61,26 +70,21 @@ impl<M: MemberMachine> GroupMember<M> {
     /// Add node `id` (its peer listener at `addr`): first as a learner,
     /// returning once it has caught up, then as a voter. Run on the leader.
     pub async fn add_member(&self, id: u64, addr: &str) -> Result<(), GroupError> {
-        self.raft()
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map_err(write_error)?;
-        self.raft()
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(write_error)?;
-        Ok(())
+        let add = MemberChange::Add {
+            node: id,
+            peer: addr.to_string(),
+            catch_up_timeout_ms: MEMBER_CATCH_UP_TIMEOUT_MS_DEFAULT,
+        };
+        change_members(self.raft(), add).await.map(drop)
     }
 
     /// Remove node `id` from the group's voters (and from the group). Run
     /// on the leader; a leader that removes itself steps down once the
     /// change is committed.
     pub async fn remove_member(&self, id: u64) -> Result<(), GroupError> {
-        self.raft()
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+        change_members(self.raft(), MemberChange::Remove { node: id })
             .await
-            .map_err(write_error)?;
-        Ok(())
+            .map(drop)
     }
 
     /// If this member leads, hand the lead to the follower with the most
@@ -88,6 +92,83 @@ impl<M: MemberMachine> GroupMember<M> {
     /// `None` when this member did not lead.
     pub async fn hand_over_leadership(&self) -> Result<Option<u64>, GroupError> {
         hand_over(self.raft()).await
+    }
+}
+
+/// Run `change` on the leader's `Raft` handle (adding: as a learner until
+/// caught up, then a voter; removing: out of the group, not kept as a
+/// learner); the group's voters after it.
+pub(super) async fn change_members<M: MemberMachine>(
+    raft: &GroupRaft<M>,
+    change: MemberChange,
+) -> Result<Vec<u64>, GroupError> {
+    match change {
+        MemberChange::Add {
+            node,
+            peer,
+            catch_up_timeout_ms,
+        } => {
+            // Not openraft's blocking add: it returns after a short wait
+            // whether or not the learner caught up.
+            let added = raft
+                .add_learner(node, BasicNode::new(peer), false)
+                .await
+                .map_err(write_error)?;
+            let waited = Duration::from_millis(catch_up_timeout_ms);
+            if !caught_up(raft, node, added.log_id.index, waited).await? {
+                // Unreachable, or too slow: leave the group as it was.
+                let out = ChangeMembers::RemoveNodes(BTreeSet::from([node]));
+                let undone = raft.change_membership(out, false).await;
+                return Err(GroupError::Refused(format!(
+                    "node {node} did not catch up within {catch_up_timeout_ms} ms ({})",
+                    match undone {
+                        Ok(_) => "taken out of the group again".to_string(),
+                        Err(e) => format!("it stays a learner: {e}"),
+                    }
+                )));
+            }
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        MemberChange::Remove { node } => {
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                .await
+                .map_err(write_error)?;
+        }
+    }
+    Ok(status_of(raft).voters.into_iter().collect())
+}
+
+/// Wait until `node`'s log matches this leader's up to `index`: `Ok(true)`
+/// then, `Ok(false)` after `waited`; an error when this member stops
+/// leading meanwhile.
+async fn caught_up<M: MemberMachine>(
+    raft: &GroupRaft<M>,
+    node: u64,
+    index: u64,
+    waited: Duration,
+) -> Result<bool, GroupError> {
+    let started = std::time::Instant::now();
+    loop {
+        let status = status_of(raft);
+        if status.role != GroupRole::Leader {
+            return Err(GroupError::NotLeader {
+                leader: status.leader,
+            });
+        }
+        let matched = status
+            .replicas
+            .iter()
+            .find(|r| r.node == node)
+            .and_then(|r| r.matched_index);
+        if matched.is_some_and(|m| m >= index) {
+            return Ok(true);
+        }
+        if started.elapsed() >= waited {
+            return Ok(false);
+        }
+        glommio::timer::sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
     }
 }
 

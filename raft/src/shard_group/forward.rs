@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shards::error::{EngineError, EngineResult, ErrorCode};
 use shards::machine::definition::{parse_definition, MachineDef};
-use shards::shard::group_link::LinkError;
+use shards::shard::group_link::{LinkError, MemberChange};
 use shards::shard::{
     ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, ReplyTo, ShardMsg,
 };
@@ -42,6 +42,9 @@ use crate::net::{CallError, PeerPool, ShardCalls};
 /// How long a forwarded operation may take, answer included: a commit's
 /// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
 pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
+/// How long a forwarded membership change may take (two membership
+/// entries committed); adding a member may take its catch-up time more.
+pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
 
 /// An operation on its way to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +83,26 @@ enum Forwarded {
         state: Option<String>,
         rows_max: usize,
     },
+    ChangeMembers {
+        change: MemberChange,
+    },
+}
+
+impl Forwarded {
+    /// How long the leader may take to answer it.
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(match self {
+            Forwarded::ChangeMembers {
+                change:
+                    MemberChange::Add {
+                        catch_up_timeout_ms,
+                        ..
+                    },
+            } => catch_up_timeout_ms.saturating_add(FORWARD_MEMBER_CHANGE_TIMEOUT_MS),
+            Forwarded::ChangeMembers { .. } => FORWARD_MEMBER_CHANGE_TIMEOUT_MS,
+            _ => FORWARD_TIMEOUT_MS,
+        })
+    }
 }
 
 /// An error as it travels (the 19 RCP codes by name).
@@ -125,6 +148,8 @@ enum Answer {
         total: u64,
         rows: Vec<(String, String)>,
     },
+    /// A membership change's result (JSON text) or error.
+    Members(Wire<String>),
 }
 
 /// Where the answer goes on the follower.
@@ -136,6 +161,7 @@ enum ReplyTarget {
         flume::Sender<ListPage>,
         Option<(Arc<shards::shard::budget::ResponseBudget>, u64)>,
     ),
+    Members(flume::Sender<EngineResult<Value>>),
 }
 
 /// Split a message into what travels and where its answer goes; `Err`
@@ -193,6 +219,10 @@ fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
             },
             ReplyTarget::List(done, budget),
         ),
+        ShardMsg::ChangeMembers { change, done } => (
+            Forwarded::ChangeMembers { change },
+            ReplyTarget::Members(done),
+        ),
         other => return Err(Box::new(other)),
     })
 }
@@ -205,6 +235,9 @@ impl ReplyTarget {
                 let _ = done.send(Err(error));
             }
             ReplyTarget::Machines(done) => {
+                let _ = done.send(Err(error));
+            }
+            ReplyTarget::Members(done) => {
                 let _ = done.send(Err(error));
             }
             // A page has no error to carry: the asker sees the channel close.
@@ -241,6 +274,14 @@ impl ReplyTarget {
                     charge,
                 });
             }
+            (ReplyTarget::Members(done), Answer::Members(r)) => {
+                let value = r.map_err(WireError::into_engine).and_then(|text| {
+                    serde_json::from_str(&text).map_err(|e| {
+                        EngineError::internal(format!("the leader's membership answer: {e}"))
+                    })
+                });
+                let _ = done.send(value);
+            }
             (target, other) => target.fail(EngineError::internal(format!(
                 "the leader answered a forwarded operation with {other:?}"
             ))),
@@ -261,8 +302,8 @@ pub fn forward(
     let (op, target) = split(msg)?;
     let client = peers.client(leader, leader_addr);
     let body = to_json(&op);
+    let timeout = op.timeout();
     glommio::spawn_local(async move {
-        let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
         let called = client
             .call(FrameKind::ShardCall, shard as u64, &body, timeout)
             .await;
@@ -407,6 +448,14 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
                     })
                     .map_err(WireError::from),
                 )
+            }))
+        }
+        Forwarded::ChangeMembers { change } => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::ChangeMembers { change, done })?;
+            Ok(Box::pin(async move {
+                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
+                Answer::Members(r.map(|v| v.to_string()).map_err(WireError::from))
             }))
         }
         Forwarded::List {

@@ -11,7 +11,7 @@ use openraft::rt::watch::WatchReceiver;
 use openraft::{AsyncRuntime, ServerState};
 use shards::env::Env;
 use shards::shard::group_link::{
-    Committed, Deliveries, GroupLink, Leadership, LinkError, LinkFuture, LoggedTurn,
+    Committed, Deliveries, GroupLink, Leadership, LinkError, LinkFuture, LoggedTurn, MemberChange,
 };
 use shards::shard::ShardMsg;
 
@@ -144,6 +144,20 @@ impl GroupLink for MemberLink {
             super::admin::hand_over(&raft)
                 .await
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    fn change_members(&self, change: MemberChange) -> LinkFuture<Result<Vec<u64>, LinkError>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            super::admin::change_members(&raft, change)
+                .await
+                .map_err(|e| match e {
+                    // A change the group cannot make (a learner unknown, the
+                    // last voter removed): the asker's mistake.
+                    GroupError::Refused(why) => LinkError::Rejected(why),
+                    other => link_error(other),
+                })
         })
     }
 

@@ -47,7 +47,10 @@ use base64::Engine;
 use crate::log_store::{AppDataCodec, CodecError};
 use crate::GlommioRuntime;
 
-pub use admin::{GroupRole, GroupStatus, ReplicaLag, LEADERSHIP_HANDOVER_TIMEOUT_MS};
+pub use admin::{
+    GroupRole, GroupStatus, ReplicaLag, LEADERSHIP_HANDOVER_TIMEOUT_MS,
+    MEMBER_CATCH_UP_TIMEOUT_MS_DEFAULT, MEMBER_CATCH_UP_TIMEOUT_MS_MAX,
+};
 pub use forward::FORWARD_TIMEOUT_MS;
 pub use link::{
     start_loop_member, MemberLink, DELIVERIES_QUEUED_MAX, READ_BARRIER_TIMEOUT_MS,

@@ -263,6 +263,14 @@ pub enum ShardMsg {
     HandOver {
         done: flume::Sender<Result<Option<u64>, String>>,
     },
+    /// Add a node to this shard's group or remove one
+    /// (CLUSTER_ADD_NODE / CLUSTER_REMOVE_NODE), run by the group's
+    /// leader; the answer is the group's voters after the change. A
+    /// standalone shard refuses it.
+    ChangeMembers {
+        change: super::group_link::MemberChange,
+        done: flume::Sender<EngineResult<Value>>,
+    },
     /// A message another node's shard forwarded here because this node
     /// leads the group (`replica.rs`): run it, never forward it again.
     Forwarded(Box<ShardMsg>),

@@ -62,6 +62,9 @@ pub enum LinkError {
     LeaderUnreachable { leader: u64, why: String },
     /// The group member stopped or refused.
     Failed(String),
+    /// The group refused the request as one it cannot carry out (a
+    /// membership change that is not possible); nothing changed.
+    Rejected(String),
 }
 
 impl LinkError {
@@ -103,10 +106,16 @@ impl LinkError {
                 None,
                 "the shard's group member stopped",
             ),
+            LinkError::Rejected(_) => (
+                ErrorCode::BadRequest,
+                None,
+                "the shard's group refused the change",
+            ),
         };
         let detail = match self {
             LinkError::NoQuorum(why)
             | LinkError::Failed(why)
+            | LinkError::Rejected(why)
             | LinkError::LeaderUnreachable { why, .. } => format!("{what}: {why}"),
             _ => what.to_string(),
         };
@@ -121,7 +130,7 @@ impl LinkError {
             | LinkError::NoQuorum(_)
             | LinkError::LeaderUnreachable { .. } => Some(OUTCOME_NOT_APPLIED),
             LinkError::OutcomeUnknown { .. } => Some(OUTCOME_UNKNOWN),
-            LinkError::Failed(_) => None,
+            LinkError::Failed(_) | LinkError::Rejected(_) => None,
         };
         if let Some(outcome) = outcome {
             details.insert("outcome".into(), outcome.into());
@@ -133,6 +142,23 @@ impl LinkError {
             err.with_details(details)
         }
     }
+}
+
+/// A change of a group's members, which its leader runs (issue 14,
+/// item 11): joint consensus by openraft's membership changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberChange {
+    /// Add node `node`, whose peer listener is at `peer`: a learner until
+    /// it has caught up (snapshot and log), then a voter. A learner that
+    /// has not caught up within `catch_up_timeout_ms` is taken out again
+    /// and the change refused.
+    Add {
+        node: u64,
+        peer: String,
+        catch_up_timeout_ms: u64,
+    },
+    /// Remove node `node` from the group (voter or learner).
+    Remove { node: u64 },
 }
 
 /// A snapshot of the shard's state at a log index.
@@ -199,6 +225,10 @@ pub trait GroupLink {
     /// leads (a graceful stop): `Ok(Some(node))` then, `Ok(None)` when this
     /// member did not lead, `Err` when no one took over in time.
     fn hand_over(&self) -> LinkFuture<Result<Option<u64>, String>>;
+    /// On the leader: run `change` (adding waits until the new member has
+    /// caught up) and answer with the group's voters after it. Runs as
+    /// its own task: the loop must not wait for it.
+    fn change_members(&self, change: MemberChange) -> LinkFuture<Result<Vec<u64>, LinkError>>;
     /// What this member knows of its group now, as JSON (role, leader,
     /// term, log indexes, voters, and on a leader each follower's lag):
     /// REPLICATION_STATUS material.

@@ -14,6 +14,7 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
             | ShardMsg::InstallMachine { .. }
             | ShardMsg::List { .. }
             | ShardMsg::Machines { .. }
+            | ShardMsg::ChangeMembers { .. }
     )
 }
 
@@ -58,6 +59,9 @@ pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Defer
             deferred.push(Deferred::Vote(done, BatchVote::No(0, error)))
         }
         ShardMsg::Flush { done } => deferred.push(Deferred::Flushed(done, Err(error))),
+        ShardMsg::ChangeMembers { done, .. } => {
+            let _ = done.send(Err(error));
+        }
         ShardMsg::SnapshotInstance { done, .. } => {
             deferred.push(Deferred::Snapshot(done, Err(error)))
         }

@@ -45,7 +45,9 @@ use futures_lite::future;
 
 use super::command::ShardMsg;
 use super::events::{Publication, WatchEvent};
-use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
+use super::group_link::{
+    Deliveries, Delivery, GroupLink, Leadership, LinkError, MemberChange, SnapshotPart,
+};
 use super::member_gate::{needs_leader, refuse, unsupported_on_a_member, writes};
 use super::member_read::OffsetIndex;
 use super::replay::{ReplayCounts, TxnLog};
@@ -294,10 +296,15 @@ impl Shard {
                     lead = Some(self.lead_check().await);
                 }
                 match &lead {
-                    Some(Ok(())) => {
-                        read |= !writes(&msg);
-                        self.handle(msg, now, deferred);
-                    }
+                    Some(Ok(())) => match msg {
+                        ShardMsg::ChangeMembers { change, done } => {
+                            self.start_member_change(change, done)
+                        }
+                        msg => {
+                            read |= !writes(&msg);
+                            self.handle(msg, now, deferred);
+                        }
+                    },
                     Some(Err(LinkError::NotLeader {
                         leader: Some(leader),
                     })) if !forwarded => {
@@ -371,6 +378,26 @@ impl Shard {
         } else {
             TurnOutcome::Local
         }
+    }
+
+    /// Run a change of the group's members beside the loop (adding a
+    /// member waits until it has caught up: minutes for a large shard);
+    /// the answer names the shard and its voters after the change.
+    fn start_member_change(
+        &self,
+        change: MemberChange,
+        done: flume::Sender<crate::error::EngineResult<serde_json::Value>>,
+    ) {
+        let link = self.member().link.clone();
+        let shard = self.state.shard_id;
+        self.env.tasks.spawn(Box::pin(async move {
+            let answer = link
+                .change_members(change)
+                .await
+                .map(|voters| serde_json::json!({"shard": shard, "voters": voters}))
+                .map_err(|e| e.to_engine_error());
+            let _ = done.send(answer);
+        }));
     }
 
     /// Whether this member leads its group now.

@@ -455,6 +455,12 @@ impl Shard {
             ShardMsg::HandOver { done } => {
                 let _ = done.send(Ok(None));
             }
+            ShardMsg::ChangeMembers { done, .. } => {
+                let _ = done.send(Err(crate::error::EngineError::new(
+                    crate::error::ErrorCode::BadRequest,
+                    "this node is not a cluster member (no corestate.cluster section)",
+                )));
+            }
             ShardMsg::Machines { done } => {
                 let machines = self.state.machines.iter().cloned().collect();
                 deferred.push(Deferred::Machines(done, Ok(machines)));
