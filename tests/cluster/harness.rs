@@ -37,6 +37,7 @@ pub struct Cluster {
     /// Each node's peer port.
     pub peers: BTreeMap<u64, u16>,
     settings: String,
+    shards: usize,
     dir: TempDir,
 }
 
@@ -55,6 +56,15 @@ impl Cluster {
     /// `proxied`, with `settings` (YAML lines, each indented by four
     /// spaces) added to every node's `corestate.cluster` section.
     pub fn start_with(size: u64, proxied: bool, settings: &str) -> Cluster {
+        Cluster::start_full(size, proxied, settings, 1)
+    }
+
+    /// Start `size` nodes of `shards` shards each (a group per shard).
+    pub fn start_sharded(size: u64, shards: usize) -> Cluster {
+        Cluster::start_full(size, false, "", shards)
+    }
+
+    fn start_full(size: u64, proxied: bool, settings: &str, shards: usize) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let peers: BTreeMap<u64, u16> = (1..=size).map(|id| (id, fresh_port())).collect();
         let mut links = BTreeMap::new();
@@ -80,13 +90,15 @@ impl Cluster {
                     format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n")
                 })
                 .collect();
-            nodes.insert(id, start_node(&dir, id, *port, settings, &members));
+            let node = start_node(&dir, id, *port, settings, &members, shards);
+            nodes.insert(id, node);
         }
         Cluster {
             nodes,
             links,
             peers,
             settings: settings.to_string(),
+            shards,
             dir,
         }
     }
@@ -103,7 +115,7 @@ impl Cluster {
             .map(|(peer, port)| format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n"))
             .collect();
         let settings = format!("{}    join: true\n", self.settings);
-        let server = start_node(&self.dir, id, port, &settings, &members);
+        let server = start_node(&self.dir, id, port, &settings, &members, self.shards);
         self.nodes.insert(id, server);
         port
     }
@@ -231,8 +243,16 @@ impl Cluster {
 }
 
 /// Write node `id`'s config (peer listener on `port`, `settings` and
-/// `members` as YAML lines) into `dir` and start it on its data directory.
-fn start_node(dir: &TempDir, id: u64, port: u16, settings: &str, members: &str) -> Server {
+/// `members` as YAML lines) into `dir` and start it on its data directory
+/// with `shards` shards.
+fn start_node(
+    dir: &TempDir,
+    id: u64,
+    port: u16,
+    settings: &str,
+    members: &str,
+    shards: usize,
+) -> Server {
     let yaml = format!(
         "corestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
          token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n{settings}    members:\n{members}"
@@ -242,5 +262,6 @@ fn start_node(dir: &TempDir, id: u64, port: u16, settings: &str, members: &str) 
     let data: PathBuf = dir.path().join(format!("data-{id}"));
     fs::create_dir_all(&data).expect("data dir");
     let config = config.display().to_string();
-    Server::start_in(&data, &["--config", &config, "--shards", "1"])
+    let shards = shards.to_string();
+    Server::start_in(&data, &["--config", &config, "--shards", &shards])
 }

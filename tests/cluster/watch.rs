@@ -2,12 +2,16 @@
 //! transitions (a follower publishes what it applies), with the offsets the
 //! leader gave them; a WATCH_ALL with `from_offset` replays the log on any
 //! node, and resumes on another node after the leader's loss with no gap
-//! and no duplicate. WAL_READ answers the same log on every node.
+//! and no duplicate. WAL_READ answers the same log on every node. With
+//! several shards per node, an idle group does not hold back a WATCH_ALL
+//! on a node that follows it.
 
 use serde_json::{json, Value};
 
-use crate::harness::Cluster;
-use crate::support::{flip_definition, RawClient};
+use std::time::Instant;
+
+use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
+use crate::support::{flip_definition, ids_on_shard, RawClient};
 
 /// Transitions written per instance (FLIP, FLIP).
 const FLIPS_PER_INSTANCE: usize = 2;
@@ -115,4 +119,33 @@ fn every_node_streams_the_committed_log_and_resumes_across_failover() {
     );
     let expected: Vec<_> = acked[4..].iter().chain(&acked_after).cloned().collect();
     assert_eq!(events(&mut resumed, expected.len()), expected);
+}
+
+/// The leader of shard `shard`'s group, once node `via` knows one.
+fn leader_of(cluster: &mut Cluster, via: u64, shard: usize) -> u64 {
+    let started = Instant::now();
+    loop {
+        let status = cluster.ok_on(via, "REPLICATION_STATUS", json!({}));
+        if let Some(leader) = status["shards"][shard]["leader"].as_u64() {
+            return leader;
+        }
+        assert!(started.elapsed() < CLUSTER_SETTLE_TIMEOUT, "{status}");
+        std::thread::sleep(LEADER_POLL);
+    }
+}
+
+#[test]
+fn an_idle_group_does_not_hold_back_watch_all_on_a_follower() {
+    let mut cluster = Cluster::start_sharded(3, 2);
+    let any = cluster.leader();
+    let idle_leader = leader_of(&mut cluster, any, 1);
+    let node = *cluster.nodes.keys().find(|&&n| n != idle_leader).unwrap();
+    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
+    cluster.ok_on(node, "PUT_MACHINE", put);
+    let mut live = watch_all(&cluster, node, json!({"include_ctx": false}));
+    // Writes to shard 0 only: shard 1's group stays idle, and this node
+    // follows it; each event must still come (the read times out if not).
+    let ids = ids_on_shard("idle", 0, 3);
+    let acked = write(&mut cluster, node, &ids);
+    assert_eq!(events(&mut live, acked.len()), acked);
 }

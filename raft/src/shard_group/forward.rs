@@ -86,6 +86,10 @@ enum Forwarded {
     ChangeMembers {
         change: MemberChange,
     },
+    /// A follower's merge waits on this group: log a watermark entry
+    /// (`shards::shard::member_watermark`). Nothing is answered but that
+    /// it was queued.
+    AdvanceWatermark,
 }
 
 impl Forwarded {
@@ -150,6 +154,8 @@ enum Answer {
     },
     /// A membership change's result (JSON text) or error.
     Members(Wire<String>),
+    /// Queued; no answer is owed.
+    Queued,
 }
 
 /// Where the answer goes on the follower.
@@ -162,6 +168,8 @@ enum ReplyTarget {
         Option<(Arc<shards::shard::budget::ResponseBudget>, u64)>,
     ),
     Members(flume::Sender<EngineResult<Value>>),
+    /// No one waits for the answer.
+    Nobody,
 }
 
 /// Split a message into what travels and where its answer goes; `Err`
@@ -223,6 +231,7 @@ fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
             Forwarded::ChangeMembers { change },
             ReplyTarget::Members(done),
         ),
+        ShardMsg::AdvanceWatermark => (Forwarded::AdvanceWatermark, ReplyTarget::Nobody),
         other => return Err(Box::new(other)),
     })
 }
@@ -240,6 +249,7 @@ impl ReplyTarget {
             ReplyTarget::Members(done) => {
                 let _ = done.send(Err(error));
             }
+            ReplyTarget::Nobody => {}
             // A page has no error to carry: the asker sees the channel close.
             ReplyTarget::List(..) => {}
         }
@@ -282,6 +292,7 @@ impl ReplyTarget {
                 });
                 let _ = done.send(value);
             }
+            (ReplyTarget::Nobody, _) => {}
             (target, other) => target.fail(EngineError::internal(format!(
                 "the leader answered a forwarded operation with {other:?}"
             ))),
@@ -449,6 +460,10 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
                     .map_err(WireError::from),
                 )
             }))
+        }
+        Forwarded::AdvanceWatermark => {
+            send(ShardMsg::AdvanceWatermark)?;
+            Ok(Box::pin(async { Answer::Queued }))
         }
         Forwarded::ChangeMembers { change } => {
             let (done, rx) = flume::bounded(1);

@@ -50,6 +50,7 @@ use super::group_link::{
 };
 use super::member_gate::{needs_leader, refuse, unsupported_on_a_member, writes};
 use super::member_read::OffsetIndex;
+use super::member_watermark::WatermarkAsks;
 use super::replay::{ReplayCounts, TxnLog};
 use super::runner::{
     Deferred, OpenReport, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US,
@@ -80,6 +81,8 @@ pub struct MemberSide {
     /// The index of this member's own turn, committed and not yet seen
     /// among the deliveries.
     own_index: Option<u64>,
+    /// Watermark entries asked for or staged (`member_watermark.rs`).
+    pub(super) watermark: WatermarkAsks,
 }
 
 /// What woke the member's loop.
@@ -129,6 +132,7 @@ impl Shard {
             ready_term: None,
             own_index: None,
             offsets: OffsetIndex::default(),
+            watermark: WatermarkAsks::default(),
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.
@@ -165,7 +169,7 @@ impl Shard {
         self.member.as_ref().expect("a member shard")
     }
 
-    fn member_mut(&mut self) -> &mut MemberSide {
+    pub(super) fn member_mut(&mut self) -> &mut MemberSide {
         self.member.as_mut().expect("a member shard")
     }
 
@@ -245,6 +249,7 @@ impl Shard {
                     }
                 }
             }
+            self.ask_again_for_watermark();
             if !self.state.events.is_empty() || self.publish_requested {
                 self.publish(publisher.as_ref());
             }
@@ -318,11 +323,19 @@ impl Shard {
                     Some(Err(e)) => refuse(msg, e.to_engine_error(), deferred),
                     None => unreachable!("checked above"),
                 }
-            } else if matches!(msg, ShardMsg::AdvanceWatermark) && !self.leads() {
+            } else if matches!(msg, ShardMsg::AdvanceWatermark) {
                 // A follower's offsets are its leader's: its watermark
                 // moves only with the entries it applies, never with its
-                // own clock (the leader may still assign offsets below it).
-                self.publish_requested = true;
+                // own clock (`member_watermark.rs`).
+                let lead_ready = if forwarded && self.leads() {
+                    if lead.is_none() {
+                        lead = Some(self.lead_check().await);
+                    }
+                    matches!(lead, Some(Ok(())))
+                } else {
+                    false
+                };
+                self.advance_member_watermark(forwarded, lead_ready, now);
             } else {
                 self.handle(msg, now, deferred);
             }
@@ -459,6 +472,7 @@ impl Shard {
                 m.offsets.note(index, &records);
                 let entries = m.position.entries;
                 self.wal.set_entries(entries);
+                self.watermark_moved();
             }
             Delivery::Install(part) => {
                 if part.index <= self.member().applied_index {
@@ -467,6 +481,7 @@ impl Shard {
                 self.install(*part);
                 // What the snapshot holds was published by whoever applied it.
                 self.state.events.clear();
+                self.watermark_moved();
             }
             Delivery::Visit(visit) => visit(&self.state, self.member().position),
         }
