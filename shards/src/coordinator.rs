@@ -43,6 +43,9 @@ use crate::shard::{BatchVote, Command, OpenReport, ShardMsg};
 pub enum BatchFailure {
     Op(usize, EngineError),
     Internal(EngineError),
+    /// A shard refused its part as a whole (a replicated shard between
+    /// leaders, say): the batch's answer is this error, unchanged.
+    Refused(EngineError),
 }
 
 /// Run an atomic batch whose ops are grouped by shard: `parts[shard]` holds
@@ -84,6 +87,12 @@ pub async fn run_atomic(
                     decide(mailboxes, p, txid, false);
                 }
                 return Err(BatchFailure::Op(index.get(j).copied().unwrap_or(0), e));
+            }
+            BatchVote::Refused(e) => {
+                for &p in &prepared {
+                    decide(mailboxes, p, txid, false);
+                }
+                return Err(BatchFailure::Refused(e));
             }
         }
     }

@@ -319,7 +319,7 @@ async fn run_atomic(ctx: &ServerCtx, steps: Vec<(Op, Step)>) -> EngineResult<Vec
             }
         }
         Err(BatchFailure::Op(i, e)) => return Err(atomic_failure(i, names[i], e)),
-        Err(BatchFailure::Internal(e)) => return Err(e),
+        Err(BatchFailure::Internal(e)) | Err(BatchFailure::Refused(e)) => return Err(e),
     }
     let results: Vec<_> = results
         .into_iter()

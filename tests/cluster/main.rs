@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
 mod failover;
 mod failover_time;
 // The Raft crate's fault proxy (its tests: raft/tests/fault_proxy.rs).

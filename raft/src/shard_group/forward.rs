@@ -32,7 +32,8 @@ use shards::error::{EngineError, EngineResult, ErrorCode};
 use shards::machine::definition::{parse_definition, MachineDef};
 use shards::shard::group_link::{LinkError, MemberChange};
 use shards::shard::{
-    ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, ReplyTo, ShardMsg,
+    ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, ReplyTo,
+    ShardMsg,
 };
 
 use crate::net::frame::FrameKind;
@@ -46,9 +47,9 @@ pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
 /// entries committed); adding a member may take its catch-up time more.
 pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
 
-/// An operation on its way to the leader.
+/// An instance command as it travels.
 #[derive(Debug, Serialize, Deserialize)]
-enum Forwarded {
+enum WireCommand {
     Create {
         instance_id: String,
         machine: String,
@@ -72,6 +73,87 @@ enum Forwarded {
     Get {
         instance_id: String,
     },
+}
+
+impl From<Command> for WireCommand {
+    fn from(cmd: Command) -> Self {
+        match cmd {
+            Command::Create(c) => WireCommand::Create {
+                instance_id: c.instance_id,
+                machine: c.machine,
+                version: c.version,
+                initial_ctx: c.initial_ctx,
+                idempotency_key: c.idempotency_key,
+            },
+            Command::Apply(c) => WireCommand::Apply {
+                instance_id: c.instance_id,
+                event: c.event,
+                payload: c.payload,
+                expected_state: c.expected_state,
+                expected_wal_offset: c.expected_wal_offset,
+                event_id: c.event_id,
+                idempotency_key: c.idempotency_key,
+            },
+            Command::Delete(c) => WireCommand::Delete {
+                instance_id: c.instance_id,
+                idempotency_key: c.idempotency_key,
+            },
+            Command::Get { instance_id } => WireCommand::Get { instance_id },
+        }
+    }
+}
+
+impl From<WireCommand> for Command {
+    fn from(cmd: WireCommand) -> Self {
+        match cmd {
+            WireCommand::Create {
+                instance_id,
+                machine,
+                version,
+                initial_ctx,
+                idempotency_key,
+            } => Command::Create(CreateInstance {
+                instance_id,
+                machine,
+                version,
+                initial_ctx,
+                idempotency_key,
+            }),
+            WireCommand::Apply {
+                instance_id,
+                event,
+                payload,
+                expected_state,
+                expected_wal_offset,
+                event_id,
+                idempotency_key,
+            } => Command::Apply(ApplyEvent {
+                instance_id,
+                event,
+                payload,
+                expected_state,
+                expected_wal_offset,
+                event_id,
+                idempotency_key,
+            }),
+            WireCommand::Delete {
+                instance_id,
+                idempotency_key,
+            } => Command::Delete(DeleteInstance {
+                instance_id,
+                idempotency_key,
+            }),
+            WireCommand::Get { instance_id } => Command::Get { instance_id },
+        }
+    }
+}
+
+/// An operation on its way to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+enum Forwarded {
+    Exec(WireCommand),
+    /// A single-shard atomic batch (one entry: all or nothing).
+    AtomicBatch(Vec<WireCommand>),
     InstallMachine {
         machine: String,
         version: u32,
@@ -156,6 +238,42 @@ enum Answer {
     Members(Wire<String>),
     /// Queued; no answer is owed.
     Queued,
+    Vote(WireVote),
+}
+
+/// A batch part's vote as it travels (results as JSON text).
+#[derive(Debug, Serialize, Deserialize)]
+enum WireVote {
+    Yes(Vec<String>),
+    No(usize, WireError),
+    Refused(WireError),
+}
+
+impl From<BatchVote> for WireVote {
+    fn from(vote: BatchVote) -> Self {
+        match vote {
+            BatchVote::Yes(results) => WireVote::Yes(
+                results
+                    .into_iter()
+                    .map(|r| String::from_utf8_lossy(&r).into_owned())
+                    .collect(),
+            ),
+            BatchVote::No(i, e) => WireVote::No(i, e.into()),
+            BatchVote::Refused(e) => WireVote::Refused(e.into()),
+        }
+    }
+}
+
+impl From<WireVote> for BatchVote {
+    fn from(vote: WireVote) -> Self {
+        match vote {
+            WireVote::Yes(results) => {
+                BatchVote::Yes(results.into_iter().map(String::into_bytes).collect())
+            }
+            WireVote::No(i, e) => BatchVote::No(i, e.into_engine()),
+            WireVote::Refused(e) => BatchVote::Refused(e.into_engine()),
+        }
+    }
 }
 
 /// Where the answer goes on the follower.
@@ -170,38 +288,18 @@ enum ReplyTarget {
     Members(flume::Sender<EngineResult<Value>>),
     /// No one waits for the answer.
     Nobody,
+    Vote(flume::Sender<BatchVote>),
 }
 
 /// Split a message into what travels and where its answer goes; `Err`
 /// gives back a message that cannot be forwarded.
 fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
     Ok(match msg {
-        ShardMsg::Exec { cmd, reply } => {
-            let op = match cmd {
-                Command::Create(c) => Forwarded::Create {
-                    instance_id: c.instance_id,
-                    machine: c.machine,
-                    version: c.version,
-                    initial_ctx: c.initial_ctx,
-                    idempotency_key: c.idempotency_key,
-                },
-                Command::Apply(c) => Forwarded::Apply {
-                    instance_id: c.instance_id,
-                    event: c.event,
-                    payload: c.payload,
-                    expected_state: c.expected_state,
-                    expected_wal_offset: c.expected_wal_offset,
-                    event_id: c.event_id,
-                    idempotency_key: c.idempotency_key,
-                },
-                Command::Delete(c) => Forwarded::Delete {
-                    instance_id: c.instance_id,
-                    idempotency_key: c.idempotency_key,
-                },
-                Command::Get { instance_id } => Forwarded::Get { instance_id },
-            };
-            (op, ReplyTarget::Conn(reply))
-        }
+        ShardMsg::Exec { cmd, reply } => (Forwarded::Exec(cmd.into()), ReplyTarget::Conn(reply)),
+        ShardMsg::AtomicBatch { ops, done } => (
+            Forwarded::AtomicBatch(ops.into_iter().map(WireCommand::from).collect()),
+            ReplyTarget::Vote(done),
+        ),
         ShardMsg::InstallMachine {
             def,
             raw_definition,
@@ -250,6 +348,9 @@ impl ReplyTarget {
                 let _ = done.send(Err(error));
             }
             ReplyTarget::Nobody => {}
+            ReplyTarget::Vote(done) => {
+                let _ = done.send(BatchVote::Refused(error));
+            }
             // A page has no error to carry: the asker sees the channel close.
             ReplyTarget::List(..) => {}
         }
@@ -293,6 +394,9 @@ impl ReplyTarget {
                 let _ = done.send(value);
             }
             (ReplyTarget::Nobody, _) => {}
+            (ReplyTarget::Vote(done), Answer::Vote(vote)) => {
+                let _ = done.send(vote.into());
+            }
             (target, other) => target.fail(EngineError::internal(format!(
                 "the leader answered a forwarded operation with {other:?}"
             ))),
@@ -384,44 +488,21 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
         }))
     };
     match op {
-        Forwarded::Create {
-            instance_id,
-            machine,
-            version,
-            initial_ctx,
-            idempotency_key,
-        } => exec(Command::Create(CreateInstance {
-            instance_id,
-            machine,
-            version,
-            initial_ctx,
-            idempotency_key,
-        })),
-        Forwarded::Apply {
-            instance_id,
-            event,
-            payload,
-            expected_state,
-            expected_wal_offset,
-            event_id,
-            idempotency_key,
-        } => exec(Command::Apply(ApplyEvent {
-            instance_id,
-            event,
-            payload,
-            expected_state,
-            expected_wal_offset,
-            event_id,
-            idempotency_key,
-        })),
-        Forwarded::Delete {
-            instance_id,
-            idempotency_key,
-        } => exec(Command::Delete(DeleteInstance {
-            instance_id,
-            idempotency_key,
-        })),
-        Forwarded::Get { instance_id } => exec(Command::Get { instance_id }),
+        Forwarded::Exec(cmd) => exec(cmd.into()),
+        Forwarded::AtomicBatch(cmds) => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::AtomicBatch {
+                ops: cmds.into_iter().map(Command::from).collect(),
+                done,
+            })?;
+            Ok(Box::pin(async move {
+                let vote = rx
+                    .recv_async()
+                    .await
+                    .unwrap_or_else(|_| BatchVote::Refused(stopped()));
+                Answer::Vote(vote.into())
+            }))
+        }
         Forwarded::InstallMachine {
             machine,
             version,

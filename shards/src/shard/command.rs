@@ -158,11 +158,15 @@ pub struct ShardStats {
 }
 
 /// A shard's answer to an atomic batch part: every op's result, or the
-/// index (within the part) of the op that failed and its error.
+/// index (within the part) of the op that failed and its error — or, on a
+/// replicated shard, a refusal of the whole part (not the leader, a
+/// failover, cross-shard batches not available): the error is the batch's
+/// answer as it stands (`details.outcome` says whether it may have run).
 #[derive(Debug)]
 pub enum BatchVote {
     Yes(Vec<Vec<u8>>),
     No(usize, crate::error::EngineError),
+    Refused(crate::error::EngineError),
 }
 
 pub enum ShardMsg {

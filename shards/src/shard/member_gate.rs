@@ -15,6 +15,7 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
             | ShardMsg::List { .. }
             | ShardMsg::Machines { .. }
             | ShardMsg::ChangeMembers { .. }
+            | ShardMsg::AtomicBatch { .. }
     )
 }
 
@@ -22,6 +23,7 @@ pub(super) fn writes(msg: &ShardMsg) -> bool {
     match msg {
         ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
         ShardMsg::InstallMachine { .. } => true,
+        ShardMsg::AtomicBatch { ops, .. } => ops.iter().any(|c| !matches!(c, Command::Get { .. })),
         _ => false,
     }
 }
@@ -29,9 +31,7 @@ pub(super) fn writes(msg: &ShardMsg) -> bool {
 /// Why a message cannot run on a member yet, if it cannot.
 pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
     let what = match msg {
-        ShardMsg::AtomicBatch { .. } | ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => {
-            "atomic batches"
-        }
+        ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => "atomic batches across shards",
         ShardMsg::Flush { .. } => "FLUSH",
         ShardMsg::Compact { .. } | ShardMsg::SnapshotInstance { .. } => {
             "snapshots and compaction of a shard's own log"
@@ -56,7 +56,7 @@ pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Defer
         ShardMsg::InstallMachine { done, .. } => deferred.push(Deferred::Install(done, Err(error))),
         ShardMsg::Machines { done } => deferred.push(Deferred::Machines(done, Err(error))),
         ShardMsg::AtomicBatch { done, .. } | ShardMsg::Prepare { done, .. } => {
-            deferred.push(Deferred::Vote(done, BatchVote::No(0, error)))
+            deferred.push(Deferred::Vote(done, BatchVote::Refused(error)))
         }
         ShardMsg::Flush { done } => deferred.push(Deferred::Flushed(done, Err(error))),
         ShardMsg::ChangeMembers { done, .. } => {

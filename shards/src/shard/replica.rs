@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 
-use super::command::ShardMsg;
+use super::command::{BatchVote, ShardMsg};
 use super::events::{Publication, WatchEvent};
 use super::group_link::{
     Deliveries, Delivery, GroupLink, Leadership, LinkError, MemberChange, SnapshotPart,
@@ -586,6 +586,11 @@ impl Shard {
             }
             Deferred::Machines(done, _) => {
                 let _ = done.send(Err(error.clone()));
+            }
+            // The batch's part was staged with the turn the group did not
+            // take: the whole batch gets the refusal.
+            Deferred::Vote(done, _) => {
+                let _ = done.send(BatchVote::Refused(error.clone()));
             }
             // No error to carry: the asker sees its reply channel close.
             Deferred::List(..) => {}

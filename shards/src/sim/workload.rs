@@ -505,6 +505,13 @@ impl Clients {
             }
             // A shard went away under it: the server is going down.
             Err(BatchFailure::Internal(_)) => {}
+            // Only a replicated shard refuses a part as a whole.
+            Err(BatchFailure::Refused(e)) => {
+                self.fail(format!(
+                    "batch {txid} refused by a standalone shard: {}",
+                    e.message
+                ));
+            }
         }
     }
 
