@@ -277,6 +277,11 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             + usize::from(settled.is_err())
             + usize::from(stream.is_err())
             + usize::from(replicas.is_err());
+        // The filter that runs this test alone.
+        let filter = match deployment {
+            Deployment::Cluster(_) => "cluster",
+            _ => "node",
+        };
         let path = results::write_results(
             name,
             secs,
@@ -285,7 +290,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
                 "# Linearizability run, {label}\n\n`CORESTATE_LIN_SECS={secs} \
                  CORESTATE_LIN_KILLS={kills} CORESTATE_LIN_PARTITIONS={partitions} \
                  CORESTATE_TEST_SEED={seed} cargo test {}--test \
-                 linearizability {name} -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n\
+                 linearizability {filter} -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n\
                  {summary}\n```\n",
                 if cfg!(debug_assertions) {
                     ""
