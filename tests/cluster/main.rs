@@ -8,6 +8,7 @@
 mod support;
 
 mod batch;
+mod compact;
 mod failover;
 mod failover_time;
 // The Raft crate's fault proxy (its tests: raft/tests/fault_proxy.rs).

@@ -21,7 +21,10 @@ const HANDOVER_POLL_MS: u64 = 10;
 /// the change is given up, unless the request says: a large shard's
 /// snapshot over a slow link takes minutes.
 pub const MEMBER_CATCH_UP_TIMEOUT_MS_DEFAULT: u64 = 300_000;
-/// How often an add looks whether the new node caught up.
+/// How long COMPACT waits for a member's snapshot to be built.
+pub const SNAPSHOT_NOW_TIMEOUT_MS: u64 = 120_000;
+/// How often an add looks whether the new node caught up (and COMPACT
+/// whether the snapshot is built).
 const CATCH_UP_POLL_MS: u64 = 20;
 /// The longest catch-up a request may allow.
 pub const MEMBER_CATCH_UP_TIMEOUT_MS_MAX: u64 = 3_600_000;
@@ -167,6 +170,37 @@ async fn caught_up<M: MemberMachine>(
         }
         if started.elapsed() >= waited {
             return Ok(false);
+        }
+        glommio::timer::sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
+    }
+}
+
+/// Build a snapshot now and wait until it covers what was applied at the
+/// call (`Ok(false)`: one did already).
+pub(super) async fn snapshot_now<M: MemberMachine>(
+    raft: &GroupRaft<M>,
+) -> Result<bool, GroupError> {
+    let (applied, covered) = {
+        let m = raft.metrics().borrow_watched().clone();
+        (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+    };
+    if applied.is_none() || covered >= applied {
+        return Ok(false);
+    }
+    raft.trigger()
+        .snapshot()
+        .await
+        .map_err(|e| GroupError::Stopped(e.to_string()))?;
+    let started = std::time::Instant::now();
+    loop {
+        let covered = raft.metrics().borrow_watched().snapshot.map(|l| l.index);
+        if covered >= applied {
+            return Ok(true);
+        }
+        if started.elapsed() >= Duration::from_millis(SNAPSHOT_NOW_TIMEOUT_MS) {
+            return Err(GroupError::Stopped(format!(
+                "the snapshot was not built within {SNAPSHOT_NOW_TIMEOUT_MS} ms"
+            )));
         }
         glommio::timer::sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
     }

@@ -138,6 +138,15 @@ impl GroupLink for MemberLink {
         Box::pin(async move { machine.entries(from, to).await })
     }
 
+    fn snapshot_now(&self) -> LinkFuture<Result<bool, String>> {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            super::admin::snapshot_now(&raft)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn hand_over(&self) -> LinkFuture<Result<Option<u64>, String>> {
         let raft = self.raft.clone();
         Box::pin(async move {

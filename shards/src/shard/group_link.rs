@@ -229,6 +229,13 @@ pub trait GroupLink {
     /// caught up) and answer with the group's voters after it. Runs as
     /// its own task: the loop must not wait for it.
     fn change_members(&self, change: MemberChange) -> LinkFuture<Result<Vec<u64>, LinkError>>;
+    /// Build a snapshot of this member's applied state now (COMPACT) and
+    /// wait until it covers everything applied at the call: `Ok(true)`
+    /// then, `Ok(false)` when a snapshot covered it already. The log
+    /// behind it is then purged and its segments retired in the
+    /// background. Runs as its own task: building reads the state through
+    /// the loop (`Delivery::Visit`).
+    fn snapshot_now(&self) -> LinkFuture<Result<bool, String>>;
     /// What this member knows of its group now, as JSON (role, leader,
     /// term, log indexes, voters, and on a leader each follower's lag):
     /// REPLICATION_STATUS material.

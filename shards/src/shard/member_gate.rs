@@ -33,9 +33,7 @@ pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
     let what = match msg {
         ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => "atomic batches across shards",
         ShardMsg::Flush { .. } => "FLUSH",
-        ShardMsg::Compact { .. } | ShardMsg::SnapshotInstance { .. } => {
-            "snapshots and compaction of a shard's own log"
-        }
+        ShardMsg::SnapshotInstance { .. } => "snapshots of single instances",
         _ => return None,
     };
     Some(EngineError::new(

@@ -290,6 +290,9 @@ impl Shard {
             };
             if let Some(refusal) = unsupported_on_a_member(&msg) {
                 refuse(msg, refusal, deferred);
+            } else if let ShardMsg::Compact { done, .. } = msg {
+                // This member's own snapshot: no leader needed.
+                self.start_group_snapshot(done);
             } else if let ShardMsg::HandOver { done } = msg {
                 let link = self.member().link.clone();
                 let _ = done.send(link.hand_over().await);
@@ -410,6 +413,28 @@ impl Shard {
                 .map(|voters| serde_json::json!({"shard": shard, "voters": voters}))
                 .map_err(|e| e.to_engine_error());
             let _ = done.send(answer);
+        }));
+    }
+
+    /// COMPACT on a member: the group member's snapshot, built beside the
+    /// loop (it reads the state through the loop); the log behind it is
+    /// purged and its segments retired in the background, so the answer
+    /// counts no deleted segments.
+    fn start_group_snapshot(&self, done: flume::Sender<super::snapshotting::CompactReport>) {
+        let link = self.member().link.clone();
+        self.env.tasks.spawn(Box::pin(async move {
+            let report = match link.snapshot_now().await {
+                Ok(created) => super::snapshotting::CompactReport {
+                    snapshots_created: u64::from(created),
+                    total_snapshots: 1,
+                    ..Default::default()
+                },
+                Err(e) => super::snapshotting::CompactReport {
+                    error: Some(e),
+                    ..Default::default()
+                },
+            };
+            let _ = done.send(report);
         }));
     }
 

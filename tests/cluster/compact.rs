@@ -1,0 +1,52 @@
+//! COMPACT on a cluster node: each of its group members builds a snapshot
+//! of what it applied (a follower's as well as the leader's), the log
+//! behind it is purged in the background, and a member restarted after
+//! it comes back from the snapshot with every write.
+
+use serde_json::json;
+
+use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
+use crate::support::flip_definition;
+
+/// Writes before the snapshots.
+const FLIPS: usize = 20;
+
+#[test]
+fn compact_snapshots_each_member_and_a_restart_comes_back_from_it() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
+    cluster.ok_on(leader, "PUT_MACHINE", put);
+    let create = json!({"machine": "flip", "version": 1, "instance_id": "c-0"});
+    cluster.ok_on(leader, "CREATE_INSTANCE", create);
+    for i in 0..FLIPS {
+        let flip = json!({"instance_id": "c-0", "event": "FLIP",
+                          "idempotency_key": format!("flip-{i}")});
+        cluster.ok_on(leader, "APPLY_EVENT", flip);
+    }
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    // The follower may still be applying the last writes: a read through
+    // it is forwarded to the leader, so wait on its own log instead.
+    let expected = cluster.transitions(leader);
+    let started = std::time::Instant::now();
+    while cluster.transitions(follower) != expected {
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "node {follower} lags"
+        );
+        std::thread::sleep(LEADER_POLL);
+    }
+    for node in [follower, leader] {
+        let first = cluster.ok_on(node, "COMPACT", json!({}));
+        assert_eq!(first["snapshots_created"], 1, "node {node}: {first}");
+        let again = cluster.ok_on(node, "COMPACT", json!({}));
+        assert_eq!(again["snapshots_created"], 0, "node {node}: {again}");
+    }
+    let server = cluster.nodes.get_mut(&follower).unwrap();
+    server.restart();
+    let got = cluster.ok_on(follower, "GET_INSTANCE", json!({"instance_id": "c-0"}));
+    assert_eq!(got["state"], "a", "{FLIPS} flips: {got}");
+    let flip = json!({"instance_id": "c-0", "event": "FLIP", "idempotency_key": "after"});
+    let r = cluster.ok_on(follower, "APPLY_EVENT", flip);
+    assert_eq!(r["to_state"], "b", "{r}");
+}
