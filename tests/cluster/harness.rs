@@ -253,8 +253,9 @@ fn start_node(
     members: &str,
     shards: usize,
 ) -> Server {
+    // FLUSH_ALL is allowed (tests/cluster/storage_ops.rs runs it).
     let yaml = format!(
-        "corestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
+        "storage:\n  allow_flush_all: true\ncorestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
          token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n{settings}    members:\n{members}"
     );
     let config = dir.path().join(format!("node-{id}.yaml"));

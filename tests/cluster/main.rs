@@ -8,9 +8,9 @@
 mod support;
 
 mod batch;
-mod compact;
 mod failover;
 mod failover_time;
+mod storage_ops;
 // The Raft crate's fault proxy (its tests: raft/tests/fault_proxy.rs).
 #[path = "../../raft/tests/support/fault_proxy.rs"]
 mod fault_proxy;

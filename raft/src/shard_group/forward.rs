@@ -154,6 +154,8 @@ enum Forwarded {
     Exec(WireCommand),
     /// A single-shard atomic batch (one entry: all or nothing).
     AtomicBatch(Vec<WireCommand>),
+    /// FLUSH_ALL's part on this shard.
+    Flush,
     InstallMachine {
         machine: String,
         version: u32,
@@ -239,6 +241,8 @@ enum Answer {
     /// Queued; no answer is owed.
     Queued,
     Vote(WireVote),
+    /// (instance records removed, machine versions removed) or an error.
+    Flushed(Wire<(u64, u64)>),
 }
 
 /// A batch part's vote as it travels (results as JSON text).
@@ -289,6 +293,7 @@ enum ReplyTarget {
     /// No one waits for the answer.
     Nobody,
     Vote(flume::Sender<BatchVote>),
+    Flushed(flume::Sender<EngineResult<(u64, u64)>>),
 }
 
 /// Split a message into what travels and where its answer goes; `Err`
@@ -296,6 +301,7 @@ enum ReplyTarget {
 fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
     Ok(match msg {
         ShardMsg::Exec { cmd, reply } => (Forwarded::Exec(cmd.into()), ReplyTarget::Conn(reply)),
+        ShardMsg::Flush { done } => (Forwarded::Flush, ReplyTarget::Flushed(done)),
         ShardMsg::AtomicBatch { ops, done } => (
             Forwarded::AtomicBatch(ops.into_iter().map(WireCommand::from).collect()),
             ReplyTarget::Vote(done),
@@ -351,6 +357,9 @@ impl ReplyTarget {
             ReplyTarget::Vote(done) => {
                 let _ = done.send(BatchVote::Refused(error));
             }
+            ReplyTarget::Flushed(done) => {
+                let _ = done.send(Err(error));
+            }
             // A page has no error to carry: the asker sees the channel close.
             ReplyTarget::List(..) => {}
         }
@@ -396,6 +405,9 @@ impl ReplyTarget {
             (ReplyTarget::Nobody, _) => {}
             (ReplyTarget::Vote(done), Answer::Vote(vote)) => {
                 let _ = done.send(vote.into());
+            }
+            (ReplyTarget::Flushed(done), Answer::Flushed(r)) => {
+                let _ = done.send(r.map_err(WireError::into_engine));
             }
             (target, other) => target.fail(EngineError::internal(format!(
                 "the leader answered a forwarded operation with {other:?}"
@@ -489,6 +501,14 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
     };
     match op {
         Forwarded::Exec(cmd) => exec(cmd.into()),
+        Forwarded::Flush => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::Flush { done })?;
+            Ok(Box::pin(async move {
+                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
+                Answer::Flushed(r.map_err(WireError::from))
+            }))
+        }
         Forwarded::AtomicBatch(cmds) => {
             let (done, rx) = flume::bounded(1);
             send(ShardMsg::AtomicBatch {

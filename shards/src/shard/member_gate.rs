@@ -16,13 +16,14 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
             | ShardMsg::Machines { .. }
             | ShardMsg::ChangeMembers { .. }
             | ShardMsg::AtomicBatch { .. }
+            | ShardMsg::Flush { .. }
     )
 }
 
 pub(super) fn writes(msg: &ShardMsg) -> bool {
     match msg {
         ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
-        ShardMsg::InstallMachine { .. } => true,
+        ShardMsg::InstallMachine { .. } | ShardMsg::Flush { .. } => true,
         ShardMsg::AtomicBatch { ops, .. } => ops.iter().any(|c| !matches!(c, Command::Get { .. })),
         _ => false,
     }
@@ -32,7 +33,6 @@ pub(super) fn writes(msg: &ShardMsg) -> bool {
 pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
     let what = match msg {
         ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => "atomic batches across shards",
-        ShardMsg::Flush { .. } => "FLUSH",
         ShardMsg::SnapshotInstance { .. } => "snapshots of single instances",
         _ => return None,
     };

@@ -617,6 +617,9 @@ impl Shard {
             Deferred::Vote(done, _) => {
                 let _ = done.send(BatchVote::Refused(error.clone()));
             }
+            Deferred::Flushed(done, _) => {
+                let _ = done.send(Err(error.clone()));
+            }
             // No error to carry: the asker sees its reply channel close.
             Deferred::List(..) => {}
             other => self.answer(other),

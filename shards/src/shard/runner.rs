@@ -498,8 +498,9 @@ impl Shard {
                     .wal
                     .append(RecordKind::Flush, now, |_| {})
                     .map(|_| self.state.flush());
-                if result.is_ok() {
-                    // Reclaim the space once a snapshot covers the flush.
+                // Reclaim the space once a snapshot covers the flush (a
+                // member's group snapshots cover it in their time).
+                if result.is_ok() && self.member.is_none() {
                     self.request_compaction(true, None);
                 }
                 deferred.push(Deferred::Flushed(done, result));

@@ -1,7 +1,9 @@
-//! COMPACT on a cluster node: each of its group members builds a snapshot
-//! of what it applied (a follower's as well as the leader's), the log
-//! behind it is purged in the background, and a member restarted after
-//! it comes back from the snapshot with every write.
+//! Storage operations on a cluster. COMPACT on a node: each of its group
+//! members builds a snapshot of what it applied (a follower's as well as
+//! the leader's), the log behind it is purged in the background, and a
+//! member restarted after it comes back from the snapshot with every
+//! write. FLUSH_ALL through any node: a Flush record in the group's log,
+//! so every member forgets everything — a new leader too.
 
 use serde_json::json;
 
@@ -49,4 +51,29 @@ fn compact_snapshots_each_member_and_a_restart_comes_back_from_it() {
     let flip = json!({"instance_id": "c-0", "event": "FLIP", "idempotency_key": "after"});
     let r = cluster.ok_on(follower, "APPLY_EVENT", flip);
     assert_eq!(r["to_state"], "b", "{r}");
+}
+
+#[test]
+fn flush_all_through_a_follower_empties_every_member() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
+    cluster.ok_on(leader, "PUT_MACHINE", put);
+    for id in ["f-0", "f-1"] {
+        let create = json!({"machine": "flip", "version": 1, "instance_id": id});
+        cluster.ok_on(leader, "CREATE_INSTANCE", create);
+    }
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    let flushed = cluster.ok_on(follower, "FLUSH_ALL", json!({}));
+    assert_eq!(flushed["instances_removed"], 2, "{flushed}");
+    // The old leader goes; a member that replayed the Flush leads.
+    cluster.nodes.get_mut(&leader).unwrap().sigkill();
+    cluster.nodes.remove(&leader);
+    let next = cluster.leader();
+    let got = cluster
+        .raw(next)
+        .call("GET_INSTANCE", json!({"instance_id": "f-0"}));
+    assert_eq!(got["error"]["code"], "INSTANCE_NOT_FOUND", "{got}");
+    let machines = cluster.ok_on(next, "LIST_MACHINES", json!({}));
+    assert_eq!(machines["items"], json!([]), "{machines}");
 }
