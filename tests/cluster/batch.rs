@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{Cluster, NOT_LEADER_CODE};
-use crate::support::{flip_definition, ids_on_shard, request};
+use crate::support::{ids_on_shard, request};
 
 /// Kill rounds: each kills the leader with a batch just sent.
 const KILL_ROUNDS: usize = 3;
@@ -53,8 +53,7 @@ fn state_on(cluster: &mut Cluster, node: u64, id: &str) -> Option<String> {
 fn single_shard_atomic_batches_are_all_or_nothing_on_every_node() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
+    cluster.flip_instances(leader, &[]);
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
     let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
 
@@ -106,8 +105,7 @@ fn single_shard_atomic_batches_are_all_or_nothing_on_every_node() {
 fn atomic_batches_across_shards_are_refused_on_a_cluster() {
     let mut cluster = Cluster::start_sharded(3, 2);
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
+    cluster.flip_instances(leader, &[]);
     let a = &ids_on_shard("x", 0, 1)[0];
     let b = &ids_on_shard("x", 1, 1)[0];
     let ops: Vec<Value> = create_and_flip(a)

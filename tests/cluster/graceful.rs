@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::Cluster;
-use crate::support::flip_definition;
 
 /// How long a node may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -16,8 +15,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 fn sigterm_hands_the_lead_over_before_the_node_stops() {
     let mut cluster = Cluster::start(3);
     let first = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(first, "PUT_MACHINE", put);
+    cluster.flip_instances(first, &[]);
     cluster.ok_on(
         first,
         "CREATE_INSTANCE",

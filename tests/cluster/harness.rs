@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::fault_proxy::{FaultProxy, Mode};
-use crate::support::{fresh_port, RawClient, Server};
+use crate::support::{flip_definition, fresh_port, RawClient, Server};
 
 /// How long a cluster may take to answer a request after a change
 /// (start, a leader's loss): elections take 150–300 ms by default, a
@@ -239,6 +239,17 @@ impl Cluster {
 
     pub fn raw(&self, id: u64) -> RawClient {
         self.nodes[&id].raw()
+    }
+
+    /// Put the `flip` machine (states a and b) through node `via` and
+    /// create instances `ids` of it (each starts in `a`).
+    pub fn flip_instances(&mut self, via: u64, ids: &[&str]) {
+        let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
+        self.ok_on(via, "PUT_MACHINE", put);
+        for id in ids {
+            let create = json!({"machine": "flip", "version": 1, "instance_id": id});
+            self.ok_on(via, "CREATE_INSTANCE", create);
+        }
     }
 }
 

@@ -14,7 +14,6 @@
 use serde_json::json;
 
 use crate::harness::Cluster;
-use crate::support::flip_definition;
 
 /// Kill-and-restart rounds.
 const ROUNDS: usize = 3;
@@ -32,10 +31,7 @@ fn term_on(cluster: &mut Cluster, id: u64) -> u64 {
 fn a_leader_restarted_at_once_wins_a_new_term_before_leading_again() {
     let mut cluster = Cluster::start_with(3, false, SLOW_ELECTIONS);
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
-    let create = json!({"machine": "flip", "version": 1, "instance_id": "r-0"});
-    cluster.ok_on(leader, "CREATE_INSTANCE", create);
+    cluster.flip_instances(leader, &["r-0"]);
     for round in 0..ROUNDS {
         let leader = cluster.leader();
         let term = term_on(&mut cluster, leader);

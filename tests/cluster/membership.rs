@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 
 use crate::harness::Cluster;
-use crate::support::{flip_definition, Server};
+use crate::support::Server;
 
 fn voters(answer: &Value) -> Vec<u64> {
     answer["shards"][0]["voters"]
@@ -31,10 +31,7 @@ fn flip(cluster: &mut Cluster, node: u64, key: &str) -> Value {
 fn a_node_joins_and_a_node_leaves_while_the_cluster_serves() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
-    let create = json!({"machine": "flip", "version": 1, "instance_id": "m-0"});
-    cluster.ok_on(leader, "CREATE_INSTANCE", create);
+    cluster.flip_instances(leader, &["m-0"]);
     flip(&mut cluster, leader, "before-join");
 
     let port = cluster.start_joiner(4);

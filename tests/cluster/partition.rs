@@ -10,16 +10,12 @@ use serde_json::json;
 
 use crate::fault_proxy::Mode;
 use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
-use crate::support::flip_definition;
 
 #[test]
 fn a_cut_off_leader_is_replaced_and_catches_up_when_healed() {
     let mut cluster = Cluster::start_proxied(3);
     let first = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(first, "PUT_MACHINE", put);
-    let create = json!({"machine": "flip", "version": 1, "instance_id": "p-0"});
-    cluster.ok_on(first, "CREATE_INSTANCE", create);
+    cluster.flip_instances(first, &["p-0"]);
     let others: Vec<u64> = cluster
         .nodes
         .keys()

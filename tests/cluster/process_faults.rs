@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
-use crate::support::{data_end, flip_definition};
+use crate::support::data_end;
 
 /// Bytes of the torn record appended after the log's last record: a
 /// record's magic and a header cut short, as a write interrupted by a crash
@@ -46,12 +46,7 @@ fn converges(cluster: &mut Cluster, node: u64, leader: u64) {
 
 fn setup(cluster: &mut Cluster) -> u64 {
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
-    for id in ["f-0", "f-1"] {
-        let create = json!({"machine": "flip", "version": 1, "instance_id": id});
-        cluster.ok_on(leader, "CREATE_INSTANCE", create);
-    }
+    cluster.flip_instances(leader, &["f-0", "f-1"]);
     flip(cluster, leader, "f-0", "before");
     leader
 }

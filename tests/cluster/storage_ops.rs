@@ -8,7 +8,6 @@
 use serde_json::json;
 
 use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
-use crate::support::flip_definition;
 
 /// Writes before the snapshots.
 const FLIPS: usize = 20;
@@ -17,10 +16,7 @@ const FLIPS: usize = 20;
 fn compact_snapshots_each_member_and_a_restart_comes_back_from_it() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
-    let create = json!({"machine": "flip", "version": 1, "instance_id": "c-0"});
-    cluster.ok_on(leader, "CREATE_INSTANCE", create);
+    cluster.flip_instances(leader, &["c-0"]);
     for i in 0..FLIPS {
         let flip = json!({"instance_id": "c-0", "event": "FLIP",
                           "idempotency_key": format!("flip-{i}")});
@@ -57,12 +53,7 @@ fn compact_snapshots_each_member_and_a_restart_comes_back_from_it() {
 fn flush_all_through_a_follower_empties_every_member() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(leader, "PUT_MACHINE", put);
-    for id in ["f-0", "f-1"] {
-        let create = json!({"machine": "flip", "version": 1, "instance_id": id});
-        cluster.ok_on(leader, "CREATE_INSTANCE", create);
-    }
+    cluster.flip_instances(leader, &["f-0", "f-1"]);
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
     let flushed = cluster.ok_on(follower, "FLUSH_ALL", json!({}));
     assert_eq!(flushed["instances_removed"], 2, "{flushed}");

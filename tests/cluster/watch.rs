@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
-use crate::support::{flip_definition, ids_on_shard, RawClient};
+use crate::support::{ids_on_shard, RawClient};
 
 /// Transitions written per instance (FLIP, FLIP).
 const FLIPS_PER_INSTANCE: usize = 2;
@@ -76,8 +76,7 @@ fn every_node_streams_the_committed_log_and_resumes_across_failover() {
     let mut cluster = Cluster::start(3);
     let first = cluster.leader();
     let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(first, "PUT_MACHINE", put);
+    cluster.flip_instances(first, &[]);
     // A live subscription on every node, then writes through a follower.
     let mut live: Vec<(u64, RawClient)> = nodes
         .iter()
@@ -140,8 +139,7 @@ fn an_idle_group_does_not_hold_back_watch_all_on_a_follower() {
     let any = cluster.leader();
     let idle_leader = leader_of(&mut cluster, any, 1);
     let node = *cluster.nodes.keys().find(|&&n| n != idle_leader).unwrap();
-    let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
-    cluster.ok_on(node, "PUT_MACHINE", put);
+    cluster.flip_instances(node, &[]);
     let mut live = watch_all(&cluster, node, json!({"include_ctx": false}));
     // Writes to shard 0 only: shard 1's group stays idle, and this node
     // follows it; each event must still come (the read times out if not).
