@@ -28,14 +28,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shards::error::{EngineError, EngineResult, ErrorCode};
+use shards::error::{EngineError, EngineResult};
 use shards::machine::definition::{parse_definition, MachineDef};
 use shards::shard::group_link::{LinkError, MemberChange};
-use shards::shard::{
-    ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, ReplyTo,
-    ShardMsg,
-};
+use shards::shard::{BatchVote, Command, ListPage, ListQuery, ReplyTo, ShardMsg};
 
+use super::forward_wire::{Wire, WireCommand, WireError, WireVote};
 use crate::net::frame::FrameKind;
 use crate::net::wire::{from_json, to_json, ErrorBody, ErrorCode as WireCode};
 use crate::net::{CallError, PeerPool, ShardCalls};
@@ -46,107 +44,6 @@ pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
 /// How long a forwarded membership change may take (two membership
 /// entries committed); adding a member may take its catch-up time more.
 pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
-
-/// An instance command as it travels.
-#[derive(Debug, Serialize, Deserialize)]
-enum WireCommand {
-    Create {
-        instance_id: String,
-        machine: String,
-        version: u32,
-        initial_ctx: Value,
-        idempotency_key: Option<String>,
-    },
-    Apply {
-        instance_id: String,
-        event: String,
-        payload: Value,
-        expected_state: Option<String>,
-        expected_wal_offset: Option<u64>,
-        event_id: Option<String>,
-        idempotency_key: Option<String>,
-    },
-    Delete {
-        instance_id: String,
-        idempotency_key: Option<String>,
-    },
-    Get {
-        instance_id: String,
-    },
-}
-
-impl From<Command> for WireCommand {
-    fn from(cmd: Command) -> Self {
-        match cmd {
-            Command::Create(c) => WireCommand::Create {
-                instance_id: c.instance_id,
-                machine: c.machine,
-                version: c.version,
-                initial_ctx: c.initial_ctx,
-                idempotency_key: c.idempotency_key,
-            },
-            Command::Apply(c) => WireCommand::Apply {
-                instance_id: c.instance_id,
-                event: c.event,
-                payload: c.payload,
-                expected_state: c.expected_state,
-                expected_wal_offset: c.expected_wal_offset,
-                event_id: c.event_id,
-                idempotency_key: c.idempotency_key,
-            },
-            Command::Delete(c) => WireCommand::Delete {
-                instance_id: c.instance_id,
-                idempotency_key: c.idempotency_key,
-            },
-            Command::Get { instance_id } => WireCommand::Get { instance_id },
-        }
-    }
-}
-
-impl From<WireCommand> for Command {
-    fn from(cmd: WireCommand) -> Self {
-        match cmd {
-            WireCommand::Create {
-                instance_id,
-                machine,
-                version,
-                initial_ctx,
-                idempotency_key,
-            } => Command::Create(CreateInstance {
-                instance_id,
-                machine,
-                version,
-                initial_ctx,
-                idempotency_key,
-            }),
-            WireCommand::Apply {
-                instance_id,
-                event,
-                payload,
-                expected_state,
-                expected_wal_offset,
-                event_id,
-                idempotency_key,
-            } => Command::Apply(ApplyEvent {
-                instance_id,
-                event,
-                payload,
-                expected_state,
-                expected_wal_offset,
-                event_id,
-                idempotency_key,
-            }),
-            WireCommand::Delete {
-                instance_id,
-                idempotency_key,
-            } => Command::Delete(DeleteInstance {
-                instance_id,
-                idempotency_key,
-            }),
-            WireCommand::Get { instance_id } => Command::Get { instance_id },
-        }
-    }
-}
 
 /// An operation on its way to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,37 +90,6 @@ impl Forwarded {
     }
 }
 
-/// An error as it travels (the 19 RCP codes by name).
-#[derive(Debug, Serialize, Deserialize)]
-struct WireError {
-    code: String,
-    message: String,
-    details: Option<serde_json::Map<String, Value>>,
-}
-
-impl From<EngineError> for WireError {
-    fn from(e: EngineError) -> Self {
-        WireError {
-            code: e.code.as_str().to_string(),
-            message: e.message,
-            details: e.details.map(|d| *d),
-        }
-    }
-}
-
-impl WireError {
-    fn into_engine(self) -> EngineError {
-        let code = ErrorCode::from_name(&self.code).unwrap_or(ErrorCode::InternalError);
-        let err = EngineError::new(code, self.message);
-        match self.details {
-            Some(d) => err.with_details(d),
-            None => err,
-        }
-    }
-}
-
-type Wire<T> = Result<T, WireError>;
-
 /// The leader's answer.
 #[derive(Debug, Serialize, Deserialize)]
 enum Answer {
@@ -243,41 +109,6 @@ enum Answer {
     Vote(WireVote),
     /// (instance records removed, machine versions removed) or an error.
     Flushed(Wire<(u64, u64)>),
-}
-
-/// A batch part's vote as it travels (results as JSON text).
-#[derive(Debug, Serialize, Deserialize)]
-enum WireVote {
-    Yes(Vec<String>),
-    No(usize, WireError),
-    Refused(WireError),
-}
-
-impl From<BatchVote> for WireVote {
-    fn from(vote: BatchVote) -> Self {
-        match vote {
-            BatchVote::Yes(results) => WireVote::Yes(
-                results
-                    .into_iter()
-                    .map(|r| String::from_utf8_lossy(&r).into_owned())
-                    .collect(),
-            ),
-            BatchVote::No(i, e) => WireVote::No(i, e.into()),
-            BatchVote::Refused(e) => WireVote::Refused(e.into()),
-        }
-    }
-}
-
-impl From<WireVote> for BatchVote {
-    fn from(vote: WireVote) -> Self {
-        match vote {
-            WireVote::Yes(results) => {
-                BatchVote::Yes(results.into_iter().map(String::into_bytes).collect())
-            }
-            WireVote::No(i, e) => BatchVote::No(i, e.into_engine()),
-            WireVote::Refused(e) => BatchVote::Refused(e.into_engine()),
-        }
-    }
 }
 
 /// Where the answer goes on the follower.

@@ -32,6 +32,7 @@
 
 mod admin;
 mod forward;
+mod forward_wire;
 mod link;
 mod loop_machine;
 mod member;

@@ -2,8 +2,9 @@
 //! leader (run there, or forwarded to it), and which it cannot run yet —
 //! and how a message is answered when it is not run (`replica.rs`).
 
-use super::command::{Command, ShardMsg};
+use super::command::{BatchVote, Command, ShardMsg};
 use super::deferred::Deferred;
+use super::runner::Shard;
 use crate::error::EngineError;
 
 /// Messages that read or change the state: only a leader runs them.
@@ -44,7 +45,6 @@ pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
 
 /// Answer `msg` with `error` without running it.
 pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
-    use super::command::BatchVote;
     match msg {
         ShardMsg::Exec { reply, .. } => {
             let body = Err(error);
@@ -66,5 +66,37 @@ pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Defer
         // List, Decide, Compact: no error to carry; the asker sees its
         // reply channel close. Other messages are never refused.
         _ => {}
+    }
+}
+
+impl Shard {
+    /// Send an owed answer as `error` instead (the turn was not logged).
+    pub(super) fn answer_refused(&mut self, d: Deferred, error: &EngineError) {
+        match d {
+            Deferred::Conn(to, _, charge) => {
+                let _ = to.tx.send(super::command::Reply {
+                    seq: to.seq,
+                    body: Err(error.clone()),
+                    charge,
+                });
+            }
+            Deferred::Install(done, _) => {
+                let _ = done.send(Err(error.clone()));
+            }
+            Deferred::Machines(done, _) => {
+                let _ = done.send(Err(error.clone()));
+            }
+            // The batch's part was staged with the turn the group did not
+            // take: the whole batch gets the refusal.
+            Deferred::Vote(done, _) => {
+                let _ = done.send(BatchVote::Refused(error.clone()));
+            }
+            Deferred::Flushed(done, _) => {
+                let _ = done.send(Err(error.clone()));
+            }
+            // No error to carry: the asker sees its reply channel close.
+            Deferred::List(..) => {}
+            other => self.answer(other),
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod group_link;
 pub mod log_read;
 mod member_gate;
 pub mod member_read;
+mod member_tasks;
 pub mod member_watermark;
 pub mod merged_read;
 mod ops_read;

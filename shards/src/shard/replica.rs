@@ -30,11 +30,12 @@
 //!
 //! * **Reading the log by offset** (WAL_READ, watch catch-up) reads the
 //!   group's entries this member applied (`member_read.rs`).
+//! * **Beside the loop** (`member_tasks.rs`): membership changes and
+//!   COMPACT's group snapshot; an idle group's watermark entries
+//!   (`member_watermark.rs`).
 //!
-//! Not here yet (each refused with a clear error, or a closed reply
-//! channel where the message has no error to carry): cross-shard and
-//! atomic batches, FLUSH, compaction and snapshots of the shard's own
-//! (the group makes its snapshots).
+//! Not here yet (each refused with a clear error, `member_gate.rs`):
+//! cross-shard atomic batches and SNAPSHOT_INSTANCE.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,11 +44,9 @@ use std::time::Duration;
 
 use futures_lite::future;
 
-use super::command::{BatchVote, ShardMsg};
+use super::command::ShardMsg;
 use super::events::{Publication, WatchEvent};
-use super::group_link::{
-    Deliveries, Delivery, GroupLink, Leadership, LinkError, MemberChange, SnapshotPart,
-};
+use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
 use super::member_gate::{needs_leader, refuse, unsupported_on_a_member, writes};
 use super::member_read::OffsetIndex;
 use super::member_watermark::WatermarkAsks;
@@ -57,7 +56,6 @@ use super::runner::{
 };
 use super::state::ShardState;
 use crate::env::Env;
-use crate::error::EngineError;
 use crate::snapshot::LogPosition;
 use crate::wal::entry::Entry;
 use crate::wal::offset::tick_of_offset;
@@ -396,48 +394,6 @@ impl Shard {
         }
     }
 
-    /// Run a change of the group's members beside the loop (adding a
-    /// member waits until it has caught up: minutes for a large shard);
-    /// the answer names the shard and its voters after the change.
-    fn start_member_change(
-        &self,
-        change: MemberChange,
-        done: flume::Sender<crate::error::EngineResult<serde_json::Value>>,
-    ) {
-        let link = self.member().link.clone();
-        let shard = self.state.shard_id;
-        self.env.tasks.spawn(Box::pin(async move {
-            let answer = link
-                .change_members(change)
-                .await
-                .map(|voters| serde_json::json!({"shard": shard, "voters": voters}))
-                .map_err(|e| e.to_engine_error());
-            let _ = done.send(answer);
-        }));
-    }
-
-    /// COMPACT on a member: the group member's snapshot, built beside the
-    /// loop (it reads the state through the loop); the log behind it is
-    /// purged and its segments retired in the background, so the answer
-    /// counts no deleted segments.
-    fn start_group_snapshot(&self, done: flume::Sender<super::snapshotting::CompactReport>) {
-        let link = self.member().link.clone();
-        self.env.tasks.spawn(Box::pin(async move {
-            let report = match link.snapshot_now().await {
-                Ok(created) => super::snapshotting::CompactReport {
-                    snapshots_created: u64::from(created),
-                    total_snapshots: 1,
-                    ..Default::default()
-                },
-                Err(e) => super::snapshotting::CompactReport {
-                    error: Some(e),
-                    ..Default::default()
-                },
-            };
-            let _ = done.send(report);
-        }));
-    }
-
     /// Whether this member leads its group now.
     fn leads(&self) -> bool {
         matches!(self.member().link.leadership(), Leadership::Leader { .. })
@@ -594,36 +550,6 @@ impl Shard {
         m.own_index = None;
         let entries = m.position.entries;
         self.wal.set_entries(entries);
-    }
-
-    /// Send an owed answer as `error` instead (the turn was not logged).
-    fn answer_refused(&mut self, d: Deferred, error: &EngineError) {
-        match d {
-            Deferred::Conn(to, _, charge) => {
-                let _ = to.tx.send(super::command::Reply {
-                    seq: to.seq,
-                    body: Err(error.clone()),
-                    charge,
-                });
-            }
-            Deferred::Install(done, _) => {
-                let _ = done.send(Err(error.clone()));
-            }
-            Deferred::Machines(done, _) => {
-                let _ = done.send(Err(error.clone()));
-            }
-            // The batch's part was staged with the turn the group did not
-            // take: the whole batch gets the refusal.
-            Deferred::Vote(done, _) => {
-                let _ = done.send(BatchVote::Refused(error.clone()));
-            }
-            Deferred::Flushed(done, _) => {
-                let _ = done.send(Err(error.clone()));
-            }
-            // No error to carry: the asker sees its reply channel close.
-            Deferred::List(..) => {}
-            other => self.answer(other),
-        }
     }
 }
 
