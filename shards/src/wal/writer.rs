@@ -33,7 +33,10 @@ use super::sequence::entries_in;
 use crate::env::{Env, SegmentFile};
 use crate::error::EngineError;
 
+mod stats;
 mod turns;
+
+pub use stats::{WalStats, COMMIT_LATENCY_BUCKETS_US};
 
 /// Whether segments are written with direct I/O + O_DSYNC (each write
 /// durable on return) rather than through the page cache + `fdatasync`.
@@ -44,35 +47,6 @@ mod turns;
 /// complete on the ordinary ring. Same promise: nothing is answered
 /// before `fdatasync` returns.
 pub const WAL_DIRECT_IO: bool = false;
-
-/// Upper bounds of the group-commit latency histogram (write + sync), in µs.
-pub const COMMIT_LATENCY_BUCKETS_US: [u64; 10] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000,
-];
-
-/// Counters reported by WAL_STATS and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WalStats {
-    pub records_appended: u64,
-    pub bytes_appended: u64,
-    pub writes: u64,
-    pub syncs: u64,
-    pub group_commits: u64,
-    pub segments_created: u64,
-    /// Group commits by latency: `[i]` counts those ≤ `COMMIT_LATENCY_BUCKETS_US[i]`
-    /// (and above the previous bound); slower ones are only in the count.
-    pub commit_latency_buckets: [u64; COMMIT_LATENCY_BUCKETS_US.len()],
-    pub commit_latency_sum_us: u64,
-}
-
-impl WalStats {
-    fn record_commit_latency(&mut self, us: u64) {
-        self.commit_latency_sum_us += us;
-        if let Some(i) = COMMIT_LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
-            self.commit_latency_buckets[i] += 1;
-        }
-    }
-}
 
 /// What `before_turn` found out about rolling over.
 #[derive(Debug, Clone, PartialEq, Eq)]
