@@ -2,21 +2,33 @@
 //! CLUSTER_ADD_NODE sent to any node (a follower forwards it to the
 //! leader), catches up on what was written before, and serves; a node is
 //! removed by CLUSTER_REMOVE_NODE — the leader itself here — and the
-//! others go on without it. Bad requests and a standalone node get
-//! BAD_REQUEST.
+//! others go on without it. Two shards per node: each change runs in both
+//! groups (their leaders may be on different nodes). Bad requests and a
+//! standalone node get BAD_REQUEST.
 
 use serde_json::{json, Value};
 
 use crate::harness::Cluster;
 use crate::support::Server;
 
+/// Shards per node in the joining test.
+const SHARDS: usize = 2;
+
+/// The voters every shard's group reports in `answer` (they must agree).
 fn voters(answer: &Value) -> Vec<u64> {
-    answer["shards"][0]["voters"]
-        .as_array()
-        .unwrap_or_else(|| panic!("voters in {answer}"))
-        .iter()
-        .map(|v| v.as_u64().expect("a node id"))
-        .collect()
+    let of = |shard: usize| -> Vec<u64> {
+        answer["shards"][shard]["voters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("voters of shard {shard} in {answer}"))
+            .iter()
+            .map(|v| v.as_u64().expect("a node id"))
+            .collect()
+    };
+    let first = of(0);
+    for shard in 1..SHARDS {
+        assert_eq!(of(shard), first, "shard {shard} in {answer}");
+    }
+    first
 }
 
 fn flip(cluster: &mut Cluster, node: u64, key: &str) -> Value {
@@ -29,7 +41,7 @@ fn flip(cluster: &mut Cluster, node: u64, key: &str) -> Value {
 
 #[test]
 fn a_node_joins_and_a_node_leaves_while_the_cluster_serves() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_sharded(3, SHARDS);
     let leader = cluster.leader();
     cluster.flip_instances(leader, &["m-0"]);
     flip(&mut cluster, leader, "before-join");
@@ -76,11 +88,7 @@ fn a_node_joins_and_a_node_leaves_while_the_cluster_serves() {
     let next = cluster.leader();
     assert_ne!(next, leader);
     let status = cluster.ok_on(next, "REPLICATION_STATUS", json!({}));
-    assert_eq!(
-        status["shards"][0]["voters"],
-        json!(rest),
-        "the group without the removed node: {status}"
-    );
+    assert_eq!(voters(&status), rest, "the groups without the removed node");
     // Three voters left: one more may go down and writes still commit.
     let down = *rest.iter().find(|&&n| n != next).unwrap();
     cluster.nodes.get_mut(&down).unwrap().sigkill();
