@@ -241,6 +241,24 @@ impl Cluster {
         self.nodes[&id].raw()
     }
 
+    /// Wait until `node`'s own log holds the same transitions as
+    /// `leader`'s.
+    pub fn converges(&mut self, node: u64, leader: u64) {
+        let expected = self.transitions(leader);
+        let started = Instant::now();
+        loop {
+            let seen = self.transitions(node);
+            if seen == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+                "node {node} never caught up: {seen:?}, leader {leader}: {expected:?}"
+            );
+            std::thread::sleep(LEADER_POLL);
+        }
+    }
+
     /// Put the `flip` machine (states a and b) through node `via` and
     /// create instances `ids` of it (each starts in `a`).
     pub fn flip_instances(&mut self, via: u64, ids: &[&str]) {

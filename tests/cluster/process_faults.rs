@@ -27,23 +27,6 @@ fn flip(cluster: &mut Cluster, node: u64, id: &str, key: &str) -> Value {
     )
 }
 
-/// Wait until `node`'s own log holds the same transitions as `leader`'s.
-fn converges(cluster: &mut Cluster, node: u64, leader: u64) {
-    let expected = cluster.transitions(leader);
-    let started = Instant::now();
-    loop {
-        let seen = cluster.transitions(node);
-        if seen == expected {
-            return;
-        }
-        assert!(
-            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
-            "node {node} never caught up: {seen:?}, leader {leader}: {expected:?}"
-        );
-        thread::sleep(LEADER_POLL);
-    }
-}
-
 fn setup(cluster: &mut Cluster) -> u64 {
     let leader = cluster.leader();
     cluster.flip_instances(leader, &["f-0", "f-1"]);
@@ -77,12 +60,12 @@ fn a_frozen_leader_is_replaced_and_follows_when_resumed() {
     };
     cluster.nodes[&first].signal(libc::SIGCONT);
     // Resumed, it learns of the new term, follows, and catches up.
-    converges(&mut cluster, first, leader);
+    cluster.converges(first, leader);
     let status = cluster.ok_on(first, "REPLICATION_STATUS", json!({}));
     assert_eq!(status["shards"][0]["leader"], leader, "{status}");
     assert_eq!(status["shards"][0]["role"], "follower", "{status}");
     flip(&mut cluster, first, "f-1", "after-resume");
-    converges(&mut cluster, first, leader);
+    cluster.converges(first, leader);
 }
 
 /// The last segment of `data`'s shard 0 Raft log.
@@ -103,7 +86,7 @@ fn a_follower_with_a_torn_log_tail_recovers_and_catches_up() {
     let mut cluster = Cluster::start(3);
     let leader = setup(&mut cluster);
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
-    converges(&mut cluster, follower, leader);
+    cluster.converges(follower, leader);
     let server = cluster.nodes.get_mut(&follower).unwrap();
     server.sigkill();
     // A torn write after the last record it logged.
@@ -121,7 +104,7 @@ fn a_follower_with_a_torn_log_tail_recovers_and_catches_up() {
     flip(&mut cluster, leader, "f-0", "while-down-2");
     let server = cluster.nodes.get_mut(&follower).unwrap();
     server.restart();
-    converges(&mut cluster, follower, leader);
+    cluster.converges(follower, leader);
     let stderr = cluster.nodes[&follower].stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
@@ -142,7 +125,7 @@ fn a_node_restarted_without_a_quorum_starts_and_waits_for_one() {
     let leader = setup(&mut cluster);
     let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
     for id in &nodes {
-        converges(&mut cluster, *id, leader);
+        cluster.converges(*id, leader);
     }
     // Stopped gracefully (each saves how far its log is committed, so the
     // lone restart replays its machines before any leader is known).

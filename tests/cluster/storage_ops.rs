@@ -3,11 +3,15 @@
 //! the leader's), the log behind it is purged in the background, and a
 //! member restarted after it comes back from the snapshot with every
 //! write. FLUSH_ALL through any node: a Flush record in the group's log,
-//! so every member forgets everything — a new leader too.
+//! so every member forgets everything — a new leader too. SNAPSHOT_INSTANCE
+//! on any node, of the instance as that node applied it; on the leader
+//! right behind a write on the same connection (the snapshot then waits
+//! for the write's turn to commit).
 
 use serde_json::json;
 
-use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
+use crate::harness::Cluster;
+use crate::support::request;
 
 /// Writes before the snapshots.
 const FLIPS: usize = 20;
@@ -25,15 +29,7 @@ fn compact_snapshots_each_member_and_a_restart_comes_back_from_it() {
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
     // The follower may still be applying the last writes: a read through
     // it is forwarded to the leader, so wait on its own log instead.
-    let expected = cluster.transitions(leader);
-    let started = std::time::Instant::now();
-    while cluster.transitions(follower) != expected {
-        assert!(
-            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
-            "node {follower} lags"
-        );
-        std::thread::sleep(LEADER_POLL);
-    }
+    cluster.converges(follower, leader);
     for node in [follower, leader] {
         let first = cluster.ok_on(node, "COMPACT", json!({}));
         assert_eq!(first["snapshots_created"], 1, "node {node}: {first}");
@@ -67,4 +63,40 @@ fn flush_all_through_a_follower_empties_every_member() {
     assert_eq!(got["error"]["code"], "INSTANCE_NOT_FOUND", "{got}");
     let machines = cluster.ok_on(next, "LIST_MACHINES", json!({}));
     assert_eq!(machines["items"], json!([]), "{machines}");
+}
+
+#[test]
+fn snapshot_instance_on_any_node_holds_what_that_node_applied() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["s-0"]);
+    let flip = json!({"instance_id": "s-0", "event": "FLIP", "idempotency_key": "one"});
+    let flipped = cluster.ok_on(leader, "APPLY_EVENT", flip);
+    let offset = flipped["wal_offset"].as_u64().expect("an offset");
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    cluster.converges(follower, leader);
+    for node in [follower, leader] {
+        let snap = cluster.ok_on(node, "SNAPSHOT_INSTANCE", json!({"instance_id": "s-0"}));
+        assert_eq!(snap["wal_offset"], offset, "node {node}: {snap}");
+        assert!(snap["snapshot_id"].is_string(), "{snap}");
+    }
+    // A write and a snapshot sent back to back: both answered, the
+    // snapshot of the state after the write.
+    let mut conn = cluster.raw(leader);
+    let flip = json!({"instance_id": "s-0", "event": "FLIP", "idempotency_key": "two"});
+    conn.send_json(&request("w", "APPLY_EVENT", flip));
+    conn.send_json(&request(
+        "s",
+        "SNAPSHOT_INSTANCE",
+        json!({"instance_id": "s-0"}),
+    ));
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 2 {
+        let frame: serde_json::Value = conn.read_frame().expect("an answer").json();
+        answers.insert(frame["id"].as_str().unwrap_or_default().to_string(), frame);
+    }
+    let written = answers["w"]["result"]["wal_offset"]
+        .as_u64()
+        .expect("written");
+    assert_eq!(answers["s"]["result"]["wal_offset"], written, "{answers:?}");
 }

@@ -34,7 +34,6 @@ pub(super) fn writes(msg: &ShardMsg) -> bool {
 pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
     let what = match msg {
         ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => "atomic batches across shards",
-        ShardMsg::SnapshotInstance { .. } => "snapshots of single instances",
         _ => return None,
     };
     Some(EngineError::new(

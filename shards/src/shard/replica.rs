@@ -34,8 +34,11 @@
 //!   COMPACT's group snapshot; an idle group's watermark entries
 //!   (`member_watermark.rs`).
 //!
-//! Not here yet (each refused with a clear error, `member_gate.rs`):
-//! cross-shard atomic batches and SNAPSHOT_INSTANCE.
+//! * **SNAPSHOT_INSTANCE** is served by the member asked, from the state
+//!   it applied (committed only: on a leader it starts a turn of its own).
+//!
+//! Not here yet (refused with a clear error, `member_gate.rs`): atomic
+//! batches across shards.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +84,8 @@ pub struct MemberSide {
     own_index: Option<u64>,
     /// Watermark entries asked for or staged (`member_watermark.rs`).
     pub(super) watermark: WatermarkAsks,
+    /// A message a turn left for the next one to start with.
+    carried: Option<ShardMsg>,
 }
 
 /// What woke the member's loop.
@@ -131,6 +136,7 @@ impl Shard {
             own_index: None,
             offsets: OffsetIndex::default(),
             watermark: WatermarkAsks::default(),
+            carried: None,
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.
@@ -187,41 +193,18 @@ impl Shard {
         let tick = Duration::from_millis(SHARD_TICK_INTERVAL_MS);
         let deliveries = self.member().deliveries.clone();
         loop {
-            let wait = if self.wake_waiting {
-                Duration::ZERO
-            } else {
-                tick
-            };
-            let woken = future::or(
-                async {
-                    mailbox
-                        .recv_async()
-                        .await
-                        .map_or(Wake::Closed, Wake::Message)
+            // A message the last turn left for this one comes first.
+            let first = match self.member_mut().carried.take() {
+                Some(msg) => Some(msg),
+                None => match self.wait_for_work(&mailbox, &deliveries, tick).await {
+                    Wake::Closed => break,
+                    Wake::Message(msg) => Some(msg),
+                    Wake::Delivered(d) => {
+                        self.deliver(d);
+                        None
+                    }
+                    Wake::Timer => None,
                 },
-                future::or(
-                    async {
-                        match deliveries.recv_async().await {
-                            Ok(d) => Wake::Delivered(d),
-                            // The group stopped: only the mailbox and the
-                            // timer wake the loop from now on.
-                            Err(_) => future::pending().await,
-                        }
-                    },
-                    async {
-                        self.env.tasks.sleep(wait).await;
-                        Wake::Timer
-                    },
-                ),
-            );
-            let first = match woken.await {
-                Wake::Closed => break,
-                Wake::Message(msg) => Some(msg),
-                Wake::Delivered(d) => {
-                    self.deliver(d);
-                    None
-                }
-                Wake::Timer => None,
             };
             self.drain_deliveries();
             let started = self.env.clock.monotonic();
@@ -262,6 +245,44 @@ impl Shard {
         }
     }
 
+    /// Wait for a message, a delivery, or the tick (at once when parked
+    /// work is waking).
+    async fn wait_for_work(
+        &self,
+        mailbox: &flume::Receiver<ShardMsg>,
+        deliveries: &flume::Receiver<Delivery>,
+        tick: Duration,
+    ) -> Wake {
+        let wait = if self.wake_waiting {
+            Duration::ZERO
+        } else {
+            tick
+        };
+        future::or(
+            async {
+                mailbox
+                    .recv_async()
+                    .await
+                    .map_or(Wake::Closed, Wake::Message)
+            },
+            future::or(
+                async {
+                    match deliveries.recv_async().await {
+                        Ok(d) => Wake::Delivered(d),
+                        // The group stopped: only the mailbox and the
+                        // timer wake the loop from now on.
+                        Err(_) => future::pending().await,
+                    }
+                },
+                async {
+                    self.env.tasks.sleep(wait).await;
+                    Wake::Timer
+                },
+            ),
+        )
+        .await
+    }
+
     /// One turn: handle the messages (refusing those that need a leader
     /// when this member is none), then log the turn's records or confirm
     /// its reads.
@@ -286,6 +307,12 @@ impl Shard {
                 ShardMsg::Forwarded(inner) => (*inner, true),
                 msg => (msg, false),
             };
+            if matches!(msg, ShardMsg::SnapshotInstance { .. }) && self.wal.staged_records() > 0 {
+                // An instance snapshot must hold committed state only, not
+                // this turn's staged writes: it starts the next turn.
+                self.member_mut().carried = Some(msg);
+                break;
+            }
             if let Some(refusal) = unsupported_on_a_member(&msg) {
                 refuse(msg, refusal, deferred);
             } else if let ShardMsg::Compact { done, .. } = msg {
