@@ -87,6 +87,9 @@ fn a_node_joins_and_a_node_leaves_while_the_cluster_serves() {
     cluster.nodes.remove(&leader);
     let next = cluster.leader();
     assert_ne!(next, leader);
+    // Removing it again changes nothing.
+    let again = cluster.ok_on(next, "CLUSTER_REMOVE_NODE", json!({"node_id": leader}));
+    assert_eq!(voters(&again), rest, "{again}");
     let status = cluster.ok_on(next, "REPLICATION_STATUS", json!({}));
     assert_eq!(voters(&status), rest, "the groups without the removed node");
     // Three voters left: one more may go down and writes still commit.
