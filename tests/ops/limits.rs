@@ -14,36 +14,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    error_code, rcpx_frame_with, rcpx_json, request, rstmdb_connect, take_rcpx_frame, Proc,
-    RawClient, Server, FLAG_CRC_PRESENT,
+    error_code, rcpx_frame_with, rcpx_json, request, rstmdb_connect, take_rcpx_frame, Proc, Server,
+    FLAG_CRC_PRESENT,
 };
-
-/// Connect raw clients until `n` are served; a refusal caused by a
-/// readiness probe the server has not yet seen close is retried.
-fn open_served(server: &Server, n: usize) -> Vec<RawClient> {
-    let mut clients = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while clients.len() < n {
-        let mut c = server.raw();
-        let response = c.call("PING", Value::Null);
-        if response["status"] == "ok" {
-            clients.push(c);
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "could not open {n} connections: {response}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    clients
-}
 
 #[test]
 fn connections_over_the_limit_are_told_and_closed_while_accepted_ones_keep_working() {
     let max = 4;
     let server = Server::start(&["--max-connections", &max.to_string()]);
-    let mut accepted = open_served(&server, max);
+    let mut accepted = server.served_connections(max);
 
     // The next connection: its first request is answered RATE_LIMITED, then
     // the server closes it.
@@ -71,7 +50,7 @@ fn connections_over_the_limit_are_told_and_closed_while_accepted_ones_keep_worki
 
     // Closing one makes room for one.
     drop(accepted.pop());
-    let mut replacement = open_served(&server, 1).pop().unwrap();
+    let mut replacement = server.served_connections(1).pop().unwrap();
     replacement.assert_alive();
     let log = server.stderr();
     assert!(
@@ -271,7 +250,7 @@ fn refusal_warnings_are_rate_limited_and_json_with_log_format_json() {
     use corestate::server::refusals::REFUSAL_WARNINGS_PER_WINDOW_MAX;
     const REFUSED: usize = 30;
     let server = Server::start(&["--log-format", "json", "--max-connections", "1"]);
-    let mut held = open_served(&server, 1);
+    let mut held = server.served_connections(1);
     for _ in 0..REFUSED {
         let mut over = server.raw();
         over.err_code("PING", Value::Null, "RATE_LIMITED");

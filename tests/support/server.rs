@@ -282,7 +282,33 @@ impl Server {
     pub fn raw(&self) -> RawClient {
         RawClient::connect(self.addr)
     }
+
+    /// `n` connections the server serves (each answered a PING). Right
+    /// after the start the readiness probes' connections may still hold
+    /// seats for a moment, and a connection over `--max-connections` is
+    /// answered RATE_LIMITED and closed: such a one is tried again.
+    pub fn served_connections(&self, n: usize) -> Vec<RawClient> {
+        let mut clients = Vec::new();
+        let deadline = Instant::now() + SEATS_FREED_TIMEOUT;
+        while clients.len() < n {
+            let mut c = self.raw();
+            let response = c.call("PING", serde_json::Value::Null);
+            if response["status"] == "ok" {
+                clients.push(c);
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "could not open {n} connections: {response}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        clients
+    }
 }
+
+/// How long the readiness probes' seats may take to be given back.
+const SEATS_FREED_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Drop for Server {
     fn drop(&mut self) {
