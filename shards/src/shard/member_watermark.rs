@@ -53,8 +53,7 @@ impl Shard {
     pub(super) fn advance_member_watermark(&mut self, forwarded: bool, lead_ready: bool, now: u64) {
         match self.member().link.leadership() {
             Leadership::Leader { .. } => {
-                self.wal.clock_mut().begin_group();
-                self.publish_requested = true;
+                self.raise_watermark();
                 if forwarded && lead_ready {
                     self.stage_watermark_entry(now);
                 }

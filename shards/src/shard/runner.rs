@@ -396,6 +396,13 @@ impl Shard {
         }
     }
 
+    /// Promise by the clock: no later offset of this shard falls below
+    /// now (a standalone shard, or a group's leader), and publish it.
+    pub(super) fn raise_watermark(&mut self) {
+        self.wal.clock_mut().begin_group();
+        self.publish_requested = true;
+    }
+
     pub(super) fn handle(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
         if let Some(msg) = self.admit(msg) {
             self.run_admitted(msg, now, deferred);
@@ -488,10 +495,7 @@ impl Shard {
                 deferred.push(Deferred::Decided(done));
                 self.unpark(now, deferred);
             }
-            ShardMsg::AdvanceWatermark => {
-                self.wal.clock_mut().begin_group();
-                self.publish_requested = true;
-            }
+            ShardMsg::AdvanceWatermark => self.raise_watermark(),
             ShardMsg::Shutdown { done } => self.stopping = Some(done),
             ShardMsg::Flush { done } => {
                 let result = self
