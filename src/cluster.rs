@@ -161,6 +161,10 @@ pub async fn open_member_shard(
     } else if pristine {
         initialize(&member, cluster, cfg.id, &raft_dir).await?;
     }
+    if cluster.balance_leaders {
+        let raft = member.raft().clone();
+        glommio::spawn_local(corestate_raft::shard_group::spread_leaders(raft, cfg.id)).detach();
+    }
     let shard = Shard::open_member(cfg, Env::os(cfg.id), frontier, heartbeat, link, deliveries);
     let report = shard.member_report();
     Ok(MemberShard {

@@ -165,7 +165,10 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let mut job_senders = Vec::new();
     let (done_tx, done_rx) = flume::bounded::<Result<(), String>>(1);
     let mut wiring = match &config.cluster {
-        Some(_) => Some(crate::cluster::wire(config.shards)?),
+        Some(cluster) => {
+            crate::server::batch::set_txid_node(cluster.node_id);
+            Some(crate::cluster::wire(config.shards)?)
+        }
         None => None,
     };
     for id in 0..config.shards {

@@ -35,6 +35,8 @@ use std::collections::BTreeMap;
 
 use crate::error::{EngineError, EngineResult};
 use crate::router::ask;
+use crate::router::ask_all;
+use crate::shard::group_link::{LinkError, FAILOVER_ERROR_CODE};
 use crate::shard::{BatchVote, Command, OpenReport, ShardMsg};
 
 /// Why an atomic batch failed: the op (by its index in the batch) and the
@@ -56,7 +58,6 @@ pub async fn run_atomic(
     parts: BTreeMap<usize, Vec<(usize, Command)>>,
     txid: u64,
 ) -> Result<Vec<(usize, Vec<u8>)>, BatchFailure> {
-    let gone = |what: &str| BatchFailure::Internal(EngineError::internal(what.to_string()));
     let mut results = Vec::new();
     let mut prepared: Vec<usize> = Vec::new();
     let multi = parts.len() > 1;
@@ -89,7 +90,9 @@ pub async fn run_atomic(
                 return Err(BatchFailure::Op(index.get(j).copied().unwrap_or(0), e));
             }
             BatchVote::Refused(e) => {
-                for &p in &prepared {
+                // A refused part may still have been prepared (its leader
+                // changed after logging it): it is aborted too.
+                for &p in prepared.iter().chain(multi.then_some(&shard)) {
                     decide(mailboxes, p, txid, false);
                 }
                 return Err(BatchFailure::Refused(e));
@@ -98,15 +101,30 @@ pub async fn run_atomic(
     }
     if multi {
         // The decider's durable Commit is the decision; then the others.
-        decide(mailboxes, decider, txid, true)
+        // On a cluster the decider may have aborted the batch meanwhile
+        // (a part stayed in doubt too long: `resolve_stale`): its answer
+        // is the decision either way.
+        let committed = decide(mailboxes, decider, txid, true)
             .recv_async()
             .await
-            .map_err(|_| gone("decider stopped before committing"))?;
+            .map_err(|_| BatchFailure::Refused(outcome_unknown()))?;
         for &p in prepared.iter().filter(|&&p| p != decider) {
-            decide(mailboxes, p, txid, true);
+            decide(mailboxes, p, txid, committed);
+        }
+        if !committed {
+            return Err(BatchFailure::Refused(EngineError::new(
+                FAILOVER_ERROR_CODE,
+                "the batch was aborted while a shard's part of it was in doubt (a node or \
+                 leader failed during it); nothing was applied",
+            )));
         }
     }
     Ok(results)
+}
+
+/// The decider's answer never came: the batch may or may not be committed.
+fn outcome_unknown() -> EngineError {
+    LinkError::OutcomeUnknown { leader: None }.to_engine_error()
 }
 
 fn decide(
@@ -114,7 +132,7 @@ fn decide(
     shard: usize,
     txid: u64,
     commit: bool,
-) -> flume::Receiver<()> {
+) -> flume::Receiver<bool> {
     let (tx, rx) = flume::bounded(1);
     let _ = mailboxes[shard].send(ShardMsg::Decide {
         txid,
@@ -124,7 +142,7 @@ fn decide(
     rx
 }
 
-/// A batch part found prepared-but-undecided at start-up, and its outcome.
+/// A batch part settled after it was left in doubt, and its outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub shard: usize,
@@ -162,6 +180,57 @@ pub async fn resolve_in_doubt(
                 decider,
                 committed,
             });
+        }
+    }
+    Ok(resolved)
+}
+
+/// Settle the cross-shard parts left undecided on replicated shards for
+/// at least `older_than_ms` (their coordinator died, or a Decide was lost
+/// with a leader; the server's `corestate.cluster.in_doubt_resolve_after_ms`): ask each part's decider to abort the batch — a
+/// decider that committed it answers so and changes nothing (presumed
+/// abort) — then tell the part the decider's answer. Returns what it
+/// settled; a part whose decider did not answer is left for the next call.
+pub async fn resolve_stale(
+    mailboxes: &[flume::Sender<ShardMsg>],
+    older_than_ms: u64,
+) -> EngineResult<Vec<Resolved>> {
+    let lists = ask_all(mailboxes, |done| ShardMsg::InDoubt {
+        older_than_ms,
+        done,
+    })
+    .await?;
+    let mut resolved = Vec::new();
+    for (shard, parts) in lists.into_iter().enumerate() {
+        for (txid, decider) in parts {
+            let Some(at_decider) = mailboxes.get(decider as usize) else {
+                continue; // a shard count the log's batch does not fit
+            };
+            let committed = match ask(at_decider, |done| ShardMsg::Decide {
+                txid,
+                commit: false,
+                done,
+            })
+            .await
+            {
+                Ok(committed) => committed,
+                Err(_) => continue,
+            };
+            if ask(&mailboxes[shard], |done| ShardMsg::Decide {
+                txid,
+                commit: committed,
+                done,
+            })
+            .await
+            .is_ok()
+            {
+                resolved.push(Resolved {
+                    shard,
+                    txid,
+                    decider,
+                    committed,
+                });
+            }
         }
     }
     Ok(resolved)

@@ -14,6 +14,8 @@
 //!       - {id: 3, peer: 10.0.0.3:7501}
 //!     snapshot_every_entries: 10000   # optional
 //!     election_timeout_ms: 150        # optional
+//!     in_doubt_resolve_after_ms: 10000 # optional
+//!     balance_leaders: true           # optional: spread groups' leaders
 //!     join: false                     # true: wait to be added (below)
 //! ```
 //!
@@ -47,6 +49,15 @@ pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 100;
 /// election draws one between it and twice it). Heartbeats go out every
 /// third of it.
 pub const CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT: u64 = 150;
+/// How long a cross-shard batch part may stay prepared-but-undecided on a
+/// group's leader before the node settles it with the batch's decider
+/// (presumed abort), unless configured (`shards::coordinator`). Its
+/// coordinator decides within a few forwarded round trips (each at most
+/// 3 s) unless its node died: settling sooner would abort batches about to
+/// commit; later keeps the part's instances locked longer after a crash.
+pub const CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_DEFAULT: u64 = 10_000;
+pub const CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_MIN: u64 = 100;
+pub const CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_MAX: u64 = 3_600_000;
 /// The configurable range of the election timeout: below the minimum a
 /// busy machine's scheduling pauses start elections; above the maximum a
 /// lost leader leaves its groups without one for minutes.
@@ -66,6 +77,11 @@ pub struct ClusterConfig {
     /// The shortest wait without a leader before a member stands for
     /// election.
     pub election_timeout_ms: u64,
+    /// How long a batch part may stay in doubt before it is settled.
+    pub in_doubt_resolve_after_ms: u64,
+    /// Move each group's lead to its preferred node (`balance.rs` of the
+    /// Raft crate).
+    pub balance_leaders: bool,
     /// Start with empty groups and wait to be added by a running
     /// cluster's CLUSTER_ADD_NODE, instead of starting the groups.
     pub join: bool,
@@ -142,6 +158,8 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "members",
             "snapshot_every_entries",
             "election_timeout_ms",
+            "in_doubt_resolve_after_ms",
+            "balance_leaders",
             "join",
         ],
     )?;
@@ -228,12 +246,21 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT,
         CLUSTER_ELECTION_TIMEOUT_MS_MIN..=CLUSTER_ELECTION_TIMEOUT_MS_MAX,
     )?;
-    let join = match field(map, PATH, "join") {
-        None => false,
+    let in_doubt_resolve_after_ms = bounded(
+        map,
+        PATH,
+        "in_doubt_resolve_after_ms",
+        CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_DEFAULT,
+        CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_MIN..=CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_MAX,
+    )?;
+    let flag = |name: &str, default: bool| match field(map, PATH, name) {
+        None => Ok(default),
         Some((key, v)) => v
             .as_bool()
-            .ok_or_else(|| type_error(key, "true or false", v))?,
+            .ok_or_else(|| type_error(key, "true or false", v)),
     };
+    let join = flag("join", false)?;
+    let balance_leaders = flag("balance_leaders", true)?;
     Ok(Some(ClusterConfig {
         node_id,
         name,
@@ -242,6 +269,8 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         members,
         snapshot_every_entries,
         election_timeout_ms,
+        in_doubt_resolve_after_ms,
+        balance_leaders,
         join,
     }))
 }
@@ -313,7 +342,25 @@ corestate:
             "    name: orders\n    election_timeout_ms: 1000\n",
         );
         assert_eq!(parse(&slower).unwrap().unwrap().election_timeout_ms, 1000);
+        assert_eq!(
+            c.in_doubt_resolve_after_ms,
+            CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_DEFAULT
+        );
+        let sooner = GOOD.replace(
+            "    name: orders\n",
+            "    name: orders\n    in_doubt_resolve_after_ms: 2000\n",
+        );
+        assert_eq!(
+            parse(&sooner).unwrap().unwrap().in_doubt_resolve_after_ms,
+            2000
+        );
         assert!(!c.join);
+        assert!(c.balance_leaders);
+        let fixed = GOOD.replace(
+            "    name: orders\n",
+            "    name: orders\n    balance_leaders: false\n",
+        );
+        assert!(!parse(&fixed).unwrap().unwrap().balance_leaders);
         let joining = GOOD.replace("    name: orders\n", "    name: orders\n    join: true\n");
         assert!(parse(&joining).unwrap().unwrap().join);
         assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);

@@ -207,20 +207,35 @@ fn atomic_failure(index: usize, op: Op, e: EngineError) -> EngineError {
     .with_details(details)
 }
 
-/// Batch ids, unique in the process: every acceptor core coordinates
+/// Batch ids. Unique in the process: every acceptor core coordinates
 /// batches, and a shard tells batches apart by id alone — two cores with a
 /// counter each would hand out the same ids. One atomic add per atomic
 /// batch (which costs two rounds of shard messages anyway). Seeded from the
-/// clock so ids also differ from those of earlier runs.
+/// clock (`TXID_PER_TICK` ids per 16 µs tick since the epoch) so ids also
+/// differ from those of earlier runs.
+///
+/// Unique in a cluster too: a group's decider sees the batches every node
+/// coordinates, so the top `TXID_NODE_BITS` bits hold the node's id
+/// (`set_txid_node`, before any batch runs).
 static NEXT_TXID: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
     std::sync::LazyLock::new(|| {
-        std::sync::atomic::AtomicU64::new(
-            shards::wal::offset::wall_clock_tick(&shards::env::SystemClock) << 16,
-        )
+        let tick = shards::wal::offset::wall_clock_tick(&shards::env::SystemClock);
+        std::sync::atomic::AtomicU64::new(tick.wrapping_mul(TXID_PER_TICK))
     });
+static TXID_NODE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const TXID_PER_TICK: u64 = 16;
+const TXID_NODE_BITS: u32 = 12;
+const TXID_COUNTER_MASK: u64 = (1 << (64 - TXID_NODE_BITS)) - 1;
+
+/// This process is node `node_id` of a cluster: its batch ids say so.
+pub fn set_txid_node(node_id: u64) {
+    let bits = (node_id & ((1 << TXID_NODE_BITS) - 1)) << (64 - TXID_NODE_BITS);
+    TXID_NODE.store(bits, std::sync::atomic::Ordering::Relaxed);
+}
 
 fn next_txid() -> u64 {
-    NEXT_TXID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    let n = NEXT_TXID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    TXID_NODE.load(std::sync::atomic::Ordering::Relaxed) | (n & TXID_COUNTER_MASK)
 }
 
 /// Run a BATCH. Everything that must reach a shard before later requests of

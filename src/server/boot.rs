@@ -142,6 +142,11 @@ async fn run_primary(
     let config = p.config;
     let tls = shared.tls.clone();
     resolve_in_doubt(&shared.router, &p.reports).await?;
+    if let Some(cluster) = &config.cluster {
+        let mailboxes = shared.router.all().to_vec();
+        let after_ms = cluster.in_doubt_resolve_after_ms;
+        glommio::spawn_local(resolve_stale_loop(mailboxes, after_ms)).detach();
+    }
     let mut merger = Merger::new(p.reports.iter().map(|r| r.watermark).collect())
         .with_frontier(shared.frontier.clone());
     if !relays.is_empty() {
@@ -274,6 +279,39 @@ async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(),
         );
     }
     Ok(())
+}
+
+/// How often a cluster node looks for cross-shard batch parts left in
+/// doubt (`shards::coordinator::resolve_stale`).
+const IN_DOUBT_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// On a cluster node: settle, every `IN_DOUBT_CHECK_INTERVAL_MS`, the
+/// cross-shard parts its shards lead that stayed undecided for `after_ms`
+/// (their coordinator's node died, or a decision was lost with a leader).
+/// Ends when the shards are gone.
+async fn resolve_stale_loop(mailboxes: Vec<flume::Sender<ShardMsg>>, after_ms: u64) {
+    let every = Duration::from_millis(IN_DOUBT_CHECK_INTERVAL_MS);
+    loop {
+        glommio::timer::sleep(every).await;
+        match shards::coordinator::resolve_stale(&mailboxes, after_ms).await {
+            Ok(resolved) => {
+                for r in resolved {
+                    tracing::warn!(
+                        "shard {}: batch {} stayed undecided; decider shard {} {}",
+                        r.shard,
+                        r.txid,
+                        r.decider,
+                        if r.committed {
+                            "had committed it: applied"
+                        } else {
+                            "aborted it: dropped"
+                        }
+                    );
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// The graceful sequence after the listener closed (see `crate::shutdown`).

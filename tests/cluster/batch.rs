@@ -1,17 +1,24 @@
 //! Atomic batches on a cluster: a batch whose ops are on one shard is one
 //! entry of that shard's group — all or nothing on every node, through a
 //! follower (forwarded to the leader) and through the leader's SIGKILL.
-//! A batch across shards is refused with a clear error (not built yet).
+//! A batch across shards runs two-phase commit through the groups' logs:
+//! all or nothing on every node, streamed to every node's watchers, and
+//! whole or absent through the SIGKILL of its coordinator's node or of a
+//! group's leader mid-batch — with no instance left locked.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::harness::{Cluster, NOT_LEADER_CODE};
-use crate::support::{ids_on_shard, request};
+use crate::support::{ids_on_shard, request, RawClient};
+use crate::watch::{events, leader_of, watch_all};
 
 /// Kill rounds: each kills the leader with a batch just sent.
 const KILL_ROUNDS: usize = 3;
+/// How long after sending a cross-shard batch its victim is killed, by
+/// round: from before the first prepare to around the decision.
+const KILL_DELAYS_MS: [u64; 6] = [2, 6, 10, 16, 24, 40];
 
 fn op(name: &str, params: Value) -> Value {
     json!({"op": name, "params": params})
@@ -101,24 +108,232 @@ fn single_shard_atomic_batches_are_all_or_nothing_on_every_node() {
     }
 }
 
-#[test]
-fn atomic_batches_across_shards_are_refused_on_a_cluster() {
-    let mut cluster = Cluster::start_sharded(3, 2);
-    let leader = cluster.leader();
-    cluster.flip_instances(leader, &[]);
-    let a = &ids_on_shard("x", 0, 1)[0];
-    let b = &ids_on_shard("x", 1, 1)[0];
-    let ops: Vec<Value> = create_and_flip(a)
+/// Two groups (2 shards per node) on 3 nodes; parts left in doubt are
+/// settled after 1 s (`in_doubt_resolve_after_ms`), so a GET parked behind
+/// one answers well within the test client's timeout.
+fn two_group_cluster() -> Cluster {
+    Cluster::start_full(3, false, "    in_doubt_resolve_after_ms: 1000\n", 2)
+}
+
+/// A batch that creates and flips `a` (shard 0) and `b` (shard 1).
+fn across(a: &str, b: &str) -> Vec<Value> {
+    create_and_flip(a)
         .into_iter()
         .chain(create_and_flip(b))
+        .collect()
+}
+
+#[test]
+fn atomic_batches_across_shards_commit_on_every_node_or_nowhere() {
+    let mut cluster = two_group_cluster();
+    let first = cluster.leader();
+    cluster.flip_instances(first, &[]);
+    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let (on0, on1) = (ids_on_shard("x", 0, 4), ids_on_shard("x", 1, 4));
+    let mut live: Vec<(u64, RawClient)> = nodes
+        .iter()
+        .map(|&n| (n, watch_all(&cluster, n, json!({"include_ctx": false}))))
         .collect();
-    let e = cluster
-        .raw(leader)
-        .call("BATCH", json!({"mode": "atomic", "ops": ops}));
-    assert_eq!(e["error"]["code"], "BAD_REQUEST", "{e}");
-    let message = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("across shards"), "{e}");
-    for id in [a, b] {
-        assert_eq!(state_on(&mut cluster, leader, id), None, "{id}");
+
+    // Through every node: each coordinates, leading one group or none.
+    for (i, &via) in nodes.iter().enumerate() {
+        let mut ops = across(&on0[i], &on1[i]);
+        ops.push(op("GET_INSTANCE", json!({"instance_id": on1[i]})));
+        let r = cluster.ok_on(via, "BATCH", json!({"mode": "atomic", "ops": ops}));
+        let results = r["results"].as_array().expect("results");
+        assert_eq!(results.len(), 5, "{r}");
+        assert_eq!(results[1]["result"]["to_state"], "b", "{r}");
+        assert_eq!(results[3]["result"]["to_state"], "b", "{r}");
+        assert_eq!(results[4]["result"]["state"], "b", "{r}");
     }
+    // A failing op in the second shard's part: nothing anywhere.
+    let mut failing = across(&on0[3], &on1[3]);
+    failing.push(op(
+        "APPLY_EVENT",
+        json!({"instance_id": on1[3], "event": "NOPE"}),
+    ));
+    let e = cluster
+        .raw(nodes[1])
+        .call("BATCH", json!({"mode": "atomic", "ops": failing}));
+    assert_eq!(e["error"]["code"], "BAD_REQUEST", "{e}");
+    assert_eq!(e["error"]["details"]["failed_op_index"], 4, "{e}");
+    assert_eq!(e["error"]["details"]["applied"], false, "{e}");
+    for &node in &nodes {
+        for id in on0[..3].iter().chain(&on1[..3]) {
+            assert_eq!(state_on(&mut cluster, node, id).as_deref(), Some("b"));
+        }
+        for id in [&on0[3], &on1[3]] {
+            assert_eq!(state_on(&mut cluster, node, id), None, "{id} on {node}");
+        }
+    }
+    // Every node's watchers saw the six flips, in offset order, with the
+    // same offsets; every node's log says the same.
+    let mut streams = Vec::new();
+    for (node, conn) in &mut live {
+        let seen = events(conn, 6);
+        let offsets: Vec<u64> = seen.iter().map(|e| e.0).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "node {node}: {seen:?}"
+        );
+        streams.push(seen);
+    }
+    assert!(streams.windows(2).all(|w| w[0] == w[1]), "{streams:?}");
+    let leader = cluster.leader();
+    for &node in &nodes {
+        cluster.converges(node, leader);
+    }
+}
+
+#[test]
+fn atomic_batches_across_shards_survive_kills_whole_or_absent() {
+    let mut cluster = two_group_cluster();
+    let first = cluster.leader();
+    cluster.flip_instances(first, &[]);
+    let (on0, on1) = (
+        ids_on_shard("k", 0, KILL_ROUNDS * 2),
+        ids_on_shard("k", 1, KILL_ROUNDS * 2),
+    );
+    for round in 0..KILL_ROUNDS * 2 {
+        let leader0 = cluster.leader();
+        let leader1 = leader_of(&mut cluster, leader0, 1);
+        // Even rounds kill the node coordinating the batch (it leads shard
+        // 0's group); odd rounds kill shard 1's leader while another node
+        // coordinates.
+        let (via, victim) = if round % 2 == 0 {
+            (leader0, leader0)
+        } else {
+            let via = *cluster.nodes.keys().find(|&&n| n != leader1).unwrap();
+            (via, leader1)
+        };
+        let (a, b) = (&on0[round], &on1[round]);
+        let mut conn = cluster.raw(via);
+        let params = json!({"mode": "atomic", "ops": across(a, b)});
+        conn.send_json(&request("kill-batch", "BATCH", params));
+        std::thread::sleep(Duration::from_millis(
+            KILL_DELAYS_MS[round % KILL_DELAYS_MS.len()],
+        ));
+        cluster.nodes.get_mut(&victim).unwrap().restart();
+        let next = cluster.leader();
+        let states = (
+            state_on(&mut cluster, next, a),
+            state_on(&mut cluster, next, b),
+        );
+        assert!(
+            matches!(&states, (None, None)) || states == (Some("b".into()), Some("b".into())),
+            "round {round} (killed node {victim}, coordinator {via}): half a batch: {a}, {b} are {states:?}"
+        );
+        // Nothing stays locked: both instances take writes again.
+        for id in [a, b] {
+            match state_on(&mut cluster, next, id) {
+                Some(_) => {
+                    cluster.ok_anywhere("APPLY_EVENT", json!({"instance_id": id, "event": "FLIP"}))
+                }
+                None => cluster.ok_anywhere(
+                    "CREATE_INSTANCE",
+                    json!({"machine": "flip", "version": 1, "instance_id": id}),
+                ),
+            };
+        }
+    }
+    let leader = cluster.leader();
+    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for node in nodes {
+        cluster.converges(node, leader);
+    }
+}
+
+/// Tries at orphaning a batch: under load the batch may be answered (a
+/// leader change refuses it) before its coordinator is killed.
+const ORPHAN_ATTEMPTS: usize = 3;
+
+/// The leaders of shards 0 and 1, once on two different nodes and the same
+/// a second apart (each group's lead moves to its preferred node — shard
+/// 0: node 1, shard 1: node 2 — once settled; no transfer under way).
+fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
+    let started = std::time::Instant::now();
+    let mut last = None;
+    loop {
+        let l0 = cluster.leader();
+        let l1 = leader_of(cluster, l0, 1);
+        if l0 != l1 && last == Some((l0, l1)) {
+            return (l0, l1);
+        }
+        last = Some((l0, l1));
+        assert!(
+            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+            "the groups' leaders did not settle on two nodes: {last:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_batch_whose_coordinator_dies_mid_prepare_is_aborted_by_its_decider() {
+    // Slow elections: shard 1's group keeps its frozen leader while the
+    // batch waits on it.
+    let settings = "    in_doubt_resolve_after_ms: 1000\n    election_timeout_ms: 1000\n";
+    let mut cluster = Cluster::start_full(3, false, settings, 2);
+    let first = cluster.leader();
+    cluster.flip_instances(first, &[]);
+    let (on0, on1) = (
+        ids_on_shard("d", 0, ORPHAN_ATTEMPTS),
+        ids_on_shard("d", 1, ORPHAN_ATTEMPTS),
+    );
+    for attempt in 0..ORPHAN_ATTEMPTS {
+        let (coordinator, frozen) = two_settled_leaders(&mut cluster);
+        let third = *cluster
+            .nodes
+            .keys()
+            .find(|&&n| n != coordinator && n != frozen)
+            .unwrap();
+        let (a, b) = (&on0[attempt], &on1[attempt]);
+        // Shard 1's leader frozen: the batch's part on shard 0 (the
+        // decider) is prepared, its part on shard 1 waits on the frozen
+        // leader — and the coordinator's node dies then.
+        cluster.nodes[&frozen].signal(libc::SIGSTOP);
+        let mut conn = cluster.raw(coordinator);
+        let params = json!({"mode": "atomic", "ops": across(a, b)});
+        conn.send_json(&request("orphaned", "BATCH", params));
+        std::thread::sleep(Duration::from_millis(800));
+        cluster.nodes.get_mut(&coordinator).unwrap().sigkill();
+        cluster.nodes[&frozen].signal(libc::SIGCONT);
+        let early = conn.read_frame().map(|f| f.json());
+        let states = (
+            state_on(&mut cluster, third, a),
+            state_on(&mut cluster, third, b),
+        );
+        cluster.nodes.get_mut(&coordinator).unwrap().restart();
+        if early.is_some() {
+            // Answered before the kill: no orphan this time, but whole or
+            // absent all the same.
+            assert!(
+                matches!(&states, (None, None)) || states == (Some("b".into()), Some("b".into())),
+                "half a batch: {states:?} after {early:?}"
+            );
+            eprintln!("attempt {attempt}: answered before the kill ({early:?}); again");
+            continue;
+        }
+        // Nobody will decide the prepared part but its decider: a leader
+        // of shard 0's group finds it undecided and has the decider abort it.
+        assert_eq!(states, (None, None));
+        let settled = [frozen, third].iter().any(|n| {
+            cluster.nodes[n]
+                .stderr()
+                .contains("stayed undecided; decider shard 0 aborted it")
+        });
+        assert!(settled, "no node settled the batch part left in doubt");
+        // Its instances are free again.
+        cluster.ok_anywhere(
+            "CREATE_INSTANCE",
+            json!({"machine": "flip", "version": 1, "instance_id": a}),
+        );
+        let leader = cluster.leader();
+        let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for node in nodes {
+            cluster.converges(node, leader);
+        }
+        return;
+    }
+    panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");
 }

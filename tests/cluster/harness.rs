@@ -64,7 +64,9 @@ impl Cluster {
         Cluster::start_full(size, false, "", shards)
     }
 
-    fn start_full(size: u64, proxied: bool, settings: &str, shards: usize) -> Cluster {
+    /// Start `size` nodes of `shards` shards each, with `settings` (see
+    /// `start_with`), their peer links through fault proxies when `proxied`.
+    pub fn start_full(size: u64, proxied: bool, settings: &str, shards: usize) -> Cluster {
         let dir = TempDir::new().expect("temp dir");
         let peers: BTreeMap<u64, u16> = (1..=size).map(|id| (id, fresh_port())).collect();
         let mut links = BTreeMap::new();

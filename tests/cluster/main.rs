@@ -1,12 +1,13 @@
 //! Replicated corestate (`corestate.cluster`) with real processes: three
-//! nodes, one shard each, each shard a Raft group with a replica on every
-//! node. Writes are acknowledged after a majority has them; a follower
-//! refuses with a retryable error naming the leader; SIGKILL of the leader
-//! leaves a node that serves every acknowledged write.
+//! nodes (one shard each, or several), each shard a Raft group with a
+//! replica on every node. Writes are acknowledged after a majority has
+//! them; any node serves any request (a follower forwards to the leader);
+//! SIGKILL of the leader leaves a node that serves every acknowledged write.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod balance;
 mod batch;
 mod failover;
 mod failover_time;

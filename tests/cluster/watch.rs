@@ -17,7 +17,7 @@ use crate::support::{ids_on_shard, RawClient};
 const FLIPS_PER_INSTANCE: usize = 2;
 
 /// (offset, instance, event) of the next `count` events on `conn`.
-fn events(conn: &mut RawClient, count: usize) -> Vec<(u64, String, String)> {
+pub(crate) fn events(conn: &mut RawClient, count: usize) -> Vec<(u64, String, String)> {
     let mut out = Vec::new();
     while out.len() < count {
         let frame: Value = conn.read_frame().expect("the stream ended early").json();
@@ -36,7 +36,7 @@ fn events(conn: &mut RawClient, count: usize) -> Vec<(u64, String, String)> {
     out
 }
 
-fn watch_all(cluster: &Cluster, node: u64, params: Value) -> RawClient {
+pub(crate) fn watch_all(cluster: &Cluster, node: u64, params: Value) -> RawClient {
     let mut conn = cluster.raw(node);
     let answer = conn.ok("WATCH_ALL", params);
     assert!(answer["subscription_id"].is_string(), "{answer}");
@@ -121,7 +121,7 @@ fn every_node_streams_the_committed_log_and_resumes_across_failover() {
 }
 
 /// The leader of shard `shard`'s group, once node `via` knows one.
-fn leader_of(cluster: &mut Cluster, via: u64, shard: usize) -> u64 {
+pub(crate) fn leader_of(cluster: &mut Cluster, via: u64, shard: usize) -> u64 {
     let started = Instant::now();
     loop {
         let status = cluster.ok_on(via, "REPLICATION_STATUS", json!({}));

@@ -51,6 +51,16 @@ enum Forwarded {
     Exec(WireCommand),
     /// A single-shard atomic batch (one entry: all or nothing).
     AtomicBatch(Vec<WireCommand>),
+    /// A cross-shard batch's part: phase one, and its decision.
+    Prepare {
+        txid: u64,
+        decider: u32,
+        ops: Vec<WireCommand>,
+    },
+    Decide {
+        txid: u64,
+        commit: bool,
+    },
     /// FLUSH_ALL's part on this shard.
     Flush,
     InstallMachine {
@@ -107,6 +117,8 @@ enum Answer {
     /// Queued; no answer is owed.
     Queued,
     Vote(WireVote),
+    /// The decision the part's log holds.
+    Decided(bool),
     /// (instance records removed, machine versions removed) or an error.
     Flushed(Wire<(u64, u64)>),
 }
@@ -124,6 +136,7 @@ enum ReplyTarget {
     /// No one waits for the answer.
     Nobody,
     Vote(flume::Sender<BatchVote>),
+    Decided(flume::Sender<bool>),
     Flushed(flume::Sender<EngineResult<(u64, u64)>>),
 }
 
@@ -136,6 +149,23 @@ fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
         ShardMsg::AtomicBatch { ops, done } => (
             Forwarded::AtomicBatch(ops.into_iter().map(WireCommand::from).collect()),
             ReplyTarget::Vote(done),
+        ),
+        ShardMsg::Prepare {
+            txid,
+            decider,
+            ops,
+            done,
+        } => (
+            Forwarded::Prepare {
+                txid,
+                decider,
+                ops: ops.into_iter().map(WireCommand::from).collect(),
+            },
+            ReplyTarget::Vote(done),
+        ),
+        ShardMsg::Decide { txid, commit, done } => (
+            Forwarded::Decide { txid, commit },
+            ReplyTarget::Decided(done),
         ),
         ShardMsg::InstallMachine {
             def,
@@ -191,8 +221,9 @@ impl ReplyTarget {
             ReplyTarget::Flushed(done) => {
                 let _ = done.send(Err(error));
             }
-            // A page has no error to carry: the asker sees the channel close.
-            ReplyTarget::List(..) => {}
+            // A page has no error to carry, nor a decision whose outcome is
+            // unknown: the asker sees the channel close.
+            ReplyTarget::List(..) | ReplyTarget::Decided(_) => {}
         }
     }
 
@@ -236,6 +267,9 @@ impl ReplyTarget {
             (ReplyTarget::Nobody, _) => {}
             (ReplyTarget::Vote(done), Answer::Vote(vote)) => {
                 let _ = done.send(vote.into());
+            }
+            (ReplyTarget::Decided(done), Answer::Decided(committed)) => {
+                let _ = done.send(committed);
             }
             (ReplyTarget::Flushed(done), Answer::Flushed(r)) => {
                 let _ = done.send(r.map_err(WireError::into_engine));
@@ -346,12 +380,28 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
                 ops: cmds.into_iter().map(Command::from).collect(),
                 done,
             })?;
+            Ok(vote_of(rx))
+        }
+        Forwarded::Prepare { txid, decider, ops } => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::Prepare {
+                txid,
+                decider,
+                ops: ops.into_iter().map(Command::from).collect(),
+                done,
+            })?;
+            Ok(vote_of(rx))
+        }
+        Forwarded::Decide { txid, commit } => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::Decide { txid, commit, done })?;
             Ok(Box::pin(async move {
-                let vote = rx
-                    .recv_async()
-                    .await
-                    .unwrap_or_else(|_| BatchVote::Refused(stopped()));
-                Answer::Vote(vote.into())
+                match rx.recv_async().await {
+                    Ok(committed) => Answer::Decided(committed),
+                    // Not decided there (the leader lost the lead): the
+                    // follower's asker sees its channel close.
+                    Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
+                }
             }))
         }
         Forwarded::InstallMachine {
@@ -437,6 +487,17 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
             }))
         }
     }
+}
+
+/// A batch part's vote, once the leader's shard gives it.
+fn vote_of(rx: flume::Receiver<BatchVote>) -> Waiting {
+    Box::pin(async move {
+        let vote = rx
+            .recv_async()
+            .await
+            .unwrap_or_else(|_| BatchVote::Refused(stopped()));
+        Answer::Vote(vote.into())
+    })
 }
 
 /// The leader's shard could not answer (it stopped, or lost the lead on

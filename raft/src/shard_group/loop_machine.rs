@@ -26,7 +26,6 @@ use openraft::storage::{EntryResponder, RaftLogReader, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta};
 use shards::env::Storage;
 use shards::shard::group_link::{Committed, Delivery, LoggedTurn, SnapshotPart};
-use shards::shard::replay::TxnLog;
 
 use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
 use super::state_machine::summarize_turn;
@@ -102,6 +101,7 @@ impl LoopMachine {
             index,
             state: decoded.state,
             position: decoded.position,
+            txns: decoded.txns,
         })
     }
 
@@ -203,8 +203,8 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
                 last_membership: a.membership.clone(),
             }
         };
-        self.deliver(Delivery::Visit(Box::new(move |state, position| {
-            let _ = answer.send(encode_group(state, position, &TxnLog::default()));
+        self.deliver(Delivery::Visit(Box::new(move |state, position, txns| {
+            let _ = answer.send(encode_group(state, position, txns));
         })))
         .await?;
         let shard = self.0.borrow().shard;

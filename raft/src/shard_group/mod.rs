@@ -25,12 +25,15 @@
 //!   shard over the peer transport, and served there;
 //! * `admin.rs` — the group's status, membership changes, handing the
 //!   lead over before a graceful stop;
+//! * `balance.rs` — leaders spread over the nodes (each group's preferred
+//!   leader);
 //! * `snapshot_file.rs` — snapshots on disk beside the member's log;
 //! * `snapshot.rs` — the group snapshot: the shard snapshot (the standalone
 //!   format, `shards::snapshot`) plus the cross-shard batches still in
 //!   doubt, checksummed.
 
 mod admin;
+mod balance;
 mod forward;
 mod forward_wire;
 mod link;
@@ -51,6 +54,9 @@ use crate::GlommioRuntime;
 pub use admin::{
     GroupRole, GroupStatus, ReplicaLag, LEADERSHIP_HANDOVER_TIMEOUT_MS,
     MEMBER_CATCH_UP_TIMEOUT_MS_DEFAULT, MEMBER_CATCH_UP_TIMEOUT_MS_MAX,
+};
+pub use balance::{
+    preferred_leader, spread_leaders, LEADER_BALANCE_INTERVAL_MS, LEADER_BALANCE_SETTLE_MS,
 };
 pub use forward::FORWARD_TIMEOUT_MS;
 pub use link::{

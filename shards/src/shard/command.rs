@@ -217,11 +217,22 @@ pub enum ShardMsg {
         done: flume::Sender<BatchVote>,
     },
     /// Phase two: log `Commit` or `Abort`, publish or undo, unlock. Also
-    /// resolves a part left in doubt by a crash (see recovery).
+    /// resolves a part left in doubt by a crash (see recovery). Answers the
+    /// decision the log holds for `txid`: `commit` when this message made
+    /// it, the earlier one when the part was decided already (a decider
+    /// that aborted a batch left in doubt answers a late Commit `false`).
     Decide {
         txid: u64,
         commit: bool,
-        done: flume::Sender<()>,
+        done: flume::Sender<bool>,
+    },
+    /// The cross-shard parts this shard has held prepared-but-undecided for
+    /// at least `older_than_ms`: (txid, decider shard). Only a replicated
+    /// shard's leader has any (a standalone shard's coordinator runs in
+    /// its own process and decides every part; `coordinator::resolve_stale`).
+    InDoubt {
+        older_than_ms: u64,
+        done: flume::Sender<Vec<(u64, u32)>>,
     },
     /// Raise this shard's offset floor to the frontier and publish its
     /// watermark, so an idle shard does not hold back the watch merge.

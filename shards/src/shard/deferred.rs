@@ -22,7 +22,7 @@ pub(super) enum Deferred {
     List(flume::Sender<ListPage>, ListPage),
     Stats(flume::Sender<ShardStats>),
     Vote(flume::Sender<BatchVote>, BatchVote),
-    Decided(flume::Sender<()>),
+    Decided(flume::Sender<bool>, bool),
     Events(
         flume::Sender<std::io::Result<EventChunk>>,
         std::io::Result<EventChunk>,
@@ -66,8 +66,8 @@ impl Shard {
             Deferred::Vote(done, vote) => {
                 let _ = done.send(vote);
             }
-            Deferred::Decided(done) => {
-                let _ = done.send(());
+            Deferred::Decided(done, committed) => {
+                let _ = done.send(committed);
             }
             Deferred::Events(done, chunk) => {
                 let _ = done.send(chunk);

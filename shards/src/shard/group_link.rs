@@ -23,6 +23,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::replay::TxnLog;
 use super::state::ShardState;
 use crate::error::{EngineError, ErrorCode};
 use crate::snapshot::LogPosition;
@@ -167,6 +168,8 @@ pub struct SnapshotPart {
     pub index: u64,
     pub state: ShardState,
     pub position: LogPosition,
+    /// Cross-shard parts in doubt at the snapshot, and committed batches.
+    pub txns: TxnLog,
 }
 
 /// The committed state to rebuild from: the newest snapshot (none: an
@@ -181,7 +184,7 @@ pub struct Committed {
 pub type LoggedTurn = (u64, Vec<u8>);
 
 /// A look at the applied state and where the shard's log stands.
-pub type Visit = Box<dyn FnOnce(&ShardState, LogPosition)>;
+pub type Visit = Box<dyn FnOnce(&ShardState, LogPosition, &TxnLog)>;
 
 /// What the group delivers to the shard loop, in log order.
 pub enum Delivery {

@@ -274,7 +274,7 @@ impl Shard {
         // and the merged read would hold back what those shards wrote.
         self.wal.clock_mut().begin_group();
         self.publish_requested = true;
-        let (txns, in_doubt, decisions) = (&self.txns, &self.in_doubt, &self.decisions);
+        let (txns, in_doubt, decisions) = (&self.txns, &self.txn_log.in_doubt, &self.decisions);
         let undecided = |txid: u64| txns.contains_key(&txid) || in_doubt.contains_key(&txid);
         let decision = |txid: u64| decisions.get(txid);
         let cx = ReadContext {

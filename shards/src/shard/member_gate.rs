@@ -1,6 +1,6 @@
 //! Which messages a member shard runs itself, which need its group's
-//! leader (run there, or forwarded to it), and which it cannot run yet —
-//! and how a message is answered when it is not run (`replica.rs`).
+//! leader (run there, or forwarded to it), and how a message is answered
+//! when it is not run (`replica.rs`).
 
 use super::command::{BatchVote, Command, ShardMsg};
 use super::deferred::Deferred;
@@ -17,6 +17,8 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
             | ShardMsg::Machines { .. }
             | ShardMsg::ChangeMembers { .. }
             | ShardMsg::AtomicBatch { .. }
+            | ShardMsg::Prepare { .. }
+            | ShardMsg::Decide { .. }
             | ShardMsg::Flush { .. }
     )
 }
@@ -24,22 +26,13 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
 pub(super) fn writes(msg: &ShardMsg) -> bool {
     match msg {
         ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
-        ShardMsg::InstallMachine { .. } | ShardMsg::Flush { .. } => true,
+        ShardMsg::InstallMachine { .. } | ShardMsg::Flush { .. } | ShardMsg::Prepare { .. } => true,
+        // A decision may log nothing (the part was decided already): the
+        // answer then rests on a read, confirmed by a barrier.
+        ShardMsg::Decide { .. } => false,
         ShardMsg::AtomicBatch { ops, .. } => ops.iter().any(|c| !matches!(c, Command::Get { .. })),
         _ => false,
     }
-}
-
-/// Why a message cannot run on a member yet, if it cannot.
-pub(super) fn unsupported_on_a_member(msg: &ShardMsg) -> Option<EngineError> {
-    let what = match msg {
-        ShardMsg::Prepare { .. } | ShardMsg::Decide { .. } => "atomic batches across shards",
-        _ => return None,
-    };
-    Some(EngineError::new(
-        crate::error::ErrorCode::BadRequest,
-        format!("{what} are not available on a replicated shard yet"),
-    ))
 }
 
 /// Answer `msg` with `error` without running it.
@@ -63,7 +56,8 @@ pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Defer
             deferred.push(Deferred::Snapshot(done, Err(error)))
         }
         // List, Decide, Compact: no error to carry; the asker sees its
-        // reply channel close. Other messages are never refused.
+        // reply channel close (for Decide: the outcome is unknown). Other
+        // messages are never refused.
         _ => {}
     }
 }
@@ -93,8 +87,9 @@ impl Shard {
             Deferred::Flushed(done, _) => {
                 let _ = done.send(Err(error.clone()));
             }
-            // No error to carry: the asker sees its reply channel close.
-            Deferred::List(..) => {}
+            // No error to carry: the asker sees its reply channel close
+            // (a decision's outcome is then unknown to it).
+            Deferred::List(..) | Deferred::Decided(..) => {}
             other => self.answer(other),
         }
     }

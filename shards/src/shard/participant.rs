@@ -17,7 +17,7 @@ type Staged = (Vec<Vec<u8>>, Undo, Vec<u8>);
 
 impl Shard {
     /// Run the ops all-or-nothing into a buffer of inner records.
-    fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
+    pub(super) fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
         let mut inner = Vec::new();
         let entries_before = self.wal.entries();
         let wal = &mut self.wal;
@@ -99,12 +99,8 @@ impl Shard {
         BatchVote::Yes(results)
     }
 
-    pub(super) fn decide(&mut self, txid: u64, commit: bool, now: u64) {
-        let kind = if commit {
-            RecordKind::Commit
-        } else {
-            RecordKind::Abort
-        };
+    /// Log the decision of `txid`'s part; returns the decision the log holds.
+    pub(super) fn decide(&mut self, txid: u64, commit: bool, now: u64) -> bool {
         if let Some(part) = self.txns.remove(&txid) {
             for id in &part.locked {
                 self.locked.remove(id);
@@ -114,7 +110,7 @@ impl Shard {
             } else {
                 self.state.undo(part.undo);
             }
-        } else if let Some((_, inner)) = self.in_doubt.remove(&txid) {
+        } else if let Some((_, inner)) = self.txn_log.in_doubt.remove(&txid) {
             // A part left undecided by a crash, resolved at start-up.
             if commit {
                 let mut counts = ReplayCounts::default();
@@ -124,8 +120,20 @@ impl Shard {
                 self.state.events.clear();
             }
         } else {
-            return; // Already decided.
+            // Already decided (or never prepared here: presumed abort).
+            return self.decisions.get(txid).unwrap_or(false);
         }
+        self.log_decision(txid, commit, now);
+        commit
+    }
+
+    /// Stage `txid`'s Commit or Abort record and note the decision.
+    pub(super) fn log_decision(&mut self, txid: u64, commit: bool, now: u64) {
+        let kind = if commit {
+            RecordKind::Commit
+        } else {
+            RecordKind::Abort
+        };
         match self
             .wal
             .append(kind, now, |out| out.extend_from_slice(&txid.to_le_bytes()))

@@ -57,7 +57,8 @@ impl Shard {
     }
 
     /// The watermark this shard may publish: below its next offset and below
-    /// any event held by a prepared batch.
+    /// any event held by a prepared batch (or by a replicated shard's part
+    /// in doubt).
     pub(super) fn watermark(&self) -> u64 {
         let held = self
             .txns
@@ -68,6 +69,7 @@ impl Shard {
             .clock()
             .watermark()
             .min(held.unwrap_or(u64::MAX))
+            .min(self.held_by_in_doubt().unwrap_or(u64::MAX))
             .min(self.wal.unwritten_floor().unwrap_or(u64::MAX))
     }
 }

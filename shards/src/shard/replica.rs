@@ -37,8 +37,11 @@
 //! * **SNAPSHOT_INSTANCE** is served by the member asked, from the state
 //!   it applied (committed only: on a leader it starts a turn of its own).
 //!
-//! Not here yet (refused with a clear error, `member_gate.rs`): atomic
-//! batches across shards.
+//! * **Atomic batches across shards** (`member_txn.rs`): prepare, commit
+//!   and abort are entries of each involved group's log; a prepared part's
+//!   locks are every member's, so they survive a change of leader.
+//!
+//! * **Applying the group's entries** (`member_apply.rs`).
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,30 +49,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
+use hashbrown::HashMap;
 
 use super::command::ShardMsg;
-use super::events::{Publication, WatchEvent};
-use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError, SnapshotPart};
-use super::member_gate::{needs_leader, refuse, unsupported_on_a_member, writes};
+use super::events::Publication;
+use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError};
+use super::member_gate::{needs_leader, refuse, writes};
 use super::member_read::OffsetIndex;
 use super::member_watermark::WatermarkAsks;
-use super::replay::{ReplayCounts, TxnLog};
+use super::replay::ReplayCounts;
 use super::runner::{
     Deferred, OpenReport, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US,
 };
 use super::state::ShardState;
 use crate::env::Env;
 use crate::snapshot::LogPosition;
-use crate::wal::entry::Entry;
-use crate::wal::offset::tick_of_offset;
-use crate::wal::record::{for_each_record, RecordHeader, RecordKind};
-use crate::wal::sequence::entries_in;
 use crate::wal::{Frontier, OffsetClock, WalWriter};
 
 /// A shard's side of its group membership.
 pub struct MemberSide {
     pub(super) link: Rc<dyn GroupLink>,
-    deliveries: flume::Receiver<Delivery>,
+    pub(super) deliveries: flume::Receiver<Delivery>,
     /// The last log index the state reflects (applied, or executed here
     /// and committed).
     pub(super) applied_index: u64,
@@ -78,14 +78,17 @@ pub struct MemberSide {
     /// Which applied entry holds which offsets (`member_read.rs`).
     pub(super) offsets: OffsetIndex,
     /// The term whose earlier entries this member has caught up with.
-    ready_term: Option<u64>,
+    pub(super) ready_term: Option<u64>,
     /// The index of this member's own turn, committed and not yet seen
     /// among the deliveries.
-    own_index: Option<u64>,
+    pub(super) own_index: Option<u64>,
     /// Watermark entries asked for or staged (`member_watermark.rs`).
     pub(super) watermark: WatermarkAsks,
     /// A message a turn left for the next one to start with.
     carried: Option<ShardMsg>,
+    /// When each cross-shard part held in doubt here was prepared (or
+    /// found, after a snapshot or restart): `member_txn.rs`.
+    pub(super) prepared_at: HashMap<u64, Duration>,
 }
 
 /// What woke the member's loop.
@@ -137,6 +140,7 @@ impl Shard {
             offsets: OffsetIndex::default(),
             watermark: WatermarkAsks::default(),
             carried: None,
+            prepared_at: HashMap::new(),
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.
@@ -313,9 +317,7 @@ impl Shard {
                 self.member_mut().carried = Some(msg);
                 break;
             }
-            if let Some(refusal) = unsupported_on_a_member(&msg) {
-                refuse(msg, refusal, deferred);
-            } else if let ShardMsg::Compact { done, .. } = msg {
+            if let ShardMsg::Compact { done, .. } = msg {
                 // This member's own snapshot: no leader needed.
                 self.start_group_snapshot(done);
             } else if let ShardMsg::HandOver { done } = msg {
@@ -375,6 +377,27 @@ impl Shard {
                 break;
             }
             next = mailbox.try_recv().ok();
+        }
+        if !self.parked.is_empty() {
+            // Messages parked behind a batch's locks: a leader runs those
+            // whose locks are gone (a rebuild can drop a lock no decision
+            // will release); a member that lost the lead refuses them.
+            if lead.is_none() {
+                lead = Some(self.lead_check().await);
+            }
+            match &lead {
+                Some(Ok(())) => {
+                    read = true;
+                    self.unpark(now, deferred);
+                }
+                Some(Err(e)) => {
+                    let error = e.to_engine_error();
+                    for msg in std::mem::take(&mut self.parked) {
+                        refuse(msg, error.clone(), deferred);
+                    }
+                }
+                None => {}
+            }
         }
         if matches!(lead, Some(Ok(()))) && (self.wake_waiting || !self.waiting.is_empty()) {
             let now = self.env.clock.now_ms();
@@ -448,152 +471,4 @@ impl Shard {
             }
         }
     }
-
-    /// Apply every delivery waiting.
-    fn drain_deliveries(&mut self) {
-        while let Ok(d) = self.member().deliveries.try_recv() {
-            self.deliver(d);
-        }
-    }
-
-    fn deliver(&mut self, d: Delivery) {
-        match d {
-            Delivery::Apply { index, records } => {
-                if index <= self.member().applied_index {
-                    return; // already in the state (a rebuild read it)
-                }
-                let own = self.member().own_index == Some(index);
-                let result = if own {
-                    self.member_mut().own_index = None;
-                    let shard = self.state.shard_id;
-                    advance_position(&mut self.member_mut().position, &records, shard)
-                } else {
-                    self.apply_records(&records)
-                };
-                if let Err(e) = result {
-                    // A committed entry this member cannot apply: its state
-                    // would differ from the group's from here on.
-                    self.fail_stop("a committed entry cannot be applied", &e);
-                }
-                let m = self.member_mut();
-                m.applied_index = index;
-                m.offsets.note(index, &records);
-                let entries = m.position.entries;
-                self.wal.set_entries(entries);
-                self.watermark_moved();
-            }
-            Delivery::Install(part) => {
-                if part.index <= self.member().applied_index {
-                    return;
-                }
-                self.install(*part);
-                // What the snapshot holds was published by whoever applied it.
-                self.state.events.clear();
-                self.watermark_moved();
-            }
-            Delivery::Visit(visit) => visit(&self.state, self.member().position),
-        }
-    }
-
-    fn install(&mut self, part: SnapshotPart) {
-        self.wal.clock_mut().observe_tick(part.position.last_tick);
-        self.state = part.state;
-        let m = self.member_mut();
-        m.applied_index = part.index;
-        m.position = part.position;
-        m.offsets.reset(Some(part.position.covered_offset));
-        self.wal.set_entries(part.position.entries);
-    }
-
-    /// Replay one committed entry's records into the state.
-    fn apply_records(&mut self, records: &[u8]) -> Result<(), String> {
-        let mut counts = ReplayCounts::default();
-        let mut txns = TxnLog::default();
-        let shard = self.state.shard_id;
-        for_each_record(records, |header, payload| {
-            self.state
-                .replay_any(header, payload, &mut counts, &mut txns)
-                .map_err(|e| format!("record at offset {}: {e}", header.offset))?;
-            if header.kind == RecordKind::ApplyEvent {
-                // Watchers of this node see the transition as the leader's do.
-                let entry = Entry::decode(payload)
-                    .map_err(|e| format!("record at offset {}: {e}", header.offset))?;
-                if let Some(event) = WatchEvent::from_entry(header.offset, &entry) {
-                    self.state.events.push(Arc::new(event));
-                }
-            }
-            note_record(&mut self.member_mut().position, header, shard);
-            self.wal
-                .clock_mut()
-                .observe_tick(tick_of_offset(header.offset));
-            Ok(())
-        })
-    }
-
-    /// Memory ran ahead of the committed log (a turn the group did not
-    /// take): rebuild the state from the newest snapshot and the committed
-    /// entries after it. Entries this loop had applied before are not
-    /// published again; those it had not are.
-    async fn rebuild(&mut self) {
-        let link = self.member().link.clone();
-        let committed = match link.committed().await {
-            Ok(c) => c,
-            Err(e) => self.fail_stop("cannot rebuild the state from the group's log", &e),
-        };
-        let published_up_to = self.member().applied_index;
-        let shard = self.state.shard_id;
-        let allow_recreate = self.state.allow_instance_recreate;
-        match committed.snapshot {
-            Some(part) => self.install(part),
-            None => {
-                self.state = ShardState::new(shard, allow_recreate);
-                let m = self.member_mut();
-                m.applied_index = 0;
-                m.position = LogPosition {
-                    covered_offset: 0,
-                    last_tick: 0,
-                    entries: 0,
-                };
-                m.offsets.reset(None);
-            }
-        }
-        self.state.events.clear();
-        for (index, records) in committed.entries {
-            if index <= self.member().applied_index {
-                continue;
-            }
-            if let Err(e) = self.apply_records(&records) {
-                self.fail_stop("a committed entry cannot be applied", &e);
-            }
-            let m = self.member_mut();
-            m.applied_index = index;
-            m.offsets.note(index, &records);
-            if index <= published_up_to {
-                self.state.events.clear();
-            }
-        }
-        let m = self.member_mut();
-        m.ready_term = None;
-        m.own_index = None;
-        let entries = m.position.entries;
-        self.wal.set_entries(entries);
-    }
-}
-
-fn note_record(position: &mut LogPosition, header: &RecordHeader, shard: usize) {
-    position.entries += entries_in(header.kind, shard);
-    position.covered_offset = position.covered_offset.max(header.offset);
-    position.last_tick = position.last_tick.max(tick_of_offset(header.offset));
-}
-
-/// Move `position` past an entry's records without replaying them.
-fn advance_position(
-    position: &mut LogPosition,
-    records: &[u8],
-    shard: usize,
-) -> Result<(), String> {
-    for_each_record(records, |header, _| {
-        note_record(position, header, shard);
-        Ok(())
-    })
 }

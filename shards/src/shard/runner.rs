@@ -93,13 +93,16 @@ pub struct Shard {
     pub(super) txns: HashMap<u64, Prepared>,
     /// Instance → the batch that holds it.
     pub(super) locked: HashMap<String, u64>,
-    parked: VecDeque<ShardMsg>,
+    pub(super) parked: VecDeque<ShardMsg>,
     /// Requests waiting for their clients' answer budgets (`admission.rs`).
     pub(super) waiting: super::admission::Waiting,
     /// Run the waiting requests this turn.
     pub(super) wake_waiting: bool,
-    /// Parts found prepared-but-undecided at recovery: (decider, inner records).
-    pub(super) in_doubt: HashMap<u64, (u32, Vec<u8>)>,
+    /// Prepared parts whose records are not applied: found undecided at
+    /// recovery, or (a replicated shard) every part awaiting its decision;
+    /// and, on a replicated shard, the batches its log committed
+    /// (`member_txn.rs`).
+    pub(super) txn_log: TxnLog,
     /// Decisions of the parts whose `Prepare` the log still holds.
     pub(super) decisions: Decisions,
     /// The last watermark published (it never goes down).
@@ -223,7 +226,7 @@ impl Shard {
         };
         heartbeat.fetch_add(1, Ordering::Relaxed);
         let mut shard = Shard::assemble(cfg, env, state, wal, heartbeat, &report.scan);
-        shard.in_doubt = txn_log.in_doubt;
+        shard.txn_log.in_doubt = txn_log.in_doubt;
         shard.decisions = decisions;
         Ok((shard, report))
     }
@@ -248,7 +251,7 @@ impl Shard {
             group_bytes_max: GROUP_COMMIT_BYTES_MAX
                 .min((cfg.segment_size_bytes / 2).max(1) as usize),
             wake_waiting: false,
-            in_doubt: HashMap::new(),
+            txn_log: TxnLog::default(),
             decisions: Decisions::default(),
             published_watermark: 0,
             publish_requested: false,
@@ -388,7 +391,10 @@ impl Shard {
 
     fn blocked(&self, msg: &ShardMsg) -> bool {
         match msg {
-            ShardMsg::List { .. } | ShardMsg::Flush { .. } => !self.txns.is_empty(),
+            ShardMsg::List { .. } => !self.txns.is_empty(),
+            // A flush between a part's prepare and its commit would leave
+            // the commit nothing to apply to.
+            ShardMsg::Flush { .. } => !self.txns.is_empty() || !self.txn_log.in_doubt.is_empty(),
             _ => msg
                 .instance_ids()
                 .iter()
@@ -487,13 +493,27 @@ impl Shard {
                 ops,
                 done,
             } => {
-                let vote = self.prepare(txid, decider, ops, now);
+                let vote = if self.member.is_some() {
+                    self.member_prepare(txid, decider, ops, now)
+                } else {
+                    self.prepare(txid, decider, ops, now)
+                };
                 deferred.push(Deferred::Vote(done, vote));
             }
             ShardMsg::Decide { txid, commit, done } => {
-                self.decide(txid, commit, now);
-                deferred.push(Deferred::Decided(done));
+                let committed = if self.member.is_some() {
+                    self.member_decide(txid, commit, now)
+                } else {
+                    self.decide(txid, commit, now)
+                };
+                deferred.push(Deferred::Decided(done, committed));
                 self.unpark(now, deferred);
+            }
+            ShardMsg::InDoubt {
+                older_than_ms,
+                done,
+            } => {
+                let _ = done.send(self.in_doubt_older_than(older_than_ms));
             }
             ShardMsg::AdvanceWatermark => self.raise_watermark(),
             ShardMsg::Shutdown { done } => self.stopping = Some(done),
@@ -542,7 +562,7 @@ impl Shard {
     /// still blocked park again. (They were admitted already: running them
     /// through admission again could put them behind a later request of
     /// their client.)
-    fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
+    pub(super) fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
         let parked = std::mem::take(&mut self.parked);
         for msg in parked {
             self.run_admitted(msg, now, deferred);

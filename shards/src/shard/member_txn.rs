@@ -1,0 +1,231 @@
+//! A replicated shard's part of a cross-shard atomic batch (issue 14,
+//! item 8): the two-phase commit of `coordinator.rs`, with every step an
+//! entry of the group's log so that it survives the loss of any leader.
+//!
+//! * **Prepare** (leader): the ops run all-or-nothing to learn their
+//!   results and their records; the state is then put back, and the records
+//!   go into the group's log inside one `Prepare` record. On *every* member
+//!   — the leader included — a prepared part is the same thing: its records,
+//!   held unapplied in `txn_log.in_doubt`, and its instances locked. So a
+//!   leader that loses the lead holds exactly its followers' state, and a
+//!   new leader already holds the part and its locks.
+//! * **Commit / Abort** (leader, on the coordinator's Decide): the records
+//!   are applied (and their watch events published) or dropped, the locks
+//!   released, and the decision logged; followers do the same when they
+//!   apply the decision's entry.
+//! * **The decision** is the decider shard's record (the lowest shard of
+//!   the batch, which prepares first). A part left undecided — its
+//!   coordinator's node died, or its Decide was lost with a leader — is
+//!   settled by `coordinator::resolve_stale`, which runs on every cluster
+//!   node: it asks the decider to abort the batch (presumed abort: a decider
+//!   that committed answers so and logs nothing), then tells the part what
+//!   the decider's log holds.
+//! * **Watermark**: a part's records carry the offsets of its prepare; the
+//!   shard's watermark stays below them until the part is decided, so the
+//!   merged watch stream still arrives in offset order.
+//!
+//! Known limit: locks taken for reads (a GET inside a part) are held by the
+//! leader that prepared the part only; a new leader locks the instances the
+//! part writes.
+
+use std::time::Duration;
+
+use super::command::{BatchVote, Command};
+use super::replay::ReplayCounts;
+use super::runner::Shard;
+use super::state::ShardState;
+use crate::wal::entry::{self, Entry};
+use crate::wal::record::{decode_record, for_each_record, RecordHeader, RecordKind};
+
+impl Shard {
+    /// Phase one on the group's leader (see the module comment).
+    pub(super) fn member_prepare(
+        &mut self,
+        txid: u64,
+        decider: u32,
+        ops: Vec<Command>,
+        now: u64,
+    ) -> BatchVote {
+        if self.txn_log.in_doubt.contains_key(&txid) || self.decisions.get(txid).is_some() {
+            return BatchVote::Refused(crate::error::EngineError::bad_request(format!(
+                "batch {txid} was prepared on shard {} already",
+                self.state.shard_id
+            )));
+        }
+        let entries_before = self.wal.entries();
+        let (results, undo, inner) = match self.stage(ops, now) {
+            Ok(staged) => staged,
+            Err(vote) => return vote,
+        };
+        let read_locks = ShardState::touched(&undo);
+        self.state.undo(undo);
+        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
+            entry::write_prepare(out, txid, decider, &inner)
+        });
+        match logged {
+            Ok(offset) => {
+                self.note_prepared(txid, decider, inner, offset);
+                // This leader also holds the instances the part only read.
+                for id in read_locks {
+                    self.locked.insert(id, txid);
+                }
+                BatchVote::Yes(results)
+            }
+            Err(e) => {
+                self.wal.rewind_entries(entries_before);
+                BatchVote::No(0, e)
+            }
+        }
+    }
+
+    /// Phase two on the group's leader: returns the decision the log holds.
+    pub(super) fn member_decide(&mut self, txid: u64, commit: bool, now: u64) -> bool {
+        let Some((_, inner)) = self.txn_log.in_doubt.remove(&txid) else {
+            // Decided already, or unknown here: what the log says (an
+            // unknown batch was never committed here: presumed abort).
+            return self.decisions.get(txid).unwrap_or(false)
+                || self.txn_log.committed.contains(&txid);
+        };
+        if commit {
+            if let Err(e) = self.apply_part(&inner) {
+                self.fail_stop("cannot apply a prepared batch part", &e);
+            }
+        }
+        self.settled(txid, commit);
+        self.log_decision(txid, commit, now);
+        commit
+    }
+
+    /// A member applies a committed entry's `Prepare`, `Commit` or `Abort`
+    /// record (its own entries were done when the leader staged them).
+    pub(super) fn apply_txn_record(
+        &mut self,
+        header: &RecordHeader,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        match header.kind {
+            RecordKind::Prepare => {
+                let (txid, decider, inner) = entry::read_prepare(payload)?;
+                self.note_prepared(txid, decider, inner.to_vec(), header.offset);
+            }
+            RecordKind::Commit | RecordKind::Abort => {
+                let txid = entry::read_txid(payload)?;
+                let commit = header.kind == RecordKind::Commit;
+                if let Some((_, inner)) = self.txn_log.in_doubt.remove(&txid) {
+                    if commit {
+                        self.apply_part(&inner)?;
+                    }
+                }
+                self.settled(txid, commit);
+                self.decisions.decided(txid, commit);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A part is prepared: hold its records, lock what they write.
+    fn note_prepared(&mut self, txid: u64, decider: u32, inner: Vec<u8>, offset: u64) {
+        for id in written_ids(&inner) {
+            self.locked.insert(id, txid);
+        }
+        self.decisions.prepared(txid, offset);
+        let at = self.env.clock.monotonic();
+        self.member_mut().prepared_at.insert(txid, at);
+        self.txn_log.in_doubt.insert(txid, (decider, inner));
+    }
+
+    /// A part is decided: release its locks, remember a commit.
+    fn settled(&mut self, txid: u64, commit: bool) {
+        self.locked.retain(|_, holder| *holder != txid);
+        self.member_mut().prepared_at.remove(&txid);
+        if commit {
+            self.txn_log.committed.insert(txid);
+        }
+    }
+
+    /// Apply a committed part's records and queue their watch events.
+    fn apply_part(&mut self, inner: &[u8]) -> Result<(), String> {
+        self.state
+            .replay_inner(inner, &mut ReplayCounts::default())?;
+        self.push_events(inner)
+    }
+
+    /// After a snapshot: the parts it holds in doubt lock their instances
+    /// again, undecided since now.
+    pub(super) fn relock_in_doubt(&mut self) {
+        self.locked.clear();
+        let at = self.env.clock.monotonic();
+        let parts: Vec<(u64, Vec<String>)> = self
+            .txn_log
+            .in_doubt
+            .iter()
+            .map(|(txid, (_, inner))| (*txid, written_ids(inner)))
+            .collect();
+        let m = self.member_mut();
+        m.prepared_at.clear();
+        for (txid, _) in &parts {
+            m.prepared_at.insert(*txid, at);
+        }
+        for (txid, ids) in parts {
+            for id in ids {
+                self.locked.insert(id, txid);
+            }
+        }
+    }
+
+    /// The parts undecided here for at least `older_than_ms` (a leader's
+    /// only: a follower's parts are its leader's to settle).
+    pub(super) fn in_doubt_older_than(&self, older_than_ms: u64) -> Vec<(u64, u32)> {
+        let Some(m) = self.member.as_ref() else {
+            return Vec::new();
+        };
+        if !matches!(
+            m.link.leadership(),
+            super::group_link::Leadership::Leader { .. }
+        ) {
+            return Vec::new();
+        }
+        let age = Duration::from_millis(older_than_ms);
+        let mut parts: Vec<(u64, u32)> = self
+            .txn_log
+            .in_doubt
+            .iter()
+            .filter(|(txid, _)| {
+                m.prepared_at
+                    .get(*txid)
+                    .is_none_or(|at| self.env.clock.elapsed(*at) >= age)
+            })
+            .map(|(txid, (decider, _))| (*txid, *decider))
+            .collect();
+        parts.sort_unstable();
+        parts
+    }
+
+    /// The lowest offset among the records of parts held in doubt: the
+    /// watermark must stay below it until they are decided.
+    pub(super) fn held_by_in_doubt(&self) -> Option<u64> {
+        self.txn_log
+            .in_doubt
+            .values()
+            .filter_map(|(_, inner)| decode_record(inner).ok().map(|(h, _)| h.offset))
+            .min()
+    }
+}
+
+/// The instances a part's records write.
+fn written_ids(inner: &[u8]) -> Vec<String> {
+    let mut ids = Vec::new();
+    let _ = for_each_record(inner, |_, payload| {
+        match Entry::decode(payload) {
+            Ok(
+                Entry::CreateInstance { instance_id, .. }
+                | Entry::ApplyEvent { instance_id, .. }
+                | Entry::DeleteInstance { instance_id, .. },
+            ) if !ids.contains(&instance_id) => ids.push(instance_id),
+            _ => {}
+        }
+        Ok(())
+    });
+    ids
+}
