@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use crate::error::{EngineError, EngineResult};
 use crate::router::ask;
 use crate::router::ask_all;
-use crate::shard::group_link::{LinkError, FAILOVER_ERROR_CODE};
+use crate::shard::group_link::{LinkError, FAILOVER_ERROR_CODE, OUTCOME_NOT_APPLIED};
 use crate::shard::{BatchVote, Command, OpenReport, ShardMsg};
 
 /// Why an atomic batch failed: the op (by its index in the batch) and the
@@ -95,7 +95,13 @@ pub async fn run_atomic(
                 for &p in prepared.iter().chain(multi.then_some(&shard)) {
                     decide(mailboxes, p, txid, false);
                 }
-                return Err(BatchFailure::Refused(e));
+                // Nothing was committed: the decider commits only when told
+                // to, after every part voted yes.
+                return Err(BatchFailure::Refused(if multi {
+                    not_applied(e)
+                } else {
+                    e
+                }));
             }
         }
     }
@@ -112,14 +118,23 @@ pub async fn run_atomic(
             decide(mailboxes, p, txid, committed);
         }
         if !committed {
-            return Err(BatchFailure::Refused(EngineError::new(
+            return Err(BatchFailure::Refused(not_applied(EngineError::new(
                 FAILOVER_ERROR_CODE,
-                "the batch was aborted while a shard's part of it was in doubt (a node or \
-                 leader failed during it); nothing was applied",
-            )));
+                "it was aborted while a shard's part of it was in doubt (a node or leader \
+                 failed during it)",
+            ))));
         }
     }
     Ok(results)
+}
+
+/// A refusal of a cross-shard batch that surely applied nothing: says so
+/// (`details.outcome`), whatever the refusing part could tell.
+fn not_applied(e: EngineError) -> EngineError {
+    let mut details = e.details.map(|d| *d).unwrap_or_default();
+    details.insert("outcome".into(), OUTCOME_NOT_APPLIED.into());
+    EngineError::new(e.code, format!("atomic batch not applied: {}", e.message))
+        .with_details(details)
 }
 
 /// The decider's answer never came: the batch may or may not be committed.
@@ -185,36 +200,51 @@ pub async fn resolve_in_doubt(
     Ok(resolved)
 }
 
-/// Settle the cross-shard parts left undecided on replicated shards for
-/// at least `older_than_ms` (their coordinator died, or a Decide was lost
-/// with a leader; the server's `corestate.cluster.in_doubt_resolve_after_ms`): ask each part's decider to abort the batch — a
-/// decider that committed it answers so and changes nothing (presumed
-/// abort) — then tell the part the decider's answer. Returns what it
-/// settled; a part whose decider did not answer is left for the next call.
+/// How long a part stays undecided on a replicated shard before
+/// `resolve_stale` asks its decider what was decided (without changing
+/// anything): its Decide was lost with a leader, most likely, while the
+/// decider's log holds the decision.
+pub const IN_DOUBT_QUERY_AFTER_MS: u64 = 1_000;
+
+/// Settle the cross-shard parts left undecided on replicated shards: a
+/// part undecided for `IN_DOUBT_QUERY_AFTER_MS` takes the decision its
+/// decider's log holds, if it holds one; a part undecided for
+/// `abort_after_ms` (the server's `corestate.cluster.in_doubt_resolve_after_ms`:
+/// its coordinator's node died, most likely) has the decider abort the
+/// batch — a decider that committed it answers so and changes nothing
+/// (presumed abort) — and takes the answer. Returns what it settled; a
+/// part whose decider did not answer is left for the next call.
 pub async fn resolve_stale(
     mailboxes: &[flume::Sender<ShardMsg>],
-    older_than_ms: u64,
+    abort_after_ms: u64,
 ) -> EngineResult<Vec<Resolved>> {
     let lists = ask_all(mailboxes, |done| ShardMsg::InDoubt {
-        older_than_ms,
+        older_than_ms: IN_DOUBT_QUERY_AFTER_MS.min(abort_after_ms),
         done,
     })
     .await?;
     let mut resolved = Vec::new();
     for (shard, parts) in lists.into_iter().enumerate() {
-        for (txid, decider) in parts {
+        for (txid, decider, age_ms) in parts {
             let Some(at_decider) = mailboxes.get(decider as usize) else {
                 continue; // a shard count the log's batch does not fit
             };
-            let committed = match ask(at_decider, |done| ShardMsg::Decide {
-                txid,
-                commit: false,
-                done,
-            })
-            .await
-            {
-                Ok(committed) => committed,
-                Err(_) => continue,
+            let decision = if age_ms >= abort_after_ms {
+                ask(at_decider, |done| ShardMsg::Decide {
+                    txid,
+                    commit: false,
+                    done,
+                })
+                .await
+                .ok()
+            } else {
+                ask(at_decider, |done| ShardMsg::Decision { txid, done })
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let Some(committed) = decision else {
+                continue;
             };
             if ask(&mailboxes[shard], |done| ShardMsg::Decide {
                 txid,

@@ -64,6 +64,10 @@ fn single_shard_atomic_batches_are_all_or_nothing_on_every_node() {
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
     let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
 
+    let mut live: Vec<(u64, RawClient)> = nodes
+        .iter()
+        .map(|&n| (n, watch_all(&cluster, n, json!({"include_ctx": false}))))
+        .collect();
     // Through a follower: forwarded to the leader as one part.
     let mut ops = create_and_flip("b-0");
     ops.push(op("GET_INSTANCE", json!({"instance_id": "b-0"})));
@@ -72,6 +76,17 @@ fn single_shard_atomic_batches_are_all_or_nothing_on_every_node() {
     assert_eq!(results.len(), 3, "{r}");
     assert_eq!(results[1]["result"]["to_state"], "b", "{r}");
     assert_eq!(results[2]["result"]["state"], "b", "{r}");
+    // Every node's watchers see the batch's transition (a follower
+    // publishes what it applies, batches included).
+    let flip_at = results[1]["result"]["wal_offset"].as_u64().expect("offset");
+    for (node, conn) in &mut live {
+        let seen = events(conn, 1);
+        assert_eq!(
+            seen,
+            [(flip_at, "b-0".into(), "FLIP".into())],
+            "node {node}"
+        );
+    }
     // A failing batch leaves nothing, anywhere.
     let mut failing = create_and_flip("b-1");
     failing.push(op(
@@ -182,6 +197,18 @@ fn atomic_batches_across_shards_commit_on_every_node_or_nowhere() {
     let leader = cluster.leader();
     for &node in &nodes {
         cluster.converges(node, leader);
+        // WAL_READ shows the committed parts on every node.
+        let flipped: Vec<String> = cluster
+            .transitions(node)
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
+        for id in on0[..3].iter().chain(&on1[..3]) {
+            assert!(
+                flipped.contains(id),
+                "node {node}'s log lacks {id}: {flipped:?}"
+            );
+        }
     }
 }
 

@@ -196,13 +196,19 @@ impl Cluster {
     /// The node that leads shard 0's group, as every running node's
     /// REPLICATION_STATUS agrees.
     pub fn leader(&mut self) -> u64 {
+        self.leader_of_shard(0)
+    }
+
+    /// The node that leads shard `shard`'s group, as every running node's
+    /// REPLICATION_STATUS agrees.
+    pub fn leader_of_shard(&mut self, shard: usize) -> u64 {
         let started = Instant::now();
         loop {
             let mut seen = Vec::new();
             for (_, server) in self.nodes.iter_mut() {
                 if server.is_running() {
                     let status = server.raw().ok("REPLICATION_STATUS", json!({}));
-                    seen.push(status["shards"][0]["leader"].as_u64());
+                    seen.push(status["shards"][shard]["leader"].as_u64());
                 }
             }
             if let Some(Some(leader)) = seen.first().copied() {
@@ -213,7 +219,7 @@ impl Cluster {
             }
             assert!(
                 started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
-                "no agreed leader within {CLUSTER_SETTLE_TIMEOUT:?}: {seen:?}"
+                "no agreed leader of shard {shard} within {CLUSTER_SETTLE_TIMEOUT:?}: {seen:?}"
             );
             std::thread::sleep(LEADER_POLL);
         }

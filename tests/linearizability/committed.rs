@@ -2,7 +2,7 @@
 //! committed log of the instances under test (WAL_READ, page by page) and
 //! a final GET of each, recorded as operations of one more client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use corestate_checker::{Call, Change, ClientLog, Committed, FinalRead, Outcome, Reply};
 use serde_json::{json, Value};
@@ -15,6 +15,7 @@ const WAL_PAGE_RECORDS: u64 = 1000;
 
 /// Every create and apply of `instances` in the log, in log order.
 pub fn read_committed(client: &mut RawClient, instances: &[String]) -> Vec<Committed> {
+    let instances: HashSet<&str> = instances.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     let mut from = json!(0);
     loop {
@@ -24,7 +25,7 @@ pub fn read_committed(client: &mut RawClient, instances: &[String]) -> Vec<Commi
         );
         let records = page["records"].as_array().expect("records").clone();
         for record in &records {
-            if let Some(c) = committed_of(record, instances) {
+            if let Some(c) = committed_of(record, &instances) {
                 out.push(c);
             }
         }
@@ -35,10 +36,10 @@ pub fn read_committed(client: &mut RawClient, instances: &[String]) -> Vec<Commi
     }
 }
 
-fn committed_of(record: &Value, instances: &[String]) -> Option<Committed> {
+fn committed_of(record: &Value, instances: &HashSet<&str>) -> Option<Committed> {
     let entry = &record["entry"];
     let instance = entry["instance_id"].as_str()?;
-    if !instances.iter().any(|i| i == instance) {
+    if !instances.contains(instance) {
         return None;
     }
     let text = |key: &str| entry[key].as_str().map(str::to_string);

@@ -1,6 +1,7 @@
-//! What the run is pointed at: one server process, or a replicated
-//! cluster of real processes (`tests/cluster/harness.rs`) whose leader is
-//! the one killed or cut off (fault proxies on every peer link).
+//! What the run is pointed at: one server process (two shards), or a
+//! replicated cluster of real processes (`tests/cluster/harness.rs`), two
+//! shards per node, whose groups' leaders are the ones killed or cut off
+//! (fault proxies on every peer link).
 
 use std::thread;
 use std::time::Duration;
@@ -9,11 +10,15 @@ use serde_json::json;
 
 use crate::fault_proxy::Mode;
 use crate::harness::Cluster;
-use crate::support::{put_machine, RawClient, Server};
+use crate::support::{put_machine, RawClient, Server, SHARDS};
 use crate::workload::{definition, MACHINE};
 
 /// Cluster settings of the run: snapshots far apart.
 const NO_SNAPSHOTS: &str = "    snapshot_every_entries: 100000000\n";
+/// How long cross-shard batch parts may take to be decided after the load
+/// (a lost decision is asked for after 1 s; an orphaned part is aborted
+/// after `in_doubt_resolve_after_ms`, 10 s).
+const BATCHES_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub enum Deployment {
     Single(Server),
@@ -37,7 +42,8 @@ impl Deployment {
         // No group snapshot during a run: the checker reads the whole log
         // back (WAL_READ from offset 0), and a node restarted after a
         // snapshot can read only what follows it.
-        let mut cluster = Cluster::start_with(nodes, true, NO_SNAPSHOTS);
+        // Two groups, so that atomic batches span shards (`batches.rs`).
+        let mut cluster = Cluster::start_full(nodes, true, NO_SNAPSHOTS, SHARDS);
         let params = json!({"machine": MACHINE, "version": 1, "definition": definition()});
         cluster.ok_anywhere("PUT_MACHINE", params);
         Deployment::Cluster(cluster)
@@ -65,22 +71,28 @@ impl Deployment {
         matches!(self, Deployment::Single(_))
     }
 
-    /// The node (counting from 0) that leads now: the one a kill hits.
-    pub fn leader_index(&mut self) -> usize {
+    /// The node (counting from 0) that leads shard `shard` now: the one
+    /// a kill aimed at that shard hits.
+    pub fn leader_index(&mut self, shard: usize) -> usize {
         match self {
             Deployment::Single(_) => 0,
             Deployment::Cluster(c) => {
-                let leader = c.leader();
+                let leader = c.leader_of_shard(shard);
                 c.nodes.keys().position(|&id| id == leader).expect("a node")
             }
         }
     }
 
-    /// SIGKILL the server (on a cluster: the leader), with `on_death`
-    /// called once it is reaped; start it again on its data after
-    /// `downtime`.
-    pub fn kill_and_restart(&mut self, downtime: Duration, on_death: impl FnOnce()) -> Kill {
-        let node = self.leader_index();
+    /// SIGKILL the server (on a cluster: shard `shard`'s leader), with
+    /// `on_death` called once it is reaped; start it again on its data
+    /// after `downtime`.
+    pub fn kill_and_restart(
+        &mut self,
+        shard: usize,
+        downtime: Duration,
+        on_death: impl FnOnce(),
+    ) -> Kill {
+        let node = self.leader_index(shard);
         let server = match self {
             Deployment::Single(s) => s,
             Deployment::Cluster(c) => c.nodes.values_mut().nth(node).expect("the leader"),
@@ -95,15 +107,51 @@ impl Deployment {
         }
     }
 
-    /// Cut the leader off from the other nodes for `duration` (its
-    /// clients still reach it), then heal every link. A single server has
-    /// no links: nothing happens.
-    pub fn partition_leader(&mut self, duration: Duration) {
+    /// Cut shard `shard`'s leader off from the other nodes for `duration`
+    /// (its clients still reach it), then heal every link. A single server
+    /// has no links: nothing happens.
+    pub fn partition_leader(&mut self, shard: usize, duration: Duration) {
         if let Deployment::Cluster(c) = self {
-            let leader = c.leader();
+            let leader = c.leader_of_shard(shard);
             c.isolate(leader, Mode::Blackhole);
             thread::sleep(duration);
             c.heal();
+        }
+    }
+
+    /// On a cluster, wait until no group's leader holds a cross-shard batch
+    /// part undecided (a part whose Decide was lost with a leader takes
+    /// its decider's decision within a second or two): the final reads
+    /// then see every batch decided.
+    pub fn settle_batches(&mut self) {
+        let Deployment::Cluster(c) = self else { return };
+        let started = std::time::Instant::now();
+        loop {
+            let mut settled = [false; SHARDS];
+            for server in c.nodes.values_mut() {
+                if !server.is_running() {
+                    continue;
+                }
+                let status = server.raw().ok("REPLICATION_STATUS", json!({}));
+                for (shard, s) in status["shards"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if s["role"] == "leader" && s["batch_parts_in_doubt"] == 0 {
+                        settled[shard] = true;
+                    }
+                }
+            }
+            if settled.iter().all(|&s| s) {
+                return;
+            }
+            assert!(
+                started.elapsed() < BATCHES_SETTLE_TIMEOUT,
+                "batch parts still in doubt after {BATCHES_SETTLE_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
         }
     }
 

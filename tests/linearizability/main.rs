@@ -6,7 +6,9 @@
 //! missing from the log, no logged write may lack a request that could
 //! have made it, and a WATCH_ALL stream resumed across the kills (on a
 //! cluster: at another node each time) must equal the committed log. On a
-//! cluster every node's log must also be the leader's.
+//! cluster every node's log must also be the leader's. Beside them, atomic
+//! batches across the two shards must each be whole or absent, as their
+//! answers say (`batches.rs`).
 //!
 //! `CORESTATE_LIN_SECS` (default 6) sets the load's length,
 //! `CORESTATE_LIN_KILLS` (default 3; 2 on the cluster) the SIGKILLs spread
@@ -18,6 +20,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batches;
 mod client;
 mod committed;
 mod deployment;
@@ -121,9 +124,8 @@ fn concurrent_clients_see_one_linearizable_node_across_sigkills() {
 
 #[test]
 fn concurrent_clients_see_one_linearizable_cluster_across_leader_kills_and_partitions() {
-    // One shard per node process: the same number of instances per group.
-    let instances: Vec<String> = (0..INSTANCES_PER_SHARD * SHARDS)
-        .map(|i| format!("clin-{i}"))
+    let instances: Vec<String> = (0..SHARDS)
+        .flat_map(|shard| ids_on_shard("clin", shard, INSTANCES_PER_SHARD))
         .collect();
     let faults = Faults {
         kills: CLUSTER_KILLS_DEFAULT,
@@ -174,7 +176,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
 
     let clock = Clock::start();
     let target = Target::new(&deployment.ports());
-    let first_leader = deployment.leader_index();
+    let first_leader = deployment.leader_index(0);
     let stop = AtomicBool::new(false);
     let control = WatchControl::new();
     let mut rng = Rng(seed);
@@ -193,15 +195,18 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             })
             .collect();
         let watcher = s.spawn(|| run_watcher(&target, &control, first_leader));
+        let batcher = s.spawn(|| batches::run_batcher(seed, &target, &stop));
         let interval = Duration::from_secs(secs) / ((kills + partitions) as u32 + 1);
         for i in 0..kills + partitions {
             let jitter_ms = interval.as_millis() as u64 * KILL_JITTER_PERCENT / 100;
             thread::sleep(interval - Duration::from_millis(rng.below(jitter_ms.max(1))));
+            // Faults take each shard's leader in turn.
+            let shard = (i as usize) % SHARDS;
             if faults.is_partition(i) {
-                deployment.partition_leader(PARTITION_TIME);
+                deployment.partition_leader(shard, PARTITION_TIME);
             } else {
-                let kill =
-                    deployment.kill_and_restart(KILL_DOWNTIME, || deaths_ns.push(clock.now_ns()));
+                let kill = deployment
+                    .kill_and_restart(shard, KILL_DOWNTIME, || deaths_ns.push(clock.now_ns()));
                 target.set(kill.node, kill.port);
             }
         }
@@ -211,11 +216,18 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             .into_iter()
             .map(|w| w.join().expect("client thread"))
             .unzip();
+        let sent = batcher.join().expect("batch client thread");
+        deployment.settle_batches();
         let mut c = deployment.reader();
         let mut final_log = ClientLog::new(CLIENTS, clock);
         let final_reads = committed::final_reads(&mut c, &mut final_log, instances);
-        let committed = committed::read_committed(&mut c, instances);
-        let last_transition = committed
+        let everything: Vec<String> = instances
+            .iter()
+            .cloned()
+            .chain(batches::batch_instances(&sent))
+            .collect();
+        let whole_log = committed::read_committed(&mut c, &everything);
+        let last_transition = whole_log
             .iter()
             .filter(|e| matches!(e.change, Change::Apply { .. }))
             .map(|e| e.offset)
@@ -226,11 +238,23 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
         let watch_log = watcher.join().expect("watcher thread");
         let mut logs = logs;
         logs.push(final_log);
-        (logs, stats, watch_log, committed, final_reads)
+        (
+            logs,
+            stats,
+            watch_log,
+            (whole_log, everything, sent),
+            final_reads,
+        )
     });
+    let (whole_log, everything, sent) = committed;
     let load = load_started.elapsed();
     // Every replica holds the leader's log (they may still be applying it).
-    let replicas = replicas_agree(&mut deployment, instances, &committed);
+    let replicas = replicas_agree(&mut deployment, &everything, &whole_log);
+    let (committed, batch_log): (Vec<Committed>, Vec<Committed>) = whole_log
+        .iter()
+        .cloned()
+        .partition(|c| instances.contains(&c.instance));
+    let batch_check = batches::check_batches(&sent, &batch_log);
 
     let mut history = History::from_logs(logs);
     if deployment.deaths_bound_unknowns() {
@@ -244,7 +268,8 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     // unanswered ones took effect (checking it against every answer).
     let settled = history.settle_unknowns_by_log(&committed);
     let report = check_history(&machine, &history);
-    let stream = check_watch_stream(&watch_log.events, &committed, 0);
+    // The stream holds the batches' transitions too.
+    let stream = check_watch_stream(&watch_log.events, &whole_log, 0);
     let unexpected: Vec<&String> = stats.iter().flat_map(|s| &s.unexpected).collect();
     let reconnects: usize = stats.iter().map(|s| s.reconnects).sum();
     let retryable: usize = stats.iter().map(|s| s.retryable).sum();
@@ -254,7 +279,8 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
          {partitions} leader partitions, \
          {CLIENTS} clients, {} instances\n{counts}\nlinearizability: {} in {:.1?} ({} search \
          steps)\nunknowns settled by the log: {settled:?}\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
-         {} events over {} subscriptions: {stream:?} {}\nclient reconnects {reconnects}, \
+         {} events over {} subscriptions: {stream:?} {}\natomic batches across shards: \
+         {batch_check:?}\nclient reconnects {reconnects}, \
          retryable refusals {retryable}, unexpected errors {}",
         instances.len(),
         if report.is_linearizable() {
@@ -276,7 +302,8 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             + usize::from(durability.is_err())
             + usize::from(settled.is_err())
             + usize::from(stream.is_err())
-            + usize::from(replicas.is_err());
+            + usize::from(replicas.is_err())
+            + usize::from(batch_check.is_err());
         // The filter that runs this test alone.
         let filter = match deployment {
             Deployment::Cluster(_) => "cluster",
@@ -331,6 +358,9 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     }
     if let Err(problem) = &replicas {
         panic!("seed {seed}: {problem}");
+    }
+    if let Err(problems) = &batch_check {
+        panic!("seed {seed}: atomic batches: {problems}");
     }
     assert!(
         watch_log.problem.is_none(),

@@ -61,6 +61,10 @@ enum Forwarded {
         txid: u64,
         commit: bool,
     },
+    /// What the log decided for a batch, changing nothing.
+    Decision {
+        txid: u64,
+    },
     /// FLUSH_ALL's part on this shard.
     Flush,
     InstallMachine {
@@ -119,6 +123,8 @@ enum Answer {
     Vote(WireVote),
     /// The decision the part's log holds.
     Decided(bool),
+    /// The decision a log holds, if any.
+    Decision(Option<bool>),
     /// (instance records removed, machine versions removed) or an error.
     Flushed(Wire<(u64, u64)>),
 }
@@ -137,6 +143,7 @@ enum ReplyTarget {
     Nobody,
     Vote(flume::Sender<BatchVote>),
     Decided(flume::Sender<bool>),
+    Decision(flume::Sender<Option<bool>>),
     Flushed(flume::Sender<EngineResult<(u64, u64)>>),
 }
 
@@ -167,6 +174,9 @@ fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
             Forwarded::Decide { txid, commit },
             ReplyTarget::Decided(done),
         ),
+        ShardMsg::Decision { txid, done } => {
+            (Forwarded::Decision { txid }, ReplyTarget::Decision(done))
+        }
         ShardMsg::InstallMachine {
             def,
             raw_definition,
@@ -223,7 +233,7 @@ impl ReplyTarget {
             }
             // A page has no error to carry, nor a decision whose outcome is
             // unknown: the asker sees the channel close.
-            ReplyTarget::List(..) | ReplyTarget::Decided(_) => {}
+            ReplyTarget::List(..) | ReplyTarget::Decided(_) | ReplyTarget::Decision(_) => {}
         }
     }
 
@@ -270,6 +280,9 @@ impl ReplyTarget {
             }
             (ReplyTarget::Decided(done), Answer::Decided(committed)) => {
                 let _ = done.send(committed);
+            }
+            (ReplyTarget::Decision(done), Answer::Decision(decision)) => {
+                let _ = done.send(decision);
             }
             (ReplyTarget::Flushed(done), Answer::Flushed(r)) => {
                 let _ = done.send(r.map_err(WireError::into_engine));
@@ -400,6 +413,16 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
                     Ok(committed) => Answer::Decided(committed),
                     // Not decided there (the leader lost the lead): the
                     // follower's asker sees its channel close.
+                    Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
+                }
+            }))
+        }
+        Forwarded::Decision { txid } => {
+            let (done, rx) = flume::bounded(1);
+            send(ShardMsg::Decision { txid, done })?;
+            Ok(Box::pin(async move {
+                match rx.recv_async().await {
+                    Ok(decision) => Answer::Decision(decision),
                     Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
                 }
             }))

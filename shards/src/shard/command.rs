@@ -226,13 +226,21 @@ pub enum ShardMsg {
         commit: bool,
         done: flume::Sender<bool>,
     },
+    /// What this shard's log decided for batch `txid`, changing nothing:
+    /// `None` while its part here is undecided; `Some(false)` for a batch
+    /// it holds no commit of (presumed abort).
+    Decision {
+        txid: u64,
+        done: flume::Sender<Option<bool>>,
+    },
     /// The cross-shard parts this shard has held prepared-but-undecided for
-    /// at least `older_than_ms`: (txid, decider shard). Only a replicated
-    /// shard's leader has any (a standalone shard's coordinator runs in
-    /// its own process and decides every part; `coordinator::resolve_stale`).
+    /// at least `older_than_ms`: (txid, decider shard, how long in ms).
+    /// Only a replicated shard's leader has any (a standalone shard's
+    /// coordinator runs in its own process and decides every part;
+    /// `coordinator::resolve_stale`).
     InDoubt {
         older_than_ms: u64,
-        done: flume::Sender<Vec<(u64, u32)>>,
+        done: flume::Sender<Vec<(u64, u32, u64)>>,
     },
     /// Raise this shard's offset floor to the frontier and publish its
     /// watermark, so an idle shard does not hold back the watch merge.

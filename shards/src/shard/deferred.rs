@@ -23,6 +23,8 @@ pub(super) enum Deferred {
     Stats(flume::Sender<ShardStats>),
     Vote(flume::Sender<BatchVote>, BatchVote),
     Decided(flume::Sender<bool>, bool),
+    /// A batch's logged decision (`ShardMsg::Decision`).
+    Decision(flume::Sender<Option<bool>>, Option<bool>),
     Events(
         flume::Sender<std::io::Result<EventChunk>>,
         std::io::Result<EventChunk>,
@@ -68,6 +70,9 @@ impl Shard {
             }
             Deferred::Decided(done, committed) => {
                 let _ = done.send(committed);
+            }
+            Deferred::Decision(done, decision) => {
+                let _ = done.send(decision);
             }
             Deferred::Events(done, chunk) => {
                 let _ = done.send(chunk);

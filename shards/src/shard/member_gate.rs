@@ -19,6 +19,7 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
             | ShardMsg::AtomicBatch { .. }
             | ShardMsg::Prepare { .. }
             | ShardMsg::Decide { .. }
+            | ShardMsg::Decision { .. }
             | ShardMsg::Flush { .. }
     )
 }
@@ -89,7 +90,7 @@ impl Shard {
             }
             // No error to carry: the asker sees its reply channel close
             // (a decision's outcome is then unknown to it).
-            Deferred::List(..) | Deferred::Decided(..) => {}
+            Deferred::List(..) | Deferred::Decided(..) | Deferred::Decision(..) => {}
             other => self.answer(other),
         }
     }

@@ -177,15 +177,23 @@ impl Shard {
         }
         batch.reached_end = !full;
         batch.next_offset = batch.records.last().map(|r| r.offset() + 1);
+        // A cross-shard part is visible once its decision is applied here
+        // (`member_txn.rs`); one still in doubt ends the chunk.
+        let (txns, decisions) = (&self.txn_log, &self.decisions);
+        let undecided = |txid: u64| txns.in_doubt.contains_key(&txid);
+        let decision = |txid: u64| {
+            decisions
+                .get(txid)
+                .or_else(|| txns.committed.contains(&txid).then_some(true))
+        };
         let cx = ReadContext {
             shard,
             // Every offset applied is ≤ covered_offset; what comes later
             // (a turn in flight, entries committed later) is above it.
             watermark: position.covered_offset + 1,
             entries_written: position.entries,
-            // A member runs no cross-shard batches (`replica.rs`).
-            undecided: &|_| false,
-            decision: &|_| None,
+            undecided: &undecided,
+            decision: &decision,
         };
         entries_of(&batch, Some(readable_from), from, &cx)
     }

@@ -174,9 +174,10 @@ impl Shard {
         }
     }
 
-    /// The parts undecided here for at least `older_than_ms` (a leader's
-    /// only: a follower's parts are its leader's to settle).
-    pub(super) fn in_doubt_older_than(&self, older_than_ms: u64) -> Vec<(u64, u32)> {
+    /// The parts undecided here for at least `older_than_ms`, with how
+    /// long in ms (a leader's only: a follower's parts are its leader's to
+    /// settle).
+    pub(super) fn in_doubt_older_than(&self, older_than_ms: u64) -> Vec<(u64, u32, u64)> {
         let Some(m) = self.member.as_ref() else {
             return Vec::new();
         };
@@ -186,17 +187,19 @@ impl Shard {
         ) {
             return Vec::new();
         }
-        let age = Duration::from_millis(older_than_ms);
-        let mut parts: Vec<(u64, u32)> = self
+        let mut parts: Vec<(u64, u32, u64)> = self
             .txn_log
             .in_doubt
             .iter()
-            .filter(|(txid, _)| {
-                m.prepared_at
-                    .get(*txid)
-                    .is_none_or(|at| self.env.clock.elapsed(*at) >= age)
+            .map(|(txid, (decider, _))| {
+                let age = m
+                    .prepared_at
+                    .get(txid)
+                    .map_or(Duration::MAX, |at| self.env.clock.elapsed(*at));
+                let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                (*txid, *decider, age_ms)
             })
-            .map(|(txid, (decider, _))| (*txid, *decider))
+            .filter(|(_, _, age_ms)| *age_ms >= older_than_ms)
             .collect();
         parts.sort_unstable();
         parts

@@ -127,6 +127,14 @@ impl Shard {
         commit
     }
 
+    /// What the log decided for `txid` (`ShardMsg::Decision`).
+    pub(super) fn logged_decision(&self, txid: u64) -> Option<bool> {
+        if self.txns.contains_key(&txid) || self.txn_log.in_doubt.contains_key(&txid) {
+            return None;
+        }
+        Some(self.decisions.get(txid).unwrap_or(false) || self.txn_log.committed.contains(&txid))
+    }
+
     /// Stage `txid`'s Commit or Abort record and note the decision.
     pub(super) fn log_decision(&mut self, txid: u64, commit: bool, now: u64) {
         let kind = if commit {

@@ -170,7 +170,16 @@ impl Shard {
     /// What this shard's group member knows of its group (`None`:
     /// standalone).
     pub(super) fn group_status(&self) -> Option<serde_json::Value> {
-        self.member.as_ref().map(|m| m.link.status())
+        self.member.as_ref().map(|m| {
+            let mut status = m.link.status();
+            if let Some(obj) = status.as_object_mut() {
+                // Cross-shard batch parts prepared here and not decided
+                // yet (`member_txn.rs`): their instances wait.
+                let in_doubt = self.txn_log.in_doubt.len();
+                obj.insert("batch_parts_in_doubt".into(), in_doubt.into());
+            }
+            status
+        })
     }
 
     pub(super) fn member(&self) -> &MemberSide {

@@ -509,6 +509,9 @@ impl Shard {
                 deferred.push(Deferred::Decided(done, committed));
                 self.unpark(now, deferred);
             }
+            ShardMsg::Decision { txid, done } => {
+                deferred.push(Deferred::Decision(done, self.logged_decision(txid)));
+            }
             ShardMsg::InDoubt {
                 older_than_ms,
                 done,

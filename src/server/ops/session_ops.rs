@@ -104,7 +104,9 @@ pub fn info(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
 /// and `replicas[]` (each other node with the largest lag, in log entries,
 /// among the groups this node leads) — plus `node_id` and per shard what
 /// its group member knows (`shards[]`: role, leader, term, last log,
-/// commit and applied index, voters, each follower's lag on a leader).
+/// commit and applied index, voters, each follower's lag on a leader,
+/// `batch_parts_in_doubt`: cross-shard batch parts prepared and not yet
+/// decided).
 pub async fn replication_status(ctx: &ServerCtx) -> EngineResult<Vec<u8>> {
     let statuses = ctx
         .router
