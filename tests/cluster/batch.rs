@@ -263,11 +263,7 @@ fn atomic_batches_across_shards_survive_kills_whole_or_absent() {
             };
         }
     }
-    let leader = cluster.leader();
-    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
-    for node in nodes {
-        cluster.converges(node, leader);
-    }
+    cluster.all_converge();
 }
 
 /// Tries at orphaning a batch: under load the batch may be answered (a
@@ -355,11 +351,7 @@ fn a_batch_whose_coordinator_dies_mid_prepare_is_aborted_by_its_decider() {
             "CREATE_INSTANCE",
             json!({"machine": "flip", "version": 1, "instance_id": a}),
         );
-        let leader = cluster.leader();
-        let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
-        for node in nodes {
-            cluster.converges(node, leader);
-        }
+        cluster.all_converge();
         return;
     }
     panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");

@@ -267,6 +267,16 @@ impl Cluster {
         }
     }
 
+    /// Wait until every node's own log holds the same transitions as the
+    /// leader's (of shard 0).
+    pub fn all_converge(&mut self) {
+        let leader = self.leader();
+        let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+        for node in nodes {
+            self.converges(node, leader);
+        }
+    }
+
     /// Put the `flip` machine (states a and b) through node `via` and
     /// create instances `ids` of it (each starts in `a`).
     pub fn flip_instances(&mut self, via: u64, ids: &[&str]) {

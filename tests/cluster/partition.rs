@@ -43,6 +43,14 @@ fn a_cut_off_leader_is_replaced_and_catches_up_when_healed() {
         "a cut-off node answered a read: {answer}"
     );
     assert_eq!(answer["error"]["retryable"], true, "{answer}");
+    // A write that fails on its old state is a read too: no CONFLICT
+    // naming the state the majority has left behind.
+    let stale = json!({"instance_id": "p-0", "event": "FLIP", "expected_state": "b"});
+    let answer = cluster.raw(first).call("APPLY_EVENT", stale);
+    assert_eq!(
+        answer["error"]["retryable"], true,
+        "a cut-off node answered a failing write from its old state: {answer}"
+    );
 
     cluster.heal();
     // Healed, it learns the write it missed and serves it.

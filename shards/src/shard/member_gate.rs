@@ -2,7 +2,7 @@
 //! leader (run there, or forwarded to it), and how a message is answered
 //! when it is not run (`replica.rs`).
 
-use super::command::{BatchVote, Command, ShardMsg};
+use super::command::{BatchVote, ShardMsg};
 use super::deferred::Deferred;
 use super::runner::Shard;
 use crate::error::EngineError;
@@ -22,18 +22,6 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
             | ShardMsg::Decision { .. }
             | ShardMsg::Flush { .. }
     )
-}
-
-pub(super) fn writes(msg: &ShardMsg) -> bool {
-    match msg {
-        ShardMsg::Exec { cmd, .. } => !matches!(cmd, Command::Get { .. }),
-        ShardMsg::InstallMachine { .. } | ShardMsg::Flush { .. } | ShardMsg::Prepare { .. } => true,
-        // A decision may log nothing (the part was decided already): the
-        // answer then rests on a read, confirmed by a barrier.
-        ShardMsg::Decide { .. } => false,
-        ShardMsg::AtomicBatch { ops, .. } => ops.iter().any(|c| !matches!(c, Command::Get { .. })),
-        _ => false,
-    }
 }
 
 /// Answer `msg` with `error` without running it.

@@ -52,30 +52,19 @@ impl Shard {
                 self.state.shard_id
             )));
         }
-        let entries_before = self.wal.entries();
-        let (results, undo, inner) = match self.stage(ops, now) {
-            Ok(staged) => staged,
+        let ((results, undo, inner), offset) = match self.stage_prepare(txid, decider, ops, now) {
+            Ok(prepared) => prepared,
             Err(vote) => return vote,
         };
+        // Held, not applied: the state goes back as it was.
         let read_locks = ShardState::touched(&undo);
         self.state.undo(undo);
-        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
-            entry::write_prepare(out, txid, decider, &inner)
-        });
-        match logged {
-            Ok(offset) => {
-                self.note_prepared(txid, decider, inner, offset);
-                // This leader also holds the instances the part only read.
-                for id in read_locks {
-                    self.locked.insert(id, txid);
-                }
-                BatchVote::Yes(results)
-            }
-            Err(e) => {
-                self.wal.rewind_entries(entries_before);
-                BatchVote::No(0, e)
-            }
+        self.note_prepared(txid, decider, inner, offset);
+        // This leader also holds the instances the part only read.
+        for id in read_locks {
+            self.locked.insert(id, txid);
         }
+        BatchVote::Yes(results)
     }
 
     /// Phase two on the group's leader: returns the decision the log holds.
@@ -231,4 +220,40 @@ fn written_ids(inner: &[u8]) -> Vec<String> {
         Ok(())
     });
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::{append_record, RecordStamp};
+
+    fn record(out: &mut Vec<u8>, offset: u64, payload: serde_json::Value) {
+        let stamp = RecordStamp::new(RecordKind::ApplyEvent, offset, 0);
+        let text = payload.to_string();
+        append_record(out, &stamp, 0, |p| p.extend_from_slice(text.as_bytes())).unwrap();
+    }
+
+    #[test]
+    fn a_part_locks_each_instance_it_writes_once() {
+        let mut inner = Vec::new();
+        record(
+            &mut inner,
+            64,
+            serde_json::json!({"type": "create_instance", "instance_id": "a", "machine": "m",
+                               "version": 1, "initial_state": "s", "initial_ctx": {}}),
+        );
+        record(
+            &mut inner,
+            128,
+            serde_json::json!({"type": "apply_event", "instance_id": "a", "event": "E",
+                               "from_state": "s", "to_state": "t", "ctx": {}}),
+        );
+        record(
+            &mut inner,
+            192,
+            serde_json::json!({"type": "delete_instance", "instance_id": "b"}),
+        );
+        assert_eq!(written_ids(&inner), ["a", "b"]);
+        assert!(written_ids(&[]).is_empty());
+    }
 }

@@ -13,7 +13,7 @@ use crate::wal::entry;
 use crate::wal::record::RecordKind;
 
 /// A staged atomic part: each op's result, how to undo it, its inner records.
-type Staged = (Vec<Vec<u8>>, Undo, Vec<u8>);
+pub(super) type Staged = (Vec<Vec<u8>>, Undo, Vec<u8>);
 
 impl Shard {
     /// Run the ops all-or-nothing into a buffer of inner records.
@@ -59,6 +59,31 @@ impl Shard {
         }
     }
 
+    /// Stage the ops and log their `Prepare` record: each op's result, how
+    /// to undo the ops, their inner records and the record's offset. On a
+    /// failure nothing of them stays.
+    pub(super) fn stage_prepare(
+        &mut self,
+        txid: u64,
+        decider: u32,
+        ops: Vec<Command>,
+        now: u64,
+    ) -> Result<(Staged, u64), BatchVote> {
+        let entries_before = self.wal.entries();
+        let (results, undo, inner) = self.stage(ops, now)?;
+        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
+            entry::write_prepare(out, txid, decider, &inner)
+        });
+        match logged {
+            Ok(offset) => Ok(((results, undo, inner), offset)),
+            Err(e) => {
+                self.state.undo(undo);
+                self.wal.rewind_entries(entries_before);
+                Err(BatchVote::No(0, e))
+            }
+        }
+    }
+
     pub(super) fn prepare(
         &mut self,
         txid: u64,
@@ -66,23 +91,11 @@ impl Shard {
         ops: Vec<Command>,
         now: u64,
     ) -> BatchVote {
-        let entries_before = self.wal.entries();
-        let (results, undo, inner) = match self.stage(ops, now) {
-            Ok(staged) => staged,
+        let ((results, mut undo, _), offset) = match self.stage_prepare(txid, decider, ops, now) {
+            Ok(prepared) => prepared,
             Err(vote) => return vote,
         };
-        let logged = self.wal.append(RecordKind::Prepare, now, |out| {
-            entry::write_prepare(out, txid, decider, &inner)
-        });
-        match logged {
-            Ok(offset) => self.decisions.prepared(txid, offset),
-            Err(e) => {
-                self.state.undo(undo);
-                self.wal.rewind_entries(entries_before);
-                return BatchVote::No(0, e);
-            }
-        }
-        let mut undo = undo;
+        self.decisions.prepared(txid, offset);
         let events = self.state.take_events_since(&mut undo);
         let locked = ShardState::touched(&undo);
         for id in &locked {

@@ -19,9 +19,13 @@
 //! * **A new leader catches up first.** Before its first turn in a term a
 //!   leader waits for a ReadIndex barrier: every entry committed before it
 //!   is then delivered and applied, so its turns build on the whole log.
-//! * **Reads.** A turn that wrote is confirmed by its commit; a turn that
-//!   only read waits for a barrier after it ran, before answering
-//!   (linearizable: the leader was still the leader after the reads began).
+//! * **Reads.** A turn that logged records is confirmed by their commit; a
+//!   turn that logged none — reads, and writes that failed (a conflict, a
+//!   refused transition: answers read from the state) — waits for a
+//!   barrier after it ran, before answering (linearizable: the leader was
+//!   still the leader after the reads began; a deposed leader cut off from
+//!   the others would otherwise answer from an old state — the 600 s run
+//!   with two groups caught one such answer).
 //! * **Losing the lead with a turn in flight** leaves memory ahead of the
 //!   committed log. The turn's clients are told (a retryable error, or
 //!   "outcome unknown"), and the state is rebuilt from the newest snapshot
@@ -54,7 +58,7 @@ use hashbrown::HashMap;
 use super::command::ShardMsg;
 use super::events::Publication;
 use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError};
-use super::member_gate::{needs_leader, refuse, writes};
+use super::member_gate::{needs_leader, refuse};
 use super::member_read::OffsetIndex;
 use super::member_watermark::WatermarkAsks;
 use super::replay::ReplayCounts;
@@ -309,7 +313,10 @@ impl Shard {
         let turn = Duration::from_micros(SHARD_TURN_TIME_MAX_US);
         let now = self.env.clock.now_ms();
         let mut lead: Option<Result<(), LinkError>> = None;
-        let mut read = false;
+        // Whether the turn's answers rest on this member leading: its
+        // entry confirms that when the turn logs something; otherwise a
+        // barrier must (the module comment, "Reads").
+        let mut confirm = false;
         let mut next = first;
         let mut handled = 0;
         while let Some(msg) = next.take() {
@@ -345,7 +352,10 @@ impl Shard {
                             self.start_member_change(change, done)
                         }
                         msg => {
-                            read |= !writes(&msg);
+                            // Reads, and writes that fail or change
+                            // nothing, log nothing: their answers need the
+                            // barrier too (a deposed leader's state is old).
+                            confirm = true;
                             self.handle(msg, now, deferred);
                         }
                     },
@@ -396,7 +406,7 @@ impl Shard {
             }
             match &lead {
                 Some(Ok(())) => {
-                    read = true;
+                    confirm = true;
                     self.unpark(now, deferred);
                 }
                 Some(Err(e)) => {
@@ -439,7 +449,7 @@ impl Shard {
                     TurnOutcome::Refused(e)
                 }
             }
-        } else if read {
+        } else if confirm {
             let link = self.member().link.clone();
             match link.barrier().await {
                 Ok(()) => {
