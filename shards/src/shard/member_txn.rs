@@ -30,33 +30,25 @@
 
 use std::time::Duration;
 
-use super::command::{BatchVote, Command};
 use super::replay::ReplayCounts;
 use super::runner::Shard;
 use super::state::ShardState;
+use super::txn::Undo;
 use crate::wal::entry::{self, Entry};
 use crate::wal::record::{decode_record, for_each_record, RecordHeader, RecordKind};
 
 impl Shard {
-    /// Phase one on the group's leader (see the module comment).
-    pub(super) fn member_prepare(
+    /// Phase one on the group's leader, once `participant.rs` staged the
+    /// ops and logged their Prepare record (see the module comment): the
+    /// state goes back as it was, the part is held.
+    pub(super) fn hold_prepared(
         &mut self,
         txid: u64,
         decider: u32,
-        ops: Vec<Command>,
-        now: u64,
-    ) -> BatchVote {
-        if self.txn_log.in_doubt.contains_key(&txid) || self.decisions.get(txid).is_some() {
-            return BatchVote::Refused(crate::error::EngineError::bad_request(format!(
-                "batch {txid} was prepared on shard {} already",
-                self.state.shard_id
-            )));
-        }
-        let ((results, undo, inner), offset) = match self.stage_prepare(txid, decider, ops, now) {
-            Ok(prepared) => prepared,
-            Err(vote) => return vote,
-        };
-        // Held, not applied: the state goes back as it was.
+        undo: Undo,
+        inner: Vec<u8>,
+        offset: u64,
+    ) {
         let read_locks = ShardState::touched(&undo);
         self.state.undo(undo);
         self.note_prepared(txid, decider, inner, offset);
@@ -64,7 +56,12 @@ impl Shard {
         for id in read_locks {
             self.locked.insert(id, txid);
         }
-        BatchVote::Yes(results)
+    }
+
+    /// Whether `txid` was prepared here already (a replayed Prepare would
+    /// hold its instances twice).
+    pub(super) fn prepared_before(&self, txid: u64) -> bool {
+        self.txn_log.in_doubt.contains_key(&txid) || self.decisions.get(txid).is_some()
     }
 
     /// Phase two on the group's leader: returns the decision the log holds.

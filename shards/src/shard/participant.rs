@@ -91,10 +91,22 @@ impl Shard {
         ops: Vec<Command>,
         now: u64,
     ) -> BatchVote {
-        let ((results, mut undo, _), offset) = match self.stage_prepare(txid, decider, ops, now) {
+        if self.member.is_some() && self.prepared_before(txid) {
+            return BatchVote::Refused(crate::error::EngineError::bad_request(format!(
+                "batch {txid} was prepared on shard {} already",
+                self.state.shard_id
+            )));
+        }
+        let ((results, mut undo, inner), offset) = match self.stage_prepare(txid, decider, ops, now)
+        {
             Ok(prepared) => prepared,
             Err(vote) => return vote,
         };
+        if self.member.is_some() {
+            // A replicated shard holds the part unapplied (`member_txn.rs`).
+            self.hold_prepared(txid, decider, undo, inner, offset);
+            return BatchVote::Yes(results);
+        }
         self.decisions.prepared(txid, offset);
         let events = self.state.take_events_since(&mut undo);
         let locked = ShardState::touched(&undo);
@@ -114,6 +126,9 @@ impl Shard {
 
     /// Log the decision of `txid`'s part; returns the decision the log holds.
     pub(super) fn decide(&mut self, txid: u64, commit: bool, now: u64) -> bool {
+        if self.member.is_some() {
+            return self.member_decide(txid, commit, now);
+        }
         if let Some(part) = self.txns.remove(&txid) {
             for id in &part.locked {
                 self.locked.remove(id);

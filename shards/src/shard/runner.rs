@@ -493,19 +493,11 @@ impl Shard {
                 ops,
                 done,
             } => {
-                let vote = if self.member.is_some() {
-                    self.member_prepare(txid, decider, ops, now)
-                } else {
-                    self.prepare(txid, decider, ops, now)
-                };
+                let vote = self.prepare(txid, decider, ops, now);
                 deferred.push(Deferred::Vote(done, vote));
             }
             ShardMsg::Decide { txid, commit, done } => {
-                let committed = if self.member.is_some() {
-                    self.member_decide(txid, commit, now)
-                } else {
-                    self.decide(txid, commit, now)
-                };
+                let committed = self.decide(txid, commit, now);
                 deferred.push(Deferred::Decided(done, committed));
                 self.unpark(now, deferred);
             }
