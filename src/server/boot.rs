@@ -167,8 +167,8 @@ async fn run_primary(
     // node: its groups' logs hold the machines, an install needs each
     // group's leader (which may be another node, or none yet while the
     // node starts). (With more than one shard per node, a PUT that reached
-    // only some groups before a crash is not completed yet: the README
-    // advises one shard per cluster node for now.)
+    // only some groups is completed by the client's retry: on a cluster a
+    // PUT of a machine shard 0's group has installs it again everywhere.)
     let reinstall = if catalog.clustered() {
         Vec::new()
     } else {

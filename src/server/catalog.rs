@@ -153,20 +153,24 @@ impl Catalog {
             let mut machines = self.machines();
             let versions = machines.entry(machine.to_owned()).or_default();
             match versions.get_mut(&version) {
-                Some(Entry::Installed(existing)) => {
-                    return if existing.checksum == def.checksum {
-                        Ok(put_result(false, existing))
-                    } else {
-                        Err(version_exists(machine, version))
-                    };
+                Some(Entry::Installed(existing)) if existing.checksum != def.checksum => {
+                    return Err(version_exists(machine, version));
                 }
+                Some(Entry::Installed(existing)) if !self.clustered => {
+                    return Ok(put_result(false, existing));
+                }
+                // On a cluster, "installed" means shard 0's group has it: a
+                // PUT refused by another group (no leader yet) left it
+                // there alone. Installing again completes it — each group
+                // that has it answers so — before the PUT is answered.
+                Some(Entry::Installed(existing)) => Some(Err(existing.clone())),
                 Some(Entry::Pending { checksum, waiters }) => {
                     if *checksum != def.checksum {
                         return Err(version_exists(machine, version));
                     }
                     let (tx, rx) = flume::bounded(1);
                     waiters.push(tx);
-                    Some(rx)
+                    Some(Ok(rx))
                 }
                 None => {
                     versions.insert(
@@ -180,11 +184,18 @@ impl Catalog {
                 }
             }
         };
-        if let Some(rx) = wait {
-            rx.recv_async()
-                .await
-                .map_err(|_| EngineError::internal("machine installation was abandoned"))??;
-            return Ok(put_result(false, &def));
+        match wait {
+            Some(Ok(rx)) => {
+                rx.recv_async()
+                    .await
+                    .map_err(|_| EngineError::internal("machine installation was abandoned"))??;
+                return Ok(put_result(false, &def));
+            }
+            Some(Err(existing)) => {
+                install_everywhere(router, &existing, Arc::new(definition.clone())).await?;
+                return Ok(put_result(false, &existing));
+            }
+            None => {}
         }
         // 4. Install on every shard, durably, then publish.
         let outcome = install_everywhere(router, &def, Arc::new(definition.clone())).await;
@@ -266,4 +277,64 @@ pub async fn install_everywhere(
         })
         .await?;
     installed.into_iter().try_for_each(|r| r.map(|_| ()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    type Installed = Arc<Mutex<Vec<Arc<MachineDef>>>>;
+
+    /// A shard on its own thread that refuses its first `refusals`
+    /// installs (a group without a leader) and keeps what it installs.
+    fn fake_shard(mut refusals: usize, installed: Installed) -> flume::Sender<ShardMsg> {
+        let (tx, rx) = flume::unbounded::<ShardMsg>();
+        std::thread::spawn(move || {
+            while let Ok(msg) = rx.recv() {
+                match msg {
+                    ShardMsg::InstallMachine { def, done, .. } if refusals > 0 => {
+                        refusals -= 1;
+                        let _ = done.send(Err(EngineError::new(
+                            ErrorCode::WalIoError,
+                            format!("no leader for {}", def.machine),
+                        )));
+                    }
+                    ShardMsg::InstallMachine { def, done, .. } => {
+                        let mut kept = installed.lock().unwrap();
+                        let new = !kept.iter().any(|d| d.checksum == def.checksum);
+                        if new {
+                            kept.push(def);
+                        }
+                        let _ = done.send(Ok(new));
+                    }
+                    ShardMsg::Machines { done } => {
+                        let _ = done.send(Ok(installed.lock().unwrap().clone()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tx
+    }
+
+    #[test]
+    fn a_cluster_put_refused_by_one_group_is_completed_by_its_retry() {
+        let (first, second): (Installed, Installed) = Default::default();
+        let router = Router::new(vec![
+            fake_shard(0, first.clone()),
+            fake_shard(1, second.clone()),
+        ]);
+        let catalog = Catalog::new(0, true);
+        let def = json!({"states": ["a"], "initial": "a", "transitions": []});
+        futures_lite::future::block_on(async {
+            let refused = catalog.put(&router, "m", 1, &def).await;
+            assert_eq!(refused.unwrap_err().code, ErrorCode::WalIoError);
+            // Shard 0's group has it now, which the catalog learns; the
+            // retry must still reach the group that refused.
+            catalog.put(&router, "m", 1, &def).await.unwrap();
+        });
+        assert_eq!(first.lock().unwrap().len(), 1);
+        assert_eq!(second.lock().unwrap().len(), 1);
+    }
 }

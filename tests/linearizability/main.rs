@@ -281,7 +281,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
          steps)\nunknowns settled by the log: {settled:?}\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
          {} events over {} subscriptions: {stream:?} {}\natomic batches across shards: \
          {batch_check:?}\nclient reconnects {reconnects}, \
-         retryable refusals {retryable}, unexpected errors {}",
+         retryable refusals {retryable}, unexpected errors {} (the first: {:?})",
         instances.len(),
         if report.is_linearizable() {
             "every instance linearizable".to_string()
@@ -295,6 +295,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
         watch_log.subscriptions,
         watch_log.problem.as_deref().unwrap_or(""),
         unexpected.len(),
+        unexpected.iter().take(3).collect::<Vec<_>>(),
     );
     eprintln!("{summary}");
     if long_run {
