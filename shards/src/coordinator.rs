@@ -30,6 +30,15 @@
 //! whether it holds `Commit(txid)`: yes → apply the prepared records; no →
 //! drop them (`resolve_in_doubt`). A crash at any instant thus leaves each
 //! batch wholly applied or wholly absent on every shard.
+//!
+//! **On a cluster** each shard is a replicated group, every phase an entry
+//! of its log (`shard::member_txn`), and the coordinator's node may die
+//! between the phases while the groups live on: a part left undecided is
+//! settled while serving (`resolve_stale`), by the decider's log — asked
+//! after a second, told to abort (presumed abort) after
+//! `in_doubt_resolve_after_ms`. The decider answers a Decide with the
+//! decision its log holds, so a coordinator whose batch was aborted that
+//! way learns it and answers the client so.
 
 use std::collections::BTreeMap;
 
@@ -46,13 +55,16 @@ pub enum BatchFailure {
     Op(usize, EngineError),
     Internal(EngineError),
     /// A shard refused its part as a whole (a replicated shard between
-    /// leaders, say): the batch's answer is this error, unchanged.
+    /// leaders, say), or the decider's answer did not come: the batch's
+    /// answer is this error (for a batch across shards, marked
+    /// `not_applied` when nothing can have been committed).
     Refused(EngineError),
 }
 
 /// Run an atomic batch whose ops are grouped by shard: `parts[shard]` holds
 /// (index in the batch, command), shards ascending. `txid` must be unique
-/// on this server. Returns every op's result by batch index.
+/// on this server — on a cluster, across its nodes (the server puts the
+/// node id in its top bits). Returns every op's result by batch index.
 pub async fn run_atomic(
     mailboxes: &[flume::Sender<ShardMsg>],
     parts: BTreeMap<usize, Vec<(usize, Command)>>,
