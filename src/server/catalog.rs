@@ -149,7 +149,7 @@ impl Catalog {
         // 2. Validate.
         let def = Arc::new(parse_definition(machine, version, definition)?);
         // 3. Existing or pending version.
-        let wait = {
+        let next = {
             let mut machines = self.machines();
             let versions = machines.entry(machine.to_owned()).or_default();
             match versions.get_mut(&version) {
@@ -163,14 +163,14 @@ impl Catalog {
                 // PUT refused by another group (no leader yet) left it
                 // there alone. Installing again completes it — each group
                 // that has it answers so — before the PUT is answered.
-                Some(Entry::Installed(existing)) => Some(Err(existing.clone())),
+                Some(Entry::Installed(existing)) => Next::Complete(existing.clone()),
                 Some(Entry::Pending { checksum, waiters }) => {
                     if *checksum != def.checksum {
                         return Err(version_exists(machine, version));
                     }
                     let (tx, rx) = flume::bounded(1);
                     waiters.push(tx);
-                    Some(Ok(rx))
+                    Next::Wait(rx)
                 }
                 None => {
                     versions.insert(
@@ -180,22 +180,22 @@ impl Catalog {
                             waiters: Vec::new(),
                         },
                     );
-                    None
+                    Next::Install
                 }
             }
         };
-        match wait {
-            Some(Ok(rx)) => {
+        match next {
+            Next::Wait(rx) => {
                 rx.recv_async()
                     .await
                     .map_err(|_| EngineError::internal("machine installation was abandoned"))??;
                 return Ok(put_result(false, &def));
             }
-            Some(Err(existing)) => {
+            Next::Complete(existing) => {
                 install_everywhere(router, &existing, Arc::new(definition.clone())).await?;
                 return Ok(put_result(false, &existing));
             }
-            None => {}
+            Next::Install => {}
         }
         // 4. Install on every shard, durably, then publish.
         let outcome = install_everywhere(router, &def, Arc::new(definition.clone())).await;
@@ -264,6 +264,17 @@ impl Catalog {
 }
 
 /// Send the definition to every shard and wait until each has it durably.
+/// What a PUT does after looking at the catalog.
+enum Next {
+    /// Another PUT of the same definition is installing it: wait for it.
+    Wait(flume::Receiver<EngineResult<()>>),
+    /// Installed as far as the catalog knows; on a cluster, install it
+    /// again everywhere to complete a PUT a group refused.
+    Complete(Arc<MachineDef>),
+    /// New: install it.
+    Install,
+}
+
 pub async fn install_everywhere(
     router: &Router,
     def: &Arc<MachineDef>,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{Cluster, NOT_LEADER_CODE};
 use crate::support::{ids_on_shard, request, RawClient};
-use crate::watch::{events, leader_of, watch_all};
+use crate::watch::{events, watch_all};
 
 /// Kill rounds: each kills the leader with a batch just sent.
 const KILL_ROUNDS: usize = 3;
@@ -223,7 +223,7 @@ fn atomic_batches_across_shards_survive_kills_whole_or_absent() {
     );
     for round in 0..KILL_ROUNDS * 2 {
         let leader0 = cluster.leader();
-        let leader1 = leader_of(&mut cluster, leader0, 1);
+        let leader1 = cluster.leader_of_shard(1);
         // Even rounds kill the node coordinating the batch (it leads shard
         // 0's group); odd rounds kill shard 1's leader while another node
         // coordinates.
@@ -278,7 +278,7 @@ fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
     let mut last = None;
     loop {
         let l0 = cluster.leader();
-        let l1 = leader_of(cluster, l0, 1);
+        let l1 = cluster.leader_of_shard(1);
         if l0 != l1 && last == Some((l0, l1)) {
             return (l0, l1);
         }

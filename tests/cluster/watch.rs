@@ -8,9 +8,7 @@
 
 use serde_json::{json, Value};
 
-use std::time::Instant;
-
-use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
+use crate::harness::Cluster;
 use crate::support::{ids_on_shard, RawClient};
 
 /// Transitions written per instance (FLIP, FLIP).
@@ -120,24 +118,10 @@ fn every_node_streams_the_committed_log_and_resumes_across_failover() {
     assert_eq!(events(&mut resumed, expected.len()), expected);
 }
 
-/// The leader of shard `shard`'s group, once node `via` knows one.
-pub(crate) fn leader_of(cluster: &mut Cluster, via: u64, shard: usize) -> u64 {
-    let started = Instant::now();
-    loop {
-        let status = cluster.ok_on(via, "REPLICATION_STATUS", json!({}));
-        if let Some(leader) = status["shards"][shard]["leader"].as_u64() {
-            return leader;
-        }
-        assert!(started.elapsed() < CLUSTER_SETTLE_TIMEOUT, "{status}");
-        std::thread::sleep(LEADER_POLL);
-    }
-}
-
 #[test]
 fn an_idle_group_does_not_hold_back_watch_all_on_a_follower() {
     let mut cluster = Cluster::start_sharded(3, 2);
-    let any = cluster.leader();
-    let idle_leader = leader_of(&mut cluster, any, 1);
+    let idle_leader = cluster.leader_of_shard(1);
     let node = *cluster.nodes.keys().find(|&&n| n != idle_leader).unwrap();
     cluster.flip_instances(node, &[]);
     let mut live = watch_all(&cluster, node, json!({"include_ctx": false}));

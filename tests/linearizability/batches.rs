@@ -19,7 +19,7 @@ use std::thread;
 use corestate_checker::{Change, Committed};
 use serde_json::{json, Value};
 
-use crate::support::shard_of;
+use crate::support::ids_on_shard;
 use crate::workload::{connect, Rng, Target, MACHINE, RETRY_PAUSE};
 
 /// Every how many batches one is built to fail (its last op).
@@ -46,14 +46,6 @@ pub struct SentBatch {
     pub ids: [String; 2],
     pub meant_to_fail: bool,
     pub answer: Answer,
-}
-
-/// The first `{prefix}-{n}` on `shard`.
-fn id_on(prefix: &str, shard: usize) -> String {
-    (0u64..)
-        .map(|n| format!("{prefix}-{n}"))
-        .find(|id| shard_of(id) == shard)
-        .expect("some id lands on every shard")
 }
 
 fn batch_params(ids: &[String; 2], meant_to_fail: bool) -> Value {
@@ -105,7 +97,8 @@ pub fn run_batcher(seed: u64, target: &Target, stop: &AtomicBool) -> Vec<SentBat
             break;
         }
         n += 1;
-        let ids = [id_on(&format!("bat-{n}"), 0), id_on(&format!("bat-{n}"), 1)];
+        let prefix = format!("bat-{n}");
+        let ids = [0, 1].map(|shard| ids_on_shard(&prefix, shard, 1).remove(0));
         let meant_to_fail = n.is_multiple_of(FAILING_EVERY);
         let answer = match client.call("BATCH", batch_params(&ids, meant_to_fail)) {
             Ok(response) => {

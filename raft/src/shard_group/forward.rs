@@ -408,24 +408,12 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, Erro
         Forwarded::Decide { txid, commit } => {
             let (done, rx) = flume::bounded(1);
             send(ShardMsg::Decide { txid, commit, done })?;
-            Ok(Box::pin(async move {
-                match rx.recv_async().await {
-                    Ok(committed) => Answer::Decided(committed),
-                    // Not decided there (the leader lost the lead): the
-                    // follower's asker sees its channel close.
-                    Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
-                }
-            }))
+            Ok(decision_of(rx, Answer::Decided))
         }
         Forwarded::Decision { txid } => {
             let (done, rx) = flume::bounded(1);
             send(ShardMsg::Decision { txid, done })?;
-            Ok(Box::pin(async move {
-                match rx.recv_async().await {
-                    Ok(decision) => Answer::Decision(decision),
-                    Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
-                }
-            }))
+            Ok(decision_of(rx, Answer::Decision))
         }
         Forwarded::InstallMachine {
             machine,
@@ -520,6 +508,18 @@ fn vote_of(rx: flume::Receiver<BatchVote>) -> Waiting {
             .await
             .unwrap_or_else(|_| BatchVote::Refused(stopped()));
         Answer::Vote(vote.into())
+    })
+}
+
+/// A batch decision's answer, once the leader's shard gives it. Not given
+/// (the leader lost the lead): the follower's asker sees its channel close,
+/// for the outcome is unknown.
+fn decision_of<T: 'static>(rx: flume::Receiver<T>, answer: fn(T) -> Answer) -> Waiting {
+    Box::pin(async move {
+        match rx.recv_async().await {
+            Ok(decision) => answer(decision),
+            Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
+        }
     })
 }
 

@@ -179,13 +179,8 @@ impl Shard {
         batch.next_offset = batch.records.last().map(|r| r.offset() + 1);
         // A cross-shard part is visible once its decision is applied here
         // (`member_txn.rs`); one still in doubt ends the chunk.
-        let (txns, decisions) = (&self.txn_log, &self.decisions);
-        let undecided = |txid: u64| txns.in_doubt.contains_key(&txid);
-        let decision = |txid: u64| {
-            decisions
-                .get(txid)
-                .or_else(|| txns.committed.contains(&txid).then_some(true))
-        };
+        let undecided = |txid: u64| self.txn_log.in_doubt.contains_key(&txid);
+        let decision = |txid: u64| self.known_decision(txid);
         let cx = ReadContext {
             shard,
             // Every offset applied is ≤ covered_offset; what comes later

@@ -69,8 +69,7 @@ impl Shard {
         let Some((_, inner)) = self.txn_log.in_doubt.remove(&txid) else {
             // Decided already, or unknown here: what the log says (an
             // unknown batch was never committed here: presumed abort).
-            return self.decisions.get(txid).unwrap_or(false)
-                || self.txn_log.committed.contains(&txid);
+            return self.known_decision(txid).unwrap_or(false);
         };
         if commit {
             if let Err(e) = self.apply_part(&inner) {

@@ -149,18 +149,29 @@ impl Shard {
             }
         } else {
             // Already decided (or never prepared here: presumed abort).
-            return self.decisions.get(txid).unwrap_or(false);
+            return self.known_decision(txid).unwrap_or(false);
         }
         self.log_decision(txid, commit, now);
         commit
     }
 
-    /// What the log decided for `txid` (`ShardMsg::Decision`).
+    /// What the log decided for `txid` (`ShardMsg::Decision`): `None`
+    /// while its part here is undecided, else the decision (presumed abort
+    /// for a batch the log knows nothing of).
     pub(super) fn logged_decision(&self, txid: u64) -> Option<bool> {
         if self.txns.contains_key(&txid) || self.txn_log.in_doubt.contains_key(&txid) {
             return None;
         }
-        Some(self.decisions.get(txid).unwrap_or(false) || self.txn_log.committed.contains(&txid))
+        Some(self.known_decision(txid).unwrap_or(false))
+    }
+
+    /// The decision the log holds for `txid`, if it holds one: a decision
+    /// record still indexed, or (a replicated shard, whose snapshots carry
+    /// them) a committed batch id.
+    pub(super) fn known_decision(&self, txid: u64) -> Option<bool> {
+        self.decisions
+            .get(txid)
+            .or_else(|| self.txn_log.committed.contains(&txid).then_some(true))
     }
 
     /// Stage `txid`'s Commit or Abort record and note the decision.
