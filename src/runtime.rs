@@ -214,7 +214,11 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
             )),
             _ => None,
         };
-        LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+        let placement = match config.cores.cpu_of(id, cpus) {
+            Some(cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spin_before_park(Duration::from_micros(EXECUTOR_SPIN_BEFORE_PARK_US))

@@ -3,7 +3,8 @@
 #   [CELLS="workload:conns:pipeline ..."] [DUR=10] [REPS=1] [FSYNC=every_write] \
 #   [OUT=bench-results/<date>/cluster-vs-single] bash bench-results/scripts/cluster-vs-single.sh
 # Every node and the single server run one shard (--shards 1) on a fresh
-# temp data dir with the same fsync policy. The cluster's three processes
+# temp data dir with the same fsync policy; node i pins its shard to CPU
+# i-1 (mod CPUs: `corestate.first_core`), the single server to CPU 0. The cluster's three processes
 # share this machine's cores and disk, so each acknowledged write here costs
 # three fsyncs on one disk (a majority, two, before the answer); on three
 # machines each node syncs its own. The bench drives the leader's node and,
@@ -94,6 +95,9 @@ start_cluster() {
     mkdir -p "$WORK/node-$i"
     cat >"$WORK/node-$i.yaml" <<YAML
 corestate:
+  # One machine: spread the nodes' shards over its cores (node 1 on CPU 0,
+  # node 2 on CPU 1, ...), or every node would pin its shard 0 to CPU 0.
+  first_core: $((i - 1))
   cluster:
     node_id: $i
     name: bench

@@ -88,6 +88,12 @@ pub(super) fn apply_env(
     if let Some((k, v)) = var("CORESTATE_SHARDS") {
         c.shards = check_shards(k, parse_u64(k, &v)?)?;
     }
+    if let Some((k, v)) = var("CORESTATE_FIRST_CORE") {
+        c.cores.first_core = check_range(k, parse_u64(k, &v)?, 0, FIRST_CORE_MAX)? as usize;
+    }
+    if let Some((k, v)) = var("CORESTATE_PIN_CORES") {
+        c.cores.pin = parse_bool(k, &v)?;
+    }
     if let Some((k, v)) = var("CORESTATE_HTTP_LISTEN") {
         c.http_listen = parse_listen(k, &v)?;
     }

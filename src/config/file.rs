@@ -225,6 +225,8 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
     if let Some(unknown) = corestate
         .unknown_keys(&[
             "shards",
+            "first_core",
+            "pin_cores",
             "max_inflight_requests_per_connection",
             "max_batch_ops",
             "log_format",
@@ -239,7 +241,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
         return Err(ConfigError::new(
             format!("corestate.{unknown}"),
             format!(
-                "unknown corestate setting in {} (expected shards, \
+                "unknown corestate setting in {} (expected shards, first_core, pin_cores, \
                  max_inflight_requests_per_connection, max_batch_ops, log_format, \
                  answer_buffer_per_connection_mb, answer_buffer_total_mb, \
                  request_buffer_per_connection_mb, http_listen or cluster)",
@@ -249,6 +251,12 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
     }
     if let Some((key, n)) = corestate.u64("shards")? {
         c.shards = check_shards(&key, n)?;
+    }
+    if let Some((key, n)) = corestate.u64("first_core")? {
+        c.cores.first_core = check_range(&key, n, 0, FIRST_CORE_MAX)? as usize;
+    }
+    if let Some(pin) = corestate.bool("pin_cores")? {
+        c.cores.pin = pin;
     }
     if let Some((key, n)) = corestate.u64("max_inflight_requests_per_connection")? {
         c.max_inflight_requests_per_connection =

@@ -64,6 +64,9 @@ pub const SHARDS_MIN: usize = 1;
 /// offset it writes (`shards::wal::offset`); one per core is the useful most.
 pub const SHARDS_MAX: usize = shards::wal::offset::SHARDS_MAX;
 
+/// Highest CPU number `corestate.first_core` may name.
+pub const FIRST_CORE_MAX: u64 = 4095;
+
 /// Bytes in one `*_mb` unit: rstmdb's "MB" is a MiB.
 pub const BYTES_PER_MB: u64 = 1024 * 1024;
 /// Default WAL segment size (`storage.wal_segment_size_mb`).
@@ -152,6 +155,8 @@ pub const ENV_VARS: &[&str] = &[
     "RSTMDB_METRICS_BIND",
     "RSTMDB_REPL_ROLE",
     "CORESTATE_SHARDS",
+    "CORESTATE_FIRST_CORE",
+    "CORESTATE_PIN_CORES",
     "CORESTATE_LOG_FORMAT",
     "CORESTATE_HTTP_LISTEN",
 ];
@@ -179,6 +184,47 @@ impl LogFormat {
     }
 }
 
+/// Where the shards' executors run. Pinned (the default), shard `i` runs
+/// on CPU `(first_core + i) mod CPUs`: one core per shard, and the shard
+/// that owns an instance always runs on the same core. Several nodes (or
+/// servers) on one machine should start at different cores — each would
+/// otherwise put its shard 0 on CPU 0, and they would share it while other
+/// cores idle — or leave placement to the kernel (`pin: false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorePlacement {
+    /// CPU of shard 0 (`corestate.first_core`).
+    pub first_core: usize,
+    /// Whether executors are pinned at all (`corestate.pin_cores`).
+    pub pin: bool,
+}
+
+impl Default for CorePlacement {
+    fn default() -> Self {
+        CorePlacement {
+            first_core: 0,
+            pin: true,
+        }
+    }
+}
+
+impl fmt::Display for CorePlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pin {
+            write!(f, "pinned from CPU {}", self.first_core)
+        } else {
+            f.write_str("unpinned")
+        }
+    }
+}
+
+impl CorePlacement {
+    /// The CPU shard `shard` runs on, on a machine with `cpus` CPUs, or
+    /// `None` when the kernel places it.
+    pub fn cpu_of(&self, shard: usize, cpus: usize) -> Option<usize> {
+        self.pin.then(|| (self.first_core + shard) % cpus.max(1))
+    }
+}
+
 /// The validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -188,6 +234,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Number of shards (`corestate.shards`), `SHARDS_MIN..=SHARDS_MAX`.
     pub shards: usize,
+    /// Where the shards' executors run (`corestate.first_core`,
+    /// `corestate.pin_cores`): see [`CorePlacement`].
+    pub cores: CorePlacement,
     /// WAL durability (`storage.fsync_policy`).
     pub fsync: FsyncPolicy,
     /// WAL segment size, from `storage.wal_segment_size_mb`.
@@ -301,6 +350,7 @@ impl Default for Config {
             bind: BIND_ADDR_DEFAULT,
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             shards: default_shards(),
+            cores: CorePlacement::default(),
             fsync: FsyncPolicy::EveryWrite,
             wal_segment_size_bytes: WAL_SEGMENT_SIZE_MB_DEFAULT * BYTES_PER_MB,
             max_machine_versions: 0,

@@ -9,4 +9,5 @@ mod support;
 mod auth_everywhere;
 mod limits;
 mod metrics;
+mod placement;
 mod shutdown;

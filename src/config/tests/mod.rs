@@ -562,4 +562,5 @@ fn summary_names_the_essentials() {
 }
 
 mod listeners;
+mod placement;
 mod validation;
