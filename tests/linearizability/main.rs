@@ -45,7 +45,7 @@ use corestate_checker::{
     History, Machine,
 };
 use deployment::Deployment;
-use support::{ids_on_shard, SHARDS};
+use support::{ids_on_shard, RawClient, SHARDS};
 use watcher::{run_watcher, WatchControl};
 use workload::{run_client, Rng, Target, INITIAL, TRANSITIONS};
 
@@ -226,7 +226,13 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             .cloned()
             .chain(batches::batch_instances(&sent))
             .collect();
-        let whole_log = committed::read_committed(&mut c, &everything);
+        // The log every node holds once each has applied what its groups
+        // committed. One node's own log is not enough on a cluster: a node
+        // leads some groups and follows others, and WAL_READ shows what it
+        // has applied — a lagging follower shows a prefix (a full test run
+        // once saw "lost" writes that way: the reader followed a group whose
+        // AppendEntries kept timing out on the loaded machine).
+        let (whole_log, replicas) = agreed_log(&mut deployment, &mut c, &everything);
         let last_transition = whole_log
             .iter()
             .filter(|e| matches!(e.change, Change::Apply { .. }))
@@ -242,14 +248,12 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             logs,
             stats,
             watch_log,
-            (whole_log, everything, sent),
+            (whole_log, replicas, sent),
             final_reads,
         )
     });
-    let (whole_log, everything, sent) = committed;
+    let (whole_log, replicas, sent) = committed;
     let load = load_started.elapsed();
-    // Every replica holds the leader's log (they may still be applying it).
-    let replicas = replicas_agree(&mut deployment, &everything, &whole_log);
     let (committed, batch_log): (Vec<Committed>, Vec<Committed>) = whole_log
         .iter()
         .cloned()
@@ -385,43 +389,53 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     }
 }
 
-/// On a cluster, each node's log of the instances (WAL_READ) equals the
-/// leader's, once the node has applied it.
-fn replicas_agree(
+/// The log of `instances` (WAL_READ) the checks use, and whether every
+/// replica holds it. A single server's is its own. On a cluster, every
+/// running node's log is read until all are equal on two reads in a row
+/// (each node applies every committed entry in time, and a group's leader
+/// has applied every write it acknowledged, so the logs meet at the whole
+/// committed log); nodes that still differ after `REPLICAS_CATCH_UP` are
+/// reported, and the checks then use `reader`'s log.
+fn agreed_log(
     deployment: &mut Deployment,
+    reader: &mut RawClient,
     instances: &[String],
-    leader_log: &[Committed],
-) -> Result<usize, String> {
-    let Deployment::Cluster(_) = deployment else {
-        return Ok(0);
-    };
+) -> (Vec<Committed>, Result<usize, String>) {
+    if let Deployment::Single(_) = deployment {
+        return (committed::read_committed(reader, instances), Ok(0));
+    }
     let started = Instant::now();
-    let mut checked = 0;
-    for server in deployment.servers() {
-        loop {
-            let log = committed::read_committed(&mut server.raw(), instances);
-            if log == leader_log {
-                checked += 1;
-                break;
-            }
-            if started.elapsed() > REPLICAS_CATCH_UP || log.len() > leader_log.len() {
-                let first = log.iter().zip(leader_log).position(|(a, b)| a != b);
-                let around = |l: &[Committed]| match first {
+    let mut previous: Option<Vec<Committed>> = None;
+    loop {
+        let mut logs: Vec<(u16, Vec<Committed>)> = deployment
+            .servers()
+            .into_iter()
+            .filter_map(|s| s.is_running().then(|| (s.port(), s.raw())))
+            .map(|(port, mut c)| (port, committed::read_committed(&mut c, instances)))
+            .collect();
+        let (_, first) = logs.swap_remove(0);
+        let differing = logs.iter().find(|(_, log)| *log != first);
+        match differing {
+            None if previous.as_ref() == Some(&first) => return (first, Ok(logs.len() + 1)),
+            None => previous = Some(first),
+            Some((port, log)) if started.elapsed() > REPLICAS_CATCH_UP => {
+                let at = log.iter().zip(&first).position(|(a, b)| a != b);
+                let around = |l: &[Committed]| match at {
                     Some(i) => format!("{:?}", &l[i.saturating_sub(1)..(i + 2).min(l.len())]),
                     None => String::new(),
                 };
-                return Err(format!(
-                    "the node on port {} holds {} writes, the leader {}; first difference at \
-                     {first:?}: the node's {}, the leader's {}",
-                    server.port(),
+                let problem = format!(
+                    "after {REPLICAS_CATCH_UP:?} the node on port {port} holds {} writes, \
+                     another {}; first difference at {at:?}: {} against {}",
                     log.len(),
-                    leader_log.len(),
-                    around(&log),
-                    around(leader_log)
-                ));
+                    first.len(),
+                    around(log),
+                    around(&first)
+                );
+                return (committed::read_committed(reader, instances), Err(problem));
             }
-            thread::sleep(Duration::from_millis(50));
+            Some(_) => previous = None,
         }
+        thread::sleep(Duration::from_millis(100));
     }
-    Ok(checked)
 }
