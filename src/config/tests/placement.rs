@@ -28,16 +28,21 @@ fn core_placement_from_file_and_env() {
     assert_eq!(c.cores.cpu_of(0, 2), None);
     assert_eq!(c.cores.to_string(), "unpinned");
 
-    assert_eq!(
-        err_key(load_yaml("corestate:\n  first_core: 5000\n")),
-        "corestate.first_core"
-    );
-    assert_eq!(
-        err_key(load_yaml("corestate:\n  pin_cores: sometimes\n")),
-        "corestate.pin_cores"
-    );
-    assert_eq!(
-        err_key(load_with(&[], &[("CORESTATE_FIRST_CORE", "-1")])),
-        "CORESTATE_FIRST_CORE"
-    );
+    let refused = [
+        (
+            load_yaml("corestate:\n  first_core: 5000\n"),
+            "corestate.first_core",
+        ),
+        (
+            load_yaml("corestate:\n  pin_cores: sometimes\n"),
+            "corestate.pin_cores",
+        ),
+        (
+            load_with(&[], &[("CORESTATE_FIRST_CORE", "-1")]),
+            "CORESTATE_FIRST_CORE",
+        ),
+    ];
+    for (loaded, key) in refused {
+        assert_eq!(err_key(loaded), key);
+    }
 }
