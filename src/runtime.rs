@@ -70,6 +70,27 @@ fn raise_memlock_limit() {
     }
 }
 
+/// No transparent huge pages for this process. mimalloc asks for them
+/// (`madvise(MADV_HUGEPAGE)` on its arenas), and the kernel then zeroes —
+/// and, its memory fragmented, first compacts — a whole 2 MiB page on the
+/// first touch of any of it, again after each time mimalloc gave freed
+/// memory back. Where the state grows (creates) that showed as
+/// `clear_page_erms` at 56–67 % of a node's CPU samples (3-node create
+/// 16×16) and in the tail: one node, durable create 16×16, p99 17–19 ms
+/// with huge pages and 2.3–5.8 ms without; throughput 65–70k → 96–126k
+/// ops/s in two batches of runs, no gain in two noisier ones; applies
+/// unchanged (bench-results/2026-12-05/thp-off-ab.md).
+fn disable_transparent_huge_pages() {
+    // SAFETY: a plain prctl on this process; it only sets a flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(
+            "could not turn transparent huge pages off for this process: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -152,6 +173,7 @@ pub const ACCEPTOR_SHARD: usize = 0;
 pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     install_panic_hook();
     raise_memlock_limit();
+    disable_transparent_huge_pages();
     // Before anything slow: a signal during recovery is kept and acted on
     // as soon as the acceptor runs.
     let shutdown = shutdown::install()?;

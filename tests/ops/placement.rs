@@ -1,5 +1,6 @@
 //! Where the shards' executors run (`corestate.first_core`,
-//! `corestate.pin_cores`): read back from the kernel, per thread.
+//! `corestate.pin_cores`), and the process's huge-page setting: read back
+//! from the kernel.
 
 use std::fs;
 
@@ -68,4 +69,18 @@ fn shards_are_pinned_from_first_core_or_left_to_the_kernel() {
         "{}",
         free.stderr_tail()
     );
+}
+
+/// The server turns transparent huge pages off for itself
+/// (`src/runtime.rs`): the kernel reports it per process.
+#[test]
+fn transparent_huge_pages_are_off_for_the_server() {
+    let server = Server::start(&[]);
+    let pid = server.pid().expect("pid");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    match status.lines().find_map(|l| l.strip_prefix("THP_enabled:")) {
+        Some(flag) => assert_eq!(flag.trim(), "0", "THP_enabled in /proc/{pid}/status"),
+        // Kernels before 6.0 do not report the flag.
+        None => eprintln!("this kernel does not report THP_enabled; not checked"),
+    }
 }
