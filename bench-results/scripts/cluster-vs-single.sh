@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # A 3-node replicated cluster against a single node, on this machine:
 #   [CELLS="workload:conns:pipeline ..."] [DUR=10] [REPS=1] [FSYNC=every_write] \
-#   [OUT=bench-results/<date>/cluster-vs-single] bash bench-results/scripts/cluster-vs-single.sh
+#   [PIN_CORES=false] [OUT=bench-results/<date>/cluster-vs-single] \
+#   bash bench-results/scripts/cluster-vs-single.sh
 # Every node and the single server run one shard (--shards 1) on a fresh
-# temp data dir with the same fsync policy; node i pins its shard to CPU
-# i-1 (mod CPUs: `corestate.first_core`), the single server to CPU 0. The cluster's three processes
+# temp data dir with the same fsync policy. The single server pins its shard
+# to CPU 0 (the default). The nodes' executors are left to the kernel
+# (`corestate.pin_cores: false`): three nodes on a 2-core machine cannot
+# each have a core, and pinned (PIN_CORES=true) node i takes CPU i-1 mod
+# CPUs (`corestate.first_core`), so two nodes share one core while the
+# other core has one. The cluster's three processes
 # share this machine's cores and disk, so each acknowledged write here costs
 # three fsyncs on one disk (a majority, two, before the answer); on three
 # machines each node syncs its own. The bench drives the leader's node and,
@@ -21,18 +26,20 @@ CELLS=${CELLS:-"apply:1:1 apply:16:1 apply:16:16 create:1:1 create:16:1 create:1
 DUR=${DUR:-10}
 REPS=${REPS:-1}
 FSYNC=${FSYNC:-every_write}
+PIN_CORES=${PIN_CORES:-false}
 OUT=${OUT:-bench-results/$(date -u +%F)/cluster-vs-single}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/cluster-bench.XXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # The servers' logs stay with the results (a run that failed needs them).
+  cp "$WORK"/*.log "$OUT"/ 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+source bench-results/scripts/cluster-node.sh
 
 # The RCP port of the node that leads shard 0's group (asked of $1).
 leader_port() {
@@ -93,23 +100,7 @@ start_cluster() {
   for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
   for i in 1 2 3; do
     mkdir -p "$WORK/node-$i"
-    cat >"$WORK/node-$i.yaml" <<YAML
-corestate:
-  # One machine: spread the nodes' shards over its cores (node 1 on CPU 0,
-  # node 2 on CPU 1, ...), or every node would pin its shard 0 to CPU 0.
-  first_core: $((i - 1))
-  cluster:
-    node_id: $i
-    name: bench
-    # The bench finds the leader once: it must not move during the runs.
-    balance_leaders: false
-    token: cluster-bench-token-0123456789
-    peer_listen: "127.0.0.1:${peers[$((i - 1))]}"
-    members:
-      - {id: 1, peer: "127.0.0.1:${peers[0]}"}
-      - {id: 2, peer: "127.0.0.1:${peers[1]}"}
-      - {id: 3, peer: "127.0.0.1:${peers[2]}"}
-YAML
+    bench_node_yaml "$i" "$PIN_CORES" "${peers[@]}" >"$WORK/node-$i.yaml"
     "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
       --data-dir "$WORK/node-$i" --fsync "$FSYNC" --shards 1 2>"$WORK/node-$i.log" &
     NODE_PIDS+=($!)
@@ -153,35 +144,49 @@ for cell in $CELLS; do
   done
 done
 
-python3 - "$OUT" "$DUR" "$FSYNC" <<'PY'
+python3 - "$OUT" "$DUR" "$FSYNC" "$PIN_CORES" <<'PY'
 import glob, json, os, sys
-out, dur, fsync = sys.argv[1], sys.argv[2], sys.argv[3]
+out, dur, fsync, pin = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 rows = {}
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     d = json.load(open(path))
     r, c = d["results"], d["config"]
     key = (c["workload"], c["connections"], c["pipeline"])
     label = d["tags"]["deployment"]
-    rows.setdefault(key, {})[label] = r
+    rows.setdefault(key, {}).setdefault(label, []).append(r)
 lines = [
-    f"# 3-node cluster vs single node, fsync {fsync}, {dur} s per run",
+    f"# 3-node cluster vs single node, fsync {fsync}, {dur} s per run, cluster nodes pinned: {pin}",
     "",
     "Command: `bash bench-results/scripts/cluster-vs-single.sh` (one shard per process;"
-    " the three nodes share this 2-core machine and its disk).",
+    " the three nodes share this 2-core machine and its disk). Each cell: the median"
+    " run of its repetitions (ops/s of every run in brackets), its p50 and its errors.",
     "",
     "| cell | single ops/s | cluster via leader ops/s | ratio | via follower ops/s | ratio |"
     " p50 µs single / leader / follower | errors (leader, follower) |",
     "|---|---:|---:|---:|---:|---:|---|---|",
 ]
+def median(runs):
+    if not runs:
+        return None
+    return sorted(runs, key=lambda r: r["ops_per_sec"])[len(runs) // 2]
 def ops(r):
     return r["ops_per_sec"] if r else 0.0
+def cell(runs):
+    m = median(runs)
+    if m is None:
+        return "–"
+    every = ", ".join(f"{r['ops_per_sec']:,.0f}" for r in runs)
+    return f"{ops(m):,.0f} [{every}]" if len(runs) > 1 else f"{ops(m):,.0f}"
 for (wl, conns, pipe), by in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-    s, l, f = by.get("single"), by.get("cluster-leader"), by.get("cluster-follower")
+    runs = [by.get(k, []) for k in ("single", "cluster-leader", "cluster-follower")]
+    s, l, f = (median(r) for r in runs)
     ratio = lambda x: f"{ops(x) / ops(s):.2f}×" if s and x and ops(s) else "–"
     p50 = " / ".join(str(x["latency"]["p50_us"]) if x else "–" for x in (s, l, f))
-    errs = f'{l["errors_total"] if l else "–"}, {f["errors_total"] if f else "–"}'
+    errs = ", ".join(
+        "–" if not r else "+".join(str(x["errors_total"]) for x in r) for r in runs[1:]
+    )
     lines.append(
-        f"| {wl} {conns}×{pipe} | {ops(s):,.0f} | {ops(l):,.0f} | {ratio(l)} | {ops(f):,.0f} |"
+        f"| {wl} {conns}×{pipe} | {cell(runs[0])} | {cell(runs[1])} | {ratio(l)} | {cell(runs[2])} |"
         f" {ratio(f)} | {p50} | {errs} |"
     )
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")

@@ -15,27 +15,12 @@ WORK=$(mktemp -d /tmp/prof-cluster.XXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+source bench-results/scripts/cluster-node.sh
 peers=(); PORTS=()
 for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
 for i in 1 2 3; do
   mkdir -p "$WORK/node-$i"
-  cat >"$WORK/node-$i.yaml" <<YAML
-corestate:
-  first_core: $((i - 1))
-  pin_cores: ${PIN:-true}
-  cluster:
-    node_id: $i
-    name: bench
-    balance_leaders: false
-    token: cluster-bench-token-0123456789
-    peer_listen: "127.0.0.1:${peers[$((i - 1))]}"
-    members:
-      - {id: 1, peer: "127.0.0.1:${peers[0]}"}
-      - {id: 2, peer: "127.0.0.1:${peers[1]}"}
-      - {id: 3, peer: "127.0.0.1:${peers[2]}"}
-YAML
+  bench_node_yaml "$i" "${PIN:-true}" "${peers[@]}" >"$WORK/node-$i.yaml"
   "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
     --data-dir "$WORK/node-$i" --fsync every_write --shards 1 2>"$OUT/node-$i.log" &
   PIDS+=($!)
