@@ -27,7 +27,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, Snapsh
 use shards::env::Storage;
 use shards::shard::group_link::{Committed, Delivery, LoggedTurn, SnapshotPart};
 
-use super::snapshot::{decode_group, encode_group, GroupSnapshotBytes};
+use super::snapshot::{decode_group, encode_group_image, GroupSnapshotBytes};
 use super::state_machine::summarize_turn;
 use super::{snapshot_file, GroupLogId, GroupMembership, ShardGroup, TurnApplied};
 use crate::log_store::{WalLogReader, WalLogStore};
@@ -203,25 +203,41 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
                 last_membership: a.membership.clone(),
             }
         };
-        self.deliver(Delivery::Visit(Box::new(move |state, position, txns| {
-            let _ = answer.send(encode_group(state, position, txns));
-        })))
-        .await?;
+        // The loop takes it in slices between its turns
+        // (`shards::shard::member_snapshot`); sealing it and writing the
+        // file run on a thread of their own. Either, done in the loop in
+        // one go, stopped it for seconds once a shard held a million
+        // instances — on every node at once.
+        self.deliver(Delivery::Snapshot(answer)).await?;
         let shard = self.0.borrow().shard;
-        let bytes = answered.recv_async().await.map_err(|_| loop_gone(shard))?;
+        let taken = answered
+            .recv_async()
+            .await
+            .map_err(|_| io::Error::other(format!("shard {shard}: the snapshot was abandoned")))?;
+        let (storage, dir) = {
+            let a = self.0.borrow();
+            (a.storage.clone(), a.snapshot_dir.clone())
+        };
+        let (done, written) = flume::bounded(1);
+        let file_meta = meta.clone();
+        std::thread::Builder::new()
+            .name(format!("snapshot-{shard}"))
+            .spawn(move || {
+                let bytes = GroupSnapshotBytes(encode_group_image(taken));
+                // On disk before openraft may purge the log it covers.
+                let result =
+                    snapshot_file::write(&*storage, &dir, &file_meta, &bytes).map(|()| bytes);
+                let _ = done.send(result);
+            })?;
+        let bytes = written
+            .recv_async()
+            .await
+            .map_err(|_| io::Error::other(format!("shard {shard}: the snapshot thread died")))??;
         let snapshot = Snapshot {
             meta,
-            snapshot: GroupSnapshotBytes(bytes),
+            snapshot: bytes,
         };
-        let mut a = self.0.borrow_mut();
-        // On disk before openraft may purge the log it covers.
-        snapshot_file::write(
-            &*a.storage,
-            &a.snapshot_dir,
-            &snapshot.meta,
-            &snapshot.snapshot,
-        )?;
-        a.current_snapshot = Some(snapshot.clone());
+        self.0.borrow_mut().current_snapshot = Some(snapshot.clone());
         Ok(snapshot)
     }
 }

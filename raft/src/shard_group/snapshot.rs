@@ -21,6 +21,7 @@
 use std::fmt;
 
 use crate::net::SnapshotWire;
+use shards::shard::group_link::GroupImage;
 use shards::shard::replay::TxnLog;
 use shards::shard::state::ShardState;
 use shards::snapshot::{decode_state, encode, LogPosition, SnapshotData, SnapshotError};
@@ -95,24 +96,41 @@ impl std::error::Error for GroupSnapshotError {}
 
 /// Encode the state of a group member.
 pub fn encode_group(state: &ShardState, position: LogPosition, txns: &TxnLog) -> Vec<u8> {
+    // Sorted, so that equal states encode to equal bytes.
+    let mut in_doubt: Vec<(u64, u32, Vec<u8>)> = txns
+        .in_doubt
+        .iter()
+        .map(|(txid, (decider, records))| (*txid, *decider, records.clone()))
+        .collect();
+    in_doubt.sort_by_key(|(txid, _, _)| *txid);
+    let mut committed: Vec<u64> = txns.committed.iter().copied().collect();
+    committed.sort_unstable();
     let inner = encode(&SnapshotData::from_state(state, position));
+    wrap_group(&inner, &in_doubt, &committed)
+}
+
+/// Encode a snapshot a member's loop took (`shards::shard::member_snapshot`):
+/// the same bytes as [`encode_group`] of that state, but for the order of
+/// the instances.
+pub fn encode_group_image(taken: GroupImage) -> Vec<u8> {
+    wrap_group(&taken.image.seal(), &taken.in_doubt, &taken.committed)
+}
+
+/// The group snapshot around a shard's snapshot image `inner`: the parts
+/// in doubt and the committed batch ids (both sorted), then a checksum.
+fn wrap_group(inner: &[u8], in_doubt: &[(u64, u32, Vec<u8>)], committed: &[u64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(inner.len() + 64);
     out.extend_from_slice(&GROUP_SNAPSHOT_MAGIC);
     out.extend_from_slice(&GROUP_SNAPSHOT_VERSION.to_le_bytes());
     out.extend_from_slice(&(inner.len() as u64).to_le_bytes());
-    out.extend_from_slice(&inner);
-    // Sorted, so that equal states encode to equal bytes.
-    let mut in_doubt: Vec<_> = txns.in_doubt.iter().collect();
-    in_doubt.sort_by_key(|(txid, _)| **txid);
+    out.extend_from_slice(inner);
     out.extend_from_slice(&(in_doubt.len() as u32).to_le_bytes());
-    for (txid, (decider, records)) in in_doubt {
+    for (txid, decider, records) in in_doubt {
         out.extend_from_slice(&txid.to_le_bytes());
         out.extend_from_slice(&decider.to_le_bytes());
         out.extend_from_slice(&(records.len() as u32).to_le_bytes());
         out.extend_from_slice(records);
     }
-    let mut committed: Vec<u64> = txns.committed.iter().copied().collect();
-    committed.sort_unstable();
     out.extend_from_slice(&(committed.len() as u32).to_le_bytes());
     for txid in committed {
         out.extend_from_slice(&txid.to_le_bytes());

@@ -195,6 +195,20 @@ pub enum Delivery {
     Install(Box<SnapshotPart>),
     /// Look at the state as applied so far (no speculative turn in it).
     Visit(Visit),
+    /// Take a snapshot of the state as applied so far, in slices between
+    /// the loop's turns (`member_snapshot.rs`); the image goes to the
+    /// sender once complete (dropped: the job was abandoned).
+    Snapshot(flume::Sender<GroupImage>),
+}
+
+/// A member's snapshot, taken by its loop: the shard's image (unsealed)
+/// and the cross-shard batch bookkeeping as of the snapshot's log index.
+pub struct GroupImage {
+    pub image: crate::snapshot::codec::UnsealedImage,
+    /// Batch parts in doubt: (txid, decider, records), by txid.
+    pub in_doubt: Vec<(u64, u32, Vec<u8>)>,
+    /// Committed batch ids, sorted.
+    pub committed: Vec<u64>,
 }
 
 /// Everything the group delivers to a member's loop: `early`, what came

@@ -57,12 +57,16 @@ impl Shard {
                 if part.index <= self.member().applied_index {
                     return;
                 }
+                // A snapshot being taken lists the instances of the state
+                // this one replaces: it is abandoned (openraft asks again).
+                self.member_mut().snapshot_job = None;
                 self.install(*part);
                 // What the snapshot holds was published by whoever applied it.
                 self.state.events.clear();
                 self.watermark_moved();
             }
             Delivery::Visit(visit) => visit(&self.state, self.member().position, &self.txn_log),
+            Delivery::Snapshot(done) => self.start_member_snapshot(done),
         }
     }
 
@@ -179,6 +183,8 @@ impl Shard {
             }
         }
         let m = self.member_mut();
+        // The state was replaced: a snapshot being taken is abandoned.
+        m.snapshot_job = None;
         m.ready_term = None;
         m.own_index = None;
         let entries = m.position.entries;

@@ -13,6 +13,7 @@ pub mod log_read;
 mod member_apply;
 mod member_gate;
 pub mod member_read;
+mod member_snapshot;
 mod member_tasks;
 mod member_txn;
 pub mod member_watermark;

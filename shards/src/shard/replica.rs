@@ -60,6 +60,7 @@ use super::events::Publication;
 use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError};
 use super::member_gate::{needs_leader, refuse};
 use super::member_read::OffsetIndex;
+use super::member_snapshot::GroupSnapshotJob;
 use super::member_watermark::WatermarkAsks;
 use super::replay::ReplayCounts;
 use super::runner::{
@@ -93,6 +94,8 @@ pub struct MemberSide {
     /// When each cross-shard part held in doubt here was prepared (or
     /// found, after a snapshot or restart): `member_txn.rs`.
     pub(super) prepared_at: HashMap<u64, Duration>,
+    /// The group snapshot being taken (`member_snapshot.rs`).
+    pub(super) snapshot_job: Option<GroupSnapshotJob>,
 }
 
 /// What woke the member's loop.
@@ -145,6 +148,7 @@ impl Shard {
             watermark: WatermarkAsks::default(),
             carried: None,
             prepared_at: HashMap::new(),
+            snapshot_job: None,
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.
@@ -251,6 +255,9 @@ impl Shard {
             if !self.state.events.is_empty() || self.publish_requested {
                 self.publish(publisher.as_ref());
             }
+            // Between turns the state is the committed one: a slice of the
+            // group snapshot being taken, if any.
+            self.step_member_snapshot();
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
             if let Some(done) = self.stopping.take() {
                 let _ = done.send(());
@@ -270,7 +277,7 @@ impl Shard {
         deliveries: &flume::Receiver<Delivery>,
         tick: Duration,
     ) -> Wake {
-        let wait = if self.wake_waiting {
+        let wait = if self.wake_waiting || self.member_snapshot_running() {
             Duration::ZERO
         } else {
             tick
