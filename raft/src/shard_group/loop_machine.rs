@@ -1,19 +1,21 @@
 //! [`LoopMachine`]: openraft's state machine for a shard whose state the
 //! shard loop keeps (`shards::shard::replica`). It holds no shard state:
 //! applying an entry delivers its records to the loop, installing a
-//! snapshot delivers the decoded state, building one asks the loop for a
-//! look at its applied state. What it keeps is openraft's bookkeeping —
-//! the last applied log id, the membership, the current snapshot (on disk,
-//! `snapshot_file.rs`) — and a reader of the member's log, from which the
-//! loop rebuilds after its memory ran ahead of the log ([`MemberLink`]).
+//! snapshot delivers the decoded state, building one asks the loop to take
+//! one in slices between its turns (`shards::shard::member_snapshot`).
+//! What it keeps is openraft's bookkeeping — the last applied log id, the
+//! membership, the current snapshot (on disk, `snapshot_file.rs`) — and a
+//! reader of the member's log, from which the loop rebuilds after its
+//! memory ran ahead of the log ([`MemberLink`]).
 //!
 //! Deliveries are queued, not handed over: openraft answers a proposal
 //! only after applying its entry, and the leader's loop is waiting for
-//! that answer (`deliver` says why a full queue cannot deadlock). A snapshot is built in a task of openraft's own, so waiting
-//! there for the loop's look stalls nothing.
+//! that answer (`deliver` says why a full queue cannot deadlock). A
+//! snapshot is built in a task of openraft's own, so waiting there for the
+//! loop's slices stalls nothing.
 //!
-//! Batches in doubt are not part of these snapshots: a member shard refuses
-//! atomic batches for now (see `replica.rs`).
+//! A group snapshot also holds the member's cross-shard batch parts in
+//! doubt and the committed batch ids (`snapshot.rs`).
 
 use std::cell::RefCell;
 use std::io;
