@@ -22,7 +22,7 @@ use std::fmt;
 
 use crate::net::SnapshotWire;
 use shards::shard::group_link::GroupImage;
-use shards::shard::replay::TxnLog;
+use shards::shard::replay::{InDoubtPart, TxnLog};
 use shards::shard::state::ShardState;
 use shards::snapshot::{decode_state, encode, LogPosition, SnapshotData, SnapshotError};
 
@@ -96,15 +96,7 @@ impl std::error::Error for GroupSnapshotError {}
 
 /// Encode the state of a group member.
 pub fn encode_group(state: &ShardState, position: LogPosition, txns: &TxnLog) -> Vec<u8> {
-    // Sorted, so that equal states encode to equal bytes.
-    let mut in_doubt: Vec<(u64, u32, Vec<u8>)> = txns
-        .in_doubt
-        .iter()
-        .map(|(txid, (decider, records))| (*txid, *decider, records.clone()))
-        .collect();
-    in_doubt.sort_by_key(|(txid, _, _)| *txid);
-    let mut committed: Vec<u64> = txns.committed.iter().copied().collect();
-    committed.sort_unstable();
+    let (in_doubt, committed) = txns.sorted_copy();
     let inner = encode(&SnapshotData::from_state(state, position));
     wrap_group(&inner, &in_doubt, &committed)
 }
@@ -118,7 +110,7 @@ pub fn encode_group_image(taken: GroupImage) -> Vec<u8> {
 
 /// The group snapshot around a shard's snapshot image `inner`: the parts
 /// in doubt and the committed batch ids (both sorted), then a checksum.
-fn wrap_group(inner: &[u8], in_doubt: &[(u64, u32, Vec<u8>)], committed: &[u64]) -> Vec<u8> {
+fn wrap_group(inner: &[u8], in_doubt: &[InDoubtPart], committed: &[u64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(inner.len() + 64);
     out.extend_from_slice(&GROUP_SNAPSHOT_MAGIC);
     out.extend_from_slice(&GROUP_SNAPSHOT_VERSION.to_le_bytes());

@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::replay::TxnLog;
+use super::replay::{InDoubtPart, TxnLog};
 use super::state::ShardState;
 use crate::error::{EngineError, ErrorCode};
 use crate::snapshot::LogPosition;
@@ -183,9 +183,6 @@ pub struct Committed {
 /// One committed entry's records: (log index, records).
 pub type LoggedTurn = (u64, Vec<u8>);
 
-/// A look at the applied state and where the shard's log stands.
-pub type Visit = Box<dyn FnOnce(&ShardState, LogPosition, &TxnLog)>;
-
 /// What the group delivers to the shard loop, in log order.
 pub enum Delivery {
     /// A committed entry: its log index and records. Blank and membership
@@ -193,8 +190,6 @@ pub enum Delivery {
     Apply { index: u64, records: Vec<u8> },
     /// Replace the state with a snapshot's.
     Install(Box<SnapshotPart>),
-    /// Look at the state as applied so far (no speculative turn in it).
-    Visit(Visit),
     /// Take a snapshot of the state as applied so far, in slices between
     /// the loop's turns (`member_snapshot.rs`); the image goes to the
     /// sender once complete (dropped: the job was abandoned).
@@ -205,8 +200,8 @@ pub enum Delivery {
 /// and the cross-shard batch bookkeeping as of the snapshot's log index.
 pub struct GroupImage {
     pub image: crate::snapshot::codec::UnsealedImage,
-    /// Batch parts in doubt: (txid, decider, records), by txid.
-    pub in_doubt: Vec<(u64, u32, Vec<u8>)>,
+    /// Batch parts in doubt, by txid.
+    pub in_doubt: Vec<InDoubtPart>,
     /// Committed batch ids, sorted.
     pub committed: Vec<u64>,
 }
@@ -250,8 +245,8 @@ pub trait GroupLink {
     /// wait until it covers everything applied at the call: `Ok(true)`
     /// then, `Ok(false)` when a snapshot covered it already. The log
     /// behind it is then purged and its segments retired in the
-    /// background. Runs as its own task: building reads the state through
-    /// the loop (`Delivery::Visit`).
+    /// background. Runs as its own task: the loop takes the snapshot in
+    /// slices (`Delivery::Snapshot`).
     fn snapshot_now(&self) -> LinkFuture<Result<bool, String>>;
     /// What this member knows of its group now, as JSON (role, leader,
     /// term, log indexes, voters, and on a leader each follower's lag):

@@ -65,7 +65,6 @@ impl Shard {
                 self.state.events.clear();
                 self.watermark_moved();
             }
-            Delivery::Visit(visit) => visit(&self.state, self.member().position, &self.txn_log),
             Delivery::Snapshot(done) => self.start_member_snapshot(done),
         }
     }

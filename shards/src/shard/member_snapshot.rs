@@ -26,13 +26,14 @@
 use std::time::Duration;
 
 use super::group_link::GroupImage;
+use super::replay::InDoubtPart;
 use super::runner::Shard;
 use super::snapshotting::{SliceOutcome, SnapshotJob, SNAPSHOT_SLICE_US};
 
 /// A group snapshot being taken.
 pub struct GroupSnapshotJob {
     job: SnapshotJob,
-    in_doubt: Vec<(u64, u32, Vec<u8>)>,
+    in_doubt: Vec<InDoubtPart>,
     committed: Vec<u64>,
     done: flume::Sender<GroupImage>,
 }
@@ -41,15 +42,7 @@ impl Shard {
     /// Start the snapshot `done` waits for: the state now reflects every
     /// entry up to its index (deliveries come in log order).
     pub(super) fn start_member_snapshot(&mut self, done: flume::Sender<GroupImage>) {
-        let mut in_doubt: Vec<(u64, u32, Vec<u8>)> = self
-            .txn_log
-            .in_doubt
-            .iter()
-            .map(|(txid, (decider, records))| (*txid, *decider, records.clone()))
-            .collect();
-        in_doubt.sort_by_key(|(txid, _, _)| *txid);
-        let mut committed: Vec<u64> = self.txn_log.committed.iter().copied().collect();
-        committed.sort_unstable();
+        let (in_doubt, committed) = self.txn_log.sorted_copy();
         let position = self.member().position;
         let job = SnapshotJob::start(&self.state, position, &*self.env.clock);
         // A newer request replaces an older one (openraft gave up on it).

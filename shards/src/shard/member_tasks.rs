@@ -1,8 +1,8 @@
 //! Work a member shard runs beside its loop, as tasks on its executor,
 //! because the loop must go on turning meanwhile: a change of the group's
 //! members (adding one waits until it has caught up, minutes for a large
-//! shard) and COMPACT's group snapshot (built by reading the state through
-//! the loop's `Delivery::Visit`).
+//! shard) and COMPACT's group snapshot (which the loop takes in slices,
+//! `member_snapshot.rs`).
 
 use super::group_link::MemberChange;
 use super::runner::Shard;

@@ -36,6 +36,26 @@ pub struct TxnLog {
     pub committed: HashSet<u64>,
 }
 
+/// A batch part in doubt as a snapshot holds it: (txid, decider shard,
+/// inner records).
+pub type InDoubtPart = (u64, u32, Vec<u8>);
+
+impl TxnLog {
+    /// A copy for a snapshot: the parts in doubt and the committed batch
+    /// ids, each sorted by txid (equal logs give equal bytes).
+    pub fn sorted_copy(&self) -> (Vec<InDoubtPart>, Vec<u64>) {
+        let mut in_doubt: Vec<InDoubtPart> = self
+            .in_doubt
+            .iter()
+            .map(|(txid, (decider, records))| (*txid, *decider, records.clone()))
+            .collect();
+        in_doubt.sort_by_key(|(txid, _, _)| *txid);
+        let mut committed: Vec<u64> = self.committed.iter().copied().collect();
+        committed.sort_unstable();
+        (in_doubt, committed)
+    }
+}
+
 impl ShardState {
     /// Replay one record of any kind.
     pub fn replay_any(
