@@ -67,7 +67,7 @@ impl Shard {
             .order
             .iter()
             .flatten()
-            .find(|id| !self.state.instances.contains_key(&***id))
+            .find(|id| !self.state.instances.contains_key(id))
         {
             return Err(format!(
                 "shard {shard}: {id} is in the listing order but not in the table"

@@ -11,6 +11,7 @@ use hashbrown::HashMap;
 
 use crate::error::{EngineError, EngineResult, ErrorCode};
 use crate::instance::Instance;
+use crate::instance_table::InstanceTable;
 use crate::machine::definition::MachineDef;
 use crate::shard::events::WatchEvent;
 use crate::wal::entry;
@@ -75,7 +76,7 @@ impl MachineRegistry {
 pub struct ShardState {
     pub shard_id: usize,
     pub machines: MachineRegistry,
-    pub instances: HashMap<String, Instance>,
+    pub instances: InstanceTable,
     /// Every instance id in the order it was first inserted; `None` where an
     /// instance was removed again (a batch's create undone). Instances are
     /// otherwise never removed (deletes are soft), so this is append-only and
@@ -96,7 +97,7 @@ impl ShardState {
         ShardState {
             shard_id,
             machines: MachineRegistry::default(),
-            instances: HashMap::new(),
+            instances: InstanceTable::new(),
             order: Vec::new(),
             order_generation: 0,
             allow_instance_recreate,

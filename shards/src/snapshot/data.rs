@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashMap;
-
 use super::codec::LogPosition;
 use crate::instance::Instance;
+use crate::instance_table::InstanceTable;
 use crate::machine::definition::MachineDef;
 use crate::shard::state::ShardState;
 
@@ -62,7 +61,8 @@ impl SnapshotData {
         for def in self.machines {
             state.machines.insert(def);
         }
-        let mut instances = HashMap::with_capacity(self.instances.len());
+        let mut instances = InstanceTable::new();
+        instances.reserve(self.instances.len());
         for (id, inst) in self.instances {
             instances.insert(id, inst);
         }

@@ -296,9 +296,9 @@ impl InstanceSink for Vec<(String, Instance)> {
     }
 }
 
-impl InstanceSink for HashMap<String, Instance> {
+impl InstanceSink for InstanceTable {
     fn reserve(&mut self, additional: usize) {
-        HashMap::reserve(self, additional);
+        InstanceTable::reserve(self, additional);
     }
 
     fn put(&mut self, id: String, inst: Instance) {
@@ -397,7 +397,7 @@ pub fn decode_state(
     bytes: &[u8],
     allow_instance_recreate: bool,
 ) -> Result<(ShardState, SnapshotHeader), SnapshotError> {
-    let mut instances = HashMap::new();
+    let mut instances = InstanceTable::new();
     let (header, machines) = decode_items(bytes, &mut instances)?;
     let mut state = ShardState::new(header.shard as usize, allow_instance_recreate);
     for def in machines {

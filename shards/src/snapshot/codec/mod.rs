@@ -58,6 +58,7 @@ use serde_json::{Map, Number, Value};
 use super::data::SnapshotData;
 use crate::instance::IDEMPOTENCY_KEYS_PER_INSTANCE_MAX;
 use crate::instance::{AppliedKeys, CachedApply, Creation, Instance};
+use crate::instance_table::InstanceTable;
 use crate::json::canonical;
 use crate::machine::definition::{parse_definition, MachineDef};
 use crate::shard::state::ShardState;
