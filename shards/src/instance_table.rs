@@ -73,6 +73,11 @@ fn grow_at(index: usize, capacity: usize) -> usize {
     capacity / 2 + capacity * index / (2 * INSTANCE_TABLE_PARTITIONS)
 }
 
+/// What a partition's table needs to place its entries again when it grows.
+fn rehash(hasher: &DefaultHashBuilder) -> impl Fn(&Entry) -> u64 + '_ {
+    move |(k, _)| in_partition(hasher.hash_one(k.as_str()))
+}
+
 fn partition_of(hash: u64) -> usize {
     (hash >> (u64::BITS - INSTANCE_TABLE_PARTITION_BITS)) as usize
 }
@@ -127,15 +132,9 @@ impl InstanceTable {
         let capacity = part.capacity();
         if part.len() >= grow_at(index, capacity) {
             // Double now rather than when full (see the module's doc).
-            part.reserve(capacity + 1 - part.len(), |(k, _)| {
-                in_partition(hasher.hash_one(k.as_str()))
-            });
+            part.reserve(capacity + 1 - part.len(), rehash(hasher));
         }
-        match part.entry(
-            in_partition(hash),
-            |(k, _)| *k == id,
-            |(k, _)| in_partition(hasher.hash_one(k.as_str())),
-        ) {
+        match part.entry(in_partition(hash), |(k, _)| *k == id, rehash(hasher)) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 Some(std::mem::replace(&mut slot.get_mut().1, inst))
             }
@@ -163,7 +162,7 @@ impl InstanceTable {
         let each = additional.div_ceil(INSTANCE_TABLE_PARTITIONS);
         let hasher = &self.hasher;
         for part in self.parts.iter_mut() {
-            part.reserve(each, |(k, _)| in_partition(hasher.hash_one(k.as_str())));
+            part.reserve(each, rehash(hasher));
         }
     }
 
@@ -198,15 +197,6 @@ impl<K: AsRef<str> + ?Sized> std::ops::Index<&K> for InstanceTable {
         let id = id.as_ref();
         self.get(id)
             .unwrap_or_else(|| panic!("instance {id} is not in the table"))
-    }
-}
-
-impl<'a> IntoIterator for &'a InstanceTable {
-    type Item = (&'a String, &'a Instance);
-    type IntoIter = Box<dyn Iterator<Item = (&'a String, &'a Instance)> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
     }
 }
 

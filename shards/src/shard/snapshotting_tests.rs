@@ -122,7 +122,7 @@ fn facts(i: &Instance) -> String {
 
 fn assert_same(recovered: &ShardState, live: &ShardState) {
     assert_eq!(recovered.instances.len(), live.instances.len());
-    for (id, inst) in &live.instances {
+    for (id, inst) in live.instances.iter() {
         let got = recovered.instances.get(id).map(facts);
         assert_eq!(got, Some(facts(inst)), "instance {id}");
     }

@@ -266,7 +266,7 @@ pub fn encode(data: &SnapshotData) -> Vec<u8> {
 /// `SnapshotEncoder`).
 pub fn encode_state(state: &ShardState, at: LogPosition) -> Vec<u8> {
     let mut enc = SnapshotEncoder::for_state(state, at, state.instances.len());
-    for (id, inst) in &state.instances {
+    for (id, inst) in state.instances.iter() {
         enc.add_instance(id, inst);
     }
     enc.finish()

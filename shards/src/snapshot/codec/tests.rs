@@ -110,7 +110,7 @@ fn assert_same(a: &SnapshotData, b: &SnapshotData) {
         assert_eq!(**x, **y);
     }
     assert_eq!(a.instances.len(), b.instances.len());
-    for ((ia, x), (ib, y)) in a.instances.iter().zip(&b.instances) {
+    for ((ia, x), (ib, y)) in a.instances.iter().zip(b.instances.iter()) {
         assert_eq!(ia, ib);
         assert_same_instance(x, y);
     }
