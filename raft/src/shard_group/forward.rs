@@ -1,10 +1,11 @@
 //! Forwarding a client's operation to its shard's leader (issue 14: any
 //! node serves any request). A follower's shard loop hands the operations
-//! it cannot run to [`forward`]; they travel as one `ShardCall` frame per
-//! operation over the peer transport to the leader's node, whose group
-//! server puts them into the leader's shard mailbox marked as forwarded
-//! ([`serve_forwarded`]); the answer comes back and goes to the client's
-//! reply channel as if the follower had answered.
+//! it cannot run to its `ForwardQueue` (`forward_batch.rs`), which sends a
+//! turn's operations to the leader's node as one `ShardCall` frame (a JSON
+//! array of [`Forwarded`]); the leader's group server puts them into the
+//! leader's shard mailbox marked as forwarded ([`serve_forwarded`]) and
+//! answers with an array of the same length; each answer goes to its
+//! client's reply channel as if the follower had answered.
 //!
 //! * **Once.** A forwarded operation is never forwarded again: a node that
 //!   is no longer the leader when it arrives refuses it with the failover
@@ -12,13 +13,18 @@
 //! * **Order.** A follower forwards a turn's operations in the order they
 //!   came, over the one connection its executor has to the leader; the
 //!   leader's listener queues calls in arrival order, and its group server
-//!   puts each into the shard mailbox before it waits for anything — so one
-//!   connection's operations reach the leader's loop in their order.
-//!   Across a leadership change that order is not kept (an operation
-//!   forwarded to the old leader may arrive after one the new leader ran).
-//! * **Bounds.** A forwarded call waits at most `FORWARD_TIMEOUT_MS`; a
-//!   call that fails or times out is answered with the failover error
+//!   puts each batch's operations into the shard mailbox, in array order,
+//!   before it waits for anything — so one connection's operations reach
+//!   the leader's loop in their order. Across a leadership change that
+//!   order is not kept (an operation forwarded to the old leader may
+//!   arrive after one the new leader ran).
+//! * **Bounds.** A forwarded batch waits at most the longest timeout of
+//!   its operations (`FORWARD_TIMEOUT_MS` but for membership changes); a
+//!   batch that fails or times out is answered with the failover error
 //!   (retryable; a write's outcome may then be unknown, as in a failover).
+//!   The answers of a batch fill at most [`FORWARD_ANSWERS_BYTES_MAX`]; an
+//!   answer past that is replaced by an error (outcome unknown, retryable)
+//!   rather than sending a frame the follower must refuse.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,9 +40,9 @@ use shards::shard::group_link::{LinkError, MemberChange};
 use shards::shard::{BatchVote, Command, ListPage, ListQuery, ReplyTo, ShardMsg};
 
 use super::forward_wire::{Wire, WireCommand, WireError, WireVote};
-use crate::net::frame::FrameKind;
+use crate::net::frame::FRAME_BODY_MAX_BYTES;
 use crate::net::wire::{from_json, to_json, ErrorBody, ErrorCode as WireCode};
-use crate::net::{CallError, PeerPool, ShardCalls};
+use crate::net::ShardCalls;
 
 /// How long a forwarded operation may take, answer included: a commit's
 /// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
@@ -45,9 +51,13 @@ pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
 /// entries committed); adding a member may take its catch-up time more.
 pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
 
+/// Bytes of one batch's encoded answers, at most: half a peer frame, so
+/// that the small errors replacing answers past it always fit.
+pub const FORWARD_ANSWERS_BYTES_MAX: usize = FRAME_BODY_MAX_BYTES as usize / 2;
+
 /// An operation on its way to the leader.
 #[derive(Debug, Serialize, Deserialize)]
-enum Forwarded {
+pub(super) enum Forwarded {
     Exec(WireCommand),
     /// A single-shard atomic batch (one entry: all or nothing).
     AtomicBatch(Vec<WireCommand>),
@@ -88,8 +98,15 @@ enum Forwarded {
 }
 
 impl Forwarded {
+    /// Whether it travels in a batch of its own: a membership change may
+    /// wait long (a new member's catch-up), and would hold back the answers
+    /// of the operations batched with it.
+    pub(super) fn goes_alone(&self) -> bool {
+        matches!(self, Forwarded::ChangeMembers { .. })
+    }
+
     /// How long the leader may take to answer it.
-    fn timeout(&self) -> Duration {
+    pub(super) fn timeout(&self) -> Duration {
         Duration::from_millis(match self {
             Forwarded::ChangeMembers {
                 change:
@@ -106,7 +123,7 @@ impl Forwarded {
 
 /// The leader's answer.
 #[derive(Debug, Serialize, Deserialize)]
-enum Answer {
+pub(super) enum Answer {
     /// A connection operation's result (JSON text) or error.
     Exec(Wire<String>),
     Installed(Wire<bool>),
@@ -130,7 +147,7 @@ enum Answer {
 }
 
 /// Where the answer goes on the follower.
-enum ReplyTarget {
+pub(super) enum ReplyTarget {
     Conn(ReplyTo),
     Install(flume::Sender<EngineResult<bool>>),
     Machines(flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>),
@@ -149,7 +166,7 @@ enum ReplyTarget {
 
 /// Split a message into what travels and where its answer goes; `Err`
 /// gives back a message that cannot be forwarded.
-fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
+pub(super) fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
     Ok(match msg {
         ShardMsg::Exec { cmd, reply } => (Forwarded::Exec(cmd.into()), ReplyTarget::Conn(reply)),
         ShardMsg::Flush { done } => (Forwarded::Flush, ReplyTarget::Flushed(done)),
@@ -212,7 +229,7 @@ fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<ShardMsg>> {
 }
 
 impl ReplyTarget {
-    fn fail(self, error: EngineError) {
+    pub(super) fn fail(self, error: EngineError) {
         match self {
             ReplyTarget::Conn(reply) => reply.send(Err(error)),
             ReplyTarget::Install(done) => {
@@ -237,7 +254,7 @@ impl ReplyTarget {
         }
     }
 
-    fn deliver(self, answer: Answer) {
+    pub(super) fn deliver(self, answer: Answer) {
         match (self, answer) {
             (ReplyTarget::Conn(reply), Answer::Exec(r)) => {
                 reply.send(r.map(String::into_bytes).map_err(WireError::into_engine))
@@ -294,66 +311,55 @@ impl ReplyTarget {
     }
 }
 
-/// Forward `msg` to `leader` (node id, reached through `peers`) for
-/// shard `shard`; its answer goes where `msg` said. `Err` gives back a
-/// message that cannot be forwarded.
-pub fn forward(
-    peers: &Rc<PeerPool>,
-    leader: u64,
-    leader_addr: &str,
-    shard: usize,
-    msg: ShardMsg,
-) -> Result<(), Box<ShardMsg>> {
-    let (op, target) = split(msg)?;
-    let client = peers.client(leader, leader_addr);
-    let body = to_json(&op);
-    let timeout = op.timeout();
-    glommio::spawn_local(async move {
-        let called = client
-            .call(FrameKind::ShardCall, shard as u64, &body, timeout)
-            .await;
-        let failed = match called {
-            Ok(answer) => match from_json::<Answer>(&answer) {
-                Ok(answer) => return target.deliver(answer),
-                Err(_) => LinkError::OutcomeUnknown {
-                    leader: Some(leader),
-                },
-            },
-            // No connection to the leader: the request never left.
-            Err(CallError::NotSent(why)) => LinkError::LeaderUnreachable { leader, why },
-            // The trip failed after the request left (the leader went
-            // away, a timeout): the leader may have run it.
-            Err(_) => LinkError::OutcomeUnknown {
-                leader: Some(leader),
-            },
-        };
-        // As in a failover: the client retries.
-        target.fail(failed.to_engine_error());
-    })
-    .detach();
-    Ok(())
-}
-
-/// Serve forwarded operations into `mailbox` (the leader's shard), each
-/// marked forwarded so that it is never forwarded again.
+/// Serve forwarded batches into `mailbox` (the leader's shard), each
+/// operation marked forwarded so that it is never forwarded again.
 pub fn serve_forwarded(mailbox: flume::Sender<ShardMsg>) -> ShardCalls {
     Rc::new(move |body: Vec<u8>| {
-        let mailbox = mailbox.clone();
-        // Decoded and queued before the first await: calls reach the
-        // mailbox in the order the group server started them.
-        let queued = queue(&mailbox, &body);
+        // Decoded and queued before the first await: batches reach the
+        // mailbox in the order the group server started them, and a
+        // batch's operations in array order.
+        let queued: Result<Vec<_>, ErrorBody> = from_json::<Vec<Forwarded>>(&body)
+            .map_err(|e| ErrorBody::new(WireCode::BadRequest, format!("a forwarded batch: {e}")))
+            .map(|ops| ops.into_iter().map(|op| queue(&mailbox, op)).collect());
         Box::pin(async move {
-            let waiting = queued?;
-            Ok(to_json(&waiting.await))
+            let mut answers = Vec::new();
+            for waiting in queued? {
+                answers.push(match waiting {
+                    Ok(answer) => Ok(answer.await),
+                    Err(refused) => Err(refused),
+                });
+            }
+            Ok(encode_answers(answers, FORWARD_ANSWERS_BYTES_MAX))
         })
     })
 }
 
+/// A batch's answers as one JSON array of at most about `bytes_max`
+/// bytes: an answer that would pass it is replaced by an error, and the
+/// follower tells that operation's client its outcome is unknown.
+fn encode_answers(answers: Vec<Result<Answer, ErrorBody>>, bytes_max: usize) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut encoded = to_json(&answer);
+        if out.len() + encoded.len() + 1 > bytes_max {
+            let too_large: Result<Answer, ErrorBody> = Err(ErrorBody::new(
+                WireCode::BadRequest,
+                "the answer did not fit the batch's frame",
+            ));
+            encoded = to_json(&too_large);
+        }
+        out.extend_from_slice(&encoded);
+    }
+    out.push(b']');
+    out
+}
+
 type Waiting = Pin<Box<dyn Future<Output = Answer>>>;
 
-fn queue(mailbox: &flume::Sender<ShardMsg>, body: &[u8]) -> Result<Waiting, ErrorBody> {
-    let op: Forwarded = from_json(body)
-        .map_err(|e| ErrorBody::new(WireCode::BadRequest, format!("a forwarded op: {e}")))?;
+fn queue(mailbox: &flume::Sender<ShardMsg>, op: Forwarded) -> Result<Waiting, ErrorBody> {
     let gone = || ErrorBody::new(WireCode::GroupStopped, "the shard stopped".to_string());
     let send = |msg: ShardMsg| {
         mailbox
@@ -527,4 +533,33 @@ fn decision_of<T: 'static>(rx: flume::Receiver<T>, answer: fn(T) -> Answer) -> W
 /// the way): the failover refusal, retryable.
 fn stopped() -> EngineError {
     LinkError::NotLeader { leader: None }.to_engine_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_answer(text_bytes: usize) -> Result<Answer, ErrorBody> {
+        Ok(Answer::Exec(Ok("x".repeat(text_bytes))))
+    }
+
+    #[test]
+    fn answers_past_the_byte_limit_become_errors_and_the_array_keeps_its_length() {
+        let answers = vec![exec_answer(10), exec_answer(500), exec_answer(10)];
+        let encoded = encode_answers(answers, 200);
+        assert!(encoded.len() <= 200, "{} bytes", encoded.len());
+        let back: Vec<Result<Answer, ErrorBody>> = from_json(&encoded).expect("an array");
+        assert_eq!(back.len(), 3);
+        assert!(matches!(&back[0], Ok(Answer::Exec(Ok(t))) if t.len() == 10));
+        assert!(matches!(&back[1], Err(e) if e.code == WireCode::BadRequest));
+        assert!(matches!(&back[2], Ok(Answer::Exec(Ok(t))) if t.len() == 10));
+    }
+
+    #[test]
+    fn answers_within_the_limit_travel_as_they_are() {
+        let encoded = encode_answers(vec![exec_answer(3), Ok(Answer::Queued)], 1 << 10);
+        let back: Vec<Result<Answer, ErrorBody>> = from_json(&encoded).expect("an array");
+        assert!(matches!(&back[0], Ok(Answer::Exec(Ok(t))) if t == "xxx"));
+        assert!(matches!(&back[1], Ok(Answer::Queued)));
+    }
 }

@@ -15,6 +15,7 @@ use shards::shard::group_link::{
 };
 use shards::shard::ShardMsg;
 
+use super::forward_batch::ForwardQueue;
 use super::member::{GroupError, GroupMember, GroupRaft, MemberSetup};
 use super::{LoopMachine, TurnRecords};
 use crate::log_store::OpenReport;
@@ -43,8 +44,8 @@ pub struct MemberLink {
     shard: usize,
     raft: GroupRaft<LoopMachine>,
     machine: LoopMachine,
-    /// This executor's links to the other members (forwarding).
-    peers: Rc<PeerPool>,
+    /// Operations for the leader, batched per turn (`forward_batch.rs`).
+    forwards: ForwardQueue,
 }
 
 fn link_error(e: GroupError) -> LinkError {
@@ -176,6 +177,9 @@ impl GroupLink for MemberLink {
         if let Some(obj) = status.as_object_mut() {
             obj.insert("shard".into(), self.shard.into());
             obj.insert("node".into(), self.node_id.into());
+            let (ops, batches) = self.forwards.counts();
+            obj.insert("forwarded_ops".into(), ops.into());
+            obj.insert("forwarded_batches".into(), batches.into());
         }
         status
     }
@@ -191,7 +195,7 @@ impl GroupLink for MemberLink {
             .get_node(&leader)
             .map(|n| n.addr.clone())
             .unwrap_or_default();
-        super::forward::forward(&self.peers, leader, &addr, self.shard, msg)
+        self.forwards.forward(leader, &addr, msg)
     }
 }
 
@@ -263,13 +267,13 @@ pub async fn start_loop_member(
         shard,
         raft: member.raft().clone(),
         machine: member.machine().clone(),
-        peers: peers.clone(),
+        forwards: ForwardQueue::new(peers.clone(), shard),
     });
     Ok((member, link, Deliveries { early, queue }, report))
 }
 
 /// Let the executor's other ready tasks run once.
-async fn yield_once() {
+pub(super) async fn yield_once() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {

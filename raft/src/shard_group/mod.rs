@@ -23,6 +23,8 @@
 //!   forwarding to the leader);
 //! * `forward.rs` — a follower's operations forwarded to the leader's
 //!   shard over the peer transport, and served there;
+//! * `forward_batch.rs` — a turn's forwarded operations gathered into one
+//!   call to the leader;
 //! * `admin.rs` — the group's status, membership changes, handing the
 //!   lead over before a graceful stop;
 //! * `balance.rs` — leaders spread over the nodes (each group's preferred
@@ -35,6 +37,7 @@
 mod admin;
 mod balance;
 mod forward;
+mod forward_batch;
 mod forward_wire;
 mod link;
 mod loop_machine;
