@@ -1,26 +1,33 @@
-//! A shard's instances by id, spread over many small hash tables so that no
-//! insert ever stops the shard for long.
+//! A shard's instances by id: the instances in a store that never moves
+//! them, found through many small hash tables of (hash, slot) that grow at
+//! staggered times — so that no insert ever stops the shard for long.
 //!
-//! One hash table grows by doubling: the insert that crosses its load limit
-//! allocates a table twice the size and moves every entry before it returns.
-//! For a shard of a million instances that one insert took 0.6–2 s on this
-//! machine (measured as the longest create latency under a 16×16 create
-//! load, landing exactly where the instance count crossed 458,752 and
-//! 917,504 — 7/8 of 2^19 and 2^20 buckets), long enough for a cluster's
-//! followers to elect a new leader. Here the ids are split by hash over
-//! `INSTANCE_TABLE_PARTITIONS` tables; each grows on its own, so a growth
-//! step moves 1/256 of the instances.
+//! One hash table of instances grows by doubling: the insert that crosses
+//! its load limit allocates a table twice the size and moves every entry
+//! before it returns. For a shard of a million instances that one insert
+//! took 0.6–2 s on this machine (measured as the longest create latency
+//! under a 16×16 create load, landing exactly where the instance count
+//! crossed 458,752 and 917,504 — 7/8 of 2^19 and 2^20 buckets), long enough
+//! for a cluster's followers to elect a new leader.
 //!
-//! Split alone is not enough: ids spread evenly, so every partition would
-//! reach its limit within the same few thousand inserts and the growth work
-//! would come in one burst (measured: the longest create fell to 84–225 ms,
-//! but p99 rose from 4 to 11–14 ms). So each partition grows early, at its
-//! own fill level between half and all of its capacity
-//! (`grow_at`): the partitions' growth points spread evenly over each
-//! doubling of the shard. Measured with it: longest create 70–109 ms, but
-//! p99 19 ms and ~8 % fewer creates per second than one table — the many
-//! medium growths keep the kernel zeroing fresh pages
-//! (bench-results/2026-12-05/instance-table-ab/notes.md); still open.
+//! * **The store.** Instances live in chunks of [`INSTANCE_CHUNK_ENTRIES`]
+//!   slots; a chunk is allocated once and never grows or moves, and a
+//!   removed instance's slot is reused. Adding instances only ever touches
+//!   fresh memory once, where the instance is written.
+//! * **The index.** What grows is only an index of 16-byte (hash, slot)
+//!   pairs, split by hash over [`INSTANCE_TABLE_PARTITIONS`] tables, each
+//!   growing early at its own fill level between half and all of its
+//!   capacity (`grow_at`), so that the partitions' growth points spread
+//!   over each doubling of the shard instead of coming in one burst. A
+//!   partition grows by rehashing its pairs from the stored hash: no id is
+//!   hashed again and no instance is touched.
+//!
+//! History, measured (bench-results/2026-12-05/instance-table-ab/): 256
+//! staggered tables holding the instances themselves cut the longest create
+//! from 1.4–1.9 s to 70–109 ms, but create p99 rose from 4 to 19 ms and
+//! creates/s fell ~8 %: every growth copied instances into freshly zeroed
+//! pages (the kernel's page clearing was 42 % of the profile). Keeping the
+//! instances out of the tables removes those copies.
 //!
 //! The id is hashed once: its top bits pick the partition, and the hash
 //! rotated right by as many bits is what the partition's table sees, so the
@@ -32,17 +39,96 @@ use std::hash::BuildHasher;
 
 use crate::instance::Instance;
 
-/// log2 of the number of hash tables one shard's instances are spread over.
+/// log2 of the number of index tables one shard's instances are spread
+/// over.
 const INSTANCE_TABLE_PARTITION_BITS: u32 = 8;
 
-/// How many hash tables one shard's instances are spread over: the largest
-/// single growth step moves this fraction of the shard's instances.
+/// How many index tables one shard's instances are spread over: the largest
+/// single growth step rehashes this fraction of the shard's pairs.
 pub const INSTANCE_TABLE_PARTITIONS: usize = 1 << INSTANCE_TABLE_PARTITION_BITS;
+
+/// Instances per store chunk (a chunk of ~170-byte instances is ~0.7 MiB,
+/// allocated whole and filled in place).
+pub const INSTANCE_CHUNK_ENTRIES: usize = 4096;
 
 type Entry = (String, Instance);
 
+/// An index entry: the hash its partition's table sees, and where the
+/// instance is in the store.
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
+    at: usize,
+}
+
+/// Where instances live: chunks that never move, and the slots freed by
+/// removals, reused first.
+#[derive(Default)]
+struct Store {
+    chunks: Vec<Vec<Option<Entry>>>,
+    free: Vec<usize>,
+}
+
+impl Store {
+    fn get(&self, at: usize) -> Option<&Entry> {
+        self.chunks
+            .get(at / INSTANCE_CHUNK_ENTRIES)?
+            .get(at % INSTANCE_CHUNK_ENTRIES)?
+            .as_ref()
+    }
+
+    fn get_mut(&mut self, at: usize) -> Option<&mut Entry> {
+        self.chunks
+            .get_mut(at / INSTANCE_CHUNK_ENTRIES)?
+            .get_mut(at % INSTANCE_CHUNK_ENTRIES)?
+            .as_mut()
+    }
+
+    fn holds(&self, at: usize, id: &str) -> bool {
+        self.get(at).is_some_and(|(k, _)| k == id)
+    }
+
+    /// Put `entry` in a free slot, or at the end; returns the slot.
+    fn put(&mut self, entry: Entry) -> usize {
+        if let Some(at) = self.free.pop() {
+            self.chunks[at / INSTANCE_CHUNK_ENTRIES][at % INSTANCE_CHUNK_ENTRIES] = Some(entry);
+            return at;
+        }
+        let full = self
+            .chunks
+            .last()
+            .is_none_or(|c| c.len() == INSTANCE_CHUNK_ENTRIES);
+        if full {
+            // Capacity for the whole chunk now: it never reallocates (its
+            // pages are touched only as slots are filled).
+            self.chunks.push(Vec::with_capacity(INSTANCE_CHUNK_ENTRIES));
+        }
+        let last = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[last];
+        chunk.push(Some(entry));
+        last * INSTANCE_CHUNK_ENTRIES + chunk.len() - 1
+    }
+
+    fn take(&mut self, at: usize) -> Option<Entry> {
+        let taken = self
+            .chunks
+            .get_mut(at / INSTANCE_CHUNK_ENTRIES)?
+            .get_mut(at % INSTANCE_CHUNK_ENTRIES)?
+            .take();
+        if taken.is_some() {
+            self.free.push(at);
+        }
+        taken
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks.iter().flatten().flatten()
+    }
+}
+
 pub struct InstanceTable {
-    parts: Box<[HashTable<Entry>]>,
+    index: Box<[HashTable<Slot>]>,
+    store: Store,
     hasher: DefaultHashBuilder,
     len: usize,
 }
@@ -73,9 +159,9 @@ fn grow_at(index: usize, capacity: usize) -> usize {
     capacity / 2 + capacity * index / (2 * INSTANCE_TABLE_PARTITIONS)
 }
 
-/// What a partition's table needs to place its entries again when it grows.
-fn rehash(hasher: &DefaultHashBuilder) -> impl Fn(&Entry) -> u64 + '_ {
-    move |(k, _)| in_partition(hasher.hash_one(k.as_str()))
+/// What a partition's table needs to place its pairs again when it grows.
+fn rehash(slot: &Slot) -> u64 {
+    slot.hash
 }
 
 fn partition_of(hash: u64) -> usize {
@@ -85,16 +171,13 @@ fn partition_of(hash: u64) -> usize {
 impl InstanceTable {
     pub fn new() -> Self {
         InstanceTable {
-            parts: (0..INSTANCE_TABLE_PARTITIONS)
+            index: (0..INSTANCE_TABLE_PARTITIONS)
                 .map(|_| HashTable::new())
                 .collect(),
+            store: Store::default(),
             hasher: DefaultHashBuilder::default(),
             len: 0,
         }
-    }
-
-    fn hash(&self, id: &str) -> u64 {
-        self.hasher.hash_one(id)
     }
 
     pub fn len(&self) -> usize {
@@ -105,53 +188,58 @@ impl InstanceTable {
         self.len == 0
     }
 
+    /// The slot holding `id`, if any.
+    fn slot_of(&self, id: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(id);
+        let seen = in_partition(hash);
+        let store = &self.store;
+        self.index[partition_of(hash)]
+            .find(seen, |s| s.hash == seen && store.holds(s.at, id))
+            .map(|s| s.at)
+    }
+
     pub fn get(&self, id: &str) -> Option<&Instance> {
-        let hash = self.hash(id);
-        self.parts[partition_of(hash)]
-            .find(in_partition(hash), |(k, _)| k == id)
-            .map(|(_, inst)| inst)
+        let at = self.slot_of(id)?;
+        self.store.get(at).map(|(_, inst)| inst)
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Instance> {
-        let hash = self.hash(id);
-        self.parts[partition_of(hash)]
-            .find_mut(in_partition(hash), |(k, _)| k == id)
-            .map(|(_, inst)| inst)
+        let at = self.slot_of(id)?;
+        self.store.get_mut(at).map(|(_, inst)| inst)
     }
 
     pub fn contains_key(&self, id: &str) -> bool {
-        self.get(id).is_some()
+        self.slot_of(id).is_some()
     }
 
     /// Insert or replace; returns the instance replaced.
     pub fn insert(&mut self, id: String, inst: Instance) -> Option<Instance> {
-        let hash = self.hash(&id);
+        if let Some((_, old)) = self.slot_of(&id).and_then(|at| self.store.get_mut(at)) {
+            return Some(std::mem::replace(old, inst));
+        }
+        let hash = self.hasher.hash_one(id.as_str());
         let index = partition_of(hash);
-        let hasher = &self.hasher;
-        let part = &mut self.parts[index];
+        let part = &mut self.index[index];
         let capacity = part.capacity();
         if part.len() >= grow_at(index, capacity) {
             // Double now rather than when full (see the module's doc).
-            part.reserve(capacity + 1 - part.len(), rehash(hasher));
+            part.reserve(capacity + 1 - part.len(), rehash);
         }
-        match part.entry(in_partition(hash), |(k, _)| *k == id, rehash(hasher)) {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                Some(std::mem::replace(&mut slot.get_mut().1, inst))
-            }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert((id, inst));
-                self.len += 1;
-                None
-            }
-        }
+        let at = self.store.put((id, inst));
+        part.insert_unique(in_partition(hash), Slot { hash: in_partition(hash), at }, rehash);
+        self.len += 1;
+        None
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Instance> {
-        let hash = self.hash(id);
-        let found = self.parts[partition_of(hash)]
-            .find_entry(in_partition(hash), |(k, _)| k == id)
+        let hash = self.hasher.hash_one(id);
+        let seen = in_partition(hash);
+        let store = &self.store;
+        let found = self.index[partition_of(hash)]
+            .find_entry(seen, |s| s.hash == seen && store.holds(s.at, id))
             .ok()?;
-        let ((_, inst), _) = found.remove();
+        let (slot, _) = found.remove();
+        let (_, inst) = self.store.take(slot.at)?;
         self.len -= 1;
         Some(inst)
     }
@@ -160,24 +248,22 @@ impl InstanceTable {
     /// snapshot of known size wants).
     pub fn reserve(&mut self, additional: usize) {
         let each = additional.div_ceil(INSTANCE_TABLE_PARTITIONS);
-        let hasher = &self.hasher;
-        for part in self.parts.iter_mut() {
-            part.reserve(each, rehash(hasher));
+        for part in self.index.iter_mut() {
+            part.reserve(each, rehash);
         }
     }
 
     pub fn clear(&mut self) {
-        for part in self.parts.iter_mut() {
+        for part in self.index.iter_mut() {
             *part = HashTable::new();
         }
+        self.store = Store::default();
         self.len = 0;
     }
 
     /// Every instance with its id, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Instance)> {
-        self.parts
-            .iter()
-            .flat_map(|part| part.iter().map(|(k, inst)| (k, inst)))
+        self.store.iter().map(|(k, inst)| (k, inst))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
@@ -258,7 +344,7 @@ mod tests {
             .map(|(k, i)| (k.clone(), i.state.clone()))
             .collect();
         assert_eq!(walked, model);
-        assert!(table.parts.iter().all(|p| !p.is_empty()));
+        assert!(table.index.iter().all(|p| !p.is_empty()));
         if let Some((id, _)) = model.iter().next() {
             table.get_mut(id).expect("present").state = "changed".into();
             assert_eq!(table.get(id).map(|i| i.state.as_str()), Some("changed"));
@@ -277,10 +363,10 @@ mod tests {
         // reached each capacity and compare the spread with the interval.
         let mut table = InstanceTable::new();
         let mut reached: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        let mut capacities: Vec<usize> = table.parts.iter().map(|p| p.capacity()).collect();
+        let mut capacities: Vec<usize> = table.index.iter().map(|p| p.capacity()).collect();
         for i in 0..(1usize << 17) {
             table.insert(format!("id-{i}"), instance("a"));
-            for (p, cap) in table.parts.iter().zip(capacities.iter_mut()) {
+            for (p, cap) in table.index.iter().zip(capacities.iter_mut()) {
                 if p.capacity() != *cap {
                     *cap = p.capacity();
                     reached.entry(*cap).or_default().push(i);
@@ -303,6 +389,27 @@ mod tests {
     }
 
     #[test]
+    fn instances_stay_where_they_are_while_the_table_grows() {
+        // Growth rehashes only the index: an instance's address is the same
+        // after the table grew many times over (what keeps a growth from
+        // copying instances into fresh pages), and a removed instance's
+        // slot is reused.
+        let mut table = InstanceTable::new();
+        table.insert("first".into(), instance("a"));
+        let before: *const Instance = &table["first"];
+        for i in 0..(8 * INSTANCE_CHUNK_ENTRIES) {
+            table.insert(format!("id-{i}"), instance("a"));
+        }
+        assert!(std::ptr::eq(before, &table["first"]), "the instance moved");
+        let chunks = table.store.chunks.len();
+        table.remove("id-7").expect("present");
+        table.insert("again".into(), instance("b"));
+        assert_eq!(table.store.chunks.len(), chunks);
+        assert!(table.store.free.is_empty(), "the freed slot was reused");
+        assert_eq!(table.len(), 8 * INSTANCE_CHUNK_ENTRIES + 1);
+    }
+
+    #[test]
     fn no_partition_is_left_holding_most_ids() {
         // The partition bits and the in-table bits come from one hash; check
         // the spread is even enough that the largest growth step stays near
@@ -312,7 +419,7 @@ mod tests {
         for i in 0..n {
             table.insert(format!("order-{i}"), instance("a"));
         }
-        let largest = table.parts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let largest = table.index.iter().map(|p| p.len()).max().unwrap_or(0);
         assert!(largest < 3 * 64, "largest partition holds {largest} of {n}");
     }
 }
