@@ -33,6 +33,15 @@ use crate::GlommioRuntime;
 /// Requests one connection carries at once; the next waits for a slot.
 pub const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 
+/// How long a connection may owe an answer without any frame arriving
+/// before it is presumed dead and dialled afresh. Longer than one request's
+/// timeout on purpose: openraft gives an AppendEntries the heartbeat
+/// interval (50 ms), and a follower whose disk is slow for a moment answers
+/// later than that — breaking the connection then also failed the
+/// heartbeats and forwarded requests riding on it, and a slow follower
+/// became an election (measured: bench-results/2026-12-05/peer-silence/).
+pub const PEER_SILENCE_BREAK_MS: u64 = 500;
+
 /// How long a TCP connect may take.
 pub const DIAL_TIMEOUT_MS: u64 = 1_000;
 
@@ -80,7 +89,10 @@ struct ConnShared {
     pending: RefCell<HashMap<u64, Waiter>>,
     /// Set once the connection is unusable, with the reason.
     broken: RefCell<Option<String>>,
-    last_received_at: Cell<Instant>,
+    /// Since when the peer owes an answer and has sent nothing: set when a
+    /// request leaves while none is owed, cleared (or restarted, if answers
+    /// are still owed) by every frame that arrives.
+    owing_since: Cell<Option<Instant>>,
 }
 
 impl ConnShared {
@@ -111,7 +123,7 @@ impl Conn {
         let shared = Rc::new(ConnShared {
             pending: RefCell::new(HashMap::new()),
             broken: RefCell::new(None),
-            last_received_at: Cell::new(Instant::now()),
+            owing_since: Cell::new(None),
         });
         let (outbox, queued) = flume::bounded::<Vec<u8>>(PEER_REQUESTS_IN_FLIGHT_MAX);
 
@@ -122,7 +134,7 @@ impl Conn {
                     Ok(frame) => frame,
                     Err(err) => return reading.break_with(format!("reading: {err}")),
                 };
-                reading.last_received_at.set(Instant::now());
+                let now = Instant::now();
                 if !matches!(frame.kind, FrameKind::Answer | FrameKind::Error) {
                     return reading
                         .break_with(format!("a {:?} frame from the listener", frame.kind));
@@ -130,6 +142,9 @@ impl Conn {
                 // No waiter: the request timed out or was dropped; its
                 // late answer is discarded.
                 let waiter = reading.pending.borrow_mut().remove(&frame.request_id);
+                // The peer is alive: what it still owes, it owes since now.
+                let still_owed = !reading.pending.borrow().is_empty();
+                reading.owing_since.set(still_owed.then_some(now));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(frame);
                 }
@@ -157,6 +172,14 @@ impl Conn {
     fn is_broken(&self) -> bool {
         self.shared.broken.borrow().is_some()
     }
+}
+
+/// How long the peer has owed an answer without sending anything, if that
+/// is at least `PEER_SILENCE_BREAK_MS`.
+fn silent_too_long(shared: &ConnShared, now: Instant) -> Option<Duration> {
+    let since = shared.owing_since.get()?;
+    let silent_for = now.saturating_duration_since(since);
+    (silent_for >= Duration::from_millis(PEER_SILENCE_BREAK_MS)).then_some(silent_for)
 }
 
 /// Removes a request's waiter if the request ends without its answer
@@ -270,7 +293,11 @@ impl PeerClient {
                 request_id,
             };
             let frame = encode_frame(kind, request_id, group_id, body);
-            sent_at.set(Some(Instant::now()));
+            let now = Instant::now();
+            sent_at.set(Some(now));
+            if conn.shared.owing_since.get().is_none() {
+                conn.shared.owing_since.set(Some(now));
+            }
             conn.outbox
                 .send_async(frame)
                 .await
@@ -288,15 +315,17 @@ impl PeerClient {
         match GlommioRuntime::timeout_at(deadline, exchange).await {
             Ok(result) => result,
             Err(_elapsed) => {
-                // Nothing at all came back on this connection since the
-                // request left: the peer (or the path) is presumed dead,
-                // as after a partition; the next request dials afresh.
-                if let (Some(sent_at), Some(shared)) = (sent_at.get(), conn_used.take()) {
-                    if shared.last_received_at.get() < sent_at {
+                // The peer has owed an answer for PEER_SILENCE_BREAK_MS
+                // and sent nothing at all: it (or the path) is presumed
+                // dead, as after a partition; the next request dials
+                // afresh. A request timing out alone proves nothing (a
+                // slow disk on the other side).
+                if let (Some(_), Some(shared)) = (sent_at.get(), conn_used.take()) {
+                    if let Some(silent_for) = silent_too_long(&shared, Instant::now()) {
                         shared.break_with(format!(
-                            "no frame from node {} for {} ms",
+                            "no frame from node {} for {} ms while answers were owed",
                             self.target,
-                            timeout.as_millis()
+                            silent_for.as_millis()
                         ));
                     }
                 }

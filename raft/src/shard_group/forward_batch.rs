@@ -34,7 +34,7 @@ use shards::shard::group_link::LinkError;
 use shards::shard::ShardMsg;
 
 use super::forward::{split, Answer, ReplyTarget};
-use crate::net::frame::FrameKind;
+use crate::net::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
 use crate::net::wire::{from_json, to_json, ErrorBody};
 use crate::net::{CallError, PeerPool};
 
@@ -184,6 +184,20 @@ async fn send(peers: &Rc<PeerPool>, shard: usize, mut batch: Batch) {
     }
     batch.body.push(b']');
     let leader = batch.leader;
+    if batch.body.len() > FRAME_BODY_MAX_BYTES as usize {
+        // One operation larger than a peer frame (it went alone): it
+        // cannot travel, was not sent, and a retry would not help.
+        let error = LinkError::Rejected(format!(
+            "an operation of {} bytes cannot be forwarded to the leader (peer frames \
+             hold at most {FRAME_BODY_MAX_BYTES} bytes)",
+            batch.body.len()
+        ))
+        .to_engine_error();
+        for target in batch.targets {
+            target.fail(error.clone());
+        }
+        return;
+    }
     let client = peers.client(leader, &batch.leader_addr);
     let called = client
         .call(
