@@ -164,12 +164,15 @@ fn damaged_snapshots_are_refused_whole() {
         .await
         .unwrap();
         let snapshot = leader.build_snapshot().await.unwrap();
-        let bytes = snapshot.snapshot.0.clone();
+        let bytes = snapshot.snapshot.0.to_vec();
         let mut follower = ShardMachine::new(SHARD, false);
         // Every truncation, and a flipped bit in every byte.
         for cut in 0..bytes.len() {
             let r = follower
-                .install_snapshot(&snapshot.meta, GroupSnapshotBytes(bytes[..cut].to_vec()))
+                .install_snapshot(
+                    &snapshot.meta,
+                    GroupSnapshotBytes::new(bytes[..cut].to_vec()),
+                )
                 .await;
             assert!(r.is_err(), "truncated at {cut} accepted");
         }
@@ -177,7 +180,7 @@ fn damaged_snapshots_are_refused_whole() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
             let r = follower
-                .install_snapshot(&snapshot.meta, GroupSnapshotBytes(bad))
+                .install_snapshot(&snapshot.meta, GroupSnapshotBytes::new(bad))
                 .await;
             assert!(r.is_err(), "bit flip in byte {i} accepted");
         }
@@ -185,7 +188,7 @@ fn damaged_snapshots_are_refused_whole() {
         // Another shard's snapshot is refused.
         let mut other = ShardMachine::new(SHARD + 1, false);
         let err = other
-            .install_snapshot(&snapshot.meta, GroupSnapshotBytes(bytes))
+            .install_snapshot(&snapshot.meta, GroupSnapshotBytes::new(bytes))
             .await
             .expect_err("wrong shard");
         assert!(err.to_string().contains("snapshot of shard"), "{err}");

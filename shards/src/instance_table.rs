@@ -226,7 +226,14 @@ impl InstanceTable {
             part.reserve(capacity + 1 - part.len(), rehash);
         }
         let at = self.store.put((id, inst));
-        part.insert_unique(in_partition(hash), Slot { hash: in_partition(hash), at }, rehash);
+        part.insert_unique(
+            in_partition(hash),
+            Slot {
+                hash: in_partition(hash),
+                at,
+            },
+            rehash,
+        );
         self.len += 1;
         None
     }

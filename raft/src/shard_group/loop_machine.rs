@@ -225,7 +225,7 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
         std::thread::Builder::new()
             .name(format!("snapshot-{shard}"))
             .spawn(move || {
-                let bytes = GroupSnapshotBytes(encode_group_image(taken));
+                let bytes = GroupSnapshotBytes::new(encode_group_image(taken));
                 // On disk before openraft may purge the log it covers.
                 let result =
                     snapshot_file::write(&*storage, &dir, &file_meta, &bytes).map(|()| bytes);

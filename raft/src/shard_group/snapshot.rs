@@ -19,6 +19,7 @@
 //! Raft snapshot is taken at any applied index, so they travel with it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::net::SnapshotWire;
 use shards::shard::group_link::GroupImage;
@@ -32,9 +33,18 @@ pub const GROUP_SNAPSHOT_MAGIC: [u8; 4] = *b"CSGS";
 pub const GROUP_SNAPSHOT_VERSION: u32 = 1;
 
 /// A group snapshot as openraft holds and sends it: the encoded bytes.
-/// The peer transport sends them as they are (not as JSON).
+/// The peer transport sends them as they are (not as JSON). Shared, not
+/// copied, when cloned: openraft clones the current snapshot each time it
+/// hands it out, and a copy of a few hundred MB in a shard's executor
+/// stopped it for a noticeable time.
 #[derive(Clone, PartialEq, Eq)]
-pub struct GroupSnapshotBytes(pub Vec<u8>);
+pub struct GroupSnapshotBytes(pub Arc<Vec<u8>>);
+
+impl GroupSnapshotBytes {
+    pub fn new(bytes: Vec<u8>) -> GroupSnapshotBytes {
+        GroupSnapshotBytes(Arc::new(bytes))
+    }
+}
 
 impl fmt::Debug for GroupSnapshotBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,11 +54,11 @@ impl fmt::Debug for GroupSnapshotBytes {
 
 impl SnapshotWire for GroupSnapshotBytes {
     fn to_wire(&self) -> std::io::Result<Vec<u8>> {
-        Ok(self.0.clone())
+        Ok(self.0.to_vec())
     }
 
     fn from_wire(bytes: Vec<u8>) -> std::io::Result<Self> {
-        Ok(GroupSnapshotBytes(bytes))
+        Ok(GroupSnapshotBytes::new(bytes))
     }
 }
 

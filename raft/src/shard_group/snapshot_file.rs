@@ -133,6 +133,6 @@ pub fn load_newest(
         serde_json::from_slice(&body[8..8 + meta_len]).map_err(|e| bad(&format!("meta: {e}")))?;
     Ok(Some((
         meta,
-        GroupSnapshotBytes(body[8 + meta_len..].to_vec()),
+        GroupSnapshotBytes::new(body[8 + meta_len..].to_vec()),
     )))
 }

@@ -180,7 +180,7 @@ impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {
                 last_log_id: a.last_applied,
                 last_membership: a.membership.clone(),
             },
-            snapshot: GroupSnapshotBytes(encode_group(&a.state, a.position, &a.txns)),
+            snapshot: GroupSnapshotBytes::new(encode_group(&a.state, a.position, &a.txns)),
         };
         // On disk before openraft may purge the log it covers.
         Self::persist(&a, &snapshot.meta, &snapshot.snapshot)?;

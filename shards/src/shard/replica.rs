@@ -263,7 +263,16 @@ impl Shard {
                 let _ = done.send(());
                 break;
             }
-            if !mailbox.is_empty() || self.wake_waiting {
+            // Work left (messages, woken requests, a snapshot being taken):
+            // let the executor's other tasks run before the next turn. With
+            // a snapshot running the loop does not wait for a message, and
+            // an empty mailbox, no delivery and a zero timer all complete
+            // without yielding: the loop went from slice to slice and
+            // starved this member's Raft core and peer links for the whole
+            // snapshot (1–2 s at ~1M instances; no AppendEntries answered,
+            // so the followers elected a new leader at every snapshot —
+            // bench-results/2026-12-05/peer-silence/notes.md).
+            if !mailbox.is_empty() || self.wake_waiting || self.member_snapshot_running() {
                 self.env.tasks.yield_to_others().await;
             }
         }
