@@ -220,21 +220,13 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
             let a = self.0.borrow();
             (a.storage.clone(), a.snapshot_dir.clone())
         };
-        let (done, written) = flume::bounded(1);
         let file_meta = meta.clone();
-        std::thread::Builder::new()
-            .name(format!("snapshot-{shard}"))
-            .spawn(move || {
-                let bytes = GroupSnapshotBytes::new(encode_group_image(taken));
-                // On disk before openraft may purge the log it covers.
-                let result =
-                    snapshot_file::write(&*storage, &dir, &file_meta, &bytes).map(|()| bytes);
-                let _ = done.send(result);
-            })?;
-        let bytes = written
-            .recv_async()
-            .await
-            .map_err(|_| io::Error::other(format!("shard {shard}: the snapshot thread died")))??;
+        let bytes = on_snapshot_thread(shard, move || {
+            let bytes = GroupSnapshotBytes::new(encode_group_image(taken));
+            // On disk before openraft may purge the log it covers.
+            snapshot_file::write(&*storage, &dir, &file_meta, &bytes).map(|()| bytes)
+        })
+        .await?;
         let snapshot = Snapshot {
             meta,
             snapshot: bytes,
@@ -298,10 +290,15 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
     ) -> Result<(), io::Error> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let part = self.decode(&snapshot.0, index)?;
-        {
+        let (storage, dir, shard) = {
             let a = self.0.borrow();
-            snapshot_file::write(&*a.storage, &a.snapshot_dir, meta, &snapshot)?;
-        }
+            (a.storage.clone(), a.snapshot_dir.clone(), a.shard)
+        };
+        let (file_meta, bytes) = (meta.clone(), snapshot.clone());
+        on_snapshot_thread(shard, move || {
+            snapshot_file::write(&*storage, &dir, &file_meta, &bytes)
+        })
+        .await?;
         self.deliver(Delivery::Install(Box::new(part))).await?;
         let mut a = self.0.borrow_mut();
         a.last_applied = meta.last_log_id;
@@ -316,4 +313,22 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<GroupSnapshotOf>, io::Error> {
         Ok(self.0.borrow().current_snapshot.clone())
     }
+}
+
+/// Run `job` (encoding or writing a snapshot of maybe hundreds of MB) on a
+/// thread of its own and wait for it without blocking the executor.
+async fn on_snapshot_thread<T: Send + 'static>(
+    shard: usize,
+    job: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (done, finished) = flume::bounded(1);
+    std::thread::Builder::new()
+        .name(format!("snapshot-{shard}"))
+        .spawn(move || {
+            let _ = done.send(job());
+        })?;
+    finished
+        .recv_async()
+        .await
+        .map_err(|_| io::Error::other(format!("shard {shard}: the snapshot thread died")))?
 }

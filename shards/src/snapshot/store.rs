@@ -196,7 +196,7 @@ pub fn write_snapshot(
     let temp = dir.join(format!("{name}.tmp"));
     {
         let file = storage.open_write(&temp, true)?;
-        write_in_chunks(&*file, image)?;
+        write_in_chunks(&*file, image, 0)?;
         file.sync()?;
     }
     storage.rename(&temp, &path)?;
@@ -224,8 +224,11 @@ pub fn write_snapshot(
 ///   file system's journal commit (measured: 17-22 ms stalls of durable
 ///   requests when the whole file was left to write-back and one fsync).
 ///   The final fsync then has only metadata left to do.
-fn write_in_chunks(file: &dyn WriteFile, image: &[u8]) -> io::Result<()> {
-    let mut written = 0u64;
+///
+/// `at`: the file offset `image` starts at. Also used by a shard group's
+/// snapshot files (the Raft crate).
+pub fn write_in_chunks(file: &dyn WriteFile, image: &[u8], at: u64) -> io::Result<()> {
+    let mut written = at;
     for chunk in image.chunks(SNAPSHOT_WRITE_CHUNK_BYTES) {
         file.write_at(chunk, written)?;
         if let Err(e) = file.write_back(written, chunk.len() as u64) {
