@@ -164,6 +164,12 @@ fn rehash(slot: &Slot) -> u64 {
     slot.hash
 }
 
+/// What tells `id`'s pair from others its partition's table found under
+/// the same control bits.
+fn is_pair<'a>(store: &'a Store, seen: u64, id: &'a str) -> impl Fn(&Slot) -> bool + 'a {
+    move |s| s.hash == seen && store.holds(s.at, id)
+}
+
 fn partition_of(hash: u64) -> usize {
     (hash >> (u64::BITS - INSTANCE_TABLE_PARTITION_BITS)) as usize
 }
@@ -188,13 +194,18 @@ impl InstanceTable {
         self.len == 0
     }
 
+    /// Where `id`'s pair lives: its partition, and the hash that
+    /// partition's table sees (the id is hashed once per operation).
+    fn place(&self, id: &str) -> (usize, u64) {
+        let hash = self.hasher.hash_one(id);
+        (partition_of(hash), in_partition(hash))
+    }
+
     /// The slot holding `id`, if any.
     fn slot_of(&self, id: &str) -> Option<usize> {
-        let hash = self.hasher.hash_one(id);
-        let seen = in_partition(hash);
-        let store = &self.store;
-        self.index[partition_of(hash)]
-            .find(seen, |s| s.hash == seen && store.holds(s.at, id))
+        let (part, seen) = self.place(id);
+        self.index[part]
+            .find(seen, is_pair(&self.store, seen, id))
             .map(|s| s.at)
     }
 
@@ -214,11 +225,13 @@ impl InstanceTable {
 
     /// Insert or replace; returns the instance replaced.
     pub fn insert(&mut self, id: String, inst: Instance) -> Option<Instance> {
-        if let Some((_, old)) = self.slot_of(&id).and_then(|at| self.store.get_mut(at)) {
+        let (index, seen) = self.place(&id);
+        let found = self.index[index]
+            .find(seen, is_pair(&self.store, seen, &id))
+            .map(|s| s.at);
+        if let Some((_, old)) = found.and_then(|at| self.store.get_mut(at)) {
             return Some(std::mem::replace(old, inst));
         }
-        let hash = self.hasher.hash_one(id.as_str());
-        let index = partition_of(hash);
         let part = &mut self.index[index];
         let capacity = part.capacity();
         if part.len() >= grow_at(index, capacity) {
@@ -226,24 +239,15 @@ impl InstanceTable {
             part.reserve(capacity + 1 - part.len(), rehash);
         }
         let at = self.store.put((id, inst));
-        part.insert_unique(
-            in_partition(hash),
-            Slot {
-                hash: in_partition(hash),
-                at,
-            },
-            rehash,
-        );
+        part.insert_unique(seen, Slot { hash: seen, at }, rehash);
         self.len += 1;
         None
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Instance> {
-        let hash = self.hasher.hash_one(id);
-        let seen = in_partition(hash);
-        let store = &self.store;
-        let found = self.index[partition_of(hash)]
-            .find_entry(seen, |s| s.hash == seen && store.holds(s.at, id))
+        let (part, seen) = self.place(id);
+        let found = self.index[part]
+            .find_entry(seen, is_pair(&self.store, seen, id))
             .ok()?;
         let (slot, _) = found.remove();
         let (_, inst) = self.store.take(slot.at)?;

@@ -271,7 +271,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
         let deadline = Instant::now() + timeout;
-        let sent_at = Cell::new(None);
+        let sent = Cell::new(false);
         let conn_used = RefCell::new(None);
         let exchange = async {
             let _slot = self
@@ -293,10 +293,9 @@ impl PeerClient {
                 request_id,
             };
             let frame = encode_frame(kind, request_id, group_id, body);
-            let now = Instant::now();
-            sent_at.set(Some(now));
+            sent.set(true);
             if conn.shared.owing_since.get().is_none() {
-                conn.shared.owing_since.set(Some(now));
+                conn.shared.owing_since.set(Some(Instant::now()));
             }
             conn.outbox
                 .send_async(frame)
@@ -320,7 +319,7 @@ impl PeerClient {
                 // dead, as after a partition; the next request dials
                 // afresh. A request timing out alone proves nothing (a
                 // slow disk on the other side).
-                if let (Some(_), Some(shared)) = (sent_at.get(), conn_used.take()) {
+                if let (true, Some(shared)) = (sent.get(), conn_used.take()) {
                     if let Some(silent_for) = silent_too_long(&shared, Instant::now()) {
                         shared.break_with(format!(
                             "no frame from node {} for {} ms while answers were owed",

@@ -187,17 +187,17 @@ async fn send(peers: &Rc<PeerPool>, shard: usize, mut batch: Batch) {
     if batch.body.len() > FRAME_BODY_MAX_BYTES as usize {
         // One operation larger than a peer frame (it went alone): it
         // cannot travel, was not sent, and a retry would not help.
-        let error = LinkError::Rejected(format!(
+        let why = format!(
             "an operation of {} bytes cannot be forwarded to the leader (peer frames \
              hold at most {FRAME_BODY_MAX_BYTES} bytes)",
             batch.body.len()
-        ))
-        .to_engine_error();
-        for target in batch.targets {
-            target.fail(error.clone());
-        }
-        return;
+        );
+        return fail_all(batch.targets, LinkError::Rejected(why));
     }
+    // The leader may have run it: as in a failover, the client retries.
+    let unknown = || LinkError::OutcomeUnknown {
+        leader: Some(leader),
+    };
     let client = peers.client(leader, &batch.leader_addr);
     let called = client
         .call(
@@ -215,31 +215,26 @@ async fn send(peers: &Rc<PeerPool>, shard: usize, mut batch: Batch) {
                         Ok(answer) => target.deliver(answer),
                         // The leader could not queue it (its shard
                         // stopped) or not answer it in the frame.
-                        Err(_) => target.fail(
-                            LinkError::OutcomeUnknown {
-                                leader: Some(leader),
-                            }
-                            .to_engine_error(),
-                        ),
+                        Err(_) => target.fail(unknown().to_engine_error()),
                     }
                 }
                 return;
             }
-            _ => LinkError::OutcomeUnknown {
-                leader: Some(leader),
-            },
+            _ => unknown(),
         },
         // No connection to the leader: the batch never left.
         Err(CallError::NotSent(why)) => LinkError::LeaderUnreachable { leader, why },
         // The trip failed after the batch left (the leader went away, a
         // timeout): the leader may have run any of it.
-        Err(_) => LinkError::OutcomeUnknown {
-            leader: Some(leader),
-        },
+        Err(_) => unknown(),
     };
-    // As in a failover: the clients retry.
+    fail_all(batch.targets, failed);
+}
+
+/// Every operation of a batch gets `failed`.
+fn fail_all(targets: Vec<ReplyTarget>, failed: LinkError) {
     let error = failed.to_engine_error();
-    for target in batch.targets {
+    for target in targets {
         target.fail(error.clone());
     }
 }
