@@ -98,11 +98,16 @@ pub(super) enum Forwarded {
 }
 
 impl Forwarded {
-    /// Whether it travels in a batch of its own: a membership change may
-    /// wait long (a new member's catch-up), and would hold back the answers
-    /// of the operations batched with it.
+    /// Whether it travels in a call of its own. Only client operations
+    /// are batched: the leader answers a batch once its slowest operation
+    /// is done, and an operation on an instance a batch part has locked
+    /// waits there until the part is decided. Batched with such an
+    /// operation, a batch part's Prepare, Decide or Decision — the very
+    /// messages that decide it — timed out with it, again at every retry,
+    /// and a part stayed in doubt (tests/linearizability, cluster run). A
+    /// membership change may wait long too (a new member's catch-up).
     pub(super) fn goes_alone(&self) -> bool {
-        matches!(self, Forwarded::ChangeMembers { .. })
+        !matches!(self, Forwarded::Exec(_))
     }
 
     /// How long the leader may take to answer it.

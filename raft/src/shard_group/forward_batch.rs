@@ -20,8 +20,9 @@
 //! * **When.** A batch is sealed once the loop's turn yields (its flush
 //!   task runs then), or earlier when the next operation would take it
 //!   past [`FORWARD_BATCH_OPS_MAX`] or [`FORWARD_BATCH_BYTES_MAX`], goes to
-//!   another leader, or must go alone (a membership change, whose long
-//!   wait would hold the others' answers back).
+//!   another leader, or must go alone: only client operations are batched;
+//!   batch parts' messages and the rest travel one per call
+//!   (`Forwarded::goes_alone` says why).
 //! * **Failure.** A batch fails as a whole, as one forwarded operation did:
 //!   not sent → every operation gets the "leader unreachable" refusal;
 //!   sent and no answer → "outcome unknown". Both are retryable.
