@@ -50,10 +50,21 @@ def server_binary() -> str:
     return binary
 
 
+_HANDED_OUT_PORTS: set[int] = set()
+FRESH_PORT_ATTEMPTS_MAX = 1000
+
+
 def fresh_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A free port this test session has never handed out (a port picked
+    earlier but not bound yet may be offered again by the kernel)."""
+    for _ in range(FRESH_PORT_ATTEMPTS_MAX):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT_PORTS:
+            _HANDED_OUT_PORTS.add(port)
+            return port
+    raise RuntimeError("no port left that this session has not handed out already")
 
 
 class Server:

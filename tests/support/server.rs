@@ -31,10 +31,29 @@ pub fn server_binary() -> &'static str {
     env!("CARGO_BIN_EXE_corestate")
 }
 
-/// A port nobody listens on right now: bind to port 0, read it, release it.
+/// How many times `fresh_port` asks the kernel before giving up on finding
+/// a port this process has not handed out yet.
+const FRESH_PORT_ATTEMPTS_MAX: usize = 1_000;
+
+/// A port nobody listens on right now and that this test process has never
+/// handed out before: bind to port 0, read it, release it, and remember it.
+///
+/// The memory matters: a cluster picks every node's peer port first and
+/// binds it only when that node starts, so in the meantime the kernel may
+/// offer the same free port again — CI once gave node 1's client port to
+/// node 3's peer listener, and with SO_REUSEPORT both binds succeeded.
 pub fn fresh_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..FRESH_PORT_ATTEMPTS_MAX {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no port left that this test process has not handed out already");
 }
 
 /// The last `lines` lines of a log file (or a note that it is missing).
