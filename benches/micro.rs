@@ -175,7 +175,7 @@ fn wal_record(c: &mut Criterion) {
     assert_eq!(header.kind, RecordKind::ApplyEvent);
     assert!(matches!(
         Entry::decode(payload),
-        Ok(Entry::ApplyEvent { ref ctx, .. }) if *ctx == instance_ctx()
+        Ok(Entry::ApplyEvent(ref apply)) if apply.ctx == instance_ctx()
     ));
     group.bench_function("decode_apply_event", |b| {
         b.iter(|| {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::json::canonical;
-use crate::wal::entry::Entry;
+use crate::wal::entry::{ApplyEventEntry, Entry};
 
 /// One successful APPLY_EVENT, ready to be sent to watchers (docs/PROTOCOL.md §2.4).
 /// Payload and context are already canonical JSON.
@@ -25,31 +25,25 @@ pub struct WatchEvent {
 impl WatchEvent {
     /// Rebuild the event of an `apply_event` log entry (replay from the WAL).
     pub fn from_entry(offset: u64, entry: &Entry) -> Option<WatchEvent> {
-        let Entry::ApplyEvent {
-            instance_id,
-            machine,
-            version,
-            event,
-            from_state,
-            to_state,
-            payload,
-            ctx,
-            ..
-        } = entry
-        else {
-            return None;
-        };
-        Some(WatchEvent {
+        match entry {
+            Entry::ApplyEvent(apply) => Some(WatchEvent::from_apply(offset, apply)),
+            _ => None,
+        }
+    }
+
+    /// The event of an `apply_event` log entry at `offset`.
+    pub fn from_apply(offset: u64, entry: &ApplyEventEntry) -> WatchEvent {
+        WatchEvent {
             offset,
-            instance_id: instance_id.clone(),
-            machine: machine.clone().unwrap_or_default(),
-            version: version.unwrap_or(0),
-            from_state: from_state.clone(),
-            to_state: to_state.clone(),
-            event: event.clone(),
-            payload_json: canonical::to_vec(payload),
-            ctx_json: canonical::to_vec(ctx),
-        })
+            instance_id: entry.instance_id.clone(),
+            machine: entry.machine.clone().unwrap_or_default(),
+            version: entry.version.unwrap_or(0),
+            from_state: entry.from_state.clone(),
+            to_state: entry.to_state.clone(),
+            event: entry.event.clone(),
+            payload_json: canonical::to_vec(&entry.payload),
+            ctx_json: canonical::to_vec(&entry.ctx),
+        }
     }
 }
 

@@ -5,16 +5,12 @@
 //! `member_txn.rs`; watch events are queued for every transition applied,
 //! those inside atomic batches included.
 
-use std::sync::Arc;
-
 use super::decisions::Decisions;
-use super::events::WatchEvent;
 use super::group_link::{Delivery, SnapshotPart};
-use super::replay::{ReplayCounts, TxnLog};
+use super::replay::{Publish, ReplayCounts, TxnLog};
 use super::runner::Shard;
 use super::state::ShardState;
 use crate::snapshot::LogPosition;
-use crate::wal::entry::Entry;
 use crate::wal::offset::tick_of_offset;
 use crate::wal::record::{for_each_record, RecordHeader, RecordKind};
 use crate::wal::sequence::entries_in;
@@ -96,17 +92,10 @@ impl Shard {
                 RecordKind::Prepare | RecordKind::Commit | RecordKind::Abort => {
                     self.apply_txn_record(header, payload).map_err(at)?
                 }
-                kind => {
+                _ => {
                     self.state
-                        .replay_any(header, payload, &mut counts, &mut no_txns)
+                        .replay_any_as(header, payload, &mut counts, &mut no_txns, Publish::Events)
                         .map_err(at)?;
-                    match kind {
-                        RecordKind::ApplyEvent => {
-                            self.push_event(header.offset, payload).map_err(at)?
-                        }
-                        RecordKind::Batch => self.push_events(payload).map_err(at)?,
-                        _ => {}
-                    }
                 }
             }
             note_record(&mut self.member_mut().position, header, shard);
@@ -115,25 +104,6 @@ impl Shard {
                 .observe_tick(tick_of_offset(header.offset));
             Ok(())
         })
-    }
-
-    /// Queue the watch events of the transitions among `records` (watchers
-    /// of this node see them as the leader's do).
-    pub(super) fn push_events(&mut self, records: &[u8]) -> Result<(), String> {
-        for_each_record(records, |header, payload| {
-            if header.kind == RecordKind::ApplyEvent {
-                self.push_event(header.offset, payload)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn push_event(&mut self, offset: u64, payload: &[u8]) -> Result<(), String> {
-        let entry = Entry::decode(payload)?;
-        if let Some(event) = WatchEvent::from_entry(offset, &entry) {
-            self.state.events.push(Arc::new(event));
-        }
-        Ok(())
     }
 
     /// Memory ran ahead of the committed log (a turn the group did not

@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use super::replay::ReplayCounts;
+use super::replay::{Publish, ReplayCounts};
 use super::runner::Shard;
 use super::state::ShardState;
 use super::txn::Undo;
@@ -132,8 +132,7 @@ impl Shard {
     /// Apply a committed part's records and queue their watch events.
     fn apply_part(&mut self, inner: &[u8]) -> Result<(), String> {
         self.state
-            .replay_inner(inner, &mut ReplayCounts::default())?;
-        self.push_events(inner)
+            .replay_inner(inner, &mut ReplayCounts::default(), Publish::Events)
     }
 
     /// After a snapshot: the parts it holds in doubt lock their instances
@@ -205,13 +204,11 @@ impl Shard {
 fn written_ids(inner: &[u8]) -> Vec<String> {
     let mut ids = Vec::new();
     let _ = for_each_record(inner, |_, payload| {
-        match Entry::decode(payload) {
-            Ok(
-                Entry::CreateInstance { instance_id, .. }
-                | Entry::ApplyEvent { instance_id, .. }
-                | Entry::DeleteInstance { instance_id, .. },
-            ) if !ids.contains(&instance_id) => ids.push(instance_id),
-            _ => {}
+        if let Ok(entry) = Entry::decode(payload) {
+            match entry.instance_id() {
+                Some(id) if !ids.iter().any(|known| known == id) => ids.push(id.to_string()),
+                _ => {}
+            }
         }
         Ok(())
     });

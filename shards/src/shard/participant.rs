@@ -5,7 +5,7 @@
 //! and the protocol are described in `src/server/batch.rs`.
 
 use super::command::{BatchVote, Command};
-use super::replay::ReplayCounts;
+use super::replay::{Publish, ReplayCounts};
 use super::runner::Shard;
 use super::state::ShardState;
 use super::txn::{BufferSink, Prepared, Undo};
@@ -142,7 +142,7 @@ impl Shard {
             // A part left undecided by a crash, resolved at start-up.
             if commit {
                 let mut counts = ReplayCounts::default();
-                if let Err(e) = self.state.replay_inner(&inner, &mut counts) {
+                if let Err(e) = self.state.replay_inner(&inner, &mut counts, Publish::No) {
                     self.fail_stop("cannot apply a recovered batch", &e);
                 }
                 self.state.events.clear();

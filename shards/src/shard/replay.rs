@@ -12,7 +12,10 @@ use crate::json::canonical;
 use crate::machine::definition::parse_definition;
 use hashbrown::{HashMap, HashSet};
 
-use crate::wal::entry::{self, Entry};
+use super::events::WatchEvent;
+use crate::wal::entry::{
+    self, ApplyEventEntry, CreateInstanceEntry, DeleteInstanceEntry, Entry, PutMachineEntry,
+};
 use crate::wal::record::{decode_record, RecordHeader, RecordKind};
 
 /// What replay counted, for the start-up log line.
@@ -34,6 +37,15 @@ pub struct TxnLog {
     /// txid → (decider shard, inner records).
     pub in_doubt: HashMap<u64, (u32, Vec<u8>)>,
     pub committed: HashSet<u64>,
+}
+
+/// Whether replay queues watch events for the transitions it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Recovery: what the log holds was published before the restart.
+    No,
+    /// A group member applying committed entries another member wrote.
+    Events,
 }
 
 /// A batch part in doubt as a snapshot holds it: (txid, decider shard,
@@ -65,10 +77,24 @@ impl ShardState {
         counts: &mut ReplayCounts,
         txns: &mut TxnLog,
     ) -> Result<(), String> {
+        self.replay_any_as(header, payload, counts, txns, Publish::No)
+    }
+
+    /// Replay one record of any kind, queueing the watch events of the
+    /// transitions it applies when `publish` asks (a group member applying
+    /// committed entries: each entry is decoded once for both).
+    pub fn replay_any_as(
+        &mut self,
+        header: &RecordHeader,
+        payload: &[u8],
+        counts: &mut ReplayCounts,
+        txns: &mut TxnLog,
+        publish: Publish,
+    ) -> Result<(), String> {
         match header.kind {
             RecordKind::Batch => {
                 counts.batches += 1;
-                self.replay_inner(payload, counts)
+                self.replay_inner(payload, counts, publish)
             }
             RecordKind::Prepare => {
                 let (txid, decider, inner) = entry::read_prepare(payload)?;
@@ -80,7 +106,7 @@ impl ShardState {
                 txns.committed.insert(txid);
                 if let Some((_, inner)) = txns.in_doubt.remove(&txid) {
                     counts.batches += 1;
-                    self.replay_inner(&inner, counts)?;
+                    self.replay_inner(&inner, counts, publish)?;
                 }
                 Ok(())
             }
@@ -92,17 +118,22 @@ impl ShardState {
                 self.flush();
                 Ok(())
             }
-            _ => self.replay_record(header, payload, counts),
+            _ => self.replay_record(header, payload, counts, publish),
         }
     }
 
     /// Replay the inner records of a Batch or committed Prepare.
-    pub fn replay_inner(&mut self, inner: &[u8], counts: &mut ReplayCounts) -> Result<(), String> {
+    pub fn replay_inner(
+        &mut self,
+        inner: &[u8],
+        counts: &mut ReplayCounts,
+        publish: Publish,
+    ) -> Result<(), String> {
         let mut pos = 0;
         while pos < inner.len() {
             let (h, p) = decode_record(&inner[pos..])
                 .map_err(|d| format!("damaged record inside a batch: {d:?}"))?;
-            self.replay_record(&h, p, counts)?;
+            self.replay_record(&h, p, counts, publish)?;
             pos += h.total_len();
         }
         Ok(())
@@ -113,6 +144,7 @@ impl ShardState {
         header: &RecordHeader,
         payload: &[u8],
         counts: &mut ReplayCounts,
+        publish: Publish,
     ) -> Result<(), String> {
         if header.kind.is_raft() {
             return Err(header.kind.standalone_refusal());
@@ -122,12 +154,12 @@ impl ShardState {
         let at = header.time_ms;
         let offset = header.offset;
         match entry {
-            Entry::PutMachine {
+            Entry::PutMachine(PutMachineEntry {
                 machine,
                 version,
                 definition,
                 ..
-            } => {
+            }) => {
                 let def = parse_definition(&machine, version, &definition)
                     .map_err(|e| format!("machine {machine} v{version}: {}", e.message))?;
                 if self.machines.get(&machine, version).is_none() {
@@ -135,14 +167,14 @@ impl ShardState {
                     counts.machines += 1;
                 }
             }
-            Entry::CreateInstance {
+            Entry::CreateInstance(CreateInstanceEntry {
                 instance_id,
                 machine,
                 version,
                 initial_state,
                 initial_ctx,
                 idempotency_key,
-            } => {
+            }) => {
                 let def = self
                     .machines
                     .get(&machine, version)
@@ -183,15 +215,20 @@ impl ShardState {
                 }
                 counts.creates += 1;
             }
-            Entry::ApplyEvent {
-                instance_id,
-                from_state,
-                to_state,
-                ctx,
-                event_id,
-                idempotency_key,
-                ..
-            } => {
+            Entry::ApplyEvent(apply) => {
+                if publish == Publish::Events {
+                    self.events
+                        .push(Arc::new(WatchEvent::from_apply(offset, &apply)));
+                }
+                let ApplyEventEntry {
+                    instance_id,
+                    from_state,
+                    to_state,
+                    ctx,
+                    event_id,
+                    idempotency_key,
+                    ..
+                } = apply;
                 let inst = self
                     .instances
                     .get_mut(&instance_id)
@@ -216,7 +253,7 @@ impl ShardState {
                 inst.updated_at_ms = at;
                 counts.applies += 1;
             }
-            Entry::DeleteInstance { instance_id, .. } => {
+            Entry::DeleteInstance(DeleteInstanceEntry { instance_id, .. }) => {
                 let inst = self
                     .instances
                     .get_mut(&instance_id)

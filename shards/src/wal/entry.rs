@@ -16,50 +16,95 @@ use crate::json::canonical::{write_str, write_value};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Entry {
-    PutMachine {
-        machine: String,
-        version: u32,
-        definition_hash: String,
-        definition: Value,
-    },
-    CreateInstance {
-        instance_id: String,
-        machine: String,
-        version: u32,
-        initial_state: String,
-        initial_ctx: Value,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-    },
-    ApplyEvent {
-        instance_id: String,
-        /// The instance's machine (not in rstmdb's entry; lets a watch event
-        /// be rebuilt from the log alone).
-        #[serde(default)]
-        machine: Option<String>,
-        #[serde(default)]
-        version: Option<u32>,
-        event: String,
-        from_state: String,
-        to_state: String,
-        #[serde(default)]
-        payload: Value,
-        ctx: Value,
-        #[serde(default)]
-        event_id: Option<String>,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-    },
-    DeleteInstance {
-        instance_id: String,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-    },
+    PutMachine(PutMachineEntry),
+    CreateInstance(CreateInstanceEntry),
+    ApplyEvent(ApplyEventEntry),
+    DeleteInstance(DeleteInstanceEntry),
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PutMachineEntry {
+    pub machine: String,
+    pub version: u32,
+    pub definition_hash: String,
+    pub definition: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CreateInstanceEntry {
+    pub instance_id: String,
+    pub machine: String,
+    pub version: u32,
+    pub initial_state: String,
+    pub initial_ctx: Value,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ApplyEventEntry {
+    pub instance_id: String,
+    /// The instance's machine (not in rstmdb's entry; lets a watch event
+    /// be rebuilt from the log alone).
+    #[serde(default)]
+    pub machine: Option<String>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    pub event: String,
+    pub from_state: String,
+    pub to_state: String,
+    #[serde(default)]
+    pub payload: Value,
+    pub ctx: Value,
+    #[serde(default)]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeleteInstanceEntry {
+    pub instance_id: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// How every entry this crate writes begins: the type comes first.
+const TYPE_OPENING: &[u8] = br#"{"type":""#;
+
 impl Entry {
+    /// Decode an entry payload.
+    ///
+    /// Entries written here name their type first, so the type is read
+    /// from the opening bytes and the variant's fields are decoded straight
+    /// into their struct (its "type" key is skipped as unknown). serde's
+    /// tagged-enum path, kept for payloads that do not open that way, first
+    /// buffers the whole entry in an intermediate tree to find the tag
+    /// anywhere: measured at about half of a decode, and decoding was a
+    /// fifth of a cluster follower's CPU under a 16×16 apply load.
     pub fn decode(payload: &[u8]) -> Result<Entry, String> {
-        serde_json::from_slice(payload).map_err(|e| e.to_string())
+        let typed = payload.strip_prefix(TYPE_OPENING).and_then(|rest| {
+            let end = rest.iter().position(|&b| b == b'"')?;
+            Some(&rest[..end])
+        });
+        let decoded = match typed {
+            Some(b"apply_event") => serde_json::from_slice(payload).map(Entry::ApplyEvent),
+            Some(b"create_instance") => serde_json::from_slice(payload).map(Entry::CreateInstance),
+            Some(b"delete_instance") => serde_json::from_slice(payload).map(Entry::DeleteInstance),
+            Some(b"put_machine") => serde_json::from_slice(payload).map(Entry::PutMachine),
+            _ => serde_json::from_slice(payload),
+        };
+        decoded.map_err(|e| e.to_string())
+    }
+
+    /// The instance an instance entry writes (none for a machine).
+    pub fn instance_id(&self) -> Option<&str> {
+        match self {
+            Entry::PutMachine(_) => None,
+            Entry::CreateInstance(e) => Some(&e.instance_id),
+            Entry::ApplyEvent(e) => Some(&e.instance_id),
+            Entry::DeleteInstance(e) => Some(&e.instance_id),
+        }
     }
 }
 
@@ -223,12 +268,12 @@ mod tests {
         write_put_machine(&mut out, "m", 3, "6b16bc3e", &def);
         assert_eq!(
             Entry::decode(&out).unwrap(),
-            Entry::PutMachine {
+            Entry::PutMachine(PutMachineEntry {
                 machine: "m".into(),
                 version: 3,
                 definition_hash: "6b16bc3e".into(),
                 definition: def
-            }
+            })
         );
 
         let ctx = json!({"n": 1});
@@ -245,12 +290,12 @@ mod tests {
             },
         );
         match Entry::decode(&out).unwrap() {
-            Entry::CreateInstance {
+            Entry::CreateInstance(CreateInstanceEntry {
                 instance_id,
                 idempotency_key,
                 initial_ctx,
                 ..
-            } => {
+            }) => {
                 assert_eq!(instance_id, "i\"1");
                 assert_eq!(idempotency_key.as_deref(), Some("k"));
                 assert_eq!(initial_ctx, ctx);
@@ -275,14 +320,14 @@ mod tests {
             },
         );
         match Entry::decode(&out).unwrap() {
-            Entry::ApplyEvent {
+            Entry::ApplyEvent(ApplyEventEntry {
                 ctx,
                 payload,
                 event_id,
                 machine,
                 version,
                 ..
-            } => {
+            }) => {
                 assert_eq!((machine.as_deref(), version), (Some("m"), Some(2)));
                 assert_eq!(ctx, json!({"n": 2}));
                 assert_eq!(payload, Value::Null);
@@ -295,10 +340,60 @@ mod tests {
         write_delete_instance(&mut out, "i", None);
         assert_eq!(
             Entry::decode(&out).unwrap(),
-            Entry::DeleteInstance {
+            Entry::DeleteInstance(DeleteInstanceEntry {
                 instance_id: "i".into(),
                 idempotency_key: None
-            }
+            })
         );
+    }
+
+    #[test]
+    fn an_entry_whose_type_is_not_first_decodes_the_same_and_bad_ones_are_refused() {
+        let ctx = json!({"n": 2, "tags": ["a", "b"]});
+        let mut written = Vec::new();
+        write_apply_event(
+            &mut written,
+            &ApplyFields {
+                instance_id: "i",
+                machine: "m",
+                version: 2,
+                event: "GO",
+                from_state: "a",
+                to_state: "b",
+                payload_json: br#"{"p":true}"#,
+                ctx_json: ctx.to_string().as_bytes(),
+                event_id: Some("e1"),
+                idempotency_key: Some("k1"),
+            },
+        );
+        assert!(written.starts_with(TYPE_OPENING), "the fast path is taken");
+        // The same fields with the type last: serde's tagged path.
+        let mut fields: serde_json::Map<String, Value> = serde_json::from_slice(&written).unwrap();
+        let kind = fields.remove("type").unwrap();
+        fields.insert("type".into(), kind);
+        let reordered = serde_json::to_vec(&fields).unwrap();
+        assert!(!reordered.starts_with(TYPE_OPENING));
+        assert_eq!(
+            Entry::decode(&written).unwrap(),
+            Entry::decode(&reordered).unwrap()
+        );
+        assert_eq!(Entry::decode(&written).unwrap().instance_id(), Some("i"));
+
+        // Neither path accepts an unknown type, a missing field or a
+        // wrong type.
+        for bad in [
+            &br#"{"type":"rename_instance","instance_id":"i"}"#[..],
+            br#"{"type":"apply_event","instance_id":"i"}"#,
+            br#"{"type":"delete_instance","instance_id":7}"#,
+            br#"{"instance_id":"i"}"#,
+            br#"{"type":"delete_instance""#,
+            b"",
+        ] {
+            assert!(
+                Entry::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
