@@ -143,6 +143,11 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// How many bytes are not read yet.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
     /// Everything not read yet.
     pub fn rest(&mut self) -> &'a [u8] {
         let out = &self.bytes[self.pos..];
@@ -172,7 +177,7 @@ pub fn decode_log_id(c: &mut Cursor<'_>) -> Result<WalLogId, CodecError> {
     Ok(LogId::new(WalLeaderId { term, node_id }, index))
 }
 
-fn encode_optional_log_id(id: Option<&WalLogId>, out: &mut Vec<u8>) {
+pub fn encode_optional_log_id(id: Option<&WalLogId>, out: &mut Vec<u8>) {
     match id {
         None => out.push(0),
         Some(id) => {
@@ -182,7 +187,7 @@ fn encode_optional_log_id(id: Option<&WalLogId>, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_optional_log_id(c: &mut Cursor<'_>) -> Result<Option<WalLogId>, CodecError> {
+pub fn decode_optional_log_id(c: &mut Cursor<'_>) -> Result<Option<WalLogId>, CodecError> {
     match c.u8("log id presence")? {
         0 => Ok(None),
         1 => Ok(Some(decode_log_id(c)?)),
@@ -298,6 +303,13 @@ pub fn encode_vote(vote: &WalVote, out: &mut Vec<u8>) {
 
 pub fn decode_vote(payload: &[u8]) -> Result<WalVote, CodecError> {
     let mut c = Cursor::new(payload);
+    let vote = read_vote(&mut c)?;
+    c.finish("vote")?;
+    Ok(vote)
+}
+
+/// A vote as `encode_vote` wrote it, at the cursor.
+pub fn read_vote(c: &mut Cursor<'_>) -> Result<WalVote, CodecError> {
     let term = c.u64("vote term")?;
     let node_id = c.u64("vote node id")?;
     let committed = match c.u8("vote committed flag")? {
@@ -305,7 +317,6 @@ pub fn decode_vote(payload: &[u8]) -> Result<WalVote, CodecError> {
         1 => true,
         b => return Err(CodecError(format!("vote committed flag {b} (0 or 1)"))),
     };
-    c.finish("vote")?;
     Ok(Vote {
         leader_id: WalLeaderId { term, node_id },
         committed,

@@ -23,14 +23,16 @@ use std::rc::Rc;
 
 use futures_channel::oneshot;
 use openraft::storage::RaftStateMachine;
-use openraft::{Raft, RaftTypeConfig, Snapshot};
+use openraft::{Raft, Snapshot};
 use serde::Serialize;
 
+use super::append_wire::decode_append;
 use super::frame::FrameKind;
 use super::snapshot::{ChunkOutcome, SnapshotReassembler};
 use super::wire::{
     decode_chunk, from_json, to_json, ChunkAnswer, ErrorBody, ErrorCode, SnapshotWire,
 };
+use crate::log_store::WalTypes;
 
 /// Calls queued for one group before the listener waits to queue more.
 pub const GROUP_MAILBOX_DEPTH: usize = 256;
@@ -126,7 +128,7 @@ impl GroupDirectory {
 /// that task stops it.
 pub async fn serve_group<C, SM>(raft: Raft<C, SM>, inbox: GroupInbox)
 where
-    C: RaftTypeConfig<NodeId = u64>,
+    C: WalTypes,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: SnapshotWire,
 {
@@ -140,7 +142,7 @@ pub async fn serve_group_with<C, SM>(
     inbox: GroupInbox,
     shard_calls: Option<ShardCalls>,
 ) where
-    C: RaftTypeConfig<NodeId = u64>,
+    C: WalTypes,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: SnapshotWire,
 {
@@ -196,13 +198,13 @@ async fn answer_call<C, SM>(
     body: &[u8],
 ) -> GroupAnswer
 where
-    C: RaftTypeConfig<NodeId = u64>,
+    C: WalTypes,
     SM: RaftStateMachine<C>,
     SM::SnapshotData: SnapshotWire,
 {
     match kind {
         FrameKind::AppendEntries => {
-            let request = from_json(body).map_err(bad_request)?;
+            let request = decode_append::<C>(body).map_err(bad_request)?;
             answered(raft.append_entries(request).await)
         }
         FrameKind::Vote => {

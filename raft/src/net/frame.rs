@@ -27,7 +27,8 @@ use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const FRAME_MAGIC: [u8; 4] = *b"CSRP";
 
 /// The version of this protocol; a peer speaking another is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2: AppendEntries bodies are binary (`append_wire.rs`).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Size of the fixed header.
 pub const FRAME_HEADER_BYTES: usize = 32;

@@ -21,6 +21,7 @@
 //! See `README.md` beside this crate ("Peer transport") for the limits and
 //! what is not done yet.
 
+pub mod append_wire;
 pub mod client;
 pub mod directory;
 pub mod frame;

@@ -33,6 +33,7 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::append_wire::encode_append;
 use super::client::{CallError, PeerClient};
 use super::frame::FrameKind;
 use super::handshake::ClusterCredentials;
@@ -41,6 +42,7 @@ use super::tls::PeerTls;
 use super::wire::{
     encode_chunk, from_json, to_json, ChunkAnswer, ChunkHeader, ErrorCode, SnapshotWire,
 };
+use crate::log_store::WalTypes;
 
 /// The peer links of one executor.
 pub struct PeerPool {
@@ -119,7 +121,7 @@ pub struct PeerNetworkFactory<C, S> {
 
 impl<C, S> RaftNetworkFactory<C> for PeerNetworkFactory<C, S>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: WalTypes,
     S: SnapshotWire,
 {
     type Network = PeerLink<C, S>;
@@ -146,7 +148,7 @@ pub struct PeerLink<C, S> {
 
 impl<C, S> PeerLink<C, S>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: WalTypes,
 {
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -214,7 +216,7 @@ fn streaming_error<C: RaftTypeConfig>(err: RPCError<C>) -> StreamingError<C> {
 
 impl<C, S> RaftNetworkV2<C> for PeerLink<C, S>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: WalTypes,
     S: SnapshotWire,
 {
     type SnapshotData = S;
@@ -224,10 +226,11 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.rpc(
+        let body = encode_append(&rpc);
+        self.call(
             FrameKind::AppendEntries,
             RPCTypes::AppendEntries,
-            &rpc,
+            &body,
             &option,
         )
         .await
@@ -285,7 +288,7 @@ where
                 transfer_id,
                 offset_bytes: offset as u64,
                 total_bytes: bytes.len() as u64,
-                vote: vote.clone(),
+                vote,
                 meta: snapshot.meta.clone(),
             };
             let body = encode_chunk(&header, &bytes[offset..end]);
