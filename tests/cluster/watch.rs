@@ -131,3 +131,17 @@ fn an_idle_group_does_not_hold_back_watch_all_on_a_follower() {
     let acked = write(&mut cluster, node, &ids);
     assert_eq!(events(&mut live, acked.len()), acked);
 }
+
+/// The same on the idle group's leader: a member's watermark moves only
+/// with committed entries (a leader's clock is no promise once it loses the
+/// lead), so the leader logs watermark entries for its own node's merge.
+#[test]
+fn an_idle_group_does_not_hold_back_watch_all_on_its_leader() {
+    let mut cluster = Cluster::start_sharded(3, 2);
+    let node = cluster.leader_of_shard(1);
+    cluster.flip_instances(node, &[]);
+    let mut live = watch_all(&cluster, node, json!({"include_ctx": false}));
+    let ids = ids_on_shard("idle-led", 0, 3);
+    let acked = write(&mut cluster, node, &ids);
+    assert_eq!(events(&mut live, acked.len()), acked);
+}

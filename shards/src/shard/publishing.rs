@@ -5,6 +5,7 @@
 use super::events::Publication;
 use super::runner::Shard;
 use super::txn::Prepared;
+use crate::wal::offset::make_offset;
 
 impl Shard {
     /// Send the durable events (in offset order) and the watermark.
@@ -60,6 +61,15 @@ impl Shard {
     /// any event held by a prepared batch (or by a replicated shard's part
     /// in doubt).
     pub(super) fn watermark(&self) -> u64 {
+        // A group member promises no more than its group's log holds: a
+        // leader's clock runs ahead of its log, and a member that loses the
+        // lead cannot take back a watermark it published — the next leader
+        // (another node, another clock) starts above every committed tick,
+        // not above this node's clock (`member_watermark.rs`).
+        let committed = self
+            .member
+            .as_ref()
+            .map_or(u64::MAX, |m| make_offset(m.position.last_tick + 1, 0));
         let held = self
             .txns
             .values()
@@ -71,5 +81,6 @@ impl Shard {
             .min(held.unwrap_or(u64::MAX))
             .min(self.held_by_in_doubt().unwrap_or(u64::MAX))
             .min(self.wal.unwritten_floor().unwrap_or(u64::MAX))
+            .min(committed)
     }
 }

@@ -389,10 +389,11 @@ impl Shard {
                     None => unreachable!("checked above"),
                 }
             } else if matches!(msg, ShardMsg::AdvanceWatermark) {
-                // A follower's offsets are its leader's: its watermark
-                // moves only with the entries it applies, never with its
-                // own clock (`member_watermark.rs`).
-                let lead_ready = if forwarded && self.leads() {
+                // A member's watermark moves only with the entries its
+                // group commits, never with its own clock: a leader logs a
+                // watermark entry, a follower asks its leader for one
+                // (`member_watermark.rs`).
+                let lead_ready = if self.leads() {
                     if lead.is_none() {
                         lead = Some(self.lead_check().await);
                     }
