@@ -35,14 +35,17 @@ pub const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 
 /// How long a connection may owe an answer without any frame arriving
 /// before it is presumed dead and dialled afresh (checked when a request
-/// times out). 0: at the first timeout while an answer is owed, as before
-/// this setting existed. 500 ms was tried, so that a follower answering an
-/// AppendEntries later than openraft's 50 ms would keep its connection:
-/// the short cluster linearizability run then left batch parts in doubt in
-/// some runs (seed 15961122279015: 1 of 3 failed; with 0, 4 of 4 passed),
-/// and it did not stop the elections the member loop's yielding stopped.
-/// Kept at 0 until that is understood (bench-results/2026-12-05/peer-silence/).
-pub const PEER_SILENCE_BREAK_MS: u64 = 0;
+/// times out). Longer than one request's timeout on purpose: openraft
+/// gives an AppendEntries the heartbeat interval (50 ms), and a follower
+/// busy for a moment (a group snapshot, a slow sync) answers later than
+/// that — breaking the connection then also failed the heartbeats and
+/// forwarded requests riding on it, and the slow follower became an
+/// election. Measured under create 16×16 (bench-results/2026-12-05/
+/// peer-silence/): at 0 the lead moved under load in 5 of 6 runs and 1,328
+/// requests were refused; at 500 ms, in none of 6, and none were. (Set to
+/// 0 for a while because one short checker run with 500 ms left a batch
+/// part in doubt; 14 runs since, on that run's seed and others, passed.)
+pub const PEER_SILENCE_BREAK_MS: u64 = 500;
 
 /// How long a TCP connect may take.
 pub const DIAL_TIMEOUT_MS: u64 = 1_000;
