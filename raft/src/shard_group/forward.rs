@@ -4,8 +4,9 @@
 //! turn's operations to the leader's node as one `ShardCall` frame (a JSON
 //! array of [`Forwarded`]); the leader's group server puts them into the
 //! leader's shard mailbox marked as forwarded ([`serve_forwarded`]) and
-//! answers with an array of the same length; each answer goes to its
-//! client's reply channel as if the follower had answered.
+//! answers with as many answers, in order (`forward_answers.rs`); each
+//! answer goes to its client's reply channel as if the follower had
+//! answered.
 //!
 //! * **Once.** A forwarded operation is never forwarded again: a node that
 //!   is no longer the leader when it arrives refuses it with the failover
@@ -39,9 +40,10 @@ use shards::machine::definition::{parse_definition, MachineDef};
 use shards::shard::group_link::{LinkError, MemberChange};
 use shards::shard::{BatchVote, Command, ListPage, ListQuery, ReplyTo, ShardMsg};
 
+use super::forward_answers::encode_answers;
 use super::forward_wire::{Wire, WireCommand, WireError, WireVote};
 use crate::net::frame::FRAME_BODY_MAX_BYTES;
-use crate::net::wire::{from_json, to_json, ErrorBody, ErrorCode as WireCode};
+use crate::net::wire::{from_json, ErrorBody, ErrorCode as WireCode};
 use crate::net::ShardCalls;
 
 /// How long a forwarded operation may take, answer included: a commit's
@@ -129,8 +131,10 @@ impl Forwarded {
 /// The leader's answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Answer {
-    /// A connection operation's result (JSON text) or error.
-    Exec(Wire<String>),
+    /// A connection operation's result (the JSON text the shard answered)
+    /// or error. A result travels as its bytes (`forward_answers.rs`),
+    /// never through JSON.
+    Exec(Wire<Vec<u8>>),
     Installed(Wire<bool>),
     /// (machine, version, definition) of each machine.
     Machines(Wire<Vec<(String, u32, Value)>>),
@@ -262,7 +266,7 @@ impl ReplyTarget {
     pub(super) fn deliver(self, answer: Answer) {
         match (self, answer) {
             (ReplyTarget::Conn(reply), Answer::Exec(r)) => {
-                reply.send(r.map(String::into_bytes).map_err(WireError::into_engine))
+                reply.send(r.map_err(WireError::into_engine))
             }
             (ReplyTarget::Install(done), Answer::Installed(r)) => {
                 let _ = done.send(r.map_err(WireError::into_engine));
@@ -339,29 +343,6 @@ pub fn serve_forwarded(mailbox: flume::Sender<ShardMsg>) -> ShardCalls {
     })
 }
 
-/// A batch's answers as one JSON array of at most about `bytes_max`
-/// bytes: an answer that would pass it is replaced by an error, and the
-/// follower tells that operation's client its outcome is unknown.
-fn encode_answers(answers: Vec<Result<Answer, ErrorBody>>, bytes_max: usize) -> Vec<u8> {
-    let mut out = vec![b'['];
-    for (i, answer) in answers.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let mut encoded = to_json(&answer);
-        if out.len() + encoded.len() + 1 > bytes_max {
-            let too_large: Result<Answer, ErrorBody> = Err(ErrorBody::new(
-                WireCode::BadRequest,
-                "the answer did not fit the batch's frame",
-            ));
-            encoded = to_json(&too_large);
-        }
-        out.extend_from_slice(&encoded);
-    }
-    out.push(b']');
-    out
-}
-
 type Waiting = Pin<Box<dyn Future<Output = Answer>>>;
 
 fn queue(mailbox: &flume::Sender<ShardMsg>, op: Forwarded) -> Result<Waiting, ErrorBody> {
@@ -382,10 +363,7 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, op: Forwarded) -> Result<Waiting, Er
                 Ok(reply) => reply.body,
                 Err(_) => Err(stopped()),
             };
-            Answer::Exec(
-                body.map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .map_err(WireError::from),
-            )
+            Answer::Exec(body.map_err(WireError::from))
         }))
     };
     match op {
@@ -538,33 +516,4 @@ fn decision_of<T: 'static>(rx: flume::Receiver<T>, answer: fn(T) -> Answer) -> W
 /// the way): the failover refusal, retryable.
 fn stopped() -> EngineError {
     LinkError::NotLeader { leader: None }.to_engine_error()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn exec_answer(text_bytes: usize) -> Result<Answer, ErrorBody> {
-        Ok(Answer::Exec(Ok("x".repeat(text_bytes))))
-    }
-
-    #[test]
-    fn answers_past_the_byte_limit_become_errors_and_the_array_keeps_its_length() {
-        let answers = vec![exec_answer(10), exec_answer(500), exec_answer(10)];
-        let encoded = encode_answers(answers, 200);
-        assert!(encoded.len() <= 200, "{} bytes", encoded.len());
-        let back: Vec<Result<Answer, ErrorBody>> = from_json(&encoded).expect("an array");
-        assert_eq!(back.len(), 3);
-        assert!(matches!(&back[0], Ok(Answer::Exec(Ok(t))) if t.len() == 10));
-        assert!(matches!(&back[1], Err(e) if e.code == WireCode::BadRequest));
-        assert!(matches!(&back[2], Ok(Answer::Exec(Ok(t))) if t.len() == 10));
-    }
-
-    #[test]
-    fn answers_within_the_limit_travel_as_they_are() {
-        let encoded = encode_answers(vec![exec_answer(3), Ok(Answer::Queued)], 1 << 10);
-        let back: Vec<Result<Answer, ErrorBody>> = from_json(&encoded).expect("an array");
-        assert!(matches!(&back[0], Ok(Answer::Exec(Ok(t))) if t == "xxx"));
-        assert!(matches!(&back[1], Ok(Answer::Queued)));
-    }
 }

@@ -34,9 +34,10 @@ use std::time::Duration;
 use shards::shard::group_link::LinkError;
 use shards::shard::ShardMsg;
 
-use super::forward::{split, Answer, ReplyTarget};
+use super::forward::{split, ReplyTarget};
+use super::forward_answers::decode_answers;
 use crate::net::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
-use crate::net::wire::{from_json, to_json, ErrorBody};
+use crate::net::wire::to_json;
 use crate::net::{CallError, PeerPool};
 
 /// Operations in one forwarded batch, at most: the leader answers them in
@@ -209,7 +210,7 @@ async fn send(peers: &Rc<PeerPool>, shard: usize, mut batch: Batch) {
         )
         .await;
     let failed = match called {
-        Ok(answer) => match from_json::<Vec<Result<Answer, ErrorBody>>>(&answer) {
+        Ok(answer) => match decode_answers(&answer) {
             Ok(answers) if answers.len() == batch.targets.len() => {
                 for (target, answer) in batch.targets.into_iter().zip(answers) {
                     match answer {

@@ -37,6 +37,7 @@
 mod admin;
 mod balance;
 mod forward;
+mod forward_answers;
 mod forward_batch;
 mod forward_wire;
 mod link;
