@@ -135,6 +135,17 @@ impl Merger {
             self.advance_asked[p.shard] = false;
         }
         for e in p.events {
+            if e.offset < self.released_upto {
+                // Released in order no more: a watcher already past it never
+                // sees it. A shard's bug if it happens (see
+                // `shards::shard::publishing`); named so a run's log shows it.
+                tracing::error!(
+                    "watch merge: event at offset {} from shard {} came after offsets up to {}                      were released",
+                    e.offset,
+                    p.shard,
+                    self.released_upto
+                );
+            }
             self.pending.push(Reverse(Pending(e)));
         }
     }
