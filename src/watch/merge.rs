@@ -157,8 +157,8 @@ impl Merger {
             if e.offset < self.released_upto {
                 if e.offset >= self.start {
                     tracing::error!(
-                        "watch merge: event at offset {} from shard {} came after offsets up to \
-                         {} were released; watchers read it from the logs only",
+                        "watch order violated: event at offset {} from shard {} came after \
+                         offsets up to {} were released; watchers read it from the logs only",
                         e.offset,
                         p.shard,
                         self.released_upto

@@ -70,6 +70,9 @@ const REPLICAS_CATCH_UP: Duration = Duration::from_secs(20);
 /// How long the server stays dead after each SIGKILL (clients fail
 /// meanwhile).
 const KILL_DOWNTIME: Duration = Duration::from_millis(200);
+/// What a node logs when the order of its watch stream broke
+/// (`src/watch/merge.rs`, `shards/src/shard/publishing.rs`).
+const WATCH_ORDER_ERROR: &str = "watch order violated";
 /// Random shift of each kill instant, at most this fraction of the
 /// interval between kills (in percent).
 const KILL_JITTER_PERCENT: u64 = 30;
@@ -274,6 +277,19 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     let report = check_history(&machine, &history);
     // The stream holds the batches' transitions too.
     let stream = check_watch_stream(&watch_log.events, &whole_log, 0);
+    // What the nodes themselves noticed: an event a merge took after
+    // releasing past it, a shard watermark going down (their logs name it).
+    let order_errors: Vec<String> = deployment
+        .servers()
+        .iter()
+        .enumerate()
+        .flat_map(|(node, server)| {
+            server
+                .stderr_lines_matching(WATCH_ORDER_ERROR)
+                .into_iter()
+                .map(move |line| format!("node {node} {line}"))
+        })
+        .collect();
     let unexpected: Vec<&String> = stats.iter().flat_map(|s| &s.unexpected).collect();
     let reconnects: usize = stats.iter().map(|s| s.reconnects).sum();
     let retryable: usize = stats.iter().map(|s| s.retryable).sum();
@@ -284,7 +300,7 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
          {CLIENTS} clients, {} instances\n{counts}\nlinearizability: {} in {:.1?} ({} search \
          steps)\nunknowns settled by the log: {settled:?}\ncommitted log: {} writes, {durability:?}\nreplicas: {replicas:?}\nwatch stream: \
          {} events over {} subscriptions: {stream:?} {}\natomic batches across shards: \
-         {batch_check:?}\nclient reconnects {reconnects}, \
+         {batch_check:?}\nwatch order errors in the node logs: {} (the first: {:?})\nclient reconnects {reconnects}, \
          retryable refusals {retryable}, unexpected errors {} (the first: {:?})",
         instances.len(),
         if report.is_linearizable() {
@@ -298,6 +314,8 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
         watch_log.events.len(),
         watch_log.subscriptions,
         watch_log.problem.as_deref().unwrap_or(""),
+        order_errors.len(),
+        order_errors.iter().take(3).collect::<Vec<_>>(),
         unexpected.len(),
         unexpected.iter().take(3).collect::<Vec<_>>(),
     );
@@ -308,7 +326,8 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             + usize::from(settled.is_err())
             + usize::from(stream.is_err())
             + usize::from(replicas.is_err())
-            + usize::from(batch_check.is_err());
+            + usize::from(batch_check.is_err())
+            + usize::from(!order_errors.is_empty());
         // The filter that runs this test alone.
         let filter = match deployment {
             Deployment::Cluster(_) => "cluster",
@@ -342,6 +361,11 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
     if let Err(problems) = &durability {
         panic!("seed {seed}: committed log vs history: {problems}");
     }
+    assert!(
+        order_errors.is_empty(),
+        "seed {seed}: nodes logged watch order violations:\n{}",
+        order_errors.join("\n")
+    );
     if let Err(problems) = &settled {
         panic!("seed {seed}: idempotency keys in the log vs answers: {problems}");
     }

@@ -240,6 +240,22 @@ impl Server {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Lines containing `needle` in the stderr of every run of this
+    /// server so far (each start writes its own file).
+    pub fn stderr_lines_matching(&self, needle: &str) -> Vec<String> {
+        (1..=self.starts)
+            .flat_map(|run| {
+                let path = self.work_dir().join(format!("stderr-{run}.log"));
+                fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(|l| format!("run {run}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// The last lines of stderr of the current (or last) run.
     pub fn stderr_tail(&self) -> String {
         file_tail(&self.stderr_path, STDERR_TAIL_LINES)

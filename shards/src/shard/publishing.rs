@@ -26,8 +26,8 @@ impl Shard {
             .filter(|&first| first < self.published_watermark);
         if watermark < self.published_watermark || late.is_some() {
             tracing::error!(
-                "shard {}: watermark {watermark} after {} published, first event {late:?}: \
-                 watchers may miss or misorder events",
+                "watch order violated: shard {}: watermark {watermark} after {} published, \
+                 first event {late:?}; watchers may miss or misorder events",
                 self.state.shard_id,
                 self.published_watermark
             );
