@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{Cluster, NOT_LEADER_CODE};
+use std::io::Write;
+
+use crate::support::wire::rcpx_json;
 use crate::support::{ids_on_shard, request, RawClient};
 use crate::watch::{events, watch_all};
 
@@ -352,6 +355,88 @@ fn a_batch_whose_coordinator_dies_mid_prepare_is_aborted_by_its_decider() {
             json!({"machine": "flip", "version": 1, "instance_id": a}),
         );
         cluster.all_converge();
+        return;
+    }
+    panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");
+}
+
+/// Operations through a follower pipelined behind one parked at the leader.
+const BESIDE_PARKED_OPS: usize = 16;
+
+#[test]
+fn an_operation_parked_behind_a_part_in_doubt_does_not_fail_those_forwarded_with_it() {
+    // The orphaned part stays in doubt (its instance locked) for 8 s —
+    // longer than a forwarded batch may wait (`FORWARD_TIMEOUT_MS`).
+    let settings = "    in_doubt_resolve_after_ms: 8000\n    election_timeout_ms: 1000\n";
+    let mut cluster = Cluster::start_full(3, false, settings, 2);
+    let first = cluster.leader();
+    let beside = ids_on_shard("beside", 0, BESIDE_PARKED_OPS);
+    let ids: Vec<&str> = beside.iter().map(String::as_str).collect();
+    cluster.flip_instances(first, &ids);
+    let (on0, on1) = (
+        ids_on_shard("p", 0, ORPHAN_ATTEMPTS),
+        ids_on_shard("p", 1, ORPHAN_ATTEMPTS),
+    );
+    for attempt in 0..ORPHAN_ATTEMPTS {
+        let (coordinator, frozen) = two_settled_leaders(&mut cluster);
+        let (a, b) = (&on0[attempt], &on1[attempt]);
+        // As in the test above: shard 0's part prepared, its coordinator
+        // (shard 0's leader) killed before it decides.
+        cluster.nodes[&frozen].signal(libc::SIGSTOP);
+        let mut conn = cluster.raw(coordinator);
+        let params = json!({"mode": "atomic", "ops": across(a, b)});
+        conn.send_json(&request("orphaned", "BATCH", params));
+        std::thread::sleep(Duration::from_millis(800));
+        cluster.nodes.get_mut(&coordinator).unwrap().sigkill();
+        cluster.nodes[&frozen].signal(libc::SIGCONT);
+        if let Some(early) = conn.read_frame().map(|f| f.json()) {
+            cluster.nodes.get_mut(&coordinator).unwrap().restart();
+            eprintln!("attempt {attempt}: answered before the kill ({early:?}); again");
+            continue;
+        }
+        // Through the live node that does not lead shard 0: an operation
+        // on the locked instance, then flips of free ones, in one write —
+        // forwarded in one call.
+        let leader = cluster.leader();
+        let via = *cluster
+            .nodes
+            .keys()
+            .find(|&&n| n != coordinator && n != leader)
+            .unwrap();
+        let mut raw = cluster.raw(via);
+        let mut out = rcpx_json(&request(
+            "parked",
+            "APPLY_EVENT",
+            json!({"instance_id": a, "event": "FLIP"}),
+        ));
+        for (i, id) in beside.iter().enumerate() {
+            let flip = json!({"instance_id": id, "event": "FLIP"});
+            out.extend(rcpx_json(&request(
+                &format!("beside-{i}"),
+                "APPLY_EVENT",
+                flip,
+            )));
+        }
+        let sent = std::time::Instant::now();
+        raw.stream.write_all(&out).expect("write");
+        let mut answers: Vec<Value> = (0..=BESIDE_PARKED_OPS)
+            .map(|_| raw.read_response())
+            .collect();
+        eprintln!("answered in {:?}", sent.elapsed());
+        answers.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_string());
+        let (parked, others) = answers.split_last().expect("answers");
+        for r in others {
+            assert_eq!(r["status"], "ok", "beside the parked operation: {r}");
+        }
+        // The parked one: run once the part is decided, or refused as
+        // retryable with its outcome unknown — never a hang.
+        eprintln!("the parked operation: {parked}");
+        assert_eq!(parked["id"], "parked");
+        assert!(
+            parked["status"] == "ok" || parked["error"]["retryable"] == true,
+            "the parked operation: {parked}"
+        );
+        cluster.nodes.get_mut(&coordinator).unwrap().restart();
         return;
     }
     panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");

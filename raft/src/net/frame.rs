@@ -28,7 +28,9 @@ pub const FRAME_MAGIC: [u8; 4] = *b"CSRP";
 
 /// The version of this protocol; a peer speaking another is refused.
 /// Version 2: AppendEntries bodies are binary (`append_wire.rs`).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// Version 3: error code `Timeout` (a forwarded operation the leader
+/// answered without waiting for it, `forward.rs`).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Size of the fixed header.
 pub const FRAME_HEADER_BYTES: usize = 32;

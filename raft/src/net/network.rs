@@ -198,7 +198,9 @@ where
                 ErrorCode::UnknownGroup | ErrorCode::GroupStopped | ErrorCode::HandshakeRefused => {
                     RPCError::Unreachable(Unreachable::from_string(context))
                 }
-                ErrorCode::BadRequest => RPCError::Network(NetworkError::from_string(context)),
+                ErrorCode::BadRequest | ErrorCode::Timeout => {
+                    RPCError::Network(NetworkError::from_string(context))
+                }
             },
             CallError::Protocol(_) => RPCError::Network(NetworkError::from_string(context)),
         }

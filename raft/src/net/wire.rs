@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// The body did not decode, or a snapshot chunk was out of order or
     /// over the size bound.
     BadRequest,
+    /// Not answered in time (a forwarded operation still waiting when the
+    /// leader answered its batch).
+    Timeout,
 }
 
 /// The body of an `Error` frame.

@@ -23,6 +23,9 @@
 //!   its operations (`FORWARD_TIMEOUT_MS` but for membership changes); a
 //!   batch that fails or times out is answered with the failover error
 //!   (retryable; a write's outcome may then be unknown, as in a failover).
+//!   The leader answers [`FORWARD_ANSWER_MARGIN_MS`] before that with the
+//!   answers it has, so one operation still waiting (parked behind a batch
+//!   part in doubt) costs only its own answer.
 //!   The answers of a batch fill at most [`FORWARD_ANSWERS_BYTES_MAX`]; an
 //!   answer past that is replaced by an error (outcome unknown, retryable)
 //!   rather than sending a frame the follower must refuse.
@@ -31,7 +34,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{select, Either};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -49,6 +54,12 @@ use crate::net::ShardCalls;
 /// How long a forwarded operation may take, answer included: a commit's
 /// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
 pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
+/// How much sooner than its follower gives up the leader answers a
+/// forwarded batch with the answers it has: an operation still waiting
+/// then (parked on an instance a cross-shard batch part has locked, until
+/// the part is decided) is answered "outcome unknown" alone, instead of
+/// the whole batch timing out on the follower with every answer lost.
+pub const FORWARD_ANSWER_MARGIN_MS: u64 = 500;
 /// How long a forwarded membership change may take (two membership
 /// entries committed); adding a member may take its catch-up time more.
 pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
@@ -327,20 +338,56 @@ pub fn serve_forwarded(mailbox: flume::Sender<ShardMsg>) -> ShardCalls {
         // Decoded and queued before the first await: batches reach the
         // mailbox in the order the group server started them, and a
         // batch's operations in array order.
-        let queued: Result<Vec<_>, ErrorBody> = from_json::<Vec<Forwarded>>(&body)
+        let queued: Result<(Vec<_>, Duration), ErrorBody> = from_json::<Vec<Forwarded>>(&body)
             .map_err(|e| ErrorBody::new(WireCode::BadRequest, format!("a forwarded batch: {e}")))
-            .map(|ops| ops.into_iter().map(|op| queue(&mailbox, op)).collect());
+            .map(|ops| {
+                let wait = answer_wait(&ops);
+                let queued = ops.into_iter().map(|op| queue(&mailbox, op)).collect();
+                (queued, wait)
+            });
         Box::pin(async move {
+            let (queued, wait) = queued?;
+            let deadline = Instant::now() + wait;
             let mut answers = Vec::new();
-            for waiting in queued? {
+            for waiting in queued {
                 answers.push(match waiting {
-                    Ok(answer) => Ok(answer.await),
+                    Ok(answer) => answer_by(answer, deadline, wait).await,
                     Err(refused) => Err(refused),
                 });
             }
             Ok(encode_answers(answers, FORWARD_ANSWERS_BYTES_MAX))
         })
     })
+}
+
+/// How long the leader waits for a forwarded batch's answers: the
+/// longest of its operations' timeouts, less `FORWARD_ANSWER_MARGIN_MS`
+/// for the trip back.
+fn answer_wait(ops: &[Forwarded]) -> Duration {
+    ops.iter()
+        .map(Forwarded::timeout)
+        .max()
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_millis(FORWARD_ANSWER_MARGIN_MS))
+}
+
+/// An operation's answer if it comes by `deadline` (one already there
+/// always counts), else the error that tells its client the outcome is
+/// unknown.
+async fn answer_by(
+    answer: Waiting,
+    deadline: Instant,
+    wait: Duration,
+) -> Result<Answer, ErrorBody> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timer = std::pin::pin!(glommio::timer::sleep(left));
+    match select(answer, timer).await {
+        Either::Left((answer, _)) => Ok(answer),
+        Either::Right(_) => Err(ErrorBody::new(
+            WireCode::Timeout,
+            format!("not answered within {} ms on the leader", wait.as_millis()),
+        )),
+    }
 }
 
 type Waiting = Pin<Box<dyn Future<Output = Answer>>>;
