@@ -54,7 +54,8 @@ pub const OUTCOME_UNKNOWN: &str = "unknown";
 pub enum LinkError {
     /// This member does not lead; nothing was logged.
     NotLeader { leader: Option<u64> },
-    /// Logged, then dropped by a leader change: it may or may not commit.
+    /// Logged (or sent to the leader), then no answer: a leader change, a
+    /// trip that failed, an answer not in time. It may or may not commit.
     OutcomeUnknown { leader: Option<u64> },
     /// No quorum answered.
     NoQuorum(String),
@@ -89,8 +90,8 @@ impl LinkError {
             LinkError::OutcomeUnknown { leader } => (
                 FAILOVER_ERROR_CODE,
                 *leader,
-                "the shard's leader changed before the write committed; it may or may not \
-                 have been applied",
+                "the shard's leader changed, or did not answer in time, before the write was \
+                 known committed; it may or may not have been applied",
             ),
             LinkError::NoQuorum(_) => (
                 FAILOVER_ERROR_CODE,
