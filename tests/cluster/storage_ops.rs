@@ -6,7 +6,9 @@
 //! so every member forgets everything — a new leader too. SNAPSHOT_INSTANCE
 //! on any node, of the instance as that node applied it; on the leader
 //! right behind a write on the same connection (the snapshot then waits
-//! for the write's turn to commit).
+//! for the write's turn to commit). A member that was down while the log
+//! it missed was purged behind a snapshot catches up by installing the
+//! leader's snapshot.
 
 use serde_json::json;
 
@@ -99,4 +101,53 @@ fn snapshot_instance_on_any_node_holds_what_that_node_applied() {
         .as_u64()
         .expect("written");
     assert_eq!(answers["s"]["result"]["wal_offset"], written, "{answers:?}");
+}
+
+/// Flips while a follower is down: more than a snapshot interval (100,
+/// the least `snapshot_every_entries` may be) plus the log a member keeps
+/// behind its snapshot (`RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES`, 1,000).
+const FLIPS_WHILE_DOWN: usize = 1_400;
+
+#[test]
+fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapshot() {
+    let mut cluster = Cluster::start_with(3, false, "    snapshot_every_entries: 100\n");
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["i-0"]);
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    cluster.nodes.get_mut(&follower).unwrap().sigkill();
+    // One at a time: each write its own entry (pipelined writes share
+    // one entry per turn).
+    let mut conn = cluster.raw(leader);
+    let mut last = 0;
+    for i in 0..FLIPS_WHILE_DOWN {
+        let r = conn.call(
+            "APPLY_EVENT",
+            json!({"instance_id": "i-0", "event": "FLIP"}),
+        );
+        assert_eq!(r["status"], "ok", "flip {i}: {r}");
+        last = r["result"]["wal_offset"].as_u64().expect("an offset");
+    }
+    cluster.nodes.get_mut(&follower).unwrap().restart();
+    // What the follower itself applied (SNAPSHOT_INSTANCE is answered
+    // from the node's own state) reaches the last flip.
+    let started = std::time::Instant::now();
+    loop {
+        let snap = cluster
+            .raw(follower)
+            .call("SNAPSHOT_INSTANCE", json!({"instance_id": "i-0"}));
+        if snap["result"]["wal_offset"] == last {
+            break;
+        }
+        assert!(
+            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+            "the follower never caught up to {last}: {snap}"
+        );
+        std::thread::sleep(crate::harness::LEADER_POLL);
+    }
+    // openraft names the install in its log.
+    let log = cluster.nodes[&follower].stderr();
+    assert!(
+        log.contains("install_full_snapshot"),
+        "the follower caught up without a snapshot"
+    );
 }

@@ -89,22 +89,19 @@ impl LoopMachine {
         }))))
     }
 
-    fn decode(&self, bytes: &[u8], index: u64) -> Result<SnapshotPart, io::Error> {
-        let a = self.0.borrow();
-        let decoded = decode_group(bytes, a.allow_instance_recreate)
-            .map_err(|e| corrupt(format!("shard {}: {e}", a.shard)))?;
-        if decoded.state.shard_id != a.shard {
-            return Err(corrupt(format!(
-                "shard {}: offered the snapshot of shard {}",
-                a.shard, decoded.state.shard_id
-            )));
-        }
-        Ok(SnapshotPart {
-            index,
-            state: decoded.state,
-            position: decoded.position,
-            txns: decoded.txns,
+    /// Decode `bytes`, the snapshot at log index `index`, on a thread of
+    /// its own: an image is ~200 MB at a million instances
+    /// (bench-results/2026-12-05/peer-silence/notes.md), and the executor
+    /// a decode would stop runs this member's Raft core and peer links.
+    async fn decode(&self, bytes: GroupSnapshotBytes, index: u64) -> io::Result<SnapshotPart> {
+        let (shard, allow_recreate) = {
+            let a = self.0.borrow();
+            (a.shard, a.allow_instance_recreate)
+        };
+        on_snapshot_thread(shard, move || {
+            decode_part(&bytes.0, index, shard, allow_recreate)
         })
+        .await
     }
 
     /// The committed state the loop rebuilds from: the current snapshot
@@ -122,7 +119,8 @@ impl LoopMachine {
             Some(s) => {
                 let index = s.meta.last_log_id.map_or(0, |l| l.index);
                 Some(
-                    self.decode(&s.snapshot.0, index)
+                    self.decode(s.snapshot.clone(), index)
+                        .await
                         .map_err(|e| e.to_string())?,
                 )
             }
@@ -289,14 +287,17 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
         snapshot: GroupSnapshotBytes,
     ) -> Result<(), io::Error> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        let part = self.decode(&snapshot.0, index)?;
-        let (storage, dir, shard) = {
+        let (storage, dir, shard, allow_recreate) = {
             let a = self.0.borrow();
-            (a.storage.clone(), a.snapshot_dir.clone(), a.shard)
+            let dir = a.snapshot_dir.clone();
+            (a.storage.clone(), dir, a.shard, a.allow_instance_recreate)
         };
         let (file_meta, bytes) = (meta.clone(), snapshot.clone());
-        on_snapshot_thread(shard, move || {
-            snapshot_file::write(&*storage, &dir, &file_meta, &bytes)
+        // Decoded (refused if damaged) before it replaces the newest file.
+        let part = on_snapshot_thread(shard, move || {
+            let part = decode_part(&bytes.0, index, shard, allow_recreate)?;
+            snapshot_file::write(&*storage, &dir, &file_meta, &bytes)?;
+            Ok(part)
         })
         .await?;
         self.deliver(Delivery::Install(Box::new(part))).await?;
@@ -313,6 +314,29 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<GroupSnapshotOf>, io::Error> {
         Ok(self.0.borrow().current_snapshot.clone())
     }
+}
+
+/// A decoded group snapshot of shard `shard` at log index `index`.
+fn decode_part(
+    bytes: &[u8],
+    index: u64,
+    shard: usize,
+    allow_recreate: bool,
+) -> io::Result<SnapshotPart> {
+    let decoded =
+        decode_group(bytes, allow_recreate).map_err(|e| corrupt(format!("shard {shard}: {e}")))?;
+    if decoded.state.shard_id != shard {
+        return Err(corrupt(format!(
+            "shard {shard}: offered the snapshot of shard {}",
+            decoded.state.shard_id
+        )));
+    }
+    Ok(SnapshotPart {
+        index,
+        state: decoded.state,
+        position: decoded.position,
+        txns: decoded.txns,
+    })
 }
 
 /// Run `job` (encoding or writing a snapshot of maybe hundreds of MB) on a
