@@ -339,6 +339,12 @@ mod tests {
         }
     }
 
+    /// The offsets of the released events from `from` on (at most 10).
+    fn offsets_from(m: &Merger, from: u64) -> Vec<u64> {
+        let events = m.events_from(from, 10).expect("in the ring");
+        events.iter().map(|e| e.offset).collect()
+    }
+
     fn watched(m: &mut Merger) -> Rc<flume::Sender<()>> {
         let (tx, _rx) = flume::bounded(1);
         let tx = Rc::new(tx);
@@ -356,21 +362,11 @@ mod tests {
         assert_eq!(m.shards_to_advance(), Vec::<usize>::new(), "asked once");
         m.accept(publication(1, &[20], 25));
         assert_eq!(m.release(), 2);
-        let got: Vec<u64> = m
-            .events_from(0, 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.offset)
-            .collect();
+        let got = offsets_from(&m, 0);
         assert_eq!(got, vec![10, 20]);
         m.accept(publication(1, &[], 100));
         m.release();
-        let got: Vec<u64> = m
-            .events_from(21, 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.offset)
-            .collect();
+        let got = offsets_from(&m, 21);
         assert_eq!(got, vec![30]);
         assert_eq!(m.released_upto(), 31);
     }
@@ -436,12 +432,7 @@ mod tests {
         m.accept(publication(0, &[310, 510], 600));
         m.accept(publication(1, &[505], 700));
         m.release();
-        let got: Vec<u64> = m
-            .events_from(500, 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.offset)
-            .collect();
+        let got = offsets_from(&m, 500);
         assert_eq!(got, vec![505, 510], "only events at or above the start");
     }
 

@@ -294,6 +294,28 @@ fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
     }
 }
 
+/// Send a batch across `a` (shard 0) and `b` (shard 1) to `coordinator`
+/// (shard 0's leader) with `frozen` (shard 1's leader) stopped: the part on
+/// shard 0, the decider, is prepared, the one on shard 1 waits on the
+/// frozen leader — and the coordinator's node is killed then. Returns the
+/// batch's answer if it came before the kill (no orphan this time).
+fn orphan_a_batch(
+    cluster: &mut Cluster,
+    coordinator: u64,
+    frozen: u64,
+    a: &str,
+    b: &str,
+) -> Option<Value> {
+    cluster.nodes[&frozen].signal(libc::SIGSTOP);
+    let mut conn = cluster.raw(coordinator);
+    let params = json!({"mode": "atomic", "ops": across(a, b)});
+    conn.send_json(&request("orphaned", "BATCH", params));
+    std::thread::sleep(Duration::from_millis(800));
+    cluster.nodes.get_mut(&coordinator).unwrap().sigkill();
+    cluster.nodes[&frozen].signal(libc::SIGCONT);
+    conn.read_frame().map(|f| f.json())
+}
+
 #[test]
 fn a_batch_whose_coordinator_dies_mid_prepare_is_aborted_by_its_decider() {
     // Slow elections: shard 1's group keeps its frozen leader while the
@@ -314,17 +336,7 @@ fn a_batch_whose_coordinator_dies_mid_prepare_is_aborted_by_its_decider() {
             .find(|&&n| n != coordinator && n != frozen)
             .unwrap();
         let (a, b) = (&on0[attempt], &on1[attempt]);
-        // Shard 1's leader frozen: the batch's part on shard 0 (the
-        // decider) is prepared, its part on shard 1 waits on the frozen
-        // leader — and the coordinator's node dies then.
-        cluster.nodes[&frozen].signal(libc::SIGSTOP);
-        let mut conn = cluster.raw(coordinator);
-        let params = json!({"mode": "atomic", "ops": across(a, b)});
-        conn.send_json(&request("orphaned", "BATCH", params));
-        std::thread::sleep(Duration::from_millis(800));
-        cluster.nodes.get_mut(&coordinator).unwrap().sigkill();
-        cluster.nodes[&frozen].signal(libc::SIGCONT);
-        let early = conn.read_frame().map(|f| f.json());
+        let early = orphan_a_batch(&mut cluster, coordinator, frozen, a, b);
         let states = (
             state_on(&mut cluster, third, a),
             state_on(&mut cluster, third, b),
@@ -380,16 +392,7 @@ fn an_operation_parked_behind_a_part_in_doubt_does_not_fail_those_forwarded_with
     for attempt in 0..ORPHAN_ATTEMPTS {
         let (coordinator, frozen) = two_settled_leaders(&mut cluster);
         let (a, b) = (&on0[attempt], &on1[attempt]);
-        // As in the test above: shard 0's part prepared, its coordinator
-        // (shard 0's leader) killed before it decides.
-        cluster.nodes[&frozen].signal(libc::SIGSTOP);
-        let mut conn = cluster.raw(coordinator);
-        let params = json!({"mode": "atomic", "ops": across(a, b)});
-        conn.send_json(&request("orphaned", "BATCH", params));
-        std::thread::sleep(Duration::from_millis(800));
-        cluster.nodes.get_mut(&coordinator).unwrap().sigkill();
-        cluster.nodes[&frozen].signal(libc::SIGCONT);
-        if let Some(early) = conn.read_frame().map(|f| f.json()) {
+        if let Some(early) = orphan_a_batch(&mut cluster, coordinator, frozen, a, b) {
             cluster.nodes.get_mut(&coordinator).unwrap().restart();
             eprintln!("attempt {attempt}: answered before the kill ({early:?}); again");
             continue;
