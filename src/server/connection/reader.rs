@@ -35,6 +35,11 @@ pub(super) async fn read_loop<S: ByteStream>(
     let (mut start, mut filled) = (0usize, 0usize);
     let mut next_seq = 0u64;
     loop {
+        // When the buffered messages arrived, for their latency: one clock
+        // read per read from the socket, not per request (at 500k
+        // requests/s the clock reads were a visible share of the CPU,
+        // bench-results/2026-12-05/get-16x16-profile.md).
+        let arrived = Instant::now();
         // Handle every complete message already buffered.
         loop {
             let decoded = match decoder.decode(&buf[start..filled]) {
@@ -65,7 +70,7 @@ pub(super) async fn read_loop<S: ByteStream>(
                 body: None,
                 charge: None,
                 op,
-                started: Instant::now(),
+                started: arrived,
                 request_bytes: request_bytes as u64,
             };
             let flow = match parse_request(&mut buf[from..to]) {

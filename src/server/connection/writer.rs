@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::future::{self, poll_fn};
 use shards::shard::budget::Charge;
@@ -160,6 +161,8 @@ fn fill(conn: &Conn, reply: Reply) {
 fn encode_ready(conn: &Conn, out: &mut Vec<u8>, charges: &mut Vec<Charge>) {
     let ctx = &conn.ctx;
     let mut s = conn.slots.borrow_mut();
+    // One clock read for every answer encoded now.
+    let now = Instant::now();
     let (mut requests, mut request_bytes) = (0u64, 0u64);
     while out.len() < WRITE_BUFFER_FLUSH_BYTES
         && s.queue.front().is_some_and(|slot| slot.body.is_some())
@@ -174,7 +177,7 @@ fn encode_ready(conn: &Conn, out: &mut Vec<u8>, charges: &mut Vec<Charge>) {
         let Some(body) = slot.body else { continue };
         let error = body.as_ref().err().map(|e| e.code);
         ctx.metrics
-            .request_answered(slot.op, slot.started.elapsed(), error);
+            .request_answered(slot.op, now.saturating_duration_since(slot.started), error);
         if write_response(out, slot.mode, &slot.id_json, &body).is_err() {
             // The answer cannot be framed (over 16 MiB): say so instead.
             let too_large: EngineResult<Vec<u8>> = Err(EngineError::internal(
