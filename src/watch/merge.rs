@@ -12,6 +12,8 @@
 //! Released events go into a ring of at most `WATCH_RING_EVENTS_MAX` events;
 //! subscriptions read it by offset. Writers never wait for watchers: the ring
 //! drops its oldest events, and a subscription that needs them reads the log.
+//! Events waiting for a held watermark are bounded the same way
+//! (`WATCH_PENDING_EVENTS_MAX`): past it they are left to the logs.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -26,6 +28,11 @@ use shards::wal::Frontier;
 pub const WATCH_RING_EVENTS_MAX: usize = 65_536;
 /// Bytes of released events kept in memory for subscribers, at most.
 pub const WATCH_RING_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Events waiting for a shard's watermark, at most; past it (or past
+/// `WATCH_PENDING_BYTES_MAX`) they are left to the logs (`Merger::spill`).
+pub const WATCH_PENDING_EVENTS_MAX: usize = 262_144;
+/// Bytes of events waiting for a shard's watermark, at most.
+pub const WATCH_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Approximate memory an event holds.
 fn event_bytes(e: &WatchEvent) -> usize {
@@ -62,15 +69,19 @@ pub struct Merger {
     watermarks: Vec<u64>,
     advance_asked: Vec<bool>,
     pending: BinaryHeap<Reverse<Pending>>,
+    pending_bytes: usize,
+    /// Events below this were spilled to the logs (`spill`); 0: never.
+    spilled_upto: u64,
     ring: VecDeque<Arc<WatchEvent>>,
     ring_bytes: usize,
     /// Every released event with offset ≥ `ring_floor` is in `ring`.
     ring_floor: u64,
     /// Every event with offset < `released_upto` has been released.
     released_upto: u64,
-    /// Where this merge started: events below it are history, read from
-    /// the logs, even when a shard publishes them later (`accept`).
-    start: u64,
+    /// Events below this are history, read from the logs, even when a
+    /// shard publishes them later (`accept`): where this merge started,
+    /// raised by every spill (`history_to`).
+    history_floor: u64,
     /// Events taken as history since the last `take_history_grew`.
     history_grew: bool,
     /// Connections with subscriptions, woken when events are released.
@@ -95,11 +106,13 @@ impl Merger {
             advance_asked: vec![false; watermarks.len()],
             watermarks,
             pending: BinaryHeap::new(),
+            pending_bytes: 0,
+            spilled_upto: 0,
             ring: VecDeque::new(),
             ring_bytes: 0,
             ring_floor: start,
             released_upto: start,
-            start,
+            history_floor: start,
             history_grew: false,
             wakers: Vec::new(),
             frontier: None,
@@ -146,16 +159,18 @@ impl Merger {
     /// cluster run at 6f9a464, bench-results/2026-12-05). On a cluster node
     /// this is normal right after a restart: the merge starts above every
     /// event its shards applied, and a shard whose group lags applies
-    /// committed entries below that start a moment later. Above the start
-    /// it is a shard's bug (`shards::shard::publishing`), named in the log.
+    /// committed entries below that start a moment later; and after a
+    /// `spill`. Otherwise it is a shard's bug (`shards::shard::publishing`),
+    /// named in the log.
     pub fn accept(&mut self, p: Publication) {
+        self.history_to(p.history_upto);
         if let Some(w) = self.watermarks.get_mut(p.shard) {
             *w = (*w).max(p.watermark);
             self.advance_asked[p.shard] = false;
         }
         for e in p.events {
             if e.offset < self.released_upto {
-                if e.offset >= self.start {
+                if e.offset >= self.history_floor {
                     tracing::error!(
                         "watch order violated: event at offset {} from shard {} came after \
                          offsets up to {} were released; watchers read it from the logs only",
@@ -168,8 +183,63 @@ impl Merger {
                 self.history_grew = true;
                 continue;
             }
+            self.pending_bytes += event_bytes(&e);
             self.pending.push(Reverse(Pending(e)));
         }
+        if self.pending.len() > WATCH_PENDING_EVENTS_MAX
+            || self.pending_bytes > WATCH_PENDING_BYTES_MAX
+        {
+            self.spill();
+        }
+    }
+
+    /// Too many events wait for a shard whose watermark is held (on a
+    /// cluster, a batch part in doubt holds it for up to
+    /// `in_doubt_resolve_after_ms`): leave them all to the logs instead of
+    /// holding them in memory. Everything up to the newest of them becomes
+    /// history — subscribers that want it read the logs, whose reads wait
+    /// for the held shard as the merge did — and so do the held shard's
+    /// events below it when they come.
+    fn spill(&mut self) {
+        let Some(newest) = self
+            .pending
+            .iter()
+            .map(|Reverse(Pending(e))| e.offset)
+            .max()
+        else {
+            return;
+        };
+        tracing::warn!(
+            "watch merge: {} events ({} bytes) waited for a shard's watermark; left to the \
+             logs up to offset {newest}",
+            self.pending.len(),
+            self.pending_bytes
+        );
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.spilled_upto = self.spilled_upto.max(newest + 1);
+        self.history_to(newest + 1);
+    }
+
+    /// Every event below `upto` is history, read from the logs only.
+    fn history_to(&mut self, upto: u64) {
+        self.history_floor = self.history_floor.max(upto);
+        if upto <= self.ring_floor {
+            return;
+        }
+        self.ring_floor = upto;
+        self.released_upto = self.released_upto.max(upto);
+        while self.ring.front().is_some_and(|e| e.offset < upto) {
+            if let Some(old) = self.ring.pop_front() {
+                self.ring_bytes -= event_bytes(&old);
+            }
+        }
+        self.history_grew = true;
+    }
+
+    /// Where this merge spilled to the logs (for its replicas).
+    pub fn spilled_upto(&self) -> u64 {
+        self.spilled_upto
     }
 
     /// Whether events were taken as history since the last call.
@@ -188,6 +258,7 @@ impl Merger {
             let Some(Reverse(Pending(e))) = self.pending.pop() else {
                 break;
             };
+            self.pending_bytes -= event_bytes(&e);
             debug_assert!(self.ring.back().is_none_or(|last| last.offset < e.offset));
             self.ring_bytes += event_bytes(&e);
             if let Some(outbox) = &mut self.outbox {
@@ -307,6 +378,7 @@ pub async fn run(
                     shard: 0,
                     events: events.clone(),
                     watermark: m.released_upto(),
+                    history_upto: m.spilled_upto(),
                 });
             }
         }
@@ -336,6 +408,7 @@ mod tests {
             shard,
             events: offsets.iter().map(|&o| ev(o)).collect(),
             watermark,
+            history_upto: 0,
         }
     }
 
@@ -393,6 +466,7 @@ mod tests {
             shard: 0,
             events: (1..=40).map(big).collect(),
             watermark: u64::MAX,
+            history_upto: 0,
         });
         m.release();
         assert!(m.ring_bytes <= WATCH_RING_BYTES_MAX);
@@ -434,6 +508,55 @@ mod tests {
         m.release();
         let got = offsets_from(&m, 500);
         assert_eq!(got, vec![505, 510], "only events at or above the start");
+    }
+
+    #[test]
+    fn events_held_back_too_long_are_left_to_the_logs() {
+        let mut m = Merger::new(vec![0, 0]);
+        let _w = watched(&mut m);
+        // Shard 1's watermark is held (a part in doubt); shard 0 goes on.
+        m.accept(publication(1, &[], 1));
+        let many: Vec<u64> = (10..11 + WATCH_PENDING_EVENTS_MAX as u64).collect();
+        let newest = *many.last().expect("events");
+        m.accept(publication(0, &many, newest + 1));
+        m.release();
+        assert!(m.pending.is_empty(), "nothing held in memory");
+        assert_eq!(m.pending_bytes, 0);
+        assert!(m.take_history_grew(), "catch-up readers are woken");
+        assert!(
+            m.events_from(10, 1).is_none(),
+            "the stretch is read from the logs"
+        );
+        assert_eq!(
+            (m.released_upto(), m.spilled_upto()),
+            (newest + 1, newest + 1)
+        );
+        // The held shard's event comes once decided: history as well.
+        m.accept(publication(1, &[5], newest + 10));
+        m.release();
+        assert!(offsets_from(&m, newest + 1).is_empty());
+        // Later events flow through the ring again.
+        m.accept(publication(0, &[newest + 5], newest + 10));
+        m.release();
+        assert_eq!(offsets_from(&m, newest + 1), vec![newest + 5]);
+    }
+
+    #[test]
+    fn a_replica_leaves_to_the_logs_what_its_primary_spilled() {
+        let mut r = Merger::new(vec![0]);
+        let _w = watched(&mut r);
+        r.accept(publication(0, &[3, 4], 5));
+        r.release();
+        assert_eq!(offsets_from(&r, 3), vec![3, 4]);
+        r.accept(Publication {
+            shard: 0,
+            events: Vec::new(),
+            watermark: 100,
+            history_upto: 100,
+        });
+        r.release();
+        assert!(r.events_from(4, 1).is_none(), "read from the logs");
+        assert_eq!((r.ring_floor(), r.released_upto()), (100, 100));
     }
 
     #[test]

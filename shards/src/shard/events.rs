@@ -55,4 +55,7 @@ pub struct Publication {
     pub shard: usize,
     pub events: Vec<Arc<WatchEvent>>,
     pub watermark: u64,
+    /// Events below this are read from the logs only (0 from a shard; a
+    /// merge that spilled its pending events tells its replicas so).
+    pub history_upto: u64,
 }

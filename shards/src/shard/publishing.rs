@@ -43,6 +43,7 @@ impl Shard {
             shard: self.state.shard_id,
             events,
             watermark,
+            history_upto: 0,
         });
     }
 
@@ -65,6 +66,7 @@ impl Shard {
                 shard: self.state.shard_id,
                 events: Vec::new(),
                 watermark,
+                history_upto: 0,
             });
         }
     }
