@@ -1,4 +1,5 @@
-"""Medians per binary and cell of the A/B runs in this folder: ops/s and
+"""Medians per binary and cell of the A/B runs in a folder (the one given,
+else this script's): ops/s and
 server CPU µs per operation (CPU over the whole run, warm-up included,
 divided by the measured operations — the same for both binaries)."""
 import glob
@@ -8,7 +9,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-here = os.path.dirname(os.path.abspath(__file__))
+here = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 rows = defaultdict(lambda: ([], []))
 for path in sorted(glob.glob(os.path.join(here, "*.json"))):
     label, rest = os.path.basename(path).split("-", 1)
