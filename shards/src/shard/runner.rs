@@ -46,9 +46,6 @@ pub const SHARD_TICK_INTERVAL_MS: u64 = 250;
 /// core serves beside its shard), however heavy the queued requests are —
 /// requests waiting for their clients' answer budgets included.
 pub const SHARD_TURN_TIME_MAX_US: u64 = 2_000;
-/// A turn reads the clock once per this many messages (get-16x16-profile.md):
-/// it may overrun `SHARD_TURN_TIME_MAX_US` by the work of three messages.
-pub const TURN_CLOCK_CHECK_EVERY_MESSAGES: usize = 4;
 // The turn looks at the clock after every message: a single GET of a 2 MiB
 // instance takes milliseconds (tens in a debug build), so looking every few
 // messages let turns run for seconds and starve the connections on the same
@@ -310,10 +307,7 @@ impl Shard {
                     while handled < GROUP_COMMIT_MESSAGES_MAX
                         && self.wal.staged_bytes() < self.group_bytes_max
                     {
-                        if self.stopping.is_some()
-                            || (handled % TURN_CLOCK_CHECK_EVERY_MESSAGES == 0
-                                && self.env.clock.elapsed(started) >= turn)
-                        {
+                        if self.stopping.is_some() || self.env.clock.elapsed(started) >= turn {
                             break;
                         }
                         match mailbox.try_recv() {
