@@ -46,7 +46,7 @@ use crate::error::{EngineError, EngineResult};
 use crate::router::ask;
 use crate::router::ask_all;
 use crate::shard::group_link::{LinkError, FAILOVER_ERROR_CODE, OUTCOME_NOT_APPLIED};
-use crate::shard::{BatchVote, Command, OpenReport, ShardMsg};
+use crate::shard::{BatchVote, Command, OpenReport, ShardMsg, Verdict};
 
 /// Why an atomic batch failed: the op (by its index in the batch) and the
 /// error, or a failure of the machinery itself (a shard gone).
@@ -122,10 +122,15 @@ pub async fn run_atomic(
         // On a cluster the decider may have aborted the batch meanwhile
         // (a part stayed in doubt too long: `resolve_stale`): its answer
         // is the decision either way.
-        let committed = decide(mailboxes, decider, txid, true)
+        let verdict = decide(mailboxes, decider, txid, true)
             .recv_async()
             .await
             .map_err(|_| BatchFailure::Refused(outcome_unknown()))?;
+        // `Forgotten` (a decider that already forgot a batch this new: its
+        // clock far behind the coordinator's) leaves the parts in doubt.
+        let committed = verdict
+            .decided()
+            .ok_or_else(|| BatchFailure::Refused(outcome_unknown()))?;
         for &p in prepared.iter().filter(|&&p| p != decider) {
             decide(mailboxes, p, txid, committed);
         }
@@ -159,7 +164,7 @@ fn decide(
     shard: usize,
     txid: u64,
     commit: bool,
-) -> flume::Receiver<bool> {
+) -> flume::Receiver<Verdict> {
     let (tx, rx) = flume::bounded(1);
     let _ = mailboxes[shard].send(ShardMsg::Decide {
         txid,
@@ -169,13 +174,16 @@ fn decide(
     rx
 }
 
-/// A batch part settled after it was left in doubt, and its outcome.
+/// A batch part settled after it was left in doubt, and its outcome:
+/// `Committed` or `Aborted` — or, from `resolve_stale`, `Forgotten`: the
+/// decider no longer knows (`shard::committed_ids`), the part stays in
+/// doubt and needs an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub shard: usize,
     pub txid: u64,
     pub decider: u32,
-    pub committed: bool,
+    pub verdict: Verdict,
 }
 
 /// Decide every part left in doubt by a crash, before the shards serve:
@@ -193,7 +201,7 @@ pub async fn resolve_in_doubt(
             let committed = reports
                 .iter()
                 .find(|r| r.shard == decider as usize)
-                .is_some_and(|r| r.committed.contains(&txid));
+                .is_some_and(|r| r.committed.contains(txid));
             ask(&mailboxes[report.shard], |done| ShardMsg::Decide {
                 txid,
                 commit: committed,
@@ -205,7 +213,7 @@ pub async fn resolve_in_doubt(
                 shard: report.shard,
                 txid,
                 decider,
-                committed,
+                verdict: Verdict::of(committed),
             });
         }
     }
@@ -224,8 +232,9 @@ pub const IN_DOUBT_QUERY_AFTER_MS: u64 = 1_000;
 /// `abort_after_ms` (the server's `corestate.cluster.in_doubt_resolve_after_ms`:
 /// its coordinator's node died, most likely) has the decider abort the
 /// batch — a decider that committed it answers so and changes nothing
-/// (presumed abort) — and takes the answer. Returns what it settled; a
-/// part whose decider did not answer is left for the next call.
+/// (presumed abort) — and takes the answer. Returns what it settled, and
+/// the parts whose decider answered `Forgotten` (left in doubt); a part
+/// whose decider did not answer is left for the next call.
 pub async fn resolve_stale(
     mailboxes: &[flume::Sender<ShardMsg>],
     abort_after_ms: u64,
@@ -241,26 +250,33 @@ pub async fn resolve_stale(
             let Some(at_decider) = mailboxes.get(decider as usize) else {
                 continue; // a shard count the log's batch does not fit
             };
-            let decision = if age_ms >= abort_after_ms {
+            let verdict = if age_ms >= abort_after_ms {
                 ask(at_decider, |done| ShardMsg::Decide {
                     txid,
                     commit: false,
                     done,
                 })
                 .await
-                .ok()
             } else {
-                ask(at_decider, |done| ShardMsg::Decision { txid, done })
-                    .await
-                    .ok()
-                    .flatten()
+                ask(at_decider, |done| ShardMsg::Decision { txid, done }).await
             };
-            let Some(committed) = decision else {
-                continue;
+            let settled = match verdict {
+                Ok(Verdict::Committed) => true,
+                Ok(Verdict::Aborted) => false,
+                Ok(Verdict::Forgotten) => {
+                    resolved.push(Resolved {
+                        shard,
+                        txid,
+                        decider,
+                        verdict: Verdict::Forgotten,
+                    });
+                    continue;
+                }
+                Ok(Verdict::Undecided) | Err(_) => continue,
             };
             if ask(&mailboxes[shard], |done| ShardMsg::Decide {
                 txid,
-                commit: committed,
+                commit: settled,
                 done,
             })
             .await
@@ -270,10 +286,99 @@ pub async fn resolve_stale(
                     shard,
                     txid,
                     decider,
-                    committed,
+                    verdict: Verdict::of(settled),
                 });
             }
         }
     }
     Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Two fake shards: 0 decides and answers every Decide and Decision
+    /// `Forgotten`; 1 holds `txid` in doubt (for `age_ms`) and votes yes.
+    /// Returns the mailboxes and the txids shard 1 was told to decide.
+    fn forgetful_decider(
+        txid: u64,
+        age_ms: u64,
+    ) -> (Vec<flume::Sender<ShardMsg>>, Arc<Mutex<Vec<u64>>>) {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let mut mailboxes = Vec::new();
+        for shard in 0..2 {
+            let (tx, rx) = flume::unbounded::<ShardMsg>();
+            let told = told.clone();
+            std::thread::spawn(move || {
+                for msg in rx.iter() {
+                    match msg {
+                        ShardMsg::InDoubt { done, .. } => {
+                            let parts = if shard == 1 {
+                                vec![(txid, 0, age_ms)]
+                            } else {
+                                vec![]
+                            };
+                            let _ = done.send(parts);
+                        }
+                        ShardMsg::Decision { done, .. } => {
+                            let _ = done.send(Verdict::Forgotten);
+                        }
+                        ShardMsg::Decide { txid, done, .. } => {
+                            if shard == 1 {
+                                told.lock().unwrap().push(txid);
+                            }
+                            let _ = done.send(Verdict::Forgotten);
+                        }
+                        ShardMsg::Prepare { done, .. } => {
+                            let _ = done.send(BatchVote::Yes(vec![b"{}".to_vec()]));
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            mailboxes.push(tx);
+        }
+        (mailboxes, told)
+    }
+
+    #[test]
+    fn a_part_whose_decider_forgot_its_batch_stays_in_doubt_and_is_reported() {
+        for age_ms in [2_000, 20_000] {
+            let (mailboxes, told) = forgetful_decider(42, age_ms);
+            let resolved =
+                futures_lite::future::block_on(resolve_stale(&mailboxes, 10_000)).unwrap();
+            assert_eq!(
+                resolved,
+                vec![Resolved {
+                    shard: 1,
+                    txid: 42,
+                    decider: 0,
+                    verdict: Verdict::Forgotten
+                }],
+                "undecided for {age_ms} ms"
+            );
+            assert!(told.lock().unwrap().is_empty(), "no presumed abort");
+        }
+    }
+
+    #[test]
+    fn a_batch_its_decider_answers_forgotten_is_outcome_unknown_not_aborted() {
+        let (mailboxes, told) = forgetful_decider(0, 0);
+        let get = |id: &str| Command::Get {
+            instance_id: id.into(),
+        };
+        let parts = BTreeMap::from([(0, vec![(0, get("a"))]), (1, vec![(1, get("b"))])]);
+        let Err(BatchFailure::Refused(e)) =
+            futures_lite::future::block_on(run_atomic(&mailboxes, parts, 42))
+        else {
+            panic!("the batch must fail");
+        };
+        assert_eq!(e.message, outcome_unknown().message);
+        assert!(
+            told.lock().unwrap().is_empty(),
+            "the other part is left in doubt"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 use shards::coordinator::{self, BatchFailure};
+use shards::shard::committed_ids::{TXID_COUNTER_MASK, TXID_NODE_BITS};
 use shards::shard::{Command, Reply, ReplyTo};
 use shards::{EngineError, EngineResult};
 
@@ -209,23 +210,22 @@ fn atomic_failure(index: usize, op: Op, e: EngineError) -> EngineError {
 
 /// Batch ids. Unique in the process: every acceptor core coordinates
 /// batches, and a shard tells batches apart by id alone — two cores with a
-/// counter each would hand out the same ids. One atomic add per atomic
-/// batch (which costs two rounds of shard messages anyway). Seeded from the
-/// clock (`TXID_PER_TICK` ids per 16 µs tick since the epoch) so ids also
-/// differ from those of earlier runs.
+/// counter each would hand out the same ids. One atomic update and one clock
+/// read per atomic batch (which costs two rounds of shard messages anyway).
+///
+/// The counter follows the clock: never below `TXID_PER_TICK` ids per 16 µs
+/// tick since the epoch, so ids differ from those of earlier runs, and an
+/// id's counter says when it was made — a decider shard that forgets old
+/// committed ids relies on that (`shards::shard::committed_ids`): a counter
+/// that lagged the clock (one started long ago, seldom used) would make new
+/// batches look as old as forgotten ones.
 ///
 /// Unique in a cluster too: a group's decider sees the batches every node
 /// coordinates, so the top `TXID_NODE_BITS` bits hold the node's id
 /// (`set_txid_node`, before any batch runs).
-static NEXT_TXID: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
-    std::sync::LazyLock::new(|| {
-        let tick = shards::wal::offset::wall_clock_tick(&shards::env::SystemClock);
-        std::sync::atomic::AtomicU64::new(tick.wrapping_mul(TXID_PER_TICK))
-    });
+static NEXT_TXID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static TXID_NODE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const TXID_PER_TICK: u64 = 16;
-const TXID_NODE_BITS: u32 = 12;
-const TXID_COUNTER_MASK: u64 = (1 << (64 - TXID_NODE_BITS)) - 1;
 
 /// This process is node `node_id` of a cluster: its batch ids say so.
 pub fn set_txid_node(node_id: u64) {
@@ -234,8 +234,17 @@ pub fn set_txid_node(node_id: u64) {
 }
 
 fn next_txid() -> u64 {
-    let n = NEXT_TXID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    TXID_NODE.load(std::sync::atomic::Ordering::Relaxed) | (n & TXID_COUNTER_MASK)
+    let now =
+        shards::wal::offset::wall_clock_tick(&shards::env::SystemClock).wrapping_mul(TXID_PER_TICK);
+    let next = |n: u64| n.wrapping_add(1).max(now) & TXID_COUNTER_MASK;
+    let before = NEXT_TXID
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(next(n)),
+        )
+        .unwrap_or_else(|n| n);
+    TXID_NODE.load(std::sync::atomic::Ordering::Relaxed) | next(before)
 }
 
 /// Run a BATCH. Everything that must reach a shard before later requests of

@@ -11,6 +11,7 @@
 //! what core 0 hands it (`cores::control_loop`), until its shard stops.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_rustls::TlsAcceptor;
 use shards::shard::budget::ServerBudget;
 use shards::shard::events::Publication;
-use shards::shard::{OpenReport, ShardMsg};
+use shards::shard::{OpenReport, ShardMsg, Verdict};
 use shards::wal::Frontier;
 
 use super::acceptor::accept_loop;
@@ -266,7 +267,7 @@ async fn resolve_in_doubt(router: &Router, reports: &[OpenReport]) -> Result<(),
             r.shard,
             r.txid,
             r.decider,
-            if r.committed {
+            if r.verdict == Verdict::Committed {
                 "committed it: applied"
             } else {
                 "never committed it: dropped"
@@ -292,26 +293,45 @@ const IN_DOUBT_CHECK_INTERVAL_MS: u64 = 1_000;
 /// Ends when the shards are gone.
 async fn resolve_stale_loop(mailboxes: Vec<flume::Sender<ShardMsg>>, after_ms: u64) {
     let every = Duration::from_millis(IN_DOUBT_CHECK_INTERVAL_MS);
+    // Parts whose decider forgot their batch, reported once each (they
+    // come back every round while they stay in doubt).
+    let mut forgotten: HashSet<(usize, u64)> = HashSet::new();
     loop {
         glommio::timer::sleep(every).await;
-        match shards::coordinator::resolve_stale(&mailboxes, after_ms).await {
-            Ok(resolved) => {
-                for r in resolved {
-                    tracing::warn!(
-                        "shard {}: batch {} stayed undecided; decider shard {} {}",
+        let Ok(resolved) = shards::coordinator::resolve_stale(&mailboxes, after_ms).await else {
+            return;
+        };
+        let mut still_forgotten = HashSet::new();
+        for r in resolved {
+            let outcome = match r.verdict {
+                Verdict::Committed => "had committed it: applied",
+                Verdict::Aborted => "aborted it: dropped",
+                Verdict::Undecided => continue, // not among what it returns
+                Verdict::Forgotten => {
+                    still_forgotten.insert((r.shard, r.txid));
+                    if forgotten.contains(&(r.shard, r.txid)) {
+                        continue;
+                    }
+                    tracing::error!(
+                        "shard {}: batch {} stayed undecided and its decider shard {} no longer \
+                         knows whether it committed it (it forgot batches this old, see \
+                         COMMITTED_BATCH_IDS_KEPT_MAX): the part stays in doubt and its \
+                         instances locked",
                         r.shard,
                         r.txid,
-                        r.decider,
-                        if r.committed {
-                            "had committed it: applied"
-                        } else {
-                            "aborted it: dropped"
-                        }
+                        r.decider
                     );
+                    continue;
                 }
-            }
-            Err(_) => return,
+            };
+            tracing::warn!(
+                "shard {}: batch {} stayed undecided; decider shard {} {outcome}",
+                r.shard,
+                r.txid,
+                r.decider
+            );
         }
+        forgotten = still_forgotten;
     }
 }
 

@@ -30,7 +30,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"CSRP";
 /// Version 2: AppendEntries bodies are binary (`append_wire.rs`).
 /// Version 3: error code `Timeout` (a forwarded operation the leader
 /// answered without waiting for it, `forward.rs`).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// Version 4: a batch decision is a `Verdict` (it may be `Forgotten`).
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Size of the fixed header.
 pub const FRAME_HEADER_BYTES: usize = 32;

@@ -43,7 +43,7 @@ use serde_json::Value;
 use shards::error::{EngineError, EngineResult};
 use shards::machine::definition::{parse_definition, MachineDef};
 use shards::shard::group_link::{LinkError, MemberChange};
-use shards::shard::{BatchVote, Command, ListPage, ListQuery, ReplyTo, ShardMsg};
+use shards::shard::{BatchVote, Command, ListPage, ListQuery, ReplyTo, ShardMsg, Verdict};
 
 use super::forward_answers::encode_answers;
 use super::forward_wire::{Wire, WireCommand, WireError, WireVote};
@@ -158,10 +158,8 @@ pub(super) enum Answer {
     /// Queued; no answer is owed.
     Queued,
     Vote(WireVote),
-    /// The decision the part's log holds.
-    Decided(bool),
-    /// The decision a log holds, if any.
-    Decision(Option<bool>),
+    /// What the log holds of a batch (`Decide`, `Decision`).
+    Verdict(Verdict),
     /// (instance records removed, machine versions removed) or an error.
     Flushed(Wire<(u64, u64)>),
 }
@@ -179,8 +177,7 @@ pub(super) enum ReplyTarget {
     /// No one waits for the answer.
     Nobody,
     Vote(flume::Sender<BatchVote>),
-    Decided(flume::Sender<bool>),
-    Decision(flume::Sender<Option<bool>>),
+    Verdict(flume::Sender<Verdict>),
     Flushed(flume::Sender<EngineResult<(u64, u64)>>),
 }
 
@@ -209,10 +206,10 @@ pub(super) fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<Shard
         ),
         ShardMsg::Decide { txid, commit, done } => (
             Forwarded::Decide { txid, commit },
-            ReplyTarget::Decided(done),
+            ReplyTarget::Verdict(done),
         ),
         ShardMsg::Decision { txid, done } => {
-            (Forwarded::Decision { txid }, ReplyTarget::Decision(done))
+            (Forwarded::Decision { txid }, ReplyTarget::Verdict(done))
         }
         ShardMsg::InstallMachine {
             def,
@@ -270,7 +267,7 @@ impl ReplyTarget {
             }
             // A page has no error to carry, nor a decision whose outcome is
             // unknown: the asker sees the channel close.
-            ReplyTarget::List(..) | ReplyTarget::Decided(_) | ReplyTarget::Decision(_) => {}
+            ReplyTarget::List(..) | ReplyTarget::Verdict(_) => {}
         }
     }
 
@@ -315,11 +312,8 @@ impl ReplyTarget {
             (ReplyTarget::Vote(done), Answer::Vote(vote)) => {
                 let _ = done.send(vote.into());
             }
-            (ReplyTarget::Decided(done), Answer::Decided(committed)) => {
-                let _ = done.send(committed);
-            }
-            (ReplyTarget::Decision(done), Answer::Decision(decision)) => {
-                let _ = done.send(decision);
+            (ReplyTarget::Verdict(done), Answer::Verdict(verdict)) => {
+                let _ = done.send(verdict);
             }
             (ReplyTarget::Flushed(done), Answer::Flushed(r)) => {
                 let _ = done.send(r.map_err(WireError::into_engine));
@@ -444,12 +438,12 @@ fn queue(mailbox: &flume::Sender<ShardMsg>, op: Forwarded) -> Result<Waiting, Er
         Forwarded::Decide { txid, commit } => {
             let (done, rx) = flume::bounded(1);
             send(ShardMsg::Decide { txid, commit, done })?;
-            Ok(decision_of(rx, Answer::Decided))
+            Ok(decision_of(rx, Answer::Verdict))
         }
         Forwarded::Decision { txid } => {
             let (done, rx) = flume::bounded(1);
             send(ShardMsg::Decision { txid, done })?;
-            Ok(decision_of(rx, Answer::Decision))
+            Ok(decision_of(rx, Answer::Verdict))
         }
         Forwarded::InstallMachine {
             machine,

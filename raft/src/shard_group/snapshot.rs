@@ -22,6 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::net::SnapshotWire;
+use shards::shard::committed_ids::CommittedIds;
 use shards::shard::group_link::GroupImage;
 use shards::shard::replay::{InDoubtPart, TxnLog};
 use shards::shard::state::ShardState;
@@ -29,8 +30,12 @@ use shards::snapshot::{decode_state, encode, LogPosition, SnapshotData, Snapshot
 
 /// The first bytes of a group snapshot.
 pub const GROUP_SNAPSHOT_MAGIC: [u8; 4] = *b"CSGS";
-/// The layout version this code writes and reads.
-pub const GROUP_SNAPSHOT_VERSION: u32 = 1;
+/// The layout version this code writes. Version 2 added the horizon of the
+/// committed batch ids (`shards::shard::committed_ids`); version 1 (every
+/// committed id, sorted) is still read, as horizon 0.
+pub const GROUP_SNAPSHOT_VERSION: u32 = 2;
+/// The oldest layout version this code reads.
+const GROUP_SNAPSHOT_VERSION_MIN: u32 = 1;
 
 /// A group snapshot as openraft holds and sends it: the encoded bytes.
 /// The peer transport sends them as they are (not as JSON). Shared, not
@@ -119,8 +124,10 @@ pub fn encode_group_image(taken: GroupImage) -> Vec<u8> {
 }
 
 /// The group snapshot around a shard's snapshot image `inner`: the parts
-/// in doubt and the committed batch ids (both sorted), then a checksum.
-fn wrap_group(inner: &[u8], in_doubt: &[InDoubtPart], committed: &[u64]) -> Vec<u8> {
+/// in doubt (sorted), the committed batch ids kept (oldest first) and
+/// their horizon, then a checksum.
+fn wrap_group(inner: &[u8], in_doubt: &[InDoubtPart], committed: &(Vec<u64>, u64)) -> Vec<u8> {
+    let (committed, horizon) = committed;
     let mut out = Vec::with_capacity(inner.len() + 64);
     out.extend_from_slice(&GROUP_SNAPSHOT_MAGIC);
     out.extend_from_slice(&GROUP_SNAPSHOT_VERSION.to_le_bytes());
@@ -137,6 +144,7 @@ fn wrap_group(inner: &[u8], in_doubt: &[InDoubtPart], committed: &[u64]) -> Vec<
     for txid in committed {
         out.extend_from_slice(&txid.to_le_bytes());
     }
+    out.extend_from_slice(&horizon.to_le_bytes());
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -192,7 +200,7 @@ pub fn decode_group(
     }
     let mut c = Cursor { bytes: body, at: 4 };
     let version = c.u32()?;
-    if version != GROUP_SNAPSHOT_VERSION {
+    if !(GROUP_SNAPSHOT_VERSION_MIN..=GROUP_SNAPSHOT_VERSION).contains(&version) {
         return Err(GroupSnapshotError::UnsupportedVersion(version));
     }
     let state_len = usize::try_from(c.u64()?).map_err(|_| GroupSnapshotError::Truncated(c.at))?;
@@ -205,9 +213,12 @@ pub fn decode_group(
         let len = c.u32()? as usize;
         txns.in_doubt.insert(txid, (decider, c.take(len)?.to_vec()));
     }
+    let mut committed = Vec::new();
     for _ in 0..c.u32()? {
-        txns.committed.insert(c.u64()?);
+        committed.push(c.u64()?);
     }
+    let horizon = if version >= 2 { c.u64()? } else { 0 };
+    txns.committed = CommittedIds::restore(committed, horizon);
     if c.at != body.len() {
         return Err(GroupSnapshotError::TrailingBytes(body.len() - c.at));
     }
@@ -220,4 +231,59 @@ pub fn decode_group(
         },
         txns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shards::shard::committed_ids::Verdict;
+
+    fn encoded(committed: CommittedIds) -> Vec<u8> {
+        let txns = TxnLog {
+            committed,
+            ..TxnLog::default()
+        };
+        let position = LogPosition {
+            covered_offset: 64,
+            last_tick: 1,
+            entries: 1,
+        };
+        encode_group(&ShardState::new(0, false), position, &txns)
+    }
+
+    #[test]
+    fn the_committed_ids_travel_in_order_with_their_horizon() {
+        let mut kept = CommittedIds::keeping(2);
+        for txid in [30, 10, 20] {
+            kept.insert(txid);
+        }
+        let bytes = encoded(kept.clone());
+        let back = decode_group(&bytes, false).expect("decode").txns.committed;
+        assert_eq!(back.copy(), (vec![10, 20], 30));
+        assert_eq!(back.verdict(25), Verdict::Forgotten);
+        // Equal bookkeeping, equal bytes.
+        assert_eq!(encoded(back), bytes);
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_read_with_nothing_forgotten() {
+        let v2 = encoded(CommittedIds::restore([7, 9], 0));
+        // Version 1: the same layout without the horizon.
+        let mut v1 = v2[..v2.len() - 12].to_vec();
+        v1[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let back = decode_group(&v1, false).expect("decode").txns.committed;
+        assert_eq!(back.copy(), (vec![7, 9], 0));
+        assert_eq!(back.verdict(8), Verdict::Aborted);
+        let mut v3 = v2.clone();
+        v3[4..8].copy_from_slice(&3u32.to_le_bytes());
+        let body = v3.len() - 4;
+        let crc = crc32c::crc32c(&v3[..body]);
+        v3[body..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_group(&v3, false),
+            Err(GroupSnapshotError::UnsupportedVersion(3))
+        ));
+    }
 }

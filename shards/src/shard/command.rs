@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::budget::{Charge, ResponseBudget};
+use super::committed_ids::Verdict;
 use crate::error::EngineResult;
 use crate::machine::definition::MachineDef;
 
@@ -220,18 +221,20 @@ pub enum ShardMsg {
     /// resolves a part left in doubt by a crash (see recovery). Answers the
     /// decision the log holds for `txid`: `commit` when this message made
     /// it, the earlier one when the part was decided already (a decider
-    /// that aborted a batch left in doubt answers a late Commit `false`).
+    /// that aborted a batch left in doubt answers a late Commit `Aborted`),
+    /// `Forgotten` for a batch too old to tell (`committed_ids.rs`).
     Decide {
         txid: u64,
         commit: bool,
-        done: flume::Sender<bool>,
+        done: flume::Sender<Verdict>,
     },
     /// What this shard's log decided for batch `txid`, changing nothing:
-    /// `None` while its part here is undecided; `Some(false)` for a batch
-    /// it holds no commit of (presumed abort).
+    /// `Undecided` while its part here is; `Aborted` for a batch it holds
+    /// no commit of (presumed abort) unless that batch is too old to tell
+    /// (`Forgotten`).
     Decision {
         txid: u64,
-        done: flume::Sender<Option<bool>>,
+        done: flume::Sender<Verdict>,
     },
     /// The cross-shard parts this shard has held prepared-but-undecided for
     /// at least `older_than_ms`: (txid, decider shard, how long in ms).

@@ -5,6 +5,7 @@
 
 use super::budget::Charge;
 use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardStats};
+use super::committed_ids::Verdict;
 use super::log_read::{EntryChunk, EventChunk};
 use super::runner::Shard;
 use crate::error::EngineResult;
@@ -22,9 +23,8 @@ pub(super) enum Deferred {
     List(flume::Sender<ListPage>, ListPage),
     Stats(flume::Sender<ShardStats>),
     Vote(flume::Sender<BatchVote>, BatchVote),
-    Decided(flume::Sender<bool>, bool),
-    /// A batch's logged decision (`ShardMsg::Decision`).
-    Decision(flume::Sender<Option<bool>>, Option<bool>),
+    /// A batch's decision (`ShardMsg::Decide`, `ShardMsg::Decision`).
+    Verdict(flume::Sender<Verdict>, Verdict),
     Events(
         flume::Sender<std::io::Result<EventChunk>>,
         std::io::Result<EventChunk>,
@@ -68,11 +68,8 @@ impl Shard {
             Deferred::Vote(done, vote) => {
                 let _ = done.send(vote);
             }
-            Deferred::Decided(done, committed) => {
-                let _ = done.send(committed);
-            }
-            Deferred::Decision(done, decision) => {
-                let _ = done.send(decision);
+            Deferred::Verdict(done, verdict) => {
+                let _ = done.send(verdict);
             }
             Deferred::Events(done, chunk) => {
                 let _ = done.send(chunk);

@@ -203,8 +203,9 @@ pub struct GroupImage {
     pub image: crate::snapshot::codec::UnsealedImage,
     /// Batch parts in doubt, by txid.
     pub in_doubt: Vec<InDoubtPart>,
-    /// Committed batch ids, sorted.
-    pub committed: Vec<u64>,
+    /// Committed batch ids kept, oldest first, and their horizon
+    /// (`committed_ids.rs`).
+    pub committed: (Vec<u64>, u64),
 }
 
 /// Everything the group delivers to a member's loop: `early`, what came

@@ -78,7 +78,7 @@ impl Shard {
             }
             // No error to carry: the asker sees its reply channel close
             // (a decision's outcome is then unknown to it).
-            Deferred::List(..) | Deferred::Decided(..) | Deferred::Decision(..) => {}
+            Deferred::List(..) | Deferred::Verdict(..) => {}
             other => self.answer(other),
         }
     }

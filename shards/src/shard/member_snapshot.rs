@@ -34,7 +34,7 @@ use super::snapshotting::{SliceOutcome, SnapshotJob, SNAPSHOT_SLICE_US};
 pub struct GroupSnapshotJob {
     job: SnapshotJob,
     in_doubt: Vec<InDoubtPart>,
-    committed: Vec<u64>,
+    committed: (Vec<u64>, u64),
     done: flume::Sender<GroupImage>,
 }
 

@@ -30,6 +30,7 @@
 
 use std::time::Duration;
 
+use super::committed_ids::Verdict;
 use super::replay::{Publish, ReplayCounts};
 use super::runner::Shard;
 use super::state::ShardState;
@@ -65,20 +66,21 @@ impl Shard {
     }
 
     /// Phase two on the group's leader: returns the decision the log holds.
-    pub(super) fn member_decide(&mut self, txid: u64, commit: bool, now: u64) -> bool {
-        let Some((_, inner)) = self.txn_log.in_doubt.remove(&txid) else {
+    pub(super) fn member_decide(&mut self, txid: u64, commit: bool, now: u64) -> Verdict {
+        let Some((decider, inner)) = self.txn_log.in_doubt.remove(&txid) else {
             // Decided already, or unknown here: what the log says (an
-            // unknown batch was never committed here: presumed abort).
-            return self.known_decision(txid).unwrap_or(false);
+            // unknown batch was never committed here: presumed abort —
+            // unless it is as old as the ids forgotten).
+            return self.settled_verdict(txid);
         };
         if commit {
             if let Err(e) = self.apply_part(&inner) {
                 self.fail_stop("cannot apply a prepared batch part", &e);
             }
         }
-        self.settled(txid, commit);
+        self.settled(txid, commit, Some(decider));
         self.log_decision(txid, commit, now);
-        commit
+        Verdict::of(commit)
     }
 
     /// A member applies a committed entry's `Prepare`, `Commit` or `Abort`
@@ -96,12 +98,11 @@ impl Shard {
             RecordKind::Commit | RecordKind::Abort => {
                 let txid = entry::read_txid(payload)?;
                 let commit = header.kind == RecordKind::Commit;
-                if let Some((_, inner)) = self.txn_log.in_doubt.remove(&txid) {
-                    if commit {
-                        self.apply_part(&inner)?;
-                    }
+                let part = self.txn_log.in_doubt.remove(&txid);
+                if let (true, Some((_, inner))) = (commit, &part) {
+                    self.apply_part(inner)?;
                 }
-                self.settled(txid, commit);
+                self.settled(txid, commit, part.map(|(decider, _)| decider));
                 self.decisions.decided(txid, commit);
             }
             _ => {}
@@ -120,13 +121,13 @@ impl Shard {
         self.txn_log.in_doubt.insert(txid, (decider, inner));
     }
 
-    /// A part is decided: release its locks, remember a commit.
-    fn settled(&mut self, txid: u64, commit: bool) {
+    /// A part is decided: release its locks, remember a commit this shard
+    /// decided (`decider`: the shard its Prepare named, if this log has it).
+    fn settled(&mut self, txid: u64, commit: bool, decider: Option<u32>) {
         self.locked.retain(|_, holder| *holder != txid);
         self.member_mut().prepared_at.remove(&txid);
-        if commit {
-            self.txn_log.committed.insert(txid);
-        }
+        let shard = self.state.shard_id;
+        self.txn_log.settled(txid, commit, decider, shard);
     }
 
     /// Apply a committed part's records and queue their watch events.

@@ -5,6 +5,7 @@ mod admission;
 mod audit;
 pub mod budget;
 pub mod command;
+pub mod committed_ids;
 mod decisions;
 mod deferred;
 pub mod events;
@@ -35,6 +36,7 @@ pub use command::{
     ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, Reply,
     ReplyTo, ShardMsg, ShardStats,
 };
+pub use committed_ids::Verdict;
 pub use runner::{OpenReport, Shard, ShardConfig};
 pub use state::ShardState;
 pub use storage::AutoCompaction;

@@ -5,6 +5,7 @@
 //! and the protocol are described in `src/server/batch.rs`.
 
 use super::command::{BatchVote, Command};
+use super::committed_ids::Verdict;
 use super::replay::{Publish, ReplayCounts};
 use super::runner::Shard;
 use super::state::ShardState;
@@ -125,7 +126,7 @@ impl Shard {
     }
 
     /// Log the decision of `txid`'s part; returns the decision the log holds.
-    pub(super) fn decide(&mut self, txid: u64, commit: bool, now: u64) -> bool {
+    pub(super) fn decide(&mut self, txid: u64, commit: bool, now: u64) -> Verdict {
         if self.member.is_some() {
             return self.member_decide(txid, commit, now);
         }
@@ -149,20 +150,28 @@ impl Shard {
             }
         } else {
             // Already decided (or never prepared here: presumed abort).
-            return self.known_decision(txid).unwrap_or(false);
+            return self.settled_verdict(txid);
         }
         self.log_decision(txid, commit, now);
-        commit
+        Verdict::of(commit)
     }
 
-    /// What the log decided for `txid` (`ShardMsg::Decision`): `None`
-    /// while its part here is undecided, else the decision (presumed abort
-    /// for a batch the log knows nothing of).
-    pub(super) fn logged_decision(&self, txid: u64) -> Option<bool> {
+    /// What the log decided for `txid` (`ShardMsg::Decision`).
+    pub(super) fn logged_decision(&self, txid: u64) -> Verdict {
         if self.txns.contains_key(&txid) || self.txn_log.in_doubt.contains_key(&txid) {
-            return None;
+            return Verdict::Undecided;
         }
-        Some(self.known_decision(txid).unwrap_or(false))
+        self.settled_verdict(txid)
+    }
+
+    /// The decision of a batch whose part here is not pending: the one the
+    /// log holds; for a batch it knows nothing of, presumed abort — unless
+    /// the batch is as old as the committed ids forgotten (`committed_ids.rs`).
+    pub(super) fn settled_verdict(&self, txid: u64) -> Verdict {
+        match self.decisions.get(txid) {
+            Some(committed) => Verdict::of(committed),
+            None => self.txn_log.committed.verdict(txid),
+        }
     }
 
     /// The decision the log holds for `txid`, if it holds one: a decision
@@ -171,7 +180,7 @@ impl Shard {
     pub(super) fn known_decision(&self, txid: u64) -> Option<bool> {
         self.decisions
             .get(txid)
-            .or_else(|| self.txn_log.committed.contains(&txid).then_some(true))
+            .or_else(|| self.txn_log.committed.contains(txid).then_some(true))
     }
 
     /// Stage `txid`'s Commit or Abort record and note the decision.

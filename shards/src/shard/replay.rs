@@ -10,7 +10,9 @@ use super::state::ShardState;
 use crate::instance::{CachedApply, Creation, Instance};
 use crate::json::canonical;
 use crate::machine::definition::parse_definition;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
+
+use super::committed_ids::CommittedIds;
 
 use super::events::WatchEvent;
 use crate::wal::entry::{
@@ -30,13 +32,15 @@ pub struct ReplayCounts {
 }
 
 /// Replay bookkeeping for cross-shard batches: parts prepared but not yet
-/// decided in this log, and the batches this log records as committed
-/// (on a decider shard those records are the decisions).
+/// decided in this log, and the batches this log records as committed that
+/// this shard decided (those records are the decisions; `committed_ids.rs`
+/// says how many are kept). A commit whose decider is not known here (its
+/// `Prepare` was not replayed) is kept too: keeping more is always safe.
 #[derive(Debug, Default)]
 pub struct TxnLog {
     /// txid → (decider shard, inner records).
     pub in_doubt: HashMap<u64, (u32, Vec<u8>)>,
-    pub committed: HashSet<u64>,
+    pub committed: CommittedIds,
 }
 
 /// Whether replay queues watch events for the transitions it applies.
@@ -53,18 +57,26 @@ pub enum Publish {
 pub type InDoubtPart = (u64, u32, Vec<u8>);
 
 impl TxnLog {
-    /// A copy for a snapshot: the parts in doubt and the committed batch
-    /// ids, each sorted by txid (equal logs give equal bytes).
-    pub fn sorted_copy(&self) -> (Vec<InDoubtPart>, Vec<u64>) {
+    /// A copy for a snapshot: the parts in doubt sorted by txid, and the
+    /// committed batch ids in the order they were committed with their
+    /// horizon (equal logs give equal bytes).
+    pub fn sorted_copy(&self) -> (Vec<InDoubtPart>, (Vec<u64>, u64)) {
         let mut in_doubt: Vec<InDoubtPart> = self
             .in_doubt
             .iter()
             .map(|(txid, (decider, records))| (*txid, *decider, records.clone()))
             .collect();
         in_doubt.sort_by_key(|(txid, _, _)| *txid);
-        let mut committed: Vec<u64> = self.committed.iter().copied().collect();
-        committed.sort_unstable();
-        (in_doubt, committed)
+        (in_doubt, self.committed.copy())
+    }
+
+    /// The part of `txid` was decided (its `Commit` or `Abort` is applied,
+    /// `decider` the shard its `Prepare` named, if this log holds one):
+    /// keep the id of a commit this shard (`shard`) decided.
+    pub fn settled(&mut self, txid: u64, commit: bool, decider: Option<u32>, shard: usize) {
+        if commit && decider.is_none_or(|d| d as usize == shard) {
+            self.committed.insert(txid);
+        }
     }
 }
 
@@ -103,8 +115,9 @@ impl ShardState {
             }
             RecordKind::Commit => {
                 let txid = entry::read_txid(payload)?;
-                txns.committed.insert(txid);
-                if let Some((_, inner)) = txns.in_doubt.remove(&txid) {
+                let part = txns.in_doubt.remove(&txid);
+                txns.settled(txid, true, part.as_ref().map(|p| p.0), self.shard_id);
+                if let Some((_, inner)) = part {
                     counts.batches += 1;
                     self.replay_inner(&inner, counts, publish)?;
                 }
@@ -270,5 +283,49 @@ impl ShardState {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::entry::write_prepare;
+    use crate::wal::record::{append_record, RecordStamp};
+
+    fn replay(state: &mut ShardState, txns: &mut TxnLog, kind: RecordKind, payload: &[u8]) {
+        let mut buf = Vec::new();
+        append_record(&mut buf, &RecordStamp::new(kind, 64, 1), 0, |out| {
+            out.extend_from_slice(payload)
+        })
+        .unwrap();
+        let (header, payload) = decode_record(&buf).unwrap();
+        state
+            .replay_any(&header, payload, &mut ReplayCounts::default(), txns)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_shard_keeps_the_ids_of_the_commits_it_decided_and_of_those_it_cannot_place() {
+        let mut state = ShardState::new(1, false);
+        let mut txns = TxnLog::default();
+        for (txid, decider) in [(5u64, 1u32), (6, 0)] {
+            let mut prepare = Vec::new();
+            write_prepare(&mut prepare, txid, decider, &[]);
+            replay(&mut state, &mut txns, RecordKind::Prepare, &prepare);
+        }
+        for txid in [5u64, 6, 7] {
+            replay(
+                &mut state,
+                &mut txns,
+                RecordKind::Commit,
+                &txid.to_le_bytes(),
+            );
+        }
+        // 5: decided here. 6: shard 0 decided it, and answers for it. 7: its
+        // Prepare is not in what was replayed (before a snapshot): kept.
+        assert!(txns.committed.contains(5));
+        assert!(!txns.committed.contains(6));
+        assert!(txns.committed.contains(7));
+        assert!(txns.in_doubt.is_empty());
     }
 }

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 
 use super::command::{ShardMsg, ShardStats};
+use super::committed_ids::CommittedIds;
 use super::decisions::Decisions;
 pub(super) use super::deferred::Deferred;
 use super::events::Publication;
@@ -76,7 +77,7 @@ pub struct OpenReport {
     /// Prepared parts with no decision in this log: (txid, decider shard).
     pub in_doubt: Vec<(u64, u32)>,
     /// Batches this log records as committed.
-    pub committed: HashSet<u64>,
+    pub committed: CommittedIds,
     /// The snapshot recovery started from: its covered offset.
     pub snapshot_covered: Option<u64>,
     /// Every record this shard writes from now on has an offset ≥ this:
@@ -162,7 +163,11 @@ impl Shard {
             first_segment: None,
         };
         let mut counts = ReplayCounts::default();
-        let mut txn_log = TxnLog::default();
+        // Every commit in the log is kept: `resolve_in_doubt` reads them all.
+        let mut txn_log = TxnLog {
+            committed: CommittedIds::keeping(usize::MAX),
+            ..TxnLog::default()
+        };
         let mut decisions = Decisions::default();
         let scan = recovery::scan(storage, &wal_dir, plan, |header, payload| {
             match header.kind {
@@ -497,12 +502,12 @@ impl Shard {
                 deferred.push(Deferred::Vote(done, vote));
             }
             ShardMsg::Decide { txid, commit, done } => {
-                let committed = self.decide(txid, commit, now);
-                deferred.push(Deferred::Decided(done, committed));
+                let verdict = self.decide(txid, commit, now);
+                deferred.push(Deferred::Verdict(done, verdict));
                 self.unpark(now, deferred);
             }
             ShardMsg::Decision { txid, done } => {
-                deferred.push(Deferred::Decision(done, self.logged_decision(txid)));
+                deferred.push(Deferred::Verdict(done, self.logged_decision(txid)));
             }
             ShardMsg::InDoubt {
                 older_than_ms,
