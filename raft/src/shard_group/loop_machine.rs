@@ -208,12 +208,14 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
         // file run on a thread of their own. Either, done in the loop in
         // one go, stopped it for seconds once a shard held a million
         // instances — on every node at once.
+        let started = std::time::Instant::now();
         self.deliver(Delivery::Snapshot(answer)).await?;
         let shard = self.0.borrow().shard;
         let taken = answered
             .recv_async()
             .await
             .map_err(|_| io::Error::other(format!("shard {shard}: the snapshot was abandoned")))?;
+        let imaged = started.elapsed();
         let (storage, dir) = {
             let a = self.0.borrow();
             (a.storage.clone(), a.snapshot_dir.clone())
@@ -225,6 +227,14 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
             snapshot_file::write(&*storage, &dir, &file_meta, &bytes).map(|()| bytes)
         })
         .await?;
+        tracing::info!(
+            "shard {shard}: group snapshot at index {} taken: {} bytes, image in {} ms, \
+             sealed and written in {} ms",
+            meta.last_log_id.map_or(0, |l| l.index),
+            bytes.0.len(),
+            imaged.as_millis(),
+            (started.elapsed() - imaged).as_millis()
+        );
         let snapshot = Snapshot {
             meta,
             snapshot: bytes,

@@ -81,10 +81,12 @@ impl Tasks for GlommioTasks {
 
     /// Yields the whole task queue, not just the task: glommio keeps
     /// running a queue's tasks until it is empty or its time slice is over,
-    /// and polls I/O only between queues, so a shard that stays runnable
-    /// with a plain yield starves the socket I/O of the connections on its
-    /// core for a whole slice (measured: readers of 2 MiB answers waited
-    /// 20 s; tests/hardening/heavy_clients.rs).
+    /// so with a plain yield a shard that stays runnable starves the other
+    /// tasks on its core (measured: readers of 2 MiB answers waited 20 s;
+    /// tests/hardening/heavy_clients.rs). It does not make glommio poll
+    /// its I/O: that happens only once no queue is runnable or the
+    /// executor's preemption timer (100 ms) fired — a loop that must let
+    /// I/O complete waits on a timer instead (`shard/replica.rs`).
     fn yield_to_others(&self) -> LocalTask {
         Box::pin(async { glommio::executor().yield_task_queue_now().await })
     }

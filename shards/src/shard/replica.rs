@@ -71,6 +71,10 @@ use crate::env::Env;
 use crate::snapshot::LogPosition;
 use crate::wal::{Frontier, OffsetClock, WalWriter};
 
+/// How long the loop waits between the slices of a group snapshot: any
+/// wait on a timer lets the executor poll its I/O (see `run_member`).
+const SNAPSHOT_SLICE_GAP_US: u64 = 1;
+
 /// A shard's side of its group membership.
 pub struct MemberSide {
     pub(super) link: Rc<dyn GroupLink>,
@@ -271,8 +275,18 @@ impl Shard {
             // starved this member's Raft core and peer links for the whole
             // snapshot (1–2 s at ~1M instances; no AppendEntries answered,
             // so the followers elected a new leader at every snapshot —
-            // bench-results/2026-12-05/peer-silence/notes.md).
-            if !mailbox.is_empty() || self.wake_waiting || self.member_snapshot_running() {
+            // bench-results/2026-12-05/peer-silence/notes.md). Between
+            // snapshot slices the loop waits on a timer rather than yield:
+            // a loop that stays runnable keeps glommio from polling I/O
+            // until its preemption timer fires (100 ms), so each of a
+            // follower's AppendEntries took 4–5 of those periods, 0.1–0.5 s,
+            // at every snapshot (bench-results/2026-12-05/snapshot-stall/).
+            if self.member_snapshot_running() {
+                self.env
+                    .tasks
+                    .sleep(Duration::from_micros(SNAPSHOT_SLICE_GAP_US))
+                    .await;
+            } else if !mailbox.is_empty() || self.wake_waiting {
                 self.env.tasks.yield_to_others().await;
             }
         }
