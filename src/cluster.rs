@@ -3,6 +3,8 @@
 //! run by the shard loop as a member (`shards::shard::replica`).
 //!
 //! What this file sets up, per node:
+//! * the peer links' **TLS** (`corestate.cluster.tls`), read once before
+//!   the executors start, or plain TCP;
 //! * the **peer listener** on the acceptor's executor, with a directory
 //!   that hands each group's calls to its shard's executor (one bounded
 //!   mailbox per group: the one explicit cross-core hop);
@@ -29,7 +31,7 @@ use std::sync::Arc;
 
 use corestate_raft::log_store::WalLogOptions;
 use corestate_raft::net::{
-    group_mailbox, ClusterCredentials, GroupDirectory, GroupInbox, PeerPool, PeerServer,
+    group_mailbox, ClusterCredentials, GroupDirectory, GroupInbox, PeerPool, PeerServer, PeerTls,
 };
 use corestate_raft::shard_group::{start_loop_member, GroupMember, LoopMachine, MemberSetup};
 use openraft::error::{InitializeError, RaftError};
@@ -49,9 +51,15 @@ pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
 pub struct PeerWiring {
     pub directory: Arc<GroupDirectory>,
     pub inboxes: Vec<Option<GroupInbox>>,
+    /// The peer links' TLS, read once (`None`: plain TCP).
+    pub tls: Option<PeerTls>,
 }
 
-pub fn wire(shards: usize) -> Result<PeerWiring, String> {
+pub fn wire(shards: usize, cluster: &ClusterConfig) -> Result<PeerWiring, String> {
+    let tls = match &cluster.tls {
+        None => None,
+        Some(files) => Some(PeerTls::load(files).map_err(|e| e.to_string())?),
+    };
     let mut directory = GroupDirectory::new();
     let mut inboxes = Vec::with_capacity(shards);
     for shard in 0..shards {
@@ -64,6 +72,7 @@ pub fn wire(shards: usize) -> Result<PeerWiring, String> {
     Ok(PeerWiring {
         directory: Arc::new(directory),
         inboxes,
+        tls,
     })
 }
 
@@ -75,11 +84,13 @@ fn credentials(cluster: &ClusterConfig) -> ClusterCredentials {
 pub fn listen(
     cluster: &ClusterConfig,
     directory: Arc<GroupDirectory>,
+    tls: Option<PeerTls>,
 ) -> Result<PeerServer, String> {
-    PeerServer::start(
+    PeerServer::start_with_tls(
         &cluster.peer_listen.to_string(),
         credentials(cluster),
         directory,
+        tls,
     )
     .map_err(|e| format!("cannot listen for peers on {}: {e}", cluster.peer_listen))
 }
@@ -117,8 +128,9 @@ pub async fn open_member_shard(
     heartbeat: Arc<AtomicU64>,
     inbox: GroupInbox,
     mailbox: flume::Sender<ShardMsg>,
+    tls: Option<PeerTls>,
 ) -> Result<MemberShard, String> {
-    let peers = PeerPool::new(credentials(cluster));
+    let peers = PeerPool::with_tls(credentials(cluster), tls);
     for (&id, peer) in &cluster.members {
         if id != cluster.node_id {
             peers.set_address(id, peer.to_string());

@@ -189,7 +189,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let mut wiring = match &config.cluster {
         Some(cluster) => {
             crate::server::batch::set_txid_node(cluster.node_id);
-            Some(crate::cluster::wire(config.shards)?)
+            Some(crate::cluster::wire(config.shards, cluster)?)
         }
         None => None,
     };
@@ -233,6 +233,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                 cluster.clone(),
                 w.inboxes[id].take().expect("one inbox per shard"),
                 (id == ACCEPTOR_SHARD).then(|| w.directory.clone()),
+                w.tls.clone(),
             )),
             _ => None,
         };
@@ -245,15 +246,15 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spin_before_park(Duration::from_micros(EXECUTOR_SPIN_BEFORE_PARK_US))
             .spawn(move || async move {
-                if let Some((cluster, inbox, directory)) = member {
-                    let peer_listener = match directory.map(|d| crate::cluster::listen(&cluster, d))
-                    {
-                        Some(Err(e)) => {
-                            let _ = ready.send(Err(e));
-                            return;
-                        }
-                        listening => listening.map(Result::ok),
-                    };
+                if let Some((cluster, inbox, directory, tls)) = member {
+                    let peer_listener =
+                        match directory.map(|d| crate::cluster::listen(&cluster, d, tls.clone())) {
+                            Some(Err(e)) => {
+                                let _ = ready.send(Err(e));
+                                return;
+                            }
+                            listening => listening.map(Result::ok),
+                        };
                     let opened = crate::cluster::open_member_shard(
                         &shard_cfg,
                         &cluster,
@@ -261,6 +262,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
                         heartbeat,
                         inbox,
                         own_mailbox.expect("a cluster member's mailbox"),
+                        tls,
                     )
                     .await;
                     match opened {

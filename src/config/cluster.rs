@@ -17,6 +17,13 @@
 //!     in_doubt_resolve_after_ms: 10000 # optional
 //!     balance_leaders: true           # optional: spread groups' leaders
 //!     join: false                     # true: wait to be added (below)
+//!     tls:                            # optional: peer links inside TLS
+//!       cert_path: /etc/corestate/node-1.pem   # this node's chain
+//!       key_path: /etc/corestate/node-1.key
+//!       peer_ca_path: /etc/corestate/ca.pem    # trusted for the peers'
+//!       require_client_cert: true     # optional (true): mTLS between peers
+//!       client_ca_path: ...           # optional: peer_ca_path
+//!       server_name: address          # optional: or one DNS name
 //! ```
 //!
 //! Every member lists the same members; each shard is a Raft group with a
@@ -27,6 +34,8 @@
 //! running members, for their addresses, and itself).
 
 use std::collections::BTreeMap;
+
+use corestate_raft::net::{PeerServerName, PeerTlsFiles};
 
 use super::file::read_text_capped;
 use super::values::{kind, parse_addr, type_error};
@@ -85,6 +94,8 @@ pub struct ClusterConfig {
     /// Start with empty groups and wait to be added by a running
     /// cluster's CLUSTER_ADD_NODE, instead of starting the groups.
     pub join: bool,
+    /// Peer links inside TLS (`None`: plain TCP).
+    pub tls: Option<PeerTlsFiles>,
 }
 
 fn field<'a>(map: &'a Mapping, path: &str, key: &str) -> Option<(String, &'a Value)> {
@@ -161,6 +172,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "in_doubt_resolve_after_ms",
             "balance_leaders",
             "join",
+            "tls",
         ],
     )?;
     let (key, v) = required(map, PATH, "node_id")?;
@@ -261,6 +273,10 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
     };
     let join = flag("join", false)?;
     let balance_leaders = flag("balance_leaders", true)?;
+    let tls = match field(map, PATH, "tls") {
+        None => None,
+        Some((key, v)) => Some(peer_tls(&key, as_map(&key, v)?)?),
+    };
     Ok(Some(ClusterConfig {
         node_id,
         name,
@@ -272,7 +288,58 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         in_doubt_resolve_after_ms,
         balance_leaders,
         join,
+        tls,
     }))
+}
+
+/// `corestate.cluster.tls`: the files of this node's peer TLS. One
+/// certificate serves the listener and, under mTLS, the dialers, so it
+/// must allow both server and client authentication.
+fn peer_tls(path: &str, map: &Mapping) -> Result<PeerTlsFiles, ConfigError> {
+    check_keys(
+        map,
+        path,
+        &[
+            "cert_path",
+            "key_path",
+            "peer_ca_path",
+            "require_client_cert",
+            "client_ca_path",
+            "server_name",
+        ],
+    )?;
+    let file = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
+        match field(map, path, name) {
+            None => Ok(None),
+            Some((key, v)) => Ok(Some(PathBuf::from(as_str(&key, v)?))),
+        }
+    };
+    let must = |name: &str| {
+        file(name)?.ok_or_else(|| ConfigError::new(format!("{path}.{name}"), "required with tls"))
+    };
+    let peer_ca_path = must("peer_ca_path")?;
+    let require_client_cert = match field(map, path, "require_client_cert") {
+        None => true,
+        Some((key, v)) => v
+            .as_bool()
+            .ok_or_else(|| type_error(key, "true or false", v))?,
+    };
+    let server_name = match field(map, path, "server_name") {
+        None => PeerServerName::AddressHost,
+        Some((key, v)) => match as_str(&key, v)? {
+            "address" => PeerServerName::AddressHost,
+            "" => return Err(ConfigError::new(key, "must not be empty")),
+            name => PeerServerName::Fixed(name.to_string()),
+        },
+    };
+    Ok(PeerTlsFiles {
+        cert_path: must("cert_path")?,
+        key_path: must("key_path")?,
+        require_client_cert,
+        client_ca_path: Some(file("client_ca_path")?.unwrap_or_else(|| peer_ca_path.clone())),
+        peer_ca_path,
+        server_name,
+    })
 }
 
 /// The integer setting `key` of `map` within `range`, `default` when absent.
@@ -365,6 +432,43 @@ corestate:
         assert!(parse(&joining).unwrap().unwrap().join);
         assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);
         assert_eq!(parse("{}").unwrap(), None);
+    }
+
+    #[test]
+    fn peer_tls_defaults_to_mutual_tls_with_the_peers_ca_and_address_names() {
+        assert_eq!(parse(GOOD).unwrap().unwrap().tls, None);
+        let tls = "    tls:\n      cert_path: /c/node.pem\n      key_path: /c/node.key\n      \
+                   peer_ca_path: /c/ca.pem\n";
+        let with = GOOD.replace("    name: orders\n", &format!("    name: orders\n{tls}"));
+        let files = parse(&with).unwrap().unwrap().tls.expect("tls");
+        assert_eq!(files.cert_path, PathBuf::from("/c/node.pem"));
+        assert_eq!(files.key_path, PathBuf::from("/c/node.key"));
+        assert!(files.require_client_cert);
+        assert_eq!(files.client_ca_path, Some(PathBuf::from("/c/ca.pem")));
+        assert_eq!(files.server_name, PeerServerName::AddressHost);
+        let more = format!(
+            "{tls}      require_client_cert: false\n      client_ca_path: /c/clients.pem\n      \
+             server_name: peers.internal\n"
+        );
+        let with = GOOD.replace("    name: orders\n", &format!("    name: orders\n{more}"));
+        let files = parse(&with).unwrap().unwrap().tls.expect("tls");
+        assert!(!files.require_client_cert);
+        assert_eq!(files.client_ca_path, Some(PathBuf::from("/c/clients.pem")));
+        assert_eq!(
+            files.server_name,
+            PeerServerName::Fixed("peers.internal".into())
+        );
+        for (setting, broken) in [
+            ("cert_path", tls.replace("      cert_path: /c/node.pem\n", "")),
+            ("peer_ca_path", tls.replace("      peer_ca_path: /c/ca.pem\n", "")),
+            ("ca_path", format!("{tls}      ca_path: /c/ca.pem\n")),
+            ("server_name", format!("{tls}      server_name: \"\"\n")),
+            ("require_client_cert", format!("{tls}      require_client_cert: 1\n")),
+        ] {
+            let text = GOOD.replace("    name: orders\n", &format!("    name: orders\n{broken}"));
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, format!("corestate.cluster.tls.{setting}"), "{e:?}");
+        }
     }
 
     #[test]

@@ -21,5 +21,9 @@ mod harness;
 mod leader_restart;
 mod membership;
 mod partition;
+mod peer_tls;
+// The Raft crate's test PKI (its tests: raft/tests/peer_tls.rs).
+#[path = "../../raft/tests/support/peer_pki.rs"]
+mod peer_pki;
 mod process_faults;
 mod watch;
