@@ -28,4 +28,27 @@ corestate:
       - {id: 2, peer: "127.0.0.1:${peers[1]}"}
       - {id: 3, peer: "127.0.0.1:${peers[2]}"}
 YAML
+  # PEER_TLS_DIR (made by make_peer_pki): peer links over mutual TLS.
+  if [ -n "${PEER_TLS_DIR:-}" ]; then
+    cat <<YAML
+    tls:
+      cert_path: "$PEER_TLS_DIR/node.pem"
+      key_path: "$PEER_TLS_DIR/node.key"
+      peer_ca_path: "$PEER_TLS_DIR/ca.pem"
+YAML
+  fi
+}
+
+# make_peer_pki DIR: a throwaway CA and one node certificate it signs (IP SAN
+# 127.0.0.1, for server and client authentication), as PEM files in DIR.
+make_peer_pki() {
+  local d=$1
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench peer CA" -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench node" \
+    -keyout "$d/node.key" -out "$d/node.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$d/ext.cnf"
+  openssl x509 -req -in "$d/node.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 2 -extfile "$d/ext.cnf" -out "$d/node.pem" 2>/dev/null
 }
