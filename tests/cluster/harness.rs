@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -193,6 +193,11 @@ impl Cluster {
         }
     }
 
+    /// Whether the peer links run over TLS (`peer_tls_settings`).
+    pub fn peer_tls(&self) -> bool {
+        self.settings.contains("    tls:\n")
+    }
+
     /// The node that leads shard 0's group, as every running node's
     /// REPLICATION_STATUS agrees.
     pub fn leader(&mut self) -> u64 {
@@ -287,6 +292,17 @@ impl Cluster {
             self.ok_on(via, "CREATE_INSTANCE", create);
         }
     }
+}
+
+/// The cluster settings (YAML lines) of peer links over mutual TLS: every
+/// node with the certificate `cert` and key `key`, trusting the CA `ca`.
+pub fn peer_tls_settings(cert: &Path, key: &Path, ca: &Path) -> String {
+    format!(
+        "    tls:\n      cert_path: \"{}\"\n      key_path: \"{}\"\n      peer_ca_path: \"{}\"\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    )
 }
 
 /// Write node `id`'s config (peer listener on `port`, `settings` and

@@ -11,18 +11,17 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::harness::Cluster;
+use crate::harness::{peer_tls_settings, Cluster};
 use crate::peer_pki::PeerPki;
 use crate::support::Server;
 
-/// The cluster settings of a node whose links use mutual TLS with `pki`'s
-/// node-1 certificate (every node the same one: it carries 127.0.0.1).
+/// The cluster settings of peer links over mutual TLS, every node with
+/// `pki`'s certificate `cert` (the test PKI's carry 127.0.0.1).
 fn tls_settings(pki: &PeerPki, cert: &str) -> String {
-    format!(
-        "    tls:\n      cert_path: \"{}\"\n      key_path: \"{}\"\n      peer_ca_path: \"{}\"\n",
-        pki.path(&format!("{cert}.pem")).display(),
-        pki.path(&format!("{cert}.key")).display(),
-        pki.path("ca.pem").display()
+    peer_tls_settings(
+        &pki.path(&format!("{cert}.pem")),
+        &pki.path(&format!("{cert}.key")),
+        &pki.path("ca.pem"),
     )
 }
 
@@ -35,6 +34,7 @@ const PLAINTEXT_REFUSED_WITHIN: Duration = Duration::from_millis(1_000);
 fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
     let pki = PeerPki::generate();
     let mut cluster = Cluster::start_with(3, false, &tls_settings(&pki, "node-1"));
+    assert!(cluster.peer_tls());
     let leader = cluster.leader();
     let follower = (1..=3).find(|&n| n != leader).unwrap();
     // Through a follower: forwarded to the leader over a TLS link.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::fault_proxy::Mode;
-use crate::harness::Cluster;
+use crate::harness::{peer_tls_settings, Cluster};
+use crate::peer_pki::PeerPki;
 use crate::support::{put_machine, RawClient, Server, SHARDS};
 use crate::workload::{definition, MACHINE};
 
@@ -38,12 +39,25 @@ impl Deployment {
         Deployment::Single(server)
     }
 
-    pub fn cluster(nodes: u64) -> Deployment {
+    /// A cluster of `nodes`; its peer links over mutual TLS with `pki`'s
+    /// node-1 certificate when given (it must outlive the cluster).
+    pub fn cluster(nodes: u64, pki: Option<&PeerPki>) -> Deployment {
         // No group snapshot during a run: the checker reads the whole log
         // back (WAL_READ from offset 0), and a node restarted after a
         // snapshot can read only what follows it.
         // Two groups, so that atomic batches span shards (`batches.rs`).
-        let mut cluster = Cluster::start_full(nodes, true, NO_SNAPSHOTS, SHARDS);
+        let settings = match pki {
+            None => NO_SNAPSHOTS.to_string(),
+            Some(pki) => format!(
+                "{NO_SNAPSHOTS}{}",
+                peer_tls_settings(
+                    &pki.path("node-1.pem"),
+                    &pki.path("node-1.key"),
+                    &pki.path("ca.pem")
+                )
+            ),
+        };
+        let mut cluster = Cluster::start_full(nodes, true, &settings, SHARDS);
         let params = json!({"machine": MACHINE, "version": 1, "definition": definition()});
         cluster.ok_anywhere("PUT_MACHINE", params);
         Deployment::Cluster(cluster)
@@ -52,6 +66,9 @@ impl Deployment {
     pub fn label(&self) -> String {
         match self {
             Deployment::Single(_) => "single node".into(),
+            Deployment::Cluster(c) if c.peer_tls() => {
+                format!("{}-node cluster, peer links over mutual TLS", c.nodes.len())
+            }
             Deployment::Cluster(c) => format!("{}-node cluster", c.nodes.len()),
         }
     }

@@ -14,7 +14,8 @@
 //! `CORESTATE_LIN_KILLS` (default 3; 2 on the cluster) the SIGKILLs spread
 //! over it, `CORESTATE_LIN_PARTITIONS` (cluster only, default 1) the times
 //! the leader is cut off from the others for `PARTITION_TIME`, and
-//! `CORESTATE_TEST_SEED` repeats a run's choices. Setting any of the first
+//! `CORESTATE_TEST_SEED` repeats a run's choices, and `CORESTATE_LIN_TLS=1`
+//! runs the cluster's peer links over mutual TLS. Setting any of the first
 //! three writes the results to bench-results/<date>/.
 
 #[path = "../support/mod.rs"]
@@ -31,6 +32,9 @@ mod fault_proxy;
 #[allow(dead_code)]
 #[path = "../cluster/harness.rs"]
 mod harness;
+// The Raft crate's test PKI (CORESTATE_LIN_TLS).
+#[path = "../../raft/tests/support/peer_pki.rs"]
+mod peer_pki;
 mod results;
 mod watch_resume;
 mod watcher;
@@ -45,6 +49,7 @@ use corestate_checker::{
     History, Machine,
 };
 use deployment::Deployment;
+use peer_pki::PeerPki;
 use support::{ids_on_shard, RawClient, SHARDS};
 use watcher::{run_watcher, WatchControl};
 use workload::{run_client, Rng, Target, INITIAL, TRANSITIONS};
@@ -134,8 +139,17 @@ fn concurrent_clients_see_one_linearizable_cluster_across_leader_kills_and_parti
         kills: CLUSTER_KILLS_DEFAULT,
         partitions: env_u64("CORESTATE_LIN_PARTITIONS").unwrap_or(CLUSTER_PARTITIONS_DEFAULT),
     };
-    let cluster = Deployment::cluster(CLUSTER_NODES);
-    run(cluster, &instances, faults, "cluster-linearizability");
+    // CORESTATE_LIN_TLS=1: the peer links over mutual TLS.
+    let pki = std::env::var("CORESTATE_LIN_TLS")
+        .is_ok_and(|v| v == "1")
+        .then(PeerPki::generate);
+    let cluster = Deployment::cluster(CLUSTER_NODES, pki.as_ref());
+    let name = if pki.is_some() {
+        "cluster-linearizability-tls"
+    } else {
+        "cluster-linearizability"
+    };
+    run(cluster, &instances, faults, name);
 }
 
 /// The faults of a run, spread evenly over its load.
