@@ -51,15 +51,11 @@ pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
 pub struct PeerWiring {
     pub directory: Arc<GroupDirectory>,
     pub inboxes: Vec<Option<GroupInbox>>,
-    /// The peer links' TLS, read once (`None`: plain TCP).
+    /// The peer links' TLS, read once at start (`None`: plain TCP).
     pub tls: Option<PeerTls>,
 }
 
-pub fn wire(shards: usize, cluster: &ClusterConfig) -> Result<PeerWiring, String> {
-    let tls = match &cluster.tls {
-        None => None,
-        Some(files) => Some(PeerTls::load(files).map_err(|e| e.to_string())?),
-    };
+pub fn wire(shards: usize, tls: Option<PeerTls>) -> Result<PeerWiring, String> {
     let mut directory = GroupDirectory::new();
     let mut inboxes = Vec::with_capacity(shards);
     for shard in 0..shards {

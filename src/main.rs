@@ -49,7 +49,18 @@ fn main() {
             std::process::exit(EXIT_CONFIG_ERROR);
         }
     };
-    if let Err(e) = corestate::runtime::run(config, tls) {
+    // A cluster's peer links' TLS files, read once, like the client port's.
+    let peer_tls = match config.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+        None => None,
+        Some(files) => match corestate_raft::net::PeerTls::load(files) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("corestate: corestate.cluster.tls: {e}");
+                std::process::exit(EXIT_CONFIG_ERROR);
+            }
+        },
+    };
+    if let Err(e) = corestate::runtime::run(config, tls, peer_tls) {
         eprintln!("corestate: {e}");
         std::process::exit(EXIT_FAILURE);
     }

@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corestate_raft::net::PeerTls;
 use futures_rustls::TlsAcceptor;
 use glommio::{LocalExecutorBuilder, Placement};
 use shards::shard::events::Publication;
@@ -161,7 +162,8 @@ fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
 
 /// Run the server until SIGTERM/SIGINT has shut it down gracefully
 /// (`Ok`). `tls` is the acceptor built from the configuration's
-/// certificates (`crate::server::tls::load`), `None` for plain TCP.
+/// certificates (`crate::server::tls::load`), `None` for plain TCP;
+/// `peer_tls` a cluster's peer links' (`corestate.cluster.tls`).
 /// The shard whose executor also runs the acceptor: on a machine with as
 /// many shards as cores, a separate acceptor thread would share a core with
 /// a shard and make every request cross threads; here requests for this
@@ -170,7 +172,11 @@ pub const ACCEPTOR_SHARD: usize = 0;
 
 /// Returns an error message for start-up failures and for a shutdown that
 /// could not confirm every shard's WAL sync.
-pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
+pub fn run(
+    config: Config,
+    tls: Option<TlsAcceptor>,
+    peer_tls: Option<PeerTls>,
+) -> Result<(), String> {
     install_panic_hook();
     raise_memlock_limit();
     disable_transparent_huge_pages();
@@ -189,7 +195,7 @@ pub fn run(config: Config, tls: Option<TlsAcceptor>) -> Result<(), String> {
     let mut wiring = match &config.cluster {
         Some(cluster) => {
             crate::server::batch::set_txid_node(cluster.node_id);
-            Some(crate::cluster::wire(config.shards, cluster)?)
+            Some(crate::cluster::wire(config.shards, peer_tls.clone())?)
         }
         None => None,
     };

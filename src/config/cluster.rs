@@ -459,11 +459,20 @@ corestate:
             PeerServerName::Fixed("peers.internal".into())
         );
         for (setting, broken) in [
-            ("cert_path", tls.replace("      cert_path: /c/node.pem\n", "")),
-            ("peer_ca_path", tls.replace("      peer_ca_path: /c/ca.pem\n", "")),
+            (
+                "cert_path",
+                tls.replace("      cert_path: /c/node.pem\n", ""),
+            ),
+            (
+                "peer_ca_path",
+                tls.replace("      peer_ca_path: /c/ca.pem\n", ""),
+            ),
             ("ca_path", format!("{tls}      ca_path: /c/ca.pem\n")),
             ("server_name", format!("{tls}      server_name: \"\"\n")),
-            ("require_client_cert", format!("{tls}      require_client_cert: 1\n")),
+            (
+                "require_client_cert",
+                format!("{tls}      require_client_cert: 1\n"),
+            ),
         ] {
             let text = GOOD.replace("    name: orders\n", &format!("    name: orders\n{broken}"));
             let e = parse(&text).unwrap_err();
