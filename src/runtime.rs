@@ -160,18 +160,18 @@ fn check_data_dir(dir: &Path, shards: usize) -> Result<(), String> {
     }
 }
 
-/// Run the server until SIGTERM/SIGINT has shut it down gracefully
-/// (`Ok`). `tls` is the acceptor built from the configuration's
-/// certificates (`crate::server::tls::load`), `None` for plain TCP;
-/// `peer_tls` a cluster's peer links' (`corestate.cluster.tls`).
 /// The shard whose executor also runs the acceptor: on a machine with as
 /// many shards as cores, a separate acceptor thread would share a core with
 /// a shard and make every request cross threads; here requests for this
 /// shard's instances never leave the thread.
 pub const ACCEPTOR_SHARD: usize = 0;
 
-/// Returns an error message for start-up failures and for a shutdown that
-/// could not confirm every shard's WAL sync.
+/// Run the server until SIGTERM/SIGINT has shut it down gracefully
+/// (`Ok`). `tls` is the acceptor built from the configuration's
+/// certificates (`crate::server::tls::load`), `None` for plain TCP;
+/// `peer_tls` a cluster's peer links' (`corestate.cluster.tls`, loaded in
+/// `main`). Returns an error message for start-up failures and for
+/// a shutdown that could not confirm every shard's WAL sync.
 pub fn run(
     config: Config,
     tls: Option<TlsAcceptor>,
