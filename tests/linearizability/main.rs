@@ -347,12 +347,16 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             Deployment::Cluster(_) => "cluster",
             _ => "node",
         };
+        let tls = match &deployment {
+            Deployment::Cluster(c) if c.peer_tls() => "CORESTATE_LIN_TLS=1 ",
+            _ => "",
+        };
         let path = results::write_results(
             name,
             secs,
             (kills, partitions),
             &format!(
-                "# Linearizability run, {label}\n\n`CORESTATE_LIN_SECS={secs} \
+                "# Linearizability run, {label}\n\n`{tls}CORESTATE_LIN_SECS={secs} \
                  CORESTATE_LIN_KILLS={kills} CORESTATE_LIN_PARTITIONS={partitions} \
                  CORESTATE_TEST_SEED={seed} cargo test {}--test \
                  linearizability {filter} -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n\
