@@ -75,7 +75,7 @@ impl Cluster {
                 for (&to, &port) in &peers {
                     if from != to {
                         let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                        links.insert((from, to), FaultProxy::start(target));
+                        links.insert((from, to), FaultProxy::start_on(fresh_listener(), target));
                     }
                 }
             }
@@ -290,6 +290,18 @@ impl Cluster {
         for id in ids {
             let create = json!({"machine": "flip", "version": 1, "instance_id": id});
             self.ok_on(via, "CREATE_INSTANCE", create);
+        }
+    }
+}
+
+/// A listener on a port from `fresh_port`. A proxy bound to port 0 could
+/// take a peer port promised to a node not started yet (the node then
+/// failed: "address already in use"); taking its port from the same
+/// hand-out cannot.
+fn fresh_listener() -> std::net::TcpListener {
+    loop {
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", fresh_port())) {
+            return listener;
         }
     }
 }

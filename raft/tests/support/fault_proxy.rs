@@ -73,6 +73,13 @@ impl FaultProxy {
     /// Listens on a fresh port of 127.0.0.1 and forwards to `target`.
     pub fn start(target: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        FaultProxy::start_on(listener, target)
+    }
+
+    /// Listens with `listener` (a caller that hands out ports itself binds
+    /// it, so that no proxy takes a port it promised a server) and forwards
+    /// to `target`.
+    pub fn start_on(listener: TcpListener, target: SocketAddr) -> FaultProxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy addr");
         let shared = Arc::new(Shared {
