@@ -1,6 +1,7 @@
 //! Peer links inside TLS (`corestate.cluster.tls`): three nodes whose
 //! links run over mutual TLS replicate and forward as over plain TCP; a
-//! peer port then refuses a plaintext dialer at its first bytes; a node
+//! peer port then refuses a plaintext dialer at its first bytes and closes
+//! a silent one after the TLS handshake's timeout; a node
 //! whose TLS files cannot be read refuses to start, naming the setting.
 //! Certificates are made per test (the Raft crate's test PKI).
 
@@ -29,6 +30,10 @@ fn tls_settings(pki: &PeerPki, cert: &str) -> String {
 /// the cluster handshake's own timeout (2 s), which is all a plaintext
 /// listener would give a dialer that sent half a frame.
 const PLAINTEXT_REFUSED_WITHIN: Duration = Duration::from_millis(1_000);
+
+/// How long a peer port may keep a dialer that sends nothing: its TLS
+/// handshake timeout (2 s) and a margin for a busy machine.
+const SILENT_DIALER_CLOSED_WITHIN: Duration = Duration::from_millis(5_000);
 
 #[test]
 fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
@@ -70,6 +75,20 @@ fn a_cluster_over_mutual_tls_replicates_and_refuses_plaintext_peers() {
         ),
     }
     assert!(started.elapsed() < PLAINTEXT_REFUSED_WITHIN);
+
+    // A dialer that sends nothing is closed once the TLS handshake's time
+    // (2 s, `PEER_TLS_HANDSHAKE_TIMEOUT_MS`) is up: it holds no connection.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("dial the peer port");
+    silent
+        .set_read_timeout(Some(SILENT_DIALER_CLOSED_WITHIN))
+        .unwrap();
+    let started = Instant::now();
+    match silent.read(&mut first) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("a silent dialer was kept for {:?}: {e}", started.elapsed()),
+    }
+    assert!(started.elapsed() < SILENT_DIALER_CLOSED_WITHIN);
 }
 
 #[test]
