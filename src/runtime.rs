@@ -195,7 +195,7 @@ pub fn run(
     let mut wiring = match &config.cluster {
         Some(cluster) => {
             crate::server::batch::set_txid_node(cluster.node_id);
-            Some(crate::cluster::wire(config.shards, peer_tls.clone())?)
+            Some(crate::cluster::wire(config.shards, peer_tls)?)
         }
         None => None,
     };

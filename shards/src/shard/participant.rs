@@ -168,7 +168,7 @@ impl Shard {
     /// log holds; for a batch it knows nothing of, presumed abort — unless
     /// the batch is as old as the committed ids forgotten (`committed_ids.rs`).
     pub(super) fn settled_verdict(&self, txid: u64) -> Verdict {
-        match self.decisions.get(txid) {
+        match self.known_decision(txid) {
             Some(committed) => Verdict::of(committed),
             None => self.txn_log.committed.verdict(txid),
         }
