@@ -2,7 +2,8 @@
 
 Every server a test starts gets a fresh port and a fresh data directory.
 glommio's listener sets SO_REUSEPORT, so a leftover server on a reused port
-would silently steal connections; fresh ports make that impossible. Each
+would silently steal connections: fresh ports, and a server counts as ready
+only once its own log says it listens on its port (`Server._wait_ready`). Each
 server is killed by its own PID (SIGKILL, then wait) when the test ends,
 and the tail of its stderr is attached to the report of a failing test.
 
@@ -29,6 +30,9 @@ HOST = "127.0.0.1"
 SHARDS = 2
 READY_TIMEOUT_S = 20.0
 READY_POLL_INTERVAL_S = 0.05
+# Starts in a row on fresh ports that another process answered first (see
+# Server._wait_ready) before a test fails.
+FOREIGN_LISTENER_RETRIES_MAX = 5
 TEST_TIMEOUT_S = 60.0
 LOG_TAIL_BYTES = 6000
 
@@ -85,6 +89,13 @@ class Server:
 
     def start(self) -> None:
         assert self.proc is None, "server already running"
+        for _ in range(FOREIGN_LISTENER_RETRIES_MAX):
+            if self._start_once():
+                return
+        pytest.fail(f"{FOREIGN_LISTENER_RETRIES_MAX} fresh ports in a row were taken by "
+                    "another process before corestate listened on them")
+
+    def _start_once(self) -> bool:
         self.port = fresh_port()
         log_path = self.log_dir / f"{self.name}-{len(self.log_paths)}.stderr"
         self.log_paths.append(log_path)
@@ -101,13 +112,28 @@ class Server:
             args += ["--config", str(self.config_file)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV_PREFIXES)}
         env.setdefault("RUST_BACKTRACE", "1")
+        # Readiness reads the start-up line, an info-level log.
+        env["RUST_LOG"] = "info"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        self._wait_ready()
+        return self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def _listens(self) -> bool:
+        """Whether this run has logged that it listens on its own port."""
+        line = f"listening on {HOST}:{self.port} ".encode()
+        try:
+            return line in self.log_path.read_bytes()
+        except OSError:
+            return False
+
+    def _wait_ready(self) -> bool:
+        """True once this run logged that it listens on its port and the
+        port takes a connection. A connection alone proves nothing: glommio
+        sets SO_REUSEPORT, so another process that bound the same port
+        first would answer. Such a port is given up (the run is killed and
+        False returned) and the caller starts again on another."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             code = self.proc.poll()
@@ -115,9 +141,13 @@ class Server:
                 self.proc = None
                 pytest.fail(f"corestate exited with status {code} before accepting "
                             f"connections\n{self.log_tail()}")
+            ours = self._listens()
             try:
                 with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
+                    if ours or self._listens():
+                        return True
+                    self.kill()
+                    return False
             except OSError:
                 pass
             if time.monotonic() > deadline:

@@ -35,6 +35,23 @@ pub fn server_binary() -> &'static str {
 /// a port this process has not handed out yet.
 const FRESH_PORT_ATTEMPTS_MAX: usize = 1_000;
 
+/// Starts in a row on fresh ports that another process answered first
+/// before a test gives up (see `Server::spawn_and_wait_ready`).
+const FOREIGN_LISTENER_RETRIES_MAX: usize = 5;
+
+/// Who listens on `port`, as `ss` sees it (for the diagnosis only).
+fn listeners_on(port: u16) -> String {
+    match Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', "; "),
+        Err(e) => format!("ss failed: {e}"),
+    }
+}
+
 /// A port nobody listens on right now and that this test process has never
 /// handed out before: bind to port 0, read it, release it, and remember it.
 ///
@@ -168,8 +185,36 @@ impl Server {
         }
     }
 
+    /// Start the process on a fresh port and wait until it serves there.
+    ///
+    /// Ready means the child has logged that it listens on *its* port and
+    /// that port then takes a connection. A connection alone proves
+    /// nothing: glommio's listener sets SO_REUSEPORT, so another process
+    /// that bound the same port between `fresh_port` and our bind would
+    /// answer the probe (CI once saw "ready after 0 ms", then the client's
+    /// connection reset). A port that answers before our child listens is
+    /// someone else's: the child is killed and started again on another
+    /// port, at most `FOREIGN_LISTENER_RETRIES_MAX` times.
     fn spawn_and_wait_ready(&mut self) {
         assert!(self.child.is_none(), "server already running");
+        for _ in 0..FOREIGN_LISTENER_RETRIES_MAX {
+            match self.spawn_once() {
+                Some(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                None => continue,
+            }
+        }
+        panic!(
+            "{FOREIGN_LISTENER_RETRIES_MAX} fresh ports in a row were taken by another \
+             process before corestate listened on them"
+        );
+    }
+
+    /// One start; `None` when another process answered on the port first
+    /// (the child is killed).
+    fn spawn_once(&mut self) -> Option<Child> {
         self.starts += 1;
         let port = fresh_port();
         self.addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -181,6 +226,9 @@ impl Server {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let mut child = spawn_server(&self.data_dir, port, &args, &env, &self.stderr_path);
+        // The start-up line reads "listening on 127.0.0.1:PORT | ..." (or
+        // "... PORT (TLS) | ..."), in text and JSON logs alike.
+        let listening_line = format!("listening on {} ", self.addr);
         let started = Instant::now();
         let deadline = started + SERVER_READY_TIMEOUT;
         loop {
@@ -190,14 +238,27 @@ impl Server {
                     file_tail(&self.stderr_path, STDERR_TAIL_LINES)
                 );
             }
+            let ours = self.stderr().contains(&listening_line);
             if TcpStream::connect_timeout(&self.addr, SERVER_READY_POLL).is_ok() {
+                // Read the log again: the child may have bound and logged
+                // between the first read and the connection.
+                if ours || self.stderr().contains(&listening_line) {
+                    eprintln!(
+                        "corestate run {} ready on {} after {} ms",
+                        self.starts,
+                        self.addr,
+                        started.elapsed().as_millis()
+                    );
+                    return Some(child);
+                }
                 eprintln!(
-                    "corestate run {} ready on {} after {} ms",
+                    "port {port} answered before corestate run {} listened on it: another \
+                     process holds it ({}); starting again on another port",
                     self.starts,
-                    self.addr,
-                    started.elapsed().as_millis()
+                    listeners_on(port)
                 );
-                break;
+                kill_child(&mut child);
+                return None;
             }
             if Instant::now() > deadline {
                 kill_child(&mut child);
@@ -210,7 +271,6 @@ impl Server {
             }
             std::thread::sleep(SERVER_READY_POLL);
         }
-        self.child = Some(child);
     }
 
     /// The temporary directory holding the logs (and the data directory
