@@ -78,7 +78,8 @@ impl ConnHandle {
         futures_lite::future::poll_fn(|cx| self.poll_stop(cx)).await
     }
 
-    fn request_stop(&self) {
+    /// Ask the connection to stop: its reader stops waiting for the client.
+    pub(crate) fn request_stop(&self) {
         self.stop.set(true);
         let waker = self.waker.borrow_mut().take();
         if let Some(waker) = waker {

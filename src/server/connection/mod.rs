@@ -167,7 +167,12 @@ pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S, handle: Rc<Conn
         ctx: ctx.clone(),
     });
     let (reply_tx, reply_rx) = flume::unbounded::<Reply>();
-    let writer = glommio::spawn_local(writer::write_loop(conn.clone(), stream.clone(), reply_rx));
+    let writer = glommio::spawn_local(writer::write_loop(
+        conn.clone(),
+        handle.clone(),
+        stream.clone(),
+        reply_rx,
+    ));
     reader::read_loop(&conn, &handle, &stream, reply_tx).await;
     writer.await;
     if handle.stopping() && !conn.slots.borrow().broken {

@@ -14,6 +14,7 @@ use shards::{EngineError, EngineResult};
 
 use super::{ByteStream, Conn, Stream, WRITE_BUFFER_FLUSH_BYTES};
 use crate::protocol::response::write_response;
+use crate::server::context::ConnHandle;
 use crate::watch::deliver::deliver_events;
 
 use super::READ_BUFFER_INITIAL_BYTES;
@@ -44,6 +45,7 @@ enum Wake {
 
 pub(super) async fn write_loop<S: ByteStream>(
     conn: Rc<Conn>,
+    handle: Rc<ConnHandle>,
     stream: Stream<S>,
     replies: flume::Receiver<Reply>,
 ) {
@@ -98,8 +100,17 @@ pub(super) async fn write_loop<S: ByteStream>(
                 }
                 Ok(false) => {}
                 Err(e) => {
+                    // A subscription cannot go on (its next events were
+                    // purged or compacted away under it): the answers
+                    // already encoded (a WATCH_ALL's own, say) go out, then
+                    // the connection ends — the reader too, so the client
+                    // sees the close instead of waiting on an open socket.
                     tracing::warn!("closing a watching connection: {e}");
+                    if !out.is_empty() {
+                        let _ = write_all(&stream, &out).await;
+                    }
                     conn.close_gates();
+                    handle.request_stop();
                     return;
                 }
             }
