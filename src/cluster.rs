@@ -42,9 +42,6 @@ use shards::wal::Frontier;
 
 use crate::config::ClusterConfig;
 
-/// Entries kept in the log behind a snapshot, for followers slightly behind.
-pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000;
-
 /// The per-shard mailboxes of the peer listener's directory, before the
 /// executors start: the directory goes to the acceptor's executor, each
 /// inbox to its shard's.
@@ -95,7 +92,7 @@ fn raft_config(cluster: &ClusterConfig) -> Result<Arc<openraft::Config>, String>
     let config = openraft::Config {
         cluster_name: cluster.name.clone(),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_every_entries),
-        max_in_snapshot_log_to_keep: RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
+        max_in_snapshot_log_to_keep: cluster.log_kept_behind_snapshot_entries,
         election_timeout_min: cluster.election_timeout_ms,
         election_timeout_max: cluster.election_timeout_ms * 2,
         heartbeat_interval: (cluster.election_timeout_ms / 3).max(1),

@@ -13,6 +13,7 @@
 //!       - {id: 2, peer: 10.0.0.2:7501}
 //!       - {id: 3, peer: 10.0.0.3:7501}
 //!     snapshot_every_entries: 10000   # optional
+//!     log_kept_behind_snapshot_entries: 10000 # optional
 //!     election_timeout_ms: 150        # optional
 //!     in_doubt_resolve_after_ms: 10000 # optional
 //!     balance_leaders: true           # optional: spread groups' leaders
@@ -53,6 +54,17 @@ pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;
 /// Fewest entries between snapshots that may be configured: a snapshot is
 /// the whole shard state, too costly to write every few entries.
 pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 100;
+/// Entries a member's log keeps behind its newest snapshot unless
+/// configured: how far back WAL_READ and a watch's `from_offset` reach on
+/// a node beyond the entries since that snapshot (a node that restarted
+/// reads back to its snapshot only), and how far behind a follower may
+/// fall and still catch up from the log rather than a snapshot. Disk: this
+/// many entries more than the ones since the snapshot.
+pub const CLUSTER_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES_DEFAULT: u64 = 10_000;
+/// The most that may be configured: a member's index of its log's entries
+/// costs memory per entry (`shards::shard::member_read` indexes up to
+/// about a million entries back).
+pub const CLUSTER_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES_MAX: u64 = 1_000_000;
 /// How long a follower waits without hearing from a leader before it
 /// stands for election, unless configured (the shortest wait; each
 /// election draws one between it and twice it). Heartbeats go out every
@@ -83,6 +95,8 @@ pub struct ClusterConfig {
     pub members: BTreeMap<u64, SocketAddr>,
     /// Committed entries between a group's snapshots.
     pub snapshot_every_entries: u64,
+    /// Entries the log keeps behind its newest snapshot.
+    pub log_kept_behind_snapshot_entries: u64,
     /// The shortest wait without a leader before a member stands for
     /// election.
     pub election_timeout_ms: u64,
@@ -168,6 +182,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "peer_listen",
             "members",
             "snapshot_every_entries",
+            "log_kept_behind_snapshot_entries",
             "election_timeout_ms",
             "in_doubt_resolve_after_ms",
             "balance_leaders",
@@ -251,6 +266,13 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT,
         CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN..=u64::MAX,
     )?;
+    let log_kept_behind_snapshot_entries = bounded(
+        map,
+        PATH,
+        "log_kept_behind_snapshot_entries",
+        CLUSTER_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES_DEFAULT,
+        0..=CLUSTER_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES_MAX,
+    )?;
     let election_timeout_ms = bounded(
         map,
         PATH,
@@ -284,6 +306,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         peer_listen,
         members,
         snapshot_every_entries,
+        log_kept_behind_snapshot_entries,
         election_timeout_ms,
         in_doubt_resolve_after_ms,
         balance_leaders,
@@ -403,6 +426,21 @@ corestate:
             "    name: orders\n    snapshot_every_entries: 500\n",
         );
         assert_eq!(parse(&more).unwrap().unwrap().snapshot_every_entries, 500);
+        assert_eq!(
+            c.log_kept_behind_snapshot_entries,
+            CLUSTER_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES_DEFAULT
+        );
+        let none_kept = GOOD.replace(
+            "    name: orders\n",
+            "    name: orders\n    log_kept_behind_snapshot_entries: 0\n",
+        );
+        assert_eq!(
+            parse(&none_kept)
+                .unwrap()
+                .unwrap()
+                .log_kept_behind_snapshot_entries,
+            0
+        );
         assert_eq!(c.election_timeout_ms, CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT);
         let slower = GOOD.replace(
             "    name: orders\n",
@@ -513,6 +551,13 @@ corestate:
                     "    name: orders\n    snapshot_every_entries: 5\n",
                 ),
                 "corestate.cluster.snapshot_every_entries",
+            ),
+            (
+                GOOD.replace(
+                    "    name: orders\n",
+                    "    name: orders\n    log_kept_behind_snapshot_entries: 2000000\n",
+                ),
+                "corestate.cluster.log_kept_behind_snapshot_entries",
             ),
             (
                 GOOD.replace(

@@ -105,12 +105,16 @@ fn snapshot_instance_on_any_node_holds_what_that_node_applied() {
 
 /// Flips while a follower is down: more than a snapshot interval (100,
 /// the least `snapshot_every_entries` may be) plus the log a member keeps
-/// behind its snapshot (`RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES`, 1,000).
-const FLIPS_WHILE_DOWN: usize = 1_400;
+/// behind its snapshot (`log_kept_behind_snapshot_entries`, set to 100).
+const FLIPS_WHILE_DOWN: usize = 400;
 
 #[test]
 fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapshot() {
-    let mut cluster = Cluster::start_with(3, false, "    snapshot_every_entries: 100\n");
+    let mut cluster = Cluster::start_with(
+        3,
+        false,
+        "    snapshot_every_entries: 100\n    log_kept_behind_snapshot_entries: 100\n",
+    );
     let leader = cluster.leader();
     cluster.flip_instances(leader, &["i-0"]);
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();

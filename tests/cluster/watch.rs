@@ -145,3 +145,125 @@ fn an_idle_group_does_not_hold_back_watch_all_on_its_leader() {
     let acked = write(&mut cluster, node, &ids);
     assert_eq!(events(&mut live, acked.len()), acked);
 }
+
+/// Snapshot settings for the read-back test: a snapshot every 100 entries
+/// (the least allowed), 200 entries kept behind the newest one.
+const READ_BACK_SETTINGS: &str =
+    "    snapshot_every_entries: 100\n    log_kept_behind_snapshot_entries: 200\n";
+/// Flips (one entry each) before the first reads: past two snapshots, so
+/// the first flip lies behind the newest one but within the log kept.
+const FLIPS_BEHIND_SNAPSHOT: usize = 250;
+/// Flips in all before the first flip must have been purged: the newest
+/// snapshot then lies more than 200 entries past it.
+const FLIPS_PAST_THE_KEPT_LOG: usize = 600;
+
+/// APPLY_EVENT FLIP on `i-0` over `conn`, `n` times one at a time (each
+/// its own entry); the offsets, in order.
+fn flips(conn: &mut RawClient, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let r = conn.call(
+                "APPLY_EVENT",
+                json!({"instance_id": "i-0", "event": "FLIP"}),
+            );
+            assert_eq!(r["status"], "ok", "flip {i}: {r}");
+            r["result"]["wal_offset"].as_u64().expect("an offset")
+        })
+        .collect()
+}
+
+/// Node `node`'s status of shard 0's group, once it applied `offset`.
+fn applied(cluster: &Cluster, node: u64, offset: u64) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let snap = cluster
+            .raw(node)
+            .call("SNAPSHOT_INSTANCE", json!({"instance_id": "i-0"}));
+        if snap["result"]["wal_offset"] == offset {
+            let status = cluster.raw(node).ok("REPLICATION_STATUS", json!({}));
+            return status["shards"][0].clone();
+        }
+        assert!(
+            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+            "node {node} never applied {offset}: {snap}"
+        );
+        std::thread::sleep(crate::harness::LEADER_POLL);
+    }
+}
+
+/// A node reads its group's log by offset back past its newest snapshot,
+/// as far as the log it keeps behind it (`log_kept_behind_snapshot_entries`);
+/// once the log is purged past an offset, WAL_READ and WATCH_ALL from it
+/// are refused with the oldest offset still readable, and later offsets
+/// still read.
+#[test]
+fn a_node_reads_back_past_its_snapshot_as_far_as_its_log_keeps() {
+    let mut cluster = Cluster::start_with(3, false, READ_BACK_SETTINGS);
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["i-0"]);
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    let mut conn = cluster.raw(leader);
+    let offsets = flips(&mut conn, FLIPS_BEHIND_SNAPSHOT);
+    let first = offsets[0];
+    for node in [leader, follower] {
+        let status = applied(&cluster, node, *offsets.last().unwrap());
+        let snapshot = status["snapshot_index"].as_u64().unwrap_or(0);
+        assert!(snapshot >= 100, "node {node} took no snapshot: {status}");
+        let page = cluster.ok_on(node, "WAL_READ", json!({"from_offset": first, "limit": 3}));
+        assert_eq!(page["records"][0]["offset"], first, "node {node}: {page}");
+        let mut replay = watch_all(&cluster, node, json!({"from_offset": first}));
+        let seen = events(&mut replay, 3);
+        assert_eq!(
+            seen.iter().map(|e| e.0).collect::<Vec<_>>(),
+            offsets[..3],
+            "node {node}"
+        );
+    }
+
+    let more = flips(&mut conn, FLIPS_PAST_THE_KEPT_LOG - FLIPS_BEHIND_SNAPSHOT);
+    let last = *more.last().unwrap();
+    for node in [leader, follower] {
+        applied(&cluster, node, last);
+        // The purge follows the snapshot in the background.
+        let started = std::time::Instant::now();
+        let refusal = loop {
+            let r = cluster
+                .raw(node)
+                .call("WAL_READ", json!({"from_offset": first, "limit": 3}));
+            if r["status"] == "error" {
+                break r;
+            }
+            assert!(
+                started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+                "node {node} still reads offset {first}: {r}"
+            );
+            std::thread::sleep(crate::harness::LEADER_POLL);
+        };
+        assert_eq!(refusal["error"]["code"], "BAD_REQUEST", "{refusal}");
+        let message = refusal["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("older than the oldest offset"),
+            "{refusal}"
+        );
+        let e =
+            cluster
+                .raw(node)
+                .err_code("WATCH_ALL", json!({"from_offset": first}), "BAD_REQUEST");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("older than the oldest offset"),
+            "{e}"
+        );
+        let status = cluster.raw(node).ok("REPLICATION_STATUS", json!({}));
+        assert!(
+            status["shards"][0]["purged_index"].as_u64().is_some(),
+            "node {node}: {status}"
+        );
+        // What the log still holds reads as before.
+        let recent = more[more.len() - 3];
+        let page = cluster.ok_on(node, "WAL_READ", json!({"from_offset": recent, "limit": 3}));
+        assert_eq!(page["records"][0]["offset"], recent, "node {node}: {page}");
+    }
+}

@@ -59,6 +59,10 @@ pub struct GroupStatus {
     pub last_log_index: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The last index this member's newest snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// The last index purged from this member's log (behind a snapshot).
+    pub purged_index: Option<u64>,
     pub voters: BTreeSet<u64>,
     /// Filled on the leader only: each other member's progress.
     pub replicas: Vec<ReplicaLag>,
@@ -274,6 +278,8 @@ pub(super) fn status_of<M: MemberMachine>(raft: &GroupRaft<M>) -> GroupStatus {
         last_log_index: last,
         commit_index: m.cluster_committed.map(|l| l.index),
         applied_index: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
         voters: m.membership_config.membership().voter_ids().collect(),
         replicas,
     }

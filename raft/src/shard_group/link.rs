@@ -139,6 +139,10 @@ impl GroupLink for MemberLink {
         Box::pin(async move { machine.entries(from, to).await })
     }
 
+    fn purged_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().purged.map(|l| l.index)
+    }
+
     fn snapshot_now(&self) -> LinkFuture<Result<bool, String>> {
         let raft = self.raft.clone();
         Box::pin(async move {

@@ -235,6 +235,9 @@ pub trait GroupLink {
     /// no longer holds `from` (purged behind a snapshot) or cannot be read.
     /// Callers ask only for applied indexes.
     fn entries(&self, from: u64, to: u64) -> LinkFuture<Result<Vec<LoggedTurn>, String>>;
+    /// The last log index purged from this member's log (entries at or
+    /// below it are gone), if any.
+    fn purged_index(&self) -> Option<u64>;
     /// Hand the lead to the most caught-up other voter and wait until it
     /// leads (a graceful stop): `Ok(Some(node))` then, `Ok(None)` when this
     /// member did not lead, `Err` when no one took over in time.

@@ -75,6 +75,28 @@ impl OffsetIndex {
         self.readable_from
     }
 
+    /// The log purged every entry at or below `purged`: forget them, and
+    /// read only from the first entry left (or, with none left, from
+    /// `next_offset`, one past everything applied).
+    pub fn forget_purged(&mut self, purged: u64, next_offset: u64) {
+        let mut forgot = false;
+        while self
+            .entries
+            .front()
+            .is_some_and(|&(_, index)| index <= purged)
+        {
+            self.entries.pop_front();
+            forgot = true;
+        }
+        if forgot {
+            let from = self
+                .entries
+                .front()
+                .map_or(next_offset, |&(first, _)| first);
+            self.readable_from = self.readable_from.max(from);
+        }
+    }
+
     /// The log index to start a read of offsets ≥ `from` at (`None`: no
     /// indexed entry can hold one).
     fn start_for(&self, from: u64) -> Option<u64> {
@@ -87,6 +109,17 @@ impl OffsetIndex {
 }
 
 impl Shard {
+    /// The oldest offset this member can still read: what its offset index
+    /// covers, less what the log has purged behind its snapshots since.
+    pub(super) fn member_readable_from(&mut self) -> u64 {
+        let m = self.member_mut();
+        if let Some(purged) = m.link.purged_index() {
+            let next_offset = m.position.covered_offset + 1;
+            m.offsets.forget_purged(purged, next_offset);
+        }
+        m.offsets.readable_from()
+    }
+
     /// Answer a ReadLog (WAL_READ) or ReadEvents (watch catch-up) message
     /// from this member's log; `None` for any other message.
     pub(super) async fn answer_log_read(&mut self, msg: ShardMsg) -> Option<Deferred> {
@@ -125,23 +158,26 @@ impl Shard {
         max_bytes: usize,
     ) -> io::Result<EntryChunk> {
         let shard = self.state.shard_id;
-        let (link, applied, position, start, readable_from) = {
+        let readable_from = self.member_readable_from();
+        let too_old = |from: u64, readable_from: u64| {
+            io::Error::other(format!(
+                "offset {from} is older than the oldest offset this member of shard {shard}'s \
+                 group can still read ({readable_from}); the log before it was purged behind a \
+                 snapshot (or lies more than {MEMBER_READ_INDEX_ENTRIES_MAX} entries back)"
+            ))
+        };
+        if from < readable_from {
+            return Err(too_old(from, readable_from));
+        }
+        let (link, applied, position, start) = {
             let m = self.member();
             (
                 m.link.clone(),
                 m.applied_index,
                 m.position,
                 m.offsets.start_for(from),
-                m.offsets.readable_from(),
             )
         };
-        if from < readable_from {
-            return Err(io::Error::other(format!(
-                "offset {from} is older than the oldest offset this member of shard {shard}'s \
-                 group can still read ({readable_from}); the entries before it are behind a \
-                 snapshot, or more than {MEMBER_READ_INDEX_ENTRIES_MAX} entries back"
-            )));
-        }
         let (max_records, max_bytes) = (max_records.max(1), max_bytes.max(1));
         let mut batch = ReadBatch::default();
         let mut bytes = 0usize;
@@ -149,7 +185,14 @@ impl Shard {
         let mut full = false;
         while !full && next <= applied {
             let to = applied.min(next + MEMBER_READ_ENTRIES_PER_STEP - 1);
-            let entries = link.entries(next, to).await.map_err(io::Error::other)?;
+            let entries = match link.entries(next, to).await {
+                Ok(entries) => entries,
+                // Purged while this read went on (a snapshot just finished).
+                Err(_) if link.purged_index().is_some_and(|p| p >= next) => {
+                    return Err(too_old(from, self.member_readable_from()));
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            };
             for (_, records) in &entries {
                 for_each_record(records, |header, payload| {
                     if full || header.offset < from {
@@ -223,6 +266,28 @@ mod tests {
         assert_eq!(index.start_for(20), Some(5));
         assert_eq!(index.start_for(31), Some(7));
         assert_eq!(index.start_for(99), Some(7));
+    }
+
+    #[test]
+    fn a_purge_moves_what_is_readable_to_the_first_entry_left() {
+        let mut index = OffsetIndex::default();
+        index.note(3, &records(&[10, 11]));
+        index.note(5, &records(&[20]));
+        index.note(7, &records(&[30, 31]));
+        index.forget_purged(2, 32);
+        assert_eq!(index.readable_from(), 0, "nothing indexed was purged");
+        index.forget_purged(4, 32);
+        assert_eq!(index.readable_from(), 20);
+        assert_eq!(index.start_for(20), Some(5));
+        index.forget_purged(6, 32);
+        assert_eq!(index.readable_from(), 30);
+        // Every entry purged: only what comes after the applied ones.
+        index.forget_purged(9, 32);
+        assert_eq!(index.readable_from(), 32);
+        assert_eq!(index.start_for(40), None);
+        // A purge never moves it back.
+        index.forget_purged(9, 0);
+        assert_eq!(index.readable_from(), 32);
     }
 
     #[test]

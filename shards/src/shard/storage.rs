@@ -396,7 +396,11 @@ impl Shard {
             stats.reads = self.storage.recovery_reads.plus(stats.reads);
         }
         stats.entries = self.wal.entries_committed();
-        stats.retained_from = self.storage.retained_from;
+        stats.retained_from = match self.member {
+            // A member's log is its group's: how far back it reads.
+            Some(_) => self.storage.retained_from.max(self.member_readable_from()),
+            None => self.storage.retained_from,
+        };
         stats.snapshots = list_snapshots(&*self.env.storage, &self.storage.shard_dir)
             .map_or(0, |l| l.len() as u64);
     }
