@@ -292,6 +292,40 @@ impl Cluster {
             self.ok_on(via, "CREATE_INSTANCE", create);
         }
     }
+
+    /// Wait until node `node`'s own state of instance `id` reaches the
+    /// write at `offset` (SNAPSHOT_INSTANCE is answered from the node's
+    /// state); its REPLICATION_STATUS of shard 0's group then.
+    pub fn wait_applied(&self, node: u64, id: &str, offset: u64) -> Value {
+        let started = Instant::now();
+        loop {
+            let snap = self
+                .raw(node)
+                .call("SNAPSHOT_INSTANCE", json!({"instance_id": id}));
+            if snap["result"]["wal_offset"] == offset {
+                let status = self.raw(node).ok("REPLICATION_STATUS", json!({}));
+                return status["shards"][0].clone();
+            }
+            assert!(
+                started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+                "node {node} never applied {offset}: {snap}"
+            );
+            std::thread::sleep(LEADER_POLL);
+        }
+    }
+}
+
+/// APPLY_EVENT FLIP on instance `id` over `conn`, `n` times one at a time
+/// (each write its own entry: pipelined writes share one entry per turn);
+/// the offsets, in order.
+pub fn flips_one_at_a_time(conn: &mut RawClient, id: &str, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let r = conn.call("APPLY_EVENT", json!({"instance_id": id, "event": "FLIP"}));
+            assert_eq!(r["status"], "ok", "flip {i}: {r}");
+            r["result"]["wal_offset"].as_u64().expect("an offset")
+        })
+        .collect()
 }
 
 /// A listener on a port from `fresh_port`. A proxy bound to port 0 could

@@ -12,7 +12,7 @@
 
 use serde_json::json;
 
-use crate::harness::Cluster;
+use crate::harness::{flips_one_at_a_time, Cluster};
 use crate::support::request;
 
 /// Writes before the snapshots.
@@ -119,35 +119,11 @@ fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapsho
     cluster.flip_instances(leader, &["i-0"]);
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
     cluster.nodes.get_mut(&follower).unwrap().sigkill();
-    // One at a time: each write its own entry (pipelined writes share
-    // one entry per turn).
     let mut conn = cluster.raw(leader);
-    let mut last = 0;
-    for i in 0..FLIPS_WHILE_DOWN {
-        let r = conn.call(
-            "APPLY_EVENT",
-            json!({"instance_id": "i-0", "event": "FLIP"}),
-        );
-        assert_eq!(r["status"], "ok", "flip {i}: {r}");
-        last = r["result"]["wal_offset"].as_u64().expect("an offset");
-    }
+    let offsets = flips_one_at_a_time(&mut conn, "i-0", FLIPS_WHILE_DOWN);
     cluster.nodes.get_mut(&follower).unwrap().restart();
-    // What the follower itself applied (SNAPSHOT_INSTANCE is answered
-    // from the node's own state) reaches the last flip.
-    let started = std::time::Instant::now();
-    loop {
-        let snap = cluster
-            .raw(follower)
-            .call("SNAPSHOT_INSTANCE", json!({"instance_id": "i-0"}));
-        if snap["result"]["wal_offset"] == last {
-            break;
-        }
-        assert!(
-            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
-            "the follower never caught up to {last}: {snap}"
-        );
-        std::thread::sleep(crate::harness::LEADER_POLL);
-    }
+    // What the follower itself applied reaches the last flip.
+    cluster.wait_applied(follower, "i-0", *offsets.last().unwrap());
     // openraft names the install in its log.
     let log = cluster.nodes[&follower].stderr();
     assert!(

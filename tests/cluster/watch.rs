@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::Cluster;
+use crate::harness::{flips_one_at_a_time, Cluster};
 use crate::support::{ids_on_shard, RawClient};
 
 /// Transitions written per instance (FLIP, FLIP).
@@ -157,40 +157,6 @@ const FLIPS_BEHIND_SNAPSHOT: usize = 250;
 /// snapshot then lies more than 200 entries past it.
 const FLIPS_PAST_THE_KEPT_LOG: usize = 600;
 
-/// APPLY_EVENT FLIP on `i-0` over `conn`, `n` times one at a time (each
-/// its own entry); the offsets, in order.
-fn flips(conn: &mut RawClient, n: usize) -> Vec<u64> {
-    (0..n)
-        .map(|i| {
-            let r = conn.call(
-                "APPLY_EVENT",
-                json!({"instance_id": "i-0", "event": "FLIP"}),
-            );
-            assert_eq!(r["status"], "ok", "flip {i}: {r}");
-            r["result"]["wal_offset"].as_u64().expect("an offset")
-        })
-        .collect()
-}
-
-/// Node `node`'s status of shard 0's group, once it applied `offset`.
-fn applied(cluster: &Cluster, node: u64, offset: u64) -> Value {
-    let started = std::time::Instant::now();
-    loop {
-        let snap = cluster
-            .raw(node)
-            .call("SNAPSHOT_INSTANCE", json!({"instance_id": "i-0"}));
-        if snap["result"]["wal_offset"] == offset {
-            let status = cluster.raw(node).ok("REPLICATION_STATUS", json!({}));
-            return status["shards"][0].clone();
-        }
-        assert!(
-            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
-            "node {node} never applied {offset}: {snap}"
-        );
-        std::thread::sleep(crate::harness::LEADER_POLL);
-    }
-}
-
 /// A node reads its group's log by offset back past its newest snapshot,
 /// as far as the log it keeps behind it (`log_kept_behind_snapshot_entries`);
 /// once the log is purged past an offset, WAL_READ and WATCH_ALL from it
@@ -203,10 +169,10 @@ fn a_node_reads_back_past_its_snapshot_as_far_as_its_log_keeps() {
     cluster.flip_instances(leader, &["i-0"]);
     let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
     let mut conn = cluster.raw(leader);
-    let offsets = flips(&mut conn, FLIPS_BEHIND_SNAPSHOT);
+    let offsets = flips_one_at_a_time(&mut conn, "i-0", FLIPS_BEHIND_SNAPSHOT);
     let first = offsets[0];
     for node in [leader, follower] {
-        let status = applied(&cluster, node, *offsets.last().unwrap());
+        let status = cluster.wait_applied(node, "i-0", *offsets.last().unwrap());
         let snapshot = status["snapshot_index"].as_u64().unwrap_or(0);
         assert!(snapshot >= 100, "node {node} took no snapshot: {status}");
         let page = cluster.ok_on(node, "WAL_READ", json!({"from_offset": first, "limit": 3}));
@@ -220,10 +186,14 @@ fn a_node_reads_back_past_its_snapshot_as_far_as_its_log_keeps() {
         );
     }
 
-    let more = flips(&mut conn, FLIPS_PAST_THE_KEPT_LOG - FLIPS_BEHIND_SNAPSHOT);
+    let more = flips_one_at_a_time(
+        &mut conn,
+        "i-0",
+        FLIPS_PAST_THE_KEPT_LOG - FLIPS_BEHIND_SNAPSHOT,
+    );
     let last = *more.last().unwrap();
     for node in [leader, follower] {
-        applied(&cluster, node, last);
+        cluster.wait_applied(node, "i-0", last);
         // The purge follows the snapshot in the background.
         let started = std::time::Instant::now();
         let refusal = loop {
