@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,6 +70,18 @@ def fresh_port() -> int:
             _HANDED_OUT_PORTS.add(port)
             return port
     raise RuntimeError("no port left that this session has not handed out already")
+
+
+def listener_pids(port: int) -> list[int] | None:
+    """The processes listening on `port` as `ss` names them; None when it
+    cannot tell (not installed, or no process named)."""
+    try:
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pids = [int(m) for m in re.findall(r"pid=(\d+)", out)]
+    return pids or None
 
 
 class Server:
@@ -129,11 +142,12 @@ class Server:
             return False
 
     def _wait_ready(self) -> bool:
-        """True once this run logged that it listens on its port and the
-        port takes a connection. A connection alone proves nothing: glommio
-        sets SO_REUSEPORT, so another process that bound the same port
-        first would answer. Such a port is given up (the run is killed and
-        False returned) and the caller starts again on another."""
+        """True once the port takes a connection, no process but this run
+        listens on it (as `ss` tells), and this run logged that it listens
+        there. A connection alone proves nothing: glommio sets SO_REUSEPORT,
+        so another process that bound the same port first would answer.
+        A port another process also holds is given up (the run is killed
+        and False returned) and the caller starts again on another."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             code = self.proc.poll()
@@ -141,15 +155,20 @@ class Server:
                 self.proc = None
                 pytest.fail(f"corestate exited with status {code} before accepting "
                             f"connections\n{self.log_tail()}")
-            ours = self._listens()
             try:
                 with socket.create_connection((HOST, self.port), timeout=0.5):
-                    if ours or self._listens():
-                        return True
+                    pass
+                answered = True
+            except OSError:
+                answered = False
+            if answered:
+                pids = listener_pids(self.port)
+                if pids is not None and any(pid != self.proc.pid for pid in pids):
                     self.kill()
                     return False
-            except OSError:
-                pass
+                if self._listens():
+                    return True
+                # Ours, bound but not done logging its start: poll again.
             if time.monotonic() > deadline:
                 self.kill()
                 pytest.fail(f"corestate did not accept connections on port {self.port} "

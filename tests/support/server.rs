@@ -39,17 +39,31 @@ const FRESH_PORT_ATTEMPTS_MAX: usize = 1_000;
 /// before a test gives up (see `Server::spawn_and_wait_ready`).
 const FOREIGN_LISTENER_RETRIES_MAX: usize = 5;
 
-/// Who listens on `port`, as `ss` sees it (for the diagnosis only).
-fn listeners_on(port: u16) -> String {
-    match Command::new("ss")
+/// The processes listening on `port` as `ss` names them (`None` when it
+/// cannot tell: not installed, or no process named), and its lines for a
+/// diagnosis.
+fn listeners_on(port: u16) -> (Option<Vec<u32>>, String) {
+    let out = match Command::new("ss")
         .args(["-Hltnp", &format!("sport = :{port}")])
         .output()
     {
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .replace('\n', "; "),
-        Err(e) => format!("ss failed: {e}"),
-    }
+        Ok(out) => out,
+        Err(e) => return (None, format!("ss failed: {e}")),
+    };
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace('\n', "; ");
+    let pids: Vec<u32> = lines
+        .split("pid=")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ((!pids.is_empty()).then_some(pids), lines)
 }
 
 /// A port nobody listens on right now and that this test process has never
@@ -187,14 +201,15 @@ impl Server {
 
     /// Start the process on a fresh port and wait until it serves there.
     ///
-    /// Ready means the child has logged that it listens on *its* port and
-    /// that port then takes a connection. A connection alone proves
-    /// nothing: glommio's listener sets SO_REUSEPORT, so another process
-    /// that bound the same port between `fresh_port` and our bind would
-    /// answer the probe (CI once saw "ready after 0 ms", then the client's
-    /// connection reset). A port that answers before our child listens is
-    /// someone else's: the child is killed and started again on another
-    /// port, at most `FOREIGN_LISTENER_RETRIES_MAX` times.
+    /// Ready means the port takes a connection, no process but the child
+    /// listens on it (as `ss` tells), and the child has logged that it
+    /// listens there. A connection alone proves nothing: glommio's listener
+    /// sets SO_REUSEPORT, so another process that bound the same port
+    /// between `fresh_port` and our bind would answer the probe (CI once
+    /// saw "ready after 0 ms", then the client's connection reset). A port
+    /// another process also holds is given up: the child is killed and
+    /// started again on another port, at most `FOREIGN_LISTENER_RETRIES_MAX`
+    /// times.
     fn spawn_and_wait_ready(&mut self) {
         assert!(self.child.is_none(), "server already running");
         for _ in 0..FOREIGN_LISTENER_RETRIES_MAX {
@@ -238,11 +253,18 @@ impl Server {
                     file_tail(&self.stderr_path, STDERR_TAIL_LINES)
                 );
             }
-            let ours = self.stderr().contains(&listening_line);
             if TcpStream::connect_timeout(&self.addr, SERVER_READY_POLL).is_ok() {
-                // Read the log again: the child may have bound and logged
-                // between the first read and the connection.
-                if ours || self.stderr().contains(&listening_line) {
+                let (pids, lines) = listeners_on(port);
+                if pids.is_some_and(|pids| pids.iter().any(|&pid| pid != child.id())) {
+                    eprintln!(
+                        "port {port} is also held by another process ({lines}); starting \
+                         corestate run {} again on another port",
+                        self.starts
+                    );
+                    kill_child(&mut child);
+                    return None;
+                }
+                if self.stderr().contains(&listening_line) {
                     eprintln!(
                         "corestate run {} ready on {} after {} ms",
                         self.starts,
@@ -251,14 +273,7 @@ impl Server {
                     );
                     return Some(child);
                 }
-                eprintln!(
-                    "port {port} answered before corestate run {} listened on it: another \
-                     process holds it ({}); starting again on another port",
-                    self.starts,
-                    listeners_on(port)
-                );
-                kill_child(&mut child);
-                return None;
+                // Ours, bound but not done logging its start: poll again.
             }
             if Instant::now() > deadline {
                 kill_child(&mut child);
