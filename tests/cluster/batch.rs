@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{Cluster, NOT_LEADER_CODE};
+use crate::harness::{flips_one_at_a_time, Cluster, NOT_LEADER_CODE};
 use std::io::Write;
 
 use crate::support::wire::rcpx_json;
@@ -443,4 +443,69 @@ fn an_operation_parked_behind_a_part_in_doubt_does_not_fail_those_forwarded_with
         return;
     }
     panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");
+}
+
+/// Cross-shard batches before the log moves on: each leaves a prepared part
+/// (and its decision) in both groups' logs.
+const BATCHES_BEFORE_PURGE: usize = 20;
+/// Writes per group afterwards, one entry each: past two snapshots (one
+/// every 100 entries), so the batches' entries are purged (no log is kept
+/// behind a snapshot) and the next snapshot forgets their decisions.
+const FLIPS_PAST_TWO_SNAPSHOTS: usize = 250;
+
+/// Wait until node `node`'s `batch_decisions_kept` of every shard passes
+/// `check`; panics with `what` after `CLUSTER_SETTLE_TIMEOUT`.
+fn wait_decisions_kept(cluster: &Cluster, node: u64, check: impl Fn(u64) -> bool, what: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = cluster.raw(node).ok("REPLICATION_STATUS", json!({}));
+        let kept: Vec<u64> = status["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .map(|s| s["batch_decisions_kept"].as_u64().expect("a count"))
+            .collect();
+        if kept.iter().all(|&k| check(k)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+            "node {node} {what}: {kept:?}"
+        );
+        std::thread::sleep(crate::harness::LEADER_POLL);
+    }
+}
+
+/// A member remembers the decision of each batch part prepared in its log
+/// so that reads of the log know whether the part's entries are visible;
+/// once the log is purged past a part, no read needs it, and the member
+/// forgets it — its memory follows its log, not its whole history.
+#[test]
+fn a_member_forgets_batch_decisions_its_log_has_purged() {
+    let settings = "    snapshot_every_entries: 100\n    log_kept_behind_snapshot_entries: 0\n";
+    let mut cluster = Cluster::start_full(3, false, settings, 2);
+    let via = cluster.leader();
+    cluster.flip_instances(via, &[]);
+    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let (on0, on1) = (
+        ids_on_shard("forget", 0, BATCHES_BEFORE_PURGE),
+        ids_on_shard("forget", 1, BATCHES_BEFORE_PURGE),
+    );
+    for (a, b) in on0.iter().zip(&on1) {
+        cluster.ok_on(via, "BATCH", json!({"mode": "atomic", "ops": across(a, b)}));
+    }
+    let all = BATCHES_BEFORE_PURGE as u64;
+    for &node in &nodes {
+        wait_decisions_kept(&cluster, node, |k| k >= all, "never held every part");
+    }
+    let mut conn = cluster.raw(via);
+    for id in [&on0[0], &on1[0]] {
+        let offsets = flips_one_at_a_time(&mut conn, id, FLIPS_PAST_TWO_SNAPSHOTS);
+        for &node in &nodes {
+            cluster.wait_applied(node, id, *offsets.last().unwrap());
+        }
+    }
+    for &node in &nodes {
+        wait_decisions_kept(&cluster, node, |k| k < all, "still holds the purged parts");
+    }
 }

@@ -52,6 +52,11 @@ impl Decisions {
         self.parts.get(&txid).and_then(|p| p.committed)
     }
 
+    /// Prepared parts remembered.
+    pub(crate) fn len(&self) -> usize {
+        self.parts.len()
+    }
+
     /// Compaction deleted every record below `retained_from`.
     pub fn forget_below(&mut self, retained_from: u64) {
         self.parts.retain(|_, p| p.prepare_offset >= retained_from);

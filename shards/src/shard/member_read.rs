@@ -111,13 +111,23 @@ impl OffsetIndex {
 impl Shard {
     /// The oldest offset this member can still read: what its offset index
     /// covers, less what the log has purged behind its snapshots since.
+    /// What lies below it is forgotten here: its index entries, and the
+    /// decisions of the batch parts prepared there (no read needs them;
+    /// a Decide is answered from the committed ids, as after a restart).
+    /// Called before each read and at each snapshot's start, so that a
+    /// member's memory follows its log, not its whole history.
     pub(super) fn member_readable_from(&mut self) -> u64 {
         let m = self.member_mut();
+        let before = m.offsets.readable_from();
         if let Some(purged) = m.link.purged_index() {
             let next_offset = m.position.covered_offset + 1;
             m.offsets.forget_purged(purged, next_offset);
         }
-        m.offsets.readable_from()
+        let readable_from = m.offsets.readable_from();
+        if readable_from > before {
+            self.decisions.forget_below(readable_from);
+        }
+        readable_from
     }
 
     /// Answer a ReadLog (WAL_READ) or ReadEvents (watch catch-up) message

@@ -42,6 +42,9 @@ impl Shard {
     /// Start the snapshot `done` waits for: the state now reflects every
     /// entry up to its index (deliveries come in log order).
     pub(super) fn start_member_snapshot(&mut self, done: flume::Sender<GroupImage>) {
+        // The last snapshot's purge has been made by now: forget what it
+        // removed (`member_read.rs`).
+        self.member_readable_from();
         let (in_doubt, committed) = self.txn_log.sorted_copy();
         let position = self.member().position;
         let job = SnapshotJob::start(&self.state, position, &*self.env.clock);

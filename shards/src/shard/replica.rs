@@ -189,6 +189,10 @@ impl Shard {
                 // yet (`member_txn.rs`): their instances wait.
                 let in_doubt = self.txn_log.in_doubt.len();
                 obj.insert("batch_parts_in_doubt".into(), in_doubt.into());
+                // Parts whose decision a read of the log may still need
+                // (forgotten as the log is purged: `member_read.rs`).
+                let kept = self.decisions.len();
+                obj.insert("batch_decisions_kept".into(), kept.into());
             }
             status
         })
