@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export CORESTATE_HTTP_LISTEN=off
+cargo build --release --bin corestate >/dev/null
+cargo build --release -p corestate-bench >/dev/null
 BIN=target/release/corestate; BENCH=target/release/corestate-bench
 WORK=$(mktemp -d /tmp/erate.XXXX); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
