@@ -2,6 +2,29 @@
 # ports, and the config of one node of a 3-node bench cluster.
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# replication_status PORT: the REPLICATION_STATUS result of the node whose
+# RCP port is PORT, as one line of JSON.
+replication_status() {
+  python3 - "$1" <<'PY'
+import json, socket, struct, sys
+port = int(sys.argv[1])
+def frame(b): return b"RCPX" + struct.pack(">HHHII", 1, 0, 0, len(b), 0) + b
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+hello = {"type": "request", "id": "0", "op": "HELLO", "params": {"protocol_version": 1}}
+status = {"type": "request", "id": "1", "op": "REPLICATION_STATUS", "params": {}}
+s.sendall(frame(json.dumps(hello).encode()) + frame(json.dumps(status).encode()))
+buf, answers = b"", []
+while len(answers) < 2:
+    buf += s.recv(65536)
+    while len(buf) >= 18:
+        n = struct.unpack(">I", buf[10:14])[0]
+        if len(buf) < 18 + n:
+            break
+        answers.append(json.loads(buf[18:18 + n]))
+        buf = buf[18 + n:]
+print(json.dumps(answers[1]["result"]))
+PY
+}
 wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 # bench_node_yaml NODE PIN_CORES PEER_PORT_1 PEER_PORT_2 PEER_PORT_3
@@ -51,4 +74,48 @@ make_peer_pki() {
   printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$d/ext.cnf"
   openssl x509 -req -in "$d/node.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
     -days 2 -extfile "$d/ext.cnf" -out "$d/node.pem" 2>/dev/null
+}
+
+# role_of PORT: that node's role in REPLICATION_STATUS (leader, follower…),
+# empty when it does not answer.
+role_of() {
+  replication_status "$1" 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin).get("role"))' 2>/dev/null || true
+}
+
+# leader_port PORT…: the first of these RCP ports whose node leads (every
+# shard's group), polled for up to 30 s.
+leader_port() {
+  local deadline=$((SECONDS + 30)) port
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    for port in "$@"; do
+      if [ "$(role_of "$port")" = leader ]; then
+        echo "$port"
+        return 0
+      fi
+    done
+    sleep 0.2
+  done
+  echo "no leader within 30 s" >&2
+  return 1
+}
+
+# start_bench_cluster PIN_CORES FSYNC LOG_DIR: three nodes of one shard
+# each on fresh ports, data under $WORK (set by the caller, as is $BIN);
+# sets PORTS (their RCP ports) and NODE_PIDS, by node, adds the PIDs to
+# PIDS (the caller's cleanup kills them), and waits until all listen.
+start_bench_cluster() {
+  local pin=$1 fsync=$2 logs=$3 peers=() i
+  PORTS=()
+  NODE_PIDS=()
+  for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
+  for i in 1 2 3; do
+    mkdir -p "$WORK/node-$i"
+    bench_node_yaml "$i" "$pin" "${peers[@]}" >"$WORK/node-$i.yaml"
+    "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
+      --data-dir "$WORK/node-$i" --fsync "$fsync" --shards 1 2>"$logs/node-$i.log" &
+    NODE_PIDS+=($!)
+    PIDS+=($!)
+  done
+  for i in "${PORTS[@]}"; do wait_port "$i"; done
 }

@@ -17,35 +17,11 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 source bench-results/scripts/cluster-node.sh
-peers=(); PORTS=()
-for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
-for i in 1 2 3; do
-  mkdir -p "$WORK/node-$i"
-  bench_node_yaml "$i" "${PIN:-true}" "${peers[@]}" >"$WORK/node-$i.yaml"
-  "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
-    --data-dir "$WORK/node-$i" --fsync every_write --shards 1 2>"$OUT/node-$i.log" &
-  PIDS+=($!)
-done
-for p in "${PORTS[@]}"; do wait_port "$p"; done
+start_bench_cluster "${PIN:-true}" every_write "$OUT"
 sleep 2
 lead=""
 for i in 0 1 2; do
-  r=$(python3 - "${PORTS[$i]}" <<'PY'
-import json, socket, struct, sys
-port=int(sys.argv[1])
-def frame(b): return b"RCPX"+struct.pack(">HHHII",1,0,0,len(b),0)+b
-s=socket.create_connection(("127.0.0.1",port),timeout=5)
-s.sendall(frame(json.dumps({"type":"request","id":"0","op":"HELLO","params":{"protocol_version":1}}).encode())+frame(json.dumps({"type":"request","id":"1","op":"REPLICATION_STATUS","params":{}}).encode()))
-buf=b"";ans=[]
-while len(ans)<2:
-    buf+=s.recv(65536)
-    while len(buf)>=18:
-        n=struct.unpack(">I",buf[10:14])[0]
-        if len(buf)<18+n: break
-        ans.append(json.loads(buf[18:18+n])); buf=buf[18+n:]
-print(ans[1]["result"].get("role"))
-PY
-)
+  r=$(role_of "${PORTS[$i]}")
   echo "node $((i+1)) port ${PORTS[$i]} pid ${PIDS[$i]}: $r"
   [ "$r" = leader ] && lead=$i
 done

@@ -41,46 +41,6 @@ trap cleanup EXIT
 
 source bench-results/scripts/cluster-node.sh
 
-# The RCP port of the node that leads shard 0's group (asked of $1).
-leader_port() {
-  python3 - "$@" <<'PY'
-import json, socket, struct, sys, time, zlib
-ports = [int(p) for p in sys.argv[1:]]
-def call(port, op):
-    body = json.dumps({"type": "request", "id": "1", "op": op, "params": {}}).encode()
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    hello = json.dumps({"type": "request", "id": "0", "op": "HELLO",
-                        "params": {"protocol_version": 1}}).encode()
-    out = b""
-    for b in (hello, body):
-        out += b"RCPX" + struct.pack(">HHHII", 1, 0, 0, len(b), 0) + b
-    s.sendall(out)
-    buf = b""
-    answers = []
-    while len(answers) < 2:
-        buf += s.recv(65536)
-        while len(buf) >= 18:
-            n = struct.unpack(">I", buf[10:14])[0]
-            if len(buf) < 18 + n:
-                break
-            answers.append(json.loads(buf[18:18 + n]))
-            buf = buf[18 + n:]
-    return answers[1]
-deadline = time.time() + 30
-while time.time() < deadline:
-    for port in ports:
-        try:
-            r = call(port, "REPLICATION_STATUS")
-            if r.get("result", {}).get("role") == "leader":
-                print(port)
-                sys.exit(0)
-        except OSError:
-            pass
-    time.sleep(0.2)
-sys.exit("no leader within 30 s")
-PY
-}
-
 # Starts the single node: SINGLE_PORT, SINGLE_PID.
 start_single() {
   SINGLE_PORT=$(free_port)
@@ -93,21 +53,7 @@ start_single() {
 }
 
 # Starts three nodes: PORTS (their RCP ports) and NODE_PIDS, by node.
-start_cluster() {
-  local peers=() i
-  PORTS=()
-  NODE_PIDS=()
-  for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
-  for i in 1 2 3; do
-    mkdir -p "$WORK/node-$i"
-    bench_node_yaml "$i" "$PIN_CORES" "${peers[@]}" >"$WORK/node-$i.yaml"
-    "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
-      --data-dir "$WORK/node-$i" --fsync "$FSYNC" --shards 1 2>"$WORK/node-$i.log" &
-    NODE_PIDS+=($!)
-    PIDS+=($!)
-  done
-  for p in "${PORTS[@]}"; do wait_port "$p"; done
-}
+start_cluster() { start_bench_cluster "$PIN_CORES" "$FSYNC" "$WORK"; }
 
 run() { # label port pid cell rep
   local label=$1 port=$2 pid=$3 cell=$4 rep=$5
