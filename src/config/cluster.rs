@@ -287,14 +287,8 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_DEFAULT,
         CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_MIN..=CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_MAX,
     )?;
-    let flag = |name: &str, default: bool| match field(map, PATH, name) {
-        None => Ok(default),
-        Some((key, v)) => v
-            .as_bool()
-            .ok_or_else(|| type_error(key, "true or false", v)),
-    };
-    let join = flag("join", false)?;
-    let balance_leaders = flag("balance_leaders", true)?;
+    let join = flag(map, PATH, "join", false)?;
+    let balance_leaders = flag(map, PATH, "balance_leaders", true)?;
     let tls = match field(map, PATH, "tls") {
         None => None,
         Some((key, v)) => Some(peer_tls(&key, as_map(&key, v)?)?),
@@ -341,12 +335,7 @@ fn peer_tls(path: &str, map: &Mapping) -> Result<PeerTlsFiles, ConfigError> {
         file(name)?.ok_or_else(|| ConfigError::new(format!("{path}.{name}"), "required with tls"))
     };
     let peer_ca_path = must("peer_ca_path")?;
-    let require_client_cert = match field(map, path, "require_client_cert") {
-        None => true,
-        Some((key, v)) => v
-            .as_bool()
-            .ok_or_else(|| type_error(key, "true or false", v))?,
-    };
+    let require_client_cert = flag(map, path, "require_client_cert", true)?;
     let server_name = match field(map, path, "server_name") {
         None => PeerServerName::AddressHost,
         Some((key, v)) => match as_str(&key, v)? {
@@ -366,6 +355,16 @@ fn peer_tls(path: &str, map: &Mapping) -> Result<PeerTlsFiles, ConfigError> {
 }
 
 /// The integer setting `key` of `map` within `range`, `default` when absent.
+/// `path.key` as true or false, `default` when absent.
+fn flag(map: &Mapping, path: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
+    match field(map, path, key) {
+        None => Ok(default),
+        Some((key, v)) => v
+            .as_bool()
+            .ok_or_else(|| type_error(key, "true or false", v)),
+    }
+}
+
 fn bounded(
     map: &Mapping,
     path: &str,
