@@ -237,3 +237,78 @@ fn a_node_reads_back_past_its_snapshot_as_far_as_its_log_keeps() {
         assert_eq!(page["records"][0]["offset"], recent, "node {node}: {page}");
     }
 }
+
+/// A node that restarted reads back past the snapshot it started from, as
+/// far as its log keeps, and reads there what a node that did not restart
+/// reads — the parts of cross-shard batches included: a committed batch's
+/// shown, an aborted one's not. The group read back is shard 1's, whose
+/// part of a batch is not the decider's: only the decision logged in the
+/// log behind the snapshot says that part committed.
+#[test]
+fn a_restarted_node_reads_back_past_its_snapshot_as_the_others_do() {
+    let mut cluster = Cluster::start_full(3, false, READ_BACK_SETTINGS, 2);
+    let leader = cluster.leader_of_shard(1);
+    let (on0, on1) = (ids_on_shard("rb", 0, 3), ids_on_shard("rb", 1, 3));
+    let flipper = on1[0].as_str();
+    cluster.flip_instances(leader, &[flipper]);
+    let mut conn = cluster.raw(leader);
+    let first = flips_one_at_a_time(&mut conn, flipper, 1)[0];
+    let op = |name: &str, params: Value| json!({"op": name, "params": params});
+    let create = |id: &str| {
+        op(
+            "CREATE_INSTANCE",
+            json!({"machine": "flip", "version": 1, "instance_id": id}),
+        )
+    };
+    let flip = |id: &str| op("APPLY_EVENT", json!({"instance_id": id, "event": "FLIP"}));
+    let ops = [
+        create(&on0[1]),
+        flip(&on0[1]),
+        create(&on1[1]),
+        flip(&on1[1]),
+    ];
+    conn.ok("BATCH", json!({"mode": "atomic", "ops": ops}));
+    // Shard 1's part fails (no such instance): the batch aborts.
+    let ops = [create(&on0[2]), flip(&on0[2]), flip(&on1[2])];
+    let aborted = conn.call("BATCH", json!({"mode": "atomic", "ops": ops}));
+    assert_eq!(aborted["status"], "error", "{aborted}");
+    let last = *flips_one_at_a_time(&mut conn, flipper, FLIPS_BEHIND_SNAPSHOT)
+        .last()
+        .unwrap();
+
+    let mut others = cluster.nodes.keys().copied().filter(|&n| n != leader);
+    let (restarted, witness) = (others.next().unwrap(), leader);
+    cluster.wait_applied(restarted, flipper, last);
+    let status = &cluster.raw(restarted).ok("REPLICATION_STATUS", json!({}))["shards"][1];
+    assert!(
+        status["snapshot_index"].as_u64().unwrap_or(0) >= 100,
+        "node {restarted} took no snapshot: {status}"
+    );
+    cluster.nodes.get_mut(&restarted).unwrap().restart();
+    cluster.wait_applied(restarted, flipper, last);
+
+    let page = json!({"from_offset": first, "limit": 12});
+    let expected = cluster.ok_on(witness, "WAL_READ", page.clone());
+    let described = expected.to_string();
+    assert!(described.contains(on1[1].as_str()), "{expected}");
+    assert!(!described.contains(on0[2].as_str()), "{expected}");
+    // The log behind the snapshot is indexed beside the loop after start.
+    let started = std::time::Instant::now();
+    let read = loop {
+        let r = cluster.raw(restarted).call("WAL_READ", page.clone());
+        if r["status"] == "ok" {
+            break r["result"].clone();
+        }
+        assert!(
+            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+            "node {restarted} never read back past its snapshot: {r}"
+        );
+        std::thread::sleep(crate::harness::LEADER_POLL);
+    };
+    assert_eq!(read["records"], expected["records"]);
+    let from_first = json!({"from_offset": first});
+    let seen = events(&mut watch_all(&cluster, restarted, from_first.clone()), 8);
+    let witnessed = events(&mut watch_all(&cluster, witness, from_first), 8);
+    assert_eq!(seen, witnessed);
+    assert!(seen.iter().any(|e| e.1 == on1[1]), "{seen:?}");
+}

@@ -116,6 +116,18 @@ pub(super) fn read_entry<C: WalTypes>(
 }
 
 impl<C: WalTypes> WalLogReader<C> {
+    /// The first index of the log, when the log holds the entry `last`
+    /// (same index, same term) and entries before it. By Raft's log
+    /// matching, every log holding `last` holds the same entries up to it;
+    /// so when `last` is committed (a snapshot's last entry), the entries
+    /// `[first, last.index]` are the group's committed ones.
+    pub fn kept_up_to(&self, last: &WalLogId) -> Option<u64> {
+        let core = self.shared.core.borrow();
+        let (first, _) = core.log.span();
+        let slot = core.log.get(last.index)?;
+        (slot.log_id == *last && first < last.index).then_some(first)
+    }
+
     /// Entries `[start, end)` that are live, at most `max`.
     fn entries(&self, start: u64, end: u64, max: u64) -> io::Result<Vec<C::Entry>> {
         let mut core = self.shared.core.borrow_mut();

@@ -104,6 +104,13 @@ impl LoopMachine {
         .await
     }
 
+    /// Where this member's log behind the snapshot ending at `last`
+    /// starts, when it holds the group's entries there
+    /// (`SnapshotPart::log_kept_from`).
+    fn kept_behind(&self, last: Option<GroupLogId>) -> Option<u64> {
+        self.0.borrow().log.kept_up_to(&last?)
+    }
+
     /// The committed state the loop rebuilds from: the current snapshot
     /// and every applied entry after it, read back from the log.
     pub async fn committed(&self) -> Result<Committed, String> {
@@ -118,11 +125,12 @@ impl LoopMachine {
         let snapshot = match snapshot {
             Some(s) => {
                 let index = s.meta.last_log_id.map_or(0, |l| l.index);
-                Some(
-                    self.decode(s.snapshot.clone(), index)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                )
+                let mut part = self
+                    .decode(s.snapshot.clone(), index)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                part.log_kept_from = self.kept_behind(s.meta.last_log_id);
+                Some(part)
             }
             None => None,
         };
@@ -310,6 +318,10 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
             Ok(part)
         })
         .await?;
+        let part = SnapshotPart {
+            log_kept_from: self.kept_behind(meta.last_log_id),
+            ..part
+        };
         self.deliver(Delivery::Install(Box::new(part))).await?;
         let mut a = self.0.borrow_mut();
         a.last_applied = meta.last_log_id;
@@ -346,6 +358,7 @@ fn decode_part(
         state: decoded.state,
         position: decoded.position,
         txns: decoded.txns,
+        log_kept_from: None,
     })
 }
 

@@ -14,6 +14,9 @@
 
 use hashbrown::HashMap;
 
+use crate::wal::entry;
+use crate::wal::record::{RecordHeader, RecordKind};
+
 /// What the log says about one prepared part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Part {
@@ -44,6 +47,28 @@ impl Decisions {
     pub fn decided(&mut self, txid: u64, committed: bool) {
         if let Some(part) = self.parts.get_mut(&txid) {
             part.committed = Some(committed);
+        }
+    }
+
+    /// Note what a logged record says of a batch part (a `Prepare`, a
+    /// `Commit` or an `Abort`; other records say nothing).
+    pub fn note_record(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<(), String> {
+        match header.kind {
+            RecordKind::Prepare => self.prepared(entry::read_prepare(payload)?.0, header.offset),
+            RecordKind::Commit => self.decided(entry::read_txid(payload)?, true),
+            RecordKind::Abort => self.decided(entry::read_txid(payload)?, false),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Take in what a read of the log before everything noted so far
+    /// found (`member_read_back.rs`): a part noted already (prepared
+    /// there, in doubt at the snapshot and maybe decided since) keeps what
+    /// is known of it now.
+    pub fn take_earlier(&mut self, earlier: Decisions) {
+        for (txid, part) in earlier.parts {
+            self.parts.entry(txid).or_insert(part);
         }
     }
 
@@ -83,5 +108,25 @@ mod tests {
         d.forget_below(150);
         assert_eq!((d.get(7), d.get(8)), (None, Some(false)));
         assert_eq!(d.parts.len(), 1);
+    }
+
+    #[test]
+    fn what_an_earlier_read_found_never_overrides_what_is_known_now() {
+        let mut now = Decisions::default();
+        now.prepared(1, 50); // in doubt at the snapshot…
+        now.decided(1, true); // …and committed since
+        now.prepared(2, 60); // still in doubt
+        let mut earlier = Decisions::default();
+        earlier.prepared(1, 50);
+        earlier.prepared(2, 60);
+        earlier.prepared(3, 40);
+        earlier.decided(3, false);
+        now.take_earlier(earlier);
+        assert_eq!(
+            (now.get(1), now.get(2), now.get(3)),
+            (Some(true), None, Some(false))
+        );
+        now.decided(2, true);
+        assert_eq!(now.get(2), Some(true));
     }
 }

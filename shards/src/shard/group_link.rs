@@ -171,6 +171,11 @@ pub struct SnapshotPart {
     pub position: LogPosition,
     /// Cross-shard parts in doubt at the snapshot, and committed batches.
     pub txns: TxnLog,
+    /// The member's log still holds the group's committed entries from
+    /// this index up to `index` (a member that restarted since it took its
+    /// snapshot): reads by offset may reach back into them
+    /// (`member_read_back.rs`).
+    pub log_kept_from: Option<u64>,
 }
 
 /// The committed state to rebuild from: the newest snapshot (none: an

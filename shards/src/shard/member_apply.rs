@@ -70,14 +70,18 @@ impl Shard {
         self.state = part.state;
         self.txn_log = part.txns;
         self.relock_in_doubt();
-        // Reads reach back to the snapshot at most: the decisions of the
-        // parts prepared before it are its txn log's to answer.
+        // Reads reach back to the snapshot, and past it once the log kept
+        // behind it is indexed (`member_read_back.rs`).
         self.decisions = Decisions::default();
         let m = self.member_mut();
         m.applied_index = part.index;
         m.position = part.position;
         m.offsets.reset(Some(part.position.covered_offset));
+        m.read_back = None;
         self.wal.set_entries(part.position.entries);
+        if let Some(from) = part.log_kept_from {
+            self.start_read_back(from, part.index);
+        }
     }
 
     /// Replay one committed entry's records into the state.
@@ -134,6 +138,7 @@ impl Shard {
                     entries: 0,
                 };
                 m.offsets.reset(None);
+                m.read_back = None;
             }
         }
         self.state.events.clear();

@@ -71,6 +71,36 @@ impl OffsetIndex {
         self.readable_from = covered_offset.map_or(0, |c| c + 1);
     }
 
+    /// Put `earlier`, an index of the entries before every one indexed
+    /// here (the log behind the snapshot this index started from), in
+    /// front: reads reach back to its first entry (less what exceeds
+    /// [`MEMBER_READ_INDEX_ENTRIES_MAX`]).
+    pub fn prepend(&mut self, earlier: OffsetIndex) {
+        let first_here = self.entries.front().map(|&(_, index)| index);
+        let mut joined = earlier.entries;
+        joined.retain(|&(_, index)| first_here.is_none_or(|here| index < here));
+        let Some(&(first, _)) = joined.front() else {
+            return;
+        };
+        let mut from = first.min(self.readable_from);
+        joined.extend(self.entries.drain(..));
+        while joined.len() > MEMBER_READ_INDEX_ENTRIES_MAX {
+            joined.pop_front();
+            from = joined.front().map_or(from, |&(offset, _)| offset);
+        }
+        self.entries = joined;
+        self.readable_from = from;
+    }
+
+    /// Entries indexed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn readable_from(&self) -> u64 {
         self.readable_from
     }
@@ -117,6 +147,7 @@ impl Shard {
     /// Called before each read and at each snapshot's start, so that a
     /// member's memory follows its log, not its whole history.
     pub(super) fn member_readable_from(&mut self) -> u64 {
+        self.take_read_back();
         let m = self.member_mut();
         let before = m.offsets.readable_from();
         if let Some(purged) = m.link.purged_index() {
@@ -169,11 +200,18 @@ impl Shard {
     ) -> io::Result<EntryChunk> {
         let shard = self.state.shard_id;
         let readable_from = self.member_readable_from();
+        let still = if self.reading_back() {
+            " (the log kept behind the snapshot this member started from is still being \
+             indexed)"
+        } else {
+            ""
+        };
         let too_old = |from: u64, readable_from: u64| {
             io::Error::other(format!(
                 "offset {from} is older than the oldest offset this member of shard {shard}'s \
-                 group can still read ({readable_from}); the log before it was purged behind a \
-                 snapshot (or lies more than {MEMBER_READ_INDEX_ENTRIES_MAX} entries back)"
+                 group can still read ({readable_from}){still}; the log before it was purged \
+                 behind a snapshot (or lies more than {MEMBER_READ_INDEX_ENTRIES_MAX} entries \
+                 back)"
             ))
         };
         if from < readable_from {
@@ -298,6 +336,46 @@ mod tests {
         // A purge never moves it back.
         index.forget_purged(9, 0);
         assert_eq!(index.readable_from(), 32);
+    }
+
+    #[test]
+    fn the_log_behind_a_snapshot_goes_in_front_of_what_came_after() {
+        let mut index = OffsetIndex::default();
+        index.reset(Some(31));
+        index.note(8, &records(&[40, 41]));
+        let mut earlier = OffsetIndex::default();
+        earlier.note(3, &records(&[10, 11]));
+        earlier.note(5, &records(&[20]));
+        earlier.note(7, &records(&[30, 31]));
+        earlier.note(8, &records(&[40, 41])); // already here: not twice
+        index.prepend(earlier);
+        assert_eq!(index.readable_from(), 10);
+        assert_eq!(index.entries.len(), 4);
+        assert_eq!(index.start_for(25), Some(5));
+        assert_eq!(index.start_for(41), Some(8));
+        // A purge after it counts as before.
+        index.forget_purged(5, 42);
+        assert_eq!(index.readable_from(), 30);
+        // Nothing earlier: nothing moves.
+        index.prepend(OffsetIndex::default());
+        assert_eq!(index.readable_from(), 30);
+    }
+
+    #[test]
+    fn what_goes_in_front_keeps_to_the_entry_limit() {
+        let mut index = OffsetIndex::default();
+        index.reset(Some(1_000_000_000));
+        for i in 0..10u64 {
+            index.note(2_000_000 + i, &records(&[2_000_000_000 + i]));
+        }
+        let mut earlier = OffsetIndex::default();
+        for i in 0..MEMBER_READ_INDEX_ENTRIES_MAX as u64 {
+            earlier.note(i + 1, &records(&[100 + i]));
+        }
+        index.prepend(earlier);
+        assert_eq!(index.entries.len(), MEMBER_READ_INDEX_ENTRIES_MAX);
+        assert_eq!(index.readable_from(), 110, "the 10 oldest dropped");
+        assert_eq!(index.start_for(110), Some(11));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod log_read;
 mod member_apply;
 mod member_gate;
 pub mod member_read;
+mod member_read_back;
 mod member_snapshot;
 mod member_tasks;
 mod member_txn;

@@ -60,6 +60,7 @@ use super::events::Publication;
 use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError};
 use super::member_gate::{needs_leader, refuse};
 use super::member_read::OffsetIndex;
+use super::member_read_back::ReadBack;
 use super::member_snapshot::GroupSnapshotJob;
 use super::member_watermark::WatermarkAsks;
 use super::replay::ReplayCounts;
@@ -100,6 +101,9 @@ pub struct MemberSide {
     pub(super) prepared_at: HashMap<u64, Duration>,
     /// The group snapshot being taken (`member_snapshot.rs`).
     pub(super) snapshot_job: Option<GroupSnapshotJob>,
+    /// The read of the log behind the installed snapshot, until taken in
+    /// (`member_read_back.rs`).
+    pub(super) read_back: Option<ReadBack>,
 }
 
 /// What woke the member's loop.
@@ -153,6 +157,7 @@ impl Shard {
             carried: None,
             prepared_at: HashMap::new(),
             snapshot_job: None,
+            read_back: None,
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.

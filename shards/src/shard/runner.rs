@@ -170,14 +170,7 @@ impl Shard {
         };
         let mut decisions = Decisions::default();
         let scan = recovery::scan(storage, &wal_dir, plan, |header, payload| {
-            match header.kind {
-                RecordKind::Prepare => {
-                    decisions.prepared(entry::read_prepare(payload)?.0, header.offset)
-                }
-                RecordKind::Commit => decisions.decided(entry::read_txid(payload)?, true),
-                RecordKind::Abort => decisions.decided(entry::read_txid(payload)?, false),
-                _ => {}
-            }
+            decisions.note_record(header, payload)?;
             if covered.is_some_and(|c| header.offset <= c) {
                 // Reflected in the snapshot; only batch decisions are noted,
                 // for resolving other shards' parts left in doubt.
