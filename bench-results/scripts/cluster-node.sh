@@ -119,3 +119,16 @@ start_bench_cluster() {
   done
   for i in "${PORTS[@]}"; do wait_port "$i"; done
 }
+
+# bench_cluster_setup NAME: build the release server and bench client; set
+# BIN, BENCH, WORK (a fresh directory /tmp/NAME.XXXX) and PIDS; on exit,
+# SIGKILL every PID in PIDS and remove WORK.
+bench_cluster_setup() {
+  cargo build --release --bin corestate >/dev/null
+  cargo build --release -p corestate-bench >/dev/null
+  BIN=target/release/corestate
+  BENCH=target/release/corestate-bench
+  WORK=$(mktemp -d "/tmp/$1.XXXX")
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+}

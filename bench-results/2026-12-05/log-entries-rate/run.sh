@@ -3,13 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export CORESTATE_HTTP_LISTEN=off
-cargo build --release --bin corestate >/dev/null
-cargo build --release -p corestate-bench >/dev/null
-BIN=target/release/corestate; BENCH=target/release/corestate-bench
-WORK=$(mktemp -d /tmp/erate.XXXX); PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
 source bench-results/scripts/cluster-node.sh
+bench_cluster_setup erate
 start_bench_cluster false every_write "$WORK"
 sleep 2
 replication_status "${PORTS[0]}" > "$WORK/before.json"
