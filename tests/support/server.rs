@@ -165,7 +165,7 @@ impl Server {
     }
 
     /// Launch on `data_dir` expecting the process to exit by itself (it
-    /// must refuse to start). Panics if it accepts a connection instead.
+    /// must refuse to start). Panics if it listens instead.
     pub fn expect_exit_in(data_dir: &Path, extra_args: &[&str], timeout: Duration) -> Exited {
         let work = TempDir::new().expect("create temp dir");
         let port = fresh_port();
@@ -180,7 +180,13 @@ impl Server {
                     stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
                 };
             }
-            if TcpStream::connect_timeout(&addr, SERVER_READY_POLL).is_ok() {
+            // Only our child's listener counts: another process that took
+            // the same fresh port (SO_REUSEPORT) proves nothing of ours.
+            let ours = || match listeners_on(port).0 {
+                Some(pids) => pids.contains(&child.id()),
+                None => true,
+            };
+            if TcpStream::connect_timeout(&addr, SERVER_READY_POLL).is_ok() && ours() {
                 kill_child(&mut child);
                 panic!(
                     "server was expected to refuse to start but it accepted a connection on \
