@@ -243,6 +243,10 @@ pub trait GroupLink {
     /// The last log index purged from this member's log (entries at or
     /// below it are gone), if any.
     fn purged_index(&self) -> Option<u64>;
+    /// Whether the log no longer holds `index` (purged behind a snapshot).
+    fn has_purged(&self, index: u64) -> bool {
+        self.purged_index().is_some_and(|p| p >= index)
+    }
     /// Hand the lead to the most caught-up other voter and wait until it
     /// leads (a graceful stop): `Ok(Some(node))` then, `Ok(None)` when this
     /// member did not lead, `Err` when no one took over in time.

@@ -236,7 +236,7 @@ impl Shard {
             let entries = match link.entries(next, to).await {
                 Ok(entries) => entries,
                 // Purged while this read went on (a snapshot just finished).
-                Err(_) if link.purged_index().is_some_and(|p| p >= next) => {
+                Err(_) if link.has_purged(next) => {
                     return Err(too_old(from, self.member_readable_from()));
                 }
                 Err(e) => return Err(io::Error::other(e)),

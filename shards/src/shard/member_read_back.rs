@@ -37,7 +37,9 @@ struct Found {
     decisions: Decisions,
 }
 
-type Slot = Rc<RefCell<Option<Result<Found, String>>>>;
+/// Where the task leaves its result for the loop (`None`: not done yet).
+type SlotCell = RefCell<Option<Result<Found, String>>>;
+type Slot = Rc<SlotCell>;
 
 /// A read of the log behind the snapshot, under way or done and not yet
 /// taken in; dropping it abandons the read.
@@ -115,7 +117,7 @@ async fn read_back(
     env: &Env,
     from: u64,
     to: u64,
-    alive: &Weak<RefCell<Option<Result<Found, String>>>>,
+    alive: &Weak<SlotCell>,
 ) -> Result<Found, String> {
     let mut found = Found {
         offsets: OffsetIndex::default(),
@@ -132,7 +134,7 @@ async fn read_back(
             // Purged meanwhile (a snapshot installed from the leader is
             // followed by the purge of the log behind it): what was found
             // is forgotten again by the purge's rule (`member_read.rs`).
-            Err(_) if link.purged_index().is_some_and(|p| p >= next) => break,
+            Err(_) if link.has_purged(next) => break,
             Err(e) => return Err(e),
         };
         for (index, records) in entries {
