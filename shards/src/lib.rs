@@ -10,6 +10,7 @@ pub mod instance;
 pub mod instance_table;
 pub mod json;
 pub mod machine;
+pub mod operator_ruling;
 pub mod router;
 pub mod shard;
 #[cfg(any(test, feature = "sim"))]

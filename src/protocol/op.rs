@@ -1,5 +1,6 @@
 //! The 25 RCP operation names (docs/PROTOCOL.md §2.1), and corestate's
-//! own cluster membership operations (README, "Cluster").
+//! own cluster operations: membership, and an operator's ruling on a batch
+//! left in doubt (README, "Cluster").
 
 macro_rules! ops {
     ($($variant:ident => $name:literal),* $(,)?) => {
@@ -46,6 +47,7 @@ ops! {
     ReplicateAck => "REPLICATE_ACK",
     ClusterAddNode => "CLUSTER_ADD_NODE",
     ClusterRemoveNode => "CLUSTER_REMOVE_NODE",
+    ClusterResolveBatch => "CLUSTER_RESOLVE_BATCH",
 }
 
 impl Op {

@@ -316,10 +316,12 @@ async fn resolve_stale_loop(mailboxes: Vec<flume::Sender<ShardMsg>>, after_ms: u
                         "shard {}: batch {} stayed undecided and its decider shard {} no longer \
                          knows whether it committed it (it forgot batches this old, see \
                          COMMITTED_BATCH_IDS_KEPT_MAX): the part stays in doubt and its \
-                         instances locked",
+                         instances locked until an operator rules on it: CLUSTER_RESOLVE_BATCH \
+                         {{\"txid\": \"{}\", \"outcome\": \"commit\" or \"abort\"}}",
                         r.shard,
                         r.txid,
-                        r.decider
+                        r.decider,
+                        r.txid
                     );
                     continue;
                 }

@@ -166,6 +166,16 @@ pub async fn run_op(
         Op::SnapshotInstance | Op::WalRead | Op::WalStats | Op::Compact | Op::FlushAll => {
             answer(reply, storage_ops::handle(ctx, op, params).await)
         }
+        Op::ClusterResolveBatch => match cluster_ops::parse_ruling(params) {
+            Ok((txid, commit)) => {
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    answer(reply, cluster_ops::rule_batch(&ctx, txid, commit).await);
+                })
+                .detach();
+            }
+            Err(e) => answer(reply, Err(e)),
+        },
         Op::ClusterAddNode | Op::ClusterRemoveNode => {
             let change = if op == Op::ClusterAddNode {
                 cluster_ops::parse_add(params)

@@ -38,7 +38,7 @@ fn create_and_flip(id: &str) -> Vec<Value> {
 }
 
 /// `id`'s state as node `node` reports it (`None`: no such instance).
-fn state_on(cluster: &mut Cluster, node: u64, id: &str) -> Option<String> {
+pub(crate) fn state_on(cluster: &mut Cluster, node: u64, id: &str) -> Option<String> {
     let started = std::time::Instant::now();
     loop {
         let r = cluster
@@ -134,7 +134,7 @@ fn two_group_cluster() -> Cluster {
 }
 
 /// A batch that creates and flips `a` (shard 0) and `b` (shard 1).
-fn across(a: &str, b: &str) -> Vec<Value> {
+pub(crate) fn across(a: &str, b: &str) -> Vec<Value> {
     create_and_flip(a)
         .into_iter()
         .chain(create_and_flip(b))
@@ -271,12 +271,12 @@ fn atomic_batches_across_shards_survive_kills_whole_or_absent() {
 
 /// Tries at orphaning a batch: under load the batch may be answered (a
 /// leader change refuses it) before its coordinator is killed.
-const ORPHAN_ATTEMPTS: usize = 3;
+pub(crate) const ORPHAN_ATTEMPTS: usize = 3;
 
 /// The leaders of shards 0 and 1, once on two different nodes and the same
 /// a second apart (each group's lead moves to its preferred node — shard
 /// 0: node 1, shard 1: node 2 — once settled; no transfer under way).
-fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
+pub(crate) fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
     let started = std::time::Instant::now();
     let mut last = None;
     loop {
@@ -299,7 +299,7 @@ fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
 /// shard 0, the decider, is prepared, the one on shard 1 waits on the
 /// frozen leader — and the coordinator's node is killed then. Returns the
 /// batch's answer if it came before the kill (no orphan this time).
-fn orphan_a_batch(
+pub(crate) fn orphan_a_batch(
     cluster: &mut Cluster,
     coordinator: u64,
     frozen: u64,

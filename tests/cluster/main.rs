@@ -20,6 +20,7 @@ mod graceful;
 mod harness;
 mod leader_restart;
 mod membership;
+mod operator_ruling;
 mod partition;
 mod peer_tls;
 // The Raft crate's test PKI (its tests: raft/tests/peer_tls.rs).

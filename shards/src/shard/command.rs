@@ -245,6 +245,14 @@ pub enum ShardMsg {
         older_than_ms: u64,
         done: flume::Sender<Vec<(u64, u32, u64)>>,
     },
+    /// Whether this shard holds its part of batch `txid` prepared and not
+    /// decided — answered by any member, from the log it applied: the
+    /// part's decider shard, or `None`. A standalone shard refuses it
+    /// (CLUSTER_RESOLVE_BATCH; `operator_ruling.rs`).
+    PartInDoubt {
+        txid: u64,
+        done: flume::Sender<EngineResult<Option<u32>>>,
+    },
     /// Raise this shard's offset floor to the frontier and publish its
     /// watermark, so an idle shard does not hold back the watch merge.
     AdvanceWatermark,

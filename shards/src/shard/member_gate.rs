@@ -24,6 +24,14 @@ pub(super) fn needs_leader(msg: &ShardMsg) -> bool {
     )
 }
 
+/// The refusal of a cluster operation by a standalone shard.
+pub(super) fn not_a_member() -> EngineError {
+    EngineError::new(
+        crate::error::ErrorCode::BadRequest,
+        "this node is not a cluster member (no corestate.cluster section)",
+    )
+}
+
 /// Answer `msg` with `error` without running it.
 pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Deferred>) {
     match msg {

@@ -38,6 +38,10 @@ use super::txn::Undo;
 use crate::wal::entry::{self, Entry};
 use crate::wal::record::{decode_record, for_each_record, RecordHeader, RecordKind};
 
+/// How many of a member's batch parts in doubt REPLICATION_STATUS lists
+/// (`batch_parts_in_doubt` counts them all).
+pub const BATCHES_IN_DOUBT_LISTED_MAX: usize = 64;
+
 impl Shard {
     /// Phase one on the group's leader, once `participant.rs` staged the
     /// ops and logged their Prepare record (see the module comment): the
@@ -188,6 +192,52 @@ impl Shard {
             .collect();
         parts.sort_unstable();
         parts
+    }
+
+    /// The decider of this member's part of `txid`, if it holds one in
+    /// doubt (`ShardMsg::PartInDoubt`).
+    pub(super) fn part_in_doubt(&self, txid: u64) -> crate::error::EngineResult<Option<u32>> {
+        if self.member.is_none() {
+            return Err(super::member_gate::not_a_member());
+        }
+        Ok(self
+            .txn_log
+            .in_doubt
+            .get(&txid)
+            .map(|(decider, _)| *decider))
+    }
+
+    /// The parts this member holds in doubt, oldest txid first, at most
+    /// `BATCHES_IN_DOUBT_LISTED_MAX` of them, for REPLICATION_STATUS:
+    /// `txid` (a decimal string: JSON readers lose digits of a u64 past
+    /// 2^53), `decider` and `held_ms` (since this member prepared it, or
+    /// since it started for a part its start-up snapshot held).
+    pub(super) fn batches_in_doubt_listed(&self) -> serde_json::Value {
+        let Some(m) = self.member.as_ref() else {
+            return serde_json::Value::Array(Vec::new());
+        };
+        let mut parts: Vec<(u64, u32)> = self
+            .txn_log
+            .in_doubt
+            .iter()
+            .map(|(txid, (decider, _))| (*txid, *decider))
+            .collect();
+        parts.sort_unstable();
+        parts
+            .into_iter()
+            .take(BATCHES_IN_DOUBT_LISTED_MAX)
+            .map(|(txid, decider)| {
+                let held = m
+                    .prepared_at
+                    .get(&txid)
+                    .map_or(Duration::ZERO, |at| self.env.clock.elapsed(*at));
+                serde_json::json!({
+                    "txid": txid.to_string(),
+                    "decider": decider,
+                    "held_ms": u64::try_from(held.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
     }
 
     /// The lowest offset among the records of parts held in doubt: the

@@ -194,6 +194,7 @@ impl Shard {
                 // yet (`member_txn.rs`): their instances wait.
                 let in_doubt = self.txn_log.in_doubt.len();
                 obj.insert("batch_parts_in_doubt".into(), in_doubt.into());
+                obj.insert("batches_in_doubt".into(), self.batches_in_doubt_listed());
                 // Parts whose decision a read of the log may still need
                 // (forgotten as the log is purged: `member_read.rs`).
                 let kept = self.decisions.len();

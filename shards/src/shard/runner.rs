@@ -467,10 +467,7 @@ impl Shard {
                 let _ = done.send(Ok(None));
             }
             ShardMsg::ChangeMembers { done, .. } => {
-                let _ = done.send(Err(crate::error::EngineError::new(
-                    crate::error::ErrorCode::BadRequest,
-                    "this node is not a cluster member (no corestate.cluster section)",
-                )));
+                let _ = done.send(Err(super::member_gate::not_a_member()));
             }
             ShardMsg::Machines { done } => {
                 let machines = self.state.machines.iter().cloned().collect();
@@ -507,6 +504,9 @@ impl Shard {
                 done,
             } => {
                 let _ = done.send(self.in_doubt_older_than(older_than_ms));
+            }
+            ShardMsg::PartInDoubt { txid, done } => {
+                let _ = done.send(self.part_in_doubt(txid));
             }
             ShardMsg::AdvanceWatermark => self.raise_watermark(),
             ShardMsg::Shutdown { done } => self.stopping = Some(done),

@@ -10,6 +10,13 @@
 //! * `CLUSTER_REMOVE_NODE {"node_id": 3}` takes the node out of every
 //!   shard's group (a leader that removes itself steps down).
 //!
+//! * `CLUSTER_RESOLVE_BATCH {"txid": "…", "outcome": "commit"|"abort"}`
+//!   settles the parts of a cross-shard batch left in doubt that nothing
+//!   else can settle (`shards::operator_ruling`): the decider's decision
+//!   wins where its log holds one; the operator's only where it forgot.
+//!   `txid` as REPLICATION_STATUS's `batches_in_doubt` and the node's log
+//!   name it: a decimal string (or a JSON integer).
+//!
 //! Each group's leader runs the change (a shard whose node does not lead
 //! its group forwards it there), through openraft's joint consensus. The
 //! groups change side by side; the answer lists each group's voters after
@@ -21,7 +28,7 @@ use corestate_raft::shard_group::{
 };
 use serde_json::{json, Value};
 use shards::shard::group_link::MemberChange;
-use shards::shard::ShardMsg;
+use shards::shard::{ShardMsg, Verdict};
 use shards::{EngineError, EngineResult};
 
 use crate::protocol::params::Params;
@@ -65,6 +72,81 @@ fn node_id(p: &Params<'_>) -> EngineResult<u64> {
         Some(_) => Err(EngineError::bad_request("node_id: a node id is at least 1")),
         None => Err(EngineError::bad_request("missing field `node_id`")),
     }
+}
+
+/// CLUSTER_RESOLVE_BATCH's batch id and ruling (`true`: commit).
+pub fn parse_ruling(params: &Value) -> EngineResult<(u64, bool)> {
+    let p = Params::strict(params, "ClusterResolveBatchParams")?;
+    let txid = match p.get("txid") {
+        Some(Value::String(s)) => s.parse::<u64>().map_err(|_| {
+            EngineError::bad_request(format_args!(
+                "txid: expected a batch id in decimal digits, got {s:?}"
+            ))
+        })?,
+        Some(Value::Number(_)) => p.opt_u64("txid")?.unwrap_or_default(),
+        Some(Value::Null) | None => {
+            return Err(EngineError::bad_request("missing field `txid`"));
+        }
+        Some(_) => {
+            return Err(EngineError::bad_request(
+                "txid: expected a batch id (a decimal string or an integer)",
+            ))
+        }
+    };
+    let commit = match p.str("outcome")? {
+        "commit" => true,
+        "abort" => false,
+        other => {
+            return Err(EngineError::bad_request(format_args!(
+                "outcome: expected \"commit\" or \"abort\", got {other:?}"
+            )))
+        }
+    };
+    Ok((txid, commit))
+}
+
+/// Rule on batch `txid` (`commit` or abort) on every shard holding a part
+/// of it in doubt. The answer lists each part: the decider's answer, and
+/// the decision its log now holds (`decided`, and `by`: `decider` or
+/// `operator`). A part left in doubt makes the whole an error naming why
+/// (`details.parts`); sending it again is safe.
+pub async fn rule_batch(ctx: &ServerCtx, txid: u64, commit: bool) -> EngineResult<Vec<u8>> {
+    let rulings = shards::operator_ruling::rule_batch(ctx.router.all(), txid, commit).await?;
+    let parts: Vec<Value> = rulings.iter().map(part_json).collect();
+    match rulings.iter().find_map(|r| r.settled.as_ref().err()) {
+        None => Ok(json!({"txid": txid.to_string(), "parts": parts})
+            .to_string()
+            .into_bytes()),
+        Some(why) => {
+            let mut details = serde_json::Map::new();
+            details.insert("txid".into(), txid.to_string().into());
+            details.insert("parts".into(), Value::Array(parts));
+            Err(EngineError::new(
+                shards::ErrorCode::Conflict,
+                format!("batch {txid}: a part is still in doubt: {why}"),
+            )
+            .with_details(details))
+        }
+    }
+}
+
+fn part_json(r: &shards::operator_ruling::PartRuling) -> Value {
+    let said = match r.decider_said {
+        None => "no answer",
+        Some(Verdict::Committed) => "committed",
+        Some(Verdict::Aborted) => "aborted",
+        Some(Verdict::Undecided) => "undecided",
+        Some(Verdict::Forgotten) => "forgotten",
+    };
+    let mut part = json!({"shard": r.shard, "decider": r.decider, "decider_said": said});
+    match &r.settled {
+        Ok(commit) => {
+            part["decided"] = if *commit { "commit" } else { "abort" }.into();
+            part["by"] = if r.by_operator { "operator" } else { "decider" }.into();
+        }
+        Err(why) => part["still_in_doubt"] = why.as_str().into(),
+    }
+    part
 }
 
 /// Run `change` on every shard's group; each group's voters after it.
@@ -131,6 +213,27 @@ mod tests {
             assert_eq!(err.code, shards::ErrorCode::BadRequest, "{bad}");
         }
         assert!(parse_remove(&json!({})).is_err());
+
+        let big = u64::MAX - 1;
+        assert_eq!(
+            parse_ruling(&json!({"txid": big.to_string(), "outcome": "commit"})).unwrap(),
+            (big, true)
+        );
+        assert_eq!(
+            parse_ruling(&json!({"txid": 42, "outcome": "abort"})).unwrap(),
+            (42, false)
+        );
+        for bad in [
+            json!({"txid": "42", "outcome": "Commit"}),
+            json!({"txid": "4 2", "outcome": "abort"}),
+            json!({"txid": 4.5, "outcome": "abort"}),
+            json!({"txid": [], "outcome": "abort"}),
+            json!({"txid": null, "outcome": "abort"}),
+            json!({"txid": "42"}),
+        ] {
+            let err = parse_ruling(&bad).expect_err(&bad.to_string());
+            assert_eq!(err.code, shards::ErrorCode::BadRequest, "{bad}");
+        }
         assert!(parse_remove(&json!({"node_id": -1})).is_err());
     }
 }
