@@ -2,6 +2,7 @@
 //! segments through glommio (io_uring) on the shard's executor.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
@@ -256,4 +257,29 @@ impl SegmentFile for OsSegment {
     fn direct(&self) -> bool {
         matches!(self, OsSegment::Direct(_))
     }
+
+    // Only buffered segments: a direct-I/O write needs its aligned DMA
+    // buffer and its completion on glommio's rings.
+    fn write_at_blocking(&self, bytes: &[u8], pos: u64) -> Option<io::Result<()>> {
+        let OsSegment::Buffered(f) = self else {
+            return None;
+        };
+        Some(borrowed_file(f).write_all_at(bytes, pos))
+    }
+
+    fn fdatasync_blocking(&self) -> Option<io::Result<()>> {
+        let OsSegment::Buffered(f) = self else {
+            return None;
+        };
+        Some(borrowed_file(f).sync_data())
+    }
+}
+
+/// The segment's descriptor as a `std::fs::File` for blocking calls,
+/// never closed by it (glommio's file owns the descriptor).
+fn borrowed_file(f: &BufferedFile) -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor is open while `f` lives, which outlives the
+    // call it is borrowed for; `ManuallyDrop` keeps it from being closed.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(f.as_raw_fd()) })
 }

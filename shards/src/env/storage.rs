@@ -118,4 +118,14 @@ pub trait SegmentFile {
     fn close(self: Box<Self>) -> IoFuture<'static, ()>;
     /// Whether writes are direct I/O: whole aligned blocks, durable on completion.
     fn direct(&self) -> bool;
+    /// `write_at` as a plain system call that blocks the calling thread,
+    /// for a caller with nothing else to do meanwhile (`CommitIo`); `None`
+    /// where the file has no such path (the caller then awaits `write_at`).
+    fn write_at_blocking(&self, _data: &[u8], _pos: u64) -> Option<io::Result<()>> {
+        None
+    }
+    /// `fdatasync` blocking the calling thread, as `write_at_blocking`.
+    fn fdatasync_blocking(&self) -> Option<io::Result<()>> {
+        None
+    }
 }

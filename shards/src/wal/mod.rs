@@ -19,4 +19,4 @@ pub mod writer;
 
 pub use offset::{Frontier, OffsetClock};
 pub use policy::FsyncPolicy;
-pub use writer::{RecordPlace, RolloverNews, WalOpen, WalStats, WalWriter};
+pub use writer::{CommitIo, RecordPlace, RolloverNews, WalOpen, WalStats, WalWriter};

@@ -49,6 +49,35 @@ pub use stats::{WalStats, COMMIT_LATENCY_BUCKETS_US};
 /// before `fdatasync` returns.
 pub const WAL_DIRECT_IO: bool = false;
 
+/// How a commit does its write and its sync.
+///
+/// Through io_uring (`Async`) a buffered write and an `fdatasync` are
+/// handed to the kernel's io-wq worker threads and their completion wakes
+/// the parked executor: each sync costs two thread switches beyond the
+/// disk's own time. A blocking system call on the shard's thread
+/// (`Blocking`) costs neither, but nothing else runs on that core until it
+/// returns — the shard's next requests, the connections its core serves,
+/// the watch merge. So the shard blocks only after a light turn with
+/// nothing waiting (`shard::runner::BLOCKING_COMMIT_TURN_MESSAGES_MAX`;
+/// measured in `bench-results/2026-12-06/blocking-sync-ab/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitIo {
+    Async,
+    Blocking,
+}
+
+/// `call` when `io` is `Blocking`; `None` (await the async path) when it
+/// is not, or when the file has no blocking path.
+fn io_blocking(
+    io: CommitIo,
+    call: impl FnOnce() -> Option<io::Result<()>>,
+) -> Option<io::Result<()>> {
+    match io {
+        CommitIo::Blocking => call(),
+        CommitIo::Async => None,
+    }
+}
+
 /// What `before_turn` found out about rolling over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RolloverNews {
@@ -354,6 +383,11 @@ impl WalWriter {
 
     /// Write every staged record; durable on return under `every_write`.
     pub async fn commit(&mut self) -> io::Result<()> {
+        self.commit_with(CommitIo::Async).await
+    }
+
+    /// `commit`, doing its write and its sync as `io` says.
+    pub async fn commit_with(&mut self, io: CommitIo) -> io::Result<()> {
         if self.staged_records == 0 {
             self.unwritten_floor = None;
             // A batch may have reserved and given back entries: nothing is due.
@@ -383,7 +417,7 @@ impl WalWriter {
                 self.rotate().await?;
             }
             if !chunk.is_empty() {
-                self.write_chunk(chunk).await?;
+                self.write_chunk(chunk, io).await?;
             }
             let n = counts.get(i).copied().unwrap_or(0);
             // Written, not yet synced: the next rotation (in this very
@@ -411,13 +445,13 @@ impl WalWriter {
         match self.policy {
             FsyncPolicy::EveryWrite => {
                 if !self.file_direct() {
-                    self.sync().await?;
+                    self.sync_with(io).await?;
                 }
                 self.unsynced_records = 0;
             }
             FsyncPolicy::EveryN(n) => {
                 if self.unsynced_records >= n {
-                    self.sync().await?;
+                    self.sync_with(io).await?;
                 }
             }
             FsyncPolicy::EveryMs(_) => {
@@ -497,7 +531,15 @@ impl WalWriter {
 
     /// Make everything written so far durable (any policy; used at shutdown).
     pub async fn sync(&mut self) -> io::Result<()> {
-        self.active_file()?.fdatasync().await?;
+        self.sync_with(CommitIo::Async).await
+    }
+
+    async fn sync_with(&mut self, io: CommitIo) -> io::Result<()> {
+        let file = self.active_file()?;
+        match io_blocking(io, || file.fdatasync_blocking()) {
+            Some(done) => done?,
+            None => file.fdatasync().await?,
+        }
         self.stats.syncs += 1;
         self.unsynced_records = 0;
         self.unsynced_since = None;

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::WalWriter;
+use super::{io_blocking, CommitIo, WalWriter};
 use crate::env::SegmentFile;
 use crate::wal::policy::FsyncPolicy;
 use crate::wal::segment::{align_down, align_up};
@@ -20,7 +20,7 @@ impl WalWriter {
         })
     }
 
-    pub(super) async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+    pub(super) async fn write_chunk(&mut self, chunk: &[u8], io: CommitIo) -> io::Result<()> {
         if self.file_direct() {
             // Direct I/O writes whole blocks: the partly filled last block
             // already on disk is written again, followed by the new bytes.
@@ -41,7 +41,11 @@ impl WalWriter {
             self.stats.syncs += 1;
         } else {
             let end = self.end;
-            self.active_file()?.write_at(chunk, end).await?;
+            let file = self.active_file()?;
+            match io_blocking(io, || file.write_at_blocking(chunk, end)) {
+                Some(done) => done?,
+                None => file.write_at(chunk, end).await?,
+            }
         }
         self.end += chunk.len() as u64;
         self.stats.writes += 1;
