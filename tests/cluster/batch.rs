@@ -134,7 +134,7 @@ fn two_group_cluster() -> Cluster {
 }
 
 /// A batch that creates and flips `a` (shard 0) and `b` (shard 1).
-pub(crate) fn across(a: &str, b: &str) -> Vec<Value> {
+fn across(a: &str, b: &str) -> Vec<Value> {
     create_and_flip(a)
         .into_iter()
         .chain(create_and_flip(b))
@@ -271,12 +271,12 @@ fn atomic_batches_across_shards_survive_kills_whole_or_absent() {
 
 /// Tries at orphaning a batch: under load the batch may be answered (a
 /// leader change refuses it) before its coordinator is killed.
-pub(crate) const ORPHAN_ATTEMPTS: usize = 3;
+const ORPHAN_ATTEMPTS: usize = 3;
 
 /// The leaders of shards 0 and 1, once on two different nodes and the same
 /// a second apart (each group's lead moves to its preferred node — shard
 /// 0: node 1, shard 1: node 2 — once settled; no transfer under way).
-pub(crate) fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
+fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
     let started = std::time::Instant::now();
     let mut last = None;
     loop {
@@ -299,7 +299,7 @@ pub(crate) fn two_settled_leaders(cluster: &mut Cluster) -> (u64, u64) {
 /// shard 0, the decider, is prepared, the one on shard 1 waits on the
 /// frozen leader — and the coordinator's node is killed then. Returns the
 /// batch's answer if it came before the kill (no orphan this time).
-pub(crate) fn orphan_a_batch(
+fn orphan_a_batch(
     cluster: &mut Cluster,
     coordinator: u64,
     frozen: u64,
@@ -314,6 +314,35 @@ pub(crate) fn orphan_a_batch(
     cluster.nodes.get_mut(&coordinator).unwrap().sigkill();
     cluster.nodes[&frozen].signal(libc::SIGCONT);
     conn.read_frame().map(|f| f.json())
+}
+
+/// A batch left in doubt by `orphan_a_batch`: its coordinator's node
+/// (killed, not restarted) and its two instances.
+pub(crate) struct Orphan {
+    pub coordinator: u64,
+    pub a: String,
+    pub b: String,
+}
+
+/// Orphan a batch across instances `<prefix>…` of shards 0 and 1, again
+/// (after restarting the coordinator's node) while the batch is answered
+/// before the kill; panics after `ORPHAN_ATTEMPTS` tries.
+pub(crate) fn orphan_one(cluster: &mut Cluster, prefix: &str) -> Orphan {
+    let (on0, on1) = (
+        ids_on_shard(prefix, 0, ORPHAN_ATTEMPTS),
+        ids_on_shard(prefix, 1, ORPHAN_ATTEMPTS),
+    );
+    for (attempt, (a, b)) in on0.into_iter().zip(on1).enumerate() {
+        let (coordinator, frozen) = two_settled_leaders(cluster);
+        match orphan_a_batch(cluster, coordinator, frozen, &a, &b) {
+            None => return Orphan { coordinator, a, b },
+            Some(early) => {
+                cluster.nodes.get_mut(&coordinator).unwrap().restart();
+                eprintln!("attempt {attempt}: answered before the kill ({early:?}); again");
+            }
+        }
+    }
+    panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");
 }
 
 #[test]
@@ -385,64 +414,50 @@ fn an_operation_parked_behind_a_part_in_doubt_does_not_fail_those_forwarded_with
     let beside = ids_on_shard("beside", 0, BESIDE_PARKED_OPS);
     let ids: Vec<&str> = beside.iter().map(String::as_str).collect();
     cluster.flip_instances(first, &ids);
-    let (on0, on1) = (
-        ids_on_shard("p", 0, ORPHAN_ATTEMPTS),
-        ids_on_shard("p", 1, ORPHAN_ATTEMPTS),
-    );
-    for attempt in 0..ORPHAN_ATTEMPTS {
-        let (coordinator, frozen) = two_settled_leaders(&mut cluster);
-        let (a, b) = (&on0[attempt], &on1[attempt]);
-        if let Some(early) = orphan_a_batch(&mut cluster, coordinator, frozen, a, b) {
-            cluster.nodes.get_mut(&coordinator).unwrap().restart();
-            eprintln!("attempt {attempt}: answered before the kill ({early:?}); again");
-            continue;
-        }
-        // Through the live node that does not lead shard 0: an operation
-        // on the locked instance, then flips of free ones, in one write —
-        // forwarded in one call.
-        let leader = cluster.leader();
-        let via = *cluster
-            .nodes
-            .keys()
-            .find(|&&n| n != coordinator && n != leader)
-            .unwrap();
-        let mut raw = cluster.raw(via);
-        let mut out = rcpx_json(&request(
-            "parked",
+    let Orphan { coordinator, a, .. } = orphan_one(&mut cluster, "p");
+    // Through the live node that does not lead shard 0: an operation on
+    // the locked instance, then flips of free ones, in one write —
+    // forwarded in one call.
+    let leader = cluster.leader();
+    let via = *cluster
+        .nodes
+        .keys()
+        .find(|&&n| n != coordinator && n != leader)
+        .unwrap();
+    let mut raw = cluster.raw(via);
+    let mut out = rcpx_json(&request(
+        "parked",
+        "APPLY_EVENT",
+        json!({"instance_id": a, "event": "FLIP"}),
+    ));
+    for (i, id) in beside.iter().enumerate() {
+        let flip = json!({"instance_id": id, "event": "FLIP"});
+        out.extend(rcpx_json(&request(
+            &format!("beside-{i}"),
             "APPLY_EVENT",
-            json!({"instance_id": a, "event": "FLIP"}),
-        ));
-        for (i, id) in beside.iter().enumerate() {
-            let flip = json!({"instance_id": id, "event": "FLIP"});
-            out.extend(rcpx_json(&request(
-                &format!("beside-{i}"),
-                "APPLY_EVENT",
-                flip,
-            )));
-        }
-        let sent = std::time::Instant::now();
-        raw.stream.write_all(&out).expect("write");
-        let mut answers: Vec<Value> = (0..=BESIDE_PARKED_OPS)
-            .map(|_| raw.read_response())
-            .collect();
-        eprintln!("answered in {:?}", sent.elapsed());
-        answers.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_string());
-        let (parked, others) = answers.split_last().expect("answers");
-        for r in others {
-            assert_eq!(r["status"], "ok", "beside the parked operation: {r}");
-        }
-        // The parked one: run once the part is decided, or refused as
-        // retryable with its outcome unknown — never a hang.
-        eprintln!("the parked operation: {parked}");
-        assert_eq!(parked["id"], "parked");
-        assert!(
-            parked["status"] == "ok" || parked["error"]["retryable"] == true,
-            "the parked operation: {parked}"
-        );
-        cluster.nodes.get_mut(&coordinator).unwrap().restart();
-        return;
+            flip,
+        )));
     }
-    panic!("in {ORPHAN_ATTEMPTS} attempts the batch was always answered before the kill");
+    let sent = std::time::Instant::now();
+    raw.stream.write_all(&out).expect("write");
+    let mut answers: Vec<Value> = (0..=BESIDE_PARKED_OPS)
+        .map(|_| raw.read_response())
+        .collect();
+    eprintln!("answered in {:?}", sent.elapsed());
+    answers.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_string());
+    let (parked, others) = answers.split_last().expect("answers");
+    for r in others {
+        assert_eq!(r["status"], "ok", "beside the parked operation: {r}");
+    }
+    // The parked one: run once the part is decided, or refused as
+    // retryable with its outcome unknown — never a hang.
+    eprintln!("the parked operation: {parked}");
+    assert_eq!(parked["id"], "parked");
+    assert!(
+        parked["status"] == "ok" || parked["error"]["retryable"] == true,
+        "the parked operation: {parked}"
+    );
+    cluster.nodes.get_mut(&coordinator).unwrap().restart();
 }
 
 /// Cross-shard batches before the log moves on: each leaves a prepared part
