@@ -7,13 +7,13 @@
 # per op (and the watch report). <variant> set the prototype's environment
 # overrides, which are not in main: base = XNOBLOCK=1 (every commit through
 # io_uring, the code before), light = XBLOCKMAX=4 (blocking after a turn of
-# at most 4 messages, what landed), anything else = blocking whenever the
+# at most 4 messages, what landed), t16 = XBLOCKMAX=16, anything else = blocking whenever the
 # mailbox was empty. Runs of the landed binary were made with variant light.
 cd "$(dirname "$0")/../../.."
 L=$1; FS=$2; WL=$3; C=$4; P=$5
 PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 D=$(mktemp -d /tmp/inl-ab.XXXX)
-unset XNOBLOCK XBLOCKMAX; if [ "$L" = base ]; then export XNOBLOCK=1; fi; if [ "$L" = light ]; then export XBLOCKMAX=4; fi
+unset XNOBLOCK XBLOCKMAX; if [ "$L" = base ]; then export XNOBLOCK=1; fi; if [ "$L" = light ]; then export XBLOCKMAX=4; fi; if [ "$L" = t16 ]; then export XBLOCKMAX=16; fi
 CORESTATE_HTTP_LISTEN=off target/release/corestate --bind 127.0.0.1:$PORT --data-dir $D --fsync $FS >$D/server.log 2>&1 &
 SP=$!
 sleep 1.5
