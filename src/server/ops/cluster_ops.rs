@@ -13,7 +13,8 @@
 //! * `CLUSTER_RESOLVE_BATCH {"txid": "…", "outcome": "commit"|"abort"}`
 //!   settles the parts of a cross-shard batch left in doubt that nothing
 //!   else can settle (`shards::operator_ruling`): the decider's decision
-//!   wins where its log holds one; the operator's only where it forgot.
+//!   wins where its log holds one; an undecided batch can only be
+//!   aborted; the operator's outcome stands only where the decider forgot.
 //!   `txid` as REPLICATION_STATUS's `batches_in_doubt` and the node's log
 //!   name it: a decimal string (or a JSON integer).
 //!
