@@ -30,7 +30,7 @@
 
 use std::time::Duration;
 
-use super::committed_ids::Verdict;
+use super::committed_ids::{txid_counter, Verdict};
 use super::replay::{Publish, ReplayCounts};
 use super::runner::Shard;
 use super::state::ShardState;
@@ -207,7 +207,7 @@ impl Shard {
             .map(|(decider, _)| *decider))
     }
 
-    /// The parts this member holds in doubt, oldest txid first, at most
+    /// The parts this member holds in doubt, oldest first, at most
     /// `BATCHES_IN_DOUBT_LISTED_MAX` of them, for REPLICATION_STATUS:
     /// `txid` (a decimal string: JSON readers lose digits of a u64 past
     /// 2^53), `decider` and `held_ms` (since this member prepared it, or
@@ -222,7 +222,9 @@ impl Shard {
             .iter()
             .map(|(txid, (decider, _))| (*txid, *decider))
             .collect();
-        parts.sort_unstable();
+        // Oldest first: by the txid's clock part (its top bits name the
+        // node that made it).
+        parts.sort_unstable_by_key(|&(txid, _)| (txid_counter(txid), txid));
         parts
             .into_iter()
             .take(BATCHES_IN_DOUBT_LISTED_MAX)
