@@ -317,13 +317,24 @@ impl Cluster {
 
 /// APPLY_EVENT FLIP on instance `id` over `conn`, `n` times one at a time
 /// (each write its own entry: pipelined writes share one entry per turn);
-/// the offsets, in order.
+/// the offsets, in order. A flip refused as surely not applied (the lead
+/// moving: an election, or the groups' leader balancing) is sent again,
+/// as a client would; any other error fails the test.
 pub fn flips_one_at_a_time(conn: &mut RawClient, id: &str, n: usize) -> Vec<u64> {
     (0..n)
         .map(|i| {
-            let r = conn.call("APPLY_EVENT", json!({"instance_id": id, "event": "FLIP"}));
-            assert_eq!(r["status"], "ok", "flip {i}: {r}");
-            r["result"]["wal_offset"].as_u64().expect("an offset")
+            let started = std::time::Instant::now();
+            loop {
+                let r = conn.call("APPLY_EVENT", json!({"instance_id": id, "event": "FLIP"}));
+                let not_applied = r["error"]["retryable"] == true
+                    && r["error"]["details"]["outcome"] == "not_applied";
+                if not_applied && started.elapsed() < CLUSTER_SETTLE_TIMEOUT {
+                    std::thread::sleep(LEADER_POLL);
+                    continue;
+                }
+                assert_eq!(r["status"], "ok", "flip {i}: {r}");
+                return r["result"]["wal_offset"].as_u64().expect("an offset");
+            }
         })
         .collect()
 }
