@@ -8,6 +8,7 @@ pub mod command;
 pub mod committed_ids;
 mod decisions;
 mod deferred;
+mod dispatch;
 pub mod events;
 pub mod group_link;
 pub mod log_read;

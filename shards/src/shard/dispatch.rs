@@ -1,0 +1,181 @@
+//! What a shard does with each message of its mailbox (`run_admitted`),
+//! once admission let it in (`admission.rs`) and no prepared cross-shard
+//! batch holds what it touches: a message that touches an instance a
+//! prepared part has locked is parked, in order, until the part is decided
+//! (`participant.rs`). The loop that takes the messages and commits each
+//! turn is `runner.rs`.
+
+use super::command::{Command, ShardMsg};
+use super::deferred::Deferred;
+use super::runner::Shard;
+use crate::wal::record::RecordKind;
+
+impl Shard {
+    fn blocked(&self, msg: &ShardMsg) -> bool {
+        match msg {
+            ShardMsg::List { .. } => !self.txns.is_empty(),
+            // A flush between a part's prepare and its commit would leave
+            // the commit nothing to apply to.
+            ShardMsg::Flush { .. } => !self.txns.is_empty() || !self.txn_log.in_doubt.is_empty(),
+            _ => msg
+                .instance_ids()
+                .iter()
+                .any(|id| self.locked.contains_key(*id)),
+        }
+    }
+
+    pub(super) fn handle(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
+        if let Some(msg) = self.admit(msg) {
+            self.run_admitted(msg, now, deferred);
+        }
+    }
+
+    /// Run a message its client's budget admitted (or that needs none).
+    pub(super) fn run_admitted(&mut self, msg: ShardMsg, now: u64, deferred: &mut Vec<Deferred>) {
+        if self.blocked(&msg) {
+            self.parked.push_back(msg);
+            return;
+        }
+        match msg {
+            ShardMsg::Exec { cmd, reply } => {
+                let wal = &mut self.wal;
+                let result = match cmd {
+                    Command::Create(c) => self.state.create_instance(c, now, wal),
+                    Command::Apply(c) => self.state.apply_event(c, now, wal),
+                    Command::Delete(c) => self.state.delete_instance(c, now, wal),
+                    Command::Get { instance_id } => self.state.get_instance(&instance_id),
+                };
+                // Charged now, not when answered: later requests of a client
+                // whose budget this spends wait from here on.
+                let charge = reply.charge_for(&result);
+                deferred.push(Deferred::Conn(reply, result, charge));
+            }
+            ShardMsg::InstallMachine {
+                def,
+                raw_definition,
+                done,
+            } => {
+                let result = self
+                    .state
+                    .install_machine(def, &raw_definition, now, &mut self.wal);
+                deferred.push(Deferred::Install(done, result));
+            }
+            ShardMsg::List {
+                query,
+                done,
+                budget,
+            } => {
+                let mut page = self.state.list_instances(&query);
+                let bytes: usize = page.rows.iter().map(|(id, row)| id.len() + row.len()).sum();
+                page.charge = budget.and_then(|(b, _)| b.charge(bytes));
+                deferred.push(Deferred::List(done, page));
+            }
+            // Only a member's leader is sent these; a standalone shard runs
+            // what it is given.
+            ShardMsg::Forwarded(inner) => self.run_admitted(*inner, now, deferred),
+            ShardMsg::Unpark => self.wake_waiting = true,
+            // A view of the group, not of the data: answered at once.
+            ShardMsg::GroupStatus { done } => {
+                let _ = done.send(self.group_status());
+            }
+            // A standalone shard leads nothing (a member's loop hands over
+            // in `replica.rs`).
+            ShardMsg::HandOver { done } => {
+                let _ = done.send(Ok(None));
+            }
+            ShardMsg::ChangeMembers { done, .. } => {
+                let _ = done.send(Err(super::member_gate::not_a_member()));
+            }
+            ShardMsg::Machines { done } => {
+                let machines = self.state.machines.iter().cloned().collect();
+                deferred.push(Deferred::Machines(done, Ok(machines)));
+            }
+            ShardMsg::Stats { done } => deferred.push(Deferred::Stats(done)),
+            #[cfg(test)]
+            ShardMsg::Audit { done } => {
+                let _ = done.send(self.audit());
+            }
+            ShardMsg::AtomicBatch { ops, done } => {
+                let vote = self.atomic_batch(ops, now);
+                deferred.push(Deferred::Vote(done, vote));
+            }
+            ShardMsg::Prepare {
+                txid,
+                decider,
+                ops,
+                done,
+            } => {
+                let vote = self.prepare(txid, decider, ops, now);
+                deferred.push(Deferred::Vote(done, vote));
+            }
+            ShardMsg::Decide { txid, commit, done } => {
+                let verdict = self.decide(txid, commit, now);
+                deferred.push(Deferred::Verdict(done, verdict));
+                self.unpark(now, deferred);
+            }
+            ShardMsg::Decision { txid, done } => {
+                deferred.push(Deferred::Verdict(done, self.logged_decision(txid)));
+            }
+            ShardMsg::InDoubt {
+                older_than_ms,
+                done,
+            } => {
+                let _ = done.send(self.in_doubt_older_than(older_than_ms));
+            }
+            ShardMsg::PartInDoubt { txid, done } => {
+                let _ = done.send(self.part_in_doubt(txid));
+            }
+            ShardMsg::AdvanceWatermark => self.raise_watermark(),
+            ShardMsg::Shutdown { done } => self.stopping = Some(done),
+            ShardMsg::Flush { done } => {
+                let result = self
+                    .wal
+                    .append(RecordKind::Flush, now, |_| {})
+                    .map(|_| self.state.flush());
+                // Reclaim the space once a snapshot covers the flush (a
+                // member's group snapshots cover it in their time).
+                if result.is_ok() && self.member.is_none() {
+                    self.request_compaction(true, None);
+                }
+                deferred.push(Deferred::Flushed(done, result));
+            }
+            ShardMsg::Compact {
+                force_snapshot,
+                done,
+            } => self.request_compaction(force_snapshot, Some(done)),
+            ShardMsg::SnapshotInstance { instance_id, done } => {
+                let result = self.snapshot_instance(&instance_id);
+                deferred.push(Deferred::Snapshot(done, result));
+            }
+            ShardMsg::ReadLog {
+                from_offset,
+                max_records,
+                max_bytes,
+                done,
+            } => {
+                let chunk = self.read_entries(from_offset, max_records, max_bytes);
+                deferred.push(Deferred::Entries(done, chunk));
+            }
+            ShardMsg::ReadEvents {
+                from_offset,
+                max_records,
+                max_bytes,
+                done,
+            } => {
+                let chunk = self.read_events(from_offset, max_records, max_bytes);
+                deferred.push(Deferred::Events(done, chunk));
+            }
+        }
+    }
+
+    /// Re-run messages parked behind a batch's locks, in their order; those
+    /// still blocked park again. (They were admitted already: running them
+    /// through admission again could put them behind a later request of
+    /// their client.)
+    pub(super) fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
+        let parked = std::mem::take(&mut self.parked);
+        for msg in parked {
+            self.run_admitted(msg, now, deferred);
+        }
+    }
+}
