@@ -2,6 +2,7 @@
 //! parameters, response envelopes.
 
 pub mod frame;
+pub mod json_tape;
 pub mod op;
 pub mod params;
 pub mod request;

@@ -8,7 +8,9 @@
 use serde_json::Value;
 use shards::json::canonical;
 use shards::EngineError;
+use simd_json::Node;
 
+use super::json_tape;
 use super::op::Op;
 
 /// Deepest JSON nesting accepted in a request; deeper documents are refused
@@ -65,7 +67,7 @@ impl TextDefect {
 pub fn parse_json_document(text: &mut [u8]) -> Result<Value, EngineError> {
     check_text(text, REQUEST_JSON_DEPTH_MAX)
         .map_err(|defect| EngineError::bad_request(defect.message()))?;
-    simd_json::serde::from_slice(text)
+    json_tape::parse_value(text)
         .map_err(|e| EngineError::bad_request(format!("malformed JSON: {e}")))
 }
 
@@ -263,37 +265,58 @@ fn id_json(v: Option<&Value>) -> Option<Vec<u8>> {
     }
 }
 
-/// Parse one request payload. `payload` is scratch: simd-json parses in place.
-pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
-    let bad = |id_json: Vec<u8>, detail: String| BadEnvelope {
+/// A `BAD_REQUEST` answered under `id_json`.
+fn bad(id_json: Vec<u8>, detail: String) -> BadEnvelope {
+    BadEnvelope {
         id_json,
         error: EngineError::bad_request(detail),
-    };
+    }
+}
+
+/// Parse one request payload. `payload` is scratch: simd-json parses in place.
+pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
     if let Err(defect) = check_text(payload, REQUEST_JSON_DEPTH_MAX) {
         return Err(bad(
             salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
             defect.message(),
         ));
     }
-    let value: Value = match simd_json::serde::from_slice(payload) {
-        Ok(v) => v,
+    match json_tape::with_tape(payload, read_envelope) {
+        Ok(read) => read,
         Err(e) => {
             // The parser works in place, but ids come before anything it
             // rewrites (escaped strings) in every client's requests.
             let id = salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec());
-            return Err(bad(id, format!("malformed JSON: {e}")));
+            Err(bad(id, format!("malformed JSON: {e}")))
         }
-    };
-    let Value::Object(mut obj) = value else {
+    }
+}
+
+/// The request in a parsed document: its envelope's fields read from the
+/// tape, only `params` built into a tree (`json_tape` says why). A field
+/// given twice counts with its later value.
+fn read_envelope(nodes: &[Node<'_>]) -> Result<Request, BadEnvelope> {
+    if !matches!(nodes.first(), Some(Node::Object { .. })) {
         return Err(bad(
             NULL_ID.to_vec(),
             "request must be a JSON object".into(),
         ));
-    };
-    let id = id_json(obj.get("id"));
+    }
+    let (mut id_at, mut type_at, mut op_at, mut params_at) = (None, None, None, None);
+    for (key, at) in json_tape::members(nodes) {
+        match key {
+            "id" => id_at = Some(at),
+            "type" => type_at = Some(at),
+            "op" => op_at = Some(at),
+            "params" => params_at = Some(at),
+            _ => {}
+        }
+    }
+    let node = |at: usize| nodes.get(at..).unwrap_or_default();
+    let id = id_at.and_then(|at| id_json(Some(&json_tape::value_at(node(at)).0)));
     let echo = id.clone().unwrap_or_else(|| NULL_ID.to_vec());
-    match obj.get("type") {
-        Some(Value::String(_)) => {}
+    match type_at.map(|at| node(at).first()) {
+        Some(Some(Node::String(_))) => {}
         Some(_) => {
             return Err(bad(
                 echo,
@@ -303,15 +326,15 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
         None => return Err(bad(echo, "missing field `type`".into())),
     }
     let Some(id_json) = id else {
-        let detail = if obj.contains_key("id") {
+        let detail = if id_at.is_some() {
             "invalid type for `id`, expected a string"
         } else {
             "missing field `id`"
         };
         return Err(bad(NULL_ID.to_vec(), detail.into()));
     };
-    let op = match obj.get("op") {
-        Some(Value::String(name)) => match Op::from_name(name) {
+    let op = match op_at.map(|at| node(at).first()) {
+        Some(Some(Node::String(name))) => match Op::from_name(name) {
             Some(op) => op,
             None => return Err(bad(id_json, format!("unknown op `{name}`"))),
         },
@@ -323,7 +346,7 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
         }
         None => return Err(bad(id_json, "missing field `op`".into())),
     };
-    let params = obj.remove("params").unwrap_or(Value::Null);
+    let params = params_at.map_or(Value::Null, |at| json_tape::value_at(node(at)).0);
     Ok(Request {
         id_json,
         op,
@@ -382,6 +405,29 @@ mod tests {
         assert_eq!(e.id_json, b"null");
         let e = parse(r#"{"id":"1","op":"PING"}"#).err().unwrap();
         assert!(e.error.message.contains("missing field `type`"));
+    }
+
+    #[test]
+    fn a_field_given_twice_counts_with_its_later_value() {
+        let r = parse(r#"{"type":1,"type":"request","id":"1","op":"NOPE","op":"PING","params":[1],"params":{"a":2}}"#)
+            .ok()
+            .unwrap();
+        assert_eq!((r.op, r.id_json), (Op::Ping, br#""1""#.to_vec()));
+        assert_eq!(r.params, serde_json::json!({"a": 2}));
+        let e = parse(r#"{"type":"request","id":"1","id":{},"op":"PING"}"#)
+            .err()
+            .unwrap();
+        assert!(e.error.message.contains("invalid type for `id`"));
+        let e = parse(r#"{"type":"request","id":"3","op":"PING","type":null}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.id_json, br#""3""#);
+        assert!(e.error.message.contains("invalid type for `type`"));
+        assert!(parse(r#"["type","request"]"#).is_err());
+        let r = parse(r#"{"type":"request","id":-2.5e3,"op":"PING","x":{"op":"NOPE"}}"#)
+            .ok()
+            .unwrap();
+        assert_eq!((r.op, r.id_json), (Op::Ping, b"-2500.0".to_vec()));
     }
 
     #[test]
