@@ -55,14 +55,41 @@ start_single() {
 # Starts three nodes: PORTS (their RCP ports) and NODE_PIDS, by node.
 start_cluster() { start_bench_cluster "$PIN_CORES" "$FSYNC" "$WORK"; }
 
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# Over the measured window of a cluster run (after the 2 s warm-up), the
+# cores each node used, one line per node ("<port> <role> <cores>"), to OUT
+# beside the run's JSON: where the cluster's CPU goes, node by node.
+sample_nodes() { # file lead_port
+  local file=$1 lead=$2 i before=() after=()
+  sleep 2
+  for i in 0 1 2; do before[$i]=$(cpu_secs "${NODE_PIDS[$i]}"); done
+  sleep "$DUR"
+  for i in 0 1 2; do after[$i]=$(cpu_secs "${NODE_PIDS[$i]}"); done
+  for i in 0 1 2; do
+    local role=follower
+    [ "${PORTS[$i]}" = "$lead" ] && role=leader
+    echo "${PORTS[$i]} $role $(python3 -c "print(round((${after[$i]} - ${before[$i]}) / $DUR, 3))")"
+  done >"$file"
+}
+
 run() { # label port pid cell rep
   local label=$1 port=$2 pid=$3 cell=$4 rep=$5
   IFS=: read -r wl conns pipe <<<"$cell"
   local json="$OUT/$label-$wl-$conns-$pipe-$rep.json"
+  local sampler=
+  if [ "$label" != single ]; then
+    local lead
+    lead=$(leader_port "${PORTS[@]}")
+    sample_nodes "$OUT/$label-$wl-$conns-$pipe-$rep.cores" "$lead" &
+    sampler=$!
+  fi
   "$BENCH" --addr 127.0.0.1:"$port" --workload "$wl" --connections "$conns" --pipeline "$pipe" \
     --duration "$DUR" --warmup 2 --instances 1000 --server-pid "$pid" --tag "deployment=$label" \
     --tag "fsync=$FSYNC" --json "$json" >/dev/null 2>"$OUT/$label-$wl-$conns-$pipe-$rep.log" ||
     echo "bench $label $cell failed (see $OUT/$label-$wl-$conns-$pipe-$rep.log)" >&2
+  if [ -n "$sampler" ]; then wait "$sampler"; fi
 }
 
 start_single
@@ -99,6 +126,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     r, c = d["results"], d["config"]
     key = (c["workload"], c["connections"], c["pipeline"])
     label = d["tags"]["deployment"]
+    r["_path"] = path
     rows.setdefault(key, {}).setdefault(label, []).append(r)
 lines = [
     f"# 3-node cluster vs single node, fsync {fsync}, {dur} s per run, cluster nodes pinned: {pin}",
@@ -135,6 +163,35 @@ for (wl, conns, pipe), by in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0
         f"| {wl} {conns}×{pipe} | {cell(runs[0])} | {cell(runs[1])} | {ratio(l)} | {cell(runs[2])} |"
         f" {ratio(f)} | {p50} | {errs} |"
     )
+lines += [
+    "",
+    "Cores each node used over the measured window of the median run (from /proc, user +"
+    " system), and its CPU per acknowledged operation:",
+    "",
+    "| cell | driven through | leader cores (µs/op) | followers' cores (µs/op) | single node cores (µs/op) |",
+    "|---|---|---|---|---|",
+]
+for (wl, conns, pipe), by in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    s = median(by.get("single", []))
+    single = "–"
+    if s and s.get("server_cpu"):
+        sc = s["server_cpu"]
+        single = f"{sc['cores_busy']:.2f} ({sc['per_op_us']:.1f})"
+    for label in ("cluster-leader", "cluster-follower"):
+        m = median(by.get(label, []))
+        if not m:
+            continue
+        path = m["_path"][: -len(".json")] + ".cores"
+        if not os.path.exists(path):
+            continue
+        nodes = [l.split() for l in open(path) if l.strip()]
+        per_op = lambda c: f"{float(c):.2f} ({float(c) * 1e6 / ops(m):.1f})" if ops(m) else c
+        lead = [per_op(c) for _, role, c in nodes if role == "leader"]
+        rest = [per_op(c) for _, role, c in nodes if role != "leader"]
+        lines.append(
+            f"| {wl} {conns}×{pipe} | {label.split('-')[1]} | {', '.join(lead) or '–'} |"
+            f" {', '.join(rest)} | {single} |"
+        )
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
