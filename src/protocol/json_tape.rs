@@ -182,7 +182,10 @@ mod tests {
 
     #[test]
     fn a_long_document_releases_the_buffers_and_parsing_goes_on() {
-        let long = format!(r#"{{"s":"{}"}}"#, "x".repeat(PARSE_BUFFERS_KEPT_INPUT_BYTES_MAX));
+        let long = format!(
+            r#"{{"s":"{}"}}"#,
+            "x".repeat(PARSE_BUFFERS_KEPT_INPUT_BYTES_MAX)
+        );
         assert_eq!(through_tape(&long), through_serde(&long));
         assert_eq!(through_tape(r#"{"k":2}"#), serde_json::json!({"k": 2}));
         assert!(parse_value(&mut b"{\"k\":".to_vec()).is_err());
@@ -203,7 +206,9 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<u64>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
             "\\PC{0,8}".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 32, 4, |inner| {

@@ -155,7 +155,8 @@ fn write_number(out: &mut Vec<u8>, n: &Number) {
     }
 }
 
-fn write_u64(out: &mut Vec<u8>, mut u: u64) {
+/// Append `u` in decimal, with no allocation (it is on every answer's path).
+pub fn write_u64(out: &mut Vec<u8>, mut u: u64) {
     // u64::MAX has 20 decimal digits.
     let mut digits = [0u8; 20];
     let mut start = digits.len();

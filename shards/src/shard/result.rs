@@ -5,6 +5,11 @@ use serde_json::Value;
 
 use crate::json::canonical;
 
+/// What a result starts with room for: a GET_INSTANCE answer with a small
+/// context (~150–250 bytes) fits without growing; the buffer grew twice
+/// from 64 before.
+pub const RESULT_INITIAL_CAPACITY_BYTES: usize = 256;
+
 pub struct ResultWriter {
     out: Vec<u8>,
     #[cfg(debug_assertions)]
@@ -19,7 +24,7 @@ impl Default for ResultWriter {
 
 impl ResultWriter {
     pub fn new() -> Self {
-        Self::with_capacity(64)
+        Self::with_capacity(RESULT_INITIAL_CAPACITY_BYTES)
     }
 
     pub fn with_capacity(n: usize) -> Self {
@@ -56,7 +61,7 @@ impl ResultWriter {
 
     pub fn u64(&mut self, k: &'static str, v: u64) -> &mut Self {
         self.key(k);
-        self.out.extend_from_slice(itoa_u64(v).as_bytes());
+        canonical::write_u64(&mut self.out, v);
         self
     }
 
@@ -84,10 +89,6 @@ impl ResultWriter {
         self.out.push(b'}');
         self.out
     }
-}
-
-fn itoa_u64(v: u64) -> String {
-    v.to_string()
 }
 
 #[cfg(test)]

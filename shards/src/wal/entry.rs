@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::json::canonical::{write_str, write_value};
+use crate::json::canonical::{write_str, write_u64, write_value};
 
 /// A decoded entry.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,7 +125,7 @@ fn instance_entry_head(out: &mut Vec<u8>, open: &[u8], id: &str, machine: &str, 
     key(out, false, "machine");
     write_str(out, machine);
     key(out, false, "version");
-    out.extend_from_slice(version.to_string().as_bytes());
+    write_u64(out, u64::from(version));
 }
 
 fn opt_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
@@ -146,7 +146,7 @@ pub fn write_put_machine(
     key(out, true, "machine");
     write_str(out, machine);
     key(out, false, "version");
-    out.extend_from_slice(version.to_string().as_bytes());
+    write_u64(out, u64::from(version));
     key(out, false, "definition_hash");
     write_str(out, definition_hash);
     key(out, false, "definition");
