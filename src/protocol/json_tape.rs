@@ -60,7 +60,7 @@ pub fn parse_value(text: &mut [u8]) -> Result<Value, simd_json::Error> {
 
 /// How many nodes the value starting at `nodes[0]` spans (1 for an empty
 /// slice, which a well-formed tape never hands out).
-pub fn span(nodes: &[Node<'_>]) -> usize {
+fn span(nodes: &[Node<'_>]) -> usize {
     match nodes.first() {
         Some(Node::Object { count, .. } | Node::Array { count, .. }) => count + 1,
         _ => 1,
