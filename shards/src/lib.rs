@@ -9,6 +9,7 @@ pub mod error;
 pub mod instance;
 pub mod instance_table;
 pub mod json;
+pub mod latency;
 pub mod machine;
 pub mod operator_ruling;
 pub mod router;

@@ -443,43 +443,13 @@ pub async fn scrape(ctx: &ServerCtx) -> String {
             out.sample(name, &[("shard", &s.shard.to_string())], value(s));
         }
     }
-    let name = "corestate_shard_wal_commit_latency_seconds";
-    out.header(
-        name,
-        "histogram",
+    super::group::render_latency(
+        &mut out,
+        "corestate_shard_wal_commit_latency_seconds",
         "Group commit latency (write + sync of one group), by shard.",
+        answered.iter().map(|s| (s.shard, &s.wal.commit_latency)),
     );
-    for s in &answered {
-        let shard = s.shard.to_string();
-        let mut cumulative = 0u64;
-        for (bound_us, n) in shards::wal::writer::COMMIT_LATENCY_BUCKETS_US
-            .iter()
-            .zip(s.wal.commit_latency_buckets)
-        {
-            cumulative += n;
-            let le = format!("{}", *bound_us as f64 / 1e6);
-            out.sample(
-                &format!("{name}_bucket"),
-                &[("shard", &shard), ("le", &le)],
-                cumulative as f64,
-            );
-        }
-        out.sample(
-            &format!("{name}_bucket"),
-            &[("shard", &shard), ("le", "+Inf")],
-            s.wal.group_commits as f64,
-        );
-        out.sample(
-            &format!("{name}_sum"),
-            &[("shard", &shard)],
-            s.wal.commit_latency_sum_us as f64 / 1e6,
-        );
-        out.sample(
-            &format!("{name}_count"),
-            &[("shard", &shard)],
-            s.wal.group_commits as f64,
-        );
-    }
+    super::group::render_groups(&mut out, &answered);
 
     if let Some(hooks) = &ctx.webhooks {
         hooks.render(&mut out);

@@ -18,10 +18,12 @@
 //! * `rstmdb_subscriptions_active` is exact: it falls when a subscription
 //!   ends, including by disconnect;
 //! * the WAL read counters count what WAL_READ, watch catch-up and recovery
-//!   read; replication metrics are not exported (there is no replication).
+//!   read; replication is reported per shard group (`corestate_group_*`,
+//!   `group.rs`), not with 0.3's replica series.
 //!
 //! Labelled series appear after their first observation, as in 0.3.
 
+pub mod group;
 pub mod http;
 pub mod process;
 

@@ -36,6 +36,8 @@ pub struct Cluster {
     pub links: BTreeMap<(u64, u64), FaultProxy>,
     /// Each node's peer port.
     pub peers: BTreeMap<u64, u16>,
+    /// Each node's metrics endpoint (Prometheus text at `/metrics`).
+    pub metrics: BTreeMap<u64, std::net::SocketAddr>,
     settings: String,
     shards: usize,
     dir: TempDir,
@@ -81,6 +83,7 @@ impl Cluster {
             }
         }
         let mut nodes = BTreeMap::new();
+        let mut metrics = BTreeMap::new();
         for (&id, port) in &peers {
             // Whom this node dials where: a proxy per link when proxied.
             let members: String = peers
@@ -92,13 +95,15 @@ impl Cluster {
                     format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n")
                 })
                 .collect();
-            let node = start_node(&dir, id, *port, settings, &members, shards);
+            let (node, endpoint) = start_node(&dir, id, *port, settings, &members, shards);
             nodes.insert(id, node);
+            metrics.insert(id, endpoint);
         }
         Cluster {
             nodes,
             links,
             peers,
+            metrics,
             settings: settings.to_string(),
             shards,
             dir,
@@ -117,8 +122,9 @@ impl Cluster {
             .map(|(peer, port)| format!("      - {{id: {peer}, peer: \"127.0.0.1:{port}\"}}\n"))
             .collect();
         let settings = format!("{}    join: true\n", self.settings);
-        let server = start_node(&self.dir, id, port, &settings, &members, self.shards);
+        let (server, endpoint) = start_node(&self.dir, id, port, &settings, &members, self.shards);
         self.nodes.insert(id, server);
+        self.metrics.insert(id, endpoint);
         port
     }
 
@@ -364,7 +370,8 @@ pub fn peer_tls_settings(cert: &Path, key: &Path, ca: &Path) -> String {
 
 /// Write node `id`'s config (peer listener on `port`, `settings` and
 /// `members` as YAML lines) into `dir` and start it on its data directory
-/// with `shards` shards.
+/// with `shards` shards; the node and its metrics endpoint (a fresh port,
+/// kept across restarts).
 fn start_node(
     dir: &TempDir,
     id: u64,
@@ -372,10 +379,11 @@ fn start_node(
     settings: &str,
     members: &str,
     shards: usize,
-) -> Server {
+) -> (Server, std::net::SocketAddr) {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], fresh_port()));
     // FLUSH_ALL is allowed (tests/cluster/storage_ops.rs runs it).
     let yaml = format!(
-        "storage:\n  allow_flush_all: true\ncorestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
+        "metrics:\n  enabled: true\n  bind_addr: \"{metrics}\"\nstorage:\n  allow_flush_all: true\ncorestate:\n  cluster:\n    node_id: {id}\n    name: cluster-tests\n    \
          token: {CLUSTER_TOKEN}\n    peer_listen: \"127.0.0.1:{port}\"\n{settings}    members:\n{members}"
     );
     let config = dir.path().join(format!("node-{id}.yaml"));
@@ -384,5 +392,6 @@ fn start_node(
     fs::create_dir_all(&data).expect("data dir");
     let config = config.display().to_string();
     let shards = shards.to_string();
-    Server::start_in(&data, &["--config", &config, "--shards", &shards])
+    let server = Server::start_in(&data, &["--config", &config, "--shards", &shards]);
+    (server, metrics)
 }

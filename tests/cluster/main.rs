@@ -20,6 +20,7 @@ mod graceful;
 mod harness;
 mod leader_restart;
 mod membership;
+mod metrics;
 mod operator_ruling;
 mod partition;
 mod peer_tls;

@@ -9,23 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{fresh_port, http_get, Server};
-
-/// Samples of an exposition: `name{labels}` → value.
-fn parse(body: &str) -> HashMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (key, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad sample line {l:?}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
-            (key.to_string(), value)
-        })
-        .collect()
-}
+use crate::support::{fresh_port, http_get, parse_exposition, Server};
 
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, headers, body) = http_get(addr, "/metrics").expect("scrape");
@@ -44,7 +28,7 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
             "no HELP for {name}"
         );
     }
-    parse(&body)
+    parse_exposition(&body)
 }
 
 fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {

@@ -19,3 +19,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     Ok((status.to_string(), headers.to_string(), body.to_string()))
 }
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+pub fn parse_exposition(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample line {l:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (key.to_string(), value)
+        })
+        .collect()
+}

@@ -145,6 +145,16 @@ fn note_result<C: WalTypes>(
     };
     let mut core = s.core.borrow_mut();
     core.stats = writer.stats();
+    // The writer's tallies only grow at the end: its last known segment
+    // may have grown, and segments may follow it.
+    let written = writer.written_per_segment();
+    let known = core.written.len();
+    if let (Some(last), Some(now)) = (core.written.last_mut(), written.get(known.wrapping_sub(1))) {
+        *last = *now;
+    }
+    if let Some(new) = written.get(known..) {
+        core.written.extend_from_slice(new);
+    }
     let report = retirement.report();
     if core.retire != *report {
         core.retire = report.clone();

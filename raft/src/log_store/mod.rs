@@ -46,8 +46,9 @@ use futures_channel::oneshot;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend};
 use shards::env::{Env, Storage};
+use shards::wal::files::RecoveredTallies;
 use shards::wal::record::{RecordKind, RECORD_PAYLOAD_MAX_BYTES};
-use shards::wal::recovery::{RecoveryError, TailRepair};
+use shards::wal::recovery::{RecoveryError, SegmentTally, TailRepair};
 use shards::wal::{Frontier, FsyncPolicy, OffsetClock, WalOpen, WalStats, WalWriter};
 
 pub use codec::{AppDataCodec, CodecError, WalEntry, WalLeaderId, WalLogId, WalTypes, WalVote};
@@ -129,6 +130,10 @@ struct Core<C: WalTypes> {
     /// A write failed: the store is stopped (fail-stop).
     failure: Option<String>,
     stats: WalStats,
+    /// Per segment, what recovery found in it; and what the flusher's
+    /// writer wrote to each since (as of its last group): WAL_STATS.
+    recovered: RecoveredTallies,
+    written: Vec<SegmentTally>,
     retire: RetireReport,
     open_segment: Option<OpenSegment>,
 }
@@ -216,6 +221,8 @@ impl<C: WalTypes> WalLogStore<C> {
                 queue: Vec::new(),
                 failure: None,
                 stats: writer.stats(),
+                recovered: RecoveredTallies::new(&scan.segment_records),
+                written: Vec::new(),
                 retire: retirement.report().clone(),
                 open_segment: None,
             }),
@@ -230,7 +237,7 @@ impl<C: WalTypes> WalLogStore<C> {
 
     /// The WAL's counters as of the last group written (syncs, groups).
     pub fn wal_stats(&self) -> WalStats {
-        self.shared.core.borrow().stats
+        self.reader().wal_stats()
     }
 
     /// A reader of this log (what `get_log_reader` gives openraft).

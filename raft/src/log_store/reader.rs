@@ -10,11 +10,12 @@ use std::rc::Rc;
 
 use openraft::{OptionalSend, RaftLogReader};
 use shards::env::{ReadFile, Storage};
+use shards::wal::files::LogFiles;
 use shards::wal::record::{
     decode_record, RecordKind, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES,
 };
 use shards::wal::segment::segment_path;
-use shards::wal::RecordPlace;
+use shards::wal::{RecordPlace, WalStats};
 
 use super::codec::{decode_entry, WalLogId, WalTypes};
 use super::Shared;
@@ -116,6 +117,20 @@ pub(super) fn read_entry<C: WalTypes>(
 }
 
 impl<C: WalTypes> WalLogReader<C> {
+    /// The log's WAL counters as of the last group written (syncs, groups).
+    pub fn wal_stats(&self) -> WalStats {
+        self.shared.core.borrow().stats
+    }
+
+    /// The log's segment files now and what they hold (WAL_STATS): listed
+    /// from its directory, with what recovery found in each segment and
+    /// what was written to each since.
+    pub fn files(&self) -> io::Result<LogFiles> {
+        let core = self.shared.core.borrow();
+        core.recovered
+            .list(&*self.shared.storage, &self.shared.dir, &core.written)
+    }
+
     /// The first index of the log, when the log holds the entry `last`
     /// (same index, same term) and entries before it. By Raft's log
     /// matching, every log holding `last` holds the same entries up to it;

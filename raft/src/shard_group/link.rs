@@ -14,6 +14,8 @@ use shards::shard::group_link::{
     Committed, Deliveries, GroupLink, Leadership, LinkError, LinkFuture, LoggedTurn, MemberChange,
 };
 use shards::shard::ShardMsg;
+use shards::wal::files::LogFiles;
+use shards::wal::WalStats;
 
 use super::forward_batch::ForwardQueue;
 use super::member::{GroupError, GroupMember, GroupRaft, MemberSetup};
@@ -46,6 +48,9 @@ pub struct MemberLink {
     machine: LoopMachine,
     /// Operations for the leader, batched per turn (`forward_batch.rs`).
     forwards: ForwardQueue,
+    /// The group's term when this member started: every election since
+    /// raised it by one.
+    term_at_start: u64,
 }
 
 fn link_error(e: GroupError) -> LinkError {
@@ -184,8 +189,16 @@ impl GroupLink for MemberLink {
             let (ops, batches) = self.forwards.counts();
             obj.insert("forwarded_ops".into(), ops.into());
             obj.insert("forwarded_batches".into(), batches.into());
+            let term = obj.get("term").and_then(|t| t.as_u64()).unwrap_or(0);
+            let elections = term.saturating_sub(self.term_at_start);
+            obj.insert("elections_seen".into(), elections.into());
         }
         status
+    }
+
+    fn log_files(&self) -> std::io::Result<(WalStats, LogFiles)> {
+        let log = self.machine.log();
+        Ok((log.wal_stats(), log.files()?))
     }
 
     fn forward(&self, leader: u64, msg: ShardMsg) -> Result<(), Box<ShardMsg>> {
@@ -272,6 +285,7 @@ pub async fn start_loop_member(
         raft: member.raft().clone(),
         machine: member.machine().clone(),
         forwards: ForwardQueue::new(peers.clone(), shard),
+        term_at_start: member.raft().metrics().borrow_watched().current_term,
     });
     Ok((member, link, Deliveries { early, queue }, report))
 }

@@ -156,6 +156,10 @@ pub struct ShardStats {
     /// The next log segment cannot be made (a full disk): writes that need
     /// it are refused.
     pub rollover_failing: bool,
+    /// A replicated shard: its group as this member sees it (what
+    /// REPLICATION_STATUS reports), and how long its turns took to commit.
+    pub group: Option<serde_json::Value>,
+    pub turn_commit_latency: crate::latency::LatencyHistogram,
 }
 
 /// A shard's answer to an atomic batch part: every op's result, or the

@@ -27,6 +27,8 @@ use super::replay::{InDoubtPart, TxnLog};
 use super::state::ShardState;
 use crate::error::{EngineError, ErrorCode};
 use crate::snapshot::LogPosition;
+use crate::wal::files::LogFiles;
+use crate::wal::WalStats;
 
 /// What a link call returns: a future on the shard's executor.
 pub type LinkFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -266,6 +268,10 @@ pub trait GroupLink {
     /// term, log indexes, voters, and on a leader each follower's lag):
     /// REPLICATION_STATUS material.
     fn status(&self) -> serde_json::Value;
+    /// The group's log — this member's WAL — as WAL_STATS and the metrics
+    /// report it: its writer's counters (syncs, groups, bytes) and its
+    /// segment files.
+    fn log_files(&self) -> std::io::Result<(WalStats, LogFiles)>;
     /// Send `msg` to `leader`'s shard, whose answer goes where `msg` says;
     /// `Err` gives back a message that cannot be forwarded.
     fn forward(

@@ -69,6 +69,7 @@ use super::runner::{
 };
 use super::state::ShardState;
 use crate::env::Env;
+use crate::latency::LatencyHistogram;
 use crate::snapshot::LogPosition;
 use crate::wal::{Frontier, OffsetClock, WalWriter};
 
@@ -104,6 +105,8 @@ pub struct MemberSide {
     /// The read of the log behind the installed snapshot, until taken in
     /// (`member_read_back.rs`).
     pub(super) read_back: Option<ReadBack>,
+    /// This member's turns (as leader), from proposal to commit (metrics).
+    pub(super) turn_commit_latency: LatencyHistogram,
 }
 
 /// What woke the member's loop.
@@ -158,6 +161,7 @@ impl Shard {
             prepared_at: HashMap::new(),
             snapshot_job: None,
             read_back: None,
+            turn_commit_latency: LatencyHistogram::default(),
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.
@@ -470,8 +474,11 @@ impl Shard {
         let records = self.wal.take_turn();
         if !records.is_empty() {
             let link = self.member().link.clone();
+            let proposed = self.env.clock.monotonic();
             match link.propose(records).await {
                 Ok(index) => {
+                    let took_us = self.env.clock.elapsed(proposed).as_micros() as u64;
+                    self.member_mut().turn_commit_latency.record(took_us);
                     self.member_mut().own_index = Some(index);
                     self.drain_deliveries();
                     if self.member_mut().own_index.take().is_some() {

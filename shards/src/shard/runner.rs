@@ -422,6 +422,12 @@ impl Shard {
             next_offset: self.wal.clock().peek_next(),
             waiting_for_budget: self.waiting.len() as u64,
             rollover_failing: self.wal.rollover_failing(),
+            group: self.group_status(),
+            turn_commit_latency: self
+                .member
+                .as_ref()
+                .map(|m| m.turn_commit_latency)
+                .unwrap_or_default(),
             ..ShardStats::default()
         };
         self.fill_log_stats(&mut stats);

@@ -4,7 +4,6 @@
 //! and the log statistics behind WAL_STATS. See `snapshotting.rs` for the
 //! snapshot and deletion rules.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,9 +19,10 @@ use crate::env::Env;
 use crate::error::{EngineError, EngineResult};
 use crate::snapshot::LogPosition;
 use crate::snapshot::{list_snapshots, WrittenSnapshot};
+use crate::wal::files::RecoveredTallies;
 use crate::wal::offset::make_offset;
 use crate::wal::reader::{LogReader, ReadStats, SegmentInfo};
-use crate::wal::recovery::{ScanOutcome, SegmentTally};
+use crate::wal::recovery::ScanOutcome;
 
 /// When the shard snapshots and compacts by itself (docs/PROTOCOL.md §11.11; the
 /// thresholds apply to each shard's own log).
@@ -69,7 +69,7 @@ pub struct StorageState {
     last_snapshot_at: Duration,
     records_at_last_snapshot: u64,
     /// Per segment, what recovery found in it.
-    recovered: BTreeMap<u64, SegmentTally>,
+    recovered: RecoveredTallies,
     /// Offsets below this were compacted away (0: nothing ever deleted).
     retained_from: u64,
     /// What start-up recovery read.
@@ -88,7 +88,7 @@ impl StorageState {
             queued: Vec::new(),
             last_snapshot_at: env.clock.monotonic(),
             records_at_last_snapshot: 0,
-            recovered: scan.segment_records.iter().map(|t| (t.id, *t)).collect(),
+            recovered: RecoveredTallies::new(&scan.segment_records),
             retained_from: 0,
             recovery_reads: ReadStats {
                 reads: 1,
@@ -189,7 +189,7 @@ impl Shard {
             .map(|r| r.segments().iter().map(|s| s.id).collect())
             .unwrap_or_default();
         for seg in planned.iter().filter(|s| !present.contains(&s.id)) {
-            self.storage.recovered.remove(&seg.id);
+            self.storage.recovered.forget(seg.id);
             self.storage.report.segments_deleted += 1;
             self.storage.report.bytes_reclaimed += seg.size_bytes;
         }
@@ -379,23 +379,29 @@ impl Shard {
             stats.oldest_offset = reader.oldest_offset();
             stats.reads = reader.stats();
             let present: Vec<u64> = reader.segments().iter().map(|s| s.id).collect();
-            let mut per_segment = self.storage.recovered.clone();
-            for t in self.wal.written_per_segment() {
-                let seen = per_segment.entry(t.id).or_insert(SegmentTally {
-                    id: t.id,
-                    ..SegmentTally::default()
-                });
-                seen.records += t.records;
-                seen.data_bytes = seen.data_bytes.max(t.data_bytes);
-            }
-            let held = per_segment.values().filter(|t| present.contains(&t.id));
-            for t in held {
-                stats.log_records += t.records;
-                stats.log_data_bytes += t.data_bytes;
-            }
+            let written = self.wal.written_per_segment();
+            (stats.log_records, stats.log_data_bytes) =
+                self.storage.recovered.held(&present, written);
             stats.reads = self.storage.recovery_reads.plus(stats.reads);
         }
         stats.entries = self.wal.entries_committed();
+        if let Some(member) = &self.member {
+            // A member's WAL is its group's log; its own writer only
+            // stages turns.
+            match member.link.log_files() {
+                Ok((wal, files)) => {
+                    stats.wal = wal;
+                    stats.log_segments = files.segments;
+                    stats.log_bytes_allocated = files.bytes_allocated;
+                    stats.log_records = files.records;
+                    stats.log_data_bytes = files.data_bytes;
+                }
+                Err(e) => {
+                    let shard = self.state.shard_id;
+                    self.env.fail_stop(shard, "cannot list the group's log", &e);
+                }
+            }
+        }
         stats.retained_from = match self.member {
             // A member's log is its group's: how far back it reads.
             Some(_) => self.storage.retained_from.max(self.member_readable_from()),

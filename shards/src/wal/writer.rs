@@ -37,7 +37,7 @@ mod segment_io;
 mod stats;
 mod turns;
 
-pub use stats::{WalStats, COMMIT_LATENCY_BUCKETS_US};
+pub use stats::WalStats;
 
 /// Whether segments are written with direct I/O + O_DSYNC (each write
 /// durable on return) rather than through the page cache + `fdatasync`.
@@ -461,7 +461,8 @@ impl WalWriter {
             FsyncPolicy::Never => {}
         }
         self.stats
-            .record_commit_latency(self.env.clock.elapsed(started).as_micros() as u64);
+            .commit_latency
+            .record(self.env.clock.elapsed(started).as_micros() as u64);
         if self.end >= self.segment_size_bytes / 2 {
             // Half full: make the next segment ready in the background.
             self.rollover.prepare(self.segment_id + 1, self.manifest);
