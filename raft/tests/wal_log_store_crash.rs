@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use corestate_raft::log_store::{
     OpenReport, WalEntry, WalLeaderId, WalLogId, WalLogOptions, WalLogStore, WalVote,
-    CACHED_ENTRIES_MAX,
+    CACHED_ENTRIES_MAX, LAZY_RECORD_LINGER_MS,
 };
 use corestate_raft::GlommioRuntime;
 use mem_store::{Put, TestConfig};
@@ -319,5 +319,37 @@ fn damage_to_a_synced_entry_refuses_the_start_naming_the_file() {
         let message = err.to_string();
         assert!(message.contains("0000000000000001.wal"), "{message}");
         assert!(message.contains("byte 0"), "{message}");
+    });
+}
+
+#[test]
+fn a_committed_id_rides_with_the_next_write_and_is_written_alone_only_after_a_wait() {
+    run(async {
+        let disk = new_disk(7);
+        let (mut store, _) = open(&disk, FsyncPolicy::EveryWrite).await;
+        append_terms(&mut store, 1, 1..=1).await;
+        let before = store.wal_stats();
+        // The committed id, then an append right behind it: one group,
+        // one sync, both records.
+        store.save_committed(Some(log_id(1, 1))).await.unwrap();
+        append_terms(&mut store, 1, 2..=2).await;
+        let after = store.wal_stats();
+        assert_eq!(after.syncs - before.syncs, 1, "no sync of its own");
+        assert_eq!(after.records_appended - before.records_appended, 2);
+        // Alone, it is written once the linger is over.
+        store.save_committed(Some(log_id(1, 2))).await.unwrap();
+        let linger = std::time::Duration::from_millis(LAZY_RECORD_LINGER_MS);
+        glommio::timer::sleep(linger / 2).await;
+        assert_eq!(store.wal_stats().records_appended, after.records_appended);
+        glommio::timer::sleep(linger * 3).await;
+        assert_eq!(
+            store.wal_stats().records_appended,
+            after.records_appended + 1
+        );
+        assert_eq!(store.wal_stats().syncs, after.syncs + 1);
+        // And it is on disk: a restart reads it back.
+        crash(store, &disk, CrashKind::PowerLossUnsyncedGone, 7);
+        let (mut store, _) = open(&disk, FsyncPolicy::EveryWrite).await;
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 2)));
     });
 }

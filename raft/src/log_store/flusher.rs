@@ -71,6 +71,31 @@ impl<C: WalTypes> Op<C> {
     }
 }
 
+/// How long a queue holding only lazy records (the committed log id)
+/// waits for a write that must be made anyway before it is written on its
+/// own: under load the next append comes within a round, and a committed
+/// record written alone cost a sync of its own in front of that append
+/// (under `every_write`, one more sync per commit on every member).
+pub const LAZY_RECORD_LINGER_MS: u64 = 20;
+
+/// Whether everything queued may wait: committed log ids, which need no
+/// sync of their own (`save_committed`).
+fn only_lazy_records<C: WalTypes>(shared: &Weak<Shared<C>>) -> bool {
+    shared.upgrade().is_some_and(|s| {
+        let core = s.core.borrow();
+        !core.queue.is_empty()
+            && core.queue.iter().all(|op| {
+                matches!(
+                    op,
+                    Op::Record {
+                        kind: RecordKind::RaftCommitted,
+                        ..
+                    }
+                )
+            })
+    })
+}
+
 /// Run until every handle of the store is gone (or a write fails).
 pub async fn run<C: WalTypes>(
     shared: Weak<Shared<C>>,
@@ -103,6 +128,17 @@ pub async fn run<C: WalTypes>(
         };
         if !rang {
             return;
+        }
+        if only_lazy_records(&shared) {
+            // Nothing here needs writing now: let the next write that
+            // must be made carry it, if one comes soon enough.
+            let linger = Duration::from_millis(LAZY_RECORD_LINGER_MS);
+            let linger = due.map_or(linger, |d| d.min(linger));
+            let _ = select(
+                Box::pin(doorbell.recv_async()),
+                Box::pin(glommio::timer::sleep(linger)),
+            )
+            .await;
         }
         let ops = match shared.upgrade() {
             Some(s) => std::mem::take(&mut s.core.borrow_mut().queue),

@@ -52,6 +52,7 @@ use shards::wal::recovery::{RecoveryError, SegmentTally, TailRepair};
 use shards::wal::{Frontier, FsyncPolicy, OffsetClock, WalOpen, WalStats, WalWriter};
 
 pub use codec::{AppDataCodec, CodecError, WalEntry, WalLeaderId, WalLogId, WalTypes, WalVote};
+pub use flusher::LAZY_RECORD_LINGER_MS;
 pub use index::CACHED_ENTRIES_MAX;
 pub use reader::{WalLogReader, READ_BATCH_ENTRIES_MAX};
 pub use retire::RetireReport;
