@@ -140,6 +140,7 @@ pub async fn open_member_shard(
             shard: cfg.id,
             fsync: cfg.fsync,
             segment_size_bytes: cfg.segment_size_bytes,
+            node_id: cluster.node_id,
         },
         allow_instance_recreate: cfg.allow_instance_recreate,
         raft_config: raft_config(cluster)?,

@@ -80,6 +80,7 @@ impl Cluster {
                         shard: 0,
                         fsync: FsyncPolicy::EveryWrite,
                         segment_size_bytes: SEGMENT_SIZE_BYTES,
+                        node_id: id,
                     };
                     let (log, _) = WalLogStore::<TestConfig>::open(Env::os(0), dir.path(), options)
                         .await

@@ -56,6 +56,7 @@ async fn open(disk: &Arc<SimDisk>, fsync: FsyncPolicy) -> (Store, OpenReport) {
         shard: 0,
         fsync,
         segment_size_bytes: SEGMENT_SIZE_BYTES,
+        node_id: 1,
     };
     WalLogStore::open(env, std::path::Path::new("/sim/raft"), options)
         .await
@@ -312,6 +313,7 @@ fn damage_to_a_synced_entry_refuses_the_start_naming_the_file() {
             shard: 0,
             fsync: FsyncPolicy::EveryWrite,
             segment_size_bytes: SEGMENT_SIZE_BYTES,
+            node_id: 1,
         };
         let Err(err) = Store::open(env, std::path::Path::new("/sim/raft"), options).await else {
             panic!("a damaged acknowledged entry must refuse the start");

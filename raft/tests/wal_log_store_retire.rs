@@ -88,6 +88,7 @@ async fn try_open(
         shard: 0,
         fsync: FsyncPolicy::EveryWrite,
         segment_size_bytes,
+        node_id: 1,
     };
     Store::open(env(storage), dir, options).await
 }

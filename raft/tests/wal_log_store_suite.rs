@@ -37,6 +37,7 @@ impl StoreBuilder<TestConfig, WalLogStore<TestConfig>, MemStateMachine, tempfile
             shard: 0,
             fsync: FsyncPolicy::EveryWrite,
             segment_size_bytes: SEGMENT_SIZE_BYTES,
+            node_id: 1,
         };
         let (store, _) = WalLogStore::open(Env::os(0), &dir.path().join("raft"), options)
             .await

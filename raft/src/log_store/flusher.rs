@@ -22,9 +22,9 @@ use futures_util::future::{select, Either};
 use openraft::storage::IOFlushed;
 use shards::env::Env;
 use shards::wal::record::{RecordKind, RECORD_HEADER_BYTES};
-use shards::wal::{FsyncPolicy, WalWriter};
+use shards::wal::{CommitIo, FsyncPolicy, WalWriter};
 
-use super::codec::{WalLogId, WalTypes};
+use super::codec::{WalLogId, WalTypes, WalVote};
 use super::retire::Retirement;
 use super::Shared;
 
@@ -94,6 +94,30 @@ fn only_lazy_records<C: WalTypes>(shared: &Weak<Shared<C>>) -> bool {
                 )
             })
     })
+}
+
+/// How a group is written and synced: with blocking calls on the
+/// executor's thread while this member follows another's committed lead,
+/// through io_uring otherwise. A follower's executor has nothing to do
+/// while its group syncs that cannot wait (the next append is synced after
+/// this one anyway), and a blocking sync spares io_uring's worker thread
+/// and the wake-ups around it. A leader or candidate keeps io_uring: its
+/// sync runs beside the replication to the others.
+fn commit_io<C: WalTypes>(shared: &Weak<Shared<C>>) -> CommitIo {
+    let follows = shared
+        .upgrade()
+        .is_some_and(|s| follows_another(s.core.borrow().vote, s.node_id));
+    if follows {
+        CommitIo::Blocking
+    } else {
+        CommitIo::Async
+    }
+}
+
+/// Whether the member `me`, whose saved vote is `vote`, follows another
+/// member's lead (a vote granted by a quorum to someone else).
+fn follows_another(vote: Option<WalVote>, me: u64) -> bool {
+    vote.is_some_and(|v| v.committed && v.leader_id.node_id != me)
 }
 
 /// Run until every handle of the store is gone (or a write fails).
@@ -258,7 +282,7 @@ async fn write_group<C: WalTypes>(
         }
     }
     writer
-        .commit()
+        .commit_with(commit_io(shared))
         .await
         .map_err(|e| format!("WAL write failed: {e}"))?;
     // `every_write` synced in `commit`; a vote must be durable under any
@@ -280,4 +304,26 @@ async fn write_group<C: WalTypes>(
             .evict(|index| log.get(index).is_none_or(|s| s.place.is_some()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+
+    #[test]
+    fn only_a_member_following_anothers_committed_lead_syncs_blocking() {
+        let vote = |node_id: u64, committed: bool| -> Option<WalVote> {
+            Some(match committed {
+                true => Vote::new_committed(3, node_id),
+                false => Vote::new(3, node_id),
+            })
+        };
+        assert!(follows_another(vote(2, true), 1), "follower of 2");
+        assert!(!follows_another(vote(1, true), 1), "the leader itself");
+        assert!(!follows_another(vote(2, false), 1), "a vote in an election");
+        assert!(!follows_another(vote(1, false), 1), "a candidate");
+        assert!(!follows_another(None, 1), "no vote yet");
+    }
 }

@@ -73,6 +73,9 @@ pub struct WalLogOptions {
     /// the other members).
     pub fsync: FsyncPolicy,
     pub segment_size_bytes: u64,
+    /// This member's node id: while it follows another member's lead, its
+    /// flusher writes and syncs with blocking calls (`flusher.rs`).
+    pub node_id: u64,
 }
 
 /// What opening found.
@@ -119,6 +122,7 @@ pub(crate) struct Shared<C: WalTypes> {
     doorbell: flume::Sender<()>,
     storage: Arc<dyn Storage>,
     dir: PathBuf,
+    node_id: u64,
 }
 
 struct Core<C: WalTypes> {
@@ -230,6 +234,7 @@ impl<C: WalTypes> WalLogStore<C> {
             doorbell,
             storage: env.storage.clone(),
             dir: dir.to_path_buf(),
+            node_id: options.node_id,
         });
         let flusher = flusher::run(Rc::downgrade(&shared), env, writer, retirement, rung);
         glommio::spawn_local(flusher).detach();

@@ -208,6 +208,7 @@ pub fn member_setup<'a>(
             shard: SHARD,
             fsync: FsyncPolicy::EveryWrite,
             segment_size_bytes: SEGMENT_SIZE_BYTES,
+            node_id: id,
         },
         allow_instance_recreate: false,
         raft_config: config,
