@@ -75,15 +75,19 @@ impl MemberLink {
 
 impl GroupLink for MemberLink {
     fn leadership(&self) -> Leadership {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.state == ServerState::Leader && m.current_leader == Some(self.node_id) {
-            Leadership::Leader {
-                term: m.current_term,
-            }
-        } else {
-            Leadership::Follower {
+        // Asked every turn: read the metrics in place (a clone copies the
+        // membership and replication maps).
+        let led_term = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
+            leads.then_some(m.current_term)
+        };
+        match led_term {
+            Some(term) => Leadership::Leader { term },
+            None => Leadership::Follower {
                 leader: self.leader_hint(),
-            }
+            },
         }
     }
 
