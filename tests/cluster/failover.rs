@@ -126,12 +126,7 @@ fn with_no_quorum_a_node_answers_retryably_and_recovers() {
         "PUT_MACHINE",
         json!({"machine": "order", "version": 1, "definition": order_definition()}),
     );
-    let others: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|&n| n != leader)
-        .collect();
+    let others = cluster.others(leader);
     for &n in &others {
         cluster.nodes.get_mut(&n).unwrap().sigkill();
     }

@@ -206,6 +206,11 @@ impl Cluster {
 
     /// The node that leads shard 0's group, as every running node's
     /// REPLICATION_STATUS agrees.
+    /// The running nodes other than `node`, in id order.
+    pub fn others(&self, node: u64) -> Vec<u64> {
+        self.nodes.keys().copied().filter(|&n| n != node).collect()
+    }
+
     pub fn leader(&mut self) -> u64 {
         self.leader_of_shard(0)
     }

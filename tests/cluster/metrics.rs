@@ -27,6 +27,14 @@ fn sample(samples: &HashMap<String, f64>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {key}"))
 }
 
+/// The samples say whether this node leads shard 0's group, and who does.
+fn assert_roles(samples: &HashMap<String, f64>, leads: bool, leader: u64) {
+    let is_leader = sample(samples, r#"corestate_group_is_leader{shard="0"}"#);
+    assert_eq!(is_leader, f64::from(u8::from(leads)));
+    let named = sample(samples, r#"corestate_group_leader{shard="0"}"#);
+    assert_eq!(named, leader as f64);
+}
+
 /// Scrape `node` until `ready` holds of its samples (a follower applies
 /// what the leader committed a moment later).
 fn scrape_until(
@@ -48,12 +56,7 @@ fn scrape_until(
 fn every_node_reports_its_group_and_its_group_logs_io() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let followers: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|&n| n != leader)
-        .collect();
+    let followers = cluster.others(leader);
     cluster.flip_instances(leader, &["m-0"]);
     for i in 0..FLIPS {
         let flip = json!({"instance_id": "m-0", "event": "FLIP",
@@ -63,14 +66,7 @@ fn every_node_reports_its_group_and_its_group_logs_io() {
 
     let on_leader = scrape(&cluster, leader);
     let commit = sample(&on_leader, r#"corestate_group_commit_index{shard="0"}"#);
-    assert_eq!(
-        sample(&on_leader, r#"corestate_group_is_leader{shard="0"}"#),
-        1.0
-    );
-    assert_eq!(
-        sample(&on_leader, r#"corestate_group_leader{shard="0"}"#),
-        leader as f64
-    );
+    assert_roles(&on_leader, true, leader);
     assert!(sample(&on_leader, r#"corestate_group_term{shard="0"}"#) >= 1.0);
     assert!(sample(&on_leader, r#"corestate_group_elections_total{shard="0"}"#) >= 1.0);
     assert!(
@@ -92,14 +88,7 @@ fn every_node_reports_its_group_and_its_group_logs_io() {
             s.get(r#"corestate_group_applied_index{shard="0"}"#)
                 .is_some_and(|&a| a >= commit)
         });
-        assert_eq!(
-            sample(&seen, r#"corestate_group_is_leader{shard="0"}"#),
-            0.0
-        );
-        assert_eq!(
-            sample(&seen, r#"corestate_group_leader{shard="0"}"#),
-            leader as f64
-        );
+        assert_roles(&seen, false, leader);
         assert!(sample(&seen, r#"corestate_group_applied_index{shard="0"}"#) >= commit);
         // Half the writes came through each follower.
         let forwarded = sample(&seen, r#"corestate_group_forwarded_ops_total{shard="0"}"#);

@@ -16,12 +16,7 @@ fn a_cut_off_leader_is_replaced_and_catches_up_when_healed() {
     let mut cluster = Cluster::start_proxied(3);
     let first = cluster.leader();
     cluster.flip_instances(first, &["p-0"]);
-    let others: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|&n| n != first)
-        .collect();
+    let others = cluster.others(first);
 
     cluster.isolate(first, Mode::Blackhole);
     let cut = Instant::now();
