@@ -209,12 +209,10 @@ fn note_result<C: WalTypes>(
     // may have grown, and segments may follow it.
     let written = writer.written_per_segment();
     let known = core.written.len();
-    if let (Some(last), Some(now)) = (core.written.last_mut(), written.get(known.wrapping_sub(1))) {
-        *last = *now;
+    if known > 0 {
+        core.written[known - 1] = written[known - 1];
     }
-    if let Some(new) = written.get(known..) {
-        core.written.extend_from_slice(new);
-    }
+    core.written.extend_from_slice(&written[known..]);
     let report = retirement.report();
     if core.retire != *report {
         core.retire = report.clone();

@@ -111,13 +111,13 @@ impl LoopMachine {
         self.0.borrow().log.kept_up_to(&last?)
     }
 
-    /// The committed state the loop rebuilds from: the current snapshot
-    /// and every applied entry after it, read back from the log.
     /// The member's log, to read its counters and files.
     pub fn log(&self) -> WalLogReader<ShardGroup> {
         self.0.borrow().log.clone()
     }
 
+    /// The committed state the loop rebuilds from: the current snapshot
+    /// and every applied entry after it, read back from the log.
     pub async fn committed(&self) -> Result<Committed, String> {
         let (snapshot, last_applied, mut log) = {
             let a = self.0.borrow();
