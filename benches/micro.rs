@@ -16,7 +16,11 @@ use corestate::protocol::op::Op;
 use corestate::protocol::request::parse_request;
 use shards::json::canonical;
 use shards::machine::guard;
-use shards::wal::entry::{write_apply_event, ApplyFields, Entry};
+use shards::shard::replay::{Publish, ReplayCounts, TxnLog};
+use shards::shard::ShardState;
+use shards::wal::entry::{
+    write_apply_event, write_create_instance, write_put_machine, ApplyFields, CreateFields, Entry,
+};
 use shards::wal::record::{append_record, decode_record, RecordKind, RecordStamp};
 
 /// Frames a client typically keeps in flight on one connection.
@@ -143,6 +147,50 @@ fn guard_evaluation(c: &mut Criterion) {
     group.finish();
 }
 
+/// A shard state holding machine `order` v3 and its instance
+/// `order-000042` in `pending`, built by replaying their entries.
+fn state_holding_the_instance() -> ShardState {
+    let definition = json!({
+        "states": ["pending", "approved"],
+        "initial": "pending",
+        "transitions": [{"from": "pending", "event": "approve", "to": "approved"}]
+    });
+    let mut machine = Vec::new();
+    write_put_machine(&mut machine, "order", 3, "bench", &definition);
+    let mut create = Vec::new();
+    write_create_instance(
+        &mut create,
+        &CreateFields {
+            instance_id: "order-000042",
+            machine: "order",
+            version: 3,
+            initial_state: "pending",
+            initial_ctx: &json!({}),
+            idempotency_key: None,
+        },
+    );
+    let mut state = ShardState::new(0, false);
+    for (kind, offset, entry) in [
+        (RecordKind::PutMachine, 1, machine),
+        (RecordKind::CreateInstance, 2, create),
+    ] {
+        let mut record = Vec::new();
+        let stamp = RecordStamp::new(kind, offset, 1_795_000_000_000);
+        append_record(&mut record, &stamp, 0, |o| o.extend_from_slice(&entry))
+            .expect("entry fits a record");
+        let (header, payload) = decode_record(&record).expect("record decodes");
+        state
+            .replay_any(
+                &header,
+                payload,
+                &mut ReplayCounts::default(),
+                &mut TxnLog::default(),
+            )
+            .expect("the entry replays");
+    }
+    state
+}
+
 fn wal_record(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal");
     let ctx = instance_ctx();
@@ -173,16 +221,33 @@ fn wal_record(c: &mut Criterion) {
 
     let (header, payload) = decode_record(&record).expect("record decodes");
     assert_eq!(header.kind, RecordKind::ApplyEvent);
-    assert!(matches!(
-        Entry::decode(payload),
-        Ok(Entry::ApplyEvent(ref apply)) if apply.ctx == instance_ctx()
-    ));
+    assert!(matches!(Entry::decode(payload), Ok(Entry::ApplyEvent(_))));
     group.bench_function("decode_apply_event", |b| {
         b.iter(|| {
             let (_, payload) = decode_record(black_box(&record)).ok()?;
             Entry::decode(payload).ok()
         })
     });
+
+    // What a cluster follower does with each committed apply: decode it,
+    // update the instance, queue its watch event.
+    let mut state = state_holding_the_instance();
+    let replay = |state: &mut ShardState| {
+        state
+            .replay_any_as(
+                &header,
+                payload,
+                &mut ReplayCounts::default(),
+                &mut TxnLog::default(),
+                Publish::Events,
+            )
+            .expect("the apply replays");
+        state.events.clear();
+    };
+    replay(&mut state);
+    let inst = state.instances.get("order-000042").expect("instance kept");
+    assert_eq!((inst.state.as_str(), &inst.ctx), ("approved", &ctx));
+    group.bench_function("replay_apply_event", |b| b.iter(|| replay(&mut state)));
 
     let mut out = Vec::with_capacity(256);
     group.throughput(Throughput::Bytes(ctx_json.len() as u64));

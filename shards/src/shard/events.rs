@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::json::canonical;
-use crate::wal::entry::{ApplyEventEntry, Entry};
+use crate::wal::entry::{ApplyEventEntry, Entry, RawJson};
 
 /// One successful APPLY_EVENT, ready to be sent to watchers (docs/PROTOCOL.md §2.4).
 /// Payload and context are already canonical JSON.
@@ -24,25 +23,29 @@ pub struct WatchEvent {
 
 impl WatchEvent {
     /// Rebuild the event of an `apply_event` log entry (replay from the WAL).
-    pub fn from_entry(offset: u64, entry: &Entry) -> Option<WatchEvent> {
+    pub fn from_entry(offset: u64, entry: Entry) -> Option<WatchEvent> {
         match entry {
             Entry::ApplyEvent(apply) => Some(WatchEvent::from_apply(offset, apply)),
             _ => None,
         }
     }
 
-    /// The event of an `apply_event` log entry at `offset`.
-    pub fn from_apply(offset: u64, entry: &ApplyEventEntry) -> WatchEvent {
+    /// The event of an `apply_event` log entry at `offset`: its payload
+    /// and context are the JSON text the entry holds, which is what the
+    /// leader published.
+    pub fn from_apply(offset: u64, entry: ApplyEventEntry) -> WatchEvent {
         WatchEvent {
             offset,
-            instance_id: entry.instance_id.clone(),
-            machine: entry.machine.clone().unwrap_or_default(),
+            instance_id: entry.instance_id,
+            machine: entry.machine.unwrap_or_default(),
             version: entry.version.unwrap_or(0),
-            from_state: entry.from_state.clone(),
-            to_state: entry.to_state.clone(),
-            event: entry.event.clone(),
-            payload_json: canonical::to_vec(&entry.payload),
-            ctx_json: canonical::to_vec(&entry.ctx),
+            from_state: entry.from_state,
+            to_state: entry.to_state,
+            event: entry.event,
+            payload_json: entry
+                .payload
+                .map_or_else(|| b"null".to_vec(), RawJson::into_bytes),
+            ctx_json: entry.ctx.into_bytes(),
         }
     }
 }

@@ -66,7 +66,7 @@ impl EntryChunk {
         for e in self.entries {
             if e.kind == RecordKind::ApplyEvent {
                 let entry = Entry::decode(&e.payload).map_err(io::Error::other)?;
-                if let Some(ev) = WatchEvent::from_entry(e.offset, &entry) {
+                if let Some(ev) = WatchEvent::from_entry(e.offset, entry) {
                     events.push(Arc::new(ev));
                 }
             }

@@ -8,16 +8,13 @@ use serde_json::Value;
 
 use super::state::ShardState;
 use crate::instance::{CachedApply, Creation, Instance};
-use crate::json::canonical;
 use crate::machine::definition::parse_definition;
 use hashbrown::HashMap;
 
 use super::committed_ids::CommittedIds;
 
 use super::events::WatchEvent;
-use crate::wal::entry::{
-    self, ApplyEventEntry, CreateInstanceEntry, DeleteInstanceEntry, Entry, PutMachineEntry,
-};
+use crate::wal::entry::{self, CreateInstanceEntry, DeleteInstanceEntry, Entry, PutMachineEntry};
 use crate::wal::record::{decode_record, RecordHeader, RecordKind};
 
 /// What replay counted, for the start-up log line.
@@ -228,43 +225,33 @@ impl ShardState {
                 }
                 counts.creates += 1;
             }
-            Entry::ApplyEvent(apply) => {
-                if publish == Publish::Events {
-                    self.events
-                        .push(Arc::new(WatchEvent::from_apply(offset, &apply)));
-                }
-                let ApplyEventEntry {
-                    instance_id,
-                    from_state,
-                    to_state,
-                    ctx,
-                    event_id,
-                    idempotency_key,
-                    ..
-                } = apply;
+            Entry::ApplyEvent(mut apply) => {
                 let inst = self
                     .instances
-                    .get_mut(&instance_id)
-                    .ok_or_else(|| format!("apply to unknown instance {instance_id}"))?;
-                if let Some(key) = idempotency_key {
-                    let mut ctx_json = Vec::new();
-                    canonical::write_value(&mut ctx_json, &ctx);
+                    .get_mut(&apply.instance_id)
+                    .ok_or_else(|| format!("apply to unknown instance {}", apply.instance_id))?;
+                let ctx = apply.ctx.parse()?;
+                if let Some(key) = apply.idempotency_key.take() {
                     inst.remember_apply(
                         &key,
                         CachedApply {
-                            from_state,
-                            to_state: to_state.clone(),
-                            ctx_json,
+                            from_state: apply.from_state.clone(),
+                            to_state: apply.to_state.clone(),
+                            ctx_json: apply.ctx.bytes().to_vec(),
                             wal_offset: offset,
                         },
                     );
                 }
-                inst.state = to_state;
+                inst.state.clone_from(&apply.to_state);
                 inst.ctx = ctx;
-                inst.last_event_id = event_id;
+                inst.last_event_id = apply.event_id.take();
                 inst.last_wal_offset = offset;
                 inst.updated_at_ms = at;
                 counts.applies += 1;
+                if publish == Publish::Events {
+                    self.events
+                        .push(Arc::new(WatchEvent::from_apply(offset, apply)));
+                }
             }
             Entry::DeleteInstance(DeleteInstanceEntry { instance_id, .. }) => {
                 let inst = self
@@ -289,8 +276,12 @@ impl ShardState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::entry::write_prepare;
+    use crate::wal::entry::{
+        write_apply_event, write_create_instance, write_prepare, write_put_machine, ApplyFields,
+        CreateFields,
+    };
     use crate::wal::record::{append_record, RecordStamp};
+    use serde_json::json;
 
     fn replay(state: &mut ShardState, txns: &mut TxnLog, kind: RecordKind, payload: &[u8]) {
         let mut buf = Vec::new();
@@ -302,6 +293,84 @@ mod tests {
         state
             .replay_any(&header, payload, &mut ReplayCounts::default(), txns)
             .unwrap();
+    }
+
+    #[test]
+    fn a_replayed_apply_publishes_and_caches_the_json_its_entry_holds() {
+        let mut state = ShardState::new(0, false);
+        let mut txns = TxnLog::default();
+        let mut entry = Vec::new();
+        let definition = json!({"states": ["a", "b"], "initial": "a",
+            "transitions": [{"from": "a", "event": "go", "to": "b"}]});
+        write_put_machine(&mut entry, "m", 1, "h", &definition);
+        replay(&mut state, &mut txns, RecordKind::PutMachine, &entry);
+        entry.clear();
+        let create = CreateFields {
+            instance_id: "i",
+            machine: "m",
+            version: 1,
+            initial_state: "a",
+            initial_ctx: &json!({}),
+            idempotency_key: None,
+        };
+        write_create_instance(&mut entry, &create);
+        replay(&mut state, &mut txns, RecordKind::CreateInstance, &entry);
+
+        let ctx_json = br#"{"n":1.5,"s":"\u00e9\"","z":[null,{}]}"#;
+        for (payload_json, key) in [(&br#"{"b":2,"a":1}"#[..], Some("k")), (b"null", None)] {
+            entry.clear();
+            write_apply_event(
+                &mut entry,
+                &ApplyFields {
+                    instance_id: "i",
+                    machine: "m",
+                    version: 1,
+                    event: "go",
+                    from_state: "a",
+                    to_state: "b",
+                    payload_json,
+                    ctx_json,
+                    event_id: Some("e"),
+                    idempotency_key: key,
+                },
+            );
+            let mut buf = Vec::new();
+            let stamp = RecordStamp::new(RecordKind::ApplyEvent, 9, 1);
+            append_record(&mut buf, &stamp, 0, |out| out.extend_from_slice(&entry)).unwrap();
+            let (header, payload) = decode_record(&buf).unwrap();
+            state
+                .replay_any_as(
+                    &header,
+                    payload,
+                    &mut ReplayCounts::default(),
+                    &mut txns,
+                    Publish::Events,
+                )
+                .unwrap();
+            // The event carries the entry's bytes as they are; the
+            // instance holds the parsed context.
+            let event = state.events.pop().unwrap();
+            assert_eq!(event.payload_json, payload_json);
+            assert_eq!(event.ctx_json, ctx_json);
+            assert_eq!(
+                (
+                    event.offset,
+                    event.to_state.as_str(),
+                    event.machine.as_str()
+                ),
+                (9, "b", "m")
+            );
+            let inst = state.instances.get("i").unwrap();
+            assert_eq!(inst.ctx, json!({"n": 1.5, "s": "é\"", "z": [null, {}]}));
+            assert_eq!(
+                (inst.state.as_str(), inst.last_event_id.as_deref()),
+                ("b", Some("e"))
+            );
+            if let Some(key) = key {
+                assert_eq!(inst.cached_apply(key).unwrap().ctx_json, ctx_json);
+            }
+        }
+        assert!(state.events.is_empty());
     }
 
     #[test]
