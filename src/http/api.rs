@@ -253,7 +253,7 @@ fn success_status(op: Op, body: &[u8]) -> StatusCode {
 pub async fn execute(
     ctx: &Rc<ServerCtx>,
     op: Op,
-    params: Value,
+    mut params: Value,
     peer: Option<SocketAddr>,
 ) -> EngineResult<Vec<u8>> {
     let (tx, rx) = flume::bounded(1);
@@ -268,7 +268,7 @@ pub async fn execute(
         // No route of the API watches; the operations still want a place.
         let watch = Rc::new(RefCell::new(ConnWatch::new(OutputMode::Rcpx)));
         let reply = ReplyTo::internal(tx, 0);
-        run_request(&ctx, &mut session, &watch, op, &params, reply, peer).await;
+        run_request(&ctx, &mut session, &watch, op, &mut params, reply, peer).await;
     })
     .detach();
     match rx.recv_async().await {

@@ -164,6 +164,15 @@ impl<'a> Params<'a> {
     }
 }
 
+/// The value `Params::any` reads, moved out of `params` (a `null` left in
+/// its place). A request's params are dropped once its command is built, so
+/// its largest values — a context, a payload — need not be copied.
+pub fn take_any(params: &mut Value, keys: &[&'static str]) -> Option<Value> {
+    let obj = params.as_object_mut()?;
+    let key = keys.iter().find(|k| obj.contains_key(**k))?;
+    obj.get_mut(*key).map(Value::take)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +212,19 @@ mod tests {
         assert_eq!(p.opt_str_any(&["instance_id", "id"]).unwrap(), Some("a"));
         assert_eq!(p.any(&["initial_ctx", "context"]), Some(&json!({"x": 1})));
         assert_eq!(p.opt_u64("expected_wal_offset").unwrap(), None);
+    }
+
+    #[test]
+    fn take_any_moves_out_what_any_reads() {
+        let mut v = json!({"instance_id": null, "context": {"x": 1}, "ctx": 2});
+        let keys = ["initial_ctx", "context", "ctx"];
+        let read = Params::loose(&v).any(&keys).cloned();
+        assert_eq!(take_any(&mut v, &keys), read);
+        assert_eq!(v["context"], Value::Null);
+        // Present but null is taken as null, as `any` reads it.
+        assert_eq!(take_any(&mut v, &["instance_id", "ctx"]), Some(Value::Null));
+        assert_eq!(take_any(&mut v, &["missing"]), None);
+        assert_eq!(take_any(&mut json!([1]), &["x"]), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::dispatch::run_op;
 use super::ops::{instance_ops, machine_ops, session_ops};
 use super::session::Session;
 use crate::protocol::op::Op;
-use crate::protocol::params::Params;
+use crate::protocol::params::{take_any, Params};
 use crate::protocol::response::write_error_object;
 use crate::watch::subscription::ConnWatch;
 
@@ -39,7 +39,7 @@ enum Step {
     Invalid(EngineError),
 }
 
-fn parse_step(ctx: &ServerCtx, op: Op, params: &Value) -> Step {
+fn parse_step(ctx: &ServerCtx, op: Op, params: &mut Value) -> Step {
     let cmd = match op {
         Op::CreateInstance => instance_ops::create(params),
         Op::ApplyEvent => instance_ops::apply(params),
@@ -100,21 +100,22 @@ fn allowed_in_best_effort_batch(op: Op) -> bool {
 /// cannot run.
 type Item = Result<(Op, Value), EngineError>;
 
-fn parse_item(item: &Value) -> Item {
+/// Its params are moved out of `item`.
+fn parse_item(item: &mut Value) -> Item {
     let name = match item.get("op") {
         Some(Value::String(name)) => name,
         _ => return Err(EngineError::bad_request("missing op type")),
     };
     let op = Op::from_name(name)
         .ok_or_else(|| EngineError::bad_request(format_args!("unknown op `{name}`")))?;
-    Ok((op, item.get("params").cloned().unwrap_or(Value::Null)))
+    Ok((op, take_any(item, &["params"]).unwrap_or(Value::Null)))
 }
 
-/// Read the BATCH params: (atomic?, every element).
-fn parse(params: &Value, max_ops: usize) -> EngineResult<(bool, Vec<Item>)> {
+/// Read the BATCH params: (atomic?, every element, moved out of `params`).
+fn parse(params: &mut Value, max_ops: usize) -> EngineResult<(bool, Vec<Item>)> {
     let p = Params::loose(params);
     let atomic = matches!(p.get("mode"), Some(Value::String(m)) if m == "atomic");
-    let Some(Value::Array(items)) = p.any(&["ops", "operations"]) else {
+    let Some(Value::Array(mut items)) = take_any(params, &["ops", "operations"]) else {
         return Err(EngineError::bad_request("missing ops array"));
     };
     if items.len() > max_ops {
@@ -123,7 +124,7 @@ fn parse(params: &Value, max_ops: usize) -> EngineResult<(bool, Vec<Item>)> {
             items.len()
         )));
     }
-    Ok((atomic, items.iter().map(parse_item).collect()))
+    Ok((atomic, items.iter_mut().map(parse_item).collect()))
 }
 
 /// An atomic batch runs only if every element can: the first that cannot
@@ -131,7 +132,7 @@ fn parse(params: &Value, max_ops: usize) -> EngineResult<(bool, Vec<Item>)> {
 fn atomic_items(ctx: &ServerCtx, items: Vec<Item>) -> EngineResult<Vec<(Op, Step)>> {
     let mut steps = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let (op, params) = item.map_err(|e| refused_element(i, None, e))?;
+        let (op, mut params) = item.map_err(|e| refused_element(i, None, e))?;
         if !allowed_in_atomic_batch(op) {
             let e = EngineError::bad_request(format_args!(
                 "{} cannot run inside an atomic BATCH (only instance operations, machine reads \
@@ -140,7 +141,7 @@ fn atomic_items(ctx: &ServerCtx, items: Vec<Item>) -> EngineResult<Vec<(Op, Step
             ));
             return Err(refused_element(i, Some(op), e));
         }
-        steps.push((op, parse_step(ctx, op, &params)));
+        steps.push((op, parse_step(ctx, op, &mut params)));
     }
     Ok(steps)
 }
@@ -253,7 +254,7 @@ pub async fn run(
     ctx: &Rc<ServerCtx>,
     session: &mut Session,
     watch: &Rc<RefCell<ConnWatch>>,
-    params: &Value,
+    params: &mut Value,
     peer: Option<SocketAddr>,
 ) -> EngineResult<Vec<u8>> {
     let (atomic, items) = parse(params, ctx.limits.max_batch_ops)?;
@@ -281,7 +282,7 @@ async fn run_best_effort(
     let mut waiting = 0;
     for (i, item) in items.into_iter().enumerate() {
         results.push(None);
-        let (op, params) = match item {
+        let (op, mut params) = match item {
             Ok((op, _)) if !allowed_in_best_effort_batch(op) => {
                 results[i] = Some(Err(EngineError::bad_request(format_args!(
                     "{} cannot run inside a BATCH (it changes the session or the connection)",
@@ -297,7 +298,7 @@ async fn run_best_effort(
         };
         // The batch's answer as a whole is charged to the client.
         let reply = ReplyTo::internal(tx.clone(), i as u64);
-        run_op(ctx, session, watch, op, &params, reply, peer).await;
+        run_op(ctx, session, watch, op, &mut params, reply, peer).await;
         waiting += 1;
     }
     drop(tx);
@@ -360,7 +361,7 @@ mod tests {
     #[test]
     fn batch_params_are_checked_before_anything_runs() {
         assert_eq!(
-            parse(&json!({"mode": "atomic"}), 100)
+            parse(&mut json!({"mode": "atomic"}), 100)
                 .err()
                 .unwrap()
                 .message,
@@ -368,11 +369,11 @@ mod tests {
         );
         let many: Vec<_> = (0..101).map(|_| json!({"op": "PING"})).collect();
         assert_eq!(
-            parse(&json!({"ops": many}), 100).err().unwrap().message,
+            parse(&mut json!({"ops": many}), 100).err().unwrap().message,
             "invalid request: batch size 101 exceeds limit 100"
         );
         let (atomic, ops) = parse(
-            &json!({"operations": [{"op": "GET_INSTANCE", "params": {"instance_id": "a"}}]}),
+            &mut json!({"operations": [{"op": "GET_INSTANCE", "params": {"instance_id": "a"}}]}),
             100,
         )
         .unwrap();
@@ -383,7 +384,7 @@ mod tests {
     #[test]
     fn each_element_is_read_on_its_own() {
         let (_, items) = parse(
-            &json!({"ops": [{"op": "PING"}, {"op": "NOPE"}, {"params": {}}, {"op": "BATCH"}]}),
+            &mut json!({"ops": [{"op": "PING"}, {"op": "NOPE"}, {"params": {}}, {"op": "BATCH"}]}),
             100,
         )
         .unwrap();

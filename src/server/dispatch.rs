@@ -72,18 +72,20 @@ pub async fn dispatch(
         );
         return Flow::Continue;
     }
-    run_request(ctx, session, watch, op, &req.params, reply, peer).await
+    let mut params = req.params;
+    run_request(ctx, session, watch, op, &mut params, reply, peer).await
 }
 
 /// Run one request that passed the authentication gate and answer it —
 /// exactly once — through `reply`. Shared by RCP connections and the HTTP
-/// API (`crate::http`), so an operation means the same over both.
+/// API (`crate::http`), so an operation means the same over both. Values
+/// the command keeps (a context, a payload) are moved out of `params`.
 pub async fn run_request(
     ctx: &Rc<ServerCtx>,
     session: &mut Session,
     watch: &Rc<RefCell<ConnWatch>>,
     op: Op,
-    params: &Value,
+    params: &mut Value,
     reply: ReplyTo,
     peer: Option<SocketAddr>,
 ) -> Flow {
@@ -106,7 +108,7 @@ pub async fn run_op(
     session: &mut Session,
     watch: &Rc<RefCell<ConnWatch>>,
     op: Op,
-    params: &Value,
+    params: &mut Value,
     reply: ReplyTo,
     peer: Option<SocketAddr>,
 ) -> Flow {

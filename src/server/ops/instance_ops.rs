@@ -12,7 +12,7 @@ use shards::shard::ShardMsg;
 use shards::shard::{ApplyEvent, Command, CreateInstance, DeleteInstance, ListPage, ListQuery};
 use shards::{EngineError, EngineResult};
 
-use crate::protocol::params::Params;
+use crate::protocol::params::{take_any, Params};
 use crate::server::context::Router;
 
 /// Largest LIST_INSTANCES page; a larger `limit` is served as this many rows
@@ -39,7 +39,8 @@ fn new_instance_id(idempotency_key: Option<&str>) -> String {
     }
 }
 
-pub fn create(params: &Value) -> EngineResult<Command> {
+/// The context of the new instance is moved out of `params`.
+pub fn create(params: &mut Value) -> EngineResult<Command> {
     let p = Params::strict(params, "CreateInstanceParams")?;
     let machine = p.str("machine")?.to_owned();
     let version = p.u32("version")?;
@@ -49,9 +50,9 @@ pub fn create(params: &Value) -> EngineResult<Command> {
         None => new_instance_id(idempotency_key.as_deref()),
     };
     // `initial_ctx` defaults to {} (PROTOCOL.md §15 row 22), aliases `context`, `ctx`.
-    let initial_ctx = match p.any(&["initial_ctx", "context", "ctx"]) {
+    let initial_ctx = match take_any(params, &["initial_ctx", "context", "ctx"]) {
         None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v) => v.clone(),
+        Some(v) => v,
     };
     Ok(Command::Create(CreateInstance {
         instance_id,
@@ -86,16 +87,23 @@ pub fn delete(params: &Value) -> EngineResult<Command> {
     }))
 }
 
-pub fn apply(params: &Value) -> EngineResult<Command> {
+/// The event's payload is moved out of `params`.
+pub fn apply(params: &mut Value) -> EngineResult<Command> {
     let p = Params::strict(params, "ApplyEventParams")?;
+    let instance_id = p.str_any(&["instance_id", "id"])?.to_owned();
+    let event = p.str("event")?.to_owned();
+    let expected_state = p.opt_str("expected_state")?.map(str::to_owned);
+    let expected_wal_offset = p.opt_offset("expected_wal_offset")?;
+    let event_id = p.opt_str("event_id")?.map(str::to_owned);
+    let idempotency_key = p.opt_str("idempotency_key")?.map(str::to_owned);
     Ok(Command::Apply(ApplyEvent {
-        instance_id: p.str_any(&["instance_id", "id"])?.to_owned(),
-        event: p.str("event")?.to_owned(),
-        payload: p.get("payload").cloned().unwrap_or(Value::Null),
-        expected_state: p.opt_str("expected_state")?.map(str::to_owned),
-        expected_wal_offset: p.opt_offset("expected_wal_offset")?,
-        event_id: p.opt_str("event_id")?.map(str::to_owned),
-        idempotency_key: p.opt_str("idempotency_key")?.map(str::to_owned),
+        instance_id,
+        event,
+        payload: take_any(params, &["payload"]).unwrap_or(Value::Null),
+        expected_state,
+        expected_wal_offset,
+        event_id,
+        idempotency_key,
     }))
 }
 
@@ -172,13 +180,14 @@ mod tests {
 
     #[test]
     fn create_defaults_ctx_to_an_empty_object_and_accepts_aliases() {
-        let Command::Create(c) = create(&json!({"machine": "m", "version": 1})).unwrap() else {
+        let Command::Create(c) = create(&mut json!({"machine": "m", "version": 1})).unwrap() else {
             panic!()
         };
         assert_eq!(c.initial_ctx, json!({}));
         assert_eq!(c.instance_id.len(), 36);
         let Command::Create(c) =
-            create(&json!({"machine": "m", "version": 1, "id": "a", "context": {"x": 1}})).unwrap()
+            create(&mut json!({"machine": "m", "version": 1, "id": "a", "context": {"x": 1}}))
+                .unwrap()
         else {
             panic!()
         };
