@@ -33,6 +33,9 @@ const TEST_SNAPSHOT_CHUNK_BYTES: u64 = 256;
 /// this leaves room for a loaded 2-core CI machine).
 const FAILOVER_MAX: Duration = Duration::from_secs(3);
 
+/// Leader changes one write may follow before the test gives up.
+const WRITE_LEADER_CHANGES_MAX: u32 = 5;
+
 struct Cluster {
     members: BTreeMap<u64, PeerMember>,
     /// (from, to) → the proxy `from` dials to reach `to`.
@@ -104,9 +107,14 @@ impl Cluster {
         found
     }
 
+    /// Writes `count` keys through `leader`, following the lead among
+    /// `among` if it moves — on a loaded machine a heartbeat can come late
+    /// enough for an election, which is not what these tests are about (a
+    /// put retried with the same value changes nothing).
     fn write_many(
         &self,
-        leader: u64,
+        leader: &mut u64,
+        among: &[u64],
         prefix: &str,
         count: usize,
         expected: &mut KvSnapshot,
@@ -114,7 +122,19 @@ impl Cluster {
         let mut last = 0;
         for n in 0..count {
             let (key, value) = (format!("{prefix}{n}"), format!("{prefix}-value-{n:0>40}"));
-            let index = self.member(leader).write(&key, &value);
+            let mut tries = 0;
+            let index = loop {
+                match self.member(*leader).try_write(&key, &value) {
+                    Ok(index) => break index,
+                    Err(err) if tries < WRITE_LEADER_CHANGES_MAX => {
+                        tries += 1;
+                        let (now, term) = self.agreed_leader(among, None);
+                        println!("{key} refused by {leader} ({err}); {now} leads in term {term}");
+                        *leader = now;
+                    }
+                    Err(err) => panic!("{key} refused by {leader}: {err}"),
+                }
+            };
             assert!(index > last, "log indexes increase");
             last = index;
             expected.insert(key, value);
@@ -148,19 +168,19 @@ fn others(ids: &[u64], not: u64) -> Vec<u64> {
 #[test]
 fn three_members_over_tcp_elect_replicate_transfer_and_fail_over() {
     let mut cluster = Cluster::start();
-    let (leader, term) = cluster.agreed_leader(&MEMBER_IDS, None);
+    let (mut leader, term) = cluster.agreed_leader(&MEMBER_IDS, None);
 
     let mut expected = KvSnapshot::new();
-    let last = cluster.write_many(leader, "k", 20, &mut expected);
+    let last = cluster.write_many(&mut leader, &MEMBER_IDS, "k", 20, &mut expected);
     cluster.all_applied(&MEMBER_IDS, last, &expected);
 
     // Leadership moves to the member it is transferred to.
     let target = others(&MEMBER_IDS, leader)[0];
     cluster.member(leader).transfer_leader(target);
-    let (new_leader, new_term) = cluster.agreed_leader(&MEMBER_IDS, Some(leader));
+    let (mut new_leader, new_term) = cluster.agreed_leader(&MEMBER_IDS, Some(leader));
     assert_eq!(new_leader, target);
     assert!(new_term > term);
-    let last = cluster.write_many(new_leader, "moved", 1, &mut expected);
+    let last = cluster.write_many(&mut new_leader, &MEMBER_IDS, "moved", 1, &mut expected);
     cluster.all_applied(&MEMBER_IDS, last, &expected);
 
     // The leader's thread stops: the others elect a new leader in time and
@@ -168,20 +188,21 @@ fn three_members_over_tcp_elect_replicate_transfer_and_fail_over() {
     let stopped_at = Instant::now();
     cluster.members.get_mut(&new_leader).expect("leader").stop();
     let survivors = others(&MEMBER_IDS, new_leader);
-    let (after, after_term) = cluster.agreed_leader(&survivors, Some(new_leader));
+    let (mut after, after_term) = cluster.agreed_leader(&survivors, Some(new_leader));
     let failover = stopped_at.elapsed();
     println!("failover: a new leader {after} (term {after_term}) {failover:?} after the leader's thread stopped");
     assert!(after_term > new_term);
     assert!(failover < FAILOVER_MAX, "failover took {failover:?}");
-    let last = cluster.write_many(after, "after", 3, &mut expected);
+    let last = cluster.write_many(&mut after, &survivors, "after", 3, &mut expected);
     cluster.all_applied(&survivors, last, &expected);
 }
 
 #[test]
 fn a_cut_off_member_catches_up_by_a_chunked_snapshot() {
     let cluster = Cluster::start();
-    let (leader, _) = cluster.agreed_leader(&MEMBER_IDS, None);
+    let (mut leader, _) = cluster.agreed_leader(&MEMBER_IDS, None);
     let lagging = others(&MEMBER_IDS, leader)[0];
+    let connected = others(&MEMBER_IDS, lagging);
     // Settle first: the leader's first entries may still be on their way
     // to the member when the election is agreed.
     wait_until("the member to apply what the leader applied", || {
@@ -193,7 +214,7 @@ fn a_cut_off_member_catches_up_by_a_chunked_snapshot() {
     // The cluster commits without it and purges the log it would need.
     cluster.isolate(lagging, Mode::Drop);
     let mut expected = KvSnapshot::new();
-    let last = cluster.write_many(leader, "k", 40, &mut expected);
+    let last = cluster.write_many(&mut leader, &connected, "k", 40, &mut expected);
     assert_eq!(
         cluster.member(lagging).status().last_applied,
         before,
@@ -218,29 +239,29 @@ fn a_cut_off_member_catches_up_by_a_chunked_snapshot() {
     );
 
     // And takes part in later commits as usual.
-    let last = cluster.write_many(leader, "after", 2, &mut expected);
+    let last = cluster.write_many(&mut leader, &MEMBER_IDS, "after", 2, &mut expected);
     cluster.all_applied(&MEMBER_IDS, last, &expected);
 }
 
 #[test]
 fn an_isolated_leader_is_replaced_then_steps_down_when_healed() {
     let cluster = Cluster::start();
-    let (leader, term) = cluster.agreed_leader(&MEMBER_IDS, None);
+    let (mut leader, term) = cluster.agreed_leader(&MEMBER_IDS, None);
     let mut expected = KvSnapshot::new();
-    let last = cluster.write_many(leader, "k", 5, &mut expected);
+    let last = cluster.write_many(&mut leader, &MEMBER_IDS, "k", 5, &mut expected);
     cluster.all_applied(&MEMBER_IDS, last, &expected);
 
     // A partition: nothing reaches the leader and nothing leaves it.
     let partitioned_at = Instant::now();
     cluster.isolate(leader, Mode::Blackhole);
     let majority = others(&MEMBER_IDS, leader);
-    let (new_leader, new_term) = cluster.agreed_leader(&majority, Some(leader));
+    let (mut new_leader, new_term) = cluster.agreed_leader(&majority, Some(leader));
     println!(
         "partition: a new leader {new_leader} (term {new_term}) {:?} after the leader was cut off",
         partitioned_at.elapsed()
     );
     assert!(new_term > term);
-    let last = cluster.write_many(new_leader, "majority", 5, &mut expected);
+    let last = cluster.write_many(&mut new_leader, &majority, "majority", 5, &mut expected);
     cluster.all_applied(&majority, last, &expected);
 
     // Healed: the old leader learns of the new term, follows, converges.

@@ -101,16 +101,21 @@ impl PeerMember {
             .expect("initialize");
     }
 
+    /// Writes through this member once; the log index, or why not.
+    pub fn try_write(&self, key: &str, value: &str) -> Result<u64, String> {
+        let put = Put {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        self.ask(|tx| Command::Write(put, tx))
+    }
+
     /// Writes through this member, retrying while it is not (yet) a leader
     /// with a quorum lease; returns the log index.
     pub fn write(&self, key: &str, value: &str) -> u64 {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
-            let put = Put {
-                key: key.to_string(),
-                value: value.to_string(),
-            };
-            match self.ask(|tx| Command::Write(put, tx)) {
+            match self.try_write(key, value) {
                 Ok(index) => return index,
                 Err(err) if Instant::now() < deadline => {
                     let _ = err;
