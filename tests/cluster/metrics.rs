@@ -112,6 +112,24 @@ fn every_node_reports_its_group_and_its_group_logs_io() {
         assert!(stats["io_stats"]["fsyncs"].as_u64() >= Some(1), "{stats}");
         assert!(stats["segment_count"].as_u64() >= Some(1), "{stats}");
         assert!(stats["records"].as_u64() >= Some(FLIPS as u64), "{stats}");
+        // Its reads by offset are reads of that log, and it can be read
+        // from its oldest offset on.
+        let oldest = stats["oldest_offset"].as_u64().expect("an oldest offset");
+        let reads = stats["io_stats"]["reads"].as_u64().unwrap();
+        let page = cluster.ok_on(
+            node,
+            "WAL_READ",
+            json!({"from_offset": oldest, "limit": 1000}),
+        );
+        let records = page["records"].as_array().unwrap();
+        assert_eq!(records[0]["offset"].as_u64(), Some(oldest), "{page}");
+        assert!(records.len() > FLIPS, "{page}");
+        let after = cluster.ok_on(node, "WAL_STATS", json!({}));
+        assert!(after["io_stats"]["reads"].as_u64() > Some(reads), "{after}");
+        assert!(
+            after["io_stats"]["bytes_read"].as_u64() > stats["io_stats"]["bytes_read"].as_u64(),
+            "{after}"
+        );
     }
 
     // The leader goes: a survivor leads, and counts the election.

@@ -28,7 +28,7 @@ use super::command::ShardMsg;
 use super::deferred::Deferred;
 use super::log_read::{entries_of, EntryChunk, ReadContext};
 use super::runner::Shard;
-use crate::wal::reader::{LogRecord, ReadBatch};
+use crate::wal::reader::{LogRecord, ReadBatch, ReadStats};
 use crate::wal::record::{decode_record, for_each_record};
 
 /// Entries the offset index remembers, at most (16 bytes each, 16 MiB in
@@ -103,6 +103,14 @@ impl OffsetIndex {
 
     pub fn readable_from(&self) -> u64 {
         self.readable_from
+    }
+
+    /// The offset of the oldest record still readable (`None`: no entry
+    /// indexed holds one).
+    pub fn oldest_offset(&self) -> Option<u64> {
+        self.entries
+            .front()
+            .map(|&(first, _)| first.max(self.readable_from))
     }
 
     /// The log purged every entry at or below `purged`: forget them, and
@@ -229,6 +237,10 @@ impl Shard {
         let (max_records, max_bytes) = (max_records.max(1), max_bytes.max(1));
         let mut batch = ReadBatch::default();
         let mut bytes = 0usize;
+        let mut fetched = ReadStats {
+            reads: 1,
+            bytes_read: 0,
+        };
         let mut next = start.unwrap_or(applied + 1);
         let mut full = false;
         while !full && next <= applied {
@@ -241,6 +253,7 @@ impl Shard {
                 }
                 Err(e) => return Err(io::Error::other(e)),
             };
+            fetched.bytes_read += entries.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
             for (_, records) in &entries {
                 for_each_record(records, |header, payload| {
                     if full || header.offset < from {
@@ -266,6 +279,8 @@ impl Shard {
             }
             next = to + 1;
         }
+        let m = self.member_mut();
+        m.reads = m.reads.plus(fetched);
         batch.reached_end = !full;
         batch.next_offset = batch.records.last().map(|r| r.offset() + 1);
         // A cross-shard part is visible once its decision is applied here

@@ -29,12 +29,16 @@ use super::member_read::{OffsetIndex, MEMBER_READ_ENTRIES_PER_STEP};
 use super::runner::Shard;
 use crate::env::Env;
 use crate::shard::group_link::GroupLink;
+use crate::wal::reader::ReadStats;
 use crate::wal::record::{decode_record, for_each_record};
 
 /// What the read of the log behind the snapshot found.
 struct Found {
     offsets: OffsetIndex,
     decisions: Decisions,
+    /// Bytes of the entries read (WAL_STATS counts the read-back as one
+    /// read, as a standalone shard counts its recovery).
+    bytes_read: u64,
 }
 
 /// Where the task leaves its result for the loop (`None`: not done yet).
@@ -98,6 +102,10 @@ impl Shard {
         };
         m.read_back = None;
         if let Ok(found) = done {
+            m.reads = m.reads.plus(ReadStats {
+                reads: 1,
+                bytes_read: found.bytes_read,
+            });
             m.offsets.prepend(found.offsets);
             self.decisions.take_earlier(found.decisions);
         }
@@ -122,6 +130,7 @@ async fn read_back(
     let mut found = Found {
         offsets: OffsetIndex::default(),
         decisions: Decisions::default(),
+        bytes_read: 0,
     };
     let mut next = from;
     while next <= to {
@@ -138,6 +147,7 @@ async fn read_back(
             Err(e) => return Err(e),
         };
         for (index, records) in entries {
+            found.bytes_read += records.len() as u64;
             found.offsets.note(index, &records);
             for_each_record(&records, |header, payload| {
                 found.decisions.note_record(header, payload)

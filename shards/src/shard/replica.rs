@@ -71,6 +71,7 @@ use super::state::ShardState;
 use crate::env::Env;
 use crate::latency::LatencyHistogram;
 use crate::snapshot::LogPosition;
+use crate::wal::reader::ReadStats;
 use crate::wal::{Frontier, OffsetClock, WalWriter};
 
 /// How long the loop waits between the slices of a group snapshot: any
@@ -107,6 +108,9 @@ pub struct MemberSide {
     pub(super) read_back: Option<ReadBack>,
     /// This member's turns (as leader), from proposal to commit (metrics).
     pub(super) turn_commit_latency: LatencyHistogram,
+    /// Reads of the group's log by offset (WAL_READ, watch catch-up) and
+    /// the read-back at start, for WAL_STATS.
+    pub(super) reads: ReadStats,
 }
 
 /// What woke the member's loop.
@@ -162,6 +166,7 @@ impl Shard {
             snapshot_job: None,
             read_back: None,
             turn_commit_latency: LatencyHistogram::default(),
+            reads: ReadStats::default(),
         });
         // The snapshot and entries the group replayed while it started:
         // history, as a standalone shard's recovery, not events to publish.

@@ -369,6 +369,18 @@ impl Shard {
 
     /// Log facts for WAL_STATS and metrics.
     pub(super) fn fill_log_stats(&mut self, stats: &mut super::command::ShardStats) {
+        stats.entries = self.wal.entries_committed();
+        if self.member.is_some() {
+            self.fill_member_log_stats(stats);
+        } else {
+            self.fill_standalone_log_stats(stats);
+        }
+        stats.snapshots = list_snapshots(&*self.env.storage, &self.storage.shard_dir)
+            .map_or(0, |l| l.len() as u64);
+    }
+
+    /// A standalone shard's log: its segment files.
+    fn fill_standalone_log_stats(&mut self, stats: &mut super::command::ShardStats) {
         if let Ok((_, reader)) = self.reader_mut() {
             if let Err(e) = reader.refresh() {
                 let shard = self.state.shard_id;
@@ -384,30 +396,30 @@ impl Shard {
                 self.storage.recovered.held(&present, written);
             stats.reads = self.storage.recovery_reads.plus(stats.reads);
         }
-        stats.entries = self.wal.entries_committed();
-        if let Some(member) = &self.member {
-            // A member's WAL is its group's log; its own writer only
-            // stages turns.
-            match member.link.log_files() {
-                Ok((wal, files)) => {
-                    stats.wal = wal;
-                    stats.log_segments = files.segments;
-                    stats.log_bytes_allocated = files.bytes_allocated;
-                    stats.log_records = files.records;
-                    stats.log_data_bytes = files.data_bytes;
-                }
-                Err(e) => {
-                    let shard = self.state.shard_id;
-                    self.env.fail_stop(shard, "cannot list the group's log", &e);
-                }
+        stats.retained_from = self.storage.retained_from;
+    }
+
+    /// A member's WAL is its group's log (its own writer only stages
+    /// turns): the log store's files and writes, and the reads by offset
+    /// this member made of it.
+    fn fill_member_log_stats(&mut self, stats: &mut super::command::ShardStats) {
+        // How far back it reads (this also takes in a finished read-back).
+        stats.retained_from = self.storage.retained_from.max(self.member_readable_from());
+        let member = self.member();
+        stats.reads = member.reads;
+        stats.oldest_offset = member.offsets.oldest_offset();
+        match member.link.log_files() {
+            Ok((wal, files)) => {
+                stats.wal = wal;
+                stats.log_segments = files.segments;
+                stats.log_bytes_allocated = files.bytes_allocated;
+                stats.log_records = files.records;
+                stats.log_data_bytes = files.data_bytes;
+            }
+            Err(e) => {
+                let shard = self.state.shard_id;
+                self.env.fail_stop(shard, "cannot list the group's log", &e);
             }
         }
-        stats.retained_from = match self.member {
-            // A member's log is its group's: how far back it reads.
-            Some(_) => self.storage.retained_from.max(self.member_readable_from()),
-            None => self.storage.retained_from,
-        };
-        stats.snapshots = list_snapshots(&*self.env.storage, &self.storage.shard_dir)
-            .map_or(0, |l| l.len() as u64);
     }
 }
