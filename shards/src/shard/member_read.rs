@@ -339,14 +339,17 @@ mod tests {
         index.note(7, &records(&[30, 31]));
         index.forget_purged(2, 32);
         assert_eq!(index.readable_from(), 0, "nothing indexed was purged");
+        assert_eq!(index.oldest_offset(), Some(10));
         index.forget_purged(4, 32);
         assert_eq!(index.readable_from(), 20);
+        assert_eq!(index.oldest_offset(), Some(20));
         assert_eq!(index.start_for(20), Some(5));
         index.forget_purged(6, 32);
         assert_eq!(index.readable_from(), 30);
         // Every entry purged: only what comes after the applied ones.
         index.forget_purged(9, 32);
         assert_eq!(index.readable_from(), 32);
+        assert_eq!(index.oldest_offset(), None, "no record left to read");
         assert_eq!(index.start_for(40), None);
         // A purge never moves it back.
         index.forget_purged(9, 0);
@@ -363,8 +366,10 @@ mod tests {
         earlier.note(5, &records(&[20]));
         earlier.note(7, &records(&[30, 31]));
         earlier.note(8, &records(&[40, 41])); // already here: not twice
+        assert_eq!(index.oldest_offset(), Some(40));
         index.prepend(earlier);
         assert_eq!(index.readable_from(), 10);
+        assert_eq!(index.oldest_offset(), Some(10));
         assert_eq!(index.entries.len(), 4);
         assert_eq!(index.start_for(25), Some(5));
         assert_eq!(index.start_for(41), Some(8));

@@ -101,13 +101,6 @@ pub struct ApplyEventEntry {
     pub idempotency_key: Option<String>,
 }
 
-impl ApplyEventEntry {
-    /// The payload's JSON text (`null` when the entry has none).
-    pub fn payload_json(&self) -> &[u8] {
-        self.payload.as_ref().map_or(b"null", RawJson::bytes)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DeleteInstanceEntry {
     pub instance_id: String,
