@@ -21,7 +21,7 @@ use shards::shard::ShardState;
 use shards::wal::entry::{
     write_apply_event, write_create_instance, write_put_machine, ApplyFields, CreateFields, Entry,
 };
-use shards::wal::record::{append_record, decode_record, RecordKind, RecordStamp};
+use shards::wal::record::{append_record, decode_record, RecordHeader, RecordKind, RecordStamp};
 
 /// Frames a client typically keeps in flight on one connection.
 const PIPELINE_DEPTH_FRAMES: usize = 64;
@@ -179,16 +179,23 @@ fn state_holding_the_instance() -> ShardState {
         append_record(&mut record, &stamp, 0, |o| o.extend_from_slice(&entry))
             .expect("entry fits a record");
         let (header, payload) = decode_record(&record).expect("record decodes");
-        state
-            .replay_any(
-                &header,
-                payload,
-                &mut ReplayCounts::default(),
-                &mut TxnLog::default(),
-            )
-            .expect("the entry replays");
+        replay_one(&mut state, &header, payload, Publish::No);
     }
     state
+}
+
+/// Replay one record into `state`, as recovery (`Publish::No`) or a group
+/// member (`Publish::Events`) does.
+fn replay_one(state: &mut ShardState, header: &RecordHeader, payload: &[u8], publish: Publish) {
+    state
+        .replay_any_as(
+            header,
+            payload,
+            &mut ReplayCounts::default(),
+            &mut TxnLog::default(),
+            publish,
+        )
+        .expect("the record replays");
 }
 
 fn wal_record(c: &mut Criterion) {
@@ -233,15 +240,7 @@ fn wal_record(c: &mut Criterion) {
     // update the instance, queue its watch event.
     let mut state = state_holding_the_instance();
     let replay = |state: &mut ShardState| {
-        state
-            .replay_any_as(
-                &header,
-                payload,
-                &mut ReplayCounts::default(),
-                &mut TxnLog::default(),
-                Publish::Events,
-            )
-            .expect("the apply replays");
+        replay_one(state, &header, payload, Publish::Events);
         state.events.clear();
     };
     replay(&mut state);
