@@ -215,6 +215,14 @@ fn segments_every_live_entry_left_are_deleted_and_a_restart_rebuilds_the_log() {
         store.purge(log_id(purged)).await.unwrap();
         // The purge's record goes with the next group.
         append_flushed(&mut store, last + 1..=last + 1).await;
+        // The retirement it allows is reported from the moment the group's
+        // callback fires (else `settle` could take the quiet before its
+        // I/O for the end of it).
+        let started = store.retire_report();
+        assert!(
+            started.under_way || started.first_segment > before[0],
+            "{started:?}"
+        );
         settle(&store, None).await;
         let report = store.retire_report();
         assert_eq!(report.stopped, None);

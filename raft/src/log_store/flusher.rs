@@ -169,6 +169,11 @@ pub async fn run<C: WalTypes>(
             None => return,
         };
         let result = write_group(&env, &mut writer, &mut retirement, &ops, &shared).await;
+        if result.is_ok() {
+            // A retirement this group's purge allows is reported under way
+            // to whoever its callbacks wake, not only once its I/O is done.
+            retirement.begin(writer.segment_id());
+        }
         note_result(&shared, &writer, &retirement, &result);
         for op in ops {
             op.complete(&result);

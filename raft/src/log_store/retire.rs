@@ -209,25 +209,33 @@ impl Retirement {
             .map_or(active, |(&segment, _)| segment)
     }
 
+    /// Start a retirement if the last purge written (or the log's growth
+    /// to segment `active`) left segments without a live entry: the report
+    /// says it is under way from here on, before `step` does its I/O.
+    pub fn begin(&mut self, active: u64) {
+        if self.report.stopped.is_some() || self.phase != Phase::Watching {
+            return;
+        }
+        let key = (self.written.purged.map(|p| p.index), active);
+        if self.checked != Some(key) {
+            self.checked = Some(key);
+            let cut = self.cut(active);
+            if cut > self.report.first_segment {
+                self.phase = Phase::Checkpoint { cut };
+                self.report.under_way = true;
+            }
+        }
+    }
+
     /// One small step, between two groups. `Err` is a failed WAL write
     /// (the checkpoint): the store must stop.
     pub async fn step(&mut self, env: &Env, writer: &mut WalWriter) -> Result<(), String> {
         if self.report.stopped.is_some() {
             return Ok(());
         }
+        self.begin(writer.segment_id());
         match self.phase {
             Phase::Watching => {
-                let active = writer.segment_id();
-                let key = (self.written.purged.map(|p| p.index), active);
-                if self.checked != Some(key) {
-                    self.checked = Some(key);
-                    let cut = self.cut(active);
-                    if cut > self.report.first_segment {
-                        self.phase = Phase::Checkpoint { cut };
-                        self.report.under_way = true;
-                        return self.checkpoint(env, writer, cut).await;
-                    }
-                }
                 if !self.doomed.is_empty() && env.clock.monotonic() >= self.next_free_at {
                     self.free_one(env).await;
                 }
