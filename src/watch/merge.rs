@@ -20,6 +20,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::watch::subscription::SHARED_FIELDS_OVERHEAD_BYTES;
 use shards::shard::events::{Publication, WatchEvent};
 use shards::shard::ShardMsg;
 use shards::wal::Frontier;
@@ -34,16 +35,18 @@ pub const WATCH_PENDING_EVENTS_MAX: usize = 262_144;
 /// Bytes of events waiting for a shard's watermark, at most.
 pub const WATCH_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Approximate memory an event holds.
+/// Approximate memory an event holds, counting ahead the wire bytes its
+/// first delivery caches in it (about its strings and payload once more,
+/// `subscription::shared_fields`), so the ring's byte budget also holds
+/// once subscribers have read it.
 fn event_bytes(e: &WatchEvent) -> usize {
-    std::mem::size_of::<WatchEvent>()
-        + e.instance_id.len()
+    let strings = e.instance_id.len()
         + e.machine.len()
         + e.from_state.len()
         + e.to_state.len()
-        + e.event.len()
-        + e.payload_json.len()
-        + e.ctx_json.len()
+        + e.event.len();
+    let wire = SHARED_FIELDS_OVERHEAD_BYTES + strings + e.payload_json.len();
+    std::mem::size_of::<WatchEvent>() + strings + e.payload_json.len() + e.ctx_json.len() + wire
 }
 
 struct Pending(Arc<WatchEvent>);
@@ -400,6 +403,7 @@ mod tests {
             event: "E".into(),
             payload_json: b"null".to_vec(),
             ctx_json: b"{}".to_vec(),
+            wire: Default::default(),
         })
     }
 

@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use shards::json::canonical::write_str;
+use shards::json::canonical::{write_str, write_u64};
 use shards::shard::events::WatchEvent;
 
 use crate::protocol::frame::{begin_frame, end_frame, FrameError, OutputMode};
@@ -91,6 +91,9 @@ pub fn new_subscription_id() -> String {
 }
 
 /// Append one event message (PROTOCOL.md §2.4, keys in its fixed order).
+/// Only the subscription id and the context (when asked for) differ between
+/// subscribers; the rest is encoded once per event and shared
+/// ([`WireCache`](shards::shard::events::WireCache)).
 pub fn write_event(
     out: &mut Vec<u8>,
     mode: OutputMode,
@@ -100,22 +103,7 @@ pub fn write_event(
     let mark = begin_frame(out, mode);
     out.extend_from_slice(br#"{"type":"event","subscription_id":"#);
     write_str(out, &sub.id);
-    out.extend_from_slice(br#","instance_id":"#);
-    write_str(out, &e.instance_id);
-    out.extend_from_slice(br#","machine":"#);
-    write_str(out, &e.machine);
-    out.extend_from_slice(br#","version":"#);
-    out.extend_from_slice(e.version.to_string().as_bytes());
-    out.extend_from_slice(br#","wal_offset":"#);
-    out.extend_from_slice(e.offset.to_string().as_bytes());
-    out.extend_from_slice(br#","from_state":"#);
-    write_str(out, &e.from_state);
-    out.extend_from_slice(br#","to_state":"#);
-    write_str(out, &e.to_state);
-    out.extend_from_slice(br#","event":"#);
-    write_str(out, &e.event);
-    out.extend_from_slice(br#","payload":"#);
-    out.extend_from_slice(&e.payload_json);
+    out.extend_from_slice(e.wire.get_or_init(|| shared_fields(e)));
     if sub.include_ctx {
         out.extend_from_slice(br#","ctx":"#);
         out.extend_from_slice(&e.ctx_json);
@@ -123,6 +111,38 @@ pub fn write_event(
     out.push(b'}');
     end_frame(out, mark)
 }
+
+/// The keys every subscriber's message carries, from `instance_id` to
+/// `payload`, each preceded by its comma.
+fn shared_fields(e: &WatchEvent) -> Vec<u8> {
+    let strings = e.instance_id.len()
+        + e.machine.len()
+        + e.from_state.len()
+        + e.to_state.len()
+        + e.event.len();
+    let mut out = Vec::with_capacity(SHARED_FIELDS_OVERHEAD_BYTES + strings + e.payload_json.len());
+    out.extend_from_slice(br#","instance_id":"#);
+    write_str(&mut out, &e.instance_id);
+    out.extend_from_slice(br#","machine":"#);
+    write_str(&mut out, &e.machine);
+    out.extend_from_slice(br#","version":"#);
+    write_u64(&mut out, u64::from(e.version));
+    out.extend_from_slice(br#","wal_offset":"#);
+    write_u64(&mut out, e.offset);
+    out.extend_from_slice(br#","from_state":"#);
+    write_str(&mut out, &e.from_state);
+    out.extend_from_slice(br#","to_state":"#);
+    write_str(&mut out, &e.to_state);
+    out.extend_from_slice(br#","event":"#);
+    write_str(&mut out, &e.event);
+    out.extend_from_slice(br#","payload":"#);
+    out.extend_from_slice(&e.payload_json);
+    out
+}
+
+/// Bytes of [`shared_fields`] besides its strings and payload: the keys,
+/// quotes and two numbers (with room to spare for a few escapes).
+pub const SHARED_FIELDS_OVERHEAD_BYTES: usize = 160;
 
 #[cfg(test)]
 mod tests {
@@ -139,6 +159,7 @@ mod tests {
             event: "PAY".into(),
             payload_json: br#"{"amount":10}"#.to_vec(),
             ctx_json: br#"{"amount":10,"customer":"ann"}"#.to_vec(),
+            wire: Default::default(),
         }
     }
 
@@ -156,6 +177,50 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"type\":\"event\",\"subscription_id\":\"sub-1\",\"instance_id\":\"order-1\",\"machine\":\"order\",\"version\":1,\"wal_offset\":1099,\"from_state\":\"created\",\"to_state\":\"paid\",\"event\":\"PAY\",\"payload\":{\"amount\":10},\"ctx\":{\"amount\":10,\"customer\":\"ann\"}}\n"
         );
+    }
+
+    #[test]
+    fn subscribers_share_the_encoded_fields_and_keep_their_own_id_and_ctx() {
+        let e = ev();
+        let sub = |id: &str, include_ctx| Subscription {
+            id: id.into(),
+            filter: Filter::All {
+                machines: vec![],
+                from_states: vec![],
+                to_states: vec![],
+                events: vec![],
+            },
+            include_ctx,
+            cursor: 0,
+        };
+        assert!(e.wire.is_empty());
+        let mut first = Vec::new();
+        write_event(&mut first, OutputMode::Jsonl, &sub("sub-1", true), &e).unwrap();
+        let cached = e.wire.len();
+        assert!(cached > 0, "the first delivery encodes the shared fields");
+        let mut second = Vec::new();
+        write_event(&mut second, OutputMode::Jsonl, &sub("sub-\"2", false), &e).unwrap();
+        assert_eq!(e.wire.len(), cached);
+        let a: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&second).unwrap();
+        assert_eq!(a["subscription_id"], "sub-1");
+        assert_eq!(a["ctx"], serde_json::json!({"amount":10,"customer":"ann"}));
+        assert_eq!(b["subscription_id"], "sub-\"2");
+        assert!(b.get("ctx").is_none());
+        for key in [
+            "instance_id",
+            "machine",
+            "version",
+            "wal_offset",
+            "from_state",
+            "to_state",
+            "event",
+            "payload",
+        ] {
+            assert_eq!(a[key], b[key], "{key}");
+        }
+        // A copy of an event (a changed one, say) does not keep the bytes.
+        assert!(e.clone().wire.is_empty());
     }
 
     #[test]

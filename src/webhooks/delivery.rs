@@ -377,6 +377,7 @@ mod tests {
             event: "PAY".into(),
             payload_json: br#"{"a":1}"#.to_vec(),
             ctx_json: b"{}".to_vec(),
+            wire: Default::default(),
         };
         let v: serde_json::Value = serde_json::from_slice(&event_body("wh-1", &e)).unwrap();
         assert_eq!(

@@ -2,7 +2,7 @@
 //! the publication that carries them (with the shard's watermark) to the
 //! acceptor's merger.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::wal::entry::{ApplyEventEntry, Entry, RawJson};
 
@@ -19,6 +19,57 @@ pub struct WatchEvent {
     pub event: String,
     pub payload_json: Vec<u8>,
     pub ctx_json: Vec<u8>,
+    /// Wire bytes derived from this event once and shared by every reader
+    /// of it (see [`WireCache`]).
+    pub wire: WireCache,
+}
+
+/// The part of an event's wire form that is the same for every subscriber,
+/// encoded by whoever delivers the event first and reused by the rest: with
+/// four WATCH_ALL subscribers an event's strings were escaped and its
+/// numbers formatted four times, which was 9 % of a server's CPU under a
+/// 16×16 apply load (profile in bench-results/2026-12-06/watch-wire-cache).
+/// What the bytes are is the encoder's business
+/// (`corestate::watch::subscription`); an event only carries them, so it is
+/// shared between cores as before. Two events compare equal whatever their
+/// caches hold.
+#[derive(Default)]
+pub struct WireCache(OnceLock<Box<[u8]>>);
+
+impl WireCache {
+    /// The cached bytes, encoded by `encode` on the first call.
+    pub fn get_or_init(&self, encode: impl FnOnce() -> Vec<u8>) -> &[u8] {
+        self.0.get_or_init(|| encode().into_boxed_slice())
+    }
+
+    /// Bytes held, 0 until the first delivery.
+    pub fn len(&self) -> usize {
+        self.0.get().map_or(0, |b| b.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Clone for WireCache {
+    /// A copy starts empty: a changed copy must not keep the original's
+    /// bytes.
+    fn clone(&self) -> Self {
+        WireCache::default()
+    }
+}
+
+impl PartialEq for WireCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for WireCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WireCache({} bytes)", self.len())
+    }
 }
 
 impl WatchEvent {
@@ -46,6 +97,7 @@ impl WatchEvent {
                 .payload
                 .map_or_else(|| b"null".to_vec(), RawJson::into_bytes),
             ctx_json: entry.ctx.into_bytes(),
+            wire: WireCache::default(),
         }
     }
 }

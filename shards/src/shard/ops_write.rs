@@ -223,6 +223,7 @@ impl ShardState {
             event: cmd.event,
             payload_json,
             ctx_json,
+            wire: Default::default(),
         }));
         Ok(result)
     }
