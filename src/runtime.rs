@@ -370,6 +370,7 @@ pub fn run(
         },
         answer_budget: shards::shard::budget::ServerBudget::new(config.answer_buffer_total_bytes),
         frontier: frontier.clone(),
+        watch_demand: crate::watch::demand::WatchDemand::new(config.shards),
         tls: tls.clone(),
     };
     let jobs = boot::jobs(

@@ -31,6 +31,7 @@ use super::refusals::{RefusalLog, REFUSAL_WARNING_WINDOW_SECS};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, ShutdownRequest};
+use crate::watch::demand::{Seat, WatchDemand};
 use crate::watch::merge::Merger;
 use crate::webhooks::Webhooks;
 
@@ -51,6 +52,8 @@ pub struct Shared {
     pub answer_budget: Arc<ServerBudget>,
     pub frontier: Frontier,
     pub tls: Option<TlsAcceptor>,
+    /// Which cores' merges have watchers (`crate::watch::demand`).
+    pub watch_demand: Arc<WatchDemand>,
 }
 
 /// What only core 0 needs.
@@ -85,9 +88,14 @@ pub fn jobs(
         jobs.push(Box::new(move || {
             Box::pin(async move {
                 let merger = Rc::new(RefCell::new(
-                    Merger::new(vec![start]).with_frontier(shared.frontier.clone()),
+                    Merger::new(vec![start])
+                        .with_frontier(shared.frontier.clone())
+                        .with_seat(Seat {
+                            demand: shared.watch_demand.clone(),
+                            core,
+                        }),
                 ));
-                glommio::spawn_local(crate::watch::merge::run(
+                glommio::spawn_local(crate::watch::merge_task::run(
                     merger.clone(),
                     relay_rx,
                     Vec::new(),
@@ -149,12 +157,16 @@ async fn run_primary(
         glommio::spawn_local(resolve_stale_loop(mailboxes, after_ms)).detach();
     }
     let mut merger = Merger::new(p.reports.iter().map(|r| r.watermark).collect())
-        .with_frontier(shared.frontier.clone());
+        .with_frontier(shared.frontier.clone())
+        .with_seat(Seat {
+            demand: shared.watch_demand.clone(),
+            core: 0,
+        });
     if !relays.is_empty() {
         merger = merger.relaying();
     }
     let merger = Rc::new(RefCell::new(merger));
-    glommio::spawn_local(crate::watch::merge::run(
+    glommio::spawn_local(crate::watch::merge_task::run(
         merger.clone(),
         p.publications,
         p.mailboxes,

@@ -22,7 +22,7 @@
 //! * the machine catalog (`Arc`, a mutex held for map updates only);
 //! * the answer budget (already atomic);
 //! * the watch merge runs once, on core 0; each other core keeps a replica
-//!   fed with the released events (`crate::watch::merge::run`'s relays), so
+//!   fed with the released events (`crate::watch::merge_task::run`'s relays), so
 //!   its subscribers are served from local memory.
 //!
 //! Control messages (`CoreMsg`): a connection to serve, a request for the

@@ -20,9 +20,9 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::watch::demand::Seat;
 use crate::watch::subscription::SHARED_FIELDS_OVERHEAD_BYTES;
 use shards::shard::events::{Publication, WatchEvent};
-use shards::shard::ShardMsg;
 use shards::wal::Frontier;
 
 /// Released events kept in memory for subscribers, at most.
@@ -93,6 +93,9 @@ pub struct Merger {
     /// Events released since `take_released`, kept only when other cores'
     /// replicas are fed from this merge (`relaying`).
     outbox: Option<Vec<Arc<WatchEvent>>>,
+    /// Where this merge tells whether its core has watchers, and learns
+    /// whether it must take publications at once (`demand`); none: always.
+    seat: Option<Seat>,
 }
 
 impl Merger {
@@ -120,7 +123,24 @@ impl Merger {
             wakers: Vec::new(),
             frontier: None,
             outbox: None,
+            seat: None,
         }
+    }
+
+    /// Report this core's watchers to `seat`, and linger while there are
+    /// none (`crate::watch::demand`).
+    pub fn with_seat(mut self, seat: Seat) -> Self {
+        self.seat = Some(seat);
+        self
+    }
+
+    /// Where to linger before taking more publications: `Some` while
+    /// nobody reads what this merge releases (`crate::watch::demand`).
+    pub fn unwatched_seat(&self) -> Option<Seat> {
+        self.seat
+            .as_ref()
+            .filter(|seat| !seat.demand.is_watched(seat.core))
+            .cloned()
     }
 
     /// Keep released events for `take_released` (the primary merge, when
@@ -274,6 +294,9 @@ impl Merger {
         // later subscriber older than the floor reads the logs).
         self.wakers.retain(|w| w.strong_count() > 0);
         let keep_none = self.wakers.is_empty();
+        if let (true, Some(seat)) = (keep_none, &self.seat) {
+            seat.demand.set_watched(seat.core, false);
+        }
         while keep_none
             || self.ring.len() > WATCH_RING_EVENTS_MAX
             || self.ring_bytes > WATCH_RING_BYTES_MAX
@@ -331,6 +354,9 @@ impl Merger {
     pub fn register_waker(&mut self, waker: &Rc<flume::Sender<()>>) {
         self.wakers.retain(|w| w.strong_count() > 0);
         self.wakers.push(Rc::downgrade(waker));
+        if let Some(seat) = &self.seat {
+            seat.demand.set_watched(seat.core, true);
+        }
     }
 
     /// Wake every connection that has subscriptions.
@@ -342,49 +368,6 @@ impl Merger {
             }
             None => false,
         });
-    }
-}
-
-/// The merger's task: take publications, release, wake connections, and
-/// nudge idle shards whose watermark holds the merge back.
-///
-/// Two levels (`crate::server::cores`): on core 0 the primary merges the
-/// shards' publications and forwards what it released, with its new
-/// release point, to each other acceptor core (`relays`); there a replica
-/// runs this same task with the primary as its one "shard" (no mailboxes
-/// to nudge: everything it is sent is released already).
-pub async fn run(
-    merger: Rc<std::cell::RefCell<Merger>>,
-    publications: flume::Receiver<Publication>,
-    mailboxes: Vec<flume::Sender<ShardMsg>>,
-    relays: Vec<flume::Sender<Publication>>,
-) {
-    while let Ok(first) = publications.recv_async().await {
-        let mut m = merger.borrow_mut();
-        let before = m.released_upto();
-        m.accept(first);
-        while let Ok(p) = publications.try_recv() {
-            m.accept(p);
-        }
-        let released = m.release();
-        // Subscribers reading the logs wait for the shard that lagged too.
-        if released > 0 || m.take_history_grew() {
-            m.wake_all();
-        }
-        for shard in m.shards_to_advance() {
-            let _ = mailboxes[shard].send(ShardMsg::AdvanceWatermark);
-        }
-        if !relays.is_empty() && m.released_upto() > before {
-            let events = m.take_released();
-            for relay in &relays {
-                let _ = relay.send(Publication {
-                    shard: 0,
-                    events: events.clone(),
-                    watermark: m.released_upto(),
-                    history_upto: m.spilled_upto(),
-                });
-            }
-        }
     }
 }
 

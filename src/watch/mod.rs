@@ -7,5 +7,7 @@
 
 pub mod catchup;
 pub mod deliver;
+pub mod demand;
 pub mod merge;
+pub mod merge_task;
 pub mod subscription;
