@@ -372,10 +372,11 @@ impl Merger {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ev(offset: u64) -> Arc<WatchEvent> {
+    /// An event at `offset` (also for `merge_task`'s tests).
+    pub(crate) fn ev(offset: u64) -> Arc<WatchEvent> {
         Arc::new(WatchEvent {
             offset,
             instance_id: format!("i{offset}"),

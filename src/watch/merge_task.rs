@@ -64,10 +64,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
-
-    use shards::shard::events::WatchEvent;
 
     use super::*;
     use crate::watch::demand::{Seat, WatchDemand};
@@ -75,18 +72,7 @@ mod tests {
     fn publication(offset: u64, watermark: u64) -> Publication {
         Publication {
             shard: 0,
-            events: vec![Arc::new(WatchEvent {
-                offset,
-                instance_id: format!("i{offset}"),
-                machine: "m".into(),
-                version: 1,
-                from_state: "a".into(),
-                to_state: "b".into(),
-                event: "E".into(),
-                payload_json: b"null".to_vec(),
-                ctx_json: b"{}".to_vec(),
-                wire: Default::default(),
-            })],
+            events: vec![crate::watch::merge::tests::ev(offset)],
             watermark,
             history_upto: 0,
         }
