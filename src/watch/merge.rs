@@ -20,10 +20,11 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::watch::demand::Seat;
-use crate::watch::subscription::SHARED_FIELDS_OVERHEAD_BYTES;
 use shards::shard::events::{Publication, WatchEvent};
 use shards::wal::Frontier;
+
+use crate::watch::demand::Seat;
+use crate::watch::subscription::shared_fields_len;
 
 /// Released events kept in memory for subscribers, at most.
 pub const WATCH_RING_EVENTS_MAX: usize = 65_536;
@@ -40,13 +41,11 @@ pub const WATCH_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// `subscription::shared_fields`), so the ring's byte budget also holds
 /// once subscribers have read it.
 fn event_bytes(e: &WatchEvent) -> usize {
-    let strings = e.instance_id.len()
-        + e.machine.len()
-        + e.from_state.len()
-        + e.to_state.len()
-        + e.event.len();
-    let wire = SHARED_FIELDS_OVERHEAD_BYTES + strings + e.payload_json.len();
-    std::mem::size_of::<WatchEvent>() + strings + e.payload_json.len() + e.ctx_json.len() + wire
+    std::mem::size_of::<WatchEvent>()
+        + e.strings_len()
+        + e.payload_json.len()
+        + e.ctx_json.len()
+        + shared_fields_len(e)
 }
 
 struct Pending(Arc<WatchEvent>);

@@ -115,12 +115,7 @@ pub fn write_event(
 /// The keys every subscriber's message carries, from `instance_id` to
 /// `payload`, each preceded by its comma.
 fn shared_fields(e: &WatchEvent) -> Vec<u8> {
-    let strings = e.instance_id.len()
-        + e.machine.len()
-        + e.from_state.len()
-        + e.to_state.len()
-        + e.event.len();
-    let mut out = Vec::with_capacity(SHARED_FIELDS_OVERHEAD_BYTES + strings + e.payload_json.len());
+    let mut out = Vec::with_capacity(shared_fields_len(e));
     out.extend_from_slice(br#","instance_id":"#);
     write_str(&mut out, &e.instance_id);
     out.extend_from_slice(br#","machine":"#);
@@ -142,7 +137,13 @@ fn shared_fields(e: &WatchEvent) -> Vec<u8> {
 
 /// Bytes of [`shared_fields`] besides its strings and payload: the keys,
 /// quotes and two numbers (with room to spare for a few escapes).
-pub const SHARED_FIELDS_OVERHEAD_BYTES: usize = 160;
+const SHARED_FIELDS_OVERHEAD_BYTES: usize = 160;
+
+/// About how many bytes [`shared_fields`] makes of `e` (what an event
+/// holds once a subscriber has read it; more only with many escapes).
+pub fn shared_fields_len(e: &WatchEvent) -> usize {
+    SHARED_FIELDS_OVERHEAD_BYTES + e.strings_len() + e.payload_json.len()
+}
 
 #[cfg(test)]
 mod tests {

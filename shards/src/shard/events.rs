@@ -73,6 +73,15 @@ impl std::fmt::Debug for WireCache {
 }
 
 impl WatchEvent {
+    /// Bytes of its five strings (instance, machine, states, event).
+    pub fn strings_len(&self) -> usize {
+        self.instance_id.len()
+            + self.machine.len()
+            + self.from_state.len()
+            + self.to_state.len()
+            + self.event.len()
+    }
+
     /// Rebuild the event of an `apply_event` log entry (replay from the WAL).
     pub fn from_entry(offset: u64, entry: Entry) -> Option<WatchEvent> {
         match entry {
