@@ -48,14 +48,6 @@ pub const DATA_DIR_META_FILE: &str = "corestate.json";
 /// `shards::wal::manifest`).
 pub const DATA_DIR_FORMAT_VERSION: u64 = 2;
 
-/// How long an idle executor polls before it parks. Parking costs glommio a
-/// process-wide memory barrier (`membarrier`, an inter-processor interrupt
-/// on every CPU the process runs on — ~100 µs of CPU on our VMs), paid on
-/// nearly every request at low concurrency; a short spin catches the next
-/// message first. Measured with corestate-bench (get 1×1: 5.9k → 9.2k ops/s;
-/// durable apply 16×16: 55k → 64k ops/s).
-pub const EXECUTOR_SPIN_BEFORE_PARK_US: u64 = 50;
-
 /// glommio needs locked memory for io_uring; raise the soft limit to the hard one.
 fn raise_memlock_limit() {
     let mut lim = libc::rlimit {
@@ -250,7 +242,7 @@ pub fn run(
         LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
-            .spin_before_park(Duration::from_micros(EXECUTOR_SPIN_BEFORE_PARK_US))
+            .spin_before_park(config.cores.spin_before_park(config.fsync))
             .spawn(move || async move {
                 if let Some((cluster, inbox, directory, tls)) = member {
                     let peer_listener =

@@ -94,6 +94,14 @@ pub(super) fn apply_env(
     if let Some((k, v)) = var("CORESTATE_PIN_CORES") {
         c.cores.pin = parse_bool(k, &v)?;
     }
+    if let Some((k, v)) = var("CORESTATE_SPIN_BEFORE_PARK_US") {
+        c.cores.spin_before_park_us = Some(check_range(
+            k,
+            parse_u64(k, &v)?,
+            0,
+            SPIN_BEFORE_PARK_US_MAX,
+        )?);
+    }
     if let Some((k, v)) = var("CORESTATE_HTTP_LISTEN") {
         c.http_listen = parse_listen(k, &v)?;
     }

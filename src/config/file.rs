@@ -227,6 +227,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             "shards",
             "first_core",
             "pin_cores",
+            "spin_before_park_us",
             "max_inflight_requests_per_connection",
             "max_batch_ops",
             "log_format",
@@ -242,7 +243,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
             format!("corestate.{unknown}"),
             format!(
                 "unknown corestate setting in {} (expected shards, first_core, pin_cores, \
-                 max_inflight_requests_per_connection, max_batch_ops, log_format, \
+                 spin_before_park_us, max_inflight_requests_per_connection, max_batch_ops, log_format, \
                  answer_buffer_per_connection_mb, answer_buffer_total_mb, \
                  request_buffer_per_connection_mb, http_listen or cluster)",
                 path.display()
@@ -257,6 +258,9 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
     }
     if let Some(pin) = corestate.bool("pin_cores")? {
         c.cores.pin = pin;
+    }
+    if let Some((key, us)) = corestate.u64("spin_before_park_us")? {
+        c.cores.spin_before_park_us = Some(check_range(&key, us, 0, SPIN_BEFORE_PARK_US_MAX)?);
     }
     if let Some((key, n)) = corestate.u64("max_inflight_requests_per_connection")? {
         c.max_inflight_requests_per_connection =

@@ -64,9 +64,6 @@ pub const SHARDS_MIN: usize = 1;
 /// offset it writes (`shards::wal::offset`); one per core is the useful most.
 pub const SHARDS_MAX: usize = shards::wal::offset::SHARDS_MAX;
 
-/// Highest CPU number `corestate.first_core` may name.
-pub const FIRST_CORE_MAX: u64 = 4095;
-
 /// Bytes in one `*_mb` unit: rstmdb's "MB" is a MiB.
 pub const BYTES_PER_MB: u64 = 1024 * 1024;
 /// Default WAL segment size (`storage.wal_segment_size_mb`).
@@ -157,6 +154,7 @@ pub const ENV_VARS: &[&str] = &[
     "CORESTATE_SHARDS",
     "CORESTATE_FIRST_CORE",
     "CORESTATE_PIN_CORES",
+    "CORESTATE_SPIN_BEFORE_PARK_US",
     "CORESTATE_LOG_FORMAT",
     "CORESTATE_HTTP_LISTEN",
 ];
@@ -184,47 +182,6 @@ impl LogFormat {
     }
 }
 
-/// Where the shards' executors run. Pinned (the default), shard `i` runs
-/// on CPU `(first_core + i) mod CPUs`: one core per shard, and the shard
-/// that owns an instance always runs on the same core. Several nodes (or
-/// servers) on one machine should start at different cores — each would
-/// otherwise put its shard 0 on CPU 0, and they would share it while other
-/// cores idle — or leave placement to the kernel (`pin: false`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CorePlacement {
-    /// CPU of shard 0 (`corestate.first_core`).
-    pub first_core: usize,
-    /// Whether executors are pinned at all (`corestate.pin_cores`).
-    pub pin: bool,
-}
-
-impl Default for CorePlacement {
-    fn default() -> Self {
-        CorePlacement {
-            first_core: 0,
-            pin: true,
-        }
-    }
-}
-
-impl fmt::Display for CorePlacement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.pin {
-            write!(f, "pinned from CPU {}", self.first_core)
-        } else {
-            f.write_str("unpinned")
-        }
-    }
-}
-
-impl CorePlacement {
-    /// The CPU shard `shard` runs on, on a machine with `cpus` CPUs, or
-    /// `None` when the kernel places it.
-    pub fn cpu_of(&self, shard: usize, cpus: usize) -> Option<usize> {
-        self.pin.then(|| (self.first_core + shard) % cpus.max(1))
-    }
-}
-
 /// The validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -234,8 +191,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Number of shards (`corestate.shards`), `SHARDS_MIN..=SHARDS_MAX`.
     pub shards: usize,
-    /// Where the shards' executors run (`corestate.first_core`,
-    /// `corestate.pin_cores`): see [`CorePlacement`].
+    /// Where the shards' executors run and how long they spin before
+    /// parking (`corestate.first_core`, `corestate.pin_cores`,
+    /// `corestate.spin_before_park_us`): see [`CorePlacement`].
     pub cores: CorePlacement,
     /// WAL durability (`storage.fsync_policy`).
     pub fsync: FsyncPolicy,
@@ -554,12 +512,17 @@ mod cluster;
 mod env;
 mod file;
 mod flags;
+mod placement;
 mod values;
 
 pub use cluster::{ClusterConfig, CLUSTER_MEMBERS_MAX, CLUSTER_TOKEN_CHARS_MIN};
 use env::apply_env;
 use file::{apply_file, read_text_capped, read_yaml};
 use flags::{apply_flags, Flags};
+pub use placement::{
+    CorePlacement, FIRST_CORE_MAX, SPIN_BEFORE_PARK_US_DURABLE_DEFAULT, SPIN_BEFORE_PARK_US_MAX,
+    SPIN_BEFORE_PARK_US_RELAXED_DEFAULT,
+};
 use values::*;
 
 #[cfg(test)]

@@ -233,7 +233,7 @@ async fn run_primary(
     glommio::spawn_local(flush_refusal_log(ctx.clone())).detach();
     glommio::spawn_local(control_loop(ctx.clone(), inbox, tls.clone())).detach();
     tracing::info!(
-        "corestate {} listening on {}{} | http {} | shards {} ({}) | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
+        "corestate {} listening on {}{} | http {} | shards {} ({}, spin before park {} µs) | data dir {} | fsync {} | auth {} | metrics {} | recovered {} records, {} machines, {} active instances",
         env!("CARGO_PKG_VERSION"),
         config.bind,
         match (&tls, config.tls.require_client_cert) {
@@ -248,6 +248,7 @@ async fn run_primary(
         },
         config.shards,
         config.cores,
+        config.cores.spin_before_park(config.fsync).as_micros(),
         config.data_dir.display(),
         config.fsync,
         if config.auth_required { "required" } else { "off" },

@@ -1,6 +1,7 @@
 //! Where the shards' executors run (`corestate.first_core`,
-//! `corestate.pin_cores`), and the process's huge-page setting: read back
-//! from the kernel.
+//! `corestate.pin_cores`), read back from the kernel; how long they spin
+//! before parking (`corestate.spin_before_park_us`), from the start-up
+//! log; and the process's huge-page setting, from the kernel.
 
 use std::fs;
 
@@ -37,7 +38,9 @@ fn shards_are_pinned_from_first_core_or_left_to_the_kernel() {
     assert_eq!(shard_cpus(pid, 0), "0");
     assert_eq!(shard_cpus(pid, 1), (1 % n).to_string());
     assert!(
-        default.stderr().contains("shards 2 (pinned from CPU 0)"),
+        default
+            .stderr()
+            .contains("shards 2 (pinned from CPU 0, spin before park 0 µs)"),
         "{}",
         default.stderr_tail()
     );
@@ -65,10 +68,42 @@ fn shards_are_pinned_from_first_core_or_left_to_the_kernel() {
         "an unpinned shard may run anywhere"
     );
     assert!(
-        free.stderr().contains("(unpinned)"),
+        free.stderr().contains("(unpinned, "),
         "{}",
         free.stderr_tail()
     );
+}
+
+/// An idle executor parks at once when every write waits for its sync,
+/// spins 50 µs first under the other policies, and spins what it is told
+/// to when configured (flag over environment).
+/// A server's flags, its environment, and the log text it must print.
+type SpinCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn executors_spin_before_parking_by_policy_unless_configured() {
+    let cases: [SpinCase; 4] = [
+        (&["--fsync", "every_write"], &[], "spin before park 0 µs"),
+        (&["--fsync", "never"], &[], "spin before park 50 µs"),
+        (
+            &["--fsync", "never"],
+            &[("CORESTATE_SPIN_BEFORE_PARK_US", "0")],
+            "spin before park 0 µs",
+        ),
+        (
+            &["--spin-before-park-us", "120"],
+            &[("CORESTATE_SPIN_BEFORE_PARK_US", "7")],
+            "spin before park 120 µs",
+        ),
+    ];
+    for (args, env, line) in cases {
+        let server = Server::start_with_env(args, env);
+        assert!(
+            server.stderr().contains(line),
+            "{args:?} {env:?}: {}",
+            server.stderr_tail()
+        );
+    }
 }
 
 /// The server turns transparent huge pages off for itself

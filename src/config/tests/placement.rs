@@ -1,4 +1,7 @@
-//! Where the shards' executors run: `corestate.first_core`, `pin_cores`.
+//! Where the shards' executors run: `corestate.first_core`, `pin_cores`;
+//! how long they spin before parking: `spin_before_park_us`.
+
+use std::time::Duration;
 
 use super::*;
 
@@ -40,6 +43,55 @@ fn core_placement_from_file_and_env() {
         (
             load_with(&[], &[("CORESTATE_FIRST_CORE", "-1")]),
             "CORESTATE_FIRST_CORE",
+        ),
+    ];
+    for (loaded, key) in refused {
+        assert_eq!(err_key(loaded), key);
+    }
+}
+
+#[test]
+fn spin_before_park_follows_the_fsync_policy_unless_configured() {
+    let micros = |c: &Config| c.cores.spin_before_park(c.fsync);
+    let default = load_with(&[], &[]).unwrap();
+    assert_eq!(default.cores.spin_before_park_us, None);
+    assert_eq!(
+        micros(&default),
+        Duration::from_micros(SPIN_BEFORE_PARK_US_DURABLE_DEFAULT)
+    );
+    let relaxed = load_yaml("storage:\n  fsync_policy: never\n").unwrap();
+    assert_eq!(
+        micros(&relaxed),
+        Duration::from_micros(SPIN_BEFORE_PARK_US_RELAXED_DEFAULT)
+    );
+    let every_n = load_yaml("storage:\n  fsync_policy: every_n:8\n").unwrap();
+    assert_eq!(micros(&every_n), micros(&relaxed));
+
+    let set = load_yaml("corestate:\n  spin_before_park_us: 30\n").unwrap();
+    assert_eq!(micros(&set), Duration::from_micros(30), "configured wins");
+    let zero = load_yaml_env(
+        "storage:\n  fsync_policy: never\ncorestate:\n  spin_before_park_us: 30\n",
+        &[("CORESTATE_SPIN_BEFORE_PARK_US", "0")],
+    )
+    .unwrap();
+    assert_eq!(
+        micros(&zero),
+        Duration::ZERO,
+        "the environment over the file"
+    );
+
+    let refused = [
+        (
+            load_yaml("corestate:\n  spin_before_park_us: 10001\n"),
+            "corestate.spin_before_park_us",
+        ),
+        (
+            load_yaml("corestate:\n  spin_before_park_us: -1\n"),
+            "corestate.spin_before_park_us",
+        ),
+        (
+            load_with(&[], &[("CORESTATE_SPIN_BEFORE_PARK_US", "soon")]),
+            "CORESTATE_SPIN_BEFORE_PARK_US",
         ),
     ];
     for (loaded, key) in refused {
