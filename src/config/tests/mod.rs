@@ -44,6 +44,13 @@ fn err_key(result: Result<Config, ConfigError>) -> String {
     }
 }
 
+/// Each load was refused, naming its key.
+fn assert_refused<const N: usize>(cases: [(Result<Config, ConfigError>, &str); N]) {
+    for (loaded, key) in cases {
+        assert_eq!(err_key(loaded), key);
+    }
+}
+
 #[test]
 fn defaults_match_rstmdb_0_3() {
     let c = load_with(&[], &[]).unwrap();
