@@ -95,12 +95,7 @@ pub(super) fn apply_env(
         c.cores.pin = parse_bool(k, &v)?;
     }
     if let Some((k, v)) = var("CORESTATE_SPIN_BEFORE_PARK_US") {
-        c.cores.spin_before_park_us = Some(check_range(
-            k,
-            parse_u64(k, &v)?,
-            0,
-            SPIN_BEFORE_PARK_US_MAX,
-        )?);
+        c.cores.spin_before_park_us = check_spin_before_park(k, parse_u64(k, &v)?)?;
     }
     if let Some((k, v)) = var("CORESTATE_HTTP_LISTEN") {
         c.http_listen = parse_listen(k, &v)?;

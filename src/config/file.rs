@@ -260,7 +260,7 @@ pub(super) fn apply_file(draft: &mut Draft, root: &Value, path: &Path) -> Result
         c.cores.pin = pin;
     }
     if let Some((key, us)) = corestate.u64("spin_before_park_us")? {
-        c.cores.spin_before_park_us = Some(check_range(&key, us, 0, SPIN_BEFORE_PARK_US_MAX)?);
+        c.cores.spin_before_park_us = check_spin_before_park(&key, us)?;
     }
     if let Some((key, n)) = corestate.u64("max_inflight_requests_per_connection")? {
         c.max_inflight_requests_per_connection =

@@ -79,12 +79,7 @@ pub(super) fn apply_flags(draft: &mut Draft, flags: &Flags) -> Result<(), Config
     }
     if let Some(us) = &flags.spin_before_park_us {
         let key = "--spin-before-park-us";
-        c.cores.spin_before_park_us = Some(check_range(
-            key,
-            parse_u64(key, us)?,
-            0,
-            SPIN_BEFORE_PARK_US_MAX,
-        )?);
+        c.cores.spin_before_park_us = check_spin_before_park(key, parse_u64(key, us)?)?;
     }
     if let Some(fsync) = &flags.fsync {
         c.fsync = parse_fsync("--fsync", fsync)?;

@@ -60,6 +60,11 @@ pub(super) fn check_shards(key: &str, n: u64) -> Result<usize, ConfigError> {
     Ok(check_range(key, n, SHARDS_MIN as u64, SHARDS_MAX as u64)? as usize)
 }
 
+/// `spin_before_park_us` as configured, in range.
+pub(super) fn check_spin_before_park(key: &str, us: u64) -> Result<Option<u64>, ConfigError> {
+    Ok(Some(check_range(key, us, 0, SPIN_BEFORE_PARK_US_MAX)?))
+}
+
 pub(super) fn check_idle_timeout(key: &str, secs: u64) -> Result<u64, ConfigError> {
     check_range(key, secs, 0, IDLE_TIMEOUT_SECS_MAX)
 }
