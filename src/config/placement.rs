@@ -18,12 +18,12 @@ pub const FIRST_CORE_MAX: u64 = 4095;
 /// is another, spins out its wait and parks anyway; after the answer, the
 /// shard's core spins again for a next request that may well go to the
 /// other core. Measured (`bench-results/2026-12-06/spin-before-park/`, 2
-/// shards, spinning 50 µs → not at all, medians of 4): apply 1×1 `every_write` 258 → 168 µs of
-/// CPU per op, p50 274 → 258 µs; create 1×1 262 → 168 µs; every 16×16 and
-/// 64×16 cell +1–8 % ops/s, 6–12 % less CPU per op; the watch cell's event
-/// p99 6.0 → 5.1 ms. What it costs: get 1×1 under `every_write`, 9.8k →
-/// 8.0k ops/s (p50 94 → 128 µs; 13.7k → 8.1k in the A/B of the landed
-/// change beside it).
+/// shards, spinning 50 µs → not at all, medians of 4): apply 1×1
+/// `every_write` 258 → 168 µs of CPU per op, p50 274 → 258 µs; create 1×1
+/// 262 → 168 µs; every 16×16 and 64×16 cell +1–8 % ops/s, 6–12 % less CPU
+/// per op; the watch cell's event p99 6.0 → 5.1 ms. What it costs: get 1×1
+/// under `every_write`, 9.8k → 8.0k ops/s (p50 94 → 128 µs; 13.7k → 8.1k
+/// in the A/B of the landed change beside it).
 pub const SPIN_BEFORE_PARK_US_DURABLE_DEFAULT: u64 = 0;
 
 /// The same when writes do not wait for the disk (`never`, `every_n`,

@@ -74,12 +74,12 @@ fn shards_are_pinned_from_first_core_or_left_to_the_kernel() {
     );
 }
 
-/// An idle executor parks at once when every write waits for its sync,
-/// spins 50 µs first under the other policies, and spins what it is told
-/// to when configured (flag over environment).
 /// A server's flags, its environment, and the log text it must print.
 type SpinCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
+/// An idle executor parks at once when every write waits for its sync,
+/// spins 50 µs first under the other policies, and spins what it is told
+/// to when configured (flag over environment).
 #[test]
 fn executors_spin_before_parking_by_policy_unless_configured() {
     let cases: [SpinCase; 4] = [
