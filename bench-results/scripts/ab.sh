@@ -7,7 +7,7 @@
 # Each run starts a fresh server (--shards 2 unless ARGS_A/ARGS_B say
 # otherwise, temp data dir), benches it with
 # --server-pid (CPU per request) and kills it by PID; one JSON per run in OUT,
-# one summary line per run on stdout.
+# one summary line per run on stdout. Medians: ab-summary.py OUT.
 set -u
 # Servers here serve RCP only: no HTTP API listener (it would bind 7402).
 export CORESTATE_HTTP_LISTEN=off

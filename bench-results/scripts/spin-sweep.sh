@@ -7,7 +7,7 @@
 # Each run starts a fresh 2-shard server with --spin-before-park-us <value>
 # (temp data dir), benches it with --server-pid (CPU per op) and kills it
 # by PID; OUT gets s<value>-<cell>-<rep>.json. Summarize with
-# spin-sweep-summary.py OUT.
+# ab-summary.py OUT.
 set -u
 export CORESTATE_HTTP_LISTEN=off
 BIN=${BIN:-target/release/corestate}
