@@ -25,15 +25,18 @@
 
 pub mod group;
 pub mod http;
+pub mod leased;
 pub mod process;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shards::ErrorCode;
 
 use crate::protocol::op::Op;
+use leased::LeasedCounters;
 
 /// Upper bounds of the request latency histogram, in seconds (PROTOCOL.md §13.6).
 pub const REQUEST_DURATION_BUCKETS_SECONDS: [f64; 9] =
@@ -95,6 +98,27 @@ pub struct Counters {
     requests: [OpSeries; OP_SLOTS],
     errors: [CodeSeries; ERROR_CODE_SLOTS],
     events_forwarded: [u64; 2],
+    /// Answers the producing thread wrote through a lease: whole, and in
+    /// part (the connection wrote the rest) — `LeaseOutcome`.
+    leased_answers: [u64; 2],
+}
+
+/// How an answer lent a connection's socket went out (`answer_leased`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The producing thread wrote the whole frame.
+    Whole = 0,
+    /// The socket took part of it; the connection wrote the rest.
+    Part = 1,
+}
+
+impl LeaseOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaseOutcome::Whole => "whole",
+            LeaseOutcome::Part => "part",
+        }
+    }
 }
 
 impl Default for Counters {
@@ -104,6 +128,7 @@ impl Default for Counters {
             requests: [OpSeries::default(); OP_SLOTS],
             errors: [CodeSeries::default(); ERROR_CODE_SLOTS],
             events_forwarded: [0; 2],
+            leased_answers: [0; 2],
         }
     }
 }
@@ -129,6 +154,9 @@ impl Counters {
             .iter_mut()
             .zip(&other.events_forwarded)
         {
+            *a += b;
+        }
+        for (a, b) in self.leased_answers.iter_mut().zip(&other.leased_answers) {
             *a += b;
         }
     }
@@ -212,14 +240,30 @@ impl Counters {
                 self.events_forwarded[kind as usize] as f64,
             );
         }
+        out.header(
+            "corestate_leased_answers_total",
+            "counter",
+            "Answers the owning shard wrote to the client's socket itself, lent by \
+             a connection with one request in flight: whole, or in part (the \
+             connection wrote the rest).",
+        );
+        for outcome in [LeaseOutcome::Whole, LeaseOutcome::Part] {
+            out.sample(
+                "corestate_leased_answers_total",
+                &[("written", outcome.as_str())],
+                self.leased_answers[outcome as usize] as f64,
+            );
+        }
     }
 }
 
 /// One acceptor core's event counters; see the module comment. Only its
-/// own executor touches them.
+/// own executor touches them, except the answers written through leases
+/// (`leased`), which their writers add to from other threads.
 #[derive(Default)]
 pub struct Metrics {
     counters: RefCell<Counters>,
+    leased: Arc<LeasedCounters>,
 }
 
 impl Metrics {
@@ -230,6 +274,17 @@ impl Metrics {
     /// A connection was accepted (within the limit).
     pub fn connection_accepted(&self) {
         self.counters.borrow_mut().connections_total += 1;
+    }
+
+    /// An answer went out through a lease in part; the connection wrote
+    /// the rest (and counts the request as it writes it).
+    pub fn answer_leased_in_part(&self) {
+        self.counters.borrow_mut().leased_answers[LeaseOutcome::Part as usize] += 1;
+    }
+
+    /// Where the writer of a whole answer through a lease counts it.
+    pub fn leased(&self) -> Arc<LeasedCounters> {
+        self.leased.clone()
     }
 
     /// A request was answered. `op` is `None` for a request whose envelope
@@ -244,10 +299,7 @@ impl Metrics {
                 series.count += 1;
                 let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
                 series.sum_nanos = series.sum_nanos.wrapping_add(nanos);
-                if let Some(bucket) = REQUEST_DURATION_BUCKETS_NANOS
-                    .iter()
-                    .position(|&b| nanos <= b)
-                {
+                if let Some(bucket) = bucket_index(nanos) {
                     series.buckets[bucket] += 1;
                 }
             }
@@ -267,15 +319,24 @@ impl Metrics {
         self.counters.borrow_mut().events_forwarded[kind as usize] += n;
     }
 
-    /// A copy of the counters now.
+    /// A copy of the counters now, answers written through leases included.
     pub fn snapshot(&self) -> Counters {
-        self.counters.borrow().clone()
+        let mut copy = self.counters.borrow().clone();
+        self.leased.add_to(&mut copy);
+        copy
     }
 
     /// Requests answered for `op` so far.
     pub fn requests(&self, op: Op) -> u64 {
-        self.counters.borrow().requests(op)
+        self.snapshot().requests(op)
     }
+}
+
+/// The histogram bucket of a latency of `nanos` (`None`: above the last).
+fn bucket_index(nanos: u64) -> Option<usize> {
+    REQUEST_DURATION_BUCKETS_NANOS
+        .iter()
+        .position(|&b| nanos <= b)
 }
 
 /// A value as Prometheus prints it: integers without a fraction.

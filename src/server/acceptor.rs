@@ -166,7 +166,10 @@ pub fn serve_accepted(
     glommio::spawn_local(async move {
         let conn = registration.handle.clone();
         match tls {
-            None => connection::serve(ctx, stream, conn).await,
+            None => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                connection::serve(ctx, stream, conn, Some(fd)).await
+            }
             Some(acceptor) => {
                 let shaken = future::or(
                     async { Some(tls::handshake(&acceptor, stream).await) },
@@ -177,7 +180,7 @@ pub fn serve_accepted(
                 )
                 .await;
                 match shaken {
-                    Some(Ok(stream)) => connection::serve(ctx, stream, conn).await,
+                    Some(Ok(stream)) => connection::serve(ctx, stream, conn, None).await,
                     Some(Err(e)) => ctx.refusals.refuse(RefusalCause::TlsHandshake, peer, || {
                         format!("TLS handshake failed: {e}")
                     }),

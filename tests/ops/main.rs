@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod answer_lease;
 mod auth_everywhere;
 mod limits;
 mod metrics;

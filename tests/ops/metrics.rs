@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::support::{fresh_port, http_get, parse_exposition, Server};
 
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+pub(crate) fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let (status, headers, body) = http_get(addr, "/metrics").expect("scrape");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(
@@ -31,7 +31,7 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     parse_exposition(&body)
 }
 
-fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
     *samples.get(key).unwrap_or_else(|| {
         panic!("missing sample {key}; have:\n{:#?}", {
             let mut keys: Vec<_> = samples.keys().collect();

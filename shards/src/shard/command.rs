@@ -62,6 +62,33 @@ pub struct Reply {
     pub seq: u64,
     pub body: EngineResult<Vec<u8>>,
     pub charge: Option<Charge>,
+    /// Bytes of this answer's frame already written to the client through
+    /// a lease (`AnswerLease`); the connection writes only the rest.
+    pub sent_bytes: usize,
+}
+
+/// A connection's socket lent for the answer of its one request in flight:
+/// whoever produces the answer — usually the owning shard, on its own core
+/// — writes it to the client itself, so the connection's core is not woken
+/// just to copy a few hundred bytes out (issue 13: that wake cost 10–20 µs
+/// of CPU per request at one client, a fifth of a GET's;
+/// bench-results/2026-12-06/direct-answer-prototype/). The connection
+/// implements it (`src/server/connection/lease.rs`): this crate does not
+/// know how answers are framed.
+pub trait AnswerLease: Send + Sync {
+    /// Write the answer's frame to the client without blocking.
+    fn write(&self, body: &EngineResult<Vec<u8>>) -> LeaseWrite;
+}
+
+/// What became of an answer offered to its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseWrite {
+    /// The whole frame went out: nothing goes through the reply channel.
+    Written,
+    /// The lease was no longer lent, or the socket took only part of the
+    /// frame (`sent_bytes` of it, possibly none): the answer goes through
+    /// the reply channel as usual and the connection writes the rest.
+    Rest { sent_bytes: usize },
 }
 
 /// Where a connection request's answer goes.
@@ -70,6 +97,8 @@ pub struct ReplyTo {
     pub seq: u64,
     /// The client's answer budget (`budget.rs`); `None` for internal asks.
     pub budget: Option<Arc<ResponseBudget>>,
+    /// The connection lent its socket for this answer (`AnswerLease`).
+    pub lease: Option<Arc<dyn AnswerLease>>,
 }
 
 impl ReplyTo {
@@ -79,6 +108,7 @@ impl ReplyTo {
             tx,
             seq,
             budget: None,
+            lease: None,
         }
     }
 
@@ -86,10 +116,26 @@ impl ReplyTo {
     /// only when the asker is gone: there is nobody left to tell.
     pub fn send(self, body: EngineResult<Vec<u8>>) {
         let charge = self.charge_for(&body);
+        self.deliver(body, charge);
+    }
+
+    /// Send an answer already charged: through the lease when one is lent
+    /// (a written answer holds no budget: its charge is given back here),
+    /// else — or for the rest the socket did not take — through the reply
+    /// channel. Every answer to a connection request leaves through here.
+    pub fn deliver(mut self, body: EngineResult<Vec<u8>>, charge: Option<Charge>) {
+        let mut sent_bytes = 0;
+        if let Some(lease) = self.lease.take() {
+            match lease.write(&body) {
+                LeaseWrite::Written => return,
+                LeaseWrite::Rest { sent_bytes: n } => sent_bytes = n,
+            }
+        }
         let _ = self.tx.send(Reply {
             seq: self.seq,
             body,
             charge,
+            sent_bytes,
         });
     }
 

@@ -4,7 +4,7 @@
 //! of `docs/ARCHITECTURE.md`).
 
 use super::budget::Charge;
-use super::command::{BatchVote, ListPage, Reply, ReplyTo, ShardStats};
+use super::command::{BatchVote, ListPage, ReplyTo, ShardStats};
 use super::committed_ids::Verdict;
 use super::log_read::{EntryChunk, EventChunk};
 use super::runner::Shard;
@@ -46,13 +46,7 @@ impl Shard {
         // A send fails only when the asker is gone (connection closed): the
         // change is durable regardless, and there is nobody left to tell.
         match d {
-            Deferred::Conn(to, body, charge) => {
-                let _ = to.tx.send(Reply {
-                    seq: to.seq,
-                    body,
-                    charge,
-                });
-            }
+            Deferred::Conn(to, body, charge) => to.deliver(body, charge),
             Deferred::Install(done, r) => {
                 let _ = done.send(r);
             }

@@ -63,13 +63,7 @@ impl Shard {
     /// Send an owed answer as `error` instead (the turn was not logged).
     pub(super) fn answer_refused(&mut self, d: Deferred, error: &EngineError) {
         match d {
-            Deferred::Conn(to, _, charge) => {
-                let _ = to.tx.send(super::command::Reply {
-                    seq: to.seq,
-                    body: Err(error.clone()),
-                    charge,
-                });
-            }
+            Deferred::Conn(to, _, charge) => to.deliver(Err(error.clone()), charge),
             Deferred::Install(done, _) => {
                 let _ = done.send(Err(error.clone()));
             }

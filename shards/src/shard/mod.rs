@@ -35,8 +35,8 @@ mod storage;
 pub mod txn;
 
 pub use command::{
-    ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, ListPage, ListQuery, Reply,
-    ReplyTo, ShardMsg, ShardStats,
+    AnswerLease, ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, LeaseWrite,
+    ListPage, ListQuery, Reply, ReplyTo, ShardMsg, ShardStats,
 };
 pub use committed_ids::Verdict;
 pub use runner::{OpenReport, Shard, ShardConfig};

@@ -48,14 +48,21 @@
 //! is followed by a flush, which a TLS stream needs to push out what it
 //! buffered.
 //!
-//! Metrics: each answer, when encoded, adds its operation, latency and
-//! error code to the acceptor's plain counters (`Metrics`).
+//! A plain-TCP connection with one request in flight lends its socket to
+//! whoever produces that answer (`lease.rs`): the owning shard writes it
+//! itself and this core is not woken for it.
+//!
+//! Metrics: each answer, when encoded (or settled, when it went out through
+//! a lease), adds its operation, latency and error code to the acceptor's
+//! plain counters (`Metrics`).
 
+mod lease;
 mod reader;
 mod writer;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -99,6 +106,8 @@ struct Slot {
     started: Instant,
     /// Request bytes held for it (given back when it is answered).
     request_bytes: u64,
+    /// Bytes of its frame already written through a lease.
+    sent_bytes: usize,
 }
 
 #[derive(Default)]
@@ -122,6 +131,13 @@ struct Conn {
     budget: Arc<ResponseBudget>,
     /// The writer wrote something: a reader waiting for budget looks again.
     progress: (flume::Sender<()>, flume::Receiver<()>),
+    /// The socket's descriptor, when answers may be written through leases
+    /// (plain TCP: a TLS stream's state lives on this core).
+    lend_fd: Option<RawFd>,
+    /// The lease out, with its request's sequence number (`lease.rs`).
+    lease: RefCell<Option<(u64, Arc<lease::Lease>)>>,
+    /// The writer holds bytes it has not written yet: no lease meanwhile.
+    writing: Cell<bool>,
 }
 
 impl Conn {
@@ -143,8 +159,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + 'static> ByteStream for T {}
 type Stream<S> = Rc<RefCell<S>>;
 
 /// Serve one connection until it ends. `handle` is its registration
-/// (peer address, stop request).
-pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S, handle: Rc<ConnHandle>) {
+/// (peer address, stop request); `lend_fd` the socket's descriptor when
+/// answers may be written through leases (plain TCP).
+pub async fn serve<S: ByteStream>(
+    ctx: Rc<ServerCtx>,
+    stream: S,
+    handle: Rc<ConnHandle>,
+    lend_fd: Option<RawFd>,
+) {
     let stream: Stream<S> = Rc::new(RefCell::new(stream));
     if handle.stopping() {
         // Shutdown began while this connection was being accepted.
@@ -165,6 +187,9 @@ pub async fn serve<S: ByteStream>(ctx: Rc<ServerCtx>, stream: S, handle: Rc<Conn
         ),
         progress: flume::bounded(1),
         ctx: ctx.clone(),
+        lend_fd,
+        lease: RefCell::new(None),
+        writing: Cell::new(false),
     });
     let (reply_tx, reply_rx) = flume::unbounded::<Reply>();
     let writer = glommio::spawn_local(writer::write_loop(

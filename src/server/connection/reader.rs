@@ -4,12 +4,14 @@
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
 use futures_lite::future::{self, poll_fn};
-use shards::shard::ReplyTo;
+use shards::shard::{AnswerLease, ReplyTo};
 
+use super::lease::{self, Lease};
 use super::{
     ByteStream, Conn, Slot, Slots, Stream, READ_BUFFER_INITIAL_BYTES, READ_CHUNK_MIN_BYTES,
     UNAUTHENTICATED_MESSAGE_BYTES_MAX,
@@ -23,6 +25,18 @@ use crate::server::session::Session;
 use crate::watch::subscription::ConnWatch;
 
 pub(super) async fn read_loop<S: ByteStream>(
+    conn: &Rc<Conn>,
+    handle: &ConnHandle,
+    stream: &Stream<S>,
+    reply_tx: flume::Sender<shards::shard::Reply>,
+) {
+    read_requests(conn, handle, stream, reply_tx).await;
+    // The last answer may have gone out through a lease: retire it, or take
+    // the lease back so the writer writes it.
+    settle_lease(conn);
+}
+
+async fn read_requests<S: ByteStream>(
     conn: &Rc<Conn>,
     handle: &ConnHandle,
     stream: &Stream<S>,
@@ -53,16 +67,21 @@ pub(super) async fn read_loop<S: ByteStream>(
             let (from, to) = (start + decoded.payload.start, start + decoded.payload.end);
             start += decoded.consumed;
             let request_bytes = (to - from).min(ctx.limits.request_buffer_per_connection_bytes);
+            // A request behind a lent answer: settle the lease first (its
+            // slot may hold the in-flight permit this one waits for, and
+            // answers keep request order).
+            settle_lease(conn);
             if !admit(conn, next_seq, request_bytes as u64).await {
                 return;
             }
             let seq = next_seq;
             next_seq += 1;
             let mode = output_mode(&session, &decoder);
-            let reply = ReplyTo {
+            let mut reply = ReplyTo {
                 tx: reply_tx.clone(),
                 seq,
                 budget: Some(conn.budget.clone()),
+                lease: None,
             };
             let slot = |id_json, op| Slot {
                 id_json,
@@ -72,6 +91,7 @@ pub(super) async fn read_loop<S: ByteStream>(
                 op,
                 started: arrived,
                 request_bytes: request_bytes as u64,
+                sent_bytes: 0,
             };
             let flow = match parse_request(&mut buf[from..to]) {
                 Err(bad) => {
@@ -81,6 +101,7 @@ pub(super) async fn read_loop<S: ByteStream>(
                 }
                 Ok(req) => {
                     let op = req.op;
+                    reply.lease = lend(conn, seq, op, &req.id_json, mode, arrived);
                     push_slot(&conn.slots, seq, slot(req.id_json.clone(), Some(op)));
                     let flow =
                         dispatch(ctx, &mut session, &conn.watch, req, reply, handle.peer).await;
@@ -126,7 +147,11 @@ pub(super) async fn read_loop<S: ByteStream>(
             buf.truncate(READ_BUFFER_INITIAL_BYTES);
             buf.shrink_to_fit();
         }
-        match read_with_idle_timeout(conn, handle, stream, &mut buf[filled..]).await {
+        let read = read_with_idle_timeout(conn, handle, stream, &mut buf[filled..]).await;
+        // Woken: an answer written through the lease meanwhile is retired
+        // now, whatever the read brought.
+        settle_lease(conn);
+        match read {
             Some(n) => filled += n,
             None => return,
         }
@@ -209,11 +234,14 @@ async fn read_with_idle_timeout<S: ByteStream>(
                 tracing::debug!("shutdown: connection stops reading");
                 return None;
             }
-            ReadOutcome::Idle if is_idle(&conn.slots, &conn.watch) => {
-                tracing::debug!("closing idle connection");
-                return None;
+            ReadOutcome::Idle => {
+                // An answer written through the lease is not in flight.
+                settle_lease(conn);
+                if is_idle(&conn.slots, &conn.watch) {
+                    tracing::debug!("closing idle connection");
+                    return None;
+                }
             }
-            ReadOutcome::Idle => continue,
         }
     }
 }
@@ -228,6 +256,70 @@ fn output_mode(session: &Session, decoder: &FrameDecoder) -> OutputMode {
     } else {
         decoder.output_mode_for_binary()
     }
+}
+
+/// The lease for request `seq`'s answer, when it may have one (`lease.rs`):
+/// a request routed to one shard, on a plain-TCP connection with nothing
+/// else in flight, no subscription and nothing left to write.
+fn lend(
+    conn: &Conn,
+    seq: u64,
+    op: Op,
+    id_json: &[u8],
+    mode: OutputMode,
+    started: Instant,
+) -> Option<Arc<dyn AnswerLease>> {
+    let fd = conn.lend_fd?;
+    let routed_to_one_shard = matches!(
+        op,
+        Op::GetInstance | Op::ApplyEvent | Op::CreateInstance | Op::DeleteInstance
+    );
+    if !routed_to_one_shard
+        || conn.writing.get()
+        || !conn.slots.borrow().queue.is_empty()
+        || !conn.watch.borrow().subs.is_empty()
+        || conn.lease.borrow().is_some()
+    {
+        return None;
+    }
+    let request = lease::Request {
+        op,
+        id_json: id_json.to_vec(),
+        mode,
+        started,
+    };
+    let lease = Arc::new(Lease::lend(fd, request, conn.ctx.metrics.leased())?);
+    *conn.lease.borrow_mut() = Some((seq, lease.clone()));
+    Some(lease)
+}
+
+/// Settle the lease out, if any: an answer written through it retires its
+/// slot here (the writer never sees it); one not written comes through the
+/// reply channel.
+fn settle_lease(conn: &Conn) {
+    let Some((seq, lease)) = conn.lease.borrow_mut().take() else {
+        return;
+    };
+    if !lease.settle() {
+        return;
+    }
+    let slot = {
+        let mut s = conn.slots.borrow_mut();
+        // A lease is lent only to a lone request, and taken back before
+        // another is admitted: its slot is the oldest.
+        debug_assert_eq!(s.base_seq, seq);
+        if s.base_seq != seq {
+            return;
+        }
+        let Some(slot) = s.queue.pop_front() else {
+            return;
+        };
+        s.base_seq += 1;
+        slot
+    };
+    conn.inflight.signal(1);
+    conn.request_bytes.signal(slot.request_bytes);
+    super::writer::returned_budget(conn);
 }
 
 fn push_slot(slots: &RefCell<Slots>, seq: u64, slot: Slot) {

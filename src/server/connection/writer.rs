@@ -116,7 +116,11 @@ pub(super) async fn write_loop<S: ByteStream>(
             }
         }
         if !out.is_empty() {
-            if write_all(&stream, &out).await.is_err() {
+            // Answers popped but not written yet: no lease until they are.
+            conn.writing.set(true);
+            let written = write_all(&stream, &out).await;
+            conn.writing.set(false);
+            if written.is_err() {
                 conn.close_gates();
                 return;
             }
@@ -163,6 +167,7 @@ fn fill(conn: &Conn, reply: Reply) {
     if let Some(slot) = s.queue.get_mut(index as usize) {
         slot.body = Some(reply.body);
         slot.charge = reply.charge;
+        slot.sent_bytes = reply.sent_bytes;
     }
 }
 
@@ -189,6 +194,7 @@ fn encode_ready(conn: &Conn, out: &mut Vec<u8>, charges: &mut Vec<Charge>) {
         let error = body.as_ref().err().map(|e| e.code);
         ctx.metrics
             .request_answered(slot.op, now.saturating_duration_since(slot.started), error);
+        let frame_at = out.len();
         if write_response(out, slot.mode, &slot.id_json, &body).is_err() {
             // The answer cannot be framed (over 16 MiB): say so instead.
             let too_large: EngineResult<Vec<u8>> = Err(EngineError::internal(
@@ -196,7 +202,36 @@ fn encode_ready(conn: &Conn, out: &mut Vec<u8>, charges: &mut Vec<Charge>) {
             ));
             let _ = write_response(out, slot.mode, &slot.id_json, &too_large);
         }
+        // A lease sent the frame's head: only the rest is owed. The frame
+        // is the same bytes (same answer, id and mode: encoding is
+        // deterministic), and a frame too large to encode was never sent.
+        if slot.sent_bytes > 0 {
+            drop_sent_head(out, frame_at, slot.sent_bytes);
+            ctx.metrics.answer_leased_in_part();
+        }
     }
     conn.inflight.signal(requests);
     conn.request_bytes.signal(request_bytes);
+}
+
+/// Remove the `sent` bytes a lease already wrote from the frame that starts
+/// at `frame_at` in `out`.
+fn drop_sent_head(out: &mut Vec<u8>, frame_at: usize, sent: usize) {
+    let end = (frame_at + sent).min(out.len());
+    out.drain(frame_at..end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_unsent_rest_of_a_leased_frame_is_written() {
+        let mut out = b"AAAAframe-bytes".to_vec();
+        drop_sent_head(&mut out, 4, 6);
+        assert_eq!(out, b"AAAAbytes");
+        let mut untouched = b"AAAAframe".to_vec();
+        drop_sent_head(&mut untouched, 4, 0);
+        assert_eq!(untouched, b"AAAAframe");
+    }
 }

@@ -1,0 +1,294 @@
+//! A plain-TCP connection lends its socket for the answer of its one
+//! request in flight (`shards::shard::AnswerLease`): the thread that
+//! produces the answer — the owning shard's, after its group commit —
+//! frames it and sends it itself, and the connection's core is not woken
+//! to do it. At one client that wake was 10–20 µs of CPU per request and a
+//! third of a GET's latency (bench-results/2026-12-06/direct-answer-prototype/).
+//!
+//! # When a lease is lent (`reader.rs`)
+//!
+//! Only when nothing else can write to the socket while it is out: no other
+//! request of the connection in flight, no subscription (watch events), and
+//! the writer holding no bytes it has not written yet (it pops answers
+//! before their write completes). While it is out, the reader takes it
+//! back before it admits another request, so answers keep request order;
+//! the writer writes nothing else meanwhile (nothing else is owed).
+//!
+//! # Who owns what
+//!
+//! The lease holds its own duplicate of the socket's descriptor, closed
+//! when the lease is settled or written: whatever happens to the
+//! connection — closed, shut down, its task dropped — a late answer can
+//! only reach this client's socket, never a descriptor number reused by
+//! another. One mutex guards the state; the producer holds it for one
+//! non-blocking `send`, the reader for a state change.
+//!
+//! # What the reader learns (`settle`)
+//!
+//! * written whole — the slot is retired by the reader (in-flight count,
+//!   request bytes, budget head); the writer counted the answer in the
+//!   metrics when it wrote it (`metrics::leased`), so a scrape sees it
+//!   even if the connection does not wake again for a while;
+//! * still lent — taken back: the answer comes through the reply channel;
+//! * handed back — the socket took part of the frame or none (a client not
+//!   reading, a full send buffer): the answer comes through the channel
+//!   with the count of bytes already sent, and the writer writes the rest
+//!   (`writer.rs`). The producer never waits on the socket.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use std::sync::Arc;
+
+use shards::shard::{AnswerLease, LeaseWrite};
+use shards::EngineResult;
+
+use crate::metrics::leased::LeasedCounters;
+use crate::protocol::frame::OutputMode;
+use crate::protocol::op::Op;
+use crate::protocol::response::write_response;
+
+/// Room reserved for a leased answer's frame before it is encoded.
+const LEASED_FRAME_INITIAL_BYTES: usize = 512;
+/// Largest answer (its `result` JSON) the producer writes through a lease;
+/// a larger one goes the usual way: beside its copy the wake is small, and
+/// a shard's thread should not frame megabytes for a socket.
+const LEASED_ANSWER_BYTES_MAX: usize = 64 * 1024;
+
+enum State {
+    /// Out: the producer may write through its descriptor.
+    Lent(OwnedFd),
+    /// The whole frame went out.
+    Written,
+    /// Taken back, or handed back after a partial write: the answer goes
+    /// through the reply channel.
+    Returned,
+}
+
+/// What a lease's answer is, for its frame and its metrics.
+pub(super) struct Request {
+    pub op: Op,
+    pub id_json: Vec<u8>,
+    pub mode: OutputMode,
+    /// When it was read, for its latency.
+    pub started: Instant,
+}
+
+pub(super) struct Lease {
+    request: Request,
+    /// Where the answer is counted when written whole.
+    metrics: Arc<LeasedCounters>,
+    state: Mutex<State>,
+}
+
+impl Lease {
+    /// Lend socket `fd` for the answer to `request`. `None` when the
+    /// descriptor cannot be duplicated (out of descriptors): the answer
+    /// then goes the usual way.
+    pub fn lend(fd: RawFd, request: Request, metrics: Arc<LeasedCounters>) -> Option<Self> {
+        // SAFETY: `fd` is the open socket of the connection lending it; it
+        // stays open for the duration of this call.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        let own = socket.try_clone_to_owned().ok()?;
+        Some(Lease {
+            request,
+            metrics,
+            state: Mutex::new(State::Lent(own)),
+        })
+    }
+
+    /// The connection's side: `true` when the answer was written whole
+    /// through the lease; otherwise the lease is taken back (its
+    /// descriptor closed) and the answer comes through the reply channel.
+    pub fn settle(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(
+            std::mem::replace(&mut *state, State::Returned),
+            State::Written
+        )
+    }
+}
+
+impl AnswerLease for Lease {
+    fn write(&self, body: &EngineResult<Vec<u8>>) -> LeaseWrite {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let answer_bytes = body.as_ref().map_or(0, Vec::len);
+        if answer_bytes > LEASED_ANSWER_BYTES_MAX {
+            return LeaseWrite::Rest { sent_bytes: 0 };
+        }
+        let State::Lent(fd) = std::mem::replace(&mut *state, State::Returned) else {
+            return LeaseWrite::Rest { sent_bytes: 0 };
+        };
+        let r = &self.request;
+        let mut frame = Vec::with_capacity(LEASED_FRAME_INITIAL_BYTES);
+        if write_response(&mut frame, r.mode, &r.id_json, body).is_err() {
+            // Too large to frame: the writer answers with the error.
+            return LeaseWrite::Rest { sent_bytes: 0 };
+        }
+        let sent_bytes = send_without_blocking(&fd, &frame);
+        if sent_bytes < frame.len() {
+            return LeaseWrite::Rest { sent_bytes };
+        }
+        *state = State::Written;
+        let error = body.as_ref().err().map(|e| e.code);
+        self.metrics.answered(r.op, r.started.elapsed(), error);
+        LeaseWrite::Written
+    }
+}
+
+/// Send as much of `bytes` as the socket takes now; how much it took. A
+/// broken socket takes nothing more: the connection's own write of the
+/// rest meets the error and ends the connection.
+fn send_without_blocking(fd: &OwnedFd, bytes: &[u8]) -> usize {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: `fd` is an open descriptor this lease owns; `rest` is a
+        // valid slice for its length.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            sent += n as usize;
+            continue;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break;
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        UnixStream::pair().unwrap()
+    }
+
+    fn lend(socket: &UnixStream, mode: OutputMode, metrics: &Metrics) -> Lease {
+        let request = Request {
+            op: Op::GetInstance,
+            id_json: b"\"7\"".to_vec(),
+            mode,
+            started: Instant::now(),
+        };
+        Lease::lend(socket.as_raw_fd(), request, metrics.leased()).unwrap()
+    }
+
+    fn framed(mode: OutputMode, body: &EngineResult<Vec<u8>>) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_response(&mut v, mode, b"\"7\"", body).unwrap();
+        v
+    }
+
+    #[test]
+    fn a_written_answer_is_the_frame_the_writer_would_have_written_and_is_counted() {
+        let (ours, mut theirs) = pair();
+        let metrics = Metrics::new();
+        let lease = lend(&ours, OutputMode::Rcpx, &metrics);
+        let body: EngineResult<Vec<u8>> = Ok(br#"{"state":"paid"}"#.to_vec());
+        assert_eq!(lease.write(&body), LeaseWrite::Written);
+        let want = framed(OutputMode::Rcpx, &body);
+        let mut got = vec![0; want.len()];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(got, want);
+        // Counted by the writer, before the connection settles it.
+        assert_eq!(metrics.requests(Op::GetInstance), 1);
+        assert!(lease.settle(), "written");
+        // Settled once: a second settle finds nothing.
+        assert!(!lease.settle());
+    }
+
+    #[test]
+    fn an_error_answer_is_counted_with_its_code() {
+        let (ours, _theirs) = pair();
+        let metrics = Metrics::new();
+        let lease = lend(&ours, OutputMode::Jsonl, &metrics);
+        let body: EngineResult<Vec<u8>> = Err(shards::EngineError::new(
+            shards::ErrorCode::InstanceNotFound,
+            "no such instance",
+        ));
+        assert_eq!(lease.write(&body), LeaseWrite::Written);
+        let mut out = crate::metrics::Exposition::new();
+        metrics.snapshot().render(&mut out);
+        let text = out.finish();
+        for line in [
+            "rstmdb_errors_total{code=\"INSTANCE_NOT_FOUND\"} 1",
+            "rstmdb_requests_total{operation=\"GET_INSTANCE\"} 1",
+            "corestate_leased_answers_total{written=\"whole\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_lease_taken_back_is_not_written_and_closes_its_descriptor() {
+        let (ours, mut theirs) = pair();
+        let metrics = Metrics::new();
+        let lease = lend(&ours, OutputMode::Rcpx, &metrics);
+        assert!(!lease.settle());
+        assert_eq!(
+            lease.write(&Ok(b"{}".to_vec())),
+            LeaseWrite::Rest { sent_bytes: 0 }
+        );
+        assert_eq!(metrics.requests(Op::GetInstance), 0);
+        // Only the connection's own descriptor is left: closing it ends the
+        // stream, so the lease's duplicate is gone.
+        drop(ours);
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_large_answer_is_left_to_the_connection() {
+        let (ours, _theirs) = pair();
+        let metrics = Metrics::new();
+        let lease = lend(&ours, OutputMode::Rcpx, &metrics);
+        let body: EngineResult<Vec<u8>> = Ok(vec![b'x'; LEASED_ANSWER_BYTES_MAX + 1]);
+        assert_eq!(lease.write(&body), LeaseWrite::Rest { sent_bytes: 0 });
+        assert!(!lease.settle());
+    }
+
+    #[test]
+    fn a_full_socket_hands_the_rest_back_without_waiting() {
+        let (ours, mut theirs) = pair();
+        ours.set_nonblocking(true).unwrap();
+        // Fill the socket's buffer: nobody reads the other end.
+        let filler = vec![0u8; 64 * 1024];
+        let mut filled = 0usize;
+        while let Ok(n) = (&ours).write(&filler) {
+            filled += n;
+        }
+        let metrics = Metrics::new();
+        let lease = lend(&ours, OutputMode::Rcpx, &metrics);
+        let body: EngineResult<Vec<u8>> = Ok(vec![b'x'; LEASED_ANSWER_BYTES_MAX]);
+        let LeaseWrite::Rest { sent_bytes } = lease.write(&body) else {
+            panic!("a full socket cannot take a 64 KiB frame");
+        };
+        let want = framed(OutputMode::Rcpx, &body);
+        assert!(sent_bytes < want.len());
+        assert!(!lease.settle(), "handed back, not written");
+        assert_eq!(
+            metrics.requests(Op::GetInstance),
+            0,
+            "the connection counts it"
+        );
+        // What went out is the frame's head, right after the filler.
+        let mut got = vec![0; filled + sent_bytes];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got[filled..], &want[..sent_bytes]);
+    }
+}
