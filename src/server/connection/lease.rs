@@ -20,8 +20,11 @@
 //! when the lease is settled or written: whatever happens to the
 //! connection — closed, shut down, its task dropped — a late answer can
 //! only reach this client's socket, never a descriptor number reused by
-//! another. One mutex guards the state; the producer holds it for one
-//! non-blocking `send`, the reader for a state change.
+//! another. No lock (invariant 1 of `docs/ARCHITECTURE.md`): one atomic
+//! state word, lent → writing → written or returned; whoever moves it out
+//! of lent — the producer to write, or the reader to take the lease back —
+//! owns the descriptor from then on and closes it. A reader that finds the
+//! producer writing waits for it: one non-blocking `send`.
 //!
 //! # What the reader learns (`settle`)
 //!
@@ -35,11 +38,11 @@
 //!   with the count of bytes already sent, and the writer writes the rest
 //!   (`writer.rs`). The producer never waits on the socket.
 
+use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
-
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use shards::shard::{AnswerLease, LeaseWrite};
 use shards::EngineResult;
@@ -56,15 +59,17 @@ const LEASED_FRAME_INITIAL_BYTES: usize = 512;
 /// a shard's thread should not frame megabytes for a socket.
 const LEASED_ANSWER_BYTES_MAX: usize = 64 * 1024;
 
-enum State {
-    /// Out: the producer may write through its descriptor.
-    Lent(OwnedFd),
-    /// The whole frame went out.
-    Written,
-    /// Taken back, or handed back after a partial write: the answer goes
-    /// through the reply channel.
-    Returned,
-}
+/// Out: the producer may claim it to write.
+const LENT: u8 = 0;
+/// The producer is writing through it.
+const WRITING: u8 = 1;
+/// The whole frame went out; the reader has not settled it yet.
+const WRITTEN: u8 = 2;
+/// Taken back, handed back after a partial write, or settled: the answer
+/// goes (or went) through the reply channel.
+const RETURNED: u8 = 3;
+/// Spins a reader waits for a writing producer before it yields its core.
+const SETTLE_SPINS_BEFORE_YIELD: u32 = 1024;
 
 /// What a lease's answer is, for its frame and its metrics.
 pub(super) struct Request {
@@ -79,8 +84,17 @@ pub(super) struct Lease {
     request: Request,
     /// Where the answer is counted when written whole.
     metrics: Arc<LeasedCounters>,
-    state: Mutex<State>,
+    state: AtomicU8,
+    /// The duplicate descriptor. Touched only by whoever moved `state` out
+    /// of `LENT` (one compare-exchange wins), or by `drop`.
+    fd: UnsafeCell<Option<OwnedFd>>,
 }
+
+// SAFETY: `fd`, the one field not `Sync` by itself, is only accessed by
+// the thread that won the compare-exchange out of `LENT`
+// (`take_fd`), which happens once; the other fields are immutable or
+// atomic.
+unsafe impl Sync for Lease {}
 
 impl Lease {
     /// Lend socket `fd` for the answer to `request`. `None` when the
@@ -94,45 +108,81 @@ impl Lease {
         Some(Lease {
             request,
             metrics,
-            state: Mutex::new(State::Lent(own)),
+            state: AtomicU8::new(LENT),
+            fd: UnsafeCell::new(Some(own)),
         })
+    }
+
+    /// The descriptor, for the caller that just moved `state` out of
+    /// `LENT`.
+    fn take_fd(&self) -> Option<OwnedFd> {
+        // SAFETY: only the one winner of the compare-exchange out of
+        // `LENT` calls this (see `Sync` above): no other access overlaps.
+        unsafe { (*self.fd.get()).take() }
     }
 
     /// The connection's side: `true` when the answer was written whole
     /// through the lease; otherwise the lease is taken back (its
     /// descriptor closed) and the answer comes through the reply channel.
     pub fn settle(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        matches!(
-            std::mem::replace(&mut *state, State::Returned),
-            State::Written
-        )
+        let mut spins = 0u32;
+        loop {
+            match self
+                .state
+                .compare_exchange(LENT, RETURNED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    drop(self.take_fd());
+                    return false;
+                }
+                Err(WRITTEN) => {
+                    self.state.store(RETURNED, Ordering::Release);
+                    return true;
+                }
+                Err(RETURNED) => return false,
+                Err(_) => {
+                    // The producer is in one non-blocking send.
+                    spins += 1;
+                    if spins < SETTLE_SPINS_BEFORE_YIELD {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
     }
 }
 
 impl AnswerLease for Lease {
     fn write(&self, body: &EngineResult<Vec<u8>>) -> LeaseWrite {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let answer_bytes = body.as_ref().map_or(0, Vec::len);
-        if answer_bytes > LEASED_ANSWER_BYTES_MAX {
+        if answer_bytes > LEASED_ANSWER_BYTES_MAX
+            || self
+                .state
+                .compare_exchange(LENT, WRITING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
             return LeaseWrite::Rest { sent_bytes: 0 };
         }
-        let State::Lent(fd) = std::mem::replace(&mut *state, State::Returned) else {
+        let Some(fd) = self.take_fd() else {
+            self.state.store(RETURNED, Ordering::Release);
             return LeaseWrite::Rest { sent_bytes: 0 };
         };
         let r = &self.request;
         let mut frame = Vec::with_capacity(LEASED_FRAME_INITIAL_BYTES);
-        if write_response(&mut frame, r.mode, &r.id_json, body).is_err() {
+        let sent_bytes = match write_response(&mut frame, r.mode, &r.id_json, body) {
+            Ok(()) => send_without_blocking(&fd, &frame),
             // Too large to frame: the writer answers with the error.
-            return LeaseWrite::Rest { sent_bytes: 0 };
-        }
-        let sent_bytes = send_without_blocking(&fd, &frame);
-        if sent_bytes < frame.len() {
+            Err(_) => 0,
+        };
+        if sent_bytes < frame.len() || frame.is_empty() {
+            self.state.store(RETURNED, Ordering::Release);
             return LeaseWrite::Rest { sent_bytes };
         }
-        *state = State::Written;
         let error = body.as_ref().err().map(|e| e.code);
         self.metrics.answered(r.op, r.started.elapsed(), error);
+        self.state.store(WRITTEN, Ordering::Release);
         LeaseWrite::Written
     }
 }
@@ -250,6 +300,48 @@ mod tests {
         let mut rest = Vec::new();
         theirs.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_race_between_the_writer_and_the_taking_back_has_one_winner() {
+        const ROUNDS: usize = 2000;
+        let (ours, mut theirs) = pair();
+        let metrics = Metrics::new();
+        let body: EngineResult<Vec<u8>> = Ok(b"{}".to_vec());
+        let frame_bytes = framed(OutputMode::Rcpx, &body).len();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            theirs.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        let mut written = 0;
+        for _ in 0..ROUNDS {
+            let lease = Arc::new(lend(&ours, OutputMode::Rcpx, &metrics));
+            let producer = {
+                let (lease, body) = (lease.clone(), body.clone());
+                std::thread::spawn(move || lease.write(&body))
+            };
+            let settled = lease.settle();
+            let wrote = producer.join().unwrap();
+            // The producer wrote whole exactly when the reader found it
+            // written; otherwise it was taken back first, untouched.
+            match wrote {
+                LeaseWrite::Written => {
+                    // A settle before the claim would have taken it back;
+                    // one during the write waits for it.
+                    assert!(settled);
+                    assert!(!lease.settle(), "settled once");
+                    written += 1;
+                }
+                LeaseWrite::Rest { sent_bytes } => {
+                    assert_eq!(sent_bytes, 0);
+                    assert!(!settled);
+                }
+            }
+        }
+        drop(ours);
+        assert_eq!(reader.join().unwrap(), written * frame_bytes);
+        assert_eq!(metrics.requests(Op::GetInstance), written as u64);
     }
 
     #[test]
