@@ -52,9 +52,10 @@
 //! whoever produces that answer (`lease.rs`): the owning shard writes it
 //! itself and this core is not woken for it.
 //!
-//! Metrics: each answer, when encoded (or settled, when it went out through
-//! a lease), adds its operation, latency and error code to the acceptor's
-//! plain counters (`Metrics`).
+//! Metrics: each answer, when encoded, adds its operation, latency and
+//! error code to the acceptor's plain counters (`Metrics`); one written
+//! whole through a lease is counted by its writer, in the same core's
+//! atomic side counters (`metrics::leased`).
 
 mod lease;
 mod reader;
