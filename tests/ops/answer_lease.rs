@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::metrics::{scrape, value};
-use crate::support::{fresh_port, rcpx_json, request, RawClient, Server};
+use crate::support::{fresh_port, rcpx_json, request, set_receive_buffer, RawClient, Server};
 
 const COUNTER: &str =
     r#"{"states":["s"],"initial":"s","transitions":[{"from":"s","event":"INC","to":"s"}]}"#;
 const WHOLE: &str = "corestate_leased_answers_total{written=\"whole\"}";
 const PART: &str = "corestate_leased_answers_total{written=\"part\"}";
+/// A small receive buffer for a client that does not read.
+const CLIENT_RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a check waits for the server to settle what a client left.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,7 +97,7 @@ fn answers_the_socket_takes_only_in_part_are_finished_by_the_connection_in_order
     const REQUESTS: usize = 160;
     let (server, metrics) = with_metrics();
     let mut c = server.raw();
-    shrink_receive_buffer(&c);
+    set_receive_buffer(&c.stream, CLIENT_RECEIVE_BUFFER_BYTES);
     put_counter(&mut c);
     let blob = "x".repeat(BLOB_BYTES);
     c.ok(
@@ -133,24 +135,6 @@ fn answers_the_socket_takes_only_in_part_are_finished_by_the_connection_in_order
         value(&samples, WHOLE) >= 1.0 && value(&samples, PART) >= 1.0,
         "no answer was written in part by its shard: the test did not test it"
     );
-}
-
-/// A small receive buffer, fixed (no autotuning): the server's sends fill
-/// it and its own send buffer sooner.
-fn shrink_receive_buffer(c: &RawClient) {
-    use std::os::fd::AsRawFd;
-    const CLIENT_RECEIVE_BUFFER_BYTES: libc::c_int = 64 * 1024;
-    // SAFETY: a valid socket and a c_int option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            c.stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&CLIENT_RECEIVE_BUFFER_BYTES as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
 }
 
 /// Open descriptors of a process.

@@ -222,6 +222,31 @@ impl RawClient {
     }
 }
 
+/// Limit a socket's receive buffer (turns off the kernel's autotuning), so
+/// a client that does not read fills it, and the server's send buffer,
+/// sooner.
+pub fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int that
+    // lives across the call and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_RCVBUF): {}",
+        io::Error::last_os_error()
+    );
+}
+
 /// Write `count` copies of one request (ids `{prefix}{i}`) to `stream`
 /// without reading anything.
 pub fn pipeline(stream: &mut TcpStream, prefix: &str, count: usize, op: &str, params: &Value) {

@@ -2,8 +2,6 @@
 //! once it falls out of the server's ring — while the server's memory stays
 //! bounded.
 
-use std::io;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -13,36 +11,13 @@ use serde_json::json;
 use crate::conn::{WatchConn, EVENT_TIMEOUT};
 use crate::events::{apply, assert_same_offsets, create, ids_on_all_shards, offset_of};
 use crate::support::{
-    cpu_percent, flip_definition, put_machine, rss_kib, Server, RCPX_HEADER_BYTES,
-    RESPONSE_TIMEOUT, SHARDS,
+    cpu_percent, flip_definition, put_machine, rss_kib, set_receive_buffer, Server,
+    RCPX_HEADER_BYTES, RESPONSE_TIMEOUT, SHARDS,
 };
 use crate::writers::{run_writers, spawn_watcher, Load};
 
 /// Events the server keeps in memory for watchers (`WATCH_RING_EVENTS_MAX`).
 const SERVER_RING_EVENTS: usize = 65_536;
-
-/// Limit a socket's receive buffer (turns off the kernel's autotuning).
-fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let value = bytes as libc::c_int;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int that
-    // lives across the call and its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt(SO_RCVBUF): {}",
-        io::Error::last_os_error()
-    );
-}
 
 /// Largest TCP send buffer the kernel autotunes to (`tcp_wmem` max).
 fn tcp_send_buffer_max() -> usize {
