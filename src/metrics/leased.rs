@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shards::ErrorCode;
 
-use super::{bucket_index, Counters, LeaseOutcome, ERROR_CODE_SLOTS, OP_SLOTS};
+use super::{latency_sample, Counters, LeaseOutcome, ERROR_CODE_SLOTS, OP_SLOTS};
 use crate::protocol::op::Op;
 
 #[derive(Default)]
@@ -51,9 +51,9 @@ impl LeasedCounters {
         let relaxed = Ordering::Relaxed;
         if let Some(series) = self.requests.get(op as usize) {
             series.name.get_or_init(|| op.name());
-            let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            let (nanos, bucket) = latency_sample(elapsed);
             series.sum_nanos.fetch_add(nanos, relaxed);
-            if let Some(bucket) = bucket_index(nanos) {
+            if let Some(bucket) = bucket {
                 series.buckets[bucket].fetch_add(1, relaxed);
             }
             series.count.fetch_add(1, relaxed);

@@ -103,7 +103,9 @@ pub struct Counters {
     leased_answers: [u64; 2],
 }
 
-/// How an answer lent a connection's socket went out (`answer_leased`).
+/// How an answer lent a connection's socket went out: whole (counted by
+/// its writer, `leased::LeasedCounters`) or in part
+/// (`Metrics::answer_leased_in_part`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseOutcome {
     /// The producing thread wrote the whole frame.
@@ -297,9 +299,9 @@ impl Metrics {
             if let Some(series) = c.requests.get_mut(index) {
                 series.name.get_or_insert(op.name());
                 series.count += 1;
-                let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                let (nanos, bucket) = latency_sample(elapsed);
                 series.sum_nanos = series.sum_nanos.wrapping_add(nanos);
-                if let Some(bucket) = bucket_index(nanos) {
+                if let Some(bucket) = bucket {
                     series.buckets[bucket] += 1;
                 }
             }
@@ -332,11 +334,14 @@ impl Metrics {
     }
 }
 
-/// The histogram bucket of a latency of `nanos` (`None`: above the last).
-fn bucket_index(nanos: u64) -> Option<usize> {
-    REQUEST_DURATION_BUCKETS_NANOS
+/// A request latency as the histogram takes it: nanoseconds, and its
+/// bucket (`None`: above the last bound).
+fn latency_sample(elapsed: Duration) -> (u64, Option<usize>) {
+    let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    let bucket = REQUEST_DURATION_BUCKETS_NANOS
         .iter()
-        .position(|&b| nanos <= b)
+        .position(|&b| nanos <= b);
+    (nanos, bucket)
 }
 
 /// A value as Prometheus prints it: integers without a fraction.

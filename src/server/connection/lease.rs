@@ -171,12 +171,13 @@ impl AnswerLease for Lease {
         };
         let r = &self.request;
         let mut frame = Vec::with_capacity(LEASED_FRAME_INITIAL_BYTES);
-        let sent_bytes = match write_response(&mut frame, r.mode, &r.id_json, body) {
-            Ok(()) => send_without_blocking(&fd, &frame),
+        if write_response(&mut frame, r.mode, &r.id_json, body).is_err() {
             // Too large to frame: the writer answers with the error.
-            Err(_) => 0,
-        };
-        if sent_bytes < frame.len() || frame.is_empty() {
+            self.state.store(RETURNED, Ordering::Release);
+            return LeaseWrite::Rest { sent_bytes: 0 };
+        }
+        let sent_bytes = send_without_blocking(&fd, &frame);
+        if sent_bytes < frame.len() {
             self.state.store(RETURNED, Ordering::Release);
             return LeaseWrite::Rest { sent_bytes };
         }
