@@ -48,17 +48,22 @@ pub const DATA_DIR_META_FILE: &str = "corestate.json";
 /// `shards::wal::manifest`).
 pub const DATA_DIR_FORMAT_VERSION: u64 = 2;
 
-/// glommio needs locked memory for io_uring; raise the soft limit to the hard one.
-fn raise_memlock_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+/// Raise the soft limits this server needs to their hard ones: locked
+/// memory (glommio's io_uring needs it) and open descriptors (each
+/// connection holds its socket and, once it lends an answer, a duplicate
+/// of it: `server::connection`).
+fn raise_soft_limits() {
+    for resource in [libc::RLIMIT_MEMLOCK, libc::RLIMIT_NOFILE] {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain libc calls with a valid pointer to a local struct.
+        unsafe {
+            if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(resource, &lim);
+            }
         }
     }
 }
@@ -170,7 +175,7 @@ pub fn run(
     peer_tls: Option<PeerTls>,
 ) -> Result<(), String> {
     install_panic_hook();
-    raise_memlock_limit();
+    raise_soft_limits();
     disable_transparent_huge_pages();
     // Before anything slow: a signal during recovery is kept and acted on
     // as soon as the acceptor runs.

@@ -135,6 +135,9 @@ struct Conn {
     /// The socket's descriptor, when answers may be written through leases
     /// (plain TCP: a TLS stream's state lives on this core).
     lend_fd: Option<RawFd>,
+    /// The duplicate of `lend_fd` the leases share, made at the first
+    /// lease (`lease::LentSocket`).
+    lent_socket: RefCell<Option<lease::LentSocket>>,
     /// The lease out, with its request's sequence number (`lease.rs`).
     lease: RefCell<Option<(u64, Arc<lease::Lease>)>>,
     /// The writer holds bytes it has not written yet: no lease meanwhile.
@@ -189,6 +192,7 @@ pub async fn serve<S: ByteStream>(
         progress: flume::bounded(1),
         ctx: ctx.clone(),
         lend_fd,
+        lent_socket: RefCell::new(None),
         lease: RefCell::new(None),
         writing: Cell::new(false),
     });

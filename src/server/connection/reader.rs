@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures_lite::future::{self, poll_fn};
 use shards::shard::{AnswerLease, ReplyTo};
 
-use super::lease::{self, Lease};
+use super::lease::{self, Lease, LentSocket};
 use super::{
     ByteStream, Conn, Slot, Slots, Stream, READ_BUFFER_INITIAL_BYTES, READ_CHUNK_MIN_BYTES,
     UNAUTHENTICATED_MESSAGE_BYTES_MAX,
@@ -288,7 +288,14 @@ fn lend(
         mode,
         started,
     };
-    let lease = Arc::new(Lease::lend(fd, request, conn.ctx.metrics.leased())?);
+    let socket = {
+        let mut lent = conn.lent_socket.borrow_mut();
+        if lent.is_none() {
+            *lent = LentSocket::duplicate(fd);
+        }
+        lent.clone()?
+    };
+    let lease = Arc::new(Lease::lend(socket, request, conn.ctx.metrics.leased()));
     *conn.lease.borrow_mut() = Some((seq, lease.clone()));
     Some(lease)
 }
