@@ -245,7 +245,8 @@ fn wal_record(c: &mut Criterion) {
     };
     replay(&mut state);
     let inst = state.instances.get("order-000042").expect("instance kept");
-    assert_eq!((inst.state.as_str(), &inst.ctx), ("approved", &ctx));
+    assert_eq!(inst.state.as_str(), "approved");
+    assert_eq!(inst.ctx, ctx);
     group.bench_function("replay_apply_event", |b| b.iter(|| replay(&mut state)));
 
     let mut out = Vec::with_capacity(256);

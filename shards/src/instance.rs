@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use serde_json::Value;
 
+use crate::instance_ctx::Ctx;
 use crate::machine::definition::MachineDef;
 
 /// Idempotency keys of APPLY_EVENT remembered per instance; the oldest is
@@ -76,7 +77,7 @@ pub struct Creation {
 pub struct Instance {
     pub machine: Arc<MachineDef>,
     pub state: String,
-    pub ctx: Value,
+    pub ctx: Ctx,
     pub last_event_id: Option<String>,
     pub last_wal_offset: u64,
     pub created_at_ms: u64,

@@ -313,7 +313,7 @@ mod tests {
         Instance {
             machine: Arc::new(def),
             state: state.to_owned(),
-            ctx: serde_json::json!({}),
+            ctx: serde_json::json!({}).into(),
             last_event_id: None,
             last_wal_offset: 0,
             created_at_ms: 0,

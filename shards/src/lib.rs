@@ -7,6 +7,7 @@ pub mod coordinator;
 pub mod env;
 pub mod error;
 pub mod instance;
+pub mod instance_ctx;
 pub mod instance_table;
 pub mod json;
 pub mod latency;

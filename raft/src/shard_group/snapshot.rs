@@ -110,10 +110,14 @@ impl fmt::Display for GroupSnapshotError {
 impl std::error::Error for GroupSnapshotError {}
 
 /// Encode the state of a group member.
-pub fn encode_group(state: &ShardState, position: LogPosition, txns: &TxnLog) -> Vec<u8> {
+pub fn encode_group(
+    state: &ShardState,
+    position: LogPosition,
+    txns: &TxnLog,
+) -> Result<Vec<u8>, String> {
     let (in_doubt, committed) = txns.sorted_copy();
-    let inner = encode(&SnapshotData::from_state(state, position));
-    wrap_group(&inner, &in_doubt, &committed)
+    let inner = encode(&SnapshotData::from_state(state, position))?;
+    Ok(wrap_group(&inner, &in_doubt, &committed))
 }
 
 /// Encode a snapshot a member's loop took (`shards::shard::member_snapshot`):
@@ -248,7 +252,7 @@ mod tests {
             last_tick: 1,
             entries: 1,
         };
-        encode_group(&ShardState::new(0, false), position, &txns)
+        encode_group(&ShardState::new(0, false), position, &txns).unwrap()
     }
 
     #[test]

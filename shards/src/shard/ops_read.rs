@@ -10,7 +10,7 @@ impl ShardState {
     pub fn get_instance(&self, id: &str) -> EngineResult<Vec<u8>> {
         let inst = self.active(id)?;
         let mut r = ResultWriter::new();
-        r.value("ctx", &inst.ctx);
+        r.ctx("ctx", &inst.ctx);
         if let Some(event_id) = inst.last_event_id.as_deref() {
             r.str("last_event_id", event_id);
         }

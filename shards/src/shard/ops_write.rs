@@ -82,7 +82,7 @@ impl ShardState {
         let instance = Instance {
             state: machine.initial.clone(),
             machine,
-            ctx: cmd.initial_ctx,
+            ctx: cmd.initial_ctx.into(),
             last_event_id: None,
             last_wal_offset: offset,
             created_at_ms: now_ms,
@@ -144,7 +144,8 @@ impl ShardState {
             }
         }
         let machine = inst.machine.clone();
-        let to_state = match machine.select(&inst.state, &cmd.event, &inst.ctx) {
+        let ctx = inst.ctx.tree()?;
+        let to_state = match machine.select(&inst.state, &cmd.event, ctx) {
             Selection::Fire(t) => t.to.as_str(),
             Selection::NoTransition => {
                 return Err(EngineError::core(
@@ -165,8 +166,8 @@ impl ShardState {
                 ))
             }
         };
-        let undo = merge_payload(&mut inst.ctx, &cmd.payload);
-        let ctx_json = canonical::to_vec(&inst.ctx);
+        let undo = merge_payload(ctx, &cmd.payload);
+        let ctx_json = canonical::to_vec(ctx);
         let payload_json = canonical::to_vec(&cmd.payload);
         let logged = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
             entry::write_apply_event(
@@ -188,7 +189,7 @@ impl ShardState {
         let offset = match logged {
             Ok(offset) => offset,
             Err(e) => {
-                undo_merge(&mut inst.ctx, undo);
+                undo_merge(ctx, undo);
                 return Err(e);
             }
         };
@@ -252,7 +253,7 @@ impl ShardState {
                 inst.last_wal_offset = offset;
                 inst.updated_at_ms = now_ms;
                 // Never visible again: free the context and cached outcomes.
-                inst.ctx = Value::Null;
+                inst.ctx = Value::Null.into();
                 inst.applied_keys = None;
                 self.active_instances -= 1;
                 offset

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::state::ShardState;
 use crate::instance::{CachedApply, Creation, Instance};
+use crate::instance_ctx::Ctx;
 use crate::machine::definition::parse_definition;
 use hashbrown::HashMap;
 
@@ -210,7 +211,7 @@ impl ShardState {
                     Instance {
                         machine: def,
                         state: initial_state,
-                        ctx: initial_ctx,
+                        ctx: Ctx::from_canonical_text(initial_ctx.into_bytes()),
                         last_event_id: None,
                         last_wal_offset: offset,
                         created_at_ms: at,
@@ -230,7 +231,6 @@ impl ShardState {
                     .instances
                     .get_mut(&apply.instance_id)
                     .ok_or_else(|| format!("apply to unknown instance {}", apply.instance_id))?;
-                let ctx = apply.ctx.parse()?;
                 if let Some(key) = apply.idempotency_key.take() {
                     inst.remember_apply(
                         &key,
@@ -243,7 +243,9 @@ impl ShardState {
                     );
                 }
                 inst.state.clone_from(&apply.to_state);
-                inst.ctx = ctx;
+                // Kept as the entry's text: parsed only if this member
+                // later needs the tree (`instance_ctx`).
+                inst.ctx = Ctx::from_canonical_text(apply.ctx.bytes().to_vec());
                 inst.last_event_id = apply.event_id.take();
                 inst.last_wal_offset = offset;
                 inst.updated_at_ms = at;
@@ -262,7 +264,7 @@ impl ShardState {
                     inst.deleted_at_offset = Some(offset);
                     inst.last_wal_offset = offset;
                     inst.updated_at_ms = at;
-                    inst.ctx = Value::Null;
+                    inst.ctx = Value::Null.into();
                     inst.applied_keys = None;
                     self.active_instances -= 1;
                 }
@@ -347,8 +349,9 @@ mod tests {
                     Publish::Events,
                 )
                 .unwrap();
-            // The event carries the entry's bytes as they are; the
-            // instance holds the parsed context.
+            // The event carries the entry's bytes as they are; so does
+            // the instance, its context parsed only when first needed
+            // (`instance_ctx`).
             let event = state.events.pop().unwrap();
             assert_eq!(event.payload_json, payload_json);
             assert_eq!(event.ctx_json, ctx_json);
@@ -361,6 +364,8 @@ mod tests {
                 (9, "b", "m")
             );
             let inst = state.instances.get("i").unwrap();
+            assert!(inst.ctx.is_text());
+            assert_eq!(inst.ctx.to_string().as_bytes(), ctx_json);
             assert_eq!(inst.ctx, json!({"n": 1.5, "s": "é\"", "z": [null, {}]}));
             assert_eq!(
                 (inst.state.as_str(), inst.last_event_id.as_deref()),

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::instance_ctx::Ctx;
 use crate::json::canonical;
 
 /// What a result starts with room for: a GET_INSTANCE answer with a small
@@ -75,6 +76,13 @@ impl ResultWriter {
     pub fn value(&mut self, k: &'static str, v: &Value) -> &mut Self {
         self.key(k);
         canonical::write_value(&mut self.out, v);
+        self
+    }
+
+    /// An instance's context (`instance_ctx`), as canonical JSON.
+    pub fn ctx(&mut self, k: &'static str, ctx: &Ctx) -> &mut Self {
+        self.key(k);
+        ctx.write_json(&mut self.out);
         self
     }
 

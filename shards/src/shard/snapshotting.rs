@@ -83,6 +83,9 @@ pub enum SliceOutcome {
     Done,
     /// The shard's id list was cleared (FLUSH_ALL): start a new job.
     Restart,
+    /// An instance could not be encoded (`SnapshotEncoder::add_instance`):
+    /// no snapshot from this job.
+    Failed(String),
 }
 
 impl SnapshotJob {
@@ -116,7 +119,9 @@ impl SnapshotJob {
         while self.next < self.end {
             let end = (self.next + SNAPSHOT_CLOCK_CHECK_INSTANCES).min(self.end);
             for id in state.order[self.next..end].iter().flatten() {
-                self.add(id, state, original);
+                if let Err(e) = self.add(id, state, original) {
+                    return SliceOutcome::Failed(e);
+                }
             }
             self.next = end;
             if clock.monotonic() >= deadline {
@@ -135,15 +140,14 @@ impl SnapshotJob {
         id: &str,
         state: &ShardState,
         original: &dyn Fn(&str) -> Option<Option<Instance>>,
-    ) {
+    ) -> Result<(), String> {
         match original(id) {
             Some(Some(before)) => self.encoder.add_instance(id, &before),
-            Some(None) => {}
-            None => {
-                if let Some(inst) = state.instances.get(id) {
-                    self.encoder.add_instance(id, inst);
-                }
-            }
+            Some(None) => Ok(()),
+            None => match state.instances.get(id) {
+                Some(inst) => self.encoder.add_instance(id, inst),
+                None => Ok(()),
+            },
         }
     }
 

@@ -306,6 +306,11 @@ impl Shard {
                 let rx = in_background(&*self.env.tasks, move || write(&*storage, &dir, image));
                 self.storage.phase = Phase::Writing(rx);
             }
+            SliceOutcome::Failed(e) => {
+                tracing::error!("shard {}: snapshot failed: {e}", self.state.shard_id);
+                self.storage.report.error = Some(format!("snapshot failed: {e}"));
+                self.job_done();
+            }
         }
     }
 
@@ -336,7 +341,7 @@ impl Shard {
         let snapshot_id = format!("snap-{}", uuid::Uuid::new_v4());
         let mut r = ResultWriter::new();
         r.u64("created_at", inst.created_at_ms)
-            .value("ctx", &inst.ctx)
+            .ctx("ctx", &inst.ctx)
             .str("instance_id", id)
             .str("machine", &inst.machine.machine)
             .str("snapshot_id", &snapshot_id)

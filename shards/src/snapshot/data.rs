@@ -111,7 +111,7 @@ mod tests {
                 Instance {
                     machine: def.clone(),
                     state: "shut".into(),
-                    ctx: json!({"id": id}),
+                    ctx: json!({"id": id}).into(),
                     last_event_id: None,
                     last_wal_offset: 7,
                     created_at_ms: 1,
@@ -136,9 +136,9 @@ mod tests {
         };
         let data = SnapshotData::from_state(&state, at);
         assert_eq!(data.active_instances(), 2);
-        let image = encode(&data);
+        let image = encode(&data).unwrap();
         // Encoding the live state directly gives the same file.
-        let direct = encode_state(&state, at);
+        let direct = encode_state(&state, at).unwrap();
         assert_eq!(decode(&direct).unwrap().instances.len(), 3);
         assert_eq!(image.len(), direct.len());
 

@@ -5,8 +5,10 @@
 //! Encoding is hand-written on top of the canonical JSON writer: the hot path
 //! (APPLY_EVENT) writes the new context once into a scratch buffer and splices
 //! those bytes into both the record and the response. Decoding (recovery,
-//! WAL_READ) goes through serde; an apply's payload and context stay the
-//! JSON text the entry holds (`RawJson`).
+//! WAL_READ) goes through serde; an apply's payload and context and a
+//! create's initial context stay the JSON text the entry holds (`RawJson`),
+//! and a replaying member keeps a context as that text until it needs its
+//! tree (`instance_ctx`).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -37,7 +39,8 @@ pub struct CreateInstanceEntry {
     pub machine: String,
     pub version: u32,
     pub initial_state: String,
-    pub initial_ctx: Value,
+    /// Kept as the entry's text, like an apply's context.
+    pub initial_ctx: RawJson,
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
@@ -382,7 +385,8 @@ mod tests {
             }) => {
                 assert_eq!(instance_id, "i\"1");
                 assert_eq!(idempotency_key.as_deref(), Some("k"));
-                assert_eq!(initial_ctx, ctx);
+                assert_eq!(initial_ctx.bytes(), br#"{"n":1}"#);
+                assert_eq!(initial_ctx.parse().unwrap(), ctx);
             }
             other => panic!("{other:?}"),
         }

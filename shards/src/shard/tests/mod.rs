@@ -285,3 +285,45 @@ fn a_failed_log_append_leaves_the_context_untouched() {
 }
 
 mod running;
+
+#[test]
+fn a_context_kept_as_text_is_answered_as_is_and_parsed_for_guards_and_snapshots() {
+    use crate::instance_ctx::Ctx;
+    use crate::snapshot::codec::{decode, encode_state, LogPosition};
+
+    let (mut s, mut log) = shard_with_door();
+    create(&mut s, &mut log, "d1", json!({"unlocked": false}), None).unwrap();
+    // As a replayed apply leaves it (`replay.rs`): the entry's text.
+    let text = br#"{"note":"x","unlocked":true}"#;
+    s.instances.get_mut("d1").unwrap().ctx = Ctx::from_canonical_text(text.to_vec());
+
+    let got = s.get_instance("d1").unwrap();
+    let got: Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(got["ctx"], json!({"note": "x", "unlocked": true}));
+    assert!(
+        s.instances.get("d1").unwrap().ctx.is_text(),
+        "a read keeps the text"
+    );
+
+    // A snapshot parses it into its value; the text stays.
+    let image = encode_state(&s, LogPosition::default()).unwrap();
+    let back = decode(&image).unwrap();
+    assert_eq!(
+        back.instances
+            .iter()
+            .find(|(id, _)| id == "d1")
+            .unwrap()
+            .1
+            .ctx,
+        json!({"note": "x", "unlocked": true})
+    );
+
+    // The guard reads the text's value (unlocked: the guarded transition
+    // fires) and the payload merges into it.
+    let r = apply(&mut s, &mut log, "d1", "OPEN", json!({"n": 1}), None).unwrap();
+    assert_eq!(r["to_state"], "open");
+    assert_eq!(r["ctx"], json!({"n": 1, "note": "x", "unlocked": true}));
+    let inst = s.instances.get("d1").unwrap();
+    assert!(!inst.ctx.is_text());
+    assert_eq!(inst.ctx, json!({"n": 1, "note": "x", "unlocked": true}));
+}

@@ -204,7 +204,7 @@ fn decode_instance(
             "instance {id}: state {state:?} is not in its machine"
         ));
     }
-    let ctx = c.value(0)?;
+    let ctx = c.value(0)?.into();
     let flags = c.u8()?;
     if flags & !FLAGS_KNOWN != 0 {
         return c.err(format!("instance {id}: unknown flags {flags:#x}"));

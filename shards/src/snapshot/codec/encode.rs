@@ -142,15 +142,28 @@ impl SnapshotEncoder {
         i
     }
 
-    /// Add one instance (its machine is added first if needed).
-    pub fn add_instance(&mut self, id: &str, inst: &Instance) {
+    /// Add one instance (its machine is added first if needed). Fails,
+    /// adding nothing, only if a context kept as text does not parse
+    /// (`instance_ctx`): the snapshot must then not be written.
+    pub fn add_instance(&mut self, id: &str, inst: &Instance) -> Result<(), String> {
+        let parsed;
+        let ctx = match inst.ctx.as_tree() {
+            Some(tree) => tree,
+            None => {
+                parsed = inst
+                    .ctx
+                    .to_value()
+                    .map_err(|e| format!("the context of instance {id} does not parse: {e}"))?;
+                &parsed
+            }
+        };
         let machine = self.add_machine(&inst.machine);
         let out = &mut self.out;
         out.push(TAG_INSTANCE);
         put_str(out, id);
         put_uv(out, machine as u64);
         put_str(out, &inst.state);
-        put_value(out, &inst.ctx);
+        put_value(out, ctx);
         let keys = inst.applied_keys.as_deref().filter(|k| !k.is_empty());
         let mut flags = 0u8;
         if inst.last_event_id.is_some() {
@@ -191,6 +204,7 @@ impl SnapshotEncoder {
             }
         }
         self.instances += 1;
+        Ok(())
     }
 
     pub fn instances(&self) -> u64 {
@@ -250,24 +264,24 @@ impl UnsealedImage {
 }
 
 /// Encode a `SnapshotData` into a file image.
-pub fn encode(data: &SnapshotData) -> Vec<u8> {
+pub fn encode(data: &SnapshotData) -> Result<Vec<u8>, String> {
     let mut enc = SnapshotEncoder::new(data.shard, data.position());
     for def in &data.machines {
         enc.add_machine(def);
     }
     for (id, inst) in &data.instances {
-        enc.add_instance(id, inst);
+        enc.add_instance(id, inst)?;
     }
-    enc.finish()
+    Ok(enc.finish())
 }
 
 /// Encode a live shard's state without copying it first (one pass; the
 /// caller decides whether that pause is acceptable or slices the work with
 /// `SnapshotEncoder`).
-pub fn encode_state(state: &ShardState, at: LogPosition) -> Vec<u8> {
+pub fn encode_state(state: &ShardState, at: LogPosition) -> Result<Vec<u8>, String> {
     let mut enc = SnapshotEncoder::for_state(state, at, state.instances.len());
     for (id, inst) in state.instances.iter() {
-        enc.add_instance(id, inst);
+        enc.add_instance(id, inst)?;
     }
-    enc.finish()
+    Ok(enc.finish())
 }

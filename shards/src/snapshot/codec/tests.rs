@@ -30,7 +30,7 @@ fn instance(def: &Arc<MachineDef>, n: u64) -> Instance {
     Instance {
         machine: def.clone(),
         state: "paid".into(),
-        ctx: json!({"amount": n, "neg": -5, "f": 0.1, "s": "é\"\n", "a": [null, true, false, {"x": []}]}),
+        ctx: json!({"amount": n, "neg": -5, "f": 0.1, "s": "é\"\n", "a": [null, true, false, {"x": []}]}).into(),
         last_event_id: Some(format!("ev-{n}")),
         last_wal_offset: n * 64 + 1,
         created_at_ms: 1_700_000_000_000,
@@ -62,7 +62,7 @@ fn sample() -> SnapshotData {
     }
     let mut deleted = instance(&m2, 9);
     deleted.deleted_at_offset = Some(4242);
-    deleted.ctx = Value::Null;
+    deleted.ctx = Value::Null.into();
     deleted.creation = None;
     deleted.last_event_id = None;
     SnapshotData {
@@ -119,7 +119,7 @@ fn assert_same(a: &SnapshotData, b: &SnapshotData) {
 #[test]
 fn round_trip_keeps_everything() {
     let data = sample();
-    let bytes = encode(&data);
+    let bytes = encode(&data).unwrap();
     let back = decode(&bytes).unwrap();
     assert_same(&data, &back);
     // Decoded instances share the decoded machine's Arc.
@@ -138,7 +138,7 @@ fn round_trip_keeps_everything() {
 #[test]
 fn idempotency_keys_keep_their_eviction_order() {
     let data = sample();
-    let back = decode(&encode(&data)).unwrap();
+    let back = decode(&encode(&data).unwrap()).unwrap();
     let keys = back.instances[1].1.applied_keys.as_ref().unwrap();
     let order: Vec<&str> = keys.iter().map(|(k, _)| k).collect();
     assert_eq!(order, vec!["key-0", "key-1", "key-2"]);
@@ -148,10 +148,11 @@ fn idempotency_keys_keep_their_eviction_order() {
 fn machines_are_added_on_first_use() {
     let m = machine("late", 4);
     let mut enc = SnapshotEncoder::new(0, ONE);
-    enc.add_instance("x", &instance(&m, 1));
-    enc.add_instance("y", &instance(&m, 2));
+    enc.add_instance("x", &instance(&m, 1)).unwrap();
+    enc.add_instance("y", &instance(&m, 2)).unwrap();
     // A separately parsed copy of the same version is the same item.
-    enc.add_instance("z", &instance(&machine("late", 4), 3));
+    enc.add_instance("z", &instance(&machine("late", 4), 3))
+        .unwrap();
     let back = decode(&enc.finish()).unwrap();
     assert_eq!(back.machines.len(), 1);
     assert_eq!(back.instances.len(), 3);
@@ -167,14 +168,14 @@ fn empty_state_round_trips() {
         machines: vec![],
         instances: vec![],
     };
-    let bytes = encode(&data);
+    let bytes = encode(&data).unwrap();
     assert_eq!(bytes.len(), SNAPSHOT_HEADER_BYTES + 1);
     assert_same(&data, &decode(&bytes).unwrap());
 }
 
 #[test]
 fn every_flipped_bit_is_detected() {
-    let bytes = encode(&sample());
+    let bytes = encode(&sample()).unwrap();
     for i in 0..bytes.len() {
         for bit in [0x01u8, 0x80] {
             let mut bad = bytes.clone();
@@ -189,7 +190,7 @@ fn every_flipped_bit_is_detected() {
 
 #[test]
 fn every_truncation_and_extension_is_detected() {
-    let bytes = encode(&sample());
+    let bytes = encode(&sample()).unwrap();
     for len in 0..bytes.len() {
         assert!(decode(&bytes[..len]).is_err(), "cut at {len}");
     }
@@ -324,14 +325,15 @@ fn one_million_instances_encode_and_decode_in_seconds() {
         instances: (0..n)
             .map(|i| {
                 let mut inst = instance(&m, i);
-                inst.ctx = json!({"amount": i, "customer": format!("c-{}", i % 977), "ok": true});
+                inst.ctx =
+                    json!({"amount": i, "customer": format!("c-{}", i % 977), "ok": true}).into();
                 inst.creation = None;
                 (format!("order-{i:08}"), inst)
             })
             .collect(),
     };
     println!("1,000,000 instances, ctx of 3 keys, last_event_id set:");
-    let bytes = timed("encode (SnapshotData)", || encode(&data));
+    let bytes = timed("encode (SnapshotData)", || encode(&data).unwrap());
     // Recovery's path, into memory the process has not touched yet
     // (`data` is still alive), as at start-up.
     let (state, _) = timed("decode_state (straight into ShardState)", || {
@@ -344,7 +346,7 @@ fn one_million_instances_encode_and_decode_in_seconds() {
     let state = timed("into_state", || back.into_state(false));
     assert_eq!(state.instances.len() as u64, n);
     let again = timed("encode_state (from the live ShardState)", || {
-        encode_state(&state, ONE)
+        encode_state(&state, ONE).unwrap()
     });
     assert_eq!(again.len(), bytes.len());
     let from = timed("from_state (copy of the state)", || {
@@ -402,7 +404,7 @@ prop_compose! {
         let mut inst = Instance {
             machine: defs[which].clone(),
             state: state.to_owned(),
-            ctx,
+            ctx: ctx.into(),
             last_event_id,
             last_wal_offset: offsets.0,
             created_at_ms: offsets.1,
@@ -446,7 +448,7 @@ proptest! {
             seen
         };
         let data = SnapshotData { shard, covered_offset: covered, last_tick: tick, entries: tick, machines, instances };
-        let back = decode(&encode(&data)).unwrap();
+        let back = decode(&encode(&data).unwrap()).unwrap();
         assert_same(&data, &back);
     }
 
@@ -469,7 +471,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
     ) {
         // Mutate the body and re-seal it: only the structural checks stand.
-        let bytes = encode(&sample());
+        let bytes = encode(&sample()).unwrap();
         let mut body = bytes[SNAPSHOT_HEADER_BYTES..].to_vec();
         for (at, x) in flips {
             let i = at % body.len();
