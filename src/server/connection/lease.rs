@@ -41,7 +41,7 @@
 //!   with the count of bytes already sent, and the writer writes the rest
 //!   (`writer.rs`). The producer never waits on the socket.
 
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -110,6 +110,32 @@ impl LentSocket {
             .try_clone_to_owned()
             .ok()
             .map(|own| LentSocket(Arc::new(own)))
+    }
+}
+
+/// A plain-TCP connection's socket as its leases see it: the descriptor,
+/// and the duplicate they share once the first lease made it.
+pub(super) struct Lendable {
+    fd: RawFd,
+    shared: RefCell<Option<LentSocket>>,
+}
+
+impl Lendable {
+    pub fn new(fd: RawFd) -> Self {
+        Lendable {
+            fd,
+            shared: RefCell::new(None),
+        }
+    }
+
+    /// A share of the duplicate, made now if this is the first lease;
+    /// `None` when it cannot be made (tried again at the next lease).
+    pub fn share(&self) -> Option<LentSocket> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.is_none() {
+            *shared = LentSocket::duplicate(self.fd);
+        }
+        shared.clone()
     }
 }
 

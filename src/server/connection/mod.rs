@@ -132,12 +132,9 @@ struct Conn {
     budget: Arc<ResponseBudget>,
     /// The writer wrote something: a reader waiting for budget looks again.
     progress: (flume::Sender<()>, flume::Receiver<()>),
-    /// The socket's descriptor, when answers may be written through leases
-    /// (plain TCP: a TLS stream's state lives on this core).
-    lend_fd: Option<RawFd>,
-    /// The duplicate of `lend_fd` the leases share, made at the first
-    /// lease (`lease::LentSocket`).
-    lent_socket: RefCell<Option<lease::LentSocket>>,
+    /// The socket, when answers may be written through leases (plain TCP:
+    /// a TLS stream's state lives on this core).
+    lendable: Option<lease::Lendable>,
     /// The lease out, with its request's sequence number (`lease.rs`).
     lease: RefCell<Option<(u64, Arc<lease::Lease>)>>,
     /// The writer holds bytes it has not written yet: no lease meanwhile.
@@ -191,8 +188,7 @@ pub async fn serve<S: ByteStream>(
         ),
         progress: flume::bounded(1),
         ctx: ctx.clone(),
-        lend_fd,
-        lent_socket: RefCell::new(None),
+        lendable: lend_fd.map(lease::Lendable::new),
         lease: RefCell::new(None),
         writing: Cell::new(false),
     });

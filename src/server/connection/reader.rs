@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures_lite::future::{self, poll_fn};
 use shards::shard::{AnswerLease, ReplyTo};
 
-use super::lease::{self, Lease, LentSocket};
+use super::lease::{self, Lease};
 use super::{
     ByteStream, Conn, Slot, Slots, Stream, READ_BUFFER_INITIAL_BYTES, READ_CHUNK_MIN_BYTES,
     UNAUTHENTICATED_MESSAGE_BYTES_MAX,
@@ -269,7 +269,7 @@ fn lend(
     mode: OutputMode,
     started: Instant,
 ) -> Option<Arc<dyn AnswerLease>> {
-    let fd = conn.lend_fd?;
+    let lendable = conn.lendable.as_ref()?;
     let routed_to_one_shard = matches!(
         op,
         Op::GetInstance | Op::ApplyEvent | Op::CreateInstance | Op::DeleteInstance
@@ -282,18 +282,12 @@ fn lend(
     {
         return None;
     }
+    let socket = lendable.share()?;
     let request = lease::Request {
         op,
         id_json: id_json.to_vec(),
         mode,
         started,
-    };
-    let socket = {
-        let mut lent = conn.lent_socket.borrow_mut();
-        if lent.is_none() {
-            *lent = LentSocket::duplicate(fd);
-        }
-        lent.clone()?
     };
     let lease = Arc::new(Lease::lend(socket, request, conn.ctx.metrics.leased()));
     *conn.lease.borrow_mut() = Some((seq, lease.clone()));
