@@ -165,7 +165,7 @@ fn state_holding_the_instance() -> ShardState {
             machine: "order",
             version: 3,
             initial_state: "pending",
-            initial_ctx: &json!({}),
+            initial_ctx_json: b"{}",
             idempotency_key: None,
         },
     );

@@ -2,7 +2,7 @@
 # A/B of two corestate binaries under the same bench, runs alternating:
 #   BIN_A=<corestate> BIN_B=<corestate> [BENCH=<corestate-bench>] \
 #   [CELLS="workload:conns:pipeline:fsync ..."] [REPS=3] [DUR=5] [OUT=dir] \
-#   [ARGS_A="--shards 1"] [ARGS_B="--shards 2"] [BENCH_ARGS="--subscribers 4"] \
+#   [ARGS_A="--shards 1"] [ARGS_B="--shards 2"] [BENCH_ARGS="--subscribers 4"] [INSTANCES=1000] \
 #   bash bench-results/scripts/ab.sh
 # Each run starts a fresh server (--shards 2 unless ARGS_A/ARGS_B say
 # otherwise, temp data dir), benches it with
@@ -25,7 +25,7 @@ run_one() { # bin label cell rep server-args
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
   local json="$OUT/$label-$wl-$conns-$pipe-$fsync-$rep.json"
   "$BENCH" --addr 127.0.0.1:$port --workload "$wl" --connections "$conns" --pipeline "$pipe" \
-     --duration ${DUR:-5} --warmup 1 --instances 1000 ${BENCH_ARGS:-} --server-pid $pid --json "$json" >/dev/null 2>&1
+     --duration ${DUR:-5} --warmup 1 --instances ${INSTANCES:-1000} ${BENCH_ARGS:-} --server-pid $pid --json "$json" >/dev/null 2>&1
   kill -9 $pid; wait $pid 2>/dev/null; rm -rf "$dir"
   python3 - "$json" "$label" "$cell" <<'PY'
 import json,sys

@@ -104,36 +104,14 @@ impl Instance {
     }
 }
 
-/// What a merge changed, so it can be undone if the record cannot be logged.
-pub struct MergeUndo(Vec<(String, Option<Value>)>);
-
 /// Shallow merge (docs/PROTOCOL.md §7.2): only when both the context and the payload are
-/// objects, every top-level payload key overwrites the context's. Returns
-/// the previous values so the caller can roll back.
-pub fn merge_payload(ctx: &mut Value, payload: &Value) -> MergeUndo {
-    let mut undo = Vec::new();
+/// objects, every top-level payload key overwrites the context's. An apply
+/// merges into a tree of its own (`ShardState::apply_event`), so a write
+/// that cannot be logged leaves the instance's context as it was.
+pub fn merge_payload(ctx: &mut Value, payload: &Value) {
     if let (Value::Object(ctx), Value::Object(payload)) = (ctx, payload) {
-        undo.reserve(payload.len());
         for (k, v) in payload {
-            let previous = ctx.insert(k.clone(), v.clone());
-            undo.push((k.clone(), previous));
-        }
-    }
-    MergeUndo(undo)
-}
-
-/// Restore the context as it was before `merge_payload`.
-pub fn undo_merge(ctx: &mut Value, undo: MergeUndo) {
-    if let Value::Object(ctx) = ctx {
-        for (k, previous) in undo.0.into_iter().rev() {
-            match previous {
-                Some(v) => {
-                    ctx.insert(k, v);
-                }
-                None => {
-                    ctx.remove(&k);
-                }
-            }
+            ctx.insert(k.clone(), v.clone());
         }
     }
 }
@@ -156,16 +134,6 @@ mod tests {
         let mut obj = json!({"a": 1});
         merge_payload(&mut obj, &json!([1, 2]));
         assert_eq!(obj, json!({"a": 1}));
-    }
-
-    #[test]
-    fn undo_restores_exactly() {
-        let before = json!({"a": 1, "b": {"c": 2}});
-        let mut ctx = before.clone();
-        let undo = merge_payload(&mut ctx, &json!({"a": 5, "z": true, "b": 0}));
-        assert_ne!(ctx, before);
-        undo_merge(&mut ctx, undo);
-        assert_eq!(ctx, before);
     }
 
     #[test]

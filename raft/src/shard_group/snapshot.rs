@@ -110,14 +110,10 @@ impl fmt::Display for GroupSnapshotError {
 impl std::error::Error for GroupSnapshotError {}
 
 /// Encode the state of a group member.
-pub fn encode_group(
-    state: &ShardState,
-    position: LogPosition,
-    txns: &TxnLog,
-) -> Result<Vec<u8>, String> {
+pub fn encode_group(state: &ShardState, position: LogPosition, txns: &TxnLog) -> Vec<u8> {
     let (in_doubt, committed) = txns.sorted_copy();
-    let inner = encode(&SnapshotData::from_state(state, position))?;
-    Ok(wrap_group(&inner, &in_doubt, &committed))
+    let inner = encode(&SnapshotData::from_state(state, position));
+    wrap_group(&inner, &in_doubt, &committed)
 }
 
 /// Encode a snapshot a member's loop took (`shards::shard::member_snapshot`):
@@ -252,7 +248,7 @@ mod tests {
             last_tick: 1,
             entries: 1,
         };
-        encode_group(&ShardState::new(0, false), position, &txns).unwrap()
+        encode_group(&ShardState::new(0, false), position, &txns)
     }
 
     #[test]

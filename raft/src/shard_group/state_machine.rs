@@ -175,13 +175,12 @@ impl RaftSnapshotBuilder<ShardGroup> for ShardMachine {
 
     async fn build_snapshot(&mut self) -> Result<GroupSnapshotOf, io::Error> {
         let mut a = self.0.borrow_mut();
-        let image = encode_group(&a.state, a.position, &a.txns).map_err(io::Error::other)?;
         let snapshot = Snapshot {
             meta: SnapshotMeta {
                 last_log_id: a.last_applied,
                 last_membership: a.membership.clone(),
             },
-            snapshot: GroupSnapshotBytes::new(image),
+            snapshot: GroupSnapshotBytes::new(encode_group(&a.state, a.position, &a.txns)),
         };
         // On disk before openraft may purge the log it covers.
         Self::persist(&a, &snapshot.meta, &snapshot.snapshot)?;

@@ -55,7 +55,7 @@ impl Turn {
     }
 
     pub fn create(&mut self, id: &str) -> &mut Turn {
-        let ctx = json!({"amount": 10});
+        let ctx = br#"{"amount":10}"#;
         self.record(RecordKind::CreateInstance, |out| {
             write_create_instance(
                 out,
@@ -64,7 +64,7 @@ impl Turn {
                     machine: "order",
                     version: 1,
                     initial_state: "created",
-                    initial_ctx: &ctx,
+                    initial_ctx_json: ctx,
                     idempotency_key: None,
                 },
             )

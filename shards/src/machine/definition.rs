@@ -133,6 +133,19 @@ impl MachineDef {
     /// Pick the transition `event` fires from `state` given the instance's
     /// current context: candidates in definition order, first passing guard
     /// wins. Does not allocate.
+    /// Whether a transition `event` may take from `state` has a guard:
+    /// only then does `select` read the context.
+    pub fn guarded(&self, state: &str, event: &str) -> bool {
+        self.candidates
+            .get(event)
+            .and_then(|by_state| by_state.get(state))
+            .is_some_and(|indices| {
+                indices
+                    .iter()
+                    .any(|&i| self.transitions.get(i).is_some_and(|t| t.guard.is_some()))
+            })
+    }
+
     pub fn select(&self, state: &str, event: &str, ctx: &Value) -> Selection<'_> {
         let Some(indices) = self
             .candidates

@@ -88,10 +88,6 @@ impl Shard {
             // The id list was cleared under the job (FLUSH_ALL): dropping
             // `done` fails this build; openraft asks again later.
             SliceOutcome::Restart => {}
-            // Dropping `done` fails this build with the reason logged.
-            SliceOutcome::Failed(e) => {
-                tracing::error!("shard {}: group snapshot failed: {e}", self.state.shard_id);
-            }
         }
     }
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::result::ResultWriter;
 use super::state::{LogSink, ShardState};
 use crate::error::{EngineError, EngineResult, ErrorCode};
-use crate::instance::{merge_payload, undo_merge, CachedApply, Creation, Instance};
+use crate::instance::{merge_payload, CachedApply, Creation, Instance};
+use crate::instance_ctx::Ctx;
 use crate::json::canonical;
 use crate::machine::definition::Selection;
 use crate::shard::command::{ApplyEvent, CreateInstance, DeleteInstance};
@@ -55,6 +56,7 @@ impl ShardState {
             .get(&cmd.machine, cmd.version)
             .cloned()
             .ok_or_else(|| EngineError::machine_not_found(&cmd.machine, cmd.version))?;
+        let ctx_json = canonical::to_vec(&cmd.initial_ctx);
         let offset = log.append(RecordKind::CreateInstance, now_ms, &mut |out| {
             entry::write_create_instance(
                 out,
@@ -63,7 +65,7 @@ impl ShardState {
                     machine: &machine.machine,
                     version: machine.version,
                     initial_state: &machine.initial,
-                    initial_ctx: &cmd.initial_ctx,
+                    initial_ctx_json: &ctx_json,
                     idempotency_key: cmd.idempotency_key.as_deref(),
                 },
             )
@@ -82,7 +84,8 @@ impl ShardState {
         let instance = Instance {
             state: machine.initial.clone(),
             machine,
-            ctx: cmd.initial_ctx.into(),
+            // Kept as its text, like every context at rest (`instance_ctx`).
+            ctx: Ctx::from_canonical_text(ctx_json),
             last_event_id: None,
             last_wal_offset: offset,
             created_at_ms: now_ms,
@@ -144,8 +147,19 @@ impl ShardState {
             }
         }
         let machine = inst.machine.clone();
-        let ctx = inst.ctx.tree()?;
-        let to_state = match machine.select(&inst.state, &cmd.event, ctx) {
+        // At rest a context is its text (`instance_ctx`). A tree is built
+        // only for a guard to read or a payload to merge into, and it is
+        // this apply's own: the instance keeps its text until the write is
+        // logged, so a failed write has nothing to undo.
+        let merges = matches!(&cmd.payload, Value::Object(p) if !p.is_empty());
+        let mut tree = if merges || machine.guarded(&inst.state, &cmd.event) {
+            Some(inst.ctx.parsed()?)
+        } else {
+            None
+        };
+        // Without a tree no candidate has a guard: the context is not read.
+        let read = tree.as_deref().unwrap_or(&Value::Null);
+        let to_state = match machine.select(&inst.state, &cmd.event, read) {
             Selection::Fire(t) => t.to.as_str(),
             Selection::NoTransition => {
                 return Err(EngineError::core(
@@ -166,10 +180,21 @@ impl ShardState {
                 ))
             }
         };
-        let undo = merge_payload(ctx, &cmd.payload);
-        let ctx_json = canonical::to_vec(ctx);
+        let ctx_json = match tree.as_mut() {
+            Some(ctx) => {
+                if merges {
+                    merge_payload(ctx.to_mut(), &cmd.payload);
+                }
+                canonical::to_vec(ctx)
+            }
+            None => {
+                let mut json = Vec::new();
+                inst.ctx.write_json(&mut json);
+                json
+            }
+        };
         let payload_json = canonical::to_vec(&cmd.payload);
-        let logged = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
+        let offset = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
             entry::write_apply_event(
                 out,
                 &entry::ApplyFields {
@@ -185,14 +210,7 @@ impl ShardState {
                     idempotency_key: cmd.idempotency_key.as_deref(),
                 },
             )
-        });
-        let offset = match logged {
-            Ok(offset) => offset,
-            Err(e) => {
-                undo_merge(ctx, undo);
-                return Err(e);
-            }
-        };
+        })?;
         let from_state = std::mem::replace(&mut inst.state, to_state.to_owned());
         let result = apply_result(
             true,
@@ -211,6 +229,8 @@ impl ShardState {
             };
             inst.remember_apply(key, outcome);
         }
+        // At rest the context is its text again: the tree is dropped.
+        inst.ctx = Ctx::from_canonical_text(ctx_json.clone());
         inst.last_event_id = cmd.event_id;
         inst.last_wal_offset = offset;
         inst.updated_at_ms = now_ms;

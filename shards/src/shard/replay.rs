@@ -312,7 +312,7 @@ mod tests {
             machine: "m",
             version: 1,
             initial_state: "a",
-            initial_ctx: &json!({}),
+            initial_ctx_json: b"{}",
             idempotency_key: None,
         };
         write_create_instance(&mut entry, &create);

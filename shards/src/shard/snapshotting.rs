@@ -83,9 +83,6 @@ pub enum SliceOutcome {
     Done,
     /// The shard's id list was cleared (FLUSH_ALL): start a new job.
     Restart,
-    /// An instance could not be encoded (`SnapshotEncoder::add_instance`):
-    /// no snapshot from this job.
-    Failed(String),
 }
 
 impl SnapshotJob {
@@ -119,9 +116,7 @@ impl SnapshotJob {
         while self.next < self.end {
             let end = (self.next + SNAPSHOT_CLOCK_CHECK_INSTANCES).min(self.end);
             for id in state.order[self.next..end].iter().flatten() {
-                if let Err(e) = self.add(id, state, original) {
-                    return SliceOutcome::Failed(e);
-                }
+                self.add(id, state, original);
             }
             self.next = end;
             if clock.monotonic() >= deadline {
@@ -140,14 +135,15 @@ impl SnapshotJob {
         id: &str,
         state: &ShardState,
         original: &dyn Fn(&str) -> Option<Option<Instance>>,
-    ) -> Result<(), String> {
+    ) {
         match original(id) {
             Some(Some(before)) => self.encoder.add_instance(id, &before),
-            Some(None) => Ok(()),
-            None => match state.instances.get(id) {
-                Some(inst) => self.encoder.add_instance(id, inst),
-                None => Ok(()),
-            },
+            Some(None) => {}
+            None => {
+                if let Some(inst) = state.instances.get(id) {
+                    self.encoder.add_instance(id, inst);
+                }
+            }
         }
     }
 

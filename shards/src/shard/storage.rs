@@ -306,11 +306,6 @@ impl Shard {
                 let rx = in_background(&*self.env.tasks, move || write(&*storage, &dir, image));
                 self.storage.phase = Phase::Writing(rx);
             }
-            SliceOutcome::Failed(e) => {
-                tracing::error!("shard {}: snapshot failed: {e}", self.state.shard_id);
-                self.storage.report.error = Some(format!("snapshot failed: {e}"));
-                self.job_done();
-            }
         }
     }
 

@@ -136,9 +136,9 @@ mod tests {
         };
         let data = SnapshotData::from_state(&state, at);
         assert_eq!(data.active_instances(), 2);
-        let image = encode(&data).unwrap();
+        let image = encode(&data);
         // Encoding the live state directly gives the same file.
-        let direct = encode_state(&state, at).unwrap();
+        let direct = encode_state(&state, at);
         assert_eq!(decode(&direct).unwrap().instances.len(), 3);
         assert_eq!(image.len(), direct.len());
 

@@ -246,7 +246,8 @@ pub struct CreateFields<'a> {
     pub machine: &'a str,
     pub version: u32,
     pub initial_state: &'a str,
-    pub initial_ctx: &'a Value,
+    /// The initial context, already encoded as canonical JSON.
+    pub initial_ctx_json: &'a [u8],
     pub idempotency_key: Option<&'a str>,
 }
 
@@ -261,7 +262,7 @@ pub fn write_create_instance(out: &mut Vec<u8>, f: &CreateFields<'_>) {
     key(out, false, "initial_state");
     write_str(out, f.initial_state);
     key(out, false, "initial_ctx");
-    write_value(out, f.initial_ctx);
+    out.extend_from_slice(f.initial_ctx_json);
     opt_str(out, "idempotency_key", f.idempotency_key);
     out.push(b'}');
 }
@@ -372,7 +373,7 @@ mod tests {
                 machine: "m",
                 version: 3,
                 initial_state: "a",
-                initial_ctx: &ctx,
+                initial_ctx_json: &crate::json::canonical::to_vec(&ctx),
                 idempotency_key: Some("k"),
             },
         );

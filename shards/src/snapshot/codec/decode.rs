@@ -186,6 +186,7 @@ fn decode_machine(c: &mut Cursor<'_>) -> Decoded<Arc<MachineDef>> {
 fn decode_instance(
     c: &mut Cursor<'_>,
     machines: &[Arc<MachineDef>],
+    format_version: u32,
 ) -> Decoded<(String, Instance)> {
     let id = c.string()?;
     let machine_index = c.uv()?;
@@ -204,7 +205,22 @@ fn decode_instance(
             "instance {id}: state {state:?} is not in its machine"
         ));
     }
-    let ctx = c.value(0)?.into();
+    let ctx = if format_version == SNAPSHOT_FORMAT_VERSION_TAGGED_CTX {
+        Ctx::from_canonical_text(canonical::to_vec(&c.value(0)?))
+    } else {
+        let at = c.pos;
+        let text = c.bytes()?;
+        // Kept as it is, not parsed: checked to be one JSON value (the body
+        // checksum already passed; this stops a hand-made file from
+        // putting anything but JSON into answers).
+        if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err() {
+            return Err(SnapshotError::Malformed {
+                position: SNAPSHOT_HEADER_BYTES + at,
+                what: format!("instance {id}: context is not JSON"),
+            });
+        }
+        Ctx::from_canonical_text(text.to_vec())
+    };
     let flags = c.u8()?;
     if flags & !FLAGS_KNOWN != 0 {
         return c.err(format!("instance {id}: unknown flags {flags:#x}"));
@@ -355,7 +371,7 @@ fn decode_items(
                 if instances >= header.instances {
                     return c.err("more instance items than the header announces");
                 }
-                let (id, inst) = decode_instance(&mut c, &machines)?;
+                let (id, inst) = decode_instance(&mut c, &machines, header.format_version)?;
                 sink.put(id, inst);
                 instances += 1;
             }

@@ -19,6 +19,20 @@ pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_bytes(out, s.as_bytes());
 }
 
+/// A context as format 2 stores it: its canonical JSON text.
+fn put_ctx(out: &mut Vec<u8>, ctx: &Ctx) {
+    match ctx.as_text() {
+        Some(text) => put_bytes(out, text),
+        None => {
+            let mut text = Vec::new();
+            ctx.write_json(&mut text);
+            put_bytes(out, &text);
+        }
+    }
+}
+
+/// A tagged value, as format 1 stored contexts (tests build such files).
+#[cfg(test)]
 pub(super) fn put_value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Null => out.push(V_NULL),
@@ -142,28 +156,15 @@ impl SnapshotEncoder {
         i
     }
 
-    /// Add one instance (its machine is added first if needed). Fails,
-    /// adding nothing, only if a context kept as text does not parse
-    /// (`instance_ctx`): the snapshot must then not be written.
-    pub fn add_instance(&mut self, id: &str, inst: &Instance) -> Result<(), String> {
-        let parsed;
-        let ctx = match inst.ctx.as_tree() {
-            Some(tree) => tree,
-            None => {
-                parsed = inst
-                    .ctx
-                    .to_value()
-                    .map_err(|e| format!("the context of instance {id} does not parse: {e}"))?;
-                &parsed
-            }
-        };
+    /// Add one instance (its machine is added first if needed).
+    pub fn add_instance(&mut self, id: &str, inst: &Instance) {
         let machine = self.add_machine(&inst.machine);
         let out = &mut self.out;
         out.push(TAG_INSTANCE);
         put_str(out, id);
         put_uv(out, machine as u64);
         put_str(out, &inst.state);
-        put_value(out, ctx);
+        put_ctx(out, &inst.ctx);
         let keys = inst.applied_keys.as_deref().filter(|k| !k.is_empty());
         let mut flags = 0u8;
         if inst.last_event_id.is_some() {
@@ -204,7 +205,6 @@ impl SnapshotEncoder {
             }
         }
         self.instances += 1;
-        Ok(())
     }
 
     pub fn instances(&self) -> u64 {
@@ -249,6 +249,7 @@ impl UnsealedImage {
     pub fn seal(mut self) -> Vec<u8> {
         let body = &self.out[SNAPSHOT_HEADER_BYTES..];
         let header = SnapshotHeader {
+            format_version: SNAPSHOT_FORMAT_VERSION,
             shard: self.shard,
             covered_offset: self.at.covered_offset,
             last_tick: self.at.last_tick,
@@ -264,24 +265,24 @@ impl UnsealedImage {
 }
 
 /// Encode a `SnapshotData` into a file image.
-pub fn encode(data: &SnapshotData) -> Result<Vec<u8>, String> {
+pub fn encode(data: &SnapshotData) -> Vec<u8> {
     let mut enc = SnapshotEncoder::new(data.shard, data.position());
     for def in &data.machines {
         enc.add_machine(def);
     }
     for (id, inst) in &data.instances {
-        enc.add_instance(id, inst)?;
+        enc.add_instance(id, inst);
     }
-    Ok(enc.finish())
+    enc.finish()
 }
 
 /// Encode a live shard's state without copying it first (one pass; the
 /// caller decides whether that pause is acceptable or slices the work with
 /// `SnapshotEncoder`).
-pub fn encode_state(state: &ShardState, at: LogPosition) -> Result<Vec<u8>, String> {
+pub fn encode_state(state: &ShardState, at: LogPosition) -> Vec<u8> {
     let mut enc = SnapshotEncoder::for_state(state, at, state.instances.len());
     for (id, inst) in state.instances.iter() {
-        enc.add_instance(id, inst)?;
+        enc.add_instance(id, inst);
     }
-    Ok(enc.finish())
+    enc.finish()
 }

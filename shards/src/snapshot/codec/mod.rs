@@ -18,7 +18,7 @@
 //! body: items, each a tag byte, ended by the tag END
 //! MACHINE  (1): name:str  version:uv  checksum:str  definition:bytes (JSON)
 //! INSTANCE (2): id:str  machine:uv (index of an earlier MACHINE item)
-//!               state:str  ctx:value  flags:u8
+//!               state:str  ctx:bytes (canonical JSON)  flags:u8
 //!               last_wal_offset:uv  created_at_ms:uv  updated_at_ms:uv
 //!               [last_event_id:str]                        flags & 1
 //!               [deleted_at_offset:uv]                     flags & 2
@@ -29,17 +29,30 @@
 //!
 //! uv    unsigned LEB128, at most 10 bytes
 //! str   uv length + UTF-8 bytes;  bytes: uv length + bytes
+//! ```
+//!
+//! Format 1 stored an instance's `ctx` as a tagged value instead of text:
+//!
+//! ```text
 //! value null 0 | false 1 | true 2 | uint 3 uv | negative int 4 uv(!n)
 //!       | float 5 f64 LE | string 6 str | array 7 uv count + values
 //!       | object 8 uv count + (str key, value)… | number text 9 str
 //! ```
 //!
-//! Why binary and not JSON: a shard of 1,000,000 instances must be written
-//! and read back in seconds; tagged values decode without a text parser and
-//! round-trip every `serde_json::Value` exactly (floats as their bits). The
-//! machine definitions are the exception — they are few, and storing their
-//! normal form lets `parse_definition` rebuild guards and indexes and the
-//! stored checksum proves the rebuild is the same definition.
+//! Format 1 files are still read (their contexts are turned into text as
+//! they load); this build writes format 2 only, which a build that knows
+//! only format 1 refuses (`UnsupportedVersion`) — in a cluster, upgrade
+//! every node before one of them sends a snapshot.
+//!
+//! Why binary framing: a shard of 1,000,000 instances must be written and
+//! read back in seconds, so the items are length-prefixed fields, not a
+//! document a parser has to walk. Why a context is its canonical JSON text
+//! (format 2): that is how a shard keeps it in memory (`instance_ctx`), so
+//! writing it is a copy and loading it keeps the bytes — checked to be
+//! JSON, not built into a tree. The machine definitions are stored as
+//! their normal form too — they are few, `parse_definition` rebuilds
+//! guards and indexes from it, and the stored checksum proves the rebuild
+//! is the same definition.
 //!
 //! Items are a tagged stream rather than counted arrays so `SnapshotEncoder`
 //! can add instances one at a time (a caller may encode in slices between
@@ -58,6 +71,7 @@ use serde_json::{Map, Number, Value};
 use super::data::SnapshotData;
 use crate::instance::IDEMPOTENCY_KEYS_PER_INSTANCE_MAX;
 use crate::instance::{AppliedKeys, CachedApply, Creation, Instance};
+use crate::instance_ctx::Ctx;
 use crate::instance_table::InstanceTable;
 use crate::json::canonical;
 use crate::machine::definition::{parse_definition, MachineDef};
@@ -67,11 +81,15 @@ use crate::shard::state::ShardState;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
 /// The file magic.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"CSSN";
-/// The body layout described above.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The body layout described above, the one this build writes.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The first format (contexts as tagged values), still read.
+pub const SNAPSHOT_FORMAT_VERSION_TAGGED_CTX: u32 = 1;
 /// Deepest nesting of arrays/objects a stored context may have. Contexts
 /// come from JSON that serde_json parsed (128 levels at most) and shallow
-/// merges, so this is generous; it bounds the decoder's recursion.
+/// merges, so this is generous; it bounds the decoder's recursion over a
+/// format 1 tagged value (format 2's text is checked by serde_json, whose
+/// own limit is 128).
 pub const SNAPSHOT_VALUE_DEPTH_MAX: usize = 256;
 
 const TAG_END: u8 = 0;
@@ -170,6 +188,9 @@ pub struct LogPosition {
 /// The decoded fixed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotHeader {
+    /// The body's layout: `SNAPSHOT_FORMAT_VERSION` or
+    /// `SNAPSHOT_FORMAT_VERSION_TAGGED_CTX`.
+    pub format_version: u32,
     pub shard: u32,
     pub covered_offset: u64,
     pub last_tick: u64,
@@ -183,7 +204,7 @@ pub struct SnapshotHeader {
 impl SnapshotHeader {
     fn write(&self, out: &mut [u8]) {
         out[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
-        out[4..8].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        out[4..8].copy_from_slice(&self.format_version.to_le_bytes());
         out[12..16].copy_from_slice(&self.shard.to_le_bytes());
         out[16..24].copy_from_slice(&self.covered_offset.to_le_bytes());
         out[24..32].copy_from_slice(&self.last_tick.to_le_bytes());
@@ -219,10 +240,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<SnapshotHeader, SnapshotError> {
         return Err(SnapshotError::HeaderCrcMismatch);
     }
     let version = u32_at(4);
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_TAGGED_CTX {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     Ok(SnapshotHeader {
+        format_version: version,
         shard: u32_at(12),
         covered_offset: u64_at(16),
         last_tick: u64_at(24),

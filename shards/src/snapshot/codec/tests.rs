@@ -119,7 +119,7 @@ fn assert_same(a: &SnapshotData, b: &SnapshotData) {
 #[test]
 fn round_trip_keeps_everything() {
     let data = sample();
-    let bytes = encode(&data).unwrap();
+    let bytes = encode(&data);
     let back = decode(&bytes).unwrap();
     assert_same(&data, &back);
     // Decoded instances share the decoded machine's Arc.
@@ -138,7 +138,7 @@ fn round_trip_keeps_everything() {
 #[test]
 fn idempotency_keys_keep_their_eviction_order() {
     let data = sample();
-    let back = decode(&encode(&data).unwrap()).unwrap();
+    let back = decode(&encode(&data)).unwrap();
     let keys = back.instances[1].1.applied_keys.as_ref().unwrap();
     let order: Vec<&str> = keys.iter().map(|(k, _)| k).collect();
     assert_eq!(order, vec!["key-0", "key-1", "key-2"]);
@@ -148,11 +148,10 @@ fn idempotency_keys_keep_their_eviction_order() {
 fn machines_are_added_on_first_use() {
     let m = machine("late", 4);
     let mut enc = SnapshotEncoder::new(0, ONE);
-    enc.add_instance("x", &instance(&m, 1)).unwrap();
-    enc.add_instance("y", &instance(&m, 2)).unwrap();
+    enc.add_instance("x", &instance(&m, 1));
+    enc.add_instance("y", &instance(&m, 2));
     // A separately parsed copy of the same version is the same item.
-    enc.add_instance("z", &instance(&machine("late", 4), 3))
-        .unwrap();
+    enc.add_instance("z", &instance(&machine("late", 4), 3));
     let back = decode(&enc.finish()).unwrap();
     assert_eq!(back.machines.len(), 1);
     assert_eq!(back.instances.len(), 3);
@@ -168,14 +167,14 @@ fn empty_state_round_trips() {
         machines: vec![],
         instances: vec![],
     };
-    let bytes = encode(&data).unwrap();
+    let bytes = encode(&data);
     assert_eq!(bytes.len(), SNAPSHOT_HEADER_BYTES + 1);
     assert_same(&data, &decode(&bytes).unwrap());
 }
 
 #[test]
 fn every_flipped_bit_is_detected() {
-    let bytes = encode(&sample()).unwrap();
+    let bytes = encode(&sample());
     for i in 0..bytes.len() {
         for bit in [0x01u8, 0x80] {
             let mut bad = bytes.clone();
@@ -190,7 +189,7 @@ fn every_flipped_bit_is_detected() {
 
 #[test]
 fn every_truncation_and_extension_is_detected() {
-    let bytes = encode(&sample()).unwrap();
+    let bytes = encode(&sample());
     for len in 0..bytes.len() {
         assert!(decode(&bytes[..len]).is_err(), "cut at {len}");
     }
@@ -205,9 +204,15 @@ fn every_truncation_and_extension_is_detected() {
 /// Re-seal a hand-made body so the checksums pass and only the body
 /// checks can catch it.
 fn sealed(body: &[u8], machines: u32, instances: u64) -> Vec<u8> {
+    sealed_as(SNAPSHOT_FORMAT_VERSION, body, machines, instances)
+}
+
+/// `sealed` for a format of `version`.
+fn sealed_as(version: u32, body: &[u8], machines: u32, instances: u64) -> Vec<u8> {
     let mut out = vec![0u8; SNAPSHOT_HEADER_BYTES];
     out.extend_from_slice(body);
     SnapshotHeader {
+        format_version: version,
         shard: 0,
         covered_offset: 1,
         last_tick: 1,
@@ -257,13 +262,8 @@ fn well_sealed_nonsense_is_rejected_cleanly() {
             "{body:?}"
         );
     }
-    // A context nested deeper than the limit.
-    let mut deep = vec![TAG_MACHINE];
-    let def = machine("m", 1);
-    put_str(&mut deep, "m");
-    put_uv(&mut deep, 1);
-    put_str(&mut deep, &def.checksum);
-    put_bytes(&mut deep, &canonical::to_vec(&def.normalized_value()));
+    // A format 1 context nested deeper than the limit.
+    let mut deep = machine_item("m");
     deep.extend_from_slice(&[TAG_INSTANCE, 1, b'i', 0, 3]);
     deep.extend_from_slice(b"new");
     for _ in 0..=SNAPSHOT_VALUE_DEPTH_MAX {
@@ -271,8 +271,86 @@ fn well_sealed_nonsense_is_rejected_cleanly() {
     }
     deep.push(V_NULL);
     deep.extend_from_slice(&[0, 1, 1, 1, TAG_END]);
-    let err = decode(&sealed(&deep, 1, 1)).unwrap_err();
+    let err = decode(&sealed_as(SNAPSHOT_FORMAT_VERSION_TAGGED_CTX, &deep, 1, 1)).unwrap_err();
     assert!(err.to_string().contains("nested too deeply"), "{err}");
+}
+
+/// A MACHINE item of `machine(name, 1)`.
+fn machine_item(name: &str) -> Vec<u8> {
+    let def = machine(name, 1);
+    let mut out = vec![TAG_MACHINE];
+    put_str(&mut out, name);
+    put_uv(&mut out, 1);
+    put_str(&mut out, &def.checksum);
+    put_bytes(&mut out, &canonical::to_vec(&def.normalized_value()));
+    out
+}
+
+/// A body of one machine and one instance "i" in state "new" whose
+/// context field is `ctx` (a tagged value in format 1, text in 2).
+fn one_instance_body(ctx: &[u8]) -> Vec<u8> {
+    let mut body = machine_item("m");
+    body.push(TAG_INSTANCE);
+    put_str(&mut body, "i");
+    put_uv(&mut body, 0);
+    put_str(&mut body, "new");
+    body.extend_from_slice(ctx);
+    body.extend_from_slice(&[0, 1, 1, 1, TAG_END]);
+    body
+}
+
+#[test]
+fn a_format_1_file_loads_with_its_contexts_as_canonical_text() {
+    let value = json!({"z": [1, -2, 0.5, "é"], "a": {"t": true, "n": null}});
+    let mut tagged = Vec::new();
+    super::encode::put_value(&mut tagged, &value);
+    let v1 = sealed_as(
+        SNAPSHOT_FORMAT_VERSION_TAGGED_CTX,
+        &one_instance_body(&tagged),
+        1,
+        1,
+    );
+    let back = decode(&v1).unwrap();
+    let ctx = &back.instances[0].1.ctx;
+    assert_eq!(ctx.as_text(), Some(&canonical::to_vec(&value)[..]));
+    assert_eq!(ctx, &value);
+    // Written again, it is format 2 with the same context.
+    let v2 = encode(&back);
+    assert_eq!(
+        decode_header(&v2).unwrap().format_version,
+        SNAPSHOT_FORMAT_VERSION
+    );
+    assert_eq!(
+        decode(&v2).unwrap().instances[0].1.ctx.as_text(),
+        ctx.as_text()
+    );
+    // Format 1 bodies are not read as format 2, nor the reverse.
+    assert!(decode(&sealed(&one_instance_body(&tagged), 1, 1)).is_err());
+    let mut text = Vec::new();
+    put_bytes(&mut text, br#"{"a":1}"#);
+    assert!(decode(&sealed_as(1, &one_instance_body(&text), 1, 1)).is_err());
+    // A format this build does not know is refused by the header.
+    let v3 = sealed_as(3, &one_instance_body(&text), 1, 1);
+    assert_eq!(
+        decode(&v3).unwrap_err(),
+        SnapshotError::UnsupportedVersion(3)
+    );
+}
+
+#[test]
+fn a_format_2_context_that_is_not_json_is_rejected() {
+    for bad in [&b"{\"a\":"[..], b"", b"nul", b"{} {}", b"\xff"] {
+        let mut ctx = Vec::new();
+        put_bytes(&mut ctx, bad);
+        let err = decode(&sealed(&one_instance_body(&ctx), 1, 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("context is not JSON"),
+            "{bad:?}: {err}"
+        );
+    }
+    let mut ok = Vec::new();
+    put_bytes(&mut ok, br#"{"a":[1,{"b":null}]}"#);
+    assert!(decode(&sealed(&one_instance_body(&ok), 1, 1)).is_ok());
 }
 
 #[test]
@@ -333,7 +411,7 @@ fn one_million_instances_encode_and_decode_in_seconds() {
             .collect(),
     };
     println!("1,000,000 instances, ctx of 3 keys, last_event_id set:");
-    let bytes = timed("encode (SnapshotData)", || encode(&data).unwrap());
+    let bytes = timed("encode (SnapshotData)", || encode(&data));
     // Recovery's path, into memory the process has not touched yet
     // (`data` is still alive), as at start-up.
     let (state, _) = timed("decode_state (straight into ShardState)", || {
@@ -346,7 +424,7 @@ fn one_million_instances_encode_and_decode_in_seconds() {
     let state = timed("into_state", || back.into_state(false));
     assert_eq!(state.instances.len() as u64, n);
     let again = timed("encode_state (from the live ShardState)", || {
-        encode_state(&state, ONE).unwrap()
+        encode_state(&state, ONE)
     });
     assert_eq!(again.len(), bytes.len());
     let from = timed("from_state (copy of the state)", || {
@@ -448,7 +526,7 @@ proptest! {
             seen
         };
         let data = SnapshotData { shard, covered_offset: covered, last_tick: tick, entries: tick, machines, instances };
-        let back = decode(&encode(&data).unwrap()).unwrap();
+        let back = decode(&encode(&data)).unwrap();
         assert_same(&data, &back);
     }
 
@@ -464,6 +542,7 @@ proptest! {
         instances in 0u64..4,
     ) {
         let _ = decode(&sealed(&body, machines, instances));
+        let _ = decode(&sealed_as(SNAPSHOT_FORMAT_VERSION_TAGGED_CTX, &body, machines, instances));
     }
 
     #[test]
@@ -471,7 +550,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
     ) {
         // Mutate the body and re-seal it: only the structural checks stand.
-        let bytes = encode(&sample()).unwrap();
+        let bytes = encode(&sample());
         let mut body = bytes[SNAPSHOT_HEADER_BYTES..].to_vec();
         for (at, x) in flips {
             let i = at % body.len();
