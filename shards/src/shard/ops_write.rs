@@ -180,6 +180,7 @@ impl ShardState {
                 ))
             }
         };
+        let parsed = tree.is_some();
         let ctx_json = match tree.as_mut() {
             Some(ctx) => {
                 if merges {
@@ -229,8 +230,10 @@ impl ShardState {
             };
             inst.remember_apply(key, outcome);
         }
-        // At rest the context is its text again: the tree is dropped.
-        inst.ctx = Ctx::from_canonical_text(ctx_json.clone());
+        if parsed {
+            // At rest the context is its text again: the tree is dropped.
+            inst.ctx = Ctx::from_canonical_text(ctx_json.clone());
+        }
         inst.last_event_id = cmd.event_id;
         inst.last_wal_offset = offset;
         inst.updated_at_ms = now_ms;
