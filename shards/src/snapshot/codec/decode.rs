@@ -90,6 +90,22 @@ impl<'a> Cursor<'a> {
         self.str().map(str::to_owned)
     }
 
+    /// Bytes that must be one JSON value: kept as they are, not parsed into
+    /// a tree, but checked (the body checksum already passed; this stops a
+    /// hand-made file from putting anything but JSON into answers).
+    /// `what` names them in the error.
+    fn json(&mut self, what: impl FnOnce() -> String) -> Decoded<&'a [u8]> {
+        let at = self.pos;
+        let text = self.bytes()?;
+        match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Ok(text),
+            Err(_) => Err(SnapshotError::Malformed {
+                position: SNAPSHOT_HEADER_BYTES + at,
+                what: format!("{} is not JSON", what()),
+            }),
+        }
+    }
+
     fn value(&mut self, depth: usize) -> Decoded<Value> {
         let tag = self.u8()?;
         Ok(match tag {
@@ -208,18 +224,7 @@ fn decode_instance(
     let ctx = if format_version == SNAPSHOT_FORMAT_VERSION_TAGGED_CTX {
         Ctx::from_canonical_text(canonical::to_vec(&c.value(0)?))
     } else {
-        let at = c.pos;
-        let text = c.bytes()?;
-        // Kept as it is, not parsed: checked to be one JSON value (the body
-        // checksum already passed; this stops a hand-made file from
-        // putting anything but JSON into answers).
-        if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err() {
-            return Err(SnapshotError::Malformed {
-                position: SNAPSHOT_HEADER_BYTES + at,
-                what: format!("instance {id}: context is not JSON"),
-            });
-        }
-        Ctx::from_canonical_text(text.to_vec())
+        Ctx::from_canonical_text(c.json(|| format!("instance {id}: context"))?.to_vec())
     };
     let flags = c.u8()?;
     if flags & !FLAGS_KNOWN != 0 {
@@ -257,14 +262,7 @@ fn decode_instance(
             let key = c.str()?;
             let from_state = c.string()?;
             let to_state = c.string()?;
-            let at = c.pos;
-            let ctx_json = c.bytes()?;
-            if serde_json::from_slice::<serde::de::IgnoredAny>(ctx_json).is_err() {
-                return Err(SnapshotError::Malformed {
-                    position: SNAPSHOT_HEADER_BYTES + at,
-                    what: format!("instance {id}: cached context is not JSON"),
-                });
-            }
+            let ctx_json = c.json(|| format!("instance {id}: cached context"))?;
             keys.insert(
                 key,
                 CachedApply {
