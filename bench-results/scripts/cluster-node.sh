@@ -5,25 +5,8 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 # replication_status PORT: the REPLICATION_STATUS result of the node whose
 # RCP port is PORT, as one line of JSON.
 replication_status() {
-  python3 - "$1" <<'PY'
-import json, socket, struct, sys
-port = int(sys.argv[1])
-def frame(b): return b"RCPX" + struct.pack(">HHHII", 1, 0, 0, len(b), 0) + b
-s = socket.create_connection(("127.0.0.1", port), timeout=5)
-hello = {"type": "request", "id": "0", "op": "HELLO", "params": {"protocol_version": 1}}
-status = {"type": "request", "id": "1", "op": "REPLICATION_STATUS", "params": {}}
-s.sendall(frame(json.dumps(hello).encode()) + frame(json.dumps(status).encode()))
-buf, answers = b"", []
-while len(answers) < 2:
-    buf += s.recv(65536)
-    while len(buf) >= 18:
-        n = struct.unpack(">I", buf[10:14])[0]
-        if len(buf) < 18 + n:
-            break
-        answers.append(json.loads(buf[18:18 + n]))
-        buf = buf[18 + n:]
-print(json.dumps(answers[1]["result"]))
-PY
+  RCP_TIMEOUT_S=5 python3 bench-results/scripts/rcp.py "$1" REPLICATION_STATUS |
+    python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["result"]))'
 }
 wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 

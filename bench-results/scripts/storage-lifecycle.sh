@@ -13,26 +13,7 @@ cargo build --release -q --bin corestate -p corestate
 cargo build --release -q -p corestate-bench --bin corestate-bench
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-rcp() { # port op params-json -> result json (raw RCPX via python)
-  python3 - "$@" <<'PY'
-import socket, struct, json, sys, zlib
-def crc32c(b):
-    c=0xFFFFFFFF
-    for x in b:
-        c^=x
-        for _ in range(8): c=(c>>1)^(0x82F63B78 if c&1 else 0)
-    return c^0xFFFFFFFF
-port, op, params = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-p=json.dumps({"type":"request","id":"1","op":op,"params":params}).encode()
-s=socket.create_connection(("127.0.0.1",port)); s.settimeout(600)
-s.sendall(b"RCPX"+struct.pack(">HHHII",1,1,0,len(p),crc32c(p))+p)
-h=b""
-while len(h)<18: h+=s.recv(18-len(h))
-n=struct.unpack(">I",h[10:14])[0]; b=b""
-while len(b)<n: b+=s.recv(n-len(b))
-print(json.dumps(json.loads(b)))
-PY
-}
+rcp() { python3 bench-results/scripts/rcp.py "$@"; } # port op params-json -> the response's JSON
 work=$(mktemp -d)
 printf 'compaction:\n  enabled: false\n' > $work/nocompact.yaml
 echo "# Storage lifecycle (issue 4)"

@@ -13,26 +13,7 @@ BENCH=${BENCH:-target/release/corestate-bench}
 N=${N:-1000000}
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 1 1200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.01; done; return 1; }
-rcp() { # port op params-json -> the response's JSON
-  python3 - "$@" <<'PY'
-import socket, struct, json, sys
-def crc32c(b):
-    c=0xFFFFFFFF
-    for x in b:
-        c^=x
-        for _ in range(8): c=(c>>1)^(0x82F63B78 if c&1 else 0)
-    return c^0xFFFFFFFF
-port, op, params = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-p=json.dumps({"type":"request","id":"1","op":op,"params":params}).encode()
-s=socket.create_connection(("127.0.0.1",port)); s.settimeout(600)
-s.sendall(b"RCPX"+struct.pack(">HHHII",1,1,0,len(p),crc32c(p))+p)
-h=b""
-while len(h)<18: h+=s.recv(18-len(h))
-n=struct.unpack(">I",h[10:14])[0]; b=b""
-while len(b)<n: b+=s.recv(n-len(b))
-print(json.dumps(json.loads(b)))
-PY
-}
+rcp() { python3 bench-results/scripts/rcp.py "$@"; } # port op params-json -> the response's JSON
 total_of() { rcp $1 LIST_INSTANCES '{"limit":0}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["result"]["total"])'; }
 rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
 work=$(mktemp -d /tmp/snapab.XXXX)
