@@ -63,34 +63,12 @@ impl Ctx {
         }
     }
 
-    /// The tree, when the context is kept as one.
-    pub fn as_tree(&self) -> Option<&Value> {
-        match &self.0 {
-            Repr::Tree(value) => Some(value),
-            Repr::Text(_) => None,
-        }
-    }
-
-    /// A copy of the context as a tree.
-    pub fn to_value(&self) -> Result<Value, String> {
-        match &self.0 {
-            Repr::Tree(value) => Ok(value.clone()),
-            Repr::Text(text) => parse(text),
-        }
-    }
-
     /// Append the context's canonical JSON to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         match &self.0 {
             Repr::Tree(value) => canonical::write_value(out, value),
             Repr::Text(text) => out.extend_from_slice(text),
         }
-    }
-
-    /// Whether the context is kept as text (not parsed since it was
-    /// replayed).
-    pub fn is_text(&self) -> bool {
-        matches!(self.0, Repr::Text(_))
     }
 }
 
@@ -149,14 +127,14 @@ mod tests {
     fn text_and_tree_answer_the_same_bytes_and_compare_equal() {
         let value = json!({"z": [null, true, {}], "a": 1.5, "s": "é\"\n", "n": -7});
         let (tree, text) = both(value.clone());
-        assert!(text.is_text() && !tree.is_text());
+        assert!(text.as_text().is_some() && tree.as_text().is_none());
         let (mut a, mut b) = (Vec::new(), Vec::new());
         tree.write_json(&mut a);
         text.write_json(&mut b);
         assert_eq!(a, b);
         assert_eq!(tree.to_string(), text.to_string());
         assert_eq!(text, value);
-        assert_eq!(text.to_value().unwrap(), value);
+        assert_eq!(*text.parsed().unwrap(), value);
         assert_ne!(text, json!({"a": 1.5}));
     }
 
@@ -167,7 +145,6 @@ mod tests {
         let mut parsed = text.parsed().unwrap();
         assert!(matches!(parsed, Cow::Owned(_)));
         parsed.to_mut()["n"] = json!(2);
-        assert!(text.is_text());
         assert_eq!(text.as_text(), Some(&br#"{"n":1}"#[..]));
         assert_eq!(tree.as_text(), None);
         assert_eq!(text, json!({"n": 1}));
@@ -195,7 +172,6 @@ mod tests {
         let broken = Ctx::from_canonical_text(b"{\"n\":".to_vec());
         let err = broken.parsed().unwrap_err();
         assert_eq!(err.code, ErrorCode::InternalError);
-        assert!(broken.to_value().is_err());
         assert_ne!(broken, json!({}));
     }
 }

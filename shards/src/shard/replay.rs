@@ -364,8 +364,7 @@ mod tests {
                 (9, "b", "m")
             );
             let inst = state.instances.get("i").unwrap();
-            assert!(inst.ctx.is_text());
-            assert_eq!(inst.ctx.to_string().as_bytes(), ctx_json);
+            assert_eq!(inst.ctx.as_text(), Some(&ctx_json[..]));
             assert_eq!(inst.ctx, json!({"n": 1.5, "s": "é\"", "z": [null, {}]}));
             assert_eq!(
                 (inst.state.as_str(), inst.last_event_id.as_deref()),
