@@ -266,11 +266,14 @@ impl Cluster {
     }
 
     /// Wait until `node`'s own log holds the same transitions as
-    /// `leader`'s.
+    /// `leader`'s. Both are read again each time: with two groups, `leader`
+    /// (shard 0's) may itself still be applying shard 1's latest commits
+    /// (a write acknowledged through shard 1's leader elsewhere), so its
+    /// log read once is not the end state.
     pub fn converges(&mut self, node: u64, leader: u64) {
-        let expected = self.transitions(leader);
         let started = Instant::now();
         loop {
+            let expected = self.transitions(leader);
             let seen = self.transitions(node);
             if seen == expected {
                 return;
