@@ -25,15 +25,13 @@ impl ShardState {
         now_ms: u64,
         log: &mut dyn LogSink,
     ) -> EngineResult<Vec<u8>> {
-        if let (Some(key), Some(existing)) = (
-            cmd.idempotency_key.as_deref(),
-            self.instances.get(&cmd.instance_id),
-        ) {
-            if let Some(c) = existing
-                .creation
-                .as_deref()
-                .filter(|c| c.idempotency_key == key)
-            {
+        if let Some(existing) = self.instances.get(&cmd.instance_id) {
+            let retried = existing.creation.as_deref().filter(|c| {
+                cmd.idempotency_key
+                    .as_deref()
+                    .is_some_and(|key| c.idempotency_key == key)
+            });
+            if let Some(c) = retried {
                 // A retry of the create that made this instance: the first result.
                 let mut r = ResultWriter::new();
                 r.bool("applied", false)
@@ -42,8 +40,6 @@ impl ShardState {
                     .u64("wal_offset", c.wal_offset);
                 return Ok(r.finish());
             }
-        }
-        if let Some(existing) = self.instances.get(&cmd.instance_id) {
             if existing.is_active() || !self.allow_instance_recreate {
                 return Err(EngineError::core(
                     ErrorCode::InstanceExists,

@@ -195,10 +195,6 @@ impl ShardState {
                             "create of {instance_id} names unknown machine {machine} v{version}"
                         )
                     })?;
-                let was_active = self
-                    .instances
-                    .get(&instance_id)
-                    .is_some_and(|i| i.is_active());
                 let creation = idempotency_key.map(|key| {
                     Box::new(Creation {
                         idempotency_key: key,
@@ -206,7 +202,9 @@ impl ShardState {
                         wal_offset: offset,
                     })
                 });
-                self.insert_instance(
+                // One lookup: what the insert replaced tells whether the
+                // id was active (a recreate after a delete replaces it).
+                let replaced = self.insert_instance(
                     instance_id,
                     Instance {
                         machine: def,
@@ -221,7 +219,7 @@ impl ShardState {
                         applied_keys: None,
                     },
                 );
-                if !was_active {
+                if !replaced.is_some_and(|i| i.is_active()) {
                     self.active_instances += 1;
                 }
                 counts.creates += 1;

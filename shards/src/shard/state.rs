@@ -106,12 +106,15 @@ impl ShardState {
         }
     }
 
-    /// Insert or replace an instance, keeping `order`.
-    pub fn insert_instance(&mut self, id: String, inst: Instance) {
+    /// Insert or replace an instance, keeping `order`; returns the instance
+    /// replaced.
+    pub fn insert_instance(&mut self, id: String, inst: Instance) -> Option<Instance> {
         let key: Box<str> = id.as_str().into();
-        if self.instances.insert(id, inst).is_none() {
+        let replaced = self.instances.insert(id, inst);
+        if replaced.is_none() {
             self.order.push(Some(key));
         }
+        replaced
     }
 
     /// Remove an instance entirely (only a batch's undone create does).

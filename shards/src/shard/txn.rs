@@ -136,7 +136,9 @@ impl ShardState {
             let was_active = is_active(original.as_ref());
             self.active_instances = self.active_instances + was_active - now_active;
             match original {
-                Some(inst) => self.insert_instance(id, inst),
+                Some(inst) => {
+                    self.insert_instance(id, inst);
+                }
                 None => self.remove_instance(&id),
             }
         }
