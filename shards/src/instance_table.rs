@@ -36,6 +36,7 @@
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::instance::Instance;
 
@@ -124,6 +125,21 @@ impl Store {
     fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.chunks.iter().flatten().flatten()
     }
+
+    /// Slots handed out so far, free or taken.
+    fn slots(&self) -> usize {
+        self.chunks.last().map_or(0, |c| {
+            (self.chunks.len() - 1) * INSTANCE_CHUNK_ENTRIES + c.len()
+        })
+    }
+}
+
+/// Source of table generations: every table made or emptied takes a new
+/// one, unique in the process.
+static NEXT_TABLE_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn new_generation() -> u64 {
+    NEXT_TABLE_GENERATION.fetch_add(1, Ordering::Relaxed)
 }
 
 pub struct InstanceTable {
@@ -131,6 +147,8 @@ pub struct InstanceTable {
     store: Store,
     hasher: DefaultHashBuilder,
     len: usize,
+    /// Changes when the table is emptied; a new table has its own.
+    generation: u64,
 }
 
 impl Default for InstanceTable {
@@ -183,6 +201,7 @@ impl InstanceTable {
             store: Store::default(),
             hasher: DefaultHashBuilder::default(),
             len: 0,
+            generation: new_generation(),
         }
     }
 
@@ -270,6 +289,50 @@ impl InstanceTable {
         }
         self.store = Store::default();
         self.len = 0;
+        self.generation = new_generation();
+    }
+
+    /// Positions `0..positions()` hold every instance in the table, each at
+    /// a position it keeps for as long as it stays (`at_position`). A new
+    /// instance takes a position at the end, or one a removed instance
+    /// left. What a walk of the table in slices over many turns of the
+    /// shard loop needs — the sliced snapshot (`shard::snapshotting`) —
+    /// without a list of ids of its own.
+    pub fn positions(&self) -> usize {
+        self.store.slots()
+    }
+
+    /// The instance at `position`, with its id; `None` for a free one.
+    pub fn at_position(&self, position: usize) -> Option<(&str, &Instance)> {
+        self.store
+            .get(position)
+            .map(|(id, inst)| (id.as_str(), inst))
+    }
+
+    /// Unique to this table until it is emptied: positions walked in an
+    /// earlier generation mean nothing in a later one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The table's own invariants, for audits: every stored instance is
+    /// found by its id at its position, and the count agrees.
+    pub fn check(&self) -> Result<(), String> {
+        let mut stored = 0;
+        for position in 0..self.positions() {
+            if let Some((id, _)) = self.at_position(position) {
+                stored += 1;
+                if self.slot_of(id) != Some(position) {
+                    return Err(format!(
+                        "instance {id} at position {position} is not found there"
+                    ));
+                }
+            }
+        }
+        if stored != self.len {
+            return Err(format!("{stored} instances stored, {} counted", self.len));
+        }
+        Ok(())
     }
 
     /// Every instance with its id, in no particular order.
@@ -355,15 +418,55 @@ mod tests {
             .map(|(k, i)| (k.clone(), i.state.clone()))
             .collect();
         assert_eq!(walked, model);
+        let by_position: BTreeMap<String, String> = (0..table.positions())
+            .filter_map(|at| table.at_position(at))
+            .map(|(k, i)| (k.to_owned(), i.state.clone()))
+            .collect();
+        assert_eq!(by_position, model);
+        table.check().expect("consistent");
         assert!(table.index.iter().all(|p| !p.is_empty()));
         if let Some((id, _)) = model.iter().next() {
             table.get_mut(id).expect("present").state = "changed".into();
             assert_eq!(table.get(id).map(|i| i.state.as_str()), Some("changed"));
         }
+        let generation = table.generation();
         table.clear();
         assert!(table.is_empty());
         assert_eq!(table.iter().count(), 0);
         assert!(!table.contains_key("i-1"));
+        assert_eq!(table.positions(), 0);
+        assert_ne!(table.generation(), generation);
+        assert_ne!(InstanceTable::new().generation(), table.generation());
+    }
+
+    #[test]
+    fn an_instance_keeps_its_position_and_a_removed_one_leaves_it_to_a_later_insert() {
+        let mut table = InstanceTable::new();
+        for i in 0..(INSTANCE_CHUNK_ENTRIES + 3) {
+            table.insert(format!("id-{i}"), instance("a"));
+        }
+        assert_eq!(table.positions(), INSTANCE_CHUNK_ENTRIES + 3);
+        let at_of = |t: &InstanceTable, id: &str| {
+            (0..t.positions()).find(|&at| t.at_position(at).is_some_and(|(k, _)| k == id))
+        };
+        assert_eq!(at_of(&table, "id-7"), Some(7));
+        assert_eq!(
+            at_of(&table, &format!("id-{}", INSTANCE_CHUNK_ENTRIES + 1)),
+            Some(INSTANCE_CHUNK_ENTRIES + 1)
+        );
+        // A replacement stays where it was.
+        table.insert("id-7".into(), instance("b"));
+        assert_eq!(
+            table.at_position(7).map(|(k, i)| (k, i.state.as_str())),
+            Some(("id-7", "b"))
+        );
+        table.remove("id-7");
+        assert!(table.at_position(7).is_none());
+        assert_eq!(table.positions(), INSTANCE_CHUNK_ENTRIES + 3);
+        table.insert("new".into(), instance("a"));
+        assert_eq!(at_of(&table, "new"), Some(7));
+        assert_eq!(table.positions(), INSTANCE_CHUNK_ENTRIES + 3);
+        table.check().expect("consistent");
     }
 
     #[test]

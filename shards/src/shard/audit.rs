@@ -62,24 +62,10 @@ impl Shard {
                 "shard {shard}: {id} is locked by batch {txid}, which is not prepared here"
             ));
         }
-        if let Some(id) = self
-            .state
-            .order
-            .iter()
-            .flatten()
-            .find(|id| !self.state.instances.contains_key(id))
-        {
-            return Err(format!(
-                "shard {shard}: {id} is in the listing order but not in the table"
-            ));
-        }
-        let listed = self.state.order.iter().flatten().count();
-        if listed != self.state.instances.len() {
-            return Err(format!(
-                "shard {shard}: {listed} instances in the listing order, {} in the table",
-                self.state.instances.len()
-            ));
-        }
+        self.state
+            .instances
+            .check()
+            .map_err(|e| format!("shard {shard}: instance table: {e}"))?;
         Ok(())
     }
 }

@@ -90,7 +90,7 @@ impl ShardState {
             creation,
             applied_keys: None,
         };
-        self.insert_instance(cmd.instance_id, instance);
+        self.instances.insert(cmd.instance_id, instance);
         self.active_instances += 1;
         Ok(r.finish())
     }

@@ -204,7 +204,7 @@ impl ShardState {
                 });
                 // One lookup: what the insert replaced tells whether the
                 // id was active (a recreate after a delete replaces it).
-                let replaced = self.insert_instance(
+                let replaced = self.instances.insert(
                     instance_id,
                     Instance {
                         machine: def,

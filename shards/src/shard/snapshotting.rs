@@ -5,8 +5,10 @@
 //!
 //! A snapshot job starts between two group commits, when no cross-shard
 //! batch is prepared on the shard; its `covered_offset` is the offset of the
-//! last record written then. It lists the instance ids present at that
-//! moment and then encodes them in slices of at most `SNAPSHOT_SLICE_US`,
+//! last record written then. It walks the instance table's positions that
+//! were in use at that moment (`InstanceTable::positions`: an instance
+//! keeps its position while it stays in the table) and encodes them in
+//! slices of at most `SNAPSHOT_SLICE_US`,
 //! one per turn of the shard loop, while the shard keeps serving requests in
 //! between — so a large shard is never paused for more than one slice. (A
 //! slice is bounded by time, not by a count of instances: how long an
@@ -17,6 +19,9 @@
 //! recovery replays every record after `covered_offset`, and replay is
 //! idempotent (a create replaces, an apply sets the state and context it
 //! recorded, a delete marks) — each instance ends as its last record says.
+//! So is finding at a walked position an instance created after
+//! `covered_offset` (a batch's undone create left the position free and a
+//! later create took it): its create record is replayed over it.
 //! Instances held by a batch prepared during the job are encoded as they
 //! were before the batch, because the batch's records lie after
 //! `covered_offset` and replay will apply them only if the batch committed.
@@ -67,7 +72,8 @@ pub struct CompactReport {
 
 pub struct SnapshotJob {
     encoder: SnapshotEncoder,
-    /// The job encodes `state.order[..end]`: the instances present at start.
+    /// The job encodes the instances at the table's positions `..end`:
+    /// every instance present at start.
     end: usize,
     generation: u64,
     next: usize,
@@ -87,11 +93,12 @@ pub enum SliceOutcome {
 
 impl SnapshotJob {
     pub fn start(state: &ShardState, at: LogPosition, clock: &dyn Clock) -> Self {
-        let encoder = SnapshotEncoder::for_state(state, at, state.order.len());
+        let end = state.instances.positions();
+        let encoder = SnapshotEncoder::for_state(state, at, state.instances.len());
         SnapshotJob {
             encoder,
-            end: state.order.len(),
-            generation: state.order_generation,
+            end,
+            generation: state.instances.generation(),
             next: 0,
             covered_offset: at.covered_offset,
             started: clock.monotonic(),
@@ -109,14 +116,16 @@ impl SnapshotJob {
         clock: &dyn Clock,
         budget: Duration,
     ) -> SliceOutcome {
-        if state.order_generation != self.generation {
+        if state.instances.generation() != self.generation {
             return SliceOutcome::Restart;
         }
         let deadline = clock.monotonic() + budget;
         while self.next < self.end {
             let end = (self.next + SNAPSHOT_CLOCK_CHECK_INSTANCES).min(self.end);
-            for id in state.order[self.next..end].iter().flatten() {
-                self.add(id, state, original);
+            for position in self.next..end {
+                if let Some((id, inst)) = state.instances.at_position(position) {
+                    self.add(id, inst, original);
+                }
             }
             self.next = end;
             if clock.monotonic() >= deadline {
@@ -133,17 +142,13 @@ impl SnapshotJob {
     fn add(
         &mut self,
         id: &str,
-        state: &ShardState,
+        inst: &Instance,
         original: &dyn Fn(&str) -> Option<Option<Instance>>,
     ) {
         match original(id) {
             Some(Some(before)) => self.encoder.add_instance(id, &before),
             Some(None) => {}
-            None => {
-                if let Some(inst) = state.instances.get(id) {
-                    self.encoder.add_instance(id, inst);
-                }
-            }
+            None => self.encoder.add_instance(id, inst),
         }
     }
 

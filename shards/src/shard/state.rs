@@ -77,14 +77,6 @@ pub struct ShardState {
     pub shard_id: usize,
     pub machines: MachineRegistry,
     pub instances: InstanceTable,
-    /// Every instance id in the order it was first inserted; `None` where an
-    /// instance was removed again (a batch's create undone). Instances are
-    /// otherwise never removed (deletes are soft), so this is append-only and
-    /// a snapshot can walk a prefix of it in slices without copying ids.
-    pub order: Vec<Option<Box<str>>>,
-    /// Bumped when `order` is rebuilt or cleared (FLUSH_ALL): a snapshot
-    /// walking the old one must start again.
-    pub order_generation: u64,
     pub allow_instance_recreate: bool,
     pub active_instances: u64,
     /// Events of applies staged in the current group, published to watchers
@@ -98,48 +90,10 @@ impl ShardState {
             shard_id,
             machines: MachineRegistry::default(),
             instances: InstanceTable::new(),
-            order: Vec::new(),
-            order_generation: 0,
             allow_instance_recreate,
             active_instances: 0,
             events: Vec::new(),
         }
-    }
-
-    /// Insert or replace an instance, keeping `order`; returns the instance
-    /// replaced.
-    pub fn insert_instance(&mut self, id: String, inst: Instance) -> Option<Instance> {
-        let key: Box<str> = id.as_str().into();
-        let replaced = self.instances.insert(id, inst);
-        if replaced.is_none() {
-            self.order.push(Some(key));
-        }
-        replaced
-    }
-
-    /// Remove an instance entirely (only a batch's undone create does).
-    pub fn remove_instance(&mut self, id: &str) {
-        if self.instances.remove(id).is_some() {
-            // Recently inserted: search from the end.
-            if let Some(slot) = self
-                .order
-                .iter_mut()
-                .rev()
-                .find(|slot| slot.as_deref() == Some(id))
-            {
-                *slot = None;
-            }
-        }
-    }
-
-    /// Recompute `order` from the map (after loading a snapshot).
-    pub fn rebuild_order(&mut self) {
-        self.order = self
-            .instances
-            .keys()
-            .map(|k| Some(k.as_str().into()))
-            .collect();
-        self.order_generation += 1;
     }
 
     /// An active instance, or INSTANCE_NOT_FOUND.
@@ -191,8 +145,6 @@ impl ShardState {
     pub fn flush(&mut self) -> (u64, u64) {
         let removed = (self.instances.len() as u64, self.machines.len() as u64);
         self.instances.clear();
-        self.order.clear();
-        self.order_generation += 1;
         self.machines = MachineRegistry::default();
         self.active_instances = 0;
         self.events.clear();

@@ -137,9 +137,11 @@ impl ShardState {
             self.active_instances = self.active_instances + was_active - now_active;
             match original {
                 Some(inst) => {
-                    self.insert_instance(id, inst);
+                    self.instances.insert(id, inst);
                 }
-                None => self.remove_instance(&id),
+                None => {
+                    self.instances.remove(&id);
+                }
             }
         }
         if let Some(from) = undo.events_from {

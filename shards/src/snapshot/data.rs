@@ -68,7 +68,6 @@ impl SnapshotData {
         }
         state.active_instances = instances.values().filter(|i| i.is_active()).count() as u64;
         state.instances = instances;
-        state.rebuild_order();
         state
     }
 

@@ -419,6 +419,5 @@ pub fn decode_state(
     }
     state.active_instances = instances.values().filter(|i| i.is_active()).count() as u64;
     state.instances = instances;
-    state.rebuild_order();
     Ok((state, header))
 }
