@@ -270,6 +270,8 @@ pub fn run(
                     .await;
                     match opened {
                         Ok(m) => {
+                            // Recovery's buffers were just freed.
+                            shards::env::memory::release_freed_memory();
                             let _ = ready.send(Ok(m.report));
                             let serving =
                                 glommio::spawn_local(m.shard.run_member(rx, Some(publisher)));
@@ -288,6 +290,8 @@ pub fn run(
                 let env = shards::env::Env::os(id);
                 match Shard::open(&shard_cfg, env, frontier, heartbeat).await {
                     Ok((shard, report)) => {
+                        // Recovery's buffers were just freed.
+                        shards::env::memory::release_freed_memory();
                         let _ = ready.send(Ok(report));
                         let serving = glommio::spawn_local(shard.run(rx, Some(publisher)));
                         serve_core(serving, job_rx, done).await;

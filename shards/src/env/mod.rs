@@ -14,6 +14,7 @@
 
 pub mod clock;
 pub(crate) mod maintenance;
+pub mod memory;
 pub mod os;
 pub mod storage;
 pub mod tasks;

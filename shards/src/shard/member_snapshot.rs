@@ -85,7 +85,7 @@ impl Shard {
                     committed: running.committed,
                 });
             }
-            // The id list was cleared under the job (FLUSH_ALL): dropping
+            // The table was emptied under the job (FLUSH_ALL): dropping
             // `done` fails this build; openraft asks again later.
             SliceOutcome::Restart => {}
         }

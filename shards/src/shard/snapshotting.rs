@@ -165,7 +165,10 @@ pub fn write(
     shard_dir: &Path,
     image: crate::snapshot::codec::UnsealedImage,
 ) -> io::Result<WrittenSnapshot> {
-    write_snapshot(storage, shard_dir, &image.seal())
+    let written = write_snapshot(storage, shard_dir, &image.seal());
+    // The image, as large as the shard's state, was just freed.
+    crate::env::memory::release_freed_memory();
+    written
 }
 
 /// Milliseconds since the file at `path` was last modified (0 if unknown).

@@ -5,9 +5,12 @@
 # context); then the server's RSS, a timed COMPACT (force_snapshot: every
 # shard snapshotted, written and synced), the snapshot files' size, a
 # SIGTERM, a timed restart to listening (loading the snapshots) and the
-# RSS after it.
-#   BIN=<corestate> [N=1000000] snapshot.sh   (prints one line)
+# RSS after it; the RSS after the COMPACT too, and the instance count the
+# restarted server reports.
+#   BIN=<corestate> [N=1000000] [BENCH=<corestate-bench>] \
+#     bash bench-results/scripts/snapshot-restart.sh   (prints one line)
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 export CORESTATE_HTTP_LISTEN=off
 BENCH=${BENCH:-target/release/corestate-bench}
 N=${N:-1000000}
@@ -31,6 +34,7 @@ rss_full=$(rss $pid)
 t0=$(date +%s.%N)
 rcp $p COMPACT '{"force_snapshot":true}' > $work/compact.json
 t1=$(date +%s.%N)
+rss_compacted=$(rss $pid)
 kill -TERM $pid; wait $pid || true
 snap_bytes=$(du -cb $work/d/shard-*/snapshots/*.snap | tail -1 | cut -f1)
 p=$(port)
@@ -39,8 +43,9 @@ t2=$(date +%s.%N)
 wait_ready $p
 t3=$(date +%s.%N)
 rss_restarted=$(rss $pid)
+restarted_instances=$(total_of $p)
 cpu_ticks=$(awk '{print $14+$15}' /proc/$pid/stat)
 kill -9 $pid; wait $pid 2>/dev/null || true
 python3 - <<PY
-print("$(basename "$BIN") instances=$instances rss_kib=$rss_full compact_s=%.2f snapshot_bytes=$snap_bytes bytes_per_instance=%.1f restart_s=%.2f restart_cpu_ticks=$cpu_ticks rss_after_restart_kib=$rss_restarted" % ($t1-$t0, $snap_bytes/$instances, $t3-$t2))
+print("$(basename "$BIN") instances=$instances rss_kib=$rss_full compact_s=%.2f snapshot_bytes=$snap_bytes bytes_per_instance=%.1f restart_s=%.2f restart_cpu_ticks=$cpu_ticks rss_after_compact_kib=$rss_compacted rss_after_restart_kib=$rss_restarted instances_after_restart=$restarted_instances" % ($t1-$t0, $snap_bytes/$instances, $t3-$t2))
 PY
