@@ -6,8 +6,8 @@
 //! maintenance thread that has just written one, frees tens of megabytes
 //! at once and may then sit idle: measured with a million instances
 //! (bench-results/2026-12-07/release-freed-memory/), a restarted server
-//! held 513–556 MB until its shards' next requests, against 321 MB once
-//! purged, and a COMPACT left 74 MB more behind it.
+//! held 502–589 MB against the 343 MB it held running, and a COMPACT left
+//! 70–90 MB behind it.
 //!
 //! The library does not name an allocator: the binary installs how to
 //! release (`set_release_freed_memory`), and the shard code calls
