@@ -5,12 +5,12 @@
 //!
 //! A snapshot job starts between two group commits, when no cross-shard
 //! batch is prepared on the shard; its `covered_offset` is the offset of the
-//! last record written then. It walks the instance table's positions that
-//! were in use at that moment (`InstanceTable::positions`: an instance
-//! keeps its position while it stays in the table) and encodes them in
-//! slices of at most `SNAPSHOT_SLICE_US`,
-//! one per turn of the shard loop, while the shard keeps serving requests in
-//! between — so a large shard is never paused for more than one slice. (A
+//! last record written then. It walks the instance table's positions in use
+//! at that moment (`InstanceTable::positions`: an instance keeps its
+//! position while it stays in the table) and encodes the instances there in
+//! slices of at most `SNAPSHOT_SLICE_US`, one per turn of the shard loop,
+//! while the shard keeps serving requests in between — so a large shard is
+//! never paused for more than one slice. (A
 //! slice is bounded by time, not by a count of instances: how long an
 //! instance takes depends on its size and on what is in the CPU cache.)
 //!
@@ -19,9 +19,9 @@
 //! recovery replays every record after `covered_offset`, and replay is
 //! idempotent (a create replaces, an apply sets the state and context it
 //! recorded, a delete marks) — each instance ends as its last record says.
-//! So is finding at a walked position an instance created after
-//! `covered_offset` (a batch's undone create left the position free and a
-//! later create took it): its create record is replayed over it.
+//! The walk may also meet an instance created after `covered_offset` (a
+//! batch's undone create left a position free and a later create took it):
+//! harmless too, its create record is replayed over it.
 //! Instances held by a batch prepared during the job are encoded as they
 //! were before the batch, because the batch's records lie after
 //! `covered_offset` and replay will apply them only if the batch committed.
