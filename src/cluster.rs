@@ -33,7 +33,9 @@ use corestate_raft::log_store::WalLogOptions;
 use corestate_raft::net::{
     group_mailbox, ClusterCredentials, GroupDirectory, GroupInbox, PeerPool, PeerServer, PeerTls,
 };
-use corestate_raft::shard_group::{start_loop_member, GroupMember, LoopMachine, MemberSetup};
+use corestate_raft::shard_group::{
+    pace_snapshots, start_loop_member, GroupMember, LoopMachine, MemberSetup, SnapshotPacing,
+};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use shards::env::Env;
@@ -91,7 +93,8 @@ pub fn listen(
 fn raft_config(cluster: &ClusterConfig) -> Result<Arc<openraft::Config>, String> {
     let config = openraft::Config {
         cluster_name: cluster.name.clone(),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_every_entries),
+        // Each member decides when it snapshots (`pace_snapshots`, below).
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: cluster.log_kept_behind_snapshot_entries,
         election_timeout_min: cluster.election_timeout_ms,
         election_timeout_max: cluster.election_timeout_ms * 2,
@@ -171,6 +174,12 @@ pub async fn open_member_shard(
         let raft = member.raft().clone();
         glommio::spawn_local(corestate_raft::shard_group::spread_leaders(raft, cfg.id)).detach();
     }
+    let pacing = SnapshotPacing {
+        every_entries: cluster.snapshot_every_entries,
+        log_growth_percent: cluster.snapshot_log_growth_percent,
+    };
+    let (raft, machine) = (member.raft().clone(), member.machine().clone());
+    glommio::spawn_local(pace_snapshots(raft, machine, pacing, cfg.id)).detach();
     let shard = Shard::open_member(cfg, Env::os(cfg.id), frontier, heartbeat, link, deliveries);
     let report = shard.member_report();
     Ok(MemberShard {

@@ -2,7 +2,7 @@
 # One cell against a fresh 3-node cluster (one shard per node, every_write),
 # like bench-results/scripts/cluster-vs-single.sh but one run at a time:
 #   BIN=<corestate binary> PIN=false|true WL=apply|create CONNS=16 PIPE=16 \
-#   DUR=5 [PERF=1: perf record every node] [VIA_FOLLOWER=1] OUT=<dir> cluster-one.sh
+#   DUR=5 [INSTANCES=1000: precreated] [PERF=1: perf record every node] [VIA_FOLLOWER=1] OUT=<dir> cluster-one.sh
 # Writes OUT/bench.json, OUT/node-*.log and OUT/cpu-ticks.txt (each node's
 # user+system CPU in clock ticks from its start to the end of the run).
 set -euo pipefail
@@ -33,7 +33,7 @@ PERFS=()
   PERFS+=($!)
 done
 "$BENCH" --addr 127.0.0.1:"${PORTS[$lead]}" --workload "$WL" --connections "$CONNS" --pipeline "$PIPE" \
-  --duration "$DUR" --warmup 2 --instances 1000 --server-pid "${PIDS[$lead]}" --json "$OUT/bench.json" 2>"$OUT/bench.log" | tail -2
+  --duration "$DUR" --warmup 2 --instances "${INSTANCES:-1000}" --server-pid "${PIDS[$lead]}" --json "$OUT/bench.json" 2>"$OUT/bench.log" | tail -2
 for p in "${PERFS[@]}"; do wait $p; done
 for i in 1 2 3; do
   echo "node $i $(awk '{print $14+$15}' /proc/${PIDS[$((i-1))]}/stat)"

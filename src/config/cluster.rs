@@ -13,6 +13,7 @@
 //!       - {id: 2, peer: 10.0.0.2:7501}
 //!       - {id: 3, peer: 10.0.0.3:7501}
 //!     snapshot_every_entries: 10000   # optional
+//!     snapshot_log_growth_percent: 100 # optional
 //!     log_kept_behind_snapshot_entries: 10000 # optional
 //!     election_timeout_ms: 150        # optional
 //!     in_doubt_resolve_after_ms: 10000 # optional
@@ -54,6 +55,13 @@ pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;
 /// Fewest entries between snapshots that may be configured: a snapshot is
 /// the whole shard state, too costly to write every few entries.
 pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN: u64 = 100;
+/// A group's next snapshot also waits until the log since its last one is
+/// this share of that snapshot's size, unless configured: a snapshot is
+/// the whole state, so its cost per write stays bounded however large the
+/// state (`corestate_raft::shard_group::SnapshotPacing`). 0: entries only.
+pub const CLUSTER_SNAPSHOT_LOG_GROWTH_PERCENT_DEFAULT: u64 = 100;
+/// The most that may be configured (a log 100 times the state).
+pub const CLUSTER_SNAPSHOT_LOG_GROWTH_PERCENT_MAX: u64 = 10_000;
 /// Entries a member's log keeps behind its newest snapshot unless
 /// configured: how far back WAL_READ and a watch's `from_offset` reach on
 /// a node beyond the entries since that snapshot (a node that restarted
@@ -93,8 +101,11 @@ pub struct ClusterConfig {
     pub peer_listen: SocketAddr,
     /// Every member's peer address (its own included).
     pub members: BTreeMap<u64, SocketAddr>,
-    /// Committed entries between a group's snapshots.
+    /// Committed entries between a group's snapshots, at least.
     pub snapshot_every_entries: u64,
+    /// The log since a group's snapshot, in percent of that snapshot's
+    /// size, before the next one.
+    pub snapshot_log_growth_percent: u64,
     /// Entries the log keeps behind its newest snapshot.
     pub log_kept_behind_snapshot_entries: u64,
     /// The shortest wait without a leader before a member stands for
@@ -182,6 +193,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
             "peer_listen",
             "members",
             "snapshot_every_entries",
+            "snapshot_log_growth_percent",
             "log_kept_behind_snapshot_entries",
             "election_timeout_ms",
             "in_doubt_resolve_after_ms",
@@ -266,6 +278,13 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT,
         CLUSTER_SNAPSHOT_EVERY_ENTRIES_MIN..=u64::MAX,
     )?;
+    let snapshot_log_growth_percent = bounded(
+        map,
+        PATH,
+        "snapshot_log_growth_percent",
+        CLUSTER_SNAPSHOT_LOG_GROWTH_PERCENT_DEFAULT,
+        0..=CLUSTER_SNAPSHOT_LOG_GROWTH_PERCENT_MAX,
+    )?;
     let log_kept_behind_snapshot_entries = bounded(
         map,
         PATH,
@@ -300,6 +319,7 @@ pub(super) fn from_yaml(root: &Value) -> Result<Option<ClusterConfig>, ConfigErr
         peer_listen,
         members,
         snapshot_every_entries,
+        snapshot_log_growth_percent,
         log_kept_behind_snapshot_entries,
         election_timeout_ms,
         in_doubt_resolve_after_ms,
@@ -391,188 +411,5 @@ fn bounded(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Option<ClusterConfig>, ConfigError> {
-        from_yaml(&serde_yaml::from_str(text).unwrap())
-    }
-
-    const GOOD: &str = "
-corestate:
-  cluster:
-    node_id: 2
-    name: orders
-    token: 0123456789abcdef-token
-    peer_listen: 127.0.0.1:7502
-    members:
-      - {id: 1, peer: 127.0.0.1:7501}
-      - {id: 2, peer: 127.0.0.1:7502}
-";
-
-    #[test]
-    fn a_cluster_section_parses_and_its_absence_is_standalone() {
-        let c = parse(GOOD).unwrap().expect("a cluster");
-        assert_eq!(c.node_id, 2);
-        assert_eq!(c.members.len(), 2);
-        assert_eq!(c.members[&1], "127.0.0.1:7501".parse().unwrap());
-        assert_eq!(
-            c.snapshot_every_entries,
-            CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT
-        );
-        let more = GOOD.replace(
-            "    name: orders\n",
-            "    name: orders\n    snapshot_every_entries: 500\n",
-        );
-        assert_eq!(parse(&more).unwrap().unwrap().snapshot_every_entries, 500);
-        assert_eq!(
-            c.log_kept_behind_snapshot_entries,
-            CLUSTER_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES_DEFAULT
-        );
-        let none_kept = GOOD.replace(
-            "    name: orders\n",
-            "    name: orders\n    log_kept_behind_snapshot_entries: 0\n",
-        );
-        assert_eq!(
-            parse(&none_kept)
-                .unwrap()
-                .unwrap()
-                .log_kept_behind_snapshot_entries,
-            0
-        );
-        assert_eq!(c.election_timeout_ms, CLUSTER_ELECTION_TIMEOUT_MS_DEFAULT);
-        let slower = GOOD.replace(
-            "    name: orders\n",
-            "    name: orders\n    election_timeout_ms: 1000\n",
-        );
-        assert_eq!(parse(&slower).unwrap().unwrap().election_timeout_ms, 1000);
-        assert_eq!(
-            c.in_doubt_resolve_after_ms,
-            CLUSTER_IN_DOUBT_RESOLVE_AFTER_MS_DEFAULT
-        );
-        let sooner = GOOD.replace(
-            "    name: orders\n",
-            "    name: orders\n    in_doubt_resolve_after_ms: 2000\n",
-        );
-        assert_eq!(
-            parse(&sooner).unwrap().unwrap().in_doubt_resolve_after_ms,
-            2000
-        );
-        assert!(!c.join);
-        assert!(c.balance_leaders);
-        let fixed = GOOD.replace(
-            "    name: orders\n",
-            "    name: orders\n    balance_leaders: false\n",
-        );
-        assert!(!parse(&fixed).unwrap().unwrap().balance_leaders);
-        let joining = GOOD.replace("    name: orders\n", "    name: orders\n    join: true\n");
-        assert!(parse(&joining).unwrap().unwrap().join);
-        assert_eq!(parse("corestate: {shards: 2}").unwrap(), None);
-        assert_eq!(parse("{}").unwrap(), None);
-    }
-
-    #[test]
-    fn peer_tls_defaults_to_mutual_tls_with_the_peers_ca_and_address_names() {
-        assert_eq!(parse(GOOD).unwrap().unwrap().tls, None);
-        let tls = "    tls:\n      cert_path: /c/node.pem\n      key_path: /c/node.key\n      \
-                   peer_ca_path: /c/ca.pem\n";
-        let with = GOOD.replace("    name: orders\n", &format!("    name: orders\n{tls}"));
-        let files = parse(&with).unwrap().unwrap().tls.expect("tls");
-        assert_eq!(files.cert_path, PathBuf::from("/c/node.pem"));
-        assert_eq!(files.key_path, PathBuf::from("/c/node.key"));
-        assert!(files.require_client_cert);
-        assert_eq!(files.client_ca_path, Some(PathBuf::from("/c/ca.pem")));
-        assert_eq!(files.server_name, PeerServerName::AddressHost);
-        let more = format!(
-            "{tls}      require_client_cert: false\n      client_ca_path: /c/clients.pem\n      \
-             server_name: peers.internal\n"
-        );
-        let with = GOOD.replace("    name: orders\n", &format!("    name: orders\n{more}"));
-        let files = parse(&with).unwrap().unwrap().tls.expect("tls");
-        assert!(!files.require_client_cert);
-        assert_eq!(files.client_ca_path, Some(PathBuf::from("/c/clients.pem")));
-        assert_eq!(
-            files.server_name,
-            PeerServerName::Fixed("peers.internal".into())
-        );
-        for (setting, broken) in [
-            (
-                "cert_path",
-                tls.replace("      cert_path: /c/node.pem\n", ""),
-            ),
-            (
-                "peer_ca_path",
-                tls.replace("      peer_ca_path: /c/ca.pem\n", ""),
-            ),
-            ("ca_path", format!("{tls}      ca_path: /c/ca.pem\n")),
-            ("server_name", format!("{tls}      server_name: \"\"\n")),
-            (
-                "require_client_cert",
-                format!("{tls}      require_client_cert: 1\n"),
-            ),
-        ] {
-            let text = GOOD.replace("    name: orders\n", &format!("    name: orders\n{broken}"));
-            let e = parse(&text).unwrap_err();
-            assert_eq!(e.key, format!("corestate.cluster.tls.{setting}"), "{e:?}");
-        }
-    }
-
-    #[test]
-    fn each_mistake_is_named_by_its_key() {
-        let cases = [
-            (
-                GOOD.replace("node_id: 2", "node_id: 9"),
-                "corestate.cluster.node_id",
-            ),
-            (
-                GOOD.replace("0123456789abcdef-token", "short"),
-                "corestate.cluster.token",
-            ),
-            (
-                GOOD.replace("{id: 1,", "{id: 2,"),
-                "corestate.cluster.members[1]",
-            ),
-            (
-                GOOD.replace("peer_listen", "peer_lisen"),
-                "corestate.cluster.peer_lisen",
-            ),
-            (
-                GOOD.replace("peer: 127.0.0.1:7501", "peer: nowhere"),
-                "corestate.cluster.members[0].peer",
-            ),
-            (
-                GOOD.replace("    name: orders\n", ""),
-                "corestate.cluster.name",
-            ),
-            (
-                GOOD.replace(
-                    "    name: orders\n",
-                    "    name: orders\n    snapshot_every_entries: 5\n",
-                ),
-                "corestate.cluster.snapshot_every_entries",
-            ),
-            (
-                GOOD.replace(
-                    "    name: orders\n",
-                    "    name: orders\n    log_kept_behind_snapshot_entries: 2000000\n",
-                ),
-                "corestate.cluster.log_kept_behind_snapshot_entries",
-            ),
-            (
-                GOOD.replace(
-                    "    name: orders\n",
-                    "    name: orders\n    election_timeout_ms: 5\n",
-                ),
-                "corestate.cluster.election_timeout_ms",
-            ),
-            (
-                GOOD.replace("    name: orders\n", "    name: orders\n    join: 1\n"),
-                "corestate.cluster.join",
-            ),
-        ];
-        for (text, key) in cases {
-            let err = parse(&text).expect_err(key);
-            assert_eq!(err.key, key, "{err}");
-        }
-    }
-}
+#[path = "cluster_tests.rs"]
+mod tests;

@@ -131,3 +131,107 @@ fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapsho
         "the follower caught up without a snapshot"
     );
 }
+
+/// Instances created, one entry each, before the flips: each with a
+/// context of `PAD_BYTES`, so that the state's snapshot is far larger than
+/// the log of the flips that follow.
+const PADDED_BEFORE_FLIPS: usize = 800;
+/// Flips (one entry each): three times the entries between snapshots.
+const FLIPS_PAST_ENTRY_COUNT: usize = 300;
+/// Padded instances created after the flips: a log larger than the state.
+const PADDED_AFTER_FLIPS: usize = 1_200;
+const PAD_BYTES: usize = 1_000;
+
+/// Create `n` instances `{prefix}-{i}` of `flip`, each with a context of
+/// `PAD_BYTES`, one at a time (each its own entry). Each create carries an
+/// idempotency key, so one caught in a leader change (the groups' leader
+/// balancing) is simply sent again.
+fn create_padded(cluster: &Cluster, via: u64, prefix: &str, n: usize) {
+    let pad = "p".repeat(PAD_BYTES);
+    let mut conn = cluster.raw(via);
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let create = json!({"machine": "flip", "version": 1, "instance_id": id,
+                            "idempotency_key": id, "initial_ctx": {"pad": pad}});
+        let started = std::time::Instant::now();
+        loop {
+            let r = conn.call("CREATE_INSTANCE", create.clone());
+            if r["error"]["retryable"] == true
+                && started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT
+            {
+                std::thread::sleep(crate::harness::LEADER_POLL);
+                continue;
+            }
+            assert_eq!(r["status"], "ok", "create {id}: {r}");
+            break;
+        }
+    }
+}
+
+/// The commit index of shard 0's group as node `node` knows it.
+fn commit_index(cluster: &Cluster, node: u64) -> u64 {
+    let status = cluster.raw(node).ok("REPLICATION_STATUS", json!({}));
+    status["shards"][0]["commit_index"]
+        .as_u64()
+        .expect("a commit index")
+}
+
+/// The log indexes of the group snapshots node `node` took.
+fn snapshots_taken(cluster: &Cluster, node: u64) -> Vec<u64> {
+    cluster.nodes[&node]
+        .stderr()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("group snapshot at index ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// A member snapshots after `snapshot_every_entries` entries only once the
+/// log since its last snapshot is as large as that snapshot
+/// (`snapshot_log_growth_percent`, 100 by default): a large state is not
+/// written again for every few entries of small writes, and it is once
+/// the log has grown as large as the state.
+#[test]
+fn a_large_state_is_snapshotted_again_only_once_the_log_since_matches_it() {
+    let mut cluster = Cluster::start_with(3, false, "    snapshot_every_entries: 100\n");
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["s-0"]);
+    create_padded(&cluster, leader, "before", PADDED_BEFORE_FLIPS);
+    let flips_from = commit_index(&cluster, leader);
+    let mut conn = cluster.raw(leader);
+    flips_one_at_a_time(&mut conn, "s-0", FLIPS_PAST_ENTRY_COUNT);
+    let flips_to = commit_index(&cluster, leader);
+    cluster.all_converge();
+    let nodes: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for &node in &nodes {
+        let taken = snapshots_taken(&cluster, node);
+        assert!(!taken.is_empty(), "node {node} took no snapshot");
+        // One snapshot due from the creates may land among the flips;
+        // counted in entries alone, there would be three.
+        let among_flips = taken
+            .iter()
+            .filter(|&&i| i > flips_from && i <= flips_to)
+            .count();
+        assert!(
+            among_flips <= 1,
+            "node {node}: snapshots at {taken:?}, flips at {flips_from}..={flips_to}"
+        );
+    }
+    create_padded(&cluster, leader, "after", PADDED_AFTER_FLIPS);
+    for &node in &nodes {
+        let started = std::time::Instant::now();
+        while !snapshots_taken(&cluster, node)
+            .iter()
+            .any(|&i| i > flips_to)
+        {
+            assert!(
+                started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+                "node {node} never snapshotted the grown log: {:?}",
+                snapshots_taken(&cluster, node)
+            );
+            std::thread::sleep(crate::harness::LEADER_POLL);
+        }
+    }
+}

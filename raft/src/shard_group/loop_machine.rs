@@ -30,6 +30,7 @@ use shards::env::Storage;
 use shards::shard::group_link::{Committed, Delivery, LoggedTurn, SnapshotPart};
 
 use super::snapshot::{decode_group, encode_group_image, GroupSnapshotBytes};
+use super::snapshot_pacing::LogSinceSnapshot;
 use super::state_machine::summarize_turn;
 use super::{snapshot_file, GroupLogId, GroupMembership, ShardGroup, TurnApplied};
 use crate::log_store::{WalLogReader, WalLogStore};
@@ -47,6 +48,11 @@ struct Inner {
     storage: Arc<dyn Storage>,
     snapshot_dir: PathBuf,
     log: WalLogReader<ShardGroup>,
+    /// Bytes of the entries applied since this machine opened, and what
+    /// that count was at the state the current snapshot holds: the log
+    /// since that snapshot, which paces the next one (`snapshot_pacing`).
+    applied_bytes: u64,
+    applied_bytes_at_snapshot: u64,
 }
 
 /// The state machine of a member whose shard loop keeps the state. A clone
@@ -86,7 +92,28 @@ impl LoopMachine {
             storage,
             snapshot_dir,
             log: log.reader(),
+            // Every entry applied from now on lies after the loaded
+            // snapshot.
+            applied_bytes: 0,
+            applied_bytes_at_snapshot: 0,
         }))))
+    }
+
+    /// The log this member applied since its current snapshot.
+    pub fn log_since_snapshot(&self) -> LogSinceSnapshot {
+        let a = self.0.borrow();
+        let covered = a.current_snapshot.as_ref();
+        let covered_index = covered.and_then(|s| s.meta.last_log_id).map(|l| l.index);
+        let applied_index = a.last_applied.map(|l| l.index);
+        LogSinceSnapshot {
+            entries: match (applied_index, covered_index) {
+                (Some(applied), Some(covered)) => applied.saturating_sub(covered),
+                (Some(applied), None) => applied + 1,
+                (None, _) => 0,
+            },
+            bytes: a.applied_bytes - a.applied_bytes_at_snapshot,
+            snapshot_bytes: covered.map_or(0, |s| s.snapshot.0.len() as u64),
+        }
     }
 
     /// Decode `bytes`, the snapshot at log index `index`, on a thread of
@@ -209,12 +236,13 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
         let (answer, answered) = flume::bounded(1);
         // The look runs after every entry delivered so far: the state it
         // sees is the one `last_applied` names now.
-        let meta = {
+        let (meta, applied_bytes) = {
             let a = self.0.borrow();
-            SnapshotMeta {
+            let meta = SnapshotMeta {
                 last_log_id: a.last_applied,
                 last_membership: a.membership.clone(),
-            }
+            };
+            (meta, a.applied_bytes)
         };
         // The loop takes it in slices between its turns
         // (`shards::shard::member_snapshot`); sealing it and writing the
@@ -252,7 +280,9 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
             meta,
             snapshot: bytes,
         };
-        self.0.borrow_mut().current_snapshot = Some(snapshot.clone());
+        let mut a = self.0.borrow_mut();
+        a.current_snapshot = Some(snapshot.clone());
+        a.applied_bytes_at_snapshot = applied_bytes;
         Ok(snapshot)
     }
 }
@@ -278,7 +308,11 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
             let answer = match entry.payload {
                 EntryPayload::Blank => TurnApplied::default(),
                 EntryPayload::Normal(turn) => {
-                    let shard = self.0.borrow().shard;
+                    let shard = {
+                        let mut a = self.0.borrow_mut();
+                        a.applied_bytes += turn.0.len() as u64;
+                        a.shard
+                    };
                     let answer = summarize_turn(shard, &turn)?;
                     self.deliver(Delivery::Apply {
                         index: log_id.index,
@@ -331,6 +365,7 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
         let mut a = self.0.borrow_mut();
         a.last_applied = meta.last_log_id;
         a.membership = meta.last_membership.clone();
+        a.applied_bytes_at_snapshot = a.applied_bytes;
         a.current_snapshot = Some(Snapshot {
             meta: meta.clone(),
             snapshot,

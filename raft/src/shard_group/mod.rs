@@ -30,6 +30,8 @@
 //! * `balance.rs` — leaders spread over the nodes (each group's preferred
 //!   leader);
 //! * `snapshot_file.rs` — snapshots on disk beside the member's log;
+//! * `snapshot_pacing.rs` — when a member snapshots: after enough entries
+//!   and a log grown to a share of its snapshot's size;
 //! * `snapshot.rs` — the group snapshot: the shard snapshot (the standalone
 //!   format, `shards::snapshot`) plus the cross-shard batches still in
 //!   doubt, checksummed.
@@ -45,6 +47,7 @@ mod loop_machine;
 mod member;
 mod snapshot;
 pub mod snapshot_file;
+mod snapshot_pacing;
 mod state_machine;
 
 use std::fmt;
@@ -70,6 +73,9 @@ pub use link::{
 pub use loop_machine::LoopMachine;
 pub use member::{GroupError, GroupMember, GroupRaft, MemberMachine, MemberSetup};
 pub use snapshot::{GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
+pub use snapshot_pacing::{
+    pace_snapshots, LogSinceSnapshot, SnapshotPacing, SNAPSHOT_PACING_CHECK_MS,
+};
 pub use state_machine::ShardMachine;
 
 /// One entry of a shard's Raft log: the WAL records of one leader turn,
