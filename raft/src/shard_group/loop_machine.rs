@@ -264,6 +264,8 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
         let file_meta = meta.clone();
         let bytes = on_snapshot_thread(shard, move || {
             let bytes = GroupSnapshotBytes::new(encode_group_image(taken));
+            // The image, as large as the shard's state, was just freed.
+            shards::env::memory::release_freed_memory();
             // On disk before openraft may purge the log it covers.
             snapshot_file::write(&*storage, &dir, &file_meta, &bytes).map(|()| bytes)
         })
@@ -280,9 +282,13 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
             meta,
             snapshot: bytes,
         };
-        let mut a = self.0.borrow_mut();
-        a.current_snapshot = Some(snapshot.clone());
-        a.applied_bytes_at_snapshot = applied_bytes;
+        {
+            let mut a = self.0.borrow_mut();
+            a.current_snapshot = Some(snapshot.clone());
+            a.applied_bytes_at_snapshot = applied_bytes;
+        }
+        // The snapshot it replaced was just freed.
+        shards::env::memory::release_freed_memory();
         Ok(snapshot)
     }
 }

@@ -82,6 +82,9 @@ impl Shard {
         if let Some(from) = part.log_kept_from {
             self.start_read_back(from, part.index);
         }
+        // The state this one replaced, as large as the shard, was just
+        // freed on this thread.
+        crate::env::memory::release_freed_memory();
     }
 
     /// Replay one committed entry's records into the state.
