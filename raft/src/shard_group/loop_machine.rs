@@ -30,7 +30,7 @@ use shards::env::Storage;
 use shards::shard::group_link::{Committed, Delivery, LoggedTurn, SnapshotPart};
 
 use super::snapshot::{decode_group, encode_group_image, GroupSnapshotBytes};
-use super::snapshot_pacing::LogSinceSnapshot;
+use super::snapshot_pacing::{LogSinceSnapshot, SnapshotPacing};
 use super::state_machine::summarize_turn;
 use super::{snapshot_file, GroupLogId, GroupMembership, ShardGroup, TurnApplied};
 use crate::log_store::{WalLogReader, WalLogStore};
@@ -44,7 +44,10 @@ struct Inner {
     deliveries: flume::Sender<Delivery>,
     last_applied: Option<GroupLogId>,
     membership: GroupMembership,
-    current_snapshot: Option<GroupSnapshotOf>,
+    current_snapshot: Option<CurrentSnapshot>,
+    /// The current snapshot's bytes as read at open, until openraft has
+    /// installed them (it asks for them twice as it starts): read once.
+    loaded_bytes: Option<GroupSnapshotBytes>,
     storage: Arc<dyn Storage>,
     snapshot_dir: PathBuf,
     log: WalLogReader<ShardGroup>,
@@ -53,6 +56,61 @@ struct Inner {
     /// since that snapshot, which paces the next one (`snapshot_pacing`).
     applied_bytes: u64,
     applied_bytes_at_snapshot: u64,
+    pacer: Option<Pacer>,
+}
+
+/// The current snapshot as the machine keeps it: which one and its size.
+/// Its bytes stay in its file (`snapshot_file`) and are read when openraft
+/// asks for them (to send to a member that lags behind the log kept) or
+/// the loop rebuilds from it. Kept in memory, they were 84 MB of a
+/// member's ~480 at a million instances, for what is read seldom
+/// (bench-results/2026-12-07/cluster-snapshot-memory/notes.md).
+#[derive(Debug, Clone)]
+struct CurrentSnapshot {
+    meta: GroupSnapshotMeta,
+    bytes: u64,
+}
+
+impl CurrentSnapshot {
+    fn of(meta: GroupSnapshotMeta, snapshot: &GroupSnapshotBytes) -> CurrentSnapshot {
+        CurrentSnapshot {
+            meta,
+            bytes: snapshot.0.len() as u64,
+        }
+    }
+}
+
+/// Who is told when a snapshot is due ([`LoopMachine::pace`]).
+struct Pacer {
+    pacing: SnapshotPacing,
+    wake: flume::Sender<()>,
+}
+
+impl Inner {
+    fn log_since_snapshot(&self) -> LogSinceSnapshot {
+        let covered = self.current_snapshot.as_ref();
+        let covered_index = covered.and_then(|s| s.meta.last_log_id).map(|l| l.index);
+        let applied_index = self.last_applied.map(|l| l.index);
+        LogSinceSnapshot {
+            entries: match (applied_index, covered_index) {
+                (Some(applied), Some(covered)) => applied.saturating_sub(covered),
+                (Some(applied), None) => applied + 1,
+                (None, _) => 0,
+            },
+            bytes: self.applied_bytes - self.applied_bytes_at_snapshot,
+            snapshot_bytes: covered.map_or(0, |s| s.bytes),
+        }
+    }
+
+    /// Wake the pacer if a snapshot is due (or, `always`, in any case). A
+    /// wake already pending stands for this one.
+    fn wake_pacer(&self, always: bool) {
+        if let Some(p) = &self.pacer {
+            if always || p.pacing.due(&self.log_since_snapshot()) {
+                let _ = p.wake.try_send(());
+            }
+        }
+    }
 }
 
 /// The state machine of a member whose shard loop keeps the state. A clone
@@ -88,7 +146,12 @@ impl LoopMachine {
             deliveries,
             last_applied: None,
             membership: GroupMembership::default(),
-            current_snapshot: loaded.map(|(meta, snapshot)| Snapshot { meta, snapshot }),
+            // Read whole (a damaged one refuses the start); its bytes are
+            // kept only until openraft installed them.
+            current_snapshot: loaded
+                .as_ref()
+                .map(|(meta, snapshot)| CurrentSnapshot::of(meta.clone(), snapshot)),
+            loaded_bytes: loaded.map(|(_, snapshot)| snapshot),
             storage,
             snapshot_dir,
             log: log.reader(),
@@ -96,24 +159,32 @@ impl LoopMachine {
             // snapshot.
             applied_bytes: 0,
             applied_bytes_at_snapshot: 0,
+            pacer: None,
         }))))
+    }
+
+    /// The last log index the current snapshot covers.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        let a = self.0.borrow();
+        a.current_snapshot
+            .as_ref()?
+            .meta
+            .last_log_id
+            .map(|l| l.index)
     }
 
     /// The log this member applied since its current snapshot.
     pub fn log_since_snapshot(&self) -> LogSinceSnapshot {
-        let a = self.0.borrow();
-        let covered = a.current_snapshot.as_ref();
-        let covered_index = covered.and_then(|s| s.meta.last_log_id).map(|l| l.index);
-        let applied_index = a.last_applied.map(|l| l.index);
-        LogSinceSnapshot {
-            entries: match (applied_index, covered_index) {
-                (Some(applied), Some(covered)) => applied.saturating_sub(covered),
-                (Some(applied), None) => applied + 1,
-                (None, _) => 0,
-            },
-            bytes: a.applied_bytes - a.applied_bytes_at_snapshot,
-            snapshot_bytes: covered.map_or(0, |s| s.snapshot.0.len() as u64),
-        }
+        self.0.borrow().log_since_snapshot()
+    }
+
+    /// Wake the returned receiver whenever `pacing` says a snapshot is due
+    /// (checked as each entry is applied) and whenever a snapshot was
+    /// built or installed (`snapshot_pacing::pace_snapshots`).
+    pub fn pace(&self, pacing: SnapshotPacing) -> flume::Receiver<()> {
+        let (wake, woken) = flume::bounded(1);
+        self.0.borrow_mut().pacer = Some(Pacer { pacing, wake });
+        woken
     }
 
     /// Decode `bytes`, the snapshot at log index `index`, on a thread of
@@ -131,6 +202,32 @@ impl LoopMachine {
         .await
     }
 
+    /// The current snapshot, read back from its file on a thread of its own.
+    async fn read_current(&self) -> io::Result<Option<GroupSnapshotOf>> {
+        let (current, storage, dir, shard) = {
+            let a = self.0.borrow();
+            let Some(current) = a.current_snapshot.clone() else {
+                return Ok(None);
+            };
+            if let Some(snapshot) = a.loaded_bytes.clone() {
+                let meta = current.meta;
+                return Ok(Some(Snapshot { meta, snapshot }));
+            }
+            (current, a.storage.clone(), a.snapshot_dir.clone(), a.shard)
+        };
+        let index = current.meta.last_log_id.map_or(0, |l| l.index);
+        let (meta, snapshot) = on_snapshot_thread(shard, move || {
+            snapshot_file::load(&*storage, &dir, index).map_err(corrupt)
+        })
+        .await?;
+        if meta != current.meta {
+            return Err(corrupt(format!(
+                "shard {shard}: the snapshot file for index {index} holds another snapshot"
+            )));
+        }
+        Ok(Some(Snapshot { meta, snapshot }))
+    }
+
     /// Where this member's log behind the snapshot ending at `last`
     /// starts, when it holds the group's entries there
     /// (`SnapshotPart::log_kept_from`).
@@ -146,19 +243,15 @@ impl LoopMachine {
     /// The committed state the loop rebuilds from: the current snapshot
     /// and every applied entry after it, read back from the log.
     pub async fn committed(&self) -> Result<Committed, String> {
-        let (snapshot, last_applied, mut log) = {
+        let (last_applied, mut log) = {
             let a = self.0.borrow();
-            (
-                a.current_snapshot.clone(),
-                a.last_applied.map_or(0, |l| l.index),
-                a.log.clone(),
-            )
+            (a.last_applied.map_or(0, |l| l.index), a.log.clone())
         };
-        let snapshot = match snapshot {
+        let snapshot = match self.read_current().await.map_err(|e| e.to_string())? {
             Some(s) => {
                 let index = s.meta.last_log_id.map_or(0, |l| l.index);
                 let mut part = self
-                    .decode(s.snapshot.clone(), index)
+                    .decode(s.snapshot, index)
                     .await
                     .map_err(|e| e.to_string())?;
                 part.log_kept_from = self.kept_behind(s.meta.last_log_id);
@@ -279,16 +372,16 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
             (started.elapsed() - imaged).as_millis()
         );
         let snapshot = Snapshot {
-            meta,
+            meta: meta.clone(),
             snapshot: bytes,
         };
-        {
-            let mut a = self.0.borrow_mut();
-            a.current_snapshot = Some(snapshot.clone());
-            a.applied_bytes_at_snapshot = applied_bytes;
-        }
-        // The snapshot it replaced was just freed.
-        shards::env::memory::release_freed_memory();
+        let mut a = self.0.borrow_mut();
+        a.current_snapshot = Some(CurrentSnapshot::of(meta, &snapshot.snapshot));
+        a.loaded_bytes = None;
+        a.applied_bytes_at_snapshot = applied_bytes;
+        // Woken after this returns: openraft drops the snapshot's bytes
+        // (it keeps the meta) before it yields.
+        a.wake_pacer(true);
         Ok(snapshot)
     }
 }
@@ -332,7 +425,10 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
                     TurnApplied::default()
                 }
             };
-            self.0.borrow_mut().last_applied = Some(log_id);
+            let mut a = self.0.borrow_mut();
+            a.last_applied = Some(log_id);
+            a.wake_pacer(false);
+            drop(a);
             if let Some(responder) = responder {
                 responder.send(answer);
             }
@@ -368,19 +464,23 @@ impl RaftStateMachine<ShardGroup> for LoopMachine {
             ..part
         };
         self.deliver(Delivery::Install(Box::new(part))).await?;
-        let mut a = self.0.borrow_mut();
-        a.last_applied = meta.last_log_id;
-        a.membership = meta.last_membership.clone();
-        a.applied_bytes_at_snapshot = a.applied_bytes;
-        a.current_snapshot = Some(Snapshot {
-            meta: meta.clone(),
-            snapshot,
-        });
+        {
+            let mut a = self.0.borrow_mut();
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+            a.applied_bytes_at_snapshot = a.applied_bytes;
+            a.current_snapshot = Some(CurrentSnapshot::of(meta.clone(), &snapshot));
+            a.loaded_bytes = None;
+            a.wake_pacer(true);
+        }
+        // Its bytes, as large as the state, are on disk now.
+        drop(snapshot);
+        shards::env::memory::release_freed_memory();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<GroupSnapshotOf>, io::Error> {
-        Ok(self.0.borrow().current_snapshot.clone())
+        self.read_current().await
     }
 }
 

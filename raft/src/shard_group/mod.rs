@@ -73,9 +73,7 @@ pub use link::{
 pub use loop_machine::LoopMachine;
 pub use member::{GroupError, GroupMember, GroupRaft, MemberMachine, MemberSetup};
 pub use snapshot::{GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
-pub use snapshot_pacing::{
-    pace_snapshots, LogSinceSnapshot, SnapshotPacing, SNAPSHOT_PACING_CHECK_MS,
-};
+pub use snapshot_pacing::{pace_snapshots, LogSinceSnapshot, SnapshotPacing};
 pub use state_machine::ShardMachine;
 
 /// One entry of a shard's Raft log: the WAL records of one leader turn,

@@ -123,11 +123,28 @@ pub fn load_newest(
 ) -> Result<Option<(GroupSnapshotMeta, GroupSnapshotBytes)>, String> {
     remove_retired(storage, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let files = list(storage, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let Some((_, path)) = files.last() else {
-        return Ok(None);
-    };
+    match files.last() {
+        Some((_, path)) => read(storage, path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The snapshot in `dir` that ends at log index `index`.
+pub fn load(
+    storage: &dyn Storage,
+    dir: &Path,
+    index: u64,
+) -> Result<(GroupSnapshotMeta, GroupSnapshotBytes), String> {
+    read(storage, &dir.join(file_name(index)))
+}
+
+/// The snapshot file at `path`, checked whole.
+fn read(
+    storage: &dyn Storage,
+    path: &Path,
+) -> Result<(GroupSnapshotMeta, GroupSnapshotBytes), String> {
     let bad = |why: &str| format!("group snapshot {}: {why}", path.display());
-    let bytes = storage.read(path).map_err(|e| bad(&e.to_string()))?;
+    let mut bytes = storage.read(path).map_err(|e| bad(&e.to_string()))?;
     if bytes.len() < 12 || bytes[..4] != GROUP_SNAPSHOT_FILE_MAGIC {
         return Err(bad("not a group snapshot file (bad magic or too short)"));
     }
@@ -141,10 +158,11 @@ pub fn load_newest(
     }
     let meta: GroupSnapshotMeta =
         serde_json::from_slice(&body[8..8 + meta_len]).map_err(|e| bad(&format!("meta: {e}")))?;
-    Ok(Some((
-        meta,
-        GroupSnapshotBytes::new(body[8 + meta_len..].to_vec()),
-    )))
+    // The snapshot's bytes moved within the buffer read, not copied into a
+    // second one as large as the state.
+    bytes.truncate(bytes.len() - 4);
+    bytes.drain(..8 + meta_len);
+    Ok((meta, GroupSnapshotBytes::new(bytes)))
 }
 
 #[cfg(test)]
@@ -205,6 +223,10 @@ mod tests {
         assert_eq!(bytes.0.len(), body.len());
         assert_eq!(bytes.0[0], 30);
         assert!(bytes.0[1..] == body[1..], "the body reads back as written");
+        let (older_meta, older) = load(&OsStorage, &dir, 20).expect("the older one by index");
+        assert_eq!(older_meta.last_log_id.map(|l| l.index), Some(20));
+        assert_eq!((older.0.len(), older.0[0]), (body.len(), 20));
+        assert!(load(&OsStorage, &dir, 10).is_err(), "retired");
 
         // One byte flipped in the middle of the newest file: refused.
         let newest = dir.join(file_name(30));

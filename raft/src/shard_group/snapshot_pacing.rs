@@ -25,20 +25,15 @@
 //! (none yet: size 0) comes after `every_entries` entries.
 //!
 //! Each member decides for itself, as openraft's own policy did: a
-//! follower's snapshot lets it purge its own log. The check runs every
-//! `SNAPSHOT_PACING_CHECK_MS` on the member's executor; openraft ignores a
-//! request while a build is running.
-
-use std::time::Duration;
+//! follower's snapshot lets it purge its own log. The check runs as each
+//! entry is applied, on the member's executor; openraft ignores a request
+//! while a build is running.
 
 use openraft::rt::watch::WatchReceiver;
 use openraft::ServerState;
 
 use super::member::GroupRaft;
 use super::LoopMachine;
-
-/// How often a member looks whether its group is due a snapshot.
-pub const SNAPSHOT_PACING_CHECK_MS: u64 = 100;
 
 /// When a member snapshots (the module's doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,23 +62,34 @@ impl SnapshotPacing {
     }
 }
 
-/// Snapshot shard `shard`'s group whenever `pacing` says it is due;
-/// returns when the member's Raft stops.
+/// Snapshot shard `shard`'s group whenever `pacing` says it is due. The
+/// machine wakes this task as it applies an entry that makes one due (so
+/// a snapshot covers the entry that made it due, as openraft's own policy
+/// did) and after each snapshot built or installed, when the bytes of the
+/// snapshot it handed openraft were just dropped on this thread: they are
+/// given back to the system then. Ends when the member's Raft stopped.
 pub async fn pace_snapshots(
     raft: GroupRaft<LoopMachine>,
     machine: LoopMachine,
     pacing: SnapshotPacing,
     shard: usize,
 ) {
-    let every = Duration::from_millis(SNAPSHOT_PACING_CHECK_MS);
-    loop {
-        glommio::timer::sleep(every).await;
+    let woken = machine.pace(pacing);
+    let mut seen = machine.snapshot_index();
+    while woken.recv_async().await.is_ok() {
         if raft.metrics().borrow_watched().state == ServerState::Shutdown {
             return;
+        }
+        let now = machine.snapshot_index();
+        if now != seen {
+            seen = now;
+            shards::env::memory::release_freed_memory();
         }
         if !pacing.due(&machine.log_since_snapshot()) {
             continue;
         }
+        // Ignored by openraft while a build runs; the entries applied
+        // meanwhile count towards the next one.
         if let Err(e) = raft.trigger().snapshot().await {
             tracing::warn!("shard {shard}: cannot start a group snapshot: {e}");
             return;
