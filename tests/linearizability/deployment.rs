@@ -16,6 +16,10 @@ use crate::workload::{definition, MACHINE};
 
 /// Cluster settings of the run: snapshots far apart.
 const NO_SNAPSHOTS: &str = "    snapshot_every_entries: 100000000\n";
+/// The log each member keeps behind its snapshot when a run takes
+/// snapshots (`CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES`): the most allowed,
+/// more entries than a run writes, so the whole log stays readable.
+const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 1_000_000;
 /// How long cross-shard batch parts may take to be decided after the load
 /// (a lost decision is asked for after 1 s; an orphaned part is aborted
 /// after `in_doubt_resolve_after_ms`, 10 s).
@@ -42,14 +46,23 @@ impl Deployment {
     /// A cluster of `nodes`; its peer links over mutual TLS with `pki`'s
     /// node-1 certificate when given (it must outlive the cluster).
     pub fn cluster(nodes: u64, pki: Option<&PeerPki>) -> Deployment {
-        // No group snapshot during a run: the checker reads the whole log
-        // back (WAL_READ from offset 0), and a node restarted after a
-        // snapshot can read only what follows it.
+        // No group snapshot during a run unless asked for
+        // (`CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES`): the checker reads the
+        // whole log back (WAL_READ from offset 0), so a run with snapshots
+        // keeps the whole log behind them; a node restarted after one
+        // reads past it once it has indexed that log.
         // Two groups, so that atomic batches span shards (`batches.rs`).
-        let settings = match pki {
+        let snapshots = match snapshot_every_entries() {
             None => NO_SNAPSHOTS.to_string(),
+            Some(every) => format!(
+                "    snapshot_every_entries: {every}\n    log_kept_behind_snapshot_entries: \
+                 {LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES}\n"
+            ),
+        };
+        let settings = match pki {
+            None => snapshots,
             Some(pki) => format!(
-                "{NO_SNAPSHOTS}{}",
+                "{snapshots}{}",
                 peer_tls_settings(
                     &pki.path("node-1.pem"),
                     &pki.path("node-1.key"),
@@ -191,4 +204,13 @@ impl Deployment {
             Deployment::Cluster(c) => c.nodes.values_mut().collect(),
         }
     }
+}
+
+/// `CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES`: a cluster run whose groups
+/// snapshot after that many entries (at least 100).
+pub fn snapshot_every_entries() -> Option<u64> {
+    std::env::var("CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES")
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -14,9 +14,12 @@
 //! `CORESTATE_LIN_KILLS` (default 3; 2 on the cluster) the SIGKILLs spread
 //! over it, `CORESTATE_LIN_PARTITIONS` (cluster only, default 1) the times
 //! the leader is cut off from the others for `PARTITION_TIME`, and
-//! `CORESTATE_TEST_SEED` repeats a run's choices, and `CORESTATE_LIN_TLS=1`
-//! runs the cluster's peer links over mutual TLS. Setting any of the first
-//! three writes the results to bench-results/<date>/.
+//! `CORESTATE_TEST_SEED` repeats a run's choices, `CORESTATE_LIN_TLS=1`
+//! runs the cluster's peer links over mutual TLS, and
+//! `CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES=<n>` has the cluster's groups
+//! snapshot every n entries (none otherwise; the log behind is kept whole).
+//! Setting any of the first three writes the results to
+//! bench-results/<date>/.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -144,10 +147,14 @@ fn concurrent_clients_see_one_linearizable_cluster_across_leader_kills_and_parti
         .is_ok_and(|v| v == "1")
         .then(PeerPki::generate);
     let cluster = Deployment::cluster(CLUSTER_NODES, pki.as_ref());
-    let name = if pki.is_some() {
-        "cluster-linearizability-tls"
-    } else {
-        "cluster-linearizability"
+    let name = match (
+        pki.is_some(),
+        deployment::snapshot_every_entries().is_some(),
+    ) {
+        (true, true) => "cluster-linearizability-tls-snapshots",
+        (true, false) => "cluster-linearizability-tls",
+        (false, true) => "cluster-linearizability-snapshots",
+        (false, false) => "cluster-linearizability",
     };
     run(cluster, &instances, faults, name);
 }
@@ -347,16 +354,22 @@ fn run(mut deployment: Deployment, instances: &[String], faults: Faults, name: &
             Deployment::Cluster(_) => "cluster",
             _ => "node",
         };
-        let tls = match &deployment {
-            Deployment::Cluster(c) if c.peer_tls() => "CORESTATE_LIN_TLS=1 ",
-            _ => "",
+        // The settings of the run beside the counts.
+        let mut prefix = match &deployment {
+            Deployment::Cluster(c) if c.peer_tls() => "CORESTATE_LIN_TLS=1 ".to_string(),
+            _ => String::new(),
         };
+        if let (Deployment::Cluster(_), Some(every)) =
+            (&deployment, deployment::snapshot_every_entries())
+        {
+            prefix.push_str(&format!("CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES={every} "));
+        }
         let path = results::write_results(
             name,
             secs,
             (kills, partitions),
             &format!(
-                "# Linearizability run, {label}\n\n`{tls}CORESTATE_LIN_SECS={secs} \
+                "# Linearizability run, {label}\n\n`{prefix}CORESTATE_LIN_SECS={secs} \
                  CORESTATE_LIN_KILLS={kills} CORESTATE_LIN_PARTITIONS={partitions} \
                  CORESTATE_TEST_SEED={seed} cargo test {}--test \
                  linearizability {filter} -- --nocapture`\n\nAnomalies: {anomalies}\n\n```\n\

@@ -74,15 +74,19 @@ impl OffsetIndex {
     /// Put `earlier`, an index of the entries before every one indexed
     /// here (the log behind the snapshot this index started from), in
     /// front: reads reach back to its first entry (less what exceeds
-    /// [`MEMBER_READ_INDEX_ENTRIES_MAX`]).
-    pub fn prepend(&mut self, earlier: OffsetIndex) {
+    /// [`MEMBER_READ_INDEX_ENTRIES_MAX`]) — or to offset 0 when `earlier`
+    /// starts at the log's very first entry (`from_log_start`): nothing
+    /// was ever purged, so no offset lies before what can be read, as on a
+    /// member that never installed a snapshot.
+    pub fn prepend(&mut self, earlier: OffsetIndex, from_log_start: bool) {
         let first_here = self.entries.front().map(|&(_, index)| index);
         let mut joined = earlier.entries;
         joined.retain(|&(_, index)| first_here.is_none_or(|here| index < here));
-        let Some(&(first, _)) = joined.front() else {
-            return;
+        let mut from = match joined.front() {
+            _ if from_log_start => 0,
+            Some(&(first, _)) => first.min(self.readable_from),
+            None => return,
         };
-        let mut from = first.min(self.readable_from);
         joined.extend(self.entries.drain(..));
         while joined.len() > MEMBER_READ_INDEX_ENTRIES_MAX {
             joined.pop_front();
@@ -367,7 +371,7 @@ mod tests {
         earlier.note(7, &records(&[30, 31]));
         earlier.note(8, &records(&[40, 41])); // already here: not twice
         assert_eq!(index.oldest_offset(), Some(40));
-        index.prepend(earlier);
+        index.prepend(earlier, false);
         assert_eq!(index.readable_from(), 10);
         assert_eq!(index.oldest_offset(), Some(10));
         assert_eq!(index.entries.len(), 4);
@@ -377,8 +381,25 @@ mod tests {
         index.forget_purged(5, 42);
         assert_eq!(index.readable_from(), 30);
         // Nothing earlier: nothing moves.
-        index.prepend(OffsetIndex::default());
+        index.prepend(OffsetIndex::default(), false);
         assert_eq!(index.readable_from(), 30);
+    }
+
+    #[test]
+    fn the_whole_log_behind_a_snapshot_reads_from_offset_zero() {
+        let mut index = OffsetIndex::default();
+        index.reset(Some(31));
+        index.note(8, &records(&[40, 41]));
+        let mut earlier = OffsetIndex::default();
+        earlier.note(3, &records(&[10, 11]));
+        index.prepend(earlier, true);
+        assert_eq!(index.readable_from(), 0, "nothing was ever purged");
+        assert_eq!(index.start_for(0), Some(3));
+        // A log behind the snapshot with no records at all: the same.
+        let mut bare = OffsetIndex::default();
+        bare.reset(Some(31));
+        bare.prepend(OffsetIndex::default(), true);
+        assert_eq!(bare.readable_from(), 0);
     }
 
     #[test]
@@ -392,7 +413,7 @@ mod tests {
         for i in 0..MEMBER_READ_INDEX_ENTRIES_MAX as u64 {
             earlier.note(i + 1, &records(&[100 + i]));
         }
-        index.prepend(earlier);
+        index.prepend(earlier, true);
         assert_eq!(index.entries.len(), MEMBER_READ_INDEX_ENTRIES_MAX);
         assert_eq!(index.readable_from(), 110, "the 10 oldest dropped");
         assert_eq!(index.start_for(110), Some(11));

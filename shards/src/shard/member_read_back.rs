@@ -39,6 +39,9 @@ struct Found {
     /// Bytes of the entries read (WAL_STATS counts the read-back as one
     /// read, as a standalone shard counts its recovery).
     bytes_read: u64,
+    /// Whether the read began at the log's first entry (index 0) and was
+    /// not cut short by a purge: the whole log, from offset 0.
+    from_log_start: bool,
 }
 
 /// Where the task leaves its result for the loop (`None`: not done yet).
@@ -106,7 +109,7 @@ impl Shard {
                 reads: 1,
                 bytes_read: found.bytes_read,
             });
-            m.offsets.prepend(found.offsets);
+            m.offsets.prepend(found.offsets, found.from_log_start);
             self.decisions.take_earlier(found.decisions);
         }
     }
@@ -131,6 +134,9 @@ async fn read_back(
         offsets: OffsetIndex::default(),
         decisions: Decisions::default(),
         bytes_read: 0,
+        // A group's log starts at index 0; a log that starts later had
+        // its beginning purged.
+        from_log_start: from == 0,
     };
     let mut next = from;
     while next <= to {
@@ -143,7 +149,10 @@ async fn read_back(
             // Purged meanwhile (a snapshot installed from the leader is
             // followed by the purge of the log behind it): what was found
             // is forgotten again by the purge's rule (`member_read.rs`).
-            Err(_) if link.has_purged(next) => break,
+            Err(_) if link.has_purged(next) => {
+                found.from_log_start = false;
+                break;
+            }
             Err(e) => return Err(e),
         };
         for (index, records) in entries {
