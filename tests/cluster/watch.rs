@@ -292,25 +292,31 @@ fn a_restarted_node_reads_back_past_its_snapshot_as_the_others_do() {
     let described = expected.to_string();
     assert!(described.contains(on1[1].as_str()), "{expected}");
     assert!(!described.contains(on0[2].as_str()), "{expected}");
-    // The log behind the snapshot is indexed beside the loop after start.
-    let started = std::time::Instant::now();
-    let read = loop {
-        let r = cluster.raw(restarted).call("WAL_READ", page.clone());
-        if r["status"] == "ok" {
-            break r["result"].clone();
-        }
-        assert!(
-            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
-            "node {restarted} never read back past its snapshot: {r}"
-        );
-        std::thread::sleep(crate::harness::LEADER_POLL);
-    };
+    let read = read_back_after_restart(&cluster, restarted, &page);
     assert_eq!(read["records"], expected["records"]);
     let from_first = json!({"from_offset": first});
     let seen = events(&mut watch_all(&cluster, restarted, from_first.clone()), 8);
     let witnessed = events(&mut watch_all(&cluster, witness, from_first), 8);
     assert_eq!(seen, witnessed);
     assert!(seen.iter().any(|e| e.1 == on1[1]), "{seen:?}");
+}
+
+/// WAL_READ `page` on node `node`, restarted from a snapshot: retried while
+/// the log behind the snapshot is still being indexed (beside the loop,
+/// after start), until `CLUSTER_SETTLE_TIMEOUT`.
+fn read_back_after_restart(cluster: &Cluster, node: u64, page: &Value) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let r = cluster.raw(node).call("WAL_READ", page.clone());
+        if r["status"] == "ok" {
+            return r["result"].clone();
+        }
+        assert!(
+            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
+            "node {node} never read back past its snapshot ({page}): {r}"
+        );
+        std::thread::sleep(crate::harness::LEADER_POLL);
+    }
 }
 
 /// Flips before the restart: past the first snapshot (every 100 entries),
@@ -341,19 +347,7 @@ fn a_node_restarted_from_a_snapshot_reads_from_offset_zero_when_nothing_was_purg
     cluster.wait_applied(restarted, "z-0", last);
     let page = json!({"from_offset": 0, "limit": 20});
     let expected = cluster.ok_on(leader, "WAL_READ", page.clone());
-    // The log behind the snapshot is indexed beside the loop after start.
-    let started = std::time::Instant::now();
-    let read = loop {
-        let r = cluster.raw(restarted).call("WAL_READ", page.clone());
-        if r["status"] == "ok" {
-            break r["result"].clone();
-        }
-        assert!(
-            started.elapsed() < crate::harness::CLUSTER_SETTLE_TIMEOUT,
-            "node {restarted} never read from offset 0: {r}"
-        );
-        std::thread::sleep(crate::harness::LEADER_POLL);
-    };
+    let read = read_back_after_restart(&cluster, restarted, &page);
     assert_eq!(read["records"], expected["records"]);
     assert_eq!(read["records"].as_array().map(Vec::len), Some(20), "{read}");
 }
