@@ -48,7 +48,8 @@ pub const CLUSTER_MEMBERS_MAX: usize = 7;
 /// Shortest cluster token accepted: a guessable token lets anyone on the
 /// network join the groups.
 pub const CLUSTER_TOKEN_CHARS_MIN: usize = 16;
-/// Committed entries between a group's snapshots unless configured. Each
+/// Committed entries between a group's snapshots, at least, unless
+/// configured (the log's size also paces them: below). Each
 /// snapshot lets the log before it be deleted; a member that falls further
 /// behind than the log kept catches up from the snapshot.
 pub const CLUSTER_SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;

@@ -209,8 +209,5 @@ impl Deployment {
 /// `CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES`: a cluster run whose groups
 /// snapshot after that many entries (at least 100).
 pub fn snapshot_every_entries() -> Option<u64> {
-    std::env::var("CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES")
-        .ok()?
-        .parse()
-        .ok()
+    crate::env_u64("CORESTATE_LIN_SNAPSHOT_EVERY_ENTRIES")
 }
