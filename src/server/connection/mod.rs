@@ -147,6 +147,12 @@ impl Conn {
         self.slots.borrow_mut().broken = true;
         self.inflight.close();
         self.request_bytes.close();
+        // A reader waiting for answer budget (`reader::admit`) waits for
+        // the writer's progress, which will not come from a writer that
+        // stopped: wake it to see the connection broken. Without this a
+        // client that left with answers unread kept them, and their share
+        // of the server's budget, charged for good.
+        let _ = self.progress.0.try_send(());
     }
 }
 
