@@ -91,21 +91,20 @@ impl Shard {
         let start = self.waiting.rotation % keys.len().max(1);
         keys.rotate_left(start);
         for k in keys {
-            if self
-                .waiting
-                .queues
-                .get(&k)
-                .is_some_and(|(budget, _)| budget.is_closed())
-            {
-                self.waiting.queues.remove(&k);
-                continue;
-            }
             while let Some((budget, queue)) = self.waiting.queues.get_mut(&k) {
-                let Some(seq) = queue.front().and_then(|m| m.budget()).map(|(_, s)| s) else {
+                let seq = queue.front().and_then(|m| m.budget()).map(|(_, s)| s);
+                let Some(seq) = seq.filter(|_| !budget.is_closed()) else {
+                    // Emptied, or its connection is gone: its requests are
+                    // dropped unanswered (`budget.rs`).
                     self.waiting.queues.remove(&k);
                     break;
                 };
-                if !budget.may_run(seq) && !budget.note_parked(self.state.shard_id, seq) {
+                if !budget.may_run(seq) {
+                    if budget.note_parked(self.state.shard_id, seq) {
+                        // Budget came back, or the connection ended, while
+                        // it was being marked: look again.
+                        continue;
+                    }
                     // Marked again: the next returned budget wakes us.
                     break;
                 }

@@ -142,11 +142,12 @@ impl ResponseBudget {
     }
 
     /// Shard `shard` parked a request of this client. Returns whether the
-    /// request may run after all (the budget was returned meanwhile), so
-    /// the caller must not leave it parked without a wake-up coming.
+    /// shard must look at it again now rather than wait for a wake-up: the
+    /// budget was returned meanwhile, or the connection ended (it takes
+    /// the marks when it closes, and a mark set after that wakes nobody).
     pub fn note_parked(&self, shard: usize, seq: u64) -> bool {
         self.parked_on.fetch_or(1 << shard, Ordering::SeqCst);
-        self.may_run(seq)
+        self.is_closed() || self.may_run(seq)
     }
 
     /// Shards to wake because budget came back; clears the marks.
@@ -234,5 +235,17 @@ mod tests {
         assert!(!b.note_parked(5, 2));
         assert_eq!(b.take_parked(), (1 << 3) | (1 << 5));
         assert_eq!(b.take_parked(), 0);
+    }
+
+    #[test]
+    fn a_shard_that_parks_after_the_connection_closed_is_told_to_look_again() {
+        let b = ResponseBudget::new(10, ServerBudget::new(100));
+        b.set_head(0);
+        let _c = b.charge(ANSWER_UNCHARGED_BYTES_MAX + 1).unwrap();
+        // The connection closes and takes the marks (none yet) ...
+        b.close();
+        assert_eq!(b.take_parked(), 0);
+        // ... then a shard parks a request: nobody will wake it.
+        assert!(b.note_parked(2, 1), "the shard must drop it now, not wait");
     }
 }
