@@ -5,10 +5,11 @@
 //! Encoding is hand-written on top of the canonical JSON writer: the hot path
 //! (APPLY_EVENT) writes the new context once into a scratch buffer and splices
 //! those bytes into both the record and the response. Decoding (recovery,
-//! WAL_READ) goes through serde; an apply's payload and context and a
-//! create's initial context stay the JSON text the entry holds (`RawJson`),
-//! and a replaying member keeps a context as that text until it needs its
-//! tree (`instance_ctx`).
+//! WAL_READ) reads the hot entries laid out as this crate writes them by
+//! hand (`entry_scan`) and everything else through serde; an apply's
+//! payload and context and a create's initial context stay the JSON text
+//! the entry holds (`RawJson`), and a replaying member keeps a context as
+//! that text until it needs its tree (`instance_ctx`).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -53,31 +54,43 @@ pub struct CreateInstanceEntry {
 /// bytes by copying them, and parses only the context, into the instance.
 /// Measured: building, re-encoding and dropping the payload's and
 /// context's trees was a third of decoding an apply on a cluster follower.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<RawValue>);
+///
+/// Holds text whose syntax was checked: by serde, or by `entry_scan`.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<str>);
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(|raw| RawJson(raw.into()))
+    }
+}
 
 impl RawJson {
+    /// `text` is one JSON value, its syntax already checked.
+    pub(super) fn from_checked_text(text: &str) -> RawJson {
+        RawJson(text.into())
+    }
+
     /// The JSON text, as the entry holds it.
     pub fn bytes(&self) -> &[u8] {
-        self.0.get().as_bytes()
+        self.0.as_bytes()
     }
 
     /// The JSON text, moved out.
     pub fn into_bytes(self) -> Vec<u8> {
-        Box::<str>::from(self.0).into_string().into_bytes()
+        self.0.into_string().into_bytes()
     }
 
     /// The value as a tree.
     pub fn parse(&self) -> Result<Value, String> {
-        serde_json::from_str(self.0.get()).map_err(|e| e.to_string())
+        serde_json::from_str(&self.0).map_err(|e| e.to_string())
     }
 }
 
 /// Equal texts (entries are canonical JSON: equal values, equal texts).
 impl PartialEq for RawJson {
     fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
+        self.0 == other.0
     }
 }
 
@@ -140,7 +153,12 @@ impl Entry {
             Some(&rest[..end])
         });
         match typed {
-            Some(kind) if ENTRY_TYPES.contains(&kind) => Entry::decode_as(kind, payload),
+            Some(kind) if ENTRY_TYPES.contains(&kind) => {
+                match super::entry_scan::decode_written(kind, payload) {
+                    Some(entry) => Ok(entry),
+                    None => Entry::decode_as(kind, payload),
+                }
+            }
             _ => Entry::decode_reordered(payload),
         }
     }

@@ -3,6 +3,7 @@
 //! explains how offsets stay unique across shards and mergeable by order).
 
 pub mod entry;
+mod entry_scan;
 pub mod files;
 pub mod head;
 pub mod manifest;
