@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use super::decode_written;
+use super::{decode_written, plain_run};
 use crate::wal::entry::{
     write_apply_event, write_create_instance, ApplyFields, CreateFields, Entry,
 };
@@ -169,6 +169,14 @@ prop_compose! {
 }
 
 proptest! {
+    #[test]
+    fn the_word_at_a_time_run_stops_where_the_byte_at_a_time_one_does(
+        b in prop::collection::vec(prop_oneof![4 => 0x20u8..0x7f, 1 => any::<u8>()], 0..40),
+    ) {
+        let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(b.len());
+        prop_assert_eq!(plain_run(&b), naive);
+    }
+
     #[test]
     fn what_the_scan_accepts_serde_decodes_to_the_same_entry(payload in any_entry()) {
         let serde = through_serde(&payload);
