@@ -60,7 +60,7 @@ use super::manifest::{self, Manifest};
 use super::offset::tick_of_offset;
 use super::record::{decode_record, RecordDefect, RecordHeader, RECORD_MAGIC};
 use super::resync::resync_tail;
-use super::segment::{list_segments, segment_path};
+use super::segment::{list_segments, segment_path, written_end};
 use super::sequence::{ChainError, SequenceChain};
 use super::writer::RecordPlace;
 use crate::env::Storage;
@@ -289,12 +289,6 @@ fn zero_range(storage: &dyn Storage, path: &Path, from: u64, to: u64) -> io::Res
         pos += n as u64;
     }
     file.sync()
-}
-
-/// Where the written part of a segment ends: segments are pre-zeroed, so
-/// past the last non-zero byte nothing was ever written.
-fn written_end(data: &[u8]) -> usize {
-    data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
 }
 
 /// What stopped the scan of a segment before its end.

@@ -19,7 +19,7 @@ use std::io;
 use std::path::Path;
 
 use super::manifest::Seal;
-use super::segment::segment_path;
+use super::segment::{segment_path, written_end};
 use crate::env::Storage;
 
 /// Bytes re-written per call.
@@ -39,7 +39,7 @@ pub fn resync_tail(
     for &id in ids.iter().rev().take(RESYNC_SEGMENTS) {
         let path = segment_path(dir, id);
         let data = storage.read(&path)?;
-        let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let end = written_end(&data);
         let start = match seal {
             Some(s) if s.segment > id => continue,
             Some(s) if s.segment == id => (s.end_bytes as usize).min(end),

@@ -51,6 +51,25 @@ pub fn align_up(v: u64) -> u64 {
     align_down(v + WAL_BLOCK_BYTES - 1)
 }
 
+/// Where the written part of a segment ends: segments are pre-zeroed, so
+/// past the last non-zero byte nothing was ever written.
+///
+/// The zeros after it (most of a young segment) are skipped a block at a
+/// time: OR-ing a block's bytes compiles to vector instructions, where
+/// looking for the last non-zero byte one byte at a time was 4 % of a
+/// restart's CPU, twice over (recovery, then the resync of the tail).
+pub fn written_end(data: &[u8]) -> usize {
+    const BLOCK_BYTES: usize = 256;
+    let mut end = data.len();
+    while end >= BLOCK_BYTES && data[end - BLOCK_BYTES..end].iter().fold(0u8, |a, &b| a | b) == 0 {
+        end -= BLOCK_BYTES;
+    }
+    data[..end]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +94,21 @@ mod tests {
         }
         let os = crate::env::os::OsStorage;
         assert_eq!(list_segments(&os, dir.path()).unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_written_end_is_after_the_last_non_zero_byte() {
+        let naive = |d: &[u8]| d.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        for len in [0usize, 1, 255, 256, 257, 1000, 4096] {
+            let mut data = vec![0u8; len];
+            assert_eq!(written_end(&data), 0);
+            for at in [0, len / 3, len.saturating_sub(257), len.saturating_sub(1)] {
+                if at < len {
+                    data[at] = 0x80;
+                    assert_eq!(written_end(&data), naive(&data), "len {len}, byte at {at}");
+                }
+            }
+        }
     }
 
     #[test]
