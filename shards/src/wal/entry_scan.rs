@@ -31,12 +31,7 @@ pub(super) fn decode_written(kind: &[u8], payload: &[u8]) -> Option<Entry> {
     let mut s = Scan { b: payload, i: 0 };
     let entry = match kind {
         b"apply_event" => {
-            s.lit(br#"{"type":"apply_event","instance_id":"#)?;
-            let instance_id = s.string()?;
-            s.lit(br#","machine":"#)?;
-            let machine = s.string()?;
-            s.lit(br#","version":"#)?;
-            let version = s.version()?;
+            let (instance_id, machine, version) = s.instance_head(b"apply_event")?;
             s.lit(br#","event":"#)?;
             let event = s.string()?;
             s.lit(br#","from_state":"#)?;
@@ -64,12 +59,7 @@ pub(super) fn decode_written(kind: &[u8], payload: &[u8]) -> Option<Entry> {
             })
         }
         b"create_instance" => {
-            s.lit(br#"{"type":"create_instance","instance_id":"#)?;
-            let instance_id = s.string()?;
-            s.lit(br#","machine":"#)?;
-            let machine = s.string()?;
-            s.lit(br#","version":"#)?;
-            let version = s.version()?;
+            let (instance_id, machine, version) = s.instance_head(b"create_instance")?;
             s.lit(br#","initial_state":"#)?;
             let initial_state = s.string()?;
             s.lit(br#","initial_ctx":"#)?;
@@ -103,6 +93,19 @@ impl Scan<'_> {
     fn lit(&mut self, expected: &[u8]) -> Option<()> {
         let rest = self.b.get(self.i..)?;
         rest.starts_with(expected).then(|| self.i += expected.len())
+    }
+
+    /// The opening `entry.rs`'s `instance_entry_head` writes: the type
+    /// `kind`, then the instance id, its machine and version.
+    fn instance_head(&mut self, kind: &[u8]) -> Option<(String, String, u32)> {
+        self.lit(br#"{"type":""#)?;
+        self.lit(kind)?;
+        self.lit(br#"","instance_id":"#)?;
+        let instance_id = self.string()?;
+        self.lit(br#","machine":"#)?;
+        let machine = self.string()?;
+        self.lit(br#","version":"#)?;
+        Some((instance_id, machine, self.version()?))
     }
 
     /// A string without escapes or control characters, as an owned
