@@ -209,11 +209,12 @@ pub async fn serve<S: ByteStream>(
     writer.await;
     if handle.stopping() && !conn.slots.borrow().broken {
         // Every answer owed is written: say why the connection ends. A peer
-        // that does not read holds this write only until the drain timeout.
+        // that does not read holds this write only until the drain timeout
+        // or the idle period, whichever ends first.
         let mut notice = Vec::new();
         let mode = conn.watch.borrow().mode.get();
         if encode_frame(&mut notice, mode, SHUTDOWN_NOTICE_JSON).is_ok() {
-            let _ = writer::write_all(&stream, &notice).await;
+            let _ = writer::write_all(&stream, &notice, ctx.limits.idle_timeout).await;
         }
     }
     // Nobody will write this connection's answers any more: its requests

@@ -3,9 +3,10 @@
 //! request slots, request bytes and answer budget the written answers held,
 //! and wakes the shards holding requests that waited for that budget.
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::future::{self, poll_fn};
 use shards::shard::budget::Charge;
@@ -20,19 +21,49 @@ use crate::watch::deliver::deliver_events;
 use super::READ_BUFFER_INITIAL_BYTES;
 
 /// Write all of `buf`, then flush (a TLS stream may hold back what it
-/// accepted until flushed).
+/// accepted until flushed). A peer that takes none of it for `stall_limit`
+/// (the idle period) fails the write with `TimedOut`: a client that stopped
+/// reading its answers is closed like an idle one, instead of holding its
+/// connection, its slot and its answers' budget for as long as it stays.
 pub(super) async fn write_all<S: ByteStream>(
     stream: &Stream<S>,
     mut buf: &[u8],
+    stall_limit: Option<Duration>,
 ) -> std::io::Result<()> {
     while !buf.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
+        let write = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf));
+        let n = until_stalled(write, stall_limit).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         buf = &buf[n..];
     }
-    poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_flush(cx)).await
+    let flush = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_flush(cx));
+    until_stalled(flush, stall_limit).await
+}
+
+/// `op`, or `TimedOut` once it made no progress for `limit`. The timer is
+/// armed only when the socket cannot take the bytes at once, so a write
+/// that goes straight out costs no timer.
+async fn until_stalled<T>(
+    op: impl Future<Output = std::io::Result<T>>,
+    limit: Option<Duration>,
+) -> std::io::Result<T> {
+    let mut op = pin!(op);
+    if let Some(done) = future::poll_once(op.as_mut()).await {
+        return done;
+    }
+    let Some(limit) = limit else {
+        return op.await;
+    };
+    future::or(op, async {
+        glommio::timer::sleep(limit).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the peer read nothing for the idle period",
+        ))
+    })
+    .await
 }
 
 enum Wake {
@@ -107,7 +138,7 @@ pub(super) async fn write_loop<S: ByteStream>(
                     // sees the close instead of waiting on an open socket.
                     tracing::warn!("closing a watching connection: {e}");
                     if !out.is_empty() {
-                        let _ = write_all(&stream, &out).await;
+                        let _ = write_all(&stream, &out, ctx.limits.idle_timeout).await;
                     }
                     conn.close_gates();
                     handle.request_stop();
@@ -118,10 +149,14 @@ pub(super) async fn write_loop<S: ByteStream>(
         if !out.is_empty() {
             // Answers popped but not written yet: no lease until they are.
             conn.writing.set(true);
-            let written = write_all(&stream, &out).await;
+            let written = write_all(&stream, &out, ctx.limits.idle_timeout).await;
             conn.writing.set(false);
-            if written.is_err() {
+            if let Err(e) = written {
+                // Gone, or not reading: the reader stops too (it may be
+                // waiting on a silent socket), and nothing more is written.
+                tracing::debug!("closing a connection whose answers cannot be written: {e}");
                 conn.close_gates();
+                handle.request_stop();
                 return;
             }
             out.clear();
