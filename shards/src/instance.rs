@@ -14,6 +14,13 @@ use crate::machine::definition::MachineDef;
 /// forgotten first. A retry with a forgotten key applies again.
 pub const IDEMPOTENCY_KEYS_PER_INSTANCE_MAX: usize = 256;
 
+/// Bytes of the outcomes remembered per instance (each its key, its two
+/// state names and the context it answered with), at most; past it the
+/// oldest are forgotten first, but the newest is always kept. The count
+/// alone would let an instance with a large context hold 256 copies of it:
+/// 4 GiB for one instance of 16 MiB.
+pub const IDEMPOTENCY_OUTCOME_BYTES_PER_INSTANCE_MAX: usize = 1024 * 1024;
+
 /// The stored outcome of an APPLY_EVENT made with an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedApply {
@@ -24,11 +31,23 @@ pub struct CachedApply {
     pub wal_offset: u64,
 }
 
-/// Bounded map of idempotency key → outcome, oldest evicted first.
+impl CachedApply {
+    /// What it counts against `IDEMPOTENCY_OUTCOME_BYTES_PER_INSTANCE_MAX`
+    /// with its key.
+    fn bytes_with(&self, key: &str) -> usize {
+        key.len() + self.from_state.len() + self.to_state.len() + self.ctx_json.len()
+    }
+}
+
+/// Bounded map of idempotency key → outcome, oldest evicted first. What is
+/// kept depends only on the order of the inserts, so a replay of the log or
+/// of a snapshot (which lists the kept keys oldest first) keeps the same.
 #[derive(Debug, Default, Clone)]
 pub struct AppliedKeys {
     map: HashMap<String, CachedApply>,
     order: VecDeque<String>,
+    /// `bytes_with` of every outcome kept.
+    bytes: usize,
 }
 
 impl AppliedKeys {
@@ -37,12 +56,19 @@ impl AppliedKeys {
     }
 
     pub fn insert(&mut self, key: &str, outcome: CachedApply) {
-        if self.map.insert(key.to_owned(), outcome).is_none() {
-            self.order.push_back(key.to_owned());
-            while self.order.len() > IDEMPOTENCY_KEYS_PER_INSTANCE_MAX {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
+        self.bytes += outcome.bytes_with(key);
+        match self.map.insert(key.to_owned(), outcome) {
+            Some(old) => self.bytes -= old.bytes_with(key),
+            None => self.order.push_back(key.to_owned()),
+        }
+        while self.order.len() > IDEMPOTENCY_KEYS_PER_INSTANCE_MAX
+            || (self.bytes > IDEMPOTENCY_OUTCOME_BYTES_PER_INSTANCE_MAX && self.order.len() > 1)
+        {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.map.remove(&old) {
+                self.bytes -= gone.bytes_with(&old);
             }
         }
     }
@@ -153,5 +179,45 @@ mod tests {
         assert!(keys
             .get(&format!("k{}", IDEMPOTENCY_KEYS_PER_INSTANCE_MAX + 9))
             .is_some());
+    }
+
+    #[test]
+    fn idempotency_outcomes_are_bounded_in_bytes_keeping_the_newest() {
+        let outcome = |ctx_bytes: usize| CachedApply {
+            from_state: "a".into(),
+            to_state: "b".into(),
+            ctx_json: vec![b'1'; ctx_bytes],
+            wal_offset: 1,
+        };
+        let quarter = IDEMPOTENCY_OUTCOME_BYTES_PER_INSTANCE_MAX / 4;
+        let mut keys = AppliedKeys::default();
+        for i in 0..10 {
+            keys.insert(&format!("k{i}"), outcome(quarter));
+        }
+        // Three quarters' contexts and their keys and states fit; a fourth
+        // does not.
+        assert_eq!(keys.len(), 3);
+        assert!(keys.get("k6").is_none());
+        assert!(keys.get("k7").is_some() && keys.get("k9").is_some());
+        assert!(keys.bytes <= IDEMPOTENCY_OUTCOME_BYTES_PER_INSTANCE_MAX);
+        // One larger than the bound is kept alone: the newest always is.
+        keys.insert(
+            "big",
+            outcome(2 * IDEMPOTENCY_OUTCOME_BYTES_PER_INSTANCE_MAX),
+        );
+        assert_eq!(keys.len(), 1);
+        assert!(keys.get("big").is_some());
+        // Small ones push it out, and the count stays right.
+        keys.insert("small", outcome(10));
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys.bytes, outcome(10).bytes_with("small"));
+        // Inserting the kept keys again in order (a snapshot's load) keeps
+        // them all.
+        let mut again = AppliedKeys::default();
+        for (k, v) in keys.iter() {
+            again.insert(k, v.clone());
+        }
+        assert_eq!(again.len(), keys.len());
+        assert_eq!(again.bytes, keys.bytes);
     }
 }

@@ -153,3 +153,58 @@ async fn idempotent_create_returns_the_first_result() {
     assert_eq!(replay["applied"], false, "{replay}");
     assert_eq!(replay["wal_offset"], first.wal_offset, "{replay}");
 }
+
+/// The outcomes an instance remembers for its keys are bounded in bytes
+/// too (1 MiB, shards::instance): with a context of 400 KiB, two keyed
+/// applies fit and a third pushes the first out — its retry applies again
+/// — before and after a restart alike.
+#[tokio::test]
+async fn a_large_context_keeps_fewer_idempotency_outcomes() {
+    let mut server = Server::start(&[]);
+    let mut c = server.raw();
+    c.ok(
+        "PUT_MACHINE",
+        json!({"machine": "loop", "version": 1, "definition": {
+            "states": ["s"], "initial": "s",
+            "transitions": [{"from": "s", "event": "INC", "to": "s"}]}}),
+    );
+    let pad = "x".repeat(400 * 1024);
+    c.ok(
+        "CREATE_INSTANCE",
+        json!({"machine": "loop", "version": 1, "instance_id": "big",
+               "initial_ctx": {"pad": pad}}),
+    );
+    let apply = |c: &mut crate::support::RawClient, key: &str, n: u64| {
+        c.ok(
+            "APPLY_EVENT",
+            json!({"instance_id": "big", "event": "INC", "payload": {"n": n},
+                   "idempotency_key": key}),
+        )
+    };
+    let offsets: Vec<u64> = (1..=3)
+        .map(|n| {
+            apply(&mut c, &format!("k{n}"), n)["wal_offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for round in ["before a restart", "after a restart"] {
+        for (n, offset) in [(2, offsets[1]), (3, offsets[2])] {
+            let retry = apply(&mut c, &format!("k{n}"), 99);
+            assert_eq!(retry["applied"], json!(false), "k{n} {round}");
+            assert_eq!(retry["wal_offset"].as_u64(), Some(offset), "k{n} {round}");
+            assert_eq!(retry["ctx"]["n"], json!(n), "k{n} {round}");
+        }
+        if round == "before a restart" {
+            drop(c);
+            server.restart();
+            c = server.raw();
+        }
+    }
+    // k1 was forgotten: its retry is a new apply (and remembered now).
+    let again = apply(&mut c, "k1", 7);
+    assert_eq!(again["applied"], json!(true));
+    assert!(again["wal_offset"].as_u64().unwrap() > offsets[2]);
+    assert_eq!(again["ctx"]["n"], json!(7));
+    assert_eq!(again["ctx"]["pad"].as_str().map(str::len), Some(400 * 1024));
+}
