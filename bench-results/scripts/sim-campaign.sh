@@ -8,6 +8,10 @@
 set -euo pipefail
 SEEDS=${SEEDS:-4000}
 FIRST=${FIRST:-1}
+# The commit is taken when the build starts: the tree may change during a
+# long run, and the binary is what was built here.
+commit=$(git rev-parse --short HEAD)
+[ -n "$(git status --porcelain -- shards)" ] && commit="$commit (the shards crate with uncommitted changes)"
 cargo test --release -q -p shards --lib --no-run 2>/dev/null
 start=$(date +%s)
 out=$(CORESTATE_SIM_SEEDS=$SEEDS CORESTATE_SIM_FIRST_SEED=$FIRST \
@@ -18,7 +22,7 @@ out=$(CORESTATE_SIM_SEEDS=$SEEDS CORESTATE_SIM_FIRST_SEED=$FIRST \
 end=$(date +%s)
 echo "# Simulation campaign"
 echo
-echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)"
+echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit $commit"
 echo "- machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "- command: \`CORESTATE_SIM_SEEDS=$SEEDS CORESTATE_SIM_FIRST_SEED=$FIRST cargo test --release -p shards --lib sim::tests::seeds -- --nocapture\`"
 echo "- wall time: $((end - start)) s"
