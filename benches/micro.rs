@@ -245,7 +245,7 @@ fn wal_record(c: &mut Criterion) {
     };
     replay(&mut state);
     let inst = state.instances.get("order-000042").expect("instance kept");
-    assert_eq!(inst.state.as_str(), "approved");
+    assert_eq!(&*inst.state, "approved");
     assert_eq!(inst.ctx, ctx);
     group.bench_function("replay_apply_event", |b| b.iter(|| replay(&mut state)));
 

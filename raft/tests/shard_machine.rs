@@ -33,7 +33,7 @@ fn state_of(m: &ShardMachine, id: &str) -> Option<(String, Value)> {
     m.with_state(|s| {
         s.instances
             .get(id)
-            .map(|i| (i.state.clone(), i.ctx.parsed().unwrap().into_owned()))
+            .map(|i| (i.state.to_string(), i.ctx.parsed().unwrap().into_owned()))
     })
 }
 

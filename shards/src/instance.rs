@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 use serde_json::Value;
 
 use crate::instance_ctx::Ctx;
-use crate::machine::definition::MachineDef;
+use crate::machine::definition::{MachineDef, StateName};
 
 /// Idempotency keys of APPLY_EVENT remembered per instance; the oldest is
 /// forgotten first. A retry with a forgotten key applies again.
@@ -102,7 +102,7 @@ pub struct Creation {
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub machine: Arc<MachineDef>,
-    pub state: String,
+    pub state: StateName,
     pub ctx: Ctx,
     pub last_event_id: Option<String>,
     pub last_wal_offset: u64,

@@ -375,7 +375,7 @@ mod tests {
         .expect("machine");
         Instance {
             machine: Arc::new(def),
-            state: state.to_owned(),
+            state: state.into(),
             ctx: serde_json::json!({}).into(),
             last_event_id: None,
             last_wal_offset: 0,
@@ -400,34 +400,40 @@ mod tests {
             let state = format!("s{step}");
             match step % 5 {
                 4 => assert_eq!(
-                    table.remove(&id).map(|i| i.state),
+                    table.remove(&id).map(|i| i.state.to_string()),
                     model.remove(&id),
                     "remove {id}"
                 ),
                 _ => assert_eq!(
-                    table.insert(id.clone(), instance(&state)).map(|i| i.state),
+                    table
+                        .insert(id.clone(), instance(&state))
+                        .map(|i| i.state.to_string()),
                     model.insert(id.clone(), state),
                     "insert {id}"
                 ),
             }
             assert_eq!(table.len(), model.len());
-            assert_eq!(table.get(&id).map(|i| &i.state), model.get(&id), "get {id}");
+            assert_eq!(
+                table.get(&id).map(|i| &*i.state),
+                model.get(&id).map(String::as_str),
+                "get {id}"
+            );
         }
         let walked: BTreeMap<String, String> = table
             .iter()
-            .map(|(k, i)| (k.clone(), i.state.clone()))
+            .map(|(k, i)| (k.clone(), i.state.to_string()))
             .collect();
         assert_eq!(walked, model);
         let by_position: BTreeMap<String, String> = (0..table.positions())
             .filter_map(|at| table.at_position(at))
-            .map(|(k, i)| (k.to_owned(), i.state.clone()))
+            .map(|(k, i)| (k.to_owned(), i.state.to_string()))
             .collect();
         assert_eq!(by_position, model);
         table.check().expect("consistent");
         assert!(table.index.iter().all(|p| !p.is_empty()));
         if let Some((id, _)) = model.iter().next() {
             table.get_mut(id).expect("present").state = "changed".into();
-            assert_eq!(table.get(id).map(|i| i.state.as_str()), Some("changed"));
+            assert_eq!(table.get(id).map(|i| &*i.state), Some("changed"));
         }
         let generation = table.generation();
         table.clear();

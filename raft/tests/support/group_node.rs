@@ -266,7 +266,7 @@ fn node_main(
                     let instances = member.machine().with_state(|s| {
                         s.instances
                             .iter()
-                            .map(|(id, i)| (id.clone(), (i.state.clone(), i.ctx.to_string())))
+                            .map(|(id, i)| (id.clone(), (i.state.to_string(), i.ctx.to_string())))
                             .collect()
                     });
                     let _ = reply.send(instances);

@@ -28,7 +28,7 @@ impl ShardState {
         let matches = |i: &Instance| {
             i.is_active()
                 && q.machine.as_deref().is_none_or(|m| m == i.machine.machine)
-                && q.state.as_deref().is_none_or(|s| s == i.state)
+                && q.state.as_deref().is_none_or(|s| s == &*i.state)
         };
         let mut ids: Vec<&String> = self
             .instances

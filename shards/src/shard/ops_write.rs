@@ -78,7 +78,7 @@ impl ShardState {
             })
         });
         let instance = Instance {
-            state: machine.initial.clone(),
+            state: machine.interned_state(&machine.initial),
             machine,
             // Kept as its text, like every context at rest (`instance_ctx`).
             ctx: Ctx::from_canonical_text(ctx_json),
@@ -121,7 +121,7 @@ impl ShardState {
             }
         }
         if let Some(expected) = cmd.expected_state.as_deref() {
-            if expected != inst.state {
+            if expected != &*inst.state {
                 return Err(EngineError::core(
                     ErrorCode::Conflict,
                     format_args!(
@@ -208,7 +208,7 @@ impl ShardState {
                 },
             )
         })?;
-        let from_state = std::mem::replace(&mut inst.state, to_state.to_owned());
+        let from_state = std::mem::replace(&mut inst.state, inst.machine.interned_state(to_state));
         let result = apply_result(
             true,
             &ctx_json,
@@ -219,7 +219,7 @@ impl ShardState {
         );
         if let Some(key) = cmd.idempotency_key.as_deref() {
             let outcome = CachedApply {
-                from_state: from_state.clone(),
+                from_state: from_state.to_string(),
                 to_state: to_state.to_owned(),
                 ctx_json: ctx_json.clone(),
                 wal_offset: offset,
@@ -238,7 +238,7 @@ impl ShardState {
             instance_id: cmd.instance_id,
             machine: machine.machine.clone(),
             version: machine.version,
-            from_state,
+            from_state: from_state.to_string(),
             to_state: to_state.to_owned(),
             event: cmd.event,
             payload_json,

@@ -207,8 +207,8 @@ impl ShardState {
                 let replaced = self.instances.insert(
                     instance_id,
                     Instance {
+                        state: def.interned_state(&initial_state),
                         machine: def,
-                        state: initial_state,
                         ctx: Ctx::from_canonical_text(initial_ctx.into_bytes()),
                         last_event_id: None,
                         last_wal_offset: offset,
@@ -240,7 +240,7 @@ impl ShardState {
                         },
                     );
                 }
-                inst.state.clone_from(&apply.to_state);
+                inst.state = inst.machine.interned_state(&apply.to_state);
                 // Kept as the entry's text: parsed only if this member
                 // later needs the tree (`instance_ctx`).
                 inst.ctx = Ctx::from_canonical_text(apply.ctx.bytes().to_vec());

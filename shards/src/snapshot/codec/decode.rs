@@ -280,8 +280,8 @@ fn decode_instance(
     Ok((
         id,
         Instance {
+            state: machine.interned_state(&state),
             machine,
-            state,
             ctx,
             last_event_id,
             last_wal_offset,

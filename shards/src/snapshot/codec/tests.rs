@@ -481,7 +481,7 @@ prop_compose! {
     ) -> Instance {
         let mut inst = Instance {
             machine: defs[which].clone(),
-            state: state.to_owned(),
+            state: state.into(),
             ctx: ctx.into(),
             last_event_id,
             last_wal_offset: offsets.0,
