@@ -13,6 +13,14 @@ use crate::workload::outcome_of;
 /// Records per WAL_READ page (the server's maximum).
 const WAL_PAGE_RECORDS: u64 = 1000;
 
+/// Attempts at one final GET. The load has stopped, but shard leaders may
+/// still move (the balancer, an election after the last fault): a GET
+/// caught in a move is refused with the retryable failover error and
+/// `outcome: not_applied`, and is asked again, as a client would.
+const FINAL_GET_ATTEMPTS_MAX: usize = 100;
+/// Pause between two attempts at a final GET.
+const FINAL_GET_RETRY_PAUSE_MS: u64 = 50;
+
 /// Every create and apply of `instances` in the log, in log order.
 pub fn read_committed(client: &mut RawClient, instances: &[String]) -> Vec<Committed> {
     let instances: HashSet<&str> = instances.iter().map(String::as_str).collect();
@@ -72,7 +80,7 @@ pub fn final_reads(
     let mut out = BTreeMap::new();
     for instance in instances {
         let pending = log.invoke(instance, Call::Get);
-        let response = client.call("GET_INSTANCE", json!({"instance_id": instance}));
+        let response = get_retrying(client, instance);
         let outcome = outcome_of(&Call::Get, &response);
         if let Outcome::Ok(Reply::Got {
             state,
@@ -95,4 +103,23 @@ pub fn final_reads(
         log.complete(pending, outcome);
     }
     out
+}
+
+/// GET_INSTANCE of `instance`, asked again while a leadership move refuses
+/// it without running it. The one operation it is recorded as spans every
+/// attempt, so the read it returns lies inside it.
+fn get_retrying(client: &mut RawClient, instance: &str) -> Value {
+    let mut attempts = 1;
+    loop {
+        let response = client.call("GET_INSTANCE", json!({"instance_id": instance}));
+        let error = &response["error"];
+        let moved = response["status"] == "error"
+            && error["retryable"] == true
+            && error["details"]["outcome"] == "not_applied";
+        if !moved || attempts == FINAL_GET_ATTEMPTS_MAX {
+            return response;
+        }
+        attempts += 1;
+        std::thread::sleep(std::time::Duration::from_millis(FINAL_GET_RETRY_PAUSE_MS));
+    }
 }
