@@ -31,7 +31,9 @@ pub const FRAME_MAGIC: [u8; 4] = *b"CSRP";
 /// Version 3: error code `Timeout` (a forwarded operation the leader
 /// answered without waiting for it, `forward.rs`).
 /// Version 4: a batch decision is a `Verdict` (it may be `Forgotten`).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// Version 5: a forwarded batch's operations are binary
+/// (`shard_group/forward_ops.rs`).
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Size of the fixed header.
 pub const FRAME_HEADER_BYTES: usize = 32;

@@ -1,10 +1,11 @@
 //! Forwarding a client's operation to its shard's leader (issue 14: any
 //! node serves any request). A follower's shard loop hands the operations
 //! it cannot run to its `ForwardQueue` (`forward_batch.rs`), which sends a
-//! turn's operations to the leader's node as one `ShardCall` frame (a JSON
-//! array of [`Forwarded`]); the leader's group server puts them into the
-//! leader's shard mailbox marked as forwarded ([`serve_forwarded`]) and
-//! answers with as many answers, in order (`forward_answers.rs`); each
+//! turn's operations to the leader's node as one `ShardCall` frame (the
+//! [`Forwarded`] operations in order, `forward_ops.rs`); the leader's group
+//! server puts them into the leader's shard mailbox marked as forwarded
+//! (`forward_serve.rs`) and answers with as many answers, in order
+//! (`forward_answers.rs`); each
 //! answer goes to its client's reply channel as if the follower had
 //! answered.
 //!
@@ -14,7 +15,7 @@
 //! * **Order.** A follower forwards a turn's operations in the order they
 //!   came, over the one connection its executor has to the leader; the
 //!   leader's listener queues calls in arrival order, and its group server
-//!   puts each batch's operations into the shard mailbox, in array order,
+//!   puts each batch's operations into the shard mailbox, in their order,
 //!   before it waits for anything — so one connection's operations reach
 //!   the leader's loop in their order. Across a leadership change that
 //!   order is not kept (an operation forwarded to the old leader may
@@ -30,26 +31,18 @@
 //!   answer past that is replaced by an error (outcome unknown, retryable)
 //!   rather than sending a frame the follower must refuse.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use futures_util::future::{select, Either};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shards::error::{EngineError, EngineResult};
 use shards::machine::definition::{parse_definition, MachineDef};
-use shards::shard::group_link::{LinkError, MemberChange};
-use shards::shard::{BatchVote, Command, ListPage, ListQuery, ReplyTo, ShardMsg, Verdict};
+use shards::shard::group_link::MemberChange;
+use shards::shard::{BatchVote, ListPage, ReplyTo, ShardMsg, Verdict};
 
-use super::forward_answers::encode_answers;
 use super::forward_wire::{Wire, WireCommand, WireError, WireVote};
 use crate::net::frame::FRAME_BODY_MAX_BYTES;
-use crate::net::wire::{from_json, ErrorBody, ErrorCode as WireCode};
-use crate::net::ShardCalls;
 
 /// How long a forwarded operation may take, answer included: a commit's
 /// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
@@ -323,238 +316,4 @@ impl ReplyTarget {
             ))),
         }
     }
-}
-
-/// Serve forwarded batches into `mailbox` (the leader's shard), each
-/// operation marked forwarded so that it is never forwarded again.
-pub fn serve_forwarded(mailbox: flume::Sender<ShardMsg>) -> ShardCalls {
-    Rc::new(move |body: Vec<u8>| {
-        // Decoded and queued before the first await: batches reach the
-        // mailbox in the order the group server started them, and a
-        // batch's operations in array order.
-        let queued: Result<(Vec<_>, Duration), ErrorBody> = from_json::<Vec<Forwarded>>(&body)
-            .map_err(|e| ErrorBody::new(WireCode::BadRequest, format!("a forwarded batch: {e}")))
-            .map(|ops| {
-                let wait = answer_wait(&ops);
-                let queued = ops.into_iter().map(|op| queue(&mailbox, op)).collect();
-                (queued, wait)
-            });
-        Box::pin(async move {
-            let (queued, wait) = queued?;
-            let deadline = Instant::now() + wait;
-            let mut answers = Vec::new();
-            for waiting in queued {
-                answers.push(match waiting {
-                    Ok(answer) => answer_by(answer, deadline, wait).await,
-                    Err(refused) => Err(refused),
-                });
-            }
-            Ok(encode_answers(answers, FORWARD_ANSWERS_BYTES_MAX))
-        })
-    })
-}
-
-/// How long the leader waits for a forwarded batch's answers: the
-/// longest of its operations' timeouts, less `FORWARD_ANSWER_MARGIN_MS`
-/// for the trip back.
-fn answer_wait(ops: &[Forwarded]) -> Duration {
-    ops.iter()
-        .map(Forwarded::timeout)
-        .max()
-        .unwrap_or_default()
-        .saturating_sub(Duration::from_millis(FORWARD_ANSWER_MARGIN_MS))
-}
-
-/// An operation's answer if it comes by `deadline` (one already there
-/// always counts), else the error that tells its client the outcome is
-/// unknown.
-async fn answer_by(
-    answer: Waiting,
-    deadline: Instant,
-    wait: Duration,
-) -> Result<Answer, ErrorBody> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let timer = std::pin::pin!(glommio::timer::sleep(left));
-    match select(answer, timer).await {
-        Either::Left((answer, _)) => Ok(answer),
-        Either::Right(_) => Err(ErrorBody::new(
-            WireCode::Timeout,
-            format!("not answered within {} ms on the leader", wait.as_millis()),
-        )),
-    }
-}
-
-type Waiting = Pin<Box<dyn Future<Output = Answer>>>;
-
-fn queue(mailbox: &flume::Sender<ShardMsg>, op: Forwarded) -> Result<Waiting, ErrorBody> {
-    let gone = || ErrorBody::new(WireCode::GroupStopped, "the shard stopped".to_string());
-    let send = |msg: ShardMsg| {
-        mailbox
-            .send(ShardMsg::Forwarded(Box::new(msg)))
-            .map_err(|_| gone())
-    };
-    let exec = |cmd: Command| -> Result<Waiting, ErrorBody> {
-        let (tx, rx) = flume::bounded(1);
-        send(ShardMsg::Exec {
-            cmd,
-            reply: ReplyTo::internal(tx, 0),
-        })?;
-        Ok(Box::pin(async move {
-            let body = match rx.recv_async().await {
-                Ok(reply) => reply.body,
-                Err(_) => Err(stopped()),
-            };
-            Answer::Exec(body.map_err(WireError::from))
-        }))
-    };
-    match op {
-        Forwarded::Exec(cmd) => exec(cmd.into()),
-        Forwarded::Flush => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::Flush { done })?;
-            Ok(Box::pin(async move {
-                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
-                Answer::Flushed(r.map_err(WireError::from))
-            }))
-        }
-        Forwarded::AtomicBatch(cmds) => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::AtomicBatch {
-                ops: cmds.into_iter().map(Command::from).collect(),
-                done,
-            })?;
-            Ok(vote_of(rx))
-        }
-        Forwarded::Prepare { txid, decider, ops } => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::Prepare {
-                txid,
-                decider,
-                ops: ops.into_iter().map(Command::from).collect(),
-                done,
-            })?;
-            Ok(vote_of(rx))
-        }
-        Forwarded::Decide { txid, commit } => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::Decide { txid, commit, done })?;
-            Ok(decision_of(rx, Answer::Verdict))
-        }
-        Forwarded::Decision { txid } => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::Decision { txid, done })?;
-            Ok(decision_of(rx, Answer::Verdict))
-        }
-        Forwarded::InstallMachine {
-            machine,
-            version,
-            definition,
-        } => {
-            let def = match parse_definition(&machine, version, &definition) {
-                Ok(def) => Arc::new(def),
-                Err(e) => {
-                    return Ok(Box::pin(async move {
-                        Answer::Installed(Err(WireError::from(e)))
-                    }))
-                }
-            };
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::InstallMachine {
-                def,
-                raw_definition: Arc::new(definition),
-                done,
-            })?;
-            Ok(Box::pin(async move {
-                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
-                Answer::Installed(r.map_err(WireError::from))
-            }))
-        }
-        Forwarded::Machines => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::Machines { done })?;
-            Ok(Box::pin(async move {
-                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
-                Answer::Machines(
-                    r.map(|defs| {
-                        defs.iter()
-                            .map(|d| (d.machine.clone(), d.version, d.normalized_value()))
-                            .collect()
-                    })
-                    .map_err(WireError::from),
-                )
-            }))
-        }
-        Forwarded::AdvanceWatermark => {
-            send(ShardMsg::AdvanceWatermark)?;
-            Ok(Box::pin(async { Answer::Queued }))
-        }
-        Forwarded::ChangeMembers { change } => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::ChangeMembers { change, done })?;
-            Ok(Box::pin(async move {
-                let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
-                Answer::Members(r.map(|v| v.to_string()).map_err(WireError::from))
-            }))
-        }
-        Forwarded::List {
-            machine,
-            state,
-            rows_max,
-        } => {
-            let (done, rx) = flume::bounded(1);
-            send(ShardMsg::List {
-                query: ListQuery {
-                    machine,
-                    state,
-                    rows_max,
-                },
-                done,
-                budget: None,
-            })?;
-            Ok(Box::pin(async move {
-                match rx.recv_async().await {
-                    Ok(page) => Answer::Listed {
-                        total: page.total,
-                        rows: page
-                            .rows
-                            .into_iter()
-                            .map(|(id, r)| (id, String::from_utf8_lossy(&r).into_owned()))
-                            .collect(),
-                    },
-                    // The leader could not serve the page (it lost the
-                    // lead): an empty page would be a wrong answer.
-                    Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
-                }
-            }))
-        }
-    }
-}
-
-/// A batch part's vote, once the leader's shard gives it.
-fn vote_of(rx: flume::Receiver<BatchVote>) -> Waiting {
-    Box::pin(async move {
-        let vote = rx
-            .recv_async()
-            .await
-            .unwrap_or_else(|_| BatchVote::Refused(stopped()));
-        Answer::Vote(vote.into())
-    })
-}
-
-/// A batch decision's answer, once the leader's shard gives it. Not given
-/// (the leader lost the lead): the follower's asker sees its channel close,
-/// for the outcome is unknown.
-fn decision_of<T: 'static>(rx: flume::Receiver<T>, answer: fn(T) -> Answer) -> Waiting {
-    Box::pin(async move {
-        match rx.recv_async().await {
-            Ok(decision) => answer(decision),
-            Err(_) => Answer::Exec(Err(WireError::from(stopped()))),
-        }
-    })
-}
-
-/// The leader's shard could not answer (it stopped, or lost the lead on
-/// the way): the failover refusal, retryable.
-fn stopped() -> EngineError {
-    LinkError::NotLeader { leader: None }.to_engine_error()
 }

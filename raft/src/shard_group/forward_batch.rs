@@ -1,6 +1,7 @@
 //! The follower's side of forwarding: the operations a shard loop forwards
 //! in one turn travel to the leader together, as one `ShardCall` frame
-//! holding a JSON array, and come back as one array of answers.
+//! (`forward_ops.rs` lays it out), and come back as one body of answers
+//! (`forward_answers.rs`).
 //!
 //! Why: a peer connection carries at most `PEER_REQUESTS_IN_FLIGHT_MAX`
 //! calls at once. Forwarded one call per operation, a follower could keep
@@ -36,8 +37,8 @@ use shards::shard::ShardMsg;
 
 use super::forward::{split, ReplyTarget};
 use super::forward_answers::decode_answers;
+use super::forward_ops::{encode_op, seal_ops, start_ops};
 use crate::net::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
-use crate::net::wire::to_json;
 use crate::net::{CallError, PeerPool};
 
 /// Operations in one forwarded batch, at most: the leader answers them in
@@ -53,7 +54,7 @@ struct Batch {
     seq: u64,
     leader: u64,
     leader_addr: String,
-    /// `[` and the operations' JSON so far, comma-separated.
+    /// The operations encoded so far, after room for their count.
     body: Vec<u8>,
     targets: Vec<ReplyTarget>,
     timeout: Duration,
@@ -62,14 +63,11 @@ struct Batch {
 impl Batch {
     fn has_room(&self, op_bytes: usize) -> bool {
         self.targets.len() < FORWARD_BATCH_OPS_MAX
-            && self.body.len() + 1 + op_bytes <= FORWARD_BATCH_BYTES_MAX
+            && self.body.len() + op_bytes <= FORWARD_BATCH_BYTES_MAX
     }
 
-    fn push(&mut self, op_json: &[u8], target: ReplyTarget, timeout: Duration) {
-        if !self.targets.is_empty() {
-            self.body.push(b',');
-        }
-        self.body.extend_from_slice(op_json);
+    fn push(&mut self, op: &[u8], target: ReplyTarget, timeout: Duration) {
+        self.body.extend_from_slice(op);
         self.targets.push(target);
         self.timeout = self.timeout.max(timeout);
     }
@@ -112,19 +110,19 @@ impl ForwardQueue {
         msg: ShardMsg,
     ) -> Result<(), Box<ShardMsg>> {
         let (op, target) = split(msg)?;
-        let op_json = to_json(&op);
+        let encoded = encode_op(&op);
         let (timeout, alone) = (op.timeout(), op.goes_alone());
         let fits = self
             .open
             .borrow()
             .as_ref()
-            .is_some_and(|b| b.leader == leader && !alone && b.has_room(op_json.len()));
+            .is_some_and(|b| b.leader == leader && !alone && b.has_room(encoded.len()));
         if !fits {
             self.seal();
             self.open_batch(leader, leader_addr);
         }
         if let Some(batch) = self.open.borrow_mut().as_mut() {
-            batch.push(&op_json, target, timeout);
+            batch.push(&encoded, target, timeout);
         }
         self.ops_forwarded.set(self.ops_forwarded.get() + 1);
         if alone {
@@ -141,7 +139,7 @@ impl ForwardQueue {
             seq,
             leader,
             leader_addr: leader_addr.to_string(),
-            body: vec![b'['],
+            body: start_ops(),
             targets: Vec::new(),
             timeout: Duration::ZERO,
         });
@@ -184,7 +182,7 @@ async fn send(peers: &Rc<PeerPool>, shard: usize, mut batch: Batch) {
     if batch.targets.is_empty() {
         return;
     }
-    batch.body.push(b']');
+    seal_ops(&mut batch.body, batch.targets.len());
     let leader = batch.leader;
     if batch.body.len() > FRAME_BODY_MAX_BYTES as usize {
         // One operation larger than a peer frame (it went alone): it
@@ -243,6 +241,9 @@ fn fail_all(targets: Vec<ReplyTarget>, failed: LinkError) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::forward::Forwarded;
+    use super::super::forward_ops::decode_ops;
+    use super::super::forward_wire::WireCommand;
     use super::*;
 
     fn batch() -> Batch {
@@ -250,26 +251,35 @@ mod tests {
             seq: 0,
             leader: 2,
             leader_addr: String::new(),
-            body: vec![b'['],
+            body: start_ops(),
             targets: Vec::new(),
             timeout: Duration::ZERO,
         }
     }
 
     #[test]
-    fn a_batch_is_a_json_array_of_its_operations_in_order() {
+    fn a_batch_holds_its_operations_in_order_and_waits_the_longest() {
         let mut b = batch();
         for (i, t) in [3u64, 1, 2].into_iter().enumerate() {
+            let op = Forwarded::Exec(WireCommand::Get {
+                instance_id: format!("i{i}"),
+            });
             b.push(
-                format!("{{\"n\":{i}}}").as_bytes(),
+                &encode_op(&op),
                 ReplyTarget::Nobody,
                 Duration::from_millis(t),
             );
         }
-        b.body.push(b']');
-        let ops: Vec<serde_json::Value> = serde_json::from_slice(&b.body).expect("array");
-        let ns: Vec<u64> = ops.iter().map(|o| o["n"].as_u64().unwrap()).collect();
-        assert_eq!(ns, vec![0, 1, 2]);
+        seal_ops(&mut b.body, b.targets.len());
+        let ids: Vec<String> = decode_ops(&b.body)
+            .expect("operations")
+            .into_iter()
+            .map(|op| match op {
+                Forwarded::Exec(WireCommand::Get { instance_id }) => instance_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec!["i0", "i1", "i2"]);
         assert_eq!(b.timeout, Duration::from_millis(3), "the longest wait");
     }
 
@@ -283,7 +293,8 @@ mod tests {
         assert!(!b.has_room(2), "full by count");
 
         let b = batch();
-        assert!(b.has_room(FORWARD_BATCH_BYTES_MAX - 2));
-        assert!(!b.has_room(FORWARD_BATCH_BYTES_MAX));
+        let head = b.body.len();
+        assert!(b.has_room(FORWARD_BATCH_BYTES_MAX - head));
+        assert!(!b.has_room(FORWARD_BATCH_BYTES_MAX - head + 1));
     }
 }

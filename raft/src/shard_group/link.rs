@@ -262,7 +262,7 @@ pub async fn start_loop_member(
     );
     let node_id = setup.node_id;
     let storage = env.storage.clone();
-    let calls = super::forward::serve_forwarded(shard_mailbox);
+    let calls = super::forward_serve::serve_forwarded(shard_mailbox);
     let started = GroupMember::start_with(
         setup,
         env,

@@ -22,9 +22,12 @@
 //!   (propose, barrier, leadership, the committed state to rebuild from,
 //!   forwarding to the leader);
 //! * `forward.rs` — a follower's operations forwarded to the leader's
-//!   shard over the peer transport, and served there;
+//!   shard over the peer transport: what travels, where answers go;
 //! * `forward_batch.rs` — a turn's forwarded operations gathered into one
 //!   call to the leader;
+//! * `forward_ops.rs`, `forward_answers.rs` — that call's operations and
+//!   its answers as they travel;
+//! * `forward_serve.rs` — the leader serving a forwarded batch;
 //! * `admin.rs` — the group's status, membership changes, handing the
 //!   lead over before a graceful stop;
 //! * `balance.rs` — leaders spread over the nodes (each group's preferred
@@ -41,6 +44,8 @@ mod balance;
 mod forward;
 mod forward_answers;
 mod forward_batch;
+mod forward_ops;
+mod forward_serve;
 mod forward_wire;
 mod link;
 mod loop_machine;
