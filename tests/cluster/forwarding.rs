@@ -2,12 +2,16 @@
 //! together, as one call, and keep their order. Pipelined flips of one
 //! instance through a follower come back alternating (the order held),
 //! and the follower's REPLICATION_STATUS shows fewer forwarded calls than
-//! operations (they were batched).
+//! operations (they were batched). The deepest context and payload a
+//! client may send travel through a follower too.
 
-use serde_json::json;
+use std::time::Instant;
 
-use crate::harness::Cluster;
+use serde_json::{json, Value};
+
+use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
 use crate::support::raw_client::pipeline;
+use crate::support::wire::request;
 
 /// Flips pipelined on one connection: more than a peer connection's
 /// calls in flight (`PEER_REQUESTS_IN_FLIGHT_MAX`, 64).
@@ -46,5 +50,99 @@ fn pipelined_writes_through_a_follower_are_batched_and_keep_their_order() {
     assert!(
         batches * 2 <= ops,
         "{ops} operations went in {batches} calls: not batched ({status})"
+    );
+}
+
+/// Levels a request's `params` may nest below them: a request nests at most
+/// 128 levels (`REQUEST_JSON_DEPTH_MAX`), the envelope and `params` take two.
+const PARAM_VALUE_DEPTH_MAX: usize = 126;
+
+/// An object nested `depth` levels deep (the innermost `{}` counted).
+fn nested_object(depth: usize) -> Value {
+    (1..depth).fold(json!({}), |inner, _| json!({ "d": inner }))
+}
+
+fn nested_array(depth: usize) -> Value {
+    (1..depth).fold(json!([]), |inner, _| json!([inner]))
+}
+
+/// The forwarded operations node `via` counts (REPLICATION_STATUS).
+fn forwarded_ops(cluster: &mut Cluster, via: u64) -> u64 {
+    let status = cluster.ok_on(via, "REPLICATION_STATUS", json!({}));
+    status["shards"][0]["forwarded_ops"].as_u64().unwrap_or(0)
+}
+
+/// `make(attempt)` sent through node `via` until one is answered ok after
+/// `via` forwarded it (its count of forwarded operations grew: it did not
+/// lead). Refusals while the lead moves, and answers `via` gave as the
+/// leader, are tried again; anything else until `CLUSTER_SETTLE_TIMEOUT`
+/// fails the test.
+fn ok_forwarded(cluster: &mut Cluster, via: u64, op: &str, make: impl Fn(usize) -> Value) -> Value {
+    let started = Instant::now();
+    for attempt in 0.. {
+        let before = forwarded_ops(cluster, via);
+        let response = cluster.raw(via).call(op, make(attempt));
+        if response["status"] == "ok" && forwarded_ops(cluster, via) > before {
+            return response["result"].clone();
+        }
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "{op} through node {via} was never answered after forwarding: {response}"
+        );
+        std::thread::sleep(LEADER_POLL);
+    }
+    unreachable!("the attempts never end")
+}
+
+/// A context and a payload as deep as a client may send, through a
+/// follower: forwarded to the leader and replicated to every node. (When
+/// forwarded operations travelled inside a JSON array, these added four
+/// levels on the way, past the leader's JSON parser's limit: the leader
+/// refused the whole call, and the client was told "outcome unknown" at
+/// every retry.)
+#[test]
+fn the_deepest_context_and_payload_a_client_may_send_travel_through_a_follower() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["shallow"]);
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+
+    let ctx = nested_object(PARAM_VALUE_DEPTH_MAX);
+    let created = ok_forwarded(
+        &mut cluster,
+        follower,
+        "CREATE_INSTANCE",
+        |attempt| json!({"machine": "flip", "version": 1, "instance_id": format!("deep-{attempt}"), "initial_ctx": ctx}),
+    );
+    // An array payload is not merged into the context (which stays `{}`),
+    // so the answer stays shallow enough for the test's JSON parser.
+    let payload = nested_array(PARAM_VALUE_DEPTH_MAX);
+    let applied = ok_forwarded(
+        &mut cluster,
+        follower,
+        "APPLY_EVENT",
+        |_| json!({"instance_id": "shallow", "event": "FLIP", "payload": payload}),
+    );
+    assert!(applied["to_state"].is_string(), "{applied}");
+
+    // Every node applied the create (its own state's offset for it).
+    let id = created["instance_id"]
+        .as_str()
+        .expect("instance_id")
+        .to_owned();
+    let offset = created["wal_offset"].as_u64().expect("wal_offset");
+    for node in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.wait_applied(node, &id, offset);
+    }
+    // The context read back through the follower is the one sent. The
+    // answer nests deeper than serde_json parses, so it is read as text.
+    let mut raw = cluster.raw(follower);
+    raw.send_json(&request("get", "GET_INSTANCE", json!({"instance_id": id})));
+    let frame = raw.read_frame().expect("an answer");
+    let text = String::from_utf8_lossy(&frame.payload);
+    assert!(
+        text.contains("\"status\":\"ok\"") && text.contains(&ctx.to_string()),
+        "{}",
+        &text[..text.len().min(300)]
     );
 }

@@ -25,6 +25,16 @@
 //! command's payload and initial context still go through JSON, as the
 //! `Value`s the shard takes. The rarer operations (batch parts,
 //! membership, listings) keep their JSON, where speed does not matter.
+//!
+//! Binary also keeps a command's depth: wrapped in the JSON array and
+//! enum tags, the deepest context or payload a client may send (126
+//! levels inside its request's 128) came to 130, past serde_json's
+//! limit — the leader refused the whole call and every client in it was
+//! told "outcome unknown", again at each retry
+//! (tests/cluster/forwarding.rs). A JSON value here is parsed on its own,
+//! at its own depth. (Batch parts' commands still travel inside JSON:
+//! they fit, for a BATCH request nests its commands as deep as their
+//! forwarded form does.)
 
 use serde_json::Value;
 
