@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
+use crate::support::fixtures::flip_definition;
 use crate::support::raw_client::pipeline;
 use crate::support::wire::request;
 
@@ -145,4 +146,56 @@ fn the_deepest_context_and_payload_a_client_may_send_travel_through_a_follower()
         "{}",
         &text[..text.len().min(300)]
     );
+}
+
+/// A machine whose `meta` is as deep as a client may send it (the
+/// definition inside `params` inside the request), installed through a
+/// follower and read through it: a node that does not lead shard 0 learns
+/// the machines from its leader, all of them in one answer, so one such
+/// machine once made GET_MACHINE and LIST_MACHINES fail there ("outcome
+/// unknown", at every retry) for every machine.
+#[test]
+fn a_machine_with_the_deepest_meta_is_read_through_a_follower() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    let meta = nested_object(PARAM_VALUE_DEPTH_MAX - 1);
+    let mut definition = flip_definition();
+    definition["meta"] = meta.clone();
+    let put = json!({"machine": "deep", "version": 1, "definition": definition});
+    ok_forwarded(&mut cluster, follower, "PUT_MACHINE", |_| put.clone());
+
+    // Answers nest deeper than serde_json parses: read as text.
+    let meta_text = meta.to_string();
+    let params = json!({"machine": "deep", "version": 1});
+    let got = text_forwarded(&mut cluster, follower, "GET_MACHINE", &params);
+    assert!(got.contains(&meta_text), "{got}");
+    let listed = text_forwarded(&mut cluster, follower, "LIST_MACHINES", &json!({}));
+    assert!(listed.contains("\"deep\""), "{listed}");
+}
+
+/// As `ok_forwarded`, with the same params each time; the answer as text.
+fn text_forwarded(cluster: &mut Cluster, via: u64, op: &str, params: &Value) -> String {
+    let started = Instant::now();
+    loop {
+        let before = forwarded_ops(cluster, via);
+        let mut raw = cluster.raw(via);
+        raw.send_json(&request("t", op, params.clone()));
+        let frame = raw.read_frame().expect("an answer");
+        let text = String::from_utf8_lossy(&frame.payload).into_owned();
+        let after = forwarded_ops(cluster, via);
+        eprintln!(
+            "{op} via {via}: forwarded {before} -> {after}: {}",
+            &text[..text.len().min(200)]
+        );
+        if text.contains("\"status\":\"ok\"") && after > before {
+            return text;
+        }
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "{op} through node {via} was never answered after forwarding: {}",
+            &text[..text.len().min(300)]
+        );
+        std::thread::sleep(LEADER_POLL);
+    }
 }

@@ -16,6 +16,7 @@ mod segments;
 
 // One behaviour per file.
 mod compaction;
+mod deep_values;
 mod flush_all;
 mod log_corruption;
 mod sigkill_under_load;

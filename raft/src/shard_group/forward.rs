@@ -41,7 +41,7 @@ use shards::machine::definition::{parse_definition, MachineDef};
 use shards::shard::group_link::MemberChange;
 use shards::shard::{BatchVote, ListPage, ReplyTo, ShardMsg, Verdict};
 
-use super::forward_wire::{Wire, WireCommand, WireError, WireVote};
+use super::forward_wire::{value_as_text, Wire, WireCommand, WireError, WireVote};
 use crate::net::frame::FRAME_BODY_MAX_BYTES;
 
 /// How long a forwarded operation may take, answer included: a commit's
@@ -86,6 +86,7 @@ pub(super) enum Forwarded {
     InstallMachine {
         machine: String,
         version: u32,
+        #[serde(with = "value_as_text")]
         definition: Value,
     },
     Machines,
@@ -140,8 +141,9 @@ pub(super) enum Answer {
     /// never through JSON.
     Exec(Wire<Vec<u8>>),
     Installed(Wire<bool>),
-    /// (machine, version, definition) of each machine.
-    Machines(Wire<Vec<(String, u32, Value)>>),
+    /// (machine, version, definition as JSON text: `forward_wire.rs` says
+    /// why) of each machine.
+    Machines(Wire<Vec<(String, u32, String)>>),
     Listed {
         total: u64,
         rows: Vec<(String, String)>,
@@ -275,7 +277,12 @@ impl ReplyTarget {
             (ReplyTarget::Machines(done), Answer::Machines(r)) => {
                 let defs = r.map_err(WireError::into_engine).and_then(|list| {
                     list.into_iter()
-                        .map(|(m, v, d)| parse_definition(&m, v, &d).map(Arc::new))
+                        .map(|(m, v, text)| {
+                            let d: Value = serde_json::from_str(&text).map_err(|e| {
+                                EngineError::internal(format!("the leader's definition: {e}"))
+                            })?;
+                            parse_definition(&m, v, &d).map(Arc::new)
+                        })
                         .collect()
                 });
                 let _ = done.send(defs);

@@ -28,13 +28,12 @@
 //!
 //! Binary also keeps a command's depth: wrapped in the JSON array and
 //! enum tags, the deepest context or payload a client may send (126
-//! levels inside its request's 128) came to 130, past serde_json's
-//! limit — the leader refused the whole call and every client in it was
-//! told "outcome unknown", again at each retry
+//! levels inside its request's 128) came to 130, past the 127 levels
+//! serde_json parses — the leader refused the whole call and every client
+//! in it was told "outcome unknown", again at each retry
 //! (tests/cluster/forwarding.rs). A JSON value here is parsed on its own,
-//! at its own depth. (Batch parts' commands still travel inside JSON:
-//! they fit, for a BATCH request nests its commands as deep as their
-//! forwarded form does.)
+//! at its own depth; inside the operations that keep their JSON, a
+//! client's values travel as text for the same reason (`forward_wire.rs`).
 
 use serde_json::Value;
 
@@ -333,6 +332,53 @@ mod tests {
         ops.push(Forwarded::AtomicBatch(commands()));
         let encoded = body(&ops);
         let back = decode_ops(&encoded).expect("operations");
+        assert_eq!(as_json(&back), as_json(&ops));
+    }
+
+    /// A value `depth` levels deep.
+    fn nested(depth: usize) -> Value {
+        (1..depth).fold(json!({}), |inner, _| json!({ "d": inner }))
+    }
+
+    /// The deepest context and payload a client may send (126 levels, its
+    /// request's 128 less the envelope and `params`) come through whatever
+    /// an operation nests them in.
+    #[test]
+    fn the_deepest_values_a_client_may_send_come_through() {
+        let deep = nested(126);
+        let cmds = || {
+            vec![
+                WireCommand::Create {
+                    instance_id: "i".into(),
+                    machine: "m".into(),
+                    version: 1,
+                    initial_ctx: deep.clone(),
+                    idempotency_key: None,
+                },
+                WireCommand::Apply {
+                    instance_id: "i".into(),
+                    event: "e".into(),
+                    payload: deep.clone(),
+                    expected_state: None,
+                    expected_wal_offset: None,
+                    event_id: None,
+                    idempotency_key: None,
+                },
+            ]
+        };
+        let mut ops: Vec<Forwarded> = cmds().into_iter().map(Forwarded::Exec).collect();
+        ops.push(Forwarded::AtomicBatch(cmds()));
+        ops.push(Forwarded::Prepare {
+            txid: 1,
+            decider: 0,
+            ops: cmds(),
+        });
+        ops.push(Forwarded::InstallMachine {
+            machine: "m".into(),
+            version: 1,
+            definition: json!({"states": ["a"], "meta": nested(125)}),
+        });
+        let back = decode_ops(&body(&ops)).expect("operations");
         assert_eq!(as_json(&back), as_json(&ops));
     }
 

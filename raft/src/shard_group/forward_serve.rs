@@ -255,7 +255,10 @@ fn queue(
                 Answer::Machines(
                     r.map(|defs| {
                         defs.iter()
-                            .map(|d| (d.machine.clone(), d.version, d.normalized_value()))
+                            .map(|d| {
+                                let text = d.normalized_value().to_string();
+                                (d.machine.clone(), d.version, text)
+                            })
                             .collect()
                     })
                     .map_err(WireError::from),

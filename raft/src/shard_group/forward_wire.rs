@@ -1,6 +1,14 @@
 //! How forwarded operations travel between nodes (`forward.rs`): instance
 //! commands, errors and batch votes in a serializable form, converted
 //! both ways.
+//!
+//! A JSON value a client sent (a context, a payload, a machine's
+//! definition) travels inside this JSON as its text, a string
+//! ([`value_as_text`]): nested inside the message, the deepest value a
+//! client may send (126 levels inside its request's 128) would pass the
+//! 127 levels serde_json parses, and the whole call would be refused —
+//! every client in it told "outcome unknown", at every retry
+//! (tests/cluster/forwarding.rs). Parsed on its own, it fits.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,12 +22,14 @@ pub(super) enum WireCommand {
         instance_id: String,
         machine: String,
         version: u32,
+        #[serde(with = "value_as_text")]
         initial_ctx: Value,
         idempotency_key: Option<String>,
     },
     Apply {
         instance_id: String,
         event: String,
+        #[serde(with = "value_as_text")]
         payload: Value,
         expected_state: Option<String>,
         expected_wal_offset: Option<u64>,
@@ -171,5 +181,21 @@ impl From<WireVote> for BatchVote {
             WireVote::No(i, e) => BatchVote::No(i, e.into_engine()),
             WireVote::Refused(e) => BatchVote::Refused(e.into_engine()),
         }
+    }
+}
+
+/// A JSON value serialized as its text, a string (the module above says
+/// why); `#[serde(with = "value_as_text")]`.
+pub(super) mod value_as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(value: &Value, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&value.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Value, D::Error> {
+        let text = String::deserialize(input)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }
