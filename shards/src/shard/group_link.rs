@@ -92,8 +92,8 @@ impl LinkError {
             LinkError::OutcomeUnknown { leader } => (
                 FAILOVER_ERROR_CODE,
                 *leader,
-                "the shard's leader changed, or did not answer in time, before the write was \
-                 known committed; it may or may not have been applied",
+                "the shard's leader changed, or did not answer in time, before the request's \
+                 outcome was known; a write may or may not have been applied",
             ),
             LinkError::NoQuorum(_) => (
                 FAILOVER_ERROR_CODE,
