@@ -119,9 +119,11 @@ impl Queued {
         let mut timer = pin!(glommio::timer::sleep(
             deadline.saturating_duration_since(Instant::now())
         ));
-        // The instance commands' replies, as they come.
+        // The instance commands' replies, as they come; once the time is
+        // up, those already there.
         let mut left = self.commands;
         let mut closed = false;
+        let mut late_now = false;
         while left > 0 {
             let reply = match self.replies.try_recv() {
                 Ok(reply) => reply,
@@ -129,6 +131,7 @@ impl Queued {
                     closed = true;
                     break;
                 }
+                Err(flume::TryRecvError::Empty) if late_now => break,
                 Err(flume::TryRecvError::Empty) => {
                     match select(self.replies.recv_async(), timer.as_mut()).await {
                         Either::Left((Ok(reply), _)) => reply,
@@ -136,7 +139,10 @@ impl Queued {
                             closed = true;
                             break;
                         }
-                        Either::Right(_) => break,
+                        Either::Right(_) => {
+                            late_now = true;
+                            continue;
+                        }
                     }
                 }
             };
