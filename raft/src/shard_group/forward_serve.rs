@@ -83,6 +83,8 @@ struct Queued {
 
 impl Queued {
     fn new(mailbox: &flume::Sender<ShardMsg>, ops: Vec<Forwarded>) -> Queued {
+        // Unbounded, yet it holds at most the batch's count of replies:
+        // each queued command answers once.
         let (tx, replies) = flume::unbounded();
         let slots: Vec<Slot> = ops
             .into_iter()
