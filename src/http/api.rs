@@ -136,7 +136,7 @@ async fn handle(
             if bytes.is_empty() {
                 Value::Null
             } else {
-                parse_json_document(&mut bytes)?
+                parse_json_document(&mut bytes, route.body.levels_around())?
             }
         }
     };
@@ -183,7 +183,7 @@ async fn webhook(
         if bytes.is_empty() {
             Value::Null
         } else {
-            parse_json_document(&mut bytes)?
+            parse_json_document(&mut bytes, BodyUse::Params.levels_around())?
         }
     } else {
         Value::Null

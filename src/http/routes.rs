@@ -87,6 +87,19 @@ pub enum BodyUse {
     Definition,
 }
 
+impl BodyUse {
+    /// How many levels an RCP request nests around what the body holds
+    /// (its envelope, and `params` around a definition): the body may nest
+    /// only as deep as the same values can over RCP
+    /// (`request::parse_json_document`).
+    pub fn levels_around(self) -> usize {
+        match self {
+            BodyUse::None | BodyUse::Params => 1,
+            BodyUse::Definition => 2,
+        }
+    }
+}
+
 /// One route: method, path template (OpenAPI syntax, `{name}` for a path
 /// parameter, which becomes the RCP parameter of that name), what it runs.
 #[derive(Debug)]

@@ -47,11 +47,11 @@ enum TextDefect {
 }
 
 impl TextDefect {
-    fn message(&self) -> String {
+    /// What the client is told; `limit` is the nesting the document was
+    /// allowed.
+    fn message(&self, limit: usize) -> String {
         match self {
-            TextDefect::TooDeep => {
-                format!("JSON nesting deeper than {REQUEST_JSON_DEPTH_MAX} levels")
-            }
+            TextDefect::TooDeep => format!("JSON nesting deeper than {limit} levels"),
             TextDefect::LoneSurrogate => {
                 "malformed JSON: a \\u escape names half of a UTF-16 surrogate pair".into()
             }
@@ -64,9 +64,16 @@ impl TextDefect {
 /// integers beyond 64 bits read as floats — for the bodies of the HTTP API,
 /// so its operations see exactly what they would see over RCP. `text` is
 /// scratch: simd-json parses in place.
-pub fn parse_json_document(text: &mut [u8]) -> Result<Value, EngineError> {
-    check_text(text, REQUEST_JSON_DEPTH_MAX)
-        .map_err(|defect| EngineError::bad_request(defect.message()))?;
+///
+/// `levels_around`: how many levels an RCP request nests around the same
+/// document (1 for an operation's params, 2 for a machine's definition).
+/// The document may nest only as deep as it could inside a request: a
+/// value one level deeper than RCP allows came to 128 levels in its log
+/// record, past the 127 serde_json reads back, and the server could not
+/// restart (tests/http/deep_values.rs).
+pub fn parse_json_document(text: &mut [u8], levels_around: usize) -> Result<Value, EngineError> {
+    let limit = REQUEST_JSON_DEPTH_MAX.saturating_sub(levels_around);
+    check_text(text, limit).map_err(|defect| EngineError::bad_request(defect.message(limit)))?;
     json_tape::parse_value(text)
         .map_err(|e| EngineError::bad_request(format!("malformed JSON: {e}")))
 }
@@ -278,7 +285,7 @@ pub fn parse_request(payload: &mut [u8]) -> Result<Request, BadEnvelope> {
     if let Err(defect) = check_text(payload, REQUEST_JSON_DEPTH_MAX) {
         return Err(bad(
             salvage_id(payload).unwrap_or_else(|| NULL_ID.to_vec()),
-            defect.message(),
+            defect.message(REQUEST_JSON_DEPTH_MAX),
         ));
     }
     match json_tape::with_tape(payload, read_envelope) {

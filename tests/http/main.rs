@@ -20,6 +20,7 @@ mod ws_client;
 // One behaviour per file.
 mod auth;
 mod cross_protocol;
+mod deep_values;
 mod errors;
 mod limits;
 mod page;
