@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL};
 use crate::support::fixtures::flip_definition;
+use crate::support::fixtures::nested_object;
 use crate::support::raw_client::pipeline;
 use crate::support::wire::request;
 
@@ -57,11 +58,6 @@ fn pipelined_writes_through_a_follower_are_batched_and_keep_their_order() {
 /// Levels a request's `params` may nest below them: a request nests at most
 /// 128 levels (`REQUEST_JSON_DEPTH_MAX`), the envelope and `params` take two.
 const PARAM_VALUE_DEPTH_MAX: usize = 126;
-
-/// An object nested `depth` levels deep (the innermost `{}` counted).
-fn nested_object(depth: usize) -> Value {
-    (1..depth).fold(json!({}), |inner, _| json!({ "d": inner }))
-}
 
 fn nested_array(depth: usize) -> Value {
     (1..depth).fold(json!([]), |inner, _| json!([inner]))

@@ -8,14 +8,10 @@
 use serde_json::{json, Value};
 
 use crate::client::{order_definition, start, wait_listening, Answer};
+use crate::support::fixtures::nested_object;
 
 /// The nesting an RCP request may have (`REQUEST_JSON_DEPTH_MAX`).
 const REQUEST_DEPTH_MAX: usize = 128;
-
-/// An object nested `depth` levels deep (the innermost `{}` counted).
-fn nested_object(depth: usize) -> Value {
-    (1..depth).fold(json!({}), |inner, _| json!({ "d": inner }))
-}
 
 fn head(answer: &Answer) -> &str {
     &answer.text[..answer.text.len().min(300)]

@@ -79,3 +79,10 @@ pub fn flip_definition() -> Value {
         ]
     })
 }
+
+/// An object nested `depth` levels deep (the innermost `{}` counted):
+/// `{"d":{"d":…{}…}}`, for the tests of the deepest values a client may
+/// send.
+pub fn nested_object(depth: usize) -> Value {
+    (1..depth).fold(json!({}), |inner, _| json!({ "d": inner }))
+}
