@@ -71,24 +71,41 @@ fn forwarded_ops(cluster: &mut Cluster, via: u64) -> u64 {
 
 /// `make(attempt)` sent through node `via` until one is answered ok after
 /// `via` forwarded it (its count of forwarded operations grew: it did not
-/// lead). Refusals while the lead moves, and answers `via` gave as the
-/// leader, are tried again; anything else until `CLUSTER_SETTLE_TIMEOUT`
-/// fails the test.
-fn ok_forwarded(cluster: &mut Cluster, via: u64, op: &str, make: impl Fn(usize) -> Value) -> Value {
+/// lead); the answer as text (it may nest deeper than serde_json reads).
+/// Refusals while the lead moves, and answers `via` gave as the leader,
+/// are tried again; anything else until `CLUSTER_SETTLE_TIMEOUT` fails the
+/// test.
+fn text_forwarded(
+    cluster: &mut Cluster,
+    via: u64,
+    op: &str,
+    make: impl Fn(usize) -> Value,
+) -> String {
     let started = Instant::now();
     for attempt in 0.. {
         let before = forwarded_ops(cluster, via);
-        let response = cluster.raw(via).call(op, make(attempt));
-        if response["status"] == "ok" && forwarded_ops(cluster, via) > before {
-            return response["result"].clone();
+        let mut raw = cluster.raw(via);
+        raw.send_json(&request(&format!("t{attempt}"), op, make(attempt)));
+        let frame = raw.read_frame().expect("an answer");
+        let text = String::from_utf8_lossy(&frame.payload).into_owned();
+        if text.contains("\"status\":\"ok\"") && forwarded_ops(cluster, via) > before {
+            return text;
         }
         assert!(
             started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
-            "{op} through node {via} was never answered after forwarding: {response}"
+            "{op} through node {via} was never answered after forwarding: {}",
+            &text[..text.len().min(300)]
         );
         std::thread::sleep(LEADER_POLL);
     }
     unreachable!("the attempts never end")
+}
+
+/// As `text_forwarded`, for an answer serde_json reads: its `result`.
+fn ok_forwarded(cluster: &mut Cluster, via: u64, op: &str, make: impl Fn(usize) -> Value) -> Value {
+    let text = text_forwarded(cluster, via, op, make);
+    let answer: Value = serde_json::from_str(&text).expect("a JSON answer");
+    answer["result"].clone()
 }
 
 /// A context and a payload as deep as a client may send, through a
@@ -164,34 +181,8 @@ fn a_machine_with_the_deepest_meta_is_read_through_a_follower() {
     // Answers nest deeper than serde_json parses: read as text.
     let meta_text = meta.to_string();
     let params = json!({"machine": "deep", "version": 1});
-    let got = text_forwarded(&mut cluster, follower, "GET_MACHINE", &params);
+    let got = text_forwarded(&mut cluster, follower, "GET_MACHINE", |_| params.clone());
     assert!(got.contains(&meta_text), "{got}");
-    let listed = text_forwarded(&mut cluster, follower, "LIST_MACHINES", &json!({}));
+    let listed = text_forwarded(&mut cluster, follower, "LIST_MACHINES", |_| json!({}));
     assert!(listed.contains("\"deep\""), "{listed}");
-}
-
-/// As `ok_forwarded`, with the same params each time; the answer as text.
-fn text_forwarded(cluster: &mut Cluster, via: u64, op: &str, params: &Value) -> String {
-    let started = Instant::now();
-    loop {
-        let before = forwarded_ops(cluster, via);
-        let mut raw = cluster.raw(via);
-        raw.send_json(&request("t", op, params.clone()));
-        let frame = raw.read_frame().expect("an answer");
-        let text = String::from_utf8_lossy(&frame.payload).into_owned();
-        let after = forwarded_ops(cluster, via);
-        eprintln!(
-            "{op} via {via}: forwarded {before} -> {after}: {}",
-            &text[..text.len().min(200)]
-        );
-        if text.contains("\"status\":\"ok\"") && after > before {
-            return text;
-        }
-        assert!(
-            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
-            "{op} through node {via} was never answered after forwarding: {}",
-            &text[..text.len().min(300)]
-        );
-        std::thread::sleep(LEADER_POLL);
-    }
 }

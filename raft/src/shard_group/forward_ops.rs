@@ -85,6 +85,38 @@ pub(super) fn encode_op(op: &Forwarded) -> Vec<u8> {
     out
 }
 
+/// A whole batch body holding `ops` (the follower builds its batches an
+/// operation at a time: `forward_batch.rs`).
+fn encode_ops(ops: &[Forwarded]) -> Vec<u8> {
+    let mut body = start_ops();
+    for op in ops {
+        body.extend_from_slice(&encode_op(op));
+    }
+    seal_ops(&mut body, ops.len());
+    body
+}
+
+/// Operations as comparable values: equal JSON, equal operations.
+fn as_json(ops: &[Forwarded]) -> Vec<Value> {
+    ops.iter()
+        .map(|op| serde_json::to_value(op).expect("an operation serializes"))
+        .collect()
+}
+
+/// For the fuzz target: decode `body`; what decodes must encode again to
+/// the same operations. Panics if not, for the fuzzer to report.
+pub fn fuzz_round_trip(body: &[u8]) {
+    let Ok(ops) = decode_ops(body) else {
+        return;
+    };
+    let back = decode_ops(&encode_ops(&ops)).expect("re-encoded operations decode");
+    assert_eq!(
+        as_json(&back),
+        as_json(&ops),
+        "operations changed on a round trip"
+    );
+}
+
 /// The operations `body` holds, or why it does not hold operations.
 pub(super) fn decode_ops(body: &[u8]) -> Result<Vec<Forwarded>, CodecError> {
     let mut c = Cursor::new(body);
@@ -303,22 +335,6 @@ mod tests {
         ]
     }
 
-    fn body(ops: &[Forwarded]) -> Vec<u8> {
-        let mut body = start_ops();
-        for op in ops {
-            body.extend_from_slice(&encode_op(op));
-        }
-        seal_ops(&mut body, ops.len());
-        body
-    }
-
-    /// Operations compare by their JSON: equal JSON, equal operation.
-    fn as_json(ops: &[Forwarded]) -> Vec<Value> {
-        ops.iter()
-            .map(|op| serde_json::to_value(op).unwrap())
-            .collect()
-    }
-
     #[test]
     fn every_command_and_other_operations_round_trip_in_order() {
         let mut ops: Vec<Forwarded> = commands().into_iter().map(Forwarded::Exec).collect();
@@ -330,7 +346,7 @@ mod tests {
             },
         );
         ops.push(Forwarded::AtomicBatch(commands()));
-        let encoded = body(&ops);
+        let encoded = encode_ops(&ops);
         let back = decode_ops(&encoded).expect("operations");
         assert_eq!(as_json(&back), as_json(&ops));
     }
@@ -378,7 +394,7 @@ mod tests {
             version: 1,
             definition: json!({"states": ["a"], "meta": nested(125)}),
         });
-        let back = decode_ops(&body(&ops)).expect("operations");
+        let back = decode_ops(&encode_ops(&ops)).expect("operations");
         assert_eq!(as_json(&back), as_json(&ops));
     }
 
@@ -387,7 +403,7 @@ mod tests {
         let ops = [Forwarded::Exec(WireCommand::Get {
             instance_id: "a \"quoted\" id".into(),
         })];
-        let encoded = body(&ops);
+        let encoded = encode_ops(&ops);
         let raw = b"a \"quoted\" id";
         assert!(encoded.windows(raw.len()).any(|w| w == raw));
     }
@@ -395,7 +411,7 @@ mod tests {
     #[test]
     fn a_damaged_body_is_an_error_not_a_panic() {
         let ops: Vec<Forwarded> = commands().into_iter().map(Forwarded::Exec).collect();
-        let encoded = body(&ops);
+        let encoded = encode_ops(&ops);
         for len in 0..encoded.len() {
             assert!(decode_ops(&encoded[..len]).is_err(), "cut at {len}");
         }
@@ -427,7 +443,7 @@ mod tests {
         let ops = [Forwarded::Exec(WireCommand::Get {
             instance_id: "ab".into(),
         })];
-        let mut encoded = body(&ops);
+        let mut encoded = encode_ops(&ops);
         let last = encoded.len() - 1;
         encoded[last] = 0xFF;
         assert!(decode_ops(&encoded).is_err());
