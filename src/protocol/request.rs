@@ -15,7 +15,14 @@ use super::op::Op;
 
 /// Deepest JSON nesting accepted in a request; deeper documents are refused
 /// before anything recursive (guards, canonical writer) touches them.
-pub const REQUEST_JSON_DEPTH_MAX: usize = 128;
+///
+/// 127 is what rstmdb's serde_json parser takes, and what the serde_json
+/// inside the Rust client reads back: an answer nests its values exactly
+/// as deep as the request that stored them (GET_INSTANCE's `ctx` sits
+/// where CREATE_INSTANCE's `initial_ctx` did), so any value a client could
+/// store, it can read. At 128 a context stored at the limit came back in a
+/// 128-level answer the Rust client could not parse (tests/client/deep_values.rs).
+pub const REQUEST_JSON_DEPTH_MAX: usize = 127;
 const _: () = assert!(
     REQUEST_JSON_DEPTH_MAX <= shards::snapshot::codec::SNAPSHOT_VALUE_DEPTH_MAX,
     "every context a request can carry must fit in a snapshot"
@@ -68,7 +75,7 @@ impl TextDefect {
 /// `levels_around`: how many levels an RCP request nests around the same
 /// document (1 for an operation's params, 2 for a machine's definition).
 /// The document may nest only as deep as it could inside a request: a
-/// value one level deeper than RCP allows came to 128 levels in its log
+/// value one level deeper than RCP allowed came to 128 levels in its log
 /// record, past the 127 serde_json reads back, and the server could not
 /// restart (tests/http/deep_values.rs).
 pub fn parse_json_document(text: &mut [u8], levels_around: usize) -> Result<Value, EngineError> {

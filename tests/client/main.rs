@@ -13,6 +13,7 @@ mod setup;
 // One behaviour per file.
 mod apply_event;
 mod auth;
+mod deep_values;
 mod error_codes;
 mod guards;
 mod idempotency;

@@ -56,8 +56,8 @@ fn pipelined_writes_through_a_follower_are_batched_and_keep_their_order() {
 }
 
 /// Levels a request's `params` may nest below them: a request nests at most
-/// 128 levels (`REQUEST_JSON_DEPTH_MAX`), the envelope and `params` take two.
-const PARAM_VALUE_DEPTH_MAX: usize = 126;
+/// 127 levels (`REQUEST_JSON_DEPTH_MAX`), the envelope and `params` take two.
+const PARAM_VALUE_DEPTH_MAX: usize = 125;
 
 fn nested_array(depth: usize) -> Value {
     (1..depth).fold(json!([]), |inner, _| json!([inner]))

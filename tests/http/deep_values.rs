@@ -11,7 +11,7 @@ use crate::client::{order_definition, start, wait_listening, Answer};
 use crate::support::fixtures::nested_object;
 
 /// The nesting an RCP request may have (`REQUEST_JSON_DEPTH_MAX`).
-const REQUEST_DEPTH_MAX: usize = 128;
+const REQUEST_DEPTH_MAX: usize = 127;
 
 fn head(answer: &Answer) -> &str {
     &answer.text[..answer.text.len().min(300)]

@@ -1,6 +1,6 @@
 //! The deepest values a client may send over RCP survive the log and a
-//! restart: a request nests at most 128 levels (`REQUEST_JSON_DEPTH_MAX`),
-//! so a context nests at most 126 and a payload's member 125, and their
+//! restart: a request nests at most 127 levels (`REQUEST_JSON_DEPTH_MAX`),
+//! so a context nests at most 125 and a payload's member 124, and their
 //! log records (one level around them) stay within the 127 levels
 //! serde_json reads back. (Over HTTP a body once let a value nest deeper
 //! and the server could not restart: tests/http/deep_values.rs.)
@@ -13,7 +13,7 @@ use crate::support::{RawClient, Server};
 
 /// Levels a request puts around a context: its envelope and `params`.
 const LEVELS_AROUND_A_CONTEXT: usize = 2;
-const REQUEST_DEPTH_MAX: usize = 128;
+const REQUEST_DEPTH_MAX: usize = 127;
 
 /// The answer to `op` as text (it may nest deeper than serde_json reads),
 /// which must be a success.

@@ -27,8 +27,8 @@
 //! membership, listings) keep their JSON, where speed does not matter.
 //!
 //! Binary also keeps a command's depth: wrapped in the JSON array and
-//! enum tags, the deepest context or payload a client may send (126
-//! levels inside its request's 128) came to 130, past the 127 levels
+//! enum tags, the deepest context or payload a client may send (125
+//! levels inside its request's 127) came to 129, past the 127 levels
 //! serde_json parses — the leader refused the whole call and every client
 //! in it was told "outcome unknown", again at each retry
 //! (tests/cluster/forwarding.rs). A JSON value here is parsed on its own,
@@ -356,9 +356,9 @@ mod tests {
         (1..depth).fold(json!({}), |inner, _| json!({ "d": inner }))
     }
 
-    /// The deepest context and payload a client may send (126 levels, its
-    /// request's 128 less the envelope and `params`) come through whatever
-    /// an operation nests them in.
+    /// Contexts and payloads a level deeper than a client may send (125
+    /// levels: its request's 127 less the envelope and `params`) come
+    /// through whatever an operation nests them in.
     #[test]
     fn the_deepest_values_a_client_may_send_come_through() {
         let deep = nested(126);

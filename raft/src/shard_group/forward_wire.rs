@@ -5,7 +5,7 @@
 //! A JSON value a client sent (a context, a payload, a machine's
 //! definition) travels inside this JSON as its text, a string
 //! ([`value_as_text`]): nested inside the message, the deepest value a
-//! client may send (126 levels inside its request's 128) would pass the
+//! client may send (125 levels inside its request's 127) would pass the
 //! 127 levels serde_json parses, and the whole call would be refused —
 //! every client in it told "outcome unknown", at every retry
 //! (tests/cluster/forwarding.rs). Parsed on its own, it fits.
