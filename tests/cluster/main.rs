@@ -12,6 +12,7 @@ mod batch;
 mod failover;
 mod failover_time;
 mod forwarding;
+mod large_values;
 mod storage_ops;
 // The Raft crate's fault proxy (its tests: raft/tests/fault_proxy.rs).
 #[path = "../../raft/tests/support/fault_proxy.rs"]

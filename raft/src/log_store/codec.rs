@@ -92,6 +92,8 @@ impl std::error::Error for CodecError {}
 
 /// Bytes of an encoded log id.
 pub const LOG_ID_BYTES: usize = 24;
+/// Bytes of a normal entry before its application data: log id and kind.
+pub const NORMAL_ENTRY_HEAD_BYTES: usize = LOG_ID_BYTES + 1;
 /// Most configs in one membership (a joint config has two).
 pub const MEMBERSHIP_CONFIGS_MAX: u32 = 16;
 /// Most voters in one config, and most nodes in one membership.
@@ -409,6 +411,17 @@ mod tests {
         ]);
         let m = Membership::new(vec![BTreeSet::from([1, 2])], nodes).unwrap();
         round_trip(EntryPayload::Membership(m));
+    }
+
+    #[test]
+    fn a_normal_entry_is_its_data_and_head() {
+        let entry = Entry {
+            log_id: log_id(3, 7, 42),
+            payload: EntryPayload::Normal(Bytes(vec![7; 1000])),
+        };
+        let mut out = Vec::new();
+        encode_entry(&entry, &mut out);
+        assert_eq!(out.len(), 1000 + NORMAL_ENTRY_HEAD_BYTES);
     }
 
     #[test]

@@ -27,6 +27,9 @@ use crate::log_store::codec::{
     decode_entry, decode_optional_log_id, encode_entry, encode_optional_log_id, encode_vote,
     read_vote, Cursor, LOG_ID_BYTES,
 };
+use shards::wal::record::RECORD_PAYLOAD_MAX_BYTES;
+
+use super::frame::FRAME_BODY_MAX_BYTES;
 use crate::log_store::{CodecError, WalTypes};
 
 /// Bytes of the smallest encoded entry (a blank one: log id and kind), so
@@ -38,21 +41,56 @@ const ENTRY_MIN_BYTES: usize = 4 + LOG_ID_BYTES + 1;
 /// ids and the count (a heartbeat's whole body).
 const APPEND_BODY_START_BYTES: usize = 17 + 2 * (1 + LOG_ID_BYTES) + 4;
 
-/// The request's body.
+/// Bytes of entries one AppendEntries request carries at most (more when
+/// its first entry alone is larger); the rest go in the next. A frame
+/// holds up a link's other calls — heartbeats and votes of every group —
+/// while it travels: 4 MiB is about 34 ms on a 1 Gbit/s link, inside the
+/// 50 ms a heartbeat is given by default. Unbounded, a follower catching
+/// up on large entries was sent them in one body past the frame limit,
+/// and the leader stopped (tests/cluster/large_values.rs).
+pub const APPEND_BODY_TARGET_BYTES: usize = 4 << 20;
+
+// Any entry the log store holds travels alone in one frame: the store
+// keeps an encoded entry within one WAL record (`log_store::append`).
+const _: () = assert!(
+    APPEND_BODY_START_BYTES + 4 + RECORD_PAYLOAD_MAX_BYTES <= FRAME_BODY_MAX_BYTES as usize,
+    "a stored entry must fit in one AppendEntries frame"
+);
+
+/// The request's body, with every entry.
 pub fn encode_append<C: WalTypes>(rpc: &AppendEntriesRequest<C>) -> Vec<u8> {
+    encode_append_within(rpc, usize::MAX).0
+}
+
+/// The request's body with its first entries, in order, as many as keep
+/// the body within `body_bytes_max` — but always the first, however large
+/// — and how many that is. The rest wait for a later request: openraft
+/// takes a partial success and sends them next (`network.rs`).
+pub fn encode_append_within<C: WalTypes>(
+    rpc: &AppendEntriesRequest<C>,
+    body_bytes_max: usize,
+) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(APPEND_BODY_START_BYTES);
     encode_vote(&rpc.vote, &mut out);
     encode_optional_log_id(rpc.prev_log_id.as_ref(), &mut out);
     encode_optional_log_id(rpc.leader_commit.as_ref(), &mut out);
-    out.extend_from_slice(&(rpc.entries.len() as u32).to_le_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut sent = 0;
     for entry in &rpc.entries {
         let at = out.len();
         out.extend_from_slice(&[0; 4]);
         encode_entry(entry, &mut out);
+        if sent > 0 && out.len() > body_bytes_max {
+            out.truncate(at);
+            break;
+        }
         let len = (out.len() - at - 4) as u32;
         out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        sent += 1;
     }
-    out
+    out[count_at..count_at + 4].copy_from_slice(&(sent as u32).to_le_bytes());
+    (out, sent)
 }
 
 /// The request `body` holds.
@@ -146,6 +184,42 @@ mod tests {
         // The records travel as they are: no base64, no escapes.
         assert!(body.windows(records.len()).any(|w| w == records));
         assert!(body.len() < records.len() + 512);
+    }
+
+    #[test]
+    fn a_body_holds_the_entries_that_fit_and_always_the_first() {
+        let entry = |i: u64, bytes: usize| Entry {
+            log_id: log_id(5, 11 + i),
+            payload: EntryPayload::Normal(TurnRecords(vec![i as u8; bytes])),
+        };
+        let rpc = AppendEntriesRequest::<ShardGroup> {
+            vote: WalVote {
+                leader_id: WalLeaderId {
+                    term: 5,
+                    node_id: 2,
+                },
+                committed: true,
+            },
+            prev_log_id: Some(log_id(4, 10)),
+            entries: vec![entry(0, 3000), entry(1, 3000), entry(2, 3000)],
+            leader_commit: Some(log_id(4, 10)),
+        };
+        let sent_within = |max: usize| {
+            let (body, sent) = encode_append_within(&rpc, max);
+            let back = decode_append::<ShardGroup>(&body).unwrap();
+            assert_eq!(back.entries.len(), sent);
+            for (got, want) in back.entries.iter().zip(&rpc.entries) {
+                assert_eq!(got.log_id, want.log_id);
+            }
+            assert!(sent == 1 || body.len() <= max, "{} > {max}", body.len());
+            sent
+        };
+        assert_eq!(sent_within(usize::MAX), 3);
+        assert_eq!(sent_within(9_000), 2);
+        assert_eq!(sent_within(6_500), 2);
+        assert_eq!(sent_within(6_000), 1);
+        // The first entry goes even when it alone is larger.
+        assert_eq!(sent_within(100), 1);
     }
 
     #[test]

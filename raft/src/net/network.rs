@@ -33,9 +33,9 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::append_wire::encode_append;
+use super::append_wire::{encode_append_within, APPEND_BODY_TARGET_BYTES};
 use super::client::{CallError, PeerClient};
-use super::frame::FrameKind;
+use super::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
 use super::handshake::ClusterCredentials;
 use super::snapshot::{chunk_size_bytes, SNAPSHOT_SIZE_MAX_BYTES};
 use super::tls::PeerTls;
@@ -228,14 +228,33 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let body = encode_append(&rpc);
-        self.call(
-            FrameKind::AppendEntries,
-            RPCTypes::AppendEntries,
-            &body,
-            &option,
-        )
-        .await
+        let (body, sent) = encode_append_within(&rpc, APPEND_BODY_TARGET_BYTES);
+        if body.len() > FRAME_BODY_MAX_BYTES as usize {
+            // Not reachable: the log store keeps every entry small enough
+            // to travel alone (asserted in `append_wire`). Refused rather
+            // than sent, as a frame that large cannot be.
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "group {}: an entry of {} bytes cannot travel in one frame (at most \
+                 {FRAME_BODY_MAX_BYTES} bytes)",
+                self.group_id,
+                body.len()
+            ))));
+        }
+        let answer: AppendEntriesResponse<C> = self
+            .call(
+                FrameKind::AppendEntries,
+                RPCTypes::AppendEntries,
+                &body,
+                &option,
+            )
+            .await?;
+        // The follower took the entries sent; the others go next.
+        match answer {
+            AppendEntriesResponse::Success if sent < rpc.entries.len() => Ok(
+                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[sent - 1].log_id)),
+            ),
+            answer => Ok(answer),
+        }
     }
 
     async fn vote(

@@ -15,11 +15,13 @@ use shards::shard::group_link::{
 };
 use shards::shard::ShardMsg;
 use shards::wal::files::LogFiles;
+use shards::wal::record::RECORD_PAYLOAD_MAX_BYTES;
 use shards::wal::WalStats;
 
 use super::forward_batch::ForwardQueue;
 use super::member::{GroupError, GroupMember, GroupRaft, MemberSetup};
 use super::{LoopMachine, TurnRecords};
+use crate::log_store::codec::NORMAL_ENTRY_HEAD_BYTES;
 use crate::log_store::OpenReport;
 use crate::net::{GroupInbox, PeerPool};
 use crate::GlommioRuntime;
@@ -39,6 +41,10 @@ pub const READ_BARRIER_TIMEOUT_MS: u64 = 2_000;
 /// How long a new leader may take to commit and apply the whole log it
 /// holds before its first turn.
 pub const LEADER_CATCH_UP_TIMEOUT_MS: u64 = 2_000;
+
+/// The most bytes of records one turn's entry holds: the log store keeps an
+/// encoded entry (its log id, its kind and the records) in one WAL record.
+pub const ENTRY_RECORDS_BYTES_MAX: usize = RECORD_PAYLOAD_MAX_BYTES - NORMAL_ENTRY_HEAD_BYTES;
 
 /// What a shard loop calls on its group.
 pub struct MemberLink {
@@ -103,6 +109,10 @@ impl GroupLink for MemberLink {
                 Err(_) => Err(LinkError::OutcomeUnknown { leader }),
             }
         })
+    }
+
+    fn entry_records_bytes_max(&self) -> usize {
+        ENTRY_RECORDS_BYTES_MAX
     }
 
     fn barrier(&self) -> LinkFuture<Result<(), LinkError>> {

@@ -69,6 +69,16 @@ pub enum LinkError {
     /// The group refused the request as one it cannot carry out (a
     /// membership change that is not possible); nothing changed.
     Rejected(String),
+    /// A turn's records came to more than one entry holds
+    /// (`GroupLink::entry_records_bytes_max`); nothing was logged and the
+    /// turn's writes were undone. `alone`: the turn ran one request, which
+    /// is too large however it is sent; otherwise requests that fit on
+    /// their own may be sent again.
+    TurnTooLarge {
+        bytes: usize,
+        max: usize,
+        alone: bool,
+    },
 }
 
 impl LinkError {
@@ -115,12 +125,28 @@ impl LinkError {
                 None,
                 "the shard's group refused the change",
             ),
+            LinkError::TurnTooLarge { alone: true, .. } => (
+                ErrorCode::BadRequest,
+                None,
+                "the request's writes are larger than one entry of the shard's log holds; \
+                 nothing was applied",
+            ),
+            LinkError::TurnTooLarge { alone: false, .. } => (
+                FAILOVER_ERROR_CODE,
+                None,
+                "the writes run together with this request's came to more than one entry of \
+                 the shard's log holds; nothing was applied, and a request that fits alone \
+                 may be sent again",
+            ),
         };
         let detail = match self {
             LinkError::NoQuorum(why)
             | LinkError::Failed(why)
             | LinkError::Rejected(why)
             | LinkError::LeaderUnreachable { why, .. } => format!("{what}: {why}"),
+            LinkError::TurnTooLarge { bytes, max, .. } => {
+                format!("{what} ({bytes} bytes of records, an entry holds at most {max})")
+            }
             _ => what.to_string(),
         };
         let mut details = serde_json::Map::new();
@@ -132,7 +158,8 @@ impl LinkError {
         let outcome = match self {
             LinkError::NotLeader { .. }
             | LinkError::NoQuorum(_)
-            | LinkError::LeaderUnreachable { .. } => Some(OUTCOME_NOT_APPLIED),
+            | LinkError::LeaderUnreachable { .. }
+            | LinkError::TurnTooLarge { .. } => Some(OUTCOME_NOT_APPLIED),
             LinkError::OutcomeUnknown { .. } => Some(OUTCOME_UNKNOWN),
             LinkError::Failed(_) | LinkError::Rejected(_) => None,
         };
@@ -228,6 +255,9 @@ pub trait GroupLink {
     /// Log `records` (one turn) as one entry. `Ok(index)` once committed,
     /// with its `Delivery::Apply` already sent.
     fn propose(&self, records: Vec<u8>) -> LinkFuture<Result<u64, LinkError>>;
+    /// The most bytes of records one entry holds: a turn's records that
+    /// come to more are not proposed (`LinkError::TurnTooLarge`).
+    fn entry_records_bytes_max(&self) -> usize;
     /// ReadIndex: `Ok` once this member was confirmed leader by a quorum
     /// after the call, with every entry committed before it delivered.
     fn barrier(&self) -> LinkFuture<Result<(), LinkError>>;

@@ -477,8 +477,29 @@ impl Shard {
             self.fail_stop("staging a turn failed", &e);
         }
         let records = self.wal.take_turn();
+        let link = self.member().link.clone();
+        let max = link.entry_records_bytes_max();
+        if records.len() > max {
+            // A turn stops once its records pass the group-commit size, so
+            // only a large last request takes it past what one entry (one
+            // record of the log) holds. Proposed, the entry would be
+            // refused by the log store, which stops the member's Raft.
+            // Nothing was logged: the writes are undone, as after a lost
+            // lead.
+            tracing::warn!(
+                "shard {}: a turn's records came to {} bytes, more than one entry holds \
+                 ({max}); its {handled} requests are refused",
+                self.state.shard_id,
+                records.len()
+            );
+            self.rebuild().await;
+            return TurnOutcome::Refused(LinkError::TurnTooLarge {
+                bytes: records.len(),
+                max,
+                alone: handled == 1,
+            });
+        }
         if !records.is_empty() {
-            let link = self.member().link.clone();
             let proposed = self.env.clock.monotonic();
             match link.propose(records).await {
                 Ok(index) => {
@@ -503,7 +524,6 @@ impl Shard {
                 }
             }
         } else if confirm {
-            let link = self.member().link.clone();
             match link.barrier().await {
                 Ok(()) => {
                     self.drain_deliveries();

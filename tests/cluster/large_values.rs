@@ -1,0 +1,160 @@
+//! Writes as large as a client may send keep the group serving.
+//!
+//! * A follower behind the leader by several large entries once got them
+//!   in one AppendEntries body past the peer frame limit, and the leader
+//!   stopped ("a frame body of … bytes exceeds FRAME_BODY_MAX_BYTES"). A
+//!   request now carries entries up to a size and the rest go next.
+//! * A turn whose records come to more than one entry holds (one record
+//!   of the log) is refused before it is proposed: proposed, the log
+//!   store refused the entry and the member's Raft stopped.
+
+use std::thread::sleep;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::harness::{Cluster, CLUSTER_SETTLE_TIMEOUT, LEADER_POLL, NOT_LEADER_CODE};
+
+/// Bytes of context in each large create: three of them come to more than
+/// a peer frame holds (16 MiB), each alone well under it.
+const LARGE_CTX_BYTES: usize = 6 << 20;
+const LARGE_CREATES: usize = 3;
+
+/// Elections slower than the default 150–300 ms: a debug build may take
+/// longer than that over one large request, and the lead would move.
+const SLOW_ELECTIONS: &str = "    election_timeout_ms: 1500\n";
+
+/// CREATE_INSTANCE `id` on node `node` until it is done, retrying what the
+/// cluster refused while it moved its lead (a debug build may take longer
+/// than an election timeout over a large entry). A create sent again
+/// after an unknown outcome recreates the instance (the default).
+fn create_retrying(cluster: &Cluster, node: u64, id: &str, ctx: &Value) {
+    let params = json!({"machine": "flip", "version": 1, "instance_id": id, "initial_ctx": ctx});
+    let started = Instant::now();
+    loop {
+        let response = cluster.raw(node).call("CREATE_INSTANCE", params.clone());
+        let code = &response["error"]["code"];
+        if response["status"] == "ok" {
+            return;
+        }
+        assert_eq!(code, NOT_LEADER_CODE, "create {id}: {}", head(&response));
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "create {id} never succeeded: {}",
+            head(&response)
+        );
+        sleep(LEADER_POLL);
+    }
+}
+
+fn head(response: &Value) -> String {
+    let text = response.to_string();
+    text[..text.len().min(300)].to_string()
+}
+
+/// Every node has applied a flip of `small` made after everything else.
+fn all_apply_a_last_write(cluster: &mut Cluster, via: u64) {
+    let flip = json!({"instance_id": "small", "event": "FLIP"});
+    let last = cluster.ok_on(via, "APPLY_EVENT", flip);
+    let offset = last["wal_offset"].as_u64().expect("wal_offset");
+    for node in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        cluster.wait_applied(node, "small", offset);
+    }
+}
+
+#[test]
+fn a_follower_behind_by_large_entries_catches_up_and_the_leader_stays() {
+    let mut cluster = Cluster::start_full(3, false, SLOW_ELECTIONS, 1);
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["small"]);
+    let lagging = cluster.others(leader)[0];
+    cluster.nodes[&lagging].signal(libc::SIGSTOP);
+
+    let ctx = json!({"pad": "x".repeat(LARGE_CTX_BYTES)});
+    for i in 0..LARGE_CREATES {
+        create_retrying(&cluster, leader, &format!("large-{i}"), &ctx);
+    }
+    cluster.nodes[&lagging].signal(libc::SIGCONT);
+
+    all_apply_a_last_write(&mut cluster, leader);
+    for (id, server) in cluster.nodes.iter_mut() {
+        assert!(server.is_running(), "node {id} stopped");
+    }
+    // The follower that lagged holds the large instances (from its own state).
+    for i in 0..LARGE_CREATES {
+        let id = format!("large-{i}");
+        let snap = cluster
+            .raw(lagging)
+            .ok("SNAPSHOT_INSTANCE", json!({"instance_id": id}));
+        let size = snap["size_bytes"].as_u64().unwrap_or(0) as usize;
+        assert!(size > LARGE_CTX_BYTES, "{id} on node {lagging}: {snap}");
+    }
+}
+
+/// Bytes a WAL record's payload holds at most
+/// (`shards::wal::record::RECORD_PAYLOAD_MAX_BYTES`).
+const RECORD_PAYLOAD_MAX_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+
+/// CREATE_INSTANCE `id` (ids of one length: same record around the
+/// context) with a context of `pad` bytes, on node `node`.
+fn create_padded(cluster: &Cluster, node: u64, id: &str, pad: usize) -> Value {
+    let ctx = json!({"pad": "x".repeat(pad)});
+    let params = json!({"machine": "flip", "version": 1, "instance_id": id, "initial_ctx": ctx});
+    cluster.raw(node).call("CREATE_INSTANCE", params)
+}
+
+#[test]
+fn a_write_too_large_for_one_entry_is_refused_and_the_group_serves_on() {
+    let mut cluster = Cluster::start_full(3, false, SLOW_ELECTIONS, 1);
+    let leader = cluster.leader();
+    cluster.flip_instances(leader, &["small"]);
+
+    // A create's record is its context and a fixed rest: one too large
+    // for a record says how large that rest is.
+    let probe = create_padded(&cluster, leader, "id-0", RECORD_PAYLOAD_MAX_BYTES);
+    let message = probe["error"]["message"].as_str().unwrap_or("").to_string();
+    let record_bytes: usize = message
+        .split_once("record too large: ")
+        .map(|(_, after)| after)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", head(&probe)));
+    let rest = record_bytes - RECORD_PAYLOAD_MAX_BYTES;
+
+    // A record a few bytes under its limit: with its header (40 bytes) and
+    // the entry's (log id and kind, 25) it is more than one entry, itself
+    // one record, holds. Proposed, the log store refused the entry and the
+    // member's Raft stopped.
+    let refused = create_padded(
+        &cluster,
+        leader,
+        "id-1",
+        RECORD_PAYLOAD_MAX_BYTES - rest - 8,
+    );
+    assert_eq!(
+        refused["error"]["code"],
+        "BAD_REQUEST",
+        "{}",
+        head(&refused)
+    );
+    assert_eq!(refused["error"]["details"]["outcome"], "not_applied");
+    let message = refused["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("one entry"), "{message}");
+    let got = cluster
+        .raw(leader)
+        .call("GET_INSTANCE", json!({"instance_id": "id-1"}));
+    assert_eq!(got["error"]["code"], "INSTANCE_NOT_FOUND", "{}", head(&got));
+
+    // One that fits an entry is taken, and every member applies it.
+    let taken = create_padded(
+        &cluster,
+        leader,
+        "id-2",
+        RECORD_PAYLOAD_MAX_BYTES - rest - 100,
+    );
+    assert_eq!(taken["status"], "ok", "{}", head(&taken));
+    all_apply_a_last_write(&mut cluster, leader);
+    for (id, server) in cluster.nodes.iter_mut() {
+        assert!(server.is_running(), "node {id} stopped");
+    }
+}
