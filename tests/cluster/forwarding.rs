@@ -64,7 +64,7 @@ fn nested_array(depth: usize) -> Value {
 }
 
 /// The forwarded operations node `via` counts (REPLICATION_STATUS).
-fn forwarded_ops(cluster: &mut Cluster, via: u64) -> u64 {
+pub fn forwarded_ops(cluster: &mut Cluster, via: u64) -> u64 {
     let status = cluster.ok_on(via, "REPLICATION_STATUS", json!({}));
     status["shards"][0]["forwarded_ops"].as_u64().unwrap_or(0)
 }
@@ -75,7 +75,7 @@ fn forwarded_ops(cluster: &mut Cluster, via: u64) -> u64 {
 /// Refusals while the lead moves, and answers `via` gave as the leader,
 /// are tried again; anything else until `CLUSTER_SETTLE_TIMEOUT` fails the
 /// test.
-fn text_forwarded(
+pub fn text_forwarded(
     cluster: &mut Cluster,
     via: u64,
     op: &str,
@@ -102,7 +102,12 @@ fn text_forwarded(
 }
 
 /// As `text_forwarded`, for an answer serde_json reads: its `result`.
-fn ok_forwarded(cluster: &mut Cluster, via: u64, op: &str, make: impl Fn(usize) -> Value) -> Value {
+pub fn ok_forwarded(
+    cluster: &mut Cluster,
+    via: u64,
+    op: &str,
+    make: impl Fn(usize) -> Value,
+) -> Value {
     let text = text_forwarded(cluster, via, op, make);
     let answer: Value = serde_json::from_str(&text).expect("a JSON answer");
     answer["result"].clone()

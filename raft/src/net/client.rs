@@ -24,7 +24,9 @@ use futures_channel::oneshot;
 use futures_util::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use openraft::AsyncRuntime;
 
-use super::frame::{encode_frame, read_frame, write_frame, Frame, FrameKind, FRAME_BODY_MAX_BYTES};
+use super::frame::{
+    encode_frame, read_frame, write_frame, Frame, FrameKind, ANSWER_FRAME_BODY_MAX_BYTES,
+};
 use super::handshake::{self, ClusterCredentials};
 use super::tls::PeerTls;
 use super::wire::{from_json, ErrorBody};
@@ -135,7 +137,8 @@ impl Conn {
         let reading = shared.clone();
         let reader = glommio::spawn_local(async move {
             loop {
-                let frame = match read_frame(&mut read_half, FRAME_BODY_MAX_BYTES).await {
+                // Only answers may be this large; checked below by kind.
+                let frame = match read_frame(&mut read_half, ANSWER_FRAME_BODY_MAX_BYTES).await {
                     Ok(frame) => frame,
                     Err(err) => return reading.break_with(format!("reading: {err}")),
                 };
@@ -143,6 +146,13 @@ impl Conn {
                 if !matches!(frame.kind, FrameKind::Answer | FrameKind::Error) {
                     return reading
                         .break_with(format!("a {:?} frame from the listener", frame.kind));
+                }
+                if frame.body.len() > frame.kind.body_max_bytes() as usize {
+                    return reading.break_with(format!(
+                        "a {:?} frame of {} bytes from the listener",
+                        frame.kind,
+                        frame.body.len()
+                    ));
                 }
                 // No waiter: the request timed out or was dropped; its
                 // late answer is discarded.

@@ -38,10 +38,18 @@ pub const PROTOCOL_VERSION: u8 = 5;
 /// Size of the fixed header.
 pub const FRAME_HEADER_BYTES: usize = 32;
 
-/// The largest body a frame may carry once the handshake is done: room for
-/// an AppendEntries batch of openraft's default 300 entries of a few KiB,
-/// and for a snapshot chunk (`SNAPSHOT_CHUNK_MAX_BYTES`) with its header.
+/// The largest body a request frame may carry once the handshake is done:
+/// room for any entry the log store holds, alone in an AppendEntries call
+/// (which carries up to `APPEND_BODY_TARGET_BYTES` of them), and for a
+/// snapshot chunk (`SNAPSHOT_CHUNK_MAX_BYTES`) with its header.
 pub const FRAME_BODY_MAX_BYTES: u32 = 16 << 20;
+
+/// The largest body of an answer frame: a forwarded batch's answers
+/// (`shard_group::forward`) hold a client's answers, and one client answer
+/// may take 16 MiB, the most a client connection sends — with a request
+/// frame's limit, such an answer could not come back through a follower
+/// (tests/cluster/large_values.rs).
+pub const ANSWER_FRAME_BODY_MAX_BYTES: u32 = 32 << 20;
 
 /// The largest body of a handshake frame (hello, welcome, refusal): the
 /// limit that applies to a peer that has not yet proved it knows the token.
@@ -75,6 +83,14 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    /// The largest body a frame of this kind may carry after the handshake.
+    pub fn body_max_bytes(self) -> u32 {
+        match self {
+            FrameKind::Answer => ANSWER_FRAME_BODY_MAX_BYTES,
+            _ => FRAME_BODY_MAX_BYTES,
+        }
+    }
+
     fn from_byte(byte: u8) -> Option<FrameKind> {
         Some(match byte {
             1 => FrameKind::Hello,
@@ -210,12 +226,13 @@ impl FrameHeader {
 /// `write_all`.
 ///
 /// # Panics
-/// If `body` exceeds [`FRAME_BODY_MAX_BYTES`]: senders size their bodies
-/// (batches, chunks) below it, so a larger one is a bug here, not input.
+/// If `body` exceeds its kind's limit ([`FrameKind::body_max_bytes`]):
+/// senders size their bodies (batches, chunks, answers) below it, so a
+/// larger one is a bug here, not input.
 pub fn encode_frame(kind: FrameKind, request_id: u64, group_id: u64, body: &[u8]) -> Vec<u8> {
     assert!(
-        body.len() <= FRAME_BODY_MAX_BYTES as usize,
-        "a frame body of {} bytes exceeds FRAME_BODY_MAX_BYTES",
+        body.len() <= kind.body_max_bytes() as usize,
+        "a {kind:?} frame body of {} bytes exceeds its limit",
         body.len()
     );
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body.len());

@@ -42,7 +42,7 @@ use shards::shard::group_link::MemberChange;
 use shards::shard::{BatchVote, ListPage, ReplyTo, ShardMsg, Verdict};
 
 use super::forward_wire::{value_as_text, Wire, WireCommand, WireError, WireVote};
-use crate::net::frame::FRAME_BODY_MAX_BYTES;
+use crate::net::frame::ANSWER_FRAME_BODY_MAX_BYTES;
 
 /// How long a forwarded operation may take, answer included: a commit's
 /// own limit (`TURN_COMMIT_TIMEOUT_MS`) plus the trip.
@@ -57,9 +57,17 @@ pub const FORWARD_ANSWER_MARGIN_MS: u64 = 500;
 /// entries committed); adding a member may take its catch-up time more.
 pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
 
-/// Bytes of one batch's encoded answers, at most: half a peer frame, so
-/// that the small errors replacing answers past it always fit.
-pub const FORWARD_ANSWERS_BYTES_MAX: usize = FRAME_BODY_MAX_BYTES as usize / 2;
+/// Bytes of one batch's encoded answers, at most, before answers past it
+/// are replaced by errors: more than any one client answer (16 MiB), with
+/// room in an answer frame for the small errors that replace the rest. It
+/// was half a request frame (8 MiB): a GET of a large instance through a
+/// follower was then "outcome unknown" at every retry, and an APPLY_EVENT
+/// on one (its answer holds the new context) too, although it was applied.
+pub const FORWARD_ANSWERS_BYTES_MAX: usize = 24 << 20;
+const _: () = assert!(
+    FORWARD_ANSWERS_BYTES_MAX + (1 << 20) <= ANSWER_FRAME_BODY_MAX_BYTES as usize,
+    "the errors replacing a batch's answers past the limit must fit its frame"
+);
 
 /// An operation on its way to the leader.
 #[derive(Debug, Serialize, Deserialize)]

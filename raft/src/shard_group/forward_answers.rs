@@ -109,6 +109,22 @@ mod tests {
         assert_eq!(result_len(&back[2]), Some(10));
     }
 
+    /// A batch as large as a follower sends, whose first answer takes the
+    /// whole budget: the errors replacing the others fit an answer frame.
+    #[test]
+    fn a_full_batch_past_its_budget_fits_an_answer_frame() {
+        use super::super::forward::FORWARD_ANSWERS_BYTES_MAX;
+        use super::super::forward_batch::FORWARD_BATCH_OPS_MAX;
+        use crate::net::frame::ANSWER_FRAME_BODY_MAX_BYTES;
+        let mut answers = vec![result(FORWARD_ANSWERS_BYTES_MAX - 16)];
+        answers.extend((1..FORWARD_BATCH_OPS_MAX).map(|_| result(1000)));
+        let encoded = encode_answers(answers, FORWARD_ANSWERS_BYTES_MAX);
+        assert!(encoded.len() <= ANSWER_FRAME_BODY_MAX_BYTES as usize);
+        let back = decode_answers(&encoded).expect("answers");
+        assert_eq!(result_len(&back[0]), Some(FORWARD_ANSWERS_BYTES_MAX - 16));
+        assert!(back[1..].iter().all(|a| a.is_err()));
+    }
+
     #[test]
     fn results_travel_as_they_are_and_other_answers_as_json() {
         let text = br#"{"state":"b","ctx":{"note":"a \"quoted\" word"}}"#.to_vec();
