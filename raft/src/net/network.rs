@@ -293,10 +293,13 @@ where
             .to_wire()
             .map_err(|err| unsendable(format!("the snapshot does not serialize: {err}")))?;
         if bytes.len() as u64 > SNAPSHOT_SIZE_MAX_BYTES {
-            return Err(unsendable(format!(
-                "a snapshot of {} bytes exceeds SNAPSHOT_SIZE_MAX_BYTES",
+            // Not a storage error: openraft stops a leader's Raft on one.
+            // The member stays behind, and the send is tried again.
+            return Err(StreamingError::Network(NetworkError::from_string(format!(
+                "group {}: a snapshot of {} bytes exceeds SNAPSHOT_SIZE_MAX_BYTES",
+                self.group_id,
                 bytes.len()
-            )));
+            ))));
         }
         let chunk_bytes = chunk_size_bytes(option.snapshot_chunk_size());
         let transfer_id = self.next_transfer_id.get();

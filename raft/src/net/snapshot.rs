@@ -11,8 +11,15 @@ use super::wire::ChunkHeader;
 pub const SNAPSHOT_CHUNK_MAX_BYTES: usize = 1 << 20;
 
 /// The largest snapshot a group accepts (and a sender sends). A chunk
-/// announcing a larger total is refused before anything is buffered.
-pub const SNAPSHOT_SIZE_MAX_BYTES: u64 = 1 << 30;
+/// announcing a larger total is refused before anything is buffered; below
+/// it, the receiver holds only the bytes that arrived. It bounds a garbled
+/// total, not a real state: a snapshot is held in memory whole at both
+/// ends, as the state it holds is, so the machine's memory binds first.
+/// (It was 1 GiB — a group of a few million instances with contexts of a
+/// few hundred bytes — past which a new or lagging member could never be
+/// caught up, and the leader's attempt was a storage error, which stops
+/// openraft's Raft.)
+pub const SNAPSHOT_SIZE_MAX_BYTES: u64 = 64 << 30;
 
 /// The chunk size to use for one transfer: what openraft asks, capped.
 pub fn chunk_size_bytes(asked: Option<usize>) -> usize {
