@@ -75,13 +75,40 @@ impl Catalog {
     /// so shard 0's are all of them). A node that cannot reach the leader
     /// answers with the group's retryable refusal. Standalone: nothing to
     /// learn, every install went through this catalog.
+    ///
+    /// The node tells the leader what it knows and learns the rest, a page
+    /// at a time: a catalog larger than one forwarded answer once made
+    /// every GET_MACHINE, LIST_MACHINES and PUT_MACHINE there fail.
     pub async fn refresh(&self, router: &Router) -> EngineResult<()> {
         if !self.clustered {
             return Ok(());
         }
-        let defs = router.ask(0, |done| ShardMsg::Machines { done }).await??;
-        self.load(defs);
-        Ok(())
+        loop {
+            let known = self.keys();
+            let page = router
+                .ask(0, |done| ShardMsg::Machines { known, done })
+                .await??;
+            let learned = page.defs.len();
+            self.load(page.defs);
+            if page.complete {
+                return Ok(());
+            }
+            if learned == 0 {
+                return Err(EngineError::internal(
+                    "the leader's machines came in a page with none of them",
+                ));
+            }
+        }
+    }
+
+    /// (machine, version) of every machine installed or being installed
+    /// (`load` leaves those as they are: the leader need not send them).
+    fn keys(&self) -> Vec<(String, u32)> {
+        let machines = self.machines();
+        machines
+            .iter()
+            .flat_map(|(name, versions)| versions.keys().map(move |v| (name.clone(), *v)))
+            .collect()
     }
 
     /// The map, locked. A panic aborts the process (`runtime`), so a
@@ -319,8 +346,18 @@ mod tests {
                         }
                         let _ = done.send(Ok(new));
                     }
-                    ShardMsg::Machines { done } => {
-                        let _ = done.send(Ok(installed.lock().unwrap().clone()));
+                    ShardMsg::Machines { known, done } => {
+                        let defs = installed
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .filter(|d| !known.contains(&(d.machine.clone(), d.version)))
+                            .cloned()
+                            .collect();
+                        let _ = done.send(Ok(shards::shard::MachinesPage {
+                            defs,
+                            complete: true,
+                        }));
                     }
                     _ => {}
                 }

@@ -181,3 +181,47 @@ fn an_instance_with_a_large_context_is_read_and_written_through_a_follower() {
     assert_eq!(flipped["to_state"], "b", "{}", head(&flipped));
     assert_eq!(flipped["ctx"]["pad"], ctx["pad"]);
 }
+
+/// Machines whose definitions (7 MiB each) together pass what one
+/// forwarded call's answers may hold (24 MiB).
+const LARGE_MACHINES: usize = 4;
+const LARGE_MACHINE_META_BYTES: usize = 7 << 20;
+
+/// A node that does not lead shard 0 learns the machines from its leader
+/// before GET_MACHINE, LIST_MACHINES or PUT_MACHINE. It was sent every
+/// definition in one answer each time: past the answers' limit those
+/// failed ("outcome unknown") at every retry. It now asks for what it
+/// lacks, a page at a time.
+#[test]
+fn a_catalog_larger_than_one_answer_is_read_through_a_follower() {
+    let mut cluster = Cluster::start_full(3, false, SETTINGS, 1);
+    let leader = cluster.leader();
+    let follower = cluster.others(leader)[0];
+    let mut definition = crate::support::fixtures::flip_definition();
+    definition["meta"] = json!({"pad": "m".repeat(LARGE_MACHINE_META_BYTES)});
+    for i in 0..LARGE_MACHINES {
+        let put = json!({"machine": format!("big-{i}"), "version": 1, "definition": definition});
+        cluster.ok_on(leader, "PUT_MACHINE", put);
+    }
+
+    let listed = ok_forwarded(&mut cluster, follower, "LIST_MACHINES", |_| json!({}));
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["machine"].as_str())
+        .collect();
+    assert_eq!(names.len(), LARGE_MACHINES, "{names:?}");
+    for i in 0..LARGE_MACHINES {
+        let got = cluster.ok_on(
+            follower,
+            "GET_MACHINE",
+            json!({"machine": format!("big-{i}"), "version": 1}),
+        );
+        assert_eq!(got["definition"]["meta"], definition["meta"], "big-{i}");
+    }
+    // A further install through the follower learns nothing twice.
+    let put = json!({"machine": "small", "version": 1, "definition": crate::support::fixtures::flip_definition()});
+    let installed = cluster.ok_on(follower, "PUT_MACHINE", put);
+    assert_eq!(installed["created"], true, "{installed}");
+}

@@ -33,7 +33,9 @@ pub const FRAME_MAGIC: [u8; 4] = *b"CSRP";
 /// Version 4: a batch decision is a `Verdict` (it may be `Forgotten`).
 /// Version 5: a forwarded batch's operations are binary
 /// (`shard_group/forward_ops.rs`).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// Version 6: a follower's catalog asks for the machines it does not know,
+/// and learns them a page at a time (`Forwarded::Machines`).
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Size of the fixed header.
 pub const FRAME_HEADER_BYTES: usize = 32;

@@ -37,9 +37,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shards::error::{EngineError, EngineResult};
-use shards::machine::definition::{parse_definition, MachineDef};
+use shards::machine::definition::parse_definition;
 use shards::shard::group_link::MemberChange;
-use shards::shard::{BatchVote, ListPage, ReplyTo, ShardMsg, Verdict};
+use shards::shard::{BatchVote, ListPage, MachinesPage, ReplyTo, ShardMsg, Verdict};
 
 use super::forward_wire::{value_as_text, Wire, WireCommand, WireError, WireVote};
 use crate::net::frame::ANSWER_FRAME_BODY_MAX_BYTES;
@@ -64,6 +64,13 @@ pub const FORWARD_MEMBER_CHANGE_TIMEOUT_MS: u64 = 30_000;
 /// follower was then "outcome unknown" at every retry, and an APPLY_EVENT
 /// on one (its answer holds the new context) too, although it was applied.
 pub const FORWARD_ANSWERS_BYTES_MAX: usize = 24 << 20;
+
+/// Bytes of machine definitions one answer to a follower's catalog holds
+/// (more when the first alone is larger); it asks again for the rest.
+/// Every definition once came in one answer, at every GET_MACHINE,
+/// LIST_MACHINES and PUT_MACHINE on a node not leading shard 0: past the
+/// answers' limit, those failed at every retry.
+pub const FORWARD_MACHINES_BYTES_MAX: usize = 4 << 20;
 const _: () = assert!(
     FORWARD_ANSWERS_BYTES_MAX + (1 << 20) <= ANSWER_FRAME_BODY_MAX_BYTES as usize,
     "the errors replacing a batch's answers past the limit must fit its frame"
@@ -97,7 +104,10 @@ pub(super) enum Forwarded {
         #[serde(with = "value_as_text")]
         definition: Value,
     },
-    Machines,
+    /// The installed machines but those the follower `known`s.
+    Machines {
+        known: Vec<(String, u32)>,
+    },
     List {
         machine: Option<String>,
         state: Option<String>,
@@ -141,6 +151,9 @@ impl Forwarded {
     }
 }
 
+/// A machine as it travels: name, version, definition as JSON text.
+pub(super) type MachineText = (String, u32, String);
+
 /// The leader's answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Answer {
@@ -150,8 +163,10 @@ pub(super) enum Answer {
     Exec(Wire<Vec<u8>>),
     Installed(Wire<bool>),
     /// (machine, version, definition as JSON text: `forward_wire.rs` says
-    /// why) of each machine.
-    Machines(Wire<Vec<(String, u32, String)>>),
+    /// why) of machines the follower did not know, and whether that is all
+    /// of them (an answer holds at most `FORWARD_MACHINES_BYTES_MAX` of
+    /// definitions).
+    Machines(Wire<(Vec<MachineText>, bool)>),
     Listed {
         total: u64,
         rows: Vec<(String, String)>,
@@ -171,7 +186,7 @@ pub(super) enum Answer {
 pub(super) enum ReplyTarget {
     Conn(ReplyTo),
     Install(flume::Sender<EngineResult<bool>>),
-    Machines(flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>),
+    Machines(flume::Sender<EngineResult<MachinesPage>>),
     List(
         flume::Sender<ListPage>,
         Option<(Arc<shards::shard::budget::ResponseBudget>, u64)>,
@@ -226,7 +241,9 @@ pub(super) fn split(msg: ShardMsg) -> Result<(Forwarded, ReplyTarget), Box<Shard
             },
             ReplyTarget::Install(done),
         ),
-        ShardMsg::Machines { done } => (Forwarded::Machines, ReplyTarget::Machines(done)),
+        ShardMsg::Machines { known, done } => {
+            (Forwarded::Machines { known }, ReplyTarget::Machines(done))
+        }
         ShardMsg::List {
             query,
             done,
@@ -283,17 +300,21 @@ impl ReplyTarget {
                 let _ = done.send(r.map_err(WireError::into_engine));
             }
             (ReplyTarget::Machines(done), Answer::Machines(r)) => {
-                let defs = r.map_err(WireError::into_engine).and_then(|list| {
-                    list.into_iter()
-                        .map(|(m, v, text)| {
-                            let d: Value = serde_json::from_str(&text).map_err(|e| {
-                                EngineError::internal(format!("the leader's definition: {e}"))
-                            })?;
-                            parse_definition(&m, v, &d).map(Arc::new)
-                        })
-                        .collect()
-                });
-                let _ = done.send(defs);
+                let page = r
+                    .map_err(WireError::into_engine)
+                    .and_then(|(list, complete)| {
+                        let defs = list
+                            .into_iter()
+                            .map(|(m, v, text)| {
+                                let d: Value = serde_json::from_str(&text).map_err(|e| {
+                                    EngineError::internal(format!("the leader's definition: {e}"))
+                                })?;
+                                parse_definition(&m, v, &d).map(Arc::new)
+                            })
+                            .collect::<EngineResult<_>>()?;
+                        Ok(MachinesPage { defs, complete })
+                    });
+                let _ = done.send(page);
             }
             (ReplyTarget::List(done, budget), Answer::Listed { total, rows }) => {
                 let rows: Vec<(String, Vec<u8>)> = rows

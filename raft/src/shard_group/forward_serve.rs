@@ -17,11 +17,14 @@ use std::time::{Duration, Instant};
 use futures_util::future::{select, Either};
 
 use shards::error::EngineError;
-use shards::machine::definition::parse_definition;
+use shards::machine::definition::{parse_definition, MachineDef};
 use shards::shard::group_link::LinkError;
 use shards::shard::{BatchVote, Command, ListQuery, Reply, ReplyTo, ShardMsg};
 
-use super::forward::{Answer, Forwarded, FORWARD_ANSWERS_BYTES_MAX, FORWARD_ANSWER_MARGIN_MS};
+use super::forward::{
+    Answer, Forwarded, MachineText, FORWARD_ANSWERS_BYTES_MAX, FORWARD_ANSWER_MARGIN_MS,
+    FORWARD_MACHINES_BYTES_MAX,
+};
 use super::forward_answers::encode_answers;
 use super::forward_ops::decode_ops;
 use super::forward_wire::WireError;
@@ -255,21 +258,14 @@ fn queue(
                 Answer::Installed(r.map_err(WireError::from))
             }))
         }
-        Forwarded::Machines => {
+        Forwarded::Machines { known } => {
             let (done, rx) = flume::bounded(1);
-            send(ShardMsg::Machines { done })?;
+            send(ShardMsg::Machines { known, done })?;
             Ok(Box::pin(async move {
                 let r = rx.recv_async().await.unwrap_or_else(|_| Err(stopped()));
                 Answer::Machines(
-                    r.map(|defs| {
-                        defs.iter()
-                            .map(|d| {
-                                let text = d.normalized_value().to_string();
-                                (d.machine.clone(), d.version, text)
-                            })
-                            .collect()
-                    })
-                    .map_err(WireError::from),
+                    r.map(|page| machines_page(&page.defs, FORWARD_MACHINES_BYTES_MAX))
+                        .map_err(WireError::from),
                 )
             }))
         }
@@ -347,4 +343,55 @@ fn decision_of<T: 'static>(rx: flume::Receiver<T>, answer: fn(T) -> Answer) -> W
 /// the way): the failover refusal, retryable.
 fn stopped() -> EngineError {
     LinkError::NotLeader { leader: None }.to_engine_error()
+}
+
+/// `defs` as they travel, as many as fill `bytes_max` (at least one), and
+/// whether that is all of them.
+fn machines_page(defs: &[Arc<MachineDef>], bytes_max: usize) -> (Vec<MachineText>, bool) {
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for d in defs {
+        if !page.is_empty() && bytes >= bytes_max {
+            return (page, false);
+        }
+        let text = d.normalized_value().to_string();
+        bytes += text.len();
+        page.push((d.machine.clone(), d.version, text));
+    }
+    (page, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn machine(name: &str, pad: usize) -> Arc<MachineDef> {
+        let definition = json!({"states": ["a"], "initial": "a", "transitions": [],
+                                "meta": {"pad": "x".repeat(pad)}});
+        Arc::new(parse_definition(name, 1, &definition).expect("a definition"))
+    }
+
+    #[test]
+    fn a_page_of_machines_fills_its_bytes_and_holds_one_at_least() {
+        let defs = vec![machine("m0", 600), machine("m1", 600), machine("m2", 600)];
+        let names = |page: &[MachineText]| page.iter().map(|m| m.0.clone()).collect::<Vec<_>>();
+        let (page, complete) = machines_page(&defs, 1_000);
+        assert_eq!(
+            (names(&page), complete),
+            (vec!["m0".into(), "m1".into()], false)
+        );
+        let (page, complete) = machines_page(&defs, 1);
+        assert_eq!((names(&page), complete), (vec!["m0".into()], false));
+        let (page, complete) = machines_page(&defs, 1 << 20);
+        assert_eq!((page.len(), complete), (3, true));
+        assert_eq!(machines_page(&[], 1), (Vec::new(), true));
+        // The text parses back to the same definition.
+        let back: Value = serde_json::from_str(&page[2].2).unwrap();
+        assert_eq!(
+            parse_definition("m2", 1, &back).unwrap().checksum,
+            defs[2].checksum
+        );
+    }
 }

@@ -219,6 +219,14 @@ pub enum BatchVote {
     No(usize, crate::error::EngineError),
     Refused(crate::error::EngineError),
 }
+/// Installed machines a shard answers `ShardMsg::Machines` with. Through
+/// a leader a reply may hold only part of them (`complete: false`): ask
+/// again, knowing these too.
+#[derive(Debug, Clone)]
+pub struct MachinesPage {
+    pub defs: Vec<Arc<MachineDef>>,
+    pub complete: bool,
+}
 
 pub enum ShardMsg {
     /// A request about one instance.
@@ -241,10 +249,12 @@ pub enum ShardMsg {
     },
     /// A client's answer budget came back: run the requests parked on it.
     Unpark,
-    /// The machines this shard has installed (a cluster node's catalog
-    /// reads them from the group, through its leader).
+    /// The machines this shard has installed but those in `known` (a
+    /// cluster node's catalog reads them from the group, through its
+    /// leader, learning only what it lacks).
     Machines {
-        done: flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>,
+        known: Vec<(String, u32)>,
+        done: flume::Sender<EngineResult<MachinesPage>>,
     },
     Stats {
         done: flume::Sender<ShardStats>,

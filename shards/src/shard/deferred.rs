@@ -4,21 +4,19 @@
 //! of `docs/ARCHITECTURE.md`).
 
 use super::budget::Charge;
-use super::command::{BatchVote, ListPage, ReplyTo, ShardStats};
+use super::command::{BatchVote, ListPage, MachinesPage, ReplyTo, ShardStats};
 use super::committed_ids::Verdict;
 use super::log_read::{EntryChunk, EventChunk};
 use super::runner::Shard;
 use crate::error::EngineResult;
-use crate::machine::definition::MachineDef;
-use std::sync::Arc;
 
 /// One answer owed, with where it goes.
 pub(super) enum Deferred {
     Conn(ReplyTo, EngineResult<Vec<u8>>, Option<Charge>),
     Install(flume::Sender<EngineResult<bool>>, EngineResult<bool>),
     Machines(
-        flume::Sender<EngineResult<Vec<Arc<MachineDef>>>>,
-        EngineResult<Vec<Arc<MachineDef>>>,
+        flume::Sender<EngineResult<MachinesPage>>,
+        EngineResult<MachinesPage>,
     ),
     List(flume::Sender<ListPage>, ListPage),
     Stats(flume::Sender<ShardStats>),

@@ -5,7 +5,7 @@
 //! (`participant.rs`). The loop that takes the messages and commits each
 //! turn is `runner.rs`.
 
-use super::command::{Command, ShardMsg};
+use super::command::{Command, MachinesPage, ShardMsg};
 use super::deferred::Deferred;
 use super::runner::Shard;
 use crate::wal::record::RecordKind;
@@ -86,9 +86,21 @@ impl Shard {
             ShardMsg::ChangeMembers { done, .. } => {
                 let _ = done.send(Err(super::member_gate::not_a_member()));
             }
-            ShardMsg::Machines { done } => {
-                let machines = self.state.machines.iter().cloned().collect();
-                deferred.push(Deferred::Machines(done, Ok(machines)));
+            ShardMsg::Machines { known, done } => {
+                let known: hashbrown::HashSet<(&str, u32)> =
+                    known.iter().map(|(m, v)| (m.as_str(), *v)).collect();
+                let defs = self
+                    .state
+                    .machines
+                    .iter()
+                    .filter(|d| !known.contains(&(d.machine.as_str(), d.version)))
+                    .cloned()
+                    .collect();
+                let page = MachinesPage {
+                    defs,
+                    complete: true,
+                };
+                deferred.push(Deferred::Machines(done, Ok(page)));
             }
             ShardMsg::Stats { done } => deferred.push(Deferred::Stats(done)),
             #[cfg(test)]

@@ -41,7 +41,7 @@ pub(super) fn refuse(msg: ShardMsg, error: EngineError, deferred: &mut Vec<Defer
             deferred.push(Deferred::Conn(reply, body, charge));
         }
         ShardMsg::InstallMachine { done, .. } => deferred.push(Deferred::Install(done, Err(error))),
-        ShardMsg::Machines { done } => deferred.push(Deferred::Machines(done, Err(error))),
+        ShardMsg::Machines { done, .. } => deferred.push(Deferred::Machines(done, Err(error))),
         ShardMsg::AtomicBatch { done, .. } | ShardMsg::Prepare { done, .. } => {
             deferred.push(Deferred::Vote(done, BatchVote::Refused(error)))
         }

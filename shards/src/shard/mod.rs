@@ -36,7 +36,7 @@ pub mod txn;
 
 pub use command::{
     AnswerLease, ApplyEvent, BatchVote, Command, CreateInstance, DeleteInstance, LeaseWrite,
-    ListPage, ListQuery, Reply, ReplyTo, ShardMsg, ShardStats,
+    ListPage, ListQuery, MachinesPage, Reply, ReplyTo, ShardMsg, ShardStats,
 };
 pub use committed_ids::Verdict;
 pub use runner::{OpenReport, Shard, ShardConfig};
