@@ -175,6 +175,18 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                         Err(ErrorBody::new(ErrorCode::GroupStopped, "the group stopped"))
                     }),
                 };
+                // Handlers size their answers below the limit; one that did
+                // not is refused here rather than stopping the node.
+                let answer = answer.and_then(|body| {
+                    let max = FrameKind::Answer.body_max_bytes() as usize;
+                    if body.len() > max {
+                        return Err(ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!("an answer of {} bytes (a frame holds {max})", body.len()),
+                        ));
+                    }
+                    Ok(body)
+                });
                 let frame = match answer {
                     Ok(body) => encode_frame(FrameKind::Answer, request_id, group_id, &body),
                     Err(error) => {
