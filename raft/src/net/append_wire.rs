@@ -135,8 +135,11 @@ mod tests {
         LogId::new(WalLeaderId { term, node_id: 2 }, index)
     }
 
-    fn request(entries: Vec<EntryPayload<TurnRecords, u64, BasicNode>>) -> Vec<u8> {
-        let rpc = AppendEntriesRequest::<ShardGroup> {
+    /// A request of term 5 with `entries` from index 11 on.
+    fn rpc(
+        entries: Vec<EntryPayload<TurnRecords, u64, BasicNode>>,
+    ) -> AppendEntriesRequest<ShardGroup> {
+        AppendEntriesRequest::<ShardGroup> {
             vote: WalVote {
                 leader_id: WalLeaderId {
                     term: 5,
@@ -154,7 +157,11 @@ mod tests {
                 })
                 .collect(),
             leader_commit: None,
-        };
+        }
+    }
+
+    fn request(entries: Vec<EntryPayload<TurnRecords, u64, BasicNode>>) -> Vec<u8> {
+        let rpc = rpc(entries);
         let body = encode_append(&rpc);
         let back = decode_append::<ShardGroup>(&body).unwrap();
         // openraft's types compare by their JSON: equal JSON, equal request.
@@ -188,22 +195,8 @@ mod tests {
 
     #[test]
     fn a_body_holds_the_entries_that_fit_and_always_the_first() {
-        let entry = |i: u64, bytes: usize| Entry {
-            log_id: log_id(5, 11 + i),
-            payload: EntryPayload::Normal(TurnRecords(vec![i as u8; bytes])),
-        };
-        let rpc = AppendEntriesRequest::<ShardGroup> {
-            vote: WalVote {
-                leader_id: WalLeaderId {
-                    term: 5,
-                    node_id: 2,
-                },
-                committed: true,
-            },
-            prev_log_id: Some(log_id(4, 10)),
-            entries: vec![entry(0, 3000), entry(1, 3000), entry(2, 3000)],
-            leader_commit: Some(log_id(4, 10)),
-        };
+        let records = |i: u8| EntryPayload::Normal(TurnRecords(vec![i; 3000]));
+        let rpc = rpc(vec![records(0), records(1), records(2)]);
         let sent_within = |max: usize| {
             let (body, sent) = encode_append_within(&rpc, max);
             let back = decode_append::<ShardGroup>(&body).unwrap();
