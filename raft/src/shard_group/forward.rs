@@ -104,7 +104,7 @@ pub(super) enum Forwarded {
         #[serde(with = "value_as_text")]
         definition: Value,
     },
-    /// The installed machines but those the follower `known`s.
+    /// The installed machines, but for those the follower knows already.
     Machines {
         known: Vec<(String, u32)>,
     },
