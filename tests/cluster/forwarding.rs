@@ -21,10 +21,7 @@ const FLIPS: usize = 300;
 
 #[test]
 fn pipelined_writes_through_a_follower_are_batched_and_keep_their_order() {
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.leader();
-    cluster.flip_instances(leader, &["p-0"]);
-    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    let (mut cluster, _, follower) = Cluster::with_flips("", &["p-0"]);
 
     let mut raw = cluster.raw(follower);
     raw.ok("HELLO", json!({"protocol_version": 1}));
@@ -121,10 +118,7 @@ pub fn ok_forwarded(
 /// every retry.)
 #[test]
 fn the_deepest_context_and_payload_a_client_may_send_travel_through_a_follower() {
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.leader();
-    cluster.flip_instances(leader, &["shallow"]);
-    let follower = *cluster.nodes.keys().find(|&&n| n != leader).unwrap();
+    let (mut cluster, _, follower) = Cluster::with_flips("", &["shallow"]);
 
     let ctx = nested_object(PARAM_VALUE_DEPTH_MAX);
     let created = ok_forwarded(

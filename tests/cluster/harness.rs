@@ -207,6 +207,17 @@ impl Cluster {
     /// The node that leads shard 0's group, as every running node's
     /// REPLICATION_STATUS agrees.
     /// The running nodes other than `node`, in id order.
+    /// Three nodes of one shard with `settings` (see `start_with`), the
+    /// flip machine and its instances `ids`: the cluster, its leader and
+    /// a follower.
+    pub fn with_flips(settings: &str, ids: &[&str]) -> (Cluster, u64, u64) {
+        let mut cluster = Cluster::start_with(3, false, settings);
+        let leader = cluster.leader();
+        cluster.flip_instances(leader, ids);
+        let follower = cluster.others(leader)[0];
+        (cluster, leader, follower)
+    }
+
     pub fn others(&self, node: u64) -> Vec<u64> {
         self.nodes.keys().copied().filter(|&n| n != node).collect()
     }

@@ -58,11 +58,7 @@ fn head(response: &Value) -> String {
 /// Three nodes of one shard with `SETTINGS`, the flip machine and its
 /// instance `small`: the cluster, its leader and a follower.
 fn three_nodes() -> (Cluster, u64, u64) {
-    let mut cluster = Cluster::start_full(3, false, SETTINGS, 1);
-    let leader = cluster.leader();
-    cluster.flip_instances(leader, &["small"]);
-    let follower = cluster.others(leader)[0];
-    (cluster, leader, follower)
+    Cluster::with_flips(SETTINGS, &["small"])
 }
 
 /// Every node has applied a flip of `small` made after everything else.
