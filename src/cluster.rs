@@ -99,6 +99,15 @@ fn raft_config(cluster: &ClusterConfig) -> Result<Arc<openraft::Config>, String>
         election_timeout_min: cluster.election_timeout_ms,
         election_timeout_max: cluster.election_timeout_ms * 2,
         heartbeat_interval: (cluster.election_timeout_ms / 3).max(1),
+        // A member whose election timeout passes first asks whether the
+        // others would vote for it, in its current term (Pre-Vote). Off
+        // (openraft's default), a follower cut off from the leader — or
+        // restarted before the leader's heartbeats reached it — raised its
+        // term at each timeout; back in touch, its answers carried that
+        // term and the leader stepped down: an election, and writes
+        // refused meanwhile, each time a follower came back. A leader
+        // transfer does not go through Pre-Vote.
+        enable_pre_vote: Some(true),
         ..openraft::Config::default()
     };
     config

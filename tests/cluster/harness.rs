@@ -222,6 +222,12 @@ impl Cluster {
         self.nodes.keys().copied().filter(|&n| n != node).collect()
     }
 
+    /// The term shard 0's group is in, as node `id` reports it.
+    pub fn term_on(&mut self, id: u64) -> u64 {
+        let status = self.ok_on(id, "REPLICATION_STATUS", json!({}));
+        status["shards"][0]["term"].as_u64().expect("a term")
+    }
+
     pub fn leader(&mut self) -> u64 {
         self.leader_of_shard(0)
     }

@@ -21,12 +21,6 @@ const ROUNDS: usize = 3;
 /// rule, the restarted node would find its old term still current.
 const SLOW_ELECTIONS: &str = "    election_timeout_ms: 1500\n";
 
-/// The term shard 0's group is in, as node `id` reports it.
-fn term_on(cluster: &mut Cluster, id: u64) -> u64 {
-    let status = cluster.ok_on(id, "REPLICATION_STATUS", json!({}));
-    status["shards"][0]["term"].as_u64().expect("a term")
-}
-
 #[test]
 fn a_leader_restarted_at_once_wins_a_new_term_before_leading_again() {
     let mut cluster = Cluster::start_with(3, false, SLOW_ELECTIONS);
@@ -34,7 +28,7 @@ fn a_leader_restarted_at_once_wins_a_new_term_before_leading_again() {
     cluster.flip_instances(leader, &["r-0"]);
     for round in 0..ROUNDS {
         let leader = cluster.leader();
-        let term = term_on(&mut cluster, leader);
+        let term = cluster.term_on(leader);
         let flip = json!({"instance_id": "r-0", "event": "FLIP",
                           "idempotency_key": format!("round-{round}")});
         cluster.ok_on(leader, "APPLY_EVENT", flip);
@@ -46,7 +40,7 @@ fn a_leader_restarted_at_once_wins_a_new_term_before_leading_again() {
             killed.elapsed()
         );
         let next = cluster.leader();
-        let next_term = term_on(&mut cluster, next);
+        let next_term = cluster.term_on(next);
         assert!(
             next_term > term,
             "round {round}: node {next} leads term {next_term}, the term node {leader} \
