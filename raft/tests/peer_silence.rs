@@ -2,8 +2,10 @@
 //! later than a request's timeout (a slow disk on its side) keeps its
 //! connection — the heartbeats and forwarded requests on it go on — while
 //! a peer that owes answers and sends nothing for `PEER_SILENCE_BREAK_MS`
-//! is dialled afresh. The peer here is a raw std socket that passes the
-//! handshake and then answers each request after a delay, or never.
+//! is dialled afresh — unless it owes a snapshot chunk, which it answers
+//! only once it has installed the snapshot. The peer here is a raw std
+//! socket that passes the handshake and then answers each request after a
+//! delay, or never.
 
 #[path = "support/memlock.rs"]
 mod memlock;
@@ -29,15 +31,19 @@ const CLUSTER: &str = "silence-tests";
 /// heartbeat interval) on a default cluster.
 const SHORT_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// A fake peer: passes every handshake, then answers each request
-/// `answer_after` later (`None`: never). Counts the connections it took.
+/// When a fake peer answers a request of a kind: that long after it came
+/// (`None`: never).
+type AnswerAfter = fn(u8) -> Option<Duration>;
+
+/// A fake peer: passes every handshake, then answers each request as its
+/// `AnswerAfter` says. Counts the connections it took.
 struct FakePeer {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
 }
 
 impl FakePeer {
-    fn start(answer_after: Option<Duration>) -> FakePeer {
+    fn start(answer_after: AnswerAfter) -> FakePeer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -68,7 +74,7 @@ fn read_frame(stream: &mut TcpStream) -> Option<(u8, u64)> {
     Some((header[5], request_id))
 }
 
-fn serve(mut stream: TcpStream, answer_after: Option<Duration>) {
+fn serve(mut stream: TcpStream, answer_after: AnswerAfter) {
     let Some((kind, _)) = read_frame(&mut stream) else {
         return;
     };
@@ -88,8 +94,8 @@ fn serve(mut stream: TcpStream, answer_after: Option<Duration>) {
             }
         }
     });
-    while let Some((_, request_id)) = read_frame(&mut stream) {
-        if let Some(delay) = answer_after {
+    while let Some((kind, request_id)) = read_frame(&mut stream) {
+        if let Some(delay) = answer_after(kind) {
             let _ = answers.send((Instant::now() + delay, request_id));
         }
     }
@@ -121,7 +127,7 @@ fn a_peer_that_answers_late_keeps_its_connection() {
     // Each answer comes 120 ms after its request: every 50 ms call times
     // out, but answers keep arriving, so the connection is never presumed
     // dead; a call given time enough is answered on the same connection.
-    let peer = FakePeer::start(Some(Duration::from_millis(120)));
+    let peer = FakePeer::start(|_| Some(Duration::from_millis(120)));
     let (timeouts, last) = with_client(&peer, |client| {
         Box::pin(async move {
             let mut timeouts = 0;
@@ -148,7 +154,7 @@ fn a_peer_that_answers_late_keeps_its_connection() {
 
 #[test]
 fn a_peer_that_owes_answers_and_stays_silent_is_dialled_again() {
-    let peer = FakePeer::start(None);
+    let peer = FakePeer::start(|_| None);
     let calls = with_client(&peer, |client| {
         Box::pin(async move {
             let started = Instant::now();
@@ -173,4 +179,44 @@ fn a_peer_that_owes_answers_and_stays_silent_is_dialled_again() {
         "silent for {} ms twice over: dialled again, not at every timeout ({connections} connections)",
         PEER_SILENCE_BREAK_MS
     );
+}
+
+/// How long the fake peer takes to "install" a snapshot before it answers
+/// the chunk: silence well past `PEER_SILENCE_BREAK_MS`.
+const INSTALL_TIME: Duration = Duration::from_millis(3 * PEER_SILENCE_BREAK_MS);
+
+#[test]
+fn a_peer_installing_a_snapshot_keeps_its_connection_while_silent() {
+    // The peer answers the snapshot chunk after INSTALL_TIME and nothing
+    // else meanwhile (a member installing answers no heartbeat). The
+    // heartbeats time out throughout; the link stays, and the chunk's
+    // answer arrives. The silence rule once broke the link here, the
+    // transfer failed, and the leader sent the whole snapshot again.
+    let peer =
+        FakePeer::start(|kind| (kind == FrameKind::SnapshotChunk as u8).then_some(INSTALL_TIME));
+    let (timeouts, chunk) = with_client(&peer, |client| {
+        Box::pin(async move {
+            let installing = client.clone();
+            let chunk = glommio::spawn_local(async move {
+                installing
+                    .call(FrameKind::SnapshotChunk, 0, b"{}", 2 * INSTALL_TIME)
+                    .await
+            });
+            let mut timeouts = 0;
+            let started = Instant::now();
+            while started.elapsed() < INSTALL_TIME - Duration::from_millis(100) {
+                match client
+                    .call(FrameKind::AppendEntries, 0, b"{}", SHORT_TIMEOUT)
+                    .await
+                {
+                    Err(CallError::Timeout) => timeouts += 1,
+                    other => panic!("a heartbeat to an installing peer: {other:?}"),
+                }
+            }
+            (timeouts, chunk.await)
+        })
+    });
+    assert!(timeouts >= 10, "{timeouts} timeouts");
+    assert_eq!(chunk, Ok(b"{}".to_vec()), "the install was answered");
+    assert_eq!(peer.connections(), 1, "the connection was never broken");
 }

@@ -100,6 +100,9 @@ struct ConnShared {
     /// request leaves while none is owed, cleared (or restarted, if answers
     /// are still owed) by every frame that arrives.
     owing_since: Cell<Option<Instant>>,
+    /// Snapshot chunks owed an answer: while any is, silence is no sign of
+    /// a dead peer (`silent_too_long`).
+    chunks_owed: Cell<usize>,
 }
 
 impl ConnShared {
@@ -131,6 +134,7 @@ impl Conn {
             pending: RefCell::new(HashMap::new()),
             broken: RefCell::new(None),
             owing_since: Cell::new(None),
+            chunks_owed: Cell::new(0),
         });
         let (outbox, queued) = flume::bounded::<Vec<u8>>(PEER_REQUESTS_IN_FLIGHT_MAX);
 
@@ -190,8 +194,16 @@ impl Conn {
 }
 
 /// How long the peer has owed an answer without sending anything, if that
-/// is at least `PEER_SILENCE_BREAK_MS`.
+/// is at least `PEER_SILENCE_BREAK_MS` and no snapshot chunk is owed. A
+/// member answers a snapshot's last chunk once it has installed it, and
+/// answers nothing else on the link meanwhile: seconds for a million
+/// instances. The rule broke the link then, failing the transfer, and the
+/// leader sent the whole snapshot again (three times more in one test
+/// run); a chunk's own timeout (`snapshot::chunk_timeout`) bounds the wait.
 fn silent_too_long(shared: &ConnShared, now: Instant) -> Option<Duration> {
+    if shared.chunks_owed.get() > 0 {
+        return None;
+    }
     let since = shared.owing_since.get()?;
     let silent_for = now.saturating_duration_since(since);
     (silent_for >= Duration::from_millis(PEER_SILENCE_BREAK_MS)).then_some(silent_for)
@@ -202,11 +214,32 @@ fn silent_too_long(shared: &ConnShared, now: Instant) -> Option<Duration> {
 struct PendingGuard {
     shared: Rc<ConnShared>,
     request_id: u64,
+    /// A snapshot chunk, counted in `ConnShared::chunks_owed`.
+    chunk: bool,
+}
+
+impl PendingGuard {
+    fn new(shared: Rc<ConnShared>, request_id: u64, kind: FrameKind) -> PendingGuard {
+        let chunk = kind == FrameKind::SnapshotChunk;
+        if chunk {
+            shared.chunks_owed.set(shared.chunks_owed.get() + 1);
+        }
+        PendingGuard {
+            shared,
+            request_id,
+            chunk,
+        }
+    }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.shared.pending.borrow_mut().remove(&self.request_id);
+        if self.chunk {
+            self.shared
+                .chunks_owed
+                .set(self.shared.chunks_owed.get() - 1);
+        }
     }
 }
 
@@ -303,10 +336,7 @@ impl PeerClient {
             conn.next_request_id.set(request_id + 1);
             let (waiter, answer) = oneshot::channel();
             conn.shared.pending.borrow_mut().insert(request_id, waiter);
-            let _guard = PendingGuard {
-                shared: conn.shared.clone(),
-                request_id,
-            };
+            let _guard = PendingGuard::new(conn.shared.clone(), request_id, kind);
             let frame = encode_frame(kind, request_id, group_id, body);
             sent.set(true);
             if conn.shared.owing_since.get().is_none() {

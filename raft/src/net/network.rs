@@ -37,7 +37,7 @@ use super::append_wire::{encode_append_within, APPEND_BODY_TARGET_BYTES};
 use super::client::{CallError, PeerClient};
 use super::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
 use super::handshake::ClusterCredentials;
-use super::snapshot::{chunk_size_bytes, SNAPSHOT_SIZE_MAX_BYTES};
+use super::snapshot::{chunk_size_bytes, chunk_timeout, SNAPSHOT_SIZE_MAX_BYTES};
 use super::tls::PeerTls;
 use super::wire::{
     encode_chunk, from_json, to_json, ChunkAnswer, ChunkHeader, ErrorCode, SnapshotWire,
@@ -316,20 +316,31 @@ where
                 meta: snapshot.meta.clone(),
             };
             let body = encode_chunk(&header, &bytes[offset..end]);
-            // Each chunk gets the whole hard TTL: openraft's
-            // `install_snapshot_timeout` was a per-chunk timeout before
-            // 0.10 and is sized for one chunk.
+            // Each chunk gets its own time; the last one the install's too.
+            let last = end == bytes.len();
+            let chunk_option =
+                RPCOption::new(chunk_timeout(option.hard_ttl(), last, bytes.len() as u64));
             let sending = pin!(self.call::<ChunkAnswer<SnapshotResponse<C>>>(
                 FrameKind::SnapshotChunk,
                 RPCTypes::InstallSnapshot,
                 &body,
-                &option,
+                &chunk_option,
             ));
             let answer = match select(cancel.as_mut(), sending).await {
                 Either::Left((closed, _)) => return Err(StreamingError::Closed(closed)),
-                Either::Right((answer, _)) => answer.map_err(streaming_error)?,
+                Either::Right((answer, _)) => answer.map_err(|err| {
+                    // openraft sends the snapshot again without a word.
+                    tracing::warn!(
+                        "group {}: snapshot transfer {transfer_id} to node {} failed at \
+                         {end} of {} bytes: {err}",
+                        self.group_id,
+                        self.client.target(),
+                        bytes.len()
+                    );
+                    streaming_error(err)
+                })?,
             };
-            match (answer, end == bytes.len()) {
+            match (answer, last) {
                 (ChunkAnswer::Installed(response), true) => return Ok(response),
                 (ChunkAnswer::Received, false) => offset = end,
                 (answer, last) => {

@@ -4,6 +4,8 @@
 //! sequence of chunk requests, each acknowledged, and the receiving group
 //! reassembles them under a size bound before installing.
 
+use std::time::Duration;
+
 use super::wire::ChunkHeader;
 
 /// The largest chunk sent, whatever openraft's `snapshot_max_chunk_size`
@@ -20,6 +22,38 @@ pub const SNAPSHOT_CHUNK_MAX_BYTES: usize = 1 << 20;
 /// caught up, and the leader's attempt was a storage error, which stops
 /// openraft's Raft.)
 pub const SNAPSHOT_SIZE_MAX_BYTES: u64 = 64 << 30;
+
+/// How long one chunk may take to be sent and acknowledged: a full chunk
+/// over a link of 100 KiB/s. openraft's `install_snapshot_timeout` (200 ms
+/// by default) was the bound, so a link slower than 5 MiB/s could never
+/// finish a transfer: each timed-out chunk starts it over.
+pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
+/// How long the last chunk may take beyond a chunk's time, whatever the
+/// snapshot's size: the receiver answers it only once it has installed
+/// the snapshot (decoded it, written and synced its file, rebuilt the
+/// shard's state from it).
+pub const SNAPSHOT_INSTALL_BASE_TIMEOUT_MS: u64 = 30_000;
+
+/// And one millisecond more for each this many bytes of the snapshot
+/// (4 MiB/s: a tenth of the rate at which a member of the test VM
+/// installed a snapshot of a million instances). Bounded by the
+/// snapshot's own size, this was 200 ms: the leader gave up on every
+/// install that took longer and sent the whole snapshot again — three
+/// more times for that million-instance install, each read and
+/// serialized anew.
+pub const SNAPSHOT_INSTALL_BYTES_PER_MS: u64 = 4 << 10;
+
+/// The time a chunk of a transfer of `total_bytes` may take: a chunk's,
+/// and for the `last` one the install's too; never less than what
+/// openraft `asked`.
+pub fn chunk_timeout(asked: Duration, last: bool, total_bytes: u64) -> Duration {
+    let mut ms = SNAPSHOT_CHUNK_TIMEOUT_MS;
+    if last {
+        ms += SNAPSHOT_INSTALL_BASE_TIMEOUT_MS + total_bytes / SNAPSHOT_INSTALL_BYTES_PER_MS;
+    }
+    asked.max(Duration::from_millis(ms))
+}
 
 /// The chunk size to use for one transfer: what openraft asks, capped.
 pub fn chunk_size_bytes(asked: Option<usize>) -> usize {
@@ -123,6 +157,26 @@ mod tests {
             vote: (),
             meta: (),
         }
+    }
+
+    #[test]
+    fn a_last_chunk_waits_for_an_install_that_grows_with_the_snapshot() {
+        let asked = Duration::from_millis(200);
+        let chunk = Duration::from_millis(SNAPSHOT_CHUNK_TIMEOUT_MS);
+        assert_eq!(chunk_timeout(asked, false, 1 << 30), chunk);
+        let empty = chunk_timeout(asked, true, 0);
+        assert_eq!(
+            empty,
+            chunk + Duration::from_millis(SNAPSHOT_INSTALL_BASE_TIMEOUT_MS)
+        );
+        // 1 GiB: 256 s more than an empty one.
+        assert_eq!(
+            chunk_timeout(asked, true, 1 << 30) - empty,
+            Duration::from_secs(256)
+        );
+        // openraft's own setting, when larger, wins.
+        let long = Duration::from_secs(3_600);
+        assert_eq!(chunk_timeout(long, true, 1 << 20), long);
     }
 
     #[test]
