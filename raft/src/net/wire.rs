@@ -3,6 +3,7 @@
 //! travel. RPC bodies are openraft's own request and response types,
 //! serialized with serde_json (openraft's `serde` feature).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -82,15 +83,20 @@ pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Erro
 /// implement serde get it through JSON; a snapshot kept in a file (the
 /// shard's) implements it by reading and writing the file's bytes.
 pub trait SnapshotWire: Sized + 'static {
-    /// The snapshot as bytes; the transport sends them in chunks.
-    fn to_wire(&self) -> io::Result<Vec<u8>>;
+    /// The snapshot as bytes; the transport sends them in chunks. Borrowed
+    /// where the snapshot already is its bytes: a copy of a few hundred MB
+    /// in the leader's executor at every transfer held it up, and doubled
+    /// what the transfer held in memory.
+    fn to_wire(&self) -> io::Result<Cow<'_, [u8]>>;
     /// Rebuilds the snapshot from the reassembled bytes.
     fn from_wire(bytes: Vec<u8>) -> io::Result<Self>;
 }
 
 impl<T: Serialize + DeserializeOwned + 'static> SnapshotWire for T {
-    fn to_wire(&self) -> io::Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(io::Error::other)
+    fn to_wire(&self) -> io::Result<Cow<'_, [u8]>> {
+        serde_json::to_vec(self)
+            .map(Cow::Owned)
+            .map_err(io::Error::other)
     }
 
     fn from_wire(bytes: Vec<u8>) -> io::Result<Self> {

@@ -18,6 +18,7 @@
 //! standalone snapshot never holds (it is taken between batches), but a
 //! Raft snapshot is taken at any applied index, so they travel with it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -58,8 +59,8 @@ impl fmt::Debug for GroupSnapshotBytes {
 }
 
 impl SnapshotWire for GroupSnapshotBytes {
-    fn to_wire(&self) -> std::io::Result<Vec<u8>> {
-        Ok(self.0.to_vec())
+    fn to_wire(&self) -> std::io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(self.0.as_slice()))
     }
 
     fn from_wire(bytes: Vec<u8>) -> std::io::Result<Self> {
