@@ -6,10 +6,11 @@
 # entries kept behind one), a follower SIGKILLed, DUR seconds of the bench's
 # create load at 16×32 through the leader (contexts of PAD bytes: about a
 # million instances here), the follower restarted. One line per repetition:
-# the snapshot's bytes, seconds from the restart until the follower applied
-# the leader's commit index, the transfers the leader began after the
-# restart, the installs the follower did (and skipped), and the leader's
-# term before and after.
+# the snapshot's bytes, the transfers the leader began while the follower
+# was down, seconds from the restart until the follower applied the
+# leader's commit index, the transfers the leader began after the restart,
+# the installs the follower did (and skipped), and the leader's term before
+# and after.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CORESTATE_HTTP_LISTEN=off
@@ -52,6 +53,7 @@ for rep in $(seq "$REPS"); do
   term_before=$(status_field "$lead" term)
   target=$(status_field "$lead" commit_index)
   sent_before=$(grep -c "snapshot sending" "$WORK/node-$ln.log" || true)
+  down=$(cat "$WORK"/node-*.log | grep -c "snapshot sending" || true)
   t0=$(date +%s.%N)
   start_node "$f"
   wait_port "${PORTS[$((f - 1))]}"
@@ -65,7 +67,7 @@ for rep in $(seq "$REPS"); do
   skipped=$(grep -c "No need to install snapshot" "$WORK/node-$f.log" || true)
   bytes=$(ls -l "$WORK/node-$ln"/shard-000/raft/snapshots/*.snap | awk '{print $5}' | sort -n | tail -1)
   term_after=$(status_field "$lead" term 2>/dev/null || echo "?")
-  echo "rep $rep: snapshot $bytes bytes; caught up in $(python3 -c "print(round($t1 - $t0, 2))") s;" \
+  echo "rep $rep: snapshot $bytes bytes; transfers begun while down $down; caught up in $(python3 -c "print(round($t1 - $t0, 2))") s;" \
     "transfers begun after the restart $((sent_after - sent_before)); installs $installs, skipped $skipped;" \
     "leader term $term_before -> $term_after"
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done

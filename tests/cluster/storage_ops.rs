@@ -10,6 +10,9 @@
 //! it missed was purged behind a snapshot catches up by installing the
 //! leader's snapshot.
 
+use std::thread;
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::{flips_one_at_a_time, Cluster};
@@ -107,6 +110,8 @@ fn snapshot_instance_on_any_node_holds_what_that_node_applied() {
 /// the least `snapshot_every_entries` may be) plus the log a member keeps
 /// behind its snapshot (`log_kept_behind_snapshot_entries`, set to 100).
 const FLIPS_WHILE_DOWN: usize = 400;
+/// How long the follower then stays down.
+const WAIT_WHILE_DOWN: Duration = Duration::from_secs(3);
 
 #[test]
 fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapshot() {
@@ -121,6 +126,14 @@ fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapsho
     cluster.nodes.get_mut(&follower).unwrap().sigkill();
     let mut conn = cluster.raw(leader);
     let offsets = flips_one_at_a_time(&mut conn, "i-0", FLIPS_WHILE_DOWN);
+    // While the follower stays down, the leader's transfer waits for its
+    // link: openraft (which names each try in its log) would otherwise
+    // read the snapshot again and try anew about once a second.
+    let tries = || cluster.nodes[&leader].stderr().matches("snapshot sending").count();
+    let before = tries();
+    thread::sleep(WAIT_WHILE_DOWN);
+    let during = tries() - before;
+    assert!(during <= 1, "{during} snapshot transfers begun in {WAIT_WHILE_DOWN:?}");
     cluster.nodes.get_mut(&follower).unwrap().restart();
     // What the follower itself applied reaches the last flip.
     cluster.wait_applied(follower, "i-0", *offsets.last().unwrap());

@@ -396,6 +396,12 @@ impl PeerClient {
             .cloned()
     }
 
+    /// Whether a request could leave now: there is a live connection, or
+    /// one was dialled now (after a failed dial, not before its backoff).
+    pub async fn reachable(&self) -> Result<(), CallError> {
+        self.connection().await.map(|_| ())
+    }
+
     /// The live connection, dialling one if there is none.
     async fn connection(&self) -> Result<Rc<Conn>, CallError> {
         if let Some(conn) = self.live_connection() {

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use openraft::errors::{
@@ -37,7 +38,9 @@ use super::append_wire::{encode_append_within, APPEND_BODY_TARGET_BYTES};
 use super::client::{CallError, PeerClient};
 use super::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
 use super::handshake::ClusterCredentials;
-use super::snapshot::{chunk_size_bytes, chunk_timeout, SNAPSHOT_SIZE_MAX_BYTES};
+use super::snapshot::{
+    chunk_size_bytes, chunk_timeout, SNAPSHOT_PEER_RETRY_MS, SNAPSHOT_SIZE_MAX_BYTES,
+};
 use super::tls::PeerTls;
 use super::wire::{
     encode_chunk, from_json, to_json, ChunkAnswer, ChunkHeader, ErrorCode, SnapshotWire,
@@ -288,6 +291,35 @@ where
                 C::ErrorSource::from_string(why),
             ))
         };
+        let mut cancel = pin!(cancel);
+        // The member's link first: each failed transfer makes openraft read
+        // the snapshot again for the next.
+        let mut waited = false;
+        loop {
+            let reachable = pin!(self.client.reachable());
+            match select(cancel.as_mut(), reachable).await {
+                Either::Left((closed, _)) => return Err(StreamingError::Closed(closed)),
+                Either::Right((Ok(()), _)) if waited => {
+                    // The snapshot read before the wait may be old by now
+                    // (the member would then need another): openraft tries
+                    // again at once (a network error), with the newest.
+                    return Err(StreamingError::Network(NetworkError::from_string(format!(
+                        "node {} is reachable again: the newest snapshot goes instead",
+                        self.client.target()
+                    ))));
+                }
+                Either::Right((Ok(()), _)) => break,
+                Either::Right((Err(_), _)) => {
+                    waited = true;
+                    let wait = pin!(glommio::timer::sleep(Duration::from_millis(
+                        SNAPSHOT_PEER_RETRY_MS
+                    )));
+                    if let Either::Left((closed, _)) = select(cancel.as_mut(), wait).await {
+                        return Err(StreamingError::Closed(closed));
+                    }
+                }
+            }
+        }
         let bytes = snapshot
             .snapshot
             .to_wire()
@@ -304,7 +336,6 @@ where
         let chunk_bytes = chunk_size_bytes(option.snapshot_chunk_size());
         let transfer_id = self.next_transfer_id.get();
         self.next_transfer_id.set(transfer_id + 1);
-        let mut cancel = pin!(cancel);
         let mut offset = 0usize;
         loop {
             let end = (offset + chunk_bytes).min(bytes.len());
