@@ -129,11 +129,19 @@ fn a_member_back_after_the_log_it_missed_was_purged_installs_the_leaders_snapsho
     // While the follower stays down, the leader's transfer waits for its
     // link: openraft (which names each try in its log) would otherwise
     // read the snapshot again and try anew about once a second.
-    let tries = || cluster.nodes[&leader].stderr().matches("snapshot sending").count();
+    let tries = || {
+        cluster.nodes[&leader]
+            .stderr()
+            .matches("snapshot sending")
+            .count()
+    };
     let before = tries();
     thread::sleep(WAIT_WHILE_DOWN);
     let during = tries() - before;
-    assert!(during <= 1, "{during} snapshot transfers begun in {WAIT_WHILE_DOWN:?}");
+    assert!(
+        during <= 1,
+        "{during} snapshot transfers begun in {WAIT_WHILE_DOWN:?}"
+    );
     cluster.nodes.get_mut(&follower).unwrap().restart();
     // What the follower itself applied reaches the last flip.
     cluster.wait_applied(follower, "i-0", *offsets.last().unwrap());
