@@ -36,12 +36,11 @@ pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
 pub const SNAPSHOT_INSTALL_BASE_TIMEOUT_MS: u64 = 30_000;
 
 /// And one millisecond more for each this many bytes of the snapshot
-/// (4 MiB/s: a tenth of the rate at which a member of the test VM
-/// installed a snapshot of a million instances). Bounded by the
-/// snapshot's own size, this was 200 ms: the leader gave up on every
-/// install that took longer and sent the whole snapshot again — three
-/// more times for that million-instance install, each read and
-/// serialized anew.
+/// (4 MiB/s, against the ~110 MB/s at which a member of the test VM
+/// installed 270 MB: room for slower disks and larger states). Unrelated
+/// to the snapshot's size, this was 200 ms: the leader gave up on every
+/// install that took longer and sent the whole snapshot again — 3 to 8
+/// times for those million-instance installs, each read anew.
 pub const SNAPSHOT_INSTALL_BYTES_PER_MS: u64 = 4 << 10;
 
 /// The time a chunk of a transfer of `total_bytes` may take: a chunk's,
@@ -58,8 +57,8 @@ pub fn chunk_timeout(asked: Duration, last: bool, total_bytes: u64) -> Duration 
 /// How often a transfer whose member is unreachable tries its link again
 /// before it sends anything. It waits (until openraft cancels it) rather
 /// than fail: openraft would retry about once a second, reading the
-/// snapshot file whole each time — 14 reads of 160–270 MB in 15 s while a
-/// follower was down in the catch-up bench.
+/// snapshot file whole each time — 13 to 15 reads of 160–280 MB in 15 s
+/// while a follower was down in the catch-up bench.
 pub const SNAPSHOT_PEER_RETRY_MS: u64 = 500;
 
 /// The chunk size to use for one transfer: what openraft asks, capped.
