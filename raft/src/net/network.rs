@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -163,6 +163,40 @@ where
         self.call(kind, action, &to_json(request), option).await
     }
 
+    /// Waits until the member's link is up (tried every
+    /// `SNAPSHOT_PEER_RETRY_MS`) or openraft cancels the transfer. Failing
+    /// at once made openraft read the snapshot again for its next try,
+    /// about once a second for as long as the member was down. After a
+    /// wait, the snapshot read before it may be old (the member would then
+    /// need another): the transfer fails with a network error, which
+    /// openraft retries at once, with the newest.
+    async fn link_for_snapshot<F>(&self, mut cancel: Pin<&mut F>) -> Result<(), StreamingError<C>>
+    where
+        F: Future<Output = ReplicationClosed>,
+    {
+        let mut waited = false;
+        loop {
+            let reachable = pin!(self.client.reachable());
+            match select(cancel.as_mut(), reachable).await {
+                Either::Left((closed, _)) => return Err(StreamingError::Closed(closed)),
+                Either::Right((Ok(()), _)) if !waited => return Ok(()),
+                Either::Right((Ok(()), _)) => {
+                    return Err(StreamingError::Network(NetworkError::from_string(format!(
+                        "node {} is reachable again: the newest snapshot goes instead",
+                        self.client.target()
+                    ))))
+                }
+                Either::Right((Err(_), _)) => waited = true,
+            }
+            let wait = pin!(glommio::timer::sleep(Duration::from_millis(
+                SNAPSHOT_PEER_RETRY_MS
+            )));
+            if let Either::Left((closed, _)) = select(cancel.as_mut(), wait).await {
+                return Err(StreamingError::Closed(closed));
+            }
+        }
+    }
+
     /// Sends an encoded body and decodes the JSON answer.
     async fn call<Resp: DeserializeOwned>(
         &self,
@@ -292,34 +326,7 @@ where
             ))
         };
         let mut cancel = pin!(cancel);
-        // The member's link first: each failed transfer makes openraft read
-        // the snapshot again for the next.
-        let mut waited = false;
-        loop {
-            let reachable = pin!(self.client.reachable());
-            match select(cancel.as_mut(), reachable).await {
-                Either::Left((closed, _)) => return Err(StreamingError::Closed(closed)),
-                Either::Right((Ok(()), _)) if waited => {
-                    // The snapshot read before the wait may be old by now
-                    // (the member would then need another): openraft tries
-                    // again at once (a network error), with the newest.
-                    return Err(StreamingError::Network(NetworkError::from_string(format!(
-                        "node {} is reachable again: the newest snapshot goes instead",
-                        self.client.target()
-                    ))));
-                }
-                Either::Right((Ok(()), _)) => break,
-                Either::Right((Err(_), _)) => {
-                    waited = true;
-                    let wait = pin!(glommio::timer::sleep(Duration::from_millis(
-                        SNAPSHOT_PEER_RETRY_MS
-                    )));
-                    if let Either::Left((closed, _)) = select(cancel.as_mut(), wait).await {
-                        return Err(StreamingError::Closed(closed));
-                    }
-                }
-            }
-        }
+        self.link_for_snapshot(cancel.as_mut()).await?;
         let bytes = snapshot
             .snapshot
             .to_wire()
