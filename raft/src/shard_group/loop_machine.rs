@@ -326,29 +326,40 @@ impl RaftSnapshotBuilder<ShardGroup> for LoopMachine {
     type SnapshotData = GroupSnapshotBytes;
 
     async fn build_snapshot(&mut self) -> Result<GroupSnapshotOf, io::Error> {
-        let (answer, answered) = flume::bounded(1);
-        // The look runs after every entry delivered so far: the state it
-        // sees is the one `last_applied` names now.
-        let (meta, applied_bytes) = {
-            let a = self.0.borrow();
-            let meta = SnapshotMeta {
-                last_log_id: a.last_applied,
-                last_membership: a.membership.clone(),
-            };
-            (meta, a.applied_bytes)
-        };
         // The loop takes it in slices between its turns
         // (`shards::shard::member_snapshot`); sealing it and writing the
         // file run on a thread of their own. Either, done in the loop in
         // one go, stopped it for seconds once a shard held a million
         // instances — on every node at once.
         let started = std::time::Instant::now();
-        self.deliver(Delivery::Snapshot(answer)).await?;
         let shard = self.0.borrow().shard;
-        let taken = answered
-            .recv_async()
-            .await
-            .map_err(|_| io::Error::other(format!("shard {shard}: the snapshot was abandoned")))?;
+        let (meta, applied_bytes, taken) = loop {
+            let (answer, answered) = flume::bounded(1);
+            // The look runs after every entry delivered so far: the state
+            // it sees is the one `last_applied` names now.
+            let (meta, applied_bytes) = {
+                let a = self.0.borrow();
+                let meta = SnapshotMeta {
+                    last_log_id: a.last_applied,
+                    last_membership: a.membership.clone(),
+                };
+                (meta, a.applied_bytes)
+            };
+            self.deliver(Delivery::Snapshot(answer)).await?;
+            match answered.recv_async().await {
+                Ok(taken) => break (meta, applied_bytes, taken),
+                // The loop abandons a snapshot whose state was replaced
+                // under it (rebuilt after a lost lead, FLUSH_ALL). Failing
+                // the build is a storage error to openraft, which stops the
+                // member's Raft for good: a leader under load did so, and
+                // with one member down its group had no leader again. The
+                // state as it is now is asked for instead.
+                Err(_) => tracing::info!(
+                    "shard {shard}: a group snapshot was abandoned (its state was replaced); \
+                     taking it again"
+                ),
+            }
+        };
         let imaged = started.elapsed();
         let (storage, dir) = {
             let a = self.0.borrow();

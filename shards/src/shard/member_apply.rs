@@ -54,7 +54,7 @@ impl Shard {
                     return;
                 }
                 // A snapshot being taken lists the instances of the state
-                // this one replaces: it is abandoned (openraft asks again).
+                // this one replaces: it is abandoned (the builder asks again).
                 self.member_mut().snapshot_job = None;
                 self.install(*part);
                 // What the snapshot holds was published by whoever applied it.

@@ -48,7 +48,7 @@ impl Shard {
         let (in_doubt, committed) = self.txn_log.sorted_copy();
         let position = self.member().position;
         let job = SnapshotJob::start(&self.state, position, &*self.env.clock);
-        // A newer request replaces an older one (openraft gave up on it).
+        // A newer request replaces an older one (its builder gave up).
         self.member_mut().snapshot_job = Some(GroupSnapshotJob {
             job,
             in_doubt,
@@ -86,7 +86,7 @@ impl Shard {
                 });
             }
             // The table was emptied under the job (FLUSH_ALL): dropping
-            // `done` fails this build; openraft asks again later.
+            // `done` makes the builder ask again (`loop_machine.rs`).
             SliceOutcome::Restart => {}
         }
     }
