@@ -14,7 +14,8 @@ wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/nul
 # prints node NODE's config (1..3): pinned or not (`corestate.pin_cores`);
 # when pinned, its shards start at CPU NODE-1, so the nodes spread over the
 # machine's cores instead of all pinning shard 0 to CPU 0. Leader balancing
-# is off: a bench finds the leader and drives it.
+# is off: a bench finds the leader and drives it. BENCH_NODE_EXTRA_YAML:
+# more lines of the cluster section (each indented by four spaces).
 bench_node_yaml() {
   local i=$1 pin=$2
   shift 2
@@ -34,6 +35,7 @@ corestate:
       - {id: 2, peer: "127.0.0.1:${peers[1]}"}
       - {id: 3, peer: "127.0.0.1:${peers[2]}"}
 YAML
+  printf '%s' "${BENCH_NODE_EXTRA_YAML:-}"
   # PEER_TLS_DIR (made by make_peer_pki): peer links over mutual TLS.
   if [ -n "${PEER_TLS_DIR:-}" ]; then
     cat <<YAML
@@ -91,16 +93,27 @@ start_bench_cluster() {
   local pin=$1 fsync=$2 logs=$3 peers=() i
   PORTS=()
   NODE_PIDS=()
+  BENCH_FSYNC=$fsync
+  BENCH_LOGS=$logs
   for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
   for i in 1 2 3; do
     mkdir -p "$WORK/node-$i"
     bench_node_yaml "$i" "$pin" "${peers[@]}" >"$WORK/node-$i.yaml"
-    "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
-      --data-dir "$WORK/node-$i" --fsync "$fsync" --shards 1 2>"$logs/node-$i.log" &
-    NODE_PIDS+=($!)
-    PIDS+=($!)
+    : >"$logs/node-$i.log"
+    start_bench_node "$i"
   done
   for i in "${PORTS[@]}"; do wait_port "$i"; done
+}
+
+# start_bench_node NODE: (re)starts node NODE (1..3) of the cluster
+# start_bench_cluster made, on its data directory, appending to its log;
+# sets NODE_PIDS[NODE-1] and adds the PID to PIDS.
+start_bench_node() {
+  local i=$1
+  "$BIN" --config "$WORK/node-$i.yaml" --bind 127.0.0.1:"${PORTS[$((i - 1))]}" \
+    --data-dir "$WORK/node-$i" --fsync "$BENCH_FSYNC" --shards 1 2>>"$BENCH_LOGS/node-$i.log" &
+  NODE_PIDS[$((i - 1))]=$!
+  PIDS+=($!)
 }
 
 # bench_cluster_setup NAME: build the release server and bench client; set

@@ -25,21 +25,8 @@ for rep in $(seq "$REPS"); do
   WORK=$(mktemp -d /tmp/snapcatch.XXXX)
   PIDS=()
   trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
-  peers=() PORTS=() NODE_PIDS=()
-  for i in 1 2 3; do peers+=("$(free_port)"); PORTS+=("$(free_port)"); done
-  start_node() {
-    "$BIN" --config "$WORK/node-$1.yaml" --bind 127.0.0.1:"${PORTS[$(($1 - 1))]}" \
-      --data-dir "$WORK/node-$1" --fsync never --shards 1 2>>"$WORK/node-$1.log" &
-    NODE_PIDS[$(($1 - 1))]=$!
-    PIDS+=($!)
-  }
-  for i in 1 2 3; do
-    mkdir -p "$WORK/node-$i"
-    { bench_node_yaml "$i" false "${peers[@]}"
-      printf '    snapshot_every_entries: 100\n    log_kept_behind_snapshot_entries: 100\n'; } >"$WORK/node-$i.yaml"
-    start_node "$i"
-  done
-  for p in "${PORTS[@]}"; do wait_port "$p"; done
+  BENCH_NODE_EXTRA_YAML=$'    snapshot_every_entries: 100\n    log_kept_behind_snapshot_entries: 100\n' \
+    start_bench_cluster false never "$WORK"
   lead=$(leader_port "${PORTS[@]}")
   f=1
   [ "${PORTS[0]}" = "$lead" ] && f=2
@@ -55,7 +42,7 @@ for rep in $(seq "$REPS"); do
   sent_before=$(grep -c "snapshot sending" "$WORK/node-$ln.log" || true)
   down=$(cat "$WORK"/node-*.log | grep -c "snapshot sending" || true)
   t0=$(date +%s.%N)
-  start_node "$f"
+  start_bench_node "$f"
   wait_port "${PORTS[$((f - 1))]}"
   until [ "$(status_field "${PORTS[$((f - 1))]}" applied_index 2>/dev/null || echo 0)" -ge "$target" ] 2>/dev/null; do
     sleep 0.05
