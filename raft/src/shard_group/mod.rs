@@ -77,7 +77,9 @@ pub use link::{
 };
 pub use loop_machine::LoopMachine;
 pub use member::{GroupError, GroupMember, GroupRaft, MemberMachine, MemberSetup};
-pub use snapshot::{GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC};
+pub use snapshot::{
+    decode_group, GroupSnapshot, GroupSnapshotBytes, GroupSnapshotError, GROUP_SNAPSHOT_MAGIC,
+};
 pub use snapshot_pacing::{pace_snapshots, LogSinceSnapshot, SnapshotPacing};
 pub use state_machine::ShardMachine;
 
