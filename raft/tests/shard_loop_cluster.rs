@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use corestate_raft::shard_group::ENTRY_RECORDS_BYTES_MAX;
 use loop_node::{on_leader, retryable, wait_until, LoopNode, STEP_TIMEOUT};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 
@@ -31,6 +32,8 @@ const SNAPSHOT_EVERY_ENTRIES: u64 = 3;
 use serde_json::{json, Value};
 use shards::error::ErrorCode;
 use shards::shard::{ApplyEvent, Command, CreateInstance};
+use shards::wal::entry::{write_create_instance, CreateFields};
+use shards::wal::record::RECORD_HEADER_BYTES;
 
 struct Cluster {
     nodes: BTreeMap<u64, LoopNode>,
@@ -42,15 +45,21 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(|_| {})
+    }
+
+    /// A cluster whose Raft config `tune` adjusts.
+    fn start_with(tune: impl FnOnce(&mut Config)) -> Cluster {
         // Snapshots every few entries, and no log kept behind them: the
         // loop's look at its state builds them, and a restarted or lagging
         // member installs one into its loop.
-        let config = Config {
+        let mut config = Config {
             cluster_name: loop_node::CLUSTER_NAME.to_string(),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
             max_in_snapshot_log_to_keep: 0,
             ..Config::default()
         };
+        tune(&mut config);
         let config = Arc::new(config.validate().expect("valid config"));
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
@@ -235,6 +244,80 @@ fn writes_on_the_leader_replay_on_followers_and_survive_its_loss() {
     cluster.leader();
     for (id, state) in [("o-1", "paid"), ("o-2", "paid")] {
         assert_eq!(state_of(&exec(&cluster, || get(id))), state, "{id}");
+    }
+}
+
+/// A create of `id` whose record (header and payload) takes exactly
+/// `record_bytes`.
+fn create_of_record_size(id: &str, record_bytes: usize) -> Command {
+    let payload_with = |pad: usize| {
+        let ctx = serde_json::to_vec(&json!({ "pad": "x".repeat(pad) })).unwrap();
+        let mut out = Vec::new();
+        write_create_instance(
+            &mut out,
+            &CreateFields {
+                instance_id: id,
+                machine: "order",
+                version: 1,
+                initial_state: "created",
+                initial_ctx_json: &ctx,
+                idempotency_key: None,
+            },
+        );
+        out.len()
+    };
+    let pad = record_bytes - RECORD_HEADER_BYTES - payload_with(0);
+    assert_eq!(RECORD_HEADER_BYTES + payload_with(pad), record_bytes);
+    Command::Create(CreateInstance {
+        instance_id: id.to_string(),
+        machine: "order".into(),
+        version: 1,
+        initial_ctx: json!({ "pad": "x".repeat(pad) }),
+        idempotency_key: None,
+    })
+}
+
+/// A turn is logged as one entry, so its records must fit one. A create
+/// whose record fits an entry alone, but not beside a small create queued
+/// just before it, was run in the same turn: the turn came to more than an
+/// entry holds and both were refused ("may be sent again" — into the same
+/// company, for all the loop knew). Now the large one does not join the
+/// turn: it starts the next, and every write is logged and replicated.
+#[test]
+fn a_write_that_fits_an_entry_alone_is_not_refused_for_its_company() {
+    // Entries of megabytes keep an unoptimized build's loops busy for
+    // longer than the default election timeout: the lead would move.
+    let cluster = Cluster::start_with(|config| {
+        config.heartbeat_interval = 500;
+        config.election_timeout_min = 5_000;
+        config.election_timeout_max = 10_000;
+    });
+    let leader = cluster.leader();
+    let installed = on_leader(&cluster.running(), |n| {
+        n.install("order", &turns::order_machine())
+    });
+    assert_eq!(installed, Ok(true));
+    // The small create's record takes more than 100 bytes.
+    let large = create_of_record_size("large", ENTRY_RECORDS_BYTES_MAX - 100);
+    let cmds = vec![create("small-1"), large, create("small-2")];
+    let answers = cluster.nodes[&leader].exec_queued(cmds);
+    let ids = ["small-1", "large", "small-2"];
+    let mut offsets = Vec::new();
+    for (id, answer) in ids.into_iter().zip(answers) {
+        let answer = answer.unwrap_or_else(|e| panic!("{id} refused: {e:?}"));
+        assert_eq!(answer["instance_id"], id, "{answer}");
+        offsets.push(offset_of(&answer));
+    }
+    assert!(offsets.is_sorted(), "in the order sent: {offsets:?}");
+    // Every member applied the entries, and the group serves on.
+    let applied = cluster.nodes[&leader].status().last_applied;
+    for node in cluster.running() {
+        wait_until("every member applied the writes", || {
+            node.status().last_applied >= applied
+        });
+    }
+    for id in ids {
+        assert_eq!(state_of(&exec(&cluster, || get(id))), "created", "{id}");
     }
 }
 

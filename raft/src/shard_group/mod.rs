@@ -72,8 +72,8 @@ pub use balance::{
 };
 pub use forward::FORWARD_TIMEOUT_MS;
 pub use link::{
-    start_loop_member, MemberLink, DELIVERIES_QUEUED_MAX, READ_BARRIER_TIMEOUT_MS,
-    TURN_COMMIT_TIMEOUT_MS,
+    start_loop_member, MemberLink, DELIVERIES_QUEUED_MAX, ENTRY_RECORDS_BYTES_MAX,
+    READ_BARRIER_TIMEOUT_MS, TURN_COMMIT_TIMEOUT_MS,
 };
 pub use loop_machine::LoopMachine;
 pub use member::{GroupError, GroupMember, GroupRaft, MemberMachine, MemberSetup};

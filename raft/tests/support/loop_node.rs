@@ -117,6 +117,34 @@ impl LoopNode {
             .map(|b| serde_json::from_slice(&b).expect("an answer is JSON"))
     }
 
+    /// Send every one of `cmds` to this node's shard before awaiting any
+    /// answer, so that its loop finds them queued together; their answers
+    /// in order.
+    pub fn exec_queued(&self, cmds: Vec<Command>) -> Vec<EngineResult<Value>> {
+        let answers: Vec<_> = cmds
+            .into_iter()
+            .map(|cmd| {
+                let (tx, rx) = flume::bounded(1);
+                self.shard
+                    .send(ShardMsg::Exec {
+                        cmd,
+                        reply: ReplyTo::internal(tx, 0),
+                    })
+                    .expect("the shard runs");
+                rx
+            })
+            .collect();
+        answers
+            .into_iter()
+            .map(|rx| {
+                let reply = rx.recv_timeout(STEP_TIMEOUT).expect("the shard answers");
+                reply
+                    .body
+                    .map(|b| serde_json::from_slice(&b).expect("an answer is JSON"))
+            })
+            .collect()
+    }
+
     /// Install the machine `name` v1 on this node's shard.
     pub fn install(&self, name: &str, definition: &Value) -> EngineResult<bool> {
         let def = Arc::new(parse_definition(name, 1, definition).expect("a valid definition"));

@@ -45,6 +45,16 @@ impl Shard {
                     Command::Delete(c) => self.state.delete_instance(c, now, wal),
                     Command::Get { instance_id } => self.state.get_instance(&instance_id),
                 };
+                if let Some(cmd) = self.state.not_run.take() {
+                    // Its record would not fit in this member's log entry
+                    // beside the turn's others: nothing ran, and it starts
+                    // the next turn (`replica.rs`). Only a member's log
+                    // has no room (a standalone shard never gets here).
+                    if let Some(member) = self.member.as_mut() {
+                        member.not_run = Some(ShardMsg::Exec { cmd, reply });
+                        return;
+                    }
+                }
                 // Charged now, not when answered: later requests of a client
                 // whose budget this spends wait from here on.
                 let charge = reply.charge_for(&result);

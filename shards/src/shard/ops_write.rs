@@ -13,7 +13,7 @@ use crate::instance::{merge_payload, CachedApply, Creation, Instance};
 use crate::instance_ctx::Ctx;
 use crate::json::canonical;
 use crate::machine::definition::Selection;
-use crate::shard::command::{ApplyEvent, CreateInstance, DeleteInstance};
+use crate::shard::command::{ApplyEvent, Command, CreateInstance, DeleteInstance};
 use crate::shard::events::WatchEvent;
 use crate::wal::entry;
 use crate::wal::record::RecordKind;
@@ -53,18 +53,20 @@ impl ShardState {
             .cloned()
             .ok_or_else(|| EngineError::machine_not_found(&cmd.machine, cmd.version))?;
         let ctx_json = canonical::to_vec(&cmd.initial_ctx);
+        let fields = entry::CreateFields {
+            instance_id: &cmd.instance_id,
+            machine: &machine.machine,
+            version: machine.version,
+            initial_state: &machine.initial,
+            initial_ctx_json: &ctx_json,
+            idempotency_key: cmd.idempotency_key.as_deref(),
+        };
+        if !log.has_room(fields.payload_bytes_max()) {
+            self.not_run = Some(Command::Create(cmd));
+            return Err(no_room_in_turn());
+        }
         let offset = log.append(RecordKind::CreateInstance, now_ms, &mut |out| {
-            entry::write_create_instance(
-                out,
-                &entry::CreateFields {
-                    instance_id: &cmd.instance_id,
-                    machine: &machine.machine,
-                    version: machine.version,
-                    initial_state: &machine.initial,
-                    initial_ctx_json: &ctx_json,
-                    idempotency_key: cmd.idempotency_key.as_deref(),
-                },
-            )
+            entry::write_create_instance(out, &fields)
         })?;
         let mut r = ResultWriter::new();
         r.str("instance_id", &cmd.instance_id)
@@ -191,22 +193,24 @@ impl ShardState {
             }
         };
         let payload_json = canonical::to_vec(&cmd.payload);
+        let fields = entry::ApplyFields {
+            instance_id: &cmd.instance_id,
+            machine: &machine.machine,
+            version: machine.version,
+            event: &cmd.event,
+            from_state: &inst.state,
+            to_state,
+            payload_json: &payload_json,
+            ctx_json: &ctx_json,
+            event_id: cmd.event_id.as_deref(),
+            idempotency_key: cmd.idempotency_key.as_deref(),
+        };
+        if !log.has_room(fields.payload_bytes_max()) {
+            self.not_run = Some(Command::Apply(cmd));
+            return Err(no_room_in_turn());
+        }
         let offset = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
-            entry::write_apply_event(
-                out,
-                &entry::ApplyFields {
-                    instance_id: &cmd.instance_id,
-                    machine: &machine.machine,
-                    version: machine.version,
-                    event: &cmd.event,
-                    from_state: &inst.state,
-                    to_state,
-                    payload_json: &payload_json,
-                    ctx_json: &ctx_json,
-                    event_id: cmd.event_id.as_deref(),
-                    idempotency_key: cmd.idempotency_key.as_deref(),
-                },
-            )
+            entry::write_apply_event(out, &fields)
         })?;
         let from_state = std::mem::replace(&mut inst.state, inst.machine.interned_state(to_state));
         let result = apply_result(
@@ -303,4 +307,10 @@ fn apply_result(
         .str("to_state", to_state)
         .u64("wal_offset", offset);
     r.finish()
+}
+
+/// What a write the turn had no room for returns; never a client's answer:
+/// the loop takes the command back from `ShardState::not_run`.
+fn no_room_in_turn() -> EngineError {
+    EngineError::internal("no room for this write in the turn's log entry")
 }

@@ -98,6 +98,9 @@ pub struct MemberSide {
     pub(super) watermark: WatermarkAsks,
     /// A message a turn left for the next one to start with.
     carried: Option<ShardMsg>,
+    /// A write this turn's entry had no room for, handed back by
+    /// `run_admitted` (`LogSink::has_room`): it becomes `carried`.
+    pub(super) not_run: Option<ShardMsg>,
     /// When each cross-shard part held in doubt here was prepared (or
     /// found, after a snapshot or restart): `member_txn.rs`.
     pub(super) prepared_at: HashMap<u64, Duration>,
@@ -162,6 +165,7 @@ impl Shard {
             offsets: OffsetIndex::default(),
             watermark: WatermarkAsks::default(),
             carried: None,
+            not_run: None,
             prepared_at: HashMap::new(),
             snapshot_job: None,
             read_back: None,
@@ -368,8 +372,18 @@ impl Shard {
         let mut confirm = false;
         let mut next = first;
         let mut handled = 0;
+        let entry_bytes_max = self.member().link.entry_records_bytes_max();
         while let Some(msg) = next.take() {
             handled += 1;
+            // The group logs the turn as one entry. A create or apply whose
+            // record would take the turn past what an entry holds does not
+            // run beside the others but first in the next turn, so a write
+            // that fits an entry alone is never refused for the company it
+            // came in: refusing the whole turn (below) would undo every
+            // write in it, and a retry could meet the same company again.
+            // The turn's first message runs whatever its size.
+            self.wal
+                .limit_turn_bytes((handled > 1).then_some(entry_bytes_max));
             // A message another node forwarded here is run or refused,
             // never forwarded again (`forward.rs` of the Raft crate).
             let (msg, forwarded) = match msg {
@@ -438,6 +452,17 @@ impl Shard {
             } else {
                 self.handle(msg, now, deferred);
             }
+            if let Some(not_run) = self.member_mut().not_run.take() {
+                let not_run = if forwarded {
+                    ShardMsg::Forwarded(Box::new(not_run))
+                } else {
+                    not_run
+                };
+                self.member_mut().carried = Some(not_run);
+                // It did not run: the turn's requests are the others.
+                handled -= 1;
+                break;
+            }
             if handled >= super::runner::GROUP_COMMIT_MESSAGES_MAX
                 || self.wal.staged_bytes() >= self.group_bytes_max
                 || self.stopping.is_some()
@@ -447,6 +472,9 @@ impl Shard {
             }
             next = mailbox.try_recv().ok();
         }
+        // Parked and waiting requests run as before: should the turn come
+        // to more than an entry holds, it is refused whole (below).
+        self.wal.limit_turn_bytes(None);
         if !self.parked.is_empty() {
             // Messages parked behind a batch's locks: a leader runs those
             // whose locks are gone (a rebuild can drop a lock no decision
@@ -480,9 +508,11 @@ impl Shard {
         let link = self.member().link.clone();
         let max = link.entry_records_bytes_max();
         if records.len() > max {
-            // A turn stops once its records pass the group-commit size, so
-            // only a large last request takes it past what one entry (one
-            // record of the log) holds. Proposed, the entry would be
+            // A turn stops once its records pass the group-commit size, and
+            // a create or apply that would take it past what one entry (one
+            // record of the log) holds waits for the next turn; what is
+            // left is a request too large alone, or a machine, a batch or a
+            // parked request that came last. Proposed, the entry would be
             // refused by the log store, which stops the member's Raft.
             // Nothing was logged: the writes are undone, as after a lost
             // lead.

@@ -13,6 +13,7 @@ use crate::error::{EngineError, EngineResult, ErrorCode};
 use crate::instance::Instance;
 use crate::instance_table::InstanceTable;
 use crate::machine::definition::MachineDef;
+use crate::shard::command::Command;
 use crate::shard::events::WatchEvent;
 use crate::wal::entry;
 use crate::wal::record::RecordKind;
@@ -28,6 +29,14 @@ pub trait LogSink {
         time_ms: u64,
         write: &mut dyn FnMut(&mut Vec<u8>),
     ) -> EngineResult<u64>;
+
+    /// Whether a record whose payload takes at most `payload_bytes` may be
+    /// staged in this turn. A write told no leaves everything as it was
+    /// and hands its command back (`ShardState::not_run`): it runs first in
+    /// the next turn. Only a group member's turn has a limit (its entry).
+    fn has_room(&self, _payload_bytes: usize) -> bool {
+        true
+    }
 }
 
 impl LogSink for WalWriter {
@@ -38,6 +47,10 @@ impl LogSink for WalWriter {
         write: &mut dyn FnMut(&mut Vec<u8>),
     ) -> EngineResult<u64> {
         WalWriter::append(self, kind, time_ms, |out| write(out))
+    }
+
+    fn has_room(&self, payload_bytes: usize) -> bool {
+        WalWriter::has_room(self, payload_bytes)
     }
 }
 
@@ -82,6 +95,9 @@ pub struct ShardState {
     /// Events of applies staged in the current group, published to watchers
     /// once the group is durable.
     pub events: Vec<Arc<WatchEvent>>,
+    /// A write the log had no room for in this turn (`LogSink::has_room`),
+    /// handed back untouched to run first in the next.
+    pub not_run: Option<Command>,
 }
 
 impl ShardState {
@@ -93,6 +109,7 @@ impl ShardState {
             allow_instance_recreate,
             active_instances: 0,
             events: Vec::new(),
+            not_run: None,
         }
     }
 

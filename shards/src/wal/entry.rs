@@ -269,6 +269,32 @@ pub struct CreateFields<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
+/// The most bytes a string takes written as JSON: every byte escaped as
+/// `\u00XX` (control characters), plus its quotes.
+fn quoted_bytes_max(s: &str) -> usize {
+    s.len() * JSON_ESCAPED_BYTES_PER_BYTE_MAX + 2
+}
+
+/// The most a byte of a string takes once escaped for JSON (`\u00XX`).
+const JSON_ESCAPED_BYTES_PER_BYTE_MAX: usize = 6;
+
+/// Room enough for an instance entry's type, key names, punctuation and
+/// version number — everything but its strings and embedded JSON.
+const INSTANCE_ENTRY_FRAME_BYTES_MAX: usize = 256;
+
+impl CreateFields<'_> {
+    /// At least the bytes `write_create_instance` writes for these fields,
+    /// known before writing them (`LogSink::has_room`).
+    pub fn payload_bytes_max(&self) -> usize {
+        INSTANCE_ENTRY_FRAME_BYTES_MAX
+            + quoted_bytes_max(self.instance_id)
+            + quoted_bytes_max(self.machine)
+            + quoted_bytes_max(self.initial_state)
+            + self.initial_ctx_json.len()
+            + self.idempotency_key.map_or(0, quoted_bytes_max)
+    }
+}
+
 pub fn write_create_instance(out: &mut Vec<u8>, f: &CreateFields<'_>) {
     instance_entry_head(
         out,
@@ -298,6 +324,28 @@ pub struct ApplyFields<'a> {
     pub ctx_json: &'a [u8],
     pub event_id: Option<&'a str>,
     pub idempotency_key: Option<&'a str>,
+}
+
+impl ApplyFields<'_> {
+    /// At least the bytes `write_apply_event` writes for these fields,
+    /// known before writing them (`LogSink::has_room`).
+    pub fn payload_bytes_max(&self) -> usize {
+        INSTANCE_ENTRY_FRAME_BYTES_MAX
+            + [
+                self.instance_id,
+                self.machine,
+                self.event,
+                self.from_state,
+                self.to_state,
+            ]
+            .into_iter()
+            .map(quoted_bytes_max)
+            .sum::<usize>()
+            + self.payload_json.len()
+            + self.ctx_json.len()
+            + self.event_id.map_or(0, quoted_bytes_max)
+            + self.idempotency_key.map_or(0, quoted_bytes_max)
+    }
 }
 
 pub fn write_apply_event(out: &mut Vec<u8>, f: &ApplyFields<'_>) {
@@ -366,6 +414,39 @@ pub fn read_txid(payload: &[u8]) -> Result<u64, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_payload_bounds_hold_for_strings_that_escape_most() {
+        let worst = "\u{1}\"\\\n".repeat(50);
+        for (text, ctx) in [("o-1", &b"{}"[..]), (worst.as_str(), &b"{\"a\":[1,2]}"[..])] {
+            let create = CreateFields {
+                instance_id: text,
+                machine: text,
+                version: u32::MAX,
+                initial_state: text,
+                initial_ctx_json: ctx,
+                idempotency_key: Some(text),
+            };
+            let mut out = Vec::new();
+            write_create_instance(&mut out, &create);
+            assert!(out.len() <= create.payload_bytes_max(), "{}", out.len());
+            let apply = ApplyFields {
+                instance_id: text,
+                machine: text,
+                version: u32::MAX,
+                event: text,
+                from_state: text,
+                to_state: text,
+                payload_json: ctx,
+                ctx_json: ctx,
+                event_id: Some(text),
+                idempotency_key: Some(text),
+            };
+            out.clear();
+            write_apply_event(&mut out, &apply);
+            assert!(out.len() <= apply.payload_bytes_max(), "{}", out.len());
+        }
+    }
 
     #[test]
     fn every_entry_round_trips() {

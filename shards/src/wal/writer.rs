@@ -156,6 +156,9 @@ pub struct WalWriter {
     /// A commit started and has not finished: a dropped commit future
     /// leaves the staging area half written, and nothing may stage on it.
     committing: bool,
+    /// A group member's limit on the bytes of records one turn stages (its
+    /// group logs a turn as one entry): `has_room` (`turns.rs`).
+    turn_bytes_max: Option<usize>,
 }
 
 impl WalWriter {
@@ -231,6 +234,7 @@ impl WalWriter {
             manifest,
             last_offset: 0,
             committing: false,
+            turn_bytes_max: None,
         })
     }
 

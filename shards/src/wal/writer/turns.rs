@@ -42,6 +42,7 @@ impl WalWriter {
             manifest: Manifest::new(0, None),
             last_offset: 0,
             committing: false,
+            turn_bytes_max: None,
         }
     }
 
@@ -52,6 +53,25 @@ impl WalWriter {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Limit the records this turn stages to `max` bytes from now on
+    /// (`None`: no limit), as `has_room` tells the writes that ask it.
+    pub fn limit_turn_bytes(&mut self, max: Option<usize>) {
+        self.turn_bytes_max = max;
+    }
+
+    /// Whether a record of `payload_bytes` fits beside what this turn
+    /// staged, under the limit of `limit_turn_bytes`. A turn's first record
+    /// always fits: one too large for an entry alone is refused whatever
+    /// its company (the member's loop refuses the turn).
+    pub fn has_room(&self, payload_bytes: usize) -> bool {
+        match self.turn_bytes_max {
+            Some(max) if self.staged_records > 0 => {
+                self.staged_bytes + RECORD_HEADER_BYTES + payload_bytes <= max
+            }
+            _ => true,
+        }
     }
 
     /// The log entries the shard's state counts now (a member follows a
