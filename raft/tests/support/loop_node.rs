@@ -104,17 +104,8 @@ impl LoopNode {
 
     /// Run `cmd` on this node's shard; its answer.
     pub fn exec(&self, cmd: Command) -> EngineResult<Value> {
-        let (tx, rx) = flume::bounded(1);
-        self.shard
-            .send(ShardMsg::Exec {
-                cmd,
-                reply: ReplyTo::internal(tx, 0),
-            })
-            .expect("the shard runs");
-        let reply = rx.recv_timeout(STEP_TIMEOUT).expect("the shard answers");
-        reply
-            .body
-            .map(|b| serde_json::from_slice(&b).expect("an answer is JSON"))
+        let mut answers = self.exec_queued(vec![cmd]);
+        answers.pop().expect("one answer")
     }
 
     /// Send every one of `cmds` to this node's shard before awaiting any
