@@ -297,27 +297,30 @@ fn a_write_that_fits_an_entry_alone_is_not_refused_for_its_company() {
         n.install("order", &turns::order_machine())
     });
     assert_eq!(installed, Ok(true));
-    // The small create's record takes more than 100 bytes.
-    let large = create_of_record_size("large", ENTRY_RECORDS_BYTES_MAX - 100);
-    let cmds = vec![create("small-1"), large, create("small-2")];
-    let answers = cluster.nodes[&leader].exec_queued(cmds);
-    let ids = ["small-1", "large", "small-2"];
-    let mut offsets = Vec::new();
-    for (id, answer) in ids.into_iter().zip(answers) {
-        let answer = answer.unwrap_or_else(|e| panic!("{id} refused: {e:?}"));
-        assert_eq!(answer["instance_id"], id, "{answer}");
-        offsets.push(offset_of(&answer));
-    }
-    assert!(offsets.is_sorted(), "in the order sent: {offsets:?}");
-    // Every member applied the entries, and the group serves on.
-    let applied = cluster.nodes[&leader].status().last_applied;
-    for node in cluster.running() {
-        wait_until("every member applied the writes", || {
-            node.status().last_applied >= applied
-        });
-    }
-    for id in ids {
-        assert_eq!(state_of(&exec(&cluster, || get(id))), "created", "{id}");
+    // Sent by a client to the leader, then as forwarded by a follower.
+    for (forwarded, tag) in [(false, "direct"), (true, "forwarded")] {
+        let ids = ["small-1", "large", "small-2"].map(|id| format!("{tag}-{id}"));
+        // The small create's record takes more than 100 bytes.
+        let large = create_of_record_size(&ids[1], ENTRY_RECORDS_BYTES_MAX - 100);
+        let cmds = vec![create(&ids[0]), large, create(&ids[2])];
+        let answers = cluster.nodes[&leader].exec_queued(cmds, forwarded);
+        let mut offsets = Vec::new();
+        for (id, answer) in ids.iter().zip(answers) {
+            let answer = answer.unwrap_or_else(|e| panic!("{id} refused: {e:?}"));
+            assert_eq!(answer["instance_id"], id.as_str(), "{answer}");
+            offsets.push(offset_of(&answer));
+        }
+        assert!(offsets.is_sorted(), "in the order sent: {offsets:?}");
+        // Every member applied the entries, and the group serves on.
+        let applied = cluster.nodes[&leader].status().last_applied;
+        for node in cluster.running() {
+            wait_until("every member applied the writes", || {
+                node.status().last_applied >= applied
+            });
+        }
+        for id in &ids {
+            assert_eq!(state_of(&exec(&cluster, || get(id))), "created", "{id}");
+        }
     }
 }
 

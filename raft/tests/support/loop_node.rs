@@ -104,24 +104,29 @@ impl LoopNode {
 
     /// Run `cmd` on this node's shard; its answer.
     pub fn exec(&self, cmd: Command) -> EngineResult<Value> {
-        let mut answers = self.exec_queued(vec![cmd]);
+        let mut answers = self.exec_queued(vec![cmd], false);
         answers.pop().expect("one answer")
     }
 
     /// Send every one of `cmds` to this node's shard before awaiting any
     /// answer, so that its loop finds them queued together; their answers
-    /// in order.
-    pub fn exec_queued(&self, cmds: Vec<Command>) -> Vec<EngineResult<Value>> {
+    /// in order. `forwarded`: sent as a leader's forward server sends what
+    /// a follower forwarded (run or refused, never forwarded again).
+    pub fn exec_queued(&self, cmds: Vec<Command>, forwarded: bool) -> Vec<EngineResult<Value>> {
         let answers: Vec<_> = cmds
             .into_iter()
             .map(|cmd| {
                 let (tx, rx) = flume::bounded(1);
-                self.shard
-                    .send(ShardMsg::Exec {
-                        cmd,
-                        reply: ReplyTo::internal(tx, 0),
-                    })
-                    .expect("the shard runs");
+                let msg = ShardMsg::Exec {
+                    cmd,
+                    reply: ReplyTo::internal(tx, 0),
+                };
+                let msg = if forwarded {
+                    ShardMsg::Forwarded(Box::new(msg))
+                } else {
+                    msg
+                };
+                self.shard.send(msg).expect("the shard runs");
                 rx
             })
             .collect();
