@@ -314,12 +314,15 @@ impl Cluster {
     }
 
     /// Put the `flip` machine (states a and b) through node `via` and
-    /// create instances `ids` of it (each starts in `a`).
+    /// create instances `ids` of it (each starts in `a`). Each create's id
+    /// is its idempotency key: one `ok_on` sends again after an "outcome
+    /// unknown" that was applied gets its first answer.
     pub fn flip_instances(&mut self, via: u64, ids: &[&str]) {
         let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
         self.ok_on(via, "PUT_MACHINE", put);
         for id in ids {
-            let create = json!({"machine": "flip", "version": 1, "instance_id": id});
+            let create =
+                json!({"machine": "flip", "version": 1, "instance_id": id, "idempotency_key": id});
             self.ok_on(via, "CREATE_INSTANCE", create);
         }
     }

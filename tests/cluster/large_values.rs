@@ -29,10 +29,12 @@ const SETTINGS: &str = "    election_timeout_ms: 1500\n    balance_leaders: fals
 
 /// CREATE_INSTANCE `id` on node `node` until it is done, retrying what the
 /// cluster refused while it moved its lead (a debug build may take longer
-/// than an election timeout over a large entry). A create sent again
-/// after an unknown outcome recreates the instance (the default).
+/// than an election timeout over a large entry). The create carries its
+/// id as idempotency key: one sent again after an unknown outcome that
+/// was in fact applied gets the first answer, not INSTANCE_EXISTS.
 fn create_retrying(cluster: &Cluster, node: u64, id: &str, ctx: &Value) {
-    let params = json!({"machine": "flip", "version": 1, "instance_id": id, "initial_ctx": ctx});
+    let params = json!({"machine": "flip", "version": 1, "instance_id": id,
+                        "initial_ctx": ctx, "idempotency_key": id});
     let started = Instant::now();
     loop {
         let response = cluster.raw(node).call("CREATE_INSTANCE", params.clone());
@@ -101,13 +103,42 @@ fn a_follower_behind_by_large_entries_catches_up_and_the_leader_stays() {
 /// (`shards::wal::record::RECORD_PAYLOAD_MAX_BYTES`).
 const RECORD_PAYLOAD_MAX_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 
-/// CREATE_INSTANCE `id` (ids of one length: same record around the
-/// context) with a context of `pad` bytes, on whichever node answers
-/// other than with the failover refusal.
+/// CREATE_INSTANCE `id` with a context of `pad` bytes, sent to each node in
+/// turn until one answers other than with the failover refusal. Its id is
+/// its idempotency key (so ids of one length make records of one length
+/// around the context): a create whose first answer was "outcome unknown"
+/// (a debug build may take longer than an election over a large entry,
+/// and the lead moves) but that was applied gets its first answer when
+/// sent again, not INSTANCE_EXISTS. Such an answer (`applied: false`)
+/// must follow a refusal that said the outcome was unknown: one that
+/// said `not_applied` was wrong.
 fn create_padded(cluster: &mut Cluster, id: &str, pad: usize) -> Value {
     let ctx = json!({"pad": "x".repeat(pad)});
-    let params = json!({"machine": "flip", "version": 1, "instance_id": id, "initial_ctx": ctx});
-    cluster.call_anywhere("CREATE_INSTANCE", params).1
+    let params = json!({"machine": "flip", "version": 1, "instance_id": id,
+                        "initial_ctx": ctx, "idempotency_key": id});
+    let started = Instant::now();
+    let mut refusals = Vec::new();
+    loop {
+        for node in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+            let response = cluster.raw(node).call("CREATE_INSTANCE", params.clone());
+            if response["error"]["code"] == NOT_LEADER_CODE {
+                refusals.push(response["error"]["details"]["outcome"].clone());
+                continue;
+            }
+            if response["result"]["applied"] == false {
+                assert!(
+                    refusals.iter().any(|o| o == "unknown"),
+                    "create {id} was applied by an attempt refused with {refusals:?}"
+                );
+            }
+            return response;
+        }
+        assert!(
+            started.elapsed() < CLUSTER_SETTLE_TIMEOUT,
+            "create {id}: no node answered but with {refusals:?}"
+        );
+        sleep(LEADER_POLL);
+    }
 }
 
 #[test]
