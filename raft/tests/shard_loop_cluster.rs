@@ -31,8 +31,9 @@ use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 const SNAPSHOT_EVERY_ENTRIES: u64 = 3;
 use serde_json::{json, Value};
 use shards::error::ErrorCode;
-use shards::shard::{ApplyEvent, Command, CreateInstance};
-use shards::wal::entry::{write_create_instance, CreateFields};
+use shards::machine::definition::{parse_definition, MachineDef};
+use shards::shard::{ApplyEvent, BatchVote, Command, CreateInstance, ReplyTo, ShardMsg, Verdict};
+use shards::wal::entry::{write_create_instance, write_put_machine, CreateFields};
 use shards::wal::record::RECORD_HEADER_BYTES;
 
 struct Cluster {
@@ -321,6 +322,114 @@ fn a_write_that_fits_an_entry_alone_is_not_refused_for_its_company() {
         for id in &ids {
             assert_eq!(state_of(&exec(&cluster, || get(id))), "created", "{id}");
         }
+    }
+}
+
+fn answer<T>(rx: flume::Receiver<T>) -> T {
+    rx.recv_timeout(STEP_TIMEOUT).expect("the shard answers")
+}
+
+/// The machine `name` v1 (`order`'s states) whose PUT_MACHINE record takes
+/// exactly `record_bytes`: its definition and the definition itself.
+fn machine_of_record_size(name: &str, record_bytes: usize) -> (Arc<MachineDef>, Arc<Value>) {
+    let with = |pad: usize| {
+        let mut definition = turns::order_machine();
+        definition["meta"] = json!({ "pad": "m".repeat(pad) });
+        let def = parse_definition(name, 1, &definition).expect("a valid definition");
+        let mut out = Vec::new();
+        write_put_machine(&mut out, name, 1, &def.checksum, &definition);
+        (
+            Arc::new(def),
+            Arc::new(definition),
+            RECORD_HEADER_BYTES + out.len(),
+        )
+    };
+    let (_, _, bare) = with(0);
+    let (def, definition, bytes) = with(record_bytes - bare);
+    assert_eq!(bytes, record_bytes);
+    (def, definition)
+}
+
+/// A write that learns its record's size only by staging it — a machine,
+/// an atomic batch, a cross-shard batch's part — and fits an entry alone
+/// but not beside a small create queued before it was run in the same
+/// turn, and the whole turn was refused. Now it starts the next turn.
+#[test]
+fn a_machine_or_batch_part_that_fits_an_entry_alone_is_not_refused_for_its_company() {
+    let cluster = Cluster::start_with(|config| {
+        config.heartbeat_interval = 500;
+        config.election_timeout_min = 5_000;
+        config.election_timeout_max = 10_000;
+    });
+    let leader = &cluster.nodes[&cluster.leader()];
+    let installed = on_leader(&cluster.running(), |n| {
+        n.install("order", &turns::order_machine())
+    });
+    assert_eq!(installed, Ok(true));
+    // Each record is 100 bytes under an entry's limit (a small create's
+    // takes more than 100). A batch's record holds its ops' records whole
+    // (headers too) and, a part's, 12 bytes of txid and decider.
+    let near_full = ENTRY_RECORDS_BYTES_MAX - 100;
+    let inner = |head: usize| near_full - RECORD_HEADER_BYTES - head;
+    let (def, raw_definition) = machine_of_record_size("big", near_full);
+    let (installed_tx, installed_rx) = flume::bounded(1);
+    let (batch_tx, batch_rx) = flume::bounded(1);
+    let (part_tx, part_rx) = flume::bounded(1);
+    const TXID: u64 = 7;
+    let large = [
+        ShardMsg::InstallMachine {
+            def,
+            raw_definition,
+            done: installed_tx,
+        },
+        ShardMsg::AtomicBatch {
+            ops: vec![create_of_record_size("batched", inner(0))],
+            done: batch_tx,
+        },
+        ShardMsg::Prepare {
+            txid: TXID,
+            decider: turns::SHARD as u32,
+            ops: vec![create_of_record_size("part", inner(12))],
+            done: part_tx,
+        },
+    ];
+    for (i, msg) in large.into_iter().enumerate() {
+        // Queued together: small, large, small.
+        let ids = [format!("before-{i}"), format!("after-{i}")];
+        let (before_tx, before) = flume::bounded(1);
+        let (after_tx, after) = flume::bounded(1);
+        let exec = |id: &str, tx| ShardMsg::Exec {
+            cmd: create(id),
+            reply: ReplyTo::internal(tx, 0),
+        };
+        leader.send(exec(&ids[0], before_tx));
+        leader.send(msg);
+        leader.send(exec(&ids[1], after_tx));
+        for (id, rx) in ids.iter().zip([before, after]) {
+            let reply = answer(rx);
+            assert!(reply.body.is_ok(), "{id}: {:?}", reply.body.err());
+        }
+    }
+    assert_eq!(answer(installed_rx), Ok(true));
+    for (what, vote) in [("batch", answer(batch_rx)), ("part", answer(part_rx))] {
+        assert!(matches!(vote, BatchVote::Yes(_)), "{what}: {vote:?}");
+    }
+    let (decided_tx, decided) = flume::bounded(1);
+    leader.send(ShardMsg::Decide {
+        txid: TXID,
+        commit: true,
+        done: decided_tx,
+    });
+    assert_eq!(answer(decided), Verdict::Committed);
+    // Every member applied it all, and the group serves on.
+    let applied = leader.status().last_applied;
+    for node in cluster.running() {
+        wait_until("every member applied the writes", || {
+            node.status().last_applied >= applied
+        });
+    }
+    for id in ["batched", "part", "before-2", "after-2"] {
+        assert_eq!(state_of(&exec(&cluster, || get(id))), "created", "{id}");
     }
 }
 

@@ -141,6 +141,12 @@ impl LoopNode {
             .collect()
     }
 
+    /// Put `msg` in this node's shard's mailbox (its answer comes on the
+    /// channel it carries).
+    pub fn send(&self, msg: ShardMsg) {
+        self.shard.send(msg).expect("the shard runs");
+    }
+
     /// Install the machine `name` v1 on this node's shard.
     pub fn install(&self, name: &str, definition: &Value) -> EngineResult<bool> {
         let def = Arc::new(parse_definition(name, 1, definition).expect("a valid definition"));

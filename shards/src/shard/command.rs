@@ -14,6 +14,7 @@ use super::committed_ids::Verdict;
 use crate::error::EngineResult;
 use crate::machine::definition::MachineDef;
 
+#[derive(Clone)]
 pub struct CreateInstance {
     pub instance_id: String,
     pub machine: String,
@@ -22,6 +23,7 @@ pub struct CreateInstance {
     pub idempotency_key: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct ApplyEvent {
     pub instance_id: String,
     pub event: String,
@@ -32,12 +34,16 @@ pub struct ApplyEvent {
     pub idempotency_key: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct DeleteInstance {
     pub instance_id: String,
     pub idempotency_key: Option<String>,
 }
 
-/// Requests about one instance, routed to its owner shard.
+/// Requests about one instance, routed to its owner shard. Cloned only
+/// to run a batch part again that a member's turn had no room for
+/// (`participant.rs`).
+#[derive(Clone)]
 pub enum Command {
     Create(CreateInstance),
     Apply(ApplyEvent),

@@ -5,9 +5,14 @@
 //! (`participant.rs`). The loop that takes the messages and commits each
 //! turn is `runner.rs`.
 
+use serde_json::Value;
+
 use super::command::{Command, MachinesPage, ShardMsg};
 use super::deferred::Deferred;
+use super::participant::NoRoom;
 use super::runner::Shard;
+use crate::machine::definition::MachineDef;
+use crate::wal::entry;
 use crate::wal::record::RecordKind;
 
 impl Shard {
@@ -47,13 +52,9 @@ impl Shard {
                 };
                 if let Some(cmd) = self.state.not_run.take() {
                     // Its record would not fit in this member's log entry
-                    // beside the turn's others: nothing ran, and it starts
-                    // the next turn (`replica.rs`). Only a member's log
-                    // has no room (a standalone shard never gets here).
-                    if let Some(member) = self.member.as_mut() {
-                        member.not_run = Some(ShardMsg::Exec { cmd, reply });
-                        return;
-                    }
+                    // beside the turn's others: nothing ran.
+                    self.carry(ShardMsg::Exec { cmd, reply });
+                    return;
                 }
                 // Charged now, not when answered: later requests of a client
                 // whose budget this spends wait from here on.
@@ -65,6 +66,14 @@ impl Shard {
                 raw_definition,
                 done,
             } => {
+                if !self.machine_fits_turn(&def, &raw_definition) {
+                    self.carry(ShardMsg::InstallMachine {
+                        def,
+                        raw_definition,
+                        done,
+                    });
+                    return;
+                }
                 let result = self
                     .state
                     .install_machine(def, &raw_definition, now, &mut self.wal);
@@ -117,19 +126,24 @@ impl Shard {
             ShardMsg::Audit { done } => {
                 let _ = done.send(self.audit());
             }
-            ShardMsg::AtomicBatch { ops, done } => {
-                let vote = self.atomic_batch(ops, now);
-                deferred.push(Deferred::Vote(done, vote));
-            }
+            ShardMsg::AtomicBatch { ops, done } => match self.atomic_batch(ops, now) {
+                Ok(vote) => deferred.push(Deferred::Vote(done, vote)),
+                Err(NoRoom(ops)) => self.carry(ShardMsg::AtomicBatch { ops, done }),
+            },
             ShardMsg::Prepare {
                 txid,
                 decider,
                 ops,
                 done,
-            } => {
-                let vote = self.prepare(txid, decider, ops, now);
-                deferred.push(Deferred::Vote(done, vote));
-            }
+            } => match self.prepare(txid, decider, ops, now) {
+                Ok(vote) => deferred.push(Deferred::Vote(done, vote)),
+                Err(NoRoom(ops)) => self.carry(ShardMsg::Prepare {
+                    txid,
+                    decider,
+                    ops,
+                    done,
+                }),
+            },
             ShardMsg::Decide { txid, commit, done } => {
                 let verdict = self.decide(txid, commit, now);
                 deferred.push(Deferred::Verdict(done, verdict));
@@ -194,10 +208,61 @@ impl Shard {
     /// still blocked park again. (They were admitted already: running them
     /// through admission again could put them behind a later request of
     /// their client.)
+    ///
+    /// They run whatever room a member's turn has left: one carried to the
+    /// next turn would let a later request on its instance, no longer
+    /// locked, overtake the requests parked behind it. (Should they take
+    /// the turn past one log entry, it is refused whole: `replica.rs`.)
     pub(super) fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
+        let limit = self.wal.limit_turn_bytes(None);
         let parked = std::mem::take(&mut self.parked);
         for msg in parked {
             self.run_admitted(msg, now, deferred);
         }
+        self.wal.limit_turn_bytes(limit);
+    }
+
+    /// Hand a message whose record would not fit in this member's log
+    /// entry beside the turn's others back to the member's loop: nothing
+    /// of it ran, and it starts the next turn (`replica.rs`). Only a
+    /// member's turn has a limit (`WalWriter::limit_turn_bytes`), and a
+    /// turn stops at the first message carried.
+    fn carry(&mut self, msg: ShardMsg) {
+        match self.member.as_mut() {
+            Some(member) => {
+                debug_assert!(member.not_run.is_none(), "two messages carried");
+                member.not_run = Some(msg);
+            }
+            None => {
+                // Never: a standalone shard's writer has no turn limit.
+                tracing::error!(
+                    "shard {}: a write told no room off a group",
+                    self.state.shard_id
+                );
+                debug_assert!(false, "a standalone shard carried a message");
+            }
+        }
+    }
+
+    /// Whether the record installing `def` fits in this turn: always, but
+    /// in a member's turn past its first record (`WalWriter::room_bytes`),
+    /// when the record is written to learn its size (a rare request). A
+    /// version installed already writes nothing.
+    fn machine_fits_turn(&self, def: &MachineDef, raw_definition: &Value) -> bool {
+        let Some(room) = self.wal.room_bytes() else {
+            return true;
+        };
+        if self.state.machines.get(&def.machine, def.version).is_some() {
+            return true;
+        }
+        let mut record = Vec::new();
+        entry::write_put_machine(
+            &mut record,
+            &def.machine,
+            def.version,
+            &def.checksum,
+            raw_definition,
+        );
+        record.len() <= room
     }
 }

@@ -16,9 +16,34 @@ use crate::wal::record::RecordKind;
 /// A staged atomic part: each op's result, how to undo it, its inner records.
 pub(super) type Staged = (Vec<Vec<u8>>, Undo, Vec<u8>);
 
+/// A batch part whose record would not fit in its member's log entry
+/// beside the records the turn staged already (`WalWriter::room_bytes`):
+/// nothing of it ran, and its ops come back to start the next turn.
+pub(super) struct NoRoom(pub Vec<Command>);
+
+/// Why a part was not staged: an op failed (the part's vote), or its
+/// record has no room in this turn.
+pub(super) enum NotStaged {
+    No(BatchVote),
+    NoRoom(NoRoom),
+}
+
+/// The bytes a `Prepare` record holds around its inner records (txid,
+/// decider: `entry::write_prepare`).
+const PREPARE_HEAD_BYTES: usize = 12;
+
 impl Shard {
-    /// Run the ops all-or-nothing into a buffer of inner records.
-    pub(super) fn stage(&mut self, ops: Vec<Command>, now: u64) -> Result<Staged, BatchVote> {
+    /// Run the ops all-or-nothing into a buffer of inner records, for a
+    /// record that holds them and `head_bytes` more. Only the size of the
+    /// staged records tells whether that record fits a member's turn: the
+    /// ops are kept (cloned) to run again when the turn has a limit.
+    pub(super) fn stage(
+        &mut self,
+        ops: Vec<Command>,
+        head_bytes: usize,
+        now: u64,
+    ) -> Result<Staged, NotStaged> {
+        let again = self.wal.room_bytes().map(|_| ops.clone());
         let mut inner = Vec::new();
         let entries_before = self.wal.entries();
         let wal = &mut self.wal;
@@ -28,34 +53,47 @@ impl Shard {
             reserve: &mut reserve,
         };
         match self.state.run_atomic(ops, now, &mut sink) {
-            Ok((results, undo)) => Ok((results, undo, inner)),
+            Ok((results, undo)) => {
+                let record_bytes = head_bytes + inner.len();
+                if let Some(ops) = again.filter(|_| !self.wal.has_room(record_bytes)) {
+                    self.state.undo(undo);
+                    self.wal.rewind_entries(entries_before);
+                    return Err(NotStaged::NoRoom(NoRoom(ops)));
+                }
+                Ok((results, undo, inner))
+            }
             Err((i, e)) => {
                 // The undone ops' records are never written: their places
                 // in the entry count go to the next records.
                 self.wal.rewind_entries(entries_before);
-                Err(BatchVote::No(i, e))
+                Err(NotStaged::No(BatchVote::No(i, e)))
             }
         }
     }
 
-    pub(super) fn atomic_batch(&mut self, ops: Vec<Command>, now: u64) -> BatchVote {
+    pub(super) fn atomic_batch(
+        &mut self,
+        ops: Vec<Command>,
+        now: u64,
+    ) -> Result<BatchVote, NoRoom> {
         let entries_before = self.wal.entries();
-        let (results, undo, inner) = match self.stage(ops, now) {
+        let (results, undo, inner) = match self.stage(ops, 0, now) {
             Ok(staged) => staged,
-            Err(vote) => return vote,
+            Err(NotStaged::No(vote)) => return Ok(vote),
+            Err(NotStaged::NoRoom(ops)) => return Err(ops),
         };
         if inner.is_empty() {
-            return BatchVote::Yes(results);
+            return Ok(BatchVote::Yes(results));
         }
         match self
             .wal
             .append(RecordKind::Batch, now, |out| out.extend_from_slice(&inner))
         {
-            Ok(_) => BatchVote::Yes(results),
+            Ok(_) => Ok(BatchVote::Yes(results)),
             Err(e) => {
                 self.state.undo(undo);
                 self.wal.rewind_entries(entries_before);
-                BatchVote::No(0, e)
+                Ok(BatchVote::No(0, e))
             }
         }
     }
@@ -69,9 +107,9 @@ impl Shard {
         decider: u32,
         ops: Vec<Command>,
         now: u64,
-    ) -> Result<(Staged, u64), BatchVote> {
+    ) -> Result<(Staged, u64), NotStaged> {
         let entries_before = self.wal.entries();
-        let (results, undo, inner) = self.stage(ops, now)?;
+        let (results, undo, inner) = self.stage(ops, PREPARE_HEAD_BYTES, now)?;
         let logged = self.wal.append(RecordKind::Prepare, now, |out| {
             entry::write_prepare(out, txid, decider, &inner)
         });
@@ -80,7 +118,7 @@ impl Shard {
             Err(e) => {
                 self.state.undo(undo);
                 self.wal.rewind_entries(entries_before);
-                Err(BatchVote::No(0, e))
+                Err(NotStaged::No(BatchVote::No(0, e)))
             }
         }
     }
@@ -91,22 +129,25 @@ impl Shard {
         decider: u32,
         ops: Vec<Command>,
         now: u64,
-    ) -> BatchVote {
+    ) -> Result<BatchVote, NoRoom> {
         if self.member.is_some() && self.prepared_before(txid) {
-            return BatchVote::Refused(crate::error::EngineError::bad_request(format!(
-                "batch {txid} was prepared on shard {} already",
-                self.state.shard_id
+            return Ok(BatchVote::Refused(crate::error::EngineError::bad_request(
+                format!(
+                    "batch {txid} was prepared on shard {} already",
+                    self.state.shard_id
+                ),
             )));
         }
         let ((results, mut undo, inner), offset) = match self.stage_prepare(txid, decider, ops, now)
         {
             Ok(prepared) => prepared,
-            Err(vote) => return vote,
+            Err(NotStaged::No(vote)) => return Ok(vote),
+            Err(NotStaged::NoRoom(ops)) => return Err(ops),
         };
         if self.member.is_some() {
             // A replicated shard holds the part unapplied (`member_txn.rs`).
             self.hold_prepared(txid, decider, undo, inner, offset);
-            return BatchVote::Yes(results);
+            return Ok(BatchVote::Yes(results));
         }
         self.decisions.prepared(txid, offset);
         let events = self.state.take_events_since(&mut undo);
@@ -122,7 +163,7 @@ impl Shard {
                 locked,
             },
         );
-        BatchVote::Yes(results)
+        Ok(BatchVote::Yes(results))
     }
 
     /// Log the decision of `txid`'s part; returns the decision the log holds.

@@ -375,13 +375,14 @@ impl Shard {
         let entry_bytes_max = self.member().link.entry_records_bytes_max();
         while let Some(msg) = next.take() {
             handled += 1;
-            // The group logs the turn as one entry. A create or apply whose
-            // record would take the turn past what an entry holds does not
-            // run beside the others but first in the next turn, so a write
-            // that fits an entry alone is never refused for the company it
-            // came in: refusing the whole turn (below) would undo every
-            // write in it, and a retry could meet the same company again.
-            // The turn's first message runs whatever its size.
+            // The group logs the turn as one entry. A write (create,
+            // apply, machine, batch part) whose record would take the turn
+            // past what an entry holds does not run beside the others but
+            // first in the next turn, so a write that fits an entry alone
+            // is never refused for the company it came in: refusing the
+            // whole turn (below) would undo every write in it, and a retry
+            // could meet the same company again. The turn's first message
+            // runs whatever its size.
             self.wal
                 .limit_turn_bytes((handled > 1).then_some(entry_bytes_max));
             // A message another node forwarded here is run or refused,
@@ -509,10 +510,11 @@ impl Shard {
         let max = link.entry_records_bytes_max();
         if records.len() > max {
             // A turn stops once its records pass the group-commit size, and
-            // a create or apply that would take it past what one entry (one
-            // record of the log) holds waits for the next turn; what is
-            // left is a request too large alone, or a machine, a batch or a
-            // parked request that came last. Proposed, the entry would be
+            // a write that would take it past what one entry (one record of
+            // the log) holds waits for the next turn; what is left is a
+            // request too large alone, or requests run outside the loop
+            // (parked behind a batch's locks, or waiting for their client's
+            // answer budget). Proposed, the entry would be
             // refused by the log store, which stops the member's Raft.
             // Nothing was logged: the writes are undone, as after a lost
             // lead.

@@ -57,8 +57,9 @@ impl WalWriter {
 
     /// Limit the records this turn stages to `max` bytes from now on
     /// (`None`: no limit), as `has_room` tells the writes that ask it.
-    pub fn limit_turn_bytes(&mut self, max: Option<usize>) {
-        self.turn_bytes_max = max;
+    /// Returns the limit it replaces.
+    pub fn limit_turn_bytes(&mut self, max: Option<usize>) -> Option<usize> {
+        std::mem::replace(&mut self.turn_bytes_max, max)
     }
 
     /// Whether a record of `payload_bytes` fits beside what this turn
@@ -66,11 +67,19 @@ impl WalWriter {
     /// always fits: one too large for an entry alone is refused whatever
     /// its company (the member's loop refuses the turn).
     pub fn has_room(&self, payload_bytes: usize) -> bool {
+        self.room_bytes().is_none_or(|room| payload_bytes <= room)
+    }
+
+    /// The payload bytes a record staged now may take (`has_room`), or
+    /// `None` when any fits: no limit, or nothing staged yet. A write that
+    /// learns its size only by staging (a batch part, a machine) asks this
+    /// first, to keep what it needs to run again only when it may have to.
+    pub fn room_bytes(&self) -> Option<usize> {
         match self.turn_bytes_max {
             Some(max) if self.staged_records > 0 => {
-                self.staged_bytes + RECORD_HEADER_BYTES + payload_bytes <= max
+                Some(max.saturating_sub(self.staged_bytes + RECORD_HEADER_BYTES))
             }
-            _ => true,
+            _ => None,
         }
     }
 
@@ -80,5 +89,48 @@ impl WalWriter {
         debug_assert_eq!(self.staged_records, 0, "entries set with records staged");
         self.entries = entries;
         self.entries_committed = entries;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::Frontier;
+
+    fn turns_writer() -> WalWriter {
+        let env = Env::os(0);
+        let clock = OffsetClock::new(0, 0, Frontier::new(), env.clock.clone());
+        WalWriter::open_turns(env, clock, 0)
+    }
+
+    #[test]
+    fn a_turns_first_record_always_fits_and_the_others_fit_under_its_limit() {
+        let mut w = turns_writer();
+        assert_eq!(w.room_bytes(), None, "no limit");
+        w.limit_turn_bytes(Some(1_000));
+        assert_eq!(
+            w.room_bytes(),
+            None,
+            "nothing staged: any first record fits"
+        );
+        assert!(w.has_room(1 << 30));
+
+        w.append(RecordKind::Flush, 1, |out| out.extend_from_slice(&[0; 100]))
+            .unwrap();
+        let room = 1_000 - w.staged_bytes() - RECORD_HEADER_BYTES;
+        assert_eq!(w.room_bytes(), Some(room));
+        assert!(w.has_room(room));
+        assert!(!w.has_room(room + 1));
+
+        // Lifted (parked requests run whatever the room), then put back.
+        assert_eq!(w.limit_turn_bytes(None), Some(1_000));
+        assert!(w.has_room(1 << 30));
+        w.limit_turn_bytes(Some(100));
+        assert_eq!(
+            w.room_bytes(),
+            Some(0),
+            "past the limit: no room, not an overflow"
+        );
+        assert!(w.has_room(0) && !w.has_room(1));
     }
 }
