@@ -248,6 +248,14 @@ fn writes_on_the_leader_replay_on_followers_and_survive_its_loss() {
     }
 }
 
+/// Entries of megabytes keep an unoptimized build's loops busy for longer
+/// than the default election timeout: the lead would move.
+fn patient_elections(config: &mut Config) {
+    config.heartbeat_interval = 500;
+    config.election_timeout_min = 5_000;
+    config.election_timeout_max = 10_000;
+}
+
 /// A create of `id` whose record (header and payload) takes exactly
 /// `record_bytes`.
 fn create_of_record_size(id: &str, record_bytes: usize) -> Command {
@@ -286,13 +294,7 @@ fn create_of_record_size(id: &str, record_bytes: usize) -> Command {
 /// turn: it starts the next, and every write is logged and replicated.
 #[test]
 fn a_write_that_fits_an_entry_alone_is_not_refused_for_its_company() {
-    // Entries of megabytes keep an unoptimized build's loops busy for
-    // longer than the default election timeout: the lead would move.
-    let cluster = Cluster::start_with(|config| {
-        config.heartbeat_interval = 500;
-        config.election_timeout_min = 5_000;
-        config.election_timeout_max = 10_000;
-    });
+    let cluster = Cluster::start_with(patient_elections);
     let leader = cluster.leader();
     let installed = on_leader(&cluster.running(), |n| {
         n.install("order", &turns::order_machine())
@@ -356,11 +358,7 @@ fn machine_of_record_size(name: &str, record_bytes: usize) -> (Arc<MachineDef>, 
 /// turn, and the whole turn was refused. Now it starts the next turn.
 #[test]
 fn a_machine_or_batch_part_that_fits_an_entry_alone_is_not_refused_for_its_company() {
-    let cluster = Cluster::start_with(|config| {
-        config.heartbeat_interval = 500;
-        config.election_timeout_min = 5_000;
-        config.election_timeout_max = 10_000;
-    });
+    let cluster = Cluster::start_with(patient_elections);
     let leader = &cluster.nodes[&cluster.leader()];
     let installed = on_leader(&cluster.running(), |n| {
         n.install("order", &turns::order_machine())

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -29,6 +30,29 @@ pub const LEADER_POLL: Duration = Duration::from_millis(25);
 /// The code a node answers with while no leader is known (retryable).
 pub const NOT_LEADER_CODE: &str = "WAL_IO_ERROR";
 pub const CLUSTER_TOKEN: &str = "cluster-tests-token-0123456789";
+
+/// Numbers the idempotency keys `retry_safe` gives writes.
+static RETRY_KEYS: AtomicU64 = AtomicU64::new(0);
+
+/// `params` of `op` safe to send again: a write that carries no
+/// idempotency key gets one of its own. The helpers below send a request
+/// again after the failover refusal, which may say the outcome is unknown
+/// (a debug build under load may take longer than an election, and the
+/// lead moves mid-request): sent again without a key, a create that was
+/// applied answers INSTANCE_EXISTS and an apply runs twice. With one, the
+/// retry gets the first answer.
+fn retry_safe(op: &str, mut params: Value) -> Value {
+    let write = matches!(op, "CREATE_INSTANCE" | "APPLY_EVENT" | "DELETE_INSTANCE");
+    if let Some(fields) = params.as_object_mut().filter(|_| write) {
+        fields.entry("idempotency_key").or_insert_with(|| {
+            json!(format!(
+                "retry-safe-{}",
+                RETRY_KEYS.fetch_add(1, Ordering::Relaxed)
+            ))
+        });
+    }
+    params
+}
 
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Server>,
@@ -150,6 +174,7 @@ impl Cluster {
     /// forwards to the leader); that node's id and its response envelope.
     /// Retries until `CLUSTER_SETTLE_TIMEOUT`.
     pub fn call_anywhere(&mut self, op: &str, params: Value) -> (u64, Value) {
+        let params = retry_safe(op, params);
         let started = Instant::now();
         loop {
             for (&id, server) in self.nodes.iter_mut() {
@@ -183,6 +208,7 @@ impl Cluster {
     /// `op` on node `id`, which must answer it (forwarding if it does not
     /// lead); retried while the cluster is between leaders.
     pub fn ok_on(&mut self, id: u64, op: &str, params: Value) -> Value {
+        let params = retry_safe(op, params);
         let started = Instant::now();
         loop {
             let response = self.raw(id).call(op, params.clone());
@@ -314,15 +340,12 @@ impl Cluster {
     }
 
     /// Put the `flip` machine (states a and b) through node `via` and
-    /// create instances `ids` of it (each starts in `a`). Each create's id
-    /// is its idempotency key: one `ok_on` sends again after an "outcome
-    /// unknown" that was applied gets its first answer.
+    /// create instances `ids` of it (each starts in `a`).
     pub fn flip_instances(&mut self, via: u64, ids: &[&str]) {
         let put = json!({"machine": "flip", "version": 1, "definition": flip_definition()});
         self.ok_on(via, "PUT_MACHINE", put);
         for id in ids {
-            let create =
-                json!({"machine": "flip", "version": 1, "instance_id": id, "idempotency_key": id});
+            let create = json!({"machine": "flip", "version": 1, "instance_id": id});
             self.ok_on(via, "CREATE_INSTANCE", create);
         }
     }
