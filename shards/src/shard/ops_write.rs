@@ -61,7 +61,10 @@ impl ShardState {
             initial_ctx_json: &ctx_json,
             idempotency_key: cmd.idempotency_key.as_deref(),
         };
-        if !log.has_room(fields.payload_bytes_max()) {
+        if log
+            .room_bytes()
+            .is_some_and(|room| fields.payload_bytes_max() > room)
+        {
             self.not_run = Some(Command::Create(cmd));
             return Err(no_room_in_turn());
         }
@@ -205,7 +208,10 @@ impl ShardState {
             event_id: cmd.event_id.as_deref(),
             idempotency_key: cmd.idempotency_key.as_deref(),
         };
-        if !log.has_room(fields.payload_bytes_max()) {
+        if log
+            .room_bytes()
+            .is_some_and(|room| fields.payload_bytes_max() > room)
+        {
             self.not_run = Some(Command::Apply(cmd));
             return Err(no_room_in_turn());
         }

@@ -99,7 +99,7 @@ pub struct MemberSide {
     /// A message a turn left for the next one to start with.
     carried: Option<ShardMsg>,
     /// A write this turn's entry had no room for, handed back by
-    /// `run_admitted` (`LogSink::has_room`): it becomes `carried`.
+    /// `run_admitted` (`LogSink::room_bytes`): it becomes `carried`.
     pub(super) not_run: Option<ShardMsg>,
     /// When each cross-shard part held in doubt here was prepared (or
     /// found, after a snapshot or restart): `member_txn.rs`.

@@ -30,12 +30,13 @@ pub trait LogSink {
         write: &mut dyn FnMut(&mut Vec<u8>),
     ) -> EngineResult<u64>;
 
-    /// Whether a record whose payload takes at most `payload_bytes` may be
-    /// staged in this turn. A write told no leaves everything as it was
-    /// and hands its command back (`ShardState::not_run`): it runs first in
-    /// the next turn. Only a group member's turn has a limit (its entry).
-    fn has_room(&self, _payload_bytes: usize) -> bool {
-        true
+    /// The payload bytes a record staged now may take, or `None` when any
+    /// fits. Only a group member's turn has a limit (its entry), so a
+    /// write works out its record's size bound only when there is one. A
+    /// write whose bound is over leaves everything as it was and hands its
+    /// command back (`ShardState::not_run`): it runs first in the next turn.
+    fn room_bytes(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -49,8 +50,8 @@ impl LogSink for WalWriter {
         WalWriter::append(self, kind, time_ms, |out| write(out))
     }
 
-    fn has_room(&self, payload_bytes: usize) -> bool {
-        WalWriter::has_room(self, payload_bytes)
+    fn room_bytes(&self) -> Option<usize> {
+        WalWriter::room_bytes(self)
     }
 }
 
@@ -95,7 +96,7 @@ pub struct ShardState {
     /// Events of applies staged in the current group, published to watchers
     /// once the group is durable.
     pub events: Vec<Arc<WatchEvent>>,
-    /// A write the log had no room for in this turn (`LogSink::has_room`),
+    /// A write the log had no room for in this turn (`LogSink::room_bytes`),
     /// handed back untouched to run first in the next.
     pub not_run: Option<Command>,
 }

@@ -284,7 +284,7 @@ const INSTANCE_ENTRY_FRAME_BYTES_MAX: usize = 256;
 
 impl CreateFields<'_> {
     /// At least the bytes `write_create_instance` writes for these fields,
-    /// known before writing them (`LogSink::has_room`).
+    /// known before writing them (`LogSink::room_bytes`).
     pub fn payload_bytes_max(&self) -> usize {
         INSTANCE_ENTRY_FRAME_BYTES_MAX
             + quoted_bytes_max(self.instance_id)
@@ -328,7 +328,7 @@ pub struct ApplyFields<'a> {
 
 impl ApplyFields<'_> {
     /// At least the bytes `write_apply_event` writes for these fields,
-    /// known before writing them (`LogSink::has_room`).
+    /// known before writing them (`LogSink::room_bytes`).
     pub fn payload_bytes_max(&self) -> usize {
         INSTANCE_ENTRY_FRAME_BYTES_MAX
             + [

@@ -157,7 +157,7 @@ pub struct WalWriter {
     /// leaves the staging area half written, and nothing may stage on it.
     committing: bool,
     /// A group member's limit on the bytes of records one turn stages (its
-    /// group logs a turn as one entry): `has_room` (`turns.rs`).
+    /// group logs a turn as one entry): `room_bytes`, `has_room` (`turns.rs`).
     turn_bytes_max: Option<usize>,
 }
 
