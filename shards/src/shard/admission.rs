@@ -81,10 +81,13 @@ impl Shard {
         deferred: &mut Vec<Deferred>,
         turn_ends: std::time::Duration,
     ) {
+        // Cleared first: a wake-up that finds nothing waiting (a mark left
+        // on this shard by a request that ran in the turn it started
+        // waiting) would otherwise keep the loop turning without pause.
+        self.wake_waiting = false;
         if self.waiting.is_empty() {
             return;
         }
-        self.wake_waiting = false;
         let mut keys: Vec<usize> = self.waiting.queues.keys().copied().collect();
         keys.sort_unstable();
         self.waiting.rotation = self.waiting.rotation.wrapping_add(1);

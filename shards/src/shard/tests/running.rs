@@ -524,3 +524,30 @@ fn a_standalone_shard_refuses_a_raft_members_log_naming_the_record() {
     assert!(err.contains("RaftVote"), "{err}");
     assert!(err.contains("0000000000000001.wal"), "{err}");
 }
+
+/// A wake-up for waiting requests that finds none (a connection's mark
+/// on this shard outlived the request that set it: it ran in the turn it
+/// started waiting) leaves the shard idle. The flag stayed set, and the
+/// loop turned without pause — a core at 100 % — until a request waited.
+#[test]
+fn a_wake_up_with_nothing_waiting_leaves_the_shard_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    on_executor(move || async move {
+        let (mut shard, _) = Shard::open(
+            &config(&path, 1 << 20),
+            Env::os(1),
+            Frontier::new(),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+        .unwrap();
+        let mut deferred = Vec::new();
+        shard.run_admitted(ShardMsg::Unpark, 0, &mut deferred);
+        assert!(shard.wake_waiting);
+        let turn_ends = shard.env.clock.monotonic() + std::time::Duration::from_secs(1);
+        shard.run_waiting(0, &mut deferred, turn_ends);
+        assert!(!shard.wake_waiting, "nothing waits: nothing to wake for");
+        assert!(deferred.is_empty());
+    });
+}
