@@ -32,6 +32,7 @@ const SNAPSHOT_EVERY_ENTRIES: u64 = 3;
 use serde_json::{json, Value};
 use shards::error::ErrorCode;
 use shards::machine::definition::{parse_definition, MachineDef};
+use shards::shard::budget::{ResponseBudget, ServerBudget};
 use shards::shard::{ApplyEvent, BatchVote, Command, CreateInstance, ReplyTo, ShardMsg, Verdict};
 use shards::wal::entry::{write_create_instance, write_put_machine, CreateFields};
 use shards::wal::record::RECORD_HEADER_BYTES;
@@ -429,6 +430,65 @@ fn a_machine_or_batch_part_that_fits_an_entry_alone_is_not_refused_for_its_compa
     for id in ["batched", "part", "before-2", "after-2"] {
         assert_eq!(state_of(&exec(&cluster, || get(id))), "created", "{id}");
     }
+}
+
+/// A client's answer budget (bytes): spent by one charge the test holds.
+const CLIENT_BUDGET_BYTES: usize = 1 << 20;
+
+/// Requests waiting for their client's answer budget run after a turn's
+/// messages, and on a member only once the turn learnt it leads: a turn
+/// with nothing but the connection's wake-up (`Unpark`) never ran them,
+/// and they waited until some other request came. Run, each stays in its
+/// client's order, and a record without room beside the turn's others
+/// waits, first in its client's queue, for the next turn (here the large
+/// create's record fills an entry: it must not share the small one's).
+#[test]
+fn a_leaders_writes_waiting_for_their_budget_run_when_it_comes_back_in_order() {
+    let cluster = Cluster::start_with(patient_elections);
+    let leader = &cluster.nodes[&cluster.leader()];
+    let installed = on_leader(&cluster.running(), |n| {
+        n.install("order", &turns::order_machine())
+    });
+    assert_eq!(installed, Ok(true));
+    let server = ServerBudget::new(CLIENT_BUDGET_BYTES);
+    let budget = ResponseBudget::new(CLIENT_BUDGET_BYTES, server);
+    let spent = budget.charge(CLIENT_BUDGET_BYTES + 1).expect("charged");
+    // The client's requests after its oldest unwritten answer (0) wait.
+    let client = |cmd, seq| {
+        let (tx, rx) = flume::bounded(1);
+        let reply = ReplyTo {
+            tx,
+            seq,
+            budget: Some(budget.clone()),
+            lease: None,
+        };
+        leader.send(ShardMsg::Exec { cmd, reply });
+        rx
+    };
+    let small = client(create("w-small"), 1);
+    let large = client(
+        create_of_record_size("w-large", ENTRY_RECORDS_BYTES_MAX - 100),
+        2,
+    );
+    // The budget comes back, and the connection wakes the shard.
+    drop(spent);
+    leader.send(ShardMsg::Unpark);
+    let mut offsets = Vec::new();
+    for (i, rx) in [small, large].into_iter().enumerate() {
+        let body = answer(rx)
+            .body
+            .unwrap_or_else(|e| panic!("write {i} refused: {e:?}"));
+        let answer: Value = serde_json::from_slice(&body).expect("JSON");
+        offsets.push(offset_of(&answer));
+    }
+    assert!(offsets[0] < offsets[1], "the client's order: {offsets:?}");
+    let applied = leader.status().last_applied;
+    for node in cluster.running() {
+        wait_until("every member applied the writes", || {
+            node.status().last_applied >= applied
+        });
+    }
+    assert_eq!(state_of(&exec(&cluster, || get("w-large"))), "created");
 }
 
 #[test]

@@ -33,6 +33,12 @@ impl Waiting {
     pub fn is_empty(&self) -> bool {
         self.queues.is_empty()
     }
+
+    /// Every waiting request, each client's in order (a member that lost
+    /// the lead refuses them).
+    pub fn take_all(&mut self) -> Vec<ShardMsg> {
+        self.queues.drain().flat_map(|(_, (_, q))| q).collect()
+    }
 }
 
 fn key(budget: &Arc<ResponseBudget>) -> usize {
@@ -73,7 +79,8 @@ impl Shard {
 
     /// Run the waiting requests that their clients' budgets now allow, each
     /// client's in order, until the turn's end (`turn_ends`, on the shard's
-    /// monotonic clock); what is left for lack of time runs next turn
+    /// monotonic clock) or, in a member's turn, until one's record has no
+    /// room in the turn's entry; what is left runs next turn
     /// (`wake_waiting` stays set).
     pub(super) fn run_waiting(
         &mut self,
@@ -119,6 +126,16 @@ impl Shard {
                     break;
                 };
                 self.run_admitted(msg, now, deferred);
+                if let Some(msg) = self.member.as_mut().and_then(|m| m.not_run.take()) {
+                    // No room in this member's turn for its record: it stays
+                    // first in its client's queue, and the rest wait behind
+                    // it for the next turn.
+                    if let Some((_, queue)) = self.waiting.queues.get_mut(&k) {
+                        queue.push_front(msg);
+                    }
+                    self.wake_waiting = true;
+                    return;
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ mod member_apply;
 mod member_gate;
 pub mod member_read;
 mod member_read_back;
+mod member_side;
 mod member_snapshot;
 mod member_tasks;
 mod member_txn;

@@ -45,76 +45,24 @@
 //!   and abort are entries of each involved group's log; a prepared part's
 //!   locks are every member's, so they survive a change of leader.
 //!
-//! * **Applying the group's entries** (`member_apply.rs`).
+//! * **Applying the group's entries** (`member_apply.rs`); what a member
+//!   keeps beside the state, and how one opens (`member_side.rs`).
 
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_lite::future;
-use hashbrown::HashMap;
 
 use super::command::ShardMsg;
 use super::events::Publication;
-use super::group_link::{Deliveries, Delivery, GroupLink, Leadership, LinkError};
+use super::group_link::{Delivery, Leadership, LinkError};
 use super::member_gate::{needs_leader, refuse};
-use super::member_read::OffsetIndex;
-use super::member_read_back::ReadBack;
-use super::member_snapshot::GroupSnapshotJob;
-use super::member_watermark::WatermarkAsks;
-use super::replay::ReplayCounts;
-use super::runner::{
-    Deferred, OpenReport, Shard, ShardConfig, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US,
-};
-use super::state::ShardState;
-use crate::env::Env;
-use crate::latency::LatencyHistogram;
-use crate::snapshot::LogPosition;
-use crate::wal::reader::ReadStats;
-use crate::wal::{Frontier, OffsetClock, WalWriter};
+use super::member_side::MemberSide;
+use super::runner::{Deferred, Shard, SHARD_TICK_INTERVAL_MS, SHARD_TURN_TIME_MAX_US};
 
 /// How long the loop waits between the slices of a group snapshot: any
 /// wait on a timer lets the executor poll its I/O (see `run_member`).
 const SNAPSHOT_SLICE_GAP_US: u64 = 1;
-
-/// A shard's side of its group membership.
-pub struct MemberSide {
-    pub(super) link: Rc<dyn GroupLink>,
-    pub(super) deliveries: flume::Receiver<Delivery>,
-    /// The last log index the state reflects (applied, or executed here
-    /// and committed).
-    pub(super) applied_index: u64,
-    /// Where the shard's log stands as of `applied_index`.
-    pub(super) position: LogPosition,
-    /// Which applied entry holds which offsets (`member_read.rs`).
-    pub(super) offsets: OffsetIndex,
-    /// The term whose earlier entries this member has caught up with.
-    pub(super) ready_term: Option<u64>,
-    /// The index of this member's own turn, committed and not yet seen
-    /// among the deliveries.
-    pub(super) own_index: Option<u64>,
-    /// Watermark entries asked for or staged (`member_watermark.rs`).
-    pub(super) watermark: WatermarkAsks,
-    /// A message a turn left for the next one to start with.
-    carried: Option<ShardMsg>,
-    /// A write this turn's entry had no room for, handed back by
-    /// `run_admitted` (`LogSink::room_bytes`): it becomes `carried`.
-    pub(super) not_run: Option<ShardMsg>,
-    /// When each cross-shard part held in doubt here was prepared (or
-    /// found, after a snapshot or restart): `member_txn.rs`.
-    pub(super) prepared_at: HashMap<u64, Duration>,
-    /// The group snapshot being taken (`member_snapshot.rs`).
-    pub(super) snapshot_job: Option<GroupSnapshotJob>,
-    /// The read of the log behind the installed snapshot, until taken in
-    /// (`member_read_back.rs`).
-    pub(super) read_back: Option<ReadBack>,
-    /// This member's turns (as leader), from proposal to commit (metrics).
-    pub(super) turn_commit_latency: LatencyHistogram,
-    /// Reads of the group's log by offset (WAL_READ, watch catch-up) and
-    /// the read-back at start, for WAL_STATS.
-    pub(super) reads: ReadStats,
-}
 
 /// What woke the member's loop.
 enum Wake {
@@ -136,67 +84,6 @@ enum TurnOutcome {
 }
 
 impl Shard {
-    /// A shard that is a member of its group: empty until the group
-    /// delivers its snapshot and committed entries (at start, openraft
-    /// installs the newest snapshot and applies the log after it).
-    pub fn open_member(
-        cfg: &ShardConfig,
-        env: Env,
-        frontier: Frontier,
-        heartbeat: Arc<AtomicU64>,
-        link: Rc<dyn GroupLink>,
-        deliveries: Deliveries,
-    ) -> Shard {
-        let clock = OffsetClock::new(cfg.id, 0, frontier, env.clock.clone());
-        let wal = WalWriter::open_turns(env.clone(), clock, 0);
-        let state = ShardState::new(cfg.id, cfg.allow_instance_recreate);
-        let mut shard = Shard::assemble(cfg, env, state, wal, heartbeat, &Default::default());
-        shard.member = Some(MemberSide {
-            link,
-            deliveries: deliveries.queue,
-            applied_index: 0,
-            position: LogPosition {
-                covered_offset: 0,
-                last_tick: 0,
-                entries: 0,
-            },
-            ready_term: None,
-            own_index: None,
-            offsets: OffsetIndex::default(),
-            watermark: WatermarkAsks::default(),
-            carried: None,
-            not_run: None,
-            prepared_at: HashMap::new(),
-            snapshot_job: None,
-            read_back: None,
-            turn_commit_latency: LatencyHistogram::default(),
-            reads: ReadStats::default(),
-        });
-        // The snapshot and entries the group replayed while it started:
-        // history, as a standalone shard's recovery, not events to publish.
-        for d in deliveries.early {
-            shard.deliver(d);
-        }
-        shard.state.events.clear();
-        shard
-    }
-
-    /// What the server's start-up reads of a shard, for a member: its
-    /// state comes from the group (delivered after start), not from a scan.
-    pub fn member_report(&self) -> OpenReport {
-        OpenReport {
-            shard: self.state.shard_id,
-            counts: ReplayCounts::default(),
-            scan: Default::default(),
-            instances_active: self.state.active_instances,
-            machines: self.state.machines.iter().cloned().collect(),
-            in_doubt: Vec::new(),
-            committed: Default::default(),
-            snapshot_covered: None,
-            watermark: self.wal.clock().watermark(),
-        }
-    }
-
     /// What this shard's group member knows of its group (`None`:
     /// standalone).
     pub(super) fn group_status(&self) -> Option<serde_json::Value> {
@@ -375,14 +262,13 @@ impl Shard {
         let entry_bytes_max = self.member().link.entry_records_bytes_max();
         while let Some(msg) = next.take() {
             handled += 1;
-            // The group logs the turn as one entry. A write (create,
-            // apply, machine, batch part) whose record would take the turn
-            // past what an entry holds does not run beside the others but
-            // first in the next turn, so a write that fits an entry alone
-            // is never refused for the company it came in: refusing the
-            // whole turn (below) would undo every write in it, and a retry
-            // could meet the same company again. The turn's first message
-            // runs whatever its size.
+            // The group logs the turn as one entry. A write whose record
+            // would take the turn past what an entry holds does not run
+            // beside the others but first in the next turn, so a write that
+            // fits an entry alone is never refused for the company it came
+            // in: refusing the whole turn (below) would undo every write in
+            // it, and a retry could meet the same company again. The
+            // turn's first message runs whatever its size.
             self.wal
                 .limit_turn_bytes((handled > 1).then_some(entry_bytes_max));
             // A message another node forwarded here is run or refused,
@@ -473,13 +359,16 @@ impl Shard {
             }
             next = mailbox.try_recv().ok();
         }
-        // Parked and waiting requests run as before: should the turn come
-        // to more than an entry holds, it is refused whole (below).
-        self.wal.limit_turn_bytes(None);
-        if !self.parked.is_empty() {
-            // Messages parked behind a batch's locks: a leader runs those
-            // whose locks are gone (a rebuild can drop a lock no decision
-            // will release); a member that lost the lead refuses them.
+        // Requests parked behind a batch's locks, and requests waiting for
+        // their client's answer budget: a leader runs those whose locks are
+        // gone (a rebuild can drop a lock no decision will release) and
+        // those their budgets allow; a member that lost the lead refuses
+        // them. Parked ones run whatever room is left (`unpark`): should the
+        // turn come to more than an entry holds, it is refused whole
+        // (below). A waiting one without room stays first in its client's
+        // queue for the next turn (`run_waiting`).
+        self.wal.limit_turn_bytes(Some(entry_bytes_max));
+        if self.wake_waiting || !self.waiting.is_empty() || !self.parked.is_empty() {
             if lead.is_none() {
                 lead = Some(self.lead_check().await);
             }
@@ -487,20 +376,21 @@ impl Shard {
                 Some(Ok(())) => {
                     confirm = true;
                     self.unpark(now, deferred);
+                    let now = self.env.clock.now_ms();
+                    self.run_waiting(now, deferred, started + turn);
                 }
                 Some(Err(e)) => {
                     let error = e.to_engine_error();
-                    for msg in std::mem::take(&mut self.parked) {
+                    let parked = std::mem::take(&mut self.parked);
+                    for msg in parked.into_iter().chain(self.waiting.take_all()) {
                         refuse(msg, error.clone(), deferred);
                     }
+                    self.wake_waiting = false;
                 }
                 None => {}
             }
         }
-        if matches!(lead, Some(Ok(()))) && (self.wake_waiting || !self.waiting.is_empty()) {
-            let now = self.env.clock.now_ms();
-            self.run_waiting(now, deferred, started + turn);
-        }
+        self.wal.limit_turn_bytes(None);
         // A turns-only writer's commit only moves the staged records out.
         if let Err(e) = self.wal.commit().await {
             self.fail_stop("staging a turn failed", &e);
@@ -512,9 +402,8 @@ impl Shard {
             // A turn stops once its records pass the group-commit size, and
             // a write that would take it past what one entry (one record of
             // the log) holds waits for the next turn; what is left is a
-            // request too large alone, or requests run outside the loop
-            // (parked behind a batch's locks, or waiting for their client's
-            // answer budget). Proposed, the entry would be
+            // request too large alone, or requests parked behind a batch's
+            // locks, run after the loop. Proposed, the entry would be
             // refused by the log store, which stops the member's Raft.
             // Nothing was logged: the writes are undone, as after a lost
             // lead.

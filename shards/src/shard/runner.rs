@@ -128,7 +128,7 @@ pub struct Shard {
     /// The disk, the clock and the executor (`crate::env`).
     pub(super) env: Env,
     /// Set when the shard is a member of a replicated group (`replica.rs`).
-    pub(super) member: Option<super::replica::MemberSide>,
+    pub(super) member: Option<super::member_side::MemberSide>,
 }
 
 impl Shard {
