@@ -209,15 +209,30 @@ impl Shard {
     /// through admission again could put them behind a later request of
     /// their client.)
     ///
-    /// They run whatever room a member's turn has left: one carried to the
-    /// next turn would let a later request on its instance, no longer
-    /// locked, overtake the requests parked behind it. (Should they take
-    /// the turn past one log entry, it is refused whole: `replica.rs`.)
+    /// On a member, one whose record has no room beside the turn's others
+    /// (its entry: `WalWriter::room_bytes`) stays parked, with those behind
+    /// it, first in the queue, and the member's next turns run them before
+    /// any new message (`MemberSide::parked_first`): a later request on
+    /// their instances, no longer locked, must not overtake them.
     pub(super) fn unpark(&mut self, now: u64, deferred: &mut Vec<Deferred>) {
-        let limit = self.wal.limit_turn_bytes(None);
-        let parked = std::mem::take(&mut self.parked);
-        for msg in parked {
+        let entry_bytes_max = self
+            .member
+            .as_ref()
+            .map(|m| m.link.entry_records_bytes_max());
+        let limit = self.wal.limit_turn_bytes(entry_bytes_max);
+        let mut parked = std::mem::take(&mut self.parked).into_iter();
+        while let Some(msg) = parked.next() {
             self.run_admitted(msg, now, deferred);
+            let Some(member) = self.member.as_mut() else {
+                continue;
+            };
+            if let Some(msg) = member.not_run.take() {
+                // Behind those that parked again: they came before it.
+                member.parked_first = true;
+                self.parked.push_back(msg);
+                self.parked.extend(parked);
+                break;
+            }
         }
         self.wal.limit_turn_bytes(limit);
     }

@@ -43,6 +43,10 @@ pub struct MemberSide {
     pub(super) watermark: WatermarkAsks,
     /// A message a turn left for the next one to start with.
     pub(super) carried: Option<ShardMsg>,
+    /// Parked requests unparked without room in their turn wait first in
+    /// `Shard::parked` (`dispatch.rs`, `unpark`): the next turn runs them
+    /// before it takes any new message.
+    pub(super) parked_first: bool,
     /// A write this turn's entry had no room for, handed back by
     /// `run_admitted` (`LogSink::room_bytes`): it becomes `carried`.
     pub(super) not_run: Option<ShardMsg>,
@@ -91,6 +95,7 @@ impl Shard {
             offsets: OffsetIndex::default(),
             watermark: WatermarkAsks::default(),
             carried: None,
+            parked_first: false,
             not_run: None,
             prepared_at: HashMap::new(),
             snapshot_job: None,

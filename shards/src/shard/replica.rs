@@ -131,6 +131,8 @@ impl Shard {
             // A message the last turn left for this one comes first.
             let first = match self.member_mut().carried.take() {
                 Some(msg) => Some(msg),
+                // Parked requests go first: a turn of their own.
+                None if self.member().parked_first => None,
                 None => match self.wait_for_work(&mailbox, &deliveries, tick).await {
                     Wake::Closed => break,
                     Wake::Message(msg) => Some(msg),
@@ -350,6 +352,11 @@ impl Shard {
                 handled -= 1;
                 break;
             }
+            if self.member().parked_first {
+                // Unparked requests without room: no new message runs
+                // before them.
+                break;
+            }
             if handled >= super::runner::GROUP_COMMIT_MESSAGES_MAX
                 || self.wal.staged_bytes() >= self.group_bytes_max
                 || self.stopping.is_some()
@@ -363,11 +370,12 @@ impl Shard {
         // their client's answer budget: a leader runs those whose locks are
         // gone (a rebuild can drop a lock no decision will release) and
         // those their budgets allow; a member that lost the lead refuses
-        // them. Parked ones run whatever room is left (`unpark`): should the
-        // turn come to more than an entry holds, it is refused whole
-        // (below). A waiting one without room stays first in its client's
-        // queue for the next turn (`run_waiting`).
+        // them. One without room waits, first, for the next turn: a parked
+        // one with those parked behind it, before any new message
+        // (`unpark`); a waiting one first in its client's queue
+        // (`run_waiting`).
         self.wal.limit_turn_bytes(Some(entry_bytes_max));
+        self.member_mut().parked_first = false;
         if self.wake_waiting || !self.waiting.is_empty() || !self.parked.is_empty() {
             if lead.is_none() {
                 lead = Some(self.lead_check().await);
@@ -376,8 +384,10 @@ impl Shard {
                 Some(Ok(())) => {
                     confirm = true;
                     self.unpark(now, deferred);
-                    let now = self.env.clock.now_ms();
-                    self.run_waiting(now, deferred, started + turn);
+                    if !self.member().parked_first {
+                        let now = self.env.clock.now_ms();
+                        self.run_waiting(now, deferred, started + turn);
+                    }
                 }
                 Some(Err(e)) => {
                     let error = e.to_engine_error();
@@ -402,8 +412,7 @@ impl Shard {
             // A turn stops once its records pass the group-commit size, and
             // a write that would take it past what one entry (one record of
             // the log) holds waits for the next turn; what is left is a
-            // request too large alone, or requests parked behind a batch's
-            // locks, run after the loop. Proposed, the entry would be
+            // request too large alone. Proposed, the entry would be
             // refused by the log store, which stops the member's Raft.
             // Nothing was logged: the writes are undone, as after a lost
             // lead.
