@@ -40,6 +40,16 @@ fn patient_elections(config: &mut Config) {
     config.election_timeout_max = 10_000;
 }
 
+/// Three loops with `patient_elections` and the order machine.
+fn order_cluster() -> Cluster {
+    let cluster = Cluster::start_with(patient_elections);
+    let installed = on_leader(&cluster.running(), |n| {
+        n.install("order", &turns::order_machine())
+    });
+    assert_eq!(installed, Ok(true));
+    cluster
+}
+
 /// A create of `id` whose record (header and payload) takes exactly
 /// `record_bytes`.
 fn create_of_record_size(id: &str, record_bytes: usize) -> Command {
@@ -78,12 +88,8 @@ fn create_of_record_size(id: &str, record_bytes: usize) -> Command {
 /// turn: it starts the next, and every write is logged and replicated.
 #[test]
 fn a_write_that_fits_an_entry_alone_is_not_refused_for_its_company() {
-    let cluster = Cluster::start_with(patient_elections);
+    let cluster = order_cluster();
     let leader = cluster.leader();
-    let installed = on_leader(&cluster.running(), |n| {
-        n.install("order", &turns::order_machine())
-    });
-    assert_eq!(installed, Ok(true));
     // Sent by a client to the leader, then as forwarded by a follower.
     for (forwarded, tag) in [(false, "direct"), (true, "forwarded")] {
         let ids = ["small-1", "large", "small-2"].map(|id| format!("{tag}-{id}"));
@@ -142,12 +148,8 @@ fn machine_of_record_size(name: &str, record_bytes: usize) -> (Arc<MachineDef>, 
 /// turn, and the whole turn was refused. Now it starts the next turn.
 #[test]
 fn a_machine_or_batch_part_that_fits_an_entry_alone_is_not_refused_for_its_company() {
-    let cluster = Cluster::start_with(patient_elections);
+    let cluster = order_cluster();
     let leader = &cluster.nodes[&cluster.leader()];
-    let installed = on_leader(&cluster.running(), |n| {
-        n.install("order", &turns::order_machine())
-    });
-    assert_eq!(installed, Ok(true));
     // Each record is 100 bytes under an entry's limit (a small create's
     // takes more than 100). A batch's record holds its ops' records whole
     // (headers too) and, a part's, 12 bytes of txid and decider.
@@ -227,12 +229,8 @@ const CLIENT_BUDGET_BYTES: usize = 1 << 20;
 /// create's record fills an entry: it must not share the small one's).
 #[test]
 fn a_leaders_writes_waiting_for_their_budget_run_when_it_comes_back_in_order() {
-    let cluster = Cluster::start_with(patient_elections);
+    let cluster = order_cluster();
     let leader = &cluster.nodes[&cluster.leader()];
-    let installed = on_leader(&cluster.running(), |n| {
-        n.install("order", &turns::order_machine())
-    });
-    assert_eq!(installed, Ok(true));
     let server = ServerBudget::new(CLIENT_BUDGET_BYTES);
     let budget = ResponseBudget::new(CLIENT_BUDGET_BYTES, server);
     let spent = budget.charge(CLIENT_BUDGET_BYTES + 1).expect("charged");
@@ -281,12 +279,8 @@ fn a_leaders_writes_waiting_for_their_budget_run_when_it_comes_back_in_order() {
 /// any new message (a later request on its instance must not overtake it).
 #[test]
 fn a_parked_write_without_room_in_its_decisions_turn_runs_first_in_the_next() {
-    let cluster = Cluster::start_with(patient_elections);
+    let cluster = order_cluster();
     let leader = &cluster.nodes[&cluster.leader()];
-    let installed = on_leader(&cluster.running(), |n| {
-        n.install("order", &turns::order_machine())
-    });
-    assert_eq!(installed, Ok(true));
     // A part that creates x holds x's lock until it is decided (here
     // aborted, so that x may be created again).
     const TXID: u64 = 11;
