@@ -61,12 +61,8 @@ impl ShardState {
             initial_ctx_json: &ctx_json,
             idempotency_key: cmd.idempotency_key.as_deref(),
         };
-        if log
-            .room_bytes()
-            .is_some_and(|room| fields.payload_bytes_max() > room)
-        {
-            self.not_run = Some(Command::Create(cmd));
-            return Err(no_room_in_turn());
+        if lacks_room(log, || fields.payload_bytes_max()) {
+            return Err(self.hand_back(Command::Create(cmd)));
         }
         let offset = log.append(RecordKind::CreateInstance, now_ms, &mut |out| {
             entry::write_create_instance(out, &fields)
@@ -208,12 +204,8 @@ impl ShardState {
             event_id: cmd.event_id.as_deref(),
             idempotency_key: cmd.idempotency_key.as_deref(),
         };
-        if log
-            .room_bytes()
-            .is_some_and(|room| fields.payload_bytes_max() > room)
-        {
-            self.not_run = Some(Command::Apply(cmd));
-            return Err(no_room_in_turn());
+        if lacks_room(log, || fields.payload_bytes_max()) {
+            return Err(self.hand_back(Command::Apply(cmd)));
         }
         let offset = log.append(RecordKind::ApplyEvent, now_ms, &mut |out| {
             entry::write_apply_event(out, &fields)
@@ -315,8 +307,19 @@ fn apply_result(
     r.finish()
 }
 
-/// What a write the turn had no room for returns; never a client's answer:
-/// the loop takes the command back from `ShardState::not_run`.
-fn no_room_in_turn() -> EngineError {
-    EngineError::internal("no room for this write in the turn's log entry")
+/// Whether a record of at most `bound()` payload bytes has no room in the
+/// log's turn (`LogSink::room_bytes`): the bound is worked out only when
+/// the turn has a limit (a group member's, past its first message).
+fn lacks_room(log: &dyn LogSink, bound: impl FnOnce() -> usize) -> bool {
+    log.room_bytes().is_some_and(|room| bound() > room)
+}
+
+impl ShardState {
+    /// Keep a write the turn had no room for, untouched, for the loop to
+    /// take back (`not_run`); the error it returns is never a client's
+    /// answer.
+    fn hand_back(&mut self, cmd: Command) -> EngineError {
+        self.not_run = Some(cmd);
+        EngineError::internal("no room for this write in the turn's log entry")
+    }
 }
