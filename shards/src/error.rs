@@ -140,6 +140,15 @@ impl EngineError {
         )
     }
 
+    /// A record of `kind` whose payload came to `bytes`, more than such a
+    /// record holds: the request is refused whole (`BAD_REQUEST`).
+    pub fn record_too_large(kind: crate::wal::record::RecordKind, bytes: u32) -> Self {
+        Self::bad_request(format_args!(
+            "record too large: {bytes} bytes (the log's limit is {} bytes per record)",
+            kind.payload_max_bytes()
+        ))
+    }
+
     pub fn wal_io(detail: impl fmt::Display) -> Self {
         Self::new(ErrorCode::WalIoError, format!("WAL I/O error: {detail}"))
     }

@@ -15,7 +15,10 @@ use shards::shard::group_link::{
 };
 use shards::shard::ShardMsg;
 use shards::wal::files::LogFiles;
-use shards::wal::record::RECORD_PAYLOAD_MAX_BYTES;
+use shards::wal::record::{
+    ENTRY_HEAD_RESERVE_BYTES, RECORD_HEADER_BYTES, RECORD_PAYLOAD_MAX_BYTES,
+    SHARD_RECORD_PAYLOAD_MAX_BYTES,
+};
 use shards::wal::WalStats;
 
 use super::forward_batch::ForwardQueue;
@@ -45,6 +48,13 @@ pub const LEADER_CATCH_UP_TIMEOUT_MS: u64 = 2_000;
 /// The most bytes of records one turn's entry holds: the log store keeps an
 /// encoded entry (its log id, its kind and the records) in one WAL record.
 pub const ENTRY_RECORDS_BYTES_MAX: usize = RECORD_PAYLOAD_MAX_BYTES - NORMAL_ENTRY_HEAD_BYTES;
+
+// A shard record of the largest size a shard writes (what a standalone
+// shard takes), with its header, fits an entry alone: a cluster refuses no
+// single write for its size that a standalone shard takes.
+const _: () = assert!(NORMAL_ENTRY_HEAD_BYTES <= ENTRY_HEAD_RESERVE_BYTES);
+const _: () =
+    assert!(SHARD_RECORD_PAYLOAD_MAX_BYTES + RECORD_HEADER_BYTES <= ENTRY_RECORDS_BYTES_MAX);
 
 /// What a shard loop calls on its group.
 pub struct MemberLink {

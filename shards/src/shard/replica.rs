@@ -411,11 +411,11 @@ impl Shard {
         if records.len() > max {
             // A turn stops once its records pass the group-commit size, and
             // a write that would take it past what one entry (one record of
-            // the log) holds waits for the next turn; what is left is a
-            // request too large alone. Proposed, the entry would be
-            // refused by the log store, which stops the member's Raft.
-            // Nothing was logged: the writes are undone, as after a lost
-            // lead.
+            // the log) holds waits for the next turn. One record alone
+            // always fits (`SHARD_RECORD_PAYLOAD_MAX_BYTES`), so this is a
+            // defence: proposed, the entry would be refused by the log
+            // store, which stops the member's Raft. Nothing was logged:
+            // the writes are undone, as after a lost lead.
             tracing::warn!(
                 "shard {}: a turn's records came to {} bytes, more than one entry holds \
                  ({max}); its {handled} requests are refused",

@@ -206,7 +206,7 @@ pub mod test_sink {
                 entries_before: self.records as u64,
             };
             append_record(&mut self.bytes, &stamp, 0, |o| write(o))
-                .map_err(|n| EngineError::bad_request(format!("record too large: {n}")))?;
+                .map_err(|n| EngineError::record_too_large(kind, n))?;
             self.records += 1;
             Ok(self.next)
         }

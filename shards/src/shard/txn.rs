@@ -22,7 +22,7 @@ use super::events::WatchEvent;
 use super::state::{LogSink, ShardState};
 use crate::error::{EngineError, EngineResult};
 use crate::instance::Instance;
-use crate::wal::record::{append_record, RecordKind, RecordStamp, RECORD_PAYLOAD_MAX_BYTES};
+use crate::wal::record::{append_record, RecordKind, RecordStamp};
 
 /// A LogSink that collects records into a buffer, taking their stamps
 /// (offset, entry count) from the shard's log: the inner records of a Batch
@@ -40,11 +40,8 @@ impl LogSink for BufferSink<'_> {
         write: &mut dyn FnMut(&mut Vec<u8>),
     ) -> EngineResult<u64> {
         let stamp = (self.reserve)(kind, time_ms);
-        append_record(self.out, &stamp, 0, |o| write(o)).map_err(|n| {
-            EngineError::bad_request(format!(
-                "record too large: {n} bytes (the log's limit is {RECORD_PAYLOAD_MAX_BYTES} bytes per record)"
-            ))
-        })?;
+        append_record(self.out, &stamp, 0, |o| write(o))
+            .map_err(|n| EngineError::record_too_large(kind, n))?;
         Ok(stamp.offset)
     }
 }

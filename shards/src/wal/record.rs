@@ -3,7 +3,8 @@
 //! ```text
 //! 0   4  magic         "CSWL"
 //! 4   4  crc32c        CRC-32C of bytes 8..40 of the header followed by the payload
-//! 8   4  payload_len   u32, ≤ RECORD_PAYLOAD_MAX_BYTES
+//! 8   4  payload_len   u32, ≤ RECORD_PAYLOAD_MAX_BYTES (a shard's own
+//!                      records: ≤ SHARD_RECORD_PAYLOAD_MAX_BYTES)
 //! 12  1  kind          RecordKind
 //! 13  1  flags         0
 //! 14  2  entries_hi    bits 32..48 of entries_before
@@ -30,8 +31,21 @@
 pub const RECORD_HEADER_BYTES: usize = 40;
 /// Largest `entries_before` a header can hold (48 bits).
 pub const RECORD_ENTRIES_MAX: u64 = (1 << 48) - 1;
-/// Largest entry payload (16 MiB − 64 KiB, as rstmdb).
+/// Largest entry payload (16 MiB − 64 KiB, as rstmdb): what the format
+/// and every reader take.
 pub const RECORD_PAYLOAD_MAX_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// Bytes kept free below `RECORD_PAYLOAD_MAX_BYTES` in a shard's own
+/// records (every kind but a Raft member's). On a cluster a turn's records
+/// travel in one Raft entry, which the member's log keeps as one record:
+/// the entry's head (its log id and kind; corestate-raft asserts that its
+/// head fits in `ENTRY_HEAD_RESERVE_BYTES`) and the shard record's own
+/// header come around the shard record's payload.
+pub const ENTRY_HEAD_RESERVE_BYTES: usize = 64;
+/// Largest payload of a shard's own record: a record of this size, alone
+/// in a turn, fits one Raft entry, so a cluster takes every write a
+/// standalone shard takes.
+pub const SHARD_RECORD_PAYLOAD_MAX_BYTES: usize =
+    RECORD_PAYLOAD_MAX_BYTES - ENTRY_HEAD_RESERVE_BYTES - RECORD_HEADER_BYTES;
 /// The record magic.
 pub const RECORD_MAGIC: [u8; 4] = *b"CSWL";
 
@@ -106,6 +120,19 @@ impl RecordKind {
         )
     }
 
+    /// The most payload bytes a record of this kind may be written with: a
+    /// Raft member's records (an entry wraps a turn's shard records) up to
+    /// the format's limit, a shard's own records less (see
+    /// `SHARD_RECORD_PAYLOAD_MAX_BYTES`). Readers take either up to the
+    /// format's limit (logs written before the shard limit included).
+    pub fn payload_max_bytes(self) -> usize {
+        if self.is_raft() {
+            RECORD_PAYLOAD_MAX_BYTES
+        } else {
+            SHARD_RECORD_PAYLOAD_MAX_BYTES
+        }
+    }
+
     /// The error a standalone shard gives for a Raft record in its log: it
     /// names the kind, so an operator sees whose log this is.
     pub fn standalone_refusal(self) -> String {
@@ -170,7 +197,8 @@ impl RecordStamp {
 }
 
 /// Append a complete record to `out`. `write_payload` writes the entry JSON.
-/// Returns the record's length. The CRC is computed after the payload is in
+/// Returns the record's length, or the payload's length when it is more
+/// than the kind's `payload_max_bytes` (nothing appended). The CRC is computed after the payload is in
 /// place, so the payload is written once, directly into the log buffer.
 pub fn append_record(
     out: &mut Vec<u8>,
@@ -183,7 +211,7 @@ pub fn append_record(
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     write_payload(out);
     let payload_len = out.len() - start - RECORD_HEADER_BYTES;
-    if payload_len > RECORD_PAYLOAD_MAX_BYTES {
+    if payload_len > stamp.kind.payload_max_bytes() {
         out.truncate(start);
         return Err(payload_len.min(u32::MAX as usize) as u32);
     }
@@ -360,6 +388,41 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    /// A shard's own record stops short of the format's limit by what a
+    /// Raft entry wraps it in; a Raft entry may fill the format, and a
+    /// reader takes a shard record up to the format's limit.
+    #[test]
+    fn a_shard_record_keeps_room_for_an_entry_around_it() {
+        // The record (or the refused payload's length), never printed whole.
+        let at = |kind, n: usize| {
+            let mut out = Vec::new();
+            let len = append_record(&mut out, &stamp(kind, 1, 1, 0), 0, |o| {
+                o.resize(o.len() + n, b' ')
+            });
+            len.map(|_| out)
+        };
+        let refused = |kind, n| at(kind, n).err();
+        assert_eq!(
+            refused(RecordKind::CreateInstance, SHARD_RECORD_PAYLOAD_MAX_BYTES),
+            None
+        );
+        assert_eq!(
+            refused(RecordKind::Batch, SHARD_RECORD_PAYLOAD_MAX_BYTES + 1),
+            Some(SHARD_RECORD_PAYLOAD_MAX_BYTES as u32 + 1)
+        );
+        assert_eq!(
+            refused(RecordKind::RaftEntry, RECORD_PAYLOAD_MAX_BYTES),
+            None
+        );
+        assert!(refused(RecordKind::RaftEntry, RECORD_PAYLOAD_MAX_BYTES + 1).is_some());
+        // A reader takes a shard record up to the format's limit.
+        let mut full = at(RecordKind::RaftEntry, RECORD_PAYLOAD_MAX_BYTES).unwrap_or_default();
+        full[12] = RecordKind::ApplyEvent as u8;
+        seal_record(&mut full);
+        let kind = decode_record(&full).map(|(h, p)| (h.kind, p.len()));
+        assert_eq!(kind, Ok((RecordKind::ApplyEvent, RECORD_PAYLOAD_MAX_BYTES)));
     }
 
     #[test]

@@ -279,11 +279,8 @@ impl WalWriter {
             time_ms,
             entries_before: self.entries,
         };
-        let len = append_record(chunk, &stamp, base as u32, write_payload).map_err(|n| {
-            EngineError::bad_request(format!(
-                "record too large: {n} bytes (the log's limit is {RECORD_PAYLOAD_MAX_BYTES} bytes per record)"
-            ))
-        })?;
+        let len = append_record(chunk, &stamp, base as u32, write_payload)
+            .map_err(|n| EngineError::record_too_large(kind, n))?;
         let fill = base + chunk.len() as u64;
         if fill > self.segment_size_bytes && base + record_start as u64 > 0 {
             // Does not fit: the record opens the next segment — if there can
