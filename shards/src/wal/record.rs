@@ -198,8 +198,9 @@ impl RecordStamp {
 
 /// Append a complete record to `out`. `write_payload` writes the entry JSON.
 /// Returns the record's length, or the payload's length when it is more
-/// than the kind's `payload_max_bytes` (nothing appended). The CRC is computed after the payload is in
-/// place, so the payload is written once, directly into the log buffer.
+/// than the kind's `payload_max_bytes` (nothing appended). The CRC is
+/// computed after the payload is in place, so the payload is written once,
+/// directly into the log buffer.
 pub fn append_record(
     out: &mut Vec<u8>,
     stamp: &RecordStamp,
@@ -421,8 +422,11 @@ mod tests {
         let mut full = at(RecordKind::RaftEntry, RECORD_PAYLOAD_MAX_BYTES).unwrap_or_default();
         full[12] = RecordKind::ApplyEvent as u8;
         seal_record(&mut full);
-        let kind = decode_record(&full).map(|(h, p)| (h.kind, p.len()));
-        assert_eq!(kind, Ok((RecordKind::ApplyEvent, RECORD_PAYLOAD_MAX_BYTES)));
+        let decoded = decode_record(&full).map(|(h, p)| (h.kind, p.len()));
+        assert_eq!(
+            decoded,
+            Ok((RecordKind::ApplyEvent, RECORD_PAYLOAD_MAX_BYTES))
+        );
     }
 
     #[test]
