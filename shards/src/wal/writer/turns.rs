@@ -64,8 +64,9 @@ impl WalWriter {
 
     /// Whether a record of `payload_bytes` fits beside what this turn
     /// staged, under the limit of `limit_turn_bytes`. A turn's first record
-    /// always fits: one too large for an entry alone is refused whatever
-    /// its company (the member's loop refuses the turn).
+    /// always fits: a shard record alone fits an entry
+    /// (`SHARD_RECORD_PAYLOAD_MAX_BYTES`), and waiting would not make it
+    /// smaller.
     pub fn has_room(&self, payload_bytes: usize) -> bool {
         self.room_bytes().is_none_or(|room| payload_bytes <= room)
     }
