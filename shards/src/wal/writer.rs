@@ -413,7 +413,7 @@ impl WalWriter {
         let started = self.env.clock.monotonic();
         let mut chunks = std::mem::take(&mut self.chunks);
         let counts = std::mem::replace(&mut self.chunk_records, vec![0]);
-        for (i, chunk) in chunks.iter().enumerate() {
+        for (i, chunk) in chunks.iter_mut().enumerate() {
             if i > 0 {
                 self.rotate().await?;
             }
