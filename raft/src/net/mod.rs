@@ -12,6 +12,8 @@
 //! * `handshake.rs` — cluster name, token (SHA-256, constant time), node id.
 //! * `client.rs` — one multiplexed connection per peer node, redial, backoff.
 //! * `network.rs` — openraft's `RaftNetworkFactory`/`RaftNetworkV2`.
+//! * `append_pipeline.rs` — several AppendEntries to a peer on their way
+//!   at once, answers in order.
 //! * `snapshot.rs` — chunk size, snapshot size bound, reassembly.
 //! * `directory.rs` — group id → mailbox on the group's executor.
 //! * `server.rs` — the listener and its connections.
@@ -21,6 +23,7 @@
 //! See `README.md` beside this crate ("Peer transport") for the limits and
 //! what is not done yet.
 
+pub mod append_pipeline;
 pub mod append_wire;
 pub mod client;
 pub mod directory;

@@ -19,13 +19,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
+use futures_util::stream::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     ErrorSource, NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{
@@ -34,6 +36,7 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::append_pipeline::AppendPipeline;
 use super::append_wire::{encode_append_within, APPEND_BODY_TARGET_BYTES};
 use super::client::{CallError, PeerClient};
 use super::frame::{FrameKind, FRAME_BODY_MAX_BYTES};
@@ -163,6 +166,44 @@ where
         self.call(kind, action, &to_json(request), option).await
     }
 
+    /// One AppendEntries call: the entries that fit one body
+    /// (`APPEND_BODY_TARGET_BYTES`) go, and a follower that took them all
+    /// is answered as having taken only those (`PartialSuccess`), so that
+    /// openraft sends the rest next.
+    pub(super) async fn send_append(
+        &self,
+        rpc: AppendEntriesRequest<C>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let (body, sent) = encode_append_within(&rpc, APPEND_BODY_TARGET_BYTES);
+        if body.len() > FRAME_BODY_MAX_BYTES as usize {
+            // Not reachable: the log store keeps every entry small enough
+            // to travel alone (asserted in `append_wire`). Refused rather
+            // than sent, as a frame that large cannot be.
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "group {}: an entry of {} bytes cannot travel in one frame (at most \
+                 {FRAME_BODY_MAX_BYTES} bytes)",
+                self.group_id,
+                body.len()
+            ))));
+        }
+        let answer: AppendEntriesResponse<C> = self
+            .call(
+                FrameKind::AppendEntries,
+                RPCTypes::AppendEntries,
+                &body,
+                option,
+            )
+            .await?;
+        // The follower took the entries sent; the others go next.
+        match answer {
+            AppendEntriesResponse::Success if sent < rpc.entries.len() => Ok(
+                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[sent - 1].log_id)),
+            ),
+            answer => Ok(answer),
+        }
+    }
+
     /// Waits until the member's link is up (tried every
     /// `SNAPSHOT_PEER_RETRY_MS`) or openraft cancels the transfer. Failing
     /// at once made openraft read the snapshot again for its next try,
@@ -265,33 +306,22 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let (body, sent) = encode_append_within(&rpc, APPEND_BODY_TARGET_BYTES);
-        if body.len() > FRAME_BODY_MAX_BYTES as usize {
-            // Not reachable: the log store keeps every entry small enough
-            // to travel alone (asserted in `append_wire`). Refused rather
-            // than sent, as a frame that large cannot be.
-            return Err(RPCError::Network(NetworkError::from_string(format!(
-                "group {}: an entry of {} bytes cannot travel in one frame (at most \
-                 {FRAME_BODY_MAX_BYTES} bytes)",
-                self.group_id,
-                body.len()
-            ))));
-        }
-        let answer: AppendEntriesResponse<C> = self
-            .call(
-                FrameKind::AppendEntries,
-                RPCTypes::AppendEntries,
-                &body,
-                &option,
-            )
-            .await?;
-        // The follower took the entries sent; the others go next.
-        match answer {
-            AppendEntriesResponse::Success if sent < rpc.entries.len() => Ok(
-                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[sent - 1].log_id)),
-            ),
-            answer => Ok(answer),
-        }
+        self.send_append(rpc, &option).await
+    }
+
+    fn stream_append<'s, St>(
+        &'s mut self,
+        input: St,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<C>, RPCError<C>>>, RPCError<C>>>
+    where
+        St: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        let link: &'s Self = self;
+        Box::pin(async move {
+            let pipeline: BoxStream<'s, _> = Box::pin(AppendPipeline::new(link, input, option));
+            Ok(pipeline)
+        })
     }
 
     async fn vote(
