@@ -17,7 +17,6 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use corestate_raft::log_store::{WalLeaderId, WalLogId};
 use corestate_raft::net::append_pipeline::APPEND_PIPELINE_DEPTH_MAX;
 use corestate_raft::net::append_wire::decode_append;
 use corestate_raft::net::frame::{encode_frame, FrameKind, FRAME_HEADER_BYTES};
@@ -25,11 +24,11 @@ use corestate_raft::net::wire::to_json;
 use corestate_raft::net::{ClusterCredentials, PeerPool};
 use corestate_raft::GlommioRuntime;
 use futures_util::StreamExt;
-use mem_store::{KvSnapshot, TestConfig};
+use mem_store::{term_one_log_id as log_id, KvSnapshot, TestConfig};
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError};
 use openraft::{
-    AsyncRuntime, BasicNode, Entry, EntryPayload, LogId, RaftNetworkFactory, RaftNetworkV2, Vote,
+    AsyncRuntime, BasicNode, Entry, EntryPayload, RaftNetworkFactory, RaftNetworkV2, Vote,
 };
 
 const TOKEN: &str = "pipeline-token";
@@ -44,16 +43,6 @@ const QUIET_MS: u64 = 300;
 
 /// The requests the test sends: a full pipeline, then two more.
 const REQUESTS: u64 = APPEND_PIPELINE_DEPTH_MAX as u64 + 2;
-
-fn log_id(index: u64) -> WalLogId {
-    LogId::new(
-        WalLeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
 
 /// Request `index`: one blank entry at `index`, after `index - 1`.
 fn request(index: u64) -> AppendEntriesRequest<TestConfig> {

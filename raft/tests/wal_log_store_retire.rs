@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corestate_raft::log_store::{
-    OpenError, OpenReport, WalEntry, WalLeaderId, WalLogId, WalLogOptions, WalLogStore, WalVote,
+    OpenError, OpenReport, WalEntry, WalLogId, WalLogOptions, WalLogStore, WalVote,
 };
 use corestate_raft::GlommioRuntime;
 use crash_points::{Budget, CrashPoints};
-use mem_store::{Put, TestConfig};
+use mem_store::{term_one_log_id as log_id, Put, TestConfig};
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::type_config::TypeConfigExt;
-use openraft::{AsyncRuntime, EntryPayload, LogId, RaftLogReader, Vote};
+use openraft::{AsyncRuntime, EntryPayload, RaftLogReader, Vote};
 use shards::env::{Env, GlommioTasks, Storage, SystemClock};
 use shards::sim::clock::SimClock;
 use shards::sim::disk::{CrashKind, Faults, SimDisk, SimStorage};
@@ -47,16 +47,6 @@ const CRASH_POINTS_MAX: u64 = 200;
 
 type Store = WalLogStore<TestConfig>;
 type Entry = WalEntry<Put>;
-
-fn log_id(index: u64) -> WalLogId {
-    LogId::new(
-        WalLeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
 
 /// Entries of varied sizes, so segments end anywhere (also right before
 /// a purge record: the case `index.rs` replays by its extra rule).

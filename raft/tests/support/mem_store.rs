@@ -72,6 +72,19 @@ openraft::declare_raft_types!(
 
 type Entry = <TestConfig as openraft::RaftTypeConfig>::Entry;
 type TestLogId = openraft::type_config::alias::LogIdOf<TestConfig>;
+
+/// The id of entry `index` of a log written in term 1 by node 1 (for the
+/// tests that build a log by hand).
+#[allow(dead_code)]
+pub fn term_one_log_id(index: u64) -> TestLogId {
+    openraft::LogId::new(
+        corestate_raft::log_store::WalLeaderId {
+            term: 1,
+            node_id: 1,
+        },
+        index,
+    )
+}
 type TestVote = openraft::type_config::alias::VoteOf<TestConfig>;
 type TestMembership = openraft::type_config::alias::StoredMembershipOf<TestConfig>;
 type TestSnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TestConfig>;
