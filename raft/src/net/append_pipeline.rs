@@ -10,10 +10,13 @@
 //! Order is what makes this safe. The requests of one stream leave on the
 //! one connection to the peer, in the order they were taken (each call
 //! queues its frame when first polled, and `FuturesOrdered` first polls
-//! them in the order they were pushed); the peer's listener hands them to
-//! the group's executor in arrival order, which spawns one task per call
-//! in that order, and each task's first poll gives its request to the
-//! follower's Raft core. So the follower's core sees them in the order the
+//! them in the order they were pushed); the peer's listener reads them in
+//! that order and spawns one task per frame, which puts its call in the
+//! group's bounded mailbox (flume: when it is full, waiting senders get in
+//! first come, first served); the group's executor takes the calls in
+//! that order and spawns one task per call, and each task's first poll
+//! gives its request to the follower's Raft core (again through a flume
+//! channel). So the follower's core sees them in the order the
 //! leader sent them — a later request never arrives before the one whose
 //! entries it follows.
 //!
