@@ -44,7 +44,8 @@ use crate::log_store::WalTypes;
 /// AppendEntries requests of one group to one peer on their way at once.
 /// Each carries what the leader's log gained since the one before, so a
 /// few suffice to keep a follower's sync busy: on 3 nodes under applies
-/// 16×16, 2, 4 and 8 all measured the same, about +15 % over one at a time
+/// 16×16 through the leader, 4 measured +17 % over one at a time, and 2
+/// and 8 the same as each other, at 4's level
 /// (`bench-results/2026-12-08/append-pipeline-ab/`). The peer link's own
 /// bound (`PEER_REQUESTS_IN_FLIGHT_MAX`, shared by every group on the
 /// link) is larger.

@@ -1,6 +1,6 @@
 //! The writer's segment I/O: writing a group's bytes at the end of the
-//! active segment (whole blocks under direct I/O) and rolling over to the
-//! next segment.
+//! active segment (whole blocks under direct I/O; through the page cache,
+//! on to the end of the last page) and rolling over to the next segment.
 
 use std::io;
 
